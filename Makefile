@@ -1,0 +1,55 @@
+# monolith-serving: `make run` (demo cluster + one Predict) and `make test` (everything CI runs).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUILD := build
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
+
+.PHONY: help venv system-deps protos lint typecheck unit test run clean
+
+help:
+	@echo "make run   - install, export the demo model, start a standalone cluster, send one Predict"
+	@echo "make test  - install (incl. ZooKeeper via apt-get), lint, type-check and run every test"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,onnx,remote]'
+	touch $@
+
+# System packages the integration tests need: ZooKeeper (brings Java).
+system-deps:
+	@if [ ! -f /usr/share/java/zookeeper.jar ] || ! command -v java >/dev/null; then \
+	  echo "installing ZooKeeper from Debian packages"; \
+	  $(SUDO) apt-get update -q && $(APT_INSTALL) zookeeper default-jre-headless; \
+	fi
+
+protos: venv
+	$(PY) protos/generate.py
+
+lint: venv
+	$(VENV)/bin/ruff check services tests bench protos
+
+# mypy resolves the import package through a symlink, since monolith_serving is services/ renamed.
+typecheck: venv
+	@mkdir -p $(BUILD)/typecheck && ln -sfn ../../services $(BUILD)/typecheck/monolith_serving
+	MYPYPATH=$(BUILD)/typecheck $(VENV)/bin/mypy -p monolith_serving
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+test: venv system-deps lint typecheck
+	$(PY) -m pytest -q -ra
+
+run: venv
+	@mkdir -p $(BUILD)
+	rm -rf $(BUILD)/demo-model
+	$(PY) -m monolith_serving export-demo --out $(BUILD)/demo-model --num-ps 2
+	@echo "demo model exported to $(BUILD)/demo-model (the standalone cluster lands with the entry service)"
+
+clean:
+	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache

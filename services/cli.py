@@ -1,0 +1,63 @@
+"""``monolith-serving <command>``: the one console script of the distribution.
+
+Each command lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``. Modules are
+imported only for the command being run, so ``monolith-serving client ...`` does not pay for kazoo, and
+a command's flags are defined next to its code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from monolith_serving.core.cli_flags import add_common_flags
+from monolith_serving.core.logging_setup import configure_logging
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    module: str
+    summary: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("export-demo", "monolith_serving.core.demo_export", "write a deterministic demo model export"),
+)
+
+
+def _top_level_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {c.name:<16} {c.summary}" for c in COMMANDS)
+    return argparse.ArgumentParser(
+        prog="monolith-serving",
+        description="Serving stack for Monolith-style recommendation models.",
+        epilog=f"commands:\n{lines}\n\nRun 'monolith-serving <command> --help' for a command's flags.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="monolith-serving <command> [flags]",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    by_name = {c.name: c for c in COMMANDS}
+    if not args_in or args_in[0] not in by_name:
+        parser = _top_level_parser()
+        if args_in and args_in[0] not in ("-h", "--help"):
+            parser.error(f"unknown command {args_in[0]!r}")
+        parser.print_help()
+        return 0 if args_in else 2
+    command = by_name[args_in[0]]
+    module = importlib.import_module(command.module)
+    parser = argparse.ArgumentParser(prog=f"monolith-serving {command.name}", description=command.summary)
+    add_common_flags(parser)
+    module.configure(parser)
+    args = parser.parse_args(args_in[1:])
+    configure_logging(args.log_format, args.log_level)
+    return int(module.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""``monolith-serving export-demo``: a small, deterministic model in Monolith's export layout.
+
+What it writes under ``--out``::
+
+    ps_<i>/<version>/assets/MonolithHashTable_<table>_<i>-<j>-of-<m>   rows with fid mod num_ps == i
+    entry/<version>/serving_spec.json                                  features -> tables, pooling, MLP
+    entry/<version>/dense/layer<k>_{w,b}.npy                           MLP weights
+
+Table rows are keyed by v2 fids ``slot << 48 | k`` for k in [0, rows) of every slot that uses the
+table, so clients can make matching requests without reading the dumps. Everything derives from
+``--seed``: the same flags give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from monolith_serving.core.cli_flags import add_flag
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.hash_table_dump import write_dump
+from monolith_serving.core.serving_spec import (
+    DenseBackend,
+    DenseInputSpec,
+    DenseSpec,
+    FeatureSpec,
+    LayerSpec,
+    Pooling,
+    ServingSpec,
+    TableSpec,
+    write_serving_spec,
+)
+
+logger = logging.getLogger(__name__)
+
+FID_V2_SHIFT = 48
+DEFAULT_VERSION = 1
+DEFAULT_TABLES = (("user", 8), ("item", 12))
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: Path
+    num_ps: int = 2
+    rows: int = 1000
+    tables: tuple[tuple[str, int], ...] = DEFAULT_TABLES
+    version: int = DEFAULT_VERSION
+    seed: int = 7
+    files_per_partition: int = 2
+    hidden: tuple[int, ...] = (16, 8)
+
+
+def demo_spec(options: DemoOptions) -> ServingSpec:
+    """The demo's features: one sum-, one mean- and one firstn-pooled feature per table, plus 2 floats."""
+    tables = tuple(TableSpec(name, dim) for name, dim in options.tables)
+    features = []
+    slot = 1
+    for table in tables:
+        features.append(FeatureSpec(f"{table.name}_id", slot, table.name, Pooling.SUM))
+        features.append(FeatureSpec(f"{table.name}_hist", slot + 1, table.name, Pooling.MEAN))
+        features.append(FeatureSpec(f"{table.name}_recent", slot + 2, table.name, Pooling.FIRSTN, first_n=2))
+        slot += 3
+    dense_inputs = (DenseInputSpec("ctx", 2),)
+    widths = [*options.hidden, 1]
+    layers = tuple(
+        LayerSpec(f"dense/layer{k}_w.npy", f"dense/layer{k}_b.npy", "sigmoid" if k == len(widths) - 1 else "relu")
+        for k in range(len(widths))
+    )
+    return ServingSpec(
+        model_name="demo",
+        num_ps=options.num_ps,
+        tables=tables,
+        features=tuple(features),
+        dense_inputs=dense_inputs,
+        dense=DenseSpec(DenseBackend.NUMPY, layers=layers),
+    )
+
+
+def table_fids(spec: ServingSpec, table: str, rows: int) -> npt.NDArray[np.int64]:
+    """Every fid the demo stores for ``table``: ``slot << 48 | k`` for each slot mapped to it."""
+    slots = sorted({f.slot for f in spec.features if f.table == table})
+    ks = np.arange(rows, dtype=np.int64)
+    return np.concatenate([(np.int64(s) << FID_V2_SHIFT) | ks for s in slots])
+
+
+def _table_values(seed: int, table_index: int, n: int, dim: int) -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng([seed, table_index])
+    return (rng.standard_normal((n, dim)) * 0.5).astype(np.float32)
+
+
+def write_demo(options: DemoOptions) -> ServingSpec:
+    """Writes the demo export and returns its serving spec."""
+    if options.num_ps < 1:
+        raise InvalidArgumentError("--num-ps must be at least 1")
+    if options.rows < 1:
+        raise InvalidArgumentError("--rows must be at least 1")
+    spec = demo_spec(options)
+    version = str(options.version)
+    m = options.files_per_partition
+    for table_index, table in enumerate(spec.tables):
+        fids = table_fids(spec, table.name, options.rows)
+        values = _table_values(options.seed, table_index, len(fids), table.dim)
+        partition = np.mod(fids, options.num_ps)
+        for i in range(options.num_ps):
+            assets = options.out / f"ps_{i}" / version / "assets"
+            assets.mkdir(parents=True, exist_ok=True)
+            mine = np.flatnonzero(partition == i)
+            for j in range(m):
+                part = mine[j::m]
+                name = f"MonolithHashTable_{table.name}_{i}-{j:05d}-of-{m:05d}"
+                write_dump(assets / name, fids[part], values[part])
+    entry_dir = options.out / "entry" / version
+    (entry_dir / "dense").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([options.seed, 1_000_003])
+    width = spec.input_width
+    for layer, out_width in zip(spec.dense.layers, [*options.hidden, 1], strict=True):
+        weight = (rng.standard_normal((width, out_width)) / np.sqrt(width)).astype(np.float32)
+        bias = (rng.standard_normal(out_width) * 0.1).astype(np.float32)
+        np.save(entry_dir / layer.weight, weight, allow_pickle=False)
+        np.save(entry_dir / layer.bias, bias, allow_pickle=False)
+        width = out_width
+    write_serving_spec(entry_dir, spec)
+    return spec
+
+
+def _parse_tables(text: str) -> tuple[tuple[str, int], ...]:
+    tables = []
+    for item in text.split(","):
+        name, _, dim = item.partition(":")
+        if not name or not dim.isdigit() or int(dim) <= 0:
+            raise argparse.ArgumentTypeError(f"--tables item {item!r} is not NAME:DIM")
+        tables.append((name, int(dim)))
+    return tuple(tables)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--out", type=Path, required=True, help="export base folder to write")
+    add_flag(parser, "--num-ps", type=int, default=2, help="number of PS shards (default %(default)s)")
+    add_flag(parser, "--rows", type=int, default=1000, help="rows per slot and table (default %(default)s)")
+    add_flag(parser, "--dim", type=int, default=None, help="use this dim for every table")
+    add_flag(
+        parser,
+        "--tables",
+        type=_parse_tables,
+        default=DEFAULT_TABLES,
+        help="comma-separated NAME:DIM list (default user:8,item:12)",
+    )
+    add_flag(parser, "--version", type=int, default=DEFAULT_VERSION, help="version folder (default %(default)s)")
+    add_flag(parser, "--seed", type=int, default=7, help="random seed (default %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    tables: Sequence[tuple[str, int]] = args.tables
+    if args.dim is not None:
+        tables = tuple((name, args.dim) for name, _ in tables)
+    options = DemoOptions(
+        out=args.out, num_ps=args.num_ps, rows=args.rows, tables=tuple(tables), version=args.version, seed=args.seed
+    )
+    spec = write_demo(options)
+    print(
+        f"wrote demo model {spec.model_name!r} version {options.version} with {options.num_ps} PS shards "
+        f"to {options.out}"
+    )
+    return 0

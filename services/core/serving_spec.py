@@ -1,0 +1,235 @@
+"""The entry's serving spec: how request features become the dense network's input.
+
+Monolith builds this mapping into its exported graph; we keep it as ``serving_spec.json`` in every entry
+version folder (written by ``export-demo`` or by a user's export step). Format (version 1)::
+
+    {
+      "format_version": 1,
+      "model_name": "demo",
+      "num_ps": 2,
+      "tables": [{"name": "user", "dim": 8}, ...],
+      "features": [
+        {"name": "user_id", "slot": 1, "table": "user", "pooling": "sum"},
+        {"name": "hist", "slot": 3, "table": "item", "pooling": "firstn", "first_n": 3}, ...
+      ],
+      "dense_inputs": [{"name": "ctx", "dim": 2}],
+      "dense": {"backend": "numpy",
+                "layers": [{"weight": "dense/layer0_w.npy", "bias": "dense/layer0_b.npy", "activation": "relu"}, ...]}
+                | {"backend": "onnx", "file": "dense.onnx"},
+      "output_name": "scores",
+      "max_batch_size": 1024,
+      "ignore_unknown_features": false
+    }
+
+The dense network's input row is the pooled features in ``features`` order (``sum``/``mean``: width dim;
+``firstn``: the first N embeddings concatenated, zero-padded, width N*dim) followed by ``dense_inputs``.
+Sparse features are matched by name (feature lists, ExampleBatch, tf.Example) or by slot (v1 fids of an
+Instance: slot = fid >> 54).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
+
+SPEC_FILE = "serving_spec.json"
+FORMAT_VERSION = 1
+
+
+class Pooling(str, enum.Enum):
+    SUM = "sum"
+    MEAN = "mean"
+    FIRSTN = "firstn"
+
+
+class DenseBackend(str, enum.Enum):
+    NUMPY = "numpy"
+    ONNX = "onnx"
+
+
+ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    slot: int
+    table: str
+    pooling: Pooling
+    first_n: int = 0
+
+    def width(self, dim: int) -> int:
+        return dim * self.first_n if self.pooling is Pooling.FIRSTN else dim
+
+
+@dataclass(frozen=True)
+class DenseInputSpec:
+    name: str
+    dim: int
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    weight: str
+    bias: str
+    activation: str
+
+
+@dataclass(frozen=True)
+class DenseSpec:
+    backend: DenseBackend
+    layers: tuple[LayerSpec, ...] = ()
+    file: str = ""
+
+
+@dataclass(frozen=True)
+class ServingSpec:
+    model_name: str
+    num_ps: int
+    tables: tuple[TableSpec, ...]
+    features: tuple[FeatureSpec, ...]
+    dense_inputs: tuple[DenseInputSpec, ...]
+    dense: DenseSpec
+    output_name: str = "scores"
+    max_batch_size: int = 1024
+    ignore_unknown_features: bool = False
+
+    def table(self, name: str) -> TableSpec:
+        for table in self.tables:
+            if table.name == name:
+                return table
+        raise NotFoundError(f"serving spec has no table {name!r}")
+
+    @property
+    def input_width(self) -> int:
+        sparse = sum(f.width(self.table(f.table).dim) for f in self.features)
+        return sparse + sum(d.dim for d in self.dense_inputs)
+
+    def to_json(self) -> dict[str, Any]:
+        dense: dict[str, Any] = {"backend": self.dense.backend.value}
+        if self.dense.backend is DenseBackend.NUMPY:
+            dense["layers"] = [
+                {"weight": layer.weight, "bias": layer.bias, "activation": layer.activation}
+                for layer in self.dense.layers
+            ]
+        else:
+            dense["file"] = self.dense.file
+        return {
+            "format_version": FORMAT_VERSION,
+            "model_name": self.model_name,
+            "num_ps": self.num_ps,
+            "tables": [{"name": t.name, "dim": t.dim} for t in self.tables],
+            "features": [
+                {"name": f.name, "slot": f.slot, "table": f.table, "pooling": f.pooling.value}
+                | ({"first_n": f.first_n} if f.pooling is Pooling.FIRSTN else {})
+                for f in self.features
+            ],
+            "dense_inputs": [{"name": d.name, "dim": d.dim} for d in self.dense_inputs],
+            "dense": dense,
+            "output_name": self.output_name,
+            "max_batch_size": self.max_batch_size,
+            "ignore_unknown_features": self.ignore_unknown_features,
+        }
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in obj:
+        raise InvalidArgumentError(f"{where}: missing key {key!r}")
+    value = obj[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidArgumentError(f"{where}: {key!r} must be an integer, got {value!r}")
+    if kind is not int and not isinstance(value, kind):
+        raise InvalidArgumentError(f"{where}: {key!r} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def parse_serving_spec(data: Mapping[str, Any], where: str = SPEC_FILE) -> ServingSpec:
+    """Validates and converts the JSON object; every error names the file and the key."""
+    version = _field(data, "format_version", int, where)
+    if version != FORMAT_VERSION:
+        raise InvalidArgumentError(f"{where}: unsupported format_version {version}")
+    tables = tuple(
+        TableSpec(_field(t, "name", str, f"{where} tables[{i}]"), _field(t, "dim", int, f"{where} tables[{i}]"))
+        for i, t in enumerate(_field(data, "tables", list, where))
+    )
+    table_names = {t.name for t in tables}
+    if any(t.dim <= 0 for t in tables):
+        raise InvalidArgumentError(f"{where}: every table dim must be positive")
+    features = []
+    for i, f in enumerate(_field(data, "features", list, where)):
+        at = f"{where} features[{i}]"
+        try:
+            pooling = Pooling(_field(f, "pooling", str, at))
+        except ValueError as error:
+            raise InvalidArgumentError(f"{at}: pooling must be one of sum, mean, firstn") from error
+        table = _field(f, "table", str, at)
+        if table not in table_names:
+            raise InvalidArgumentError(f"{at}: unknown table {table!r}")
+        first_n = _field(f, "first_n", int, at) if pooling is Pooling.FIRSTN else 0
+        if pooling is Pooling.FIRSTN and first_n <= 0:
+            raise InvalidArgumentError(f"{at}: first_n must be positive")
+        features.append(FeatureSpec(_field(f, "name", str, at), _field(f, "slot", int, at), table, pooling, first_n))
+    dense_inputs = tuple(
+        DenseInputSpec(_field(d, "name", str, f"{where} dense_inputs[{i}]"), _field(d, "dim", int, f"{where} dense_inputs[{i}]"))
+        for i, d in enumerate(data.get("dense_inputs", []))
+    )
+    dense_raw = _field(data, "dense", dict, where)
+    try:
+        backend = DenseBackend(_field(dense_raw, "backend", str, f"{where} dense"))
+    except ValueError as error:
+        raise InvalidArgumentError(f"{where} dense: backend must be numpy or onnx") from error
+    if backend is DenseBackend.NUMPY:
+        layers = []
+        for i, layer in enumerate(_field(dense_raw, "layers", list, f"{where} dense")):
+            at = f"{where} dense.layers[{i}]"
+            activation = _field(layer, "activation", str, at)
+            if activation not in ACTIVATIONS:
+                raise InvalidArgumentError(f"{at}: activation must be one of {', '.join(ACTIVATIONS)}")
+            layers.append(LayerSpec(_field(layer, "weight", str, at), _field(layer, "bias", str, at), activation))
+        dense = DenseSpec(backend, layers=tuple(layers))
+    else:
+        dense = DenseSpec(backend, file=_field(dense_raw, "file", str, f"{where} dense"))
+    names = [f.name for f in features] + [d.name for d in dense_inputs]
+    if len(set(names)) != len(names):
+        raise InvalidArgumentError(f"{where}: feature names must be unique")
+    return ServingSpec(
+        model_name=_field(data, "model_name", str, where),
+        num_ps=_field(data, "num_ps", int, where),
+        tables=tables,
+        features=tuple(features),
+        dense_inputs=dense_inputs,
+        dense=dense,
+        output_name=str(data.get("output_name", "scores")),
+        max_batch_size=int(data.get("max_batch_size", 1024)),
+        ignore_unknown_features=bool(data.get("ignore_unknown_features", False)),
+    )
+
+
+def load_serving_spec(entry_version_dir: Path) -> ServingSpec:
+    path = entry_version_dir / SPEC_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise NotFoundError(f"no {SPEC_FILE} in entry version folder {str(entry_version_dir)!r}") from error
+    except json.JSONDecodeError as error:
+        raise InvalidArgumentError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise InvalidArgumentError(f"{path}: top level must be a JSON object")
+    return parse_serving_spec(data, str(path))
+
+
+def write_serving_spec(entry_version_dir: Path, spec: ServingSpec) -> None:
+    path = entry_version_dir / SPEC_FILE
+    path.write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True) + "\n")

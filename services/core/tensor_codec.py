@@ -1,0 +1,162 @@
+"""numpy arrays <-> tensorflow.TensorProto.
+
+Numeric tensors are always encoded through ``tensor_content`` (raw little-endian bytes): building the
+typed repeated fields from Python costs ~70x more. Decoding accepts both encodings, as TF Serving does,
+including its rule that a typed field holding a single value fills the whole shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
+
+TensorProto = tensor_pb2.TensorProto
+
+
+class TensorCodecError(InvalidArgumentError):
+    """A tensor cannot be decoded or encoded; the message names the tensor."""
+
+
+@dataclass(frozen=True)
+class _DtypeInfo:
+    numpy_dtype: np.dtype[Any]
+    typed_field: str
+
+
+_BY_DATATYPE: dict[int, _DtypeInfo] = {
+    types_pb2.DT_FLOAT: _DtypeInfo(np.dtype("<f4"), "float_val"),
+    types_pb2.DT_DOUBLE: _DtypeInfo(np.dtype("<f8"), "double_val"),
+    types_pb2.DT_INT32: _DtypeInfo(np.dtype("<i4"), "int_val"),
+    types_pb2.DT_UINT8: _DtypeInfo(np.dtype("u1"), "int_val"),
+    types_pb2.DT_INT16: _DtypeInfo(np.dtype("<i2"), "int_val"),
+    types_pb2.DT_INT8: _DtypeInfo(np.dtype("i1"), "int_val"),
+    types_pb2.DT_UINT16: _DtypeInfo(np.dtype("<u2"), "int_val"),
+    types_pb2.DT_STRING: _DtypeInfo(np.dtype(object), "string_val"),
+    types_pb2.DT_INT64: _DtypeInfo(np.dtype("<i8"), "int64_val"),
+    types_pb2.DT_BOOL: _DtypeInfo(np.dtype("?"), "bool_val"),
+    types_pb2.DT_HALF: _DtypeInfo(np.dtype("<f2"), "half_val"),
+    types_pb2.DT_UINT32: _DtypeInfo(np.dtype("<u4"), "uint32_val"),
+    types_pb2.DT_UINT64: _DtypeInfo(np.dtype("<u8"), "uint64_val"),
+    types_pb2.DT_COMPLEX64: _DtypeInfo(np.dtype("<c8"), "scomplex_val"),
+    types_pb2.DT_COMPLEX128: _DtypeInfo(np.dtype("<c16"), "dcomplex_val"),
+}
+
+_BY_NUMPY_KIND: dict[str, int] = {
+    info.numpy_dtype.newbyteorder("=").str if info.numpy_dtype != np.dtype(object) else "O": dt
+    for dt, info in _BY_DATATYPE.items()
+}
+
+
+def dtype_name(datatype: int) -> str:
+    try:
+        return str(types_pb2.DataType.Name(datatype))
+    except ValueError:
+        return f"unknown DataType {datatype}"
+
+
+def numpy_dtype_for(datatype: int) -> np.dtype[Any]:
+    """The numpy dtype that a tensor of ``datatype`` decodes to; object for DT_STRING."""
+    info = _BY_DATATYPE.get(datatype)
+    if info is None:
+        raise TensorCodecError(f"unsupported dtype {dtype_name(datatype)}")
+    return info.numpy_dtype
+
+
+def datatype_for(array: npt.NDArray[Any]) -> int:
+    """The DataType of a numpy array; bytes/str/object arrays are DT_STRING."""
+    kind = array.dtype
+    if kind.kind in ("O", "S", "U"):
+        return types_pb2.DT_STRING
+    datatype = _BY_NUMPY_KIND.get(kind.newbyteorder("=").str)
+    if datatype is None:
+        raise TensorCodecError(f"no TensorProto dtype for numpy dtype {kind}")
+    return datatype
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise TensorCodecError(f"string tensor element of type {type(value).__name__} is not bytes or str")
+
+
+def to_tensor_proto(array: Any, *, datatype: int | None = None) -> tensor_pb2.TensorProto:
+    """Encodes ``array`` (anything np.asarray accepts) as a TensorProto.
+
+    Numeric data goes into ``tensor_content``; strings into ``string_val``.
+    """
+    arr = np.asarray(array)
+    if datatype is None:
+        datatype = datatype_for(arr)
+    info = _BY_DATATYPE.get(datatype)
+    if info is None:
+        raise TensorCodecError(f"unsupported dtype {dtype_name(datatype)}")
+    proto = tensor_pb2.TensorProto(dtype=datatype)
+    dims = proto.tensor_shape.dim
+    for size in arr.shape:
+        dims.add(size=size)
+    if datatype == types_pb2.DT_STRING:
+        proto.string_val.extend(_as_bytes(v) for v in arr.reshape(-1).tolist())
+    else:
+        proto.tensor_content = np.ascontiguousarray(arr, dtype=info.numpy_dtype).tobytes()
+    return proto
+
+
+def tensor_shape(proto: tensor_pb2.TensorProto, name: str = "tensor") -> tuple[int, ...]:
+    """The fully known shape of ``proto``; unknown rank or dimensions are an error."""
+    if proto.tensor_shape.unknown_rank:
+        raise TensorCodecError(f"input {name!r}: shape has unknown rank")
+    shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
+    if any(size < 0 for size in shape):
+        raise TensorCodecError(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    return shape
+
+
+def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = "tensor") -> npt.NDArray[Any]:
+    """Decodes ``proto`` into a numpy array of its shape.
+
+    DT_STRING decodes to an object array of bytes. Raises TensorCodecError naming ``name`` when the
+    dtype is unsupported or the element count does not match the shape.
+    """
+    info = _BY_DATATYPE.get(proto.dtype)
+    if info is None:
+        raise TensorCodecError(f"input {name!r}: unsupported dtype {dtype_name(proto.dtype)}")
+    shape = tensor_shape(proto, name)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if proto.tensor_content and proto.dtype != types_pb2.DT_STRING:
+        expected = count * info.numpy_dtype.itemsize
+        if len(proto.tensor_content) != expected:
+            raise TensorCodecError(
+                f"input {name!r}: tensor_content has {len(proto.tensor_content)} bytes, "
+                f"shape {list(shape)} of {dtype_name(proto.dtype)} needs {expected}"
+            )
+        return np.frombuffer(proto.tensor_content, dtype=info.numpy_dtype).reshape(shape)
+    values: Sequence[Any] = getattr(proto, info.typed_field)
+    if proto.dtype == types_pb2.DT_STRING:
+        flat = np.empty(len(values), dtype=object)
+        flat[:] = list(values)
+    elif proto.dtype == types_pb2.DT_HALF:
+        flat = np.asarray(values, dtype=np.uint16).view(np.float16)
+    elif proto.dtype in (types_pb2.DT_COMPLEX64, types_pb2.DT_COMPLEX128):
+        pairs = np.asarray(values, dtype=info.numpy_dtype.type(0).real.dtype)
+        if len(pairs) % 2:
+            raise TensorCodecError(f"input {name!r}: complex values need an even number of floats")
+        flat = pairs.view(info.numpy_dtype)
+    else:
+        flat = np.asarray(values, dtype=info.numpy_dtype)
+    if len(flat) == count:
+        return flat.reshape(shape)
+    if len(flat) == 1 and count > 1:
+        # TF Serving semantics: a single typed value fills the whole tensor.
+        return np.full(shape, flat[0], dtype=flat.dtype)
+    raise TensorCodecError(
+        f"input {name!r}: {len(flat)} values given but shape {list(shape)} has {count} elements"
+    )

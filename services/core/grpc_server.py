@@ -48,9 +48,7 @@ class GrpcServer:
         await self.server.start()
 
     async def set_serving(self, serving: bool, service: str = "") -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         await self.health.set(service, status)
 
     async def stop(self, grace_s: float) -> None:
@@ -65,9 +63,7 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
     ]
 
 
-def build_server(
-    options: GrpcServerOptions, add_servicers: Iterable[Callable[[grpc.aio.Server], None]]
-) -> GrpcServer:
+def build_server(options: GrpcServerOptions, add_servicers: Iterable[Callable[[grpc.aio.Server], None]]) -> GrpcServer:
     """Creates the server, registers servicers, health and reflection, and binds the port.
 
     Health starts NOT_SERVING; the service flips it once it can answer.

@@ -182,7 +182,9 @@ def parse_serving_spec(data: Mapping[str, Any], where: str = SPEC_FILE) -> Servi
             raise InvalidArgumentError(f"{at}: first_n must be positive")
         features.append(FeatureSpec(_field(f, "name", str, at), _field(f, "slot", int, at), table, pooling, first_n))
     dense_inputs = tuple(
-        DenseInputSpec(_field(d, "name", str, f"{where} dense_inputs[{i}]"), _field(d, "dim", int, f"{where} dense_inputs[{i}]"))
+        DenseInputSpec(
+            _field(d, "name", str, f"{where} dense_inputs[{i}]"), _field(d, "dim", int, f"{where} dense_inputs[{i}]")
+        )
         for i, d in enumerate(data.get("dense_inputs", []))
     )
     dense_raw = _field(data, "dense", dict, where)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -99,7 +99,7 @@ def to_tensor_proto(array: Any, *, datatype: int | None = None) -> tensor_pb2.Te
     info = _BY_DATATYPE.get(datatype)
     if info is None:
         raise TensorCodecError(f"unsupported dtype {dtype_name(datatype)}")
-    proto = tensor_pb2.TensorProto(dtype=datatype)
+    proto = tensor_pb2.TensorProto(dtype=cast(types_pb2.DataType, datatype))
     dims = proto.tensor_shape.dim
     for size in arr.shape:
         dims.add(size=size)
@@ -157,6 +157,4 @@ def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np
     if len(flat) == 1 and count > 1:
         # TF Serving semantics: a single typed value fills the whole tensor.
         return np.full(shape, flat[0], dtype=flat.dtype)
-    raise TensorCodecError(
-        f"input {name!r}: {len(flat)} values given but shape {list(shape)} has {count} elements"
-    )
+    raise TensorCodecError(f"input {name!r}: {len(flat)} values given but shape {list(shape)} has {count} elements")

@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from google.protobuf import symbol_database, wrappers_pb2  # noqa: F401
-from tensorflow.core.example import example_pb2  # noqa: F401
+from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_pb2
 

@@ -17,8 +17,22 @@ from monolith_serving.core.tensor_codec import (
 )
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 
-NUMERIC = [np.float32, np.float64, np.int32, np.int64, np.int16, np.int8, np.uint8, np.uint16, np.uint32, np.uint64,
-           np.bool_, np.float16, np.complex64, np.complex128]
+NUMERIC = [
+    np.float32,
+    np.float64,
+    np.int32,
+    np.int64,
+    np.int16,
+    np.int8,
+    np.uint8,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.bool_,
+    np.float16,
+    np.complex64,
+    np.complex128,
+]
 
 
 @settings(max_examples=60, deadline=None)

@@ -72,7 +72,9 @@ def test_every_field_we_define_matches_tf_serving() -> None:
             )
             mine = [field.name, field.number, field.type, field.is_repeated, type_name]
             assert field.name in their_fields, f"{name}.{field.name} does not exist in TF Serving"
-            assert mine == their_fields[field.name], f"{name}.{field.name}: ours {mine} theirs {their_fields[field.name]}"
+            assert mine == their_fields[field.name], (
+                f"{name}.{field.name}: ours {mine} theirs {their_fields[field.name]}"
+            )
 
 
 def _tensor(values: Any, dtype: int, dims: list[int], typed_field: str | None, content: bytes = b"") -> Any:
@@ -148,8 +150,12 @@ def test_identical_bytes_both_ways(case: str) -> None:
 
 
 def test_their_typed_and_content_tensors_decode_with_our_codec() -> None:
-    request = predict_pb2.PredictRequest.FromString(bytes.fromhex(peer({"op": "build", "case": "predict_request"})["hex"]))
-    np.testing.assert_array_equal(from_tensor_proto(request.inputs["f32_typed"]), np.array([1.5, -2.0, 3.25], np.float32))
+    request = predict_pb2.PredictRequest.FromString(
+        bytes.fromhex(peer({"op": "build", "case": "predict_request"})["hex"])
+    )
+    np.testing.assert_array_equal(
+        from_tensor_proto(request.inputs["f32_typed"]), np.array([1.5, -2.0, 3.25], np.float32)
+    )
     np.testing.assert_array_equal(
         from_tensor_proto(request.inputs["f32_content"]), np.array([[0.5, 1.0], [-1.5, 2.0]], np.float32)
     )

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from monolith_serving.cli import COMMANDS, main
+
+
+def test_top_level_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in COMMANDS:
+        assert command.name in out
+
+
+def test_unknown_command_fails() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "monolith_serving", "nope"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert "unknown command 'nope'" in done.stderr
+
+
+@pytest.mark.parametrize("command", [c.name for c in COMMANDS])
+def test_every_command_has_help(command: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "monolith_serving", command, "--help"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--log_format" in done.stdout
+
+
+def test_dashed_and_underscored_flags_are_the_same(tmp_path: object) -> None:
+    import argparse
+
+    from monolith_serving.core.cli_flags import add_flag
+
+    parser = argparse.ArgumentParser()
+    add_flag(parser, "--model_config_file")
+    assert parser.parse_args(["--model-config-file", "a"]).model_config_file == "a"
+    assert parser.parse_args(["--model_config_file", "b"]).model_config_file == "b"

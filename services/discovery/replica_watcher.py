@@ -1,0 +1,384 @@
+"""The ReplicaWatcher role: an in-memory view of which replicas are AVAILABLE, kept current by watches.
+
+v1: ``(model, server_type, task) → AVAILABLE addresses`` from ``/{bzid}/service/...`` ReplicaMeta nodes.
+v3: ``model:sub_graph → gRPC addresses`` from ``/{bzid}/binding/...`` joined with
+``/{bzid}/container_service/...``.
+
+Watch events update the view incrementally; a periodic full re-read repairs anything missed. When the
+registry session is not CONNECTED the last known view keeps being served and ``stale`` is True.
+Not thread-safe: all methods and callbacks run on one asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+
+from monolith_serving.core.errors import InvalidArgumentError, UnavailableError
+from monolith_serving.core.zk_paths import (
+    ReplicaPath,
+    ServerType,
+    binding_root,
+    container_service_root,
+    parse_binding_name,
+    parse_container_service_name,
+    service_root,
+    task_key,
+)
+from monolith_serving.discovery.base import Discovery, EventKind, SessionState, WatchEvent, WatchHandle
+from monolith_serving.discovery.metrics import DiscoveryMetrics
+from monolith_serving.discovery.replica_meta import ContainerServiceInfo, ReplicaMeta
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ReplicaInfo", "ReplicaWatcher", "V3Binding"]
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """One v1 replica node as read from the registry."""
+
+    path: ReplicaPath
+    meta: ReplicaMeta
+
+
+@dataclass(frozen=True)
+class V3Binding:
+    """One v3 binding: a container serving ``model:sub_graph``."""
+
+    model: str
+    sub_graph: str
+    ctx_cluster: str
+    ctx_id: str
+
+
+class ReplicaWatcher:
+    """Watches the registry of one bzid (all models, or only ``base_name``).
+
+    ``agent_version`` 1 watches the v1 service tree; 3 watches bindings and container services.
+    """
+
+    def __init__(
+        self,
+        *,
+        discovery: Discovery,
+        bzid: str,
+        base_name: str | None = None,
+        agent_version: int = 1,
+        resync_interval_s: float = 30.0,
+        rng: random.Random | None = None,
+        metrics: DiscoveryMetrics | None = None,
+    ) -> None:
+        if agent_version not in (1, 3):
+            raise ValueError(f"agent_version must be 1 or 3, got {agent_version}")
+        self._discovery = discovery
+        self._bzid = bzid
+        self._base_name = base_name
+        self._agent_version = agent_version
+        self._resync_interval_s = resync_interval_s
+        self._rng = rng or random.Random()
+        self._metrics = metrics or DiscoveryMetrics()
+        self._replicas: dict[str, ReplicaInfo] = {}  # v1: node path -> replica
+        self._bindings: dict[str, V3Binding] = {}  # v3: node path -> binding
+        self._containers: dict[tuple[str, str], ContainerServiceInfo] = {}  # v3: (cluster, id) -> info
+        self._handles: list[WatchHandle] = []
+        self._resync_task: asyncio.Task[None] | None = None
+        self._events_seen = 0  # bumped per applied event; a resync started earlier is then discarded
+        self._synced = asyncio.Event()
+        self._changed = asyncio.Event()  # replaced after each change (see _notify_changed)
+        self._started = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._discovery.add_state_listener(self._on_session_state)
+        self._metrics.watcher_stale.set(0 if self._discovery.state is SessionState.CONNECTED else 1)
+        for root in self._roots():
+            self._handles.append(await self._discovery.watch_subtree(root, self._on_event))
+        self._resync_task = asyncio.create_task(self._resync_loop(), name="replica-watcher-resync")
+
+    async def stop(self) -> None:
+        for handle in self._handles:
+            handle.cancel()
+        self._handles.clear()
+        self._discovery.remove_state_listener(self._on_session_state)
+        if self._resync_task is not None:
+            self._resync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resync_task
+            self._resync_task = None
+
+    async def __aenter__(self) -> ReplicaWatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    def _roots(self) -> list[str]:
+        if self._agent_version == 3:
+            return [binding_root(self._bzid), container_service_root(self._bzid)]
+        if self._base_name is not None:
+            return [service_root(self._bzid, self._base_name)]
+        return [f"/{self._bzid}/service"]
+
+    # ---- freshness -------------------------------------------------------------------------------------
+    @property
+    def stale(self) -> bool:
+        """True when the registry is unreachable and the view is the last known one."""
+        return self._discovery.state is not SessionState.CONNECTED
+
+    @property
+    def synced(self) -> bool:
+        """True once the view has been filled from the registry at least once."""
+        return self._synced.is_set()
+
+    async def wait_synced(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _on_session_state(self, state: SessionState) -> None:
+        self._metrics.watcher_stale.set(0 if state is SessionState.CONNECTED else 1)
+        if state is not SessionState.CONNECTED:
+            log.warning("registry %s: serving the last known replica view (stale)", state.value)
+
+    # ---- event handling --------------------------------------------------------------------------------
+    def _on_event(self, event: WatchEvent) -> None:
+        self._events_seen += 1
+        self._apply(event.kind, event.path, event.data)
+        self._synced.set()
+        self._notify_changed()
+
+    def _apply(self, kind: EventKind, path: str, data: bytes) -> None:
+        """Update the view for one node; malformed nodes are logged and skipped (and dropped)."""
+        parts = path.split("/")
+        if len(parts) >= 3 and parts[2] == "service":
+            self._apply_v1(kind, path, data)
+        elif len(parts) == 5 and parts[2] == "binding":
+            self._apply_binding(kind, path, parts[3], parts[4])
+        elif len(parts) == 4 and parts[2] == "container_service":
+            self._apply_container(kind, path, parts[3], data)
+
+    def _apply_v1(self, kind: EventKind, path: str, data: bytes) -> None:
+        if kind is EventKind.REMOVED:
+            self._replicas.pop(path, None)
+            return
+        try:
+            replica_path = ReplicaPath.parse(path)
+        except InvalidArgumentError:
+            # Intermediate nodes without children (an emptied `ps:0`) are leaves too; not replicas.
+            log.debug("ignoring non-replica node %s", path)
+            return
+        try:
+            meta = ReplicaMeta.from_json(data)
+        except InvalidArgumentError as exc:
+            self._metrics.malformed_nodes.labels(kind="replica").inc()
+            log.warning("skipping replica node %s with malformed data: %s", path, exc.message)
+            self._replicas.pop(path, None)
+            return
+        self._replicas[path] = ReplicaInfo(replica_path, meta)
+
+    def _apply_binding(self, kind: EventKind, path: str, model: str, name: str) -> None:
+        if kind is EventKind.REMOVED:
+            self._bindings.pop(path, None)
+            return
+        try:
+            leaf = parse_binding_name(name)
+        except InvalidArgumentError as exc:
+            self._metrics.malformed_nodes.labels(kind="binding").inc()
+            log.warning("skipping malformed binding %s: %s", path, exc.message)
+            return
+        self._bindings[path] = V3Binding(model, leaf.sub_graph, leaf.ctx_cluster, leaf.ctx_id)
+
+    def _apply_container(self, kind: EventKind, path: str, name: str, data: bytes) -> None:
+        try:
+            leaf = parse_container_service_name(name)
+        except InvalidArgumentError as exc:
+            self._metrics.malformed_nodes.labels(kind="container_service").inc()
+            log.warning("skipping malformed container_service %s: %s", path, exc.message)
+            return
+        key = (leaf.ctx_cluster, leaf.ctx_id)
+        if kind is EventKind.REMOVED:
+            self._containers.pop(key, None)
+            return
+        try:
+            self._containers[key] = ContainerServiceInfo.from_json(data)
+        except InvalidArgumentError as exc:
+            self._metrics.malformed_nodes.labels(kind="container_service").inc()
+            log.warning("skipping container_service %s with malformed data: %s", path, exc.message)
+            self._containers.pop(key, None)
+
+    def _notify_changed(self) -> None:
+        # Wake every waiter of the current generation; later waiters wait on a fresh event.
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # ---- periodic full resync --------------------------------------------------------------------------
+    async def resync(self) -> None:
+        """Re-read every watched subtree and rebuild the view (skipped while disconnected)."""
+        if self._discovery.state is not SessionState.CONNECTED:
+            return
+        started = time.monotonic()
+        events_before = self._events_seen
+        snapshots: list[Mapping[str, bytes]] = []
+        try:
+            for root in self._roots():
+                snapshots.append(await self._discovery.get_leaves(root))
+        except UnavailableError as exc:
+            log.warning("replica resync skipped: %s", exc.message)
+            return
+        if self._events_seen != events_before:
+            return  # newer watch events arrived meanwhile; this snapshot may be older than them
+        self._replicas.clear()
+        self._bindings.clear()
+        self._containers.clear()
+        for snapshot in snapshots:
+            for path, data in snapshot.items():
+                self._apply(EventKind.ADDED, path, data)
+        self._synced.set()
+        self._notify_changed()
+        self._metrics.watcher_resync_seconds.observe(time.monotonic() - started)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._resync_interval_s)
+            try:
+                await self.resync()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("replica watcher resync failed")
+
+    # ---- v1 queries ------------------------------------------------------------------------------------
+    def replicas(self) -> list[ReplicaInfo]:
+        """Every v1 replica node currently known (any state), sorted by path."""
+        return [self._replicas[p] for p in sorted(self._replicas)]
+
+    def _select(self, model: str | None, idc: str | None, cluster: str | None) -> Iterable[ReplicaInfo]:
+        for info in self._replicas.values():
+            if not info.meta.available or not info.meta.address:
+                continue
+            if model is not None and info.path.base_name != model:
+                continue
+            if idc is not None and info.path.idc != idc:
+                continue
+            if cluster is not None and info.path.cluster != cluster:
+                continue
+            yield info
+
+    def get_replicas(
+        self,
+        server_type: ServerType | str,
+        task: int,
+        *,
+        model: str | None = None,
+        idc: str | None = None,
+        cluster: str | None = None,
+    ) -> list[str]:
+        """Sorted addresses of AVAILABLE replicas of one task (filters: model, idc, cluster)."""
+        kind = ServerType(server_type)
+        return sorted(
+            {
+                info.meta.address
+                for info in self._select(model, idc, cluster)
+                if info.path.server_type is kind and info.path.task == task and info.meta.address
+            }
+        )
+
+    def get_all_replicas(
+        self,
+        server_type: ServerType | str | None = None,
+        *,
+        model: str | None = None,
+        idc: str | None = None,
+        cluster: str | None = None,
+    ) -> dict[str, list[str]]:
+        """``"{server_type}:{task}" → sorted AVAILABLE addresses`` (the v1 HeartBeat map)."""
+        kind = ServerType(server_type) if server_type is not None else None
+        view: dict[str, set[str]] = {}
+        for info in self._select(model, idc, cluster):
+            if kind is not None and info.path.server_type is not kind:
+                continue
+            key = task_key(info.path.server_type, info.path.task)
+            view.setdefault(key, set()).add(info.meta.address or "")
+        return {k: sorted(v) for k, v in sorted(view.items())}
+
+    def get_replica(
+        self,
+        server_type: ServerType | str,
+        task: int,
+        *,
+        model: str | None = None,
+        idc: str | None = None,
+        cluster: str | None = None,
+    ) -> str | None:
+        """A random AVAILABLE replica address of one task, or None."""
+        candidates = self.get_replicas(server_type, task, model=model, idc=idc, cluster=cluster)
+        return self._rng.choice(candidates) if candidates else None
+
+    async def wait_until_available(
+        self,
+        server_type: ServerType | str,
+        tasks: Iterable[int],
+        *,
+        timeout_s: float,
+        model: str | None = None,
+    ) -> bool:
+        """Wait until every task has an AVAILABLE replica (an entry waits for all PS tasks)."""
+        wanted = list(tasks)
+
+        def all_available() -> bool:
+            return all(self.get_replicas(server_type, t, model=model) for t in wanted)
+
+        deadline = time.monotonic() + timeout_s
+        while not all_available():
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining_s)
+        return True
+
+    # ---- v3 queries ------------------------------------------------------------------------------------
+    def bindings(self) -> list[V3Binding]:
+        return [self._bindings[p] for p in sorted(self._bindings)]
+
+    def containers(self) -> dict[tuple[str, str], ContainerServiceInfo]:
+        return dict(self._containers)
+
+    def get_v3_replicas(
+        self, model: str, sub_graph: str, *, idc: str | None = None, cluster: str | None = None
+    ) -> list[str]:
+        """Sorted gRPC addresses of containers bound to ``model:sub_graph`` (filters: idc, ctx_cluster)."""
+        return self.get_all_v3_replicas(idc=idc, cluster=cluster).get(f"{model}:{sub_graph}", [])
+
+    def get_all_v3_replicas(
+        self, *, model: str | None = None, idc: str | None = None, cluster: str | None = None
+    ) -> dict[str, list[str]]:
+        """``"{model}:{sub_graph}" → sorted gRPC addresses`` (the v3 HeartBeat map)."""
+        view: dict[str, set[str]] = {}
+        for binding in self._bindings.values():
+            if model is not None and binding.model != model:
+                continue
+            if cluster is not None and binding.ctx_cluster != cluster:
+                continue
+            container = self._containers.get((binding.ctx_cluster, binding.ctx_id))
+            if container is None or not container.grpc:
+                continue  # bound but its address is not (yet) published
+            if idc is not None and container.idc != idc:
+                continue
+            view.setdefault(f"{binding.model}:{binding.sub_graph}", set()).add(container.grpc)
+        return {k: sorted(v) for k, v in sorted(view.items())}

@@ -1,0 +1,389 @@
+"""ZooKeeper backend (kazoo). The only module of the package that imports kazoo.
+
+Threading: kazoo runs its own connection and event threads. Our kazoo callbacks (state listener, watch
+triggers) never block: they only hand the event to the asyncio loop with ``call_soon_threadsafe``. All
+blocking kazoo calls run on a sized ``ThreadPoolExecutor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    ConnectionLoss,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    SessionExpiredError,
+)
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.retry import KazooRetry
+
+from monolith_serving.core.errors import UnavailableError
+from monolith_serving.discovery.base import (
+    Discovery,
+    SessionState,
+    StateListener,
+    SubtreeDiffer,
+    WatchHandle,
+    WatchListener,
+    join_path,
+    leaves_of,
+    normalize_path,
+    safe_call,
+)
+from monolith_serving.discovery.config import DiscoveryConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Errors meaning "the server cannot be reached right now" (retry later), as opposed to bugs.
+_TRANSIENT = (ConnectionLoss, SessionExpiredError, KazooTimeoutError)
+
+_STATE_MAP = {
+    KazooState.CONNECTED: SessionState.CONNECTED,
+    KazooState.SUSPENDED: SessionState.SUSPENDED,
+    KazooState.LOST: SessionState.LOST,
+}
+
+
+class ZkDiscovery(Discovery):
+    """Discovery over a ZooKeeper ensemble.
+
+    Connecting retries forever with backoff (ZooKeeper down at start is not fatal: ``state`` stays
+    SUSPENDED until the first connect). Reads while disconnected raise UnavailableError at once.
+    """
+
+    def __init__(self, config: DiscoveryConfig, *, read_timeout_s: float = 10.0) -> None:
+        self._config = config
+        self._read_timeout_s = read_timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=config.executor_workers, thread_name_prefix="zk-discovery")
+        self._client = KazooClient(
+            hosts=config.zk_servers,
+            timeout=config.session_timeout_s,
+            connection_retry=KazooRetry(max_tries=-1, delay=0.1, backoff=2, max_delay=5.0),
+            command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._state = SessionState.SUSPENDED
+        self._state_listeners: list[StateListener] = []
+        self._connected = asyncio.Event()
+        self._ephemerals: dict[str, bytes] = {}  # desired state, touched only on the loop
+        self._ephemeral_lock = asyncio.Lock()
+        self._watches: list[_ZkSubtreeWatch] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._started = False
+        self._stopped = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._loop = asyncio.get_running_loop()
+        self._client.add_listener(self._on_kazoo_state)
+        self._client.start_async()  # connects in kazoo's thread, retrying forever
+
+    async def stop(self) -> None:
+        if self._stopped or not self._started:
+            self._stopped = True
+            return
+        self._stopped = True
+        for watch in list(self._watches):
+            watch.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        paths = list(self._ephemerals)
+        self._ephemerals.clear()
+        if self._client.connected:
+            for path in paths:
+                try:
+                    await self._run(self._client.delete, path)
+                except NoNodeError:
+                    pass
+                except (*_TRANSIENT, KazooException) as exc:
+                    log.warning("could not delete ephemeral %s on stop: %r", path, exc)
+        await self._run(self._close_client)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _close_client(self) -> None:
+        self._client.stop()
+        self._client.close()
+
+    # ---- state -----------------------------------------------------------------------------------------
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    def session_id(self) -> tuple[int, bytes] | None:
+        """(session id, password) of the live session; for diagnostics and session-expiry tests."""
+        client_id: tuple[int, bytes] | None = self._client.client_id
+        return client_id
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
+
+    def remove_state_listener(self, listener: StateListener) -> None:
+        if listener in self._state_listeners:
+            self._state_listeners.remove(listener)
+
+    def _on_kazoo_state(self, kazoo_state: str) -> None:
+        # Runs on kazoo's connection thread: must not block, so only hand over to the loop.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        state = _STATE_MAP[kazoo_state]
+        loop.call_soon_threadsafe(self._set_state, state)
+
+    def _set_state(self, state: SessionState) -> None:
+        previous, self._state = self._state, state
+        if state is SessionState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        log.info("zookeeper session %s -> %s", previous.value, state.value)
+        for listener in list(self._state_listeners):
+            safe_call(listener, state)
+        if state is SessionState.CONNECTED and not self._stopped:
+            # After any reconnect (same session or a new one after LOST) bring ephemerals and watches back.
+            self.spawn(self._reconcile_all_ephemerals())
+            for watch in self._watches:
+                watch.request_resync()
+
+    # ---- ephemerals ------------------------------------------------------------------------------------
+    async def register_ephemeral(self, path: str, data: bytes) -> None:
+        path = normalize_path(path)
+        self._ephemerals[path] = data
+        await self._write_ephemeral(path)
+
+    async def update_ephemeral(self, path: str, data: bytes) -> None:
+        path = normalize_path(path)
+        if path not in self._ephemerals:
+            raise KeyError(f"ephemeral {path} is not registered")
+        self._ephemerals[path] = data
+        await self._write_ephemeral(path)
+
+    async def unregister(self, path: str) -> None:
+        path = normalize_path(path)
+        self._ephemerals.pop(path, None)
+        async with self._ephemeral_lock:
+            if not self._client.connected:
+                return  # a node of ours cannot outlive the session; if the session survives, stop() cleans
+            with contextlib.suppress(NoNodeError):
+                await self._run(self._client.delete, path)
+
+    async def _write_ephemeral(self, path: str) -> None:
+        async with self._ephemeral_lock:
+            data = self._ephemerals.get(path)
+            if data is None or not self._client.connected:
+                return  # written by the reconcile that follows the next CONNECTED
+            try:
+                await self._run(self._put_ephemeral_blocking, path, data)
+            except _TRANSIENT as exc:
+                log.warning("ephemeral %s not written (%r); will retry on reconnect", path, exc)
+
+    async def _reconcile_all_ephemerals(self) -> None:
+        for path in list(self._ephemerals):
+            await self._write_ephemeral(path)
+
+    def _put_ephemeral_blocking(self, path: str, data: bytes) -> None:
+        """Make ``path`` an ephemeral of this session holding ``data`` (runs on the executor)."""
+        try:
+            self._client.create(path, data, ephemeral=True, makepath=True)
+            return
+        except NodeExistsError:
+            pass
+        try:
+            current, stat = self._client.get(path)
+        except NoNodeError:
+            self._client.create(path, data, ephemeral=True, makepath=True)
+            return
+        client_id = self._client.client_id
+        if client_id is not None and stat.ephemeralOwner == client_id[0]:
+            if current != data:
+                self._client.set(path, data, version=stat.version)
+            return
+        # Left by another session (e.g. our previous process whose session has not expired yet):
+        # replace it so the node lives and dies with *this* session.
+        log.warning("replacing node %s owned by session 0x%x", path, stat.ephemeralOwner)
+        with contextlib.suppress(NoNodeError):
+            self._client.delete(path, version=stat.version)
+        self._client.create(path, data, ephemeral=True, makepath=True)
+
+    # ---- persistent nodes and reads -------------------------------------------------------------------
+    async def ensure_path(self, path: str) -> None:
+        self._require_connected()
+        await self._run(self._client.ensure_path, normalize_path(path))
+
+    async def set_persistent(self, path: str, data: bytes) -> None:
+        self._require_connected()
+        await self._run(self._set_persistent_blocking, normalize_path(path), data)
+
+    def _set_persistent_blocking(self, path: str, data: bytes) -> None:
+        try:
+            self._client.create(path, data, makepath=True)
+        except NodeExistsError:
+            self._client.set(path, data)
+
+    async def delete(self, path: str, *, recursive: bool = False) -> None:
+        self._require_connected()
+        try:
+            await self._run(self._client.delete, normalize_path(path), recursive=recursive)
+        except NoNodeError:
+            pass
+        except NotEmptyError as exc:
+            raise ValueError(f"{path} has children; pass recursive=True") from exc
+
+    async def get_children(self, path: str) -> list[str]:
+        self._require_connected()
+        try:
+            children: list[str] = await self._read(self._client.get_children, normalize_path(path))
+        except NoNodeError:
+            return []
+        return sorted(children)
+
+    async def get_data(self, path: str) -> bytes | None:
+        self._require_connected()
+        try:
+            data, _stat = await self._read(self._client.get, normalize_path(path))
+        except NoNodeError:
+            return None
+        return bytes(data)
+
+    async def get_leaves(self, path: str) -> dict[str, bytes]:
+        self._require_connected()
+        root = normalize_path(path)
+        nodes = await self._read(self.snapshot_blocking, root, None)
+        return leaves_of(nodes, root)
+
+    def snapshot_blocking(self, root: str, watcher: Callable[[Any], None] | None) -> dict[str, bytes]:
+        """Read a whole subtree (``path → data``), level by level with pipelined async calls.
+
+        With ``watcher``, leaves a child and a data watch on every node (and an exists watch on a missing
+        root) so that any change under ``root`` fires it once.
+        """
+        nodes: dict[str, bytes] = {}
+        if self._client.exists(root, watch=watcher) is None:
+            return nodes
+        level = [root]
+        while level:
+            child_calls = [(p, self._client.get_children_async(p, watch=watcher)) for p in level]
+            data_calls = [(p, self._client.get_async(p, watch=watcher)) for p in level]
+            next_level: list[str] = []
+            for p, result in data_calls:
+                try:
+                    data, _stat = result.get(timeout=self._read_timeout_s)
+                except NoNodeError:
+                    continue  # deleted meanwhile; its parent's child watch fires
+                nodes[p] = bytes(data)
+            for p, result in child_calls:
+                try:
+                    children = result.get(timeout=self._read_timeout_s)
+                except NoNodeError:
+                    continue
+                next_level.extend(join_path(p, c) for c in children)
+            level = next_level
+        return {p: d for p, d in nodes.items() if p != root}
+
+    # ---- watches ---------------------------------------------------------------------------------------
+    async def watch_subtree(self, path: str, listener: WatchListener) -> WatchHandle:
+        if self._loop is None:
+            raise RuntimeError("start() the discovery client before watching")
+        watch = _ZkSubtreeWatch(self, normalize_path(path), SubtreeDiffer(listener))
+        self._watches.append(watch)
+        watch.request_resync()
+        return watch
+
+    def _forget_watch(self, watch: _ZkSubtreeWatch) -> None:
+        if watch in self._watches:
+            self._watches.remove(watch)
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a background task on the loop, keeping a reference until it ends (cancelled on stop)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _require_connected(self) -> None:
+        if not self._client.connected:
+            raise UnavailableError(f"zookeeper {self._config.zk_servers} not connected ({self._state.value})")
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.wait_for(self._run(fn, *args), self._read_timeout_s)
+        except (TimeoutError, *_TRANSIENT) as exc:
+            raise UnavailableError(f"zookeeper read failed: {exc!r}") from exc
+
+
+class _ZkSubtreeWatch(WatchHandle):
+    """Keeps one subtree in sync: any ZooKeeper watch trigger schedules a coalesced full re-read.
+
+    Re-reading the (small) subtree on each change re-arms every one-shot watch and makes the event
+    stream exact even after missed notifications (reconnects, session loss).
+    """
+
+    def __init__(self, owner: ZkDiscovery, root: str, differ: SubtreeDiffer) -> None:
+        self._owner = owner
+        self._root = root
+        self._differ = differ
+        self._running = False
+        self._dirty = False
+        self._cancelled = False
+        loop = owner._loop
+        assert loop is not None
+        self._loop = loop
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._differ.cancelled = True
+        self._owner._forget_watch(self)
+
+    def _on_zk_watch(self, _event: Any) -> None:
+        # Runs on kazoo's event thread: only hand over to the loop.
+        if not self._cancelled and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.request_resync)
+
+    def request_resync(self) -> None:
+        if self._cancelled:
+            return
+        self._dirty = True
+        if not self._running:
+            self._running = True
+            self._owner.spawn(self._resync_loop())
+
+    async def _resync_loop(self) -> None:
+        try:
+            while self._dirty and not self._cancelled:
+                self._dirty = False
+                if not self._owner._client.connected:
+                    return  # the next CONNECTED requests a resync
+                started = time.monotonic()
+                try:
+                    nodes = await self._owner._run(self._owner.snapshot_blocking, self._root, self._on_zk_watch)
+                except (*_TRANSIENT, KazooException) as exc:
+                    log.warning("resync of %s failed (%r); waiting for reconnect", self._root, exc)
+                    return
+                self._differ.apply(leaves_of(nodes, self._root))
+                log.debug("resynced %s (%d nodes) in %.3fs", self._root, len(nodes), time.monotonic() - started)
+        finally:
+            self._running = False

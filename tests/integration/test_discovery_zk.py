@@ -1,0 +1,501 @@
+"""ZkDiscovery, ReplicaUpdater and ReplicaWatcher against a real ZooKeeper server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import pytest
+from kazoo.client import KazooClient
+from zk_harness import ZooKeeperServer
+
+from monolith_serving.core.zk_paths import (
+    ReplicaPath,
+    ServerType,
+    binding_path,
+    container_service_path,
+    service_root,
+)
+from monolith_serving.discovery import (
+    Backend,
+    DiscoveryConfig,
+    EventKind,
+    ModelState,
+    ReplicaMeta,
+    SessionState,
+    WatchEvent,
+    create_discovery,
+)
+from monolith_serving.discovery.replica_meta import ContainerServiceInfo
+from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater
+from monolith_serving.discovery.replica_watcher import ReplicaWatcher
+from monolith_serving.discovery.zk import ZkDiscovery
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def zk_config(server: ZooKeeperServer, session_timeout_s: float = 6.0) -> DiscoveryConfig:
+    return DiscoveryConfig(backend=Backend.ZOOKEEPER, zk_servers=server.hosts, session_timeout_s=session_timeout_s)
+
+
+def new_bzid() -> str:
+    return f"bz{uuid.uuid4().hex[:10]}"
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def plain_kazoo(server: ZooKeeperServer) -> KazooClient:
+    client = KazooClient(hosts=server.hosts, timeout=10)
+    client.start(timeout=15)
+    return client
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+class StatusScript:
+    """A status source whose answers the test sets per model name (stands in for GetModelStatus)."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, Sequence[int]] = {}
+        self.fail: set[str] = set()
+
+    async def __call__(self, replica: LocalReplica) -> Sequence[int]:
+        if replica.model_name in self.fail:
+            raise ConnectionError("model server not answering")
+        return self.states.get(replica.model_name, [])
+
+
+# --------------------------------------------------------------------------------------------- Discovery
+
+
+def test_ephemeral_lifecycle_is_visible_to_a_plain_client(zk_server: ZooKeeperServer) -> None:
+    bzid = new_bzid()
+    path = f"/{bzid}/service/m/ps:0/1"
+
+    async def body() -> None:
+        disc = create_discovery(zk_config(zk_server))
+        assert isinstance(disc, ZkDiscovery)
+        async with disc:
+            assert await disc.wait_connected(15)
+            await disc.register_ephemeral(path, b"one")
+            reader = plain_kazoo(zk_server)
+            try:
+                data, stat = reader.get(path)
+                assert data == b"one"
+                session = disc.session_id()
+                assert session is not None and stat.ephemeralOwner == session[0]
+                await disc.update_ephemeral(path, b"two")
+                assert reader.get(path)[0] == b"two"
+                assert await disc.get_data(path) == b"two"
+                assert await disc.get_children(f"/{bzid}/service/m") == ["ps:0"]
+                await disc.set_persistent(f"/{bzid}/saved_models/m/entry", b'{"x": 1}')
+                assert reader.get(f"/{bzid}/saved_models/m/entry")[0] == b'{"x": 1}'
+                assert (await disc.get_leaves(f"/{bzid}")).keys() == {path, f"/{bzid}/saved_models/m/entry"}
+                await disc.unregister(path)
+                assert reader.exists(path) is None
+                await disc.register_ephemeral(path, b"three")
+            finally:
+                reader.stop()
+                reader.close()
+        # stop() deletes our ephemerals first, then closes the session.
+        reader = plain_kazoo(zk_server)
+        try:
+            assert reader.exists(path) is None
+            assert reader.exists(f"/{bzid}/saved_models/m/entry") is not None
+        finally:
+            reader.stop()
+            reader.close()
+
+    run(body)
+
+
+def test_subtree_watch_reports_add_change_remove_of_leaves(zk_server: ZooKeeperServer) -> None:
+    bzid = new_bzid()
+    root = f"/{bzid}/service"
+
+    async def body() -> None:
+        async with create_discovery(zk_config(zk_server)) as disc:
+            assert await disc.wait_connected(15)
+            await disc.register_ephemeral(f"{root}/m/ps:0/1", b"a")
+            events: list[WatchEvent] = []
+            handle = await disc.watch_subtree(root, events.append)
+            await eventually(lambda: len(events) == 1, what="initial ADDED")
+            assert events[0] == WatchEvent(EventKind.ADDED, f"{root}/m/ps:0/1", b"a")
+
+            writer = plain_kazoo(zk_server)
+            try:
+                writer.create(f"{root}/m/ps:1/7", b"b", makepath=True)
+                await eventually(lambda: len(events) == 2, what="ADDED from another client")
+                assert events[1] == WatchEvent(EventKind.ADDED, f"{root}/m/ps:1/7", b"b")
+                writer.set(f"{root}/m/ps:1/7", b"c")
+                await eventually(lambda: len(events) == 3, what="CHANGED")
+                assert events[2] == WatchEvent(EventKind.CHANGED, f"{root}/m/ps:1/7", b"c")
+                writer.delete(f"{root}/m/ps:1/7")
+                await eventually(lambda: any(e.kind is EventKind.REMOVED for e in events), what="REMOVED")
+                removed = [e for e in events if e.kind is EventKind.REMOVED]
+                assert removed[0] == WatchEvent(EventKind.REMOVED, f"{root}/m/ps:1/7", b"c")
+                # The emptied task directory became a leaf itself: reported, with its empty data.
+                await eventually(lambda: any(e.path == f"{root}/m/ps:1" for e in events), what="dir leaf")
+                handle.cancel()
+                count = len(events)
+                writer.create(f"{root}/m/ps:2/1", b"d", makepath=True)
+                await asyncio.sleep(0.5)
+                assert len(events) == count
+            finally:
+                writer.stop()
+                writer.close()
+
+    run(body)
+
+
+def test_session_expiry_recreates_ephemerals_and_rearms_watches(zk_server: ZooKeeperServer) -> None:
+    bzid = new_bzid()
+    path = f"/{bzid}/service/m/entry:0/00000000001"
+
+    async def body() -> None:
+        disc = ZkDiscovery(zk_config(zk_server))
+        states: list[SessionState] = []
+        disc.add_state_listener(states.append)
+        async with disc:
+            assert await disc.wait_connected(15)
+            await disc.register_ephemeral(path, b"v1")
+            await disc.update_ephemeral(path, b"v2")
+            events: list[WatchEvent] = []
+            await disc.watch_subtree(f"/{bzid}/service", events.append)
+            await eventually(lambda: len(events) == 1, what="initial event")
+            old_session = disc.session_id()
+            assert old_session is not None
+
+            # ZooKeeper's own expiry technique: a second client joins the session and closes it.
+            thief = KazooClient(hosts=zk_server.hosts, client_id=old_session, timeout=10)
+            thief.start(timeout=15)
+            thief.stop()
+            thief.close()
+
+            await eventually(lambda: SessionState.LOST in states, what="LOST")
+            await eventually(lambda: disc.state is SessionState.CONNECTED, what="reconnect")
+            new_session = disc.session_id()
+            assert new_session is not None and new_session[0] != old_session[0]
+            reader = plain_kazoo(zk_server)
+            try:
+
+                def recreated() -> bool:
+                    stat = reader.exists(path)
+                    return stat is not None and stat.ephemeralOwner == new_session[0]
+
+                await eventually(recreated, what="ephemeral re-created under the new session")
+                assert reader.get(path)[0] == b"v2"  # the latest data, not the first
+                # Watches work again after the loss.
+                reader.create(f"/{bzid}/service/m/ps:0/3", b"p", makepath=True)
+                await eventually(lambda: any(e.path.endswith("ps:0/3") for e in events), what="event after re-arm")
+            finally:
+                reader.stop()
+                reader.close()
+
+    run(body)
+
+
+def test_zookeeper_down_at_start_connects_and_registers_later(zk_private_server: ZooKeeperServer) -> None:
+    zk_private_server.stop()
+    path = "/bz/service/m/ps:0/4"
+
+    async def body() -> None:
+        async with ZkDiscovery(zk_config(zk_private_server)) as disc:
+            assert not await disc.wait_connected(0.5)
+            assert disc.state is not SessionState.CONNECTED
+            await disc.register_ephemeral(path, b"late")  # recorded, written once connected
+            with pytest.raises(Exception, match="not connected"):
+                await disc.get_children("/bz")
+            await asyncio.get_running_loop().run_in_executor(None, zk_private_server.start)
+            assert await disc.wait_connected(30)
+            await eventually(lambda: _exists(zk_private_server, path), what="late registration")
+
+    run(body)
+
+
+def _exists(server: ZooKeeperServer, path: str) -> bool:
+    client = plain_kazoo(server)
+    try:
+        return client.exists(path) is not None
+    finally:
+        client.stop()
+        client.close()
+
+
+# --------------------------------------------------------------------------------------------- roles
+
+
+def _replica(bzid: str, kind: ServerType, task: int, replica_id: int, port: int, **dc: str) -> LocalReplica:
+    path = ReplicaPath(bzid=bzid, base_name="iptv", server_type=kind, task=task, replica_id=replica_id, **dc)
+    name = "entry" if kind is ServerType.ENTRY else f"{kind.value}_{task}"
+    return LocalReplica(
+        path=path,
+        model_name=name,
+        address=f"127.0.0.1:{port}",
+        address_ipv6=f"[::1]:{port}",
+        archon_address=f"127.0.0.1:{port + 1}",
+        archon_address_ipv6=f"[::1]:{port + 1}",
+    )
+
+
+def test_updater_registers_updates_and_watcher_follows(zk_server: ZooKeeperServer) -> None:
+    bzid = new_bzid()
+    entry = _replica(bzid, ServerType.ENTRY, 0, 7, 9000)
+    ps0 = _replica(bzid, ServerType.PS, 0, 7, 9100)
+    ps1 = _replica(bzid, ServerType.PS, 1, 7, 9200)
+    status = StatusScript()
+
+    async def body() -> None:
+        async with (
+            create_discovery(zk_config(zk_server)) as agent_disc,
+            create_discovery(zk_config(zk_server)) as reader_disc,
+        ):
+            assert await agent_disc.wait_connected(15) and await reader_disc.wait_connected(15)
+            updater = ReplicaUpdater(
+                discovery=agent_disc, replicas=[entry, ps0, ps1], status_source=status, interval_s=0.1
+            )
+            watcher = ReplicaWatcher(discovery=reader_disc, bzid=bzid, base_name="iptv", resync_interval_s=1.0)
+            async with updater, watcher:
+                assert updater.ready
+                reader = plain_kazoo(zk_server)
+                try:
+                    # Registered with stat UNKNOWN, entry id padded to 11 digits, every ReplicaMeta key.
+                    data, _ = reader.get(f"/{bzid}/service/iptv/entry:0/00000000007")
+                    meta = json.loads(data)
+                    assert meta == {
+                        "address": "127.0.0.1:9000",
+                        "address_ipv6": "[::1]:9000",
+                        "stat": 0,
+                        "model_name": "entry",
+                        "server_type": "entry",
+                        "task": 0,
+                        "replica": 7,
+                        "archon_address": "127.0.0.1:9001",
+                        "archon_address_ipv6": "[::1]:9001",
+                    }
+                    assert reader.exists(f"/{bzid}/service/iptv/ps:1/7") is not None
+                    assert await watcher.wait_synced(10)
+                    assert watcher.get_replicas(ServerType.PS, 0) == []  # UNKNOWN is not usable
+
+                    status.states = {"ps_0": [ModelState.LOADING], "ps_1": [ModelState.AVAILABLE, ModelState.LOADING]}
+                    assert await watcher.wait_until_available(ServerType.PS, [1], timeout_s=10)
+                    assert watcher.get_replicas(ServerType.PS, 1) == ["127.0.0.1:9200"]
+                    assert watcher.get_replicas(ServerType.PS, 0) == []
+                    await eventually(
+                        lambda: json.loads(reader.get(f"/{bzid}/service/iptv/ps:0/7")[0])["stat"] == 20,
+                        what="LOADING written",
+                    )
+
+                    status.states["ps_0"] = [ModelState.AVAILABLE]
+                    status.states["entry"] = [ModelState.AVAILABLE]
+                    assert await watcher.wait_until_available(ServerType.PS, [0, 1], timeout_s=10)
+                    await eventually(lambda: bool(watcher.get_replicas(ServerType.ENTRY, 0)), what="entry")
+                    assert watcher.get_all_replicas() == {
+                        "entry:0": ["127.0.0.1:9000"],
+                        "ps:0": ["127.0.0.1:9100"],
+                        "ps:1": ["127.0.0.1:9200"],
+                    }
+                    assert watcher.get_replica(ServerType.PS, 0) == "127.0.0.1:9100"
+                    assert watcher.get_replica(ServerType.PS, 5) is None
+
+                    # A server that stops answering is advertised UNKNOWN again.
+                    status.fail.add("ps_1")
+                    await eventually(lambda: watcher.get_replicas(ServerType.PS, 1) == [], what="ps_1 unknown")
+                    assert updater.state_of(ps1) == ModelState.UNKNOWN
+                finally:
+                    reader.stop()
+                    reader.close()
+            # Updater stop deleted its nodes; the watcher view had followed until it stopped.
+            assert await reader_disc.get_children(f"/{bzid}/service/iptv/ps:0") == []
+
+    run(body)
+
+
+def test_watcher_skips_malformed_nodes_and_keeps_going(zk_server: ZooKeeperServer) -> None:
+    bzid = new_bzid()
+    root = service_root(bzid, "iptv")
+    good = ReplicaMeta(address="10.0.0.1:1", stat=ModelState.AVAILABLE, server_type="ps", task=0, replica=1)
+
+    async def body() -> None:
+        async with create_discovery(zk_config(zk_server)) as disc:
+            assert await disc.wait_connected(15)
+            writer = plain_kazoo(zk_server)
+            try:
+                writer.create(f"{root}/ps:0/1", good.to_json(), makepath=True)
+                writer.create(f"{root}/ps:0/2", b"{not json", makepath=True)
+                writer.create(f"{root}/ps:0/3", b'{"address": 5, "stat": 30}', makepath=True)
+                writer.create(f"{root}/ps:0/4", b'{"address": "10.0.0.4:1", "stat": "30"}', makepath=True)
+                writer.create(f"{root}/ps:0/junk", b"{}", makepath=True)
+                extra = json.loads(good.to_json()) | {"address": "10.0.0.5:1", "new_key": [1]}
+                writer.create(f"{root}/ps:0/5", json.dumps(extra).encode(), makepath=True)
+                async with ReplicaWatcher(discovery=disc, bzid=bzid, base_name="iptv") as watcher:
+                    assert await watcher.wait_synced(10)
+                    await eventually(lambda: len(watcher.get_replicas("ps", 0)) == 2, what="good nodes")
+                    assert watcher.get_replicas("ps", 0) == ["10.0.0.1:1", "10.0.0.5:1"]
+                    # A good node turning bad is dropped; the watcher still follows later changes.
+                    writer.set(f"{root}/ps:0/5", b"[]")
+                    await eventually(lambda: watcher.get_replicas("ps", 0) == ["10.0.0.1:1"], what="drop")
+                    writer.set(f"{root}/ps:0/2", good.to_json().replace(b"10.0.0.1", b"10.0.0.2"))
+                    await eventually(lambda: len(watcher.get_replicas("ps", 0)) == 2, what="repaired node")
+            finally:
+                writer.stop()
+                writer.close()
+
+    run(body)
+
+
+def test_dc_aware_paths_and_filtering(zk_server: ZooKeeperServer) -> None:
+    bzid = new_bzid()
+    lf = _replica(bzid, ServerType.PS, 0, 1, 9300, idc="lf", cluster="c1")
+    hl = _replica(bzid, ServerType.PS, 0, 2, 9400, idc="hl", cluster="c2")
+    status = StatusScript()
+    status.states = {"ps_0": [ModelState.AVAILABLE]}
+
+    async def body() -> None:
+        async with create_discovery(zk_config(zk_server)) as disc:
+            assert await disc.wait_connected(15)
+            updater = ReplicaUpdater(discovery=disc, replicas=[lf, hl], status_source=status, interval_s=0.1)
+            async with updater, ReplicaWatcher(discovery=disc, bzid=bzid, base_name="iptv") as watcher:
+                assert await watcher.wait_until_available(ServerType.PS, [0], timeout_s=10)
+                await eventually(lambda: len(watcher.get_replicas("ps", 0)) == 2, what="both dcs")
+                assert await disc.get_children(f"/{bzid}/service/iptv") == ["hl:c2", "lf:c1"]
+                assert await disc.get_children(f"/{bzid}/service/iptv/lf:c1/ps:0") == ["1"]
+                assert watcher.get_replicas("ps", 0, idc="lf") == ["127.0.0.1:9300"]
+                assert watcher.get_replicas("ps", 0, cluster="c2") == ["127.0.0.1:9400"]
+                assert watcher.get_replicas("ps", 0, idc="lf", cluster="c2") == []
+                assert watcher.get_all_replicas(idc="hl") == {"ps:0": ["127.0.0.1:9400"]}
+
+    run(body)
+
+
+def test_v3_bindings_and_container_services(zk_server: ZooKeeperServer) -> None:
+    bzid = new_bzid()
+
+    async def body() -> None:
+        async with create_discovery(zk_config(zk_server)) as disc:
+            assert await disc.wait_connected(15)
+            c1 = ContainerServiceInfo(grpc="10.1.0.1:8500", http="10.1.0.1:8501", agent="10.1.0.1:8600", idc="lf")
+            c2 = ContainerServiceInfo(grpc="10.1.0.2:8500", idc="hl", debug_info="pod-2")
+            await disc.register_ephemeral(container_service_path(bzid, "clusterA", "1"), c1.to_json())
+            await disc.register_ephemeral(container_service_path(bzid, "clusterA", "2"), c2.to_json())
+            await disc.register_ephemeral(binding_path(bzid, "iptv", "ps_0", "clusterA", "1"), b"")
+            await disc.register_ephemeral(binding_path(bzid, "iptv", "ps_0", "clusterA", "2"), b"")
+            await disc.register_ephemeral(binding_path(bzid, "iptv", "entry", "clusterA", "2"), b"")
+            # Bound to a container that never published its addresses: not routable.
+            await disc.register_ephemeral(binding_path(bzid, "iptv", "ps_1", "clusterB", "9"), b"")
+            async with ReplicaWatcher(discovery=disc, bzid=bzid, agent_version=3) as watcher:
+                assert await watcher.wait_synced(10)
+                await eventually(lambda: len(watcher.get_all_v3_replicas()) == 2, what="v3 view")
+                assert watcher.get_all_v3_replicas() == {
+                    "iptv:entry": ["10.1.0.2:8500"],
+                    "iptv:ps_0": ["10.1.0.1:8500", "10.1.0.2:8500"],
+                }
+                assert watcher.get_v3_replicas("iptv", "ps_0", idc="lf") == ["10.1.0.1:8500"]
+                assert watcher.get_v3_replicas("iptv", "ps_1") == []
+                await disc.unregister(binding_path(bzid, "iptv", "ps_0", "clusterA", "1"))
+                await eventually(lambda: watcher.get_v3_replicas("iptv", "ps_0") == ["10.1.0.2:8500"], what="unbind")
+                await disc.register_ephemeral(container_service_path(bzid, "clusterB", "9"), c1.to_json())
+                await eventually(lambda: watcher.get_v3_replicas("iptv", "ps_1") != [], what="late container")
+            reader = plain_kazoo(zk_server)
+            try:
+                data, _ = reader.get(f"/{bzid}/container_service/clusterA:1")
+                assert set(json.loads(data)) == {"grpc", "http", "archon", "agent", "idc", "debug_info"}
+                assert reader.get_children(f"/{bzid}/binding/iptv") != []
+            finally:
+                reader.stop()
+                reader.close()
+
+    run(body)
+
+
+def test_watcher_serves_last_view_while_zookeeper_is_down(zk_private_server: ZooKeeperServer) -> None:
+    bzid = new_bzid()
+    ps0 = _replica(bzid, ServerType.PS, 0, 1, 9500)
+    status = StatusScript()
+    status.states = {"ps_0": [ModelState.AVAILABLE]}
+
+    async def body() -> None:
+        cfg = zk_config(zk_private_server, session_timeout_s=20)
+        async with create_discovery(cfg) as agent, create_discovery(cfg) as reader_disc:
+            assert await agent.wait_connected(15) and await reader_disc.wait_connected(15)
+            updater = ReplicaUpdater(discovery=agent, replicas=[ps0], status_source=status, interval_s=0.1)
+            watcher = ReplicaWatcher(discovery=reader_disc, bzid=bzid, base_name="iptv", resync_interval_s=0.2)
+            async with updater, watcher:
+                assert await watcher.wait_until_available("ps", [0], timeout_s=10)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, zk_private_server.stop)
+                await eventually(lambda: watcher.stale, what="stale flag")
+                assert not updater.ready
+                await asyncio.sleep(0.5)  # several resync periods pass while disconnected
+                assert watcher.get_replicas("ps", 0) == ["127.0.0.1:9500"]
+                await loop.run_in_executor(None, zk_private_server.start)
+                await eventually(lambda: not watcher.stale, timeout_s=30, what="reconnect")
+                await eventually(lambda: updater.ready, what="updater ready again")
+                assert watcher.get_replicas("ps", 0) == ["127.0.0.1:9500"]
+
+    run(body)
+
+
+# ------------------------------------------------------------------------------ Monolith-style reader
+
+
+def test_monolith_style_reader_finds_every_replica(zk_server: ZooKeeperServer) -> None:
+    """Read our tree the way Monolith's watcher does: children of the service root, `type:task`, JSON."""
+    bzid = new_bzid()
+    replicas = [
+        _replica(bzid, ServerType.ENTRY, 0, 3, 9600),
+        _replica(bzid, ServerType.ENTRY, 0, 12345678901, 9610),
+        _replica(bzid, ServerType.PS, 0, 3, 9620),
+        _replica(bzid, ServerType.PS, 1, 3, 9630),
+        _replica(bzid, ServerType.DENSE, 0, 3, 9640),
+    ]
+    status = StatusScript()
+    status.states = {r.model_name: [ModelState.AVAILABLE] for r in replicas}
+
+    async def body() -> None:
+        async with create_discovery(zk_config(zk_server)) as disc:
+            assert await disc.wait_connected(15)
+            updater = ReplicaUpdater(discovery=disc, replicas=replicas, status_source=status, interval_s=0.1)
+            async with updater:
+                reader = plain_kazoo(zk_server)
+                try:
+                    base = f"/{bzid}/service/iptv"
+
+                    def read_all() -> dict[tuple[str, int], dict[int, dict[str, object]]]:
+                        found: dict[tuple[str, int], dict[int, dict[str, object]]] = {}
+                        for task_dir in reader.get_children(base):
+                            server_type, task = task_dir.split(":")
+                            for replica in reader.get_children(f"{base}/{task_dir}"):
+                                meta = json.loads(reader.get(f"{base}/{task_dir}/{replica}")[0])
+                                found.setdefault((server_type, int(task)), {})[int(replica)] = meta
+                        return found
+
+                    await eventually(
+                        lambda: all(m["stat"] == 30 for group in read_all().values() for m in group.values()),
+                        what="all AVAILABLE",
+                    )
+                    found = read_all()
+                    assert set(found) == {("entry", 0), ("ps", 0), ("ps", 1), ("dense", 0)}
+                    assert sorted(reader.get_children(f"{base}/entry:0")) == ["00000000003", "12345678901"]
+                    for r in replicas:
+                        meta = found[(r.path.server_type.value, r.path.task)][r.path.replica_id]
+                        assert meta["address"] == r.address
+                        assert meta["server_type"] == r.path.server_type.value
+                        assert meta["task"] == r.path.task and meta["replica"] == r.path.replica_id
+                        assert meta["model_name"] == r.model_name
+                finally:
+                    reader.stop()
+                    reader.close()
+
+    run(body)

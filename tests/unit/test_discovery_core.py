@@ -1,0 +1,170 @@
+"""Pure parts of the discovery package: node formats, leaf/diff logic, config, static backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.zk_paths import ReplicaPath, ServerType
+from monolith_serving.discovery import Backend, DiscoveryConfig, EventKind, ModelState, ReplicaMeta, WatchEvent
+from monolith_serving.discovery.base import SubtreeDiffer, leaves_of, normalize_path
+from monolith_serving.discovery.replica_meta import ContainerServiceInfo
+from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater, choose_state
+from monolith_serving.discovery.replica_watcher import ReplicaWatcher
+from monolith_serving.discovery.static import StaticDiscovery
+
+# ------------------------------------------------------------------------------------------ formats
+
+META_KEYS = {
+    "address",
+    "address_ipv6",
+    "stat",
+    "model_name",
+    "server_type",
+    "task",
+    "replica",
+    "archon_address",
+    "archon_address_ipv6",
+}
+
+
+def test_replica_meta_round_trips_with_exact_keys() -> None:
+    meta = ReplicaMeta(address="h:1", stat=30, model_name="ps_0", server_type="ps", task=0, replica=2)
+    assert set(json.loads(meta.to_json())) == META_KEYS
+    assert ReplicaMeta.from_json(meta.to_json()) == meta
+    assert meta.available and not ReplicaMeta(stat=20).available
+
+
+def test_replica_meta_tolerates_unknown_keys_and_nulls() -> None:
+    meta = ReplicaMeta.from_json(b'{"address": "h:1", "stat": 30, "address_ipv6": null, "extra": {"a": 1}}')
+    assert meta.address == "h:1" and meta.stat == 30 and meta.address_ipv6 is None and meta.task == -1
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"{oops", b"[1]", b'"s"', b'{"stat": "30"}', b'{"stat": true}', b'{"address": 1}', b"\xff\xfe"],
+)
+def test_replica_meta_rejects_malformed_data(data: bytes) -> None:
+    with pytest.raises(InvalidArgumentError):
+        ReplicaMeta.from_json(data)
+
+
+def test_container_service_info_keys_and_types() -> None:
+    info = ContainerServiceInfo(grpc="h:1", http="h:2", archon="h:3", agent="h:4", idc="lf", debug_info="x")
+    assert set(json.loads(info.to_json())) == {"grpc", "http", "archon", "agent", "idc", "debug_info"}
+    assert ContainerServiceInfo.from_json(info.to_json()) == info
+    assert ContainerServiceInfo.from_json(b'{"grpc": "h:1", "debug_info": {"k": 1}}').debug_info == '{"k": 1}'
+    with pytest.raises(InvalidArgumentError):
+        ContainerServiceInfo.from_json(b'{"grpc": 5}')
+
+
+@pytest.mark.parametrize(
+    ("states", "chosen"),
+    [
+        ([], ModelState.UNKNOWN),
+        ([ModelState.LOADING], ModelState.LOADING),
+        ([ModelState.AVAILABLE, ModelState.LOADING], ModelState.AVAILABLE),
+        ([ModelState.END, ModelState.AVAILABLE], ModelState.AVAILABLE),
+        ([ModelState.END, ModelState.LOADING], ModelState.LOADING),
+    ],
+)
+def test_choose_state_prefers_available_then_newest(states: list[int], chosen: int) -> None:
+    assert choose_state(states) == chosen
+
+
+# ------------------------------------------------------------------------------------------ tree logic
+
+
+def test_leaves_of_with_and_without_intermediate_nodes() -> None:
+    zk_like = {"/r/a": b"", "/r/a/x": b"1", "/r/b": b"2", "/r/a/y": b"", "/r/a/y/z": b"3"}
+    assert leaves_of(zk_like, "/r") == {"/r/a/x": b"1", "/r/b": b"2", "/r/a/y/z": b"3"}
+    kv_like = {"/r/a/x": b"1", "/r/a": b"v", "/r/q/w/e": b"4", "/other/k": b"5", "/r": b"root"}
+    assert leaves_of(kv_like, "/r") == {"/r/a/x": b"1", "/r/q/w/e": b"4"}
+
+
+def test_subtree_differ_emits_add_change_remove_and_survives_bad_listener() -> None:
+    events: list[WatchEvent] = []
+    calls = 0
+
+    def listener(event: WatchEvent) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("listener bug")  # logged, must not stop later events
+        events.append(event)
+
+    differ = SubtreeDiffer(listener)
+    differ.apply({"/a": b"1", "/b": b"2"})
+    differ.apply({"/a": b"1", "/b": b"3", "/c": b"4"})
+    differ.apply({"/c": b"4"})
+    assert calls == 6
+    assert events == [
+        WatchEvent(EventKind.ADDED, "/b", b"2"),
+        WatchEvent(EventKind.CHANGED, "/b", b"3"),
+        WatchEvent(EventKind.ADDED, "/c", b"4"),
+        WatchEvent(EventKind.REMOVED, "/a", b"1"),
+        WatchEvent(EventKind.REMOVED, "/b", b"3"),
+    ]
+
+
+def test_normalize_path() -> None:
+    assert normalize_path("/a/b/") == "/a/b"
+    for bad in ("a/b", "/a//b"):
+        with pytest.raises(ValueError):
+            normalize_path(bad)
+
+
+# ------------------------------------------------------------------------------------------ config
+
+
+def test_discovery_config_validation_and_consul_address() -> None:
+    with pytest.raises(ValueError, match="zk_servers"):
+        DiscoveryConfig(backend=Backend.ZOOKEEPER)
+    with pytest.raises(ValueError, match="10 s"):
+        DiscoveryConfig(backend=Backend.CONSUL, session_timeout_s=5)
+    cfg = DiscoveryConfig.consul_from_address("https://consul.local:8501", session_timeout_s=15)
+    assert (cfg.consul_scheme, cfg.consul_host, cfg.consul_port) == ("https", "consul.local", 8501)
+    assert DiscoveryConfig.consul_from_address("127.0.0.1:8500").consul_scheme == "http"
+
+
+# ------------------------------------------------------------------------------------------ static backend
+
+
+def test_static_backend_from_file_and_watcher_view(tmp_path: Path) -> None:
+    meta = {"address": "10.0.0.1:9", "stat": 30, "server_type": "ps", "task": 0, "replica": 1}
+    seed = tmp_path / "nodes.json"
+    seed.write_text(json.dumps({"/bz/service/m/ps:0/1": meta, "/bz/service/m/ps:1/1": "{bad"}))
+    config = DiscoveryConfig(backend=Backend.STATIC, static_file=str(seed))
+
+    async def body() -> None:
+        async with StaticDiscovery(config) as disc:
+            assert await disc.get_children("/bz/service/m") == ["ps:0", "ps:1"]
+            assert await disc.get_data("/bz/service/m") == b""
+            assert await disc.get_data("/nope") is None
+            async with ReplicaWatcher(discovery=disc, bzid="bz", base_name="m") as watcher:
+                assert await watcher.wait_synced(1)
+                assert watcher.get_all_replicas() == {"ps:0": ["10.0.0.1:9"]}
+                replica = LocalReplica(
+                    path=ReplicaPath(bzid="bz", base_name="m", server_type=ServerType.ENTRY, task=0, replica_id=5),
+                    model_name="entry",
+                    address="10.0.0.2:9",
+                )
+                states: Sequence[int] = [ModelState.AVAILABLE]
+
+                async def status(_: LocalReplica) -> Sequence[int]:
+                    return states
+
+                async with ReplicaUpdater(discovery=disc, replicas=[replica], status_source=status, interval_s=0.01):
+                    assert await disc.get_children("/bz/service/m/entry:0") == ["00000000005"]
+                    assert await watcher.wait_until_available("entry", [0], timeout_s=2)
+                    assert watcher.get_replicas(ServerType.ENTRY, 0) == ["10.0.0.2:9"]
+                await asyncio.sleep(0.01)  # the removal is delivered on the next loop iteration
+                assert watcher.get_replicas(ServerType.ENTRY, 0) == []
+                assert not await watcher.wait_until_available("entry", [0], timeout_s=0.05)
+
+    asyncio.run(body())

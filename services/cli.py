@@ -26,6 +26,7 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("export-demo", "monolith_serving.core.demo_export", "write a deterministic demo model export"),
+    Command("health", "monolith_serving.client.health", "gRPC health check of a server; exit 0 when SERVING"),
 )
 
 

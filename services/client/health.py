@@ -1,0 +1,51 @@
+"""``monolith-serving health --addr host:port``: one gRPC health check (``grpc.health.v1.Health/Check``).
+
+Exit status 0 when the server reports SERVING, 1 for any other status or when the RPC fails, so the
+command works as a container ``HEALTHCHECK`` and as an exec probe. It prints the status it saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from monolith_serving.core.cli_flags import add_flag
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    serving: bool
+    # Name of the health status ("SERVING", "NOT_SERVING", ...) or of the gRPC error code.
+    status: str
+    detail: str = ""
+
+
+def check_health(addr: str, *, service: str = "", timeout_s: float = 3.0) -> HealthResult:
+    """One Check call on a fresh insecure channel; never raises for RPC failures."""
+    with grpc.insecure_channel(addr) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            response = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout_s)
+        except grpc.RpcError as err:
+            code = err.code() if isinstance(err, grpc.Call) else None
+            details = err.details() if isinstance(err, grpc.Call) else str(err)
+            return HealthResult(False, code.name if code is not None else "RPC_ERROR", details or "")
+    status_name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    return HealthResult(response.status == health_pb2.HealthCheckResponse.SERVING, status_name)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_flag(parser, "--addr", required=True, help="host:port of the gRPC server to check")
+    add_flag(parser, "--service", default="", help="service name to check ('' = the whole server)")
+    add_flag(parser, "--timeout_s", type=float, default=3.0, help="deadline of the Check call in seconds")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = check_health(args.addr, service=args.service, timeout_s=args.timeout_s)
+    line = f"{args.addr} {result.status}" + (f": {result.detail}" if result.detail else "")
+    print(line, file=sys.stdout if result.serving else sys.stderr)
+    return 0 if result.serving else 1

@@ -1,0 +1,86 @@
+"""The PS's configuration, parsed once from flags (and a model config file) in ``main``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.export_layout import VersionPolicy, ps_index
+from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
+
+DEFAULT_PORT = 8500
+DEFAULT_MAX_FIDS_PER_REQUEST = 1 << 21
+
+
+@dataclass(frozen=True)
+class SubModelConfig:
+    """One hosted sub-model (``ps_0`` or ``model:ps_0``): where its versions are and which to serve."""
+
+    name: str
+    base_path: Path
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    version_labels: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def partition(self) -> int:
+        index = ps_index(self.name)
+        if index is None:
+            raise InvalidArgumentError(f"model {self.name!r} is not a PS sub-model (ps_<i> or <model>:ps_<i>)")
+        return index
+
+
+def sub_models_from_proto(config: model_server_config_pb2.ModelServerConfig) -> tuple[SubModelConfig, ...]:
+    """The ``model_config_list`` entries; names must be PS sub-models and unique."""
+    if config.WhichOneof("config") == "custom_model_config":
+        raise InvalidArgumentError("custom_model_config is not supported; use model_config_list")
+    result: list[SubModelConfig] = []
+    seen: set[str] = set()
+    for entry in config.model_config_list.config:
+        if not entry.name or not entry.base_path:
+            raise InvalidArgumentError("every model config needs a name and a base_path")
+        if entry.name in seen:
+            raise InvalidArgumentError(f"model {entry.name!r} is configured twice")
+        seen.add(entry.name)
+        sub = SubModelConfig(
+            name=entry.name,
+            base_path=Path(entry.base_path),
+            policy=VersionPolicy.from_proto(entry.model_version_policy),
+            version_labels=dict(entry.version_labels),
+        )
+        _ = sub.partition  # validates the name
+        result.append(sub)
+    return tuple(result)
+
+
+@dataclass(frozen=True)
+class PsConfig:
+    """Everything the PS process needs; built by ``main`` and passed down explicitly."""
+
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    metrics_port: int = 0
+    model_config_file: Path | None = None
+    model_config_file_poll_wait_s: float = 0.0
+    file_system_poll_wait_s: float = 1.0
+    # Used when no config file is given: the single model of --model_name/--model_base_path.
+    models: tuple[SubModelConfig, ...] = ()
+    num_ps: int = 0  # 0: do not check that fids belong to this shard
+    max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST
+    num_load_threads: int = 1
+    shutdown_grace_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.num_ps < 0:
+            raise InvalidArgumentError(f"--num_ps must be >= 0, got {self.num_ps}")
+        if self.max_fids_per_request < 1:
+            raise InvalidArgumentError(f"--max_fids_per_request must be >= 1, got {self.max_fids_per_request}")
+        if self.num_load_threads < 1:
+            raise InvalidArgumentError(f"--num_load_threads must be >= 1, got {self.num_load_threads}")
+        if self.model_config_file is None and not self.models:
+            raise InvalidArgumentError("give --model_config_file or --model_name with --model_base_path")
+        if self.num_ps:
+            for model in self.models:
+                if model.partition >= self.num_ps:
+                    raise InvalidArgumentError(f"model {model.name!r} is not a shard of --num_ps {self.num_ps}")

@@ -1,0 +1,159 @@
+"""The PS's transport-free core: lookup and parameter sync against the hosted versions.
+
+The gRPC servicers only translate protobufs and call this. All methods are synchronous and run on the event
+loop; none awaits in the middle, which is what makes each request see exactly one version and each sync
+request apply atomically (see table_store).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
+from monolith_serving.ps.inputs import ShardCheck, TensorMap, check_request_size, decode_fids, element_count
+from monolith_serving.ps.metrics import PsMetrics
+from monolith_serving.ps.sync import (
+    HASHTABLE_ASSIGN,
+    RAW_ASSIGN,
+    TableUpdate,
+    decode_hashtable_assign,
+    decode_raw_assign,
+)
+from monolith_serving.ps.table_store import TableSet
+from monolith_serving.ps.version_manager import ServableVersion, SubModel, VersionStateManager
+
+logger = logging.getLogger(__name__)
+
+LOOKUP = "lookup"
+LOOKUP_ALIASES = frozenset({LOOKUP, "", "serving_default"})
+ID_SUFFIX = "_id"
+VALUE_SUFFIX = "_value"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a request asks for: model name plus an optional pinned version or version label."""
+
+    name: str
+    version: int | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    version: int
+    outputs: dict[str, npt.NDArray[np.float32]]
+
+
+class PsCore:
+    def __init__(
+        self, *, versions: VersionStateManager, metrics: PsMetrics, num_ps: int, max_fids_per_request: int
+    ) -> None:
+        self.versions = versions
+        self._metrics = metrics
+        self._num_ps = num_ps
+        self._max_fids = max_fids_per_request
+
+    def shard_check(self, model: SubModel) -> ShardCheck:
+        return ShardCheck(self._num_ps, model.config.partition)
+
+    def lookup(self, ref: ModelRef, inputs: TensorMap, output_filter: Sequence[str] = ()) -> LookupResult:
+        """``<table>_id`` int64[n] -> ``<table>_value`` float32[n, dim]; unknown fids give zero rows."""
+        model, servable = self.versions.resolve(ref.name, ref.version, ref.label)
+        tables = _tables_of(servable)
+        check_request_size(inputs, self._max_fids, what="fids")
+        shard = self.shard_check(model)
+        decoded = []
+        for name, proto in inputs.items():
+            if not name.endswith(ID_SUFFIX):
+                raise InvalidArgumentError(f"input {name!r}: lookup inputs are named <table>_id")
+            table_name = name[: -len(ID_SUFFIX)]
+            table = tables.tables.get(table_name)
+            if table is None:
+                raise NotFoundError(f"input {name!r}: table {table_name!r} not found in model {ref.name!r}")
+            fids = decode_fids(proto, name)
+            shard.check(fids, name)
+            decoded.append((table_name, fids))
+        wanted = set(output_filter)
+        known = {t + VALUE_SUFFIX for t, _ in decoded}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise InvalidArgumentError(f"output_filter {unknown[0]!r} is not an output of this request")
+        outputs = {}
+        for table_name, fids in decoded:
+            out_name = table_name + VALUE_SUFFIX
+            if wanted and out_name not in wanted:
+                continue
+            outputs[out_name], missing = tables.tables[table_name].lookup(fids)
+            self._metrics.lookup_fids.labels(ref.name, table_name).inc(len(fids))
+            if missing:
+                self._metrics.lookup_missing_fids.labels(ref.name, table_name).inc(missing)
+        self._metrics.lookup_requests.labels(ref.name).inc()
+        return LookupResult(servable.version, outputs)
+
+    def sync(self, ref: ModelRef, signature: str, inputs: TensorMap) -> tuple[int, int]:
+        """Applies a ``hashtable_assign`` or ``table/raw_assign`` push; returns (version served, rows applied).
+
+        The push goes into the newest AVAILABLE version and is queued for every version still loading, so a
+        version switch does not lose it. Validated whole first: on any error nothing is applied.
+        """
+        model = self.versions.model(ref.name)
+        id_inputs = [n for n in inputs if n == "id" or n.endswith(ID_SUFFIX)]
+        try:
+            _, servable = self.versions.resolve(ref.name, ref.version, ref.label)
+            tables = _tables_of(servable)
+            check_request_size({n: inputs[n] for n in id_inputs}, self._max_fids, what="fids")
+            dims = {name: table.dim for name, table in tables.tables.items()}
+            shard = self.shard_check(model)
+            if signature == HASHTABLE_ASSIGN:
+                updates = decode_hashtable_assign(inputs, dims, shard)
+            elif signature == RAW_ASSIGN:
+                updates = decode_raw_assign(inputs, dims, tables.order, shard)
+            else:
+                raise NotFoundError(f"signature {signature!r} not found")
+            for update in updates:
+                tables.tables[update.table].check_update(update.fids, update.values)
+        except MonolithServingError:
+            self._metrics.sync_updates_rejected.labels(ref.name, signature).inc(_count_rows(inputs, id_inputs))
+            raise
+        for update in updates:
+            tables.tables[update.table].upsert(update.fids, update.values)
+        for loading in model.loading():
+            loading.pending.append(updates)
+        rows = sum(u.rows for u in updates)
+        self._metrics.sync_updates_applied.labels(ref.name, signature).inc(rows)
+        return servable.version, rows
+
+
+def replay_updates(tables: TableSet, updates: list[TableUpdate], model: str) -> None:
+    """Applies sync updates queued while ``tables`` loaded; updates that no longer fit are skipped, logged."""
+    for update in updates:
+        table = tables.tables.get(update.table)
+        if table is None or table.dim != update.values.shape[1]:
+            logger.warning(
+                "model %s: dropping %d synced rows of table %r: the new version has no such table of that dim",
+                model, update.rows, update.table,
+            )  # fmt: skip
+            continue
+        table.upsert(update.fids, update.values)
+
+
+def _tables_of(servable: ServableVersion) -> TableSet:
+    if servable.tables is None:  # cannot happen for an AVAILABLE version; guards the type
+        raise NotFoundError(f"version {servable.version} is not loaded")
+    return servable.tables
+
+
+def _count_rows(inputs: TensorMap, id_inputs: list[str]) -> int:
+    total = 0
+    for name in id_inputs:
+        try:
+            total += element_count(inputs[name], name)
+        except MonolithServingError:
+            continue
+    return total

@@ -1,0 +1,79 @@
+"""Decoding and validating Predict inputs of the PS signatures (no gRPC here, only TensorProtos)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from monolith_serving.core.errors import InvalidArgumentError, ResourceExhaustedError
+from monolith_serving.core.tensor_codec import dtype_name, from_tensor_proto, tensor_shape
+from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
+from monolith_serving.ps.fid_index import Int64Array
+
+TensorMap = Mapping[str, tensor_pb2.TensorProto]
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """Fids of shard ``partition`` satisfy ``fid mod num_ps == partition`` (floor modulo); num_ps 0: no check."""
+
+    num_ps: int
+    partition: int
+
+    def check(self, fids: Int64Array, input_name: str) -> None:
+        if self.num_ps <= 1 or not len(fids):
+            return
+        # numpy's % on int64 is floor modulo (sign of the divisor), matching the sharding rule.
+        wrong = np.flatnonzero(fids % self.num_ps != self.partition)
+        if len(wrong):
+            fid = int(fids[wrong[0]])
+            raise InvalidArgumentError(
+                f"input {input_name!r}: {len(wrong)} fid(s) do not belong to shard {self.partition} of "
+                f"{self.num_ps} (first: {fid}, {fid} mod {self.num_ps} = {fid % self.num_ps})"
+            )
+
+
+def element_count(proto: tensor_pb2.TensorProto, name: str) -> int:
+    shape = tensor_shape(proto, name)
+    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+
+def check_request_size(inputs: TensorMap, limit: int, *, what: str) -> int:
+    """Total elements of the inputs; RESOURCE_EXHAUSTED above ``limit`` (checked before decoding anything)."""
+    total = sum(element_count(proto, name) for name, proto in inputs.items())
+    if total > limit:
+        raise ResourceExhaustedError(f"request has {total} {what}, more than the limit of {limit} per request")
+    return total
+
+
+def decode_typed(proto: tensor_pb2.TensorProto, name: str, datatype: int, rank: int | None) -> npt.NDArray[Any]:
+    if proto.dtype != datatype:
+        raise InvalidArgumentError(f"input {name!r}: dtype {dtype_name(proto.dtype)}, expected {dtype_name(datatype)}")
+    array = from_tensor_proto(proto, name)
+    if rank is not None and array.ndim != rank:
+        raise InvalidArgumentError(f"input {name!r}: shape {list(array.shape)}, expected rank {rank}")
+    return array
+
+
+def decode_fids(proto: tensor_pb2.TensorProto, name: str) -> Int64Array:
+    fids: Int64Array = decode_typed(proto, name, types_pb2.DT_INT64, 1)
+    return fids
+
+
+def decode_values(proto: tensor_pb2.TensorProto, name: str, rows: int, dim: int) -> npt.NDArray[np.float32]:
+    """``[rows, dim]`` float32 from a ``[rows, dim]`` or flat ``[rows * dim]`` tensor."""
+    values: npt.NDArray[np.float32] = decode_typed(proto, name, types_pb2.DT_FLOAT, None)
+    if values.ndim == 2 and values.shape == (rows, dim):
+        return values
+    if values.ndim == 1:
+        if dim == 0 or values.shape[0] % dim:
+            raise InvalidArgumentError(
+                f"input {name!r}: {values.shape[0]} values is not a multiple of the table dim {dim}"
+            )
+        if values.shape[0] // dim == rows:
+            return values.reshape(rows, dim)
+    raise InvalidArgumentError(f"input {name!r}: shape {list(values.shape)}, expected [{rows}, {dim}]")

@@ -1,0 +1,159 @@
+"""Thin gRPC servicers: translate TF Serving protobufs to PsCore / VersionStateManager calls and back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+
+from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
+from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.core.tensor_codec import to_tensor_proto
+from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from monolith_serving.ps.config import SubModelConfig, sub_models_from_proto
+from monolith_serving.ps.core import ID_SUFFIX, LOOKUP, LOOKUP_ALIASES, VALUE_SUFFIX, ModelRef, PsCore
+from monolith_serving.ps.metrics import PsMetrics
+from monolith_serving.ps.sync import HASHTABLE_ASSIGN, RAW_ASSIGN
+from monolith_serving.ps.table_store import TableSet
+
+ApplyConfig = Callable[[Sequence[SubModelConfig]], Awaitable[None]]
+
+
+def model_ref(spec: model_pb2.ModelSpec) -> ModelRef:
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return ModelRef(spec.name, version=int(spec.version.value))
+    if choice == "version_label":
+        return ModelRef(spec.name, label=spec.version_label)
+    return ModelRef(spec.name)
+
+
+def _signature(spec: model_pb2.ModelSpec) -> str:
+    return LOOKUP if spec.signature_name in LOOKUP_ALIASES else spec.signature_name
+
+
+class PsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    def __init__(self, core: PsCore, metrics: PsMetrics) -> None:
+        self._core = core
+        self._metrics = metrics
+
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        started = time.perf_counter()
+        signature = _signature(request.model_spec)
+        ref = model_ref(request.model_spec)
+        response = predict_pb2.PredictResponse()
+        try:
+            if signature == LOOKUP:
+                result = self._core.lookup(ref, request.inputs, request.output_filter)
+                version = result.version
+                for name, array in result.outputs.items():
+                    response.outputs[name].CopyFrom(to_tensor_proto(array))
+            elif signature in (HASHTABLE_ASSIGN, RAW_ASSIGN):
+                version, _rows = self._core.sync(ref, signature, request.inputs)
+            else:
+                raise NotFoundError(
+                    f"signature {request.model_spec.signature_name!r} not found "
+                    f"(PS signatures: {LOOKUP}, {HASHTABLE_ASSIGN}, {RAW_ASSIGN})"
+                )
+        except MonolithServingError as error:
+            label = signature if signature in (LOOKUP, HASHTABLE_ASSIGN, RAW_ASSIGN) else "unknown"
+            self._metrics.request_errors.labels(label, status_code_for(error).name).inc()
+            raise
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = version
+        response.model_spec.signature_name = request.model_spec.signature_name
+        self._metrics.request_latency.labels(signature).observe(time.perf_counter() - started)
+        return response
+
+    async def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        fields = list(request.metadata_field)
+        if fields != ["signature_def"]:
+            raise InvalidArgumentError(f"metadata_field must be ['signature_def'], got {fields}")
+        ref = model_ref(request.model_spec)
+        _model, servable = self._core.versions.resolve(ref.name, ref.version, ref.label)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = ref.name
+        response.model_spec.version.value = servable.version
+        if servable.tables is not None:
+            response.metadata["signature_def"].Pack(signature_defs(servable.tables))
+        return response
+
+    async def Classify(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a PS serves Predict only")
+
+    async def Regress(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a PS serves Predict only")
+
+    async def MultiInference(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a PS serves Predict only")
+
+
+def _tensor_info(name: str, datatype: int, dims: Sequence[int]) -> meta_graph_pb2.TensorInfo:
+    info = meta_graph_pb2.TensorInfo(name=name, dtype=datatype)  # type: ignore[arg-type]
+    for size in dims:
+        info.tensor_shape.dim.add(size=size)
+    return info
+
+
+def signature_defs(tables: TableSet) -> get_model_metadata_pb2.SignatureDefMap:
+    """The PS contract (docs/ps.md) as SignatureDefs over the version's tables (-1: any length)."""
+    sigs = get_model_metadata_pb2.SignatureDefMap()
+    lookup = sigs.signature_def[LOOKUP]
+    assign = sigs.signature_def[HASHTABLE_ASSIGN]
+    for name in tables.order:
+        dim = tables.tables[name].dim
+        ids = _tensor_info(name + ID_SUFFIX, types_pb2.DT_INT64, [-1])
+        values = _tensor_info(name + VALUE_SUFFIX, types_pb2.DT_FLOAT, [-1, dim])
+        lookup.inputs[name + ID_SUFFIX].CopyFrom(ids)
+        lookup.outputs[name + VALUE_SUFFIX].CopyFrom(values)
+        assign.inputs[name + ID_SUFFIX].CopyFrom(ids)
+        assign.inputs[name + VALUE_SUFFIX].CopyFrom(values)
+    raw = sigs.signature_def[RAW_ASSIGN]
+    raw.inputs["id"].CopyFrom(_tensor_info("id", types_pb2.DT_INT64, [-1]))
+    raw.inputs["id_split"].CopyFrom(_tensor_info("id_split", types_pb2.DT_INT64, [len(tables.order) + 1]))
+    raw.inputs["flat_value"].CopyFrom(_tensor_info("flat_value", types_pb2.DT_FLOAT, [-1]))
+    return sigs
+
+
+class PsModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    def __init__(self, core: PsCore, apply_config: ApplyConfig) -> None:
+        self._core = core
+        self._apply_config = apply_config
+
+    async def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        ref = model_ref(request.model_spec)
+        version = ref.version
+        if ref.label:
+            version = self._core.versions.resolve(ref.name, label=ref.label)[1].version
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in self._core.versions.status(ref.name, version):
+            entry = response.model_version_status.add(version=status.version, state=int(status.state))
+            if status.error is not None:
+                message = status.error.message if isinstance(status.error, MonolithServingError) else str(status.error)
+                entry.status.error_code = status_code_for(status.error).value[0]
+                entry.status.error_message = message
+        return response
+
+    async def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        """Replaces the hosted models and returns once their versions are settled (as TF Serving does)."""
+        await self._apply_config(sub_models_from_proto(request.config))
+        return model_management_pb2.ReloadConfigResponse()

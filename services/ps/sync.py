@@ -1,0 +1,104 @@
+"""Parameter-sync intake: decode a trainer's push into validated per-table updates (REFERENCE §6).
+
+Everything is validated before a single row is applied, so a request is all-or-nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
+from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.ps.fid_index import Int64Array
+from monolith_serving.ps.inputs import ShardCheck, TensorMap, decode_fids, decode_typed, decode_values
+
+HASHTABLE_ASSIGN = "hashtable_assign"
+RAW_ASSIGN = "table/raw_assign"
+_ID_SUFFIX = "_id"
+_VALUE_SUFFIX = "_value"
+
+
+@dataclass(frozen=True)
+class TableUpdate:
+    table: str
+    fids: Int64Array
+    values: npt.NDArray[np.float32]
+
+    @property
+    def rows(self) -> int:
+        return int(self.fids.shape[0])
+
+
+def decode_hashtable_assign(inputs: TensorMap, dims: Mapping[str, int], shard: ShardCheck) -> list[TableUpdate]:
+    """``<table>_id`` int64[n] + ``<table>_value`` float32[n, dim] pairs, for any subset of the tables."""
+    tables: set[str] = set()
+    for name in inputs:
+        if name.endswith(_ID_SUFFIX):
+            tables.add(name[: -len(_ID_SUFFIX)])
+        elif name.endswith(_VALUE_SUFFIX):
+            tables.add(name[: -len(_VALUE_SUFFIX)])
+        else:
+            raise InvalidArgumentError(f"input {name!r}: hashtable_assign inputs are <table>_id and <table>_value")
+    updates = []
+    for table in sorted(tables):
+        id_name, value_name = table + _ID_SUFFIX, table + _VALUE_SUFFIX
+        if table not in dims:
+            raise NotFoundError(f"input {id_name!r}: table {table!r} is not served by this model")
+        if id_name not in inputs or value_name not in inputs:
+            missing = id_name if id_name not in inputs else value_name
+            raise InvalidArgumentError(f"input {missing!r} is missing (ids and values come in pairs)")
+        fids = decode_fids(inputs[id_name], id_name)
+        shard.check(fids, id_name)
+        values = decode_values(inputs[value_name], value_name, len(fids), dims[table])
+        updates.append(TableUpdate(table, fids, values))
+    return updates
+
+
+def decode_raw_assign(
+    inputs: TensorMap, dims: Mapping[str, int], order: tuple[str, ...], shard: ShardCheck
+) -> list[TableUpdate]:
+    """``id`` int64[total], ``id_split`` int64[tables + 1] (prefix offsets), ``flat_value`` float32[sum n_t*dim_t];
+    tables in ``order``."""
+    for required in ("id", "id_split", "flat_value"):
+        if required not in inputs:
+            raise InvalidArgumentError(
+                f"input {required!r} is missing (table/raw_assign needs id, id_split, flat_value)"
+            )
+    extra = sorted(set(inputs) - {"id", "id_split", "flat_value"})
+    if extra:
+        raise InvalidArgumentError(f"input {extra[0]!r}: table/raw_assign takes only id, id_split, flat_value")
+    fids = decode_fids(inputs["id"], "id")
+    split: Int64Array = decode_typed(inputs["id_split"], "id_split", types_pb2.DT_INT64, 1)
+    if len(split) != len(order) + 1:
+        raise InvalidArgumentError(
+            f"input 'id_split': {len(split)} offsets, the model has {len(order)} tables so {len(order) + 1} are needed"
+        )
+    if split[0] != 0 or split[-1] != len(fids) or np.any(np.diff(split) < 0):
+        raise InvalidArgumentError(
+            f"input 'id_split': offsets must rise from 0 to len(id) = {len(fids)}, got {split.tolist()[:8]}"
+        )
+    shard.check(fids, "id")
+    flat: npt.NDArray[np.float32] = decode_typed(inputs["flat_value"], "flat_value", types_pb2.DT_FLOAT, None)
+    flat = flat.reshape(-1)
+    counts = np.diff(split)
+    table_dims = np.array([dims[t] for t in order], dtype=np.int64)
+    value_ends = np.cumsum(counts * table_dims)
+    expected = int(value_ends[-1]) if len(value_ends) else 0
+    if len(flat) != expected:
+        raise InvalidArgumentError(
+            f"input 'flat_value': {len(flat)} values, id_split and the table dims {table_dims.tolist()} need {expected}"
+        )
+    updates = []
+    value_start = 0
+    for k, table in enumerate(order):
+        lo, hi = int(split[k]), int(split[k + 1])
+        value_end = int(value_ends[k])
+        if hi > lo:
+            values = flat[value_start:value_end].reshape(hi - lo, dims[table])
+            updates.append(TableUpdate(table, fids[lo:hi], values))
+        value_start = value_end
+    return updates

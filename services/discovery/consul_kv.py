@@ -1,0 +1,355 @@
+"""Consul backend (py-consul). The only module of the package that imports consul.
+
+Mapping (see docs/discovery.md): a node path ``/a/b/c`` is the KV key ``a/b/c`` holding the same bytes;
+an ephemeral node is a key acquired by this client's session (TTL = ``session_timeout_s``,
+``behavior=delete``, no lock delay), renewed by a background task every TTL/3; a subtree watch is a
+loop of blocking ``recurse`` queries on the key prefix with ``?index``. Intermediate "directories" are
+implicit, as in Consul KV.
+
+Session states: CONNECTED while the session renews; SUSPENDED when Consul cannot be reached (the
+session may still be alive); LOST when Consul reports the session gone (expired or destroyed) - then a
+new session is created and every registration is re-acquired, as with a ZooKeeper session loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import consul
+
+from monolith_serving.core.errors import UnavailableError
+from monolith_serving.discovery.base import (
+    Discovery,
+    SessionState,
+    StateListener,
+    SubtreeDiffer,
+    WatchHandle,
+    WatchListener,
+    leaves_of,
+    normalize_path,
+    safe_call,
+)
+from monolith_serving.discovery.config import DiscoveryConfig
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# requests' errors derive from OSError; ConsulException covers 5xx and client errors.
+_TRANSIENT: tuple[type[BaseException], ...] = (OSError, consul.ConsulException)
+
+
+def path_to_key(path: str) -> str:
+    """``/a/b`` → ``a/b`` (Consul keys must not start with a slash); ``/`` → ``""``."""
+    return normalize_path(path).lstrip("/")
+
+
+def key_to_path(key: str) -> str:
+    return "/" + key.rstrip("/")
+
+
+def _entries_to_nodes(entries: list[dict[str, Any]] | None) -> dict[str, bytes]:
+    nodes: dict[str, bytes] = {}
+    for entry in entries or []:
+        value = entry.get("Value")
+        if isinstance(value, str):  # raw API responses are base64 text; py-consul decodes to bytes
+            value = base64.b64decode(value)
+        nodes[key_to_path(str(entry["Key"]))] = bytes(value or b"")
+    return nodes
+
+
+class ConsulDiscovery(Discovery):
+    """Discovery over a Consul agent's HTTP API."""
+
+    def __init__(self, config: DiscoveryConfig, *, retry_delay_s: float = 0.5) -> None:
+        self._config = config
+        self._ttl_s = config.session_timeout_s
+        self._retry_delay_s = retry_delay_s
+        self._client = consul.Consul(
+            host=config.consul_host,
+            port=config.consul_port,
+            scheme=config.consul_scheme,
+            token=config.consul_token,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=config.executor_workers, thread_name_prefix="consul")
+        # Blocking queries park a thread for up to `consul_watch_wait_s`; keep them off the main pool.
+        self._watch_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="consul-watch")
+        self._session_id: str | None = None
+        self._state = SessionState.SUSPENDED
+        self._connected = asyncio.Event()
+        self._state_listeners: list[StateListener] = []
+        self._ephemerals: dict[str, bytes] = {}
+        self._ephemeral_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watches: list[_ConsulSubtreeWatch] = []
+        self._started = False
+        self._stopped = False
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.spawn(self._session_loop())
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        for watch in list(self._watches):
+            watch.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        session_id, self._session_id = self._session_id, None
+        if session_id is not None:
+            # Destroying the session deletes every key it holds (behavior=delete): our ephemerals go first.
+            try:
+                await self._run(self._client.session.destroy, session_id)
+            except _TRANSIENT as exc:
+                log.warning("could not destroy consul session %s: %r", session_id, exc)
+        self._ephemerals.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._watch_executor.shutdown(wait=False, cancel_futures=True)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- state -----------------------------------------------------------------------------------------
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def session_id(self) -> str | None:
+        """The live Consul session; for diagnostics and session-loss tests."""
+        return self._session_id
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
+
+    def remove_state_listener(self, listener: StateListener) -> None:
+        if listener in self._state_listeners:
+            self._state_listeners.remove(listener)
+
+    def _set_state(self, state: SessionState) -> None:
+        if state is self._state:
+            return
+        previous, self._state = self._state, state
+        if state is SessionState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        log.info("consul session %s -> %s", previous.value, state.value)
+        for listener in list(self._state_listeners):
+            safe_call(listener, state)
+
+    async def _session_loop(self) -> None:
+        """Create, renew and (after loss) re-create the session. Never ends until cancelled."""
+        disconnected_since: float | None = None
+        while True:
+            try:
+                if self._session_id is None:
+                    self._session_id = await self._run(
+                        self._client.session.create,
+                        name="monolith-serving",
+                        ttl=max(10, int(self._ttl_s)),
+                        behavior="delete",
+                        lock_delay=0,  # re-acquiring our keys right after a loss must not be refused
+                    )
+                    self._set_state(SessionState.CONNECTED)
+                    await self._reconcile_all_ephemerals()
+                    for watch in self._watches:
+                        watch.wake()
+                else:
+                    await self._run(self._client.session.renew, self._session_id)
+                    self._set_state(SessionState.CONNECTED)
+                disconnected_since = None
+                await asyncio.sleep(self._ttl_s / 3)
+            except consul.NotFound:
+                log.warning("consul session %s expired or was destroyed", self._session_id)
+                self._session_id = None
+                self._set_state(SessionState.LOST)
+            except _TRANSIENT as exc:
+                now = time.monotonic()
+                disconnected_since = disconnected_since or now
+                # Past twice the TTL Consul has certainly invalidated the session (and deleted our keys).
+                if self._session_id is not None and now - disconnected_since > 2 * self._ttl_s:
+                    self._session_id = None
+                    self._set_state(SessionState.LOST)
+                elif self._state is SessionState.CONNECTED:
+                    self._set_state(SessionState.SUSPENDED)
+                log.warning("consul unreachable (%r); retrying", exc)
+                await asyncio.sleep(self._retry_delay_s)
+
+    # ---- ephemerals ------------------------------------------------------------------------------------
+    async def register_ephemeral(self, path: str, data: bytes) -> None:
+        path = normalize_path(path)
+        self._ephemerals[path] = data
+        await self._write_ephemeral(path)
+
+    async def update_ephemeral(self, path: str, data: bytes) -> None:
+        path = normalize_path(path)
+        if path not in self._ephemerals:
+            raise KeyError(f"ephemeral {path} is not registered")
+        self._ephemerals[path] = data
+        await self._write_ephemeral(path)
+
+    async def unregister(self, path: str) -> None:
+        path = normalize_path(path)
+        self._ephemerals.pop(path, None)
+        async with self._ephemeral_lock:
+            if self._session_id is None:
+                return
+            try:
+                await self._run(self._client.kv.delete, path_to_key(path))
+            except _TRANSIENT as exc:
+                log.warning("could not delete %s: %r (the session TTL will)", path, exc)
+
+    async def _write_ephemeral(self, path: str) -> None:
+        async with self._ephemeral_lock:
+            data = self._ephemerals.get(path)
+            session_id = self._session_id
+            if data is None or session_id is None:
+                return  # acquired when the next session is created
+            try:
+                await self._run(self._acquire_blocking, path_to_key(path), data, session_id)
+            except _TRANSIENT as exc:
+                log.warning("ephemeral %s not written (%r); will retry with the next session", path, exc)
+
+    async def _reconcile_all_ephemerals(self) -> None:
+        for path in list(self._ephemerals):
+            await self._write_ephemeral(path)
+
+    def _acquire_blocking(self, key: str, data: bytes, session_id: str) -> None:
+        if self._client.kv.put(key, data, acquire=session_id):
+            return
+        # Held by another session (e.g. our previous process, not yet expired): take it over.
+        _index, entry = self._client.kv.get(key)
+        if entry is not None:
+            log.warning("replacing key %s held by session %s", key, entry.get("Session"))
+            self._client.kv.delete(key, cas=entry["ModifyIndex"])
+        if not self._client.kv.put(key, data, acquire=session_id):
+            raise consul.ConsulException(f"could not acquire {key} for session {session_id}")
+
+    # ---- persistent nodes and reads -------------------------------------------------------------------
+    async def ensure_path(self, path: str) -> None:
+        normalize_path(path)  # prefixes are implicit in Consul KV
+
+    async def set_persistent(self, path: str, data: bytes) -> None:
+        await self._call(self._client.kv.put, path_to_key(path), data)
+
+    async def delete(self, path: str, *, recursive: bool = False) -> None:
+        key = path_to_key(path)
+        if recursive:
+            # `recurse` is a plain prefix match: delete "a/b/..." and "a/b", never "a/bc".
+            await self._call(self._client.kv.delete, key + "/", recurse=True)
+        elif await self.get_children(path):
+            raise ValueError(f"{path} has children; pass recursive=True")
+        await self._call(self._client.kv.delete, key)
+
+    async def get_children(self, path: str) -> list[str]:
+        key = path_to_key(path)
+        prefix = key + "/" if key else ""
+        _index, keys = await self._call(self._client.kv.get, prefix, keys=True, separator="/")
+        names = {k[len(prefix) :].rstrip("/") for k in keys or []}
+        return sorted(n for n in names if n)
+
+    async def get_data(self, path: str) -> bytes | None:
+        key = path_to_key(path)
+        _index, entry = await self._call(self._client.kv.get, key)
+        if entry is not None:
+            return bytes(entry.get("Value") or b"")
+        return b"" if await self.get_children(path) else None
+
+    async def get_leaves(self, path: str) -> dict[str, bytes]:
+        root = normalize_path(path)
+        key = path_to_key(root)
+        _index, entries = await self._call(self._client.kv.get, key + "/" if key else "", recurse=True)
+        return leaves_of(_entries_to_nodes(entries), root)
+
+    # ---- watches ---------------------------------------------------------------------------------------
+    async def watch_subtree(self, path: str, listener: WatchListener) -> WatchHandle:
+        watch = _ConsulSubtreeWatch(self, normalize_path(path), SubtreeDiffer(listener))
+        self._watches.append(watch)
+        self.spawn(watch.run())
+        return watch
+
+    def _forget_watch(self, watch: _ConsulSubtreeWatch) -> None:
+        if watch in self._watches:
+            self._watches.remove(watch)
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await self._run(fn, *args, **kwargs)
+        except _TRANSIENT as exc:
+            raise UnavailableError(f"consul {self._config.consul_host}:{self._config.consul_port}: {exc!r}") from exc
+
+
+class _ConsulSubtreeWatch(WatchHandle):
+    """A blocking-query loop on one key prefix; each answer is diffed against the last one."""
+
+    def __init__(self, owner: ConsulDiscovery, root: str, differ: SubtreeDiffer) -> None:
+        self._owner = owner
+        self._root = root
+        key = path_to_key(root)
+        self._prefix = key + "/" if key else ""
+        self._differ = differ
+        self._cancelled = False
+        self._index = 0
+        self._wake = asyncio.Event()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._differ.cancelled = True
+        self._owner._forget_watch(self)
+
+    def wake(self) -> None:
+        """Retry now (after a reconnect) instead of waiting out the error backoff."""
+        self._wake.set()
+
+    def _query(self) -> tuple[str, list[dict[str, Any]] | None]:
+        wait = f"{self._owner._config.consul_watch_wait_s:g}s"
+        result: tuple[str, list[dict[str, Any]] | None] = self._owner._client.kv.get(
+            self._prefix, recurse=True, index=self._index or None, wait=wait
+        )
+        return result
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._cancelled:
+            try:
+                index, entries = await loop.run_in_executor(self._owner._watch_executor, self._query)
+            except _TRANSIENT as exc:
+                log.warning("consul watch on %s failed (%r); retrying", self._root, exc)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._owner._retry_delay_s)
+                continue
+            new_index = int(index)
+            # Consul's rule: an index that goes backwards (e.g. after a restore) means start over.
+            self._index = new_index if new_index >= self._index else 0
+            if not self._cancelled:
+                self._differ.apply(leaves_of(_entries_to_nodes(entries), self._root))

@@ -1,0 +1,279 @@
+"""Consul: the API subset we rely on, and ConsulDiscovery + the replica roles on top of it.
+
+Runs against the in-repo double by default and against a real Consul agent when CONSUL_HTTP_ADDR is set,
+so the double is held to Consul's behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+
+import consul
+import pytest
+from consul_double import ConsulTarget
+
+from monolith_serving.core.zk_paths import ReplicaPath, ServerType
+from monolith_serving.discovery import DiscoveryConfig, EventKind, ModelState, SessionState, WatchEvent
+from monolith_serving.discovery.consul_kv import ConsulDiscovery
+from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater
+from monolith_serving.discovery.replica_watcher import ReplicaWatcher
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def client_for(target: ConsulTarget) -> consul.Consul:
+    cfg = DiscoveryConfig.consul_from_address(target.address)
+    return consul.Consul(host=cfg.consul_host, port=cfg.consul_port, scheme=cfg.consul_scheme)
+
+
+def discovery_for(target: ConsulTarget) -> ConsulDiscovery:
+    cfg = DiscoveryConfig.consul_from_address(target.address, session_timeout_s=10.0, consul_watch_wait_s=2.0)
+    return ConsulDiscovery(cfg, retry_delay_s=0.1)
+
+
+def prefix() -> str:
+    return f"monolith-test-{uuid.uuid4().hex[:10]}"
+
+
+async def eventually(predicate: Callable[[], bool], timeout_s: float = 15.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------- the raw API subset
+
+
+def test_kv_values_indexes_cas_keys_and_recurse(consul_target: ConsulTarget) -> None:
+    c = client_for(consul_target)
+    p = prefix()
+    assert c.kv.put(f"{p}/a/x", b"\x00bin\xff")
+    index, entry = c.kv.get(f"{p}/a/x")
+    assert entry["Value"] == b"\x00bin\xff" and entry["Key"] == f"{p}/a/x"
+    assert int(index) >= entry["ModifyIndex"] >= entry["CreateIndex"] > 0
+    # cas=0 creates only; cas=<ModifyIndex> updates only that version.
+    assert not c.kv.put(f"{p}/a/x", b"no", cas=0)
+    assert not c.kv.put(f"{p}/a/x", b"no", cas=entry["ModifyIndex"] + 1000)
+    assert c.kv.put(f"{p}/a/x", b"v2", cas=entry["ModifyIndex"])
+    _, entry2 = c.kv.get(f"{p}/a/x")
+    assert entry2["Value"] == b"v2" and entry2["ModifyIndex"] > entry["ModifyIndex"]
+    assert entry2["CreateIndex"] == entry["CreateIndex"]
+    assert c.kv.put(f"{p}/a/y/deep", b"1") and c.kv.put(f"{p}/b", b"2") and c.kv.put(f"{p}bc", b"3")
+    _, keys = c.kv.get(f"{p}/", keys=True, separator="/")
+    assert keys == [f"{p}/a/", f"{p}/b"]
+    _, entries = c.kv.get(f"{p}/", recurse=True)
+    assert [e["Key"] for e in entries] == [f"{p}/a/x", f"{p}/a/y/deep", f"{p}/b"]
+    assert c.kv.get(f"{p}/missing") == (c.kv.get(f"{p}/missing")[0], None)
+    assert c.kv.delete(f"{p}/a/", recurse=True)
+    _, entries = c.kv.get(f"{p}/", recurse=True)
+    assert [e["Key"] for e in entries] == [f"{p}/b"]
+    assert c.kv.delete(f"{p}", recurse=True)
+    _, left = c.kv.get(p, recurse=True)
+    assert left is None
+
+
+def test_blocking_query_waits_for_a_change_or_the_wait_time(consul_target: ConsulTarget) -> None:
+    c = client_for(consul_target)
+    p = prefix()
+    c.kv.put(f"{p}/k", b"1")
+    index, _ = c.kv.get(f"{p}/", recurse=True)
+    started = time.monotonic()
+    again, _ = c.kv.get(f"{p}/", recurse=True, index=index, wait="1s")
+    assert time.monotonic() - started >= 0.9  # nothing changed: held for the wait time
+    assert int(again) >= int(index)
+
+    writer = threading.Timer(0.3, lambda: c.kv.put(f"{p}/k", b"2"))
+    writer.start()
+    started = time.monotonic()
+    new_index, entries = c.kv.get(f"{p}/", recurse=True, index=again, wait="10s")
+    writer.join()
+    assert time.monotonic() - started < 5
+    assert int(new_index) > int(again) and entries[0]["Value"] == b"2"
+    c.kv.delete(p, recurse=True)
+
+
+def test_sessions_locks_and_delete_behavior(consul_target: ConsulTarget) -> None:
+    c = client_for(consul_target)
+    p = prefix()
+    s1 = c.session.create(name="t1", ttl=10, behavior="delete", lock_delay=0)
+    s2 = c.session.create(name="t2", ttl=10, behavior="release", lock_delay=0)
+    try:
+        assert c.kv.put(f"{p}/eph", b"a", acquire=s1)
+        _, entry = c.kv.get(f"{p}/eph")
+        assert entry["Session"] == s1 and entry["LockIndex"] == 1
+        assert not c.kv.put(f"{p}/eph", b"b", acquire=s2)  # held by s1
+        assert c.kv.put(f"{p}/eph", b"c", acquire=s1)  # the holder may rewrite
+        _, entry = c.kv.get(f"{p}/eph")
+        assert entry["Value"] == b"c" and entry["LockIndex"] == 1
+        assert c.kv.put(f"{p}/rel", b"r", acquire=s2)
+        assert not c.kv.put(f"{p}/rel", b"r", release=s1)
+        assert c.kv.put(f"{p}/rel", b"r2", release=s2)
+        _, entry = c.kv.get(f"{p}/rel")
+        assert "Session" not in entry or not entry["Session"]
+        renewed = c.session.renew(s1)
+        assert renewed["ID"] == s1 and renewed["Behavior"] == "delete"
+        # Destroying a delete-behavior session deletes the keys it holds.
+        assert c.session.destroy(s1)
+        _, gone = c.kv.get(f"{p}/eph")
+        assert gone is None
+        with pytest.raises(consul.NotFound):
+            c.session.renew(s1)
+        with pytest.raises(consul.ConsulException):
+            c.kv.put(f"{p}/eph", b"x", acquire=s1)  # invalid session
+    finally:
+        c.session.destroy(s2)
+        c.kv.delete(p, recurse=True)
+
+
+def test_session_ttl_expiry_deletes_held_keys(consul_target: ConsulTarget) -> None:
+    c = client_for(consul_target)
+    p = prefix()
+    session = c.session.create(ttl=10, behavior="delete", lock_delay=0)
+    assert c.kv.put(f"{p}/eph", b"a", acquire=session)
+    consul_target.pass_time(5)
+    assert c.kv.get(f"{p}/eph")[1] is not None  # not yet: Consul never expires before the TTL
+    consul_target.pass_time(16)  # past twice the TTL: certainly invalidated
+    deadline = time.monotonic() + (30 if consul_target.real else 5)
+    while c.kv.get(f"{p}/eph")[1] is not None:
+        assert time.monotonic() < deadline, "session TTL did not delete the held key"
+        time.sleep(0.2)
+    with pytest.raises(consul.NotFound):
+        c.session.renew(session)
+
+
+def test_agent_services_with_ttl_checks_and_health_passing(consul_target: ConsulTarget) -> None:
+    c = client_for(consul_target)
+    name = prefix()
+    sid = f"{name}-1"
+    assert c.agent.service.register(
+        name, service_id=sid, address="10.0.0.1", port=9000, tags=["ps", "task-0"], check=consul.Check.ttl("10s")
+    )
+    try:
+        index, nodes = c.health.service(name)
+        assert [n["Service"]["ID"] for n in nodes] == [sid]
+        assert nodes[0]["Service"]["Address"] == "10.0.0.1" and nodes[0]["Service"]["Port"] == 9000
+        statuses = {ch["CheckID"]: ch["Status"] for ch in nodes[0]["Checks"]}
+        assert statuses[f"service:{sid}"] == "critical"  # a TTL check starts critical
+        assert c.health.service(name, passing=True)[1] == []
+
+        c.agent.check.ttl_pass(f"service:{sid}")
+        new_index, passing = c.health.service(name, passing=True, index=index, wait="5s")
+        assert int(new_index) > int(index) and [n["Service"]["ID"] for n in passing] == [sid]
+
+        consul_target.pass_time(12)  # no TTL update: the check turns critical
+        deadline = time.monotonic() + (20 if consul_target.real else 5)
+        while c.health.service(name, passing=True)[1]:
+            assert time.monotonic() < deadline, "TTL check did not turn critical"
+            time.sleep(0.2)
+    finally:
+        assert c.agent.service.deregister(sid)
+    assert c.health.service(name)[1] == []
+
+
+# ----------------------------------------------------------------------------------- ConsulDiscovery
+
+
+def test_consul_discovery_ephemerals_watch_and_session_loss(consul_target: ConsulTarget) -> None:
+    raw = client_for(consul_target)
+    p = prefix()
+    path = f"/{p}/service/m/ps:0/1"
+
+    async def body() -> None:
+        disc = discovery_for(consul_target)
+        states: list[SessionState] = []
+        disc.add_state_listener(states.append)
+        async with disc:
+            assert await disc.wait_connected(15)
+            await disc.register_ephemeral(path, b"one")
+            _, entry = raw.kv.get(path.lstrip("/"))
+            assert entry["Value"] == b"one" and entry["Session"] == disc.session_id
+            await disc.update_ephemeral(path, b"two")
+            assert await disc.get_data(path) == b"two"
+            await disc.set_persistent(f"/{p}/saved_models/m/entry", b"{}")
+            assert await disc.get_children(f"/{p}") == ["saved_models", "service"]
+            assert await disc.get_data(f"/{p}/service") == b""  # an implicit directory
+
+            events: list[WatchEvent] = []
+            await disc.watch_subtree(f"/{p}/service", events.append)
+            await eventually(lambda: len(events) == 1, what="initial ADDED")
+            assert events[0] == WatchEvent(EventKind.ADDED, path, b"two")
+            raw.kv.put(f"{p}/service/m/ps:1/2", b"x")
+            await eventually(lambda: len(events) == 2, what="ADDED")
+            raw.kv.put(f"{p}/service/m/ps:1/2", b"y")
+            await eventually(lambda: len(events) == 3, what="CHANGED")
+            assert events[2] == WatchEvent(EventKind.CHANGED, f"/{p}/service/m/ps:1/2", b"y")
+            raw.kv.delete(f"{p}/service/m/ps:1/2")
+            await eventually(lambda: len(events) == 4, what="REMOVED")
+            assert events[3].kind is EventKind.REMOVED
+
+            # Session loss: destroy it from outside; the backend reports LOST and re-acquires.
+            old = disc.session_id
+            assert old is not None
+            raw.session.destroy(old)
+            await eventually(lambda: SessionState.LOST in states, timeout_s=20, what="LOST")
+            await eventually(lambda: disc.session_id not in (None, old), what="new session")
+
+            def reacquired() -> bool:
+                _, e = raw.kv.get(path.lstrip("/"))
+                return e is not None and e.get("Session") == disc.session_id and e["Value"] == b"two"
+
+            await eventually(reacquired, what="ephemeral re-acquired")
+            assert disc.state is SessionState.CONNECTED
+            await disc.delete(f"/{p}/saved_models", recursive=True)
+            assert await disc.get_data(f"/{p}/saved_models/m/entry") is None
+        # stop() destroyed the session: the ephemeral is gone.
+        assert raw.kv.get(path.lstrip("/"))[1] is None
+        raw.kv.delete(p, recurse=True)
+
+    run(body)
+
+
+def test_replica_roles_over_consul(consul_target: ConsulTarget) -> None:
+    bzid = prefix()
+    ps0 = LocalReplica(
+        path=ReplicaPath(bzid=bzid, base_name="iptv", server_type=ServerType.PS, task=0, replica_id=3),
+        model_name="ps_0",
+        address="10.2.0.1:9000",
+    )
+    entry = LocalReplica(
+        path=ReplicaPath(bzid=bzid, base_name="iptv", server_type=ServerType.ENTRY, task=0, replica_id=3),
+        model_name="entry",
+        address="10.2.0.1:9100",
+    )
+    states: dict[str, Sequence[int]] = {}
+
+    async def status(replica: LocalReplica) -> Sequence[int]:
+        return states.get(replica.model_name, [])
+
+    async def body() -> None:
+        async with discovery_for(consul_target) as agent, discovery_for(consul_target) as reader:
+            assert await agent.wait_connected(15) and await reader.wait_connected(15)
+            raw = client_for(consul_target)
+            raw.kv.put(f"{bzid}/service/iptv/ps:0/99", b"{broken")
+            updater = ReplicaUpdater(discovery=agent, replicas=[ps0, entry], status_source=status, interval_s=0.1)
+            watcher = ReplicaWatcher(discovery=reader, bzid=bzid, base_name="iptv", resync_interval_s=0.5)
+            async with updater, watcher:
+                _, node = raw.kv.get(f"{bzid}/service/iptv/entry:0/00000000003")
+                assert json.loads(node["Value"])["stat"] == ModelState.UNKNOWN
+                assert watcher.get_all_replicas() == {}
+                states["ps_0"] = [ModelState.AVAILABLE]
+                states["entry"] = [ModelState.LOADING, ModelState.AVAILABLE]
+                assert await watcher.wait_until_available(ServerType.PS, [0], timeout_s=15)
+                await eventually(lambda: len(watcher.get_all_replicas()) == 2, what="both available")
+                assert watcher.get_all_replicas() == {"entry:0": ["10.2.0.1:9100"], "ps:0": ["10.2.0.1:9000"]}
+            assert await reader.get_children(f"/{bzid}/service/iptv/ps:0") == ["99"]
+            raw.kv.delete(bzid, recurse=True)
+
+    run(body)

@@ -8,7 +8,7 @@ from monolith_serving.discovery.base import (
     WatchEvent,
     WatchHandle,
 )
-from monolith_serving.discovery.config import Backend, DiscoveryConfig
+from monolith_serving.discovery.config import Backend, DiscoveryConfig, discovery_config_from_agent
 from monolith_serving.discovery.factory import create_discovery
 from monolith_serving.discovery.replica_meta import ContainerServiceInfo, ModelState, ReplicaMeta
 
@@ -24,4 +24,5 @@ __all__ = [
     "WatchEvent",
     "WatchHandle",
     "create_discovery",
+    "discovery_config_from_agent",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from monolith_serving.core.agent_conf import AgentConfig, DiscoveryKind
+
 
 class Backend(enum.StrEnum):
     ZOOKEEPER = "zookeeper"
@@ -59,3 +61,14 @@ class DiscoveryConfig:
             consul_scheme=scheme,
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+def discovery_config_from_agent(conf: AgentConfig, *, session_timeout_s: float = 10.0) -> DiscoveryConfig:
+    """The discovery part of an agent.conf (`discovery`, `zk_servers`, `consul_address`)."""
+    if conf.discovery is DiscoveryKind.ZK:
+        return DiscoveryConfig(
+            backend=Backend.ZOOKEEPER, zk_servers=conf.zk_servers or "", session_timeout_s=session_timeout_s
+        )
+    if conf.discovery is DiscoveryKind.CONSUL:
+        return DiscoveryConfig.consul_from_address(conf.consul_address, session_timeout_s=max(10.0, session_timeout_s))
+    return DiscoveryConfig(backend=Backend.STATIC, session_timeout_s=session_timeout_s)

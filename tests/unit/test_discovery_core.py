@@ -168,3 +168,15 @@ def test_static_backend_from_file_and_watcher_view(tmp_path: Path) -> None:
                 assert not await watcher.wait_until_available("entry", [0], timeout_s=0.05)
 
     asyncio.run(body())
+
+
+def test_discovery_config_from_agent_conf() -> None:
+    from monolith_serving.core.agent_conf import AgentConfig, DeployType, DiscoveryKind
+    from monolith_serving.discovery.config import discovery_config_from_agent
+
+    zk = AgentConfig(deploy_type=DeployType.PS, discovery=DiscoveryKind.ZK, zk_servers="h1:2181,h2:2181")
+    assert discovery_config_from_agent(zk) == DiscoveryConfig(backend=Backend.ZOOKEEPER, zk_servers="h1:2181,h2:2181")
+    cons = AgentConfig(deploy_type=DeployType.PS, discovery=DiscoveryKind.CONSUL, consul_address="c:8500")
+    got = discovery_config_from_agent(cons)
+    assert (got.backend, got.consul_host, got.consul_port) == (Backend.CONSUL, "c", 8500)
+    assert discovery_config_from_agent(AgentConfig(deploy_type=DeployType.PS)).backend is Backend.STATIC

@@ -27,6 +27,9 @@ class Command:
 COMMANDS: tuple[Command, ...] = (
     Command("export-demo", "monolith_serving.core.demo_export", "write a deterministic demo model export"),
     Command("health", "monolith_serving.client.health", "gRPC health check of a server; exit 0 when SERVING"),
+    Command("entry", "monolith_serving.entry.main", "entry model server: parse, PS fan-out, pool, dense"),
+    Command("demo", "monolith_serving.entry.standalone", "standalone cluster: PS shards + entry on loopback"),
+    Command("client", "monolith_serving.client.cli", "client: predict|status|meta|load|profile"),
 )
 
 

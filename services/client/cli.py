@@ -1,0 +1,229 @@
+"""``monolith-serving client predict|status|meta|load|profile`` — parity with Monolith's tfs_client.
+
+- ``predict``: random examples that hit the model's tables (from ``--spec``, default the demo's spec), or
+  a PredictRequest read from ``--request_file`` (text format if it parses, else binary); prints outputs.
+- ``status``: GetModelStatus; ``meta``: GetModelMetadata; ``load``: HandleReloadConfigRequest with a
+  text-format ModelServerConfig file.
+- ``profile``: ``--workers`` concurrent Predicts for ``--duration_s``; progress on stderr; count, mean,
+  p50, p99 and QPS on stdout (``--json`` for one JSON object).
+Exit status: 0 on success, 1 when the server answered with an error (its code and message on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, text_format
+
+from monolith_serving.client.inputs import INPUT_KINDS, encode, predict_request, random_examples
+from monolith_serving.client.profile import ProfileResult, run_profile
+from monolith_serving.core.cli_flags import add_flag
+from monolith_serving.core.demo_export import DemoOptions, demo_spec
+from monolith_serving.core.errors import MonolithServingError
+from monolith_serving.core.export_layout import list_versions, read_model_server_config
+from monolith_serving.core.grpc_server import channel_options
+from monolith_serving.core.serving_spec import SPEC_FILE, ServingSpec, load_serving_spec
+from monolith_serving.core.tensor_codec import from_tensor_proto
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+ACTIONS = ("predict", "status", "meta", "load", "profile")
+PS_VERSIONS_KEY = "x-monolith-ps-versions"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    add_flag(common, "--target", default="localhost:8500", help="entry (or proxy) host:port (default %(default)s)")
+    add_flag(common, "--model", default="entry", help="model_spec.name (default %(default)s)")
+    add_flag(common, "--version", type=int, default=None, help="pin model_spec.version")
+    add_flag(common, "--timeout_s", type=float, default=5.0, help="per-call deadline (default %(default)s)")
+    add_flag(common, "--json", action="store_true", help="print one JSON object")
+    inputs = argparse.ArgumentParser(add_help=False)
+    add_flag(inputs, "--input_kind", choices=INPUT_KINDS, default="instances", help="request input kind")
+    add_flag(inputs, "--batch_size", type=int, default=4, help="examples per request (default %(default)s)")
+    add_flag(inputs, "--spec", type=Path, default=None, help="serving_spec.json, an entry version dir or an export")
+    add_flag(inputs, "--rows", type=int, default=1000, help="random fids use k < rows (export-demo's --rows)")
+    add_flag(inputs, "--seed", type=int, default=0, help="random seed")
+    add_flag(inputs, "--request_file", type=Path, default=None, help="send this PredictRequest (text or binary)")
+    sub = parser.add_subparsers(dest="action", required=True, metavar="|".join(ACTIONS))
+    sub.add_parser("predict", parents=[common, inputs], help="one Predict; prints the outputs")
+    sub.add_parser("status", parents=[common], help="GetModelStatus")
+    meta = sub.add_parser("meta", parents=[common], help="GetModelMetadata")
+    add_flag(meta, "--metadata_field", action="append", default=None, help="default: signature_def")
+    load = sub.add_parser("load", parents=[common], help="HandleReloadConfigRequest")
+    add_flag(load, "--config_file", type=Path, required=True, help="text-format ModelServerConfig")
+    profile = sub.add_parser("profile", parents=[common, inputs], help="load test")
+    add_flag(profile, "--workers", type=int, default=16, help="concurrent requests (default %(default)s)")
+    add_flag(profile, "--duration_s", type=float, default=10.0, help="measured time (default %(default)s)")
+    add_flag(profile, "--num_requests", type=int, default=32, help="distinct random requests to cycle through")
+
+
+def resolve_spec(path: Path | None) -> ServingSpec:
+    """A serving spec from a file, an entry version folder, an entry folder or an export base."""
+    if path is None:
+        return demo_spec(DemoOptions(out=Path(".")))
+    if path.is_file():
+        return load_serving_spec(path.parent) if path.name == SPEC_FILE else _spec_file(path)
+    if (path / SPEC_FILE).is_file():
+        return load_serving_spec(path)
+    entry_dir = path / "entry" if (path / "entry").is_dir() else path
+    versions = list_versions(entry_dir)
+    if not versions:
+        raise MonolithServingError(f"no entry version under {path}")
+    return load_serving_spec(entry_dir / str(versions[-1]))
+
+
+def _spec_file(path: Path) -> ServingSpec:
+    from monolith_serving.core.serving_spec import parse_serving_spec
+
+    return parse_serving_spec(json.loads(path.read_text()), str(path))
+
+
+def read_request_file(path: Path) -> predict_pb2.PredictRequest:
+    data = path.read_bytes()
+    try:
+        return text_format.Parse(data.decode(), predict_pb2.PredictRequest())
+    except (UnicodeDecodeError, text_format.ParseError):
+        return predict_pb2.PredictRequest.FromString(data)
+
+
+def build_requests(args: argparse.Namespace, count: int) -> list[predict_pb2.PredictRequest]:
+    if args.request_file is not None:
+        request = read_request_file(args.request_file)
+        if args.model:
+            request.model_spec.name = args.model
+        return [request]
+    spec = resolve_spec(args.spec)
+    rng = np.random.default_rng(args.seed)
+    requests = []
+    for _ in range(count):
+        examples = random_examples(spec, args.batch_size, rng, rows=args.rows)
+        requests.append(predict_request(args.model, encode(spec, args.input_kind, examples), version=args.version))
+    return requests
+
+
+def _spec(args: argparse.Namespace, message: Any) -> None:
+    message.model_spec.name = args.model
+    if args.version is not None:
+        message.model_spec.version.value = args.version
+
+
+def _print(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
+    print(json.dumps(payload, indent=2) if args.json else text)
+
+
+async def _predict(args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
+    (request,) = build_requests(args, 1)
+    call = stub.Predict(request, timeout=args.timeout_s)
+    response = await call
+    trailing = await call.trailing_metadata()
+    ps_versions = dict(trailing or ()).get(PS_VERSIONS_KEY, "")
+    outputs = {name: from_tensor_proto(t, name).tolist() for name, t in response.outputs.items()}
+    version = response.model_spec.version.value
+    lines = [f"model {response.model_spec.name} version {version}" + (f" (PS {ps_versions})" if ps_versions else "")]
+    for name, values in outputs.items():
+        lines.append(f"{name}: {np.asarray(values).round(6).tolist()}")
+    _print(args, {"version": version, "ps_versions": ps_versions, "outputs": outputs}, "\n".join(lines))
+
+
+async def _status(args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+    request = get_model_status_pb2.GetModelStatusRequest()
+    _spec(args, request)
+    response = await stub.GetModelStatus(request, timeout=args.timeout_s)
+    state = get_model_status_pb2.ModelVersionStatus.State
+    lines = [
+        f"version {s.version}: {state.Name(s.state)}"
+        + (f" ({s.status.error_message})" if s.status.error_message else "")
+        for s in response.model_version_status
+    ]
+    _print(args, json_format.MessageToDict(response), "\n".join(lines) or "no versions")
+
+
+async def _meta(args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=args.metadata_field or ["signature_def"])
+    _spec(args, request)
+    response = await stub.GetModelMetadata(request, timeout=args.timeout_s)
+    unpacked: dict[str, Any] = {}
+    for name, packed in response.metadata.items():
+        if packed.Is(get_model_metadata_pb2.SignatureDefMap.DESCRIPTOR):
+            message: Any = get_model_metadata_pb2.SignatureDefMap()
+            packed.Unpack(message)
+            unpacked[name] = json_format.MessageToDict(message)
+        else:
+            unpacked[name] = json_format.MessageToDict(packed)
+    payload = {"model_spec": json_format.MessageToDict(response.model_spec), "metadata": unpacked}
+    print(json.dumps(payload, indent=2))
+
+
+async def _load(args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
+    stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+    request = model_management_pb2.ReloadConfigRequest(config=read_model_server_config(args.config_file))
+    response = await stub.HandleReloadConfigRequest(request, timeout=args.timeout_s)
+    _print(args, json_format.MessageToDict(response), f"reloaded: status code {response.status.error_code}")
+
+
+def _profile_text(result: ProfileResult) -> str:
+    return (
+        f"count {result.count}  errors {result.errors}  mean {result.mean_ms:.3f} ms  p50 {result.p50_ms:.3f} ms  "
+        f"p99 {result.p99_ms:.3f} ms  QPS {result.qps:.1f}"
+        + (f"\nfirst error: {result.first_error}" if result.first_error else "")
+    )
+
+
+async def _profile(args: argparse.Namespace) -> None:
+    requests = build_requests(args, args.num_requests)
+
+    def progress(elapsed_s: float, count: int, errors: int) -> None:
+        print(
+            f"\r{elapsed_s:5.1f}s  {count} ok  {errors} errors  {count / max(elapsed_s, 1e-9):.0f} QPS",
+            end="",
+            file=sys.stderr,
+        )
+
+    result = await run_profile(
+        target=args.target,
+        requests=requests,
+        workers=args.workers,
+        duration_s=args.duration_s,
+        timeout_s=args.timeout_s,
+        progress=progress,
+    )
+    print(file=sys.stderr)
+    _print(args, result.as_dict(), _profile_text(result))
+
+
+async def _main(args: argparse.Namespace) -> None:
+    if args.action == "profile":
+        await _profile(args)
+        return
+    async with grpc.aio.insecure_channel(args.target, options=channel_options()) as channel:
+        handlers = {"predict": _predict, "status": _status, "meta": _meta, "load": _load}
+        await handlers[args.action](args, channel)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        asyncio.run(_main(args))
+    except grpc.aio.AioRpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+    except MonolithServingError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    return 0

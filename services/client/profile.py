@@ -1,0 +1,116 @@
+"""Load generation: N concurrent workers send Predict for a fixed duration and record latencies.
+
+Workers share one channel (gRPC multiplexes them over one HTTP/2 connection) and cycle through a pool of
+prepared requests, so request building never shows up in the latency. ``ProfileResult`` reports count,
+errors, mean/p50/p99 latency and QPS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+
+from monolith_serving.core.grpc_server import channel_options
+from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
+
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+
+
+@dataclass(frozen=True)
+class ProfileResult:
+    workers: int
+    duration_s: float
+    count: int
+    errors: int
+    mean_ms: float
+    p50_ms: float
+    p99_ms: float
+    qps: float
+    first_error: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(
+    latencies_s: Sequence[float], errors: int, workers: int, elapsed_s: float, first_error: str
+) -> ProfileResult:
+    lat_ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
+    has = len(lat_ms) > 0
+    return ProfileResult(
+        workers=workers,
+        duration_s=round(elapsed_s, 3),
+        count=len(lat_ms),
+        errors=errors,
+        mean_ms=round(float(lat_ms.mean()), 3) if has else 0.0,
+        p50_ms=round(float(np.percentile(lat_ms, 50)), 3) if has else 0.0,
+        p99_ms=round(float(np.percentile(lat_ms, 99)), 3) if has else 0.0,
+        qps=round(len(lat_ms) / elapsed_s, 1) if elapsed_s > 0 else 0.0,
+        first_error=first_error,
+    )
+
+
+async def run_profile(
+    *,
+    target: str,
+    requests: Sequence[predict_pb2.PredictRequest],
+    workers: int,
+    duration_s: float,
+    timeout_s: float = 5.0,
+    warmup_s: float = 0.0,
+    progress: Callable[[float, int, int], None] | None = None,
+) -> ProfileResult:
+    """Runs the load; ``progress(elapsed_s, count, errors)`` is called about once a second."""
+    payloads = [r.SerializeToString() for r in requests]
+    async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
+        # Send pre-serialized bytes so the client's own protobuf work stays out of the measurement.
+        call = channel.unary_unary(PREDICT_METHOD, request_serializer=None, response_deserializer=None)
+        await channel.channel_ready()
+        latencies: list[float] = []
+        errors = 0
+        first_error = ""
+        recording = False
+        stop_at = 0.0
+
+        async def worker(index: int) -> None:
+            nonlocal errors, first_error
+            k = index
+            while True:
+                now = time.perf_counter()
+                if recording and now >= stop_at:
+                    return
+                payload = payloads[k % len(payloads)]
+                k += 1
+                try:
+                    await call(payload, timeout=timeout_s)
+                except grpc.aio.AioRpcError as error:
+                    if recording:
+                        errors += 1
+                        if not first_error:
+                            first_error = f"{error.code().name}: {error.details()}"
+                    continue
+                if recording:
+                    latencies.append(time.perf_counter() - now)
+
+        tasks = [asyncio.create_task(worker(i)) for i in range(workers)]
+        if warmup_s > 0:
+            await asyncio.sleep(warmup_s)
+        recording = True
+        started = time.perf_counter()
+        stop_at = started + duration_s
+        while True:
+            elapsed = time.perf_counter() - started
+            if elapsed >= duration_s:
+                break
+            await asyncio.sleep(min(1.0, duration_s - elapsed))
+            if progress is not None:
+                progress(time.perf_counter() - started, len(latencies), errors)
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+    return summarize(latencies, errors, workers, elapsed, first_error)

@@ -1,0 +1,290 @@
+"""``monolith-serving entry``: the model server clients reach (REFERENCE §1, §3, §4).
+
+Start-up order: replica source -> first PS status poll and model scan -> gRPC server -> health SERVING
+once a version is served. A control loop then runs every ``--file_system_poll_wait_seconds``: poll PS
+status, rescan/load/gate versions, drop channels of vanished replicas — each step isolated, logged with
+its traceback on failure and timed into ``entry_control_step_seconds``. Shutdown: health NOT_SERVING,
+stop accepting, drain for ``--grace_s``, then close PS channels and the replica source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from monolith_serving.core.cli_flags import add_flag, add_server_flags
+from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
+from monolith_serving.core.export_layout import VersionPolicy, list_versions, read_model_server_config
+from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server, run_async_main
+from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
+from monolith_serving.core.serving_spec import load_serving_spec
+from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.model import EntryModel, EntryModelConfig
+from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, ReplicaHealth
+from monolith_serving.entry.ps_status import PsStatusTracker
+from monolith_serving.entry.replica_source import (
+    AgentReplicaSource,
+    ReplicaSource,
+    StaticReplicaSource,
+    parse_ps_targets,
+)
+from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
+from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8500
+
+
+@dataclass(frozen=True)
+class EntryServerConfig:
+    model: EntryModelConfig | None
+    num_ps: int
+    ps_targets: tuple[tuple[str, ...], ...] = ()  # static discovery; empty -> agent
+    agent_address: str = ""
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    metrics_port: int = 0
+    fetch_ps_retry: int = 2
+    poll_interval_s: float = 1.0
+    ps_status_timeout_s: float = 1.0
+    grace_s: float = 2.0
+
+
+class EntryServer:
+    """Lifecycle of one entry process. ``start``/``stop`` are idempotent; ``async with`` works too."""
+
+    def __init__(self, config: EntryServerConfig, metrics: EntryMetrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics if metrics is not None else EntryMetrics()
+        self.replicas: ReplicaSource = (
+            StaticReplicaSource(config.ps_targets)
+            if config.ps_targets
+            else AgentReplicaSource(agent_address=config.agent_address, num_ps=config.num_ps)
+        )
+        self.channels = ChannelPool()
+        entry_name = config.model.name if config.model is not None else "entry"
+        self.ps_status = PsStatusTracker(
+            entry_model_name=entry_name,
+            replicas=self.replicas,
+            channels=self.channels,
+            timeout_s=config.ps_status_timeout_s,
+        )
+        self.fanout = PsFanout(
+            config=FanoutConfig(entry_model_name=entry_name, retry=config.fetch_ps_retry),
+            replicas=self.replicas,
+            channels=self.channels,
+            metrics=self.metrics,
+            health=ReplicaHealth(),
+            knows_version=self.ps_status.knows_version,
+        )
+        self.model = EntryModel(
+            config=config.model,
+            num_ps=config.num_ps,
+            lookup=self.fanout,
+            ps_ready=self.ps_status.ready,
+            metrics=self.metrics,
+        )
+        self._grpc: GrpcServer | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    @property
+    def port(self) -> int:
+        if self._grpc is None:
+            raise RuntimeError("server not started")
+        return self._grpc.port
+
+    async def start(self) -> None:
+        if self._grpc is not None:
+            return
+        await self.replicas.start()
+        await self._step("ps_status", self.ps_status.poll)
+        await self._step("model_refresh", self.model.refresh)
+        predict = EntryPredictionServicer(self.model, self.metrics)
+        models = EntryModelServicer(self.model)
+        self._grpc = build_server(
+            GrpcServerOptions(
+                port=self.config.port,
+                host=self.config.host,
+                reflection_services=(
+                    "tensorflow.serving.PredictionService",
+                    "tensorflow.serving.ModelService",
+                ),
+            ),
+            [
+                lambda s: prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predict, s),  # type: ignore[no-untyped-call]
+                lambda s: model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, s),  # type: ignore[no-untyped-call]
+            ],
+        )
+        await self._grpc.start()
+        await self._grpc.set_serving(bool(self.model.served_versions))
+        if self.config.metrics_port:
+            self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.metrics.registry)
+        self._loop_task = asyncio.create_task(self._control_loop(), name="entry-control-loop")
+        logger.info("entry listening on port %d (%d PS shards)", self._grpc.port, self.config.num_ps)
+
+    async def _step(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        started = time.monotonic()
+        try:
+            await step()
+        except Exception:
+            # An unhandled error must never halt the control loop.
+            logger.exception("control step %s failed", name)
+            self.metrics.control_step_errors.labels(name).inc()
+        self.metrics.control_step_seconds.labels(name).set(time.monotonic() - started)
+
+    async def _retain_channels(self) -> None:
+        await self.channels.retain(self.replicas.all_addresses())
+
+    async def _control_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_interval_s)
+            await self._step("ps_status", self.ps_status.poll)
+            await self._step("model_refresh", self.model.refresh)
+            await self._step("retain_channels", self._retain_channels)
+            if self._grpc is not None:
+                await self._grpc.set_serving(bool(self.model.served_versions))
+
+    async def stop(self) -> None:
+        if self._stopped or self._grpc is None:
+            return
+        self._stopped = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self._grpc.stop(self.config.grace_s)
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
+        await self.channels.close()
+        await self.replicas.stop()
+
+    async def __aenter__(self) -> EntryServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_server_flags(parser, default_port=None)
+    add_flag(parser, "--rest_api_port", type=int, default=0, help="accepted for compatibility; REST is not served")
+    add_flag(parser, "--model_config_file", type=Path, default=None, help="text-format ModelServerConfig (one model)")
+    add_flag(parser, "--model_name", default="entry", help="model name when no config file (default %(default)s)")
+    add_flag(parser, "--model_base_path", type=Path, default=None, help="the entry sub-model folder (export/entry)")
+    add_flag(
+        parser,
+        "--ps_targets",
+        action="append",
+        default=[],
+        help="static PS replicas: one flag per shard in order, replicas comma-separated ('a:1,b:1;c:1' also works)",
+    )
+    add_flag(
+        parser,
+        "--agent_address",
+        default=None,
+        help="AgentService to ask for PS replicas (default localhost:$PORT2) when --ps_targets is not given",
+    )
+    add_flag(parser, "--num_ps", type=int, default=None, help="number of PS shards (default: from the targets or spec)")
+    add_flag(parser, "--fetch_ps_timeout_ms", type=int, default=200, help="PS call deadline without a client deadline")
+    add_flag(parser, "--fetch_ps_retry", type=int, default=2, help="retries on another replica (default %(default)s)")
+    add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
+    add_flag(
+        parser,
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="control-loop period: version scan and PS status poll (default %(default)s)",
+    )
+    add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown (default %(default)s)")
+
+
+def _model_config(args: argparse.Namespace) -> EntryModelConfig | None:
+    defaults = EntryModelConfig(
+        name=args.model_name,
+        base_path=args.model_base_path or Path("."),
+        fetch_ps_timeout_ms=args.fetch_ps_timeout_ms,
+        max_batch_size=args.max_batch_size,
+    )
+    if args.model_config_file is not None:
+        return entry_config_from_proto(read_model_server_config(args.model_config_file), defaults)
+    if args.model_base_path is None:
+        raise InvalidArgumentError("give --model_config_file or --model_base_path")
+    return EntryModelConfig(
+        name=args.model_name,
+        base_path=args.model_base_path,
+        policy=VersionPolicy(),
+        fetch_ps_timeout_ms=args.fetch_ps_timeout_ms,
+        max_batch_size=args.max_batch_size,
+    )
+
+
+def _spec_num_ps(model: EntryModelConfig | None) -> int | None:
+    if model is None:
+        return None
+    versions = list_versions(model.base_path)
+    if not versions:
+        return None
+    return load_serving_spec(model.base_path / str(versions[-1])).num_ps
+
+
+def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> EntryServerConfig:
+    model = _model_config(args)
+    targets = parse_ps_targets(args.ps_targets)
+    agent_address = args.agent_address
+    if not targets and agent_address is None:
+        if "PORT2" not in environ:
+            raise InvalidArgumentError("give --ps_targets (static) or --agent_address (or set $PORT2)")
+        agent_address = f"localhost:{environ['PORT2']}"
+    num_ps = args.num_ps
+    if targets:
+        if num_ps is not None and num_ps != len(targets):
+            raise InvalidArgumentError(f"--num_ps {num_ps} but --ps_targets lists {len(targets)} shards")
+        num_ps = len(targets)
+    if num_ps is None:
+        num_ps = _spec_num_ps(model)
+    if num_ps is None or num_ps < 1:
+        raise InvalidArgumentError("cannot tell the number of PS shards: give --num_ps")
+    port = args.port if args.port is not None else int(environ.get("PORT3", DEFAULT_PORT))
+    return EntryServerConfig(
+        model=model,
+        num_ps=num_ps,
+        ps_targets=targets,
+        agent_address=agent_address or "",
+        port=port,
+        metrics_port=args.metrics_port,
+        fetch_ps_retry=args.fetch_ps_retry,
+        poll_interval_s=args.file_system_poll_wait_seconds,
+        grace_s=args.grace_s,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = server_config_from_args(args, dict(os.environ))
+    except MonolithServingError as error:
+        logger.error("%s", error.message)
+        return 2
+    if args.rest_api_port:
+        logger.warning("--rest_api_port %d ignored: the entry serves gRPC only", args.rest_api_port)
+
+    async def main(stop: asyncio.Event) -> int:
+        async with EntryServer(config):
+            await stop.wait()
+        return 0
+
+    return run_async_main(main)

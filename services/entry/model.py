@@ -1,0 +1,309 @@
+"""The entry's transport-free core: entry versions, version gating on the PS, and Predict.
+
+Version lifecycle (``refresh()`` is one control-loop step; it never raises for a bad version):
+
+1. the version policy picks the wanted versions among the integer folders of ``base_path``;
+2. a wanted version is loaded (serving spec, request parser, dense network) on an executor thread;
+   a failing load is retried on later steps, at most ``max_load_attempts`` times;
+3. a loaded version becomes *served* once every PS shard reports it AVAILABLE (``ps_ready``); it then
+   replaces the versions served before. Until then the previous versions keep serving — and they stay
+   served through a PS status flap, so one missed status poll never takes the entry down;
+4. versions neither wanted nor served are unloaded.
+
+Predict uses the newest served version unless the request pins one. All state changes happen on the
+event loop thread; requests read an immutable snapshot (``_served``), so no locks are needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from monolith_serving.core.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    MonolithServingError,
+    NotFoundError,
+)
+from monolith_serving.core.export_layout import VersionPolicy, list_versions, version_dir
+from monolith_serving.core.serving_spec import ServingSpec, load_serving_spec
+from monolith_serving.entry.dense import DenseModel, load_dense
+from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.pooling import assemble_input, plan_lookup
+from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
+from monolith_serving.entry.request_parser import ParsedBatch, RequestParser
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+INPUT_KINDS = ("instances", "example_batch", "examples")
+
+
+class ModelState(enum.IntEnum):
+    """TF Serving's ModelVersionStatus.State numbers (REFERENCE §3)."""
+
+    UNKNOWN = 0
+    START = 10
+    LOADING = 20
+    AVAILABLE = 30
+    UNLOADING = 40
+    END = 50
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: ModelState
+    error: MonolithServingError | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class EntryModelConfig:
+    name: str  # model_spec.name clients use: "entry" (agent v1) or "<model>:entry" (v3)
+    base_path: Path  # the entry sub-model folder, holding <version>/serving_spec.json
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    version_labels: tuple[tuple[str, int], ...] = ()
+    fetch_ps_timeout_ms: int = 200
+    max_batch_size: int | None = None  # overrides the serving spec's maximum when set
+    max_load_attempts: int = 5
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    version: int
+    path: Path
+    spec: ServingSpec
+    parser: RequestParser
+    dense: DenseModel
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {t.name: t.dim for t in self.spec.tables}
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    outputs: dict[str, npt.NDArray[np.float32]]
+    version: int
+    ps_versions: dict[int, int]  # shard -> PS version that answered
+
+
+def load_version(path: Path, version: int, num_ps: int, max_batch_size: int | None) -> LoadedVersion:
+    """Reads and validates one entry version folder (blocking: run it on an executor)."""
+    spec = load_serving_spec(path)
+    if spec.num_ps != num_ps:
+        raise FailedPreconditionError(
+            f"{path}: serving spec says num_ps={spec.num_ps} but the entry has {num_ps} PS shards"
+        )
+    dense = load_dense(spec, path)
+    return LoadedVersion(version, path, spec, RequestParser(spec, max_batch_size), dense)
+
+
+class EntryModel:
+    def __init__(
+        self,
+        *,
+        config: EntryModelConfig | None,
+        num_ps: int,
+        lookup: EmbeddingLookup,
+        ps_ready: Callable[[int], bool],
+        metrics: EntryMetrics,
+    ) -> None:
+        self._config = config
+        self._num_ps = num_ps
+        self._lookup = lookup
+        self._ps_ready = ps_ready
+        self._metrics = metrics
+        self._loaded: dict[int, LoadedVersion] = {}
+        self._failures: dict[int, tuple[int, MonolithServingError]] = {}
+        self._unloaded: set[int] = set()
+        self._chosen: list[int] = []
+        self._served: tuple[int, ...] = ()
+        self._refresh_lock = asyncio.Lock()
+
+    @property
+    def config(self) -> EntryModelConfig | None:
+        return self._config
+
+    @property
+    def served_versions(self) -> tuple[int, ...]:
+        return self._served
+
+    def version(self, version: int) -> LoadedVersion | None:
+        return self._loaded.get(version)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def reconfigure(self, config: EntryModelConfig | None) -> None:
+        """Switches to a new model config (None unloads the model) and applies it at once."""
+        async with self._refresh_lock:
+            self._config = config
+            self._loaded.clear()
+            self._failures.clear()
+            self._unloaded.clear()
+            self._chosen = []
+            self._served = ()
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """One control step: scan, load, gate, unload. Safe to call concurrently (serialised)."""
+        async with self._refresh_lock:
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        config = self._config
+        if config is None:
+            return
+        try:
+            on_disk = list_versions(config.base_path)
+        except NotFoundError as error:
+            logger.warning("%s", error.message)
+            on_disk = []
+        wanted = config.policy.choose(on_disk, self._chosen)
+        self._chosen = wanted
+        loop = asyncio.get_running_loop()
+        for version in wanted:
+            if version in self._loaded:
+                continue
+            attempts, _ = self._failures.get(version, (0, None))
+            if attempts >= config.max_load_attempts:
+                continue
+            path = version_dir(config.base_path, version)
+            try:
+                loaded = await loop.run_in_executor(
+                    None, load_version, path, version, self._num_ps, config.max_batch_size
+                )
+            except MonolithServingError as error:
+                logger.error("cannot load entry version %d (attempt %d): %s", version, attempts + 1, error.message)
+                self._failures[version] = (attempts + 1, error)
+                continue
+            if self._config is not config:
+                return  # reconfigured while loading; the next step starts over
+            self._failures.pop(version, None)
+            self._loaded[version] = loaded
+            logger.info("loaded entry version %d from %s", version, path)
+        served = set(self._served)
+        ready = [v for v in wanted if v in self._loaded and (v in served or self._ps_ready(v))]
+        # Nothing wanted ready yet: keep serving what we served (while its files still exist).
+        new_served = tuple(sorted(ready)) if ready else tuple(v for v in self._served if v in on_disk)
+        if new_served != self._served:
+            logger.info("entry %s now serves versions %s (was %s)", config.name, list(new_served), list(self._served))
+        self._served = new_served
+        for version in [v for v in self._loaded if v not in wanted and v not in new_served]:
+            del self._loaded[version]
+            self._unloaded.add(version)
+        self._metrics.served_version.set(max(new_served) if new_served else 0)
+        self._metrics.loaded_versions.set(len(self._loaded))
+
+    # -- queries --------------------------------------------------------------------------------------
+
+    def _check_name(self, name: str) -> EntryModelConfig:
+        config = self._config
+        if config is None or name != config.name:
+            raise NotFoundError(f"model {name!r} is not served here")
+        return config
+
+    def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
+        """Per-version states, newest first (AVAILABLE = served; LOADING = loaded, waiting for the PS)."""
+        self._check_name(name)
+        statuses: dict[int, VersionStatus] = {}
+        for v in self._unloaded:
+            statuses[v] = VersionStatus(v, ModelState.END)
+        for v, (attempts, error) in self._failures.items():
+            statuses[v] = VersionStatus(v, ModelState.END, error, f"load failed {attempts} time(s)")
+        for v in self._chosen:
+            if v not in self._loaded and v not in self._failures:
+                statuses[v] = VersionStatus(v, ModelState.START)
+        for v in self._loaded:
+            if v in self._served:
+                statuses[v] = VersionStatus(v, ModelState.AVAILABLE)
+            else:
+                statuses[v] = VersionStatus(
+                    v, ModelState.LOADING, detail=f"waiting until every PS shard has version {v} AVAILABLE"
+                )
+        if version is not None:
+            if version not in statuses:
+                raise NotFoundError(f"model {name!r} has no version {version}")
+            return [statuses[version]]
+        return [statuses[v] for v in sorted(statuses, reverse=True)]
+
+    def resolve(self, name: str, version: int | None) -> LoadedVersion:
+        """The version a request runs on: the pinned one, else the newest served one."""
+        self._check_name(name)
+        served = self._served
+        if not served:
+            raise NotFoundError(f"model {name!r} has no version ready to serve")
+        chosen = max(served) if version is None else version
+        if chosen not in served:
+            raise NotFoundError(f"model {name!r} version {version} is not being served (serving {list(served)})")
+        return self._loaded[chosen]
+
+    # -- predict --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def parse(loaded: LoadedVersion, inputs: Mapping[str, npt.NDArray[Any]]) -> ParsedBatch:
+        unknown = sorted(set(inputs) - set(INPUT_KINDS))
+        if unknown:
+            raise InvalidArgumentError(f"unknown input(s) {unknown}; expected one of {', '.join(INPUT_KINDS)}")
+        kinds = [k for k in INPUT_KINDS if k in inputs]
+        if not kinds:
+            raise InvalidArgumentError(f"missing input: the request needs one of {', '.join(INPUT_KINDS)}")
+        if len(kinds) > 1:
+            raise InvalidArgumentError(f"give exactly one of {', '.join(INPUT_KINDS)}, got {kinds}")
+        kind = kinds[0]
+        array = inputs[kind]
+        if array.dtype != np.dtype(object):
+            raise InvalidArgumentError(f"input {kind!r} must be DT_STRING, got {array.dtype}")
+        blobs: Sequence[bytes] = array.reshape(-1).tolist()
+        if kind == "instances":
+            return loaded.parser.parse_instances(blobs)
+        if kind == "examples":
+            return loaded.parser.parse_examples(blobs)
+        if len(blobs) != 1:
+            raise InvalidArgumentError(f"input 'example_batch' must hold exactly 1 ExampleBatch, got {len(blobs)}")
+        return loaded.parser.parse_example_batch(blobs[0])
+
+    async def predict(
+        self,
+        *,
+        name: str,
+        version: int | None,
+        signature_name: str,
+        inputs: Mapping[str, npt.NDArray[Any]],
+        output_filter: Sequence[str] = (),
+        timeout_s: float | None = None,
+    ) -> PredictResult:
+        """Parses, looks up, pools and scores one request.
+
+        ``timeout_s`` is what is left of the caller's deadline; without one the PS calls get
+        ``fetch_ps_timeout_ms``.
+        """
+        loaded = self.resolve(name, version)
+        config = self._config
+        assert config is not None  # resolve() checked it
+        if signature_name not in ("", DEFAULT_SIGNATURE):
+            raise InvalidArgumentError(f"model {name!r} has no signature {signature_name!r}; use {DEFAULT_SIGNATURE!r}")
+        spec = loaded.spec
+        unknown_outputs = [o for o in output_filter if o != spec.output_name]
+        if unknown_outputs:
+            raise InvalidArgumentError(f"output_filter names unknown output(s) {unknown_outputs}")
+        batch = self.parse(loaded, inputs)
+        self._metrics.batch_size.observe(batch.batch_size)
+        plan = plan_lookup(spec, batch)
+        if plan.unique_fids:
+            budget_s = timeout_s if timeout_s is not None else config.fetch_ps_timeout_ms / 1000.0
+            result = await self._lookup.lookup(loaded.version, plan.unique_fids, loaded.dims, budget_s)
+        else:
+            result = LookupResult({}, {})
+        x = assemble_input(spec, batch, plan, result.values)
+        scores = loaded.dense.predict(x)
+        return PredictResult({spec.output_name: scores}, loaded.version, result.ps_versions)

@@ -1,0 +1,272 @@
+"""Fetching embeddings from the PS shards (REFERENCE §5): one concurrent ``lookup`` per shard.
+
+Guarantees of ``PsFanout.lookup``:
+- every table's unique fids are split by shard (``fid mod num_ps``, floor modulo) and each shard gets
+  exactly one Predict holding all of its tables;
+- each call's deadline is the rest of the caller's deadline; on UNAVAILABLE, DEADLINE_EXCEEDED or
+  NOT_FOUND (that replica lacks the pinned version) the next replica is tried, at most ``retry`` times;
+- replicas known to hold the pinned version and not failing recently are tried first;
+- it never waits past the deadline: when a shard has no replica left it raises ``UnavailableError``
+  naming the shard and the last error.
+Channels are opened once per replica address and reused by every request (``ChannelPool``).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from monolith_serving.core.errors import UnavailableError
+from monolith_serving.core.grpc_server import channel_options
+from monolith_serving.core.tensor_codec import TensorCodecError, from_tensor_proto, to_tensor_proto
+from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.replica_source import ReplicaSource
+from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
+
+logger = logging.getLogger(__name__)
+
+Int64Array = npt.NDArray[np.int64]
+Float32Array = npt.NDArray[np.float32]
+
+LOOKUP_SIGNATURE = "lookup"
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND})
+# Reconnect quickly after a PS restarts (gRPC's default backoff grows to 120 s).
+_RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+def ps_model_name(entry_model_name: str, shard: int) -> str:
+    """``ps_<i>``, or ``<model>:ps_<i>`` when the entry is named ``<model>:entry`` (agent v3)."""
+    model, sep, _ = entry_model_name.rpartition(":")
+    return f"{model}:ps_{shard}" if sep else f"ps_{shard}"
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    values: dict[str, Float32Array]  # table -> [len(unique fids), dim]
+    ps_versions: dict[int, int]  # shard -> version the PS reported
+
+
+class EmbeddingLookup(abc.ABC):
+    """Turns unique fids per table into embedding rows (zeros for fids a table does not hold)."""
+
+    @abc.abstractmethod
+    async def lookup(
+        self, version: int, fids: Mapping[str, Int64Array], dims: Mapping[str, int], timeout_s: float
+    ) -> LookupResult: ...
+
+
+# grpc ships no type stubs; a unary-unary callable: (request, timeout=...) -> awaitable response.
+PredictCall = Any
+
+
+class ChannelPool:
+    """One channel (and Predict callable) per address, opened on first use and kept. Loop-affine."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._predict: dict[str, PredictCall] = {}
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=[*channel_options(), *_RECONNECT_OPTIONS])
+            self._channels[address] = channel
+        return channel
+
+    def predict(self, address: str) -> PredictCall:
+        call = self._predict.get(address)
+        if call is None:
+            call = self.channel(address).unary_unary(
+                PREDICT_METHOD,
+                request_serializer=predict_pb2.PredictRequest.SerializeToString,
+                response_deserializer=predict_pb2.PredictResponse.FromString,
+            )
+            self._predict[address] = call
+        return call
+
+    async def retain(self, addresses: set[str]) -> None:
+        """Closes channels of addresses no longer in use."""
+        for address in [a for a in self._channels if a not in addresses]:
+            self._predict.pop(address, None)
+            await self._channels.pop(address).close()
+
+    async def close(self) -> None:
+        await self.retain(set())
+
+
+@dataclass
+class ReplicaHealth:
+    """Recent failures per address; failing replicas are tried last for ``cooldown_s``."""
+
+    cooldown_s: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    _failed_at: dict[str, float] = field(default_factory=dict)
+
+    def failed(self, address: str) -> None:
+        self._failed_at[address] = self.clock()
+
+    def succeeded(self, address: str) -> None:
+        self._failed_at.pop(address, None)
+
+    def is_failing(self, address: str) -> bool:
+        at = self._failed_at.get(address)
+        return at is not None and self.clock() - at < self.cooldown_s
+
+
+VersionKnowledge = Callable[[str, int], bool | None]
+"""``(address, version) -> True/False`` when the status poll knows whether it is AVAILABLE, else None."""
+
+
+@dataclass(frozen=True)
+class FanoutConfig:
+    entry_model_name: str
+    retry: int = 2
+
+
+class PsFanout(EmbeddingLookup):
+    def __init__(
+        self,
+        *,
+        config: FanoutConfig,
+        replicas: ReplicaSource,
+        channels: ChannelPool,
+        metrics: EntryMetrics,
+        health: ReplicaHealth | None = None,
+        knows_version: VersionKnowledge | None = None,
+    ) -> None:
+        self._config = config
+        self._replicas = replicas
+        self._channels = channels
+        self._metrics = metrics
+        self._health = health if health is not None else ReplicaHealth()
+        self._knows_version = knows_version
+        self._round_robin = 0
+        self._models = [ps_model_name(config.entry_model_name, i) for i in range(replicas.num_ps)]
+
+    @property
+    def num_ps(self) -> int:
+        return self._replicas.num_ps
+
+    def _ordered(self, shard: int, version: int) -> list[str]:
+        addresses = list(self._replicas.replicas(shard))
+        if not addresses:
+            return []
+        # Rotate so load spreads over replicas, then stable-sort by preference.
+        self._round_robin += 1
+        k = self._round_robin % len(addresses)
+        addresses = addresses[k:] + addresses[:k]
+
+        def rank(address: str) -> int:
+            known = self._knows_version(address, version) if self._knows_version is not None else None
+            return (2 if known is False else 0) + (1 if self._health.is_failing(address) else 0)
+
+        return sorted(addresses, key=rank)
+
+    async def lookup(
+        self, version: int, fids: Mapping[str, Int64Array], dims: Mapping[str, int], timeout_s: float
+    ) -> LookupResult:
+        deadline = time.monotonic() + timeout_s
+        num_ps = self.num_ps
+        # Per table: the shard of every unique fid, and for each shard the positions it answers.
+        plan: dict[int, list[tuple[str, Int64Array]]] = {}
+        for table, table_fids in fids.items():
+            shards = np.mod(table_fids, num_ps)
+            if num_ps == 1:
+                plan.setdefault(0, []).append((table, np.arange(len(table_fids))))
+                continue
+            order = np.argsort(shards, kind="stable")
+            bounds = np.searchsorted(shards[order], np.arange(num_ps + 1))
+            for shard in range(num_ps):
+                if bounds[shard] < bounds[shard + 1]:
+                    plan.setdefault(shard, []).append((table, order[bounds[shard] : bounds[shard + 1]]))
+        values = {table: np.zeros((len(f), dims[table]), dtype=np.float32) for table, f in fids.items()}
+        shards_sorted = sorted(plan)
+        results = await asyncio.gather(
+            *(self._lookup_shard(shard, version, plan[shard], fids, dims, deadline) for shard in shards_sorted)
+        )
+        ps_versions: dict[int, int] = {}
+        for shard, (outputs, reported) in zip(shards_sorted, results, strict=True):
+            ps_versions[shard] = reported
+            for table, positions in plan[shard]:
+                values[table][positions] = outputs[table]
+        return LookupResult(values, ps_versions)
+
+    async def _lookup_shard(
+        self,
+        shard: int,
+        version: int,
+        parts: Sequence[tuple[str, Int64Array]],
+        fids: Mapping[str, Int64Array],
+        dims: Mapping[str, int],
+        deadline: float,
+    ) -> tuple[dict[str, Float32Array], int]:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self._models[shard]
+        request.model_spec.signature_name = LOOKUP_SIGNATURE
+        request.model_spec.version.value = version
+        for table, positions in parts:
+            request.inputs[f"{table}_id"].CopyFrom(to_tensor_proto(fids[table][positions]))
+        addresses = self._ordered(shard, version)
+        if not addresses:
+            raise UnavailableError(f"PS shard {shard} ({self._models[shard]}) has no known replica")
+        last_error = "no attempt"
+        shard_label = str(shard)
+        for attempt in range(self._config.retry + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                last_error = f"deadline passed after {attempt} attempt(s); last: {last_error}"
+                break
+            address = addresses[attempt % len(addresses)]
+            if attempt:
+                self._metrics.ps_retries.labels(shard_label).inc()
+            started = time.monotonic()
+            try:
+                response = await self._channels.predict(address)(request, timeout=remaining)
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                self._metrics.ps_errors.labels(shard_label, code.name).inc()
+                last_error = f"{address}: {code.name} {error.details()}"
+                if code not in RETRYABLE:
+                    break
+                self._health.failed(address)
+                continue
+            self._metrics.ps_latency.labels(shard_label).observe(time.monotonic() - started)
+            self._health.succeeded(address)
+            reported = int(response.model_spec.version.value) if response.model_spec.HasField("version") else version
+            return self._decode(shard, parts, dims, response, version), reported
+        raise UnavailableError(f"PS shard {shard} ({self._models[shard]}) lookup failed: {last_error}")
+
+    def _decode(
+        self,
+        shard: int,
+        parts: Sequence[tuple[str, Int64Array]],
+        dims: Mapping[str, int],
+        response: predict_pb2.PredictResponse,
+        version: int,
+    ) -> dict[str, Float32Array]:
+        outputs: dict[str, Float32Array] = {}
+        for table, positions in parts:
+            key = f"{table}_value"
+            if key not in response.outputs:
+                raise UnavailableError(f"PS shard {shard} version {version} answered without output {key!r}")
+            try:
+                array = from_tensor_proto(response.outputs[key], key)
+            except TensorCodecError as error:
+                raise UnavailableError(f"PS shard {shard}: bad output {key!r}: {error.message}") from error
+            if array.shape != (len(positions), dims[table]):
+                raise UnavailableError(
+                    f"PS shard {shard}: output {key!r} has shape {list(array.shape)}, "
+                    f"expected [{len(positions)}, {dims[table]}] (table dim mismatch between entry and PS?)"
+                )
+            outputs[table] = array.astype(np.float32, copy=False)
+        return outputs

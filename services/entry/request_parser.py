@@ -1,0 +1,330 @@
+"""Request protos -> per-feature fid columns and the dense-input matrix (REFERENCE §4).
+
+Three input kinds, one result (``ParsedBatch``):
+
+- ``instances``: serialized ``parser.proto.Instance``. ``fid`` holds v1 fids (slot = fid >> 54); they are
+  converted to v2 fids (``slot << 48 | (fid & (2**48 - 1))``) before lookup, because tables are keyed by v2
+  fids. ``feature`` lists are matched by name: ``fid`` (v2 fids) for sparse features, ``float_value`` for
+  dense inputs.
+- ``example_batch``: one serialized ``monolith.io.proto.ExampleBatch``. Lists are matched by name; an
+  INDIVIDUAL list has one Feature per example, a SHARED list one Feature every example uses. Sparse
+  features take ``fid_v1_list`` (converted) or ``fid_v2_list``; dense inputs take float/double/int64
+  lists or single values. Lists whose name starts with ``__`` (``__LABEL__``, ``__LINE_ID__`` …) carry
+  training metadata and are skipped.
+- ``examples``: serialized ``tf.Example``. ``int64_list`` holds v2 fids of a sparse feature; a dense
+  input takes a ``float_list`` (or ``int64_list``).
+
+A sparse feature missing from an example pools to zeros; a missing dense input is zeros. A name the
+serving spec does not know is INVALID_ARGUMENT unless the spec sets ``ignore_unknown_features``.
+Every error message names the input, the example index and the feature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from google.protobuf.message import DecodeError
+
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.serving_spec import ServingSpec
+from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as monolith_example_pb2
+from monolith_serving.proto_gen.idl.matrix.proto import proto_parser_pb2
+from monolith_serving.proto_gen.tensorflow.core.example import example_pb2 as tf_example_pb2
+
+FID_V1_SLOT_SHIFT = 54
+FID_V2_SLOT_SHIFT = 48
+FID_V2_HASH_MASK = (1 << FID_V2_SLOT_SHIFT) - 1
+# ExampleBatch lists with this prefix carry labels, line ids and the like, never model features.
+RESERVED_PREFIX = "__"
+
+Int64Array = npt.NDArray[np.int64]
+Float32Array = npt.NDArray[np.float32]
+
+
+def fid_v1_to_v2(fids: npt.NDArray[np.uint64]) -> Int64Array:
+    """``slot << 48 | (fid & (2**48 - 1))`` with slot = fid >> 54 (v1 slots are < 1024, so this fits)."""
+    v1 = fids.astype(np.uint64, copy=False)
+    slots = v1 >> np.uint64(FID_V1_SLOT_SHIFT)
+    v2 = (slots << np.uint64(FID_V2_SLOT_SHIFT)) | (v1 & np.uint64(FID_V2_HASH_MASK))
+    return v2.view(np.int64)
+
+
+def _u64_as_i64(values: Iterable[int], count: int) -> Int64Array:
+    return np.fromiter(values, dtype=np.uint64, count=count).view(np.int64)
+
+
+@dataclass(frozen=True)
+class SparseColumn:
+    """The v2 fids of one feature for the whole batch, grouped by example in request order.
+
+    ``rows[k]`` is the example index of ``fids[k]``; ``rows`` is non-decreasing.
+    """
+
+    fids: Int64Array
+    rows: Int64Array
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    batch_size: int
+    sparse: tuple[SparseColumn, ...]  # one per ServingSpec.features, same order
+    dense: Float32Array  # [batch_size, sum of dense input dims]
+
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class _Collector:
+    """Accumulates fid chunks per feature; builds sorted columns once at the end."""
+
+    def __init__(self, num_features: int, batch_size: int, dense_width: int) -> None:
+        self.fids: list[list[Int64Array]] = [[] for _ in range(num_features)]
+        self.rows: list[list[Int64Array]] = [[] for _ in range(num_features)]
+        self.dense = np.zeros((batch_size, dense_width), dtype=np.float32)
+        self.batch_size = batch_size
+
+    def add(self, feature: int, fids: Int64Array, rows: Int64Array) -> None:
+        if len(fids):
+            self.fids[feature].append(fids)
+            self.rows[feature].append(rows)
+
+    def add_row(self, feature: int, fids: Int64Array, row: int) -> None:
+        if len(fids):
+            self.fids[feature].append(fids)
+            self.rows[feature].append(np.full(len(fids), row, dtype=np.int64))
+
+    def build(self) -> ParsedBatch:
+        columns = []
+        for fid_chunks, row_chunks in zip(self.fids, self.rows, strict=True):
+            if not fid_chunks:
+                columns.append(SparseColumn(_EMPTY, _EMPTY))
+                continue
+            if len(fid_chunks) == 1:
+                columns.append(SparseColumn(fid_chunks[0], row_chunks[0]))
+                continue
+            fids = np.concatenate(fid_chunks)
+            rows = np.concatenate(row_chunks)
+            if np.any(rows[1:] < rows[:-1]):
+                # Chunks from different sources (slots and named lists) interleave; keep each example's
+                # fids in arrival order (firstn pooling depends on it).
+                order = np.argsort(rows, kind="stable")
+                fids, rows = fids[order], rows[order]
+            columns.append(SparseColumn(fids, rows))
+        return ParsedBatch(self.batch_size, tuple(columns), self.dense)
+
+
+class RequestParser:
+    """Parses the three input kinds for one serving spec. Stateless after construction; thread-safe."""
+
+    def __init__(self, spec: ServingSpec, max_batch_size: int | None = None) -> None:
+        self.spec = spec
+        self.max_batch_size = max_batch_size if max_batch_size is not None else spec.max_batch_size
+        self._sparse_by_name = {f.name: i for i, f in enumerate(spec.features)}
+        self._sparse_by_slot: dict[int, int] = {}
+        for i, feature in enumerate(spec.features):
+            # The first feature of a slot wins; a spec mapping one slot twice is ambiguous for v1 fids.
+            self._sparse_by_slot.setdefault(feature.slot, i)
+        self._dense_by_name: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for dense_input in spec.dense_inputs:
+            self._dense_by_name[dense_input.name] = (offset, dense_input.dim)
+            offset += dense_input.dim
+        self.dense_width = offset
+
+    # -- shared helpers -------------------------------------------------------------------------------
+
+    def _check_batch(self, size: int, what: str) -> None:
+        if size < 1:
+            raise InvalidArgumentError(f"{what}: batch is empty")
+        if size > self.max_batch_size:
+            raise InvalidArgumentError(f"{what}: batch size {size} exceeds the maximum of {self.max_batch_size}")
+
+    def _unknown(self, name: str, where: str) -> None:
+        if not self.spec.ignore_unknown_features:
+            raise InvalidArgumentError(f"{where}: unknown feature {name!r} (not in the serving spec)")
+
+    def _dense_values(self, name: str, values: Sequence[float], where: str) -> tuple[int, Float32Array]:
+        offset, dim = self._dense_by_name[name]
+        if len(values) != dim:
+            raise InvalidArgumentError(f"{where}: dense input {name!r} needs {dim} values, got {len(values)}")
+        return offset, np.asarray(values, dtype=np.float32)
+
+    # -- instances ------------------------------------------------------------------------------------
+
+    def parse_instances(self, blobs: Sequence[bytes]) -> ParsedBatch:
+        self._check_batch(len(blobs), "input 'instances'")
+        batch = len(blobs)
+        out = _Collector(len(self.spec.features), batch, self.dense_width)
+        v1_lists: list[Any] = []
+        lengths = np.zeros(batch, dtype=np.int64)
+        for i, blob in enumerate(blobs):
+            try:
+                instance = proto_parser_pb2.Instance.FromString(blob)
+            except (DecodeError, TypeError) as error:
+                raise InvalidArgumentError(
+                    f"input 'instances'[{i}] is not a serialized parser.proto.Instance: {error}"
+                ) from error
+            v1_lists.append(instance.fid)
+            lengths[i] = len(instance.fid)
+            for feature in instance.feature:
+                where = f"input 'instances'[{i}] feature {feature.name!r}"
+                if feature.name in self._sparse_by_name:
+                    fids = _u64_as_i64(feature.fid, len(feature.fid))
+                    out.add_row(self._sparse_by_name[feature.name], fids, i)
+                elif feature.name in self._dense_by_name:
+                    offset, values = self._dense_values(feature.name, feature.float_value, where)
+                    out.dense[i, offset : offset + len(values)] = values
+                else:
+                    self._unknown(feature.name, where)
+        total = int(lengths.sum())
+        if total:
+            v1 = np.fromiter((f for fids in v1_lists for f in fids), dtype=np.uint64, count=total)
+            rows = np.repeat(np.arange(batch, dtype=np.int64), lengths)
+            self._add_by_slot(out, v1, rows)
+        return out.build()
+
+    def _add_by_slot(self, out: _Collector, v1: npt.NDArray[np.uint64], rows: Int64Array) -> None:
+        slots = (v1 >> np.uint64(FID_V1_SLOT_SHIFT)).astype(np.int64)
+        unique_slots, inverse = np.unique(slots, return_inverse=True)
+        feature_of = np.array([self._sparse_by_slot.get(int(s), -1) for s in unique_slots], dtype=np.int64)
+        unknown = unique_slots[feature_of < 0]
+        if len(unknown) and not self.spec.ignore_unknown_features:
+            shown = ", ".join(str(int(s)) for s in unknown[:10])
+            raise InvalidArgumentError(f"input 'instances': fids of unknown slot(s) {shown} (not in the serving spec)")
+        per_fid = feature_of[inverse]
+        v2 = fid_v1_to_v2(v1)
+        for feature in np.unique(feature_of[feature_of >= 0]):
+            mask = per_fid == feature
+            out.add(int(feature), v2[mask], rows[mask])
+
+    # -- example_batch --------------------------------------------------------------------------------
+
+    def parse_example_batch(self, blob: bytes) -> ParsedBatch:
+        try:
+            example_batch = monolith_example_pb2.ExampleBatch.FromString(blob)
+        except (DecodeError, TypeError) as error:
+            raise InvalidArgumentError(
+                f"input 'example_batch' is not a serialized monolith.io.proto.ExampleBatch: {error}"
+            ) from error
+        lists = [nfl for nfl in example_batch.named_feature_list if not nfl.name.startswith(RESERVED_PREFIX)]
+        batch = example_batch.batch_size
+        if batch <= 0:
+            individual = [len(nfl.feature) for nfl in lists if nfl.type == monolith_example_pb2.INDIVIDUAL]
+            batch = individual[0] if individual else 0
+        self._check_batch(batch, "input 'example_batch'")
+        out = _Collector(len(self.spec.features), batch, self.dense_width)
+        for nfl in lists:
+            where = f"input 'example_batch' list {nfl.name!r}"
+            shared = nfl.type == monolith_example_pb2.SHARED
+            if shared and len(nfl.feature) != 1:
+                raise InvalidArgumentError(f"{where}: a SHARED list needs exactly 1 feature, got {len(nfl.feature)}")
+            if not shared and len(nfl.feature) != batch:
+                raise InvalidArgumentError(
+                    f"{where}: an INDIVIDUAL list needs batch_size={batch} features, got {len(nfl.feature)}"
+                )
+            if nfl.name in self._sparse_by_name:
+                self._example_batch_sparse(out, self._sparse_by_name[nfl.name], nfl, shared, where)
+            elif nfl.name in self._dense_by_name:
+                self._example_batch_dense(out, nfl, shared, where)
+            else:
+                self._unknown(nfl.name, where)
+        return out.build()
+
+    @staticmethod
+    def _fids_of(feature: monolith_example_pb2.Feature, where: str) -> Int64Array:
+        kind = feature.WhichOneof("type")
+        if kind is None:
+            return _EMPTY
+        if kind == "fid_v2_list":
+            return _u64_as_i64(feature.fid_v2_list.value, len(feature.fid_v2_list.value))
+        if kind == "fid_v1_list":
+            values = feature.fid_v1_list.value
+            return fid_v1_to_v2(np.fromiter(values, dtype=np.uint64, count=len(values)))
+        raise InvalidArgumentError(f"{where}: a sparse feature needs fid_v1_list or fid_v2_list, got {kind}")
+
+    def _example_batch_sparse(
+        self,
+        out: _Collector,
+        feature_index: int,
+        nfl: monolith_example_pb2.NamedFeatureList,
+        shared: bool,
+        where: str,
+    ) -> None:
+        if shared:
+            fids = self._fids_of(nfl.feature[0], where)
+            out.add(
+                feature_index,
+                np.tile(fids, out.batch_size),
+                np.repeat(np.arange(out.batch_size, dtype=np.int64), len(fids)),
+            )
+            return
+        chunks = [self._fids_of(feature, f"{where} example {j}") for j, feature in enumerate(nfl.feature)]
+        lengths = [len(c) for c in chunks]
+        if sum(lengths):
+            out.add(
+                feature_index,
+                np.concatenate(chunks),
+                np.repeat(np.arange(out.batch_size, dtype=np.int64), lengths),
+            )
+
+    @staticmethod
+    def _floats_of(feature: monolith_example_pb2.Feature, where: str) -> list[float]:
+        kind = feature.WhichOneof("type")
+        if kind is None:
+            return []
+        if kind in ("float_list", "double_list", "int64_list"):
+            return [float(v) for v in getattr(feature, kind).value]
+        if kind in ("float_value", "double_value", "int64_value"):
+            return [float(getattr(feature, kind))]
+        raise InvalidArgumentError(f"{where}: a dense input needs float/double/int64 values, got {kind}")
+
+    def _example_batch_dense(
+        self, out: _Collector, nfl: monolith_example_pb2.NamedFeatureList, shared: bool, where: str
+    ) -> None:
+        for j, feature in enumerate(nfl.feature):
+            at = f"{where} example {j}"
+            values = self._floats_of(feature, at)
+            if not values:
+                continue
+            offset, array = self._dense_values(nfl.name, values, at)
+            if shared:
+                out.dense[:, offset : offset + len(array)] = array
+            else:
+                out.dense[j, offset : offset + len(array)] = array
+
+    # -- tf.Example -----------------------------------------------------------------------------------
+
+    def parse_examples(self, blobs: Sequence[bytes]) -> ParsedBatch:
+        self._check_batch(len(blobs), "input 'examples'")
+        out = _Collector(len(self.spec.features), len(blobs), self.dense_width)
+        for i, blob in enumerate(blobs):
+            try:
+                example = tf_example_pb2.Example.FromString(blob)
+            except (DecodeError, TypeError) as error:
+                raise InvalidArgumentError(
+                    f"input 'examples'[{i}] is not a serialized tensorflow.Example: {error}"
+                ) from error
+            for name, feature in example.features.feature.items():
+                where = f"input 'examples'[{i}] feature {name!r}"
+                kind = feature.WhichOneof("kind")
+                if name in self._sparse_by_name:
+                    if kind is None:
+                        continue
+                    if kind != "int64_list":
+                        raise InvalidArgumentError(f"{where}: a sparse feature needs int64_list fids, got {kind}")
+                    values = feature.int64_list.value
+                    out.add_row(self._sparse_by_name[name], np.fromiter(values, dtype=np.int64, count=len(values)), i)
+                elif name in self._dense_by_name:
+                    if kind is None:
+                        continue
+                    if kind not in ("float_list", "int64_list"):
+                        raise InvalidArgumentError(f"{where}: a dense input needs float_list values, got {kind}")
+                    offset, array = self._dense_values(name, getattr(feature, kind).value, where)
+                    out.dense[i, offset : offset + len(array)] = array
+                else:
+                    self._unknown(name, where)
+        return out.build()

@@ -1,0 +1,216 @@
+"""gRPC face of the entry: TF Serving's PredictionService and ModelService over ``EntryModel``.
+
+The servicers only translate protobuf <-> the core's types; errors raised by the core are package
+errors that ``ErrorMappingInterceptor`` turns into status codes (INVALID_ARGUMENT, NOT_FOUND, …).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy.typing as npt
+from google.protobuf import any_pb2, wrappers_pb2
+
+from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
+from monolith_serving.core.export_layout import VersionPolicy
+from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
+from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.model import DEFAULT_SIGNATURE, INPUT_KINDS, EntryModel, EntryModelConfig
+from monolith_serving.entry.ps_client import ps_model_name
+from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
+
+logger = logging.getLogger(__name__)
+
+PS_VERSIONS_KEY = "x-monolith-ps-versions"
+_INPUT_SHAPES = {"instances": [-1], "example_batch": [1], "examples": [-1]}
+
+
+def _requested_version(model: EntryModel, spec: Any) -> int | None:
+    choice = spec.WhichOneof("version_choice")
+    if choice == "version":
+        return int(spec.version.value)
+    if choice == "version_label":
+        config = model.config
+        labels = dict(config.version_labels) if config is not None else {}
+        if spec.version_label not in labels:
+            raise NotFoundError(f"model {spec.name!r} has no version label {spec.version_label!r}")
+        return labels[spec.version_label]
+    return None
+
+
+def format_ps_versions(entry_model_name: str, ps_versions: dict[int, int]) -> str:
+    """``ps_0=V,ps_1=V`` (shards the request touched, in order)."""
+    return ",".join(f"{ps_model_name(entry_model_name, s)}={v}" for s, v in sorted(ps_versions.items()))
+
+
+class EntryPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    def __init__(self, model: EntryModel, metrics: EntryMetrics) -> None:
+        self._model = model
+        self._metrics = metrics
+
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        started = time.monotonic()
+        try:
+            response = await self._predict(request, context)
+        except MonolithServingError as error:
+            self._metrics.requests.labels(status_code_for(error).name).inc()
+            raise
+        self._metrics.requests.labels("OK").inc()
+        self._metrics.latency.observe(time.monotonic() - started)
+        return response
+
+    async def _predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        spec = request.model_spec
+        inputs: dict[str, npt.NDArray[Any]] = {
+            name: from_tensor_proto(tensor, name) for name, tensor in request.inputs.items()
+        }
+        result = await self._model.predict(
+            name=spec.name,
+            version=_requested_version(self._model, spec),
+            signature_name=spec.signature_name,
+            inputs=inputs,
+            output_filter=list(request.output_filter),
+            timeout_s=context.time_remaining(),
+        )
+        response = predict_pb2.PredictResponse()
+        for name, array in result.outputs.items():
+            response.outputs[name].CopyFrom(to_tensor_proto(array))
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = result.version
+        response.model_spec.signature_name = spec.signature_name or DEFAULT_SIGNATURE
+        if result.ps_versions:
+            context.set_trailing_metadata(((PS_VERSIONS_KEY, format_ps_versions(spec.name, result.ps_versions)),))
+        return response
+
+    async def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        spec = request.model_spec
+        loaded = self._model.resolve(spec.name, _requested_version(self._model, spec))
+        config = self._model.config
+        assert config is not None
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = spec.name
+        response.model_spec.version.value = loaded.version
+        fields = list(request.metadata_field) or ["signature_def"]
+        for name in fields:
+            packed = any_pb2.Any()
+            if name == "signature_def":
+                packed.Pack(self._signature_map(loaded.spec.output_name, loaded.dense.output_width))
+            elif name == "base_path":
+                packed.Pack(wrappers_pb2.StringValue(value=str(config.base_path)))
+            elif name == "num_versions":
+                packed.Pack(wrappers_pb2.Int64Value(value=len(self._model.served_versions)))
+            elif name == "signature_name":
+                packed.Pack(wrappers_pb2.StringValue(value=DEFAULT_SIGNATURE))
+            else:
+                raise InvalidArgumentError(
+                    f"unsupported metadata_field {name!r}; supported: signature_def, base_path, "
+                    "num_versions, signature_name"
+                )
+            response.metadata[name].CopyFrom(packed)
+        return response
+
+    @staticmethod
+    def _signature_map(output_name: str, output_width: int) -> get_model_metadata_pb2.SignatureDefMap:
+        signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+        for name in INPUT_KINDS:
+            info = signature.inputs[name]
+            info.name = name
+            info.dtype = types_pb2.DT_STRING
+            for size in _INPUT_SHAPES[name]:
+                info.tensor_shape.dim.add(size=size)
+        out = signature.outputs[output_name]
+        out.name = output_name
+        out.dtype = types_pb2.DT_FLOAT
+        out.tensor_shape.dim.add(size=-1)
+        out.tensor_shape.dim.add(size=output_width)
+        signature_map = get_model_metadata_pb2.SignatureDefMap()
+        signature_map.signature_def[DEFAULT_SIGNATURE].CopyFrom(signature)
+        return signature_map
+
+    async def _unimplemented(self, context: grpc.aio.ServicerContext, method: str) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by the entry; use Predict")
+
+    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unimplemented(context, "Classify")
+
+    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unimplemented(context, "Regress")
+
+    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await self._unimplemented(context, "MultiInference")
+
+
+def entry_config_from_proto(
+    config: model_server_config_pb2.ModelServerConfig, defaults: EntryModelConfig | None
+) -> EntryModelConfig | None:
+    """The entry's model from a ModelServerConfig: exactly one model, or none (unload everything)."""
+    if config.WhichOneof("config") == "custom_model_config":
+        raise InvalidArgumentError("custom_model_config is not supported; use model_config_list")
+    models = list(config.model_config_list.config)
+    if not models:
+        return None
+    if len(models) > 1:
+        raise InvalidArgumentError(f"the entry serves one model; the config lists {len(models)}")
+    model = models[0]
+    if not model.name or not model.base_path:
+        raise InvalidArgumentError("model config needs name and base_path")
+    base = EntryModelConfig(name=model.name, base_path=Path(model.base_path))
+    template = defaults if defaults is not None else base
+    return EntryModelConfig(
+        name=model.name,
+        base_path=Path(model.base_path),
+        policy=VersionPolicy.from_proto(model.model_version_policy),
+        version_labels=tuple(sorted(model.version_labels.items())),
+        fetch_ps_timeout_ms=template.fetch_ps_timeout_ms,
+        max_batch_size=template.max_batch_size,
+        max_load_attempts=template.max_load_attempts,
+    )
+
+
+class EntryModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    def __init__(self, model: EntryModel) -> None:
+        self._model = model
+
+    async def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        spec = request.model_spec
+        statuses = self._model.status(spec.name, _requested_version(self._model, spec))
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in statuses:
+            item = response.model_version_status.add(version=status.version, state=int(status.state))
+            if status.error is not None:
+                item.status.error_code = status_code_for(status.error).value[0]
+                item.status.error_message = f"{status.error.message} ({status.detail})"
+            elif status.detail:
+                item.status.error_message = status.detail
+        return response
+
+    async def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        new_config = entry_config_from_proto(request.config, self._model.config)
+        await self._model.reconfigure(new_config)
+        logger.info("reloaded model config: %s", new_config)
+        return model_management_pb2.ReloadConfigResponse()

@@ -1,0 +1,183 @@
+"""EntryModel: version gating on PS readiness, status, reconfigure, Predict validation.
+
+The embedding lookup is a fake of our own ``EmbeddingLookup`` interface (no network).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from monolith_serving.client.inputs import encode, random_examples
+from monolith_serving.core.demo_export import DemoOptions, write_demo
+from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
+from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.model import EntryModel, EntryModelConfig, ModelState
+from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
+
+
+class RecordingLookup(EmbeddingLookup):
+    """Returns embeddings derived from the fid and remembers every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict[str, list[int]], float]] = []
+
+    async def lookup(
+        self, version: int, fids: Mapping[str, npt.NDArray[np.int64]], dims: Mapping[str, int], timeout_s: float
+    ) -> LookupResult:
+        self.calls.append((version, {t: f.tolist() for t, f in fids.items()}, timeout_s))
+        values = {t: np.repeat((f % 7).astype(np.float32)[:, None] / 7, dims[t], axis=1) for t, f in fids.items()}
+        return LookupResult(values, dict.fromkeys(range(2), version))
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.ready: set[int] = set()
+
+    def __call__(self, version: int) -> bool:
+        return version in self.ready
+
+
+def make_model(base: Path, gate: Gate, lookup: EmbeddingLookup | None = None) -> EntryModel:
+    return EntryModel(
+        config=EntryModelConfig(name="entry", base_path=base / "entry", fetch_ps_timeout_ms=250),
+        num_ps=2,
+        lookup=lookup or RecordingLookup(),
+        ps_ready=gate,
+        metrics=EntryMetrics(),
+    )
+
+
+def inputs_for(base: Path, kind: str = "instances", batch: int = 3) -> dict[str, npt.NDArray[np.object_]]:
+    from monolith_serving.core.serving_spec import load_serving_spec
+
+    spec = load_serving_spec(base / "entry" / "1")
+    examples = random_examples(spec, batch, np.random.default_rng(1))
+    return {k: np.array(v, dtype=object) for k, v in encode(spec, kind, examples).items()}
+
+
+@pytest.fixture()
+def export(tmp_path: Path) -> Path:
+    write_demo(DemoOptions(out=tmp_path, num_ps=2, rows=50, version=1))
+    return tmp_path
+
+
+def states(model: EntryModel) -> dict[int, ModelState]:
+    return {s.version: s.state for s in model.status("entry")}
+
+
+def test_a_version_is_served_only_once_every_ps_shard_has_it(export: Path) -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        model = make_model(export, gate)
+        await model.refresh()
+        assert states(model) == {1: ModelState.LOADING}
+        with pytest.raises(NotFoundError, match="no version ready"):
+            model.resolve("entry", None)
+        gate.ready = {1}
+        await model.refresh()
+        assert states(model) == {1: ModelState.AVAILABLE}
+        write_demo(DemoOptions(out=export, num_ps=2, rows=50, version=2))
+        await model.refresh()
+        # Version 2 waits for the PS; version 1 keeps serving.
+        assert states(model) == {2: ModelState.LOADING, 1: ModelState.AVAILABLE}
+        assert model.resolve("entry", None).version == 1
+        gate.ready = set()  # a PS status flap must not stop the served version
+        await model.refresh()
+        assert model.resolve("entry", None).version == 1
+        gate.ready = {1, 2}
+        await model.refresh()
+        assert states(model) == {2: ModelState.AVAILABLE, 1: ModelState.END}
+        result = await model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export))
+        assert result.version == 2
+        with pytest.raises(NotFoundError, match="version 1 is not being served"):
+            model.resolve("entry", 1)
+
+    asyncio.run(scenario())
+
+
+def test_predict_uses_dedup_and_the_ps_timeout_default(export: Path) -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        gate.ready = {1}
+        lookup = RecordingLookup()
+        model = make_model(export, gate, lookup)
+        await model.refresh()
+        result = await model.predict(
+            name="entry", version=1, signature_name="serving_default", inputs=inputs_for(export)
+        )
+        assert result.outputs["scores"].shape == (3, 1)
+        assert result.ps_versions == {0: 1, 1: 1}
+        version, fids, timeout_s = lookup.calls[-1]
+        assert version == 1 and timeout_s == pytest.approx(0.25)
+        assert all(len(set(f)) == len(f) for f in fids.values())
+        await model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export), timeout_s=0.04)
+        assert lookup.calls[-1][2] == pytest.approx(0.04)
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("inputs", "kwargs", "error", "message"),
+    [
+        ({}, {}, InvalidArgumentError, "missing input"),
+        ({"instances": np.array([1, 2], dtype=np.int64)}, {}, InvalidArgumentError, "must be DT_STRING"),
+        ({"bogus": np.array([b""], dtype=object)}, {}, InvalidArgumentError, "unknown input"),
+        (
+            {"instances": np.array([b""], dtype=object), "examples": np.array([b""], dtype=object)},
+            {},
+            InvalidArgumentError,
+            "exactly one of",
+        ),
+        ({"example_batch": np.array([b"", b""], dtype=object)}, {}, InvalidArgumentError, "exactly 1 ExampleBatch"),
+        ({"instances": np.array([b""], dtype=object)}, {"signature_name": "other"}, InvalidArgumentError, "signature"),
+        ({"instances": np.array([b""], dtype=object)}, {"output_filter": ["nope"]}, InvalidArgumentError, "output"),
+        ({"instances": np.array([b""], dtype=object)}, {"name": "other"}, NotFoundError, "not served here"),
+        ({"instances": np.array([b""], dtype=object)}, {"version": 9}, NotFoundError, "version 9"),
+    ],
+)
+def test_bad_requests(
+    export: Path, inputs: dict[str, npt.NDArray[object]], kwargs: dict[str, object], error: type, message: str
+) -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        gate.ready = {1}
+        model = make_model(export, gate)
+        await model.refresh()
+        call: dict[str, object] = {"name": "entry", "version": None, "signature_name": "", "inputs": inputs}
+        call.update(kwargs)
+        with pytest.raises(error, match=message):
+            await model.predict(**call)  # type: ignore[arg-type]
+        # still serving afterwards
+        ok = await model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export))
+        assert ok.outputs["scores"].shape == (3, 1)
+
+    asyncio.run(scenario())
+
+
+def test_reconfigure_to_nothing_unloads_and_a_bad_version_reports_its_error(export: Path) -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        gate.ready = {1, 3}
+        model = make_model(export, gate)
+        await model.refresh()
+        bad = export / "entry" / "3"
+        bad.mkdir()
+        (bad / "serving_spec.json").write_text("{not json")
+        await model.refresh()
+        statuses = {s.version: s for s in model.status("entry")}
+        assert statuses[3].state is ModelState.END and statuses[3].error is not None
+        assert "not valid JSON" in statuses[3].error.message
+        assert model.resolve("entry", None).version == 1  # the good version keeps serving
+        await model.reconfigure(None)
+        with pytest.raises(NotFoundError, match="not served here"):
+            model.resolve("entry", None)
+        with pytest.raises(NotFoundError):
+            model.status("entry")
+
+    asyncio.run(scenario())

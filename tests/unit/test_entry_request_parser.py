@@ -1,0 +1,165 @@
+"""Request parsing: the three input kinds, v1 -> v2 fid conversion, and every bad-input error."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.serving_spec import (
+    DenseBackend,
+    DenseInputSpec,
+    DenseSpec,
+    FeatureSpec,
+    Pooling,
+    ServingSpec,
+    TableSpec,
+)
+from monolith_serving.entry.request_parser import ParsedBatch, RequestParser, fid_v1_to_v2
+from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as mex
+from monolith_serving.proto_gen.idl.matrix.proto import proto_parser_pb2
+from monolith_serving.proto_gen.tensorflow.core.example import example_pb2 as tfex
+
+SPEC = ServingSpec(
+    model_name="t",
+    num_ps=2,
+    tables=(TableSpec("u", 4), TableSpec("i", 3)),
+    features=(
+        FeatureSpec("uid", 5, "u", Pooling.SUM),
+        FeatureSpec("hist", 7, "i", Pooling.FIRSTN, first_n=2),
+    ),
+    dense_inputs=(DenseInputSpec("ctx", 2),),
+    dense=DenseSpec(DenseBackend.NUMPY),
+    max_batch_size=8,
+)
+
+
+def v1(slot: int, h: int) -> int:
+    return (slot << 54) | h
+
+
+def v2(slot: int, h: int) -> int:
+    return (slot << 48) | h
+
+
+def as_lists(batch: ParsedBatch, feature: int) -> list[list[int]]:
+    """Per example, the fids of a feature as unsigned ints."""
+    out: list[list[int]] = [[] for _ in range(batch.batch_size)]
+    column = batch.sparse[feature]
+    for fid, row in zip(column.fids.view(np.uint64).tolist(), column.rows.tolist(), strict=True):
+        out[row].append(fid)
+    return out
+
+
+def test_v1_to_v2_keeps_slot_and_low_48_bits() -> None:
+    fids = [v1(5, 12345), v1(1023, (1 << 54) - 1), v1(0, 7)]
+    expected = [v2(5, 12345), v2(1023, (1 << 48) - 1), v2(0, 7)]
+    got = fid_v1_to_v2(np.array(fids, dtype=np.uint64)).view(np.uint64).tolist()
+    assert got == expected
+
+
+def test_instances_slot_fids_named_fids_and_dense() -> None:
+    a = proto_parser_pb2.Instance(fid=[v1(5, 1), v1(7, 9), v1(5, 2)])
+    a.feature.add(name="ctx", float_value=[0.5, -1.0])
+    b = proto_parser_pb2.Instance()
+    b.feature.add(name="hist", fid=[v2(7, 3), v2(7, 4), v2(7, 5)])
+    c = proto_parser_pb2.Instance(fid=[v1(7, 8)])
+    batch = RequestParser(SPEC).parse_instances([x.SerializeToString() for x in (a, b, c)])
+    assert batch.batch_size == 3
+    assert as_lists(batch, 0) == [[v2(5, 1), v2(5, 2)], [], []]
+    assert as_lists(batch, 1) == [[v2(7, 9)], [v2(7, 3), v2(7, 4), v2(7, 5)], [v2(7, 8)]]
+    np.testing.assert_array_equal(batch.dense, [[0.5, -1.0], [0, 0], [0, 0]])
+
+
+def test_example_batch_individual_shared_v1_v2_and_reserved_lists() -> None:
+    eb = mex.ExampleBatch(batch_size=2)
+    uid = eb.named_feature_list.add(name="uid", type=mex.SHARED)
+    uid.feature.add().fid_v1_list.value.extend([v1(5, 11)])
+    hist = eb.named_feature_list.add(name="hist")
+    hist.feature.add().fid_v2_list.value.extend([v2(7, 1), v2(7, 2)])
+    hist.feature.add()  # empty feature: no fids for example 1
+    ctx = eb.named_feature_list.add(name="ctx")
+    ctx.feature.add().float_list.value.extend([1.0, 2.0])
+    ctx.feature.add().float_list.value.extend([3.0, 4.0])
+    label = eb.named_feature_list.add(name="__LABEL__")
+    label.feature.add().float_value = 1.0
+    label.feature.add().float_value = 0.0
+    batch = RequestParser(SPEC).parse_example_batch(eb.SerializeToString())
+    assert as_lists(batch, 0) == [[v2(5, 11)], [v2(5, 11)]]
+    assert as_lists(batch, 1) == [[v2(7, 1), v2(7, 2)], []]
+    np.testing.assert_array_equal(batch.dense, [[1, 2], [3, 4]])
+
+
+def test_example_batch_infers_batch_size_and_shares_dense() -> None:
+    eb = mex.ExampleBatch()
+    uid = eb.named_feature_list.add(name="uid")
+    for h in (1, 2, 3):
+        uid.feature.add().fid_v2_list.value.append(v2(5, h))
+    ctx = eb.named_feature_list.add(name="ctx", type=mex.SHARED)
+    ctx.feature.add().float_list.value.extend([7.0, 8.0])
+    batch = RequestParser(SPEC).parse_example_batch(eb.SerializeToString())
+    assert batch.batch_size == 3
+    np.testing.assert_array_equal(batch.dense, [[7, 8]] * 3)
+
+
+def test_tf_examples() -> None:
+    e = tfex.Example()
+    e.features.feature["uid"].int64_list.value.extend([v2(5, 3), v2(5, 4)])
+    e.features.feature["ctx"].float_list.value.extend([0.25, 0.75])
+    batch = RequestParser(SPEC).parse_examples([e.SerializeToString(), tfex.Example().SerializeToString()])
+    assert as_lists(batch, 0) == [[v2(5, 3), v2(5, 4)], []]
+    np.testing.assert_array_equal(batch.dense, [[0.25, 0.75], [0, 0]])
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda p: p.parse_instances([b"\xff\xff\xff"]), "'instances'[0] is not a serialized"),
+        (lambda p: p.parse_instances([]), "batch is empty"),
+        (lambda p: p.parse_instances([b""] * 9), "exceeds the maximum of 8"),
+        (
+            lambda p: p.parse_instances([proto_parser_pb2.Instance(fid=[v1(99, 1)]).SerializeToString()]),
+            "unknown slot(s) 99",
+        ),
+        (lambda p: p.parse_example_batch(b"\x0a\x05\xff"), "not a serialized monolith.io.proto.ExampleBatch"),
+        (lambda p: p.parse_examples([b"\x0a\x03\xff"]), "'examples'[0] is not a serialized"),
+    ],
+)
+def test_bad_inputs_are_invalid_argument(build: object, message: str) -> None:
+    parser = RequestParser(SPEC)
+    with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+        build(parser)  # type: ignore[operator]
+
+
+def test_unknown_named_feature_is_an_error_unless_the_spec_ignores_it() -> None:
+    instance = proto_parser_pb2.Instance()
+    instance.feature.add(name="nope", fid=[1])
+    blob = instance.SerializeToString()
+    with pytest.raises(InvalidArgumentError, match="unknown feature 'nope'"):
+        RequestParser(SPEC).parse_instances([blob])
+    lenient = RequestParser(dataclasses.replace(SPEC, ignore_unknown_features=True))
+    batch = lenient.parse_instances([blob, proto_parser_pb2.Instance(fid=[v1(99, 1)]).SerializeToString()])
+    assert all(len(c.fids) == 0 for c in batch.sparse)
+
+
+def test_wrong_kinds_and_sizes_name_the_feature() -> None:
+    parser = RequestParser(SPEC)
+    eb = mex.ExampleBatch(batch_size=1)
+    eb.named_feature_list.add(name="uid").feature.add().float_list.value.append(1.0)
+    with pytest.raises(InvalidArgumentError, match="list 'uid'.*needs fid_v1_list or fid_v2_list, got float_list"):
+        parser.parse_example_batch(eb.SerializeToString())
+    eb = mex.ExampleBatch(batch_size=2)
+    eb.named_feature_list.add(name="uid").feature.add()
+    with pytest.raises(InvalidArgumentError, match="INDIVIDUAL list needs batch_size=2 features, got 1"):
+        parser.parse_example_batch(eb.SerializeToString())
+    instance = proto_parser_pb2.Instance()
+    instance.feature.add(name="ctx", float_value=[1.0, 2.0, 3.0])
+    with pytest.raises(InvalidArgumentError, match="dense input 'ctx' needs 2 values, got 3"):
+        parser.parse_instances([instance.SerializeToString()])
+    e = tfex.Example()
+    e.features.feature["uid"].float_list.value.append(1.0)
+    with pytest.raises(InvalidArgumentError, match="'uid'.*needs int64_list fids"):
+        parser.parse_examples([e.SerializeToString()])

@@ -6,11 +6,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.grpc_errors import status_code_for
-from monolith_serving.core.tensor_codec import to_tensor_proto
-from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -60,7 +61,7 @@ class PsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer
                 result = self._core.lookup(ref, request.inputs, request.output_filter)
                 version = result.version
                 for name, array in result.outputs.items():
-                    response.outputs[name].CopyFrom(to_tensor_proto(array))
+                    _fill_float_tensor(response.outputs[name], array)
             elif signature in (HASHTABLE_ASSIGN, RAW_ASSIGN):
                 version, _rows = self._core.sync(ref, signature, request.inputs)
             else:
@@ -101,6 +102,15 @@ class PsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer
 
     async def MultiInference(self, request: object, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a PS serves Predict only")
+
+
+def _fill_float_tensor(proto: tensor_pb2.TensorProto, array: npt.NDArray[np.float32]) -> None:
+    """Writes a float32 matrix straight into the response's map entry (``tensor_content``, no second copy
+    through an intermediate TensorProto: a 4,096 x 32 output is 512 KiB)."""
+    proto.dtype = types_pb2.DT_FLOAT
+    for size in array.shape:
+        proto.tensor_shape.dim.add(size=size)
+    proto.tensor_content = array.astype("<f4", copy=False).tobytes()
 
 
 def _tensor_info(name: str, datatype: int, dims: Sequence[int]) -> meta_graph_pb2.TensorInfo:

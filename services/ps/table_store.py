@@ -61,6 +61,8 @@ class EmbeddingTable:
         """``(float32[len(fids), dim], missing)``: zero rows for the ``missing`` fids the table does not hold."""
         rows = self._index.lookup(fids)
         n = rows.shape[0]
+        if not n:
+            return np.empty((0, self.dim), dtype=np.float32), 0
         if self._n_base:
             # mode="clip" skips the bounds check; -1 and extra rows are fixed up below.
             out: FloatMatrix = np.take(self._base, rows, axis=0, mode="clip")
@@ -70,11 +72,11 @@ class EmbeddingTable:
             in_extra = rows >= self._n_base
             if in_extra.any():
                 out[in_extra] = self._extra[rows[in_extra] - self._n_base]
+        if rows.min() >= 0:  # one reduction; the common all-known case allocates no mask
+            return out, 0
         missing = rows < 0
-        n_missing = int(np.count_nonzero(missing))
-        if n_missing:
-            out[missing] = 0.0
-        return out, n_missing
+        out[missing] = 0.0
+        return out, int(np.count_nonzero(missing))
 
     def check_update(self, fids: Int64Array, values: FloatMatrix) -> None:
         """Raises InvalidArgumentError unless ``upsert(fids, values)`` would be valid (nothing changes)."""

@@ -1,0 +1,95 @@
+"""A pure-numpy scorer that reads an export's files directly — the oracle of the entry tests.
+
+Deliberately independent of the server code: it parses TFRecord framing and EntryDump records itself,
+reads serving_spec.json as plain JSON and runs the MLP with its own loop.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monolith_serving.client.inputs import LogicalExample
+from monolith_serving.proto_gen.monolith.hash_table import entry_dump_pb2
+
+_DUMP = re.compile(r"^MonolithHashTable_(?P<table>.+)_(?P<k>\d+)-\d{5}-of-\d{5}$")
+U64 = (1 << 64) - 1
+
+
+def tfrecords(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    records, pos = [], 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("<Q", data, pos)
+        pos += 12  # length + its crc
+        records.append(data[pos : pos + length])
+        pos += length + 4  # data + its crc
+    return records
+
+
+def load_tables(export: Path, version: int) -> dict[str, dict[int, np.ndarray]]:
+    """table -> {unsigned fid: embedding}, unioned over every ps_<i> folder."""
+    tables: dict[str, dict[int, np.ndarray]] = {}
+    for ps_dir in sorted(export.glob("ps_*")):
+        for path in (ps_dir / str(version) / "assets").iterdir():
+            match = _DUMP.match(path.name)
+            if match is None:
+                continue
+            table = tables.setdefault(match["table"], {})
+            for record in tfrecords(path):
+                entry = entry_dump_pb2.EntryDump.FromString(record)
+                table[entry.id & U64] = np.array(entry.num, dtype=np.float32)
+    return tables
+
+
+def _activation(name: str, x: np.ndarray) -> np.ndarray:
+    if name == "relu":
+        return np.maximum(x, 0)
+    if name == "sigmoid":
+        return 1 / (1 + np.exp(-x))
+    if name == "tanh":
+        return np.tanh(x)
+    return x
+
+
+class ReferenceScorer:
+    def __init__(self, export: Path, version: int) -> None:
+        folder = export / "entry" / str(version)
+        self.spec: dict[str, Any] = json.loads((folder / "serving_spec.json").read_text())
+        self.dims = {t["name"]: t["dim"] for t in self.spec["tables"]}
+        self.tables = load_tables(export, version)
+        self.layers = [
+            (np.load(folder / layer["weight"]).astype(np.float64), np.load(folder / layer["bias"]), layer["activation"])
+            for layer in self.spec["dense"]["layers"]
+        ]
+
+    def row(self, example: LogicalExample) -> list[float]:
+        row: list[float] = []
+        for feature in self.spec["features"]:
+            dim = self.dims[feature["table"]]
+            table = self.tables[feature["table"]]
+            vectors = [
+                table.get(fid, np.zeros(dim, dtype=np.float32)) for fid in example.sparse.get(feature["name"], [])
+            ]
+            if feature["pooling"] == "firstn":
+                for n in range(feature["first_n"]):
+                    row.extend(vectors[n].tolist() if n < len(vectors) else [0.0] * dim)
+                continue
+            pooled = np.sum(vectors, axis=0) if vectors else np.zeros(dim)
+            if feature["pooling"] == "mean" and vectors:
+                pooled = pooled / len(vectors)
+            row.extend(np.asarray(pooled).tolist())
+        for dense_input in self.spec["dense_inputs"]:
+            row.extend(example.dense.get(dense_input["name"], [0.0] * dense_input["dim"]))
+        return row
+
+    def scores(self, examples: list[LogicalExample]) -> np.ndarray:
+        h = np.array([self.row(e) for e in examples], dtype=np.float64)
+        for weight, bias, activation in self.layers:
+            h = _activation(activation, h @ weight + bias)
+        return h

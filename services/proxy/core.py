@@ -1,0 +1,306 @@
+"""The proxy's transport-free core: admission, routing with one retry, fan-outs, metrics.
+
+The gRPC servicer and the REST gateway both translate their protocol into :meth:`ProxyCore.call` with the
+serialized TF Serving request and get serialized response bytes back; neither decodes tensors on the
+gRPC path. Failures surface as package errors (NotFoundError, UnavailableError, ...) or
+:class:`RpcStatusError` carrying an upstream status to relay unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError, UnavailableError
+from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2
+from monolith_serving.proxy.admission import Admission
+from monolith_serving.proxy.endpoints import EndpointSource
+from monolith_serving.proxy.metrics import UNKNOWN_MODEL, ProxyMetrics
+from monolith_serving.proxy.model_status import merge_model_status
+from monolith_serving.proxy.router import ReplicaState, Router
+from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
+from monolith_serving.proxy.wire import read_model_spec
+
+log = logging.getLogger(__name__)
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+# Methods sent to one replica chosen by the router (the entry answers UNIMPLEMENTED for what it lacks).
+ROUTED_METHODS = ("Predict", "GetModelMetadata", "Classify", "Regress", "MultiInference")
+GET_MODEL_STATUS = f"/{MODEL_SERVICE}/GetModelStatus"
+RELOAD_CONFIG = f"/{MODEL_SERVICE}/HandleReloadConfigRequest"
+REQUEST_ID_KEY = "x-request-id"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoreConfig:
+    max_in_flight: int = 1024
+    admin_token: str | None = None
+    fanout_timeout_s: float = 5.0  # GetModelStatus / reload fan-outs when the client set no deadline
+    min_retry_budget_s: float = 0.002  # no retry when less than this is left of the deadline
+    maintenance_interval_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.admin_token is not None and not self.admin_token:
+            raise ValueError("admin_token must be non-empty when given")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CallContext:
+    """What a transport knows about one client call."""
+
+    request_id: str
+    timeout_s: float | None
+    protocol: str  # "grpc" or "rest", a metrics label
+    admin_token: str | None = None  # token the caller presented, if any
+
+
+def method_name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+class ProxyCore:
+    """Owns routing state; ``start()`` runs the probe/prune loop, ``stop()`` ends it. Idempotent both."""
+
+    def __init__(
+        self,
+        *,
+        source: EndpointSource,
+        router: Router,
+        pool: UpstreamPool,
+        metrics: ProxyMetrics,
+        config: CoreConfig,
+        probe_timeout_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._router = router
+        self._pool = pool
+        self._metrics = metrics
+        self._config = config
+        self._probe_timeout_s = probe_timeout_s
+        self._clock = clock
+        self.admission = Admission(config.max_in_flight)
+        self._maintenance: asyncio.Task[None] | None = None
+        self._probes: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._maintenance is None:
+            self._maintenance = asyncio.create_task(self._maintenance_loop(), name="proxy-maintenance")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._maintenance, *self._probes) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._maintenance = None
+        self._probes.clear()
+
+    # ---- the one entry point of both transports ------------------------------------------------------------
+    async def call(self, path: str, request: bytes, ctx: CallContext) -> UpstreamReply:
+        """Serves one client call of ``path`` (``/package.Service/Method``) with serialized ``request``."""
+        method = method_name(path)
+        started = self._clock()
+        model_label = UNKNOWN_MODEL
+        code = grpc.StatusCode.OK
+        try:
+            self.admission.enter()
+        except MonolithServingError as error:
+            code = status_code_for(error)
+            self._metrics.rejected.labels(reason="draining" if self.admission.draining else "in_flight").inc()
+            self._metrics.requests.labels(model_label, method, ctx.protocol, code.name).inc()
+            raise
+        self._metrics.in_flight.inc()
+        try:
+            if path == RELOAD_CONFIG:
+                return await self._reload_config(request, ctx)
+            spec = read_model_spec(request, multi_inference=method == "MultiInference")
+            if not spec.name:
+                raise InvalidArgumentError("model_spec.name is required")
+            addresses = self._source.endpoints(spec.name)
+            model_label = spec.name
+            if not addresses:
+                raise UnavailableError(f"no AVAILABLE replica of model {spec.name!r}")
+            if path == GET_MODEL_STATUS:
+                return await self._model_status(spec.name, addresses, request, ctx)
+            return await self._routed(path, spec.name, addresses, request, ctx)
+        except RpcStatusError as error:
+            code = error.code
+            log.warning("request %s %s model=%s: %s %s", ctx.request_id, method, model_label, code.name, error.message)
+            raise
+        except MonolithServingError as error:
+            code = status_code_for(error)
+            if not isinstance(error, NotFoundError | InvalidArgumentError):
+                log.warning(
+                    "request %s %s model=%s: %s %s", ctx.request_id, method, model_label, code.name, error.message
+                )
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            raise
+        finally:
+            self.admission.leave()
+            self._metrics.in_flight.dec()
+            self._metrics.requests.labels(model_label, method, ctx.protocol, code.name).inc()
+            self._metrics.latency.labels(method, ctx.protocol).observe(self._clock() - started)
+
+    # ---- routed methods: one replica, one retry on another ----------------------------------------------------
+    async def _routed(
+        self, path: str, model: str, addresses: tuple[str, ...], request: bytes, ctx: CallContext
+    ) -> UpstreamReply:
+        deadline = None if ctx.timeout_s is None else self._clock() + ctx.timeout_s
+        metadata: Metadata = ((REQUEST_ID_KEY, ctx.request_id),)
+        first = self._router.pick(addresses)
+        if first is None:  # endpoints() never returns an empty tuple here; kept for type narrowing
+            raise UnavailableError(f"no AVAILABLE replica of model {model!r}")
+        try:
+            return await self._attempt(first, path, request, deadline, metadata)
+        except RpcStatusError as error:
+            if error.code is not grpc.StatusCode.UNAVAILABLE:
+                raise
+            second = self._router.pick(addresses, exclude=first.address)
+            remaining = None if deadline is None else deadline - self._clock()
+            if second is None or (remaining is not None and remaining < self._config.min_retry_budget_s):
+                raise self._unavailable(model, first.address, error) from None
+            self._metrics.retries.labels(method_name(path)).inc()
+            log.info(
+                "request %s: retrying on %s after %s: %s", ctx.request_id, second.address, first.address, error.message
+            )
+        try:
+            return await self._attempt(second, path, request, deadline, metadata)
+        except RpcStatusError as error:
+            if error.code is grpc.StatusCode.UNAVAILABLE:
+                raise self._unavailable(model, second.address, error) from None
+            raise
+
+    @staticmethod
+    def _unavailable(model: str, address: str, error: RpcStatusError) -> RpcStatusError:
+        return RpcStatusError(
+            grpc.StatusCode.UNAVAILABLE, f"model {model!r}: entry replica {address}: {error.message}", error.trailing
+        )
+
+    async def _attempt(
+        self, state: ReplicaState, path: str, request: bytes, deadline: float | None, metadata: Metadata
+    ) -> UpstreamReply:
+        timeout_s = None if deadline is None else max(deadline - self._clock(), 0.0)
+        state.outstanding += 1
+        started = self._clock()
+        try:
+            reply = await self._pool.call(state.address, path, request, timeout_s=timeout_s, metadata=metadata)
+        except RpcStatusError as error:
+            self._metrics.upstream_errors.labels(error.code.name).inc()
+            if error.code is grpc.StatusCode.UNAVAILABLE and self._router.on_failure(state):
+                self._metrics.ejections.inc()
+                self._metrics.ejected.set(self._router.ejected_count())
+                log.warning(
+                    "ejected entry replica %s after %d consecutive failures", state.address, state.consecutive_failures
+                )
+            raise
+        finally:
+            state.outstanding -= 1
+            self._metrics.upstream_latency.labels(method_name(path)).observe(self._clock() - started)
+        self._router.on_success(state)
+        return reply
+
+    # ---- fan-outs ----------------------------------------------------------------------------------------
+    async def _fan_out(
+        self, path: str, addresses: tuple[str, ...], request: bytes, ctx: CallContext
+    ) -> list[tuple[str, UpstreamReply | RpcStatusError]]:
+        timeout_s = ctx.timeout_s if ctx.timeout_s is not None else self._config.fanout_timeout_s
+        metadata: Metadata = ((REQUEST_ID_KEY, ctx.request_id),)
+
+        async def one(address: str) -> UpstreamReply | RpcStatusError:
+            try:
+                return await self._pool.call(address, path, request, timeout_s=timeout_s, metadata=metadata)
+            except RpcStatusError as error:
+                return error
+
+        results: list[UpstreamReply | RpcStatusError] = await asyncio.gather(*(one(a) for a in addresses))
+        return list(zip(addresses, results, strict=True))
+
+    async def _model_status(
+        self, model: str, addresses: tuple[str, ...], request: bytes, ctx: CallContext
+    ) -> UpstreamReply:
+        results = await self._fan_out(GET_MODEL_STATUS, addresses, request, ctx)
+        replies = [r for _, r in results if isinstance(r, UpstreamReply)]
+        if not replies:
+            first_error = next(r for _, r in results if isinstance(r, RpcStatusError))
+            if first_error.code is grpc.StatusCode.UNAVAILABLE:
+                raise self._unavailable(model, results[0][0], first_error)
+            raise first_error
+        merged = merge_model_status(get_model_status_pb2.GetModelStatusResponse.FromString(r.response) for r in replies)
+        return UpstreamReply(response=merged.SerializeToString(), trailing=())
+
+    async def _reload_config(self, request: bytes, ctx: CallContext) -> UpstreamReply:
+        expected = self._config.admin_token
+        if expected is None:
+            raise RpcStatusError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "HandleReloadConfigRequest is disabled on this proxy (start it with --admin_token to allow it)",
+            )
+        if ctx.admin_token is None or not hmac.compare_digest(ctx.admin_token.encode(), expected.encode()):
+            raise RpcStatusError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "HandleReloadConfigRequest needs the admin token (metadata 'authorization: Bearer <token>' "
+                "or 'x-admin-token')",
+            )
+        addresses = self._source.all_addresses()
+        if not addresses:
+            raise UnavailableError("no AVAILABLE entry replica to reload")
+        results = await self._fan_out(RELOAD_CONFIG, addresses, request, ctx)
+        failures = [(a, r) for a, r in results if isinstance(r, RpcStatusError)]
+        if failures:
+            detail = "; ".join(f"{a}: {e.code.name} {e.message}" for a, e in failures)
+            raise RpcStatusError(
+                failures[0][1].code, f"reload failed on {len(failures)} of {len(addresses)} replicas: {detail}"
+            )
+        first = results[0][1]
+        assert isinstance(first, UpstreamReply)
+        return first
+
+    # ---- probe and prune loop ------------------------------------------------------------------------------
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._config.maintenance_interval_s)
+            started = self._clock()
+            try:
+                await self.maintenance_step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # One bad step (a discovery hiccup) must never end the loop.
+                log.exception("proxy maintenance step failed")
+            self._metrics.maintenance_seconds.observe(self._clock() - started)
+
+    async def maintenance_step(self) -> None:
+        """Starts probes of ejected replicas whose cool-down passed; closes channels of departed replicas."""
+        for state in self._router.due_for_probe():
+            task = asyncio.create_task(self._probe(state), name=f"probe {state.address}")
+            self._probes.add(task)
+            task.add_done_callback(self._probes.discard)
+        dropped = self._router.forget_except(set(self._source.all_addresses()))
+        if dropped:
+            await self._pool.close_addresses(dropped)
+        self._metrics.ejected.set(self._router.ejected_count())
+
+    async def _probe(self, state: ReplicaState) -> None:
+        healthy = False
+        try:
+            healthy = await self._pool.probe(state.address, self._probe_timeout_s)
+        finally:
+            self._router.on_probe(state, healthy)
+        if healthy:
+            self._metrics.readmissions.inc()
+            log.info("readmitted entry replica %s after a successful probe", state.address)
+        self._metrics.ejected.set(self._router.ejected_count())

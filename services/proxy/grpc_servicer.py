@@ -1,0 +1,89 @@
+"""The gRPC face of the proxy: generic byte-level handlers for TF Serving's two services.
+
+Handlers receive and return raw bytes (no (de)serializers), so tensors are never decoded here. The
+client's deadline (``time_remaining``) and a request id (``x-request-id``, generated when absent) go
+downstream; the entry's trailing metadata (e.g. ``x-monolith-ps-versions``) comes back to the client.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from monolith_serving.proxy.core import (
+    GET_MODEL_STATUS,
+    MODEL_SERVICE,
+    PREDICTION_SERVICE,
+    RELOAD_CONFIG,
+    REQUEST_ID_KEY,
+    ROUTED_METHODS,
+    CallContext,
+    ProxyCore,
+    method_name,
+)
+from monolith_serving.proxy.upstream import RpcStatusError
+
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+def _admin_token(metadata: tuple[tuple[str, str | bytes], ...]) -> str | None:
+    for key, value in metadata:
+        if isinstance(value, bytes):
+            continue
+        if key == "x-admin-token":
+            return value
+        if key == "authorization" and value[:7].lower() == "bearer ":
+            return value[7:].strip()
+    return None
+
+
+class ProxyServicer:
+    """Builds the generic handlers; errors other than RpcStatusError go to the ErrorMappingInterceptor."""
+
+    def __init__(self, core: ProxyCore) -> None:
+        self._core = core
+
+    def _handler(self, path: str) -> Handler:
+        core = self._core
+        wants_token = path == RELOAD_CONFIG
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            metadata = tuple(context.invocation_metadata() or ())
+            request_id = next((v for k, v in metadata if k == REQUEST_ID_KEY and isinstance(v, str)), None)
+            if not request_id:
+                request_id = uuid.uuid4().hex
+            ctx = CallContext(
+                request_id=request_id,
+                timeout_s=context.time_remaining(),
+                protocol="grpc",
+                admin_token=_admin_token(metadata) if wants_token else None,
+            )
+            try:
+                reply = await core.call(path, request, ctx)
+            except RpcStatusError as error:
+                await context.abort(error.code, error.message, ((REQUEST_ID_KEY, request_id), *error.trailing))
+                raise AssertionError("unreachable: abort raises") from None
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *reply.trailing))
+            return reply.response
+
+        handle.__qualname__ = f"ProxyServicer.{method_name(path)}"
+        return handle
+
+    def generic_handlers(self) -> list[grpc.GenericRpcHandler]:
+        prediction = {
+            name: grpc.unary_unary_rpc_method_handler(self._handler(f"/{PREDICTION_SERVICE}/{name}"))
+            for name in ROUTED_METHODS
+        }
+        model = {
+            method_name(path): grpc.unary_unary_rpc_method_handler(self._handler(path))
+            for path in (GET_MODEL_STATUS, RELOAD_CONFIG)
+        }
+        return [
+            grpc.method_handlers_generic_handler(PREDICTION_SERVICE, prediction),
+            grpc.method_handlers_generic_handler(MODEL_SERVICE, model),
+        ]
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers(tuple(self.generic_handlers()))

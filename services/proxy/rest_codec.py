@@ -1,0 +1,284 @@
+"""TF Serving's REST JSON <-> the gRPC messages the proxy forwards.
+
+Request bodies: ``{"signature_name": ..., "instances": [...]}`` (row format: one element per example, either
+a value of the signature's single input or an object of named inputs, stacked on a new batch dimension)
+or ``{"inputs": ...}`` (columnar: one value, or an object of named values, each a whole tensor). A string
+element ``{"b64": "..."}`` is bytes. Input dtypes come from the model's signature when the entry tells
+us (GetModelMetadata); otherwise from the JSON itself: strings/b64 → DT_STRING, booleans → DT_BOOL,
+integers only → DT_INT64, any float → DT_FLOAT.
+
+Responses: row requests get ``{"predictions": ...}`` (a list per example; objects when there are several
+outputs), columnar ones ``{"outputs": ...}``. DT_STRING values are emitted as text when they are valid
+UTF-8 and the output name does not end in ``_bytes``, else as ``{"b64": ...}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.tensor_codec import (
+    TensorCodecError,
+    dtype_name,
+    from_tensor_proto,
+    numpy_dtype_for,
+    to_tensor_proto,
+)
+from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    predict_pb2,
+)
+
+DEFAULT_SIGNATURE = "serving_default"
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRef:
+    """The model part of a REST path: name plus at most one of version / label."""
+
+    name: str
+    version: int | None = None
+    label: str | None = None
+
+    def to_spec(self, signature_name: str = "") -> model_pb2.ModelSpec:
+        spec = model_pb2.ModelSpec(name=self.name, signature_name=signature_name)
+        if self.version is not None:
+            spec.version.value = self.version
+        elif self.label is not None:
+            spec.version_label = self.label
+        return spec
+
+
+@dataclass(frozen=True)
+class PredictBody:
+    signature_name: str
+    row_format: bool
+    payload: Any  # the "instances" or "inputs" value
+
+
+def parse_predict_body(body: bytes) -> PredictBody:
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgumentError(f"JSON Parse error: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidArgumentError("JSON Value: request body must be an object")
+    has_instances, has_inputs = "instances" in document, "inputs" in document
+    if has_instances == has_inputs:
+        raise InvalidArgumentError('JSON object: must have exactly one of "instances" (row format) or "inputs"')
+    signature = document.get("signature_name", DEFAULT_SIGNATURE)
+    if not isinstance(signature, str):
+        raise InvalidArgumentError('"signature_name" must be a string')
+    if has_instances:
+        instances = document["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise InvalidArgumentError('"instances" must be a non-empty list')
+        return PredictBody(signature, True, instances)
+    return PredictBody(signature, False, document["inputs"])
+
+
+def _is_b64(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and "b64" in value
+
+
+def _is_named(value: Any) -> bool:
+    return isinstance(value, dict) and not _is_b64(value)
+
+
+def _flatten(value: Any, name: str) -> tuple[list[Any], tuple[int, ...]]:
+    """Leaves in row-major order and the shape of a rectangular nested list."""
+    if not isinstance(value, list):
+        return [value], ()
+    if not value:
+        return [], (0,)
+    parts = [_flatten(v, name) for v in value]
+    inner = parts[0][1]
+    if any(shape != inner for _, shape in parts):
+        raise InvalidArgumentError(f"input {name!r}: nested lists have different lengths (ragged tensor)")
+    return [leaf for leaves, _ in parts for leaf in leaves], (len(value), *inner)
+
+
+def _infer_dtype(leaves: list[Any], name: str) -> int:
+    if not leaves:
+        return types_pb2.DT_FLOAT
+    if all(isinstance(v, str) or _is_b64(v) for v in leaves):
+        return types_pb2.DT_STRING
+    if all(isinstance(v, bool) for v in leaves):
+        return types_pb2.DT_BOOL
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in leaves):
+        return types_pb2.DT_INT64
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in leaves):
+        return types_pb2.DT_FLOAT
+    raise InvalidArgumentError(f"input {name!r}: mixes strings, numbers and booleans")
+
+
+def _string_leaf(value: Any, name: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if _is_b64(value):
+        encoded = value["b64"]
+        if not isinstance(encoded, str):
+            raise InvalidArgumentError(f'input {name!r}: "b64" must hold a string')
+        try:
+            return base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgumentError(f'input {name!r}: "b64" value is not valid base64') from None
+    raise InvalidArgumentError(f'input {name!r}: DT_STRING needs strings or {{"b64": ...}}, got {value!r}')
+
+
+def json_to_tensor(value: Any, name: str, datatype: int | None) -> Any:
+    """One JSON value (nested lists of leaves) → TensorProto of ``datatype`` (inferred when None)."""
+    leaves, shape = _flatten(value, name)
+    dt = datatype if datatype is not None else _infer_dtype(leaves, name)
+    if dt == types_pb2.DT_STRING:
+        array = np.empty(len(leaves), dtype=object)
+        array[:] = [_string_leaf(v, name) for v in leaves]
+    else:
+        if any(isinstance(v, str | dict | list) or v is None for v in leaves):
+            raise InvalidArgumentError(f"input {name!r}: {dtype_name(dt)} needs numbers or booleans")
+        try:
+            array = np.asarray(leaves, dtype=numpy_dtype_for(dt))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArgumentError(f"input {name!r}: cannot convert to {dtype_name(dt)}: {exc}") from None
+    try:
+        return to_tensor_proto(array.reshape(shape), datatype=dt)
+    except TensorCodecError as exc:
+        raise InvalidArgumentError(exc.message) from None
+
+
+def _single_input_name(signature_inputs: Mapping[str, int] | None, what: str) -> str:
+    if signature_inputs is None:
+        raise InvalidArgumentError(
+            f"{what} without input names needs the model's signature, which the entry did not provide; "
+            'name the inputs ({"input_name": value})'
+        )
+    if len(signature_inputs) != 1:
+        raise InvalidArgumentError(
+            f"{what} without input names needs a signature with exactly one input; it has "
+            f"{len(signature_inputs)}: {', '.join(sorted(signature_inputs))}"
+        )
+    return next(iter(signature_inputs))
+
+
+def build_predict_request(
+    model: ModelRef, body: PredictBody, signature_inputs: Mapping[str, int] | None
+) -> predict_pb2.PredictRequest:
+    """The PredictRequest a REST body means; ``signature_inputs`` maps input name → DataType, if known."""
+    columns: dict[str, Any] = {}
+    if body.row_format:
+        instances: list[Any] = body.payload
+        if _is_named(instances[0]):
+            keys = set(instances[0])
+            for index, instance in enumerate(instances):
+                if not _is_named(instance) or set(instance) != keys:
+                    raise InvalidArgumentError(
+                        f"instance {index}: every instance must be an object with the same keys {sorted(keys)}"
+                    )
+            columns = {key: [instance[key] for instance in instances] for key in keys}
+        else:
+            if any(_is_named(instance) for instance in instances):
+                raise InvalidArgumentError("instances mix named (object) and unnamed values")
+            columns = {_single_input_name(signature_inputs, "instances"): instances}
+    elif _is_named(body.payload):
+        columns = dict(body.payload)
+        if not columns:
+            raise InvalidArgumentError('"inputs" object is empty')
+    else:
+        columns = {_single_input_name(signature_inputs, "inputs"): body.payload}
+    request = predict_pb2.PredictRequest()
+    request.model_spec.CopyFrom(model.to_spec(body.signature_name))
+    for name, value in columns.items():
+        datatype = signature_inputs.get(name) if signature_inputs else None
+        request.inputs[name].CopyFrom(json_to_tensor(value, name, datatype))
+    return request
+
+
+def _string_json(value: bytes, as_b64: bool) -> Any:
+    if not as_b64:
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            pass
+    return {"b64": base64.b64encode(value).decode()}
+
+
+def tensor_to_json(proto: Any, name: str) -> Any:
+    """A TensorProto as nested JSON lists (a scalar for rank 0)."""
+    try:
+        array = from_tensor_proto(proto, name)
+    except TensorCodecError as exc:
+        raise InvalidArgumentError(exc.message) from None
+    if proto.dtype == types_pb2.DT_STRING:
+        as_b64 = name.endswith("_bytes")
+        converted = np.empty(array.shape, dtype=object)
+        flat = converted.reshape(-1)
+        flat[:] = [_string_json(v, as_b64) for v in array.reshape(-1)] if array.size else []
+        return converted.tolist()
+    if array.dtype.kind == "c":
+        raise InvalidArgumentError(f"output {name!r}: complex tensors have no JSON form")
+    return array.tolist()
+
+
+def predict_response_json(response: predict_pb2.PredictResponse, row_format: bool) -> dict[str, Any]:
+    outputs = {name: tensor_to_json(tensor, name) for name, tensor in sorted(response.outputs.items())}
+    if not row_format:
+        return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
+    if len(outputs) == 1:
+        ((name, value),) = outputs.items()
+        if not isinstance(value, list):
+            raise InvalidArgumentError(f'output {name!r} is a scalar; use the columnar "inputs" format')
+        return {"predictions": value}
+    sizes = {name: len(v) if isinstance(v, list) else None for name, v in outputs.items()}
+    if None in sizes.values() or len(set(sizes.values())) != 1:
+        raise InvalidArgumentError(
+            f'outputs have different batch sizes {sizes}; row format needs one; use the columnar "inputs" format'
+        )
+    batch = next(iter(sizes.values())) or 0
+    return {"predictions": [{name: value[i] for name, value in outputs.items()} for i in range(batch)]}
+
+
+def signature_inputs_from_metadata(
+    response: get_model_metadata_pb2.GetModelMetadataResponse, signature_name: str
+) -> dict[str, int] | None:
+    """Input name → DataType of ``signature_name``, or None when the metadata does not describe it."""
+    packed = response.metadata.get(SIGNATURE_DEF_FIELD)
+    if packed is None:
+        return None
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    if not packed.Unpack(signatures) or signature_name not in signatures.signature_def:
+        return None
+    inputs = signatures.signature_def[signature_name].inputs
+    return {name: int(info.dtype) for name, info in inputs.items()}
+
+
+def model_status_json(response: get_model_status_pb2.GetModelStatusResponse) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def model_metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> dict[str, Any]:
+    """TF Serving's shape: ``{"model_spec": ..., "metadata": {"signature_def": <SignatureDefMap>}}``."""
+    metadata: dict[str, Any] = {}
+    for key, packed in sorted(response.metadata.items()):
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        if packed.Unpack(signatures):
+            metadata[key] = json_format.MessageToDict(signatures, preserving_proto_field_name=True)
+        else:
+            metadata[key] = json_format.MessageToDict(packed, preserving_proto_field_name=True)
+    return {
+        "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True),
+        "metadata": metadata,
+    }

@@ -1,0 +1,259 @@
+"""TF Serving's REST API on an HTTP port, translated into the same core calls as gRPC.
+
+Why aiohttp: it runs on the proxy's event loop (uvloop) next to grpc.aio, and it gets HTTP/1.1 right
+(keep-alive, chunked bodies, size limits, slow clients) where a hand-written parser on asyncio streams
+would be new code to trust in front of every client.
+
+Routes (``{name}`` may contain ``:``, e.g. ``model:entry``):
+  POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict   → PredictionService/Predict
+  GET  /v1/models/{name}[/versions/{v}|/labels/{l}]           → ModelService/GetModelStatus
+  GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  → PredictionService/GetModelMetadata
+Errors are the HTTP status of the gRPC code with ``{"error": "<message>"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from monolith_serving.core.errors import MonolithServingError, NotFoundError
+from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.core.grpc_server import MAX_MESSAGE_BYTES
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+)
+from monolith_serving.proxy.core import GET_MODEL_STATUS, PREDICTION_SERVICE, REQUEST_ID_KEY, CallContext, ProxyCore
+from monolith_serving.proxy.rest_codec import (
+    SIGNATURE_DEF_FIELD,
+    ModelRef,
+    build_predict_request,
+    model_metadata_json,
+    model_status_json,
+    parse_predict_body,
+    predict_response_json,
+    signature_inputs_from_metadata,
+)
+from monolith_serving.proxy.upstream import RpcStatusError
+
+log = logging.getLogger(__name__)
+
+PREDICT = f"/{PREDICTION_SERVICE}/Predict"
+GET_MODEL_METADATA = f"/{PREDICTION_SERVICE}/GetModelMetadata"
+
+_HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+}
+# Upstream answers that mean "this entry cannot describe its signature": fall back to JSON types.
+_NO_METADATA = frozenset(
+    {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
+)
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return _HTTP_STATUS.get(code, 500)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RestConfig:
+    host: str = "0.0.0.0"
+    port: int = 0
+    timeout_s: float = 30.0  # TF Serving's rest_api_timeout_in_ms default
+    max_body_bytes: int = MAX_MESSAGE_BYTES
+    signature_ttl_s: float = 30.0
+    drain_timeout_s: float = 30.0  # how long stop() waits for requests in flight
+
+
+class _BadPath(MonolithServingError):
+    pass
+
+
+def parse_model_path(tail: str) -> tuple[ModelRef, str]:
+    """``name[/versions/v|/labels/l][/metadata]`` → (ModelRef, trailing word: "" or "metadata")."""
+    parts = tail.split("/")
+    name, rest = parts[0], parts[1:]
+    if not name:
+        raise NotFoundError("missing model name in the path")
+    suffix = ""
+    if rest and rest[-1] == "metadata":
+        suffix, rest = "metadata", rest[:-1]
+    if not rest:
+        return ModelRef(name=name), suffix
+    if len(rest) == 2 and rest[0] == "versions":
+        if not rest[1].isdigit():
+            raise _BadPath(f"version must be a non-negative integer, got {rest[1]!r}")
+        return ModelRef(name=name, version=int(rest[1])), suffix
+    if len(rest) == 2 and rest[0] == "labels" and rest[1]:
+        return ModelRef(name=name, label=rest[1]), suffix
+    raise _BadPath(f"malformed request path /v1/models/{tail}")
+
+
+class _SignatureCache:
+    """Input dtypes per (model, version, label, signature), kept ``ttl_s``; None = entry cannot tell."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float]) -> None:
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._entries: dict[tuple[str, int | None, str | None, str], tuple[float, dict[str, int] | None]] = {}
+
+    def get(self, key: tuple[str, int | None, str | None, str]) -> tuple[bool, dict[str, int] | None]:
+        found = self._entries.get(key)
+        if found is None or found[0] < self._clock():
+            return False, None
+        return True, found[1]
+
+    def put(self, key: tuple[str, int | None, str | None, str], value: dict[str, int] | None) -> None:
+        if len(self._entries) > 10_000:  # bounded: names come from clients
+            self._entries.clear()
+        self._entries[key] = (self._clock() + self._ttl_s, value)
+
+
+class RestGateway:
+    """``start()`` binds and serves; ``stop()`` stops accepting and waits for in-flight requests."""
+
+    def __init__(self, core: ProxyCore, config: RestConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._core = core
+        self._config = config
+        self._signatures = _SignatureCache(config.signature_ttl_s, clock)
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> int:
+        if self._runner is not None and self.port is not None:
+            return self.port
+        app = web.Application(client_max_size=self._config.max_body_bytes)
+        app.router.add_route("*", "/v1/models/{tail:.+}", self._dispatch)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=self._config.drain_timeout_s
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self._config.host, self._config.port)
+        await site.start()
+        self._runner = runner
+        addresses = runner.addresses
+        self.port = int(addresses[0][1])
+        log.info("REST API on http://%s:%d/v1/models/...", self._config.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Idempotent. Closing the sites stops accepting; cleanup() then waits up to drain_timeout_s for
+        the handlers in flight."""
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # ---- handlers ------------------------------------------------------------------------------------------
+    async def _not_found(self, request: web.Request) -> web.Response:
+        return _error(404, f"no such endpoint: {request.method} {request.path}")
+
+    async def _dispatch(self, request: web.Request) -> web.Response:
+        request_id = request.headers.get(REQUEST_ID_KEY) or uuid.uuid4().hex
+        try:
+            response = await self._route(request, request_id)
+        except RpcStatusError as error:
+            response = _error(http_status(error.code), error.message)
+        except _BadPath as error:
+            response = _error(400, error.message)
+        except MonolithServingError as error:
+            response = _error(http_status(status_code_for(error)), error.message)
+        except Exception as error:
+            # A bug, not bad input: keep serving, report it with its traceback.
+            log.exception("request %s: unhandled error in REST %s %s", request_id, request.method, request.path)
+            response = _error(500, f"internal error: {type(error).__name__}: {error}")
+        response.headers[REQUEST_ID_KEY] = request_id
+        return response
+
+    async def _route(self, request: web.Request, request_id: str) -> web.Response:
+        tail = request.match_info["tail"]
+        ctx = CallContext(request_id=request_id, timeout_s=self._config.timeout_s, protocol="rest")
+        if request.method == "POST":
+            resource, colon, verb = tail.rpartition(":")
+            if not colon or "/" in verb:
+                raise _BadPath(f"malformed request: POST /v1/models/{tail} (expected ...:predict)")
+            model, suffix = parse_model_path(resource)
+            if suffix:
+                raise _BadPath(f"malformed request: POST /v1/models/{tail}")
+            if verb in ("classify", "regress"):
+                return _error(501, f"{verb} is not supported by Monolith entries; use :predict")
+            if verb != "predict":
+                raise _BadPath(f"unknown method {verb!r} (expected predict)")
+            return await self._predict(model, await request.read(), ctx)
+        if request.method == "GET":
+            model, suffix = parse_model_path(tail)
+            if suffix == "metadata":
+                return await self._metadata(model, ctx)
+            return await self._status(model, ctx)
+        return _error(405, f"method {request.method} not allowed")
+
+    async def _predict(self, model: ModelRef, body: bytes, ctx: CallContext) -> web.Response:
+        parsed = parse_predict_body(body)
+        signature_inputs = await self._signature_inputs(model, parsed.signature_name, ctx)
+        grpc_request = build_predict_request(model, parsed, signature_inputs)
+        reply = await self._core.call(PREDICT, grpc_request.SerializeToString(), ctx)
+        response = predict_pb2.PredictResponse.FromString(reply.response)
+        return _json(200, predict_response_json(response, parsed.row_format))
+
+    async def _signature_inputs(self, model: ModelRef, signature: str, ctx: CallContext) -> dict[str, int] | None:
+        key = (model.name, model.version, model.label, signature)
+        cached, value = self._signatures.get(key)
+        if cached:
+            return value
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=model.to_spec(), metadata_field=[SIGNATURE_DEF_FIELD]
+        )
+        try:
+            reply = await self._core.call(GET_MODEL_METADATA, request.SerializeToString(), ctx)
+        except RpcStatusError as error:
+            if error.code not in _NO_METADATA:
+                raise
+            log.info("model %s gives no signature metadata (%s); typing inputs from JSON", model.name, error.code.name)
+            value = None
+        else:
+            metadata = get_model_metadata_pb2.GetModelMetadataResponse.FromString(reply.response)
+            value = signature_inputs_from_metadata(metadata, signature)
+        self._signatures.put(key, value)
+        return value
+
+    async def _status(self, model: ModelRef, ctx: CallContext) -> web.Response:
+        request = get_model_status_pb2.GetModelStatusRequest(model_spec=model.to_spec())
+        reply = await self._core.call(GET_MODEL_STATUS, request.SerializeToString(), ctx)
+        return _json(200, model_status_json(get_model_status_pb2.GetModelStatusResponse.FromString(reply.response)))
+
+    async def _metadata(self, model: ModelRef, ctx: CallContext) -> web.Response:
+        request = get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=model.to_spec(), metadata_field=[SIGNATURE_DEF_FIELD]
+        )
+        reply = await self._core.call(GET_MODEL_METADATA, request.SerializeToString(), ctx)
+        response = get_model_metadata_pb2.GetModelMetadataResponse.FromString(reply.response)
+        return _json(200, model_metadata_json(response))
+
+
+def _json(status: int, document: Any) -> web.Response:
+    return web.Response(status=status, text=json.dumps(document), content_type="application/json")
+
+
+def _error(status: int, message: str) -> web.Response:
+    return _json(status, {"error": message})

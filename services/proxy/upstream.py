@@ -1,0 +1,112 @@
+"""Channels to entry replicas: one grpc.aio channel per address, reused, carrying raw bytes.
+
+Requests and responses are never decoded here: the multicallables have no serializers, so the bytes the
+client sent go out unchanged and the entry's response bytes come back unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from monolith_serving.core.errors import MonolithServingError
+from monolith_serving.core.grpc_server import channel_options
+
+log = logging.getLogger(__name__)
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+class RpcStatusError(MonolithServingError):
+    """A failure with an explicit gRPC status, relayed to the client as is (code, message, trailers)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, trailing: Metadata = ()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.trailing = trailing
+
+
+@dataclass(frozen=True)
+class UpstreamReply:
+    response: bytes
+    trailing: Metadata
+
+
+def _relayable(metadata: Any) -> Metadata:
+    """Trailing metadata worth passing back: the entry's own keys, not gRPC's reserved ones."""
+    if not metadata:
+        return ()
+    return tuple((str(k), v) for k, v in metadata if not str(k).startswith("grpc-"))
+
+
+class UpstreamPool:
+    """Lazily created channels keyed by address. Not thread-safe; one asyncio loop owns it."""
+
+    def __init__(self, *, max_message_bytes: int | None = None) -> None:
+        self._options = channel_options() if max_message_bytes is None else channel_options(max_message_bytes)
+        # We retry on another replica ourselves; gRPC's transparent retries would hide failures from the
+        # outlier detection and could double the attempts.
+        self._options.append(("grpc.enable_retries", 0))
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._callables: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable] = {}
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
+        return channel
+
+    def _callable(self, address: str, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        key = (address, method)
+        found = self._callables.get(key)
+        if found is None:
+            found = self._callables[key] = self._channel(address).unary_unary(method)
+        return found
+
+    async def call(
+        self, address: str, method: str, request: bytes, *, timeout_s: float | None, metadata: Metadata
+    ) -> UpstreamReply:
+        """One attempt. Raises RpcStatusError carrying the upstream status (or UNAVAILABLE on a broken
+        connection) and its trailing metadata."""
+        call = self._callable(address, method)(request, timeout=timeout_s, metadata=metadata)
+        try:
+            response = await call
+            trailing = await call.trailing_metadata()
+        except grpc.aio.AioRpcError as error:
+            raise RpcStatusError(
+                error.code(), error.details() or error.code().name, _relayable(error.trailing_metadata())
+            ) from None
+        return UpstreamReply(response=response, trailing=_relayable(trailing))
+
+    async def probe(self, address: str, timeout_s: float) -> bool:
+        """True when the replica's gRPC health service answers SERVING within ``timeout_s``."""
+        stub = health_pb2_grpc.HealthStub(self._channel(address))
+        try:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout_s)
+        except grpc.aio.AioRpcError as error:
+            log.info("probe of %s failed: %s %s", address, error.code().name, error.details())
+            return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def close_addresses(self, addresses: Sequence[str]) -> None:
+        """Closes the channels of ``addresses`` (replicas that left discovery and have nothing in flight)."""
+        for address in addresses:
+            if address in self._channels:
+                await self._close(address)
+
+    async def _close(self, address: str) -> None:
+        channel = self._channels.pop(address)
+        for key in [k for k in self._callables if k[0] == address]:
+            del self._callables[key]
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self._close(a) for a in list(self._channels)))

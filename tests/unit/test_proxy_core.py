@@ -1,0 +1,239 @@
+"""ProxyCore on fakes of our own interfaces (EndpointSource, UpstreamPool): retries, ejection, admission,
+status merging, reload authorization, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, cast
+
+import grpc
+import pytest
+
+from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
+from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2, predict_pb2
+from monolith_serving.proxy.core import GET_MODEL_STATUS, RELOAD_CONFIG, CallContext, CoreConfig, ProxyCore
+from monolith_serving.proxy.endpoints import StaticEndpointSource
+from monolith_serving.proxy.metrics import ProxyMetrics
+from monolith_serving.proxy.router import OutlierPolicy, Router
+from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
+
+
+def _sync(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """Runs an async test on a fresh event loop (the suite has no asyncio plugin)."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        asyncio.run(test())
+
+    return run
+
+
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+State = get_model_status_pb2.ModelVersionStatus
+
+
+class FakePool:
+    """Implements the UpstreamPool methods the core uses; behaviour per address."""
+
+    def __init__(self) -> None:
+        self.down: set[str] = set()
+        self.calls: list[tuple[str, str, float | None, Metadata]] = []
+        self.replies: dict[str, bytes] = {}
+        self.delay_s = 0.0
+        self.healthy: set[str] = set()
+
+    async def call(
+        self, address: str, method: str, request: bytes, *, timeout_s: float | None, metadata: Metadata
+    ) -> UpstreamReply:
+        self.calls.append((address, method, timeout_s, metadata))
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        if address in self.down:
+            raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+        return UpstreamReply(self.replies.get(address, address.encode()), (("x-from", address),))
+
+    async def probe(self, address: str, timeout_s: float) -> bool:
+        return address in self.healthy
+
+    async def close_addresses(self, addresses: Sequence[str]) -> None:
+        return None
+
+
+def _core(targets: Sequence[str], pool: FakePool, **config: Any) -> tuple[ProxyCore, ProxyMetrics]:
+    metrics = ProxyMetrics()
+    core = ProxyCore(
+        source=StaticEndpointSource(targets, models=["entry"]),
+        router=Router(OutlierPolicy(consecutive_failures=2, cooldown_s=0.01)),
+        pool=cast(UpstreamPool, pool),
+        metrics=metrics,
+        config=CoreConfig(**config),
+    )
+    return core, metrics
+
+
+def _predict(name: str = "entry") -> bytes:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    return request.SerializeToString()
+
+
+def _ctx(timeout_s: float | None = 5.0, token: str | None = None) -> CallContext:
+    return CallContext(request_id="rid-1", timeout_s=timeout_s, protocol="grpc", admin_token=token)
+
+
+def _count(metrics: ProxyMetrics, name: str, labels: dict[str, str] | None = None) -> float:
+    value = metrics.registry.get_sample_value(name, labels or {})
+    return 0.0 if value is None else value
+
+
+@_sync
+async def test_forwards_bytes_with_request_id_and_deadline() -> None:
+    pool = FakePool()
+    core, metrics = _core(["a:1"], pool)
+    reply = await core.call(PREDICT, _predict(), _ctx(timeout_s=2.0))
+    assert reply.response == b"a:1" and reply.trailing == (("x-from", "a:1"),)
+    _, method, timeout_s, metadata = pool.calls[0]
+    assert method == PREDICT and metadata == (("x-request-id", "rid-1"),)
+    assert timeout_s is not None and 1.9 < timeout_s <= 2.0
+    labels = {"model": "entry", "method": "Predict", "protocol": "grpc", "code": "OK"}
+    assert _count(metrics, "proxy_requests_total", labels) == 1
+
+
+@_sync
+async def test_unavailable_is_retried_once_on_another_replica_then_ejected() -> None:
+    pool = FakePool()
+    pool.down.add("a:1")
+    core, metrics = _core(["a:1", "b:1"], pool)
+    for _ in range(20):
+        assert (await core.call(PREDICT, _predict(), _ctx())).response == b"b:1"
+    # a:1 failed twice in a row, got ejected, and was never tried again.
+    assert [c[0] for c in pool.calls].count("a:1") == 2
+    assert _count(metrics, "proxy_retries_total", {"method": "Predict"}) == 2
+    assert _count(metrics, "proxy_ejections_total") == 1
+    # After the cool-down a successful probe readmits it.
+    pool.down.clear()
+    pool.healthy.add("a:1")
+    await asyncio.sleep(0.02)
+    await core.maintenance_step()
+    await asyncio.sleep(0.01)
+    assert _count(metrics, "proxy_readmissions_total") == 1
+    assert _count(metrics, "proxy_ejected_replicas") == 0
+    await core.stop()
+
+
+@_sync
+async def test_both_attempts_failing_names_the_model() -> None:
+    pool = FakePool()
+    pool.down.update({"a:1", "b:1"})
+    core, _ = _core(["a:1", "b:1"], pool)
+    with pytest.raises(RpcStatusError) as caught:
+        await core.call(PREDICT, _predict(), _ctx())
+    assert caught.value.code is grpc.StatusCode.UNAVAILABLE and "'entry'" in caught.value.message
+    assert len(pool.calls) == 2
+
+
+@_sync
+async def test_no_retry_when_the_deadline_is_nearly_spent() -> None:
+    pool = FakePool()
+    pool.down.add("a:1")
+    # Ejection would hide a:1 after two failures; a high threshold keeps it in the rotation.
+    core, _ = _core(["a:1", "b:1"], pool, min_retry_budget_s=10.0)
+    core._router = Router(OutlierPolicy(consecutive_failures=1000))
+    failures = 0
+    for _ in range(40):
+        before = len(pool.calls)
+        try:
+            await core.call(PREDICT, _predict(), _ctx(timeout_s=1.0))
+        except RpcStatusError:
+            failures += 1
+            assert [c[0] for c in pool.calls[before:]] == ["a:1"]  # one attempt, no retry
+    assert failures > 0
+
+
+@_sync
+async def test_unknown_model_empty_name_and_garbage() -> None:
+    core, metrics = _core(["a:1"], FakePool())
+    with pytest.raises(NotFoundError):
+        await core.call(PREDICT, _predict("nope"), _ctx())
+    with pytest.raises(InvalidArgumentError):
+        await core.call(PREDICT, _predict(""), _ctx())
+    with pytest.raises(InvalidArgumentError):
+        await core.call(PREDICT, b"\x0a\x09ab", _ctx())
+    labels = {"model": "unknown", "method": "Predict", "protocol": "grpc", "code": "NOT_FOUND"}
+    assert _count(metrics, "proxy_requests_total", labels) == 1
+    assert core.admission.in_flight == 0
+
+
+@_sync
+async def test_no_available_replica_is_unavailable_naming_the_model() -> None:
+    core, _ = _core([], FakePool())
+    with pytest.raises(UnavailableError, match="'entry'"):
+        await core.call(PREDICT, _predict(), _ctx())
+
+
+@_sync
+async def test_in_flight_bound_refuses_immediately() -> None:
+    pool = FakePool()
+    pool.delay_s = 0.2
+    core, metrics = _core(["a:1"], pool, max_in_flight=2)
+    slow = [asyncio.create_task(core.call(PREDICT, _predict(), _ctx())) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ResourceExhaustedError):
+        await core.call(PREDICT, _predict(), _ctx())
+    assert all(r.response == b"a:1" for r in await asyncio.gather(*slow))
+    assert _count(metrics, "proxy_rejected_requests_total", {"reason": "in_flight"}) == 1
+    assert (await core.call(PREDICT, _predict(), _ctx())).response == b"a:1"
+
+
+@_sync
+async def test_drain_refuses_new_and_waits_for_in_flight() -> None:
+    pool = FakePool()
+    pool.delay_s = 0.1
+    core, _ = _core(["a:1"], pool)
+    running = asyncio.create_task(core.call(PREDICT, _predict(), _ctx()))
+    await asyncio.sleep(0.01)
+    drained = asyncio.create_task(core.admission.drain(5.0))
+    await asyncio.sleep(0.01)
+    with pytest.raises(UnavailableError, match="shutting down"):
+        await core.call(PREDICT, _predict(), _ctx())
+    assert await drained and (await running).response == b"a:1"
+
+
+@_sync
+async def test_model_status_is_merged_over_replicas() -> None:
+    pool = FakePool()
+    a = get_model_status_pb2.GetModelStatusResponse()
+    a.model_version_status.add(version=1, state=State.AVAILABLE)
+    a.model_version_status.add(version=2, state=State.LOADING)
+    b = get_model_status_pb2.GetModelStatusResponse()
+    b.model_version_status.add(version=2, state=State.AVAILABLE)
+    b.model_version_status.add(version=1, state=State.UNLOADING)
+    pool.replies = {"a:1": a.SerializeToString(), "b:1": b.SerializeToString()}
+    pool.down.add("c:1")  # a failing replica does not fail the status
+    core, _ = _core(["a:1", "b:1", "c:1"], pool)
+    request = get_model_status_pb2.GetModelStatusRequest(model_spec={"name": "entry"}).SerializeToString()
+    reply = await core.call(GET_MODEL_STATUS, request, _ctx())
+    merged = get_model_status_pb2.GetModelStatusResponse.FromString(reply.response)
+    assert [(s.version, s.state) for s in merged.model_version_status] == [(2, State.AVAILABLE), (1, State.AVAILABLE)]
+
+
+@_sync
+async def test_reload_needs_configured_and_presented_token() -> None:
+    pool = FakePool()
+    closed, _ = _core(["a:1", "b:1"], pool)
+    with pytest.raises(RpcStatusError) as caught:
+        await closed.call(RELOAD_CONFIG, b"", _ctx(token="anything"))
+    assert caught.value.code is grpc.StatusCode.PERMISSION_DENIED and "--admin_token" in caught.value.message
+    core, _ = _core(["a:1", "b:1"], pool, admin_token="s3cret")
+    for token in (None, "wrong"):
+        with pytest.raises(RpcStatusError) as caught:
+            await core.call(RELOAD_CONFIG, b"", _ctx(token=token))
+        assert caught.value.code is grpc.StatusCode.PERMISSION_DENIED
+    assert pool.calls == []
+    await core.call(RELOAD_CONFIG, b"", _ctx(token="s3cret"))
+    assert sorted(c[0] for c in pool.calls) == ["a:1", "b:1"]
+    pool.down.add("b:1")
+    with pytest.raises(RpcStatusError, match="1 of 2 replicas"):
+        await core.call(RELOAD_CONFIG, b"", _ctx(token="s3cret"))

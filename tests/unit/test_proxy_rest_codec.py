@@ -1,0 +1,123 @@
+"""TF Serving REST JSON <-> PredictRequest/PredictResponse, and REST path parsing."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+
+from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
+from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
+from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
+from monolith_serving.proxy.rest_codec import (
+    ModelRef,
+    build_predict_request,
+    parse_predict_body,
+    predict_response_json,
+)
+from monolith_serving.proxy.rest_gateway import parse_model_path
+
+
+def _request(body: object, signature: dict[str, int] | None = None, model: ModelRef | None = None) -> object:
+    parsed = parse_predict_body(json.dumps(body).encode())
+    return build_predict_request(model or ModelRef(name="m"), parsed, signature)
+
+
+def test_row_format_named_inputs_stack_on_a_batch_dimension() -> None:
+    body = {"instances": [{"a": [1.0, 2.0], "s": "x"}, {"a": [3.0, 4.5], "s": {"b64": "AP8="}}]}
+    request = _request(body)
+    assert isinstance(request, predict_pb2.PredictRequest)
+    a = from_tensor_proto(request.inputs["a"])
+    assert request.inputs["a"].dtype == types_pb2.DT_FLOAT and a.tolist() == [[1.0, 2.0], [3.0, 4.5]]
+    assert from_tensor_proto(request.inputs["s"]).tolist() == [b"x", b"\x00\xff"]
+    assert request.model_spec.signature_name == "serving_default"
+
+
+def test_bare_instances_use_the_signature_single_input_and_its_dtype() -> None:
+    request = _request({"instances": [[1, 2], [3, 4]], "signature_name": "sig"}, {"x": types_pb2.DT_FLOAT})
+    assert isinstance(request, predict_pb2.PredictRequest)
+    assert request.inputs["x"].dtype == types_pb2.DT_FLOAT  # ints become floats per the signature
+    assert from_tensor_proto(request.inputs["x"]).tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert request.model_spec.signature_name == "sig"
+
+
+def test_columnar_inputs_and_inferred_dtypes() -> None:
+    request = _request({"inputs": {"i": [[1, 2, 3]], "b": [True, False], "f": 1.5}}, None)
+    assert isinstance(request, predict_pb2.PredictRequest)
+    assert request.inputs["i"].dtype == types_pb2.DT_INT64 and from_tensor_proto(request.inputs["i"]).shape == (1, 3)
+    assert request.inputs["b"].dtype == types_pb2.DT_BOOL
+    assert from_tensor_proto(request.inputs["f"]).shape == ()
+
+
+def test_version_and_label_go_into_the_model_spec() -> None:
+    versioned = _request({"inputs": {"x": 1}}, None, ModelRef(name="m", version=7))
+    labelled = _request({"inputs": {"x": 1}}, None, ModelRef(name="m", label="canary"))
+    assert isinstance(versioned, predict_pb2.PredictRequest) and isinstance(labelled, predict_pb2.PredictRequest)
+    assert versioned.model_spec.version.value == 7 and labelled.model_spec.version_label == "canary"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"{not json", "JSON Parse error"),
+        (b"[1, 2]", "must be an object"),
+        (b'{"instances": [1], "inputs": [1]}', "exactly one"),
+        (b"{}", "exactly one"),
+        (b'{"instances": []}', "non-empty"),
+        (b'{"instances": [{"a": [1, 2]}, {"a": [1]}]}', "ragged"),
+        (b'{"instances": [{"a": 1}, {"b": 1}]}', "same keys"),
+        (b'{"instances": [{"a": 1}, 2]}', "same keys"),
+        (b'{"inputs": {"a": {"b64": "!!"}}}', "base64"),
+        (b'{"inputs": {"a": [1, "x"]}}', "mixes"),
+        (b'{"inputs": {"a": null}}', "mixes"),
+        (b'{"inputs": [1, 2]}', "signature"),
+        (b'{"inputs": {"a": 1}, "signature_name": 3}', "signature_name"),
+    ],
+)
+def test_malformed_bodies_are_invalid_argument(body: bytes, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        build_predict_request(ModelRef(name="m"), parse_predict_body(body), None)
+
+
+def test_signature_dtype_mismatch_is_invalid_argument() -> None:
+    with pytest.raises(InvalidArgumentError, match="DT_FLOAT"):
+        _request({"inputs": {"x": ["text"]}}, {"x": types_pb2.DT_FLOAT})
+
+
+def _response(**outputs: np.ndarray) -> predict_pb2.PredictResponse:
+    response = predict_pb2.PredictResponse()
+    for name, array in outputs.items():
+        response.outputs[name].CopyFrom(to_tensor_proto(array))
+    return response
+
+
+def test_row_and_columnar_responses() -> None:
+    single = _response(scores=np.array([[0.5], [0.25]], np.float32))
+    assert predict_response_json(single, row_format=True) == {"predictions": [[0.5], [0.25]]}
+    assert predict_response_json(single, row_format=False) == {"outputs": [[0.5], [0.25]]}
+    two = _response(p=np.array([1.0, 2.0], np.float32), label=np.array([b"x", b"\xff"], dtype=object))
+    rows = predict_response_json(two, row_format=True)["predictions"]
+    assert rows == [{"label": "x", "p": 1.0}, {"label": {"b64": base64.b64encode(b"\xff").decode()}, "p": 2.0}]
+    raw = _response(id_bytes=np.array([b"ab"], dtype=object))
+    assert predict_response_json(raw, row_format=False) == {"outputs": [{"b64": "YWI="}]}
+
+
+def test_row_response_needs_one_batch_size() -> None:
+    mixed = _response(a=np.zeros(2, np.float32), b=np.zeros(3, np.float32))
+    with pytest.raises(InvalidArgumentError, match="batch sizes"):
+        predict_response_json(mixed, row_format=True)
+
+
+def test_model_paths() -> None:
+    assert parse_model_path("m:entry") == (ModelRef(name="m:entry"), "")
+    assert parse_model_path("m/versions/3/metadata") == (ModelRef(name="m", version=3), "metadata")
+    assert parse_model_path("m/labels/stable") == (ModelRef(name="m", label="stable"), "")
+    with pytest.raises(MonolithServingError):  # answered 400 by the gateway
+        parse_model_path("m/versions/x")
+    with pytest.raises(MonolithServingError):
+        parse_model_path("m/other/1")
+    with pytest.raises(NotFoundError):
+        parse_model_path("/versions/1")

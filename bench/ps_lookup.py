@@ -85,7 +85,7 @@ async def _client(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     rows = 0
     async with grpc.aio.insecure_channel(args.addr, options=channel_options()) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
 
         async def worker(k: int, deadline: float, record: bool) -> None:
             nonlocal rows
@@ -154,7 +154,8 @@ def version_states(addr: str) -> dict[int, int]:
     with grpc.insecure_channel(addr) as channel:
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = "ps_0"
-        reply = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+        reply = stub.GetModelStatus(request, timeout=10)
     return {s.version: s.state for s in reply.model_version_status}
 
 

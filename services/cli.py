@@ -30,6 +30,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("entry", "monolith_serving.entry.main", "entry model server: parse, PS fan-out, pool, dense"),
     Command("demo", "monolith_serving.entry.standalone", "standalone cluster: PS shards + entry on loopback"),
     Command("client", "monolith_serving.client.cli", "client: predict|status|meta|load|profile"),
+    Command("ps", "monolith_serving.ps.main", "serve embedding tables of ps_<i> sub-models (lookup, sync)"),
     Command("proxy", "monolith_serving.proxy.main", "TF Serving front door (gRPC + REST) routing to entry replicas"),
 )
 

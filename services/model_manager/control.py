@@ -1,0 +1,77 @@
+"""The small interface the rollout coordinator drives replicas through (no transport here).
+
+``grpc_control.GrpcReplicaControl`` implements it over TF Serving's ModelService with replica addresses
+from discovery (or a static list); unit tests use an in-memory fake of this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass
+
+
+class ServerKind(enum.StrEnum):
+    PS = "ps"
+    ENTRY = "entry"
+
+
+class VersionState(enum.IntEnum):
+    """tensorflow.serving ModelVersionStatus.State."""
+
+    UNKNOWN = 0
+    START = 10
+    LOADING = 20
+    AVAILABLE = 30
+    UNLOADING = 40
+    END = 50
+
+
+@dataclass(frozen=True, order=True)
+class Replica:
+    """One serving process of a model: an entry, or a replica of PS shard ``task``."""
+
+    kind: ServerKind
+    task: int
+    address: str  # host:port of its gRPC ModelService
+
+    @property
+    def sub_graph(self) -> str:
+        return "entry" if self.kind is ServerKind.ENTRY else f"ps_{self.task}"
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: int
+    state: VersionState
+    error: str = ""  # non-empty when the version ended because its load failed
+
+    @property
+    def failed(self) -> bool:
+        return self.state is VersionState.END and bool(self.error)
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    """What one replica is told to serve: ``specific { versions }`` of one sub-model."""
+
+    served_name: str  # model_spec.name: "ps_0" / "entry" (agent v1) or "model:ps_0" (v3)
+    base_path: str  # the sub-model folder the replica loads versions from
+    versions: tuple[int, ...]  # sorted; empty unloads every version
+
+
+class ReplicaControl(abc.ABC):
+    """Listing, status and reconfiguration of a model's replicas. Methods raise package errors
+    (UnavailableError when a replica cannot be reached, NotFoundError when it does not host the model)."""
+
+    @abc.abstractmethod
+    def replicas(self, model: str) -> list[Replica]:
+        """Every known replica of ``model`` with an address (any state), sorted."""
+
+    @abc.abstractmethod
+    async def status(self, replica: Replica, served_name: str, timeout_s: float) -> list[VersionStatus]:
+        """The versions the replica holds of ``served_name``, in any state."""
+
+    @abc.abstractmethod
+    async def reload(self, replica: Replica, config: LoadConfig, timeout_s: float) -> None:
+        """Replace the replica's model config with ``config`` (may return before loading finishes)."""

@@ -1,0 +1,202 @@
+"""Copying a complete version into the local receive folder, all sub-models or none (REFERENCE §10).
+
+Target layout: ``{receive}/{model}/{sub_model}/{version}``. Protocol, chosen so that a crash (even
+``kill -9``) at any point leaves either the whole version visible or none of it:
+
+1. hold the source's ``{dir}.read.lock`` (the writer must not delete the folder meanwhile);
+2. copy every sub-model into ``{sub_model}/{version}-temp`` (not a version folder: its name is not an
+   integer, so no loader ever sees it);
+3. write ``{receive}/{model}/{version}.staged`` — from here on the copy is *committed*;
+4. rename each ``-temp`` folder to ``{version}`` (rename is atomic on one file system), remove the marker;
+5. release the read lock.
+
+``recover()`` (run at start) rolls a committed copy forward (finishes step 4) and deletes every other
+``-temp`` folder. A version counts as received only when every sub-model has it and no ``.staged`` marker
+is left (``received_versions``). Disk full (ENOSPC) aborts the copy cleanly: temp folders are removed and
+ResourceExhaustedError is raised. Blocking code: run it on an executor thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from monolith_serving.core.errors import ResourceExhaustedError, UnavailableError
+from monolith_serving.core.export_layout import list_sub_models, list_versions
+from monolith_serving.model_manager.fs import FileSystem
+from monolith_serving.model_manager.sources import READ_LOCK_SUFFIX, VersionCandidate
+
+logger = logging.getLogger(__name__)
+
+TEMP_SUFFIX = "-temp"
+STAGED_SUFFIX = ".staged"
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class CopyConfig:
+    receive_dir: Path
+    rate_limit_bytes_per_s: int = 0  # 0: unlimited (a limit keeps the copy from starving serving traffic)
+
+
+def _lock_owner() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def received_versions(model_dir: Path) -> list[int]:
+    """Versions present in every sub-model folder of ``{receive}/{model}`` and fully committed."""
+    try:
+        sub_models = list_sub_models(model_dir)
+    except Exception:  # a missing folder: nothing received yet
+        return []
+    if not sub_models:
+        return []
+    common: set[int] | None = None
+    for sub_model in sub_models:
+        versions = set(list_versions(model_dir / sub_model))
+        common = versions if common is None else common & versions
+    pending = {int(p.name[: -len(STAGED_SUFFIX)]) for p in model_dir.glob(f"*{STAGED_SUFFIX}")}
+    return sorted((common or set()) - pending)
+
+
+class VersionCopier:
+    """Copies versions from a source file system to the local receive folder (one copy at a time)."""
+
+    def __init__(
+        self,
+        config: CopyConfig,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._sleep = sleep
+        self._clock = clock
+
+    def model_dir(self, model: str) -> Path:
+        return self._config.receive_dir / model
+
+    def copy(self, fs: FileSystem, candidate: VersionCandidate) -> int | None:
+        """Copies ``candidate`` unless it is already received (None); returns the bytes copied."""
+        model_dir = self.model_dir(candidate.model)
+        if candidate.version in received_versions(model_dir):
+            return None
+        if candidate.lock_path is not None:
+            fs.write_text(candidate.lock_path, _lock_owner() + "\n")
+        temps: list[tuple[Path, Path]] = []
+        try:
+            started = self._clock()
+            copied = 0
+            for sub_model, source_path in sorted(candidate.sub_model_paths.items()):
+                final = model_dir / sub_model / str(candidate.version)
+                temp = model_dir / sub_model / f"{candidate.version}{TEMP_SUFFIX}"
+                temps.append((temp, final))
+                if temp.exists():
+                    shutil.rmtree(temp)
+                temp.mkdir(parents=True)
+                copied = self._copy_tree(fs, source_path, temp, started, copied)
+            staged = model_dir / f"{candidate.version}{STAGED_SUFFIX}"
+            staged.write_text("")  # the commit point: recover() finishes the renames from here
+            _finish(model_dir, candidate.version)
+        except OSError as error:
+            _remove_temps(temps)
+            if error.errno == errno.ENOSPC:
+                raise ResourceExhaustedError(
+                    f"disk full while receiving {candidate.model} version {candidate.version} into {model_dir}"
+                ) from error
+            raise UnavailableError(f"copy of {candidate.model} version {candidate.version} failed: {error}") from error
+        except BaseException:
+            _remove_temps(temps)
+            raise
+        finally:
+            if candidate.lock_path is not None:
+                try:
+                    fs.rm(candidate.lock_path)
+                except OSError:
+                    logger.exception("cannot remove read lock %s", candidate.lock_path)
+        logger.info(
+            "received %s version %d (%d sub-models, %d bytes) into %s",
+            candidate.model, candidate.version, len(candidate.sub_model_paths), copied, model_dir,
+        )  # fmt: skip
+        return copied
+
+    def _copy_tree(self, fs: FileSystem, source: str, target: Path, started: float, copied: int) -> int:
+        for info in fs.walk_files(source):
+            destination = target / info.name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_read(info.path) as reader, open(destination, "wb") as writer:
+                while chunk := reader.read(CHUNK_BYTES):
+                    writer.write(chunk)
+                    copied += len(chunk)
+                    self._throttle(started, copied)
+        return copied
+
+    def _throttle(self, started: float, copied: int) -> None:
+        rate = self._config.rate_limit_bytes_per_s
+        if rate <= 0:
+            return
+        ahead_s = copied / rate - (self._clock() - started)
+        if ahead_s > 0:
+            self._sleep(ahead_s)
+
+    def recover(self, model: str) -> None:
+        """Finish committed copies and drop uncommitted temp folders of ``model`` (call before serving)."""
+        model_dir = self.model_dir(model)
+        if not model_dir.is_dir():
+            return
+        for staged in sorted(model_dir.glob(f"*{STAGED_SUFFIX}")):
+            version = int(staged.name[: -len(STAGED_SUFFIX)])
+            logger.warning("%s version %d: finishing a committed copy interrupted before", model, version)
+            _finish(model_dir, version)
+        for temp in sorted(model_dir.glob(f"*/*{TEMP_SUFFIX}")):
+            logger.warning("removing the partial copy %s", temp)
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _finish(model_dir: Path, version: int) -> None:
+    for temp in sorted(model_dir.glob(f"*/{version}{TEMP_SUFFIX}")):
+        final = temp.with_name(str(version))
+        if final.exists():
+            shutil.rmtree(final)  # only a leftover of an older run can be here: the staged copy wins
+        os.rename(temp, final)
+    (model_dir / f"{version}{STAGED_SUFFIX}").unlink(missing_ok=True)
+
+
+def _remove_temps(temps: list[tuple[Path, Path]]) -> None:
+    for temp, _final in temps:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def remove_stale_locks(fs: FileSystem, source_dir: str, *, alive: Callable[[int], bool] | None = None) -> list[str]:
+    """Deletes read locks this host left behind in a crash (its pid is gone); returns their paths."""
+    host = socket.gethostname()
+    is_alive = alive or _pid_alive
+    removed = []
+    for info in fs.ls(source_dir):
+        if info.is_dir or not info.name.endswith(READ_LOCK_SUFFIX):
+            continue
+        try:
+            owner_host, _, pid = fs.read_text(info.path).strip().partition(" ")
+        except OSError:
+            continue
+        if owner_host == host and pid.isdigit() and not is_alive(int(pid)):
+            fs.rm(info.path)
+            removed.append(info.path)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,384 @@
+"""PS-first, mixed-version-free rollout of a model version, and reconciliation of replica configs.
+
+For a new version V of a model serving ``old`` (transport-free: replicas are driven through
+``ReplicaControl``):
+
+1. **PS phase** — every PS replica gets ``specific {old, V}`` and loads V beside old. Wait (bounded by
+   ``timeout_s``) until every PS task has at least one replica and V is AVAILABLE on all its replicas.
+2. **Entry phase** — every entry gets ``specific {V}``; wait until each reports V AVAILABLE and old gone.
+   An entry serves V only with PS rows of V (it pins its PS calls to its own version), and every PS
+   replica holds both versions meanwhile, so no response mixes versions.
+3. **Drain** ``drain_s`` (requests that started on old finish), then **PS cleanup** — ``specific {V}``.
+
+A load failure (a replica reports V END with an error) or the deadline aborts: entries (only if the entry
+phase had begun) go back to ``specific {old}``, then PS to ``specific {old}``; old keeps serving throughout.
+
+The coordinator keeps the *desired* config of every model (``ModelState``) and ``reconcile`` re-sends it to
+replicas that drifted (a restarted replica comes back with its own start-up config). Not thread-safe:
+use it from one asyncio task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from monolith_serving.core.errors import MonolithServingError, NotFoundError
+from monolith_serving.model_manager.control import (
+    LoadConfig,
+    Replica,
+    ReplicaControl,
+    ServerKind,
+    VersionState,
+    VersionStatus,
+)
+from monolith_serving.model_manager.metrics import ModelManagerMetrics
+
+logger = logging.getLogger(__name__)
+
+_HELD = (VersionState.START, VersionState.LOADING, VersionState.AVAILABLE)
+
+
+@dataclass(frozen=True)
+class ModelTarget:
+    """A model the manager rolls out, and where its replicas load versions from."""
+
+    name: str  # the model (discovery base_name, p2p ``{model}``)
+    base_dir: str  # replicas load ``{base_dir}/{sub_graph}/{version}``
+    num_ps: int
+    served_prefix: str = ""  # model_spec.name prefix: "" (agent v1: ps_0, entry) or "<model>:" (v3)
+
+    def served_name(self, sub_graph: str) -> str:
+        return f"{self.served_prefix}{sub_graph}"
+
+    def load_config(self, replica: Replica, versions: Iterable[int]) -> LoadConfig:
+        return LoadConfig(
+            served_name=self.served_name(replica.sub_graph),
+            base_path=f"{self.base_dir.rstrip('/')}/{replica.sub_graph}",
+            versions=tuple(sorted(set(versions))),
+        )
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    timeout_s: float = 600.0  # per rollout (PS + entry phases); the abort gets as long again
+    poll_interval_s: float = 0.5
+    rpc_timeout_s: float = 5.0  # GetModelStatus
+    drain_s: float = 1.0  # between the entry switch and the PS cleanup
+    resend_interval_s: float = 10.0  # re-send a drifted replica's config at most this often
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0 or self.poll_interval_s <= 0 or self.rpc_timeout_s <= 0:
+            raise ValueError("rollout timeouts and intervals must be > 0")
+
+
+class Phase(enum.StrEnum):
+    IDLE = "idle"
+    PS_LOADING = "ps_loading"
+    ENTRY_SWITCHING = "entry_switching"
+    PS_CLEANUP = "ps_cleanup"
+    ABORTING = "aborting"
+
+
+class Outcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    version: int
+    previous: int | None
+    outcome: Outcome
+    reason: str
+    started_s: float  # wall clock
+    finished_s: float
+    rollback: bool = False
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """The last status of one replica: its versions, or why it could not be read."""
+
+    replica: Replica
+    versions: tuple[VersionStatus, ...] = ()
+    error: str = ""
+    seen_s: float = 0.0  # wall clock
+
+    def available(self) -> set[int]:
+        return {s.version for s in self.versions if s.state is VersionState.AVAILABLE}
+
+
+@dataclass
+class ModelState:
+    """Desired and observed state of one model. Owned by the control loop's task."""
+
+    target: ModelTarget
+    serving: int | None = None  # the version entries serve (committed by the last rollout)
+    ps_versions: tuple[int, ...] = ()  # desired PS config
+    entry_versions: tuple[int, ...] = ()  # desired entry config
+    phase: Phase = Phase.IDLE
+    rolling_to: int | None = None
+    serving_since_s: float | None = None  # wall clock
+    adopted: bool = False  # the serving version was learned from (or set on) the replicas
+    last_rollout: RolloutRecord | None = None
+    views: dict[Replica, ReplicaView] = field(default_factory=dict)
+    # Last config sent to each replica and when (monotonic); dropped when a replica vanishes or stops
+    # answering, so it gets its config again as soon as it is back.
+    sent: dict[Replica, tuple[LoadConfig, float]] = field(default_factory=dict)
+
+    def desired(self, kind: ServerKind) -> tuple[int, ...]:
+        return self.ps_versions if kind is ServerKind.PS else self.entry_versions
+
+    def in_use(self) -> set[int]:
+        """Versions the manager wants served or some replica reports holding."""
+        used = set(self.ps_versions) | set(self.entry_versions)
+        if self.rolling_to is not None:
+            used.add(self.rolling_to)
+        for view in self.views.values():
+            used.update(s.version for s in view.versions if s.state in _HELD)
+        return used
+
+
+class RolloutError(MonolithServingError):
+    """A phase could not finish: a load failed or the deadline passed."""
+
+
+def _versions(*versions: int | None) -> tuple[int, ...]:
+    return tuple(sorted({v for v in versions if v is not None}))
+
+
+class RolloutCoordinator:
+    def __init__(
+        self,
+        *,
+        control: ReplicaControl,
+        config: RolloutConfig,
+        metrics: ModelManagerMetrics,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._control = control
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self._wall = wall
+        self._sleep = sleep
+
+    # ------------------------------------------------------------------ rollout
+
+    async def rollout(self, state: ModelState, version: int, *, rollback: bool = False) -> RolloutRecord:
+        """Moves ``state``'s model to ``version`` through the three phases; never raises for a failed
+        rollout (the record says what happened; the old version keeps serving)."""
+        model = state.target.name
+        old = state.serving
+        started_s, started = self._wall(), self._clock()
+        what = "rollback" if rollback else "rollout"
+        logger.info("%s %s: %s from version %s to %d", model, what, what, old, version)
+        state.rolling_to = version
+        self._metrics.rollout_in_progress.labels(model).set(version)
+        deadline = started + self._config.timeout_s
+        entries_touched = False
+        try:
+            state.phase = Phase.PS_LOADING
+            state.ps_versions = _versions(old, version)
+            await self._converge(state, ServerKind.PS, deadline, want={version}, gone=set(), fail_on=version)
+            state.phase = Phase.ENTRY_SWITCHING
+            entries_touched = True
+            state.entry_versions = (version,)
+            gone = {old} - {version} if old is not None else set()
+            await self._converge(state, ServerKind.ENTRY, deadline, want={version}, gone=gone, fail_on=version)
+            state.serving = version
+            state.serving_since_s = self._wall()
+            state.adopted = True
+            await self._sleep(self._config.drain_s)
+            state.phase = Phase.PS_CLEANUP
+            state.ps_versions = (version,)
+            try:
+                cleanup_deadline = self._clock() + self._config.timeout_s
+                await self._converge(state, ServerKind.PS, cleanup_deadline, want={version}, gone=gone, fail_on=None)
+            except RolloutError as error:
+                # V serves everywhere; a PS still holding old only costs memory and reconcile retries it.
+                logger.warning("%s: PS cleanup of version %s incomplete: %s", model, old, error.message)
+            record = RolloutRecord(version, old, Outcome.SUCCEEDED, "", started_s, self._wall(), rollback)
+            logger.info("%s %s to version %d succeeded in %.1f s", model, what, version, self._clock() - started)
+        except RolloutError as error:
+            await self._abort(state, old, version, entries_touched)
+            record = RolloutRecord(version, old, Outcome.FAILED, error.message, started_s, self._wall(), rollback)
+            self._metrics.rollout_failures.labels(model).inc()
+            logger.error(
+                "%s %s to version %d ABORTED, version %s keeps serving: %s", model, what, version, old, error.message
+            )
+        finally:
+            state.phase = Phase.IDLE
+            state.rolling_to = None
+            self._metrics.rollout_in_progress.labels(model).set(0)
+        state.last_rollout = record
+        self._metrics.rollouts.labels(model, record.outcome.value).inc()
+        self._metrics.rollout_seconds.labels(model).observe(self._clock() - started)
+        return record
+
+    async def _abort(self, state: ModelState, old: int | None, version: int, entries_touched: bool) -> None:
+        state.phase = Phase.ABORTING
+        deadline = self._clock() + self._config.timeout_s
+        if entries_touched:
+            state.entry_versions = _versions(old)
+            try:
+                await self._converge(
+                    state, ServerKind.ENTRY, deadline, want=set(_versions(old)), gone={version}, fail_on=None
+                )
+            except RolloutError as error:
+                logger.error("%s: entries did not all return to version %s: %s", state.target.name, old, error.message)
+        state.ps_versions = _versions(old)
+        try:
+            await self._converge(state, ServerKind.PS, deadline, want=set(_versions(old)), gone={version}, fail_on=None)
+        except RolloutError as error:
+            logger.error("%s: PS did not all return to version %s: %s", state.target.name, old, error.message)
+
+    async def _converge(
+        self,
+        state: ModelState,
+        kind: ServerKind,
+        deadline: float,
+        *,
+        want: set[int],
+        gone: set[int],
+        fail_on: int | None,
+    ) -> None:
+        """Sends the desired config to every replica of ``kind`` and waits until each has ``want`` AVAILABLE
+        and none of ``gone``. Raises RolloutError on a failed load of ``fail_on`` or at ``deadline``."""
+        target = state.target
+        while True:
+            replicas = [r for r in self._control.replicas(target.name) if r.kind is kind]
+            await self._push(state, replicas, deadline)
+            views = await self._observe_replicas(state, replicas)
+            for view in views:
+                for status in view.versions:
+                    if status.version == fail_on and status.failed:
+                        raise RolloutError(
+                            f"{view.replica.sub_graph} replica {view.replica.address}: version {fail_on} failed "
+                            f"to load: {status.error}"
+                        )
+            pending = [
+                f"{v.replica.sub_graph}@{v.replica.address}"
+                + (f" ({v.error})" if v.error else f" (available {sorted(v.available())})")
+                for v in views
+                if v.error or not want <= v.available() or gone & v.available()
+            ]
+            if kind is ServerKind.PS:
+                tasks = {r.task for r in replicas}
+                pending += [f"ps_{t} (no replica)" for t in range(target.num_ps) if t not in tasks]
+            if not pending:
+                return
+            if self._clock() >= deadline:
+                raise RolloutError(f"timed out waiting for {kind.value} replicas: {', '.join(pending)}")
+            await self._sleep(self._config.poll_interval_s)
+
+    async def _push(self, state: ModelState, replicas: Sequence[Replica], deadline: float) -> None:
+        """Sends the desired config to replicas that were not sent exactly this config yet."""
+        todo = []
+        for replica in replicas:
+            config = state.target.load_config(replica, state.desired(replica.kind))
+            sent = state.sent.get(replica)
+            if sent is None or sent[0] != config:
+                todo.append((replica, config))
+        await asyncio.gather(*(self._send(state, r, c, deadline) for r, c in todo))
+
+    async def _send(self, state: ModelState, replica: Replica, config: LoadConfig, deadline: float) -> None:
+        # A PS answers HandleReloadConfigRequest once its versions settled, so the call may take as long
+        # as a load: give it what is left of the rollout deadline.
+        timeout_s = max(self._config.rpc_timeout_s, deadline - self._clock())
+        labels = (state.target.name, replica.sub_graph)
+        try:
+            await self._control.reload(replica, config, timeout_s)
+        except MonolithServingError as error:
+            self._metrics.replica_reloads.labels(*labels, "error").inc()
+            state.sent.pop(replica, None)
+            logger.warning(
+                "reload of %s@%s to %s failed: %s", replica.sub_graph, replica.address, config.versions, error.message
+            )
+            return
+        self._metrics.replica_reloads.labels(*labels, "ok").inc()
+        state.sent[replica] = (config, self._clock())
+        logger.info("%s@%s now configured for versions %s", replica.sub_graph, replica.address, list(config.versions))
+
+    async def _observe_replicas(self, state: ModelState, replicas: Sequence[Replica]) -> list[ReplicaView]:
+        views = await asyncio.gather(*(self._view(state, r) for r in replicas))
+        for view in views:
+            state.views[view.replica] = view
+            if view.error:
+                state.sent.pop(view.replica, None)  # unreachable: send again when it is back
+        return list(views)
+
+    async def _view(self, state: ModelState, replica: Replica) -> ReplicaView:
+        name = state.target.served_name(replica.sub_graph)
+        try:
+            versions = await self._control.status(replica, name, self._config.rpc_timeout_s)
+        except NotFoundError as error:
+            # Reachable but not hosting the model (e.g. restarted without config): it needs our config.
+            return ReplicaView(replica, (), f"not hosting {name}: {error.message}", self._wall())
+        except MonolithServingError as error:
+            return ReplicaView(replica, (), error.message, self._wall())
+        return ReplicaView(replica, tuple(sorted(versions, key=lambda s: s.version)), "", self._wall())
+
+    # ------------------------------------------------------------------ steady state
+
+    async def observe(self, state: ModelState) -> bool:
+        """Refreshes every replica's view (and forgets vanished replicas); True when all answered."""
+        replicas = self._control.replicas(state.target.name)
+        known = set(replicas)
+        for gone in [r for r in state.views if r not in known]:
+            del state.views[gone]
+            state.sent.pop(gone, None)
+        views = await self._observe_replicas(state, replicas)
+        return all(not v.error for v in views)
+
+    async def adopt(self, state: ModelState) -> None:
+        """Learns the serving version from the entries (at start, before the first rollout): the newest
+        version AVAILABLE on every entry that answers. Leaves ``state`` alone when entries serve nothing."""
+        if state.adopted:
+            return
+        entries = [v for v in state.views.values() if v.replica.kind is ServerKind.ENTRY and not v.error]
+        common: set[int] | None = None
+        for view in entries:
+            common = view.available() if common is None else common & view.available()
+        if not common:
+            return
+        version = max(common)
+        state.serving = version
+        state.ps_versions = state.entry_versions = (version,)
+        state.serving_since_s = self._wall()
+        state.adopted = True
+        logger.info("%s: adopted version %d, served by the entries now", state.target.name, version)
+
+    async def reconcile(self, state: ModelState) -> None:
+        """Re-sends the desired config to replicas whose status drifted from it (call when idle, after
+        ``observe``). Replicas not yet told anything get their config right away; a replica that was sent
+        the config but still drifts (e.g. it restarted) gets it again after ``resend_interval_s``."""
+        if state.phase is not Phase.IDLE or not state.adopted:
+            return
+        now = self._clock()
+        todo = []
+        for replica, view in state.views.items():
+            if view.error and not view.error.startswith("not hosting"):
+                continue  # unreachable: nothing to send to
+            desired = state.desired(replica.kind)
+            config = state.target.load_config(replica, desired)
+            held = {s.version for s in view.versions if s.state in _HELD}
+            drifted = bool(view.error) or not set(desired) <= held or bool(held - set(desired))
+            sent = state.sent.get(replica)
+            fresh = sent is None or sent[0] != config
+            if fresh or (drifted and now - sent[1] >= self._config.resend_interval_s):  # type: ignore[index]
+                if not fresh:
+                    logger.warning(
+                        "%s@%s drifted (holds %s, wants %s): re-sending its config",
+                        replica.sub_graph, replica.address, sorted(held), list(desired),
+                    )  # fmt: skip
+                todo.append((replica, config))
+        deadline = now + self._config.timeout_s
+        await asyncio.gather(*(self._send(state, r, c, deadline) for r, c in todo))

@@ -1,0 +1,278 @@
+"""The rollout coordinator against an in-memory fake of our ReplicaControl interface.
+
+The fake behaves like our ps/entry servers: a PS loads the versions of its config (a version in
+``broken`` ends with an error) and unloads the others once a wanted one is AVAILABLE; an entry serves a
+version only while every PS shard has it. After every change the fake checks the rollout invariant: no
+entry serves a version some PS replica of some shard lacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+
+from monolith_serving.core.errors import UnavailableError
+from monolith_serving.model_manager.control import (
+    LoadConfig,
+    Replica,
+    ReplicaControl,
+    ServerKind,
+    VersionState,
+    VersionStatus,
+)
+from monolith_serving.model_manager.metrics import ModelManagerMetrics
+from monolith_serving.model_manager.rollout import (
+    ModelState,
+    ModelTarget,
+    Outcome,
+    RolloutConfig,
+    RolloutCoordinator,
+)
+
+MODEL = "demo"
+
+
+@dataclass
+class FakeReplica:
+    replica: Replica
+    versions: dict[int, VersionStatus] = field(default_factory=dict)
+    configs: list[LoadConfig] = field(default_factory=list)
+    up: bool = True
+
+
+class FakeCluster(ReplicaControl):
+    def __init__(self, num_ps: int = 2, ps_replicas: int = 2, entries: int = 2) -> None:
+        self.num_ps = num_ps
+        self.nodes: dict[str, FakeReplica] = {}
+        for task in range(num_ps):
+            for r in range(ps_replicas):
+                self.add(Replica(ServerKind.PS, task, f"ps{task}-{r}:1"))
+        for e in range(entries):
+            self.add(Replica(ServerKind.ENTRY, 0, f"entry-{e}:1"))
+        self.broken: set[int] = set()  # versions whose PS load fails
+        self.slow_ps: set[int] = set()  # versions a PS never finishes loading
+        self.violations: list[str] = []
+
+    def add(self, replica: Replica, versions: tuple[int, ...] = ()) -> FakeReplica:
+        node = FakeReplica(replica, {v: VersionStatus(v, VersionState.AVAILABLE) for v in versions})
+        self.nodes[replica.address] = node
+        return node
+
+    def replicas(self, model: str) -> list[Replica]:
+        assert model == MODEL
+        return sorted(n.replica for n in self.nodes.values())
+
+    async def status(self, replica: Replica, served_name: str, timeout_s: float) -> list[VersionStatus]:
+        node = self.nodes[replica.address]
+        if not node.up:
+            raise UnavailableError(f"{replica.address} is down")
+        assert served_name == replica.sub_graph
+        return list(node.versions.values())
+
+    def ps_has(self, version: int) -> bool:
+        """Every replica of every PS shard has ``version`` AVAILABLE."""
+        return all(
+            n.versions.get(version, VersionStatus(version, VersionState.END)).state is VersionState.AVAILABLE
+            for n in self.nodes.values()
+            if n.replica.kind is ServerKind.PS
+        )
+
+    def serving(self, kind: ServerKind) -> set[int]:
+        return {
+            v
+            for n in self.nodes.values()
+            if n.replica.kind is kind
+            for v, s in n.versions.items()
+            if s.state is VersionState.AVAILABLE
+        }
+
+    def check(self) -> None:
+        for version in self.serving(ServerKind.ENTRY):
+            if not self.ps_has(version):
+                self.violations.append(f"entry serves {version} but a PS replica lacks it")
+
+    async def reload(self, replica: Replica, config: LoadConfig, timeout_s: float) -> None:
+        node = self.nodes[replica.address]
+        if not node.up:
+            raise UnavailableError(f"{replica.address} is down")
+        assert config.served_name == replica.sub_graph
+        assert config.base_path == f"/receive/{MODEL}/{replica.sub_graph}"
+        node.configs.append(config)
+        wanted = set(config.versions)
+        if replica.kind is ServerKind.PS:
+            for v in wanted:
+                held = node.versions.get(v)
+                if held is None or held.state is VersionState.END:
+                    if v in self.broken:
+                        node.versions[v] = VersionStatus(v, VersionState.END, "corrupt dump")
+                    elif v in self.slow_ps:
+                        node.versions[v] = VersionStatus(v, VersionState.LOADING)
+                    else:
+                        node.versions[v] = VersionStatus(v, VersionState.AVAILABLE)
+            if any(node.versions[v].state is VersionState.AVAILABLE for v in wanted):
+                for v, s in list(node.versions.items()):
+                    if v not in wanted and s.state is VersionState.AVAILABLE:
+                        node.versions[v] = VersionStatus(v, VersionState.END)
+        else:
+            # Our entry: serves a wanted version only once every PS shard has it.
+            ready = [v for v in wanted if self.ps_has(v)]
+            if ready:
+                node.versions = {v: VersionStatus(v, VersionState.END) for v in node.versions}
+                for v in ready:
+                    node.versions[v] = VersionStatus(v, VersionState.AVAILABLE)
+        self.check()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def make(cluster: FakeCluster, timeout_s: float = 30.0) -> tuple[RolloutCoordinator, ModelState, ModelManagerMetrics]:
+    clock = FakeClock()
+    metrics = ModelManagerMetrics()
+    coordinator = RolloutCoordinator(
+        control=cluster,
+        config=RolloutConfig(timeout_s=timeout_s, poll_interval_s=1.0, drain_s=1.0, resend_interval_s=5.0),
+        metrics=metrics,
+        clock=clock,
+        wall=clock,
+        sleep=clock.sleep,
+    )
+    state = ModelState(ModelTarget(MODEL, f"/receive/{MODEL}", cluster.num_ps))
+    return coordinator, state, metrics
+
+
+def failures(metrics: ModelManagerMetrics) -> float:
+    value = metrics.registry.get_sample_value("monolith_model_manager_rollout_failures_total", {"model": MODEL})
+    return value or 0.0
+
+
+def test_first_rollout_then_upgrade_is_ps_first_and_never_mixed() -> None:
+    cluster = FakeCluster()
+    coordinator, state, metrics = make(cluster)
+    record = asyncio.run(coordinator.rollout(state, 1))
+    assert record.outcome is Outcome.SUCCEEDED
+    assert cluster.serving(ServerKind.ENTRY) == {1} and cluster.serving(ServerKind.PS) == {1}
+    record = asyncio.run(coordinator.rollout(state, 2))
+    assert record.outcome is Outcome.SUCCEEDED, record.reason
+    assert record.previous == 1
+    assert cluster.violations == []
+    assert cluster.serving(ServerKind.ENTRY) == {2} and cluster.serving(ServerKind.PS) == {2}
+    ps_configs = [c.versions for c in cluster.nodes["ps0-0:1"].configs]
+    assert ps_configs == [(1,), (1, 2), (2,)]  # load beside, then clean up
+    assert [c.versions for c in cluster.nodes["entry-0:1"].configs] == [(1,), (2,)]
+    assert state.serving == 2 and failures(metrics) == 0
+
+
+def test_a_failed_ps_load_aborts_and_leaves_entries_untouched() -> None:
+    cluster = FakeCluster()
+    coordinator, state, metrics = make(cluster)
+    asyncio.run(coordinator.rollout(state, 1))
+    cluster.broken.add(2)
+    record = asyncio.run(coordinator.rollout(state, 2))
+    assert record.outcome is Outcome.FAILED
+    assert "corrupt dump" in record.reason
+    assert state.serving == 1 and state.ps_versions == (1,) and state.entry_versions == (1,)
+    assert [c.versions for c in cluster.nodes["entry-0:1"].configs] == [(1,)]  # never touched
+    assert [c.versions for c in cluster.nodes["ps1-1:1"].configs][-1] == (1,)
+    assert cluster.serving(ServerKind.ENTRY) == {1} and cluster.serving(ServerKind.PS) == {1}
+    assert failures(metrics) == 1
+    assert cluster.violations == []
+
+
+def test_a_rollout_times_out_when_a_shard_never_loads() -> None:
+    cluster = FakeCluster()
+    coordinator, state, metrics = make(cluster, timeout_s=10.0)
+    asyncio.run(coordinator.rollout(state, 1))
+    cluster.slow_ps.add(2)
+    record = asyncio.run(coordinator.rollout(state, 2))
+    assert record.outcome is Outcome.FAILED
+    assert "timed out" in record.reason and "ps_0" in record.reason
+    assert state.serving == 1 and cluster.serving(ServerKind.ENTRY) == {1}
+    assert failures(metrics) == 1
+
+
+def test_a_missing_shard_blocks_the_rollout() -> None:
+    cluster = FakeCluster(num_ps=3, ps_replicas=1)  # ps_2 has a replica...
+    del cluster.nodes["ps2-0:1"]  # ...until it vanishes
+    coordinator, state, _ = make(cluster, timeout_s=5.0)
+    record = asyncio.run(coordinator.rollout(state, 1))
+    assert record.outcome is Outcome.FAILED
+    assert "ps_2 (no replica)" in record.reason
+
+
+def test_rollback_moves_back_the_same_way() -> None:
+    cluster = FakeCluster()
+    coordinator, state, _ = make(cluster)
+    asyncio.run(coordinator.rollout(state, 1))
+    asyncio.run(coordinator.rollout(state, 2))
+    record = asyncio.run(coordinator.rollout(state, 1, rollback=True))
+    assert record.outcome is Outcome.SUCCEEDED and record.rollback
+    assert [c.versions for c in cluster.nodes["ps0-1:1"].configs][-2:] == [(1, 2), (1,)]
+    assert cluster.serving(ServerKind.ENTRY) == {1} and cluster.violations == []
+
+
+def test_a_restarted_replica_gets_the_current_config_again() -> None:
+    cluster = FakeCluster()
+    coordinator, state, _ = make(cluster)
+    asyncio.run(coordinator.rollout(state, 1))
+    asyncio.run(coordinator.rollout(state, 2))
+    # ps0-0 restarts with its own start-up config: latest on disk, which is a version not rolled out.
+    cluster.nodes["ps0-0:1"].up = False
+    assert not asyncio.run(coordinator.observe(state))
+    cluster.add(Replica(ServerKind.PS, 0, "ps0-0:1"), versions=(3,))
+    assert asyncio.run(coordinator.observe(state))
+    asyncio.run(coordinator.reconcile(state))
+    assert cluster.nodes["ps0-0:1"].configs[-1].versions == (2,)
+    assert cluster.serving(ServerKind.PS) == {2}
+
+
+def test_reconcile_resends_to_a_drifted_replica_only_after_the_interval() -> None:
+    cluster = FakeCluster()
+    coordinator, state, _ = make(cluster)
+    asyncio.run(coordinator.rollout(state, 1))
+    node = cluster.nodes["entry-1:1"]
+    node.versions = {}  # restarted between two polls: same address, holds nothing
+    sends = len(node.configs)
+    asyncio.run(coordinator.observe(state))
+    asyncio.run(coordinator.reconcile(state))
+    assert len(node.configs) == sends  # config was sent 0 s ago
+    clock = coordinator._clock
+    assert isinstance(clock, FakeClock)
+    clock.now += 6
+    asyncio.run(coordinator.observe(state))
+    asyncio.run(coordinator.reconcile(state))
+    assert len(node.configs) == sends + 1 and node.versions[1].state is VersionState.AVAILABLE
+
+
+def test_adopt_learns_the_version_entries_serve() -> None:
+    cluster = FakeCluster(entries=1)
+    for node in cluster.nodes.values():
+        node.versions = {7: VersionStatus(7, VersionState.AVAILABLE)}
+    coordinator, state, _ = make(cluster)
+    asyncio.run(coordinator.observe(state))
+    asyncio.run(coordinator.adopt(state))
+    assert state.serving == 7 and state.ps_versions == (7,) and state.in_use() == {7}
+    record = asyncio.run(coordinator.rollout(state, 8))
+    assert record.outcome is Outcome.SUCCEEDED and cluster.violations == []
+
+
+@pytest.mark.parametrize("entries", [0, 1])
+def test_replicas_down_during_rollout_fail_it_after_the_deadline(entries: int) -> None:
+    cluster = FakeCluster(entries=entries)
+    coordinator, state, _ = make(cluster, timeout_s=5.0)
+    asyncio.run(coordinator.rollout(state, 1))
+    cluster.nodes["ps1-0:1"].up = False
+    record = asyncio.run(coordinator.rollout(state, 2))
+    assert record.outcome is Outcome.FAILED and "ps1-0:1" in record.reason
+    assert state.serving == 1

@@ -1,0 +1,296 @@
+"""From a resolved :class:`AgentConfig` to what the agent launches, derived once at start-up.
+
+A :class:`ServerLaunchSpec` is one child model-server process: which command, which port, which
+sub-models (written into its ``--model_config_file``) and which v1 replicas it stands for in the
+registry. Nothing here starts processes or touches the network, so the mapping from agent.conf to
+command lines is unit-testable.
+
+v1 (deploy_type ps / entry / mixed): one PS process hosts every PS task of this shard
+(``i % num_shard == shard_id``) on one port, as Monolith's PS container hosts all of them in one
+TF Serving; the entry process asks this agent's AgentService for PS replicas. In mixed mode the entry
+takes the main gRPC port (PORT3) and the PS the ps port (PORT5). v3 (unified): one PS process whose
+model list follows the layout (``v3_server_spec``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from monolith_serving.agent.layout_filter import substitute_shard
+from monolith_serving.core.agent_conf import AgentConfig, ConfError, DeployType, ServerPorts
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
+from monolith_serving.core.zk_paths import ReplicaPath, ServerType, layout_path
+from monolith_serving.discovery.replica_meta import ContainerServiceInfo
+from monolith_serving.discovery.replica_updater import LocalReplica
+
+__all__ = [
+    "ContainerIdentity",
+    "ModelEntry",
+    "RegisteredReplica",
+    "ServerKind",
+    "ServerLaunchSpec",
+    "V1Plan",
+    "assign_free_ports",
+    "container_identity",
+    "layout_watch_path",
+    "local_replicas",
+    "model_version_policy",
+    "pick_free_port",
+    "v1_plan",
+    "v3_server_spec",
+]
+
+
+class ServerKind(StrEnum):
+    """Which ``monolith-serving`` command a child runs."""
+
+    PS = "ps"
+    ENTRY = "entry"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelEntry:
+    """One sub-model in a child's model config (``name`` is what GetModelStatus is asked about)."""
+
+    name: str
+    base_path: str
+    policy: VersionPolicy
+
+
+@dataclass(frozen=True, kw_only=True)
+class RegisteredReplica:
+    """A v1 registry node standing for one sub-model of a child."""
+
+    server_type: ServerType
+    task: int
+    model_name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerLaunchSpec:
+    """One child model server. ``argv()`` is the full command line."""
+
+    kind: ServerKind
+    name: str  # child name in logs and metrics ("ps", "entry")
+    grpc_port: int
+    model_config_path: Path
+    models: tuple[ModelEntry, ...]
+    replicas: tuple[RegisteredReplica, ...] = ()
+    flags: tuple[str, ...] = ()
+    python: str = sys.executable
+
+    def argv(self) -> list[str]:
+        return [
+            self.python,
+            "-m",
+            "monolith_serving",
+            self.kind.value,
+            f"--port={self.grpc_port}",
+            f"--model_config_file={self.model_config_path}",
+            *self.flags,
+        ]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerIdentity:
+    """Where a unified container appears in the v3 tree and what it publishes there."""
+
+    bzid: str
+    layout_path: str
+    ctx_cluster: str
+    ctx_id: str
+    info: ContainerServiceInfo
+
+
+@dataclass(frozen=True, kw_only=True)
+class V1Plan:
+    """The children of a v1 agent in start order (PS before entry)."""
+
+    servers: tuple[ServerLaunchSpec, ...]
+    # The entry starts only once every PS task 0..num_ps-1 has an AVAILABLE replica.
+    entry_waits_for_ps: bool
+
+    def server(self, kind: ServerKind) -> ServerLaunchSpec | None:
+        return next((s for s in self.servers if s.kind is kind), None)
+
+
+def model_version_policy(config: AgentConfig) -> VersionPolicy:
+    """agent.conf ``version_policy`` + ``version_data`` (versions to keep, or the one specific version)."""
+    kind = PolicyKind(config.version_policy.value)
+    if kind is PolicyKind.SPECIFIC:
+        return VersionPolicy(kind, versions=(config.version_data,))
+    return VersionPolicy(kind, num_versions=max(1, config.version_data))
+
+
+def pick_free_port(host: str = "0.0.0.0") -> int:
+    """A port free a moment ago. Racy by nature; used only for ports the platform left unset."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def assign_free_ports(config: AgentConfig, pick: Callable[[], int] = pick_free_port) -> AgentConfig:
+    """Fill the ports the agent needs but neither conf nor environment set (local runs)."""
+    ps_ports = config.tfs_ps_ports
+    if config.deploy_type is DeployType.MIXED and (ps_ports is None or ps_ports.grpc is None):
+        ps_ports = dataclasses.replace(ps_ports or ServerPorts(), grpc=pick())
+    return dataclasses.replace(
+        config,
+        agent_port=config.agent_port if config.agent_port is not None else pick(),
+        tfs_grpc_port=config.tfs_grpc_port if config.tfs_grpc_port is not None else pick(),
+        tfs_ps_ports=ps_ports,
+    )
+
+
+def _require_port(port: int | None, key: str) -> int:
+    if port is None:
+        raise ConfError(f"port {key} is not set (conf key or environment); call assign_free_ports first")
+    return port
+
+
+def _base(config: AgentConfig) -> Path:
+    assert config.base_path is not None  # AgentConfig requires base_path for server-launching deploy types
+    return Path(config.base_path)
+
+
+def _ps_spec(config: AgentConfig, port: int, work_dir: Path) -> ServerLaunchSpec:
+    policy = model_version_policy(config)
+    tasks = config.ps_tasks()
+    return ServerLaunchSpec(
+        kind=ServerKind.PS,
+        name="ps",
+        grpc_port=port,
+        model_config_path=work_dir / "ps_model_config.pbtxt",
+        models=tuple(
+            ModelEntry(name=f"ps_{i}", base_path=str(_base(config) / f"ps_{i}"), policy=policy) for i in tasks
+        ),
+        replicas=tuple(RegisteredReplica(server_type=ServerType.PS, task=i, model_name=f"ps_{i}") for i in tasks),
+        flags=(
+            f"--num_ps={config.num_ps}",
+            f"--file_system_poll_wait_seconds={config.file_system_poll_wait_seconds_ps}",
+        ),
+    )
+
+
+def _entry_spec(config: AgentConfig, port: int, work_dir: Path) -> ServerLaunchSpec:
+    assert config.agent_port is not None
+    return ServerLaunchSpec(
+        kind=ServerKind.ENTRY,
+        name="entry",
+        grpc_port=port,
+        model_config_path=work_dir / "entry_model_config.pbtxt",
+        models=(ModelEntry(name="entry", base_path=str(_base(config) / "entry"), policy=model_version_policy(config)),),
+        replicas=(RegisteredReplica(server_type=ServerType.ENTRY, task=0, model_name="entry"),),
+        flags=(
+            f"--num_ps={config.num_ps}",
+            f"--agent_address=127.0.0.1:{config.agent_port}",
+            f"--fetch_ps_timeout_ms={config.fetch_ps_timeout_ms}",
+            f"--fetch_ps_retry={config.fetch_ps_retry}",
+            f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}",
+        ),
+    )
+
+
+def v1_plan(config: AgentConfig, *, work_dir: Path) -> V1Plan:
+    """Children of a v1 agent. Needs a resolved config with ports assigned."""
+    if config.deploy_type is DeployType.UNIFIED:
+        raise ConfError(f"{config.where('deploy_type')}: deploy_type unified is a v3 agent, not v1")
+    if config.deploy_type is DeployType.DENSE or config.dense_alone:
+        # There is no dense model server in this release; fail at start-up rather than half-serve.
+        key = "deploy_type" if config.deploy_type is DeployType.DENSE else "dense_alone"
+        raise ConfError(f"{config.where(key)}: key {key!r}: a separate dense server is not supported")
+    _require_port(config.agent_port, "agent_port (PORT2)")
+    main_port = _require_port(config.tfs_grpc_port, "tfs_grpc_port (PORT3)")
+    if config.deploy_type is DeployType.PS:
+        return V1Plan(servers=(_ps_spec(config, main_port, work_dir),), entry_waits_for_ps=False)
+    if config.deploy_type is DeployType.ENTRY:
+        return V1Plan(servers=(_entry_spec(config, main_port, work_dir),), entry_waits_for_ps=True)
+    ps_port = _require_port(config.tfs_ps_ports.grpc if config.tfs_ps_ports else None, "PS port (PORT5)")
+    return V1Plan(
+        servers=(_ps_spec(config, ps_port, work_dir), _entry_spec(config, main_port, work_dir)),
+        entry_waits_for_ps=True,
+    )
+
+
+def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
+    """The unified container's PS process; its models come from the layout at run time."""
+    port = _require_port(config.tfs_grpc_port, "tfs_grpc_port (PORT3)")
+    return ServerLaunchSpec(
+        kind=ServerKind.PS,
+        name="ps",
+        grpc_port=port,
+        model_config_path=work_dir / "unified_model_config.pbtxt",
+        models=(),
+        flags=(f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}",),
+    )
+
+
+def local_replicas(config: AgentConfig, spec: ServerLaunchSpec, *, host: str) -> tuple[LocalReplica, ...]:
+    """The v1 registry nodes of one child (dc_aware adds idc/cluster to the path)."""
+    assert config.bzid is not None and config.base_name is not None  # required with a registry
+    idc = config.idc if config.dc_aware else None
+    cluster = config.cluster if config.dc_aware else None
+    address = f"{host}:{spec.grpc_port}"
+    ipv6 = f"[{config.host_ipv6}]:{spec.grpc_port}" if config.host_ipv6 else None
+    archon = f"{host}:{config.archon_port}" if config.archon_port else None
+    return tuple(
+        LocalReplica(
+            path=ReplicaPath(
+                bzid=config.bzid,
+                base_name=config.base_name,
+                server_type=r.server_type,
+                task=r.task,
+                replica_id=config.replica_id,
+                idc=idc,
+                cluster=cluster,
+            ),
+            model_name=r.model_name,
+            address=address,
+            address_ipv6=ipv6,
+            archon_address=archon,
+        )
+        for r in spec.replicas
+    )
+
+
+def layout_watch_path(config: AgentConfig) -> str:
+    """The layout a unified container follows: ``layout_pattern`` with ``${shard_id}``/``${shard_num}``
+    substituted; an absolute path is used as is, a bare name means ``/{bzid}/layouts/{name}``."""
+    if not config.bzid or not config.layout_pattern:
+        raise ConfError(f"{config.where('layout_pattern')}: key 'layout_pattern' is required for deploy_type unified")
+    pattern = substitute_shard(config.layout_pattern, shard_id=config.shard_id, shard_num=config.num_shard or 1)
+    if pattern.startswith("/"):
+        return pattern.rstrip("/")
+    try:
+        return layout_path(config.bzid, pattern)
+    except InvalidArgumentError as exc:
+        raise ConfError(f"{config.where('layout_pattern')}: key 'layout_pattern': {exc.message}") from None
+
+
+def container_identity(config: AgentConfig, *, host: str, layout: str) -> ContainerIdentity:
+    """ctx_cluster is the cluster (``default`` when unknown); ctx_id the pod name, else ``host:grpc_port``."""
+    assert config.bzid is not None and config.tfs_grpc_port is not None and config.agent_port is not None
+    debug = {"shard_id": config.shard_id, "replica_id": config.replica_id, "pid": os.getpid()}
+    return ContainerIdentity(
+        bzid=config.bzid,
+        layout_path=layout,
+        ctx_cluster=config.cluster or "default",
+        ctx_id=config.pod_name or f"{host}:{config.tfs_grpc_port}",
+        info=ContainerServiceInfo(
+            grpc=f"{host}:{config.tfs_grpc_port}",
+            http=f"{host}:{config.tfs_http_port}" if config.tfs_http_port else None,
+            archon=f"{host}:{config.archon_port}" if config.archon_port else None,
+            agent=f"{host}:{config.agent_port}",
+            idc=config.idc,
+            debug_info=json.dumps(debug, sort_keys=True),
+        ),
+    )

@@ -1,0 +1,57 @@
+"""v3 saved-model declarations: ``/{bzid}/saved_models/{model}/{sub_graph}`` =
+``{"model_base_path": "...", "version_policy": "latest" | "latest_once" | "all"}``.
+
+Written by ``monolith-serving ctl decl``, read by unified agents. Entry sub-graphs are declared
+``latest`` (follow new exports), PS ones ``latest_once`` (load once; a new version needs an explicit
+reload, so the entry and its PS shards switch together).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
+
+__all__ = ["SavedModelDecl", "default_policy_for"]
+
+_POLICIES = {PolicyKind.LATEST.value, PolicyKind.LATEST_ONCE.value, PolicyKind.ALL.value}
+
+
+def default_policy_for(sub_graph: str) -> str:
+    return PolicyKind.LATEST.value if sub_graph == "entry" else PolicyKind.LATEST_ONCE.value
+
+
+@dataclass(frozen=True, kw_only=True)
+class SavedModelDecl:
+    model_base_path: str
+    version_policy: str
+
+    def __post_init__(self) -> None:
+        if not self.model_base_path:
+            raise InvalidArgumentError("saved_model declaration: 'model_base_path' is empty")
+        if self.version_policy not in _POLICIES:
+            raise InvalidArgumentError(
+                f"saved_model declaration: version_policy {self.version_policy!r} not one of {sorted(_POLICIES)}"
+            )
+
+    @property
+    def policy(self) -> VersionPolicy:
+        return VersionPolicy(PolicyKind(self.version_policy))
+
+    def to_json(self) -> bytes:
+        return json.dumps({"model_base_path": self.model_base_path, "version_policy": self.version_policy}).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> SavedModelDecl:
+        try:
+            obj = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidArgumentError(f"saved_model declaration is not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise InvalidArgumentError("saved_model declaration is not a JSON object")
+        base, policy = obj.get("model_base_path"), obj.get("version_policy", PolicyKind.LATEST.value)
+        if not isinstance(base, str) or not isinstance(policy, str):
+            raise InvalidArgumentError("saved_model declaration needs string 'model_base_path' and 'version_policy'")
+        return cls(model_base_path=base, version_policy=policy)

@@ -1,0 +1,123 @@
+"""Controller actions (decl/pub/unpub/bzid-info) over the in-memory static Discovery backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from monolith_serving.agent.ctl import Controller, parse_model_glob
+from monolith_serving.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from monolith_serving.discovery.static import StaticDiscovery
+
+T = TypeVar("T")
+
+
+def export(tmp_path: Path, name: str, sub_graphs: list[str]) -> Path:
+    base = tmp_path / name
+    for sub_graph in sub_graphs:
+        (base / sub_graph / "1").mkdir(parents=True)
+    (base / "not_a_sub_graph").mkdir()
+    return base
+
+
+def run_with(body: Callable[[Controller], Awaitable[T]]) -> T:
+    async def main() -> T:
+        discovery = StaticDiscovery()
+        async with discovery:
+            return await body(Controller(discovery, "b1"))
+
+    return asyncio.run(main())
+
+
+def test_decl_declares_every_sub_graph_with_policies(tmp_path: Path) -> None:
+    base = export(tmp_path, "mdl", ["entry", "ps_0", "ps_1"])
+
+    async def body(ctl: Controller) -> dict[str, object]:
+        paths = await ctl.decl(base)
+        assert paths == [f"/b1/saved_models/mdl/{s}" for s in ("entry", "ps_0", "ps_1")]
+        return await ctl.bzid_info()
+
+    info = run_with(body)
+    assert info["models"] == {
+        "mdl": {
+            "entry": {"model_base_path": str(base / "entry"), "version_policy": "latest"},
+            "ps_0": {"model_base_path": str(base / "ps_0"), "version_policy": "latest_once"},
+            "ps_1": {"model_base_path": str(base / "ps_1"), "version_policy": "latest_once"},
+        }
+    }
+
+
+def test_decl_refuses_to_overwrite_without_the_flag(tmp_path: Path) -> None:
+    first = export(tmp_path, "a", ["entry", "ps_0"])
+    second = export(tmp_path / "other", "a", ["entry", "ps_0", "ps_1"])
+
+    async def body(ctl: Controller) -> dict[str, object]:
+        await ctl.decl(first, model_name="m")
+        with pytest.raises(FailedPreconditionError, match="--overwrite"):
+            await ctl.decl(second, model_name="m")
+        unchanged = await ctl.bzid_info()
+        assert sorted(unchanged["models"]["m"]) == ["entry", "ps_0"]  # type: ignore[index]
+        await ctl.decl(second, model_name="m", overwrite=True)
+        return await ctl.bzid_info()
+
+    models = run_with(body)["models"]
+    assert models["m"]["ps_1"]["model_base_path"] == str(second / "ps_1")  # type: ignore[index]
+    assert models["m"]["entry"]["model_base_path"] == str(second / "entry")  # type: ignore[index]
+
+
+def test_decl_of_a_folder_without_sub_graphs_fails(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+
+    async def body(ctl: Controller) -> None:
+        with pytest.raises(NotFoundError):
+            await ctl.decl(tmp_path / "empty")
+        with pytest.raises(NotFoundError):
+            await ctl.decl(tmp_path / "missing")
+
+    run_with(body)
+
+
+def test_pub_unpub_globs(tmp_path: Path) -> None:
+    base = export(tmp_path, "m", ["entry", "ps_0", "ps_1", "ps_10"])
+
+    async def body(ctl: Controller) -> None:
+        await ctl.decl(base)
+        assert await ctl.pub("L", "m", "ps_1*") == ["m:ps_1", "m:ps_10"]
+        assert await ctl.pub("L", "m", "entry") == ["m:entry"]
+        with pytest.raises(NotFoundError):
+            await ctl.pub("L", "m", "dense*")
+        with pytest.raises(NotFoundError):
+            await ctl.pub("L", "undeclared", "*")
+        assert (await ctl.bzid_info())["layouts"] == {"L": ["m:entry", "m:ps_1", "m:ps_10"]}
+        assert await ctl.unpub("L", "m", "ps_*") == ["m:ps_1", "m:ps_10"]
+        with pytest.raises(NotFoundError):
+            await ctl.unpub("L", "m", "ps_*")
+        assert (await ctl.bzid_info())["layouts"] == {"L": ["m:entry"]}
+
+    run_with(body)
+
+
+def test_bzid_info_lists_containers_and_bindings() -> None:
+    async def body(ctl: Controller) -> dict[str, object]:
+        await ctl.discovery.register_ephemeral(
+            "/b1/container_service/c:10.0.0.1:9", json.dumps({"grpc": "x:1"}).encode()
+        )
+        await ctl.discovery.register_ephemeral("/b1/binding/m/ps_0:c:10.0.0.1:9", b"")
+        return await ctl.bzid_info()
+
+    info = run_with(body)
+    assert info["containers"] == {"c:10.0.0.1:9": {"grpc": "x:1"}}
+    assert info["bindings"] == {"m": ["ps_0:c:10.0.0.1:9"]}
+
+
+def test_parse_model_glob() -> None:
+    assert parse_model_glob("m:ps_*") == ("m", "ps_*")
+    assert parse_model_glob("m") == ("m", "*")
+    for bad in (":ps_0", "m:"):
+        with pytest.raises(InvalidArgumentError):
+            parse_model_glob(bad)

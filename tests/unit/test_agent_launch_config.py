@@ -1,0 +1,153 @@
+"""agent.conf -> child launch specs, registry replicas, v3 identity, and the written model configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from monolith_serving.agent.config import (
+    ServerKind,
+    assign_free_ports,
+    container_identity,
+    layout_watch_path,
+    local_replicas,
+    model_version_policy,
+    v1_plan,
+    v3_server_spec,
+)
+from monolith_serving.agent.model_config_writer import write_model_config
+from monolith_serving.core.agent_conf import AgentConfig, ConfError, load_agent_config, resolve_environment
+from monolith_serving.core.export_layout import PolicyKind, VersionPolicy, read_model_server_config
+
+
+def resolved(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> AgentConfig:
+    path = tmp_path / "agent.conf"
+    path.write_text(text)
+    return resolve_environment(load_agent_config(path), env or {})
+
+
+ZK = "zk_servers 127.0.0.1:2181\nbzid b\nbase_name m\nbase_path /exp\n"
+
+
+def test_ps_agent_hosts_its_shard_tasks_on_one_process(tmp_path: Path) -> None:
+    env = {"PORT2": "7002", "PORT3": "7003", "SHARD_ID": "1", "MONOLITH_HOST_SHARD_N": "3"}
+    config = resolved(tmp_path, ZK + "deploy_type ps\nnum_ps 7\n", env)
+    plan = v1_plan(config, work_dir=tmp_path)
+    (ps,) = plan.servers
+    assert ps.kind is ServerKind.PS and ps.grpc_port == 7003
+    assert [m.name for m in ps.models] == ["ps_1", "ps_4"]
+    assert [m.base_path for m in ps.models] == ["/exp/ps_1", "/exp/ps_4"]
+    assert [(r.server_type.value, r.task) for r in ps.replicas] == [("ps", 1), ("ps", 4)]
+    argv = ps.argv()
+    assert argv[1:4] == ["-m", "monolith_serving", "ps"]
+    assert "--port=7003" in argv and "--num_ps=7" in argv
+    assert f"--model_config_file={tmp_path / 'ps_model_config.pbtxt'}" in argv
+    assert not plan.entry_waits_for_ps
+
+
+def test_mixed_agent_starts_ps_before_entry_and_entry_asks_this_agent(tmp_path: Path) -> None:
+    env = {"PORT2": "7002", "PORT3": "7003", "PORT5": "7005"}
+    config = resolved(tmp_path, ZK + "stand_alone_serving true\nnum_ps 2\nfetch_ps_retry 4\n", env)
+    plan = v1_plan(config, work_dir=tmp_path)
+    assert [s.kind for s in plan.servers] == [ServerKind.PS, ServerKind.ENTRY]
+    ps, entry = plan.servers
+    assert ps.grpc_port == 7005 and entry.grpc_port == 7003
+    assert [m.name for m in ps.models] == ["ps_0", "ps_1"]
+    assert [m.name for m in entry.models] == ["entry"]
+    assert "--agent_address=127.0.0.1:7002" in entry.argv()
+    assert "--fetch_ps_retry=4" in entry.argv()
+    assert plan.entry_waits_for_ps
+
+
+def test_entry_replica_paths_and_addresses(tmp_path: Path) -> None:
+    env = {"PORT2": "1", "PORT3": "8500", "REPLICA_ID": "42", "MY_HOST_IPV6": "::1", "PORT": "9000"}
+    config = resolved(tmp_path, ZK + "deploy_type entry\n", env)
+    (entry,) = v1_plan(config, work_dir=tmp_path).servers
+    (replica,) = local_replicas(config, entry, host="10.0.0.5")
+    assert replica.path.path == "/b/service/m/entry:0/00000000042"
+    assert replica.address == "10.0.0.5:8500"
+    assert replica.address_ipv6 == "[::1]:8500"
+    assert replica.archon_address == "10.0.0.5:9000"
+    assert replica.model_name == "entry"
+
+
+def test_dc_aware_replica_paths(tmp_path: Path) -> None:
+    env = {"PORT2": "1", "PORT3": "2", "TCE_INTERNAL_IDC": "LF", "TCE_CLUSTER": "Main"}
+    config = resolved(tmp_path, ZK + "deploy_type ps\ndc_aware true\n", env)
+    (ps,) = v1_plan(config, work_dir=tmp_path).servers
+    (replica,) = local_replicas(config, ps, host="h")
+    assert replica.path.path == "/b/service/m/lf:main/ps:0/0"
+
+
+def test_unset_ports_are_filled_only_when_missing(tmp_path: Path) -> None:
+    picks = iter([11, 12, 13])
+    config = assign_free_ports(
+        resolved(tmp_path, ZK + "stand_alone_serving true\n", {"PORT3": "500"}), lambda: next(picks)
+    )
+    assert config.tfs_grpc_port == 500
+    assert config.tfs_ps_ports is not None
+    assert sorted([config.agent_port, config.tfs_ps_ports.grpc]) == [11, 12]  # 13 never picked
+
+
+def test_dense_is_refused_naming_the_key(tmp_path: Path) -> None:
+    config = resolved(tmp_path, ZK + "deploy_type dense\ndense_alone true\n", {"PORT2": "1", "PORT3": "2"})
+    with pytest.raises(ConfError, match="'deploy_type'"):
+        v1_plan(config, work_dir=tmp_path)
+
+
+def test_version_policy_from_conf(tmp_path: Path) -> None:
+    base = ZK + "deploy_type ps\n"
+    assert model_version_policy(resolved(tmp_path, base)) == VersionPolicy(PolicyKind.LATEST, 1)
+    config = resolved(tmp_path, base + "version_policy specific\nversion_data 17\n")
+    assert model_version_policy(config) == VersionPolicy(PolicyKind.SPECIFIC, versions=(17,))
+    config = resolved(tmp_path, base + "version_policy latest_once\nversion_data 2\n")
+    assert model_version_policy(config) == VersionPolicy(PolicyKind.LATEST_ONCE, 2)
+
+
+UNIFIED = "deploy_type unified\nzk_servers 127.0.0.1:2181\nbzid b\n"
+
+
+def test_layout_pattern_name_or_path_with_shard_substitution(tmp_path: Path) -> None:
+    env = {"SHARD_ID": "1", "MONOLITH_HOST_SHARD_N": "2"}
+    assert (
+        layout_watch_path(resolved(tmp_path, UNIFIED + "layout_pattern lay_${shard_id}\n", env)) == "/b/layouts/lay_1"
+    )
+    config = resolved(tmp_path, UNIFIED + "layout_pattern /b/layouts/of_${shard_num}/\n", env)
+    assert layout_watch_path(config) == "/b/layouts/of_2"
+    with pytest.raises(ConfError, match="layout_pattern"):
+        layout_watch_path(resolved(tmp_path, UNIFIED + "layout_pattern a:b\n", env))
+
+
+def test_container_identity(tmp_path: Path) -> None:
+    env = {"PORT2": "7002", "PORT3": "7003", "TCE_CLUSTER": "C1", "SHARD_ID": "0"}
+    config = resolved(tmp_path, UNIFIED + "layout_pattern l\n", env)
+    ident = container_identity(config, host="10.1.1.1", layout="/b/layouts/l")
+    assert (ident.ctx_cluster, ident.ctx_id) == ("c1", "10.1.1.1:7003")
+    assert ident.info.grpc == "10.1.1.1:7003" and ident.info.agent == "10.1.1.1:7002"
+    assert json.loads(ident.info.debug_info or "{}")["shard_id"] == 0
+    named = container_identity(
+        resolved(tmp_path, UNIFIED + "layout_pattern l\n", {**env, "MY_POD_NAME": "pod-7"}),
+        host="h",
+        layout="/b/layouts/l",
+    )
+    assert named.ctx_id == "pod-7"
+    spec = v3_server_spec(config, work_dir=tmp_path)
+    assert spec.kind is ServerKind.PS and spec.models == () and spec.grpc_port == 7003
+
+
+def test_written_model_config_reads_back(tmp_path: Path) -> None:
+    config = resolved(
+        tmp_path, ZK + "deploy_type ps\nnum_ps 2\nversion_policy latest_once\n", {"PORT2": "1", "PORT3": "2"}
+    )
+    (ps,) = v1_plan(config, work_dir=tmp_path / "w").servers
+    write_model_config(ps.model_config_path, ps.models)
+    parsed = read_model_server_config(ps.model_config_path)
+    got = [
+        (c.name, c.base_path, VersionPolicy.from_proto(c.model_version_policy)) for c in parsed.model_config_list.config
+    ]
+    assert got == [(m.name, m.base_path, m.policy) for m in ps.models]
+    write_model_config(ps.model_config_path, ())
+    assert list(read_model_server_config(ps.model_config_path).model_config_list.config) == []
+    assert [p.name for p in ps.model_config_path.parent.iterdir()] == [ps.model_config_path.name]  # no temp left

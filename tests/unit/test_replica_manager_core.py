@@ -181,3 +181,25 @@ def test_mem_available_is_read_in_bytes(tmp_path: Path) -> None:
     ).sample()
     assert (sample.address, sample.shard_id, sample.replica_id, sample.memory_bytes) == ("h:1", 2, 3, 2048 * 1024)
     assert sample.cpu == 0.5 and sample.work_load == 0.5
+
+
+def test_flags_override_agent_conf(tmp_path: Path) -> None:
+    import argparse
+
+    from monolith_serving.replica_manager.main import config_from_args, configure
+
+    conf = tmp_path / "agent.conf"
+    conf.write_text(
+        "bzid conf_bz\nbase_name m\nbase_path /tmp/m\ndeploy_type ps\nzk_servers conf-zk:2181\nagent_port 7001\n"
+    )
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    from_conf = config_from_args(parser.parse_args(["--conf", str(conf)]), {})
+    assert (from_conf.bzid, from_conf.discovery.zk_servers, from_conf.port) == ("conf_bz", "conf-zk:2181", 7001)
+    overridden = config_from_args(
+        parser.parse_args(["--conf", str(conf), "--bzid", "b2", "--zk", "flag-zk:1", "--port", "7002"]), {}
+    )
+    assert (overridden.bzid, overridden.discovery.zk_servers, overridden.port) == ("b2", "flag-zk:1", 7002)
+    assert overridden.probe_timeout_s <= overridden.probe_interval_s
+    with pytest.raises(InvalidArgumentError, match="bzid"):
+        config_from_args(parser.parse_args(["--zk", "z:1"]), {})

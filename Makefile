@@ -45,11 +45,22 @@ unit: venv
 test: venv system-deps lint typecheck
 	$(PY) -m pytest -q -ra
 
+# The standalone cluster runs in the background until the Predict has printed its scores.
+DEMO_PORT ?= 8500
 run: venv
 	@mkdir -p $(BUILD)
 	rm -rf $(BUILD)/demo-model
 	$(PY) -m monolith_serving export-demo --out $(BUILD)/demo-model --num-ps 2
-	@echo "demo model exported to $(BUILD)/demo-model (the standalone cluster lands with the entry service)"
+	@$(PY) -m monolith_serving demo --model $(BUILD)/demo-model --port $(DEMO_PORT) > $(BUILD)/demo.log 2>&1 & pid=$$!; \
+	  trap 'kill -TERM $$pid 2>/dev/null; wait $$pid' EXIT; \
+	  for i in $$(seq 1 240); do \
+	    $(PY) -m monolith_serving health --addr 127.0.0.1:$(DEMO_PORT) >/dev/null 2>&1 && break; \
+	    kill -0 $$pid 2>/dev/null || { cat $(BUILD)/demo.log; echo "demo cluster exited"; exit 1; }; \
+	    sleep 0.5; \
+	  done; \
+	  cat $(BUILD)/demo.log; \
+	  $(PY) -m monolith_serving client predict --target 127.0.0.1:$(DEMO_PORT) --model entry \
+	    --spec $(BUILD)/demo-model --batch_size 4
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache

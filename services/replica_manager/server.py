@@ -153,7 +153,13 @@ class ReplicaManagerServer:
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # Never lose a background failure silently (e.g. the first connect/sync step).
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     # ---- registry --------------------------------------------------------------------------------------
     async def _become_ready(self) -> None:

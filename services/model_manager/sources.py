@@ -64,7 +64,8 @@ def fingerprint(fs: FileSystem, sub_model_paths: Mapping[str, str]) -> str:
     return digest.hexdigest()[:16]
 
 
-def _spec_num_ps(fs: FileSystem, entry_version_path: str) -> int | None:
+def spec_num_ps(fs: FileSystem, entry_version_path: str) -> int | None:
+    """``num_ps`` of an entry version's serving spec, or None when it is missing or unreadable."""
     try:
         data = json.loads(fs.read_text(fs.join(entry_version_path, SPEC_FILE)))
     except (OSError, ValueError):
@@ -100,7 +101,7 @@ class _Layout:
         entry_path = found.get(ENTRY)
         if entry_path is None:
             return None
-        num_ps = self.num_ps if self.num_ps is not None else _spec_num_ps(self.fs, entry_path)
+        num_ps = self.num_ps if self.num_ps is not None else spec_num_ps(self.fs, entry_path)
         if num_ps is None:
             logger.debug("%s version %d: no readable %s yet", where, version, SPEC_FILE)
             return None

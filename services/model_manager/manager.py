@@ -1,0 +1,305 @@
+"""The model manager's control loop: notice versions, receive them, roll them out, keep replicas in line.
+
+One ``step()`` per model and per ``scan_interval_s``, each part isolated (an exception is logged with its
+traceback, counted and timed into ``monolith_model_manager_control_step_seconds``; it never stops the loop):
+
+``scan`` the source → ``receive`` the newest complete version (p2p / remote sources) → ``observe`` every
+replica → ``rollout`` (or a requested rollback) → ``reconcile`` drifted replicas → ``retention`` → gauges.
+
+Automatic rollouts only move forward, to the newest complete version that has not failed with its current
+fingerprint. A rollback pins the model: it is not rolled forward again until a version newer than every
+version present at rollback time appears. Everything runs on one asyncio task except the HTTP status
+thread, which reads the immutable ``snapshot()`` and hands rollback requests over with
+``asyncio.run_coroutine_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monolith_serving.core.errors import (
+    FailedPreconditionError,
+    MonolithServingError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from monolith_serving.core.export_layout import list_versions
+from monolith_serving.model_manager.control import ServerKind
+from monolith_serving.model_manager.fs import LocalFileSystem
+from monolith_serving.model_manager.metrics import ModelManagerMetrics
+from monolith_serving.model_manager.p2p_copy import VersionCopier, received_versions
+from monolith_serving.model_manager.retention import prune
+from monolith_serving.model_manager.rollout import ModelState, Outcome, RolloutCoordinator, RolloutRecord
+from monolith_serving.model_manager.sources import VersionCandidate, VersionSource, spec_num_ps
+from monolith_serving.model_manager.status import model_status
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    scan_interval_s: float = 2.0
+    keep_versions: int = 5
+    copy_retry_s: float = 60.0  # after a failed copy (disk full ...), wait this long before retrying it
+
+
+@dataclass
+class ManagedModel:
+    """Per-model bookkeeping next to the coordinator's ``ModelState``."""
+
+    source: VersionSource
+    state: ModelState
+    num_ps_fixed: bool  # --num_ps given: do not read it from serving specs
+    candidates: dict[int, VersionCandidate] = field(default_factory=dict)
+    first_seen_s: dict[int, float] = field(default_factory=dict)  # version -> wall clock
+    failed: dict[int, str] = field(default_factory=dict)  # version -> fingerprint it failed with
+    copy_failed_at: dict[int, float] = field(default_factory=dict)  # version -> monotonic
+    hold_floor: int | None = None  # after a rollback: only versions above this roll out automatically
+    local_versions: tuple[int, ...] = ()  # complete versions replicas can load
+    all_answered: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.state.target.name
+
+
+class ModelManager:
+    def __init__(
+        self,
+        *,
+        models: list[ManagedModel],
+        coordinator: RolloutCoordinator,
+        copier: VersionCopier | None,
+        config: ManagerConfig,
+        metrics: ModelManagerMetrics,
+        wall: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._models = {m.name: m for m in models}
+        self._coordinator = coordinator
+        self._copier = copier
+        self._config = config
+        self._metrics = metrics
+        self._wall = wall
+        self._clock = clock
+        self._rollbacks: asyncio.Queue[tuple[str, int, asyncio.Future[RolloutRecord]]] = asyncio.Queue()
+        self._snapshot: dict[str, Any] = {"models": {}}
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.loop = asyncio.get_running_loop()
+        if self._copier is not None:
+            for model in self._models.values():
+                await self._timed("recover", lambda m=model: self._recover(m))  # type: ignore[misc]
+        while not stop.is_set():
+            await self.step()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait_for_work(stop), self._config.scan_interval_s)
+
+    async def _wait_for_work(self, stop: asyncio.Event) -> None:
+        """Returns early when stopping or when a rollback request is queued."""
+        while not stop.is_set() and self._rollbacks.empty():
+            await asyncio.sleep(0.05)
+
+    async def _recover(self, model: ManagedModel) -> None:
+        assert self._copier is not None
+        await asyncio.get_running_loop().run_in_executor(None, self._copier.recover, model.name)
+
+    async def _timed(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        started = time.monotonic()
+        try:
+            await step()
+        except Exception:
+            # An unhandled error must never halt the control loop.
+            logger.exception("model-manager step %s failed", name)
+            self._metrics.control_step_errors.labels(name).inc()
+        self._metrics.control_step_seconds.labels(name).set(time.monotonic() - started)
+
+    async def step(self) -> None:
+        for model in self._models.values():
+            await self._timed("scan", lambda m=model: self._scan(m))  # type: ignore[misc]
+            await self._timed("receive", lambda m=model: self._receive(m))  # type: ignore[misc]
+            await self._timed("observe", lambda m=model: self._observe(m))  # type: ignore[misc]
+        await self._timed("rollback", self._serve_rollbacks)
+        for model in self._models.values():
+            await self._timed("rollout", lambda m=model: self._auto_rollout(m))  # type: ignore[misc]
+            await self._timed("reconcile", lambda m=model: self._coordinator.reconcile(m.state))  # type: ignore[misc]
+            await self._timed("retention", lambda m=model: self._retention(m))  # type: ignore[misc]
+        await self._timed("publish", self._publish)
+
+    # ------------------------------------------------------------------ steps
+
+    async def _scan(self, model: ManagedModel) -> None:
+        loop = asyncio.get_running_loop()
+        candidates = await loop.run_in_executor(None, model.source.scan)
+        model.candidates = {c.version: c for c in candidates}
+        now = self._wall()
+        for version in model.candidates:
+            model.first_seen_s.setdefault(version, now)
+        if model.source.needs_copy:
+            assert self._copier is not None
+            model_dir = self._copier.model_dir(model.name)
+            model.local_versions = tuple(await loop.run_in_executor(None, received_versions, model_dir))
+        else:
+            model.local_versions = tuple(sorted(model.candidates))
+        if candidates:
+            self._metrics.newest_version.labels(model.name).set(max(model.candidates))
+
+    def _eligible(self, model: ManagedModel, version: int) -> bool:
+        candidate = model.candidates.get(version)
+        if candidate is not None and model.failed.get(version) == candidate.fingerprint:
+            return False
+        if candidate is None and version in model.failed:
+            return False
+        return model.hold_floor is None or version > model.hold_floor
+
+    async def _receive(self, model: ManagedModel) -> None:
+        if not model.source.needs_copy or not model.candidates:
+            return
+        assert self._copier is not None
+        newest = max(model.candidates)
+        if newest in model.local_versions or not self._eligible(model, newest):
+            return
+        failed_at = model.copy_failed_at.get(newest)
+        if failed_at is not None and self._clock() - failed_at < self._config.copy_retry_s:
+            return
+        candidate = model.candidates[newest]
+        loop = asyncio.get_running_loop()
+        try:
+            copied = await loop.run_in_executor(None, self._copier.copy, model.source.fs, candidate)
+        except MonolithServingError as error:
+            model.copy_failed_at[newest] = self._clock()
+            outcome = "disk_full" if isinstance(error, ResourceExhaustedError) else "error"
+            self._metrics.copies.labels(model.name, outcome).inc()
+            logger.error("%s version %d not received: %s", model.name, newest, error.message)
+            return
+        model.copy_failed_at.pop(newest, None)
+        if copied is not None:
+            self._metrics.copies.labels(model.name, "ok").inc()
+            self._metrics.copied_bytes.labels(model.name).inc(copied)
+        model.local_versions = tuple(sorted({*model.local_versions, newest}))
+
+    async def _observe(self, model: ManagedModel) -> None:
+        model.all_answered = await self._coordinator.observe(model.state)
+        await self._coordinator.adopt(model.state)
+
+    def _version_dir(self, model: ManagedModel) -> Path:
+        return Path(model.state.target.base_dir)
+
+    def _prepare_target(self, model: ManagedModel, version: int) -> None:
+        """Reads the version's num_ps from its serving spec unless --num_ps fixed it."""
+        if model.num_ps_fixed:
+            return
+        num_ps = spec_num_ps(LocalFileSystem(), str(self._version_dir(model) / "entry" / str(version)))
+        if num_ps is None:
+            raise FailedPreconditionError(f"{model.name} version {version}: no readable serving spec")
+        if num_ps != model.state.target.num_ps:
+            model.state.target = dataclasses.replace(model.state.target, num_ps=num_ps)
+
+    async def _rollout(self, model: ManagedModel, version: int, *, rollback: bool) -> RolloutRecord:
+        self._prepare_target(model, version)
+        record = await self._coordinator.rollout(model.state, version, rollback=rollback)
+        if record.outcome is Outcome.FAILED:
+            candidate = model.candidates.get(version)
+            model.failed[version] = candidate.fingerprint if candidate is not None else ""
+        else:
+            model.failed.pop(version, None)
+        await self._publish()
+        return record
+
+    async def _auto_rollout(self, model: ManagedModel) -> None:
+        if not model.state.adopted and any(
+            v.replica.kind is ServerKind.ENTRY and v.error for v in model.state.views.values()
+        ):
+            return  # an entry did not answer: we cannot tell what serves; do not guess
+        eligible = [v for v in model.local_versions if self._eligible(model, v)]
+        if not eligible:
+            return
+        target = max(eligible)
+        serving = model.state.serving
+        if serving is not None and target <= serving:
+            return
+        await self._rollout(model, target, rollback=False)
+
+    async def _retention(self, model: ManagedModel) -> None:
+        if not model.source.needs_copy or self._copier is None:
+            return  # never delete from a source we do not own
+        in_use = model.state.in_use() if model.all_answered and model.state.phase.value == "idle" else None
+        loop = asyncio.get_running_loop()
+        removed = await loop.run_in_executor(
+            None, prune, self._copier.model_dir(model.name), self._config.keep_versions, in_use
+        )
+        if removed:
+            self._metrics.deleted_versions.labels(model.name).inc(len(removed))
+            model.local_versions = tuple(v for v in model.local_versions if v not in removed)
+
+    # ------------------------------------------------------------------ rollback requests
+
+    async def request_rollback(self, model: str, version: int) -> RolloutRecord:
+        """Queues a rollback to ``version`` and waits for its outcome (runs on the manager's loop)."""
+        if model not in self._models:
+            raise NotFoundError(f"model {model!r} is not managed here (managed: {sorted(self._models)})")
+        future: asyncio.Future[RolloutRecord] = asyncio.get_running_loop().create_future()
+        await self._rollbacks.put((model, version, future))
+        return await future
+
+    async def _serve_rollbacks(self) -> None:
+        while not self._rollbacks.empty():
+            name, version, future = self._rollbacks.get_nowait()
+            model = self._models[name]
+            try:
+                local = self._local_versions_now(model)
+                if version not in local:
+                    raise NotFoundError(f"{name} version {version} is not on disk (present: {local})")
+                record = await self._rollout(model, version, rollback=True)
+                if record.outcome is Outcome.SUCCEEDED:
+                    model.hold_floor = max([*local, *model.candidates])
+                    logger.info("%s pinned at version %d until a version above %d appears",
+                                name, version, model.hold_floor)  # fmt: skip
+                future.set_result(record)
+            except Exception as error:  # the requester gets the error; the loop goes on
+                future.set_exception(error)
+
+    def _local_versions_now(self, model: ManagedModel) -> list[int]:
+        if model.source.needs_copy:
+            return sorted(model.local_versions)
+        try:
+            return list_versions(self._version_dir(model) / "entry")
+        except NotFoundError:
+            return []
+
+    # ------------------------------------------------------------------ status
+
+    async def _publish(self) -> None:
+        now = self._wall()
+        models = {}
+        for model in self._models.values():
+            status = model_status(
+                state=model.state,
+                versions_present=sorted(set(model.local_versions) | set(model.candidates)),
+                local_versions=sorted(model.local_versions),
+                failed=sorted(model.failed),
+                hold_floor=model.hold_floor,
+                first_seen_s=model.first_seen_s,
+                now_s=now,
+            )
+            models[model.name] = status
+            for sub_graph, version in status["serving_version"].items():
+                self._metrics.serving_version.labels(model.name, sub_graph).set(version or 0)
+            self._metrics.version_delay.labels(model.name).set(status["version_delay_seconds"])
+            self._metrics.update_delay.labels(model.name).set(status["update_delay_seconds"])
+        self._snapshot = {"time": now, "models": models}
+
+    def snapshot(self) -> dict[str, Any]:
+        """The last published status (an immutable-by-convention dict; safe to read from any thread)."""
+        return self._snapshot

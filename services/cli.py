@@ -34,6 +34,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("proxy", "monolith_serving.proxy.main", "TF Serving front door (gRPC + REST) routing to entry replicas"),
     Command("replica-manager", "monolith_serving.replica_manager.main", "cluster replica view, AgentService, probes"),
     Command("replicas", "monolith_serving.replica_manager.listing", "table of registered replicas (state, version)"),
+    Command("model-manager", "monolith_serving.model_manager.main", "new versions to replicas, PS-first rollout"),
 )
 
 

@@ -144,14 +144,26 @@ class EntryModel:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def reconfigure(self, config: EntryModelConfig | None) -> None:
-        """Switches to a new model config (None unloads the model) and applies it at once."""
+        """Switches to a new model config (None unloads the model) and applies it at once.
+
+        A new policy for the same model (name and base path unchanged) is availability-preserving, as in TF
+        Serving: the versions served so far keep serving until a newly wanted version is ready (the model
+        manager's rollout relies on this to switch versions without failing requests).
+        """
         async with self._refresh_lock:
+            previous = self._config
+            same_model = (
+                previous is not None
+                and config is not None
+                and (previous.name, previous.base_path) == (config.name, config.base_path)
+            )
             self._config = config
-            self._loaded.clear()
             self._failures.clear()
-            self._unloaded.clear()
             self._chosen = []
-            self._served = ()
+            if not same_model:
+                self._loaded.clear()
+                self._unloaded.clear()
+                self._served = ()
         await self.refresh()
 
     async def refresh(self) -> None:

@@ -7,6 +7,7 @@ ReplicaUpdater polls; it raises when the child does not answer (the updater then
 from __future__ import annotations
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from monolith_serving.core.errors import FailedPreconditionError
 from monolith_serving.core.grpc_server import channel_options
@@ -17,7 +18,21 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
 )
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
-__all__ = ["LocalServerClient"]
+__all__ = ["LocalServerClient", "grpc_health_probe"]
+
+
+async def grpc_health_probe(port: int) -> bool:
+    """True when a gRPC server on ``127.0.0.1:port`` answers a health check (SERVING or not).
+
+    Stricter than a TCP connect: a foreign listener on a taken port does not count as our child.
+    """
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            await stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+        except grpc.aio.AioRpcError:
+            return False
+    return True
 
 
 class LocalServerClient:

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -29,7 +29,7 @@ from typing import IO
 from monolith_serving.agent.metrics import AgentMetrics
 from monolith_serving.core.errors import FailedPreconditionError, UnavailableError
 
-__all__ = ["ChildSpec", "ChildState", "ChildSupervisor", "RestartPolicy"]
+__all__ = ["ChildSpec", "ChildState", "ChildSupervisor", "RestartPolicy", "tcp_probe"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,18 @@ class _Child:
     monitor: asyncio.Task[None] | None = None
 
 
+async def tcp_probe(port: int) -> bool:
+    """True when ``127.0.0.1:port`` accepts a TCP connection."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
 def _die_with_parent() -> None:
     """Runs in the forked child before exec: ask the kernel for SIGTERM when the agent dies."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -94,12 +106,14 @@ class ChildSupervisor:
         metrics: AgentMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         on_state: Callable[[str, ChildState], None] | None = None,
+        probe: Callable[[int], Awaitable[bool]] = tcp_probe,
     ) -> None:
         self._policy = policy
         self._log_path = log_path
         self._metrics = metrics or AgentMetrics()
         self._clock = clock
         self._on_state = on_state
+        self._probe = probe
         self._children: dict[str, _Child] = {}
         self._log_file: IO[bytes] | None = None
         self._stopping = False
@@ -127,7 +141,7 @@ class ChildSupervisor:
         child.monitor = asyncio.create_task(self._monitor(child), name=f"supervise-{spec.name}")
 
     async def wait_ready(self, name: str, timeout_s: float) -> None:
-        """Wait until the child's port accepts connections while its process runs.
+        """Wait until the readiness probe of the child's port succeeded while its process ran.
 
         Raises UnavailableError on timeout or when the child has FAILED.
         """
@@ -228,23 +242,14 @@ class ChildSupervisor:
             await self._spawn(child)
 
     async def _probe_port(self, child: _Child, process: asyncio.subprocess.Process) -> None:
-        """Mark the child RUNNING once its port accepts a TCP connection (immediately if it has none)."""
+        """Mark the child RUNNING once ``probe(port)`` succeeds while it runs (at once if it has no port)."""
         port = child.spec.port
         while process.returncode is None:
-            if port is None:
-                self._set_state(child, ChildState.RUNNING)
+            if port is None or await self._probe(port):
+                if process.returncode is None:
+                    self._set_state(child, ChildState.RUNNING)
                 return
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
-            except (OSError, TimeoutError):
-                await asyncio.sleep(0.1)
-                continue
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-            if process.returncode is None:
-                self._set_state(child, ChildState.RUNNING)
-            return
+            await asyncio.sleep(0.1)
 
     async def _terminate(self, child: _Child, grace_s: float) -> None:
         process = child.process

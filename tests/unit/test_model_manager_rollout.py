@@ -9,19 +9,11 @@ entry serves a version some PS replica of some shard lacks.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 
 import pytest
+from model_manager_fakes import MODEL, FakeClock, FakeCluster
 
-from monolith_serving.core.errors import UnavailableError
-from monolith_serving.model_manager.control import (
-    LoadConfig,
-    Replica,
-    ReplicaControl,
-    ServerKind,
-    VersionState,
-    VersionStatus,
-)
+from monolith_serving.model_manager.control import Replica, ServerKind, VersionState, VersionStatus
 from monolith_serving.model_manager.metrics import ModelManagerMetrics
 from monolith_serving.model_manager.rollout import (
     ModelState,
@@ -30,111 +22,6 @@ from monolith_serving.model_manager.rollout import (
     RolloutConfig,
     RolloutCoordinator,
 )
-
-MODEL = "demo"
-
-
-@dataclass
-class FakeReplica:
-    replica: Replica
-    versions: dict[int, VersionStatus] = field(default_factory=dict)
-    configs: list[LoadConfig] = field(default_factory=list)
-    up: bool = True
-
-
-class FakeCluster(ReplicaControl):
-    def __init__(self, num_ps: int = 2, ps_replicas: int = 2, entries: int = 2) -> None:
-        self.num_ps = num_ps
-        self.nodes: dict[str, FakeReplica] = {}
-        for task in range(num_ps):
-            for r in range(ps_replicas):
-                self.add(Replica(ServerKind.PS, task, f"ps{task}-{r}:1"))
-        for e in range(entries):
-            self.add(Replica(ServerKind.ENTRY, 0, f"entry-{e}:1"))
-        self.broken: set[int] = set()  # versions whose PS load fails
-        self.slow_ps: set[int] = set()  # versions a PS never finishes loading
-        self.violations: list[str] = []
-
-    def add(self, replica: Replica, versions: tuple[int, ...] = ()) -> FakeReplica:
-        node = FakeReplica(replica, {v: VersionStatus(v, VersionState.AVAILABLE) for v in versions})
-        self.nodes[replica.address] = node
-        return node
-
-    def replicas(self, model: str) -> list[Replica]:
-        assert model == MODEL
-        return sorted(n.replica for n in self.nodes.values())
-
-    async def status(self, replica: Replica, served_name: str, timeout_s: float) -> list[VersionStatus]:
-        node = self.nodes[replica.address]
-        if not node.up:
-            raise UnavailableError(f"{replica.address} is down")
-        assert served_name == replica.sub_graph
-        return list(node.versions.values())
-
-    def ps_has(self, version: int) -> bool:
-        """Every replica of every PS shard has ``version`` AVAILABLE."""
-        return all(
-            n.versions.get(version, VersionStatus(version, VersionState.END)).state is VersionState.AVAILABLE
-            for n in self.nodes.values()
-            if n.replica.kind is ServerKind.PS
-        )
-
-    def serving(self, kind: ServerKind) -> set[int]:
-        return {
-            v
-            for n in self.nodes.values()
-            if n.replica.kind is kind
-            for v, s in n.versions.items()
-            if s.state is VersionState.AVAILABLE
-        }
-
-    def check(self) -> None:
-        for version in self.serving(ServerKind.ENTRY):
-            if not self.ps_has(version):
-                self.violations.append(f"entry serves {version} but a PS replica lacks it")
-
-    async def reload(self, replica: Replica, config: LoadConfig, timeout_s: float) -> None:
-        node = self.nodes[replica.address]
-        if not node.up:
-            raise UnavailableError(f"{replica.address} is down")
-        assert config.served_name == replica.sub_graph
-        assert config.base_path == f"/receive/{MODEL}/{replica.sub_graph}"
-        node.configs.append(config)
-        wanted = set(config.versions)
-        if replica.kind is ServerKind.PS:
-            for v in wanted:
-                held = node.versions.get(v)
-                if held is None or held.state is VersionState.END:
-                    if v in self.broken:
-                        node.versions[v] = VersionStatus(v, VersionState.END, "corrupt dump")
-                    elif v in self.slow_ps:
-                        node.versions[v] = VersionStatus(v, VersionState.LOADING)
-                    else:
-                        node.versions[v] = VersionStatus(v, VersionState.AVAILABLE)
-            if any(node.versions[v].state is VersionState.AVAILABLE for v in wanted):
-                for v, s in list(node.versions.items()):
-                    if v not in wanted and s.state is VersionState.AVAILABLE:
-                        node.versions[v] = VersionStatus(v, VersionState.END)
-        else:
-            # Our entry: serves a wanted version only once every PS shard has it.
-            ready = [v for v in wanted if self.ps_has(v)]
-            if ready:
-                node.versions = {v: VersionStatus(v, VersionState.END) for v in node.versions}
-                for v in ready:
-                    node.versions[v] = VersionStatus(v, VersionState.AVAILABLE)
-        self.check()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 def make(cluster: FakeCluster, timeout_s: float = 30.0) -> tuple[RolloutCoordinator, ModelState, ModelManagerMetrics]:

@@ -44,6 +44,8 @@ __all__ = ["V3Agent"]
 
 log = logging.getLogger(__name__)
 
+_COALESCE_S = 0.2
+
 
 class V3Agent:
     """``start()`` launches the local server and begins following the layout; ``stop()`` is idempotent."""
@@ -90,8 +92,9 @@ class V3Agent:
         path = container_service_path(self._id.bzid, self._id.ctx_cluster, self._id.ctx_id)
         await discovery.register_ephemeral(path, self._id.info.to_json())
         log.info("container %s:%s follows layout %s", self._id.ctx_cluster, self._id.ctx_id, self._id.layout_path)
-        self._handles.append(await discovery.watch_subtree(self._id.layout_path, self._on_layout_event))
+        # Declarations first: the first layout read then finds them (no spurious "not declared").
         self._handles.append(await discovery.watch_subtree(saved_models_root(self._id.bzid), self._on_decl_event))
+        self._handles.append(await discovery.watch_subtree(self._id.layout_path, self._on_layout_event))
         self._dirty.set()
         self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="v3-layout-reconcile"))
         self._tasks.append(asyncio.create_task(self._binding_loop(), name="v3-bindings"))
@@ -177,6 +180,8 @@ class V3Agent:
                 self._warn_once(model, sub_graph, exc.message)
                 continue
             entries.append(ModelEntry(name=name, base_path=decl.model_base_path, policy=decl.policy))
+        hosted = {tuple(e.name.split(":", 1)) for e in entries}
+        self._warned = {w for w in self._warned if (w[0], w[1]) not in hosted}  # warn again if it breaks again
         return tuple(entries)
 
     async def reconcile(self) -> None:
@@ -193,6 +198,8 @@ class V3Agent:
     async def _reconcile_loop(self) -> None:
         while True:
             await self._dirty.wait()
+            # Coalesce a burst of watch events (initial reads, a ctl pub of many items) into one reload.
+            await asyncio.sleep(_COALESCE_S)
             self._dirty.clear()
             try:
                 await self.reconcile()

@@ -1,0 +1,159 @@
+"""v3 (unified) agents and the ctl CLI as real processes on real ZooKeeper."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from agent_procs import AgentProcess, children, wait_for
+from entry_reference import ReferenceScorer
+from kazoo.client import KazooClient
+from procs import ServerProcess, free_port
+from zk_harness import ZooKeeperServer
+
+from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
+from monolith_serving.core.demo_export import DemoOptions, write_demo
+from monolith_serving.core.serving_spec import load_serving_spec
+from monolith_serving.core.tensor_codec import from_tensor_proto
+from monolith_serving.proto_gen.monolith.agent_service import agent_service_pb2, agent_service_pb2_grpc
+from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_service_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+ROWS = 150
+
+
+@pytest.fixture()
+def zk(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
+    client = KazooClient(hosts=zk_server.hosts)
+    client.start(timeout=30)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+def ctl(zk_server: ZooKeeperServer, bzid: str, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "monolith_serving", "ctl", "--zk", zk_server.hosts, "--bzid", bzid, *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_ctl_decl_pub_unpub_bzid_info_round_trip(zk_server: ZooKeeperServer, tmp_path: Path) -> None:
+    export = tmp_path / "mdl"
+    for sub_graph in ("entry", "ps_0", "ps_1"):
+        (export / sub_graph / "1").mkdir(parents=True)
+    declared = ctl(zk_server, "ctl1", "decl", "--export-base", str(export))
+    assert declared.returncode == 0, declared.stderr
+    assert json.loads(declared.stdout) == [f"/ctl1/saved_models/mdl/{s}" for s in ("entry", "ps_0", "ps_1")]
+    again = ctl(zk_server, "ctl1", "decl", "--export-base", str(export))
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert ctl(zk_server, "ctl1", "decl", "--export-base", str(export), "--overwrite").returncode == 0
+    published = ctl(zk_server, "ctl1", "pub", "--layout", "L", "--model", "mdl:ps_*")
+    assert published.returncode == 0 and json.loads(published.stdout) == ["mdl:ps_0", "mdl:ps_1"]
+    assert ctl(zk_server, "ctl1", "pub", "--layout", "L", "--model", "mdl:dense*").returncode == 1
+    info = json.loads(ctl(zk_server, "ctl1", "bzid-info").stdout)
+    assert info["models"]["mdl"]["entry"] == {"model_base_path": str(export / "entry"), "version_policy": "latest"}
+    assert info["models"]["mdl"]["ps_1"]["version_policy"] == "latest_once"
+    assert info["layouts"] == {"L": ["mdl:ps_0", "mdl:ps_1"]}
+    assert info["containers"] == {} and info["bindings"] == {}
+    removed = ctl(zk_server, "ctl1", "unpub", "--layout", "L", "--model", "mdl:ps_1")
+    assert removed.returncode == 0 and json.loads(removed.stdout) == ["mdl:ps_1"]
+    assert json.loads(ctl(zk_server, "ctl1", "bzid-info").stdout)["layouts"] == {"L": ["mdl:ps_0"]}
+
+
+def heartbeat(agent_port: int) -> dict[str, list[str]]:
+    with grpc.insecure_channel(f"127.0.0.1:{agent_port}") as channel:
+        stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+        reply = stub.HeartBeat(agent_service_pb2.HeartBeatRequest(server_type=agent_service_pb2.PS), timeout=10)
+    return {k: sorted(v.address) for k, v in reply.addresses.items()}
+
+
+def test_two_filtered_containers_split_a_model_and_an_entry_finds_all_shards(
+    zk_server: ZooKeeperServer, zk: KazooClient, tmp_path: Path
+) -> None:
+    export = tmp_path / "demo"
+    write_demo(DemoOptions(out=export, num_ps=4, rows=ROWS))
+    assert ctl(zk_server, "uni", "decl", "--export-base", str(export)).returncode == 0
+    assert ctl(zk_server, "uni", "pub", "--layout", "lay", "--model", "demo:ps_*").returncode == 0
+    # An item nobody declared: containers skip it (and say so) instead of failing.
+    zk.create("/uni/layouts/lay/ghost:ps_0", b"", makepath=True)
+
+    agents, grpc_ports = [], []
+    for parity in (0, 1):
+        ports = {"PORT2": free_port(), "PORT3": free_port()}
+        grpc_ports.append(ports["PORT3"])
+        body = (
+            f"deploy_type unified\nzk_servers {zk_server.hosts}\nbzid uni\nlayout_pattern lay\n"
+            f"layout_filters ps_{{i}}; i % 2 == {parity}\nupdate_model_status_interval 0.3\n"
+        )
+        agents.append(
+            AgentProcess(tmp_path, f"c{parity}", body, {k: str(v) for k, v in ports.items()}, "--drain_s=0.5")
+        )
+    try:
+        for agent in agents:
+            agent.start()
+        ctx = [f"127.0.0.1:{port}" for port in grpc_ports]
+        want = {"demo": sorted(f"ps_{i}:default:{ctx[i % 2]}" for i in range(4))}
+        wait_for("4 bindings", lambda: {"demo": children(zk, "/uni/binding/demo")} == want, 90)
+        assert children(zk, "/uni/binding/ghost") == []
+        assert sorted(children(zk, "/uni/container_service")) == sorted(f"default:{c}" for c in ctx)
+        container = json.loads(zk.get(f"/uni/container_service/default:{ctx[0]}")[0])
+        assert container["grpc"] == ctx[0] and container["agent"] == f"127.0.0.1:{agents[0].env['PORT2']}"
+        # Only the even container's filter accepts ps_0, so only it has something to skip.
+        assert "ghost:ps_0 skipped: no saved_model declaration" in agents[0].log()
+        assert "ghost:ps_0" not in agents[1].log()
+
+        agent_port = int(agents[0].env["PORT2"])
+        expected = {f"demo:ps_{i}": [ctx[i % 2]] for i in range(4)}
+        wait_for("HeartBeat lists all shards", lambda: heartbeat(agent_port) == expected, 30)
+
+        entry_port = free_port()
+        entry_args = [
+            f"--port={entry_port}", "--model_name=demo:entry", f"--model_base_path={export / 'entry'}",
+            f"--agent_address=127.0.0.1:{agent_port}", "--num_ps=4",
+        ]  # fmt: skip
+        with ServerProcess("entry", entry_args, port=entry_port, log_path=tmp_path / "entry.log"):
+            spec = load_serving_spec(export / "entry" / "1")
+            examples = random_examples(spec, 6, np.random.default_rng(5), rows=ROWS)
+            request = predict_request("demo:entry", {"instances": encode_instances(spec, examples)})
+            with grpc.insecure_channel(f"127.0.0.1:{entry_port}") as channel:
+                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+                response = wait_for("Predict", lambda: _try_predict(stub, request), 30, 0.2)
+            np.testing.assert_allclose(
+                from_tensor_proto(response.outputs["scores"], "scores"),
+                ReferenceScorer(export, 1).scores(examples),
+                rtol=1e-5,
+                atol=1e-6,
+            )
+
+        # Unpublishing a shard removes its binding (the model is unloaded from its container).
+        assert ctl(zk_server, "uni", "unpub", "--layout", "lay", "--model", "demo:ps_3").returncode == 0
+        want_after = {"demo": sorted(f"ps_{i}:default:{ctx[i % 2]}" for i in range(3))}
+        wait_for("ps_3 unbound", lambda: {"demo": children(zk, "/uni/binding/demo")} == want_after, 30)
+
+        # SIGTERM: the container's nodes go away and the agent exits 0.
+        agents[1].signal()
+        assert agents[1].wait(30) == 0
+        assert children(zk, "/uni/binding/demo") == ["ps_0:default:" + ctx[0], "ps_2:default:" + ctx[0]]
+        assert children(zk, "/uni/container_service") == [f"default:{ctx[0]}"]
+    finally:
+        for agent in agents:
+            agent.stop()
+
+
+def _try_predict(stub: prediction_service_pb2_grpc.PredictionServiceStub, request: object) -> object | None:
+    try:
+        return stub.Predict(request, timeout=20)
+    except grpc.RpcError as error:
+        if error.code() is grpc.StatusCode.UNAVAILABLE:
+            time.sleep(0.1)
+            return None
+        raise

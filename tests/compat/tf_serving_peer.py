@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from google.protobuf import symbol_database, wrappers_pb2  # noqa: F401
 from tensorflow.core.example import example_pb2
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tf_serving_cases import build_case
 
 _MODULES = {
     "tensorflow.serving.ModelSpec": model_pb2.ModelSpec,
@@ -47,58 +51,15 @@ def _describe(name: str) -> list[list[Any]]:
     ]
 
 
-def _tensor(values: Any, dtype: int, dims: list[int], typed_field: str | None, content: bytes = b"") -> Any:
-    tensor = tensor_pb2.TensorProto(dtype=dtype)
-    for size in dims:
-        tensor.tensor_shape.dim.add(size=size)
-    if typed_field:
-        getattr(tensor, typed_field).extend(values)
-    else:
-        tensor.tensor_content = content
-    return tensor
-
-
 def _build(case: str) -> Any:
-    import struct
-
-    if case == "predict_request":
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "entry"
-        request.model_spec.signature_name = "serving_default"
-        request.model_spec.version.value = 1700000000
-        request.inputs["f32_typed"].CopyFrom(_tensor([1.5, -2.0, 3.25], types_pb2.DT_FLOAT, [3], "float_val"))
-        request.inputs["f32_content"].CopyFrom(
-            _tensor(None, types_pb2.DT_FLOAT, [2, 2], None, struct.pack("<4f", 0.5, 1.0, -1.5, 2.0))
-        )
-        request.inputs["i64_typed"].CopyFrom(_tensor([1, -2, 2**40], types_pb2.DT_INT64, [3], "int64_val"))
-        request.inputs["i64_content"].CopyFrom(
-            _tensor(None, types_pb2.DT_INT64, [2], None, struct.pack("<2q", 7, -(2**62)))
-        )
-        request.inputs["strings"].CopyFrom(_tensor([b"a", b"\x00\xffbc"], types_pb2.DT_STRING, [2], "string_val"))
-        request.output_filter.append("scores")
-        return request
-    if case == "predict_response":
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = "entry"
-        response.model_spec.version.value = 3
-        response.outputs["scores"].CopyFrom(
-            _tensor(None, types_pb2.DT_FLOAT, [3], None, struct.pack("<3f", 0.25, 0.5, 0.75))
-        )
-        response.outputs["ids"].CopyFrom(_tensor([5, 6], types_pb2.DT_INT64, [2], "int64_val"))
-        response.outputs["labels"].CopyFrom(_tensor([b"x"], types_pb2.DT_STRING, [1], "string_val"))
-        return response
-    if case == "metadata_request":
-        request = get_model_metadata_pb2.GetModelMetadataRequest()
-        request.model_spec.name = "entry"
-        request.metadata_field.append("signature_def")
-        return request
-    if case == "spec_version":
-        spec = model_pb2.ModelSpec(name="ps_0", signature_name="lookup")
-        spec.version.value = 42
-        return spec
-    if case == "spec_label":
-        return model_pb2.ModelSpec(name="ps_0", signature_name="lookup", version_label="stable")
-    raise SystemExit(f"unknown case {case}")
+    return build_case(
+        case,
+        model_pb2=model_pb2,
+        predict_pb2=predict_pb2,
+        get_model_metadata_pb2=get_model_metadata_pb2,
+        tensor_pb2=tensor_pb2,
+        types_pb2=types_pb2,
+    )
 
 
 def main() -> None:

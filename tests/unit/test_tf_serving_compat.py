@@ -7,7 +7,6 @@ define the same full names and cannot share a descriptor pool.
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,10 @@ from monolith_serving.proto_gen.tensorflow.core.example import example_pb2  # no
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_pb2
 
-PEER = Path(__file__).resolve().parents[1] / "compat" / "tf_serving_peer.py"
+COMPAT = Path(__file__).resolve().parents[1] / "compat"
+PEER = COMPAT / "tf_serving_peer.py"
+sys.path.insert(0, str(COMPAT))
+from tf_serving_cases import CASES, build_case  # noqa: E402
 
 
 def peer(command: dict[str, Any]) -> Any:
@@ -77,64 +79,15 @@ def test_every_field_we_define_matches_tf_serving() -> None:
             )
 
 
-def _tensor(values: Any, dtype: int, dims: list[int], typed_field: str | None, content: bytes = b"") -> Any:
-    tensor = tensor_pb2.TensorProto(dtype=dtype)
-    for size in dims:
-        tensor.tensor_shape.dim.add(size=size)
-    if typed_field:
-        getattr(tensor, typed_field).extend(values)
-    else:
-        tensor.tensor_content = content
-    return tensor
-
-
 def our_message(case: str) -> Any:
-    """The same messages the peer builds, built with our stubs."""
-    if case == "predict_request":
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = "entry"
-        request.model_spec.signature_name = "serving_default"
-        request.model_spec.version.value = 1700000000
-        request.inputs["f32_typed"].CopyFrom(_tensor([1.5, -2.0, 3.25], types_pb2.DT_FLOAT, [3], "float_val"))
-        request.inputs["f32_content"].CopyFrom(
-            _tensor(None, types_pb2.DT_FLOAT, [2, 2], None, struct.pack("<4f", 0.5, 1.0, -1.5, 2.0))
-        )
-        request.inputs["i64_typed"].CopyFrom(_tensor([1, -2, 2**40], types_pb2.DT_INT64, [3], "int64_val"))
-        request.inputs["i64_content"].CopyFrom(
-            _tensor(None, types_pb2.DT_INT64, [2], None, struct.pack("<2q", 7, -(2**62)))
-        )
-        request.inputs["strings"].CopyFrom(_tensor([b"a", b"\x00\xffbc"], types_pb2.DT_STRING, [2], "string_val"))
-        request.output_filter.append("scores")
-        return request
-    if case == "predict_response":
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = "entry"
-        response.model_spec.version.value = 3
-        response.outputs["scores"].CopyFrom(to_tensor_proto(np.array([0.25, 0.5, 0.75], dtype=np.float32)))
-        response.outputs["ids"].CopyFrom(_tensor([5, 6], types_pb2.DT_INT64, [2], "int64_val"))
-        response.outputs["labels"].CopyFrom(to_tensor_proto(np.array([b"x"], dtype=object)))
-        return response
-    if case == "metadata_request":
-        request = get_model_metadata_pb2.GetModelMetadataRequest()
-        request.model_spec.name = "entry"
-        request.metadata_field.append("signature_def")
-        return request
-    if case == "spec_version":
-        spec = model_pb2.ModelSpec(name="ps_0", signature_name="lookup")
-        spec.version.value = 42
-        return spec
-    if case == "spec_label":
-        return model_pb2.ModelSpec(name="ps_0", signature_name="lookup", version_label="stable")
-    raise AssertionError(case)
-
-
-CASES = {
-    "predict_request": "tensorflow.serving.PredictRequest",
-    "predict_response": "tensorflow.serving.PredictResponse",
-    "metadata_request": "tensorflow.serving.GetModelMetadataRequest",
-    "spec_version": "tensorflow.serving.ModelSpec",
-    "spec_label": "tensorflow.serving.ModelSpec",
-}
+    return build_case(
+        case,
+        model_pb2=model_pb2,
+        predict_pb2=predict_pb2,
+        get_model_metadata_pb2=get_model_metadata_pb2,
+        tensor_pb2=tensor_pb2,
+        types_pb2=types_pb2,
+    )
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -162,3 +115,13 @@ def test_their_typed_and_content_tensors_decode_with_our_codec() -> None:
     np.testing.assert_array_equal(from_tensor_proto(request.inputs["i64_typed"]), np.array([1, -2, 2**40]))
     np.testing.assert_array_equal(from_tensor_proto(request.inputs["i64_content"]), np.array([7, -(2**62)]))
     assert from_tensor_proto(request.inputs["strings"]).tolist() == [b"a", b"\x00\xffbc"]
+
+
+def test_our_encoder_writes_what_tf_serving_writes() -> None:
+    response = predict_pb2.PredictResponse.FromString(
+        bytes.fromhex(peer({"op": "build", "case": "predict_response"})["hex"])
+    )
+    scores = to_tensor_proto(np.array([0.25, 0.5, 0.75], dtype=np.float32))
+    labels = to_tensor_proto(np.array([b"x"], dtype=object))
+    assert scores.SerializeToString() == response.outputs["scores"].SerializeToString()
+    assert labels.SerializeToString() == response.outputs["labels"].SerializeToString()

@@ -34,6 +34,7 @@ from monolith_serving.entry.replica_source import (
     ReplicaSource,
     StaticReplicaSource,
     parse_ps_targets,
+    v3_model_of,
 )
 from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
@@ -64,13 +65,15 @@ class EntryServer:
     def __init__(self, config: EntryServerConfig, metrics: EntryMetrics | None = None) -> None:
         self.config = config
         self.metrics = metrics if metrics is not None else EntryMetrics()
+        entry_name = config.model.name if config.model is not None else "entry"
         self.replicas: ReplicaSource = (
             StaticReplicaSource(config.ps_targets)
             if config.ps_targets
-            else AgentReplicaSource(agent_address=config.agent_address, num_ps=config.num_ps)
+            else AgentReplicaSource(
+                agent_address=config.agent_address, num_ps=config.num_ps, model=v3_model_of(entry_name)
+            )
         )
         self.channels = ChannelPool()
-        entry_name = config.model.name if config.model is not None else "entry"
         self.ps_status = PsStatusTracker(
             entry_model_name=entry_name,
             replicas=self.replicas,

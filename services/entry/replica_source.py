@@ -39,6 +39,12 @@ class ReplicaSource(abc.ABC):
         return {address for shard in range(self.num_ps) for address in self.replicas(shard)}
 
 
+def v3_model_of(entry_name: str) -> str | None:
+    """``demo`` for a v3 entry name ``demo:entry``; None for a v1 name such as ``entry``."""
+    model, separator, _ = entry_name.rpartition(":")
+    return model if separator else None
+
+
 def parse_ps_targets(values: Sequence[str]) -> tuple[tuple[str, ...], ...]:
     """``--ps_targets`` values -> replicas per shard.
 
@@ -71,12 +77,23 @@ class StaticReplicaSource(ReplicaSource):
 class AgentReplicaSource(ReplicaSource):
     """Polls ``AgentService.HeartBeat(server_type=PS)`` of the local agent, as Monolith's entry does.
 
-    Keys ``ps:<i>`` (agent v1) and ``<model>:ps_<i>`` (v3) both map to shard i. A failed poll keeps the
-    previous snapshot (a restarting agent must not empty the PS list) and is logged; polling continues.
+    Keys ``ps:<i>`` (agent v1) and ``<model>:ps_<i>`` (v3) both map to shard i. A v3 agent answers for every
+    model of its bzid, so with ``model`` set only that model's ``<model>:ps_<i>`` keys count. A failed poll
+    keeps the previous snapshot (a restarting agent must not empty the PS list) and is logged; polling
+    continues.
     """
 
-    def __init__(self, *, agent_address: str, num_ps: int, interval_s: float = 1.0, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        agent_address: str,
+        num_ps: int,
+        model: str | None = None,
+        interval_s: float = 1.0,
+        timeout_s: float = 1.0,
+    ) -> None:
         self.num_ps = num_ps
+        self._model = model
         self._agent_address = agent_address
         self._interval_s = interval_s
         self._timeout_s = timeout_s
@@ -119,7 +136,10 @@ class AgentReplicaSource(ReplicaSource):
             return False
         shards: list[list[str]] = [[] for _ in range(self.num_ps)]
         for key, address_list in response.addresses.items():
-            index = ps_index(key.replace("ps:", "ps_"))
+            owner, _, sub_graph = key.rpartition(":")
+            if owner != "ps" and self._model is not None and owner != self._model:
+                continue
+            index = ps_index(sub_graph if owner != "ps" else f"ps_{sub_graph}")
             if index is None or index >= self.num_ps:
                 continue
             shards[index].extend(a for a in address_list.address if a not in shards[index])

@@ -1,0 +1,143 @@
+"""Helpers of the deployment tests: running tools, installing the ones a fresh machine lacks, Docker images.
+
+Tools are installed on demand, as `make test` on a fresh machine needs: Debian packages with apt-get (the
+tests run as root there, else through sudo) and Python tools into the running interpreter's environment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+TOOLS = REPO / "build" / "tools"
+
+
+class CommandFailed(AssertionError):
+    """A command the test relies on exited non-zero; the message carries its output."""
+
+
+def run(
+    cmd: Sequence[str | Path],
+    *,
+    timeout_s: float = 120,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    input_text: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    done = subprocess.run(
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=full_env,
+        cwd=cwd or REPO,
+        input=input_text,
+        check=False,
+    )
+    if check and done.returncode != 0:
+        raise CommandFailed(
+            f"{' '.join(str(c) for c in cmd)} exited {done.returncode}\n"
+            f"--- stdout\n{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-4000:]}"
+        )
+    return done
+
+
+def _sudo() -> list[str]:
+    return [] if os.geteuid() == 0 else ["sudo"]
+
+
+def apt_install(*packages: str) -> None:
+    """Installs Debian packages (the CI machines are Debian bookworm and the tests run as root)."""
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    install = [*_sudo(), "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    if run(install, timeout_s=900, check=False, env=env).returncode != 0:
+        run([*_sudo(), "apt-get", "update", "-q"], timeout_s=600, env=env)
+        run(install, timeout_s=900, env=env)
+
+
+def ensure_command(command: str, *, debian_package: str) -> str:
+    path = shutil.which(command)
+    if path is None:
+        apt_install(debian_package)
+        path = shutil.which(command)
+    if path is None:
+        raise CommandFailed(f"{command} still missing after installing {debian_package}")
+    return path
+
+
+def ensure_python_tool(command: str, requirement: str) -> str:
+    """A console script installed next to the running interpreter (the dev venv), pip-installing it if absent."""
+    bin_dir = Path(sys.executable).parent
+    path = bin_dir / command
+    if not path.exists():
+        run([sys.executable, "-m", "pip", "install", "-q", requirement], timeout_s=600)
+    if not path.exists():
+        raise CommandFailed(f"{command} not found in {bin_dir} after installing {requirement}")
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.5, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+# --------------------------------------------------------------------------------------------- Docker
+
+
+@dataclass(frozen=True)
+class Images:
+    """Local images built from Debian packages by deploy/images/build-images.sh."""
+
+    monolith: str = "monolith-serving:test"
+    base_python: str = "monolith-serving/base-python:3.11"
+    zookeeper: str = "monolith-serving/zookeeper:3.8"
+    prometheus: str = "monolith-serving/prometheus:2.42"
+
+    def build_env(self) -> dict[str, str]:
+        return {
+            "MONOLITH_IMAGE": self.monolith,
+            "BASE_PYTHON_IMAGE": self.base_python,
+            "ZOOKEEPER_IMAGE": self.zookeeper,
+            "PROMETHEUS_IMAGE": self.prometheus,
+            "PYTHON": sys.executable,
+        }
+
+
+def docker_problem() -> str | None:
+    """Why Docker cannot be used here, or None."""
+    if shutil.which("docker") is None:
+        return "docker CLI not installed"
+    done = run(["docker", "info", "--format", "{{.ServerVersion}}"], check=False, timeout_s=60)
+    if done.returncode != 0:
+        return f"no Docker engine: {done.stderr.strip()[:300]}"
+    return None
+
+
+def build_images(images: Images) -> None:
+    """Builds what is missing (base images are cached by name; the app image reuses Docker's layer cache)."""
+    run([DEPLOY / "images" / "build-images.sh", "all"], env=images.build_env(), timeout_s=3600)
+
+
+def docker_json(*args: str) -> str:
+    return run(["docker", *args]).stdout.strip()

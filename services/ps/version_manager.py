@@ -21,7 +21,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 from monolith_serving.core.errors import MonolithServingError, NotFoundError, UnavailableError
-from monolith_serving.core.export_layout import list_versions, version_dir
+from monolith_serving.core.export_layout import PolicyKind, list_versions, version_dir
 from monolith_serving.ps.config import SubModelConfig
 from monolith_serving.ps.loader import load_version
 from monolith_serving.ps.metrics import PsMetrics
@@ -184,7 +184,11 @@ class VersionStateManager:
                 known = model.versions.get(version)
                 if known is None or (fresh and known.state is State.END):
                     await self._load(model, version)
-            if any(model.versions[v].state is State.AVAILABLE for v in desired if v in model.versions):
+            # Old versions go only once a wanted one is AVAILABLE (a failed load keeps the old one serving),
+            # except under an explicit empty ``specific {}``: that means "serve nothing" (the model manager
+            # uses it to undo a failed first rollout), so everything is unloaded.
+            serve_nothing = policy.kind is PolicyKind.SPECIFIC and not policy.versions
+            if serve_nothing or any(model.versions[v].state is State.AVAILABLE for v in desired if v in model.versions):
                 for servable in list(model.versions.values()):
                     if servable.version not in desired and servable.state is State.AVAILABLE:
                         self._unload(model, servable)

@@ -62,5 +62,10 @@ run: venv
 	  $(PY) -m monolith_serving client predict --target 127.0.0.1:$(DEMO_PORT) --model entry \
 	    --spec $(BUILD)/demo-model --batch_size 4
 
+# Container images of the compose cluster, built from Debian packages (no registry); existing images are reused.
+.PHONY: images
+images: venv
+	PYTHON=$(abspath $(PY)) deploy/images/build-images.sh all
+
 clean:
 	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache

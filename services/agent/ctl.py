@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monolith_serving.agent.saved_model_decl import SavedModelDecl, default_policy_for
+from monolith_serving.agent.saved_model_decl import declaration_for
 from monolith_serving.core.cli_flags import add_flag
 from monolith_serving.core.errors import (
     FailedPreconditionError,
@@ -97,8 +97,7 @@ class Controller:
                     f"{len(existing)} declarations exist (first: {existing[0]}); pass --overwrite to replace them"
                 )
         for sub_graph, path in paths.items():
-            decl = SavedModelDecl(model_base_path=str(base / sub_graph), version_policy=default_policy_for(sub_graph))
-            await self.discovery.set_persistent(path, decl.to_json())
+            await self.discovery.set_persistent(path, declaration_for(base, sub_graph).to_json())
         return list(paths.values())
 
     async def _declared(self, model: str) -> list[str]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 
-__all__ = ["SavedModelDecl", "default_policy_for"]
+__all__ = ["SavedModelDecl", "declaration_for", "default_policy_for"]
 
 _POLICIES = {PolicyKind.LATEST.value, PolicyKind.LATEST_ONCE.value, PolicyKind.ALL.value}
 
@@ -55,3 +56,9 @@ class SavedModelDecl:
         if not isinstance(base, str) or not isinstance(policy, str):
             raise InvalidArgumentError("saved_model declaration needs string 'model_base_path' and 'version_policy'")
         return cls(model_base_path=base, version_policy=policy)
+
+
+def declaration_for(export_base: Path, sub_graph: str) -> SavedModelDecl:
+    """What ``ctl decl`` declares for ``sub_graph`` of ``export_base`` (the model manager declares the
+    models it rolls out with the same function, so both write identical JSON)."""
+    return SavedModelDecl(model_base_path=str(export_base / sub_graph), version_policy=default_policy_for(sub_graph))

@@ -53,11 +53,17 @@ class VersionStatus:
 
 @dataclass(frozen=True)
 class LoadConfig:
-    """What one replica is told to serve: ``specific { versions }`` of one sub-model."""
+    """What one replica is told to serve: ``specific { versions }`` of one sub-model, or (``drop``) no model.
+
+    ``drop`` is how an entry is told to serve nothing: an entry keeps serving its current versions under
+    an empty ``specific {}`` (its reloads preserve availability), so it gets an empty ModelServerConfig
+    instead. A PS unloads everything under ``specific {}`` and keeps answering GetModelStatus.
+    """
 
     served_name: str  # model_spec.name: "ps_0" / "entry" (agent v1) or "model:ps_0" (v3)
     base_path: str  # the sub-model folder the replica loads versions from
-    versions: tuple[int, ...]  # sorted; empty unloads every version
+    versions: tuple[int, ...]  # sorted; empty serves nothing
+    drop: bool = False  # send an empty model list (the replica stops hosting the model)
 
 
 class ReplicaControl(abc.ABC):

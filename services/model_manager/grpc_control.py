@@ -86,6 +86,9 @@ class DiscoveryReplicaList(ReplicaList):
 
 def reload_request(config: LoadConfig) -> model_management_pb2.ReloadConfigRequest:
     request = model_management_pb2.ReloadConfigRequest()
+    if config.drop:
+        request.config.model_config_list.SetInParent()  # an empty list: host no model
+        return request
     model = request.config.model_config_list.config.add(
         name=config.served_name, base_path=config.base_path, model_platform="tensorflow"
     )

@@ -40,6 +40,7 @@ from monolith_serving.model_manager.http_endpoint import StatusEndpoint
 from monolith_serving.model_manager.manager import ManagedModel, ManagerConfig, ModelManager
 from monolith_serving.model_manager.metrics import ModelManagerMetrics
 from monolith_serving.model_manager.p2p_copy import CopyConfig, VersionCopier, remove_stale_locks
+from monolith_serving.model_manager.registry_state import RegistryRecorder
 from monolith_serving.model_manager.rollout import ModelState, ModelTarget, RolloutConfig, RolloutCoordinator
 from monolith_serving.model_manager.sources import ExportBaseSource, P2pSource, VersionSource
 from monolith_serving.model_manager.status import render_text
@@ -158,6 +159,8 @@ def build_models(config: RunConfig) -> list[ManagedModel]:
                 raise InvalidArgumentError("a remote --export_base needs --receive_dir (replicas load local files)")
             source = ExportBaseSource(fs, path, name, num_ps=config.num_ps, needs_copy=copied)
             base_dir = str(config.receive_dir / name) if config.receive_dir is not None and copied else path
+        # Absolute, so reload configs and v3 declarations name the folder the same way wherever read.
+        base_dir = str(Path(base_dir).resolve())
         prefix = f"{name}:" if config.agent_version == 3 else ""
         target = ModelTarget(name, base_dir, config.num_ps or 0, served_prefix=prefix)
         models.append(ManagedModel(source=source, state=ModelState(target), num_ps_fixed=config.num_ps is not None))
@@ -168,6 +171,7 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> int:
     metrics = ModelManagerMetrics()
     async with AsyncExitStack() as stack:
         replica_list: ReplicaList
+        recorder = None
         if config.discovery is not None:
             discovery = create_discovery(config.discovery)
             await discovery.start()
@@ -178,6 +182,7 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> int:
             if not await watcher.wait_synced(30.0):
                 logger.warning("registry not read within 30 s; starting with an empty replica view")
             replica_list = DiscoveryReplicaList(watcher, agent_version=config.agent_version)
+            recorder = RegistryRecorder(discovery, config.bzid, declare_saved_models=config.agent_version == 3)
         else:
             replica_list = StaticReplicaList(config.ps_targets, config.entry_targets)
         control = GrpcReplicaControl(replica_list)
@@ -190,7 +195,12 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> int:
                     logger.warning("removed stale read lock %s", path)
         coordinator = RolloutCoordinator(control=control, config=config.rollout, metrics=metrics)
         manager = ModelManager(
-            models=models, coordinator=coordinator, copier=copier, config=config.manager, metrics=metrics
+            models=models,
+            coordinator=coordinator,
+            copier=copier,
+            config=config.manager,
+            metrics=metrics,
+            recorder=recorder,
         )
         if config.metrics_port:
             endpoint = StatusEndpoint(

@@ -4,7 +4,13 @@ One ``step()`` per model and per ``scan_interval_s``, each part isolated (an exc
 traceback, counted and timed into ``monolith_model_manager_control_step_seconds``; it never stops the loop):
 
 ``scan`` the source → ``receive`` the newest complete version (p2p / remote sources) → ``observe`` every
-replica → ``rollout`` (or a requested rollback) → ``reconcile`` drifted replicas → ``retention`` → gauges.
+replica → ``rollout`` (or a requested rollback) → ``reconcile`` drifted replicas → ``retention`` → gauges →
+``persist`` the rollout state when it changed.
+
+With discovery (``recorder``), the failed versions and the rollback pin survive a restart: they are read
+back from the rollout-state node (``registry_state.py``) before the model's first rollout — no automatic
+rollout happens until that read succeeded — and every rollout first declares the model (v3) and writes
+its target and phase; a rollout whose declaration or state cannot be written does not start.
 
 Automatic rollouts only move forward, to the newest complete version that has not failed with its current
 fingerprint. A rollback pins the model: it is not rolled forward again until a version newer than every
@@ -36,10 +42,11 @@ from monolith_serving.model_manager.control import ServerKind
 from monolith_serving.model_manager.fs import LocalFileSystem
 from monolith_serving.model_manager.metrics import ModelManagerMetrics
 from monolith_serving.model_manager.p2p_copy import VersionCopier, received_versions
+from monolith_serving.model_manager.registry_state import RegistryRecorder, RollbackPin, RolloutState
 from monolith_serving.model_manager.retention import prune
-from monolith_serving.model_manager.rollout import ModelState, Outcome, RolloutCoordinator, RolloutRecord
+from monolith_serving.model_manager.rollout import ModelState, Outcome, Phase, RolloutCoordinator, RolloutRecord
 from monolith_serving.model_manager.sources import VersionCandidate, VersionSource, spec_num_ps
-from monolith_serving.model_manager.status import model_status
+from monolith_serving.model_manager.status import model_status, record_json
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +70,10 @@ class ManagedModel:
     failed: dict[int, str] = field(default_factory=dict)  # version -> fingerprint it failed with
     copy_failed_at: dict[int, float] = field(default_factory=dict)  # version -> monotonic
     hold_floor: int | None = None  # after a rollback: only versions above this roll out automatically
+    pinned: int | None = None  # the version the last rollback went to (while hold_floor applies)
+    restored: bool = False  # the persisted state was read (or there is no recorder)
+    saved: dict[str, Any] | None = None  # content last written to the registry
+    previous_rollout: dict[str, Any] | None = None  # the last rollout of a previous run (from the registry)
     local_versions: tuple[int, ...] = ()  # complete versions replicas can load
     all_answered: bool = False
 
@@ -82,8 +93,13 @@ class ModelManager:
         metrics: ModelManagerMetrics,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        recorder: RegistryRecorder | None = None,
     ) -> None:
         self._models = {m.name: m for m in models}
+        self._recorder = recorder
+        if recorder is None:
+            for model in models:
+                model.restored = True
         self._coordinator = coordinator
         self._copier = copier
         self._config = config
@@ -127,6 +143,8 @@ class ModelManager:
 
     async def step(self) -> None:
         for model in self._models.values():
+            if not model.restored:
+                await self._timed("restore", lambda m=model: self._restore(m))  # type: ignore[misc]
             await self._timed("scan", lambda m=model: self._scan(m))  # type: ignore[misc]
             await self._timed("receive", lambda m=model: self._receive(m))  # type: ignore[misc]
             await self._timed("observe", lambda m=model: self._observe(m))  # type: ignore[misc]
@@ -136,6 +154,8 @@ class ModelManager:
             await self._timed("reconcile", lambda m=model: self._coordinator.reconcile(m.state))  # type: ignore[misc]
             await self._timed("retention", lambda m=model: self._retention(m))  # type: ignore[misc]
         await self._timed("publish", self._publish)
+        for model in self._models.values():
+            await self._timed("persist", lambda m=model: self._persist(m))  # type: ignore[misc]
 
     # ------------------------------------------------------------------ steps
 
@@ -208,18 +228,29 @@ class ModelManager:
 
     async def _rollout(self, model: ManagedModel, version: int, *, rollback: bool) -> RolloutRecord:
         self._prepare_target(model, version)
-        record = await self._coordinator.rollout(model.state, version, rollback=rollback)
+        if self._recorder is not None:
+            # Declared (v3) and announced before any replica is touched; raises (no rollout) if unreachable.
+            await self._recorder.declare(model.state.target)
+            await self._persist(model, target=version, required=True)
+        record = await self._coordinator.rollout(
+            model.state, version, rollback=rollback, on_phase=lambda: self._persist(model)
+        )
         if record.outcome is Outcome.FAILED:
             candidate = model.candidates.get(version)
             model.failed[version] = candidate.fingerprint if candidate is not None else ""
         else:
             model.failed.pop(version, None)
+            if not rollback:  # rolled forward past the pin (only versions above it roll out): it is spent
+                model.pinned = model.hold_floor = None
         await self._publish()
+        await self._persist(model)
         return record
 
     async def _auto_rollout(self, model: ManagedModel) -> None:
+        if not model.restored:
+            return  # the failed versions and the pin of a previous run are not known yet
         if not model.state.adopted and any(
-            v.replica.kind is ServerKind.ENTRY and v.error for v in model.state.views.values()
+            v.replica.kind is ServerKind.ENTRY and v.error and v.hosting for v in model.state.views.values()
         ):
             return  # an entry did not answer: we cannot tell what serves; do not guess
         eligible = [v for v in model.local_versions if self._eligible(model, v)]
@@ -264,8 +295,10 @@ class ModelManager:
                 record = await self._rollout(model, version, rollback=True)
                 if record.outcome is Outcome.SUCCEEDED:
                     model.hold_floor = max([*local, *model.candidates])
+                    model.pinned = version
                     logger.info("%s pinned at version %d until a version above %d appears",
                                 name, version, model.hold_floor)  # fmt: skip
+                    await self._persist(model)
                 future.set_result(record)
             except Exception as error:  # the requester gets the error; the loop goes on
                 future.set_exception(error)
@@ -277,6 +310,67 @@ class ModelManager:
             return list_versions(self._version_dir(model) / "entry")
         except NotFoundError:
             return []
+
+    # ------------------------------------------------------------------ persisted state
+
+    def _rollout_state(self, model: ManagedModel, target: int | None = None) -> RolloutState:
+        state = model.state
+        pin = None
+        if model.hold_floor is not None and model.pinned is not None:
+            pin = RollbackPin(model.pinned, model.hold_floor)
+        return RolloutState(
+            model=model.name,
+            serving=state.serving,
+            target=target if target is not None else state.rolling_to,
+            phase=state.phase.value if target is None else Phase.PS_LOADING.value,
+            failed=dict(model.failed),
+            rollback_pin=pin,
+            last_rollout=record_json(state.last_rollout) if state.last_rollout else model.previous_rollout,
+            updated_at=self._wall(),
+        )
+
+    async def _persist(self, model: ManagedModel, *, target: int | None = None, required: bool = False) -> None:
+        """Writes the rollout-state node when its content changed. Errors propagate only when ``required``
+        (before a rollout); otherwise they are logged and the write is retried on the next step."""
+        if self._recorder is None or not model.restored:
+            return  # never overwrite a previous run's state before reading it
+        record = self._rollout_state(model, target)
+        if record.content() == model.saved:
+            return
+        try:
+            await self._recorder.save(record)
+        except MonolithServingError as error:
+            if required:
+                raise
+            logger.warning("%s: rollout state not saved (retried next step): %s", model.name, error.message)
+            return
+        model.saved = record.content()
+
+    async def _restore(self, model: ManagedModel) -> None:
+        """Reads the previous run's failed versions and rollback pin (raises while discovery is unreachable;
+        the step is retried and automatic rollouts wait)."""
+        assert self._recorder is not None
+        saved = await self._recorder.load(model.name)
+        model.restored = True
+        if saved is None:
+            return
+        model.saved = saved.content()
+        model.previous_rollout = saved.last_rollout
+        for version, fingerprint in saved.failed.items():
+            model.failed.setdefault(version, fingerprint)
+        if saved.rollback_pin is not None and model.hold_floor is None:
+            model.hold_floor = saved.rollback_pin.hold_floor
+            model.pinned = saved.rollback_pin.version
+        logger.info(
+            "%s: restored state (serving %s, failed %s, pin %s, phase %s, target %s)",
+            model.name, saved.serving, sorted(saved.failed), saved.rollback_pin, saved.phase, saved.target,
+        )  # fmt: skip
+        if saved.phase != Phase.IDLE.value:
+            logger.warning(
+                "%s: the previous run stopped during a rollout to %s (phase %s); the serving version is "
+                "learned from the entries and the rollout is decided again",
+                model.name, saved.target, saved.phase,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ status
 

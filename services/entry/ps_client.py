@@ -27,9 +27,11 @@ import numpy.typing as npt
 
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.grpc_server import channel_options
-from monolith_serving.core.tensor_codec import TensorCodecError, from_tensor_proto, to_tensor_proto
+from monolith_serving.core.tensor_codec import TensorCodecError, from_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.ps_wire import lookup_request, model_spec_field
 from monolith_serving.entry.replica_source import ReplicaSource
+from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,15 @@ PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND})
 # Reconnect quickly after a PS restarts (gRPC's default backoff grows to 120 s).
 _RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
+
+
+def shard_of(fids: Int64Array, num_ps: int) -> Int64Array:
+    """``fid mod num_ps``, floor modulo (never negative); a bitwise and when num_ps is a power of two
+    (same result in two's complement, several times cheaper than an integer division per fid)."""
+    if num_ps & (num_ps - 1) == 0:
+        return fids & (num_ps - 1)
+    shards: Int64Array = np.mod(fids, num_ps)
+    return shards
 
 
 def ps_model_name(entry_model_name: str, shard: int) -> str:
@@ -75,6 +86,7 @@ class ChannelPool:
     def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._predict: dict[str, PredictCall] = {}
+        self._lookup: dict[str, PredictCall] = {}
 
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -94,10 +106,21 @@ class ChannelPool:
             self._predict[address] = call
         return call
 
+    def lookup(self, address: str) -> PredictCall:
+        """Predict taking an already serialized PredictRequest (``ps_wire``) and returning the response."""
+        call = self._lookup.get(address)
+        if call is None:
+            call = self.channel(address).unary_unary(
+                PREDICT_METHOD, request_serializer=None, response_deserializer=predict_pb2.PredictResponse.FromString
+            )
+            self._lookup[address] = call
+        return call
+
     async def retain(self, addresses: set[str]) -> None:
         """Closes channels of addresses no longer in use."""
         for address in [a for a in self._channels if a not in addresses]:
             self._predict.pop(address, None)
+            self._lookup.pop(address, None)
             await self._channels.pop(address).close()
 
     async def close(self) -> None:
@@ -152,6 +175,12 @@ class PsFanout(EmbeddingLookup):
         self._knows_version = knows_version
         self._round_robin = 0
         self._models = [ps_model_name(config.entry_model_name, i) for i in range(replicas.num_ps)]
+        # Per-request constants, built once: label children, encoded model_spec per (shard, version),
+        # input names per table.
+        self._shard_labels = [str(i) for i in range(replicas.num_ps)]
+        self._latency = [metrics.ps_latency.labels(label) for label in self._shard_labels]
+        self._spec_bytes: dict[tuple[int, int], bytes] = {}
+        self._input_names: dict[str, bytes] = {}
 
     @property
     def num_ps(self) -> int:
@@ -159,8 +188,8 @@ class PsFanout(EmbeddingLookup):
 
     def _ordered(self, shard: int, version: int) -> list[str]:
         addresses = list(self._replicas.replicas(shard))
-        if not addresses:
-            return []
+        if len(addresses) <= 1:
+            return addresses
         # Rotate so load spreads over replicas, then stable-sort by preference.
         self._round_robin += 1
         k = self._round_robin % len(addresses)
@@ -177,50 +206,66 @@ class PsFanout(EmbeddingLookup):
     ) -> LookupResult:
         deadline = time.monotonic() + timeout_s
         num_ps = self.num_ps
-        # Per table: the shard of every unique fid, and for each shard the positions it answers.
-        plan: dict[int, list[tuple[str, Int64Array]]] = {}
+        # Per shard: (table, positions of its fids among the table's, those fids); positions None = all.
+        plan: dict[int, list[tuple[str, Int64Array | None, Int64Array]]] = {}
         for table, table_fids in fids.items():
-            shards = np.mod(table_fids, num_ps)
             if num_ps == 1:
-                plan.setdefault(0, []).append((table, np.arange(len(table_fids))))
+                plan.setdefault(0, []).append((table, None, table_fids))
                 continue
+            shards = shard_of(table_fids, num_ps)
+            counts = np.bincount(shards, minlength=num_ps).tolist()
             order = np.argsort(shards, kind="stable")
-            bounds = np.searchsorted(shards[order], np.arange(num_ps + 1))
-            for shard in range(num_ps):
-                if bounds[shard] < bounds[shard + 1]:
-                    plan.setdefault(shard, []).append((table, order[bounds[shard] : bounds[shard + 1]]))
-        values = {table: np.zeros((len(f), dims[table]), dtype=np.float32) for table, f in fids.items()}
+            start = 0
+            for shard, count in enumerate(counts):
+                if count:
+                    positions = order[start : start + count]
+                    plan.setdefault(shard, []).append((table, positions, table_fids[positions]))
+                start += count
         shards_sorted = sorted(plan)
         results = await asyncio.gather(
-            *(self._lookup_shard(shard, version, plan[shard], fids, dims, deadline) for shard in shards_sorted)
+            *(self._lookup_shard(shard, version, plan[shard], dims, deadline) for shard in shards_sorted)
         )
+        values: dict[str, Float32Array] = {}
         ps_versions: dict[int, int] = {}
         for shard, (outputs, reported) in zip(shards_sorted, results, strict=True):
             ps_versions[shard] = reported
-            for table, positions in plan[shard]:
-                values[table][positions] = outputs[table]
+            for table, where, _ in plan[shard]:
+                if where is None:
+                    values[table] = outputs[table]
+                    continue
+                if table not in values:
+                    values[table] = np.zeros((len(fids[table]), dims[table]), dtype=np.float32)
+                values[table][where] = outputs[table]
         return LookupResult(values, ps_versions)
+
+    def _request(self, shard: int, version: int, parts: Sequence[tuple[str, Int64Array | None, Int64Array]]) -> bytes:
+        spec = self._spec_bytes.get((shard, version))
+        if spec is None:
+            spec = model_spec_field(self._models[shard], version, LOOKUP_SIGNATURE)
+            self._spec_bytes[(shard, version)] = spec
+        inputs = []
+        for table, _, shard_fids in parts:
+            name = self._input_names.get(table)
+            if name is None:
+                name = f"{table}_id".encode()
+                self._input_names[table] = name
+            inputs.append((name, shard_fids))
+        return lookup_request(spec, inputs)
 
     async def _lookup_shard(
         self,
         shard: int,
         version: int,
-        parts: Sequence[tuple[str, Int64Array]],
-        fids: Mapping[str, Int64Array],
+        parts: Sequence[tuple[str, Int64Array | None, Int64Array]],
         dims: Mapping[str, int],
         deadline: float,
     ) -> tuple[dict[str, Float32Array], int]:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.name = self._models[shard]
-        request.model_spec.signature_name = LOOKUP_SIGNATURE
-        request.model_spec.version.value = version
-        for table, positions in parts:
-            request.inputs[f"{table}_id"].CopyFrom(to_tensor_proto(fids[table][positions]))
+        request = self._request(shard, version, parts)
         addresses = self._ordered(shard, version)
         if not addresses:
             raise UnavailableError(f"PS shard {shard} ({self._models[shard]}) has no known replica")
         last_error = "no attempt"
-        shard_label = str(shard)
+        shard_label = self._shard_labels[shard]
         for attempt in range(self._config.retry + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -231,7 +276,7 @@ class PsFanout(EmbeddingLookup):
                 self._metrics.ps_retries.labels(shard_label).inc()
             started = time.monotonic()
             try:
-                response = await self._channels.predict(address)(request, timeout=remaining)
+                response = await self._channels.lookup(address)(request, timeout=remaining)
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 self._metrics.ps_errors.labels(shard_label, code.name).inc()
@@ -240,7 +285,7 @@ class PsFanout(EmbeddingLookup):
                     break
                 self._health.failed(address)
                 continue
-            self._metrics.ps_latency.labels(shard_label).observe(time.monotonic() - started)
+            self._latency[shard].observe(time.monotonic() - started)
             self._health.succeeded(address)
             reported = int(response.model_spec.version.value) if response.model_spec.HasField("version") else version
             return self._decode(shard, parts, dims, response, version), reported
@@ -249,24 +294,43 @@ class PsFanout(EmbeddingLookup):
     def _decode(
         self,
         shard: int,
-        parts: Sequence[tuple[str, Int64Array]],
+        parts: Sequence[tuple[str, Int64Array | None, Int64Array]],
         dims: Mapping[str, int],
         response: predict_pb2.PredictResponse,
         version: int,
     ) -> dict[str, Float32Array]:
         outputs: dict[str, Float32Array] = {}
-        for table, positions in parts:
+        response_outputs = response.outputs
+        for table, _, shard_fids in parts:
             key = f"{table}_value"
-            if key not in response.outputs:
+            if key not in response_outputs:
                 raise UnavailableError(f"PS shard {shard} version {version} answered without output {key!r}")
-            try:
-                array = from_tensor_proto(response.outputs[key], key)
-            except TensorCodecError as error:
-                raise UnavailableError(f"PS shard {shard}: bad output {key!r}: {error.message}") from error
-            if array.shape != (len(positions), dims[table]):
+            expected = (len(shard_fids), dims[table])
+            array = _float_matrix(response_outputs[key], expected)
+            if array is None:
+                try:
+                    array = from_tensor_proto(response_outputs[key], key)
+                except TensorCodecError as error:
+                    raise UnavailableError(f"PS shard {shard}: bad output {key!r}: {error.message}") from error
+            if array.shape != expected:
                 raise UnavailableError(
                     f"PS shard {shard}: output {key!r} has shape {list(array.shape)}, "
-                    f"expected [{len(positions)}, {dims[table]}] (table dim mismatch between entry and PS?)"
+                    f"expected [{expected[0]}, {expected[1]}] (table dim mismatch between entry and PS?)"
                 )
             outputs[table] = array.astype(np.float32, copy=False)
         return outputs
+
+
+def _float_matrix(tensor: tensor_pb2.TensorProto, shape: tuple[int, int]) -> Float32Array | None:
+    """The common case, decoded with no generic checks: DT_FLOAT ``shape`` in ``tensor_content``.
+
+    None when the tensor is anything else (the caller then takes the general decoder and its errors).
+    """
+    content = tensor.tensor_content
+    if tensor.dtype != types_pb2.DT_FLOAT or len(content) != shape[0] * shape[1] * 4 or not content:
+        return None
+    dim = tensor.tensor_shape.dim
+    if len(dim) != 2 or dim[0].size != shape[0] or dim[1].size != shape[1]:
+        return None
+    array: Float32Array = np.frombuffer(content, dtype="<f4").reshape(shape)
+    return array

@@ -62,6 +62,8 @@ class EntryPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServi
     def __init__(self, model: EntryModel, metrics: EntryMetrics) -> None:
         self._model = model
         self._metrics = metrics
+        self._ok: Any = None  # the requests{code="OK"} child, resolved on the first success
+        self._ps_versions_text: dict[tuple[str, tuple[tuple[int, int], ...]], str] = {}
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -72,9 +74,21 @@ class EntryPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServi
         except MonolithServingError as error:
             self._metrics.requests.labels(status_code_for(error).name).inc()
             raise
-        self._metrics.requests.labels("OK").inc()
+        if self._ok is None:
+            self._ok = self._metrics.requests.labels("OK")
+        self._ok.inc()
         self._metrics.latency.observe(time.monotonic() - started)
         return response
+
+    def _ps_versions(self, entry_model_name: str, ps_versions: dict[int, int]) -> str:
+        """``format_ps_versions``, cached: the same few (model, versions) pairs repeat on every request."""
+        key = (entry_model_name, tuple(ps_versions.items()))
+        text = self._ps_versions_text.get(key)
+        if text is None:
+            if len(self._ps_versions_text) > 64:  # versions change rarely; never let old ones pile up
+                self._ps_versions_text.clear()
+            text = self._ps_versions_text[key] = format_ps_versions(entry_model_name, ps_versions)
+        return text
 
     async def _predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -98,7 +112,7 @@ class EntryPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServi
         response.model_spec.version.value = result.version
         response.model_spec.signature_name = spec.signature_name or DEFAULT_SIGNATURE
         if result.ps_versions:
-            context.set_trailing_metadata(((PS_VERSIONS_KEY, format_ps_versions(spec.name, result.ps_versions)),))
+            context.set_trailing_metadata(((PS_VERSIONS_KEY, self._ps_versions(spec.name, result.ps_versions)),))
         return response
 
     async def GetModelMetadata(

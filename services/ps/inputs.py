@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,18 @@ from monolith_serving.ps.fid_index import Int64Array
 TensorMap = Mapping[str, tensor_pb2.TensorProto]
 
 
+def shard_of(fids: Int64Array, num_ps: int) -> Int64Array:
+    """``fid mod num_ps`` (floor modulo: never negative, as the sharding rule says).
+
+    numpy's ``%`` on int64 is floor modulo but costs an integer division per fid; for a power-of-two
+    ``num_ps`` a bitwise and gives the same result (two's complement) several times faster.
+    """
+    if num_ps & (num_ps - 1) == 0:
+        return fids & (num_ps - 1)
+    shards: Int64Array = fids % num_ps
+    return shards
+
+
 @dataclass(frozen=True)
 class ShardCheck:
     """Fids of shard ``partition`` satisfy ``fid mod num_ps == partition`` (floor modulo); num_ps 0: no check."""
@@ -27,9 +40,9 @@ class ShardCheck:
     def check(self, fids: Int64Array, input_name: str) -> None:
         if self.num_ps <= 1 or not len(fids):
             return
-        # numpy's % on int64 is floor modulo (sign of the divisor), matching the sharding rule.
-        wrong = np.flatnonzero(fids % self.num_ps != self.partition)
-        if len(wrong):
+        misplaced = shard_of(fids, self.num_ps) != self.partition
+        if misplaced.any():  # the details are only worked out for the error message
+            wrong = np.flatnonzero(misplaced)
             fid = int(fids[wrong[0]])
             raise InvalidArgumentError(
                 f"input {input_name!r}: {len(wrong)} fid(s) do not belong to shard {self.partition} of "
@@ -38,8 +51,8 @@ class ShardCheck:
 
 
 def element_count(proto: tensor_pb2.TensorProto, name: str) -> int:
-    shape = tensor_shape(proto, name)
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    # math.prod on Python ints: exact (no int64 overflow) and ~10x cheaper than np.prod on a tiny tuple.
+    return math.prod(tensor_shape(proto, name))
 
 
 def check_request_size(inputs: TensorMap, limit: int, *, what: str) -> int:
@@ -60,6 +73,13 @@ def decode_typed(proto: tensor_pb2.TensorProto, name: str, datatype: int, rank: 
 
 
 def decode_fids(proto: tensor_pb2.TensorProto, name: str) -> Int64Array:
+    # The common encoding (what the entry and TF clients send): a 1-d int64 tensor_content, read in place.
+    # Anything else, valid or not, takes the general decoder and its checks and error messages.
+    content = proto.tensor_content
+    if proto.dtype == types_pb2.DT_INT64 and content and not proto.tensor_shape.unknown_rank:
+        dims = proto.tensor_shape.dim
+        if len(dims) == 1 and dims[0].size * 8 == len(content):
+            return np.frombuffer(content, dtype="<i8")
     fids: Int64Array = decode_typed(proto, name, types_pb2.DT_INT64, 1)
     return fids
 

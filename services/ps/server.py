@@ -23,12 +23,11 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     model_service_pb2,
     model_service_pb2_grpc,
     prediction_service_pb2,
-    prediction_service_pb2_grpc,
 )
 from monolith_serving.ps.config import PsConfig, SubModelConfig, sub_models_from_proto
 from monolith_serving.ps.core import PsCore, replay_updates
 from monolith_serving.ps.metrics import PsMetrics
-from monolith_serving.ps.servicer import PsModelServicer, PsPredictionServicer
+from monolith_serving.ps.servicer import PsModelServicer, PsPredictionServicer, add_prediction_servicer
 from monolith_serving.ps.version_manager import VersionStateManager
 
 logger = logging.getLogger(__name__)
@@ -80,7 +79,7 @@ class PsServer:
         )
 
         def add_prediction(server: grpc.aio.Server) -> None:
-            prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)  # type: ignore[no-untyped-call]
+            add_prediction_servicer(prediction, server)
 
         def add_model(server: grpc.aio.Server) -> None:
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(model_service, server)  # type: ignore[no-untyped-call]

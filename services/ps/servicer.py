@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
-import numpy as np
-import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.grpc_errors import status_code_for
-from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
+from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -27,7 +26,9 @@ from monolith_serving.ps.core import ID_SUFFIX, LOOKUP, LOOKUP_ALIASES, VALUE_SU
 from monolith_serving.ps.metrics import PsMetrics
 from monolith_serving.ps.sync import HASHTABLE_ASSIGN, RAW_ASSIGN
 from monolith_serving.ps.table_store import TableSet
+from monolith_serving.ps.wire import LookupResponseEncoder
 
+_PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 ApplyConfig = Callable[[Sequence[SubModelConfig]], Awaitable[None]]
 
 
@@ -48,35 +49,43 @@ class PsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer
     def __init__(self, core: PsCore, metrics: PsMetrics) -> None:
         self._core = core
         self._metrics = metrics
+        # Latency histogram children per signature, resolved on first use (labels() locks and hashes per call).
+        self._latency: dict[str, Any] = {}
+        self._encoder = LookupResponseEncoder()
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> predict_pb2.PredictResponse:
+    ) -> predict_pb2.PredictResponse | bytes:
+        """Lookups answer with the serialized response (``ps.wire``: each table's rows copied once); the
+        server registers a response serializer that passes bytes through (``add_prediction_servicer``)."""
         started = time.perf_counter()
-        signature = _signature(request.model_spec)
-        ref = model_ref(request.model_spec)
-        response = predict_pb2.PredictResponse()
+        spec = request.model_spec
+        signature = _signature(spec)
+        ref = model_ref(spec)
+        response: predict_pb2.PredictResponse | bytes
         try:
             if signature == LOOKUP:
                 result = self._core.lookup(ref, request.inputs, request.output_filter)
-                version = result.version
-                for name, array in result.outputs.items():
-                    _fill_float_tensor(response.outputs[name], array)
+                response = self._encoder.encode(result.outputs, spec.name, result.version, spec.signature_name)
             elif signature in (HASHTABLE_ASSIGN, RAW_ASSIGN):
                 version, _rows = self._core.sync(ref, signature, request.inputs)
+                response = predict_pb2.PredictResponse()
+                response.model_spec.name = spec.name
+                response.model_spec.version.value = version
+                response.model_spec.signature_name = spec.signature_name
             else:
                 raise NotFoundError(
-                    f"signature {request.model_spec.signature_name!r} not found "
+                    f"signature {spec.signature_name!r} not found "
                     f"(PS signatures: {LOOKUP}, {HASHTABLE_ASSIGN}, {RAW_ASSIGN})"
                 )
         except MonolithServingError as error:
             label = signature if signature in (LOOKUP, HASHTABLE_ASSIGN, RAW_ASSIGN) else "unknown"
             self._metrics.request_errors.labels(label, status_code_for(error).name).inc()
             raise
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = version
-        response.model_spec.signature_name = request.model_spec.signature_name
-        self._metrics.request_latency.labels(signature).observe(time.perf_counter() - started)
+        latency = self._latency.get(signature)
+        if latency is None:
+            latency = self._latency[signature] = self._metrics.request_latency.labels(signature)
+        latency.observe(time.perf_counter() - started)
         return response
 
     async def GetModelMetadata(
@@ -104,13 +113,35 @@ class PsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a PS serves Predict only")
 
 
-def _fill_float_tensor(proto: tensor_pb2.TensorProto, array: npt.NDArray[np.float32]) -> None:
-    """Writes a float32 matrix straight into the response's map entry (``tensor_content``, no second copy
-    through an intermediate TensorProto: a 4,096 x 32 output is 512 KiB)."""
-    proto.dtype = types_pb2.DT_FLOAT
-    for size in array.shape:
-        proto.tensor_shape.dim.add(size=size)
-    proto.tensor_content = array.astype("<f4", copy=False).tobytes()
+def _serialize_prediction_response(response: object) -> bytes:
+    """Bytes (a lookup answer already serialized by ``ps.wire``) pass through; messages are serialized."""
+    if isinstance(response, bytes):
+        return response
+    serialized: bytes = response.SerializeToString()  # type: ignore[attr-defined]
+    return serialized
+
+
+def add_prediction_servicer(servicer: PsPredictionServicer, server: grpc.aio.Server) -> None:
+    """Registers ``servicer`` like the generated ``add_PredictionServiceServicer_to_server``, except that
+    Predict's response serializer accepts pre-serialized bytes."""
+    generated: dict[str, grpc.RpcMethodHandler] = {}
+
+    class _Capture:
+        def add_generic_rpc_handlers(self, handlers: object) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, method_handlers: dict[str, Any]) -> None:
+            generated.update(method_handlers)
+
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(servicer, _Capture())  # type: ignore[no-untyped-call]
+    handlers = dict(generated)
+    handlers["Predict"] = grpc.unary_unary_rpc_method_handler(
+        servicer.Predict,
+        request_deserializer=predict_pb2.PredictRequest.FromString,
+        response_serializer=_serialize_prediction_response,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(_PREDICTION_SERVICE, handlers),))
+    server.add_registered_method_handlers(_PREDICTION_SERVICE, handlers)
 
 
 def _tensor_info(name: str, datatype: int, dims: Sequence[int]) -> meta_graph_pb2.TensorInfo:

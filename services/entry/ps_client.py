@@ -29,7 +29,7 @@ from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.grpc_server import channel_options
 from monolith_serving.core.tensor_codec import TensorCodecError, from_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.ps_wire import lookup_request, model_spec_field
+from monolith_serving.entry.ps_wire import input_key, lookup_request, model_spec_field
 from monolith_serving.entry.replica_source import ReplicaSource
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
@@ -176,11 +176,11 @@ class PsFanout(EmbeddingLookup):
         self._round_robin = 0
         self._models = [ps_model_name(config.entry_model_name, i) for i in range(replicas.num_ps)]
         # Per-request constants, built once: label children, encoded model_spec per (shard, version),
-        # input names per table.
+        # encoded input keys per table.
         self._shard_labels = [str(i) for i in range(replicas.num_ps)]
         self._latency = [metrics.ps_latency.labels(label) for label in self._shard_labels]
         self._spec_bytes: dict[tuple[int, int], bytes] = {}
-        self._input_names: dict[str, bytes] = {}
+        self._input_keys: dict[str, bytes] = {}
 
     @property
     def num_ps(self) -> int:
@@ -245,11 +245,10 @@ class PsFanout(EmbeddingLookup):
             self._spec_bytes[(shard, version)] = spec
         inputs = []
         for table, _, shard_fids in parts:
-            name = self._input_names.get(table)
-            if name is None:
-                name = f"{table}_id".encode()
-                self._input_names[table] = name
-            inputs.append((name, shard_fids))
+            key = self._input_keys.get(table)
+            if key is None:
+                key = self._input_keys[table] = input_key(f"{table}_id")
+            inputs.append((key, shard_fids))
         return lookup_request(spec, inputs)
 
     async def _lookup_shard(

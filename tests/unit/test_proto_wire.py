@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from monolith_serving.core import proto_wire
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
-from monolith_serving.entry.ps_wire import lookup_request, model_spec_field
+from monolith_serving.entry.ps_wire import input_key, lookup_request, model_spec_field
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 from monolith_serving.ps.wire import lookup_response
 
@@ -58,7 +58,7 @@ def test_negative_varint_is_refused() -> None:
 
 def test_single_input_request_and_single_output_response_are_byte_identical() -> None:
     fids = np.array([5, -3, 2**62, 0], dtype=np.int64)
-    ours = lookup_request(model_spec_field("ps_1", 7, "lookup"), [(b"user_id", fids)])
+    ours = lookup_request(model_spec_field("ps_1", 7, "lookup"), [(input_key("user_id"), fids)])
     assert ours == request_message("ps_1", 7, "lookup", {"user_id": fids}).SerializeToString()
     rows = np.arange(12, dtype=np.float32).reshape(4, 3)
     theirs = response_message("ps_1", 7, "lookup", {"user_value": rows}).SerializeToString()
@@ -78,7 +78,7 @@ def test_requests_parse_back_to_the_same_message(
     name: str, version: int, signature: str, inputs: dict[str, list[int]]
 ) -> None:
     arrays = {key: np.array(values, dtype=np.int64) for key, values in inputs.items()}
-    ours = lookup_request(model_spec_field(name, version, signature), [(k.encode(), a) for k, a in arrays.items()])
+    ours = lookup_request(model_spec_field(name, version, signature), [(input_key(k), a) for k, a in arrays.items()])
     parsed = predict_pb2.PredictRequest.FromString(ours)
     assert parsed == request_message(name, version, signature, arrays)
     assert parsed.model_spec.HasField("version")

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 from deploy_tools import DEPLOY, Images, docker_json, free_port, run, wait_until
 
-pytestmark = pytest.mark.docker
+# Image builds on a fresh machine take minutes; they happen in the session fixture of the first test.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(3600)]
 
 # Started with `--entrypoint python3 -c`: a health server like every service's, SERVING or NOT_SERVING.
 _HEALTH_SERVER = """

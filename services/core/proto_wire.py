@@ -28,8 +28,13 @@ def varint(value: int) -> bytes:
     """Base-128 varint of a non-negative int (the only kind written here: sizes, lengths, versions)."""
     if value < 0:
         raise ValueError(f"varint of a negative value {value}")
+    # Sizes and lengths on the hot path fit 1-3 bytes; build those directly (this runs ~20 times a request).
     if value < 0x80:
         return bytes((value,))
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
+    if value < 0x200000:
+        return bytes(((value & 0x7F) | 0x80, ((value >> 7) & 0x7F) | 0x80, value >> 14))
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

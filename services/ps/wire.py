@@ -68,7 +68,11 @@ class LookupResponseEncoder:
         for name, array in outputs.items():
             matrix = np.ascontiguousarray(array, dtype="<f4")
             nbytes = matrix.nbytes
-            dims = b"".join([_dim(size) for size in matrix.shape])
+            dims = (
+                b"".join([_dim(size) for size in matrix.shape])
+                if matrix.ndim != 2
+                else _dim(len(matrix)) + _dim(matrix.shape[1])
+            )
             tensor_head = _FLOAT_DTYPE + _SHAPE_TAG + varint(len(dims)) + dims
             if nbytes:
                 tensor_head += _CONTENT_TAG + varint(nbytes)

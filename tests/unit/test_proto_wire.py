@@ -42,7 +42,7 @@ def response_message(
     return response
 
 
-@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**31, 2**63 - 1])
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**21 - 1, 2**21, 2**31, 2**63 - 1])
 def test_varint_matches_protobuf(value: int) -> None:
     request = predict_pb2.PredictRequest()
     request.model_spec.version.value = value

@@ -162,7 +162,12 @@ def _base(config: AgentConfig) -> Path:
     return Path(config.base_path)
 
 
-def _ps_spec(config: AgentConfig, port: int, work_dir: Path) -> ServerLaunchSpec:
+def _metrics_flags(metrics_port: int | None) -> tuple[str, ...]:
+    """The child's Prometheus endpoint sits on its HTTP port (PORT4; PORT6 for the PS of a mixed pod)."""
+    return (f"--metrics_port={metrics_port}",) if metrics_port else ()
+
+
+def _ps_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: int | None) -> ServerLaunchSpec:
     policy = model_version_policy(config)
     tasks = config.ps_tasks()
     return ServerLaunchSpec(
@@ -177,11 +182,12 @@ def _ps_spec(config: AgentConfig, port: int, work_dir: Path) -> ServerLaunchSpec
         flags=(
             f"--num_ps={config.num_ps}",
             f"--file_system_poll_wait_seconds={config.file_system_poll_wait_seconds_ps}",
+            *_metrics_flags(metrics_port),
         ),
     )
 
 
-def _entry_spec(config: AgentConfig, port: int, work_dir: Path) -> ServerLaunchSpec:
+def _entry_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: int | None) -> ServerLaunchSpec:
     assert config.agent_port is not None
     return ServerLaunchSpec(
         kind=ServerKind.ENTRY,
@@ -196,6 +202,7 @@ def _entry_spec(config: AgentConfig, port: int, work_dir: Path) -> ServerLaunchS
             f"--fetch_ps_timeout_ms={config.fetch_ps_timeout_ms}",
             f"--fetch_ps_retry={config.fetch_ps_retry}",
             f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}",
+            *_metrics_flags(metrics_port),
         ),
     )
 
@@ -211,12 +218,17 @@ def v1_plan(config: AgentConfig, *, work_dir: Path) -> V1Plan:
     _require_port(config.agent_port, "agent_port (PORT2)")
     main_port = _require_port(config.tfs_grpc_port, "tfs_grpc_port (PORT3)")
     if config.deploy_type is DeployType.PS:
-        return V1Plan(servers=(_ps_spec(config, main_port, work_dir),), entry_waits_for_ps=False)
+        return V1Plan(servers=(_ps_spec(config, main_port, work_dir, config.tfs_http_port),), entry_waits_for_ps=False)
     if config.deploy_type is DeployType.ENTRY:
-        return V1Plan(servers=(_entry_spec(config, main_port, work_dir),), entry_waits_for_ps=True)
+        return V1Plan(
+            servers=(_entry_spec(config, main_port, work_dir, config.tfs_http_port),), entry_waits_for_ps=True
+        )
     ps_port = _require_port(config.tfs_ps_ports.grpc if config.tfs_ps_ports else None, "PS port (PORT5)")
     return V1Plan(
-        servers=(_ps_spec(config, ps_port, work_dir), _entry_spec(config, main_port, work_dir)),
+        servers=(
+            _ps_spec(config, ps_port, work_dir, config.tfs_ps_ports.http if config.tfs_ps_ports else None),
+            _entry_spec(config, main_port, work_dir, config.tfs_http_port),
+        ),
         entry_waits_for_ps=True,
     )
 
@@ -230,7 +242,10 @@ def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
         grpc_port=port,
         model_config_path=work_dir / "unified_model_config.pbtxt",
         models=(),
-        flags=(f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}",),
+        flags=(
+            f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}",
+            *_metrics_flags(config.tfs_http_port),
+        ),
     )
 
 

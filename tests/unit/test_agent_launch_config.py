@@ -61,6 +61,17 @@ def test_mixed_agent_starts_ps_before_entry_and_entry_asks_this_agent(tmp_path: 
     assert plan.entry_waits_for_ps
 
 
+def test_children_serve_metrics_on_their_http_ports(tmp_path: Path) -> None:
+    env = {"PORT2": "7002", "PORT3": "7003", "PORT4": "7004", "PORT5": "7005", "PORT6": "7006"}
+    ps, entry = v1_plan(resolved(tmp_path, ZK + "stand_alone_serving true\nnum_ps 2\n", env), work_dir=tmp_path).servers
+    assert "--metrics_port=7006" in ps.argv()
+    assert "--metrics_port=7004" in entry.argv()
+    (alone,) = v1_plan(resolved(tmp_path, ZK + "deploy_type ps\n", env), work_dir=tmp_path).servers
+    assert "--metrics_port=7004" in alone.argv()
+    without = v1_plan(resolved(tmp_path, ZK + "deploy_type ps\n", {"PORT2": "1", "PORT3": "2"}), work_dir=tmp_path)
+    assert not any(flag.startswith("--metrics_port") for flag in without.servers[0].argv())
+
+
 def test_entry_replica_paths_and_addresses(tmp_path: Path) -> None:
     env = {"PORT2": "1", "PORT3": "8500", "REPLICA_ID": "42", "MY_HOST_IPV6": "::1", "PORT": "9000"}
     config = resolved(tmp_path, ZK + "deploy_type entry\n", env)

@@ -21,11 +21,17 @@ $(VENV)/.installed: pyproject.toml setup.py
 	$(PY) -m pip install -q -e '.[dev,onnx,remote]'
 	touch $@
 
-# System packages the integration tests need: ZooKeeper (brings Java).
+# System packages the tests need: ZooKeeper (brings Java) for discovery tests, promtool for the Prometheus
+# checks, debootstrap + docker-compose to build registry-free images for the compose e2e test.
 system-deps:
-	@if [ ! -f /usr/share/java/zookeeper.jar ] || ! command -v java >/dev/null; then \
-	  echo "installing ZooKeeper from Debian packages"; \
-	  $(SUDO) apt-get update -q && $(APT_INSTALL) zookeeper default-jre-headless; \
+	@missing=""; \
+	[ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null || missing="$$missing zookeeper default-jre-headless"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing from Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -q && $(APT_INSTALL) $$missing; \
 	fi
 
 protos: venv

@@ -46,6 +46,9 @@ class CoreConfig:
     admin_token: str | None = None
     fanout_timeout_s: float = 5.0  # GetModelStatus / reload fan-outs when the client set no deadline
     min_retry_budget_s: float = 0.002  # no retry when less than this is left of the deadline
+    # Share of the client's deadline the first attempt may use when another replica could take a retry. A replica
+    # whose host vanished (no RST) would otherwise hold the request until the client's deadline.
+    first_attempt_share: float = 0.5
     maintenance_interval_s: float = 0.5
 
     def __post_init__(self) -> None:
@@ -164,11 +167,18 @@ class ProxyCore:
         first = self._router.pick(addresses)
         if first is None:  # endpoints() never returns an empty tuple here; kept for type narrowing
             raise UnavailableError(f"no AVAILABLE replica of model {model!r}")
+        first_deadline = deadline
+        if deadline is not None and len(addresses) > 1:
+            first_deadline = self._clock() + (deadline - self._clock()) * self._config.first_attempt_share
         try:
-            return await self._attempt(first, path, request, deadline, metadata)
+            return await self._attempt(first, path, request, first_deadline, metadata)
         except RpcStatusError as error:
-            if error.code is not grpc.StatusCode.UNAVAILABLE:
+            cut_short = error.code is grpc.StatusCode.DEADLINE_EXCEEDED and first_deadline != deadline
+            if error.code is not grpc.StatusCode.UNAVAILABLE and not cut_short:
                 raise
+            if cut_short:
+                # A replica that cannot answer within half the deadline counts as failing, like a refused one.
+                self._router.on_failure(first)
             second = self._router.pick(addresses, exclude=first.address)
             remaining = None if deadline is None else deadline - self._clock()
             if second is None or (remaining is not None and remaining < self._config.min_retry_budget_s):

@@ -43,6 +43,7 @@ class FakePool:
         self.replies: dict[str, bytes] = {}
         self.delay_s = 0.0
         self.healthy: set[str] = set()
+        self.hung: set[str] = set()
 
     async def call(
         self, address: str, method: str, request: bytes, *, timeout_s: float | None, metadata: Metadata
@@ -52,6 +53,9 @@ class FakePool:
             await asyncio.sleep(self.delay_s)
         if address in self.down:
             raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+        if address in self.hung:  # a host that vanished: no answer until the deadline
+            await asyncio.sleep(timeout_s or 0.0)
+            raise RpcStatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
         return UpstreamReply(self.replies.get(address, address.encode()), (("x-from", address),))
 
     async def probe(self, address: str, timeout_s: float) -> bool:
@@ -132,6 +136,33 @@ async def test_both_attempts_failing_names_the_model() -> None:
         await core.call(PREDICT, _predict(), _ctx())
     assert caught.value.code is grpc.StatusCode.UNAVAILABLE and "'entry'" in caught.value.message
     assert len(pool.calls) == 2
+
+
+@_sync
+async def test_a_hung_replica_gets_half_the_deadline_then_the_other_one_answers() -> None:
+    pool = FakePool()
+    pool.hung.add("a:1")
+    core, _ = _core(["a:1", "b:1"], pool)
+    core._router = Router(OutlierPolicy(consecutive_failures=1000))
+    answered = set()
+    for _ in range(12):
+        before = len(pool.calls)
+        reply = await core.call(PREDICT, _predict(), _ctx(timeout_s=0.2))
+        answered.add(reply.response)
+        calls = pool.calls[before:]
+        if calls[0][0] == "a:1":
+            assert [c[0] for c in calls] == ["a:1", "b:1"]
+            assert calls[0][2] is not None and calls[0][2] <= 0.1 + 1e-6
+    assert answered == {b"b:1"}
+    assert any(c[0] == "a:1" for c in pool.calls), "p2c never picked the hung replica; the test proved nothing"
+
+
+@_sync
+async def test_a_single_replica_gets_the_whole_deadline() -> None:
+    pool = FakePool()
+    core, _ = _core(["a:1"], pool)
+    await core.call(PREDICT, _predict(), _ctx(timeout_s=0.2))
+    assert pool.calls[0][2] is not None and pool.calls[0][2] > 0.15
 
 
 @_sync

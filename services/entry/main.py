@@ -81,7 +81,11 @@ class EntryServer:
             timeout_s=config.ps_status_timeout_s,
         )
         self.fanout = PsFanout(
-            config=FanoutConfig(entry_model_name=entry_name, retry=config.fetch_ps_retry),
+            config=FanoutConfig(
+                entry_model_name=entry_name,
+                retry=config.fetch_ps_retry,
+                min_attempt_timeout_s=(config.model.fetch_ps_timeout_ms if config.model else 200) / 1000,
+            ),
             replicas=self.replicas,
             channels=self.channels,
             metrics=self.metrics,

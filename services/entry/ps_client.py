@@ -154,6 +154,8 @@ VersionKnowledge = Callable[[str, int], bool | None]
 class FanoutConfig:
     entry_model_name: str
     retry: int = 2
+    # An attempt is never cut below this (fetch_ps_timeout_ms), so a merely slow PS is not retried early.
+    min_attempt_timeout_s: float = 0.2
 
 
 class PsFanout(EmbeddingLookup):
@@ -275,7 +277,9 @@ class PsFanout(EmbeddingLookup):
                 self._metrics.ps_retries.labels(shard_label).inc()
             started = time.monotonic()
             try:
-                response = await self._channels.lookup(address)(request, timeout=remaining)
+                response = await self._channels.lookup(address)(
+                    request, timeout=self._attempt_timeout(remaining, attempt, len(addresses))
+                )
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 self._metrics.ps_errors.labels(shard_label, code.name).inc()
@@ -289,6 +293,17 @@ class PsFanout(EmbeddingLookup):
             reported = int(response.model_spec.version.value) if response.model_spec.HasField("version") else version
             return self._decode(shard, parts, dims, response, version), reported
         raise UnavailableError(f"PS shard {shard} ({self._models[shard]}) lookup failed: {last_error}")
+
+    def _attempt_timeout(self, remaining: float, attempt: int, replicas: int) -> float:
+        """Splits what is left of the deadline over the attempts still allowed.
+
+        A replica whose host vanished (no RST) answers nothing; with the whole deadline per attempt it would
+        hold the request until the client gives up. The last attempt, or the only replica, gets all of it.
+        """
+        attempts_left = self._config.retry + 1 - attempt
+        if attempts_left <= 1 or replicas <= 1:
+            return remaining
+        return min(remaining, max(remaining / attempts_left, self._config.min_attempt_timeout_s))
 
     def _decode(
         self,

@@ -1,0 +1,75 @@
+"""A PS replica that never answers (its host vanished, no RST) must not hold the request until the client's
+deadline: the fan-out splits the deadline over its attempts and the other replica answers in time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+import numpy as np
+
+from monolith_serving.core.tensor_codec import to_tensor_proto
+from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout
+from monolith_serving.entry.replica_source import StaticReplicaSource
+from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
+
+
+class ScriptedChannels(ChannelPool):
+    """Lookup calls without sockets: ``hung:*`` sleeps until its timeout, others answer zero rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[tuple[str, float]] = []
+
+    def lookup(self, address: str) -> Any:
+        async def call(request: bytes, *, timeout: float) -> predict_pb2.PredictResponse:
+            self.timeouts.append((address, timeout))
+            if address.startswith("hung"):
+                await asyncio.sleep(timeout)
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, grpc.aio.Metadata(), grpc.aio.Metadata(), "Deadline Exceeded"
+                )
+            parsed = predict_pb2.PredictRequest.FromString(request)
+            n = int(parsed.inputs["user_id"].tensor_shape.dim[0].size)
+            response = predict_pb2.PredictResponse()
+            response.model_spec.CopyFrom(parsed.model_spec)
+            response.outputs["user_value"].CopyFrom(to_tensor_proto(np.zeros((n, 2), np.float32)))
+            return response
+
+        return call
+
+
+def _fanout(channels: ScriptedChannels, replicas: list[str], retry: int = 2) -> PsFanout:
+    return PsFanout(
+        config=FanoutConfig(entry_model_name="entry", retry=retry, min_attempt_timeout_s=0.05),
+        replicas=StaticReplicaSource([replicas]),
+        channels=channels,
+        metrics=EntryMetrics(),
+    )
+
+
+def test_a_hung_replica_gets_a_share_of_the_deadline_and_the_other_answers() -> None:
+    async def scenario() -> None:
+        channels = ScriptedChannels()
+        fanout = _fanout(channels, ["hung:1", "good:1"])
+        for _ in range(4):  # the rotation puts the hung replica first at least once
+            started = time.monotonic()
+            await fanout.lookup(1, {"user": np.array([3, 5], np.int64)}, {"user": 2}, timeout_s=0.9)
+            assert time.monotonic() - started < 0.8
+        hung = [t for a, t in channels.timeouts if a == "hung:1"]
+        assert hung, "the hung replica was never tried; the test proved nothing"
+        assert all(t <= 0.9 / 3 + 1e-3 for t in hung)
+
+    asyncio.run(scenario())
+
+
+def test_the_only_replica_gets_the_whole_deadline() -> None:
+    async def scenario() -> None:
+        channels = ScriptedChannels()
+        await _fanout(channels, ["good:1"]).lookup(1, {"user": np.array([3], np.int64)}, {"user": 2}, timeout_s=0.9)
+        assert channels.timeouts[0][1] > 0.8
+
+    asyncio.run(scenario())

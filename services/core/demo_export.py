@@ -5,6 +5,8 @@ What it writes under ``--out``::
     ps_<i>/<version>/assets/MonolithHashTable_<table>_<i>-<j>-of-<m>   rows with fid mod num_ps == i
     entry/<version>/serving_spec.json                                  features -> tables, pooling, MLP
     entry/<version>/dense/layer<k>_{w,b}.npy                           MLP weights
+    dense_0/<version>/dense_spec.json, dense/layer<k>_{w,b}.npy        with --dense-alone: the MLP moves here
+                                                                       (the entry's spec says "remote")
 
 Table rows are keyed by v2 fids ``slot << 48 | k`` for k in [0, rows) of every slot that uses the
 table, so clients can make matching requests without reading the dumps. Everything derives from
@@ -23,9 +25,11 @@ import numpy as np
 import numpy.typing as npt
 
 from monolith_serving.core.cli_flags import add_flag
+from monolith_serving.core.dense_spec import DenseModelSpec, write_dense_model_spec
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.hash_table_dump import write_dump
 from monolith_serving.core.serving_spec import (
+    DENSE_SUB_MODEL,
     DenseBackend,
     DenseInputSpec,
     DenseSpec,
@@ -54,6 +58,15 @@ class DemoOptions:
     seed: int = 7
     files_per_partition: int = 2
     hidden: tuple[int, ...] = (16, 8)
+    dense_alone: bool = False  # the MLP goes to dense_0/<version>/ and the entry calls a dense server
+
+
+def _demo_layers(options: DemoOptions) -> tuple[LayerSpec, ...]:
+    widths = [*options.hidden, 1]
+    return tuple(
+        LayerSpec(f"dense/layer{k}_w.npy", f"dense/layer{k}_b.npy", "sigmoid" if k == len(widths) - 1 else "relu")
+        for k in range(len(widths))
+    )
 
 
 def demo_spec(options: DemoOptions) -> ServingSpec:
@@ -67,10 +80,10 @@ def demo_spec(options: DemoOptions) -> ServingSpec:
         features.append(FeatureSpec(f"{table.name}_recent", slot + 2, table.name, Pooling.FIRSTN, first_n=2))
         slot += 3
     dense_inputs = (DenseInputSpec("ctx", 2),)
-    widths = [*options.hidden, 1]
-    layers = tuple(
-        LayerSpec(f"dense/layer{k}_w.npy", f"dense/layer{k}_b.npy", "sigmoid" if k == len(widths) - 1 else "relu")
-        for k in range(len(widths))
+    dense = (
+        DenseSpec(DenseBackend.REMOTE, sub_model=DENSE_SUB_MODEL)
+        if options.dense_alone
+        else DenseSpec(DenseBackend.NUMPY, layers=_demo_layers(options))
     )
     return ServingSpec(
         model_name="demo",
@@ -78,7 +91,7 @@ def demo_spec(options: DemoOptions) -> ServingSpec:
         tables=tables,
         features=tuple(features),
         dense_inputs=dense_inputs,
-        dense=DenseSpec(DenseBackend.NUMPY, layers=layers),
+        dense=dense,
     )
 
 
@@ -116,15 +129,22 @@ def write_demo(options: DemoOptions) -> ServingSpec:
                 name = f"MonolithHashTable_{table.name}_{i}-{j:05d}-of-{m:05d}"
                 write_dump(assets / name, fids[part], values[part])
     entry_dir = options.out / "entry" / version
-    (entry_dir / "dense").mkdir(parents=True, exist_ok=True)
+    entry_dir.mkdir(parents=True, exist_ok=True)
+    # The same weights either way, so a dense_alone export scores exactly like the plain one.
+    layers = _demo_layers(options)
+    mlp_dir = options.out / DENSE_SUB_MODEL / version if options.dense_alone else entry_dir
+    (mlp_dir / "dense").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([options.seed, 1_000_003])
     width = spec.input_width
-    for layer, out_width in zip(spec.dense.layers, [*options.hidden, 1], strict=True):
+    for layer, out_width in zip(layers, [*options.hidden, 1], strict=True):
         weight = (rng.standard_normal((width, out_width)) / np.sqrt(width)).astype(np.float32)
         bias = (rng.standard_normal(out_width) * 0.1).astype(np.float32)
-        np.save(entry_dir / layer.weight, weight, allow_pickle=False)
-        np.save(entry_dir / layer.bias, bias, allow_pickle=False)
+        np.save(mlp_dir / layer.weight, weight, allow_pickle=False)
+        np.save(mlp_dir / layer.bias, bias, allow_pickle=False)
         width = out_width
+    if options.dense_alone:
+        dense = DenseModelSpec(spec.input_width, DenseSpec(DenseBackend.NUMPY, layers=layers), spec.output_name)
+        write_dense_model_spec(mlp_dir, dense)
     write_serving_spec(entry_dir, spec)
     return spec
 
@@ -153,6 +173,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(parser, "--version", type=int, default=DEFAULT_VERSION, help="version folder (default %(default)s)")
     add_flag(parser, "--seed", type=int, default=7, help="random seed (default %(default)s)")
+    add_flag(
+        parser,
+        "--dense-alone",
+        action="store_true",
+        help="also write dense_0/<version>/ (the MLP, for a separate dense server); the entry's spec says remote",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,7 +186,13 @@ def run(args: argparse.Namespace) -> int:
     if args.dim is not None:
         tables = tuple((name, args.dim) for name, _ in tables)
     options = DemoOptions(
-        out=args.out, num_ps=args.num_ps, rows=args.rows, tables=tuple(tables), version=args.version, seed=args.seed
+        out=args.out,
+        num_ps=args.num_ps,
+        rows=args.rows,
+        tables=tuple(tables),
+        version=args.version,
+        seed=args.seed,
+        dense_alone=args.dense_alone,
     )
     spec = write_demo(options)
     print(

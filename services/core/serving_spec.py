@@ -15,7 +15,8 @@ version folder (written by ``export-demo`` or by a user's export step). Format (
       "dense_inputs": [{"name": "ctx", "dim": 2}],
       "dense": {"backend": "numpy",
                 "layers": [{"weight": "dense/layer0_w.npy", "bias": "dense/layer0_b.npy", "activation": "relu"}, ...]}
-                | {"backend": "onnx", "file": "dense.onnx"},
+                | {"backend": "onnx", "file": "dense.onnx"}
+                | {"backend": "remote", "sub_model": "dense_0"},   (dense_alone: a dense server scores)
       "output_name": "scores",
       "max_batch_size": 1024,
       "ignore_unknown_features": false
@@ -51,6 +52,11 @@ class Pooling(str, enum.Enum):
 class DenseBackend(str, enum.Enum):
     NUMPY = "numpy"
     ONNX = "onnx"
+    REMOTE = "remote"  # Monolith's dense_alone: the ``dense_0`` sub-model runs in its own server
+
+
+# The one dense sub-model Monolith exports (REFERENCE §1: "Optional dense_0").
+DENSE_SUB_MODEL = "dense_0"
 
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
@@ -92,6 +98,19 @@ class DenseSpec:
     backend: DenseBackend
     layers: tuple[LayerSpec, ...] = ()
     file: str = ""
+    sub_model: str = ""  # remote only: which sub-model's server runs the network
+
+    def to_json(self) -> dict[str, Any]:
+        dense: dict[str, Any] = {"backend": self.backend.value}
+        if self.backend is DenseBackend.NUMPY:
+            dense["layers"] = [
+                {"weight": layer.weight, "bias": layer.bias, "activation": layer.activation} for layer in self.layers
+            ]
+        elif self.backend is DenseBackend.ONNX:
+            dense["file"] = self.file
+        else:
+            dense["sub_model"] = self.sub_model
+        return dense
 
 
 @dataclass(frozen=True)
@@ -118,14 +137,6 @@ class ServingSpec:
         return sparse + sum(d.dim for d in self.dense_inputs)
 
     def to_json(self) -> dict[str, Any]:
-        dense: dict[str, Any] = {"backend": self.dense.backend.value}
-        if self.dense.backend is DenseBackend.NUMPY:
-            dense["layers"] = [
-                {"weight": layer.weight, "bias": layer.bias, "activation": layer.activation}
-                for layer in self.dense.layers
-            ]
-        else:
-            dense["file"] = self.dense.file
         return {
             "format_version": FORMAT_VERSION,
             "model_name": self.model_name,
@@ -137,7 +148,7 @@ class ServingSpec:
                 for f in self.features
             ],
             "dense_inputs": [{"name": d.name, "dim": d.dim} for d in self.dense_inputs],
-            "dense": dense,
+            "dense": self.dense.to_json(),
             "output_name": self.output_name,
             "max_batch_size": self.max_batch_size,
             "ignore_unknown_features": self.ignore_unknown_features,
@@ -187,22 +198,7 @@ def parse_serving_spec(data: Mapping[str, Any], where: str = SPEC_FILE) -> Servi
         )
         for i, d in enumerate(data.get("dense_inputs", []))
     )
-    dense_raw = _field(data, "dense", dict, where)
-    try:
-        backend = DenseBackend(_field(dense_raw, "backend", str, f"{where} dense"))
-    except ValueError as error:
-        raise InvalidArgumentError(f"{where} dense: backend must be numpy or onnx") from error
-    if backend is DenseBackend.NUMPY:
-        layers = []
-        for i, layer in enumerate(_field(dense_raw, "layers", list, f"{where} dense")):
-            at = f"{where} dense.layers[{i}]"
-            activation = _field(layer, "activation", str, at)
-            if activation not in ACTIVATIONS:
-                raise InvalidArgumentError(f"{at}: activation must be one of {', '.join(ACTIVATIONS)}")
-            layers.append(LayerSpec(_field(layer, "weight", str, at), _field(layer, "bias", str, at), activation))
-        dense = DenseSpec(backend, layers=tuple(layers))
-    else:
-        dense = DenseSpec(backend, file=_field(dense_raw, "file", str, f"{where} dense"))
+    dense = parse_dense_spec(_field(data, "dense", dict, where), f"{where} dense", allow_remote=True)
     names = [f.name for f in features] + [d.name for d in dense_inputs]
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"{where}: feature names must be unique")
@@ -217,6 +213,33 @@ def parse_serving_spec(data: Mapping[str, Any], where: str = SPEC_FILE) -> Servi
         max_batch_size=int(data.get("max_batch_size", 1024)),
         ignore_unknown_features=bool(data.get("ignore_unknown_features", False)),
     )
+
+
+def parse_dense_spec(raw: Mapping[str, Any], where: str, *, allow_remote: bool) -> DenseSpec:
+    """The ``dense`` object (also used by the dense sub-model's ``dense_spec.json``, where the network
+    itself must be there, so ``remote`` is refused)."""
+    backends = [b.value for b in DenseBackend if allow_remote or b is not DenseBackend.REMOTE]
+    try:
+        backend = DenseBackend(_field(raw, "backend", str, where))
+    except ValueError:
+        backend = None
+    if backend is None or backend.value not in backends:
+        raise InvalidArgumentError(f"{where}: backend must be one of {', '.join(backends)}")
+    if backend is DenseBackend.NUMPY:
+        layers = []
+        for i, layer in enumerate(_field(raw, "layers", list, where)):
+            at = f"{where}.layers[{i}]"
+            activation = _field(layer, "activation", str, at)
+            if activation not in ACTIVATIONS:
+                raise InvalidArgumentError(f"{at}: activation must be one of {', '.join(ACTIVATIONS)}")
+            layers.append(LayerSpec(_field(layer, "weight", str, at), _field(layer, "bias", str, at), activation))
+        return DenseSpec(backend, layers=tuple(layers))
+    if backend is DenseBackend.ONNX:
+        return DenseSpec(backend, file=_field(raw, "file", str, where))
+    sub_model = _field(raw, "sub_model", str, where)
+    if sub_model != DENSE_SUB_MODEL:
+        raise InvalidArgumentError(f"{where}: sub_model must be {DENSE_SUB_MODEL!r}, got {sub_model!r}")
+    return DenseSpec(backend, sub_model=sub_model)
 
 
 def load_serving_spec(entry_version_dir: Path) -> ServingSpec:

@@ -63,9 +63,13 @@ class ReferenceScorer:
         self.spec: dict[str, Any] = json.loads((folder / "serving_spec.json").read_text())
         self.dims = {t["name"]: t["dim"] for t in self.spec["tables"]}
         self.tables = load_tables(export, version)
+        dense = self.spec["dense"]
+        if dense["backend"] == "remote":  # dense_alone: the MLP is in the dense sub-model's version folder
+            folder = export / dense["sub_model"] / str(version)
+            dense = json.loads((folder / "dense_spec.json").read_text())["dense"]
         self.layers = [
             (np.load(folder / layer["weight"]).astype(np.float64), np.load(folder / layer["bias"]), layer["activation"])
-            for layer in self.spec["dense"]["layers"]
+            for layer in dense["layers"]
         ]
 
     def row(self, example: LogicalExample) -> list[float]:

@@ -3,6 +3,10 @@
 Both take the [batch, input_width] float32 matrix from pooling and return [batch, output_width] float32.
 Loading validates every shape against the serving spec so a bad export fails at load time, not per
 request. ``predict`` is pure computation and safe to call from several threads.
+
+``DenseModel`` is what the entry awaits per request (``score``); ``LocalDenseModel`` computes in
+process, ``entry.remote_dense.RemoteDense`` calls a dense server (dense_alone). The dense server
+(``monolith_serving.dense``) runs the same local networks via ``load_dense_network``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
-from monolith_serving.core.serving_spec import DenseBackend, ServingSpec
+from monolith_serving.core.serving_spec import DenseBackend, DenseSpec, LayerSpec, ServingSpec
 
 Float32Array = npt.NDArray[np.float32]
 
@@ -51,14 +55,26 @@ ACTIVATION_FUNCTIONS: dict[str, Callable[[Float32Array], Float32Array]] = {
 
 class DenseModel(abc.ABC):
     input_width: int
-    output_width: int
+    output_width: int  # -1 when not known before the first answer (remote)
+
+    @abc.abstractmethod
+    async def score(self, x: Float32Array, *, version: int, timeout_s: float) -> Float32Array:
+        """[batch, input_width] -> [batch, output_width], float32; ``version`` is the entry version
+        (a remote network is pinned to it), ``timeout_s`` what is left of the request's deadline."""
+
+
+class LocalDenseModel(DenseModel):
+    """A network computed in this process; ``score`` ignores version and deadline."""
 
     @abc.abstractmethod
     def predict(self, x: Float32Array) -> Float32Array:
         """[batch, input_width] -> [batch, output_width], float32."""
 
+    async def score(self, x: Float32Array, *, version: int, timeout_s: float) -> Float32Array:
+        return self.predict(x)
 
-class NumpyMlp(DenseModel):
+
+class NumpyMlp(LocalDenseModel):
     """``x @ W + b`` then the activation, layer by layer."""
 
     def __init__(self, layers: list[tuple[Float32Array, Float32Array, str]]) -> None:
@@ -89,9 +105,13 @@ def _load_npy(path: Path) -> Float32Array:
 
 
 def load_numpy_mlp(spec: ServingSpec, version_dir: Path) -> NumpyMlp:
+    return load_numpy_layers(spec.dense.layers, spec.input_width, version_dir)
+
+
+def load_numpy_layers(specs: tuple[LayerSpec, ...], input_width: int, version_dir: Path) -> NumpyMlp:
     layers = []
-    width = spec.input_width
-    for k, layer in enumerate(spec.dense.layers):
+    width = input_width
+    for k, layer in enumerate(specs):
         weight = _load_npy(version_dir / layer.weight)
         bias = _load_npy(version_dir / layer.bias)
         if weight.ndim != 2 or weight.shape[0] != width:
@@ -108,7 +128,7 @@ def load_numpy_mlp(spec: ServingSpec, version_dir: Path) -> NumpyMlp:
     return NumpyMlp(layers)
 
 
-class OnnxDense(DenseModel):
+class OnnxDense(LocalDenseModel):
     """An ONNX graph with one float input [batch, input_width] and its first output [batch, k]."""
 
     def __init__(self, path: Path, input_width: int) -> None:
@@ -145,10 +165,18 @@ class OnnxDense(DenseModel):
         return out
 
 
-def load_dense(spec: ServingSpec, version_dir: Path) -> DenseModel:
-    if spec.dense.backend is DenseBackend.NUMPY:
-        return load_numpy_mlp(spec, version_dir)
-    path = version_dir / spec.dense.file
+def load_dense(spec: ServingSpec, version_dir: Path) -> LocalDenseModel:
+    """The entry version's own network (a ``remote`` spec is wired by the entry, not loaded here)."""
+    return load_dense_network(spec.dense, spec.input_width, version_dir)
+
+
+def load_dense_network(dense: DenseSpec, input_width: int, version_dir: Path) -> LocalDenseModel:
+    """A numpy or ONNX network whose files are relative to ``version_dir``."""
+    if dense.backend is DenseBackend.NUMPY:
+        return load_numpy_layers(dense.layers, input_width, version_dir)
+    if dense.backend is DenseBackend.REMOTE:
+        raise InvalidArgumentError(f"dense backend 'remote' ({dense.sub_model}) has no network to load here")
+    path = version_dir / dense.file
     if not path.is_file():
         raise NotFoundError(f"ONNX dense graph {str(path)!r} does not exist")
-    return OnnxDense(path, spec.input_width)
+    return OnnxDense(path, input_width)

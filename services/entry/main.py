@@ -5,6 +5,10 @@ once a version is served. A control loop then runs every ``--file_system_poll_wa
 status, rescan/load/gate versions, drop channels of vanished replicas — each step isolated, logged with
 its traceback on failure and timed into ``entry_control_step_seconds``. Shutdown: health NOT_SERVING,
 stop accepting, drain for ``--grace_s``, then close PS channels and the replica source.
+
+dense_alone: dense replicas come from ``--dense_targets`` or, under an agent, from its HeartBeat
+(``dense:0``); they are tracked (status poll, channels) like the PS replicas and used by the versions whose
+serving spec says ``"backend": "remote"``. Without either source such a version fails to load.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig
 from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, ReplicaHealth
 from monolith_serving.entry.ps_status import PsStatusTracker
+from monolith_serving.entry.remote_dense import DenseReplicas, RemoteDenseConfig, dense_model_name
 from monolith_serving.entry.replica_source import (
     AgentReplicaSource,
     ReplicaSource,
@@ -49,6 +54,7 @@ class EntryServerConfig:
     model: EntryModelConfig | None
     num_ps: int
     ps_targets: tuple[tuple[str, ...], ...] = ()  # static discovery; empty -> agent
+    dense_targets: tuple[str, ...] = ()  # static dense_0 replicas; empty -> agent (if any), else no dense
     agent_address: str = ""
     port: int = DEFAULT_PORT
     host: str = "0.0.0.0"
@@ -92,12 +98,43 @@ class EntryServer:
             health=ReplicaHealth(),
             knows_version=self.ps_status.knows_version,
         )
+        self.dense_replicas: ReplicaSource | None = None
+        if config.dense_targets:
+            self.dense_replicas = StaticReplicaSource([config.dense_targets])
+        elif config.agent_address:
+            self.dense_replicas = AgentReplicaSource(
+                agent_address=config.agent_address, num_ps=1, model=v3_model_of(entry_name), kind="dense"
+            )
+        self.dense_channels = ChannelPool()
+        self.dense_status: PsStatusTracker | None = None
+        dense: DenseReplicas | None = None
+        if self.dense_replicas is not None:
+            self.dense_status = PsStatusTracker(
+                entry_model_name=entry_name,
+                replicas=self.dense_replicas,
+                channels=self.dense_channels,
+                timeout_s=config.ps_status_timeout_s,
+                model_name=dense_model_name,
+            )
+            dense = DenseReplicas(
+                config=RemoteDenseConfig(
+                    entry_model_name=entry_name,
+                    retry=config.fetch_ps_retry,
+                    min_attempt_timeout_s=(config.model.fetch_ps_timeout_ms if config.model else 200) / 1000,
+                ),
+                replicas=self.dense_replicas,
+                channels=self.dense_channels,
+                metrics=self.metrics,
+                knows_version=self.dense_status.knows_version,
+            )
         self.model = EntryModel(
             config=config.model,
             num_ps=config.num_ps,
             lookup=self.fanout,
             ps_ready=self.ps_status.ready,
             metrics=self.metrics,
+            remote_dense=dense.bind if dense is not None else None,
+            dense_ready=self.dense_status.ready if self.dense_status is not None else None,
         )
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
@@ -114,7 +151,9 @@ class EntryServer:
         if self._grpc is not None:
             return
         await self.replicas.start()
-        await self._step("ps_status", self.ps_status.poll)
+        if self.dense_replicas is not None:
+            await self.dense_replicas.start()
+        await self._poll_status()
         await self._step("model_refresh", self.model.refresh)
         predict = EntryPredictionServicer(self.model, self.metrics)
         models = EntryModelServicer(self.model)
@@ -151,11 +190,18 @@ class EntryServer:
 
     async def _retain_channels(self) -> None:
         await self.channels.retain(self.replicas.all_addresses())
+        if self.dense_replicas is not None:
+            await self.dense_channels.retain(self.dense_replicas.all_addresses())
+
+    async def _poll_status(self) -> None:
+        await self._step("ps_status", self.ps_status.poll)
+        if self.dense_status is not None:
+            await self._step("dense_status", self.dense_status.poll)
 
     async def _control_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.poll_interval_s)
-            await self._step("ps_status", self.ps_status.poll)
+            await self._poll_status()
             await self._step("model_refresh", self.model.refresh)
             await self._step("retain_channels", self._retain_channels)
             if self._grpc is not None:
@@ -173,6 +219,9 @@ class EntryServer:
             self._metrics_endpoint.stop()
         await self.channels.close()
         await self.replicas.stop()
+        await self.dense_channels.close()
+        if self.dense_replicas is not None:
+            await self.dense_replicas.stop()
 
     async def __aenter__(self) -> EntryServer:
         await self.start()
@@ -199,6 +248,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="static PS replicas: one flag per shard in order, replicas comma-separated ('a:1,b:1;c:1' also works)",
+    )
+    add_flag(
+        parser,
+        "--dense_targets",
+        default="",
+        help="static dense_0 replicas (dense_alone), comma-separated host:port; default: ask the agent if any",
     )
     add_flag(
         parser,
@@ -252,6 +307,9 @@ def _spec_num_ps(model: EntryModelConfig | None) -> int | None:
 def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> EntryServerConfig:
     model = _model_config(args)
     targets = parse_ps_targets(args.ps_targets)
+    dense_shards = parse_ps_targets([args.dense_targets], "--dense_targets") if args.dense_targets else ()
+    if len(dense_shards) > 1:
+        raise InvalidArgumentError("--dense_targets lists the replicas of dense_0 only (comma-separated, no ';')")
     agent_address = args.agent_address
     if not targets and agent_address is None:
         if "PORT2" not in environ:
@@ -271,6 +329,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         model=model,
         num_ps=num_ps,
         ps_targets=targets,
+        dense_targets=dense_shards[0] if dense_shards else (),
         agent_address=agent_address or "",
         port=port,
         metrics_port=args.metrics_port,

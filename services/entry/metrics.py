@@ -38,6 +38,12 @@ class EntryMetrics:
         self.ps_retries = Counter(
             "entry_ps_lookup_retries", "Lookups retried on another replica", ["shard"], registry=r
         )
+        # dense_alone: the call to the dense server after pooling.
+        self.dense_latency = Histogram(
+            "entry_dense_latency_seconds", "One Predict RPC to a dense replica", buckets=_LATENCY_BUCKETS_S, registry=r
+        )
+        self.dense_errors = Counter("entry_dense_errors", "Failed dense RPCs by gRPC code", ["code"], registry=r)
+        self.dense_retries = Counter("entry_dense_retries", "Dense calls retried on another replica", registry=r)
         self.served_version = Gauge("entry_served_version", "Newest entry version being served (0: none)", registry=r)
         self.loaded_versions = Gauge("entry_loaded_versions", "Entry versions loaded in memory", registry=r)
         self.control_step_seconds = Gauge(

@@ -5,7 +5,8 @@ Version lifecycle (``refresh()`` is one control-loop step; it never raises for a
 1. the version policy picks the wanted versions among the integer folders of ``base_path``;
 2. a wanted version is loaded (serving spec, request parser, dense network) on an executor thread;
    a failing load is retried on later steps, at most ``max_load_attempts`` times;
-3. a loaded version becomes *served* once every PS shard reports it AVAILABLE (``ps_ready``); it then
+3. a loaded version becomes *served* once every PS shard reports it AVAILABLE (``ps_ready``) — and, when
+   its dense network is remote (dense_alone), once ``dense_0`` has it AVAILABLE too (``dense_ready``); it then
    replaces the versions served before. Until then the previous versions keep serving — and they stay
    served through a PS status flap, so one missed status poll never takes the entry down;
 4. versions neither wanted nor served are unloaded.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ from monolith_serving.core.errors import (
     NotFoundError,
 )
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, version_dir
-from monolith_serving.core.serving_spec import ServingSpec, load_serving_spec
+from monolith_serving.core.serving_spec import DenseBackend, ServingSpec, load_serving_spec
 from monolith_serving.entry.dense import DenseModel, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.pooling import assemble_input, plan_lookup
@@ -89,6 +91,10 @@ class LoadedVersion:
     def dims(self) -> dict[str, int]:
         return {t.name: t.dim for t in self.spec.tables}
 
+    @property
+    def remote_dense(self) -> bool:
+        return self.spec.dense.backend is DenseBackend.REMOTE
+
 
 @dataclass(frozen=True)
 class PredictResult:
@@ -97,14 +103,29 @@ class PredictResult:
     ps_versions: dict[int, int]  # shard -> PS version that answered
 
 
-def load_version(path: Path, version: int, num_ps: int, max_batch_size: int | None) -> LoadedVersion:
+RemoteDenseFactory = Callable[[ServingSpec], DenseModel]
+"""Builds the remote network of a version whose spec says ``"backend": "remote"`` (``remote_dense``)."""
+
+
+def load_version(
+    path: Path, version: int, num_ps: int, max_batch_size: int | None, remote_dense: RemoteDenseFactory | None = None
+) -> LoadedVersion:
     """Reads and validates one entry version folder (blocking: run it on an executor)."""
     spec = load_serving_spec(path)
     if spec.num_ps != num_ps:
         raise FailedPreconditionError(
             f"{path}: serving spec says num_ps={spec.num_ps} but the entry has {num_ps} PS shards"
         )
-    dense = load_dense(spec, path)
+    dense: DenseModel
+    if spec.dense.backend is DenseBackend.REMOTE:
+        if remote_dense is None:
+            raise FailedPreconditionError(
+                f"{path}: the serving spec runs the dense network in {spec.dense.sub_model} (dense_alone) but this "
+                "entry knows no dense server: give --dense_targets or run it under an agent"
+            )
+        dense = remote_dense(spec)
+    else:
+        dense = load_dense(spec, path)
     return LoadedVersion(version, path, spec, RequestParser(spec, max_batch_size), dense)
 
 
@@ -117,11 +138,15 @@ class EntryModel:
         lookup: EmbeddingLookup,
         ps_ready: Callable[[int], bool],
         metrics: EntryMetrics,
+        remote_dense: RemoteDenseFactory | None = None,
+        dense_ready: Callable[[int], bool] | None = None,
     ) -> None:
         self._config = config
         self._num_ps = num_ps
         self._lookup = lookup
         self._ps_ready = ps_ready
+        self._remote_dense = remote_dense
+        self._dense_ready = dense_ready
         self._metrics = metrics
         self._loaded: dict[int, LoadedVersion] = {}
         self._failures: dict[int, tuple[int, MonolithServingError]] = {}
@@ -192,7 +217,7 @@ class EntryModel:
             path = version_dir(config.base_path, version)
             try:
                 loaded = await loop.run_in_executor(
-                    None, load_version, path, version, self._num_ps, config.max_batch_size
+                    None, load_version, path, version, self._num_ps, config.max_batch_size, self._remote_dense
                 )
             except MonolithServingError as error:
                 logger.error("cannot load entry version %d (attempt %d): %s", version, attempts + 1, error.message)
@@ -204,7 +229,7 @@ class EntryModel:
             self._loaded[version] = loaded
             logger.info("loaded entry version %d from %s", version, path)
         served = set(self._served)
-        ready = [v for v in wanted if v in self._loaded and (v in served or self._ps_ready(v))]
+        ready = [v for v in wanted if v in self._loaded and (v in served or self._backends_ready(self._loaded[v]))]
         # Nothing wanted ready yet: keep serving what we served (while its files still exist).
         new_served = tuple(sorted(ready)) if ready else tuple(v for v in self._served if v in on_disk)
         if new_served != self._served:
@@ -215,6 +240,12 @@ class EntryModel:
             self._unloaded.add(version)
         self._metrics.served_version.set(max(new_served) if new_served else 0)
         self._metrics.loaded_versions.set(len(self._loaded))
+
+    def _backends_ready(self, loaded: LoadedVersion) -> bool:
+        """Every PS shard (and dense_0 when the network is remote) has the version AVAILABLE."""
+        if not self._ps_ready(loaded.version):
+            return False
+        return not loaded.remote_dense or (self._dense_ready is not None and self._dense_ready(loaded.version))
 
     # -- queries --------------------------------------------------------------------------------------
 
@@ -235,12 +266,13 @@ class EntryModel:
         for v in self._chosen:
             if v not in self._loaded and v not in self._failures:
                 statuses[v] = VersionStatus(v, ModelState.START)
-        for v in self._loaded:
+        for v, loaded in self._loaded.items():
             if v in self._served:
                 statuses[v] = VersionStatus(v, ModelState.AVAILABLE)
             else:
+                also = f" and {loaded.spec.dense.sub_model}" if loaded.remote_dense else ""
                 statuses[v] = VersionStatus(
-                    v, ModelState.LOADING, detail=f"waiting until every PS shard has version {v} AVAILABLE"
+                    v, ModelState.LOADING, detail=f"waiting until every PS shard{also} has version {v} AVAILABLE"
                 )
         if version is not None:
             if version not in statuses:
@@ -297,8 +329,9 @@ class EntryModel:
         """Parses, looks up, pools and scores one request.
 
         ``timeout_s`` is what is left of the caller's deadline; without one the PS calls get
-        ``fetch_ps_timeout_ms``.
+        ``fetch_ps_timeout_ms`` (and so does a remote dense call, separately).
         """
+        started = time.monotonic()
         loaded = self.resolve(name, version)
         config = self._config
         assert config is not None  # resolve() checked it
@@ -317,5 +350,7 @@ class EntryModel:
         else:
             result = LookupResult({}, {})
         x = assemble_input(spec, batch, plan, result.values)
-        scores = loaded.dense.predict(x)
+        default_s = config.fetch_ps_timeout_ms / 1000.0
+        dense_s = timeout_s - (time.monotonic() - started) if timeout_s is not None else default_s
+        scores = await loaded.dense.score(x, version=loaded.version, timeout_s=dense_s)
         return PredictResult({spec.output_name: scores}, loaded.version, result.ps_versions)

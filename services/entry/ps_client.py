@@ -61,6 +61,20 @@ def ps_model_name(entry_model_name: str, shard: int) -> str:
     return f"{model}:ps_{shard}" if sep else f"ps_{shard}"
 
 
+def split_deadline(remaining: float, *, attempt: int, retry: int, replicas: int, min_attempt_s: float) -> float:
+    """The timeout of attempt ``attempt`` (0-based): what is left of the deadline split over the attempts
+    still allowed, never below ``min_attempt_s`` (so a merely slow replica is not retried early).
+
+    A replica whose host vanished (no RST) answers nothing; with the whole deadline per attempt it would
+    hold the request until the client gives up. The last attempt, or the only replica, gets all of it.
+    Shared by the PS fan-out and the remote dense call (``remote_dense``).
+    """
+    attempts_left = retry + 1 - attempt
+    if attempts_left <= 1 or replicas <= 1:
+        return remaining
+    return min(remaining, max(remaining / attempts_left, min_attempt_s))
+
+
 @dataclass(frozen=True)
 class LookupResult:
     values: dict[str, Float32Array]  # table -> [len(unique fids), dim]
@@ -295,15 +309,10 @@ class PsFanout(EmbeddingLookup):
         raise UnavailableError(f"PS shard {shard} ({self._models[shard]}) lookup failed: {last_error}")
 
     def _attempt_timeout(self, remaining: float, attempt: int, replicas: int) -> float:
-        """Splits what is left of the deadline over the attempts still allowed.
-
-        A replica whose host vanished (no RST) answers nothing; with the whole deadline per attempt it would
-        hold the request until the client gives up. The last attempt, or the only replica, gets all of it.
-        """
-        attempts_left = self._config.retry + 1 - attempt
-        if attempts_left <= 1 or replicas <= 1:
-            return remaining
-        return min(remaining, max(remaining / attempts_left, self._config.min_attempt_timeout_s))
+        return split_deadline(
+            remaining, attempt=attempt, retry=self._config.retry, replicas=replicas,
+            min_attempt_s=self._config.min_attempt_timeout_s,
+        )  # fmt: skip
 
     def _decode(
         self,

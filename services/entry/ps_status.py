@@ -3,12 +3,15 @@
 The entry gates its versions on this (entry version V is served only when every shard has V AVAILABLE on
 at least one replica) and the fan-out prefers replicas known to hold the pinned version. ``poll()`` is
 one step of the entry's control loop; a replica that does not answer counts as having nothing.
+With ``model_name`` set to ``remote_dense.dense_model_name`` the same tracker follows the ``dense_0``
+replicas (dense_alone), whose versions gate the entry's versions too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import grpc
 
@@ -24,9 +27,16 @@ AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 
 class PsStatusTracker:
     def __init__(
-        self, *, entry_model_name: str, replicas: ReplicaSource, channels: ChannelPool, timeout_s: float = 1.0
+        self,
+        *,
+        entry_model_name: str,
+        replicas: ReplicaSource,
+        channels: ChannelPool,
+        timeout_s: float = 1.0,
+        model_name: Callable[[str, int], str] = ps_model_name,
     ) -> None:
         self._entry_model_name = entry_model_name
+        self._model_name = model_name
         self._replicas = replicas
         self._channels = channels
         self._timeout_s = timeout_s
@@ -39,7 +49,7 @@ class PsStatusTracker:
             response_deserializer=get_model_status_pb2.GetModelStatusResponse.FromString,
         )
         request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = ps_model_name(self._entry_model_name, shard)
+        request.model_spec.name = self._model_name(self._entry_model_name, shard)
         try:
             response = await call(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:

@@ -1,4 +1,5 @@
-"""Where the PS replicas of every shard are: a static list, or the agent's AgentService.
+"""Where the PS replicas of every shard are (and, with dense_alone, the ``dense_0`` replicas): a static
+list, or the agent's AgentService.
 
 ``replicas(shard)`` is a cheap snapshot read on every request; sources that learn addresses at run time
 replace the snapshot atomically (a new tuple), so readers never see a half-updated list.
@@ -15,11 +16,12 @@ from collections.abc import Sequence
 import grpc
 
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.export_layout import ps_index
 from monolith_serving.core.grpc_server import channel_options
 from monolith_serving.proto_gen.monolith.agent_service import agent_service_pb2, agent_service_pb2_grpc
 
 logger = logging.getLogger(__name__)
+
+_SERVER_TYPES = {"ps": agent_service_pb2.PS, "dense": agent_service_pb2.DENSE}
 
 
 class ReplicaSource(abc.ABC):
@@ -45,7 +47,14 @@ def v3_model_of(entry_name: str) -> str | None:
     return model if separator else None
 
 
-def parse_ps_targets(values: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+def sub_model_index(name: str, prefix: str) -> int | None:
+    """``3`` for ``<prefix>_3`` or ``model:<prefix>_3`` (``ps_3``, ``demo:dense_0``); None otherwise."""
+    leaf = name.rsplit(":", 1)[-1]
+    head, _, digits = leaf.rpartition("_")
+    return int(digits) if head == prefix and digits.isdigit() else None
+
+
+def parse_ps_targets(values: Sequence[str], flag: str = "--ps_targets") -> tuple[tuple[str, ...], ...]:
     """``--ps_targets`` values -> replicas per shard.
 
     Each value is one shard, in shard order, with its replicas separated by commas; ``;`` inside a value
@@ -56,11 +65,11 @@ def parse_ps_targets(values: Sequence[str]) -> tuple[tuple[str, ...], ...]:
         for shard_text in value.split(";"):
             replicas = tuple(a.strip() for a in shard_text.split(",") if a.strip())
             if not replicas:
-                raise InvalidArgumentError(f"--ps_targets {value!r}: shard {len(shards)} has no address")
+                raise InvalidArgumentError(f"{flag} {value!r}: shard {len(shards)} has no address")
             for address in replicas:
                 host, _, port = address.rpartition(":")
                 if not host or not port.isdigit():
-                    raise InvalidArgumentError(f"--ps_targets: {address!r} is not host:port")
+                    raise InvalidArgumentError(f"{flag}: {address!r} is not host:port")
             shards.append(replicas)
     return tuple(shards)
 
@@ -80,7 +89,8 @@ class AgentReplicaSource(ReplicaSource):
     Keys ``ps:<i>`` (agent v1) and ``<model>:ps_<i>`` (v3) both map to shard i. A v3 agent answers for every
     model of its bzid, so with ``model`` set only that model's ``<model>:ps_<i>`` keys count. A failed poll
     keeps the previous snapshot (a restarting agent must not empty the PS list) and is logged; polling
-    continues.
+    continues. With ``kind="dense"`` it tracks the dense servers instead (``HeartBeat(server_type=DENSE)``,
+    keys ``dense:0`` / ``<model>:dense_0``; ``num_ps`` is then the number of dense sub-models, 1).
     """
 
     def __init__(
@@ -91,8 +101,12 @@ class AgentReplicaSource(ReplicaSource):
         model: str | None = None,
         interval_s: float = 1.0,
         timeout_s: float = 1.0,
+        kind: str = "ps",
     ) -> None:
+        if kind not in _SERVER_TYPES:
+            raise InvalidArgumentError(f"replica kind must be one of {sorted(_SERVER_TYPES)}, got {kind!r}")
         self.num_ps = num_ps
+        self._kind = kind
         self._model = model
         self._agent_address = agent_address
         self._interval_s = interval_s
@@ -129,7 +143,7 @@ class AgentReplicaSource(ReplicaSource):
         started = time.monotonic()
         try:
             response = await stub.HeartBeat(
-                agent_service_pb2.HeartBeatRequest(server_type=agent_service_pb2.PS), timeout=self._timeout_s
+                agent_service_pb2.HeartBeatRequest(server_type=_SERVER_TYPES[self._kind]), timeout=self._timeout_s
             )
         except grpc.aio.AioRpcError as error:
             logger.warning("HeartBeat to agent %s failed: %s %s", self._agent_address, error.code(), error.details())
@@ -137,9 +151,10 @@ class AgentReplicaSource(ReplicaSource):
         shards: list[list[str]] = [[] for _ in range(self.num_ps)]
         for key, address_list in response.addresses.items():
             owner, _, sub_graph = key.rpartition(":")
-            if owner != "ps" and self._model is not None and owner != self._model:
+            v1 = owner == self._kind
+            if not v1 and self._model is not None and owner != self._model:
                 continue
-            index = ps_index(sub_graph if owner != "ps" else f"ps_{sub_graph}")
+            index = sub_model_index(f"{self._kind}_{sub_graph}" if v1 else sub_graph, self._kind)
             if index is None or index >= self.num_ps:
                 continue
             shards[index].extend(a for a in address_list.address if a not in shards[index])

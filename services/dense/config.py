@@ -1,0 +1,75 @@
+"""The dense server's configuration, parsed once from flags (and a model config file) in ``main``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.export_layout import VersionPolicy
+from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
+
+DEFAULT_PORT = 8500
+
+
+def is_dense_sub_model(name: str) -> bool:
+    """``dense_0`` (agent v1) or ``<model>:dense_0`` (v3)."""
+    head, _, digits = name.rsplit(":", 1)[-1].rpartition("_")
+    return head == "dense" and digits.isdigit()
+
+
+@dataclass(frozen=True)
+class DenseModelConfig:
+    """One hosted dense sub-model: where its versions are and which to serve."""
+
+    name: str
+    base_path: Path
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    version_labels: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not is_dense_sub_model(self.name):
+            raise InvalidArgumentError(f"model {self.name!r} is not a dense sub-model (dense_<i> or <model>:dense_<i>)")
+
+
+def dense_models_from_proto(config: model_server_config_pb2.ModelServerConfig) -> tuple[DenseModelConfig, ...]:
+    """The ``model_config_list`` entries; names must be dense sub-models and unique."""
+    if config.WhichOneof("config") == "custom_model_config":
+        raise InvalidArgumentError("custom_model_config is not supported; use model_config_list")
+    result: list[DenseModelConfig] = []
+    for entry in config.model_config_list.config:
+        if not entry.name or not entry.base_path:
+            raise InvalidArgumentError("every model config needs a name and a base_path")
+        if any(m.name == entry.name for m in result):
+            raise InvalidArgumentError(f"model {entry.name!r} is configured twice")
+        result.append(
+            DenseModelConfig(
+                name=entry.name,
+                base_path=Path(entry.base_path),
+                policy=VersionPolicy.from_proto(entry.model_version_policy),
+                version_labels=dict(entry.version_labels),
+            )
+        )
+    return tuple(result)
+
+
+@dataclass(frozen=True)
+class DenseServerConfig:
+    """Everything the dense process needs; built by ``main`` and passed down explicitly."""
+
+    port: int = DEFAULT_PORT
+    host: str = "0.0.0.0"
+    metrics_port: int = 0
+    model_config_file: Path | None = None
+    file_system_poll_wait_s: float = 1.0
+    # Used when no config file is given: the single model of --model_name/--model_base_path.
+    models: tuple[DenseModelConfig, ...] = ()
+    num_load_threads: int = 1
+    shutdown_grace_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.num_load_threads < 1:
+            raise InvalidArgumentError(f"--num_load_threads must be >= 1, got {self.num_load_threads}")
+        if self.model_config_file is None and not self.models:
+            raise InvalidArgumentError("give --model_config_file or --model_name with --model_base_path")

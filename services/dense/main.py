@@ -1,0 +1,88 @@
+"""``monolith-serving dense``: the dense network of a dense_alone model as its own server (``dense_0``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from monolith_serving.core.cli_flags import add_flag, add_server_flags
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
+from monolith_serving.core.grpc_server import run_async_main
+from monolith_serving.dense.config import DEFAULT_PORT, DenseModelConfig, DenseServerConfig
+from monolith_serving.dense.server import DenseServer
+
+logger = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_server_flags(parser)
+    add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
+    add_flag(parser, "--rest_api_port", type=int, default=0, help="accepted for compatibility; REST is not served")
+    add_flag(parser, "--model_config_file", default=None, help="text-format ModelServerConfig of the hosted dense_<i>")
+    add_flag(
+        parser,
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="look for new versions this often (0: only at start and on reload)",
+    )
+    add_flag(parser, "--model_name", default=None, help="single-model mode: the sub-model name (dense_0)")
+    add_flag(parser, "--model_base_path", default=None, help="single-model mode: the sub-model folder")
+    add_flag(
+        parser,
+        "--model_version_policy",
+        choices=[k.value for k in PolicyKind if k is not PolicyKind.SPECIFIC],
+        default=PolicyKind.LATEST.value,
+        help="single-model mode: version policy",
+    )
+    add_flag(parser, "--num_load_threads", type=int, default=1, help="versions loaded at once")
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> DenseServerConfig:
+    port = args.port if args.port is not None else int(environ.get("PORT3", DEFAULT_PORT))
+    models: tuple[DenseModelConfig, ...] = ()
+    if args.model_config_file is None:
+        if not args.model_name or not args.model_base_path:
+            raise InvalidArgumentError("give --model_config_file or both --model_name and --model_base_path")
+        policy = VersionPolicy(PolicyKind(args.model_version_policy))
+        models = (DenseModelConfig(args.model_name, Path(args.model_base_path), policy),)
+    elif args.model_name or args.model_base_path:
+        raise InvalidArgumentError("--model_name/--model_base_path and --model_config_file are exclusive")
+    return DenseServerConfig(
+        port=port,
+        host=args.host,
+        metrics_port=args.metrics_port,
+        model_config_file=Path(args.model_config_file) if args.model_config_file else None,
+        file_system_poll_wait_s=args.file_system_poll_wait_seconds,
+        models=models,
+        num_load_threads=args.num_load_threads,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args, dict(os.environ))
+    except InvalidArgumentError as error:
+        logger.error("%s", error.message)
+        return 2
+    if args.rest_api_port:
+        logger.warning("--rest_api_port %d ignored: the dense server serves gRPC only", args.rest_api_port)
+
+    async def serve(stop: asyncio.Event) -> int:
+        server = DenseServer(config)
+        try:
+            await server.start()
+        except Exception:
+            logger.exception("dense server failed to start")
+            await server.stop()
+            return 1
+        await stop.wait()
+        logger.info("stopping")
+        await server.stop()
+        return 0
+
+    return run_async_main(serve)

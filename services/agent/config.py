@@ -5,10 +5,11 @@ sub-models (written into its ``--model_config_file``) and which v1 replicas it s
 registry. Nothing here starts processes or touches the network, so the mapping from agent.conf to
 command lines is unit-testable.
 
-v1 (deploy_type ps / entry / mixed): one PS process hosts every PS task of this shard
+v1 (deploy_type ps / entry / dense / mixed): one PS process hosts every PS task of this shard
 (``i % num_shard == shard_id``) on one port, as Monolith's PS container hosts all of them in one
-TF Serving; the entry process asks this agent's AgentService for PS replicas. In mixed mode the entry
-takes the main gRPC port (PORT3) and the PS the ps port (PORT5). v3 (unified): one PS process whose
+TF Serving; the entry process asks this agent's AgentService for PS replicas (and, with dense_alone,
+dense replicas). In mixed mode the entry takes the main gRPC port (PORT3), the PS the ps port (PORT5)
+and, with dense_alone, the dense server the dense port (PORT8). v3 (unified): one PS process whose
 model list follows the layout (``v3_server_spec``).
 """
 
@@ -28,6 +29,7 @@ from monolith_serving.agent.layout_filter import substitute_shard
 from monolith_serving.core.agent_conf import AgentConfig, ConfError, DeployType, ServerPorts
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
+from monolith_serving.core.serving_spec import DENSE_SUB_MODEL
 from monolith_serving.core.zk_paths import ReplicaPath, ServerType, layout_path
 from monolith_serving.discovery.replica_meta import ContainerServiceInfo
 from monolith_serving.discovery.replica_updater import LocalReplica
@@ -55,6 +57,7 @@ class ServerKind(StrEnum):
 
     PS = "ps"
     ENTRY = "entry"
+    DENSE = "dense"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,11 +116,13 @@ class ContainerIdentity:
 
 @dataclass(frozen=True, kw_only=True)
 class V1Plan:
-    """The children of a v1 agent in start order (PS before entry)."""
+    """The children of a v1 agent in start order (PS and dense before entry)."""
 
     servers: tuple[ServerLaunchSpec, ...]
     # The entry starts only once every PS task 0..num_ps-1 has an AVAILABLE replica.
     entry_waits_for_ps: bool
+    # dense_alone: ... and dense:0 has one too.
+    entry_waits_for_dense: bool = False
 
     def server(self, kind: ServerKind) -> ServerLaunchSpec | None:
         return next((s for s in self.servers if s.kind is kind), None)
@@ -140,14 +145,19 @@ def pick_free_port(host: str = "0.0.0.0") -> int:
 
 def assign_free_ports(config: AgentConfig, pick: Callable[[], int] = pick_free_port) -> AgentConfig:
     """Fill the ports the agent needs but neither conf nor environment set (local runs)."""
+    mixed = config.deploy_type is DeployType.MIXED
     ps_ports = config.tfs_ps_ports
-    if config.deploy_type is DeployType.MIXED and (ps_ports is None or ps_ports.grpc is None):
+    if mixed and (ps_ports is None or ps_ports.grpc is None):
         ps_ports = dataclasses.replace(ps_ports or ServerPorts(), grpc=pick())
+    dense_ports = config.tfs_dense_ports
+    if mixed and config.dense_alone and (dense_ports is None or dense_ports.grpc is None):
+        dense_ports = dataclasses.replace(dense_ports or ServerPorts(), grpc=pick())
     return dataclasses.replace(
         config,
         agent_port=config.agent_port if config.agent_port is not None else pick(),
         tfs_grpc_port=config.tfs_grpc_port if config.tfs_grpc_port is not None else pick(),
         tfs_ps_ports=ps_ports,
+        tfs_dense_ports=dense_ports,
     )
 
 
@@ -207,29 +217,62 @@ def _entry_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: in
     )
 
 
+def _dense_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: int | None) -> ServerLaunchSpec:
+    """The dense server of a dense_alone model: sub-model ``dense_0``, registered as ``dense:0``."""
+    return ServerLaunchSpec(
+        kind=ServerKind.DENSE,
+        name="dense",
+        grpc_port=port,
+        model_config_path=work_dir / "dense_model_config.pbtxt",
+        models=(
+            ModelEntry(
+                name=DENSE_SUB_MODEL,
+                base_path=str(_base(config) / DENSE_SUB_MODEL),
+                policy=model_version_policy(config),
+            ),
+        ),
+        replicas=(RegisteredReplica(server_type=ServerType.DENSE, task=0, model_name=DENSE_SUB_MODEL),),
+        flags=(
+            f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}",
+            *_metrics_flags(metrics_port),
+        ),
+    )
+
+
 def v1_plan(config: AgentConfig, *, work_dir: Path) -> V1Plan:
     """Children of a v1 agent. Needs a resolved config with ports assigned."""
     if config.deploy_type is DeployType.UNIFIED:
         raise ConfError(f"{config.where('deploy_type')}: deploy_type unified is a v3 agent, not v1")
-    if config.deploy_type is DeployType.DENSE or config.dense_alone:
-        # There is no dense model server in this release; fail at start-up rather than half-serve.
-        key = "deploy_type" if config.deploy_type is DeployType.DENSE else "dense_alone"
-        raise ConfError(f"{config.where(key)}: key {key!r}: a separate dense server is not supported")
+    if config.deploy_type is DeployType.DENSE and not config.dense_alone:
+        raise ConfError(f"{config.where('deploy_type')}: key 'deploy_type': deploy_type dense needs dense_alone true")
     _require_port(config.agent_port, "agent_port (PORT2)")
     main_port = _require_port(config.tfs_grpc_port, "tfs_grpc_port (PORT3)")
     if config.deploy_type is DeployType.PS:
         return V1Plan(servers=(_ps_spec(config, main_port, work_dir, config.tfs_http_port),), entry_waits_for_ps=False)
+    if config.deploy_type is DeployType.DENSE:
+        return V1Plan(
+            servers=(_dense_spec(config, main_port, work_dir, config.tfs_http_port),), entry_waits_for_ps=False
+        )
     if config.deploy_type is DeployType.ENTRY:
         return V1Plan(
-            servers=(_entry_spec(config, main_port, work_dir, config.tfs_http_port),), entry_waits_for_ps=True
+            servers=(_entry_spec(config, main_port, work_dir, config.tfs_http_port),),
+            entry_waits_for_ps=True,
+            entry_waits_for_dense=config.dense_alone,
         )
-    ps_port = _require_port(config.tfs_ps_ports.grpc if config.tfs_ps_ports else None, "PS port (PORT5)")
+    ps_ports, dense_ports = config.tfs_ps_ports or ServerPorts(), config.tfs_dense_ports or ServerPorts()
+    ps_port = _require_port(ps_ports.grpc, "PS port (PORT5)")
+    dense: tuple[ServerLaunchSpec, ...] = ()
+    if config.dense_alone:
+        dense_port = _require_port(dense_ports.grpc, "dense port (PORT8)")
+        dense = (_dense_spec(config, dense_port, work_dir, dense_ports.http),)
     return V1Plan(
         servers=(
-            _ps_spec(config, ps_port, work_dir, config.tfs_ps_ports.http if config.tfs_ps_ports else None),
+            _ps_spec(config, ps_port, work_dir, ps_ports.http),
+            *dense,
             _entry_spec(config, main_port, work_dir, config.tfs_http_port),
         ),
         entry_waits_for_ps=True,
+        entry_waits_for_dense=config.dense_alone,
     )
 
 

@@ -1,11 +1,11 @@
-"""The v1 agent (agent_version 1; deploy_type ps, entry or mixed): launch, register, supervise.
+"""The v1 agent (agent_version 1; deploy_type ps, entry, dense or mixed): launch, register, supervise.
 
 Start-up, in order:
 1. registry session, replica watcher and AgentService (the entry child asks it for PS replicas);
-2. per child of the plan (PS before entry): write its model config, spawn it, wait for its port, then
-   register its replicas (``stat`` follows GetModelStatus every ``update_model_status_interval``);
-   an entry first waits until every PS task 0..num_ps-1 has an AVAILABLE replica, at most
-   ``max_waiting_sec`` (after that it starts anyway and gates requests itself).
+2. per child of the plan (PS and dense before entry): write its model config, spawn it, wait for its
+   port, then register its replicas (``stat`` follows GetModelStatus every ``update_model_status_interval``);
+   an entry first waits until every PS task 0..num_ps-1 (and, with dense_alone, dense:0) has an
+   AVAILABLE replica, at most ``max_waiting_sec`` (after that it starts anyway and gates requests itself).
 
 Stop (SIGTERM/SIGINT): delete our registry nodes first, wait ``drain_s`` so routers stop sending,
 then stop the children, AgentService and the session. A child restarted by the supervisor keeps its
@@ -60,6 +60,8 @@ class V1Agent:
         for spec in self._plan.servers:
             if spec.kind is ServerKind.ENTRY and self._plan.entry_waits_for_ps:
                 await self._wait_for_ps()
+            if spec.kind is ServerKind.ENTRY and self._plan.entry_waits_for_dense:
+                await self._wait_for_dense()
             await self._launch(spec)
 
     async def _wait_for_ps(self) -> None:
@@ -73,6 +75,16 @@ class V1Agent:
             log.info("all %d PS tasks AVAILABLE after %.1f s; starting the entry", num_ps, time.monotonic() - started)
         else:
             log.warning("PS tasks not all AVAILABLE after %d s; starting the entry anyway", timeout_s)
+
+    async def _wait_for_dense(self) -> None:
+        """dense_alone: the entry's versions need dense_0 too; the deadline is ``max_waiting_sec`` again."""
+        timeout_s = self._config.max_waiting_sec
+        log.info("entry waits until dense:0 is AVAILABLE (at most %d s)", timeout_s)
+        ok = await self._runtime.watcher.wait_until_available(
+            ServerType.DENSE, range(1), timeout_s=timeout_s, model=self._config.base_name
+        )
+        if not ok:
+            log.warning("dense:0 not AVAILABLE after %d s; starting the entry anyway", timeout_s)
 
     async def _launch(self, spec: ServerLaunchSpec) -> None:
         write_model_config(spec.model_config_path, spec.models)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -102,10 +103,11 @@ def test_unset_ports_are_filled_only_when_missing(tmp_path: Path) -> None:
     assert sorted([config.agent_port, config.tfs_ps_ports.grpc]) == [11, 12]  # 13 never picked
 
 
-def test_dense_is_refused_naming_the_key(tmp_path: Path) -> None:
+def test_dense_without_dense_alone_is_refused_naming_the_key(tmp_path: Path) -> None:
     config = resolved(tmp_path, ZK + "deploy_type dense\ndense_alone true\n", {"PORT2": "1", "PORT3": "2"})
-    with pytest.raises(ConfError, match="'deploy_type'"):
-        v1_plan(config, work_dir=tmp_path)
+    # load_agent_config refuses this combination already; the plan refuses it too for configs built in code.
+    with pytest.raises(ConfError, match="'deploy_type'.*dense_alone"):
+        v1_plan(dataclasses.replace(config, dense_alone=False), work_dir=tmp_path)
 
 
 def test_version_policy_from_conf(tmp_path: Path) -> None:

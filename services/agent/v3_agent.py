@@ -31,6 +31,7 @@ from monolith_serving.agent.saved_model_decl import SavedModelDecl
 from monolith_serving.agent.supervisor import ChildSpec
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import ps_index
+from monolith_serving.core.model_state import ModelState
 from monolith_serving.core.zk_paths import (
     binding_path,
     container_service_path,
@@ -38,7 +39,6 @@ from monolith_serving.core.zk_paths import (
     saved_models_root,
 )
 from monolith_serving.discovery.base import EventKind, SessionState, WatchEvent, WatchHandle
-from monolith_serving.discovery.replica_meta import ModelState
 
 __all__ = ["V3Agent"]
 

@@ -27,10 +27,10 @@ from monolith_serving.core.errors import (
     UnavailableError,
 )
 from monolith_serving.core.export_layout import PolicyKind, list_versions, version_dir
+from monolith_serving.core.model_state import ModelState
 from monolith_serving.dense.config import DenseModelConfig
 from monolith_serving.dense.metrics import DenseMetrics
 from monolith_serving.entry.dense import LocalDenseModel, load_dense_network
-from monolith_serving.entry.model import ModelState
 
 logger = logging.getLogger(__name__)
 

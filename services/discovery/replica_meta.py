@@ -6,23 +6,12 @@ Parsing is strict about types (a wrong type means the node is skipped) and lenie
 
 from __future__ import annotations
 
-import enum
 import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from monolith_serving.core.errors import InvalidArgumentError
-
-
-class ModelState(enum.IntEnum):
-    """tensorflow.serving ModelVersionStatus.State."""
-
-    UNKNOWN = 0
-    START = 10
-    LOADING = 20
-    AVAILABLE = 30
-    UNLOADING = 40
-    END = 50
+from monolith_serving.core.model_state import ModelState
 
 
 def _load_object(data: bytes | str, what: str) -> dict[str, Any]:

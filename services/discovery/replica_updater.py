@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from monolith_serving.core.model_state import ModelState
 from monolith_serving.core.zk_paths import ReplicaPath
 from monolith_serving.discovery.base import Discovery, SessionState
 from monolith_serving.discovery.metrics import DiscoveryMetrics
-from monolith_serving.discovery.replica_meta import ModelState, ReplicaMeta
+from monolith_serving.discovery.replica_meta import ReplicaMeta
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ event loop thread; requests read an immutable snapshot (``_served``), so no lock
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ from monolith_serving.core.errors import (
     NotFoundError,
 )
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, version_dir
+from monolith_serving.core.model_state import ModelState
 from monolith_serving.core.serving_spec import DenseBackend, ServingSpec, load_serving_spec
 from monolith_serving.entry.dense import DenseModel, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
@@ -47,17 +47,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 INPUT_KINDS = ("instances", "example_batch", "examples")
-
-
-class ModelState(enum.IntEnum):
-    """TF Serving's ModelVersionStatus.State numbers (REFERENCE §3)."""
-
-    UNKNOWN = 0
-    START = 10
-    LOADING = 20
-    AVAILABLE = 30
-    UNLOADING = 40
-    END = 50
 
 
 @dataclass(frozen=True)

@@ -10,21 +10,15 @@ import abc
 import enum
 from dataclasses import dataclass
 
+from monolith_serving.core.model_state import ModelState
+
 
 class ServerKind(enum.StrEnum):
     PS = "ps"
     ENTRY = "entry"
 
 
-class VersionState(enum.IntEnum):
-    """tensorflow.serving ModelVersionStatus.State."""
-
-    UNKNOWN = 0
-    START = 10
-    LOADING = 20
-    AVAILABLE = 30
-    UNLOADING = 40
-    END = 50
+VersionState = ModelState  # the manager names it VersionState
 
 
 @dataclass(frozen=True, order=True)

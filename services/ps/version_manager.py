@@ -13,7 +13,6 @@ that arrived while it loaded, then marking it AVAILABLE) happens in one synchron
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 
 from monolith_serving.core.errors import MonolithServingError, NotFoundError, UnavailableError
 from monolith_serving.core.export_layout import PolicyKind, list_versions, version_dir
+from monolith_serving.core.model_state import ModelState
 from monolith_serving.ps.config import SubModelConfig
 from monolith_serving.ps.loader import load_version
 from monolith_serving.ps.metrics import PsMetrics
@@ -31,15 +31,7 @@ from monolith_serving.ps.table_store import TableSet
 logger = logging.getLogger(__name__)
 
 
-class State(enum.IntEnum):
-    """ModelVersionStatus.State numbers (REFERENCE §3)."""
-
-    UNKNOWN = 0
-    START = 10
-    LOADING = 20
-    AVAILABLE = 30
-    UNLOADING = 40
-    END = 50
+State = ModelState  # the PS names it State throughout
 
 
 @dataclass(frozen=True)

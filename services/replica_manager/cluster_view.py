@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.model_state import ModelState
 from monolith_serving.core.zk_paths import ServerType, task_key
 from monolith_serving.discovery.agent_view import sub_graph_matches, sub_graph_of, task_of_sub_graph
-from monolith_serving.discovery.replica_meta import ModelState
 from monolith_serving.discovery.replica_watcher import ReplicaWatcher
 from monolith_serving.replica_manager.metrics import AvailabilitySnapshot
 from monolith_serving.replica_manager.probe_state import ReplicaProbeStateManager

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from monolith_serving.discovery.replica_meta import ModelState
+from monolith_serving.core.model_state import ModelState
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 __all__ = ["GrpcReplicaProber", "ProbeResult", "ProbeTarget"]

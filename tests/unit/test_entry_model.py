@@ -16,8 +16,9 @@ import pytest
 from monolith_serving.client.inputs import encode, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
+from monolith_serving.core.model_state import ModelState
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.model import EntryModel, EntryModelConfig, ModelState
+from monolith_serving.entry.model import EntryModel, EntryModelConfig
 from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
 
 

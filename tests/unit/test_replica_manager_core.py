@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.model_state import ModelState
 from monolith_serving.core.zk_paths import (
     ReplicaPath,
     ServerType,
@@ -22,7 +23,7 @@ from monolith_serving.discovery.agent_view import (
     sub_graph_of,
     task_of_sub_graph,
 )
-from monolith_serving.discovery.replica_meta import ContainerServiceInfo, ModelState, ReplicaMeta
+from monolith_serving.discovery.replica_meta import ContainerServiceInfo, ReplicaMeta
 from monolith_serving.discovery.replica_watcher import ReplicaWatcher
 from monolith_serving.discovery.static import StaticDiscovery
 from monolith_serving.replica_manager.cluster_view import ClusterView

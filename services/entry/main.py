@@ -147,16 +147,27 @@ class EntryServer:
             raise RuntimeError("server not started")
         return self._grpc.port
 
-    async def start(self) -> None:
-        if self._grpc is not None:
+    def servicers(self) -> tuple[EntryPredictionServicer, EntryModelServicer]:
+        """The gRPC faces of this entry core; ``start`` serves them, a unified server hosts them itself."""
+        return EntryPredictionServicer(self.model, self.metrics), EntryModelServicer(self.model)
+
+    async def open(self) -> None:
+        """The core without a gRPC server: replica sources, first status poll and model scan, control loop.
+        Idempotent."""
+        if self._loop_task is not None:
             return
         await self.replicas.start()
         if self.dense_replicas is not None:
             await self.dense_replicas.start()
         await self._poll_status()
         await self._step("model_refresh", self.model.refresh)
-        predict = EntryPredictionServicer(self.model, self.metrics)
-        models = EntryModelServicer(self.model)
+        self._loop_task = asyncio.create_task(self._control_loop(), name="entry-control-loop")
+
+    async def start(self) -> None:
+        if self._grpc is not None:
+            return
+        await self.open()
+        predict, models = self.servicers()
         self._grpc = build_server(
             GrpcServerOptions(
                 port=self.config.port,
@@ -175,7 +186,6 @@ class EntryServer:
         await self._grpc.set_serving(bool(self.model.served_versions))
         if self.config.metrics_port:
             self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.metrics.registry)
-        self._loop_task = asyncio.create_task(self._control_loop(), name="entry-control-loop")
         logger.info("entry listening on port %d (%d PS shards)", self._grpc.port, self.config.num_ps)
 
     async def _step(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
@@ -211,12 +221,20 @@ class EntryServer:
         if self._stopped or self._grpc is None:
             return
         self._stopped = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+        await self._cancel_loop()
         await self._grpc.stop(self.config.grace_s)
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.stop()
+        await self.close()
+
+    async def _cancel_loop(self) -> None:
+        if self._loop_task is not None and not self._loop_task.done():
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stops the core opened by ``open`` (control loop, channels, replica sources). Idempotent."""
+        await self._cancel_loop()
         await self.channels.close()
         await self.replicas.stop()
         await self.dense_channels.close()
@@ -295,7 +313,8 @@ def _model_config(args: argparse.Namespace) -> EntryModelConfig | None:
     )
 
 
-def _spec_num_ps(model: EntryModelConfig | None) -> int | None:
+def spec_num_ps(model: EntryModelConfig | None) -> int | None:
+    """``num_ps`` of the newest version's serving spec; None without a model or a version."""
     if model is None:
         return None
     versions = list_versions(model.base_path)
@@ -321,7 +340,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
             raise InvalidArgumentError(f"--num_ps {num_ps} but --ps_targets lists {len(targets)} shards")
         num_ps = len(targets)
     if num_ps is None:
-        num_ps = _spec_num_ps(model)
+        num_ps = spec_num_ps(model)
     if num_ps is None or num_ps < 1:
         raise InvalidArgumentError("cannot tell the number of PS shards: give --num_ps")
     port = args.port if args.port is not None else int(environ.get("PORT3", DEFAULT_PORT))

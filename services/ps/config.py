@@ -70,6 +70,8 @@ class PsConfig:
     max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST
     num_load_threads: int = 1
     shutdown_grace_s: float = 2.0
+    # The unified server starts a PS core with no models; they arrive by HandleReloadConfigRequest.
+    models_from_reload: bool = False
 
     def __post_init__(self) -> None:
         if self.num_ps < 0:
@@ -78,7 +80,7 @@ class PsConfig:
             raise InvalidArgumentError(f"--max_fids_per_request must be >= 1, got {self.max_fids_per_request}")
         if self.num_load_threads < 1:
             raise InvalidArgumentError(f"--num_load_threads must be >= 1, got {self.num_load_threads}")
-        if self.model_config_file is None and not self.models:
+        if self.model_config_file is None and not self.models and not self.models_from_reload:
             raise InvalidArgumentError("give --model_config_file or --model_name with --model_base_path")
         if self.num_ps:
             for model in self.models:

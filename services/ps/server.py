@@ -1,7 +1,9 @@
 """PsServer: the PS process's lifecycle (gRPC server, /metrics, version loading, polling).
 
-Start: bind gRPC (health NOT_SERVING) -> load the configured models -> health SERVING -> poll loops.
-Stop (idempotent): health NOT_SERVING -> stop polls -> drain gRPC -> unload -> stop /metrics and threads.
+Start: bind gRPC (health NOT_SERVING) -> load the configured models -> poll loops -> health SERVING.
+Stop (idempotent): stop polls -> health NOT_SERVING -> drain gRPC -> unload -> stop threads and /metrics.
+``servicers()`` + ``open()`` / ``close()`` are the core without a gRPC server of its own (the unified
+server hosts the servicers next to an entry's).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class PsServer:
         self._tasks: list[asyncio.Task[None]] = []
         self._file_configs: tuple[SubModelConfig, ...] | None = None
         self._stopped = False
+        self._closed = False
 
     @property
     def port(self) -> int:
@@ -66,9 +69,12 @@ class PsServer:
         """An explicit reload (HandleReloadConfigRequest): latest_once may choose again, failed versions retry."""
         await self.versions.apply_config(configs, fresh=True)
 
+    def servicers(self) -> tuple[PsPredictionServicer, PsModelServicer]:
+        """The gRPC faces of this PS core; ``start`` serves them, a unified server hosts them itself."""
+        return PsPredictionServicer(self.core, self.metrics), PsModelServicer(self.core, self.reload)
+
     async def start(self) -> None:
-        prediction = PsPredictionServicer(self.core, self.metrics)
-        model_service = PsModelServicer(self.core, self.reload)
+        prediction, model_service = self.servicers()
         options = GrpcServerOptions(
             port=self.config.port,
             host=self.config.host,
@@ -89,12 +95,16 @@ class PsServer:
         logger.info("PS gRPC on port %d", self._grpc.port)
         if self.config.metrics_port:
             self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.registry, host=self.config.host)
+        await self.open()
+        await self._grpc.set_serving(True)
+
+    async def open(self) -> None:
+        """The core without a gRPC server: load the configured models, then start the poll loops."""
         if self.config.model_config_file is not None:
             self._file_configs = self._read_config_file()
             await self.versions.apply_config(self._file_configs)
         else:
             await self.versions.apply_config(self.config.models)
-        await self._grpc.set_serving(True)
         if self.config.file_system_poll_wait_s > 0:
             self._tasks.append(
                 asyncio.create_task(
@@ -131,17 +141,29 @@ class PsServer:
         if self._stopped:
             return
         self._stopped = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._cancel_tasks()
         if self._grpc is not None:
             await self._grpc.set_serving(False)
             await self._grpc.stop(self.config.shutdown_grace_s)
-        await self.versions.close()
+        await self.close()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.stop()
+
+    async def _cancel_tasks(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def close(self) -> None:
+        """Stops the core opened by ``open`` (poll loops, versions, load threads). Idempotent."""
+        await self._cancel_tasks()
+        if self._closed:
+            return
+        self._closed = True
+        await self.versions.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> PsServer:

@@ -121,9 +121,12 @@ def _serialize_prediction_response(response: object) -> bytes:
     return serialized
 
 
-def add_prediction_servicer(servicer: PsPredictionServicer, server: grpc.aio.Server) -> None:
+def add_prediction_servicer(
+    servicer: prediction_service_pb2_grpc.PredictionServiceServicer, server: grpc.aio.Server
+) -> None:
     """Registers ``servicer`` like the generated ``add_PredictionServiceServicer_to_server``, except that
-    Predict's response serializer accepts pre-serialized bytes."""
+    Predict's response serializer accepts pre-serialized bytes (also used by the unified server, whose
+    Predict forwards PS lookups here)."""
     generated: dict[str, grpc.RpcMethodHandler] = {}
 
     class _Capture:

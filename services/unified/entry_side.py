@@ -1,0 +1,113 @@
+"""The entry core of a unified server: at most one entry model, rebuilt when the model changes.
+
+An ``EntryServer`` core is bound to one entry name (its PS model names and the agent key filter
+``<model>:ps_<i>`` derive from it) and one shard count, so a reload naming another entry model (or one
+whose serving spec has another ``num_ps``) replaces the core; the same model with a new policy is
+reconfigured in place (availability-preserving, see ``EntryModel.reconfigure``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from monolith_serving.core.errors import FailedPreconditionError, NotFoundError
+from monolith_serving.entry.main import EntryServer, EntryServerConfig, spec_num_ps
+from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.model import EntryModelConfig
+from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
+from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
+
+__all__ = ["EntrySettings", "EntrySide"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntrySettings:
+    """What every entry core of this server shares (flags of ``monolith-serving unified``)."""
+
+    agent_address: str
+    fetch_ps_timeout_ms: int = 200
+    fetch_ps_retry: int = 2
+    max_batch_size: int | None = None
+    poll_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class _Hosted:
+    server: EntryServer
+    prediction: EntryPredictionServicer
+    model: EntryModelServicer
+
+
+class EntrySide:
+    """Holds the current entry core. ``apply`` runs on the event loop; callers serialise it."""
+
+    def __init__(self, *, settings: EntrySettings, metrics: EntryMetrics) -> None:
+        self._settings = settings
+        self._metrics = metrics  # one set for every core: a registry cannot hold the same metric twice
+        self._hosted: _Hosted | None = None
+
+    @property
+    def model_name(self) -> str | None:
+        hosted = self._hosted
+        return hosted.server.model.config.name if hosted and hosted.server.model.config else None
+
+    def _current(self, name: str) -> _Hosted:
+        hosted = self._hosted
+        if hosted is None:
+            raise NotFoundError(f"model {name!r} is not served here (no entry model loaded)")
+        return hosted
+
+    def prediction(self, name: str) -> EntryPredictionServicer:
+        return self._current(name).prediction
+
+    def model_servicer(self, name: str) -> EntryModelServicer:
+        return self._current(name).model
+
+    async def apply(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        defaults = EntryModelConfig(
+            name="",
+            base_path=Path("."),
+            fetch_ps_timeout_ms=self._settings.fetch_ps_timeout_ms,
+            max_batch_size=self._settings.max_batch_size,
+        )
+        wanted = entry_config_from_proto(config, defaults)
+        if wanted is None:
+            await self._replace(None)
+            return
+        num_ps = await asyncio.to_thread(spec_num_ps, wanted)
+        if num_ps is None:
+            raise FailedPreconditionError(
+                f"entry {wanted.name!r}: no version with a serving spec under {wanted.base_path} yet, "
+                "so the number of PS shards is unknown"
+            )
+        hosted = self._hosted
+        if hosted is not None and self.model_name == wanted.name and hosted.server.config.num_ps == num_ps:
+            await hosted.server.model.reconfigure(wanted)
+            return
+        server = EntryServer(
+            EntryServerConfig(
+                model=wanted,
+                num_ps=num_ps,
+                agent_address=self._settings.agent_address,
+                fetch_ps_retry=self._settings.fetch_ps_retry,
+                poll_interval_s=self._settings.poll_interval_s,
+            ),
+            metrics=self._metrics,
+        )
+        await server.open()
+        prediction, model = server.servicers()
+        log.info("entry %s hosted: %d PS shards from agent %s", wanted.name, num_ps, self._settings.agent_address)
+        await self._replace(_Hosted(server, prediction, model))
+
+    async def _replace(self, hosted: _Hosted | None) -> None:
+        old, self._hosted = self._hosted, hosted
+        if old is not None:
+            await old.server.close()
+
+    async def close(self) -> None:
+        await self._replace(None)

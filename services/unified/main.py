@@ -1,0 +1,87 @@
+"""``monolith-serving unified``: a v3 container's model server (entry and PS sub_graphs on one port).
+
+Started by the v3 agent with an empty model list; the agent then reloads it with what its layout assigns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from monolith_serving.core.cli_flags import add_flag, add_server_flags
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.grpc_server import run_async_main
+from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, DEFAULT_PORT
+from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_server_flags(parser)
+    add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
+    add_flag(parser, "--rest_api_port", type=int, default=0, help="accepted for compatibility; REST is not served")
+    add_flag(parser, "--model_config_file", type=Path, default=None, help="text ModelServerConfig applied at start")
+    add_flag(
+        parser,
+        "--agent_address",
+        default=None,
+        help="AgentService the entry asks for PS replicas (default localhost:$PORT2)",
+    )
+    add_flag(parser, "--file_system_poll_wait_seconds", type=float, default=1.0, help="version scan period")
+    add_flag(parser, "--fetch_ps_timeout_ms", type=int, default=200, help="PS call deadline without a client deadline")
+    add_flag(parser, "--fetch_ps_retry", type=int, default=2, help="PS retries on another replica")
+    add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
+    add_flag(parser, "--num_load_threads", type=int, default=1, help="PS versions loaded at once (memory!)")
+    add_flag(parser, "--max_fids_per_request", type=int, default=DEFAULT_MAX_FIDS_PER_REQUEST, help="PS request limit")
+    add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown")
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> UnifiedConfig:
+    agent_address = args.agent_address
+    if agent_address is None:
+        if "PORT2" not in environ:
+            raise InvalidArgumentError("give --agent_address (or set $PORT2): the entry finds PS replicas there")
+        agent_address = f"localhost:{environ['PORT2']}"
+    return UnifiedConfig(
+        port=args.port if args.port is not None else int(environ.get("PORT3", DEFAULT_PORT)),
+        agent_address=agent_address,
+        host=args.host,
+        metrics_port=args.metrics_port,
+        model_config_file=args.model_config_file,
+        file_system_poll_wait_s=args.file_system_poll_wait_seconds,
+        fetch_ps_timeout_ms=args.fetch_ps_timeout_ms,
+        fetch_ps_retry=args.fetch_ps_retry,
+        max_batch_size=args.max_batch_size,
+        num_load_threads=args.num_load_threads,
+        max_fids_per_request=args.max_fids_per_request,
+        grace_s=args.grace_s,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args, dict(os.environ))
+    except InvalidArgumentError as error:
+        log.error("%s", error.message)
+        return 2
+    if args.rest_api_port:
+        log.warning("--rest_api_port %d ignored: the unified server serves gRPC only", args.rest_api_port)
+
+    async def serve(stop: asyncio.Event) -> int:
+        server = UnifiedServer(config)
+        try:
+            await server.start()
+        except Exception:
+            log.exception("unified server failed to start")
+            await server.stop()
+            return 1
+        await stop.wait()
+        log.info("stopping")
+        await server.stop()
+        return 0
+
+    return run_async_main(serve)

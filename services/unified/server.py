@@ -1,0 +1,150 @@
+"""UnifiedServer: one gRPC address serving a PS core and an entry core side by side (a v3 container).
+
+Start: bind gRPC (health NOT_SERVING) -> /metrics -> open the PS core -> apply ``--model_config_file`` if
+given -> health SERVING. Models then come from HandleReloadConfigRequest: the config is split by
+sub_graph (``routing``), the PS part replaces the PS core's models and the entry part the entry core's
+(an empty part unloads that side). Reloads are serialised. Stop (idempotent): health NOT_SERVING ->
+drain gRPC -> close the entry core, then the PS core -> stop /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from monolith_serving.core.export_layout import read_model_server_config
+from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
+from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
+from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc
+from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
+from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, PsConfig, sub_models_from_proto
+from monolith_serving.ps.server import PsServer
+from monolith_serving.ps.servicer import add_prediction_servicer
+from monolith_serving.unified.entry_side import EntrySettings, EntrySide
+from monolith_serving.unified.routing import split_model_server_config
+from monolith_serving.unified.servicer import UnifiedModelServicer, UnifiedPredictionServicer
+
+__all__ = ["UnifiedConfig", "UnifiedServer"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnifiedConfig:
+    port: int
+    agent_address: str  # the entry core finds PS replicas through this agent's HeartBeat
+    host: str = "0.0.0.0"
+    metrics_port: int = 0
+    model_config_file: Path | None = None  # applied once at start; later configs come by reload
+    file_system_poll_wait_s: float = 1.0
+    fetch_ps_timeout_ms: int = 200
+    fetch_ps_retry: int = 2
+    max_batch_size: int | None = None
+    num_load_threads: int = 1
+    max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST
+    grace_s: float = 2.0
+
+
+class UnifiedServer:
+    """``start``/``stop`` are idempotent; ``async with`` works too. ``apply`` is the reload."""
+
+    def __init__(self, config: UnifiedConfig) -> None:
+        self.config = config
+        # One registry: PS metrics are monolith_ps_*, entry metrics entry_*, so they never collide.
+        self.registry = CollectorRegistry()
+        self.ps = PsServer(
+            PsConfig(
+                port=config.port,
+                host=config.host,
+                file_system_poll_wait_s=config.file_system_poll_wait_s,
+                max_fids_per_request=config.max_fids_per_request,
+                num_load_threads=config.num_load_threads,
+                models_from_reload=True,
+            ),
+            registry=self.registry,
+        )
+        self.entry = EntrySide(
+            settings=EntrySettings(
+                agent_address=config.agent_address,
+                fetch_ps_timeout_ms=config.fetch_ps_timeout_ms,
+                fetch_ps_retry=config.fetch_ps_retry,
+                max_batch_size=config.max_batch_size,
+                poll_interval_s=max(config.file_system_poll_wait_s, 0.2),
+            ),
+            metrics=EntryMetrics(self.registry),
+        )
+        self._reload_lock = asyncio.Lock()
+        self._grpc: GrpcServer | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self._stopped = False
+
+    @property
+    def port(self) -> int:
+        if self._grpc is None:
+            raise RuntimeError("UnifiedServer is not started")
+        return self._grpc.port
+
+    async def apply(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """Both parts are validated before either core changes; then PS first (the entry gates on it)."""
+        split = split_model_server_config(config)
+        ps_models = sub_models_from_proto(split.ps)
+        async with self._reload_lock:
+            await self.ps.reload(ps_models)
+            await self.entry.apply(split.entry)
+        log.info("hosting %d PS and %d entry models", len(ps_models), len(split.entry.model_config_list.config))
+
+    async def start(self) -> None:
+        if self._grpc is not None:
+            return
+        ps_prediction, ps_model = self.ps.servicers()
+        prediction = UnifiedPredictionServicer(ps=ps_prediction, entry=self.entry)
+        models = UnifiedModelServicer(ps=ps_model, entry=self.entry, apply_config=self.apply)
+
+        def add_prediction(server: grpc.aio.Server) -> None:
+            add_prediction_servicer(prediction, server)
+
+        def add_model(server: grpc.aio.Server) -> None:
+            model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, server)  # type: ignore[no-untyped-call]
+
+        options = GrpcServerOptions(
+            port=self.config.port,
+            host=self.config.host,
+            reflection_services=("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"),
+        )
+        self._grpc = build_server(options, [add_prediction, add_model])
+        await self._grpc.start()
+        if self.config.metrics_port:
+            self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.registry, host=self.config.host)
+        await self.ps.open()
+        if self.config.model_config_file is not None:
+            await self.apply(read_model_server_config(self.config.model_config_file))
+        await self._grpc.set_serving(True)
+        log.info("unified server on port %d", self._grpc.port)
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._grpc is not None:
+            await self._grpc.set_serving(False)
+            await self._grpc.stop(self.config.grace_s)
+        await self.entry.close()
+        await self.ps.close()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.stop()
+
+    async def __aenter__(self) -> UnifiedServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,103 @@
+"""The unified server's gRPC face: PredictionService and ModelService dispatching by model name.
+
+``<model>:ps_<i>`` goes to the PS servicer, ``<model>:entry`` to the current entry servicer
+(``routing.side_of``); each keeps its own behaviour, including the PS Predict answering with
+pre-serialized bytes (register this servicer with ``ps.servicer.add_prediction_servicer``).
+HandleReloadConfigRequest is answered here: the whole config goes to ``apply_config``, which splits it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import grpc
+
+from monolith_serving.core.errors import NotFoundError
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
+from monolith_serving.unified.routing import Side, side_of
+
+__all__ = ["EntryServicers", "UnifiedModelServicer", "UnifiedPredictionServicer"]
+
+ApplyConfig = Callable[[model_server_config_pb2.ModelServerConfig], Awaitable[None]]
+
+
+class EntryServicers(Protocol):
+    """The entry servicers of the moment (they change when the entry model does); NotFoundError without one."""
+
+    def prediction(self, name: str) -> prediction_service_pb2_grpc.PredictionServiceServicer: ...
+
+    def model_servicer(self, name: str) -> model_service_pb2_grpc.ModelServiceServicer: ...
+
+
+def _side(name: str) -> Side:
+    side = side_of(name)
+    if side is None:
+        raise NotFoundError(f"model {name!r} is not served here (a unified server hosts <model>:entry and :ps_<i>)")
+    return side
+
+
+class UnifiedPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    def __init__(self, *, ps: prediction_service_pb2_grpc.PredictionServiceServicer, entry: EntryServicers) -> None:
+        self._ps = ps
+        self._entry = entry
+
+    def _target(self, name: str) -> Any:
+        return self._ps if _side(name) is Side.PS else self._entry.prediction(name)
+
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> predict_pb2.PredictResponse | bytes:
+        response: predict_pb2.PredictResponse | bytes = await self._target(request.model_spec.name).Predict(
+            request, context
+        )
+        return response
+
+    async def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        response: get_model_metadata_pb2.GetModelMetadataResponse = await self._target(
+            request.model_spec.name
+        ).GetModelMetadata(request, context)
+        return response
+
+    async def Classify(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a unified server serves Predict only")
+
+    async def Regress(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a unified server serves Predict only")
+
+    async def MultiInference(self, request: object, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a unified server serves Predict only")
+
+
+class UnifiedModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self, *, ps: model_service_pb2_grpc.ModelServiceServicer, entry: EntryServicers, apply_config: ApplyConfig
+    ) -> None:
+        self._ps = ps
+        self._entry = entry
+        self._apply_config = apply_config
+
+    async def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        name = request.model_spec.name
+        target: Any = self._ps if _side(name) is Side.PS else self._entry.model_servicer(name)
+        response: get_model_status_pb2.GetModelStatusResponse = await target.GetModelStatus(request, context)
+        return response
+
+    async def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        """Returns once both cores applied their part (TF Serving semantics)."""
+        await self._apply_config(request.config)
+        return model_management_pb2.ReloadConfigResponse()

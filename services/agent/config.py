@@ -9,8 +9,8 @@ v1 (deploy_type ps / entry / dense / mixed): one PS process hosts every PS task 
 (``i % num_shard == shard_id``) on one port, as Monolith's PS container hosts all of them in one
 TF Serving; the entry process asks this agent's AgentService for PS replicas (and, with dense_alone,
 dense replicas). In mixed mode the entry takes the main gRPC port (PORT3), the PS the ps port (PORT5)
-and, with dense_alone, the dense server the dense port (PORT8). v3 (unified): one PS process whose
-model list follows the layout (``v3_server_spec``).
+and, with dense_alone, the dense server the dense port (PORT8). v3 (unified): one ``unified`` process (entry and
+PS sub_graphs behind one port) whose model list follows the layout (``v3_server_spec``).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class ServerKind(StrEnum):
     PS = "ps"
     ENTRY = "entry"
     DENSE = "dense"
+    UNIFIED = "unified"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -277,15 +278,20 @@ def v1_plan(config: AgentConfig, *, work_dir: Path) -> V1Plan:
 
 
 def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
-    """The unified container's PS process; its models come from the layout at run time."""
+    """The unified container's model server; its models (entry and ps_i) come from the layout at run time.
+    Its entry core asks this agent for PS replicas."""
     port = _require_port(config.tfs_grpc_port, "tfs_grpc_port (PORT3)")
+    _require_port(config.agent_port, "agent_port (PORT2)")
     return ServerLaunchSpec(
-        kind=ServerKind.PS,
-        name="ps",
+        kind=ServerKind.UNIFIED,
+        name="unified",
         grpc_port=port,
         model_config_path=work_dir / "unified_model_config.pbtxt",
         models=(),
         flags=(
+            f"--agent_address=127.0.0.1:{config.agent_port}",
+            f"--fetch_ps_timeout_ms={config.fetch_ps_timeout_ms}",
+            f"--fetch_ps_retry={config.fetch_ps_retry}",
             f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}",
             *_metrics_flags(config.tfs_http_port),
         ),

@@ -10,8 +10,9 @@
   {ctx_cluster}:{ctx_id}`` nodes equal to the set of locally AVAILABLE models.
 - Publishes ``/{bzid}/container_service/{ctx_cluster}:{ctx_id}`` (addresses of this container).
 
-The local server is one ``monolith-serving ps`` process, so a unified container hosts PS sub-graphs;
-entry sub-graphs accepted by the filters are skipped with a warning (run them with an entry agent).
+The local server is one ``monolith-serving unified`` process hosting the accepted ``entry`` and ``ps_<i>``
+sub_graphs behind one gRPC address (its entry finds PS replicas through this agent's HeartBeat); other
+sub_graphs, and entries beyond the first (an entry core serves one model), are skipped with a warning.
 Each step runs isolated: a failure is logged with its traceback and retried on the next tick.
 """
 
@@ -30,7 +31,6 @@ from monolith_serving.agent.runtime import AgentRuntime
 from monolith_serving.agent.saved_model_decl import SavedModelDecl
 from monolith_serving.agent.supervisor import ChildSpec
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.export_layout import ps_index
 from monolith_serving.core.model_state import ModelState
 from monolith_serving.core.zk_paths import (
     binding_path,
@@ -39,6 +39,7 @@ from monolith_serving.core.zk_paths import (
     saved_models_root,
 )
 from monolith_serving.discovery.base import EventKind, SessionState, WatchEvent, WatchHandle
+from monolith_serving.unified.routing import Side, side_of
 
 __all__ = ["V3Agent"]
 
@@ -155,6 +156,7 @@ class V3Agent:
     def desired_models(self) -> tuple[ModelEntry, ...]:
         """The accepted, declared, hostable layout items as local models, sorted by name."""
         entries: list[ModelEntry] = []
+        entry_name: str | None = None
         for name in sorted(self._layout_items):
             try:
                 model, sub_graph = parse_layout_item_name(name)
@@ -163,8 +165,12 @@ class V3Agent:
                 continue
             if not self._filters.accepts(model, sub_graph):
                 continue
-            if ps_index(sub_graph) is None:
-                self._warn_once(model, sub_graph, "a unified container hosts PS sub-graphs only")
+            side = side_of(name)
+            if side is None:
+                self._warn_once(model, sub_graph, "a unified container hosts entry and ps_<i> sub-graphs only")
+                continue
+            if side is Side.ENTRY and entry_name is not None:
+                self._warn_once(model, sub_graph, f"a unified container hosts one entry and serves {entry_name}")
                 continue
             data = self._declarations.get((model, sub_graph))
             if data is None:
@@ -180,6 +186,8 @@ class V3Agent:
                 self._warn_once(model, sub_graph, exc.message)
                 continue
             entries.append(ModelEntry(name=name, base_path=decl.model_base_path, policy=decl.policy))
+            if side is Side.ENTRY:
+                entry_name = name
         hosted = {tuple(e.name.split(":", 1)) for e in entries}
         self._warned = {w for w in self._warned if (w[0], w[1]) not in hosted}  # warn again if it breaks again
         return tuple(entries)

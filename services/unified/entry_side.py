@@ -68,14 +68,17 @@ class EntrySide:
     def model_servicer(self, name: str) -> EntryModelServicer:
         return self._current(name).model
 
-    async def apply(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+    def parse(self, config: model_server_config_pb2.ModelServerConfig) -> EntryModelConfig | None:
+        """The entry model of a config (None: unload); InvalidArgumentError for more than one or a bad one."""
         defaults = EntryModelConfig(
             name="",
             base_path=Path("."),
             fetch_ps_timeout_ms=self._settings.fetch_ps_timeout_ms,
             max_batch_size=self._settings.max_batch_size,
         )
-        wanted = entry_config_from_proto(config, defaults)
+        return entry_config_from_proto(config, defaults)
+
+    async def apply(self, wanted: EntryModelConfig | None) -> None:
         if wanted is None:
             await self._replace(None)
             return

@@ -95,10 +95,11 @@ class UnifiedServer:
         """Both parts are validated before either core changes; then PS first (the entry gates on it)."""
         split = split_model_server_config(config)
         ps_models = sub_models_from_proto(split.ps)
+        entry_model = self.entry.parse(split.entry)
         async with self._reload_lock:
             await self.ps.reload(ps_models)
-            await self.entry.apply(split.entry)
-        log.info("hosting %d PS and %d entry models", len(ps_models), len(split.entry.model_config_list.config))
+            await self.entry.apply(entry_model)
+        log.info("hosting %d PS models and entry %s", len(ps_models), entry_model.name if entry_model else "(none)")
 
     async def start(self) -> None:
         if self._grpc is not None:

@@ -157,3 +157,68 @@ def _try_predict(stub: prediction_service_pb2_grpc.PredictionServiceStub, reques
             time.sleep(0.1)
             return None
         raise
+
+
+def _unified_agent(
+    tmp_path: Path, zk_server: ZooKeeperServer, name: str, layout: str, filters: str = ""
+) -> AgentProcess:
+    ports = {"PORT2": str(free_port()), "PORT3": str(free_port())}
+    body = (
+        f"deploy_type unified\nzk_servers {zk_server.hosts}\nbzid uni3\nlayout_pattern {layout}\n"
+        f"{filters}update_model_status_interval 0.3\n"
+    )
+    return AgentProcess(tmp_path, name, body, ports, "--drain_s=0.5")
+
+
+def test_a_unified_container_serves_the_entry_over_the_ps_of_two_others(
+    zk_server: ZooKeeperServer, zk: KazooClient, tmp_path: Path
+) -> None:
+    export = tmp_path / "demo"
+    write_demo(DemoOptions(out=export, num_ps=4, rows=ROWS))
+    assert ctl(zk_server, "uni3", "decl", "--export-base", str(export)).returncode == 0
+    assert ctl(zk_server, "uni3", "pub", "--layout", "back", "--model", "demo:*").returncode == 0
+    assert ctl(zk_server, "uni3", "pub", "--layout", "front", "--model", "demo:entry").returncode == 0
+    # The PS containers' layout lists the entry too; their filters keep only their shards.
+    agents = [
+        _unified_agent(tmp_path, zk_server, f"ps{p}", "back", f"layout_filters ps_{{i}}; i % 2 == {p}\n")
+        for p in (0, 1)
+    ]
+    agents.append(_unified_agent(tmp_path, zk_server, "front", "front"))
+    try:
+        for agent in agents:
+            agent.start()
+        ctx = [f"127.0.0.1:{agent.env['PORT3']}" for agent in agents]
+        want = sorted([*(f"ps_{i}:default:{ctx[i % 2]}" for i in range(4)), f"entry:default:{ctx[2]}"])
+        wait_for("4 PS bindings and the entry's", lambda: children(zk, "/uni3/binding/demo") == want, 120)
+
+        spec = load_serving_spec(export / "entry" / "1")
+        examples = random_examples(spec, 6, np.random.default_rng(7), rows=ROWS)
+        request = predict_request("demo:entry", {"instances": encode_instances(spec, examples)})
+        with grpc.insecure_channel(ctx[2]) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            response = wait_for("Predict", lambda: _try_predict(stub, request), 30, 0.2)
+        np.testing.assert_allclose(
+            from_tensor_proto(response.outputs["scores"], "scores"),
+            ReferenceScorer(export, 1).scores(examples),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        # The front container hosts no PS: it names the model it does not serve.
+        with grpc.insecure_channel(ctx[2]) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as missing:
+                stub.Predict(predict_request("demo:ps_0", {}), timeout=10)
+        assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+
+        info = json.loads(ctl(zk_server, "uni3", "bzid-info").stdout)
+        assert sorted(info["containers"]) == sorted(f"default:{c}" for c in ctx)
+        assert info["containers"][f"default:{ctx[2]}"]["grpc"] == ctx[2]
+        assert sorted(info["bindings"]["demo"]) == want
+        assert "skipped" not in agents[2].log()
+
+        # Unpublishing the entry unloads it from the front container and removes its binding.
+        assert ctl(zk_server, "uni3", "unpub", "--layout", "front", "--model", "demo:entry").returncode == 0
+        wait_for("entry unbound", lambda: f"entry:default:{ctx[2]}" not in children(zk, "/uni3/binding/demo"), 30)
+    finally:
+        for agent in agents:
+            agent.stop()

@@ -147,7 +147,8 @@ def test_container_identity(tmp_path: Path) -> None:
     )
     assert named.ctx_id == "pod-7"
     spec = v3_server_spec(config, work_dir=tmp_path)
-    assert spec.kind is ServerKind.PS and spec.models == () and spec.grpc_port == 7003
+    assert spec.kind is ServerKind.UNIFIED and spec.models == () and spec.grpc_port == 7003
+    assert spec.argv()[3] == "unified" and "--agent_address=127.0.0.1:7002" in spec.argv()
 
 
 def test_written_model_config_reads_back(tmp_path: Path) -> None:

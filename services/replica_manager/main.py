@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 
 from monolith_serving.core.cli_flags import add_flag, add_server_flags
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.grpc_server import run_async_main
+from monolith_serving.core.grpc_server import serve_until_signal
 from monolith_serving.replica_manager.config import DEFAULT_PORT, ReplicaManagerConfig
 from monolith_serving.replica_manager.flags import add_registry_flags, registry_settings
 from monolith_serving.replica_manager.server import ReplicaManagerServer
@@ -64,17 +63,4 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", error.message)
         return 2
 
-    async def serve(stop: asyncio.Event) -> int:
-        server = ReplicaManagerServer(config)
-        try:
-            await server.start()
-        except Exception:
-            log.exception("replica-manager failed to start")
-            await server.stop()
-            return 1
-        await stop.wait()
-        log.info("stopping")
-        await server.stop()
-        return 0
-
-    return run_async_main(serve)
+    return serve_until_signal(lambda: ReplicaManagerServer(config), "replica-manager")

@@ -6,14 +6,13 @@ Started by the v3 agent with an empty model list; the agent then reloads it with
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from pathlib import Path
 
 from monolith_serving.core.cli_flags import add_flag, add_server_flags
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.grpc_server import run_async_main
+from monolith_serving.core.grpc_server import serve_until_signal
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, DEFAULT_PORT
 from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
 
@@ -71,17 +70,4 @@ def run(args: argparse.Namespace) -> int:
     if args.rest_api_port:
         log.warning("--rest_api_port %d ignored: the unified server serves gRPC only", args.rest_api_port)
 
-    async def serve(stop: asyncio.Event) -> int:
-        server = UnifiedServer(config)
-        try:
-            await server.start()
-        except Exception:
-            log.exception("unified server failed to start")
-            await server.stop()
-            return 1
-        await stop.wait()
-        log.info("stopping")
-        await server.stop()
-        return 0
-
-    return run_async_main(serve)
+    return serve_until_signal(lambda: UnifiedServer(config), "unified server")

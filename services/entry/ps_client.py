@@ -164,6 +164,33 @@ VersionKnowledge = Callable[[str, int], bool | None]
 """``(address, version) -> True/False`` when the status poll knows whether it is AVAILABLE, else None."""
 
 
+class ReplicaOrder:
+    """The order in which to try a shard's replicas for one call.
+
+    Rotated per call so load spreads, then stably sorted: replicas known to lack the version go last, and
+    recently failing ones after the healthy ones.
+    """
+
+    def __init__(self, health: ReplicaHealth, knows_version: VersionKnowledge | None = None) -> None:
+        self._health = health
+        self._knows_version = knows_version
+        self._round_robin = 0
+
+    def order(self, replicas: Sequence[str], version: int) -> list[str]:
+        addresses = list(replicas)
+        if len(addresses) <= 1:
+            return addresses
+        self._round_robin += 1
+        k = self._round_robin % len(addresses)
+        addresses = addresses[k:] + addresses[:k]
+
+        def rank(address: str) -> int:
+            known = self._knows_version(address, version) if self._knows_version is not None else None
+            return (2 if known is False else 0) + (1 if self._health.is_failing(address) else 0)
+
+        return sorted(addresses, key=rank)
+
+
 @dataclass(frozen=True)
 class FanoutConfig:
     entry_model_name: str
@@ -188,8 +215,7 @@ class PsFanout(EmbeddingLookup):
         self._channels = channels
         self._metrics = metrics
         self._health = health if health is not None else ReplicaHealth()
-        self._knows_version = knows_version
-        self._round_robin = 0
+        self._order = ReplicaOrder(self._health, knows_version)
         self._models = [ps_model_name(config.entry_model_name, i) for i in range(replicas.num_ps)]
         # Per-request constants, built once: label children, encoded model_spec per (shard, version),
         # encoded input keys per table.
@@ -203,19 +229,7 @@ class PsFanout(EmbeddingLookup):
         return self._replicas.num_ps
 
     def _ordered(self, shard: int, version: int) -> list[str]:
-        addresses = list(self._replicas.replicas(shard))
-        if len(addresses) <= 1:
-            return addresses
-        # Rotate so load spreads over replicas, then stable-sort by preference.
-        self._round_robin += 1
-        k = self._round_robin % len(addresses)
-        addresses = addresses[k:] + addresses[:k]
-
-        def rank(address: str) -> int:
-            known = self._knows_version(address, version) if self._knows_version is not None else None
-            return (2 if known is False else 0) + (1 if self._health.is_failing(address) else 0)
-
-        return sorted(addresses, key=rank)
+        return self._order.order(self._replicas.replicas(shard), version)
 
     async def lookup(
         self, version: int, fids: Mapping[str, Int64Array], dims: Mapping[str, int], timeout_s: float

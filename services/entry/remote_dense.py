@@ -25,7 +25,14 @@ from monolith_serving.core.serving_spec import DENSE_SUB_MODEL, ServingSpec
 from monolith_serving.core.tensor_codec import TensorCodecError, from_tensor_proto, to_tensor_proto
 from monolith_serving.entry.dense import DenseModel, Float32Array
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.ps_client import RETRYABLE, ChannelPool, ReplicaHealth, VersionKnowledge, split_deadline
+from monolith_serving.entry.ps_client import (
+    RETRYABLE,
+    ChannelPool,
+    ReplicaHealth,
+    ReplicaOrder,
+    VersionKnowledge,
+    split_deadline,
+)
 from monolith_serving.entry.replica_source import ReplicaSource
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
@@ -64,23 +71,11 @@ class DenseReplicas:
         self.channels = channels
         self.metrics = metrics
         self.health = health if health is not None else ReplicaHealth()
-        self.knows_version = knows_version
         self.model_name = dense_model_name(config.entry_model_name)
-        self._round_robin = 0
+        self._order = ReplicaOrder(self.health, knows_version)
 
     def ordered(self, version: int) -> list[str]:
-        addresses = list(self.replicas.replicas(0))
-        if len(addresses) <= 1:
-            return addresses
-        self._round_robin += 1
-        k = self._round_robin % len(addresses)
-        addresses = addresses[k:] + addresses[:k]
-
-        def rank(address: str) -> int:
-            known = self.knows_version(address, version) if self.knows_version is not None else None
-            return (2 if known is False else 0) + (1 if self.health.is_failing(address) else 0)
-
-        return sorted(addresses, key=rank)
+        return self._order.order(self.replicas.replicas(0), version)
 
     def bind(self, spec: ServingSpec) -> RemoteDense:
         """The dense network of one entry version (``EntryModel``'s remote factory)."""

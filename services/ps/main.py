@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 from monolith_serving.core.cli_flags import add_flag, add_server_flags
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
-from monolith_serving.core.grpc_server import run_async_main
+from monolith_serving.core.grpc_server import serve_until_signal
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, DEFAULT_PORT, PsConfig, SubModelConfig
 from monolith_serving.ps.server import PsServer
 
@@ -93,17 +92,4 @@ def run(args: argparse.Namespace) -> int:
     if args.rest_api_port:
         logger.warning("--rest_api_port %d ignored: the PS serves gRPC only", args.rest_api_port)
 
-    async def serve(stop: asyncio.Event) -> int:
-        server = PsServer(config)
-        try:
-            await server.start()
-        except Exception:
-            logger.exception("PS failed to start")
-            await server.stop()
-            return 1
-        await stop.wait()
-        logger.info("stopping")
-        await server.stop()
-        return 0
-
-    return run_async_main(serve)
+    return serve_until_signal(lambda: PsServer(config), "PS")

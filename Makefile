@@ -39,6 +39,7 @@ protos: venv
 
 lint: venv
 	$(VENV)/bin/ruff check services tests bench protos
+	$(VENV)/bin/ruff format --check services tests bench protos
 
 # mypy resolves the import package through a symlink, since monolith_serving is services/ renamed.
 typecheck: venv

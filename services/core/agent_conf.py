@@ -275,9 +275,7 @@ _TFS_PASS_THROUGH = frozenset(
     }
 )
 # TF Serving flags the agent itself derives (ports, model list); a conf value would be misleading.
-_AGENT_OWNED_TFS_FLAGS = frozenset(
-    {"port", "rest_api_port", "model_config_file", "model_name", "model_base_path"}
-)
+_AGENT_OWNED_TFS_FLAGS = frozenset({"port", "rest_api_port", "model_config_file", "model_name", "model_base_path"})
 
 # Lower bounds of numeric fields; negative poll/retry intervals are meaningful to TF Serving.
 _MINIMUMS: Mapping[str, float] = {
@@ -428,9 +426,7 @@ def _env_str(env: Mapping[str, str], name: str) -> str | None:
     return value or None
 
 
-def _env_int(
-    env: Mapping[str, str], name: str, *, minimum: int = 0, maximum: int | None = None
-) -> int | None:
+def _env_int(env: Mapping[str, str], name: str, *, minimum: int = 0, maximum: int | None = None) -> int | None:
     raw = _env_str(env, name)
     if raw is None:
         return None

@@ -73,18 +73,10 @@ class ServerType(StrEnum):
 
 def _name(value: str, what: str, *, colon_ok: bool = False) -> str:
     """Validate one path component (ZooKeeper forbids empty, ``.``, ``..`` and NUL)."""
-    bad = (
-        not value
-        or value in (".", "..")
-        or "/" in value
-        or "\x00" in value
-        or (not colon_ok and ":" in value)
-    )
+    bad = not value or value in (".", "..") or "/" in value or "\x00" in value or (not colon_ok and ":" in value)
     if bad:
         allowed = "" if colon_ok else " or ':'"
-        raise InvalidArgumentError(
-            f"bad {what} {value!r}: must be non-empty, not '.'/'..', without '/'{allowed}"
-        )
+        raise InvalidArgumentError(f"bad {what} {value!r}: must be non-empty, not '.'/'..', without '/'{allowed}")
     return value
 
 

@@ -98,6 +98,7 @@ def test_mixed_agent_serves_restarts_and_deregisters_first(
         want = {"ps:0/0": AVAILABLE, "ps:1/0": AVAILABLE, "entry:0/00000000000": AVAILABLE}
         wait_for("entry + 2 PS AVAILABLE", lambda: replica_stats(zk, root) == want, 90)
         assert_predicts(export, ports["PORT3"])
+
         def scrape() -> str:
             return urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
 

@@ -460,9 +460,7 @@ def test_mixed_mode_ps_and_dense_ports(tmp_path: Path) -> None:
     resolved = resolve_environment(mixed, env)
     assert resolved.tfs_ps_ports == ServerPorts(grpc=9005, http=9006, archon=9007)
     assert resolved.tfs_dense_ports is None
-    dense = resolve_environment(
-        load_text(tmp_path, "stand_alone_serving true\ndense_alone true\nbase_path /m\n"), env
-    )
+    dense = resolve_environment(load_text(tmp_path, "stand_alone_serving true\ndense_alone true\nbase_path /m\n"), env)
     assert dense.tfs_dense_ports == ServerPorts(grpc=9008, http=9009, archon=9010)
     assert resolve_environment(mixed, {}).tfs_ps_ports == ServerPorts()
 
@@ -550,9 +548,7 @@ def test_entry_serves_no_ps_tasks(tmp_path: Path) -> None:
 
 @given(st.integers(min_value=1, max_value=64), st.integers(min_value=1, max_value=16))
 def test_ps_tasks_partition_all_tasks_across_shards(num_ps: int, num_shard: int) -> None:
-    base = config_from_entries(
-        parse_conf_text(f"deploy_type ps\nbase_path /m\nnum_ps {num_ps}\n", file="mem.conf")
-    )
+    base = config_from_entries(parse_conf_text(f"deploy_type ps\nbase_path /m\nnum_ps {num_ps}\n", file="mem.conf"))
     served: list[int] = []
     for shard in range(num_shard):
         env = {"SHARD_ID": str(shard), "MONOLITH_HOST_SHARD_N": str(num_shard)}

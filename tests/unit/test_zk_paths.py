@@ -165,25 +165,16 @@ def test_v3_paths() -> None:
     assert zk_paths.layout_root("bz") == "/bz/layouts"
     assert zk_paths.layout_path("bz", "main") == "/bz/layouts/main"
     assert zk_paths.layout_item_path("bz", "main", "ctr", "entry") == "/bz/layouts/main/ctr:entry"
-    assert (
-        zk_paths.binding_path("bz", "ctr", "ps_1", "psm;lf;c", "pod-7")
-        == "/bz/binding/ctr/ps_1:psm;lf;c:pod-7"
-    )
-    assert (
-        zk_paths.container_service_path("bz", "psm;lf;c", "pod-7") == "/bz/container_service/psm;lf;c:pod-7"
-    )
+    assert zk_paths.binding_path("bz", "ctr", "ps_1", "psm;lf;c", "pod-7") == "/bz/binding/ctr/ps_1:psm;lf;c:pod-7"
+    assert zk_paths.container_service_path("bz", "psm;lf;c", "pod-7") == "/bz/container_service/psm;lf;c:pod-7"
 
 
 def test_v3_roots_are_parents() -> None:
     assert zk_paths.saved_model_path("b", "m", "s").startswith(zk_paths.saved_model_dir("b", "m") + "/")
     assert zk_paths.saved_model_dir("b", "m").startswith(zk_paths.saved_models_root("b") + "/")
-    assert zk_paths.binding_path("b", "m", "s", "c", "i").startswith(
-        zk_paths.binding_model_path("b", "m") + "/"
-    )
+    assert zk_paths.binding_path("b", "m", "s", "c", "i").startswith(zk_paths.binding_model_path("b", "m") + "/")
     assert zk_paths.binding_model_path("b", "m").startswith(zk_paths.binding_root("b") + "/")
-    assert zk_paths.container_service_path("b", "c", "i").startswith(
-        zk_paths.container_service_root("b") + "/"
-    )
+    assert zk_paths.container_service_path("b", "c", "i").startswith(zk_paths.container_service_root("b") + "/")
 
 
 @given(NAME, NAME, NAME, CTX_ID)

@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from monolith_serving.client.health import wait_until_serving
 from monolith_serving.client.inputs import encode, predict_request, random_examples
 from monolith_serving.client.profile import run_profile, summarize
 from monolith_serving.core.demo_export import DemoOptions, write_demo
@@ -63,20 +62,7 @@ def cpu_seconds(pids: list[int]) -> list[float]:
 
 
 def wait_serving(address: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError(f"{address} not serving")
+    wait_until_serving(address, timeout_s=timeout_s)
 
 
 class EchoTopology:

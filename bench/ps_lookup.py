@@ -128,22 +128,9 @@ def run_client(addr: str, mode: str, inflight: int, seconds: float, fids_path: P
 
 
 def wait_health(addr: str, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from monolith_serving.client.health import wait_until_serving
 
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(addr) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("ps exited early")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError("ps not serving")
+    wait_until_serving(addr, timeout_s=timeout_s, still_alive=lambda: proc.poll() is None, poll_s=0.2)
 
 
 def version_states(addr: str) -> dict[int, int]:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -36,6 +38,27 @@ def check_health(addr: str, *, service: str = "", timeout_s: float = 3.0) -> Hea
             return HealthResult(False, code.name if code is not None else "RPC_ERROR", details or "")
     status_name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     return HealthResult(response.status == health_pb2.HealthCheckResponse.SERVING, status_name)
+
+
+def wait_until_serving(
+    addr: str,
+    *,
+    timeout_s: float,
+    still_alive: Callable[[], bool] = lambda: True,
+    poll_s: float = 0.1,
+) -> None:
+    """Polls ``check_health`` until SERVING. Raises RuntimeError as soon as ``still_alive()`` is false (the
+    server process died) and TimeoutError after ``timeout_s``, each naming the last status seen."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if not still_alive():
+            raise RuntimeError(f"{addr}: server exited before serving")
+        result = check_health(addr, timeout_s=1.0)
+        if result.serving:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{addr} not SERVING after {timeout_s} s (last: {result.status} {result.detail})")
+        time.sleep(poll_s)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

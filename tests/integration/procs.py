@@ -12,13 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from monolith_serving.client.health import wait_until_serving
 
 
 def free_port() -> int:
@@ -75,23 +73,18 @@ class ServerProcess:
         return self
 
     def wait_serving(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.command} exited with {self.process.returncode} before serving:\n{self.log_tail()}"
-                    )
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{self.command} not SERVING after {self.ready_timeout_s} s:\n{self.log_tail()}")
-                time.sleep(0.1)
+        def alive() -> bool:
+            return self.process is None or self.process.poll() is None
+
+        try:
+            wait_until_serving(self.address, timeout_s=self.ready_timeout_s, still_alive=alive)
+        except RuntimeError:
+            assert self.process is not None
+            raise RuntimeError(
+                f"{self.command} exited with {self.process.returncode} before serving:\n{self.log_tail()}"
+            ) from None
+        except TimeoutError as error:
+            raise TimeoutError(f"{self.command}: {error}\n{self.log_tail()}") from None
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""

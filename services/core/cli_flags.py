@@ -7,7 +7,12 @@ spelling (``--model-config-file``) is accepted as an alias so both habits work.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 
 
 def add_flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
@@ -45,3 +50,49 @@ def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int | Non
         default=0,
         help="port of the Prometheus /metrics HTTP endpoint (0: not served)",
     )
+
+
+def add_model_source_flags(parser: argparse.ArgumentParser, *, sub_model: str) -> None:
+    """tensorflow_model_server's flags for what a sub-model server hosts: a ModelServerConfig file, or one
+    model by name and base path. ``sub_model`` names the kind in the help text (``ps_<i>``, ``dense_0``)."""
+    add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
+    add_flag(parser, "--rest_api_port", type=int, default=0, help="accepted for compatibility; REST is not served")
+    add_flag(
+        parser, "--model_config_file", default=None, help=f"text-format ModelServerConfig of the hosted {sub_model}"
+    )
+    add_flag(
+        parser,
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="look for new versions this often (0: only at start and on reload)",
+    )
+    add_flag(parser, "--model_name", default=None, help=f"single-model mode: the sub-model name ({sub_model})")
+    add_flag(parser, "--model_base_path", default=None, help="single-model mode: the sub-model folder")
+    add_flag(
+        parser,
+        "--model_version_policy",
+        choices=[k.value for k in PolicyKind if k is not PolicyKind.SPECIFIC],
+        default=PolicyKind.LATEST.value,
+        help="single-model mode: version policy",
+    )
+
+
+@dataclass(frozen=True)
+class SingleModel:
+    name: str
+    base_path: Path
+    policy: VersionPolicy
+
+
+def single_model_from_args(args: argparse.Namespace) -> SingleModel | None:
+    """The ``--model_name``/``--model_base_path`` model, or None when ``--model_config_file`` is given."""
+    if args.model_config_file is None:
+        if not args.model_name or not args.model_base_path:
+            raise InvalidArgumentError("give --model_config_file or both --model_name and --model_base_path")
+        return SingleModel(
+            args.model_name, Path(args.model_base_path), VersionPolicy(PolicyKind(args.model_version_policy))
+        )
+    if args.model_name or args.model_base_path:
+        raise InvalidArgumentError("--model_name/--model_base_path and --model_config_file are exclusive")
+    return None

@@ -7,9 +7,8 @@ import logging
 import os
 from pathlib import Path
 
-from monolith_serving.core.cli_flags import add_flag, add_server_flags
+from monolith_serving.core.cli_flags import add_flag, add_model_source_flags, add_server_flags, single_model_from_args
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.grpc_server import serve_until_signal
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, DEFAULT_PORT, PsConfig, SubModelConfig
 from monolith_serving.ps.server import PsServer
@@ -19,31 +18,13 @@ logger = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser)
-    add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
-    add_flag(parser, "--rest_api_port", type=int, default=0, help="accepted for compatibility; REST is not served")
-    add_flag(parser, "--model_config_file", default=None, help="text-format ModelServerConfig of the hosted ps_<i>")
+    add_model_source_flags(parser, sub_model="ps_<i>")
     add_flag(
         parser,
         "--model_config_file_poll_wait_seconds",
         type=float,
         default=0.0,
         help="re-read --model_config_file this often (0: never)",
-    )
-    add_flag(
-        parser,
-        "--file_system_poll_wait_seconds",
-        type=float,
-        default=1.0,
-        help="look for new versions this often (0: only at start and on reload)",
-    )
-    add_flag(parser, "--model_name", default=None, help="single-model mode: the sub-model name (ps_<i>)")
-    add_flag(parser, "--model_base_path", default=None, help="single-model mode: the sub-model folder")
-    add_flag(
-        parser,
-        "--model_version_policy",
-        choices=[k.value for k in PolicyKind if k is not PolicyKind.SPECIFIC],
-        default=PolicyKind.LATEST.value,
-        help="single-model mode: version policy",
     )
     add_flag(parser, "--num_ps", type=int, default=0, help="number of PS shards; fids must satisfy fid mod num_ps == i")
     add_flag(
@@ -58,17 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> PsConfig:
     port = args.port if args.port is not None else int(environ.get("PORT3", DEFAULT_PORT))
-    models: tuple[SubModelConfig, ...] = ()
-    if args.model_config_file is None:
-        if not args.model_name or not args.model_base_path:
-            raise InvalidArgumentError("give --model_config_file or both --model_name and --model_base_path")
-        models = (
-            SubModelConfig(
-                args.model_name, Path(args.model_base_path), VersionPolicy(PolicyKind(args.model_version_policy))
-            ),
-        )
-    elif args.model_name or args.model_base_path:
-        raise InvalidArgumentError("--model_name/--model_base_path and --model_config_file are exclusive")
+    single = single_model_from_args(args)
+    models = () if single is None else (SubModelConfig(single.name, single.base_path, single.policy),)
     return PsConfig(
         port=port,
         host=args.host,

@@ -24,10 +24,9 @@ from monolith_serving.core.errors import (
     FailedPreconditionError,
     MonolithServingError,
     NotFoundError,
-    UnavailableError,
 )
 from monolith_serving.core.export_layout import PolicyKind, list_versions, version_dir
-from monolith_serving.core.model_state import ModelState
+from monolith_serving.core.model_state import ModelState, choose_version, served_model
 from monolith_serving.dense.config import DenseModelConfig
 from monolith_serving.dense.metrics import DenseMetrics
 from monolith_serving.entry.dense import LocalDenseModel, load_dense_network
@@ -81,27 +80,19 @@ class DenseVersionManager:
     # ------------------------------------------------------------------ queries
 
     def model(self, name: str) -> DenseSubModel:
-        model = self.models.get(name)
-        if model is None:
-            served = ", ".join(sorted(self.models)) or "none"
-            raise NotFoundError(f"model {name!r} is not served here (serving: {served})")
-        return model
+        return served_model(self.models, name)
 
     def resolve(self, name: str, version: int | None = None, label: str = "") -> tuple[DenseVersion, DenseNetwork]:
         """The version a request gets: pinned (by number or label) or the newest AVAILABLE."""
         model = self.model(name)
-        if label:
-            if label not in model.config.version_labels:
-                raise NotFoundError(f"model {name!r} has no version label {label!r}")
-            version = model.config.version_labels[label]
-        if version is None:
-            chosen = model.serving()
-            if chosen is None:
-                raise UnavailableError(f"model {name!r} has no AVAILABLE version yet")
-        else:
-            chosen = model.versions.get(version)
-            if chosen is None or chosen.state is not ModelState.AVAILABLE:
-                raise NotFoundError(f"version {version} of model {name!r} is not available")
+        chosen = choose_version(
+            name,
+            versions=model.versions,
+            serving=model.serving(),
+            labels=model.config.version_labels,
+            version=version,
+            label=label,
+        )
         assert chosen.loaded is not None  # AVAILABLE implies loaded
         return chosen, chosen.loaded
 

@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from monolith_serving.core.errors import MonolithServingError, NotFoundError, UnavailableError
+from monolith_serving.core.errors import MonolithServingError, NotFoundError
 from monolith_serving.core.export_layout import PolicyKind, list_versions, version_dir
-from monolith_serving.core.model_state import ModelState
+from monolith_serving.core.model_state import ModelState, choose_version, served_model
 from monolith_serving.ps.config import SubModelConfig
 from monolith_serving.ps.loader import load_version
 from monolith_serving.ps.metrics import PsMetrics
@@ -102,28 +102,20 @@ class VersionStateManager:
     # ------------------------------------------------------------------ queries (synchronous)
 
     def model(self, name: str) -> SubModel:
-        model = self.models.get(name)
-        if model is None:
-            served = ", ".join(sorted(self.models)) or "none"
-            raise NotFoundError(f"model {name!r} is not served here (serving: {served})")
-        return model
+        return served_model(self.models, name)
 
     def resolve(self, name: str, version: int | None = None, label: str = "") -> tuple[SubModel, ServableVersion]:
         """The version a request gets: pinned (by number or label) or the newest AVAILABLE."""
         model = self.model(name)
-        if label:
-            if label not in model.config.version_labels:
-                raise NotFoundError(f"model {name!r} has no version label {label!r}")
-            version = model.config.version_labels[label]
-        if version is None:
-            serving = model.serving()
-            if serving is None:
-                raise UnavailableError(f"model {name!r} has no AVAILABLE version yet")
-            return model, serving
-        pinned = model.versions.get(version)
-        if pinned is None or pinned.state is not State.AVAILABLE:
-            raise NotFoundError(f"version {version} of model {name!r} is not available")
-        return model, pinned
+        chosen = choose_version(
+            name,
+            versions=model.versions,
+            serving=model.serving(),
+            labels=model.config.version_labels,
+            version=version,
+            label=label,
+        )
+        return model, chosen
 
     def status(self, name: str, version: int | None = None) -> list[VersionStatus]:
         model = self.model(name)

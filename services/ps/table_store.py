@@ -2,7 +2,7 @@
 
 Layout per table: a ``FidIndex`` (fid -> row) over a *base* float32 matrix (the rows loaded from the dump,
 used as is, no copy) and an *extra* matrix for fids first seen through parameter sync (grown by doubling).
-The fids themselves live only inside the index. Bytes per row ~ ``4 * dim`` + 21..42 (index).
+The fids themselves live only inside the index. Bytes per row ~ ``4 * dim`` + 23..46 (index).
 
 Thread-safety: none inside. The PS confines every table access (lookups, upserts) to the event-loop thread,
 and a handler never awaits in the middle of a lookup or an upsert, so a lookup can never see a torn row or a
@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.ps import hash_kernels
 from monolith_serving.ps.fid_index import FidIndex, Int64Array, last_occurrences
 
 FloatMatrix = npt.NDArray[np.float32]
@@ -60,23 +61,9 @@ class EmbeddingTable:
     def lookup(self, fids: Int64Array) -> tuple[FloatMatrix, int]:
         """``(float32[len(fids), dim], missing)``: zero rows for the ``missing`` fids the table does not hold."""
         rows = self._index.lookup(fids)
-        n = rows.shape[0]
-        if not n:
-            return np.empty((0, self.dim), dtype=np.float32), 0
-        if self._n_base:
-            # mode="clip" skips the bounds check; -1 and extra rows are fixed up below.
-            out: FloatMatrix = np.take(self._base, rows, axis=0, mode="clip")
-        else:
-            out = np.zeros((n, self.dim), dtype=np.float32)
-        if self._n_extra:
-            in_extra = rows >= self._n_base
-            if in_extra.any():
-                out[in_extra] = self._extra[rows[in_extra] - self._n_base]
-        if rows.min() >= 0:  # one reduction; the common all-known case allocates no mask
-            return out, 0
-        missing = rows < 0
-        out[missing] = 0.0
-        return out, int(np.count_nonzero(missing))
+        out: FloatMatrix = np.empty((rows.shape[0], self.dim), dtype=np.float32)
+        missing = hash_kernels.gather(self._base, self._extra, rows, out)
+        return out, int(missing)
 
     def check_update(self, fids: Int64Array, values: FloatMatrix) -> None:
         """Raises InvalidArgumentError unless ``upsert(fids, values)`` would be valid (nothing changes)."""

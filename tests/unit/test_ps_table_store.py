@@ -28,6 +28,42 @@ def test_fid_index_maps_positions_and_reports_absent_keys() -> None:
     assert index.lookup(np.empty(0, dtype=np.int64)).shape == (0,)
 
 
+def test_fid_index_matches_a_dict_through_growth_collisions_and_extreme_keys() -> None:
+    # Keys on one stride collide in the low bits and the extremes of int64 are valid fids; inserting in small
+    # batches from an empty index forces several doublings (rehashes) of the slot array.
+    rng = np.random.default_rng(7)
+    keys = np.concatenate(
+        [
+            np.array([0, -1, np.iinfo(np.int64).min, np.iinfo(np.int64).max], dtype=np.int64),
+            np.arange(0, 1 << 40, 1 << 24, dtype=np.int64)[:3000],
+            rng.integers(np.iinfo(np.int64).min, np.iinfo(np.int64).max, 5000, dtype=np.int64),
+        ]
+    )
+    index = FidIndex()
+    expected: dict[int, int] = {}
+    capacities = set()
+    for start in range(0, len(keys), 257):
+        batch = keys[start : start + 257]
+        rows = rng.integers(0, 1 << 40, len(batch), dtype=np.int64)
+        index.insert(batch, rows)
+        expected.update(zip(batch.tolist(), rows.tolist(), strict=True))
+        capacities.add(index.nbytes)
+    assert len(capacities) > 3, "the index never grew"
+    assert len(index) == len(expected)
+    probe = np.concatenate([keys, np.array([12345, -(1 << 50)], dtype=np.int64)])
+    assert index.lookup(probe).tolist() == [expected.get(k, -1) for k in probe.tolist()]
+    assert index.nbytes <= 46 * len(index) + 16 * 16  # load factor stays above 0.35 once past the minimum size
+
+
+def test_fid_index_accepts_read_only_request_buffers() -> None:
+    # Request tensors are np.frombuffer views of the request bytes: read-only, and must not be copied to be probed.
+    fids = np.frombuffer(np.array([9, 8, 7], dtype=np.int64).tobytes(), dtype=np.int64)
+    assert not fids.flags.writeable
+    index = FidIndex.of(fids)
+    assert index.lookup(fids[::-1].copy()).tolist() == [2, 1, 0]
+    assert index.lookup(fids).tolist() == [0, 1, 2]
+
+
 def test_last_occurrences_keeps_the_last_of_each_fid() -> None:
     assert last_occurrences(np.array([4, 5, 4, 6, 5], dtype=np.int64)).tolist() == [2, 3, 4]
     assert last_occurrences(np.array([1, 2], dtype=np.int64)).tolist() == [0, 1]

@@ -10,6 +10,7 @@ for batch 1/16/256 and 1/16 requests in flight: QPS, mean, p50, p99. The client 
 entry p99 <= 10 ms.
 
 Usage: python bench/predict.py [--duration_s 5] [--warmup_s 1] [--batches 1,16,256] [--in_flight 1,16]
+                               [--entry_flag=--coalesce_ps_lookups=false ...]
 """
 
 from __future__ import annotations
@@ -180,7 +181,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         write_demo(DemoOptions(out=export, num_ps=2))
         spec = load_serving_spec(export / "entry" / "1")
         rows: list[dict[str, Any]] = []
-        cluster = StandaloneCluster(ClusterConfig(model_dir=export, num_ps=2, entry_port=free_port()))
+        cluster = StandaloneCluster(
+            ClusterConfig(model_dir=export, num_ps=2, entry_port=free_port(), entry_flags=tuple(args.entry_flag))
+        )
         cluster.launch()
         try:
             await cluster.wait_ready()
@@ -207,6 +210,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "duration_s": args.duration_s,
             "model": "export-demo: tables user:8,item:12; 6 sparse features + ctx[2]; MLP 78-16-8-1",
             "input": "instances, ~2 fids per feature per example, 32 distinct requests cycled",
+            "entry_flags": args.entry_flag,
         },
         "results": rows,
     }
@@ -233,6 +237,12 @@ def main() -> int:
     parser.add_argument("--warmup_s", type=float, default=1.0)
     parser.add_argument("--batches", default="1,16,256")
     parser.add_argument("--in_flight", default="1,16")
+    parser.add_argument(
+        "--entry_flag",
+        action="append",
+        default=[],
+        help="extra entry flag, repeatable (e.g. --entry_flag=--coalesce_ps_lookups=false)",
+    )
     args = parser.parse_args()
     report = asyncio.run(main_async(args))
     print(json.dumps(report, indent=2))

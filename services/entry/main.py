@@ -19,11 +19,12 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from monolith_serving.core.cli_flags import add_flag, add_server_flags
+from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, read_model_server_config
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server, run_async_main
@@ -32,6 +33,7 @@ from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig
 from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, ReplicaHealth
+from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.ps_status import PsStatusTracker
 from monolith_serving.entry.remote_dense import DenseReplicas, RemoteDenseConfig, dense_model_name
 from monolith_serving.entry.replica_source import (
@@ -60,6 +62,7 @@ class EntryServerConfig:
     host: str = "0.0.0.0"
     metrics_port: int = 0
     fetch_ps_retry: int = 2
+    coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     poll_interval_s: float = 1.0
     ps_status_timeout_s: float = 1.0
     grace_s: float = 2.0
@@ -91,6 +94,7 @@ class EntryServer:
                 entry_model_name=entry_name,
                 retry=config.fetch_ps_retry,
                 min_attempt_timeout_s=(config.model.fetch_ps_timeout_ms if config.model else 200) / 1000,
+                coalesce=config.coalesce,
             ),
             replicas=self.replicas,
             channels=self.channels,
@@ -282,6 +286,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--num_ps", type=int, default=None, help="number of PS shards (default: from the targets or spec)")
     add_flag(parser, "--fetch_ps_timeout_ms", type=int, default=200, help="PS call deadline without a client deadline")
     add_flag(parser, "--fetch_ps_retry", type=int, default=2, help="retries on another replica (default %(default)s)")
+    add_flag(
+        parser,
+        "--coalesce_ps_lookups",
+        type=parse_bool,
+        default=True,
+        help="send concurrent lookups to one PS shard as one call while another is in flight (default true)",
+    )
+    add_flag(
+        parser,
+        "--coalesce_max_fids",
+        type=int,
+        default=CoalesceConfig.max_fids,
+        help="a coalesced PS lookup holding this many fids is sent at once (default %(default)s)",
+    )
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
     add_flag(
         parser,
@@ -353,6 +371,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         port=port,
         metrics_port=args.metrics_port,
         fetch_ps_retry=args.fetch_ps_retry,
+        coalesce=CoalesceConfig(enabled=args.coalesce_ps_lookups, max_fids=args.coalesce_max_fids),
         poll_interval_s=args.file_system_poll_wait_seconds,
         grace_s=args.grace_s,
     )

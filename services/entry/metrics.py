@@ -38,6 +38,12 @@ class EntryMetrics:
         self.ps_retries = Counter(
             "entry_ps_lookup_retries", "Lookups retried on another replica", ["shard"], registry=r
         )
+        self.ps_coalesced = Counter(
+            "entry_ps_lookups_coalesced",
+            "Shard lookups sent merged with others' in one call (--coalesce_ps_lookups)",
+            ["shard"],
+            registry=r,
+        )
         # dense_alone: the call to the dense server after pooling.
         self.dense_latency = Histogram(
             "entry_dense_latency_seconds", "One Predict RPC to a dense replica", buckets=_LATENCY_BUCKETS_S, registry=r

@@ -7,7 +7,10 @@ Guarantees of ``PsFanout.lookup``:
   NOT_FOUND (that replica lacks the pinned version) the next replica is tried, at most ``retry`` times;
 - replicas known to hold the pinned version and not failing recently are tried first;
 - it never waits past the deadline: when a shard has no replica left it raises ``UnavailableError``
-  naming the shard and the last error.
+  naming the shard and the last error;
+- with ``FanoutConfig.coalesce`` on (the default), concurrent lookups to the same shard and version share
+  one call while another is in flight (``ps_coalesce``); each still gets its own rows, its own deadline and
+  every error, and the guarantees above hold for the merged call.
 Channels are opened once per replica address and reused by every request (``ChannelPool``).
 """
 
@@ -29,6 +32,7 @@ from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.grpc_server import channel_options
 from monolith_serving.core.tensor_codec import TensorCodecError, from_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.ps_coalesce import CoalesceConfig, ShardAnswer, ShardCoalescer, TableFids
 from monolith_serving.entry.ps_wire import input_key, lookup_request, model_spec_field
 from monolith_serving.entry.replica_source import ReplicaSource
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
@@ -197,6 +201,7 @@ class FanoutConfig:
     retry: int = 2
     # An attempt is never cut below this (fetch_ps_timeout_ms), so a merely slow PS is not retried early.
     min_attempt_timeout_s: float = 0.2
+    coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
 
 
 class PsFanout(EmbeddingLookup):
@@ -223,6 +228,16 @@ class PsFanout(EmbeddingLookup):
         self._latency = [metrics.ps_latency.labels(label) for label in self._shard_labels]
         self._spec_bytes: dict[tuple[int, int], bytes] = {}
         self._input_keys: dict[str, bytes] = {}
+        coalesced = [metrics.ps_coalesced.labels(label) for label in self._shard_labels]
+        self._shard_call = (
+            ShardCoalescer(
+                self._lookup_shard,
+                max_fids=config.coalesce.max_fids,
+                on_coalesced=lambda shard, n: coalesced[shard].inc(n),
+            ).lookup
+            if config.coalesce.enabled
+            else self._lookup_shard
+        )
 
     @property
     def num_ps(self) -> int:
@@ -252,8 +267,9 @@ class PsFanout(EmbeddingLookup):
                     plan.setdefault(shard, []).append((table, positions, table_fids[positions]))
                 start += count
         shards_sorted = sorted(plan)
+        call = self._shard_call
         results = await asyncio.gather(
-            *(self._lookup_shard(shard, version, plan[shard], dims, deadline) for shard in shards_sorted)
+            *(call(shard, version, [(t, f) for t, _, f in plan[shard]], dims, deadline) for shard in shards_sorted)
         )
         values: dict[str, Float32Array] = {}
         ps_versions: dict[int, int] = {}
@@ -268,13 +284,13 @@ class PsFanout(EmbeddingLookup):
                 values[table][where] = outputs[table]
         return LookupResult(values, ps_versions)
 
-    def _request(self, shard: int, version: int, parts: Sequence[tuple[str, Int64Array | None, Int64Array]]) -> bytes:
+    def _request(self, shard: int, version: int, parts: TableFids) -> bytes:
         spec = self._spec_bytes.get((shard, version))
         if spec is None:
             spec = model_spec_field(self._models[shard], version, LOOKUP_SIGNATURE)
             self._spec_bytes[(shard, version)] = spec
         inputs = []
-        for table, _, shard_fids in parts:
+        for table, shard_fids in parts:
             key = self._input_keys.get(table)
             if key is None:
                 key = self._input_keys[table] = input_key(f"{table}_id")
@@ -285,10 +301,10 @@ class PsFanout(EmbeddingLookup):
         self,
         shard: int,
         version: int,
-        parts: Sequence[tuple[str, Int64Array | None, Int64Array]],
+        parts: TableFids,
         dims: Mapping[str, int],
         deadline: float,
-    ) -> tuple[dict[str, Float32Array], int]:
+    ) -> ShardAnswer:
         request = self._request(shard, version, parts)
         addresses = self._ordered(shard, version)
         if not addresses:
@@ -331,14 +347,14 @@ class PsFanout(EmbeddingLookup):
     def _decode(
         self,
         shard: int,
-        parts: Sequence[tuple[str, Int64Array | None, Int64Array]],
+        parts: TableFids,
         dims: Mapping[str, int],
         response: predict_pb2.PredictResponse,
         version: int,
     ) -> dict[str, Float32Array]:
         outputs: dict[str, Float32Array] = {}
         response_outputs = response.outputs
-        for table, _, shard_fids in parts:
+        for table, shard_fids in parts:
             key = f"{table}_value"
             if key not in response_outputs:
                 raise UnavailableError(f"PS shard {shard} version {version} answered without output {key!r}")

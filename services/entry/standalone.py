@@ -56,6 +56,7 @@ class ClusterConfig:
     log_level: str = "WARNING"
     ready_timeout_s: float = 60.0
     stop_grace_s: float = 5.0
+    entry_flags: tuple[str, ...] = ()  # extra flags for the entry (benchmarks compare settings this way)
 
 
 def command(*args: str) -> list[str]:
@@ -111,6 +112,7 @@ class StandaloneCluster:
                 str(c.model_dir / "entry"),
                 "--ps_targets",
                 targets,
+                *c.entry_flags,
             ]
         )
 

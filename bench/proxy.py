@@ -52,6 +52,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         cluster.launch()
         proxy_port = free_port()
         proxy: subprocess.Popen[bytes] | None = None
+        pids: dict[str, int] = {}
         rows: list[dict[str, Any]] = []
         try:
             await cluster.wait_ready()
@@ -104,6 +105,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "p50_ms": _mean(mine, "p50_ms"),
                 "p99_ms": _mean(mine, "p99_ms"),
                 "errors": sum(r["errors"] for r in mine),
+                "server_cpu_ms_per_request": {
+                    name: _mean([r["server_cpu_ms_per_request"] for r in mine], name) for name in pids
+                },
             }
         overhead_ms = round(by_path["proxy"]["p50_ms"] - by_path["direct"]["p50_ms"], 3)
         ratio = round(by_path["proxy"]["qps"] / by_path["direct"]["qps"], 3) if by_path["direct"]["qps"] else 0.0
@@ -111,6 +115,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             **by_path,
             "p50_overhead_ms": overhead_ms,
             "qps_ratio": ratio,
+            # What the proxy hop costs: its own CPU per request (the figure to judge a proxy change by on a
+            # busy machine; p50 overhead at saturation is roughly in_flight x the extra CPU per request).
+            "proxy_cpu_ms_per_request": by_path["proxy"]["server_cpu_ms_per_request"]["proxy"],
         }
     target_key = f"batch{args.batch}_inflight16"
     report: dict[str, Any] = {

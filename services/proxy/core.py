@@ -27,7 +27,7 @@ from monolith_serving.proxy.metrics import UNKNOWN_MODEL, ProxyMetrics
 from monolith_serving.proxy.model_status import merge_model_status
 from monolith_serving.proxy.router import ReplicaState, Router
 from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
-from monolith_serving.proxy.wire import read_model_spec
+from monolith_serving.proxy.wire import ModelNames
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,14 @@ def method_name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+class _MethodNames(dict[str, str]):
+    """``path`` -> method name, computed once per path (a handful of them) instead of per request."""
+
+    def __missing__(self, path: str) -> str:
+        name = self[path] = method_name(path)
+        return name
+
+
 class ProxyCore:
     """Owns routing state; ``start()`` runs the probe/prune loop, ``stop()`` ends it. Idempotent both."""
 
@@ -92,6 +100,10 @@ class ProxyCore:
         self._probe_timeout_s = probe_timeout_s
         self._clock = clock
         self.admission = Admission(config.max_in_flight)
+        # Read at scrape time: no per-request gauge updates (each takes a lock).
+        metrics.in_flight.set_function(lambda: self.admission.in_flight)
+        self._methods = _MethodNames()
+        self._model_names = ModelNames()
         self._maintenance: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
 
@@ -113,7 +125,7 @@ class ProxyCore:
     # ---- the one entry point of both transports ------------------------------------------------------------
     async def call(self, path: str, request: bytes, ctx: CallContext) -> UpstreamReply:
         """Serves one client call of ``path`` (``/package.Service/Method``) with serialized ``request``."""
-        method = method_name(path)
+        method = self._methods[path]
         started = self._clock()
         model_label = UNKNOWN_MODEL
         code = grpc.StatusCode.OK
@@ -122,22 +134,21 @@ class ProxyCore:
         except MonolithServingError as error:
             code = status_code_for(error)
             self._metrics.rejected.labels(reason="draining" if self.admission.draining else "in_flight").inc()
-            self._metrics.requests.labels(model_label, method, ctx.protocol, code.name).inc()
+            self._metrics.count_request(model_label, method, ctx.protocol, code.name)
             raise
-        self._metrics.in_flight.inc()
         try:
             if path == RELOAD_CONFIG:
                 return await self._reload_config(request, ctx)
-            spec = read_model_spec(request, multi_inference=method == "MultiInference")
-            if not spec.name:
+            model = self._model_names(request, multi_inference=method == "MultiInference")
+            if not model:
                 raise InvalidArgumentError("model_spec.name is required")
-            addresses = self._source.endpoints(spec.name)
-            model_label = spec.name
+            addresses = self._source.endpoints(model)
+            model_label = model
             if not addresses:
-                raise UnavailableError(f"no AVAILABLE replica of model {spec.name!r}")
+                raise UnavailableError(f"no AVAILABLE replica of model {model!r}")
             if path == GET_MODEL_STATUS:
-                return await self._model_status(spec.name, addresses, request, ctx)
-            return await self._routed(path, spec.name, addresses, request, ctx)
+                return await self._model_status(model, addresses, request, ctx)
+            return await self._routed(path, model, addresses, request, ctx)
         except RpcStatusError as error:
             code = error.code
             log.warning("request %s %s model=%s: %s %s", ctx.request_id, method, model_label, code.name, error.message)
@@ -154,9 +165,8 @@ class ProxyCore:
             raise
         finally:
             self.admission.leave()
-            self._metrics.in_flight.dec()
-            self._metrics.requests.labels(model_label, method, ctx.protocol, code.name).inc()
-            self._metrics.latency.labels(method, ctx.protocol).observe(self._clock() - started)
+            self._metrics.count_request(model_label, method, ctx.protocol, code.name)
+            self._metrics.observe_latency(method, ctx.protocol, self._clock() - started)
 
     # ---- routed methods: one replica, one retry on another ----------------------------------------------------
     async def _routed(
@@ -183,7 +193,7 @@ class ProxyCore:
             remaining = None if deadline is None else deadline - self._clock()
             if second is None or (remaining is not None and remaining < self._config.min_retry_budget_s):
                 raise self._unavailable(model, first.address, error) from None
-            self._metrics.retries.labels(method_name(path)).inc()
+            self._metrics.retries.labels(self._methods[path]).inc()
             log.info(
                 "request %s: retrying on %s after %s: %s", ctx.request_id, second.address, first.address, error.message
             )
@@ -219,7 +229,7 @@ class ProxyCore:
             raise
         finally:
             state.outstanding -= 1
-            self._metrics.upstream_latency.labels(method_name(path)).observe(self._clock() - started)
+            self._metrics.observe_upstream(self._methods[path], self._clock() - started)
         self._router.on_success(state)
         return reply
 

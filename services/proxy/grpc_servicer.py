@@ -7,7 +7,8 @@ downstream; the entry's trailing metadata (e.g. ``x-monolith-ps-versions``) come
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -39,21 +40,42 @@ def _admin_token(metadata: tuple[tuple[str, str | bytes], ...]) -> str | None:
     return None
 
 
+class RequestIds:
+    """32 hex characters per id: a random per-process prefix and a counter.
+
+    Unique across proxies (64 random bits per process) and a fraction of uuid4's cost, which reads
+    os.urandom and builds a UUID object per request.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):016x}"
+
+
 class ProxyServicer:
     """Builds the generic handlers; errors other than RpcStatusError go to the ErrorMappingInterceptor."""
 
     def __init__(self, core: ProxyCore) -> None:
         self._core = core
+        self._request_ids = RequestIds()
 
     def _handler(self, path: str) -> Handler:
         core = self._core
+        new_request_id = self._request_ids
         wants_token = path == RELOAD_CONFIG
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-            metadata = tuple(context.invocation_metadata() or ())
-            request_id = next((v for k, v in metadata if k == REQUEST_ID_KEY and isinstance(v, str)), None)
+            metadata = context.invocation_metadata() or ()
+            request_id = ""
+            for key, value in metadata:
+                if key == REQUEST_ID_KEY and isinstance(value, str):
+                    request_id = value
+                    break
             if not request_id:
-                request_id = uuid.uuid4().hex
+                request_id = new_request_id()
             ctx = CallContext(
                 request_id=request_id,
                 timeout_s=context.time_remaining(),

@@ -2,10 +2,15 @@
 
 ``model`` labels only carry names the endpoint source knows (else ``unknown``) so a client cannot blow up
 the series count by sending random model names.
+
+The per-request metrics go through ``count_request``/``observe_latency``/``observe_upstream``, which keep
+the labelled children in plain dicts: prometheus-client's ``.labels()`` takes a lock and rebuilds the
+label tuple on every call, a measurable share of the proxy's CPU per request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -52,3 +57,26 @@ class ProxyMetrics:
         self.maintenance_seconds = Histogram(
             "proxy_maintenance_step_seconds", "One probe/prune step of the maintenance loop", registry=r
         )
+        self._request_counts: dict[tuple[str, str, str, str], Callable[[], None]] = {}
+        self._latencies: dict[tuple[str, str], Callable[[float], None]] = {}
+        self._upstream_latencies: dict[str, Callable[[float], None]] = {}
+
+    def count_request(self, model: str, method: str, protocol: str, code: str) -> None:
+        key = (model, method, protocol, code)
+        inc = self._request_counts.get(key)
+        if inc is None:
+            inc = self._request_counts[key] = self.requests.labels(*key).inc
+        inc()
+
+    def observe_latency(self, method: str, protocol: str, seconds: float) -> None:
+        key = (method, protocol)
+        observe = self._latencies.get(key)
+        if observe is None:
+            observe = self._latencies[key] = self.latency.labels(*key).observe
+        observe(seconds)
+
+    def observe_upstream(self, method: str, seconds: float) -> None:
+        observe = self._upstream_latencies.get(method)
+        if observe is None:
+            observe = self._upstream_latencies[method] = self.upstream_latency.labels(method).observe
+        observe(seconds)

@@ -67,7 +67,8 @@ class UpstreamPool:
         key = (address, method)
         found = self._callables.get(key)
         if found is None:
-            found = self._callables[key] = self._channel(address).unary_unary(method)
+            # Registered: gRPC core interns the method path once per channel instead of once per call.
+            found = self._callables[key] = self._channel(address).unary_unary(method, _registered_method=True)
         return found
 
     async def call(
@@ -75,7 +76,8 @@ class UpstreamPool:
     ) -> UpstreamReply:
         """One attempt. Raises RpcStatusError carrying the upstream status (or UNAVAILABLE on a broken
         connection) and its trailing metadata."""
-        call = self._callable(address, method)(request, timeout=timeout_s, metadata=metadata)
+        # An aio.Metadata is used as is; a plain tuple would go through an ABC isinstance check and a copy.
+        call = self._callable(address, method)(request, timeout=timeout_s, metadata=grpc.aio.Metadata(*metadata))
         try:
             response = await call
             trailing = await call.trailing_metadata()

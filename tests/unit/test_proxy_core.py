@@ -211,10 +211,12 @@ async def test_in_flight_bound_refuses_immediately() -> None:
     core, metrics = _core(["a:1"], pool, max_in_flight=2)
     slow = [asyncio.create_task(core.call(PREDICT, _predict(), _ctx())) for _ in range(2)]
     await asyncio.sleep(0.01)
+    assert _count(metrics, "proxy_in_flight_requests") == 2
     with pytest.raises(ResourceExhaustedError):
         await core.call(PREDICT, _predict(), _ctx())
     assert all(r.response == b"a:1" for r in await asyncio.gather(*slow))
     assert _count(metrics, "proxy_rejected_requests_total", {"reason": "in_flight"}) == 1
+    assert _count(metrics, "proxy_in_flight_requests") == 0
     assert (await core.call(PREDICT, _predict(), _ctx())).response == b"a:1"
 
 

@@ -8,7 +8,8 @@ import pytest
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2, model_pb2, predict_pb2
-from monolith_serving.proxy.wire import read_model_spec
+from monolith_serving.proxy.grpc_servicer import RequestIds
+from monolith_serving.proxy.wire import ModelNames, read_model_spec
 
 
 def _predict_bytes(name: str, **spec: object) -> bytes:
@@ -76,3 +77,23 @@ def test_multi_inference_uses_first_task() -> None:
 def test_malformed_bytes_are_invalid_argument(raw: bytes) -> None:
     with pytest.raises(InvalidArgumentError):
         read_model_spec(raw)
+
+
+def test_model_names_memo_matches_the_parse_and_stays_bounded() -> None:
+    names = ModelNames(max_entries=2)
+    raw = _predict_bytes("m:entry", version=3)
+    assert names(raw) == names(raw) == read_model_spec(raw).name == "m:entry"
+    for index in range(5):
+        assert names(_predict_bytes(f"model-{index}")) == f"model-{index}"
+    assert len(names._names) <= 2
+    assert names(b"") == ""
+    with pytest.raises(InvalidArgumentError):
+        names(_length_delimited(1, b"\x0a\x05ab"))  # a name running past the spec's end
+
+
+def test_request_ids_are_32_hex_and_distinct() -> None:
+    ids = RequestIds()
+    first, second = ids(), ids()
+    assert len(first) == len(second) == 32 and first != second
+    int(first, 16)
+    assert RequestIds()()[:16] != first[:16]

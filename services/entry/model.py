@@ -39,7 +39,7 @@ from monolith_serving.core.model_state import ModelState
 from monolith_serving.core.serving_spec import DenseBackend, ServingSpec, load_serving_spec
 from monolith_serving.entry.dense import DenseModel, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.pooling import assemble_input, plan_lookup
+from monolith_serving.entry.pooling import Pooler
 from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
 from monolith_serving.entry.request_parser import ParsedBatch, RequestParser
 
@@ -75,10 +75,8 @@ class LoadedVersion:
     spec: ServingSpec
     parser: RequestParser
     dense: DenseModel
-
-    @property
-    def dims(self) -> dict[str, int]:
-        return {t.name: t.dim for t in self.spec.tables}
+    pooler: Pooler
+    dims: Mapping[str, int]  # table -> embedding dim
 
     @property
     def remote_dense(self) -> bool:
@@ -115,7 +113,15 @@ def load_version(
         dense = remote_dense(spec)
     else:
         dense = load_dense(spec, path)
-    return LoadedVersion(version, path, spec, RequestParser(spec, max_batch_size), dense)
+    return LoadedVersion(
+        version,
+        path,
+        spec,
+        RequestParser(spec, max_batch_size),
+        dense,
+        Pooler(spec),
+        {t.name: t.dim for t in spec.tables},
+    )
 
 
 class EntryModel:
@@ -332,13 +338,13 @@ class EntryModel:
             raise InvalidArgumentError(f"output_filter names unknown output(s) {unknown_outputs}")
         batch = self.parse(loaded, inputs)
         self._metrics.batch_size.observe(batch.batch_size)
-        plan = plan_lookup(spec, batch)
+        plan = loaded.pooler.plan(batch)
         if plan.unique_fids:
             budget_s = timeout_s if timeout_s is not None else config.fetch_ps_timeout_ms / 1000.0
             result = await self._lookup.lookup(loaded.version, plan.unique_fids, loaded.dims, budget_s)
         else:
             result = LookupResult({}, {})
-        x = assemble_input(spec, batch, plan, result.values)
+        x = loaded.pooler.assemble(batch, plan, result.values)
         default_s = config.fetch_ps_timeout_ms / 1000.0
         dense_s = timeout_s - (time.monotonic() - started) if timeout_s is not None else default_s
         scores = await loaded.dense.score(x, version=loaded.version, timeout_s=dense_s)

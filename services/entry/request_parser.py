@@ -121,30 +121,33 @@ class _DenseCells:
     """Dense values of one batch collected as Python containers and written into the matrix in one go.
 
     Writing each example's few floats with its own numpy call costs microseconds apiece (numpy converting a
-    protobuf container is slow); here the whole batch costs a handful of numpy calls. A cell given twice (the
-    same input twice in one example) keeps its last value, as writing in arrival order would.
+    protobuf container is slow); here each dense input costs a handful of numpy calls for the whole batch.
+    A cell given twice (the same input twice in one example) keeps its last value, as writing in arrival
+    order would.
     """
 
     def __init__(self) -> None:
-        self._cells: dict[tuple[int, int], Sequence[float]] = {}
+        # column offset -> (dim, example -> values); every value list of an offset has that input's dim.
+        self._inputs: dict[int, tuple[int, dict[int, Sequence[float]]]] = {}
 
     def set(self, row: int, offset: int, values: Sequence[float]) -> None:
-        self._cells[(row, offset)] = values
+        cells = self._inputs.get(offset)
+        if cells is None:
+            cells = self._inputs[offset] = (len(values), {})
+        cells[1][row] = values
 
     def write(self, dense: Float32Array) -> None:
-        if not self._cells:
-            return
-        keys = list(self._cells)
-        dims = [len(v) for v in self._cells.values()]
-        total = sum(dims)
-        values = np.fromiter(itertools.chain.from_iterable(self._cells.values()), dtype=np.float32, count=total)
-        dims_array = np.array(dims, dtype=np.int64)
-        rows = np.repeat(np.array([k[0] for k in keys], dtype=np.int64), dims_array)
-        # Column of each value: its cell's offset plus its position inside the cell.
-        starts = np.cumsum(dims_array) - dims_array
-        shift = np.array([k[1] for k in keys], dtype=np.int64) - starts
-        cols = np.repeat(shift, dims_array) + np.arange(total, dtype=np.int64)
-        dense[rows, cols] = values
+        batch = len(dense)
+        for offset, (dim, by_row) in self._inputs.items():
+            count = len(by_row)
+            values = np.fromiter(
+                itertools.chain.from_iterable(by_row.values()), dtype=np.float32, count=count * dim
+            ).reshape(count, dim)
+            if count == batch:
+                # Every example has it, and examples arrive in order: the rows are 0..batch-1 in order.
+                dense[:, offset : offset + dim] = values
+            else:
+                dense[np.fromiter(by_row, dtype=np.int64, count=count), offset : offset + dim] = values
 
 
 class _NamedFids:
@@ -278,12 +281,15 @@ class RequestParser:
         if len(present) == 1:
             out.add(int(present[0]), v2, rows)
             return
-        # A stable sort by feature keeps each feature's fids in request order (firstn depends on it).
+        # A stable sort by feature keeps each feature's fids in request order (firstn depends on it); each
+        # feature's fids are then one slice of the sorted arrays.
         order = np.argsort(per_fid, kind="stable")
-        bounds = np.cumsum(counts) - counts
+        v2, rows = v2[order], rows[order]
+        bounds = np.cumsum(counts).tolist()
         for feature in present.tolist():
-            take = order[bounds[feature] : bounds[feature] + counts[feature]]
-            out.add(feature, v2[take], rows[take])
+            end = bounds[feature]
+            start = end - int(counts[feature])
+            out.add(feature, v2[start:end], rows[start:end])
 
     # -- example_batch --------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -37,12 +38,29 @@ def embedding(table: str, fid: int, dim: int) -> list[float]:
     return [((fid * 31 + k * 7 + len(table)) % 17) / 4.0 - 2.0 for k in range(dim)]
 
 
-def reference(examples: list[dict[str, list[int]]], dense: list[list[float]]) -> list[list[float]]:
+# The features of table "a" are not next to each other in the input row: pooled through a staging block.
+INTERLEAVED = ServingSpec(
+    model_name="t",
+    num_ps=1,
+    tables=(TableSpec("a", 3), TableSpec("b", 2)),
+    features=(
+        FeatureSpec("s", 1, "a", Pooling.SUM),
+        FeatureSpec("f", 3, "b", Pooling.FIRSTN, first_n=3),
+        FeatureSpec("m", 2, "a", Pooling.MEAN),
+    ),
+    dense_inputs=(DenseInputSpec("d", 2),),
+    dense=DenseSpec(DenseBackend.NUMPY),
+)
+
+
+def reference(
+    examples: list[dict[str, list[int]]], dense: list[list[float]], spec: ServingSpec = SPEC
+) -> list[list[float]]:
     rows = []
     for example, d in zip(examples, dense, strict=True):
         row: list[float] = []
-        for feature in SPEC.features:
-            dim = SPEC.table(feature.table).dim
+        for feature in spec.features:
+            dim = spec.table(feature.table).dim
             vectors = [embedding(feature.table, fid, dim) for fid in example.get(feature.name, [])]
             if feature.pooling is Pooling.FIRSTN:
                 for n in range(feature.first_n):
@@ -70,28 +88,30 @@ def reference(examples: list[dict[str, list[int]]], dense: list[list[float]]) ->
         max_size=6,
     )
 )
-def test_pooling_matches_the_reference(examples: list[dict[str, list[int]]]) -> None:
+@pytest.mark.parametrize("spec", [SPEC, INTERLEAVED], ids=["grouped", "interleaved"])
+def test_pooling_matches_the_reference(spec: ServingSpec, examples: list[dict[str, list[int]]]) -> None:
     columns = []
-    for feature in SPEC.features:
+    for feature in spec.features:
         fids = [fid for ex in examples for fid in ex[feature.name]]
         rows = [i for i, ex in enumerate(examples) for _ in ex[feature.name]]
         columns.append(SparseColumn(np.array(fids, dtype=np.int64), np.array(rows, dtype=np.int64)))
     dense = [[float(i), -float(i)] for i in range(len(examples))]
     batch = ParsedBatch(len(examples), tuple(columns), np.array(dense, dtype=np.float32))
-    plan = plan_lookup(SPEC, batch)
+    plan = plan_lookup(spec, batch)
     for table, unique in plan.unique_fids.items():
         assert len(set(unique.tolist())) == len(unique)  # deduplicated
         used = {
             fid
-            for f, ex in ((f, ex) for f in SPEC.features for ex in examples)
+            for f, ex in ((f, ex) for f in spec.features for ex in examples)
             if f.table == table
             for fid in ex[f.name]
         }
         assert set(unique.tolist()) == used
     values = {
-        table: np.array([embedding(table, int(fid), SPEC.table(table).dim) for fid in unique], dtype=np.float32)
+        table: np.array([embedding(table, int(fid), spec.table(table).dim) for fid in unique], dtype=np.float32)
         for table, unique in plan.unique_fids.items()
     }
-    got = assemble_input(SPEC, batch, plan, values)
-    assert got.shape == (len(examples), SPEC.input_width)
-    np.testing.assert_allclose(got, np.array(reference(examples, dense), dtype=np.float32), rtol=1e-6, atol=1e-6)
+    got = assemble_input(spec, batch, plan, values)
+    assert got.shape == (len(examples), spec.input_width)
+    expected = np.array(reference(examples, dense, spec), dtype=np.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

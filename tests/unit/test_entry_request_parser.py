@@ -74,6 +74,21 @@ def test_instances_slot_fids_named_fids_and_dense() -> None:
     np.testing.assert_array_equal(batch.dense, [[0.5, -1.0], [0, 0], [0, 0]])
 
 
+def test_instances_dense_inputs_missing_here_and_there_and_given_twice() -> None:
+    spec = dataclasses.replace(SPEC, dense_inputs=(DenseInputSpec("ctx", 2), DenseInputSpec("age", 1)))
+    examples = [proto_parser_pb2.Instance() for _ in range(4)]
+    examples[0].feature.add(name="age", float_value=[3.0])
+    examples[0].feature.add(name="ctx", float_value=[1.0, 2.0])
+    examples[1].feature.add(name="ctx", float_value=[5.0, 6.0])
+    examples[1].feature.add(name="ctx", float_value=[7.0, 8.0])  # the last one counts
+    examples[3].feature.add(name="age", float_value=[9.0])
+    examples[3].feature.add(name="ctx", float_value=[-1.0, -2.0])
+    batch = RequestParser(spec).parse_instances([x.SerializeToString() for x in examples])
+    np.testing.assert_array_equal(batch.dense, [[1, 2, 3], [7, 8, 0], [0, 0, 0], [-1, -2, 9]])
+    full = RequestParser(spec).parse_instances([examples[0].SerializeToString()] * 3)
+    np.testing.assert_array_equal(full.dense, [[1, 2, 3]] * 3)
+
+
 def test_example_batch_individual_shared_v1_v2_and_reserved_lists() -> None:
     eb = mex.ExampleBatch(batch_size=2)
     uid = eb.named_feature_list.add(name="uid", type=mex.SHARED)

@@ -45,6 +45,9 @@ class GrpcServer:
     health: HealthServicer
 
     async def start(self) -> None:
+        # grpcio's health servicer reports the whole server ("") SERVING from construction; a client polling
+        # health must not see SERVING before the service has loaded what it serves.
+        await self.set_serving(False)
         await self.server.start()
 
     async def set_serving(self, serving: bool, service: str = "") -> None:

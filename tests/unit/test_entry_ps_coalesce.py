@@ -15,7 +15,7 @@ import pytest
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout
+from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, gather_first_inline
 from monolith_serving.entry.ps_coalesce import CoalesceConfig, ShardAnswer, ShardCoalescer, TableFids
 from monolith_serving.entry.replica_source import StaticReplicaSource
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
@@ -262,5 +262,36 @@ def test_concurrent_fanout_lookups_get_their_own_rows_in_fewer_calls(coalesce: b
             assert len(answered) <= 4, "8 concurrent lookups over 2 shards: one call, then one merged call each"
         else:
             assert len(answered) == 16
+
+    asyncio.run(scenario())
+
+
+def test_gather_first_inline_keeps_order_and_cancels_the_others_on_an_error() -> None:
+    async def scenario() -> None:
+        async def value(v: int, delay_s: float) -> int:
+            await asyncio.sleep(delay_s)
+            return v
+
+        assert await gather_first_inline([value(1, 0.02), value(2, 0.0), value(3, 0.01)]) == [1, 2, 3]
+        assert await gather_first_inline([]) == []
+
+        started: list[str] = []
+
+        async def slow() -> int:
+            started.append("slow")
+            await asyncio.sleep(10)
+            return 0
+
+        async def failing() -> int:
+            await asyncio.sleep(0.01)
+            raise UnavailableError("PS shard 0 lookup failed")
+
+        slow_call = slow()
+        began = time.monotonic()
+        with pytest.raises(UnavailableError):
+            await gather_first_inline([failing(), slow_call])
+        assert time.monotonic() - began < 1.0
+        await asyncio.sleep(0)
+        assert started == ["slow"] and slow_call.cr_frame is None, "the other call was cancelled"
 
     asyncio.run(scenario())

@@ -45,16 +45,25 @@ Int64Array = npt.NDArray[np.int64]
 Float32Array = npt.NDArray[np.float32]
 
 
+_V1_SHIFT = np.uint64(FID_V1_SLOT_SHIFT)
+_V2_SHIFT = np.uint64(FID_V2_SLOT_SHIFT)
+_V2_MASK = np.uint64(FID_V2_HASH_MASK)
+
+
 def fid_v1_to_v2(fids: npt.NDArray[np.uint64]) -> Int64Array:
     """``slot << 48 | (fid & (2**48 - 1))`` with slot = fid >> 54 (v1 slots are < 1024, so this fits)."""
     v1 = fids.astype(np.uint64, copy=False)
-    slots = v1 >> np.uint64(FID_V1_SLOT_SHIFT)
-    v2 = (slots << np.uint64(FID_V2_SLOT_SHIFT)) | (v1 & np.uint64(FID_V2_HASH_MASK))
+    v2 = ((v1 >> _V1_SHIFT) << _V2_SHIFT) | (v1 & _V2_MASK)
     return v2.view(np.int64)
 
 
-def _u64_as_i64(values: Iterable[int], count: int) -> Int64Array:
-    return np.fromiter(values, dtype=np.uint64, count=count).view(np.int64)
+def _u64_as_i64(values: Iterable[int]) -> Int64Array:
+    return _uint64s(values).view(np.int64)
+
+
+def _uint64s(values: Iterable[int]) -> npt.NDArray[np.uint64]:
+    # list() then np.array: about twice as fast as np.fromiter over a chain of protobuf containers.
+    return np.array(list(values), dtype=np.uint64)
 
 
 @dataclass(frozen=True)
@@ -140,9 +149,8 @@ class _DenseCells:
         batch = len(dense)
         for offset, (dim, by_row) in self._inputs.items():
             count = len(by_row)
-            values = np.fromiter(
-                itertools.chain.from_iterable(by_row.values()), dtype=np.float32, count=count * dim
-            ).reshape(count, dim)
+            values = np.array(list(itertools.chain.from_iterable(by_row.values())), dtype=np.float32)
+            values = values.reshape(count, dim)
             if count == batch:
                 # Every example has it, and examples arrive in order: the rows are 0..batch-1 in order.
                 dense[:, offset : offset + dim] = values
@@ -167,7 +175,7 @@ class _NamedFids:
             if not rows:
                 continue
             lengths = [len(fids) for fids in lists]
-            fids = _u64_as_i64(itertools.chain.from_iterable(lists), sum(lengths))
+            fids = _u64_as_i64(itertools.chain.from_iterable(lists))
             out.add(feature, fids, np.repeat(np.array(rows, dtype=np.int64), lengths))
 
 
@@ -259,13 +267,13 @@ class RequestParser:
         dense.write(out.dense)
         if v1_lists:
             lengths = [len(fids) for fids in v1_lists]
-            v1 = np.fromiter(itertools.chain.from_iterable(v1_lists), dtype=np.uint64, count=sum(lengths))
+            v1 = _uint64s(itertools.chain.from_iterable(v1_lists))
             rows = np.repeat(np.array(v1_rows, dtype=np.int64), lengths)
             self._add_by_slot(out, v1, rows)
         return out.build()
 
     def _add_by_slot(self, out: _Collector, v1: npt.NDArray[np.uint64], rows: Int64Array) -> None:
-        slots = (v1 >> np.uint64(FID_V1_SLOT_SHIFT)).astype(np.intp)
+        slots = v1 >> _V1_SHIFT
         per_fid = self._feature_of_v1_slot[slots]
         known = per_fid >= 0
         if not known.all():
@@ -274,22 +282,22 @@ class RequestParser:
                 raise InvalidArgumentError(
                     f"input 'instances': fids of unknown slot(s) {shown} (not in the serving spec)"
                 )
-            v1, rows, per_fid = v1[known], rows[known], per_fid[known]
-        v2 = fid_v1_to_v2(v1)
-        counts = np.bincount(per_fid, minlength=len(self.spec.features))
-        present = np.flatnonzero(counts)
+            v1, rows, per_fid, slots = v1[known], rows[known], per_fid[known], slots[known]
+        v2 = ((slots << _V2_SHIFT) | (v1 & _V2_MASK)).view(np.int64)  # fid_v1_to_v2, reusing the slots
+        counts = np.bincount(per_fid, minlength=len(self.spec.features)).tolist()
+        present = [feature for feature, count in enumerate(counts) if count]
         if len(present) == 1:
-            out.add(int(present[0]), v2, rows)
+            out.add(present[0], v2, rows)
             return
         # A stable sort by feature keeps each feature's fids in request order (firstn depends on it); each
-        # feature's fids are then one slice of the sorted arrays.
+        # feature's fids are then one slice of the sorted arrays, features in order.
         order = np.argsort(per_fid, kind="stable")
         v2, rows = v2[order], rows[order]
-        bounds = np.cumsum(counts).tolist()
-        for feature in present.tolist():
-            end = bounds[feature]
-            start = end - int(counts[feature])
+        start = 0
+        for feature in present:
+            end = start + counts[feature]
             out.add(feature, v2[start:end], rows[start:end])
+            start = end
 
     # -- example_batch --------------------------------------------------------------------------------
 
@@ -330,10 +338,10 @@ class RequestParser:
         if kind is None:
             return _EMPTY
         if kind == "fid_v2_list":
-            return _u64_as_i64(feature.fid_v2_list.value, len(feature.fid_v2_list.value))
+            return _u64_as_i64(feature.fid_v2_list.value)
         if kind == "fid_v1_list":
             values = feature.fid_v1_list.value
-            return fid_v1_to_v2(np.fromiter(values, dtype=np.uint64, count=len(values)))
+            return fid_v1_to_v2(_uint64s(values))
         raise InvalidArgumentError(f"{where}: a sparse feature needs fid_v1_list or fid_v2_list, got {kind}")
 
     def _example_batch_sparse(

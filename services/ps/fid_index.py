@@ -43,7 +43,7 @@ class FidIndex:
     def of(cls, fids: Int64Array) -> FidIndex:
         """An index mapping ``fids[i] -> i``; for a repeated fid its last position wins."""
         index = cls(len(fids))
-        index.insert(fids, np.arange(len(fids), dtype=np.int64))
+        index.insert_sequence(fids, 0)
         return index
 
     def __len__(self) -> int:
@@ -60,15 +60,27 @@ class FidIndex:
         """Sets ``fids[i] -> rows[i]`` (overwriting existing keys)."""
         if not len(fids):
             return
-        # Sized for the worst case (all new) so the kernel never meets a full table.
-        if self._count + len(fids) > _MAX_LOAD * self._slots.shape[0]:
-            self._grow(_capacity_for(self._count + len(fids)))
+        self._reserve(len(fids))
         self._count += hash_kernels.insert(
             self._slots,
             self._shift,
             np.ascontiguousarray(fids, dtype=np.int64),
             np.ascontiguousarray(rows, dtype=np.int64),
         )
+
+    def insert_sequence(self, fids: Int64Array, first_row: int) -> None:
+        """``insert(fids, first_row + arange(len(fids)))`` without allocating the rows."""
+        if not len(fids):
+            return
+        self._reserve(len(fids))
+        self._count += hash_kernels.insert_sequence(
+            self._slots, self._shift, np.ascontiguousarray(fids, dtype=np.int64), first_row
+        )
+
+    def _reserve(self, new_keys: int) -> None:
+        """Sized for the worst case (all new) so a kernel never meets a full table."""
+        if self._count + new_keys > _MAX_LOAD * self._slots.shape[0]:
+            self._grow(_capacity_for(self._count + new_keys))
 
     def _grow(self, capacity: int) -> None:
         grown = self._empty_slots(capacity)

@@ -88,7 +88,7 @@ class EmbeddingTable:
             self._reserve_extra(len(new_pos))  # may raise MemoryError; nothing written yet
             start = self._n_extra
             self._extra[start : start + len(new_pos)] = values[new_pos]
-            self._index.insert(fids[new_pos], np.arange(len(new_pos), dtype=np.int64) + (self._n_base + start))
+            self._index.insert_sequence(fids[new_pos], self._n_base + start)
             self._n_extra += len(new_pos)
             old = ~new
             rows, values = rows[old], values[old]

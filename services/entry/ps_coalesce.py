@@ -143,38 +143,37 @@ class ShardCoalescer:
 
     async def _run(self, key: tuple[int, int], state: _Key, group: _Group) -> None:
         shard, version = key
+        live = [w for w in group.waiters if not w.future.done()]  # drop expired or cancelled callers
         try:
-            live = [w for w in group.waiters if not w.future.done()]  # drop expired or cancelled callers
-            if not live:
-                return
-            deadline = max(w.deadline for w in live)
-            if len(live) == 1:
-                merged, slices = live[0].fids, None
-            else:
-                merged, slices = merge(live)
-                if self._on_coalesced is not None:
-                    self._on_coalesced(shard, len(live))
-            try:
-                outputs, reported = await self._call(shard, version, merged, group.dims, deadline)
-            except asyncio.CancelledError:
-                _fail(live, UnavailableError(f"PS shard {shard} lookup cancelled (entry shutting down?)"))
-                raise
-            except Exception as error:  # every participant gets the error, whatever it is
-                _fail(live, error)
-                return
-            for i, waiter in enumerate(live):
-                if waiter.future.done():
-                    continue
-                if slices is None:
-                    waiter.future.set_result((outputs, reported))
-                else:
-                    rows = {t: outputs[t] if where is None else outputs[t][where] for t, where in slices[i].items()}
-                    waiter.future.set_result((rows, reported))
+            if live:
+                await self._answer(shard, version, group.dims, live)
+        except asyncio.CancelledError:
+            _fail(live, UnavailableError(f"PS shard {shard} lookup cancelled (entry shutting down?)"))
+            raise
+        except Exception as error:  # every participant still waiting gets the error, whatever it is
+            _fail(live, error)
         finally:
             for waiter in group.waiters:
                 if waiter.timer is not None:
                     waiter.timer.cancel()
             self._finished(key, state)
+
+    async def _answer(self, shard: int, version: int, dims: Mapping[str, int], live: list[_Waiter]) -> None:
+        """One call for the whole group; each waiter gets its own rows."""
+        deadline = max(w.deadline for w in live)
+        if len(live) == 1:
+            outputs, reported = await self._call(shard, version, live[0].fids, dims, deadline)
+            if not live[0].future.done():
+                live[0].future.set_result((outputs, reported))
+            return
+        merged, slices = merge(live)
+        if self._on_coalesced is not None:
+            self._on_coalesced(shard, len(live))
+        outputs, reported = await self._call(shard, version, merged, dims, deadline)
+        for waiter, mine in zip(live, slices, strict=True):
+            if not waiter.future.done():
+                rows = {t: outputs[t] if where is None else outputs[t][where] for t, where in mine.items()}
+                waiter.future.set_result((rows, reported))
 
 
 def merge(

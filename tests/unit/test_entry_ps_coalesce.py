@@ -36,6 +36,7 @@ class FakeShards:
         self.gate = asyncio.Event()
         self.error: Exception | None = None
         self.started = asyncio.Event()
+        self.answer_without_tables = False
 
     async def __call__(
         self, shard: int, version: int, fids: TableFids, dims: Mapping[str, int], deadline: float
@@ -45,6 +46,8 @@ class FakeShards:
         await self.gate.wait()
         if self.error is not None:
             raise self.error
+        if self.answer_without_tables:
+            return {}, version
         return {t: rows_of(f, dims[t], version) for t, f in fids}, version
 
 
@@ -159,6 +162,24 @@ def test_a_failing_merged_call_fails_every_participant() -> None:
             assert isinstance(result, UnavailableError)
             assert "ps_0" in result.message
         assert len({id(r) for r in results[1:]}) == 3, "each caller gets its own exception object"
+
+    asyncio.run(scenario())
+
+
+def test_a_merged_answer_that_cannot_be_split_fails_every_participant_instead_of_hanging() -> None:
+    async def scenario() -> None:
+        shards = FakeShards()
+        coalescer = ShardCoalescer(shards)
+        far = time.monotonic() + 10
+        first = asyncio.create_task(coalescer.lookup(0, 1, [("user", arr(1))], DIMS, far))
+        await _wait_calls(shards, 1)
+        queued = [asyncio.create_task(coalescer.lookup(0, 1, [("user", arr(k))], DIMS, far)) for k in (2, 3)]
+        await asyncio.sleep(0)
+        shards.answer_without_tables = True  # a broken answer: no rows at all (only the merged one is split)
+        shards.gate.set()
+        await first
+        results = await asyncio.wait_for(asyncio.gather(*queued, return_exceptions=True), 2.0)
+        assert all(isinstance(r, KeyError) for r in results), results
 
     asyncio.run(scenario())
 

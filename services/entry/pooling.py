@@ -143,6 +143,11 @@ def _run_lengths(starts: Int64Array, n: int) -> Int64Array:
     return counts
 
 
+# Up to this many features on one table are pooled one by one (fewer numpy calls for the usual one to three
+# features per table); more are pooled together, in a number of calls that does not grow with the features.
+_PER_FEATURE_MAX = 4
+
+
 @dataclass(frozen=True)
 class _TableLayout:
     """How the features reading one table land in the input row (spec-only, built once).
@@ -167,6 +172,7 @@ class _TableLayout:
     all_mean: bool
     column: int | None  # first column of the block in the row when written in place, else None
     copies: tuple[tuple[int, int, int], ...]  # (row column, block column, width) when not in place
+    kinds: tuple[tuple[Pooling, int, int], ...]  # per feature: pooling, first slot, firstn N
 
     @staticmethod
     def build(spec: ServingSpec, features: tuple[int, ...], dim: int, columns: list[int]) -> _TableLayout:
@@ -191,10 +197,55 @@ class _TableLayout:
             all_mean=all(mean),
             column=columns[features[0]] if in_place else None,
             copies=tuple((columns[i], bases[k] * dim, widths[k] * dim) for k, i in enumerate(features)),
+            kinds=tuple((f.pooling, bases[k], f.first_n) for k, f in enumerate(specs)),
         )
 
     def pool(self, batch_size: int, group: TableGroup, table_values: Float32Array, x: Float32Array) -> None:
-        """Pools every feature of the table at once (a fixed number of numpy calls, whatever the features).
+        """Pools the features of the table into their columns of ``x``."""
+        if not len(group.inverse):
+            return
+        width = self.slots * self.dim
+        if self.column is not None:
+            # A view of the row's columns for this table: the writes below land in x directly.
+            out = x[:, self.column : self.column + width].reshape(batch_size, self.slots, self.dim)
+        else:
+            out = np.zeros((batch_size, self.slots, self.dim), dtype=np.float32)
+        embeddings = table_values.take(group.inverse, axis=0)
+        if len(self.features) <= _PER_FEATURE_MAX:
+            self._pool_each(group, embeddings, out)
+        else:
+            self._pool_together(batch_size, group, embeddings, out)
+        if self.column is None:
+            flat = out.reshape(batch_size, width)
+            for column, lo, size in self.copies:
+                x[:, column : column + size] = flat[:, lo : lo + size]
+
+    def _pool_each(self, group: TableGroup, embeddings: Float32Array, out: Float32Array) -> None:
+        """Feature by feature: each feature's fids are one slice of the group's (about 7 numpy calls each)."""
+        offsets = group.offsets
+        for k, (pooling, base, first_n) in enumerate(self.kinds):
+            lo, hi = offsets[k], offsets[k + 1]
+            if lo == hi:
+                continue
+            rows = group.rows[lo:hi]  # non-decreasing: each example's fids are one run
+            values = embeddings[lo:hi]
+            if pooling is Pooling.FIRSTN:
+                # The fid in place p of its example's run fills slot p; a run starts where its row first occurs.
+                place = np.arange(hi - lo) - rows.searchsorted(rows)
+                keep = place < first_n
+                if keep.all():
+                    out[rows, base + place] = values
+                else:
+                    out[rows[keep], base + place[keep]] = values[keep]
+                continue
+            starts = _segment_starts(rows)
+            pooled = np.add.reduceat(values, starts, axis=0)
+            if pooling is Pooling.MEAN:
+                pooled /= _run_lengths(starts, hi - lo).astype(np.float32)[:, None]
+            out[rows[starts], base] = pooled
+
+    def _pool_together(self, batch_size: int, group: TableGroup, embeddings: Float32Array, out: Float32Array) -> None:
+        """All features of the table at once (a fixed number of numpy calls, whatever the features).
 
         A segment is the fids of one feature in one example. Its key, feature-in-group * batch + example,
         never decreases along the concatenated fids (features are concatenated in order and each feature's
@@ -202,8 +253,6 @@ class _TableLayout:
         fid's place inside its run is its firstn slot.
         """
         n = len(group.inverse)
-        if not n:
-            return
         offsets = group.offsets
         rows = group.rows
         if len(offsets) == 2:
@@ -213,13 +262,6 @@ class _TableLayout:
             sizes = [offsets[k + 1] - offsets[k] for k in range(len(offsets) - 1)]
             feature_of = np.repeat(self.feature_ids, sizes)
             starts = _segment_starts(feature_of * batch_size + rows)
-        embeddings = table_values.take(group.inverse, axis=0)
-        width = self.slots * self.dim
-        if self.column is not None:
-            # A view of the row's columns for this table: the writes below land in x directly.
-            out = x[:, self.column : self.column + width].reshape(batch_size, self.slots, self.dim)
-        else:
-            out = np.zeros((batch_size, self.slots, self.dim), dtype=np.float32)
         segment_feature = feature_of[starts]
         lengths = _run_lengths(starts, n) if self.any_mean or not self.all_pooled else None
         if self.any_pooled:
@@ -240,7 +282,3 @@ class _TableLayout:
             place = np.arange(n, dtype=np.int64) - np.repeat(starts, lengths)
             keep = place < self.limits[feature_of]
             out[rows[keep], self.slot_base[feature_of[keep]] + place[keep]] = embeddings[keep]
-        if self.column is None:
-            flat = out.reshape(batch_size, width)
-            for column, lo, size in self.copies:
-                x[:, column : column + size] = flat[:, lo : lo + size]

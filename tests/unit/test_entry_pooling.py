@@ -52,6 +52,23 @@ INTERLEAVED = ServingSpec(
     dense=DenseSpec(DenseBackend.NUMPY),
 )
 
+# Five features on table "a": pooled together rather than feature by feature.
+WIDE = ServingSpec(
+    model_name="t",
+    num_ps=1,
+    tables=(TableSpec("a", 3), TableSpec("b", 2)),
+    features=(
+        FeatureSpec("s", 1, "a", Pooling.SUM),
+        FeatureSpec("m", 2, "a", Pooling.MEAN),
+        FeatureSpec("f", 3, "a", Pooling.FIRSTN, first_n=3),
+        FeatureSpec("t", 4, "b", Pooling.FIRSTN, first_n=2),
+        FeatureSpec("s2", 5, "a", Pooling.SUM),
+        FeatureSpec("m2", 6, "a", Pooling.MEAN),
+    ),
+    dense_inputs=(DenseInputSpec("d", 2),),
+    dense=DenseSpec(DenseBackend.NUMPY),
+)
+
 
 def reference(
     examples: list[dict[str, list[int]]], dense: list[list[float]], spec: ServingSpec = SPEC
@@ -82,13 +99,17 @@ def reference(
                 "s": st.lists(st.integers(0, 20), max_size=4),
                 "m": st.lists(st.integers(0, 20), max_size=4),
                 "f": st.lists(st.integers(0, 20), max_size=5),
+                # read by WIDE only
+                "t": st.lists(st.integers(0, 20), max_size=4),
+                "s2": st.lists(st.integers(0, 20), max_size=3),
+                "m2": st.lists(st.integers(0, 20), max_size=3),
             }
         ),
         min_size=1,
         max_size=6,
     )
 )
-@pytest.mark.parametrize("spec", [SPEC, INTERLEAVED], ids=["grouped", "interleaved"])
+@pytest.mark.parametrize("spec", [SPEC, INTERLEAVED, WIDE], ids=["grouped", "interleaved", "wide"])
 def test_pooling_matches_the_reference(spec: ServingSpec, examples: list[dict[str, list[int]]]) -> None:
     columns = []
     for feature in spec.features:

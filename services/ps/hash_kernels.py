@@ -12,8 +12,9 @@ so every int64 is a valid key. The home slot of a key is the top ``log2(capacity
 version), which keeps linear probing exact without tombstones.
 
 The kernels are compiled when this module is imported (fixed signatures, so no request pays for compilation) and
-cached on disk by numba. They release the GIL: a version being loaded in a worker thread does not stall the event
-loop serving lookups.
+cached on disk by numba where it finds a writable directory (beside this file, ``NUMBA_CACHE_DIR`` or the user's
+cache directory), else compiled in memory. They release the GIL: a version being loaded in a worker thread does
+not stall the event loop serving lookups.
 """
 
 from __future__ import annotations
@@ -34,9 +35,15 @@ _IDS = (numba.types.Array(numba.int64, 1, "C"), numba.types.Array(numba.int64, 1
 
 
 def _kernel(signatures: list[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    compile_eagerly: Callable[[Callable[..., Any]], Callable[..., Any]] = numba.njit(
-        signatures, nogil=True, cache=True, boundscheck=False
-    )
+    def compile_eagerly(function: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            compiled: Callable[..., Any] = numba.njit(signatures, nogil=True, cache=True, boundscheck=False)(function)
+        except RuntimeError:
+            # numba found no writable cache directory (a read-only root filesystem, no home): compile in memory,
+            # which costs about a second per process start instead of failing the import.
+            compiled = numba.njit(signatures, nogil=True, cache=False, boundscheck=False)(function)
+        return compiled
+
     return compile_eagerly
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -134,3 +137,23 @@ def test_memory_per_row_is_within_1_3x_raw_for_dim_32() -> None:
     table, fids, _ = _table(200_000, 32)
     raw = len(fids) * (32 * 4 + 8)
     assert table.nbytes <= 1.3 * raw, table.nbytes / raw
+
+
+def test_kernels_compile_without_a_writable_cache_directory() -> None:
+    # A pod with a read-only root filesystem and no home: numba finds no cache location and raises at
+    # decoration; the PS must still import (compiling in memory). Simulated by making every locator fail.
+    code = """
+import numba.core.caching as caching
+def unwritable(self):
+    raise OSError("read-only file system")
+caching._CacheLocator.ensure_cache_path = unwritable
+import subprocess
+import sys
+
+import numpy as np
+from monolith_serving.ps.fid_index import FidIndex
+print(FidIndex.of(np.array([5, 6], dtype=np.int64)).lookup(np.array([6, 7], dtype=np.int64)).tolist())
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[1, -1]"

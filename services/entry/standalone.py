@@ -1,6 +1,7 @@
 """``monolith-serving demo``: a whole serving cluster on loopback (Monolith's ``stand_alone_serving``).
 
-Starts one ``ps`` process per shard and one ``entry`` process with static discovery (``--ps_targets``),
+Starts one ``ps`` process per shard, a ``dense`` process when the export is dense_alone (its serving spec names a
+remote dense backend), and one ``entry`` process with static discovery (``--ps_targets``, ``--dense_targets``),
 waits until the entry reports a version AVAILABLE (which needs every shard AVAILABLE), prints the address
 and serves until Ctrl-C / SIGTERM, then stops the children (SIGTERM, then SIGKILL after a grace period).
 
@@ -31,7 +32,7 @@ from monolith_serving.core.cli_flags import add_flag
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import MonolithServingError, UnavailableError
 from monolith_serving.core.export_layout import list_versions
-from monolith_serving.core.serving_spec import load_serving_spec
+from monolith_serving.core.serving_spec import DenseBackend, load_serving_spec
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class ClusterConfig:
     ready_timeout_s: float = 60.0
     stop_grace_s: float = 5.0
     entry_flags: tuple[str, ...] = ()  # extra flags for the entry (benchmarks compare settings this way)
+    dense_sub_model: str = ""  # dense_alone exports: the sub-model a ``dense`` process serves (else none)
 
 
 def command(*args: str) -> list[str]:
@@ -69,6 +71,7 @@ class StandaloneCluster:
     def __init__(self, config: ClusterConfig) -> None:
         self.config = config
         self.ps_ports = [free_port() for _ in range(config.num_ps)]
+        self.dense_port = free_port() if config.dense_sub_model else None
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -99,6 +102,25 @@ class StandaloneCluster:
                 ]
             )
         targets = ";".join(f"{c.host}:{port}" for port in self.ps_ports)
+        dense_flags: list[str] = []
+        if self.dense_port is not None:
+            # Only the dense server's folder: its model_name/base_path pair is what an agent would configure.
+            self._spawn(
+                [
+                    "dense",
+                    "--log_level",
+                    c.log_level,
+                    "--host",
+                    c.host,
+                    "--port",
+                    str(self.dense_port),
+                    "--model_name",
+                    c.dense_sub_model,
+                    "--model_base_path",
+                    str(c.model_dir / c.dense_sub_model),
+                ]
+            )
+            dense_flags = ["--dense_targets", f"{c.host}:{self.dense_port}"]
         self._spawn(
             [
                 "entry",
@@ -112,6 +134,7 @@ class StandaloneCluster:
                 str(c.model_dir / "entry"),
                 "--ps_targets",
                 targets,
+                *dense_flags,
                 *c.entry_flags,
             ]
         )
@@ -179,9 +202,10 @@ async def _serve(config: ClusterConfig, stop: asyncio.Event) -> int:
             return 0
         stopper.cancel()
         version = waiter.result()
+        dense = f", dense server on port {cluster.dense_port}" if cluster.dense_port is not None else ""
         print(
             f"monolith-serving demo: entry serving model 'entry' version {version} at {cluster.address} "
-            f"({config.num_ps} PS shards on ports {', '.join(map(str, cluster.ps_ports))}); Ctrl-C stops",
+            f"({config.num_ps} PS shards on ports {', '.join(map(str, cluster.ps_ports))}{dense}); Ctrl-C stops",
             flush=True,
         )
         while not stop.is_set():
@@ -210,13 +234,14 @@ def run(args: argparse.Namespace) -> int:
             versions = list_versions(model_dir / "entry")
             if not versions:
                 raise UnavailableError(f"no entry version under {model_dir / 'entry'}")
-            num_ps = load_serving_spec(model_dir / "entry" / str(versions[-1])).num_ps
+            spec = load_serving_spec(model_dir / "entry" / str(versions[-1]))
         except MonolithServingError as error:
             logger.error("%s", error.message)
             return 2
         config = ClusterConfig(
             model_dir=model_dir.resolve(),
-            num_ps=num_ps,
+            num_ps=spec.num_ps,
+            dense_sub_model=spec.dense.sub_model if spec.dense.backend is DenseBackend.REMOTE else "",
             entry_port=args.port,
             log_level=args.child_log_level,
             ready_timeout_s=args.ready_timeout_s,

@@ -258,6 +258,28 @@ class EntryServer:
 # -- command line ------------------------------------------------------------------------------------
 
 
+def add_coalesce_flags(parser: argparse.ArgumentParser) -> None:
+    """PS lookup coalescing (``ps_coalesce``); the entry and the unified server both take these flags."""
+    add_flag(
+        parser,
+        "--coalesce_ps_lookups",
+        type=parse_bool,
+        default=True,
+        help="send concurrent lookups to one PS shard as one call while another is in flight (default true)",
+    )
+    add_flag(
+        parser,
+        "--coalesce_max_fids",
+        type=int,
+        default=CoalesceConfig.max_fids,
+        help="a coalesced PS lookup holding this many fids is sent at once (default %(default)s)",
+    )
+
+
+def coalesce_config_from_args(args: argparse.Namespace) -> CoalesceConfig:
+    return CoalesceConfig(enabled=args.coalesce_ps_lookups, max_fids=args.coalesce_max_fids)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser, default_port=None)
     add_flag(parser, "--rest_api_port", type=int, default=0, help="accepted for compatibility; REST is not served")
@@ -286,20 +308,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--num_ps", type=int, default=None, help="number of PS shards (default: from the targets or spec)")
     add_flag(parser, "--fetch_ps_timeout_ms", type=int, default=200, help="PS call deadline without a client deadline")
     add_flag(parser, "--fetch_ps_retry", type=int, default=2, help="retries on another replica (default %(default)s)")
-    add_flag(
-        parser,
-        "--coalesce_ps_lookups",
-        type=parse_bool,
-        default=True,
-        help="send concurrent lookups to one PS shard as one call while another is in flight (default true)",
-    )
-    add_flag(
-        parser,
-        "--coalesce_max_fids",
-        type=int,
-        default=CoalesceConfig.max_fids,
-        help="a coalesced PS lookup holding this many fids is sent at once (default %(default)s)",
-    )
+    add_coalesce_flags(parser)
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
     add_flag(
         parser,
@@ -371,7 +380,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         port=port,
         metrics_port=args.metrics_port,
         fetch_ps_retry=args.fetch_ps_retry,
-        coalesce=CoalesceConfig(enabled=args.coalesce_ps_lookups, max_fids=args.coalesce_max_fids),
+        coalesce=coalesce_config_from_args(args),
         poll_interval_s=args.file_system_poll_wait_seconds,
         grace_s=args.grace_s,
     )

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from monolith_serving.core.errors import FailedPreconditionError, NotFoundError
 from monolith_serving.entry.main import EntryServer, EntryServerConfig, spec_num_ps
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModelConfig
+from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
@@ -32,6 +33,7 @@ class EntrySettings:
     agent_address: str
     fetch_ps_timeout_ms: int = 200
     fetch_ps_retry: int = 2
+    coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     max_batch_size: int | None = None
     poll_interval_s: float = 1.0
 
@@ -98,6 +100,7 @@ class EntrySide:
                 num_ps=num_ps,
                 agent_address=self._settings.agent_address,
                 fetch_ps_retry=self._settings.fetch_ps_retry,
+                coalesce=self._settings.coalesce,
                 poll_interval_s=self._settings.poll_interval_s,
             ),
             metrics=self._metrics,

@@ -13,6 +13,7 @@ from pathlib import Path
 from monolith_serving.core.cli_flags import add_flag, add_server_flags
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_until_signal
+from monolith_serving.entry.main import add_coalesce_flags, coalesce_config_from_args
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, DEFAULT_PORT
 from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
 
@@ -33,6 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--file_system_poll_wait_seconds", type=float, default=1.0, help="version scan period")
     add_flag(parser, "--fetch_ps_timeout_ms", type=int, default=200, help="PS call deadline without a client deadline")
     add_flag(parser, "--fetch_ps_retry", type=int, default=2, help="PS retries on another replica")
+    add_coalesce_flags(parser)
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
     add_flag(parser, "--num_load_threads", type=int, default=1, help="PS versions loaded at once (memory!)")
     add_flag(parser, "--max_fids_per_request", type=int, default=DEFAULT_MAX_FIDS_PER_REQUEST, help="PS request limit")
@@ -54,6 +56,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Unifi
         file_system_poll_wait_s=args.file_system_poll_wait_seconds,
         fetch_ps_timeout_ms=args.fetch_ps_timeout_ms,
         fetch_ps_retry=args.fetch_ps_retry,
+        coalesce=coalesce_config_from_args(args),
         max_batch_size=args.max_batch_size,
         num_load_threads=args.num_load_threads,
         max_fids_per_request=args.max_fids_per_request,

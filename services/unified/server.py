@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -22,6 +22,7 @@ from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, PsConfig, sub_models_from_proto
@@ -46,6 +47,7 @@ class UnifiedConfig:
     file_system_poll_wait_s: float = 1.0
     fetch_ps_timeout_ms: int = 200
     fetch_ps_retry: int = 2
+    coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     max_batch_size: int | None = None
     num_load_threads: int = 1
     max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST
@@ -75,6 +77,7 @@ class UnifiedServer:
                 agent_address=config.agent_address,
                 fetch_ps_timeout_ms=config.fetch_ps_timeout_ms,
                 fetch_ps_retry=config.fetch_ps_retry,
+                coalesce=config.coalesce,
                 max_batch_size=config.max_batch_size,
                 poll_interval_s=max(config.file_system_poll_wait_s, 0.2),
             ),

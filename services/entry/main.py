@@ -143,6 +143,7 @@ class EntryServer:
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._dense_started = False
         self._stopped = False
 
     @property
@@ -161,10 +162,8 @@ class EntryServer:
         if self._loop_task is not None:
             return
         await self.replicas.start()
-        if self.dense_replicas is not None:
-            await self.dense_replicas.start()
         await self._poll_status()
-        await self._step("model_refresh", self.model.refresh)
+        await self._step("model_refresh", self._refresh_model)
         self._loop_task = asyncio.create_task(self._control_loop(), name="entry-control-loop")
 
     async def start(self) -> None:
@@ -209,14 +208,27 @@ class EntryServer:
 
     async def _poll_status(self) -> None:
         await self._step("ps_status", self.ps_status.poll)
-        if self.dense_status is not None:
+        if self.dense_status is not None and self._dense_started:
             await self._step("dense_status", self.dense_status.poll)
+
+    async def _refresh_model(self) -> None:
+        """Scans for versions. Dense replicas are looked up (an agent HeartBeat(DENSE) every poll) only once a
+        loaded version runs its network remotely (dense_alone); then at once, so that version is not held
+        back a poll interval waiting for a dense status nobody asked for yet."""
+        await self.model.refresh()
+        if self.dense_replicas is None or self.dense_status is None or self._dense_started:
+            return
+        if self.model.needs_remote_dense:
+            self._dense_started = True
+            await self.dense_replicas.start()
+            await self.dense_status.poll()
+            await self.model.refresh()
 
     async def _control_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.poll_interval_s)
             await self._poll_status()
-            await self._step("model_refresh", self.model.refresh)
+            await self._step("model_refresh", self._refresh_model)
             await self._step("retain_channels", self._retain_channels)
             if self._grpc is not None:
                 await self._grpc.set_serving(bool(self.model.served_versions))
@@ -244,6 +256,7 @@ class EntryServer:
         await self.dense_channels.close()
         if self.dense_replicas is not None:
             await self.dense_replicas.stop()
+        self._dense_started = False
 
     async def __aenter__(self) -> EntryServer:
         await self.start()

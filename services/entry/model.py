@@ -161,6 +161,11 @@ class EntryModel:
     def version(self, version: int) -> LoadedVersion | None:
         return self._loaded.get(version)
 
+    @property
+    def needs_remote_dense(self) -> bool:
+        """Some loaded version runs its dense network in a dense server (dense_alone)."""
+        return any(loaded.remote_dense for loaded in self._loaded.values())
+
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def reconfigure(self, config: EntryModelConfig | None) -> None:

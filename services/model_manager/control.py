@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from monolith_serving.core.model_state import ModelState
@@ -50,8 +51,9 @@ class LoadConfig:
     """What one replica is told to serve: ``specific { versions }`` of one sub-model, or (``drop``) no model.
 
     ``drop`` is how an entry is told to serve nothing: an entry keeps serving its current versions under
-    an empty ``specific {}`` (its reloads preserve availability), so it gets an empty ModelServerConfig
-    instead. A PS unloads everything under ``specific {}`` and keeps answering GetModelStatus.
+    an empty ``specific {}`` (its reloads preserve availability), so it is left out of the ModelServerConfig
+    instead (alone at its address: an empty model list). A PS unloads everything under ``specific {}`` and
+    keeps answering GetModelStatus.
     """
 
     served_name: str  # model_spec.name: "ps_0" / "entry" (agent v1) or "model:ps_0" (v3)
@@ -73,5 +75,8 @@ class ReplicaControl(abc.ABC):
         """The versions the replica holds of ``served_name``, in any state."""
 
     @abc.abstractmethod
-    async def reload(self, replica: Replica, config: LoadConfig, timeout_s: float) -> None:
-        """Replace the replica's model config with ``config`` (may return before loading finishes)."""
+    async def reload(self, address: str, configs: Sequence[LoadConfig], timeout_s: float) -> None:
+        """Replace the whole model config at ``address`` with ``configs`` (may return before loading
+        finishes). A reload config is the address's entire model set (TF Serving semantics): a unified
+        container hosting several sub-models unloads every one left out, so ``configs`` must name all of
+        them; ``drop`` ones are left out, and no config left is an empty model list."""

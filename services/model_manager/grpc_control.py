@@ -1,8 +1,8 @@
 """``ReplicaControl`` over TF Serving's ModelService, with replica addresses from discovery or a static list.
 
-A reload sends a whole ``ModelServerConfig`` holding the one sub-model the replica serves, so a replica is
-assumed to host exactly one sub-model of one model (as the agent launches them). Every replica's gRPC
-channel is cached by address and closed by ``close()``.
+A reload sends a whole ``ModelServerConfig`` holding every sub-model the caller wants at one address: one for
+a replica the agent launched, several for a unified container (it unloads whatever the config leaves out).
+Every replica's gRPC channel is cached by address and closed by ``close()``.
 """
 
 from __future__ import annotations
@@ -84,17 +84,17 @@ class DiscoveryReplicaList(ReplicaList):
         return sorted(found)
 
 
-def reload_request(config: LoadConfig) -> model_management_pb2.ReloadConfigRequest:
+def reload_request(configs: Sequence[LoadConfig]) -> model_management_pb2.ReloadConfigRequest:
+    """One ModelServerConfig with every non-``drop`` config, by served name; none left: an empty model list."""
     request = model_management_pb2.ReloadConfigRequest()
-    if config.drop:
-        request.config.model_config_list.SetInParent()  # an empty list: host no model
-        return request
-    model = request.config.model_config_list.config.add(
-        name=config.served_name, base_path=config.base_path, model_platform="tensorflow"
-    )
-    # SetInParent: an empty ``specific`` must still say "specific" (no versions), not fall back to latest.
-    model.model_version_policy.specific.SetInParent()
-    model.model_version_policy.specific.versions.extend(config.versions)
+    request.config.model_config_list.SetInParent()  # an empty list: host no model
+    for config in sorted((c for c in configs if not c.drop), key=lambda c: c.served_name):
+        model = request.config.model_config_list.config.add(
+            name=config.served_name, base_path=config.base_path, model_platform="tensorflow"
+        )
+        # SetInParent: an empty ``specific`` must still say "specific" (no versions), not fall back to latest.
+        model.model_version_policy.specific.SetInParent()
+        model.model_version_policy.specific.versions.extend(config.versions)
     return request
 
 
@@ -139,11 +139,11 @@ class GrpcReplicaControl(ReplicaControl):
             result.append(VersionStatus(int(item.version), state, error_text))
         return result
 
-    async def reload(self, replica: Replica, config: LoadConfig, timeout_s: float) -> None:
+    async def reload(self, address: str, configs: Sequence[LoadConfig], timeout_s: float) -> None:
         try:
-            await self._stub(replica.address).HandleReloadConfigRequest(reload_request(config), timeout=timeout_s)
+            await self._stub(address).HandleReloadConfigRequest(reload_request(configs), timeout=timeout_s)
         except grpc.aio.AioRpcError as error:
-            raise _status_error(replica.address, "HandleReloadConfigRequest", error) from error
+            raise _status_error(address, "HandleReloadConfigRequest", error) from error
 
     async def retain(self, addresses: set[str]) -> None:
         """Closes channels of replicas no longer listed."""

@@ -19,6 +19,11 @@ so V serves nowhere and the model serves nothing until a later version succeeds.
 The coordinator keeps the *desired* config of every model (``ModelState``) and ``reconcile`` re-sends it to
 replicas that drifted (a restarted replica comes back with its own start-up config). Not thread-safe:
 use it from one asyncio task.
+
+A reload replaces an address's whole model set, and a unified container hosts several sub-models of a model
+behind one address (e.g. ``ps_0`` and ``entry``). So every reload to an address carries every sub-model of
+the model there: the config last sent to each, or what one never configured holds now. Reloads to one
+address are serialized, so a merged config is never overtaken by an older one.
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from monolith_serving.core.errors import MonolithServingError, NotFoundError
+from monolith_serving.core.errors import MonolithServingError, NotFoundError, UnavailableError
 from monolith_serving.model_manager.control import (
     LoadConfig,
     Replica,
@@ -187,6 +193,9 @@ class RolloutCoordinator:
         self._clock = clock
         self._wall = wall
         self._sleep = sleep
+        # One lock per replica address, held while its merged config is built and sent. Weak values: a lock
+        # lives while some task holds or awaits it, so addresses that come and go leave nothing behind.
+        self._address_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     # ------------------------------------------------------------------ rollout
 
@@ -317,25 +326,70 @@ class RolloutCoordinator:
             sent = state.sent.get(replica)
             if sent is None or sent[0] != config:
                 todo.append((replica, config))
-        await asyncio.gather(*(self._send(state, r, c, deadline) for r, c in todo))
+        await self._send_all(state, todo, deadline)
 
-    async def _send(self, state: ModelState, replica: Replica, config: LoadConfig, deadline: float) -> None:
-        # A PS answers HandleReloadConfigRequest once its versions settled, so the call may take as long
-        # as a load: give it what is left of the rollout deadline.
-        timeout_s = max(self._config.rpc_timeout_s, deadline - self._clock())
-        labels = (state.target.name, replica.sub_graph)
-        try:
-            await self._control.reload(replica, config, timeout_s)
-        except MonolithServingError as error:
-            self._metrics.replica_reloads.labels(*labels, "error").inc()
-            state.sent.pop(replica, None)
-            logger.warning(
-                "reload of %s@%s to %s failed: %s", replica.sub_graph, replica.address, config.versions, error.message
-            )
-            return
-        self._metrics.replica_reloads.labels(*labels, "ok").inc()
-        state.sent[replica] = (config, self._clock())
-        logger.info("%s@%s now configured for versions %s", replica.sub_graph, replica.address, list(config.versions))
+    async def _send_all(self, state: ModelState, todo: Sequence[tuple[Replica, LoadConfig]], deadline: float) -> None:
+        """One reload per address (replicas sharing it get theirs together); addresses in parallel."""
+        by_address: dict[str, dict[Replica, LoadConfig]] = {}
+        for replica, config in todo:
+            by_address.setdefault(replica.address, {})[replica] = config
+        await asyncio.gather(*(self._send(state, a, updates, deadline) for a, updates in by_address.items()))
+
+    def _address_lock(self, address: str) -> asyncio.Lock:
+        lock = self._address_locks.get(address)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._address_locks[address] = lock
+        return lock
+
+    async def _send(
+        self, state: ModelState, address: str, updates: Mapping[Replica, LoadConfig], deadline: float
+    ) -> None:
+        # Built under the lock: the merged config must include what an earlier reload there just set.
+        async with self._address_lock(address):
+            try:
+                configs = await self._hosted_at(state, address, updates)
+                # A PS answers HandleReloadConfigRequest once its versions settled, so the call may take as
+                # long as a load: give it what is left of the rollout deadline.
+                timeout_s = max(self._config.rpc_timeout_s, deadline - self._clock())
+                await self._control.reload(address, configs, timeout_s)
+            except MonolithServingError as error:
+                for replica, config in updates.items():
+                    self._metrics.replica_reloads.labels(state.target.name, replica.sub_graph, "error").inc()
+                    state.sent.pop(replica, None)
+                    logger.warning(
+                        "reload of %s@%s to %s failed: %s", replica.sub_graph, address, config.versions, error.message
+                    )
+                return
+            now = self._clock()
+            for replica, config in updates.items():
+                self._metrics.replica_reloads.labels(state.target.name, replica.sub_graph, "ok").inc()
+                state.sent[replica] = (config, now)
+                logger.info("%s@%s now configured for versions %s", replica.sub_graph, address, list(config.versions))
+
+    async def _hosted_at(
+        self, state: ModelState, address: str, updates: Mapping[Replica, LoadConfig]
+    ) -> list[LoadConfig]:
+        """The model's whole config at ``address``: ``updates``, and for its other replicas there the config
+        they were last sent or, never configured, what they hold now (so the reload leaves them be).
+        Raises UnavailableError when what such a replica holds cannot be read (the reload would guess)."""
+        configs = dict(updates)
+        for replica in self._control.replicas(state.target.name):
+            if replica.address != address or replica in configs:
+                continue
+            sent = state.sent.get(replica)
+            if sent is not None:
+                configs[replica] = sent[0]
+                continue
+            view = state.views.get(replica)
+            if view is None or view.error:
+                view = state.views[replica] = await self._view(state, replica)
+            if not view.hosting:
+                continue  # not hosted there: leaving it out keeps it so
+            if view.error:
+                raise UnavailableError(f"{replica.sub_graph}@{address} status unknown: {view.error}")
+            configs[replica] = state.target.load_config(replica, {s.version for s in view.versions if s.state in _HELD})
+        return [configs[r] for r in sorted(configs)]
 
     async def _observe_replicas(self, state: ModelState, replicas: Sequence[Replica]) -> list[ReplicaView]:
         views = await asyncio.gather(*(self._view(state, r) for r in replicas))
@@ -415,8 +469,7 @@ class RolloutCoordinator:
                         replica.sub_graph, replica.address, sorted(held), list(desired),
                     )  # fmt: skip
                 todo.append((replica, config))
-        deadline = now + self._config.timeout_s
-        await asyncio.gather(*(self._send(state, r, c, deadline) for r, c in todo))
+        await self._send_all(state, todo, now + self._config.timeout_s)
 
 
 def _listener(on_phase: PhaseListener | None) -> PhaseListener:

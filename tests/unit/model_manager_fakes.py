@@ -1,8 +1,14 @@
-"""In-memory fakes of the model manager's own interfaces (ReplicaControl) and an injectable clock."""
+"""In-memory fakes of the model manager's own interfaces (ReplicaControl) and an injectable clock.
+
+A ``FakeReplica`` is one sub-model served at an address. Usually an address hosts one (an agent's child);
+``FakeCluster.colocate`` puts several behind one address, like a unified container: a reload there replaces
+the whole set, and a sub-model the reload leaves out is unloaded (recorded in ``unloaded``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from monolith_serving.core.errors import NotFoundError, UnavailableError
@@ -22,7 +28,7 @@ MODEL = "demo"
 class FakeReplica:
     replica: Replica
     versions: dict[int, VersionStatus] = field(default_factory=dict)
-    configs: list[LoadConfig] = field(default_factory=list)
+    configs: list[LoadConfig] = field(default_factory=list)  # its part of every reload of its address
     up: bool = True
     hosting: bool = True  # False after a drop config: GetModelStatus answers NOT_FOUND
 
@@ -33,6 +39,7 @@ class FakeCluster(ReplicaControl):
     ) -> None:
         self.num_ps = num_ps
         self.base_dir = base_dir
+        # Keyed by address; a colocated sub-model by "address/sub_graph" (see ``colocate``).
         self.nodes: dict[str, FakeReplica] = {}
         for task in range(num_ps):
             for r in range(ps_replicas):
@@ -43,21 +50,34 @@ class FakeCluster(ReplicaControl):
         self.broken_entries: dict[str, set[int]] = {}  # entry address -> versions it fails to load
         self.slow_ps: set[int] = set()  # versions a PS never finishes loading
         self.violations: list[str] = []
+        self.requests: list[tuple[str, tuple[LoadConfig, ...]]] = []  # every reload: address, configs
+        self.unloaded: list[str] = []  # "sub_graph@address" of sub-models a reload left out
+        self.reload_yields = 0  # event-loop turns a reload waits before it takes effect
 
     def add(self, replica: Replica, versions: tuple[int, ...] = ()) -> FakeReplica:
         node = FakeReplica(replica, {v: VersionStatus(v, VersionState.AVAILABLE) for v in versions})
         self.nodes[replica.address] = node
         return node
 
+    def colocate(self, address: str, *replicas: FakeReplica) -> None:
+        """Moves ``replicas`` (added before) behind one ``address``, like the sub_graphs of a unified container."""
+        for node in replicas:
+            del self.nodes[node.replica.address]
+            node.replica = Replica(node.replica.kind, node.replica.task, address)
+            self.nodes[f"{address}/{node.replica.sub_graph}"] = node
+
+    def at(self, address: str) -> list[FakeReplica]:
+        return [n for n in self.nodes.values() if n.replica.address == address]
+
     def replicas(self, model: str) -> list[Replica]:
         assert model == MODEL
         return sorted(n.replica for n in self.nodes.values())
 
     async def status(self, replica: Replica, served_name: str, timeout_s: float) -> list[VersionStatus]:
-        node = self.nodes[replica.address]
+        assert served_name == replica.sub_graph
+        [node] = [n for n in self.at(replica.address) if n.replica.sub_graph == served_name]
         if not node.up:
             raise UnavailableError(f"{replica.address} is down")
-        assert served_name == replica.sub_graph
         if not node.hosting:
             raise NotFoundError(f"model {served_name!r} is not served here")
         return list(node.versions.values())
@@ -84,17 +104,36 @@ class FakeCluster(ReplicaControl):
             if not self.ps_has(version):
                 self.violations.append(f"entry serves {version} but a PS replica lacks it")
 
-    async def reload(self, replica: Replica, config: LoadConfig, timeout_s: float) -> None:
-        node = self.nodes[replica.address]
-        if not node.up:
-            raise UnavailableError(f"{replica.address} is down")
-        assert config.served_name == replica.sub_graph
+    async def reload(self, address: str, configs: Sequence[LoadConfig], timeout_s: float) -> None:
+        for _ in range(self.reload_yields):  # the RPC's round trip: other tasks run meanwhile
+            await asyncio.sleep(0)
+        nodes = {n.replica.sub_graph: n for n in self.at(address)}
+        if not all(n.up for n in nodes.values()):
+            raise UnavailableError(f"{address} is down")
+        self.requests.append((address, tuple(configs)))
+        wanted = {c.served_name: c for c in configs if not c.drop}
+        assert len(wanted) == len([c for c in configs if not c.drop]), f"a served name twice in {configs}"
+        assert set(wanted) <= set(nodes), f"{address} hosts {sorted(nodes)}, not {sorted(wanted)}"
+        # The whole set is replaced: PS first (as the unified server applies it), then the entry.
+        for sub_graph, node in sorted(nodes.items(), key=lambda item: item[1].replica.kind is ServerKind.ENTRY):
+            config = wanted.get(sub_graph)
+            if config is None:
+                # Left out (a drop config, or none at all): the address stops hosting it.
+                config = LoadConfig(sub_graph, f"{self.base_dir}/{sub_graph}", (), drop=True)
+                if len(nodes) > 1 and node.hosting:
+                    self.unloaded.append(f"{sub_graph}@{address}")
+            self._apply(node, config)
+        self.check()
+
+    def _apply(self, node: FakeReplica, config: LoadConfig) -> None:
+        replica = node.replica
         assert config.base_path == f"{self.base_dir}/{replica.sub_graph}"
         node.configs.append(config)
         wanted = set(config.versions)
         node.hosting = not config.drop
         if config.drop:
-            assert replica.kind is ServerKind.ENTRY  # only entries are dropped (a PS gets specific {})
+            if len(self.at(replica.address)) == 1:
+                assert replica.kind is ServerKind.ENTRY  # only entries are dropped (a PS gets specific {})
             node.versions = {}
         elif replica.kind is ServerKind.PS:
             for v in wanted:
@@ -120,7 +159,6 @@ class FakeCluster(ReplicaControl):
                 node.versions = {v: VersionStatus(v, VersionState.END) for v in node.versions}
                 for v in ready:
                     node.versions[v] = VersionStatus(v, VersionState.AVAILABLE)
-        self.check()
 
 
 class FakeClock:

@@ -264,10 +264,10 @@ def test_a_failed_first_rollout_leaves_nothing_serving_anywhere(tmp_path: Path, 
 
 
 def test_a_drop_config_is_an_empty_model_list_the_entry_reads_as_no_model() -> None:
-    request = reload_request(LoadConfig("entry", "/m/entry", (), drop=True))
+    request = reload_request([LoadConfig("entry", "/m/entry", (), drop=True)])
     assert request.config.WhichOneof("config") == "model_config_list"
     assert list(request.config.model_config_list.config) == []
     assert entry_config_from_proto(request.config, None) is None
-    empty = reload_request(LoadConfig("ps_0", "/m/ps_0", ()))
+    empty = reload_request([LoadConfig("ps_0", "/m/ps_0", ())])
     policy = empty.config.model_config_list.config[0].model_version_policy
     assert policy.WhichOneof("policy_choice") == "specific" and list(policy.specific.versions) == []

@@ -9,16 +9,19 @@ entry serves a version some PS replica of some shard lacks.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import pytest
 from model_manager_fakes import MODEL, FakeClock, FakeCluster
 
-from monolith_serving.model_manager.control import Replica, ServerKind, VersionState, VersionStatus
+from monolith_serving.model_manager.control import LoadConfig, Replica, ServerKind, VersionState, VersionStatus
+from monolith_serving.model_manager.grpc_control import reload_request
 from monolith_serving.model_manager.metrics import ModelManagerMetrics
 from monolith_serving.model_manager.rollout import (
     ModelState,
     ModelTarget,
     Outcome,
+    Phase,
     RolloutConfig,
     RolloutCoordinator,
 )
@@ -163,3 +166,99 @@ def test_replicas_down_during_rollout_fail_it_after_the_deadline(entries: int) -
     record = asyncio.run(coordinator.rollout(state, 2))
     assert record.outcome is Outcome.FAILED and "ps1-0:1" in record.reason
     assert state.serving == 1
+
+
+# A unified container hosts several sub-models behind one address and a reload replaces its whole set: the
+# fake unloads any sub-model a reload there leaves out (``cluster.unloaded``).
+UNIFIED = "unified-0:1"
+
+
+def available(cluster: FakeCluster, key: str) -> set[int]:
+    return {v for v, s in cluster.nodes[key].versions.items() if s.state is VersionState.AVAILABLE}
+
+
+def test_a_container_hosting_two_ps_shards_keeps_both_through_rollouts_and_a_restart() -> None:
+    cluster = FakeCluster(num_ps=2, ps_replicas=2, entries=1)
+    cluster.colocate(UNIFIED, cluster.nodes["ps0-0:1"], cluster.nodes["ps1-0:1"])
+    coordinator, state, _ = make(cluster)
+    for version in (1, 2):
+        record = asyncio.run(coordinator.rollout(state, version))
+        assert record.outcome is Outcome.SUCCEEDED, record.reason
+    assert cluster.unloaded == [] and cluster.violations == []
+    for key in (f"{UNIFIED}/ps_0", f"{UNIFIED}/ps_1"):
+        assert cluster.nodes[key].hosting and available(cluster, key) == {2}
+        assert [c.versions for c in cluster.nodes[key].configs] == [(1,), (1, 2), (2,)]
+    assert all(len(configs) == 2 for address, configs in cluster.requests if address == UNIFIED)
+    # The container restarts with its start-up config: one reload gives both shards theirs again.
+    for node in cluster.at(UNIFIED):
+        node.up = False
+    asyncio.run(coordinator.observe(state))
+    for node in cluster.at(UNIFIED):
+        node.up, node.versions = True, {3: VersionStatus(3, VersionState.AVAILABLE)}
+    asyncio.run(coordinator.observe(state))
+    sent = len(cluster.requests)
+    asyncio.run(coordinator.reconcile(state))
+    assert [(a, [c.versions for c in cs]) for a, cs in cluster.requests[sent:]] == [(UNIFIED, [(2,), (2,)])]
+    assert cluster.unloaded == [] and available(cluster, f"{UNIFIED}/ps_1") == {2}
+
+
+def test_a_container_hosting_ps_0_and_the_entry_keeps_the_entry_serving_old_during_the_ps_phase() -> None:
+    cluster = FakeCluster(num_ps=2, ps_replicas=1, entries=2)
+    cluster.colocate(UNIFIED, cluster.nodes["ps0-0:1"], cluster.nodes["entry-0:1"])
+    entry = f"{UNIFIED}/entry"
+    coordinator, state, _ = make(cluster)
+    assert asyncio.run(coordinator.rollout(state, 1)).outcome is Outcome.SUCCEEDED
+    assert available(cluster, entry) == {1} and available(cluster, f"{UNIFIED}/ps_0") == {1}
+    cluster.unloaded.clear()
+    served_by_entry: list[set[int]] = []  # after every reload of the container during the PS phase
+    at_entry_phase: list[tuple[set[int], bool]] = []
+
+    async def on_phase() -> None:
+        if state.phase is Phase.ENTRY_SWITCHING:
+            at_entry_phase.append((available(cluster, entry), cluster.ps_has(2)))
+
+    reload = cluster.reload
+
+    async def watched(address: str, configs: Sequence[LoadConfig], timeout_s: float) -> None:
+        await reload(address, configs, timeout_s)
+        if address == UNIFIED and state.phase is Phase.PS_LOADING:
+            served_by_entry.append(available(cluster, entry))
+
+    cluster.reload = watched  # type: ignore[method-assign]
+    record = asyncio.run(coordinator.rollout(state, 2, on_phase=on_phase))
+    assert record.outcome is Outcome.SUCCEEDED, record.reason
+    assert cluster.unloaded == [] and cluster.violations == []
+    assert served_by_entry and all(s == {1} for s in served_by_entry)
+    assert at_entry_phase == [({1}, True)]  # still on 1 while every PS has 2
+    assert available(cluster, entry) == {2} and available(cluster, f"{UNIFIED}/ps_0") == {2}
+    assert [c.versions for c in cluster.nodes[entry].configs][-3:] == [(1,), (2,), (2,)]  # PS phase, switch, cleanup
+
+
+def test_reloads_to_one_address_are_serialized_so_an_older_one_never_overtakes_a_merged_one() -> None:
+    cluster = FakeCluster(num_ps=2, ps_replicas=1, entries=0)
+    cluster.colocate(UNIFIED, cluster.nodes["ps0-0:1"], cluster.nodes["ps1-0:1"])
+    cluster.reload_yields = 3
+    coordinator, state, _ = make(cluster)
+    state.ps_versions = (1,)
+    ps_0, ps_1 = cluster.replicas(MODEL)
+
+    async def two_pushes() -> None:
+        deadline = 1e9
+        await asyncio.gather(coordinator._push(state, [ps_0], deadline), coordinator._push(state, [ps_1], deadline))
+
+    asyncio.run(two_pushes())
+    assert [[c.versions for c in cs] for _, cs in cluster.requests] == [[(1,), ()], [(1,), (1,)]]
+    assert available(cluster, f"{UNIFIED}/ps_0") == {1} and available(cluster, f"{UNIFIED}/ps_1") == {1}
+
+
+def test_a_reload_request_names_every_sub_model_but_a_dropped_one() -> None:
+    configs = [
+        LoadConfig("demo:ps_2", "/m/ps_2", (1, 2)),
+        LoadConfig("demo:entry", "/m/entry", (), drop=True),
+        LoadConfig("demo:ps_0", "/m/ps_0", ()),
+    ]
+    models = reload_request(configs).config.model_config_list.config
+    assert [(m.name, list(m.model_version_policy.specific.versions)) for m in models] == [
+        ("demo:ps_0", []),
+        ("demo:ps_2", [1, 2]),
+    ]

@@ -40,10 +40,10 @@ class LoadResult:
 class SteadyLoad:
     """One client thread sending Predict back to back, checking every response's versions."""
 
-    def __init__(self, address: str, export: Path) -> None:
+    def __init__(self, address: str, export: Path, model_name: str = "entry") -> None:
         spec = load_serving_spec(export / "entry" / "1")
         examples = random_examples(spec, 8, np.random.default_rng(3), rows=ROWS)
-        self._request = predict_request("entry", {"instances": encode_instances(spec, examples)})
+        self._request = predict_request(model_name, {"instances": encode_instances(spec, examples)})
         self._channel = grpc.insecure_channel(address)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._stop = threading.Event()

@@ -62,14 +62,6 @@ class UnifiedManager(Manager):
             )  # fmt: skip
 
 
-class UnifiedLoad(SteadyLoad):
-    """The steady Predict load, addressed to the v3 served name: a unified entry answers only ``demo:entry``."""
-
-    def __init__(self, address: str, export: Path) -> None:
-        super().__init__(address, export)
-        self._request.model_spec.name = "demo:entry"
-
-
 class BindingHistory:
     """Every child list of the model's binding folder, as ZooKeeper announces each change."""
 
@@ -151,7 +143,8 @@ def test_rollout_over_unified_containers_keeps_every_sub_graph_loaded(
         manager = UnifiedManager(tmp_path, export, zk_server, bzid)
         manager.wait_status("version 1 adopted", lambda s: s["serving"] == 1 and len(s["replicas"]) == 4)
 
-        with UnifiedLoad(address["a"], export) as load:
+        # A unified entry answers only the v3 served name.
+        with SteadyLoad(address["a"], export, model_name="demo:entry") as load:
             time.sleep(1.0)
             export_version(export, 2)
             status = manager.wait_status("version 2 rolled out on every replica", rolled_out, 60)

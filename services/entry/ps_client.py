@@ -46,7 +46,19 @@ Float32Array = npt.NDArray[np.float32]
 
 LOOKUP_SIGNATURE = "lookup"
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
-RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.NOT_FOUND})
+# CANCELLED from a replica call is never our own cancellation (that raises CancelledError in the caller): it
+# is a replica shutting down with calls in flight, or a channel torn down under them; a lookup is idempotent.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+# A channel whose replica left discovery still carries calls that may end well (or time out by their own
+# deadline); closing it at once would cancel them. It is closed after this long instead.
+_RETIRE_GRACE_S = 30.0
 # Reconnect quickly after a PS restarts (gRPC's default backoff grows to 120 s).
 _RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
 
@@ -129,10 +141,12 @@ PredictCall = Any
 class ChannelPool:
     """One channel (and Predict callable) per address, opened on first use and kept. Loop-affine."""
 
-    def __init__(self) -> None:
+    def __init__(self, retire_grace_s: float = _RETIRE_GRACE_S) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._predict: dict[str, PredictCall] = {}
         self._lookup: dict[str, PredictCall] = {}
+        self._retire_grace_s = retire_grace_s
+        self._retiring: dict[grpc.aio.Channel, asyncio.Task[None]] = {}
 
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
@@ -163,14 +177,30 @@ class ChannelPool:
         return call
 
     async def retain(self, addresses: set[str]) -> None:
-        """Closes channels of addresses no longer in use."""
+        """Retires channels of addresses no longer in use: no new call gets them, and each is closed once its
+        calls in flight had ``retire_grace_s`` to finish (in the background; this returns at once)."""
         for address in [a for a in self._channels if a not in addresses]:
             self._predict.pop(address, None)
             self._lookup.pop(address, None)
-            await self._channels.pop(address).close()
+            channel = self._channels.pop(address)
+            self._retiring[channel] = asyncio.create_task(self._retire(channel))
+
+    async def _retire(self, channel: grpc.aio.Channel) -> None:
+        try:
+            await channel.close(self._retire_grace_s)
+        finally:
+            self._retiring.pop(channel, None)
 
     async def close(self) -> None:
-        await self.retain(set())
+        """Closes every channel now, retiring ones included (calls still in flight are cancelled)."""
+        channels = [*self._channels.values(), *self._retiring]
+        for task in self._retiring.values():
+            task.cancel()
+        self._channels.clear()
+        self._predict.clear()
+        self._lookup.clear()
+        self._retiring.clear()
+        await asyncio.gather(*(channel.close() for channel in channels))
 
 
 @dataclass

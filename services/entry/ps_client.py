@@ -3,15 +3,16 @@
 Guarantees of ``PsFanout.lookup``:
 - every table's unique fids are split by shard (``fid mod num_ps``, floor modulo) and each shard gets
   exactly one Predict holding all of its tables;
-- each call's deadline is the rest of the caller's deadline; on UNAVAILABLE, DEADLINE_EXCEEDED or
-  NOT_FOUND (that replica lacks the pinned version) the next replica is tried, at most ``retry`` times;
+- each call's deadline is the rest of the caller's deadline; on UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED
+  or NOT_FOUND (that replica lacks the pinned version) the next replica is tried, at most ``retry`` times;
 - replicas known to hold the pinned version and not failing recently are tried first;
 - it never waits past the deadline: when a shard has no replica left it raises ``UnavailableError``
   naming the shard and the last error;
 - with ``FanoutConfig.coalesce`` on (the default), concurrent lookups to the same shard and version share
   one call while another is in flight (``ps_coalesce``); each still gets its own rows, its own deadline and
   every error, and the guarantees above hold for the merged call.
-Channels are opened once per replica address and reused by every request (``ChannelPool``).
+Channels are opened once per replica address and reused by every request (``ChannelPool``); the channel of a
+replica that left discovery is closed only after its calls in flight had time to finish.
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ from monolith_serving.core.serving_spec import (
     TableSpec,
     write_serving_spec,
 )
+from monolith_serving.core.sharding import shard_of
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def write_demo(options: DemoOptions) -> ServingSpec:
     for table_index, table in enumerate(spec.tables):
         fids = table_fids(spec, table.name, options.rows)
         values = _table_values(options.seed, table_index, len(fids), table.dim)
-        partition = np.mod(fids, options.num_ps)
+        partition = shard_of(fids, options.num_ps)
         for i in range(options.num_ps):
             assets = options.out / f"ps_{i}" / version / "assets"
             assets.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.grpc_server import channel_options
+from monolith_serving.core.sharding import shard_of
 from monolith_serving.core.tensor_codec import TensorCodecError, from_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.ps_coalesce import CoalesceConfig, ShardAnswer, ShardCoalescer, TableFids
@@ -62,15 +63,6 @@ RETRYABLE = frozenset(
 _RETIRE_GRACE_S = 30.0
 # Reconnect quickly after a PS restarts (gRPC's default backoff grows to 120 s).
 _RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
-
-
-def shard_of(fids: Int64Array, num_ps: int) -> Int64Array:
-    """``fid mod num_ps``, floor modulo (never negative); a bitwise and when num_ps is a power of two
-    (same result in two's complement, several times cheaper than an integer division per fid)."""
-    if num_ps & (num_ps - 1) == 0:
-        return fids & (num_ps - 1)
-    shards: Int64Array = np.mod(fids, num_ps)
-    return shards
 
 
 def ps_model_name(entry_model_name: str, shard: int) -> str:

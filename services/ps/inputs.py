@@ -11,23 +11,12 @@ import numpy as np
 import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError, ResourceExhaustedError
+from monolith_serving.core.sharding import shard_of
 from monolith_serving.core.tensor_codec import dtype_name, from_tensor_proto, tensor_shape
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from monolith_serving.ps.fid_index import Int64Array
 
 TensorMap = Mapping[str, tensor_pb2.TensorProto]
-
-
-def shard_of(fids: Int64Array, num_ps: int) -> Int64Array:
-    """``fid mod num_ps`` (floor modulo: never negative, as the sharding rule says).
-
-    numpy's ``%`` on int64 is floor modulo but costs an integer division per fid; for a power-of-two
-    ``num_ps`` a bitwise and gives the same result (two's complement) several times faster.
-    """
-    if num_ps & (num_ps - 1) == 0:
-        return fids & (num_ps - 1)
-    shards: Int64Array = fids % num_ps
-    return shards
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,11 @@ _MAX_LOAD = 0.7
 _MIN_CAPACITY = 16
 
 
+def _shift_for(capacity: int) -> int:
+    """The hash shift of a power-of-two ``capacity``: the home slot is the top log2(capacity) bits."""
+    return 64 - (capacity.bit_length() - 1)
+
+
 def _capacity_for(keys: int) -> int:
     """The smallest power of two holding ``keys`` at no more than the maximum load factor."""
     need = max(_MIN_CAPACITY, int(np.ceil(keys / _MAX_LOAD)) + 1)
@@ -37,7 +42,7 @@ class FidIndex:
 
     @property
     def _shift(self) -> int:
-        return 64 - (int(self._slots.shape[0]).bit_length() - 1)
+        return _shift_for(int(self._slots.shape[0]))
 
     @classmethod
     def of(cls, fids: Int64Array) -> FidIndex:
@@ -84,7 +89,7 @@ class FidIndex:
 
     def _grow(self, capacity: int) -> None:
         grown = self._empty_slots(capacity)
-        hash_kernels.rehash(self._slots, 64 - (capacity.bit_length() - 1), grown)
+        hash_kernels.rehash(self._slots, _shift_for(capacity), grown)
         self._slots = grown
 
     @property

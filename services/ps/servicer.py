@@ -131,7 +131,7 @@ def add_prediction_servicer(
 
     class _Capture:
         def add_generic_rpc_handlers(self, handlers: object) -> None:
-            pass
+            pass  # the same handlers arrive by add_registered_method_handlers, which is all we keep
 
         def add_registered_method_handlers(self, service: str, method_handlers: dict[str, Any]) -> None:
             generated.update(method_handlers)

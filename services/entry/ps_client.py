@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -77,7 +78,6 @@ def split_deadline(remaining: float, *, attempt: int, retry: int, replicas: int,
 
     A replica whose host vanished (no RST) answers nothing; with the whole deadline per attempt it would
     hold the request until the client gives up. The last attempt, or the only replica, gets all of it.
-    Shared by the PS fan-out and the remote dense call (``remote_dense``).
     """
     attempts_left = retry + 1 - attempt
     if attempts_left <= 1 or replicas <= 1:
@@ -247,6 +247,65 @@ class ReplicaOrder:
 
 
 @dataclass(frozen=True)
+class AttemptMetrics:
+    """Where one caller's attempts are counted; label children resolved once, not per call."""
+
+    retries: Any  # .inc() per retry on another replica
+    errors: Callable[[str], Any]  # gRPC code name -> counter child
+    latency: Any  # .observe(seconds) per successful call
+
+
+class ReplicasExhausted(Exception):
+    """Every allowed attempt failed (or the deadline passed); ``last_error`` tells the last thing that happened."""
+
+    def __init__(self, last_error: str) -> None:
+        super().__init__(last_error)
+        self.last_error = last_error
+
+
+async def call_with_retries(
+    addresses: Sequence[str],
+    send: Callable[[str, float], Awaitable[T]],
+    *,
+    deadline: float,
+    retry: int,
+    min_attempt_s: float,
+    health: ReplicaHealth,
+    metrics: AttemptMetrics,
+) -> T:
+    """``send(address, timeout)`` on ``addresses`` in order (wrapping around), at most ``retry + 1`` attempts,
+    each with its share of the deadline (``split_deadline``); RETRYABLE codes move on to the next replica,
+    anything else stops. Shared by the PS fan-out and the remote dense call. Raises ReplicasExhausted."""
+    last_error = "no attempt"
+    for attempt in range(retry + 1):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            last_error = f"deadline passed after {attempt} attempt(s); last: {last_error}"
+            break
+        address = addresses[attempt % len(addresses)]
+        if attempt:
+            metrics.retries.inc()
+        timeout = split_deadline(
+            remaining, attempt=attempt, retry=retry, replicas=len(addresses), min_attempt_s=min_attempt_s
+        )
+        started = time.monotonic()
+        try:
+            response = await send(address, timeout)
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+            metrics.errors(code.name).inc()
+            last_error = f"{address}: {code.name} {error.details()}"
+            if code not in RETRYABLE:
+                break
+            health.failed(address)
+            continue
+        metrics.latency.observe(time.monotonic() - started)
+        health.succeeded(address)
+        return response
+    raise ReplicasExhausted(last_error)
+
+
+@dataclass(frozen=True)
 class FanoutConfig:
     entry_model_name: str
     retry: int = 2
@@ -276,7 +335,14 @@ class PsFanout(EmbeddingLookup):
         # Per-request constants, built once: label children, encoded model_spec per (shard, version),
         # encoded input keys per table.
         self._shard_labels = [str(i) for i in range(replicas.num_ps)]
-        self._latency = [metrics.ps_latency.labels(label) for label in self._shard_labels]
+        self._attempt_metrics = [
+            AttemptMetrics(
+                retries=metrics.ps_retries.labels(label),
+                errors=functools.partial(metrics.ps_errors.labels, label),
+                latency=metrics.ps_latency.labels(label),
+            )
+            for label in self._shard_labels
+        ]
         self._spec_bytes: dict[tuple[int, int], bytes] = {}
         self._input_keys: dict[str, bytes] = {}
         coalesced = [metrics.ps_coalesced.labels(label) for label in self._shard_labels]
@@ -360,40 +426,21 @@ class PsFanout(EmbeddingLookup):
         addresses = self._ordered(shard, version)
         if not addresses:
             raise UnavailableError(f"PS shard {shard} ({self._models[shard]}) has no known replica")
-        last_error = "no attempt"
-        shard_label = self._shard_labels[shard]
-        for attempt in range(self._config.retry + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                last_error = f"deadline passed after {attempt} attempt(s); last: {last_error}"
-                break
-            address = addresses[attempt % len(addresses)]
-            if attempt:
-                self._metrics.ps_retries.labels(shard_label).inc()
-            started = time.monotonic()
-            try:
-                response = await self._channels.lookup(address)(
-                    request, timeout=self._attempt_timeout(remaining, attempt, len(addresses))
-                )
-            except grpc.aio.AioRpcError as error:
-                code = error.code()
-                self._metrics.ps_errors.labels(shard_label, code.name).inc()
-                last_error = f"{address}: {code.name} {error.details()}"
-                if code not in RETRYABLE:
-                    break
-                self._health.failed(address)
-                continue
-            self._latency[shard].observe(time.monotonic() - started)
-            self._health.succeeded(address)
-            reported = int(response.model_spec.version.value) if response.model_spec.HasField("version") else version
-            return self._decode(shard, parts, dims, response, version), reported
-        raise UnavailableError(f"PS shard {shard} ({self._models[shard]}) lookup failed: {last_error}")
-
-    def _attempt_timeout(self, remaining: float, attempt: int, replicas: int) -> float:
-        return split_deadline(
-            remaining, attempt=attempt, retry=self._config.retry, replicas=replicas,
-            min_attempt_s=self._config.min_attempt_timeout_s,
-        )  # fmt: skip
+        try:
+            response = await call_with_retries(
+                addresses,
+                lambda address, timeout: self._channels.lookup(address)(request, timeout=timeout),
+                deadline=deadline,
+                retry=self._config.retry,
+                min_attempt_s=self._config.min_attempt_timeout_s,
+                health=self._health,
+                metrics=self._attempt_metrics[shard],
+            )
+        except ReplicasExhausted as error:
+            message = f"PS shard {shard} ({self._models[shard]}) lookup failed: {error.last_error}"
+            raise UnavailableError(message) from None
+        reported = int(response.model_spec.version.value) if response.model_spec.HasField("version") else version
+        return self._decode(shard, parts, dims, response, version), reported
 
     def _decode(
         self,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
 from monolith_serving.core.errors import UnavailableError
@@ -26,12 +25,13 @@ from monolith_serving.core.tensor_codec import TensorCodecError, from_tensor_pro
 from monolith_serving.entry.dense import DenseModel, Float32Array
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.ps_client import (
-    RETRYABLE,
+    AttemptMetrics,
     ChannelPool,
     ReplicaHealth,
     ReplicaOrder,
+    ReplicasExhausted,
     VersionKnowledge,
-    split_deadline,
+    call_with_retries,
 )
 from monolith_serving.entry.replica_source import ReplicaSource
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
@@ -73,6 +73,9 @@ class DenseReplicas:
         self.health = health if health is not None else ReplicaHealth()
         self.model_name = dense_model_name(config.entry_model_name)
         self._order = ReplicaOrder(self.health, knows_version)
+        self.attempt_metrics = AttemptMetrics(
+            retries=metrics.dense_retries, errors=metrics.dense_errors.labels, latency=metrics.dense_latency
+        )
 
     def ordered(self, version: int) -> list[str]:
         return self._order.order(self.replicas.replicas(0), version)
@@ -106,35 +109,19 @@ class RemoteDense(DenseModel):
         if not addresses:
             raise UnavailableError(f"dense sub-model {name} has no known replica")
         request = self._request(x, version)
-        last_error = "no attempt"
-        retry = shared.config.retry
-        for attempt in range(retry + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                last_error = f"deadline passed after {attempt} attempt(s); last: {last_error}"
-                break
-            address = addresses[attempt % len(addresses)]
-            if attempt:
-                shared.metrics.dense_retries.inc()
-            timeout = split_deadline(
-                remaining, attempt=attempt, retry=retry, replicas=len(addresses),
+        try:
+            response = await call_with_retries(
+                addresses,
+                lambda address, timeout: shared.channels.predict(address)(request, timeout=timeout),
+                deadline=deadline,
+                retry=shared.config.retry,
                 min_attempt_s=shared.config.min_attempt_timeout_s,
-            )  # fmt: skip
-            started = time.monotonic()
-            try:
-                response = await shared.channels.predict(address)(request, timeout=timeout)
-            except grpc.aio.AioRpcError as error:
-                code = error.code()
-                shared.metrics.dense_errors.labels(code.name).inc()
-                last_error = f"{address}: {code.name} {error.details()}"
-                if code not in RETRYABLE:
-                    break
-                shared.health.failed(address)
-                continue
-            shared.metrics.dense_latency.observe(time.monotonic() - started)
-            shared.health.succeeded(address)
-            return self._decode(response, len(x), version)
-        raise UnavailableError(f"dense sub-model {name} version {version} failed: {last_error}")
+                health=shared.health,
+                metrics=shared.attempt_metrics,
+            )
+        except ReplicasExhausted as error:
+            raise UnavailableError(f"dense sub-model {name} version {version} failed: {error.last_error}") from None
+        return self._decode(response, len(x), version)
 
     def _decode(self, response: predict_pb2.PredictResponse, batch: int, version: int) -> Float32Array:
         name = self._shared.model_name

@@ -6,22 +6,26 @@ are the same everywhere.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from monolith_serving.core.errors import UnavailableError
+from monolith_serving.core.errors import InvalidArgumentError, UnavailableError
 from monolith_serving.core.grpc_errors import ErrorMappingInterceptor
 
 logger = logging.getLogger(__name__)
+
+C = TypeVar("C")
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
@@ -129,3 +133,22 @@ def serve_until_signal(make_server: Callable[[], Lifecycle], name: str) -> int:
         return 0
 
     return run_async_main(serve)
+
+
+def serve_command(
+    args: argparse.Namespace,
+    config_from_args: Callable[[argparse.Namespace, dict[str, str]], C],
+    make_server: Callable[[C], Lifecycle],
+    name: str,
+) -> int:
+    """The ``run`` of a server command: parse the flags and environment once into the server's config (exit
+    code 2 and one log line naming the problem when they are bad), then ``serve_until_signal``."""
+    try:
+        config = config_from_args(args, dict(os.environ))
+    except InvalidArgumentError as error:
+        logger.error("%s", error.message)
+        return 2
+    rest_api_port = getattr(args, "rest_api_port", 0)
+    if rest_api_port:
+        logger.warning("--rest_api_port %d ignored: the %s serves gRPC only", rest_api_port, name)
+    return serve_until_signal(lambda: make_server(config), name)

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 from pathlib import Path
 
 from monolith_serving.core.cli_flags import add_flag, add_model_source_flags, add_server_flags, single_model_from_args
-from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.grpc_server import serve_until_signal
+from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.dense.config import DEFAULT_PORT, DenseModelConfig, DenseServerConfig
 from monolith_serving.dense.server import DenseServer
-
-logger = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,12 +33,4 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Dense
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args, dict(os.environ))
-    except InvalidArgumentError as error:
-        logger.error("%s", error.message)
-        return 2
-    if args.rest_api_port:
-        logger.warning("--rest_api_port %d ignored: the dense server serves gRPC only", args.rest_api_port)
-
-    return serve_until_signal(lambda: DenseServer(config), "dense server")
+    return serve_command(args, config_from_args, DenseServer, "dense server")

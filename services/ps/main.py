@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 from pathlib import Path
 
 from monolith_serving.core.cli_flags import add_flag, add_model_source_flags, add_server_flags, single_model_from_args
-from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.grpc_server import serve_until_signal
+from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, DEFAULT_PORT, PsConfig, SubModelConfig
 from monolith_serving.ps.server import PsServer
-
-logger = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -56,12 +51,4 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> PsCon
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args, dict(os.environ))
-    except InvalidArgumentError as error:
-        logger.error("%s", error.message)
-        return 2
-    if args.rest_api_port:
-        logger.warning("--rest_api_port %d ignored: the PS serves gRPC only", args.rest_api_port)
-
-    return serve_until_signal(lambda: PsServer(config), "PS")
+    return serve_command(args, config_from_args, PsServer, "PS")

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 
 from monolith_serving.core.cli_flags import add_flag, add_server_flags
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.grpc_server import serve_until_signal
+from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.replica_manager.config import DEFAULT_PORT, ReplicaManagerConfig
 from monolith_serving.replica_manager.flags import add_registry_flags, registry_settings
 from monolith_serving.replica_manager.server import ReplicaManagerServer
-
-log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,10 +53,4 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Repli
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args, dict(os.environ))
-    except InvalidArgumentError as error:  # includes ConfError from --conf
-        log.error("%s", error.message)
-        return 2
-
-    return serve_until_signal(lambda: ReplicaManagerServer(config), "replica-manager")
+    return serve_command(args, config_from_args, ReplicaManagerServer, "replica-manager")

@@ -6,18 +6,14 @@ Started by the v3 agent with an empty model list; the agent then reloads it with
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 from pathlib import Path
 
 from monolith_serving.core.cli_flags import add_flag, add_server_flags
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.grpc_server import serve_until_signal
+from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.entry.main import add_coalesce_flags, coalesce_config_from_args
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, DEFAULT_PORT
 from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
-
-log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -65,12 +61,4 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Unifi
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args, dict(os.environ))
-    except InvalidArgumentError as error:
-        log.error("%s", error.message)
-        return 2
-    if args.rest_api_port:
-        log.warning("--rest_api_port %d ignored: the unified server serves gRPC only", args.rest_api_port)
-
-    return serve_until_signal(lambda: UnifiedServer(config), "unified server")
+    return serve_command(args, config_from_args, UnifiedServer, "unified server")

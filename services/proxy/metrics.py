@@ -4,16 +4,16 @@
 the series count by sending random model names.
 
 The per-request metrics go through ``count_request``/``observe_latency``/``observe_upstream``, which keep
-the labelled children in plain dicts: prometheus-client's ``.labels()`` takes a lock and rebuilds the
-label tuple on every call, a measurable share of the proxy's CPU per request.
+the labelled children (``core.metric_children``) instead of calling ``.labels()`` per request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from monolith_serving.core.metric_children import LabelledChildren
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 UNKNOWN_MODEL = "unknown"
@@ -57,26 +57,15 @@ class ProxyMetrics:
         self.maintenance_seconds = Histogram(
             "proxy_maintenance_step_seconds", "One probe/prune step of the maintenance loop", registry=r
         )
-        self._request_counts: dict[tuple[str, str, str, str], Callable[[], None]] = {}
-        self._latencies: dict[tuple[str, str], Callable[[float], None]] = {}
-        self._upstream_latencies: dict[str, Callable[[float], None]] = {}
+        self._request_counts = LabelledChildren(self.requests)
+        self._latencies = LabelledChildren(self.latency)
+        self._upstream_latencies = LabelledChildren(self.upstream_latency)
 
     def count_request(self, model: str, method: str, protocol: str, code: str) -> None:
-        key = (model, method, protocol, code)
-        inc = self._request_counts.get(key)
-        if inc is None:
-            inc = self._request_counts[key] = self.requests.labels(*key).inc
-        inc()
+        self._request_counts[(model, method, protocol, code)].inc()
 
     def observe_latency(self, method: str, protocol: str, seconds: float) -> None:
-        key = (method, protocol)
-        observe = self._latencies.get(key)
-        if observe is None:
-            observe = self._latencies[key] = self.latency.labels(*key).observe
-        observe(seconds)
+        self._latencies[(method, protocol)].observe(seconds)
 
     def observe_upstream(self, method: str, seconds: float) -> None:
-        observe = self._upstream_latencies.get(method)
-        if observe is None:
-            observe = self._upstream_latencies[method] = self.upstream_latency.labels(method).observe
-        observe(seconds)
+        self._upstream_latencies[(method,)].observe(seconds)

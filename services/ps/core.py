@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
+from monolith_serving.core.metric_children import LabelledChildren
 from monolith_serving.ps.inputs import ShardCheck, TensorMap, check_request_size, decode_fids, element_count
 from monolith_serving.ps.metrics import PsMetrics
 from monolith_serving.ps.sync import (
@@ -59,22 +59,10 @@ class PsCore:
         self._metrics = metrics
         self._num_ps = num_ps
         self._max_fids = max_fids_per_request
-        # Prometheus label children resolved once per (model, table): labels() costs a lock and a tuple
-        # hash per call, and a lookup would otherwise make three or more of them.
-        self._lookup_counters: dict[str, Any] = {}
-        self._table_counters: dict[tuple[str, str], tuple[Any, Any]] = {}
-
-    def _table_counter(self, model: str, table: str) -> tuple[Any, Any]:
-        """(fids looked up, missing fids) counters of one table."""
-        key = (model, table)
-        counters = self._table_counters.get(key)
-        if counters is None:
-            counters = (
-                self._metrics.lookup_fids.labels(model, table),
-                self._metrics.lookup_missing_fids.labels(model, table),
-            )
-            self._table_counters[key] = counters
-        return counters
+        # A lookup would otherwise make three or more labels() calls (each a lock and a tuple hash).
+        self._lookup_requests = LabelledChildren(metrics.lookup_requests)
+        self._lookup_fids = LabelledChildren(metrics.lookup_fids)
+        self._lookup_missing_fids = LabelledChildren(metrics.lookup_missing_fids)
 
     def shard_check(self, model: SubModel) -> ShardCheck:
         return ShardCheck(self._num_ps, model.config.partition)
@@ -107,14 +95,10 @@ class PsCore:
             if wanted and out_name not in wanted:
                 continue
             outputs[out_name], missing = tables.tables[table_name].lookup(fids)
-            fids_counter, missing_counter = self._table_counter(ref.name, table_name)
-            fids_counter.inc(len(fids))
+            self._lookup_fids[(ref.name, table_name)].inc(len(fids))
             if missing:
-                missing_counter.inc(missing)
-        requests = self._lookup_counters.get(ref.name)
-        if requests is None:
-            requests = self._lookup_counters[ref.name] = self._metrics.lookup_requests.labels(ref.name)
-        requests.inc()
+                self._lookup_missing_fids[(ref.name, table_name)].inc(missing)
+        self._lookup_requests[(ref.name,)].inc()
         return LookupResult(servable.version, outputs)
 
     def sync(self, ref: ModelRef, signature: str, inputs: TensorMap) -> tuple[int, int]:

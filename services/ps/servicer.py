@@ -10,6 +10,7 @@ import grpc
 
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.core.metric_children import LabelledChildren
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
@@ -49,8 +50,7 @@ class PsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer
     def __init__(self, core: PsCore, metrics: PsMetrics) -> None:
         self._core = core
         self._metrics = metrics
-        # Latency histogram children per signature, resolved on first use (labels() locks and hashes per call).
-        self._latency: dict[str, Any] = {}
+        self._latency = LabelledChildren(metrics.request_latency)
         self._encoder = LookupResponseEncoder()
 
     async def Predict(
@@ -82,10 +82,7 @@ class PsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer
             label = signature if signature in (LOOKUP, HASHTABLE_ASSIGN, RAW_ASSIGN) else "unknown"
             self._metrics.request_errors.labels(label, status_code_for(error).name).inc()
             raise
-        latency = self._latency.get(signature)
-        if latency is None:
-            latency = self._latency[signature] = self._metrics.request_latency.labels(signature)
-        latency.observe(time.perf_counter() - started)
+        self._latency[(signature,)].observe(time.perf_counter() - started)
         return response
 
     async def GetModelMetadata(

@@ -85,10 +85,10 @@ class PsCore:
             shard.check(fids, name)
             decoded.append((table_name, fids))
         wanted = set(output_filter)
-        known = {t + VALUE_SUFFIX for t, _ in decoded}
-        unknown = sorted(wanted - known)
-        if unknown:
-            raise InvalidArgumentError(f"output_filter {unknown[0]!r} is not an output of this request")
+        if wanted:  # the entry never sends one: no per-request set work then
+            unknown = sorted(wanted - {t + VALUE_SUFFIX for t, _ in decoded})
+            if unknown:
+                raise InvalidArgumentError(f"output_filter {unknown[0]!r} is not an output of this request")
         outputs = {}
         for table_name, fids in decoded:
             out_name = table_name + VALUE_SUFFIX

@@ -30,6 +30,10 @@ from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPo
 from monolith_serving.proxy.wire import ModelNames
 
 log = logging.getLogger(__name__)
+# An upstream CANCELLED while our own client still waits is not the client's doing (that cancels this
+# handler instead): the entry's handler was torn down under the call, like a broken connection. Predict is
+# read-only, so it is retried on another replica like UNAVAILABLE.
+_RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
@@ -184,7 +188,7 @@ class ProxyCore:
             return await self._attempt(first, path, request, first_deadline, metadata)
         except RpcStatusError as error:
             cut_short = error.code is grpc.StatusCode.DEADLINE_EXCEEDED and first_deadline != deadline
-            if error.code is not grpc.StatusCode.UNAVAILABLE and not cut_short:
+            if error.code not in _RETRIED_CODES and not cut_short:
                 raise
             if cut_short:
                 # A replica that cannot answer within half the deadline counts as failing, like a refused one.

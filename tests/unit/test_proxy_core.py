@@ -44,6 +44,7 @@ class FakePool:
         self.delay_s = 0.0
         self.healthy: set[str] = set()
         self.hung: set[str] = set()
+        self.cancelling: set[str] = set()
 
     async def call(
         self, address: str, method: str, request: bytes, *, timeout_s: float | None, metadata: Metadata
@@ -53,6 +54,8 @@ class FakePool:
             await asyncio.sleep(self.delay_s)
         if address in self.down:
             raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, "connection refused")
+        if address in self.cancelling:  # an entry whose handler was torn down under the call
+            raise RpcStatusError(grpc.StatusCode.CANCELLED, "CANCELLED")
         if address in self.hung:  # a host that vanished: no answer until the deadline
             await asyncio.sleep(timeout_s or 0.0)
             raise RpcStatusError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
@@ -124,6 +127,20 @@ async def test_unavailable_is_retried_once_on_another_replica_then_ejected() -> 
     await asyncio.sleep(0.01)
     assert _count(metrics, "proxy_readmissions_total") == 1
     assert _count(metrics, "proxy_ejected_replicas") == 0
+    await core.stop()
+
+
+@_sync
+async def test_an_upstream_cancelled_is_retried_on_another_replica() -> None:
+    pool = FakePool()
+    pool.cancelling.add("a:1")
+    core, _metrics = _core(["a:1", "b:1"], pool)
+    # Until the balancer has tried a:1 first at least once (it picks among equals at random).
+    for _ in range(200):
+        assert (await core.call(PREDICT, _predict(), _ctx())).response == b"b:1"
+        if "a:1" in [c[0] for c in pool.calls]:
+            break
+    assert "a:1" in [c[0] for c in pool.calls]
     await core.stop()
 
 

@@ -43,6 +43,7 @@ from monolith_serving.entry.replica_source import (
     parse_ps_targets,
     v3_model_of,
 )
+from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -63,6 +64,7 @@ class EntryServerConfig:
     metrics_port: int = 0
     fetch_ps_retry: int = 2
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
+    coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)
     poll_interval_s: float = 1.0
     ps_status_timeout_s: float = 1.0
     grace_s: float = 2.0
@@ -139,6 +141,7 @@ class EntryServer:
             metrics=self.metrics,
             remote_dense=dense.bind if dense is not None else None,
             dense_ready=self.dense_status.ready if self.dense_status is not None else None,
+            coalescing=config.coalesce_requests,
         )
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
@@ -272,7 +275,23 @@ class EntryServer:
 
 
 def add_coalesce_flags(parser: argparse.ArgumentParser) -> None:
-    """PS lookup coalescing (``ps_coalesce``); the entry and the unified server both take these flags."""
+    """Predict coalescing (``request_coalesce``) and PS lookup coalescing (``ps_coalesce``); the entry and the
+    unified server both take these flags."""
+    add_flag(
+        parser,
+        "--coalesce_requests",
+        type=parse_bool,
+        default=True,
+        help="run concurrent Predicts of one version as one lookup-pool-score pass while another pass is running "
+        "(default true)",
+    )
+    add_flag(
+        parser,
+        "--coalesce_max_rows",
+        type=int,
+        default=RequestCoalescing.max_rows,
+        help="examples in one coalesced Predict pass at most (default %(default)s)",
+    )
     add_flag(
         parser,
         "--coalesce_ps_lookups",
@@ -291,6 +310,12 @@ def add_coalesce_flags(parser: argparse.ArgumentParser) -> None:
 
 def coalesce_config_from_args(args: argparse.Namespace) -> CoalesceConfig:
     return CoalesceConfig(enabled=args.coalesce_ps_lookups, max_fids=args.coalesce_max_fids)
+
+
+def request_coalescing_from_args(args: argparse.Namespace) -> RequestCoalescing:
+    if args.coalesce_max_rows < 1:
+        raise InvalidArgumentError(f"--coalesce_max_rows must be at least 1, got {args.coalesce_max_rows}")
+    return RequestCoalescing(enabled=args.coalesce_requests, max_rows=args.coalesce_max_rows)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -394,6 +419,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         metrics_port=args.metrics_port,
         fetch_ps_retry=args.fetch_ps_retry,
         coalesce=coalesce_config_from_args(args),
+        coalesce_requests=request_coalescing_from_args(args),
         poll_interval_s=args.file_system_poll_wait_seconds,
         grace_s=args.grace_s,
     )

@@ -44,6 +44,11 @@ class EntryMetrics:
             ["shard"],
             registry=r,
         )
+        self.predicts_coalesced = Counter(
+            "entry_predicts_coalesced",
+            "Predicts run merged with others in one lookup-pool-score pass (--coalesce_requests)",
+            registry=r,
+        )
         # dense_alone: the call to the dense server after pooling.
         self.dense_latency = Histogram(
             "entry_dense_latency_seconds", "One Predict RPC to a dense replica", buckets=_LATENCY_BUCKETS_S, registry=r

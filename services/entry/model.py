@@ -41,6 +41,7 @@ from monolith_serving.entry.dense import DenseModel, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.pooling import Pooler
 from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
+from monolith_serving.entry.request_coalesce import PassDeadlines, PassOutput, PredictCoalescer, RequestCoalescing
 from monolith_serving.entry.request_parser import ParsedBatch, RequestParser
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class EntryModel:
         metrics: EntryMetrics,
         remote_dense: RemoteDenseFactory | None = None,
         dense_ready: Callable[[int], bool] | None = None,
+        coalescing: RequestCoalescing | None = None,
     ) -> None:
         self._config = config
         self._num_ps = num_ps
@@ -149,6 +151,11 @@ class EntryModel:
         self._chosen: list[int] = []
         self._served: tuple[int, ...] = ()
         self._refresh_lock = asyncio.Lock()
+        coalescing = coalescing if coalescing is not None else RequestCoalescing()
+        merged = metrics.predicts_coalesced
+        self._coalescer: PredictCoalescer[LoadedVersion] | None = (
+            PredictCoalescer(self._run_pass, coalescing, on_merged=merged.inc) if coalescing.enabled else None
+        )
 
     @property
     def config(self) -> EntryModelConfig | None:
@@ -343,14 +350,31 @@ class EntryModel:
             raise InvalidArgumentError(f"output_filter names unknown output(s) {unknown_outputs}")
         batch = self.parse(loaded, inputs)
         self._metrics.batch_size.observe(batch.batch_size)
+        default_s = config.fetch_ps_timeout_ms / 1000.0
+        deadlines = PassDeadlines(
+            ps=started + (timeout_s if timeout_s is not None else default_s),
+            client=started + timeout_s if timeout_s is not None else None,
+            dense_default_s=default_s,
+        )
+        if self._coalescer is None:
+            output = await self._run_pass(loaded, batch, deadlines)
+        else:
+            # Without a client deadline a pass is bounded by the lookup's and then the dense call's default.
+            wait_until = deadlines.client if deadlines.client is not None else deadlines.ps + default_s
+            output = await self._coalescer.run(loaded, batch, deadlines, wait_until)
+        return PredictResult({spec.output_name: output.scores}, loaded.version, output.ps_versions)
+
+    async def _run_pass(self, loaded: LoadedVersion, batch: ParsedBatch, deadlines: PassDeadlines) -> PassOutput:
+        """Looks up, pools and scores one batch (one request's, or several merged by the coalescer)."""
         plan = loaded.pooler.plan(batch)
         if plan.unique_fids:
-            budget_s = timeout_s if timeout_s is not None else config.fetch_ps_timeout_ms / 1000.0
-            result = await self._lookup.lookup(loaded.version, plan.unique_fids, loaded.dims, budget_s)
+            result = await self._lookup.lookup(
+                loaded.version, plan.unique_fids, loaded.dims, deadlines.ps - time.monotonic()
+            )
         else:
             result = LookupResult({}, {})
         x = loaded.pooler.assemble(batch, plan, result.values)
-        default_s = config.fetch_ps_timeout_ms / 1000.0
-        dense_s = timeout_s - (time.monotonic() - started) if timeout_s is not None else default_s
-        scores = await loaded.dense.score(x, version=loaded.version, timeout_s=dense_s)
-        return PredictResult({spec.output_name: scores}, loaded.version, result.ps_versions)
+        scores = await loaded.dense.score(
+            x, version=loaded.version, timeout_s=deadlines.dense_timeout_s(time.monotonic())
+        )
+        return PassOutput(scores, result.ps_versions)

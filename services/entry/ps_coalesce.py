@@ -1,32 +1,26 @@
-"""Coalescing concurrent lookups to one PS shard into one RPC (natural batching).
+"""Coalescing concurrent lookups to one PS shard into one RPC (``coalesce.Coalescer`` keyed by (shard, version)).
 
 Each Python gRPC hop costs a fixed ~0.3 ms of CPU on both ends whatever its size, so under load the entry
-saves most by sending fewer, larger lookups. Per (shard, pinned version):
+saves most by sending fewer, larger lookups. A merged lookup asks each table's fids merged over the group
+and deduplicated; every caller gets back exactly its own rows, in the order of its own fids. A group
+reaching ``max_fids`` is sent at once. A caller whose deadline passes while it waits gets
+``UnavailableError``, as when the fan-out runs out of deadline itself; an error of the merged call (after
+the shard call's own retries) reaches every participant still waiting.
 
-- with no call in flight, a lookup is sent at once by its caller (no timer, no added delay at low load);
-- while calls are in flight, new lookups queue in one pending group; when an in-flight call returns, the
-  whole group is sent as ONE call, each table's fids merged over the group and deduplicated; a group
-  reaching ``max_fids`` is sent at once rather than growing further;
-- every caller gets back exactly its own rows, in the order of its own fids;
-- the merged call runs until the latest deadline of its participants, but each caller stops waiting at its
-  own deadline (``UnavailableError``, as when the fan-out runs out of deadline itself) and never hangs;
-- an error of the merged call (after the shard call's own retries) reaches every participant still waiting.
-
-Only lookups for the same version are merged, so version pinning holds. Loop-affine: no locks.
+Only lookups for the same version are merged, so version pinning holds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import copy
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-from monolith_serving.core.errors import MonolithServingError, UnavailableError
+from monolith_serving.core.errors import UnavailableError
+from monolith_serving.entry.coalesce import Coalescer, CoalescerCalls
 
 Int64Array = npt.NDArray[np.int64]
 Float32Array = npt.NDArray[np.float32]
@@ -48,28 +42,10 @@ class CoalesceConfig:
     max_fids: int = 16384
 
 
-@dataclass(eq=False)
-class _Waiter:
+@dataclass(frozen=True)
+class _Lookup:
     fids: TableFids
-    size: int
-    deadline: float
-    future: asyncio.Future[ShardAnswer]
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass(eq=False)
-class _Group:
     dims: Mapping[str, int]
-    waiters: list[_Waiter] = field(default_factory=list)
-    size: int = 0
-
-
-@dataclass(eq=False)
-class _Key:
-    """The state of one (shard, version)."""
-
-    in_flight: int = 0
-    pending: _Group | None = None
 
 
 class ShardCoalescer:
@@ -84,109 +60,52 @@ class ShardCoalescer:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._call = call
-        self._max_fids = max_fids
         # (shard, lookups merged into one call) after each merged call; for metrics.
-        self._on_coalesced = on_coalesced
-        self._clock = clock
-        self._keys: dict[tuple[int, int], _Key] = {}
-        self._tasks: set[asyncio.Task[None]] = set()  # strong references to the merged calls running
+        on_merged = None if on_coalesced is None else (lambda key, n: on_coalesced(key[0], n))
+        self._coalescer: Coalescer[tuple[int, int], _Lookup, ShardAnswer] = Coalescer(
+            CoalescerCalls(
+                one=self._one,
+                many=self._many,
+                size=lambda lookup: sum(len(f) for _, f in lookup.fids),
+                expired=lambda key: UnavailableError(
+                    f"PS shard {key[0]} lookup: deadline passed while waiting for a coalesced call"
+                ),
+                cancelled=lambda key: UnavailableError(f"PS shard {key[0]} lookup cancelled (entry shutting down?)"),
+            ),
+            max_size=max_fids,
+            on_merged=on_merged,
+            clock=clock,
+        )
 
     async def lookup(
         self, shard: int, version: int, fids: TableFids, dims: Mapping[str, int], deadline: float
     ) -> ShardAnswer:
-        key = (shard, version)
-        state = self._keys.get(key)
-        if state is None:
-            state = self._keys[key] = _Key()
-        if state.in_flight == 0:
-            # Nothing to join: send now, from this task (the common case at low load costs no extra task).
-            state.in_flight += 1
-            try:
-                return await self._call(shard, version, fids, dims, deadline)
-            finally:
-                self._finished(key, state)
-        return await self._join(key, state, fids, dims, deadline)
+        return await self._coalescer.submit((shard, version), _Lookup(fids, dims), deadline)
 
-    async def _join(
-        self, key: tuple[int, int], state: _Key, fids: TableFids, dims: Mapping[str, int], deadline: float
-    ) -> ShardAnswer:
-        loop = asyncio.get_running_loop()
-        waiter = _Waiter(fids, sum(len(f) for _, f in fids), deadline, loop.create_future())
-        # The caller's own deadline, whatever the group's call does (it may run until a later deadline).
-        waiter.timer = loop.call_later(max(deadline - self._clock(), 0.0), _expire, waiter, key[0])
-        group = state.pending
-        if group is None:
-            group = state.pending = _Group(dims)
-        group.waiters.append(waiter)
-        group.size += waiter.size
-        if group.size >= self._max_fids:
-            state.pending = None
-            self._send(key, state, group)
-        # Cancelling this caller cancels only its future; the group's call goes on for the others.
-        return await waiter.future
+    async def _one(self, key: tuple[int, int], lookup: _Lookup, deadline: float) -> ShardAnswer:
+        return await self._call(key[0], key[1], lookup.fids, lookup.dims, deadline)
 
-    def _finished(self, key: tuple[int, int], state: _Key) -> None:
-        """A call to ``key`` returned (or failed): the pending group, if any, goes now."""
-        state.in_flight -= 1
-        group = state.pending
-        if group is not None:
-            state.pending = None
-            self._send(key, state, group)
-        elif state.in_flight == 0:
-            del self._keys[key]  # versions come and go; keep no state for idle ones
-
-    def _send(self, key: tuple[int, int], state: _Key, group: _Group) -> None:
-        state.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._run(key, state, group))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, key: tuple[int, int], state: _Key, group: _Group) -> None:
-        shard, version = key
-        live = [w for w in group.waiters if not w.future.done()]  # drop expired or cancelled callers
-        try:
-            if live:
-                await self._answer(shard, version, group.dims, live)
-        except asyncio.CancelledError:
-            _fail(live, UnavailableError(f"PS shard {shard} lookup cancelled (entry shutting down?)"))
-            raise
-        except Exception as error:  # every participant still waiting gets the error, whatever it is
-            _fail(live, error)
-        finally:
-            for waiter in group.waiters:
-                if waiter.timer is not None:
-                    waiter.timer.cancel()
-            self._finished(key, state)
-
-    async def _answer(self, shard: int, version: int, dims: Mapping[str, int], live: list[_Waiter]) -> None:
-        """One call for the whole group; each waiter gets its own rows."""
-        deadline = max(w.deadline for w in live)
-        if len(live) == 1:
-            outputs, reported = await self._call(shard, version, live[0].fids, dims, deadline)
-            if not live[0].future.done():
-                live[0].future.set_result((outputs, reported))
-            return
-        merged, slices = merge(live)
-        if self._on_coalesced is not None:
-            self._on_coalesced(shard, len(live))
-        outputs, reported = await self._call(shard, version, merged, dims, deadline)
-        for waiter, mine in zip(live, slices, strict=True):
-            if not waiter.future.done():
-                rows = {t: outputs[t] if where is None else outputs[t][where] for t, where in mine.items()}
-                waiter.future.set_result((rows, reported))
+    async def _many(self, key: tuple[int, int], lookups: Sequence[_Lookup], deadline: float) -> list[ShardAnswer]:
+        """One call for the whole group; each lookup gets its own rows."""
+        merged, slices = merge([lookup.fids for lookup in lookups])
+        outputs, reported = await self._call(key[0], key[1], merged, lookups[0].dims, deadline)
+        return [
+            ({t: outputs[t] if where is None else outputs[t][where] for t, where in mine.items()}, reported)
+            for mine in slices
+        ]
 
 
 def merge(
-    waiters: Sequence[_Waiter],
+    lookups: Sequence[TableFids],
 ) -> tuple[list[tuple[str, Int64Array]], list[dict[str, Int64Array | None]]]:
-    """The group's fids per table (deduplicated) and, per waiter, where its rows are in the answer (None: the
-    table is that waiter's alone, so all rows in order)."""
+    """The group's fids per table (deduplicated) and, per lookup, where its rows are in the answer (None: the
+    table is that lookup's alone, so all rows in order)."""
     by_table: dict[str, list[tuple[int, Int64Array]]] = {}
-    for i, waiter in enumerate(waiters):
-        for table, fids in waiter.fids:
+    for i, lookup in enumerate(lookups):
+        for table, fids in lookup:
             by_table.setdefault(table, []).append((i, fids))
     merged: list[tuple[str, Int64Array]] = []
-    slices: list[dict[str, Int64Array | None]] = [{} for _ in waiters]
+    slices: list[dict[str, Int64Array | None]] = [{} for _ in lookups]
     for table, parts in by_table.items():
         if len(parts) == 1:
             i, fids = parts[0]
@@ -200,18 +119,3 @@ def merge(
             slices[i][table] = inverse[start : start + len(fids)]
             start += len(fids)
     return merged, slices
-
-
-def _expire(waiter: _Waiter, shard: int) -> None:
-    if not waiter.future.done():
-        waiter.future.set_exception(
-            UnavailableError(f"PS shard {shard} lookup: deadline passed while waiting for a coalesced call")
-        )
-
-
-def _fail(waiters: Sequence[_Waiter], error: Exception) -> None:
-    for waiter in waiters:
-        if waiter.future.done():
-            continue
-        # A fresh copy per caller of our own errors: one object raised in many tasks piles up their tracebacks.
-        waiter.future.set_exception(copy.copy(error) if isinstance(error, MonolithServingError) else error)

@@ -18,6 +18,7 @@ from monolith_serving.entry.main import EntryServer, EntryServerConfig, spec_num
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModelConfig
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
+from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
@@ -34,6 +35,7 @@ class EntrySettings:
     fetch_ps_timeout_ms: int = 200
     fetch_ps_retry: int = 2
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
+    coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)
     max_batch_size: int | None = None
     poll_interval_s: float = 1.0
 
@@ -101,6 +103,7 @@ class EntrySide:
                 agent_address=self._settings.agent_address,
                 fetch_ps_retry=self._settings.fetch_ps_retry,
                 coalesce=self._settings.coalesce,
+                coalesce_requests=self._settings.coalesce_requests,
                 poll_interval_s=self._settings.poll_interval_s,
             ),
             metrics=self._metrics,

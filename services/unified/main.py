@@ -11,7 +11,7 @@ from pathlib import Path
 from monolith_serving.core.cli_flags import add_flag, add_server_flags
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_command
-from monolith_serving.entry.main import add_coalesce_flags, coalesce_config_from_args
+from monolith_serving.entry.main import add_coalesce_flags, coalesce_config_from_args, request_coalescing_from_args
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, DEFAULT_PORT
 from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
 
@@ -53,6 +53,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Unifi
         fetch_ps_timeout_ms=args.fetch_ps_timeout_ms,
         fetch_ps_retry=args.fetch_ps_retry,
         coalesce=coalesce_config_from_args(args),
+        coalesce_requests=request_coalescing_from_args(args),
         max_batch_size=args.max_batch_size,
         num_load_threads=args.num_load_threads,
         max_fids_per_request=args.max_fids_per_request,

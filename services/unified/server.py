@@ -23,6 +23,7 @@ from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, bui
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
+from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, PsConfig, sub_models_from_proto
@@ -48,6 +49,7 @@ class UnifiedConfig:
     fetch_ps_timeout_ms: int = 200
     fetch_ps_retry: int = 2
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
+    coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)
     max_batch_size: int | None = None
     num_load_threads: int = 1
     max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST
@@ -78,6 +80,7 @@ class UnifiedServer:
                 fetch_ps_timeout_ms=config.fetch_ps_timeout_ms,
                 fetch_ps_retry=config.fetch_ps_retry,
                 coalesce=config.coalesce,
+                coalesce_requests=config.coalesce_requests,
                 max_batch_size=config.max_batch_size,
                 poll_interval_s=max(config.file_system_poll_wait_s, 0.2),
             ),

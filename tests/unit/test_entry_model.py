@@ -115,10 +115,11 @@ def test_predict_uses_dedup_and_the_ps_timeout_default(export: Path) -> None:
         assert result.outputs["scores"].shape == (3, 1)
         assert result.ps_versions == {0: 1, 1: 1}
         version, fids, timeout_s = lookup.calls[-1]
-        assert version == 1 and timeout_s == pytest.approx(0.25)
+        # The budget counts from the request's arrival, so parsing has used a little of it.
+        assert version == 1 and 0.2 < timeout_s <= 0.25
         assert all(len(set(f)) == len(f) for f in fids.values())
         await model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export), timeout_s=0.04)
-        assert lookup.calls[-1][2] == pytest.approx(0.04)
+        assert 0.03 < lookup.calls[-1][2] <= 0.04
 
     asyncio.run(scenario())
 

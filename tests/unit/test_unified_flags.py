@@ -1,10 +1,11 @@
-"""``monolith-serving unified`` takes the entry's PS-lookup coalescing flags and hands them to its entry core."""
+"""``monolith-serving unified`` takes the entry's coalescing flags (PS lookups, Predicts) for its entry core."""
 
 from __future__ import annotations
 
 import argparse
 
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
+from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.unified.main import config_from_args, configure
 
 
@@ -23,3 +24,14 @@ def test_coalescing_flags_in_both_spellings() -> None:
     assert _config("--coalesce_ps_lookups", "false", "--coalesce-max-fids", "100") == CoalesceConfig(
         enabled=False, max_fids=100
     )
+
+
+def test_predict_coalescing_flags_reach_the_unified_servers_entry_core() -> None:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    base = ["--agent_address", "localhost:1"]
+    assert config_from_args(parser.parse_args(base), {}).coalesce_requests == RequestCoalescing()
+    config = config_from_args(
+        parser.parse_args([*base, "--coalesce-requests", "false", "--coalesce_max_rows", "64"]), {}
+    )
+    assert config.coalesce_requests == RequestCoalescing(enabled=False, max_rows=64)

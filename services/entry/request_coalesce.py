@@ -1,0 +1,136 @@
+"""Coalescing concurrent Predicts of one entry version into one pass (``coalesce.Coalescer``).
+
+A Predict's fixed costs outweigh its per-example ones at the batch sizes recommendation clients send: one
+lookup RPC per PS shard (a gRPC hop, paid on both ends), a dozen numpy calls to plan and pool, one dense
+forward pass. So while a pass for a version is running, the Predicts that arrive wait as one group, and
+the group runs as ONE pass: its examples concatenated into one batch, one lookup per shard, one pooling,
+one dense call; each request gets back its own rows of the scores. At low load nothing waits (no timer).
+
+Requests are parsed and validated each on its own before they join, so a bad request fails alone; an
+error of the merged pass (a PS shard down) reaches every request in it. Only requests for the same loaded
+version are merged, so version pinning holds; a merged pass holds at most ``max_rows`` examples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from monolith_serving.core.errors import DeadlineExceededError, UnavailableError
+from monolith_serving.entry.coalesce import Coalescer, CoalescerCalls
+from monolith_serving.entry.request_parser import ParsedBatch, SparseColumn
+
+Float32Array = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class RequestCoalescing:
+    enabled: bool = True
+    # Examples in one merged pass; a request larger than this still runs, alone.
+    max_rows: int = 1024
+
+
+@dataclass(frozen=True)
+class PassDeadlines:
+    """When a pass must be done: ``ps`` bounds the PS lookup; ``client`` is the client's own deadline, if
+    it gave one, else the dense call gets ``dense_default_s`` from when it starts. On ``time.monotonic``."""
+
+    ps: float
+    client: float | None
+    dense_default_s: float
+
+    def dense_timeout_s(self, now: float) -> float:
+        return self.client - now if self.client is not None else self.dense_default_s
+
+    @staticmethod
+    def merged(all_deadlines: Sequence[PassDeadlines]) -> PassDeadlines:
+        clients = [d.client for d in all_deadlines]
+        return PassDeadlines(
+            ps=max(d.ps for d in all_deadlines),
+            client=None if any(c is None for c in clients) else max(c for c in clients if c is not None),
+            dense_default_s=max(d.dense_default_s for d in all_deadlines),
+        )
+
+
+@dataclass(frozen=True)
+class PassOutput:
+    scores: Float32Array  # [batch_size, output width]
+    ps_versions: dict[int, int]  # shard -> PS version that answered
+
+
+V = TypeVar("V")  # a loaded entry version: only requests for the same object are merged
+
+
+@dataclass(frozen=True)
+class _Request(Generic[V]):
+    loaded: V
+    batch: ParsedBatch
+    deadlines: PassDeadlines
+
+
+def concat_batches(batches: Sequence[ParsedBatch]) -> ParsedBatch:
+    """One batch holding the examples of ``batches`` in order (the sparse rows of batch i shifted by the
+    sizes of the batches before it, so each column's rows stay non-decreasing)."""
+    starts = np.cumsum([0] + [b.batch_size for b in batches[:-1]])
+    columns = []
+    for f in range(len(batches[0].sparse)):
+        parts = [(b.sparse[f], int(start)) for b, start in zip(batches, starts, strict=True) if len(b.sparse[f].fids)]
+        if not parts:
+            columns.append(batches[0].sparse[f])
+            continue
+        fids = np.concatenate([column.fids for column, _ in parts])
+        rows = np.concatenate([column.rows + start if start else column.rows for column, start in parts])
+        columns.append(SparseColumn(fids, rows))
+    return ParsedBatch(
+        batch_size=sum(b.batch_size for b in batches),
+        sparse=tuple(columns),
+        dense=np.concatenate([b.dense for b in batches]),
+    )
+
+
+class PredictCoalescer(Generic[V]):
+    """``run`` has the signature and result of ``run_pass`` (``(loaded version, batch, deadlines) -> output``:
+    plan, look up, pool and score one batch), with concurrent calls for the same loaded version merged."""
+
+    def __init__(
+        self,
+        run_pass: Callable[[V, ParsedBatch, PassDeadlines], Awaitable[PassOutput]],
+        config: RequestCoalescing,
+        on_merged: Callable[[int], None] | None = None,
+    ) -> None:
+        self._run_pass = run_pass
+        self._coalescer: Coalescer[int, _Request[V], PassOutput] = Coalescer(
+            CoalescerCalls(
+                one=self._one,
+                many=self._many,
+                size=lambda request: request.batch.batch_size,
+                expired=lambda key: DeadlineExceededError(
+                    "the request's deadline passed while it waited for a merged pass"
+                ),
+                cancelled=lambda key: UnavailableError("merged Predict pass cancelled (entry shutting down?)"),
+            ),
+            max_size=config.max_rows,
+            on_merged=None if on_merged is None else (lambda key, n: on_merged(n)),
+        )
+
+    async def run(self, loaded: V, batch: ParsedBatch, deadlines: PassDeadlines, wait_until: float) -> PassOutput:
+        """``wait_until``: when this caller stops waiting for a merged pass (its own deadline)."""
+        return await self._coalescer.submit(id(loaded), _Request(loaded, batch, deadlines), wait_until)
+
+    async def _one(self, key: int, request: _Request[V], wait_until: float) -> PassOutput:
+        return await self._run_pass(request.loaded, request.batch, request.deadlines)
+
+    async def _many(self, key: int, requests: Sequence[_Request[V]], wait_until: float) -> list[PassOutput]:
+        batch = concat_batches([r.batch for r in requests])
+        output = await self._run_pass(requests[0].loaded, batch, PassDeadlines.merged([r.deadlines for r in requests]))
+        answers = []
+        start = 0
+        for request in requests:
+            end = start + request.batch.batch_size
+            answers.append(PassOutput(output.scores[start:end], output.ps_versions))
+            start = end
+        return answers

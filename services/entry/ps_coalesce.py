@@ -1,4 +1,4 @@
-"""Coalescing concurrent lookups to one PS shard into one RPC (``coalesce.Coalescer`` keyed by (shard, version)).
+"""Coalescing concurrent lookups to one PS shard into one RPC (``core.coalesce.Coalescer`` keyed by (shard, version)).
 
 Each Python gRPC hop costs a fixed ~0.3 ms of CPU on both ends whatever its size, so under load the entry
 saves most by sending fewer, larger lookups. A merged lookup asks each table's fids merged over the group
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from monolith_serving.core.coalesce import Coalescer, CoalescerCalls
 from monolith_serving.core.errors import UnavailableError
-from monolith_serving.entry.coalesce import Coalescer, CoalescerCalls
 
 Int64Array = npt.NDArray[np.int64]
 Float32Array = npt.NDArray[np.float32]

@@ -1,4 +1,4 @@
-"""Coalescing concurrent Predicts of one entry version into one pass (``coalesce.Coalescer``).
+"""Coalescing concurrent Predicts of one entry version into one pass (``core.coalesce.Coalescer``).
 
 A Predict's fixed costs outweigh its per-example ones at the batch sizes recommendation clients send: one
 lookup RPC per PS shard (a gRPC hop, paid on both ends), a dozen numpy calls to plan and pool, one dense
@@ -20,8 +20,8 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from monolith_serving.core.coalesce import Coalescer, CoalescerCalls
 from monolith_serving.core.errors import DeadlineExceededError, UnavailableError
-from monolith_serving.entry.coalesce import Coalescer, CoalescerCalls
 from monolith_serving.entry.request_parser import ParsedBatch, SparseColumn
 
 Float32Array = npt.NDArray[np.float32]

@@ -1,7 +1,7 @@
 """Natural batching: concurrent calls for one key merged into one call, without a timer.
 
 Each Python gRPC hop costs a fixed ~0.3 ms of CPU on both ends whatever its size, and each numpy call a
-fixed few microseconds, so under load the entry saves most by doing fewer, larger pieces of work. Per key:
+fixed few microseconds, so under load a server saves most by doing fewer, larger pieces of work. Per key:
 
 - with no call in flight, a caller runs its call at once, alone, from its own task (no added delay and no
   extra task at low load);
@@ -14,7 +14,7 @@ fixed few microseconds, so under load the entry saves most by doing fewer, large
 - an error of the merged call reaches every participant still waiting; cancelling one caller cancels only
   its own wait.
 
-The PS lookup coalescer (``ps_coalesce``) and the Predict coalescer (``request_coalesce``) are two uses.
+The entry's PS lookup coalescer (``entry.ps_coalesce``) and Predict coalescer (``entry.request_coalesce``) use it.
 Loop-affine: no locks.
 """
 

@@ -11,19 +11,19 @@ so every int64 is a valid key. The home slot of a key is the top ``log2(capacity
 (Fibonacci hashing); collisions probe linearly. There are no deletes (the PS never removes a fid from a
 version), which keeps linear probing exact without tombstones.
 
-The kernels are compiled when this module is imported (fixed signatures, so no request pays for compilation) and
-cached on disk by numba where it finds a writable directory (beside this file, ``NUMBA_CACHE_DIR`` or the user's
-cache directory), else compiled in memory. They release the GIL: a version being loaded in a worker thread does
-not stall the event loop serving lookups.
+The kernels are compiled when this module is imported (``core.compiled.kernel``: fixed signatures, cached on disk
+where possible). They release the GIL: a version being loaded in a worker thread does not stall the event loop
+serving lookups.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numba  # type: ignore[import-untyped,unused-ignore]
 import numpy as np
+
+from monolith_serving.core.compiled import kernel
 
 # 2^64 / golden ratio: multiplying by it spreads consecutive or strided keys over the top bits.
 _FIBONACCI = np.uint64(0x9E3779B97F4A7C15)
@@ -32,19 +32,6 @@ _SLOTS = numba.types.Array(numba.int64, 2, "C")
 _MATRIX = numba.types.Array(numba.float32, 2, "C")
 # Request tensors arrive as read-only views of the request bytes (no copy), so id arrays may be either kind.
 _IDS = (numba.types.Array(numba.int64, 1, "C"), numba.types.Array(numba.int64, 1, "C", readonly=True))
-
-
-def _kernel(signatures: list[Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def compile_eagerly(function: Callable[..., Any]) -> Callable[..., Any]:
-        try:
-            compiled: Callable[..., Any] = numba.njit(signatures, nogil=True, cache=True, boundscheck=False)(function)
-        except RuntimeError:
-            # numba found no writable cache directory (a read-only root filesystem, no home): compile in memory,
-            # which costs about a second per process start instead of failing the import.
-            compiled = numba.njit(signatures, nogil=True, cache=False, boundscheck=False)(function)
-        return compiled
-
-    return compile_eagerly
 
 
 @numba.njit(inline="always")  # type: ignore[misc,unused-ignore]
@@ -67,7 +54,7 @@ def _put(slots: Any, shift: int, mask: int, key: int, stored: int) -> int:
         p = (p + 1) & mask
 
 
-@_kernel([numba.int64(_SLOTS, numba.int64, keys, rows) for keys in _IDS for rows in _IDS])
+@kernel([numba.int64(_SLOTS, numba.int64, keys, rows) for keys in _IDS for rows in _IDS])
 def insert(slots: Any, shift: int, keys: Any, rows: Any) -> int:
     """Sets ``keys[i] -> rows[i]`` in order (a later duplicate overwrites); returns how many keys were new.
     The caller keeps the load factor below 1, so a free slot always exists."""
@@ -78,7 +65,7 @@ def insert(slots: Any, shift: int, keys: Any, rows: Any) -> int:
     return added
 
 
-@_kernel([numba.int64(_SLOTS, numba.int64, keys, numba.int64) for keys in _IDS])
+@kernel([numba.int64(_SLOTS, numba.int64, keys, numba.int64) for keys in _IDS])
 def insert_sequence(slots: Any, shift: int, keys: Any, first_row: int) -> int:
     """``insert`` with ``rows[i] = first_row + i``, without materialising the rows (8 bytes per key less at the
     peak of a load, when two versions are resident)."""
@@ -89,7 +76,7 @@ def insert_sequence(slots: Any, shift: int, keys: Any, first_row: int) -> int:
     return added
 
 
-@_kernel([numba.void(_SLOTS, numba.int64, keys, _IDS[0]) for keys in _IDS])
+@kernel([numba.void(_SLOTS, numba.int64, keys, _IDS[0]) for keys in _IDS])
 def locate(slots: Any, shift: int, keys: Any, out_rows: Any) -> None:
     """``out_rows[i]`` = row of ``keys[i]``, -1 when absent."""
     mask = slots.shape[0] - 1
@@ -107,7 +94,7 @@ def locate(slots: Any, shift: int, keys: Any, out_rows: Any) -> None:
             p = (p + 1) & mask
 
 
-@_kernel([numba.void(_SLOTS, numba.int64, _SLOTS)])
+@kernel([numba.void(_SLOTS, numba.int64, _SLOTS)])
 def rehash(old_slots: Any, shift: int, new_slots: Any) -> None:
     """Moves every occupied slot of ``old_slots`` into the empty, larger ``new_slots``."""
     mask = new_slots.shape[0] - 1
@@ -123,7 +110,7 @@ def rehash(old_slots: Any, shift: int, new_slots: Any) -> None:
         new_slots[p, 1] = stored
 
 
-@_kernel([numba.int64(_MATRIX, _MATRIX, _IDS[0], _MATRIX)])
+@kernel([numba.int64(_MATRIX, _MATRIX, _IDS[0], _MATRIX)])
 def gather(base: Any, extra: Any, rows: Any, out: Any) -> int:
     """``out[i]`` = row ``rows[i]`` of ``base`` stacked over ``extra``, zeros where ``rows[i] < 0``;
     returns the number of such missing rows."""

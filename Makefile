@@ -34,6 +34,15 @@ system-deps:
 	  $(SUDO) apt-get update -q && $(APT_INSTALL) $$missing; \
 	fi
 
+# h2load (Debian package nghttp2-client) drives the Predict benchmarks (bench/predict.py, bench/proxy.py)
+# without a Python client on the same cores as the servers.
+.PHONY: bench-deps
+bench-deps:
+	@command -v h2load >/dev/null || { \
+	  echo "installing from Debian packages: nghttp2-client"; \
+	  $(SUDO) apt-get update -q && $(APT_INSTALL) nghttp2-client; \
+	}
+
 protos: venv
 	$(PY) protos/generate.py
 

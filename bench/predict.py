@@ -5,12 +5,18 @@ In one run, on the demo model (tables user:8, item:12; 6 sparse features + 2 flo
   entry      client -> real ``entry`` process -> 2 real ``ps`` processes (instances input)
   echo       the same process topology with trivial handlers (bench/echo_topology.py): the RPC floor
   in_process parse + local numpy lookup + pooling + MLP in this process, no RPC (1 in flight)
-for batch 1/16/256 and 1/16 requests in flight: QPS, mean, p50, p99. The client runs in this process
-(grpc.aio, pre-serialized requests). Targets at batch 16 / 16 in flight: entry QPS >= 60 % of echo,
-entry p99 <= 10 ms.
+for batch 1/16/256 and 1/16 requests in flight: QPS, mean, p50, p99, server CPU ms per request per process.
+Two load generators (``--client``), run back to back for each setting and named in each row's "client":
+  h2load  nghttp2's C load generator (bench/h2load_client.py; ``make bench-deps``): leaves the 2 cores to the
+          servers, sends one fixed request, and cannot read gRPC status, so the entry's rows count errors from
+          its entry_predict_requests_total and the echo rows cannot observe errors;
+  grpc    grpc.aio in this process (monolith_serving.client.profile, 32 pre-serialized requests cycled), which
+          costs ~0.15-0.4 ms CPU per request on the same cores.
+Targets at batch 16 / 16 in flight, per client: entry QPS >= 60 % of echo, entry p99 <= 10 ms
+("targets_by_client"; "targets_batch16_inflight16" is the grpc client's, as before h2load).
 
 Usage: python bench/predict.py [--duration_s 5] [--warmup_s 1] [--batches 1,16,256] [--in_flight 1,16]
-                               [--entry_flag=--coalesce_ps_lookups=false ...]
+                               [--client {h2load,grpc,both}] [--entry_flag=--coalesce_ps_lookups=false ...]
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from h2load_client import CounterProbe, code_deltas, find_h2load, run_h2load, verified
 
 from monolith_serving.client.health import wait_until_serving
 from monolith_serving.client.inputs import encode, predict_request, random_examples
@@ -41,7 +48,9 @@ from monolith_serving.entry.standalone import ClusterConfig, StandaloneCluster, 
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
 HERE = Path(__file__).resolve().parent
-NUM_REQUESTS = 32  # distinct random requests each worker cycles through
+NUM_REQUESTS = 32  # distinct random requests each grpc worker cycles through (h2load sends the first only)
+CLIENTS = ("h2load", "grpc")
+ENTRY_REQUESTS_SAMPLE = "entry_predict_requests_total"
 
 
 def requests_for(spec: ServingSpec, batch: int, seed: int = 0) -> list[predict_pb2.PredictRequest]:
@@ -92,6 +101,66 @@ class EchoTopology:
             process.wait(10)
 
 
+def clients_of(choice: str) -> list[str]:
+    return list(CLIENTS) if choice == "both" else [choice]
+
+
+async def run_load(
+    client: str,
+    *,
+    target: str,
+    requests: list[predict_pb2.PredictRequest],
+    in_flight: int,
+    duration_s: float,
+    warmup_s: float,
+    pids: dict[str, int],
+    probe: CounterProbe | None,
+) -> dict[str, Any]:
+    """One load run: the ProfileResult fields plus client, server and client CPU ms per request, and the
+    server's replies by gRPC code (None where the server has no request counter)."""
+    codes_before = probe.read() if probe else None
+    cpu_before = cpu_seconds(list(pids.values()))
+    if client == "h2load":
+        run = await asyncio.to_thread(
+            run_h2load,
+            target=target,
+            payload=requests[0].SerializeToString(),
+            in_flight=in_flight,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+        )
+        result, client_cpu_s = run.profile, run.client_cpu_s
+    else:
+        client_cpu_before = time.process_time()
+        result = await run_profile(
+            target=target,
+            requests=requests,
+            workers=in_flight,
+            duration_s=duration_s,
+            warmup_s=warmup_s,
+            timeout_s=10.0,
+        )
+        client_cpu_s = time.process_time() - client_cpu_before
+    cpu_after = cpu_seconds(list(pids.values()))
+    codes = code_deltas(codes_before, probe.read()) if probe and codes_before is not None else None
+    if client == "h2load" and codes is not None:
+        result = verified(result, codes)
+    # CPU per request includes the warm-up requests, so it is a slight overestimate.
+    calls = max(result.count, 1) * (1 + warmup_s / duration_s)
+    return {
+        "client": client,
+        **result.as_dict(),
+        "server_cpu_ms_per_request": {
+            name: round((after - before) * 1000 / calls, 3)
+            for name, before, after in zip(pids, cpu_before, cpu_after, strict=True)
+        },
+        "client_cpu_ms_per_request": round(client_cpu_s * 1000 / calls, 3),
+        # h2load cannot read gRPC status: its errors are only as good as the server's counter.
+        "errors_observable": client == "grpc" or codes is not None,
+        "server_codes": codes,
+    }
+
+
 async def measure(
     label: str,
     target: str,
@@ -100,30 +169,27 @@ async def measure(
     in_flight: list[int],
     args: argparse.Namespace,
     pids: dict[str, int],
+    probe: CounterProbe | None,
 ) -> list[dict[str, Any]]:
     rows = []
     for batch in batches:
         requests = requests_for(spec, batch)
         for workers in in_flight:
-            cpu_before = cpu_seconds(list(pids.values()))
-            result = await run_profile(
-                target=target,
-                requests=requests,
-                workers=workers,
-                duration_s=args.duration_s,
-                warmup_s=args.warmup_s,
-                timeout_s=10.0,
-            )
-            cpu_after = cpu_seconds(list(pids.values()))
-            row = {"topology": label, "batch": batch, "in_flight": workers, **result.as_dict()}
-            # Server CPU per request (includes the warm-up requests, so a slight overestimate).
-            calls = max(result.count, 1) * (1 + args.warmup_s / args.duration_s)
-            row["server_cpu_ms_per_request"] = {
-                name: round((after - before) * 1000 / calls, 3)
-                for name, before, after in zip(pids, cpu_before, cpu_after, strict=True)
-            }
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            rows.append(row)
+            # The clients take turns at each setting so drift on the shared machine hits both alike.
+            for client in clients_of(args.client):
+                load = await run_load(
+                    client,
+                    target=target,
+                    requests=requests,
+                    in_flight=workers,
+                    duration_s=args.duration_s,
+                    warmup_s=args.warmup_s,
+                    pids=pids,
+                    probe=probe,
+                )
+                row = {"topology": label, "batch": batch, "in_flight": workers, **load}
+                print(json.dumps(row), file=sys.stderr, flush=True)
+                rows.append(row)
     return rows
 
 
@@ -160,29 +226,67 @@ async def in_process(
             if started:
                 latencies.append(time.perf_counter() - now)
         result = summarize(latencies, 0, 1, time.perf_counter() - started, "")
-        row = {"topology": "in_process", "batch": batch, "in_flight": 1, **result.as_dict()}
+        row = {"topology": "in_process", "batch": batch, "in_flight": 1, "client": "in_process", **result.as_dict()}
         print(json.dumps(row), file=sys.stderr, flush=True)
         rows.append(row)
     return rows
 
 
-def pick(rows: list[dict[str, Any]], topology: str, batch: int, in_flight: int) -> dict[str, Any] | None:
+def pick(
+    rows: list[dict[str, Any]], topology: str, batch: int, in_flight: int, client: str = "grpc"
+) -> dict[str, Any] | None:
     for row in rows:
-        if row["topology"] == topology and row["batch"] == batch and row["in_flight"] == in_flight:
+        if (
+            row["topology"] == topology
+            and row["batch"] == batch
+            and row["in_flight"] == in_flight
+            and row["client"] == client
+        ):
             return row
     return None
+
+
+def targets(rows: list[dict[str, Any]], client: str) -> dict[str, Any] | None:
+    entry = pick(rows, "entry", 16, 16, client)
+    floor = pick(rows, "echo", 16, 16, client)
+    if not (entry and floor):
+        return None
+    ratio = entry["qps"] / floor["qps"] if floor["qps"] else 0.0
+    return {
+        "entry_qps": entry["qps"],
+        "echo_qps": floor["qps"],
+        "qps_ratio": round(ratio, 3),
+        "qps_target_ratio": 0.6,
+        "qps_target_met": ratio >= 0.6,
+        "entry_p99_ms": entry["p99_ms"],
+        "p99_target_ms": 10.0,
+        "p99_target_met": entry["p99_ms"] <= 10.0,
+        "entry_p50_ms": entry["p50_ms"],
+        "echo_p50_ms": floor["p50_ms"],
+        "echo_p99_ms": floor["p99_ms"],
+        "entry_errors": entry["errors"],
+        "entry_cpu_ms_per_request": entry["server_cpu_ms_per_request"],
+        "echo_cpu_ms_per_request": floor["server_cpu_ms_per_request"],
+        "client_cpu_ms_per_request": entry["client_cpu_ms_per_request"],
+    }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     batches = [int(b) for b in args.batches.split(",")]
     in_flight = [int(f) for f in args.in_flight.split(",")]
+    clients = clients_of(args.client)
+    if "h2load" in clients:
+        find_h2load()  # fail before any server starts
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as scratch:
         export = Path(scratch) / "model"
         write_demo(DemoOptions(out=export, num_ps=2))
         spec = load_serving_spec(export / "entry" / "1")
         rows: list[dict[str, Any]] = []
+        metrics_port = free_port()
+        # Appended last so it wins over an --entry_flag=--metrics_port: the h2load rows need the counter.
+        entry_flags = (*args.entry_flag, f"--metrics_port={metrics_port}")
         cluster = StandaloneCluster(
-            ClusterConfig(model_dir=export, num_ps=2, entry_port=free_port(), entry_flags=tuple(args.entry_flag))
+            ClusterConfig(model_dir=export, num_ps=2, entry_port=free_port(), entry_flags=entry_flags)
         )
         cluster.launch()
         try:
@@ -192,14 +296,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 "ps_0": cluster.processes[0].pid,
                 "ps_1": cluster.processes[1].pid,
             }
-            rows += await measure("entry", cluster.address, spec, batches, in_flight, args, pids)
+            probe = CounterProbe(f"http://127.0.0.1:{metrics_port}/metrics", ENTRY_REQUESTS_SAMPLE)
+            rows += await measure("entry", cluster.address, spec, batches, in_flight, args, pids, probe)
         finally:
             cluster.stop()
         echo = EchoTopology()
         try:
             address = echo.start()
             pids = {"entry": echo.processes[-1].pid, "ps_0": echo.processes[0].pid, "ps_1": echo.processes[1].pid}
-            rows += await measure("echo", address, spec, batches, in_flight, args, pids)
+            rows += await measure("echo", address, spec, batches, in_flight, args, pids, None)
         finally:
             echo.stop()
         rows += await in_process(export, spec, batches, args)
@@ -209,24 +314,35 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "duration_s": args.duration_s,
             "model": "export-demo: tables user:8,item:12; 6 sparse features + ctx[2]; MLP 78-16-8-1",
-            "input": "instances, ~2 fids per feature per example, 32 distinct requests cycled",
+            "input": "instances, ~2 fids per feature per example",
+            "clients": {
+                "h2load": "nghttp2 h2load, 1 connection, in_flight streams; one fixed request per run (its -d "
+                "sends one body, so the 32 distinct requests cannot be cycled); gRPC status unreadable: entry "
+                "errors from entry_predict_requests_total deltas (warm-up included), echo errors not observable",
+                "grpc": "grpc.aio in the benchmark process, 32 distinct requests cycled",
+            },
+            "clients_run": clients,
             "entry_flags": args.entry_flag,
         },
         "results": rows,
     }
-    entry = pick(rows, "entry", 16, 16)
-    floor = pick(rows, "echo", 16, 16)
-    if entry and floor:
-        ratio = entry["qps"] / floor["qps"] if floor["qps"] else 0.0
+    by_client = {client: t for client in clients if (t := targets(rows, client)) is not None}
+    if by_client:
+        report["targets_by_client"] = by_client
+    if "grpc" in by_client:
+        grpc_targets = by_client["grpc"]
         report["targets_batch16_inflight16"] = {
-            "entry_qps": entry["qps"],
-            "echo_qps": floor["qps"],
-            "qps_ratio": round(ratio, 3),
-            "qps_target_ratio": 0.6,
-            "qps_target_met": ratio >= 0.6,
-            "entry_p99_ms": entry["p99_ms"],
-            "p99_target_ms": 10.0,
-            "p99_target_met": entry["p99_ms"] <= 10.0,
+            key: grpc_targets[key]
+            for key in (
+                "entry_qps",
+                "echo_qps",
+                "qps_ratio",
+                "qps_target_ratio",
+                "qps_target_met",
+                "entry_p99_ms",
+                "p99_target_ms",
+                "p99_target_met",
+            )
         }
     return report
 
@@ -237,6 +353,7 @@ def main() -> int:
     parser.add_argument("--warmup_s", type=float, default=1.0)
     parser.add_argument("--batches", default="1,16,256")
     parser.add_argument("--in_flight", default="1,16")
+    parser.add_argument("--client", choices=(*CLIENTS, "both"), default="both", help="load generator(s)")
     parser.add_argument(
         "--entry_flag",
         action="append",

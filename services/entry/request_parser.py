@@ -31,8 +31,8 @@ from google.protobuf.message import DecodeError
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.serving_spec import ServingSpec
+from monolith_serving.entry import instance_wire
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as monolith_example_pb2
-from monolith_serving.proto_gen.idl.matrix.proto import proto_parser_pb2
 from monolith_serving.proto_gen.tensorflow.core.example import example_pb2 as tf_example_pb2
 
 FID_V1_SLOT_SHIFT = 54
@@ -126,57 +126,33 @@ class _Collector:
         return ParsedBatch(self.batch_size, tuple(columns), self.dense)
 
 
-class _DenseCells:
-    """Dense values of one batch collected as Python containers and written into the matrix in one go.
+@dataclass(frozen=True)
+class _NameTable:
+    """The names an Instance's ``Feature`` may carry, laid out for ``instance_wire``: sparse features first (a
+    name that is both a sparse feature and a dense input is the sparse feature, as everywhere in this parser)."""
 
-    Writing each example's few floats with its own numpy call costs microseconds apiece (numpy converting a
-    protobuf container is slow); here each dense input costs a handful of numpy calls for the whole batch.
-    A cell given twice (the same input twice in one example) keeps its last value, as writing in arrival
-    order would.
-    """
+    names: npt.NDArray[np.uint8]  # UTF-8 of every name, concatenated
+    starts: Int64Array  # name k is names[starts[k]:starts[k+1]]
+    kinds: Int64Array  # 0 sparse feature, 1 dense input
+    targets: Int64Array  # the feature index, or the dense input's first column
+    dims: Int64Array  # a dense input's width (0 for sparse features)
+    labels: tuple[str, ...]
 
-    def __init__(self) -> None:
-        # column offset -> (dim, example -> values); every value list of an offset has that input's dim.
-        self._inputs: dict[int, tuple[int, dict[int, Sequence[float]]]] = {}
-
-    def set(self, row: int, offset: int, values: Sequence[float]) -> None:
-        cells = self._inputs.get(offset)
-        if cells is None:
-            cells = self._inputs[offset] = (len(values), {})
-        cells[1][row] = values
-
-    def write(self, dense: Float32Array) -> None:
-        batch = len(dense)
-        for offset, (dim, by_row) in self._inputs.items():
-            count = len(by_row)
-            values = np.array(list(itertools.chain.from_iterable(by_row.values())), dtype=np.float32)
-            values = values.reshape(count, dim)
-            if count == batch:
-                # Every example has it, and examples arrive in order: the rows are 0..batch-1 in order.
-                dense[:, offset : offset + dim] = values
-            else:
-                dense[np.fromiter(by_row, dtype=np.int64, count=count), offset : offset + dim] = values
-
-
-class _NamedFids:
-    """Fids of named sparse features, per feature as (example, container) pairs in arrival order."""
-
-    def __init__(self, num_features: int) -> None:
-        self.rows: list[list[int]] = [[] for _ in range(num_features)]
-        self.lists: list[list[Sequence[int]]] = [[] for _ in range(num_features)]
-
-    def add(self, feature: int, row: int, fids: Sequence[int]) -> None:
-        if len(fids):
-            self.rows[feature].append(row)
-            self.lists[feature].append(fids)
-
-    def flush(self, out: _Collector) -> None:
-        for feature, (rows, lists) in enumerate(zip(self.rows, self.lists, strict=True)):
-            if not rows:
-                continue
-            lengths = [len(fids) for fids in lists]
-            fids = _u64_as_i64(itertools.chain.from_iterable(lists))
-            out.add(feature, fids, np.repeat(np.array(rows, dtype=np.int64), lengths))
+    @staticmethod
+    def of(sparse: dict[str, int], dense: dict[str, tuple[int, int]]) -> _NameTable:
+        entries = [(name, 0, index, 0) for name, index in sparse.items()]
+        entries += [(name, 1, offset, dim) for name, (offset, dim) in dense.items() if name not in sparse]
+        encoded = [name.encode() for name, *_ in entries]
+        starts = np.zeros(len(entries) + 1, dtype=np.int64)
+        np.cumsum([len(e) for e in encoded], out=starts[1:])
+        return _NameTable(
+            names=np.frombuffer(b"".join(encoded), dtype=np.uint8).copy(),
+            starts=starts,
+            kinds=np.array([e[1] for e in entries], dtype=np.int64),
+            targets=np.array([e[2] for e in entries], dtype=np.int64),
+            dims=np.array([e[3] for e in entries], dtype=np.int64),
+            labels=tuple(e[0] for e in entries),
+        )
 
 
 class RequestParser:
@@ -201,6 +177,7 @@ class RequestParser:
             self._dense_by_name[dense_input.name] = (offset, dense_input.dim)
             offset += dense_input.dim
         self.dense_width = offset
+        self._instance_names = _NameTable.of(self._sparse_by_name, self._dense_by_name)
 
     # -- shared helpers -------------------------------------------------------------------------------
 
@@ -228,76 +205,53 @@ class RequestParser:
     # -- instances ------------------------------------------------------------------------------------
 
     def parse_instances(self, blobs: Sequence[bytes]) -> ParsedBatch:
+        """One compiled pass over the wire bytes (``instance_wire``); the protobuf classes are not used."""
         self._check_batch(len(blobs), "input 'instances'")
         batch = len(blobs)
-        out = _Collector(len(self.spec.features), batch, self.dense_width)
-        # Per-example work is kept to parsing and collecting protobuf containers; all numpy work happens
-        # once per batch (a numpy call per example and feature would cost more than everything else).
-        v1_lists: list[Sequence[int]] = []
-        v1_rows: list[int] = []
-        named = _NamedFids(len(self.spec.features))
-        dense = _DenseCells()
-        sparse_by_name = self._sparse_by_name
-        dense_by_name = self._dense_by_name
-        parse = proto_parser_pb2.Instance.FromString
-        for i, blob in enumerate(blobs):
-            try:
-                instance = parse(blob)
-            except (DecodeError, TypeError) as error:
-                raise InvalidArgumentError(
-                    f"input 'instances'[{i}] is not a serialized parser.proto.Instance: {error}"
-                ) from error
-            if instance.fid:
-                v1_lists.append(instance.fid)
-                v1_rows.append(i)
-            for feature in instance.feature:
-                name = feature.name
-                sparse = sparse_by_name.get(name)
-                if sparse is not None:
-                    named.add(sparse, i, feature.fid)
-                elif name in dense_by_name:
-                    values = feature.float_value
-                    offset, dim = dense_by_name[name]
-                    if len(values) != dim:
-                        self._dense_offset(name, values, f"input 'instances'[{i}] feature {name!r}")  # raises
-                    dense.set(i, offset, values)
-                else:
-                    self._unknown(name, f"input 'instances'[{i}] feature {name!r}")
-        named.flush(out)
-        dense.write(out.dense)
-        if v1_lists:
-            lengths = [len(fids) for fids in v1_lists]
-            v1 = _uint64s(itertools.chain.from_iterable(v1_lists))
-            rows = np.repeat(np.array(v1_rows, dtype=np.int64), lengths)
-            self._add_by_slot(out, v1, rows)
-        return out.build()
+        try:
+            joined = b"".join(blobs)
+        except TypeError as error:
+            raise InvalidArgumentError(f"input 'instances' must hold serialized Instances (bytes): {error}") from error
+        buf = np.frombuffer(joined, dtype=np.uint8)
+        starts = np.zeros(batch + 1, dtype=np.int64)
+        np.cumsum([len(blob) for blob in blobs], out=starts[1:])
+        capacity = len(joined) // 8 + 1  # every fid takes 8 bytes of the input
+        fids = np.empty(capacity, dtype=np.int64)
+        rows = np.empty(capacity, dtype=np.int64)
+        offsets = np.empty(len(self.spec.features) + 1, dtype=np.int64)
+        dense = np.zeros((batch, self.dense_width), dtype=np.float32)
+        err = np.zeros(4, dtype=np.int64)
+        names = self._instance_names
+        code = instance_wire.parse_batch(
+            buf, starts, names.names, names.starts, names.kinds, names.targets, names.dims,
+            self._feature_of_v1_slot, self.spec.ignore_unknown_features, len(self.spec.features),
+            fids, rows, offsets, dense, err,
+        )  # fmt: skip
+        if code != instance_wire.OK:
+            raise self._instance_error(code, err, buf)
+        bounds = offsets.tolist()
+        columns = tuple(
+            SparseColumn(fids[a:b], rows[a:b]) if b > a else SparseColumn(_EMPTY, _EMPTY)
+            for a, b in itertools.pairwise(bounds)
+        )
+        return ParsedBatch(batch, columns, dense)
 
-    def _add_by_slot(self, out: _Collector, v1: npt.NDArray[np.uint64], rows: Int64Array) -> None:
-        slots = v1 >> _V1_SHIFT
-        per_fid = self._feature_of_v1_slot[slots]
-        known = per_fid >= 0
-        if not known.all():
-            if not self.spec.ignore_unknown_features:
-                shown = ", ".join(str(int(s)) for s in np.unique(slots[~known])[:10])
-                raise InvalidArgumentError(
-                    f"input 'instances': fids of unknown slot(s) {shown} (not in the serving spec)"
-                )
-            v1, rows, per_fid, slots = v1[known], rows[known], per_fid[known], slots[known]
-        v2 = ((slots << _V2_SHIFT) | (v1 & _V2_MASK)).view(np.int64)  # fid_v1_to_v2, reusing the slots
-        counts = np.bincount(per_fid, minlength=len(self.spec.features)).tolist()
-        present = [feature for feature, count in enumerate(counts) if count]
-        if len(present) == 1:
-            out.add(present[0], v2, rows)
-            return
-        # A stable sort by feature keeps each feature's fids in request order (firstn depends on it); each
-        # feature's fids are then one slice of the sorted arrays, features in order.
-        order = np.argsort(per_fid, kind="stable")
-        v2, rows = v2[order], rows[order]
-        start = 0
-        for feature in present:
-            end = start + counts[feature]
-            out.add(feature, v2[start:end], rows[start:end])
-            start = end
+    def _instance_error(self, code: int, err: Int64Array, buf: npt.NDArray[np.uint8]) -> InvalidArgumentError:
+        example, detail, extra = int(err[1]), int(err[2]), int(err[3])
+        where = f"input 'instances'[{example}]"
+        if code == instance_wire.MALFORMED:
+            reason = instance_wire.MALFORMED_REASONS[detail]
+            return InvalidArgumentError(f"{where} is not a serialized parser.proto.Instance: {reason}")
+        if code == instance_wire.UNKNOWN_SLOT:
+            return InvalidArgumentError(
+                f"input 'instances': fids of unknown slot(s) {detail} (not in the serving spec)"
+            )
+        if code == instance_wire.UNKNOWN_FEATURE:
+            name = bytes(buf[detail : detail + extra]).decode("utf-8", errors="replace")
+            return InvalidArgumentError(f"{where} feature {name!r}: unknown feature {name!r} (not in the serving spec)")
+        name = self._instance_names.labels[detail]
+        dim = int(self._instance_names.dims[detail])
+        return InvalidArgumentError(f"{where} feature {name!r}: dense input {name!r} needs {dim} values, got {extra}")
 
     # -- example_batch --------------------------------------------------------------------------------
 

@@ -130,7 +130,9 @@ def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np
     if info is None:
         raise TensorCodecError(f"input {name!r}: unsupported dtype {dtype_name(proto.dtype)}")
     shape = tensor_shape(proto, name)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = 1
+    for size in shape:  # not np.prod: a numpy call costs more than this loop on the few dims a tensor has
+        count *= size
     if proto.tensor_content and proto.dtype != types_pb2.DT_STRING:
         expected = count * info.numpy_dtype.itemsize
         if len(proto.tensor_content) != expected:

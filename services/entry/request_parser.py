@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -66,8 +67,7 @@ def _uint64s(values: Iterable[int]) -> npt.NDArray[np.uint64]:
     return np.array(list(values), dtype=np.uint64)
 
 
-@dataclass(frozen=True)
-class SparseColumn:
+class SparseColumn(NamedTuple):
     """The v2 fids of one feature for the whole batch, grouped by example in request order.
 
     ``rows[k]`` is the example index of ``fids[k]``; ``rows`` is non-decreasing.

@@ -14,6 +14,7 @@ from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.discovery.config import Backend, DiscoveryConfig
 from monolith_serving.proxy.core import CoreConfig
 from monolith_serving.proxy.endpoints import parse_targets
+from monolith_serving.proxy.predict_coalesce import PredictCoalescing
 from monolith_serving.proxy.rest_gateway import RestConfig
 from monolith_serving.proxy.router import OutlierPolicy
 
@@ -89,6 +90,12 @@ def _source_config(args: argparse.Namespace, agent: AgentConfig | None) -> Stati
     )
 
 
+def _coalescing_config(args: argparse.Namespace) -> PredictCoalescing:
+    if args.coalesce_max_rows < 1:
+        raise InvalidArgumentError(f"--coalesce_max_rows must be at least 1, got {args.coalesce_max_rows}")
+    return PredictCoalescing(enabled=args.coalesce_predicts, max_rows=args.coalesce_max_rows)
+
+
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyConfig:
     """Parses everything once; ``env`` (os.environ in main) feeds agent.conf's environment rules."""
     agent = resolve_environment(load_agent_config(args.conf), env) if args.conf else None
@@ -110,7 +117,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyC
         grpc_port=args.port if args.port is not None else DEFAULT_GRPC_PORT,
         rest=rest,
         metrics_port=args.metrics_port,
-        core=CoreConfig(max_in_flight=args.max_in_flight, admin_token=token),
+        core=CoreConfig(max_in_flight=args.max_in_flight, admin_token=token, coalescing=_coalescing_config(args)),
         outlier=OutlierPolicy(
             consecutive_failures=args.ejection_failures,
             cooldown_s=args.ejection_cooldown_s,

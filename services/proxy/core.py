@@ -2,8 +2,10 @@
 
 The gRPC servicer and the REST gateway both translate their protocol into :meth:`ProxyCore.call` with the
 serialized TF Serving request and get serialized response bytes back; neither decodes tensors on the
-gRPC path. Failures surface as package errors (NotFoundError, UnavailableError, ...) or
-:class:`RpcStatusError` carrying an upstream status to relay unchanged.
+gRPC path. Only Predicts are parsed, to merge concurrent ones into one upstream call
+(``predict_coalesce``); every other request goes upstream as the client's bytes. Failures surface as
+package errors (NotFoundError, UnavailableError, ...) or :class:`RpcStatusError` carrying an upstream
+status to relay unchanged.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -25,6 +27,7 @@ from monolith_serving.proxy.admission import Admission
 from monolith_serving.proxy.endpoints import EndpointSource
 from monolith_serving.proxy.metrics import UNKNOWN_MODEL, ProxyMetrics
 from monolith_serving.proxy.model_status import merge_model_status
+from monolith_serving.proxy.predict_coalesce import PredictCoalescer, PredictCoalescing
 from monolith_serving.proxy.router import ReplicaState, Router
 from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
 from monolith_serving.proxy.wire import ModelNames
@@ -39,6 +42,7 @@ PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 # Methods sent to one replica chosen by the router (the entry answers UNIMPLEMENTED for what it lacks).
 ROUTED_METHODS = ("Predict", "GetModelMetadata", "Classify", "Regress", "MultiInference")
+PREDICT = f"/{PREDICTION_SERVICE}/Predict"
 GET_MODEL_STATUS = f"/{MODEL_SERVICE}/GetModelStatus"
 RELOAD_CONFIG = f"/{MODEL_SERVICE}/HandleReloadConfigRequest"
 REQUEST_ID_KEY = "x-request-id"
@@ -54,6 +58,7 @@ class CoreConfig:
     # whose host vanished (no RST) would otherwise hold the request until the client's deadline.
     first_attempt_share: float = 0.5
     maintenance_interval_s: float = 0.5
+    coalescing: PredictCoalescing = field(default_factory=PredictCoalescing)
 
     def __post_init__(self) -> None:
         if self.admin_token is not None and not self.admin_token:
@@ -110,6 +115,11 @@ class ProxyCore:
         self._model_names = ModelNames()
         self._maintenance: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
+        self._predicts: PredictCoalescer | None = None
+        if config.coalescing.enabled:
+            self._predicts = PredictCoalescer(
+                self._forward_predict, config.coalescing, on_merged=metrics.count_coalesced, clock=clock
+            )
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -152,7 +162,10 @@ class ProxyCore:
                 raise UnavailableError(f"no AVAILABLE replica of model {model!r}")
             if path == GET_MODEL_STATUS:
                 return await self._model_status(model, addresses, request, ctx)
-            return await self._routed(path, model, addresses, request, ctx)
+            deadline = None if ctx.timeout_s is None else started + ctx.timeout_s
+            if path == PREDICT and self._predicts is not None:
+                return await self._predicts.forward(model, addresses, request, ctx.request_id, deadline)
+            return await self._routed(path, model, addresses, request, ctx.request_id, deadline)
         except RpcStatusError as error:
             code = error.code
             log.warning("request %s %s model=%s: %s %s", ctx.request_id, method, model_label, code.name, error.message)
@@ -173,11 +186,21 @@ class ProxyCore:
             self._metrics.observe_latency(method, ctx.protocol, self._clock() - started)
 
     # ---- routed methods: one replica, one retry on another ----------------------------------------------------
-    async def _routed(
-        self, path: str, model: str, addresses: tuple[str, ...], request: bytes, ctx: CallContext
+    async def _forward_predict(
+        self, model: str, addresses: tuple[str, ...], request: bytes, request_id: str, deadline: float | None
     ) -> UpstreamReply:
-        deadline = None if ctx.timeout_s is None else self._clock() + ctx.timeout_s
-        metadata: Metadata = ((REQUEST_ID_KEY, ctx.request_id),)
+        return await self._routed(PREDICT, model, addresses, request, request_id, deadline)
+
+    async def _routed(
+        self,
+        path: str,
+        model: str,
+        addresses: tuple[str, ...],
+        request: bytes,
+        request_id: str,
+        deadline: float | None,
+    ) -> UpstreamReply:
+        metadata: Metadata = ((REQUEST_ID_KEY, request_id),)
         first = self._router.pick(addresses)
         if first is None:  # endpoints() never returns an empty tuple here; kept for type narrowing
             raise UnavailableError(f"no AVAILABLE replica of model {model!r}")
@@ -199,7 +222,7 @@ class ProxyCore:
                 raise self._unavailable(model, first.address, error) from None
             self._metrics.retries.labels(self._methods[path]).inc()
             log.info(
-                "request %s: retrying on %s after %s: %s", ctx.request_id, second.address, first.address, error.message
+                "request %s: retrying on %s after %s: %s", request_id, second.address, first.address, error.message
             )
         try:
             return await self._attempt(second, path, request, deadline, metadata)

@@ -12,9 +12,11 @@ import logging
 import os
 
 from monolith_serving.core.cli_flags import add_flag, add_server_flags
+from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import run_async_main
 from monolith_serving.proxy.config import DEFAULT_GRPC_PORT, ProxyConfig, config_from_args
+from monolith_serving.proxy.predict_coalesce import PredictCoalescing
 from monolith_serving.proxy.server import ProxyServer
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--ejection_failures", type=int, default=3, help="consecutive failures that eject a replica")
     add_flag(parser, "--ejection_cooldown_s", type=float, default=5.0, help="first ejection cool-down")
     add_flag(parser, "--max_ejection_cooldown_s", type=float, default=60.0, help="cap of the doubling cool-down")
+    add_flag(
+        parser,
+        "--coalesce_predicts",
+        type=parse_bool,
+        default=True,
+        help="send concurrent Predicts for one model as one upstream Predict while another is in flight (default true)",
+    )
+    add_flag(
+        parser,
+        "--coalesce_max_rows",
+        type=int,
+        default=PredictCoalescing.max_rows,
+        help="examples in one coalesced upstream Predict at most (default %(default)s)",
+    )
     add_flag(parser, "--drain_timeout_s", type=float, default=30.0, help="SIGTERM: wait this long for in-flight")
 
 

@@ -54,12 +54,19 @@ class ProxyMetrics:
         self.ejected = Gauge("proxy_ejected_replicas", "Replicas currently ejected", registry=r)
         self.in_flight = Gauge("proxy_in_flight_requests", "Client requests being served", registry=r)
         self.rejected = Counter("proxy_rejected_requests", "Requests refused at admission", ["reason"], registry=r)
+        self.predicts_coalesced = Counter(
+            "proxy_predicts_coalesced",
+            "Client Predicts sent upstream merged with others into one Predict",
+            ["model"],
+            registry=r,
+        )
         self.maintenance_seconds = Histogram(
             "proxy_maintenance_step_seconds", "One probe/prune step of the maintenance loop", registry=r
         )
         self._request_counts = LabelledChildren(self.requests)
         self._latencies = LabelledChildren(self.latency)
         self._upstream_latencies = LabelledChildren(self.upstream_latency)
+        self._coalesced = LabelledChildren(self.predicts_coalesced)
 
     def count_request(self, model: str, method: str, protocol: str, code: str) -> None:
         self._request_counts[(model, method, protocol, code)].inc()
@@ -69,3 +76,6 @@ class ProxyMetrics:
 
     def observe_upstream(self, method: str, seconds: float) -> None:
         self._upstream_latencies[(method,)].observe(seconds)
+
+    def count_coalesced(self, model: str, requests: int) -> None:
+        self._coalesced[(model,)].inc(requests)

@@ -32,6 +32,10 @@ class RpcStatusError(MonolithServingError):
         self.code = code
         self.trailing = trailing
 
+    def __reduce__(self) -> tuple[type[RpcStatusError], tuple[grpc.StatusCode, str, Metadata]]:
+        # copy.copy (the Coalescer gives each waiter its own copy) would otherwise call us with args=(message,).
+        return (RpcStatusError, (self.code, self.message, self.trailing))
+
 
 @dataclass(frozen=True)
 class UpstreamReply:

@@ -149,6 +149,9 @@ class Coalescer(Generic[K, Q, A]):
             for waiter in group.waiters:
                 if waiter.timer is not None:
                     waiter.timer.cancel()
+                if not waiter.future.done():
+                    # Only if answering or failing them went wrong itself: never leave a caller waiting forever.
+                    waiter.future.set_exception(RuntimeError(f"merged call for {key!r} ended without an answer"))
             self._finished(key, state)
 
     async def _answer(self, key: K, live: list[_Waiter[Q, A]]) -> None:
@@ -177,4 +180,11 @@ def _fail(waiters: Sequence[_Waiter[Q, A]], error: Exception) -> None:
         if waiter.future.done():
             continue
         # A fresh copy per caller of our own errors: one object raised in many tasks piles up their tracebacks.
-        waiter.future.set_exception(copy.copy(error) if isinstance(error, MonolithServingError) else error)
+        # One that cannot be copied (a subclass whose constructor takes other arguments) is shared.
+        mine = error
+        if isinstance(error, MonolithServingError):
+            try:
+                mine = copy.copy(error)
+            except Exception:
+                mine = error
+        waiter.future.set_exception(mine)

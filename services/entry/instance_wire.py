@@ -81,6 +81,38 @@ def _fixed64(buf: Any, pos: int) -> Any:
     return np.int64(value)  # the same 64 bits: fids are int64 everywhere else
 
 
+@numba.njit(inline="always")  # type: ignore[misc,unused-ignore]
+def _tag(buf: Any, pos: int, end: int) -> tuple[int, int, int, int]:
+    """(field number, wire type, next position, error reason or -1)."""
+    tag, pos, error = _varint(buf, pos, end)
+    if error < 0 and (tag >> 3) == 0:
+        error = _FIELD_ZERO
+    return tag >> 3, tag & 7, pos, error
+
+
+@numba.njit(inline="always")  # type: ignore[misc,unused-ignore]
+def _length(buf: Any, pos: int, end: int) -> tuple[int, int, int]:
+    """A length-delimited field's (start, stop, error reason or -1), its length read at ``pos``."""
+    length, pos, error = _varint(buf, pos, end)
+    if error < 0 and (length < 0 or length > end - pos):
+        error = _LENGTH
+    return pos, pos + length, error
+
+
+@numba.njit(inline="always")  # type: ignore[misc,unused-ignore]
+def _run(buf: Any, pos: int, end: int, wire_type: int, width: int) -> tuple[int, int, int]:
+    """(start, stop, error reason or -1) of a repeated fixed-width field's values at ``pos``: a packed run (wire
+    type 2) or a single value."""
+    if wire_type == 2:
+        start, stop, error = _length(buf, pos, end)
+        if error < 0 and (stop - start) % width != 0:
+            error = _PACKED
+        return start, stop, error
+    if pos + width > end:
+        return pos, pos, _FIXED
+    return pos, pos + width, -1
+
+
 @numba.njit  # type: ignore[misc,unused-ignore]
 def _skip(buf: Any, pos: int, end: int, wire_type: int, field: int) -> tuple[int, int]:
     """Skips one field's value (a whole group for wire type 3); (next position, error reason or -1)."""
@@ -92,25 +124,17 @@ def _skip(buf: Any, pos: int, end: int, wire_type: int, field: int) -> tuple[int
     if wire_type == 5:
         return (pos + 4, -1) if pos + 4 <= end else (pos, _FIXED)
     if wire_type == 2:
-        length, pos, error = _varint(buf, pos, end)
-        if error >= 0:
-            return pos, error
-        if length < 0 or length > end - pos:
-            return pos, _LENGTH
-        return pos + length, -1
+        _, stop, error = _length(buf, pos, end)
+        return stop, error
     if wire_type == 3:
         # Groups nest; an explicit stack of the open groups' field numbers instead of recursion.
         stack = np.empty(_MAX_GROUP_DEPTH, dtype=np.int64)
         depth = 1
         stack[0] = field
         while depth > 0:
-            tag, pos, error = _varint(buf, pos, end)
+            inner_field, inner_type, pos, error = _tag(buf, pos, end)
             if error >= 0:
                 return pos, error
-            inner_field = tag >> 3
-            inner_type = tag & 7
-            if inner_field == 0:
-                return pos, _FIELD_ZERO
             if inner_type == 4:
                 if stack[depth - 1] != inner_field:
                     return pos, _END_GROUP
@@ -140,24 +164,18 @@ def _feature_name(buf: Any, start: int, end: int, err: Any, example: int) -> tup
     name_length = 0
     pos = start
     while pos < end:
-        tag, pos, error = _varint(buf, pos, end)
-        if error < 0 and (tag >> 3) == 0:
-            error = _FIELD_ZERO
+        field, wire_type, pos, error = _tag(buf, pos, end)
         if error >= 0:
             err[0], err[1], err[2] = MALFORMED, example, error
             return -2, 0
-        if (tag >> 3) == 1 and (tag & 7) == 2:
-            length, pos, error = _varint(buf, pos, end)
-            if error < 0 and (length < 0 or length > end - pos):
-                error = _LENGTH
+        if field == 1 and wire_type == 2:
+            name_start, pos, error = _length(buf, pos, end)
             if error >= 0:
                 err[0], err[1], err[2] = MALFORMED, example, error
                 return -2, 0
-            name_start = pos
-            name_length = length
-            pos += length
+            name_length = pos - name_start
         else:
-            pos, error = _skip(buf, pos, end, tag & 7, tag >> 3)
+            pos, error = _skip(buf, pos, end, wire_type, field)
             if error >= 0:
                 err[0], err[1], err[2] = MALFORMED, example, error
                 return -2, 0
@@ -205,31 +223,16 @@ def _feature_values(
     scratch = np.empty(1, dtype=np.uint32)
     as_float = scratch.view(np.float32)
     while pos < end:
-        tag, pos, error = _varint(buf, pos, end)
-        field = tag >> 3
-        wire_type = tag & 7
-        if error < 0 and field == 0:
-            error = _FIELD_ZERO
+        field, wire_type, pos, error = _tag(buf, pos, end)
         if error >= 0:
             err[0], err[1], err[2] = MALFORMED, example, error
             return -1, 0
         width = 8 if field == 2 else 4
         if (field == 2 or field == 3) and (wire_type == 2 or wire_type == (1 if field == 2 else 5)):
-            if wire_type == 2:
-                length, pos, error = _varint(buf, pos, end)
-                if error < 0 and (length < 0 or length > end - pos):
-                    error = _LENGTH
-                if error < 0 and length % width != 0:
-                    error = _PACKED
-                if error >= 0:
-                    err[0], err[1], err[2] = MALFORMED, example, error
-                    return -1, 0
-                stop = pos + length
-            else:
-                stop = pos + width
-                if stop > end:
-                    err[0], err[1], err[2] = MALFORMED, example, _FIXED
-                    return -1, 0
+            pos, stop, error = _run(buf, pos, end, wire_type, width)
+            if error >= 0:
+                err[0], err[1], err[2] = MALFORMED, example, error
+                return -1, 0
             wanted = (field == 2) == want_fids
             while pos < stop:
                 if wanted:
@@ -374,30 +377,15 @@ def parse_batch(
         pos = starts[example]
         end = starts[example + 1]
         while pos < end:
-            tag, pos, error = _varint(buf, pos, end)
-            field = tag >> 3
-            wire_type = tag & 7
-            if error < 0 and field == 0:
-                error = _FIELD_ZERO
+            field, wire_type, pos, error = _tag(buf, pos, end)
             if error >= 0:
                 err[0], err[1], err[2] = MALFORMED, example, error
                 return MALFORMED
             if field == 1 and (wire_type == 1 or wire_type == 2):
-                if wire_type == 2:
-                    length, pos, error = _varint(buf, pos, end)
-                    if error < 0 and (length < 0 or length > end - pos):
-                        error = _LENGTH
-                    if error < 0 and length % 8 != 0:
-                        error = _PACKED
-                    if error >= 0:
-                        err[0], err[1], err[2] = MALFORMED, example, error
-                        return MALFORMED
-                    stop = pos + length
-                else:
-                    stop = pos + 8
-                    if stop > end:
-                        err[0], err[1], err[2] = MALFORMED, example, _FIXED
-                        return MALFORMED
+                pos, stop, error = _run(buf, pos, end, wire_type, 8)
+                if error >= 0:
+                    err[0], err[1], err[2] = MALFORMED, example, error
+                    return MALFORMED
                 while pos < stop:
                     v1 = np.uint64(_fixed64(buf, pos))
                     pos += 8
@@ -415,13 +403,10 @@ def parse_batch(
                     v1_rows[v1_count] = example
                     v1_count += 1
             elif field == 9 and wire_type == 2:
-                length, pos, error = _varint(buf, pos, end)
-                if error < 0 and (length < 0 or length > end - pos):
-                    error = _LENGTH
+                pos, sub_end, error = _length(buf, pos, end)
                 if error >= 0:
                     err[0], err[1], err[2] = MALFORMED, example, error
                     return MALFORMED
-                sub_end = pos + length
                 name_start, name_length = _feature_name(buf, pos, sub_end, err, example)
                 if name_start == -2:
                     return MALFORMED

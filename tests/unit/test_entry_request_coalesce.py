@@ -21,7 +21,7 @@ from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
 from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.model import EntryModel, EntryModelConfig
+from monolith_serving.entry.model import EntryModel, EntryModelConfig, PredictResult
 from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
 from monolith_serving.entry.request_coalesce import RequestCoalescing, concat_batches
 from monolith_serving.entry.request_parser import ParsedBatch, SparseColumn
@@ -78,6 +78,13 @@ def export(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def predict(model: EntryModel, inputs: Inputs, timeout_s: float | None = None) -> asyncio.Task[PredictResult]:
+    """A Predict of ``inputs`` running in its own task (as concurrent gRPC handlers would)."""
+    return asyncio.create_task(
+        model.predict(name="entry", version=None, signature_name="", inputs=inputs, timeout_s=timeout_s)
+    )
+
+
 async def alone(export: Path, inputs: Inputs) -> npt.NDArray[np.float32]:
     """The scores of ``inputs`` run by itself, with coalescing off."""
     model = make_model(export, GatedLookup(), RequestCoalescing(enabled=False))
@@ -121,12 +128,9 @@ def test_predicts_queued_behind_a_running_pass_run_as_one_pass_and_each_gets_its
             inputs_for(export, "instances", 1, seed=4),
         ]
         lookup.gate.clear()
-        first = asyncio.create_task(model.predict(name="entry", version=None, signature_name="", inputs=requests[0]))
+        first = predict(model, requests[0])
         await until(lambda: len(lookup.calls) == 1)
-        rest = [
-            asyncio.create_task(model.predict(name="entry", version=None, signature_name="", inputs=inputs))
-            for inputs in requests[1:]
-        ]
+        rest = [predict(model, inputs) for inputs in requests[1:]]
         await asyncio.sleep(0.02)
         assert len(lookup.calls) == 1  # the others wait for the pass in flight
         lookup.gate.set()
@@ -148,16 +152,12 @@ def test_a_bad_request_fails_alone_and_never_joins_a_pass(export: Path) -> None:
         model = make_model(export, lookup, RequestCoalescing())
         await model.refresh()
         lookup.gate.clear()
-        first = asyncio.create_task(
-            model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export, "instances", 2, 1))
-        )
+        first = predict(model, inputs_for(export, "instances", 2, 1))
         await until(lambda: len(lookup.calls) == 1)
-        good = asyncio.create_task(
-            model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export, "instances", 2, 2))
-        )
+        good = predict(model, inputs_for(export, "instances", 2, 2))
         bad_inputs = {"instances": np.array([b"\xff\xff not a proto"], dtype=object)}
         with pytest.raises(InvalidArgumentError, match="instances"):
-            await model.predict(name="entry", version=None, signature_name="", inputs=bad_inputs)
+            await predict(model, bad_inputs)
         lookup.gate.set()
         await asyncio.gather(first, good)
         assert good.result().outputs["scores"].shape == (2, 1)
@@ -172,14 +172,7 @@ def test_a_failing_pass_fails_everyone_in_it_and_the_next_request_is_served(expo
         await model.refresh()
         lookup.gate.clear()
         lookup.fail = True
-        tasks = [
-            asyncio.create_task(
-                model.predict(
-                    name="entry", version=None, signature_name="", inputs=inputs_for(export, "instances", 2, s)
-                )
-            )
-            for s in range(4)
-        ]
+        tasks = [predict(model, inputs_for(export, "instances", 2, s)) for s in range(4)]
         await until(lambda: len(lookup.calls) == 1)
         await asyncio.sleep(0.01)
         lookup.gate.set()
@@ -187,9 +180,7 @@ def test_a_failing_pass_fails_everyone_in_it_and_the_next_request_is_served(expo
         assert all(isinstance(o, UnavailableError) for o in outcomes), outcomes
         assert len(lookup.calls) == 2
         lookup.fail = False
-        result = await model.predict(
-            name="entry", version=None, signature_name="", inputs=inputs_for(export, "instances", 2, 9)
-        )
+        result = await predict(model, inputs_for(export, "instances", 2, 9))
         assert result.outputs["scores"].shape == (2, 1)
 
     asyncio.run(scenario())
@@ -201,22 +192,10 @@ def test_a_queued_request_stops_at_its_own_deadline_while_the_others_are_answere
         model = make_model(export, lookup, RequestCoalescing())
         await model.refresh()
         lookup.gate.clear()
-        first = asyncio.create_task(
-            model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export, "instances", 2, 1))
-        )
+        first = predict(model, inputs_for(export, "instances", 2, 1))
         await until(lambda: len(lookup.calls) == 1)
-        patient = asyncio.create_task(
-            model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export, "instances", 2, 2))
-        )
-        hurried = asyncio.create_task(
-            model.predict(
-                name="entry",
-                version=None,
-                signature_name="",
-                inputs=inputs_for(export, "instances", 2, 3),
-                timeout_s=0.05,
-            )
-        )
+        patient = predict(model, inputs_for(export, "instances", 2, 2))
+        hurried = predict(model, inputs_for(export, "instances", 2, 3), timeout_s=0.05)
         with pytest.raises(DeadlineExceededError, match="deadline passed"):
             await asyncio.wait_for(hurried, timeout=1.0)
         lookup.gate.set()
@@ -232,14 +211,7 @@ def test_a_merged_pass_never_holds_more_than_max_rows(export: Path) -> None:
         model = make_model(export, lookup, RequestCoalescing(max_rows=5))
         await model.refresh()
         lookup.gate.clear()
-        tasks = [
-            asyncio.create_task(
-                model.predict(
-                    name="entry", version=None, signature_name="", inputs=inputs_for(export, "examples", 3, s)
-                )
-            )
-            for s in range(5)
-        ]
+        tasks = [predict(model, inputs_for(export, "examples", 3, s)) for s in range(5)]
         # 3 + 3 > 5: each queued request of 3 examples goes on its own once the next one arrives, without waiting.
         await until(lambda: len(lookup.calls) >= 4)
         lookup.gate.set()

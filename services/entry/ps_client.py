@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from monolith_serving.core.cancellation import cancelled_by_caller
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.grpc_server import channel_options
 from monolith_serving.core.sharding import shard_of
@@ -297,6 +298,15 @@ async def call_with_retries(
             last_error = f"{address}: {code.name} {error.details()}"
             if code not in RETRYABLE:
                 break
+            health.failed(address)
+            continue
+        except asyncio.CancelledError:
+            if cancelled_by_caller():
+                raise
+            # The call was cancelled under us, not by our caller: its channel was closed (a replica retired,
+            # the pool shutting down). Like a broken connection: another replica may answer.
+            metrics.errors(grpc.StatusCode.CANCELLED.name).inc()
+            last_error = f"{address}: CANCELLED (the call's channel was closed under it)"
             health.failed(address)
             continue
         metrics.latency.observe(time.monotonic() - started)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import grpc
 
+from monolith_serving.core.cancellation import cancelled_by_caller
 from monolith_serving.entry.ps_client import ChannelPool, ps_model_name
 from monolith_serving.entry.replica_source import ReplicaSource
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2
@@ -54,6 +55,11 @@ class PsStatusTracker:
             response = await call(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
             logger.debug("GetModelStatus %s shard %d: %s", address, shard, error.code())
+            return frozenset()
+        except asyncio.CancelledError:
+            if cancelled_by_caller():
+                raise
+            # The replica's channel was retired under the poll: no answer, not the end of the control loop.
             return frozenset()
         return frozenset(s.version for s in response.model_version_status if s.state == AVAILABLE)
 

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from monolith_serving.core.cancellation import cancelled_by_caller
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import channel_options
 
@@ -88,6 +89,14 @@ class UpstreamPool:
         except grpc.aio.AioRpcError as error:
             raise RpcStatusError(
                 error.code(), error.details() or error.code().name, _relayable(error.trailing_metadata())
+            ) from None
+        except asyncio.CancelledError:
+            if cancelled_by_caller():
+                raise
+            # The channel was closed under the call (not our client's cancel): a failed attempt the core may
+            # retry on another replica, never a bare CANCELLED for the client.
+            raise RpcStatusError(
+                grpc.StatusCode.CANCELLED, f"the call to {address} was cancelled: its channel was closed"
             ) from None
         return UpstreamReply(response=response, trailing=_relayable(trailing))
 

@@ -1,0 +1,214 @@
+"""A gRPC call whose channel is closed under it (a replica retired while the call ran) raises CancelledError in the
+awaiting task without anyone cancelling that task. Left alone it reaches the server's handler and the client gets
+CANCELLED with no message (or, in a polling loop, ends the loop). The entry's replica attempts, its status polls and
+the proxy's upstream call turn it into a failed attempt; a real cancellation of the task still propagates. Real
+servers over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import pytest
+
+from monolith_serving.entry.ps_client import (
+    AttemptMetrics,
+    ChannelPool,
+    ReplicaHealth,
+    ReplicasExhausted,
+    call_with_retries,
+)
+from monolith_serving.entry.ps_status import PsStatusTracker
+from monolith_serving.entry.replica_source import StaticReplicaSource
+from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2
+from monolith_serving.proxy.upstream import RpcStatusError, UpstreamPool
+
+METHOD = "/t.Test/Call"
+
+
+@asynccontextmanager
+async def server(delay_s: float, answer: bytes) -> AsyncIterator[str]:
+    async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await asyncio.sleep(delay_s)
+        return answer
+
+    srv = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(handle, request_deserializer=None, response_serializer=None)
+    srv.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("t.Test", {"Call": handler})])
+    port = srv.add_insecure_port("127.0.0.1:0")
+    await srv.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await srv.stop(0)
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.by_code: dict[str, Counter] = {}
+        self.attempt = AttemptMetrics(retries=Counter(), errors=self.errors, latency=self)
+
+    def errors(self, code: str) -> Counter:
+        return self.by_code.setdefault(code, Counter())
+
+    def observe(self, seconds: float) -> None:
+        pass
+
+
+def closing_after(delay_s: float, channel: grpc.aio.Channel) -> asyncio.Task[None]:
+    async def close() -> None:
+        await asyncio.sleep(delay_s)
+        await channel.close()
+
+    return asyncio.create_task(close())
+
+
+def attempts(channels: dict[str, grpc.aio.Channel]) -> Callable[[str, float], Any]:
+    def send(address: str, timeout: float) -> Any:
+        return channels[address].unary_unary(METHOD)(b"q", timeout=timeout)
+
+    return send
+
+
+def test_a_replica_call_whose_channel_closes_under_it_moves_on_to_the_next_replica() -> None:
+    async def scenario() -> None:
+        async with server(5.0, b"slow") as slow, server(0.0, b"fast") as fast:
+            channels = {a: grpc.aio.insecure_channel(a) for a in (slow, fast)}
+            metrics = Metrics()
+            health = ReplicaHealth()
+            closer = closing_after(0.2, channels[slow])
+            answer = await asyncio.wait_for(
+                call_with_retries(
+                    [slow, fast],
+                    attempts(channels),
+                    deadline=time.monotonic() + 10,
+                    retry=1,
+                    min_attempt_s=3.0,
+                    health=health,
+                    metrics=metrics.attempt,
+                ),
+                timeout=5,
+            )
+            await closer
+            assert answer == b"fast"
+            assert metrics.by_code["CANCELLED"].value == 1
+            assert health.is_failing(slow)
+            await channels[fast].close()
+
+    asyncio.run(scenario())
+
+
+def test_the_callers_own_cancellation_still_propagates() -> None:
+    async def scenario() -> None:
+        async with server(5.0, b"slow") as slow, server(0.0, b"fast") as fast:
+            channels = {a: grpc.aio.insecure_channel(a) for a in (slow, fast)}
+            metrics = Metrics()
+            task = asyncio.create_task(
+                call_with_retries(
+                    [slow, fast],
+                    attempts(channels),
+                    deadline=time.monotonic() + 10,
+                    retry=1,
+                    min_attempt_s=3.0,
+                    health=ReplicaHealth(),
+                    metrics=metrics.attempt,
+                )
+            )
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert "CANCELLED" not in metrics.by_code  # no retry on the next replica
+            for channel in channels.values():
+                await channel.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_proxys_upstream_call_reports_a_channel_closed_under_it_as_a_retryable_status() -> None:
+    async def scenario() -> None:
+        async with server(5.0, b"slow") as slow:
+            pool = UpstreamPool()
+            call = asyncio.create_task(pool.call(slow, METHOD, b"q", timeout_s=10, metadata=()))
+            await asyncio.sleep(0.2)
+            await pool.close_addresses([slow])
+            with pytest.raises(RpcStatusError) as caught:
+                await asyncio.wait_for(call, 5)
+            assert caught.value.code is grpc.StatusCode.CANCELLED
+            assert "channel was closed" in caught.value.message
+
+            own = asyncio.create_task(pool.call(slow, METHOD, b"q", timeout_s=10, metadata=()))
+            await asyncio.sleep(0.2)
+            own.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await own
+            await pool.close_addresses([slow])
+
+    asyncio.run(scenario())
+
+
+def test_replicas_exhausted_names_the_closed_channel() -> None:
+    async def scenario() -> None:
+        async with server(5.0, b"slow") as slow:
+            channels = {slow: grpc.aio.insecure_channel(slow)}
+            closer = closing_after(0.2, channels[slow])
+            with pytest.raises(ReplicasExhausted, match="channel was closed"):
+                await call_with_retries(
+                    [slow],
+                    attempts(channels),
+                    deadline=time.monotonic() + 10,
+                    retry=0,
+                    min_attempt_s=3.0,
+                    health=ReplicaHealth(),
+                    metrics=Metrics().attempt,
+                )
+            await closer
+
+    asyncio.run(scenario())
+
+
+def test_a_status_poll_whose_channel_closes_under_it_counts_as_no_answer_not_the_end_of_the_loop() -> None:
+    async def scenario() -> None:
+        answer = get_model_status_pb2.GetModelStatusResponse()
+        answer.model_version_status.add(version=1, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+
+        async def slow_status(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            await asyncio.sleep(5)
+            return answer.SerializeToString()
+
+        srv = grpc.aio.server()
+        handler = grpc.unary_unary_rpc_method_handler(slow_status, request_deserializer=None, response_serializer=None)
+        srv.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("tensorflow.serving.ModelService", {"GetModelStatus": handler})]
+        )
+        address = f"127.0.0.1:{srv.add_insecure_port('127.0.0.1:0')}"
+        await srv.start()
+        try:
+            channels = ChannelPool()
+            tracker = PsStatusTracker(
+                entry_model_name="entry", replicas=StaticReplicaSource([[address]]), channels=channels, timeout_s=10
+            )
+            closer = closing_after(0.2, channels.channel(address))
+            poll = asyncio.create_task(tracker.poll())
+            done, _ = await asyncio.wait([poll], timeout=5)
+            await closer
+            # The poll ends normally: the closed channel is one replica without an answer.
+            assert done and not poll.cancelled() and poll.exception() is None
+            assert tracker.shard_versions(0) == frozenset()
+            assert not tracker.ready(1)
+        finally:
+            await srv.stop(0)
+
+    asyncio.run(scenario())

@@ -101,6 +101,9 @@ class ModelManager:
             for model in models:
                 model.restored = True
         self._coordinator = coordinator
+        for model in models:
+            # Before any rollout: a reload to a container shared by several models must name them all.
+            coordinator.track(model.state)
         self._copier = copier
         self._config = config
         self._metrics = metrics

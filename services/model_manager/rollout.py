@@ -196,6 +196,13 @@ class RolloutCoordinator:
         # One lock per replica address, held while its merged config is built and sent. Weak values: a lock
         # lives while some task holds or awaits it, so addresses that come and go leave nothing behind.
         self._address_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        # Every model this coordinator was handed, by name: a reload to a container hosting sub-models of several
+        # models must name them all (see ``_hosted_at``).
+        self._states: dict[str, ModelState] = {}
+
+    def track(self, state: ModelState) -> None:
+        """Makes ``state``'s model known for reloads of shared containers (every public method also does)."""
+        self._states[state.target.name] = state
 
     # ------------------------------------------------------------------ rollout
 
@@ -205,6 +212,7 @@ class RolloutCoordinator:
         """Moves ``state``'s model to ``version`` through the three phases; never raises for a failed
         rollout (the record says what happened; the old version keeps serving). ``on_phase`` is awaited
         after each phase change (the manager persists the rollout state there); its errors are logged."""
+        self.track(state)
         notify = _listener(on_phase)
         model = state.target.name
         old = state.serving
@@ -370,26 +378,38 @@ class RolloutCoordinator:
     async def _hosted_at(
         self, state: ModelState, address: str, updates: Mapping[Replica, LoadConfig]
     ) -> list[LoadConfig]:
-        """The model's whole config at ``address``: ``updates``, and for its other replicas there the config
-        they were last sent or, never configured, what they hold now (so the reload leaves them be).
-        Raises UnavailableError when what such a replica holds cannot be read (the reload would guess)."""
-        configs = dict(updates)
-        for replica in self._control.replicas(state.target.name):
-            if replica.address != address or replica in configs:
-                continue
-            sent = state.sent.get(replica)
-            if sent is not None:
-                configs[replica] = sent[0]
-                continue
-            view = state.views.get(replica)
-            if view is None or view.error:
-                view = state.views[replica] = await self._view(state, replica)
-            if not view.hosting:
-                continue  # not hosted there: leaving it out keeps it so
-            if view.error:
-                raise UnavailableError(f"{replica.sub_graph}@{address} status unknown: {view.error}")
-            configs[replica] = state.target.load_config(replica, {s.version for s in view.versions if s.state in _HELD})
-        return [configs[r] for r in sorted(configs)]
+        """The whole config at ``address``: ``updates`` of ``state``'s model, and for every other replica there —
+        of this model or of another model this coordinator manages (a unified container may host several) —
+        the config it was last sent or, never configured, what it holds now (so the reload leaves it be).
+        Raises UnavailableError when what such a replica holds cannot be read (the reload would guess).
+        A model no coordinator here manages cannot be seen, and a reload there drops it."""
+        name = state.target.name
+        configs: dict[tuple[str, Replica], LoadConfig] = {(name, r): c for r, c in updates.items()}
+        others = [s for n, s in sorted(self._states.items()) if n != name]
+        for model in [state, *others]:
+            for replica in self._control.replicas(model.target.name):
+                key = (model.target.name, replica)
+                if replica.address != address or key in configs:
+                    continue
+                held = await self._held_config(model, replica)
+                if held is not None:
+                    configs[key] = held
+        return [configs[k] for k in sorted(configs)]
+
+    async def _held_config(self, state: ModelState, replica: Replica) -> LoadConfig | None:
+        """What a replica not being reconfigured keeps: its last config, or what it holds; None when it hosts
+        nothing of the model (leaving it out keeps it so)."""
+        sent = state.sent.get(replica)
+        if sent is not None:
+            return sent[0]
+        view = state.views.get(replica)
+        if view is None or view.error:
+            view = state.views[replica] = await self._view(state, replica)
+        if not view.hosting:
+            return None
+        if view.error:
+            raise UnavailableError(f"{replica.sub_graph}@{replica.address} status unknown: {view.error}")
+        return state.target.load_config(replica, {s.version for s in view.versions if s.state in _HELD})
 
     async def _observe_replicas(self, state: ModelState, replicas: Sequence[Replica]) -> list[ReplicaView]:
         views = await asyncio.gather(*(self._view(state, r) for r in replicas))
@@ -416,6 +436,7 @@ class RolloutCoordinator:
 
     async def observe(self, state: ModelState) -> bool:
         """Refreshes every replica's view (and forgets vanished replicas); True when all answered."""
+        self.track(state)
         replicas = self._control.replicas(state.target.name)
         known = set(replicas)
         for gone in [r for r in state.views if r not in known]:
@@ -446,6 +467,7 @@ class RolloutCoordinator:
         """Re-sends the desired config to replicas whose status drifted from it (call when idle, after
         ``observe``). Replicas not yet told anything get their config right away; a replica that was sent
         the config but still drifts (e.g. it restarted) gets it again after ``resend_interval_s``."""
+        self.track(state)
         if state.phase is not Phase.IDLE or not state.adopted:
             return
         now = self._clock()

@@ -131,13 +131,10 @@ class Coalescer(Generic[K, Q, A]):
     def _send(self, key: K, state: _KeyState[Q, A], group: _Group[Q, A] | None) -> None:
         """Runs ``group`` as one call; None: whatever is pending a loop turn from now (see ``_take_pending``)."""
         state.in_flight += 1
-        loop = asyncio.get_running_loop()
         if group is None:
-            loop.call_soon(self._take_pending, key, state)
-            return
-        task = loop.create_task(self._run(key, state, group))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            asyncio.get_running_loop().call_soon(self._take_pending, key, state)
+        else:
+            self._start(key, state, group)
 
     def _take_pending(self, key: K, state: _KeyState[Q, A]) -> None:
         # The group goes one event-loop turn after the previous call returned, not at that moment: callers whose
@@ -147,9 +144,13 @@ class Coalescer(Generic[K, Q, A]):
         state.pending = None
         if group is None:
             self._finished(key, state)
-            return
-        state.in_flight -= 1  # _send counts it again
-        self._send(key, state, group)
+        else:
+            self._start(key, state, group)
+
+    def _start(self, key: K, state: _KeyState[Q, A], group: _Group[Q, A]) -> None:
+        task = asyncio.get_running_loop().create_task(self._run(key, state, group))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(self, key: K, state: _KeyState[Q, A], group: _Group[Q, A]) -> None:
         live = [w for w in group.waiters if not w.future.done()]  # drop expired or cancelled callers

@@ -213,15 +213,17 @@ def _feature_values(
     count: int,
     dense_row: Any,
     dim: int,
+    scratch: Any,
+    as_float: Any,
     err: Any,
     example: int,
 ) -> tuple[int, int]:
     """Reads a Feature's fids (sparse: appended to the outputs from ``count``) or float values (dense: written to
-    ``dense_row[target:target+dim]``). (new count, values given); sets ``err`` on malformed bytes (count -1)."""
+    ``dense_row[target:target+dim]``). (new count, values given); sets ``err`` on malformed bytes (count -1).
+    ``scratch`` (uint32[1]) and ``as_float`` (its float32 view) turn 4 little-endian bytes into a float; they
+    are the caller's, allocated once per batch rather than once per Feature."""
     values = 0
     pos = start
-    scratch = np.empty(1, dtype=np.uint32)
-    as_float = scratch.view(np.float32)
     while pos < end:
         field, wire_type, pos, error = _tag(buf, pos, end)
         if error >= 0:
@@ -373,6 +375,8 @@ def parse_batch(
     named_count = 0
     v1_count = 0
     slots = feature_of_v1_slot.shape[0]
+    scratch = np.empty(1, dtype=np.uint32)
+    as_float = scratch.view(np.float32)
     for example in range(starts.shape[0] - 1):
         pos = starts[example]
         end = starts[example + 1]
@@ -418,14 +422,14 @@ def parse_batch(
                     # Still walk it (reading nothing): a malformed Feature fails the request whatever its name.
                     count, _ = _feature_values(
                         buf, pos, sub_end, False, example, 0, named_fids, named_features, named_rows, named_count,
-                        dense[example], 0, err, example,
+                        dense[example], 0, scratch, as_float, err, example,
                     )  # fmt: skip
                     if count < 0:
                         return MALFORMED
                 elif name_kinds[k] == 0:
                     named_count, _ = _feature_values(
                         buf, pos, sub_end, True, example, name_targets[k], named_fids, named_features, named_rows,
-                        named_count, dense[example], 0, err, example,
+                        named_count, dense[example], 0, scratch, as_float, err, example,
                     )  # fmt: skip
                     if named_count < 0:
                         return MALFORMED
@@ -433,7 +437,7 @@ def parse_batch(
                     dim = name_dims[k]
                     count, given = _feature_values(
                         buf, pos, sub_end, False, example, name_targets[k], named_fids, named_features, named_rows,
-                        named_count, dense[example], dim, err, example,
+                        named_count, dense[example], dim, scratch, as_float, err, example,
                     )  # fmt: skip
                     if count < 0:
                         return MALFORMED

@@ -359,9 +359,7 @@ class EntryModel:
         if self._coalescer is None:
             output = await self._run_pass(loaded, batch, deadlines)
         else:
-            # Without a client deadline a pass is bounded by the lookup's and then the dense call's default.
-            wait_until = deadlines.client if deadlines.client is not None else deadlines.ps + default_s
-            output = await self._coalescer.run(loaded, batch, deadlines, wait_until)
+            output = await self._coalescer.run(loaded, batch, deadlines)
         return PredictResult({spec.output_name: output.scores}, loaded.version, output.ps_versions)
 
     async def _run_pass(self, loaded: LoadedVersion, batch: ParsedBatch, deadlines: PassDeadlines) -> PassOutput:

@@ -13,6 +13,7 @@ version are merged, so version pinning holds; a merged pass holds at most ``max_
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -46,6 +47,12 @@ class PassDeadlines:
     def dense_timeout_s(self, now: float) -> float:
         return self.client - now if self.client is not None else self.dense_default_s
 
+    @property
+    def wait_until(self) -> float:
+        """When a request stops waiting for a merged pass: its own deadline, or without one the lookup's and
+        then the dense call's default."""
+        return self.client if self.client is not None else self.ps + self.dense_default_s
+
     @staticmethod
     def merged(all_deadlines: Sequence[PassDeadlines]) -> PassDeadlines:
         clients = [d.client for d in all_deadlines]
@@ -75,10 +82,10 @@ class _Request(Generic[V]):
 def concat_batches(batches: Sequence[ParsedBatch]) -> ParsedBatch:
     """One batch holding the examples of ``batches`` in order (the sparse rows of batch i shifted by the
     sizes of the batches before it, so each column's rows stay non-decreasing)."""
-    starts = np.cumsum([0] + [b.batch_size for b in batches[:-1]])
+    starts = list(itertools.accumulate((b.batch_size for b in batches[:-1]), initial=0))
     columns = []
     for f in range(len(batches[0].sparse)):
-        parts = [(b.sparse[f], int(start)) for b, start in zip(batches, starts, strict=True) if len(b.sparse[f].fids)]
+        parts = [(b.sparse[f], start) for b, start in zip(batches, starts, strict=True) if len(b.sparse[f].fids)]
         if not parts:
             columns.append(batches[0].sparse[f])
             continue
@@ -117,9 +124,8 @@ class PredictCoalescer(Generic[V]):
             on_merged=None if on_merged is None else (lambda key, n: on_merged(n)),
         )
 
-    async def run(self, loaded: V, batch: ParsedBatch, deadlines: PassDeadlines, wait_until: float) -> PassOutput:
-        """``wait_until``: when this caller stops waiting for a merged pass (its own deadline)."""
-        return await self._coalescer.submit(id(loaded), _Request(loaded, batch, deadlines), wait_until)
+    async def run(self, loaded: V, batch: ParsedBatch, deadlines: PassDeadlines) -> PassOutput:
+        return await self._coalescer.submit(id(loaded), _Request(loaded, batch, deadlines), deadlines.wait_until)
 
     async def _one(self, key: int, request: _Request[V], wait_until: float) -> PassOutput:
         return await self._run_pass(request.loaded, request.batch, request.deadlines)

@@ -108,6 +108,7 @@ def clients_of(choice: str) -> list[str]:
 async def run_load(
     client: str,
     *,
+    labels: dict[str, Any],
     target: str,
     requests: list[predict_pb2.PredictRequest],
     in_flight: int,
@@ -116,8 +117,9 @@ async def run_load(
     pids: dict[str, int],
     probe: CounterProbe | None,
 ) -> dict[str, Any]:
-    """One load run: the ProfileResult fields plus client, server and client CPU ms per request, and the
-    server's replies by gRPC code (None where the server has no request counter)."""
+    """One load run as a result row, also printed to stderr: ``labels``, then the ProfileResult fields plus
+    client, server and client CPU ms per request, and the server's replies by gRPC code (None where the
+    server has no request counter)."""
     codes_before = probe.read() if probe else None
     cpu_before = cpu_seconds(list(pids.values()))
     if client == "h2load":
@@ -147,7 +149,8 @@ async def run_load(
         result = verified(result, codes)
     # CPU per request includes the warm-up requests, so it is a slight overestimate.
     calls = max(result.count, 1) * (1 + warmup_s / duration_s)
-    return {
+    row = {
+        **labels,
         "client": client,
         **result.as_dict(),
         "server_cpu_ms_per_request": {
@@ -159,6 +162,8 @@ async def run_load(
         "errors_observable": client == "grpc" or codes is not None,
         "server_codes": codes,
     }
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
 
 
 async def measure(
@@ -177,8 +182,9 @@ async def measure(
         for workers in in_flight:
             # The clients take turns at each setting so drift on the shared machine hits both alike.
             for client in clients_of(args.client):
-                load = await run_load(
+                row = await run_load(
                     client,
+                    labels={"topology": label, "batch": batch, "in_flight": workers},
                     target=target,
                     requests=requests,
                     in_flight=workers,
@@ -187,8 +193,6 @@ async def measure(
                     pids=pids,
                     probe=probe,
                 )
-                row = {"topology": label, "batch": batch, "in_flight": workers, **load}
-                print(json.dumps(row), file=sys.stderr, flush=True)
                 rows.append(row)
     return rows
 

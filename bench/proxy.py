@@ -141,8 +141,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 for round_index in range(args.rounds):
                     for client in clients:
                         for path, target, probe in paths:
-                            load = await run_load(
+                            row = await run_load(
                                 client,
+                                labels={"path": path, "in_flight": workers, "round": round_index},
                                 target=target,
                                 requests=requests,
                                 in_flight=workers,
@@ -151,8 +152,6 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                 pids=pids,
                                 probe=probe,
                             )
-                            row = {"path": path, "in_flight": workers, "round": round_index, **load}
-                            print(json.dumps(row), file=sys.stderr, flush=True)
                             rows.append(row)
         finally:
             if proxy is not None:

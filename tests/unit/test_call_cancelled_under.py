@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
+from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.ps_client import (
     AttemptMetrics,
     ChannelPool,
@@ -47,24 +48,15 @@ async def server(delay_s: float, answer: bytes) -> AsyncIterator[str]:
         await srv.stop(0)
 
 
-class Counter:
-    def __init__(self) -> None:
-        self.value = 0
+def attempt_metrics(metrics: EntryMetrics) -> AttemptMetrics:
+    """The remote-dense call's attempt counters (any caller's would do): real Prometheus children."""
+    return AttemptMetrics(
+        retries=metrics.dense_retries, errors=metrics.dense_errors.labels, latency=metrics.dense_latency
+    )
 
-    def inc(self) -> None:
-        self.value += 1
 
-
-class Metrics:
-    def __init__(self) -> None:
-        self.by_code: dict[str, Counter] = {}
-        self.attempt = AttemptMetrics(retries=Counter(), errors=self.errors, latency=self)
-
-    def errors(self, code: str) -> Counter:
-        return self.by_code.setdefault(code, Counter())
-
-    def observe(self, seconds: float) -> None:
-        pass
+def cancelled_attempts(metrics: EntryMetrics) -> float | None:
+    return metrics.registry.get_sample_value("entry_dense_errors_total", {"code": "CANCELLED"})
 
 
 def closing_after(delay_s: float, channel: grpc.aio.Channel) -> asyncio.Task[None]:
@@ -86,7 +78,7 @@ def test_a_replica_call_whose_channel_closes_under_it_moves_on_to_the_next_repli
     async def scenario() -> None:
         async with server(5.0, b"slow") as slow, server(0.0, b"fast") as fast:
             channels = {a: grpc.aio.insecure_channel(a) for a in (slow, fast)}
-            metrics = Metrics()
+            metrics = EntryMetrics()
             health = ReplicaHealth()
             closer = closing_after(0.2, channels[slow])
             answer = await asyncio.wait_for(
@@ -97,13 +89,13 @@ def test_a_replica_call_whose_channel_closes_under_it_moves_on_to_the_next_repli
                     retry=1,
                     min_attempt_s=3.0,
                     health=health,
-                    metrics=metrics.attempt,
+                    metrics=attempt_metrics(metrics),
                 ),
                 timeout=5,
             )
             await closer
             assert answer == b"fast"
-            assert metrics.by_code["CANCELLED"].value == 1
+            assert cancelled_attempts(metrics) == 1
             assert health.is_failing(slow)
             await channels[fast].close()
 
@@ -114,7 +106,7 @@ def test_the_callers_own_cancellation_still_propagates() -> None:
     async def scenario() -> None:
         async with server(5.0, b"slow") as slow, server(0.0, b"fast") as fast:
             channels = {a: grpc.aio.insecure_channel(a) for a in (slow, fast)}
-            metrics = Metrics()
+            metrics = EntryMetrics()
             task = asyncio.create_task(
                 call_with_retries(
                     [slow, fast],
@@ -123,14 +115,14 @@ def test_the_callers_own_cancellation_still_propagates() -> None:
                     retry=1,
                     min_attempt_s=3.0,
                     health=ReplicaHealth(),
-                    metrics=metrics.attempt,
+                    metrics=attempt_metrics(metrics),
                 )
             )
             await asyncio.sleep(0.2)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert "CANCELLED" not in metrics.by_code  # no retry on the next replica
+            assert cancelled_attempts(metrics) is None  # no retry on the next replica
             for channel in channels.values():
                 await channel.close()
 
@@ -172,7 +164,7 @@ def test_replicas_exhausted_names_the_closed_channel() -> None:
                     retry=0,
                     min_attempt_s=3.0,
                     health=ReplicaHealth(),
-                    metrics=Metrics().attempt,
+                    metrics=attempt_metrics(EntryMetrics()),
                 )
             await closer
 

@@ -66,6 +66,17 @@ def make_model(
     )
 
 
+async def gated_model(
+    export: Path, coalescing: RequestCoalescing, metrics: EntryMetrics | None = None
+) -> tuple[GatedLookup, EntryModel]:
+    """A served model whose lookups wait at a closed gate (the test opens it)."""
+    lookup = GatedLookup()
+    model = make_model(export, lookup, coalescing, metrics)
+    await model.refresh()
+    lookup.gate.clear()
+    return lookup, model
+
+
 def inputs_for(base: Path, kind: str, batch: int, seed: int) -> Inputs:
     spec = load_serving_spec(base / "entry" / "1")
     examples = random_examples(spec, batch, np.random.default_rng(seed))
@@ -148,10 +159,7 @@ def test_predicts_queued_behind_a_running_pass_run_as_one_pass_and_each_gets_its
 
 def test_a_bad_request_fails_alone_and_never_joins_a_pass(export: Path) -> None:
     async def scenario() -> None:
-        lookup = GatedLookup()
-        model = make_model(export, lookup, RequestCoalescing())
-        await model.refresh()
-        lookup.gate.clear()
+        lookup, model = await gated_model(export, RequestCoalescing())
         first = predict(model, inputs_for(export, "instances", 2, 1))
         await until(lambda: len(lookup.calls) == 1)
         good = predict(model, inputs_for(export, "instances", 2, 2))
@@ -167,10 +175,7 @@ def test_a_bad_request_fails_alone_and_never_joins_a_pass(export: Path) -> None:
 
 def test_a_failing_pass_fails_everyone_in_it_and_the_next_request_is_served(export: Path) -> None:
     async def scenario() -> None:
-        lookup = GatedLookup()
-        model = make_model(export, lookup, RequestCoalescing())
-        await model.refresh()
-        lookup.gate.clear()
+        lookup, model = await gated_model(export, RequestCoalescing())
         lookup.fail = True
         tasks = [predict(model, inputs_for(export, "instances", 2, s)) for s in range(4)]
         await until(lambda: len(lookup.calls) == 1)
@@ -188,10 +193,7 @@ def test_a_failing_pass_fails_everyone_in_it_and_the_next_request_is_served(expo
 
 def test_a_queued_request_stops_at_its_own_deadline_while_the_others_are_answered(export: Path) -> None:
     async def scenario() -> None:
-        lookup = GatedLookup()
-        model = make_model(export, lookup, RequestCoalescing())
-        await model.refresh()
-        lookup.gate.clear()
+        lookup, model = await gated_model(export, RequestCoalescing())
         first = predict(model, inputs_for(export, "instances", 2, 1))
         await until(lambda: len(lookup.calls) == 1)
         patient = predict(model, inputs_for(export, "instances", 2, 2))
@@ -207,10 +209,7 @@ def test_a_queued_request_stops_at_its_own_deadline_while_the_others_are_answere
 
 def test_a_merged_pass_never_holds_more_than_max_rows(export: Path) -> None:
     async def scenario() -> None:
-        lookup = GatedLookup()
-        model = make_model(export, lookup, RequestCoalescing(max_rows=5))
-        await model.refresh()
-        lookup.gate.clear()
+        lookup, model = await gated_model(export, RequestCoalescing(max_rows=5))
         tasks = [predict(model, inputs_for(export, "examples", 3, s)) for s in range(5)]
         # 3 + 3 > 5: each queued request of 3 examples goes on its own once the next one arrives, without waiting.
         await until(lambda: len(lookup.calls) >= 4)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from zk_harness import ZooKeeperServer, ZooKeeperUnavailable
@@ -59,3 +60,28 @@ def consul_target(request: pytest.FixtureRequest) -> Iterator[ConsulTarget]:
     clock = OffsetClock()
     with ConsulDouble(clock=clock) as double:
         yield ConsulTarget(address=double.address, double=double, clock=clock)
+
+
+_LOG_TAIL_CHARS = 4000
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """A failed test's report carries the tails of the process logs it left in its tmp_path.
+
+    The integration tests run real servers and agents that log to files there; a timeout alone says
+    nothing about why (a child that never bound its port, a reload that kept failing), and CI keeps
+    nothing but this report.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if not isinstance(tmp_path, Path):
+        return
+    for log_path in sorted(tmp_path.rglob("*.log")):
+        text = log_path.read_text(errors="replace")
+        tail = text[-_LOG_TAIL_CHARS:]
+        cut = "" if len(tail) == len(text) else f"(last {_LOG_TAIL_CHARS} of {len(text)} chars)\n"
+        report.sections.append((f"log {log_path.relative_to(tmp_path)}", cut + tail))

@@ -83,6 +83,33 @@ def test_app_image_runs_cli_without_build_tools(images: Images) -> None:
     assert "pip" not in lines and "monolith-serving" in lines
 
 
+# numba's cache counters of every compiled kernel of both modules, after importing them.
+_KERNEL_CACHE_STATS = """
+import json, numba
+from monolith_serving.entry import instance_wire
+from monolith_serving.ps import hash_kernels
+dispatcher = numba.core.registry.CPUDispatcher
+kernels = [v for m in (instance_wire, hash_kernels) for v in vars(m).values() if isinstance(v, dispatcher)]
+print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
+                  "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels)}))
+"""
+
+
+def test_app_image_loads_its_kernels_from_the_build_time_cache_on_a_read_only_root(images: Images) -> None:
+    # As the Helm chart runs it: read-only root filesystem, an empty writable /tmp. The kernels compiled at build
+    # time are copied into NUMBA_CACHE_DIR and loaded, none compiled again.
+    done = run(
+        [
+            "docker", "run", "--rm", "--read-only", "--tmpfs", "/tmp", "--entrypoint", "sh", images.monolith, "-c",
+            f"python3 -c '{_KERNEL_CACHE_STATS}' && ls /tmp/numba-cache",
+        ]
+    )  # fmt: skip
+    stats_line, *folders = done.stdout.splitlines()
+    stats = json.loads(stats_line)
+    assert stats["misses"] == 0 and stats["hits"] > 0, stats
+    assert sorted(folder.split("_")[0] for folder in folders) == ["entry", "ps"]
+
+
 @pytest.mark.parametrize(("mode", "expected"), [("serving", "healthy"), ("not-serving", "unhealthy")])
 def test_app_image_healthcheck_uses_grpc_health(
     images: Images, container_names: list[str], mode: str, expected: str

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -242,35 +243,45 @@ async def measure_echo(
         echo.stop()
 
 
-_SUMMED = ("count", "errors")
-_MEDIAN = ("qps", "mean_ms", "p50_ms", "p99_ms", "client_cpu_ms_per_request")
+_FIGURES = ("qps", "mean_ms", "p50_ms", "p99_ms", "client_cpu_ms_per_request")
+
+
+def combine_rounds(rows: list[dict[str, Any]], average: Callable[[list[float]], float]) -> dict[str, Any]:
+    """One setting's rows over its rounds: ``average`` of each figure the rows all have (and of each
+    process's server CPU), errors summed."""
+    combined: dict[str, Any] = {
+        name: round(average([r[name] for r in rows]), 3) for name in _FIGURES if all(name in r for r in rows)
+    }
+    combined["errors"] = sum(r["errors"] for r in rows)
+    cpu = [r["server_cpu_ms_per_request"] for r in rows if r.get("server_cpu_ms_per_request")]
+    if cpu:
+        combined["server_cpu_ms_per_request"] = {
+            process: round(average([c[process] for c in cpu]), 3) for process in cpu[0]
+        }
+    return combined
 
 
 def median_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (topology, batch, in flight, client) over its rounds: the median of each figure (of each
-    process's CPU too), the counts and errors summed, and every round's QPS and p99 beside them."""
+    """One row per (topology, batch, in flight, client) over its rounds: ``combine_rounds`` by median, the
+    requests counted, and every round's QPS and p99 beside them."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for one in rows:
         key = (one["topology"], one["batch"], one["in_flight"], one["client"])
         groups.setdefault(key, []).append(one)
-    merged = []
-    for (topology, batch, workers, client), group in groups.items():
-        row: dict[str, Any] = {"topology": topology, "batch": batch, "in_flight": workers, "client": client}
-        row["rounds"] = len(group)
-        for name in _SUMMED:
-            row[name] = sum(r[name] for r in group)
-        for name in _MEDIAN:
-            if all(name in r for r in group):
-                row[name] = round(statistics.median(r[name] for r in group), 3)
-        cpu = [r["server_cpu_ms_per_request"] for r in group if r.get("server_cpu_ms_per_request")]
-        if cpu:
-            row["server_cpu_ms_per_request"] = {
-                process: round(statistics.median(c[process] for c in cpu), 3) for process in cpu[0]
-            }
-        row["qps_by_round"] = [r["qps"] for r in group]
-        row["p99_ms_by_round"] = [r["p99_ms"] for r in group]
-        merged.append(row)
-    return merged
+    return [
+        {
+            "topology": topology,
+            "batch": batch,
+            "in_flight": workers,
+            "client": client,
+            "rounds": len(group),
+            "count": sum(r["count"] for r in group),
+            **combine_rounds(group, statistics.median),
+            "qps_by_round": [r["qps"] for r in group],
+            "p99_ms_by_round": [r["p99_ms"] for r in group],
+        }
+        for (topology, batch, workers, client), group in groups.items()
+    ]
 
 
 async def in_process(

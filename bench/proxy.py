@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from h2load_client import CounterProbe, find_h2load
-from predict import CLIENTS, ENTRY_REQUESTS_SAMPLE, clients_of, requests_for, run_load, wait_serving
+from predict import CLIENTS, ENTRY_REQUESTS_SAMPLE, clients_of, combine_rounds, requests_for, run_load, wait_serving
 
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import load_serving_spec
@@ -42,14 +42,12 @@ from monolith_serving.entry.standalone import ClusterConfig, StandaloneCluster, 
 P50_TARGET_MS = 1.0
 QPS_TARGET_RATIO = 0.7
 PROXY_REQUESTS_SAMPLE = "proxy_requests_total"
-
-
-def _mean(rows: list[dict[str, Any]], key: str) -> float:
-    return round(statistics.fmean(r[key] for r in rows), 3)
+# What each path reports per setting: means over its rounds (combine_rounds).
+_SUMMARY_FIELDS = ("qps", "mean_ms", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_request")
 
 
 def summarize_client(
-    rows: list[dict[str, Any]], client: str, batch: int, in_flight: list[int], pids: dict[str, int]
+    rows: list[dict[str, Any]], client: str, batch: int, in_flight: list[int]
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(summary by in-flight setting, targets at 16 in flight or None) of one client's rows."""
     summary: dict[str, Any] = {}
@@ -57,16 +55,8 @@ def summarize_client(
         by_path = {}
         for path in ("direct", "proxy"):
             mine = [r for r in rows if r["client"] == client and r["path"] == path and r["in_flight"] == workers]
-            by_path[path] = {
-                "qps": _mean(mine, "qps"),
-                "mean_ms": _mean(mine, "mean_ms"),
-                "p50_ms": _mean(mine, "p50_ms"),
-                "p99_ms": _mean(mine, "p99_ms"),
-                "errors": sum(r["errors"] for r in mine),
-                "server_cpu_ms_per_request": {
-                    name: _mean([r["server_cpu_ms_per_request"] for r in mine], name) for name in pids
-                },
-            }
+            combined = combine_rounds(mine, statistics.fmean)
+            by_path[path] = {name: combined[name] for name in _SUMMARY_FIELDS}
         overhead_ms = round(by_path["proxy"]["p50_ms"] - by_path["direct"]["p50_ms"], 3)
         ratio = round(by_path["proxy"]["qps"] / by_path["direct"]["qps"], 3) if by_path["direct"]["qps"] else 0.0
         summary[f"batch{batch}_inflight{workers}"] = {
@@ -160,7 +150,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             cluster.stop()
     by_client: dict[str, Any] = {}
     for client in clients:
-        summary, targets = summarize_client(rows, client, args.batch, in_flight, pids)
+        summary, targets = summarize_client(rows, client, args.batch, in_flight)
         by_client[client] = {"summary": summary, "targets": targets}
     report: dict[str, Any] = {
         "setup": {

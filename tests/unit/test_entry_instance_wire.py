@@ -20,6 +20,7 @@ import pytest
 from google.protobuf.message import DecodeError
 
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.proto_wire import length_delimited, tag, varint
 from monolith_serving.core.serving_spec import (
     DenseBackend,
     DenseInputSpec,
@@ -52,27 +53,6 @@ DENSE = {"ctx": 2, "age": 1}
 
 
 # -- hand encoding ------------------------------------------------------------------------------------------------
-
-
-def varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def tag(field: int, wire_type: int) -> bytes:
-    return varint(field << 3 | wire_type)
-
-
-def length_delimited(field: int, payload: bytes) -> bytes:
-    return tag(field, 2) + varint(len(payload)) + payload
 
 
 def fixed64s(field: int, values: list[int], packed: bool) -> bytes:

@@ -66,7 +66,7 @@ def seed_cache_dir(seed: Path, target: Path) -> list[str]:
 def seed_numba_cache(environ: Mapping[str, str]) -> list[str]:
     """``seed_cache_dir`` from ``MONOLITH_NUMBA_CACHE_SEED`` into ``NUMBA_CACHE_DIR`` when both are set."""
     seed, target = environ.get(SEED_ENV), environ.get("NUMBA_CACHE_DIR")
-    if not seed or not target or Path(seed) == Path(target):
+    if not seed or not target:
         return []
     return seed_cache_dir(Path(seed), Path(target))
 

@@ -78,5 +78,5 @@ def test_environment_names_seed_and_target(tmp_path: Path) -> None:
     target = tmp_path / "cache"
     assert seed_numba_cache({SEED_ENV: str(seed)}) == []  # no NUMBA_CACHE_DIR: numba's own default
     assert seed_numba_cache({"NUMBA_CACHE_DIR": str(target)}) == []  # no seed: nothing to copy
-    assert seed_numba_cache({SEED_ENV: str(seed), "NUMBA_CACHE_DIR": str(seed)}) == []  # the image's build step
+    assert seed_numba_cache({SEED_ENV: str(seed), "NUMBA_CACHE_DIR": str(seed)}) == []  # the build step: all there
     assert seed_numba_cache({SEED_ENV: str(seed), "NUMBA_CACHE_DIR": str(target)}) == ["entry_abc", "ps_def"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ports import free_port as free_port  # re-exported: the deploy tests take it from here
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -85,12 +86,6 @@ def ensure_python_tool(command: str, requirement: str) -> str:
     if not path.exists():
         raise CommandFailed(f"{command} not found in {bin_dir} after installing {requirement}")
     return str(path)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], bool], *, timeout_s: float, interval_s: float = 0.5, what: str) -> None:

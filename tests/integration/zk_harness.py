@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from ports import free_port
+
 ZK_JAR = Path("/usr/share/java/zookeeper.jar")
 # The packaged zkServer.sh disables logging; running the main class with log4j on the classpath keeps the
 # server log available (in <tmp>/zookeeper.log) for debugging a failed test.
@@ -25,12 +27,6 @@ MAIN_CLASS = "org.apache.zookeeper.server.ZooKeeperServerMain"
 
 class ZooKeeperUnavailable(RuntimeError):
     """Java or the Debian zookeeper package is missing, or the server did not come up."""
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def four_letter_word(port: int, word: str, timeout_s: float = 1.0) -> str:
@@ -68,7 +64,7 @@ class ZooKeeperServer:
         self._tick_time_ms = tick_time_ms
         self._start_timeout_s = start_timeout_s
         self._root = Path(tempfile.mkdtemp(prefix="zk-harness-"))
-        self.port = free_loopback_port()
+        self.port = free_port()
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file = self._root / "zookeeper.out"
         self._write_config()
@@ -196,7 +192,6 @@ __all__ = [
     "ZooKeeperServer",
     "ZooKeeperUnavailable",
     "four_letter_word",
-    "free_loopback_port",
     "zookeeper_available",
 ]
 

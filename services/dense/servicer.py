@@ -102,7 +102,8 @@ class DensePredictionServicer(prediction_service_pb2_grpc.PredictionServiceServi
     def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
         spec = request.model_spec
         version, label = _pinned(spec)
-        servable, loaded = self._versions.resolve(spec.name, version, label)
+        _, servable = self._versions.resolve(spec.name, version, label)
+        loaded = servable.require_loaded()
         if spec.signature_name not in SIGNATURE_ALIASES:
             raise InvalidArgumentError(f"model {spec.name!r} has no signature {spec.signature_name!r}; use 'dense'")
         output_name = loaded.spec.output_name
@@ -126,7 +127,8 @@ class DensePredictionServicer(prediction_service_pb2_grpc.PredictionServiceServi
         if fields != ["signature_def"]:
             raise InvalidArgumentError(f"metadata_field must be ['signature_def'], got {fields}")
         version, label = _pinned(request.model_spec)
-        servable, loaded = self._versions.resolve(request.model_spec.name, version, label)
+        _, servable = self._versions.resolve(request.model_spec.name, version, label)
+        loaded = servable.require_loaded()
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = servable.version
@@ -156,7 +158,7 @@ class DenseModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: 
         spec = request.model_spec
         version, label = _pinned(spec)
         if label:
-            version = self._versions.resolve(spec.name, label=label)[0].version
+            version = self._versions.resolve(spec.name, label=label)[1].version
         response = get_model_status_pb2.GetModelStatusResponse()
         for status in self._versions.status(spec.name, version):
             item = response.model_version_status.add(version=status.version, state=int(status.state))

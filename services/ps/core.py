@@ -26,7 +26,7 @@ from monolith_serving.ps.sync import (
     decode_raw_assign,
 )
 from monolith_serving.ps.table_store import TableSet
-from monolith_serving.ps.version_manager import ServableVersion, SubModel, VersionStateManager
+from monolith_serving.ps.version_manager import SubModel, VersionStateManager
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class PsCore:
     def lookup(self, ref: ModelRef, inputs: TensorMap, output_filter: Sequence[str] = ()) -> LookupResult:
         """``<table>_id`` int64[n] -> ``<table>_value`` float32[n, dim]; unknown fids give zero rows."""
         model, servable = self.versions.resolve(ref.name, ref.version, ref.label)
-        tables = _tables_of(servable)
+        tables = servable.require_loaded()
         check_request_size(inputs, self._max_fids, what="fids")
         shard = self.shard_check(model)
         decoded = []
@@ -111,7 +111,7 @@ class PsCore:
         id_inputs = [n for n in inputs if n == "id" or n.endswith(ID_SUFFIX)]
         try:
             _, servable = self.versions.resolve(ref.name, ref.version, ref.label)
-            tables = _tables_of(servable)
+            tables = servable.require_loaded()
             check_request_size({n: inputs[n] for n in id_inputs}, self._max_fids, what="fids")
             dims = {name: table.dim for name, table in tables.tables.items()}
             shard = self.shard_check(model)
@@ -146,12 +146,6 @@ def replay_updates(tables: TableSet, updates: list[TableUpdate], model: str) -> 
             )  # fmt: skip
             continue
         table.upsert(update.fids, update.values)
-
-
-def _tables_of(servable: ServableVersion) -> TableSet:
-    if servable.tables is None:  # cannot happen for an AVAILABLE version; guards the type
-        raise NotFoundError(f"version {servable.version} is not loaded")
-    return servable.tables
 
 
 def _count_rows(inputs: TensorMap, id_inputs: list[str]) -> int:

@@ -96,8 +96,8 @@ class PsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name = ref.name
         response.model_spec.version.value = servable.version
-        if servable.tables is not None:
-            response.metadata["signature_def"].Pack(signature_defs(servable.tables))
+        if servable.loaded is not None:
+            response.metadata["signature_def"].Pack(signature_defs(servable.loaded))
         return response
 
     async def Classify(self, request: object, context: grpc.aio.ServicerContext) -> None:
@@ -187,9 +187,8 @@ class PsModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ign
         for status in self._core.versions.status(ref.name, version):
             entry = response.model_version_status.add(version=status.version, state=int(status.state))
             if status.error is not None:
-                message = status.error.message if isinstance(status.error, MonolithServingError) else str(status.error)
                 entry.status.error_code = status_code_for(status.error).value[0]
-                entry.status.error_message = message
+                entry.status.error_message = status.error.message
         return response
 
     async def HandleReloadConfigRequest(

@@ -1,0 +1,259 @@
+"""Which versions of which hosted models are loaded: the load/unload state machine of the PS and the dense server.
+
+Per model and version: START -> LOADING -> AVAILABLE -> UNLOADING -> END, or LOADING -> END with the error. A new
+version loads on a worker thread beside the serving one, so the event loop keeps answering; the versions the policy
+no longer wants are unloaded only once a wanted version is AVAILABLE, so a broken export leaves the previous version
+serving. A failed version is retried only on an explicit reload (``fresh``).
+
+What differs between servers comes in as ``LifecycleHooks``: how a version is read (PS: hash-table dumps into a
+TableSet; dense: a network), what is replayed into it before it is published (PS: parameter-sync batches that
+arrived while it loaded), and which metrics follow the states.
+
+Thread-safety: every method runs on the event loop; only ``hooks.load`` runs on the executor, into an object nobody
+else sees until it is published. Publishing (``hooks.publish``, then AVAILABLE) is one synchronous step on the loop,
+so no request can run between the replay and the switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+from monolith_serving.core.errors import FailedPreconditionError, MonolithServingError, NotFoundError
+from monolith_serving.core.export_layout import PolicyKind, VersionPolicy, list_versions
+from monolith_serving.core.model_state import ModelState, choose_version, served_model
+
+logger = logging.getLogger(__name__)
+
+
+class HostedConfig(Protocol):
+    """A hosted model's configuration: where its versions are and which to serve."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def base_path(self) -> Path: ...
+
+    @property
+    def policy(self) -> VersionPolicy: ...
+
+    @property
+    def version_labels(self) -> Mapping[str, int]: ...
+
+
+C = TypeVar("C", bound=HostedConfig)
+L = TypeVar("L")  # one loaded version (a TableSet, a dense network)
+U = TypeVar("U")  # what arrives for a version while it loads and is replayed into it (PS: sync batches)
+
+
+@dataclass(eq=False)
+class Servable(Generic[L, U]):
+    """One version of one model. ``loaded`` is set exactly while AVAILABLE."""
+
+    version: int
+    state: ModelState = ModelState.START
+    error: MonolithServingError | None = None  # set only for END after a failed load
+    loaded: L | None = None
+    pending: list[U] = field(default_factory=list)  # handed to ``hooks.publish``, then emptied
+
+    def require_loaded(self) -> L:
+        if self.loaded is None:  # cannot happen for an AVAILABLE version; guards the type
+            raise NotFoundError(f"version {self.version} is not loaded")
+        return self.loaded
+
+
+@dataclass(eq=False)
+class HostedModel(Generic[C, L, U]):
+    config: C
+    versions: dict[int, Servable[L, U]] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # serialises the steps of ``update``
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def serving(self) -> Servable[L, U] | None:
+        """The newest AVAILABLE version (what unpinned requests get)."""
+        available = [v for v in self.versions.values() if v.state is ModelState.AVAILABLE]
+        return max(available, key=lambda v: v.version) if available else None
+
+    def loading(self) -> list[Servable[L, U]]:
+        return [v for v in self.versions.values() if v.state in (ModelState.START, ModelState.LOADING)]
+
+
+@dataclass(frozen=True)
+class LifecycleHooks(Generic[C, L, U]):
+    load: Callable[[C, int], L]
+    """Reads one version (blocking; runs on the executor). Any exception makes the version END with it."""
+    state_changed: Callable[[str, int, ModelState], None]
+    """(model, version, state) after every transition; for the per-version state gauge."""
+    load_failed: Callable[[str], None]
+    """(model) after a failed load; for a failure counter."""
+    published: Callable[[str, int, L, float], str]
+    """(model, version, loaded, seconds the load took) once AVAILABLE: records metrics, returns what the
+    log line says of the version."""
+    unloaded: Callable[[str, int, L | None], None] = lambda model, version, loaded: None
+    """(model, version, what it held) after an unload; to drop the version's metrics."""
+    publish: Callable[[L, list[U], str], None] | None = None
+    """(loaded, pending, model): replays what arrived while the version loaded, on the loop, just before
+    AVAILABLE. An exception fails the load. None: nothing arrives while a version loads."""
+
+
+class VersionLifecycle(Generic[C, L, U]):
+    """Loads, publishes and unloads the versions of the hosted models per their policies."""
+
+    def __init__(
+        self,
+        *,
+        hooks: LifecycleHooks[C, L, U],
+        executor: Executor,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._hooks = hooks
+        self._executor = executor
+        self._clock = clock
+        self.models: dict[str, HostedModel[C, L, U]] = {}
+
+    # ------------------------------------------------------------------ queries (synchronous)
+
+    def model(self, name: str) -> HostedModel[C, L, U]:
+        return served_model(self.models, name)
+
+    def resolve(
+        self, name: str, version: int | None = None, label: str = ""
+    ) -> tuple[HostedModel[C, L, U], Servable[L, U]]:
+        """The version a request gets: pinned (by number or label) or the newest AVAILABLE."""
+        model = self.model(name)
+        chosen = choose_version(
+            name,
+            versions=model.versions,
+            serving=model.serving(),
+            labels=model.config.version_labels,
+            version=version,
+            label=label,
+        )
+        return model, chosen
+
+    def status(self, name: str, version: int | None = None) -> list[Servable[L, U]]:
+        """Newest first; NOT_FOUND for an unknown model or version."""
+        versions = sorted(self.model(name).versions.values(), key=lambda v: -v.version)
+        if version is not None:
+            versions = [v for v in versions if v.version == version]
+            if not versions:
+                raise NotFoundError(f"model {name!r} has no version {version}")
+        return versions
+
+    # ------------------------------------------------------------------ changes
+
+    async def apply_config(self, configs: Sequence[C], *, fresh: bool = False) -> None:
+        """Makes the hosted models exactly ``configs`` and loads/unloads versions accordingly.
+
+        ``fresh`` (an explicit reload) lets latest_once choose again and retries versions that failed; a
+        model whose config changed is treated as fresh. Returns once every model's versions are settled.
+        """
+        wanted = {c.name: c for c in configs}
+        for name in sorted(set(self.models) - set(wanted)):
+            model = self.models.pop(name)
+            async with model.lock:
+                for servable in list(model.versions.values()):
+                    self._unload(model, servable)
+            logger.info("model %s removed from the config: unloaded", name)
+        for name, config in wanted.items():
+            existing = self.models.get(name)
+            changed = existing is None or existing.config != config
+            model = existing if existing is not None else HostedModel(config)
+            self.models[name] = model
+            model.config = config
+            await self.update(model, fresh=fresh or changed)
+
+    async def refresh(self) -> None:
+        """One file-system poll: picks up new versions of every hosted model."""
+        for model in list(self.models.values()):
+            await self.update(model)
+
+    async def update(self, model: HostedModel[C, L, U], *, fresh: bool = False) -> None:
+        async with model.lock:
+            try:
+                on_disk = list_versions(model.config.base_path)
+            except NotFoundError as error:
+                logger.warning("model %s: %s", model.name, error.message)
+                on_disk = []
+            policy = model.config.policy
+            held = [v.version for v in model.versions.values() if v.state in (ModelState.LOADING, ModelState.AVAILABLE)]
+            desired = policy.choose(on_disk, () if fresh else held)
+            for version in sorted(desired, reverse=True):  # newest first: it is what unpinned requests want
+                known = model.versions.get(version)
+                if known is None or (fresh and known.state is ModelState.END):
+                    await self._load(model, version)
+            # Old versions go only once a wanted one is AVAILABLE (a failed load keeps the old one serving),
+            # except under an explicit empty ``specific {}``: that means "serve nothing" (the model manager
+            # uses it to undo a failed first rollout), so everything is unloaded.
+            serve_nothing = policy.kind is PolicyKind.SPECIFIC and not policy.versions
+            settled = any(model.versions[v].state is ModelState.AVAILABLE for v in desired if v in model.versions)
+            if serve_nothing or settled:
+                for servable in list(model.versions.values()):
+                    if servable.version not in desired:
+                        self._unload(model, servable)
+
+    async def close(self) -> None:
+        for model in self.models.values():
+            for servable in list(model.versions.values()):
+                self._unload(model, servable)
+
+    async def _load(self, model: HostedModel[C, L, U], version: int) -> None:
+        servable: Servable[L, U] = Servable(version)
+        model.versions[version] = servable
+        self._set_state(model, servable, ModelState.START)
+        self._set_state(model, servable, ModelState.LOADING)
+        logger.info("model %s version %d: loading", model.name, version)
+        started = self._clock()
+        loop = asyncio.get_running_loop()
+        try:
+            loaded = await loop.run_in_executor(self._executor, self._hooks.load, model.config, version)
+            # Publish in one synchronous step: nothing can run between the replay and AVAILABLE.
+            if self._hooks.publish is not None:
+                self._hooks.publish(loaded, servable.pending, model.name)
+        except Exception as exc:  # any broken export must end as END with its reason, never crash the loop
+            error = (
+                exc
+                if isinstance(exc, MonolithServingError)
+                else FailedPreconditionError(f"{type(exc).__name__}: {exc}")
+            )
+            servable.pending = []
+            servable.error = error
+            self._set_state(model, servable, ModelState.END)
+            self._hooks.load_failed(model.name)
+            logger.error("model %s version %d: load failed: %s", model.name, version, error.message)
+            return
+        servable.pending = []
+        servable.loaded = loaded
+        self._set_state(model, servable, ModelState.AVAILABLE)
+        elapsed = self._clock() - started
+        described = self._hooks.published(model.name, version, loaded, elapsed)
+        logger.info("model %s version %d: AVAILABLE in %.2f s (%s)", model.name, version, elapsed, described)
+
+    def _unload(self, model: HostedModel[C, L, U], servable: Servable[L, U]) -> None:
+        if servable.state is not ModelState.AVAILABLE:
+            return
+        self._set_state(model, servable, ModelState.UNLOADING)
+        held, servable.loaded = servable.loaded, None
+        self._set_state(model, servable, ModelState.END)
+        self._hooks.unloaded(model.name, servable.version, held)
+        logger.info("model %s version %d: unloaded", model.name, servable.version)
+
+    def _set_state(self, model: HostedModel[C, L, U], servable: Servable[L, U], state: ModelState) -> None:
+        servable.state = state
+        self._hooks.state_changed(model.name, servable.version, state)
+
+
+def _load_error(exc: Exception) -> MonolithServingError:
+    """A load failure as GetModelStatus reports it: our own errors keep their code; anything else (a reader's
+    ValueError on a corrupt file, an OSError) is FAILED_PRECONDITION with its type and text."""
+    return exc if isinstance(exc, MonolithServingError) else FailedPreconditionError(f"{type(exc).__name__}: {exc}")

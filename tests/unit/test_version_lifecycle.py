@@ -1,0 +1,148 @@
+"""core.version_lifecycle on its own: the hooks it calls, the order of states, how a failed load is reported."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from monolith_serving.core.errors import FailedPreconditionError, NotFoundError
+from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
+from monolith_serving.core.model_state import ModelState
+from monolith_serving.core.version_lifecycle import LifecycleHooks, VersionLifecycle
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    base_path: Path
+    policy: VersionPolicy = field(default_factory=VersionPolicy)
+    version_labels: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Recorder:
+    """Every hook call, in order; ``broken`` versions fail to load with a plain ValueError."""
+
+    broken: set[int] = field(default_factory=set)
+    calls: list[tuple[object, ...]] = field(default_factory=list)
+
+    def load(self, config: Config, version: int) -> str:
+        if version in self.broken:
+            raise ValueError(f"cannot read version {version}")
+        return f"{config.name}@{version}"
+
+    def publish(self, loaded: str, pending: list[int], model: str) -> None:
+        self.calls.append(("publish", loaded, list(pending)))
+        if -1 in pending:
+            raise NotFoundError("replayed update names a table the version lacks")
+
+    def hooks(self) -> LifecycleHooks[Config, str, int]:
+        return LifecycleHooks(
+            load=self.load,
+            state_changed=lambda model, version, state: self.calls.append(("state", version, state)),
+            load_failed=lambda model: self.calls.append(("failed", model)),
+            published=lambda model, version, loaded, elapsed: f"holds {loaded}",
+            unloaded=lambda model, version, loaded: self.calls.append(("unloaded", version, loaded)),
+            publish=self.publish,
+        )
+
+
+def _lifecycle(recorder: Recorder) -> VersionLifecycle[Config, str, int]:
+    return VersionLifecycle(hooks=recorder.hooks(), executor=ThreadPoolExecutor(1))
+
+
+def _versions(root: Path, *versions: int) -> Config:
+    for v in versions:
+        (root / "m" / str(v)).mkdir(parents=True, exist_ok=True)
+    return Config("m", root / "m")
+
+
+def test_states_in_order_and_the_old_version_unloaded_with_what_it_held(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        lifecycle = _lifecycle(recorder)
+        config = _versions(tmp_path, 1)
+        await lifecycle.apply_config([config])
+        assert lifecycle.resolve("m")[1].require_loaded() == "m@1"
+        _versions(tmp_path, 2)
+        recorder.calls.clear()
+        await lifecycle.refresh()
+        states = [(c[1], c[2]) for c in recorder.calls if c[0] == "state"]
+        assert states == [
+            (2, ModelState.START), (2, ModelState.LOADING), (2, ModelState.AVAILABLE),
+            (1, ModelState.UNLOADING), (1, ModelState.END),
+        ]  # fmt: skip
+        assert ("unloaded", 1, "m@1") in recorder.calls
+        assert [(s.version, s.state) for s in lifecycle.status("m")] == [(2, ModelState.AVAILABLE), (1, ModelState.END)]
+        with pytest.raises(NotFoundError, match="version 1 is not loaded"):
+            lifecycle.model("m").versions[1].require_loaded()
+
+    asyncio.run(scenario())
+
+
+def test_a_foreign_exception_is_reported_as_failed_precondition_and_retried_only_when_fresh(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        recorder = Recorder(broken={2})
+        lifecycle = _lifecycle(recorder)
+        await lifecycle.apply_config([_versions(tmp_path, 1)])
+        _versions(tmp_path, 2)
+        await lifecycle.refresh()
+        broken, serving = lifecycle.status("m")
+        assert (broken.version, broken.state, serving.state) == (2, ModelState.END, ModelState.AVAILABLE)
+        assert isinstance(broken.error, FailedPreconditionError)
+        assert broken.error.message == "ValueError: cannot read version 2"
+        assert ("failed", "m") in recorder.calls
+        await lifecycle.refresh()  # a poll does not retry a failed version
+        assert lifecycle.status("m", 2)[0].state is ModelState.END
+        recorder.broken.clear()
+        await lifecycle.apply_config([lifecycle.model("m").config], fresh=True)
+        assert [(s.version, s.state) for s in lifecycle.status("m")] == [(2, ModelState.AVAILABLE), (1, ModelState.END)]
+
+    asyncio.run(scenario())
+
+
+def test_pending_work_is_published_once_and_a_failing_publish_fails_the_load(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        lifecycle = _lifecycle(recorder)
+        config = _versions(tmp_path, 1)
+        loading = asyncio.create_task(lifecycle.apply_config([config]))
+        while not lifecycle.models.get("m") or not lifecycle.model("m").loading():
+            await asyncio.sleep(0)
+        lifecycle.model("m").loading()[0].pending.extend([7, 8])
+        await loading
+        assert ("publish", "m@1", [7, 8]) in recorder.calls
+        assert lifecycle.model("m").versions[1].pending == []
+
+        _versions(tmp_path, 2)
+        refreshing = asyncio.create_task(lifecycle.refresh())
+        while not lifecycle.model("m").loading():
+            await asyncio.sleep(0)
+        lifecycle.model("m").loading()[0].pending.append(-1)
+        await refreshing
+        failed = lifecycle.status("m", 2)[0]
+        assert failed.state is ModelState.END and isinstance(failed.error, NotFoundError)
+        assert lifecycle.resolve("m")[1].version == 1  # the old version keeps serving
+
+    asyncio.run(scenario())
+
+
+def test_serve_nothing_unloads_everything(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        lifecycle = _lifecycle(recorder)
+        config = _versions(tmp_path, 1)
+        await lifecycle.apply_config([config])
+        nothing = Config("m", config.base_path, VersionPolicy(PolicyKind.SPECIFIC, versions=()))
+        await lifecycle.apply_config([nothing])
+        assert [(s.version, s.state) for s in lifecycle.status("m")] == [(1, ModelState.END)]
+        await lifecycle.apply_config([])
+        with pytest.raises(NotFoundError, match="not served here"):
+            lifecycle.model("m")
+
+    asyncio.run(scenario())

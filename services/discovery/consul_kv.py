@@ -18,7 +18,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -26,17 +26,15 @@ import consul
 
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.discovery.base import (
-    Discovery,
     SessionState,
-    StateListener,
     SubtreeDiffer,
     WatchHandle,
     WatchListener,
     leaves_of,
     normalize_path,
-    safe_call,
 )
 from monolith_serving.discovery.config import DiscoveryConfig
+from monolith_serving.discovery.session_backend import SessionBackend
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,10 +62,14 @@ def _entries_to_nodes(entries: list[dict[str, Any]] | None) -> dict[str, bytes]:
     return nodes
 
 
-class ConsulDiscovery(Discovery):
+class ConsulDiscovery(SessionBackend):
     """Discovery over a Consul agent's HTTP API."""
 
     def __init__(self, config: DiscoveryConfig, *, retry_delay_s: float = 0.5) -> None:
+        super().__init__(
+            backend="consul",
+            executor=ThreadPoolExecutor(max_workers=config.executor_workers, thread_name_prefix="consul"),
+        )
         self._config = config
         self._ttl_s = config.session_timeout_s
         self._retry_delay_s = retry_delay_s
@@ -77,19 +79,10 @@ class ConsulDiscovery(Discovery):
             scheme=config.consul_scheme,
             token=config.consul_token,
         )
-        self._executor = ThreadPoolExecutor(max_workers=config.executor_workers, thread_name_prefix="consul")
         # Blocking queries park a thread for up to `consul_watch_wait_s`; keep them off the main pool.
         self._watch_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="consul-watch")
         self._session_id: str | None = None
-        self._state = SessionState.SUSPENDED
-        self._connected = asyncio.Event()
-        self._state_listeners: list[StateListener] = []
-        self._ephemerals: dict[str, bytes] = {}
-        self._ephemeral_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[None]] = set()
         self._watches: list[_ConsulSubtreeWatch] = []
-        self._started = False
-        self._stopped = False
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -120,46 +113,11 @@ class ConsulDiscovery(Discovery):
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._watch_executor.shutdown(wait=False, cancel_futures=True)
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     # ---- state -----------------------------------------------------------------------------------------
-    @property
-    def state(self) -> SessionState:
-        return self._state
-
     @property
     def session_id(self) -> str | None:
         """The live Consul session; for diagnostics and session-loss tests."""
         return self._session_id
-
-    async def wait_connected(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
-    def add_state_listener(self, listener: StateListener) -> None:
-        self._state_listeners.append(listener)
-
-    def remove_state_listener(self, listener: StateListener) -> None:
-        if listener in self._state_listeners:
-            self._state_listeners.remove(listener)
-
-    def _set_state(self, state: SessionState) -> None:
-        if state is self._state:
-            return
-        previous, self._state = self._state, state
-        if state is SessionState.CONNECTED:
-            self._connected.set()
-        else:
-            self._connected.clear()
-        log.info("consul session %s -> %s", previous.value, state.value)
-        for listener in list(self._state_listeners):
-            safe_call(listener, state)
 
     async def _session_loop(self) -> None:
         """Create, renew and (after loss) re-create the session. Never ends until cancelled."""
@@ -200,18 +158,6 @@ class ConsulDiscovery(Discovery):
                 await asyncio.sleep(self._retry_delay_s)
 
     # ---- ephemerals ------------------------------------------------------------------------------------
-    async def register_ephemeral(self, path: str, data: bytes) -> None:
-        path = normalize_path(path)
-        self._ephemerals[path] = data
-        await self._write_ephemeral(path)
-
-    async def update_ephemeral(self, path: str, data: bytes) -> None:
-        path = normalize_path(path)
-        if path not in self._ephemerals:
-            raise KeyError(f"ephemeral {path} is not registered")
-        self._ephemerals[path] = data
-        await self._write_ephemeral(path)
-
     async def unregister(self, path: str) -> None:
         path = normalize_path(path)
         self._ephemerals.pop(path, None)
@@ -233,10 +179,6 @@ class ConsulDiscovery(Discovery):
                 await self._run(self._acquire_blocking, path_to_key(path), data, session_id)
             except _TRANSIENT as exc:
                 log.warning("ephemeral %s not written (%r); will retry with the next session", path, exc)
-
-    async def _reconcile_all_ephemerals(self) -> None:
-        for path in list(self._ephemerals):
-            await self._write_ephemeral(path)
 
     def _acquire_blocking(self, key: str, data: bytes, session_id: str) -> None:
         if self._client.kv.put(key, data, acquire=session_id):
@@ -297,10 +239,6 @@ class ConsulDiscovery(Discovery):
             self._watches.remove(watch)
 
     # ---- helpers ---------------------------------------------------------------------------------------
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
-
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return await self._run(fn, *args, **kwargs)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -29,18 +29,16 @@ from kazoo.retry import KazooRetry
 
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.discovery.base import (
-    Discovery,
     SessionState,
-    StateListener,
     SubtreeDiffer,
     WatchHandle,
     WatchListener,
     join_path,
     leaves_of,
     normalize_path,
-    safe_call,
 )
 from monolith_serving.discovery.config import DiscoveryConfig
+from monolith_serving.discovery.session_backend import SessionBackend
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,7 +53,7 @@ _STATE_MAP = {
 }
 
 
-class ZkDiscovery(Discovery):
+class ZkDiscovery(SessionBackend):
     """Discovery over a ZooKeeper ensemble.
 
     Connecting retries forever with backoff (ZooKeeper down at start is not fatal: ``state`` stays
@@ -63,9 +61,12 @@ class ZkDiscovery(Discovery):
     """
 
     def __init__(self, config: DiscoveryConfig, *, read_timeout_s: float = 10.0) -> None:
+        super().__init__(
+            backend="zookeeper",
+            executor=ThreadPoolExecutor(max_workers=config.executor_workers, thread_name_prefix="zk-discovery"),
+        )
         self._config = config
         self._read_timeout_s = read_timeout_s
-        self._executor = ThreadPoolExecutor(max_workers=config.executor_workers, thread_name_prefix="zk-discovery")
         self._client = KazooClient(
             hosts=config.zk_servers,
             timeout=config.session_timeout_s,
@@ -73,15 +74,7 @@ class ZkDiscovery(Discovery):
             command_retry=KazooRetry(max_tries=3, delay=0.1, max_delay=1.0),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._state = SessionState.SUSPENDED
-        self._state_listeners: list[StateListener] = []
-        self._connected = asyncio.Event()
-        self._ephemerals: dict[str, bytes] = {}  # desired state, touched only on the loop
-        self._ephemeral_lock = asyncio.Lock()
         self._watches: list[_ZkSubtreeWatch] = []
-        self._tasks: set[asyncio.Future[None]] = set()
-        self._started = False
-        self._stopped = False
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,28 +112,10 @@ class ZkDiscovery(Discovery):
         self._client.close()
 
     # ---- state -----------------------------------------------------------------------------------------
-    @property
-    def state(self) -> SessionState:
-        return self._state
-
     def session_id(self) -> tuple[int, bytes] | None:
         """(session id, password) of the live session; for diagnostics and session-expiry tests."""
         client_id: tuple[int, bytes] | None = self._client.client_id
         return client_id
-
-    async def wait_connected(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
-    def add_state_listener(self, listener: StateListener) -> None:
-        self._state_listeners.append(listener)
-
-    def remove_state_listener(self, listener: StateListener) -> None:
-        if listener in self._state_listeners:
-            self._state_listeners.remove(listener)
 
     def _on_kazoo_state(self, kazoo_state: str) -> None:
         # Runs on kazoo's connection thread: must not block, so only hand over to the loop.
@@ -151,14 +126,7 @@ class ZkDiscovery(Discovery):
         loop.call_soon_threadsafe(self._set_state, state)
 
     def _set_state(self, state: SessionState) -> None:
-        previous, self._state = self._state, state
-        if state is SessionState.CONNECTED:
-            self._connected.set()
-        else:
-            self._connected.clear()
-        log.info("zookeeper session %s -> %s", previous.value, state.value)
-        for listener in list(self._state_listeners):
-            safe_call(listener, state)
+        super()._set_state(state)
         if state is SessionState.CONNECTED and not self._stopped:
             # After any reconnect (same session or a new one after LOST) bring ephemerals and watches back.
             self.spawn(self._reconcile_all_ephemerals())
@@ -166,18 +134,6 @@ class ZkDiscovery(Discovery):
                 watch.request_resync()
 
     # ---- ephemerals ------------------------------------------------------------------------------------
-    async def register_ephemeral(self, path: str, data: bytes) -> None:
-        path = normalize_path(path)
-        self._ephemerals[path] = data
-        await self._write_ephemeral(path)
-
-    async def update_ephemeral(self, path: str, data: bytes) -> None:
-        path = normalize_path(path)
-        if path not in self._ephemerals:
-            raise KeyError(f"ephemeral {path} is not registered")
-        self._ephemerals[path] = data
-        await self._write_ephemeral(path)
-
     async def unregister(self, path: str) -> None:
         path = normalize_path(path)
         self._ephemerals.pop(path, None)
@@ -196,10 +152,6 @@ class ZkDiscovery(Discovery):
                 await self._run(self._put_ephemeral_blocking, path, data)
             except _TRANSIENT as exc:
                 log.warning("ephemeral %s not written (%r); will retry on reconnect", path, exc)
-
-    async def _reconcile_all_ephemerals(self) -> None:
-        for path in list(self._ephemerals):
-            await self._write_ephemeral(path)
 
     def _put_ephemeral_blocking(self, path: str, data: bytes) -> None:
         """Make ``path`` an ephemeral of this session holding ``data`` (runs on the executor)."""
@@ -314,19 +266,9 @@ class ZkDiscovery(Discovery):
             self._watches.remove(watch)
 
     # ---- helpers ---------------------------------------------------------------------------------------
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run a background task on the loop, keeping a reference until it ends (cancelled on stop)."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def _require_connected(self) -> None:
         if not self._client.connected:
             raise UnavailableError(f"zookeeper {self._config.zk_servers} not connected ({self._state.value})")
-
-    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:

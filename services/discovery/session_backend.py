@@ -1,0 +1,103 @@
+"""What the session-based backends (ZooKeeper, Consul) share: the session state and its listeners, the desired
+ephemeral registrations, background tasks and the blocking-call executor.
+
+A backend supplies how an ephemeral is written (``_write_ephemeral``) and deleted (``unregister``), how its
+session is kept, and the reads and watches; this class keeps what a caller sees the same on both.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from monolith_serving.discovery.base import Discovery, SessionState, StateListener, normalize_path, safe_call
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class SessionBackend(Discovery, abc.ABC):
+    """A discovery client whose ephemerals live as long as one server-side session."""
+
+    def __init__(self, *, backend: str, executor: ThreadPoolExecutor) -> None:
+        self._backend = backend  # names the backend in log lines
+        self._executor = executor
+        self._state = SessionState.SUSPENDED
+        self._connected = asyncio.Event()
+        self._state_listeners: list[StateListener] = []
+        # Desired state, touched only on the loop: written on connect, re-written after a session loss.
+        self._ephemerals: dict[str, bytes] = {}
+        self._ephemeral_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._started = False
+        self._stopped = False
+
+    # ---- state -----------------------------------------------------------------------------------------
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def add_state_listener(self, listener: StateListener) -> None:
+        self._state_listeners.append(listener)
+
+    def remove_state_listener(self, listener: StateListener) -> None:
+        if listener in self._state_listeners:
+            self._state_listeners.remove(listener)
+
+    def _set_state(self, state: SessionState) -> None:
+        """Records a transition and tells the listeners (on the loop); a repeat of the current state is no event."""
+        if state is self._state:
+            return
+        previous, self._state = self._state, state
+        if state is SessionState.CONNECTED:
+            self._connected.set()
+        else:
+            self._connected.clear()
+        log.info("%s session %s -> %s", self._backend, previous.value, state.value)
+        for listener in list(self._state_listeners):
+            safe_call(listener, state)
+
+    # ---- ephemerals ------------------------------------------------------------------------------------
+    async def register_ephemeral(self, path: str, data: bytes) -> None:
+        path = normalize_path(path)
+        self._ephemerals[path] = data
+        await self._write_ephemeral(path)
+
+    async def update_ephemeral(self, path: str, data: bytes) -> None:
+        path = normalize_path(path)
+        if path not in self._ephemerals:
+            raise KeyError(f"ephemeral {path} is not registered")
+        self._ephemerals[path] = data
+        await self._write_ephemeral(path)
+
+    @abc.abstractmethod
+    async def _write_ephemeral(self, path: str) -> None:
+        """Writes the registered data of ``path`` as this session's ephemeral, if there is a session now;
+        otherwise leaves it to ``_reconcile_all_ephemerals`` after the next connect. Never raises for an
+        unreachable server."""
+
+    async def _reconcile_all_ephemerals(self) -> None:
+        for path in list(self._ephemerals):
+            await self._write_ephemeral(path)
+
+    # ---- helpers ---------------------------------------------------------------------------------------
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Runs a background task on the loop, keeping a reference until it ends (cancelled on stop)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))

@@ -18,6 +18,8 @@ import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.core.predict_only import PredictOnly
+from monolith_serving.core.status_reply import model_status_reply
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.dense.config import dense_models_from_proto
 from monolith_serving.dense.metrics import DenseMetrics
@@ -81,7 +83,9 @@ def signature_defs(loaded: DenseNetwork) -> get_model_metadata_pb2.SignatureDefM
     return result
 
 
-class DensePredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+class DensePredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    server_name = "the dense server"
+
     def __init__(self, versions: DenseVersionManager, metrics: DenseMetrics) -> None:
         self._versions = versions
         self._metrics = metrics
@@ -135,18 +139,6 @@ class DensePredictionServicer(prediction_service_pb2_grpc.PredictionServiceServi
         response.metadata["signature_def"].Pack(signature_defs(loaded))
         return response
 
-    async def _unimplemented(self, context: grpc.aio.ServicerContext, method: str) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by the dense server")
-
-    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented(context, "Classify")
-
-    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented(context, "Regress")
-
-    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented(context, "MultiInference")
-
 
 class DenseModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
     def __init__(self, versions: DenseVersionManager) -> None:
@@ -159,13 +151,7 @@ class DenseModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: 
         version, label = _pinned(spec)
         if label:
             version = self._versions.resolve(spec.name, label=label)[1].version
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for status in self._versions.status(spec.name, version):
-            item = response.model_version_status.add(version=status.version, state=int(status.state))
-            if status.error is not None:
-                item.status.error_code = status_code_for(status.error).value[0]
-                item.status.error_message = status.error.message
-        return response
+        return model_status_reply(self._versions.status(spec.name, version))
 
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext

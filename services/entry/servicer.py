@@ -18,6 +18,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.export_layout import VersionPolicy
 from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.core.predict_only import PredictOnly
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import DEFAULT_SIGNATURE, INPUT_KINDS, EntryModel, EntryModelConfig
@@ -58,7 +59,9 @@ def format_ps_versions(entry_model_name: str, ps_versions: dict[int, int]) -> st
     return ",".join(f"{ps_model_name(entry_model_name, s)}={v}" for s, v in sorted(ps_versions.items()))
 
 
-class EntryPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+class EntryPredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    server_name = "the entry"
+
     def __init__(self, model: EntryModel, metrics: EntryMetrics) -> None:
         self._model = model
         self._metrics = metrics
@@ -161,18 +164,6 @@ class EntryPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServi
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         signature_map.signature_def[DEFAULT_SIGNATURE].CopyFrom(signature)
         return signature_map
-
-    async def _unimplemented(self, context: grpc.aio.ServicerContext, method: str) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not supported by the entry; use Predict")
-
-    async def Classify(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented(context, "Classify")
-
-    async def Regress(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented(context, "Regress")
-
-    async def MultiInference(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        return await self._unimplemented(context, "MultiInference")
 
 
 def entry_config_from_proto(

@@ -11,6 +11,8 @@ import grpc
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.metric_children import LabelledChildren
+from monolith_serving.core.predict_only import PredictOnly
+from monolith_serving.core.status_reply import model_status_reply
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
@@ -46,7 +48,9 @@ def _signature(spec: model_pb2.ModelSpec) -> str:
     return LOOKUP if spec.signature_name in LOOKUP_ALIASES else spec.signature_name
 
 
-class PsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+class PsPredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    server_name = "a PS"
+
     def __init__(self, core: PsCore, metrics: PsMetrics) -> None:
         self._core = core
         self._metrics = metrics
@@ -99,15 +103,6 @@ class PsPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer
         if servable.loaded is not None:
             response.metadata["signature_def"].Pack(signature_defs(servable.loaded))
         return response
-
-    async def Classify(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a PS serves Predict only")
-
-    async def Regress(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a PS serves Predict only")
-
-    async def MultiInference(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a PS serves Predict only")
 
 
 def _serialize_prediction_response(response: object) -> bytes:
@@ -183,13 +178,7 @@ class PsModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ign
         version = ref.version
         if ref.label:
             version = self._core.versions.resolve(ref.name, label=ref.label)[1].version
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for status in self._core.versions.status(ref.name, version):
-            entry = response.model_version_status.add(version=status.version, state=int(status.state))
-            if status.error is not None:
-                entry.status.error_code = status_code_for(status.error).value[0]
-                entry.status.error_message = status.error.message
-        return response
+        return model_status_reply(self._core.versions.status(ref.name, version))
 
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext

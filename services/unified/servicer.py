@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import grpc
 
 from monolith_serving.core.errors import NotFoundError
+from monolith_serving.core.predict_only import PredictOnly
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -45,7 +46,9 @@ def _side(name: str) -> Side:
     return side
 
 
-class UnifiedPredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+class UnifiedPredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    server_name = "a unified server"
+
     def __init__(self, *, ps: prediction_service_pb2_grpc.PredictionServiceServicer, entry: EntryServicers) -> None:
         self._ps = ps
         self._entry = entry
@@ -68,15 +71,6 @@ class UnifiedPredictionServicer(prediction_service_pb2_grpc.PredictionServiceSer
             request.model_spec.name
         ).GetModelMetadata(request, context)
         return response
-
-    async def Classify(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a unified server serves Predict only")
-
-    async def Regress(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a unified server serves Predict only")
-
-    async def MultiInference(self, request: object, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "a unified server serves Predict only")
 
 
 class UnifiedModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]

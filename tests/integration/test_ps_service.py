@@ -15,6 +15,7 @@ from procs import ServerProcess, free_port
 from monolith_serving.core.hash_table_dump import find_dump_files, format_dump_filename, read_dump, write_dump
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
@@ -232,6 +233,21 @@ def test_bad_requests_get_the_right_status(
         ps.predict(model, signature, inputs, version=version)
     assert info.value.code() == code, info.value.details()
     assert named in info.value.details()
+
+
+def test_classify_regress_multi_inference_are_unimplemented(hand_built: tuple[Ps, dict, Path]) -> None:
+    ps, _, _ = hand_built
+    calls = {
+        "Classify": (ps.predict_stub.Classify, classification_pb2.ClassificationRequest()),
+        "Regress": (ps.predict_stub.Regress, classification_pb2.RegressionRequest()),
+        "MultiInference": (ps.predict_stub.MultiInference, classification_pb2.MultiInferenceRequest()),
+    }
+    for method, (call, request) in calls.items():
+        with pytest.raises(grpc.RpcError) as info:
+            call(request, timeout=10)
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert info.value.details() == f"{method}: a PS serves Predict only"
+    assert ps.status("ps_0")  # still serving
 
 
 def test_metadata_and_metrics(hand_built: tuple[Ps, dict, Path]) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import VersionPolicy
+from monolith_serving.core.model_config_list import hosted_models_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
 DEFAULT_PORT = 8500
@@ -34,24 +35,8 @@ class DenseModelConfig:
 
 
 def dense_models_from_proto(config: model_server_config_pb2.ModelServerConfig) -> tuple[DenseModelConfig, ...]:
-    """The ``model_config_list`` entries; names must be dense sub-models and unique."""
-    if config.WhichOneof("config") == "custom_model_config":
-        raise InvalidArgumentError("custom_model_config is not supported; use model_config_list")
-    result: list[DenseModelConfig] = []
-    for entry in config.model_config_list.config:
-        if not entry.name or not entry.base_path:
-            raise InvalidArgumentError("every model config needs a name and a base_path")
-        if any(m.name == entry.name for m in result):
-            raise InvalidArgumentError(f"model {entry.name!r} is configured twice")
-        result.append(
-            DenseModelConfig(
-                name=entry.name,
-                base_path=Path(entry.base_path),
-                policy=VersionPolicy.from_proto(entry.model_version_policy),
-                version_labels=dict(entry.version_labels),
-            )
-        )
-    return tuple(result)
+    """The ``model_config_list`` entries; names must be dense sub-models (``dense_<i>`` or ``<model>:dense_<i>``)."""
+    return hosted_models_from_proto(config, DenseModelConfig)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import VersionPolicy, ps_index
+from monolith_serving.core.model_config_list import hosted_models_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
 DEFAULT_PORT = 8500
@@ -32,26 +33,14 @@ class SubModelConfig:
 
 
 def sub_models_from_proto(config: model_server_config_pb2.ModelServerConfig) -> tuple[SubModelConfig, ...]:
-    """The ``model_config_list`` entries; names must be PS sub-models and unique."""
-    if config.WhichOneof("config") == "custom_model_config":
-        raise InvalidArgumentError("custom_model_config is not supported; use model_config_list")
-    result: list[SubModelConfig] = []
-    seen: set[str] = set()
-    for entry in config.model_config_list.config:
-        if not entry.name or not entry.base_path:
-            raise InvalidArgumentError("every model config needs a name and a base_path")
-        if entry.name in seen:
-            raise InvalidArgumentError(f"model {entry.name!r} is configured twice")
-        seen.add(entry.name)
-        sub = SubModelConfig(
-            name=entry.name,
-            base_path=Path(entry.base_path),
-            policy=VersionPolicy.from_proto(entry.model_version_policy),
-            version_labels=dict(entry.version_labels),
-        )
-        _ = sub.partition  # validates the name
-        result.append(sub)
-    return tuple(result)
+    """The ``model_config_list`` entries; names must be PS sub-models (``ps_<i>`` or ``<model>:ps_<i>``)."""
+    return hosted_models_from_proto(config, _sub_model)
+
+
+def _sub_model(name: str, base_path: Path, policy: VersionPolicy, labels: Mapping[str, int]) -> SubModelConfig:
+    sub = SubModelConfig(name=name, base_path=base_path, policy=policy, version_labels=labels)
+    _ = sub.partition  # validates the name
+    return sub
 
 
 @dataclass(frozen=True)

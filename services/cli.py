@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from monolith_serving.core.blas_threads import limit_blas_threads
 from monolith_serving.core.cli_flags import add_common_flags
 from monolith_serving.core.logging_setup import configure_logging
 
@@ -69,6 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.configure(parser)
     args = parser.parse_args(args_in[1:])
     configure_logging(args.log_format, args.log_level)
+    if "blas_threads" in vars(args):  # a server (core.cli_flags.add_server_flags)
+        try:
+            limit_blas_threads(args.blas_threads)
+        except ValueError as error:
+            parser.error(str(error))
     return int(module.run(args))
 
 

@@ -35,7 +35,7 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int | None = None) -> None:
-    """Flags of every long-running server: its gRPC port and its Prometheus endpoint."""
+    """Flags of every long-running server: its gRPC port, its Prometheus endpoint, its BLAS threads."""
     add_flag(
         parser,
         "--port",
@@ -49,6 +49,13 @@ def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int | Non
         type=int,
         default=0,
         help="port of the Prometheus /metrics HTTP endpoint (0: not served)",
+    )
+    add_flag(
+        parser,
+        "--blas_threads",
+        type=int,
+        default=1,
+        help="threads numpy's BLAS may use (0: the library's default, one per core; see core/blas_threads.py)",
     )
 
 

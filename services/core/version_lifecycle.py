@@ -7,7 +7,8 @@ serving. A failed version is retried only on an explicit reload (``fresh``).
 
 What differs between servers comes in as ``LifecycleHooks``: how a version is read (PS: hash-table dumps into a
 TableSet; dense: a network), what is replayed into it before it is published (PS: parameter-sync batches that
-arrived while it loaded), and which metrics follow the states.
+arrived while it loaded), and the metrics of a loaded version beyond the state gauge and failure counter that
+every server keeps (``VersionMetrics``).
 
 Thread-safety: every method runs on the event loop; only ``hooks.load`` runs on the executor, into an object nobody
 else sees until it is published. Publishing (``hooks.publish``, then AVAILABLE) is one synchronous step on the loop,
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from monolith_serving.core.errors import FailedPreconditionError, MonolithServingError, NotFoundError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy, list_versions
@@ -92,10 +93,6 @@ class HostedModel(Generic[C, L, U]):
 class LifecycleHooks(Generic[C, L, U]):
     load: Callable[[C, int], L]
     """Reads one version (blocking; runs on the executor). Any exception makes the version END with it."""
-    state_changed: Callable[[str, int, ModelState], None]
-    """(model, version, state) after every transition; for the per-version state gauge."""
-    load_failed: Callable[[str], None]
-    """(model) after a failed load; for a failure counter."""
     published: Callable[[str, int, L, float], str]
     """(model, version, loaded, seconds the load took) once AVAILABLE: records metrics, returns what the
     log line says of the version."""
@@ -106,6 +103,22 @@ class LifecycleHooks(Generic[C, L, U]):
     AVAILABLE. An exception fails the load. None: nothing arrives while a version loads."""
 
 
+class _Labelled(Protocol):
+    def labels(self, *values: str) -> Any: ...
+
+
+class VersionMetrics(Protocol):
+    """The two metrics every server's versions keep (PsMetrics and DenseMetrics both have them)."""
+
+    @property
+    def version_state(self) -> _Labelled:
+        """Gauge {model, version}: the version's ModelState number."""
+
+    @property
+    def load_failures(self) -> _Labelled:
+        """Counter {model}: versions that failed to load."""
+
+
 class VersionLifecycle(Generic[C, L, U]):
     """Loads, publishes and unloads the versions of the hosted models per their policies."""
 
@@ -113,10 +126,12 @@ class VersionLifecycle(Generic[C, L, U]):
         self,
         *,
         hooks: LifecycleHooks[C, L, U],
+        metrics: VersionMetrics,
         executor: Executor,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._hooks = hooks
+        self._metrics = metrics
         self._executor = executor
         self._clock = clock
         self.models: dict[str, HostedModel[C, L, U]] = {}
@@ -221,15 +236,11 @@ class VersionLifecycle(Generic[C, L, U]):
             if self._hooks.publish is not None:
                 self._hooks.publish(loaded, servable.pending, model.name)
         except Exception as exc:  # any broken export must end as END with its reason, never crash the loop
-            error = (
-                exc
-                if isinstance(exc, MonolithServingError)
-                else FailedPreconditionError(f"{type(exc).__name__}: {exc}")
-            )
+            error = _load_error(exc)
             servable.pending = []
             servable.error = error
             self._set_state(model, servable, ModelState.END)
-            self._hooks.load_failed(model.name)
+            self._metrics.load_failures.labels(model.name).inc()
             logger.error("model %s version %d: load failed: %s", model.name, version, error.message)
             return
         servable.pending = []
@@ -250,7 +261,7 @@ class VersionLifecycle(Generic[C, L, U]):
 
     def _set_state(self, model: HostedModel[C, L, U], servable: Servable[L, U], state: ModelState) -> None:
         servable.state = state
-        self._hooks.state_changed(model.name, servable.version, state)
+        self._metrics.version_state.labels(model.name, str(servable.version)).set(int(state))
 
 
 def _load_error(exc: Exception) -> MonolithServingError:

@@ -48,11 +48,8 @@ class DenseVersionManager(VersionLifecycle[DenseModelConfig, DenseNetwork, None]
         super().__init__(
             hooks=LifecycleHooks(
                 load=lambda config, version: loader(version_dir(config.base_path, version)),
-                state_changed=lambda model, version, state: metrics.version_state.labels(model, str(version)).set(
-                    int(state)
-                ),
-                load_failed=lambda model: metrics.load_failures.labels(model).inc(),
                 published=published,
             ),
+            metrics=metrics,
             executor=executor,
         )

@@ -64,14 +64,11 @@ class VersionStateManager(VersionLifecycle[SubModelConfig, TableSet, SyncBatch])
         super().__init__(
             hooks=LifecycleHooks(
                 load=loader,
-                state_changed=lambda model, version, state: metrics.version_state.labels(model, str(version)).set(
-                    int(state)
-                ),
-                load_failed=lambda model: metrics.load_failures.labels(model).inc(),
                 published=published,
                 unloaded=unloaded,
                 publish=publish,
             ),
+            metrics=metrics,
             executor=executor,
             clock=clock,
         )

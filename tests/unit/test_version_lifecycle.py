@@ -44,16 +44,40 @@ class Recorder:
     def hooks(self) -> LifecycleHooks[Config, str, int]:
         return LifecycleHooks(
             load=self.load,
-            state_changed=lambda model, version, state: self.calls.append(("state", version, state)),
-            load_failed=lambda model: self.calls.append(("failed", model)),
             published=lambda model, version, loaded, elapsed: f"holds {loaded}",
             unloaded=lambda model, version, loaded: self.calls.append(("unloaded", version, loaded)),
             publish=self.publish,
         )
 
+    # VersionMetrics: the state gauge and the failure counter, recorded as calls.
+    @property
+    def version_state(self) -> Recorder:
+        return self
+
+    @property
+    def load_failures(self) -> Recorder:
+        return self
+
+    def labels(self, model: str, version: str | None = None) -> _Child:
+        return _Child(self.calls, model, version)
+
+
+@dataclass
+class _Child:
+    calls: list[tuple[object, ...]]
+    model: str
+    version: str | None
+
+    def set(self, state: int) -> None:
+        assert self.version is not None
+        self.calls.append(("state", int(self.version), ModelState(state)))
+
+    def inc(self) -> None:
+        self.calls.append(("failed", self.model))
+
 
 def _lifecycle(recorder: Recorder) -> VersionLifecycle[Config, str, int]:
-    return VersionLifecycle(hooks=recorder.hooks(), executor=ThreadPoolExecutor(1))
+    return VersionLifecycle(hooks=recorder.hooks(), metrics=recorder, executor=ThreadPoolExecutor(1))
 
 
 def _versions(root: Path, *versions: int) -> Config:

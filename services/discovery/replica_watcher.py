@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
+from monolith_serving.core.aio_wait import event_set_within
 from monolith_serving.core.errors import InvalidArgumentError, UnavailableError
 from monolith_serving.core.zk_paths import (
     ReplicaPath,
@@ -144,11 +145,7 @@ class ReplicaWatcher:
         return self._synced.is_set()
 
     async def wait_synced(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._synced.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await event_set_within(self._synced, timeout_s)
 
     def _on_session_state(self, state: SessionState) -> None:
         self._metrics.watcher_stale.set(0 if state is SessionState.CONNECTED else 1)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from monolith_serving.core.aio_wait import event_set_within
 from monolith_serving.discovery.base import Discovery, SessionState, StateListener, normalize_path, safe_call
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,7 @@ class SessionBackend(Discovery, abc.ABC):
         return self._state
 
     async def wait_connected(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await event_set_within(self._connected, timeout_s)
 
     def add_state_listener(self, listener: StateListener) -> None:
         self._state_listeners.append(listener)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from monolith_serving.core.aio_wait import event_set_within
 from monolith_serving.core.errors import ResourceExhaustedError, UnavailableError
 
 
@@ -49,8 +50,4 @@ class Admission:
     async def drain(self, timeout_s: float) -> bool:
         """Refuses new requests from now on and waits for those in flight; False if some remain at timeout."""
         self._draining = True
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await event_set_within(self._idle, timeout_s)

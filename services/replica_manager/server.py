@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from types import TracebackType
 from typing import Any
 
+from monolith_serving.core.aio_wait import event_set_within
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.discovery.agent_servicer import AgentServiceServicer, add_agent_service
@@ -83,11 +84,7 @@ class ReplicaManagerServer:
         return self._ready.is_set()
 
     async def wait_ready(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
+        return await event_set_within(self._ready, timeout_s)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:

@@ -74,6 +74,22 @@ def attempts(channels: dict[str, grpc.aio.Channel]) -> Callable[[str, float], An
     return send
 
 
+async def slow_then_fast(
+    channels: dict[str, grpc.aio.Channel], order: list[str], health: ReplicaHealth, metrics: EntryMetrics
+) -> bytes:
+    """One retried call over ``order`` (the slow replica first), each attempt given 3 s, one retry."""
+    answer: bytes = await call_with_retries(
+        order,
+        attempts(channels),
+        deadline=time.monotonic() + 10,
+        retry=1,
+        min_attempt_s=3.0,
+        health=health,
+        metrics=attempt_metrics(metrics),
+    )
+    return answer
+
+
 def test_a_replica_call_whose_channel_closes_under_it_moves_on_to_the_next_replica() -> None:
     async def scenario() -> None:
         async with server(5.0, b"slow") as slow, server(0.0, b"fast") as fast:
@@ -81,18 +97,7 @@ def test_a_replica_call_whose_channel_closes_under_it_moves_on_to_the_next_repli
             metrics = EntryMetrics()
             health = ReplicaHealth()
             closer = closing_after(0.2, channels[slow])
-            answer = await asyncio.wait_for(
-                call_with_retries(
-                    [slow, fast],
-                    attempts(channels),
-                    deadline=time.monotonic() + 10,
-                    retry=1,
-                    min_attempt_s=3.0,
-                    health=health,
-                    metrics=attempt_metrics(metrics),
-                ),
-                timeout=5,
-            )
+            answer = await asyncio.wait_for(slow_then_fast(channels, [slow, fast], health, metrics), timeout=5)
             await closer
             assert answer == b"fast"
             assert cancelled_attempts(metrics) == 1
@@ -107,17 +112,7 @@ def test_the_callers_own_cancellation_still_propagates() -> None:
         async with server(5.0, b"slow") as slow, server(0.0, b"fast") as fast:
             channels = {a: grpc.aio.insecure_channel(a) for a in (slow, fast)}
             metrics = EntryMetrics()
-            task = asyncio.create_task(
-                call_with_retries(
-                    [slow, fast],
-                    attempts(channels),
-                    deadline=time.monotonic() + 10,
-                    retry=1,
-                    min_attempt_s=3.0,
-                    health=ReplicaHealth(),
-                    metrics=attempt_metrics(metrics),
-                )
-            )
+            task = asyncio.create_task(slow_then_fast(channels, [slow, fast], ReplicaHealth(), metrics))
             await asyncio.sleep(0.2)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

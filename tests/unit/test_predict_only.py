@@ -15,7 +15,7 @@ from monolith_serving.unified.servicer import UnifiedPredictionServicer
 
 
 class Aborted(Exception):
-    pass
+    """What RecordingContext.abort raises, as grpc.aio's abort raises AbortError."""
 
 
 class RecordingContext:

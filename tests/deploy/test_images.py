@@ -83,13 +83,14 @@ def test_app_image_runs_cli_without_build_tools(images: Images) -> None:
     assert "pip" not in lines and "monolith-serving" in lines
 
 
-# numba's cache counters of every compiled kernel of both modules, after importing them.
+# numba's cache counters of every compiled kernel of the kernel modules (the Dockerfile's list), after importing them.
 _KERNEL_CACHE_STATS = """
 import json, numba
-from monolith_serving.entry import instance_wire
+from monolith_serving.entry import instance_wire, pool_kernels
 from monolith_serving.ps import hash_kernels
 dispatcher = numba.core.registry.CPUDispatcher
-kernels = [v for m in (instance_wire, hash_kernels) for v in vars(m).values() if isinstance(v, dispatcher)]
+modules = (instance_wire, pool_kernels, hash_kernels)
+kernels = [v for m in modules for v in vars(m).values() if isinstance(v, dispatcher)]
 print(json.dumps({"hits": sum(sum(k.stats.cache_hits.values()) for k in kernels),
                   "misses": sum(sum(k.stats.cache_misses.values()) for k in kernels)}))
 """

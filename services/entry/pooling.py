@@ -36,7 +36,7 @@ class TableGroup:
 class LookupPlan:
     """What to fetch: the unique fids of every table, and where each feature's fids sit among them."""
 
-    unique_fids: dict[str, Int64Array]  # table -> sorted unique v2 fids (only tables with fids)
+    unique_fids: dict[str, Int64Array]  # table -> its distinct v2 fids, first occurrence first (tables with fids)
     groups: dict[str, TableGroup]  # same keys as unique_fids
 
 
@@ -113,8 +113,7 @@ class Pooler:
                 offsets = np.array(ends, dtype=np.int64)
                 fids = np.concatenate([c.fids for c in columns])
                 rows = np.concatenate([c.rows for c in columns])
-            fids = np.ascontiguousarray(fids, dtype=np.int64)
-            unique, inverse = unique_inverse(fids, fids.argsort())
+            unique, inverse = unique_inverse(np.ascontiguousarray(fids, dtype=np.int64))
             unique_fids[table] = unique
             groups[table] = TableGroup(feature_indexes, offsets, inverse, np.ascontiguousarray(rows, dtype=np.int64))
         return LookupPlan(unique_fids, groups)

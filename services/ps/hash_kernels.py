@@ -21,12 +21,9 @@ from __future__ import annotations
 from typing import Any
 
 import numba  # type: ignore[import-untyped,unused-ignore]
-import numpy as np
 
 from monolith_serving.core.compiled import kernel
-
-# 2^64 / golden ratio: multiplying by it spreads consecutive or strided keys over the top bits.
-_FIBONACCI = np.uint64(0x9E3779B97F4A7C15)
+from monolith_serving.core.fid_hash import home_slot
 
 _SLOTS = numba.types.Array(numba.int64, 2, "C")
 _MATRIX = numba.types.Array(numba.float32, 2, "C")
@@ -35,14 +32,9 @@ _IDS = (numba.types.Array(numba.int64, 1, "C"), numba.types.Array(numba.int64, 1
 
 
 @numba.njit(inline="always")  # type: ignore[misc,unused-ignore]
-def _home(key: int, shift: int, mask: int) -> int:
-    return int((np.uint64(key) * _FIBONACCI) >> np.uint64(shift)) & mask
-
-
-@numba.njit(inline="always")  # type: ignore[misc,unused-ignore]
 def _put(slots: Any, shift: int, mask: int, key: int, stored: int) -> int:
     """Sets ``key``'s slot to ``stored`` (row + 1); 1 when the key was new, else 0. A free slot must exist."""
-    p = _home(key, shift, mask)
+    p = home_slot(key, shift, mask)
     while True:
         if slots[p, 1] == 0:
             slots[p, 0] = key
@@ -82,7 +74,7 @@ def locate(slots: Any, shift: int, keys: Any, out_rows: Any) -> None:
     mask = slots.shape[0] - 1
     for i in range(keys.shape[0]):
         key = keys[i]
-        p = _home(key, shift, mask)
+        p = home_slot(key, shift, mask)
         while True:
             stored = slots[p, 1]
             if stored == 0:
@@ -103,7 +95,7 @@ def rehash(old_slots: Any, shift: int, new_slots: Any) -> None:
         if stored == 0:
             continue
         key = old_slots[q, 0]
-        p = _home(key, shift, mask)
+        p = home_slot(key, shift, mask)
         while new_slots[p, 1] != 0:
             p = (p + 1) & mask
         new_slots[p, 0] = key

@@ -31,8 +31,8 @@ from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, bui
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.model import EntryModel, EntryModelConfig
-from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, ReplicaHealth
+from monolith_serving.entry.model import DEFAULT_FETCH_PS_TIMEOUT_MS, EntryModel, EntryModelConfig
+from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, ReplicaHealth, RetryPolicy
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.ps_status import PsStatusTracker
 from monolith_serving.entry.remote_dense import DenseReplicas, RemoteDenseConfig, dense_model_name
@@ -91,13 +91,12 @@ class EntryServer:
             channels=self.channels,
             timeout_s=config.ps_status_timeout_s,
         )
+        retry = RetryPolicy(
+            retry=config.fetch_ps_retry,
+            min_attempt_s=(config.model.fetch_ps_timeout_ms if config.model else DEFAULT_FETCH_PS_TIMEOUT_MS) / 1000,
+        )
         self.fanout = PsFanout(
-            config=FanoutConfig(
-                entry_model_name=entry_name,
-                retry=config.fetch_ps_retry,
-                min_attempt_timeout_s=(config.model.fetch_ps_timeout_ms if config.model else 200) / 1000,
-                coalesce=config.coalesce,
-            ),
+            config=FanoutConfig(entry_model_name=entry_name, retry=retry, coalesce=config.coalesce),
             replicas=self.replicas,
             channels=self.channels,
             metrics=self.metrics,
@@ -123,11 +122,7 @@ class EntryServer:
                 model_name=dense_model_name,
             )
             dense = DenseReplicas(
-                config=RemoteDenseConfig(
-                    entry_model_name=entry_name,
-                    retry=config.fetch_ps_retry,
-                    min_attempt_timeout_s=(config.model.fetch_ps_timeout_ms if config.model else 200) / 1000,
-                ),
+                config=RemoteDenseConfig(entry_model_name=entry_name, retry=retry),
                 replicas=self.dense_replicas,
                 channels=self.dense_channels,
                 metrics=self.metrics,
@@ -344,7 +339,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="AgentService to ask for PS replicas (default localhost:$PORT2) when --ps_targets is not given",
     )
     add_flag(parser, "--num_ps", type=int, default=None, help="number of PS shards (default: from the targets or spec)")
-    add_flag(parser, "--fetch_ps_timeout_ms", type=int, default=200, help="PS call deadline without a client deadline")
+    add_flag(
+        parser,
+        "--fetch_ps_timeout_ms",
+        type=int,
+        default=DEFAULT_FETCH_PS_TIMEOUT_MS,
+        help="PS call deadline without a client deadline",
+    )
     add_flag(parser, "--fetch_ps_retry", type=int, default=2, help="retries on another replica (default %(default)s)")
     add_coalesce_flags(parser)
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")

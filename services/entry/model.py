@@ -58,13 +58,17 @@ class VersionStatus:
     detail: str = ""
 
 
+# The PS (and remote dense) call deadline when the client sets none; agent.conf's fetch_ps_timeout_ms default.
+DEFAULT_FETCH_PS_TIMEOUT_MS = 200
+
+
 @dataclass(frozen=True)
 class EntryModelConfig:
     name: str  # model_spec.name clients use: "entry" (agent v1) or "<model>:entry" (v3)
     base_path: Path  # the entry sub-model folder, holding <version>/serving_spec.json
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     version_labels: tuple[tuple[str, int], ...] = ()
-    fetch_ps_timeout_ms: int = 200
+    fetch_ps_timeout_ms: int = DEFAULT_FETCH_PS_TIMEOUT_MS
     max_batch_size: int | None = None  # overrides the serving spec's maximum when set
     max_load_attempts: int = 5
 

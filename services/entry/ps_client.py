@@ -264,19 +264,28 @@ class ReplicasExhausted(Exception):
         self.last_error = last_error
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a call to one sub-model's replicas retries (``--fetch_ps_retry``, ``--fetch_ps_timeout_ms``)."""
+
+    retry: int = 2  # attempts after the first, each on the next replica
+    # An attempt is never cut below this (fetch_ps_timeout_ms), so a merely slow replica is not retried early.
+    min_attempt_s: float = 0.2
+
+
 async def call_with_retries(
     addresses: Sequence[str],
     send: Callable[[str, float], Awaitable[T]],
     *,
     deadline: float,
-    retry: int,
-    min_attempt_s: float,
+    policy: RetryPolicy,
     health: ReplicaHealth,
     metrics: AttemptMetrics,
 ) -> T:
-    """``send(address, timeout)`` on ``addresses`` in order (wrapping around), at most ``retry + 1`` attempts,
-    each with its share of the deadline (``split_deadline``); RETRYABLE codes move on to the next replica,
-    anything else stops. Shared by the PS fan-out and the remote dense call. Raises ReplicasExhausted."""
+    """``send(address, timeout)`` on ``addresses`` in order (wrapping around), at most ``policy.retry + 1``
+    attempts, each with its share of the deadline (``split_deadline``); RETRYABLE codes move on to the next
+    replica, anything else stops. Shared by the PS fan-out and the remote dense call. Raises ReplicasExhausted."""
+    retry, min_attempt_s = policy.retry, policy.min_attempt_s
     last_error = "no attempt"
     for attempt in range(retry + 1):
         remaining = deadline - time.monotonic()
@@ -318,9 +327,7 @@ async def call_with_retries(
 @dataclass(frozen=True)
 class FanoutConfig:
     entry_model_name: str
-    retry: int = 2
-    # An attempt is never cut below this (fetch_ps_timeout_ms), so a merely slow PS is not retried early.
-    min_attempt_timeout_s: float = 0.2
+    retry: RetryPolicy = RetryPolicy()
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
 
 
@@ -441,8 +448,7 @@ class PsFanout(EmbeddingLookup):
                 addresses,
                 lambda address, timeout: self._channels.lookup(address)(request, timeout=timeout),
                 deadline=deadline,
-                retry=self._config.retry,
-                min_attempt_s=self._config.min_attempt_timeout_s,
+                policy=self._config.retry,
                 health=self._health,
                 metrics=self._attempt_metrics[shard],
             )

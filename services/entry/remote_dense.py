@@ -5,7 +5,7 @@ An entry version whose serving spec says ``"dense": {"backend": "remote", "sub_m
 ``dense_0`` or ``<model>:dense_0``, signature ``dense``, input ``dense_input`` [batch, width] DT_FLOAT,
 ``model_spec.version`` = the entry version) with the PS calls' rules:
 - the deadline is what is left of the request's (``EntryModel`` passes it); it is split over the attempts
-  still allowed (``ps_client.split_deadline``), never below ``min_attempt_timeout_s``;
+  still allowed (``ps_client.split_deadline``), never below ``RetryPolicy.min_attempt_s``;
 - on UNAVAILABLE, DEADLINE_EXCEEDED or NOT_FOUND (that replica lacks the version) the next replica is
   tried, at most ``retry`` times; replicas known to hold the version and not failing lately go first;
 - one channel per replica address, opened once (``ChannelPool``); when no replica answers in time the
@@ -15,7 +15,7 @@ An entry version whose serving spec says ``"dense": {"backend": "remote", "sub_m
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from monolith_serving.entry.ps_client import (
     ReplicaHealth,
     ReplicaOrder,
     ReplicasExhausted,
+    RetryPolicy,
     VersionKnowledge,
     call_with_retries,
 )
@@ -49,8 +50,7 @@ def dense_model_name(entry_model_name: str, index: int = 0) -> str:
 @dataclass(frozen=True)
 class RemoteDenseConfig:
     entry_model_name: str
-    retry: int = 2
-    min_attempt_timeout_s: float = 0.2  # fetch_ps_timeout_ms, as for the PS calls
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # the PS calls' (fetch_ps_retry, fetch_ps_timeout_ms)
 
 
 class DenseReplicas:
@@ -114,8 +114,7 @@ class RemoteDense(DenseModel):
                 addresses,
                 lambda address, timeout: shared.channels.predict(address)(request, timeout=timeout),
                 deadline=deadline,
-                retry=shared.config.retry,
-                min_attempt_s=shared.config.min_attempt_timeout_s,
+                policy=shared.config.retry,
                 health=shared.health,
                 metrics=shared.attempt_metrics,
             )

@@ -21,6 +21,7 @@ from monolith_serving.entry.ps_client import (
     ChannelPool,
     ReplicaHealth,
     ReplicasExhausted,
+    RetryPolicy,
     call_with_retries,
 )
 from monolith_serving.entry.ps_status import PsStatusTracker
@@ -82,8 +83,7 @@ async def slow_then_fast(
         order,
         attempts(channels),
         deadline=time.monotonic() + 10,
-        retry=1,
-        min_attempt_s=3.0,
+        policy=RetryPolicy(retry=1, min_attempt_s=3.0),
         health=health,
         metrics=attempt_metrics(metrics),
     )
@@ -156,8 +156,7 @@ def test_replicas_exhausted_names_the_closed_channel() -> None:
                     [slow],
                     attempts(channels),
                     deadline=time.monotonic() + 10,
-                    retry=0,
-                    min_attempt_s=3.0,
+                    policy=RetryPolicy(retry=0, min_attempt_s=3.0),
                     health=ReplicaHealth(),
                     metrics=attempt_metrics(EntryMetrics()),
                 )

@@ -15,7 +15,7 @@ import pytest
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, gather_first_inline
+from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, RetryPolicy, gather_first_inline
 from monolith_serving.entry.ps_coalesce import CoalesceConfig, ShardAnswer, ShardCoalescer, TableFids
 from monolith_serving.entry.replica_source import StaticReplicaSource
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
@@ -257,7 +257,9 @@ class SlowChannels(ChannelPool):
 
 def _fanout(channels: ChannelPool, shards: list[list[str]], *, coalesce: bool = True) -> PsFanout:
     return PsFanout(
-        config=FanoutConfig(entry_model_name="entry", retry=2, coalesce=CoalesceConfig(enabled=coalesce)),
+        config=FanoutConfig(
+            entry_model_name="entry", retry=RetryPolicy(retry=2), coalesce=CoalesceConfig(enabled=coalesce)
+        ),
         replicas=StaticReplicaSource(shards),
         channels=channels,
         metrics=EntryMetrics(),

@@ -12,7 +12,7 @@ import numpy as np
 
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout
+from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, RetryPolicy
 from monolith_serving.entry.replica_source import StaticReplicaSource
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
@@ -44,7 +44,7 @@ class ScriptedChannels(ChannelPool):
 
 def _fanout(channels: ScriptedChannels, replicas: list[str], retry: int = 2) -> PsFanout:
     return PsFanout(
-        config=FanoutConfig(entry_model_name="entry", retry=retry, min_attempt_timeout_s=0.05),
+        config=FanoutConfig(entry_model_name="entry", retry=RetryPolicy(retry=retry, min_attempt_s=0.05)),
         replicas=StaticReplicaSource([replicas]),
         channels=channels,
         metrics=EntryMetrics(),

@@ -23,7 +23,7 @@ from monolith_serving.dense.server import DenseServer
 from monolith_serving.entry.dense import DenseModel, Float32Array, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig, ModelState
-from monolith_serving.entry.ps_client import ChannelPool, EmbeddingLookup, LookupResult
+from monolith_serving.entry.ps_client import ChannelPool, EmbeddingLookup, LookupResult, RetryPolicy
 from monolith_serving.entry.remote_dense import DenseReplicas, RemoteDenseConfig, dense_model_name
 from monolith_serving.entry.replica_source import StaticReplicaSource
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
@@ -52,7 +52,7 @@ def _dense_server(alone: Path) -> DenseServer:
 
 def _remote(spec: ServingSpec, addresses: list[str], metrics: EntryMetrics, entry: str = "entry") -> DenseModel:
     shared = DenseReplicas(
-        config=RemoteDenseConfig(entry_model_name=entry, retry=2, min_attempt_timeout_s=0.2),
+        config=RemoteDenseConfig(entry_model_name=entry, retry=RetryPolicy(retry=2, min_attempt_s=0.2)),
         replicas=StaticReplicaSource([addresses]),
         channels=ChannelPool(),
         metrics=metrics,

@@ -29,7 +29,13 @@ from monolith_serving.core.demo_export import DemoOptions, demo_spec
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.export_layout import list_versions, read_model_server_config
 from monolith_serving.core.grpc_server import channel_options
-from monolith_serving.core.serving_spec import SPEC_FILE, ServingSpec, load_serving_spec
+from monolith_serving.core.serving_spec import (
+    SPEC_FILE,
+    ServingSpec,
+    load_serving_spec,
+    parse_serving_spec,
+    read_spec_object,
+)
 from monolith_serving.core.tensor_codec import from_tensor_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -87,9 +93,7 @@ def resolve_spec(path: Path | None) -> ServingSpec:
 
 
 def _spec_file(path: Path) -> ServingSpec:
-    from monolith_serving.core.serving_spec import parse_serving_spec
-
-    return parse_serving_spec(json.loads(path.read_text()), str(path))
+    return parse_serving_spec(read_spec_object(path, f"no serving spec file {str(path)!r}"), str(path))
 
 
 def read_request_file(path: Path) -> predict_pb2.PredictRequest:

@@ -19,14 +19,20 @@ to the version folder.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
-from monolith_serving.core.serving_spec import FORMAT_VERSION, DenseSpec, _field, parse_dense_spec
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.serving_spec import (
+    FORMAT_VERSION,
+    DenseSpec,
+    _field,
+    parse_dense_spec,
+    read_spec_object,
+    write_spec_object,
+)
 
 DENSE_SPEC_FILE = "dense_spec.json"
 
@@ -63,17 +69,9 @@ def parse_dense_model_spec(data: Mapping[str, Any], where: str = DENSE_SPEC_FILE
 
 def load_dense_model_spec(version_dir: Path) -> DenseModelSpec:
     path = version_dir / DENSE_SPEC_FILE
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise NotFoundError(f"no {DENSE_SPEC_FILE} in dense version folder {str(version_dir)!r}") from error
-    except json.JSONDecodeError as error:
-        raise InvalidArgumentError(f"{path}: not valid JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise InvalidArgumentError(f"{path}: top level must be a JSON object")
+    data = read_spec_object(path, f"no {DENSE_SPEC_FILE} in dense version folder {str(version_dir)!r}")
     return parse_dense_model_spec(data, str(path))
 
 
 def write_dense_model_spec(version_dir: Path, spec: DenseModelSpec) -> None:
-    path = version_dir / DENSE_SPEC_FILE
-    path.write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True) + "\n")
+    write_spec_object(version_dir / DENSE_SPEC_FILE, spec.to_json())

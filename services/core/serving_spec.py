@@ -242,19 +242,29 @@ def parse_dense_spec(raw: Mapping[str, Any], where: str, *, allow_remote: bool) 
     return DenseSpec(backend, sub_model=sub_model)
 
 
-def load_serving_spec(entry_version_dir: Path) -> ServingSpec:
-    path = entry_version_dir / SPEC_FILE
+def read_spec_object(path: Path, missing: str) -> dict[str, Any]:
+    """The JSON object in ``path``; NotFoundError naming ``missing`` when the file is absent, InvalidArgumentError
+    when it is not JSON or not an object. Shared by the serving and dense specs."""
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as error:
-        raise NotFoundError(f"no {SPEC_FILE} in entry version folder {str(entry_version_dir)!r}") from error
+        raise NotFoundError(missing) from error
     except json.JSONDecodeError as error:
         raise InvalidArgumentError(f"{path}: not valid JSON: {error}") from error
     if not isinstance(data, dict):
         raise InvalidArgumentError(f"{path}: top level must be a JSON object")
+    return data
+
+
+def write_spec_object(path: Path, data: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_serving_spec(entry_version_dir: Path) -> ServingSpec:
+    path = entry_version_dir / SPEC_FILE
+    data = read_spec_object(path, f"no {SPEC_FILE} in entry version folder {str(entry_version_dir)!r}")
     return parse_serving_spec(data, str(path))
 
 
 def write_serving_spec(entry_version_dir: Path, spec: ServingSpec) -> None:
-    path = entry_version_dir / SPEC_FILE
-    path.write_text(json.dumps(spec.to_json(), indent=2, sort_keys=True) + "\n")
+    write_spec_object(entry_version_dir / SPEC_FILE, spec.to_json())

@@ -7,6 +7,7 @@ spelling (``--model-config-file``) is accepted as an alias so both habits work.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,15 +35,19 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--log_level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ...)")
 
 
-def add_server_flags(parser: argparse.ArgumentParser, *, default_port: int | None = None) -> None:
-    """Flags of every long-running server: its gRPC port, its Prometheus endpoint, its BLAS threads."""
-    add_flag(
-        parser,
-        "--port",
-        type=int,
-        default=default_port,
-        help="gRPC port (default: $PORT3 when set, else %(default)s)",
-    )
+# tensorflow_model_server's gRPC port, the fallback of every server that agent.conf's PORT3 names.
+TFS_GRPC_PORT = 8500
+_MAIN_PORT_HELP = f"gRPC port (default: $PORT3 when set, else {TFS_GRPC_PORT})"
+
+
+def add_server_flags(
+    parser: argparse.ArgumentParser, *, default_port: int | None = None, port_help: str = _MAIN_PORT_HELP
+) -> None:
+    """Flags of every long-running server: its gRPC port, its Prometheus endpoint, its BLAS threads.
+
+    ``--port`` defaults to None, resolved by ``main_grpc_port`` (or the server's own rule, named in
+    ``port_help``), unless ``default_port`` is given."""
+    add_flag(parser, "--port", type=int, default=default_port, help=port_help)
     add_flag(
         parser,
         "--metrics_port",
@@ -90,6 +95,11 @@ class SingleModel:
     name: str
     base_path: Path
     policy: VersionPolicy
+
+
+def main_grpc_port(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """``--port``, else ``$PORT3`` (agent.conf's main gRPC port), else 8500."""
+    return int(args.port) if args.port is not None else int(environ.get("PORT3", TFS_GRPC_PORT))
 
 
 def single_model_from_args(args: argparse.Namespace) -> SingleModel | None:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from monolith_serving.core.cli_flags import add_flag, add_model_source_flags, add_server_flags, single_model_from_args
+from monolith_serving.core.cli_flags import (
+    add_flag,
+    add_model_source_flags,
+    add_server_flags,
+    main_grpc_port,
+    single_model_from_args,
+)
 from monolith_serving.core.grpc_server import serve_command
-from monolith_serving.dense.config import DEFAULT_PORT, DenseModelConfig, DenseServerConfig
+from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig
 from monolith_serving.dense.server import DenseServer
 
 
@@ -18,7 +24,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> DenseServerConfig:
-    port = args.port if args.port is not None else int(environ.get("PORT3", DEFAULT_PORT))
+    port = main_grpc_port(args, environ)
     single = single_model_from_args(args)
     models = () if single is None else (DenseModelConfig(single.name, single.base_path, single.policy),)
     return DenseServerConfig(

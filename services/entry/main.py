@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from monolith_serving.core.cli_flags import add_flag, add_server_flags
+from monolith_serving.core.cli_flags import add_flag, add_server_flags, main_grpc_port
 from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, read_model_server_config
@@ -409,7 +409,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         num_ps = spec_num_ps(model)
     if num_ps is None or num_ps < 1:
         raise InvalidArgumentError("cannot tell the number of PS shards: give --num_ps")
-    port = args.port if args.port is not None else int(environ.get("PORT3", DEFAULT_PORT))
+    port = main_grpc_port(args, environ)
     return EntryServerConfig(
         model=model,
         num_ps=num_ps,

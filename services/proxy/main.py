@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_server_flags(parser, default_port=DEFAULT_GRPC_PORT)
+    add_server_flags(parser, default_port=DEFAULT_GRPC_PORT, port_help="gRPC port (default %(default)s)")
     add_flag(parser, "--conf", help="agent.conf (bzid, base_name, zk_servers, discovery, dc_aware, agent_version)")
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (default %(default)s)")
     add_flag(parser, "--rest_api_port", type=int, default=0, help="TF Serving REST API port (0: no REST API)")

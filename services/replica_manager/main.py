@@ -14,7 +14,9 @@ from monolith_serving.replica_manager.server import ReplicaManagerServer
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_registry_flags(parser)
-    add_server_flags(parser)
+    add_server_flags(
+        parser, port_help=f"gRPC port (default: agent.conf's agent_port, else $PORT2 when set, else {DEFAULT_PORT})"
+    )
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
     add_flag(parser, "--probe_interval_s", type=float, default=2.0, help="probe every replica this often")
     add_flag(

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from monolith_serving.core.cli_flags import add_flag, add_server_flags
+from monolith_serving.core.cli_flags import add_flag, add_server_flags, main_grpc_port
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.entry.main import add_coalesce_flags, coalesce_config_from_args, request_coalescing_from_args
-from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, DEFAULT_PORT
+from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST
 from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
 
 
@@ -44,7 +44,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Unifi
             raise InvalidArgumentError("give --agent_address (or set $PORT2): the entry finds PS replicas there")
         agent_address = f"localhost:{environ['PORT2']}"
     return UnifiedConfig(
-        port=args.port if args.port is not None else int(environ.get("PORT3", DEFAULT_PORT)),
+        port=main_grpc_port(args, environ),
         agent_address=agent_address,
         host=args.host,
         metrics_port=args.metrics_port,

@@ -30,6 +30,19 @@ def test_every_command_has_help(command: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "--log_format" in done.stdout
+    assert "else None" not in done.stdout  # every default a help text names is a value
+
+
+def test_the_main_grpc_port_is_the_flag_else_port3_else_8500() -> None:
+    import argparse
+
+    from monolith_serving.core.cli_flags import add_server_flags, main_grpc_port
+
+    parser = argparse.ArgumentParser()
+    add_server_flags(parser)
+    assert main_grpc_port(parser.parse_args(["--port", "7000"]), {"PORT3": "9003"}) == 7000
+    assert main_grpc_port(parser.parse_args([]), {"PORT3": "9003"}) == 9003
+    assert main_grpc_port(parser.parse_args([]), {}) == 8500
 
 
 def test_dashed_and_underscored_flags_are_the_same(tmp_path: object) -> None:

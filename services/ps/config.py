@@ -24,23 +24,18 @@ class SubModelConfig:
     policy: VersionPolicy = field(default_factory=VersionPolicy)
     version_labels: Mapping[str, int] = field(default_factory=dict)
 
-    @property
-    def partition(self) -> int:
+    partition: int = field(init=False)  # the i of ps_<i>: this shard's fids satisfy fid mod num_ps == i
+
+    def __post_init__(self) -> None:
         index = ps_index(self.name)
         if index is None:
             raise InvalidArgumentError(f"model {self.name!r} is not a PS sub-model (ps_<i> or <model>:ps_<i>)")
-        return index
+        object.__setattr__(self, "partition", index)  # frozen: set once, here
 
 
 def sub_models_from_proto(config: model_server_config_pb2.ModelServerConfig) -> tuple[SubModelConfig, ...]:
     """The ``model_config_list`` entries; names must be PS sub-models (``ps_<i>`` or ``<model>:ps_<i>``)."""
-    return hosted_models_from_proto(config, _sub_model)
-
-
-def _sub_model(name: str, base_path: Path, policy: VersionPolicy, labels: Mapping[str, int]) -> SubModelConfig:
-    sub = SubModelConfig(name=name, base_path=base_path, policy=policy, version_labels=labels)
-    _ = sub.partition  # validates the name
-    return sub
+    return hosted_models_from_proto(config, SubModelConfig)
 
 
 @dataclass(frozen=True)

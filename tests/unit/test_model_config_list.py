@@ -66,3 +66,14 @@ def test_an_empty_list_hosts_nothing_and_custom_config_is_refused() -> None:
     custom.custom_model_config.Pack(model_server_config_pb2.ModelServerConfig())
     with pytest.raises(InvalidArgumentError, match="custom_model_config is not supported"):
         dense_models_from_proto(custom)
+
+
+def test_a_ps_sub_model_named_on_the_command_line_is_checked_when_built() -> None:
+    # ``ps --model_name`` builds SubModelConfig directly, without a model_config_list.
+    from pathlib import Path
+
+    from monolith_serving.ps.config import SubModelConfig
+
+    assert SubModelConfig("demo:ps_3", Path("/m")).partition == 3
+    with pytest.raises(InvalidArgumentError, match="'entry' is not a PS sub-model"):
+        SubModelConfig("entry", Path("/m"))

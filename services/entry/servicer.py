@@ -19,6 +19,7 @@ from monolith_serving.core.errors import InvalidArgumentError, MonolithServingEr
 from monolith_serving.core.export_layout import VersionPolicy
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.predict_only import PredictOnly
+from monolith_serving.core.status_reply import model_status_reply
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import DEFAULT_SIGNATURE, INPUT_KINDS, EntryModel, EntryModelConfig
@@ -202,15 +203,7 @@ class EntryModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: 
     ) -> get_model_status_pb2.GetModelStatusResponse:
         spec = request.model_spec
         statuses = self._model.status(spec.name, _requested_version(self._model, spec))
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for status in statuses:
-            item = response.model_version_status.add(version=status.version, state=int(status.state))
-            if status.error is not None:
-                item.status.error_code = status_code_for(status.error).value[0]
-                item.status.error_message = f"{status.error.message} ({status.detail})"
-            elif status.detail:
-                item.status.error_message = status.detail
-        return response
+        return model_status_reply(statuses, {s.version: s.detail for s in statuses})
 
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext

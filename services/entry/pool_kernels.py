@@ -13,7 +13,7 @@ import numba  # type: ignore[import-untyped,unused-ignore]
 import numpy as np
 
 from monolith_serving.core.compiled import kernel
-from monolith_serving.core.fid_hash import home_slot
+from monolith_serving.core.fid_hash import home_slot_by
 
 __all__ = ["FIRSTN", "MEAN", "SUM", "pool_table", "unique_inverse"]
 
@@ -30,12 +30,13 @@ _F32_2D_ANY = numba.types.Array(numba.float32, 2, "A")
 _UNIQUE_INVERSE = numba.types.Tuple((_I64, _I64))  # type: ignore[no-untyped-call,unused-ignore]
 
 
-@kernel([_UNIQUE_INVERSE(fids) for fids in (_I64, _I64_RO)])
-def unique_inverse(fids: Any) -> Any:
+@kernel([_UNIQUE_INVERSE(fids, numba.int64) for fids in (_I64, _I64_RO)])
+def unique_inverse(fids: Any, multiplier: int) -> Any:
     """(the distinct fids in order of first occurrence, the index of each fid among them).
 
     A hash table sized to the batch rather than a sort: O(n), and numpy's argsort of a few thousand random int64
-    fids alone took longer than this whole pass.
+    fids alone took longer than this whole pass. ``multiplier`` (odd; ``core.fid_hash.random_multiplier``) keeps
+    a client from choosing fids that collide.
     """
     n = fids.shape[0]
     bits = 4
@@ -49,7 +50,7 @@ def unique_inverse(fids: Any) -> Any:
     count = 0
     for i in range(n):
         fid = fids[i]
-        p = home_slot(fid, shift, mask)
+        p = home_slot_by(fid, multiplier, shift, mask)
         while True:
             u = slots[p]
             if u < 0:

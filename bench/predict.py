@@ -363,7 +363,20 @@ def targets(rows: list[dict[str, Any]], client: str) -> dict[str, Any] | None:
     }
 
 
+def python_speed_ms(repeats: int = 5) -> float:
+    """Median ms of ``sum(range(3_000_000))`` here: how fast this machine runs Python, so runs on different
+    machines can be told apart (29 ms on the 2-core machine of docs/entry.md's main table, 44-65 ms on the slow
+    one). Taken before any server starts."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        sum(range(3_000_000))
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 1)
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    speed_ms = python_speed_ms()
     batches = [int(b) for b in args.batches.split(",")]
     in_flight = [int(f) for f in args.in_flight.split(",")]
     clients = clients_of(args.client)
@@ -384,6 +397,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "setup": {
             "cpus": os.cpu_count(),
+            "python_speed_ms": speed_ms,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "duration_s": args.duration_s,
             "model": "export-demo: tables user:8,item:12; 6 sparse features + ctx[2]; MLP 78-16-8-1",

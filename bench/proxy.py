@@ -33,7 +33,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from h2load_client import CounterProbe, find_h2load
-from predict import CLIENTS, ENTRY_REQUESTS_SAMPLE, clients_of, combine_rounds, requests_for, run_load, wait_serving
+from predict import (
+    CLIENTS,
+    ENTRY_REQUESTS_SAMPLE,
+    clients_of,
+    combine_rounds,
+    python_speed_ms,
+    requests_for,
+    run_load,
+    wait_serving,
+)
 
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import load_serving_spec
@@ -81,6 +90,7 @@ def summarize_client(
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    speed_ms = python_speed_ms()
     in_flight = [int(x) for x in args.in_flight.split(",")]
     clients = clients_of(args.client)
     if "h2load" in clients:
@@ -155,6 +165,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {
         "setup": {
             "cpus": os.cpu_count(),
+            "python_speed_ms": speed_ms,
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
             "duration_s": args.duration_s,
             "rounds": args.rounds,

@@ -18,22 +18,21 @@ import secrets
 import numba  # type: ignore[import-untyped,unused-ignore]
 import numpy as np
 
-__all__ = ["FIBONACCI", "home_slot", "random_multiplier"]
+__all__ = ["FIBONACCI", "home_slot", "home_slot_by", "random_multiplier"]
 
 FIBONACCI = 0x9E3779B97F4A7C15
-_FIBONACCI = np.uint64(FIBONACCI)
-
-
-@numba.njit(inline="always")  # type: ignore[misc,unused-ignore]
-def home_slot(key: int, shift: int, mask: int) -> int:
-    """Slot of ``key`` in a table of ``2^(64 - shift)`` slots (``mask`` = slots - 1), Fibonacci hashing."""
-    return int((np.uint64(key) * _FIBONACCI) >> np.uint64(shift)) & mask
 
 
 @numba.njit(inline="always")  # type: ignore[misc,unused-ignore]
 def home_slot_by(key: int, multiplier: int, shift: int, mask: int) -> int:
-    """``home_slot`` with the given odd ``multiplier``."""
+    """Slot of ``key`` in a table of ``2^(64 - shift)`` slots (``mask`` = slots - 1), for an odd ``multiplier``."""
     return int((np.uint64(key) * np.uint64(multiplier)) >> np.uint64(shift)) & mask
+
+
+@numba.njit(inline="always")  # type: ignore[misc,unused-ignore]
+def home_slot(key: int, shift: int, mask: int) -> int:
+    """``home_slot_by`` with the golden-ratio multiplier (Fibonacci hashing): the PS index's."""
+    return home_slot_by(key, FIBONACCI, shift, mask)
 
 
 def random_multiplier() -> int:

@@ -25,9 +25,8 @@ Float32Array = npt.NDArray[np.float32]
 
 @dataclass(frozen=True)
 class TableGroup:
-    """The fids of every feature reading one table, concatenated in spec order."""
+    """The fids of every feature reading one table (the layout's ``features``), concatenated in spec order."""
 
-    features: tuple[int, ...]  # spec feature indexes, ascending
     offsets: Int64Array  # start of each feature's fids in ``inverse``/``rows``; one extra end offset
     inverse: Int64Array  # per fid: its index into the table's unique fids
     rows: Int64Array  # per fid: its example
@@ -118,7 +117,7 @@ class Pooler:
                 rows = np.concatenate([c.rows for c in columns])
             unique, inverse = unique_inverse(np.ascontiguousarray(fids, dtype=np.int64), self._multiplier)
             unique_fids[table] = unique
-            groups[table] = TableGroup(feature_indexes, offsets, inverse, np.ascontiguousarray(rows, dtype=np.int64))
+            groups[table] = TableGroup(offsets, inverse, np.ascontiguousarray(rows, dtype=np.int64))
         return LookupPlan(unique_fids, groups)
 
     def assemble(self, batch: ParsedBatch, plan: LookupPlan, values: Mapping[str, Float32Array]) -> Float32Array:

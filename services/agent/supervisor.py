@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO
 
 from monolith_serving.agent.metrics import AgentMetrics
+from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import FailedPreconditionError, UnavailableError
 
 __all__ = ["ChildSpec", "ChildState", "ChildSupervisor", "RestartPolicy", "tcp_probe"]
@@ -80,7 +81,7 @@ class _Child:
 async def tcp_probe(port: int) -> bool:
     """True when ``127.0.0.1:port`` accepts a TCP connection."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+        _, writer = await within(asyncio.open_connection("127.0.0.1", port), 1.0)
     except (OSError, TimeoutError):
         return False
     writer.close()
@@ -258,7 +259,7 @@ class ChildSupervisor:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(process.wait(), grace_s)
+                await within(process.wait(), grace_s)
             except TimeoutError:
                 log.warning("child %s ignored SIGTERM for %.1f s: killing it", child.spec.name, grace_s)
                 with contextlib.suppress(ProcessLookupError):

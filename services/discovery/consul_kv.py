@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import consul
 
+from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.discovery.base import (
     SessionState,
@@ -284,7 +285,7 @@ class _ConsulSubtreeWatch(WatchHandle):
                 log.warning("consul watch on %s failed (%r); retrying", self._root, exc)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._owner._retry_delay_s)
+                    await within(self._wake.wait(), self._owner._retry_delay_s)
                 continue
             new_index = int(index)
             # Consul's rule: an index that goes backwards (e.g. after a restore) means start over.

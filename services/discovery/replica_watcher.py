@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
-from monolith_serving.core.aio_wait import event_set_within
+from monolith_serving.core.aio_wait import event_set_within, within
 from monolith_serving.core.errors import InvalidArgumentError, UnavailableError
 from monolith_serving.core.zk_paths import (
     ReplicaPath,
@@ -346,7 +346,7 @@ class ReplicaWatcher:
             if remaining_s <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining_s)
+                await within(self._changed.wait(), remaining_s)
         return True
 
     # ---- v3 queries ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from kazoo.exceptions import (
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.retry import KazooRetry
 
+from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.discovery.base import (
     SessionState,
@@ -272,7 +273,7 @@ class ZkDiscovery(SessionBackend):
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return await asyncio.wait_for(self._run(fn, *args), self._read_timeout_s)
+            return await within(self._run(fn, *args), self._read_timeout_s)
         except (TimeoutError, *_TRANSIENT) as exc:
             raise UnavailableError(f"zookeeper read failed: {exc!r}") from exc
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import grpc
 
+from monolith_serving.core.aio_wait import within
 from monolith_serving.core.cli_flags import add_flag
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import MonolithServingError, UnavailableError
@@ -214,7 +215,7 @@ async def _serve(config: ClusterConfig, stop: asyncio.Event) -> int:
                 logger.error("cluster process %s exited with code %s", dead[0].args, dead[0].returncode)
                 return 1
             try:
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
+                await within(stop.wait(), 1.0)
             except TimeoutError:
                 continue
         return 0

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import (
     FailedPreconditionError,
     MonolithServingError,
@@ -123,7 +124,7 @@ class ModelManager:
         while not stop.is_set():
             await self.step()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_for_work(stop), self._config.scan_interval_s)
+                await within(self._wait_for_work(stop), self._config.scan_interval_s)
 
     async def _wait_for_work(self, stop: asyncio.Event) -> None:
         """Returns early when stopping or when a rollback request is queued."""

@@ -35,7 +35,8 @@ def add_common_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--log_level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ...)")
 
 
-# tensorflow_model_server's gRPC port, the fallback of every server that agent.conf's PORT3 names.
+# tensorflow_model_server's gRPC port: the default of every server that answers TF Serving's API (ps, dense, entry,
+# unified, proxy); for the servers an agent launches, agent.conf's $PORT3 comes first.
 TFS_GRPC_PORT = 8500
 _MAIN_PORT_HELP = f"gRPC port (default: $PORT3 when set, else {TFS_GRPC_PORT})"
 

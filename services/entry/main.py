@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from monolith_serving.core.cli_flags import add_flag, add_server_flags, main_grpc_port
+from monolith_serving.core.cli_flags import TFS_GRPC_PORT, add_flag, add_server_flags, main_grpc_port
 from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, read_model_server_config
@@ -49,8 +49,6 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PORT = 8500
-
 
 @dataclass(frozen=True)
 class EntryServerConfig:
@@ -59,7 +57,7 @@ class EntryServerConfig:
     ps_targets: tuple[tuple[str, ...], ...] = ()  # static discovery; empty -> agent
     dense_targets: tuple[str, ...] = ()  # static dense_0 replicas; empty -> agent (if any), else no dense
     agent_address: str = ""
-    port: int = DEFAULT_PORT
+    port: int = TFS_GRPC_PORT
     host: str = "0.0.0.0"
     metrics_port: int = 0
     fetch_ps_retry: int = 2

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from monolith_serving.core.agent_conf import AgentConfig, DiscoveryKind, load_agent_config, resolve_environment
+from monolith_serving.core.cli_flags import TFS_GRPC_PORT
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.discovery.config import Backend, DiscoveryConfig
 from monolith_serving.proxy.core import CoreConfig
@@ -17,8 +18,6 @@ from monolith_serving.proxy.endpoints import parse_targets
 from monolith_serving.proxy.predict_coalesce import PredictCoalescing
 from monolith_serving.proxy.rest_gateway import RestConfig
 from monolith_serving.proxy.router import OutlierPolicy
-
-DEFAULT_GRPC_PORT = 8500
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,7 +40,7 @@ class DiscoverySourceConfig:
 @dataclass(frozen=True, kw_only=True)
 class ProxyConfig:
     host: str = "0.0.0.0"
-    grpc_port: int = DEFAULT_GRPC_PORT
+    grpc_port: int = TFS_GRPC_PORT
     rest: RestConfig | None = None  # None: no REST API (TF Serving's --rest_api_port 0)
     metrics_port: int = 0  # 0: not served
     core: CoreConfig = field(default_factory=CoreConfig)
@@ -114,7 +113,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyC
             token = handle.read().strip() or None
     return ProxyConfig(
         host=args.host,
-        grpc_port=args.port if args.port is not None else DEFAULT_GRPC_PORT,
+        grpc_port=args.port if args.port is not None else TFS_GRPC_PORT,
         rest=rest,
         metrics_port=args.metrics_port,
         core=CoreConfig(max_in_flight=args.max_in_flight, admin_token=token, coalescing=_coalescing_config(args)),

@@ -11,11 +11,11 @@ import asyncio
 import logging
 import os
 
-from monolith_serving.core.cli_flags import add_flag, add_server_flags
+from monolith_serving.core.cli_flags import TFS_GRPC_PORT, add_flag, add_server_flags
 from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import run_async_main
-from monolith_serving.proxy.config import DEFAULT_GRPC_PORT, ProxyConfig, config_from_args
+from monolith_serving.proxy.config import ProxyConfig, config_from_args
 from monolith_serving.proxy.predict_coalesce import PredictCoalescing
 from monolith_serving.proxy.server import ProxyServer
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    add_server_flags(parser, default_port=DEFAULT_GRPC_PORT, port_help="gRPC port (default %(default)s)")
+    add_server_flags(parser, default_port=TFS_GRPC_PORT, port_help="gRPC port (default %(default)s)")
     add_flag(parser, "--conf", help="agent.conf (bzid, base_name, zk_servers, discovery, dc_aware, agent_version)")
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (default %(default)s)")
     add_flag(parser, "--rest_api_port", type=int, default=0, help="TF Serving REST API port (0: no REST API)")

@@ -6,12 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from monolith_serving.core.cli_flags import TFS_GRPC_PORT
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import VersionPolicy, ps_index
 from monolith_serving.core.model_config_list import hosted_models_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
-DEFAULT_PORT = 8500
 DEFAULT_MAX_FIDS_PER_REQUEST = 1 << 21
 
 
@@ -42,7 +42,7 @@ def sub_models_from_proto(config: model_server_config_pb2.ModelServerConfig) -> 
 class PsConfig:
     """Everything the PS process needs; built by ``main`` and passed down explicitly."""
 
-    port: int = DEFAULT_PORT
+    port: int = TFS_GRPC_PORT
     host: str = "0.0.0.0"
     metrics_port: int = 0
     model_config_file: Path | None = None

@@ -21,6 +21,13 @@ class ModelState(enum.IntEnum):
     END = 50
 
 
+# How many ended versions (unloaded, or failed) a server keeps reporting in GetModelStatus once its policy no longer
+# wants them. Older ones are forgotten, with their metric series: a model that gets a new version every hour would
+# otherwise grow its status answer, which the model manager and agents poll every few seconds, and its per-version
+# gauge series, by 720 a month.
+ENDED_VERSIONS_KEPT = 10
+
+
 class _HasState(Protocol):
     @property
     def state(self) -> ModelState: ...

@@ -4,6 +4,8 @@ Per model and version: START -> LOADING -> AVAILABLE -> UNLOADING -> END, or LOA
 version loads on a worker thread beside the serving one, so the event loop keeps answering; the versions the policy
 no longer wants are unloaded only once a wanted version is AVAILABLE, so a broken export leaves the previous version
 serving. A failed version is retried only on an explicit reload (``fresh``).
+Of the ended versions the policy no longer wants, the newest ``ENDED_VERSIONS_KEPT`` stay in the status; older
+ones are forgotten with their state series.
 
 What differs between servers comes in as ``LifecycleHooks``: how a version is read (PS: hash-table dumps into a
 TableSet; dense: a network), what is replayed into it before it is published (PS: parameter-sync batches that
@@ -18,6 +20,7 @@ so no request can run between the replay and the switch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +31,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from monolith_serving.core.errors import FailedPreconditionError, MonolithServingError, NotFoundError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy, list_versions
-from monolith_serving.core.model_state import ModelState, choose_version, served_model
+from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState, choose_version, served_model
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +109,8 @@ class LifecycleHooks(Generic[C, L, U]):
 class _Labelled(Protocol):
     def labels(self, *values: str) -> Any: ...
 
+    def remove(self, *values: str) -> None: ...
+
 
 class VersionMetrics(Protocol):
     """The two metrics every server's versions keep (PsMetrics and DenseMetrics both have them)."""
@@ -129,8 +134,10 @@ class VersionLifecycle(Generic[C, L, U]):
         metrics: VersionMetrics,
         executor: Executor,
         clock: Callable[[], float] = time.monotonic,
+        ended_kept: int = ENDED_VERSIONS_KEPT,
     ) -> None:
         self._hooks = hooks
+        self._ended_kept = ended_kept
         self._metrics = metrics
         self._executor = executor
         self._clock = clock
@@ -179,6 +186,7 @@ class VersionLifecycle(Generic[C, L, U]):
             async with model.lock:
                 for servable in list(model.versions.values()):
                     self._unload(model, servable)
+                    self._forget_state_series(model.name, servable.version)
             logger.info("model %s removed from the config: unloaded", name)
         for name, config in wanted.items():
             existing = self.models.get(name)
@@ -216,6 +224,7 @@ class VersionLifecycle(Generic[C, L, U]):
                 for servable in list(model.versions.values()):
                     if servable.version not in desired:
                         self._unload(model, servable)
+            self._forget_old_ended(model, desired)
 
     async def close(self) -> None:
         for model in self.models.values():
@@ -258,6 +267,20 @@ class VersionLifecycle(Generic[C, L, U]):
         self._set_state(model, servable, ModelState.END)
         self._hooks.unloaded(model.name, servable.version, held)
         logger.info("model %s version %d: unloaded", model.name, servable.version)
+
+    def _forget_old_ended(self, model: HostedModel[C, L, U], desired: Sequence[int]) -> None:
+        """Forgets all but the newest ``ended_kept`` ended versions that the policy no longer wants. A wanted one
+        stays whatever its state: forgotten, a failed version would be loaded again on the next poll."""
+        ended = sorted(
+            (v for v, s in model.versions.items() if s.state is ModelState.END and v not in desired), reverse=True
+        )
+        for version in ended[self._ended_kept :]:
+            del model.versions[version]
+            self._forget_state_series(model.name, version)
+
+    def _forget_state_series(self, model: str, version: int) -> None:
+        with contextlib.suppress(KeyError):  # a series never set
+            self._metrics.version_state.remove(model, str(version))
 
     def _set_state(self, model: HostedModel[C, L, U], servable: Servable[L, U], state: ModelState) -> None:
         servable.state = state

@@ -35,7 +35,7 @@ from monolith_serving.core.errors import (
     NotFoundError,
 )
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, version_dir
-from monolith_serving.core.model_state import ModelState
+from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState
 from monolith_serving.core.serving_spec import DenseBackend, ServingSpec, load_serving_spec
 from monolith_serving.entry.dense import DenseModel, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
@@ -249,8 +249,17 @@ class EntryModel:
         for version in [v for v in self._loaded if v not in wanted and v not in new_served]:
             del self._loaded[version]
             self._unloaded.add(version)
+        self._forget_old_ended(wanted)
         self._metrics.served_version.set(max(new_served) if new_served else 0)
         self._metrics.loaded_versions.set(len(self._loaded))
+
+    def _forget_old_ended(self, wanted: Sequence[int]) -> None:
+        """Keeps the newest ``ENDED_VERSIONS_KEPT`` unloaded or failed versions that are no longer wanted. A failed
+        version still wanted keeps its attempt count, so that it is not loaded again on every step."""
+        ended = sorted((self._unloaded | self._failures.keys()) - set(wanted) - self._loaded.keys(), reverse=True)
+        for version in ended[ENDED_VERSIONS_KEPT:]:
+            self._unloaded.discard(version)
+            self._failures.pop(version, None)
 
     def _backends_ready(self, loaded: LoadedVersion) -> bool:
         """Every PS shard (and dense_0 when the network is remote) has the version AVAILABLE."""

@@ -6,6 +6,7 @@ The embedding lookup is a fake of our own ``EmbeddingLookup`` interface (no netw
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 from monolith_serving.client.inputs import encode, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
-from monolith_serving.core.model_state import ModelState
+from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig
 from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
@@ -181,5 +182,22 @@ def test_reconfigure_to_nothing_unloads_and_a_bad_version_reports_its_error(expo
             model.resolve("entry", None)
         with pytest.raises(NotFoundError):
             model.status("entry")
+
+    asyncio.run(scenario())
+
+
+def test_only_the_newest_ended_versions_stay_in_the_status(export: Path) -> None:
+    async def scenario() -> None:
+        gate = Gate()
+        model = make_model(export, gate)
+        last = ENDED_VERSIONS_KEPT + 3
+        gate.ready = set(range(1, last + 1))
+        await model.refresh()
+        for version in range(2, last + 1):  # a new version every "hour"; each one retires the one before
+            shutil.copytree(export / "entry" / "1", export / "entry" / str(version))
+            await model.refresh()
+        ended = [v for v, state in states(model).items() if state is ModelState.END]
+        assert states(model)[last] is ModelState.AVAILABLE
+        assert ended == list(range(last - 1, last - 1 - ENDED_VERSIONS_KEPT, -1))
 
     asyncio.run(scenario())

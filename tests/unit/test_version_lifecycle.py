@@ -61,6 +61,9 @@ class Recorder:
     def labels(self, model: str, version: str | None = None) -> _Child:
         return _Child(self.calls, model, version)
 
+    def remove(self, model: str, version: str) -> None:
+        self.calls.append(("forgot", int(version)))
+
 
 @dataclass
 class _Child:
@@ -76,8 +79,10 @@ class _Child:
         self.calls.append(("failed", self.model))
 
 
-def _lifecycle(recorder: Recorder) -> VersionLifecycle[Config, str, int]:
-    return VersionLifecycle(hooks=recorder.hooks(), metrics=recorder, executor=ThreadPoolExecutor(1))
+def _lifecycle(recorder: Recorder, ended_kept: int = 10) -> VersionLifecycle[Config, str, int]:
+    return VersionLifecycle(
+        hooks=recorder.hooks(), metrics=recorder, executor=ThreadPoolExecutor(1), ended_kept=ended_kept
+    )
 
 
 def _versions(root: Path, *versions: int) -> Config:
@@ -168,5 +173,38 @@ def test_serve_nothing_unloads_everything(tmp_path: Path) -> None:
         await lifecycle.apply_config([])
         with pytest.raises(NotFoundError, match="not served here"):
             lifecycle.model("m")
+        assert ("forgot", 1) in recorder.calls  # a removed model leaves no state series behind
+
+    asyncio.run(scenario())
+
+
+def test_only_the_newest_ended_versions_are_kept(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        lifecycle = _lifecycle(recorder, ended_kept=2)
+        config = _versions(tmp_path, 1)
+        await lifecycle.apply_config([config])
+        for version in range(2, 7):  # a new version every "hour": 1..5 end in turn
+            _versions(tmp_path, version)
+            await lifecycle.refresh()
+        assert [(s.version, s.state) for s in lifecycle.status("m")] == [
+            (6, ModelState.AVAILABLE), (5, ModelState.END), (4, ModelState.END),
+        ]  # fmt: skip
+        assert [c[1] for c in recorder.calls if c[0] == "forgot"] == [1, 2, 3]
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_version_still_wanted_is_never_forgotten_and_never_reloaded(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        recorder = Recorder(broken={9})
+        lifecycle = _lifecycle(recorder, ended_kept=0)
+        await lifecycle.apply_config([_versions(tmp_path, 8)])
+        _versions(tmp_path, 9)
+        for _ in range(3):
+            await lifecycle.refresh()
+        assert [(s.version, s.state) for s in lifecycle.status("m")] == [(9, ModelState.END), (8, ModelState.AVAILABLE)]
+        assert recorder.calls.count(("failed", "m")) == 1  # polls neither forget nor retry it
+        assert ("forgot", 9) not in recorder.calls
 
     asyncio.run(scenario())

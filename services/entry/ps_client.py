@@ -206,7 +206,12 @@ class ReplicaHealth:
     _failed_at: dict[str, float] = field(default_factory=dict)
 
     def failed(self, address: str) -> None:
-        self._failed_at[address] = self.clock()
+        now = self.clock()
+        # Replicas that failed and then left discovery never succeed again: drop what has cooled down, so that
+        # months of replica churn (a new address per restarted pod) leave nothing behind.
+        for old in [a for a, at in self._failed_at.items() if now - at >= self.cooldown_s]:
+            del self._failed_at[old]
+        self._failed_at[address] = now
 
     def succeeded(self, address: str) -> None:
         self._failed_at.pop(address, None)
@@ -214,6 +219,11 @@ class ReplicaHealth:
     def is_failing(self, address: str) -> bool:
         at = self._failed_at.get(address)
         return at is not None and self.clock() - at < self.cooldown_s
+
+    def remembered(self) -> int:
+        """How many addresses are remembered (failing now, or cooled down and not yet dropped); not ``__len__``,
+        which would make an empty one false."""
+        return len(self._failed_at)
 
 
 VersionKnowledge = Callable[[str, int], bool | None]

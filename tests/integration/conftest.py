@@ -15,6 +15,16 @@ from zk_harness import ZooKeeperServer, ZooKeeperUnavailable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from consul_double import ConsulDouble, ConsulTarget, OffsetClock
+from procs import STOP_PROBLEMS
+
+
+@pytest.fixture(autouse=True)
+def servers_stop_cleanly() -> Iterator[None]:
+    """Every ``ServerProcess`` the test stopped exited with 0 within its timeout of SIGTERM."""
+    STOP_PROBLEMS.clear()
+    yield
+    problems, STOP_PROBLEMS[:] = list(STOP_PROBLEMS), []
+    assert not problems, "\n\n".join(problems)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """Starting real ``monolith-serving`` processes on loopback for integration tests.
 
 ``ServerProcess`` runs ``python -m monolith_serving <command> ...`` with its log captured to a file, waits until
-the gRPC health check says SERVING (failing fast, with the log tail, if the process exits first), and kills the
-process at teardown. Reused by the PS, entry and agent tests.
+the gRPC health check says SERVING (failing fast, with the log tail, if the process exits first), and stops the
+process with SIGTERM at teardown; a server that then needs SIGKILL, or exits non-zero, fails the test. Reused by
+the PS, entry and agent tests.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from types import TracebackType
 from ports import free_port as free_port  # re-exported: the integration tests take it from here
 
 from monolith_serving.client.health import wait_until_serving
+
+# Filled by ``ServerProcess.stop``; the integration conftest fails any test that leaves something here. A server
+# that hangs on SIGTERM (its shutdown awaiting a task that never ends) is a bug that operators meet as pods killed
+# at the end of their grace period, and tests that merely stop it would never notice.
+STOP_PROBLEMS: list[str] = []
 
 
 class ServerProcess:
@@ -86,10 +92,17 @@ class ServerProcess:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout_s)
+            code = self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self._stop_problem(f"did not exit within {timeout_s:g} s of SIGTERM and was killed")
             return self.process.wait()
+        if code != 0:
+            self._stop_problem(f"exited with {code} on SIGTERM")
+        return code
+
+    def _stop_problem(self, what: str) -> None:
+        STOP_PROBLEMS.append(f"{self.command} on port {self.port} {what}; log tail:\n{self.log_tail()}")
 
     def __enter__(self) -> ServerProcess:
         return self.start()

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
+from procs import STOP_PROBLEMS
 
 T = TypeVar("T")
 
@@ -77,10 +78,14 @@ class AgentProcess:
             return None if self.process is None else self.process.returncode
         self.process.send_signal(signal.SIGTERM)
         try:
-            return self.process.wait(30)
+            code = self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            STOP_PROBLEMS.append(f"agent {self.name} did not exit within 30 s of SIGTERM:\n{self.log()[-3000:]}")
             return self.process.wait()
+        if code != 0:
+            STOP_PROBLEMS.append(f"agent {self.name} exited with {code} on SIGTERM:\n{self.log()[-3000:]}")
+        return code
 
 
 def replica_stats(zk: KazooClient, root: str) -> dict[str, int]:

@@ -236,3 +236,18 @@ def test_killing_a_ps_replica_and_an_entry_under_load_fails_no_request(cluster: 
             predict_request("entry", {"instances": encode_instances(cluster.spec, examples)}), timeout=10
         )
     np.testing.assert_allclose(_scores(response), reference.scores(examples), rtol=1e-5, atol=1e-6)
+
+
+OUR_SERVICES = (
+    "model-manager", "ps-0-0", "ps-0-1", "ps-1-0", "ps-1-1", "entry-0", "entry-1", "replica-manager", "proxy",
+)  # fmt: skip
+
+
+def test_our_services_stop_on_sigterm_with_exit_code_0(cluster: ComposeCluster) -> None:
+    # Runs last: it stops the cluster. `docker-compose stop` sends SIGTERM and, after the grace period, SIGKILL;
+    # a server whose shutdown hangs would end with 137, the way Kubernetes would kill it at the end of its
+    # terminationGracePeriodSeconds. (The previous test killed ps-0-0 and entry-0 on purpose.)
+    running = [s for s in OUR_SERVICES if cluster.state(s)["Running"]]
+    assert len(running) >= 7, running
+    cluster.compose("stop", "-t", "20", *running, timeout_s=300)
+    assert {s: cluster.state(s)["ExitCode"] for s in running} == dict.fromkeys(running, 0)

@@ -31,8 +31,16 @@ from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, bui
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.model import DEFAULT_FETCH_PS_TIMEOUT_MS, EntryModel, EntryModelConfig
-from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, ReplicaHealth, RetryPolicy
+from monolith_serving.entry.model import EntryModel, EntryModelConfig
+from monolith_serving.entry.ps_client import (
+    DEFAULT_FETCH_PS_RETRY,
+    DEFAULT_FETCH_PS_TIMEOUT_MS,
+    ChannelPool,
+    FanoutConfig,
+    PsFanout,
+    ReplicaHealth,
+    RetryPolicy,
+)
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.ps_status import PsStatusTracker
 from monolith_serving.entry.remote_dense import DenseReplicas, RemoteDenseConfig, dense_model_name
@@ -60,7 +68,7 @@ class EntryServerConfig:
     port: int = TFS_GRPC_PORT
     host: str = "0.0.0.0"
     metrics_port: int = 0
-    fetch_ps_retry: int = 2
+    fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)
     poll_interval_s: float = 1.0
@@ -344,7 +352,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_FETCH_PS_TIMEOUT_MS,
         help="PS call deadline without a client deadline",
     )
-    add_flag(parser, "--fetch_ps_retry", type=int, default=2, help="retries on another replica (default %(default)s)")
+    add_flag(
+        parser,
+        "--fetch_ps_retry",
+        type=int,
+        default=DEFAULT_FETCH_PS_RETRY,
+        help="retries on another replica (default %(default)s)",
+    )
     add_coalesce_flags(parser)
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
     add_flag(

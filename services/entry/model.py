@@ -40,7 +40,7 @@ from monolith_serving.core.serving_spec import DenseBackend, ServingSpec, load_s
 from monolith_serving.entry.dense import DenseModel, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.pooling import Pooler
-from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
+from monolith_serving.entry.ps_client import DEFAULT_FETCH_PS_TIMEOUT_MS, EmbeddingLookup, LookupResult
 from monolith_serving.entry.request_coalesce import PassDeadlines, PassOutput, PredictCoalescer, RequestCoalescing
 from monolith_serving.entry.request_parser import ParsedBatch, RequestParser
 
@@ -56,10 +56,6 @@ class VersionStatus:
     state: ModelState
     error: MonolithServingError | None = None
     detail: str = ""
-
-
-# The PS (and remote dense) call deadline when the client sets none; agent.conf's fetch_ps_timeout_ms default.
-DEFAULT_FETCH_PS_TIMEOUT_MS = 200
 
 
 @dataclass(frozen=True)

@@ -274,13 +274,19 @@ class ReplicasExhausted(Exception):
         self.last_error = last_error
 
 
+# agent.conf's fetch_ps_retry and fetch_ps_timeout_ms defaults (the latter is also the PS and remote dense call
+# deadline when the client sets none).
+DEFAULT_FETCH_PS_RETRY = 2
+DEFAULT_FETCH_PS_TIMEOUT_MS = 200
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a call to one sub-model's replicas retries (``--fetch_ps_retry``, ``--fetch_ps_timeout_ms``)."""
 
-    retry: int = 2  # attempts after the first, each on the next replica
+    retry: int = DEFAULT_FETCH_PS_RETRY  # attempts after the first, each on the next replica
     # An attempt is never cut below this (fetch_ps_timeout_ms), so a merely slow replica is not retried early.
-    min_attempt_s: float = 0.2
+    min_attempt_s: float = DEFAULT_FETCH_PS_TIMEOUT_MS / 1000
 
 
 async def call_with_retries(
@@ -337,7 +343,7 @@ async def call_with_retries(
 @dataclass(frozen=True)
 class FanoutConfig:
     entry_model_name: str
-    retry: RetryPolicy = RetryPolicy()
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
 
 

@@ -17,6 +17,7 @@ from monolith_serving.core.errors import FailedPreconditionError, NotFoundError
 from monolith_serving.entry.main import EntryServer, EntryServerConfig, spec_num_ps
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModelConfig
+from monolith_serving.entry.ps_client import DEFAULT_FETCH_PS_RETRY
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
@@ -33,7 +34,7 @@ class EntrySettings:
 
     agent_address: str
     fetch_ps_timeout_ms: int = 200
-    fetch_ps_retry: int = 2
+    fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)
     max_batch_size: int | None = None

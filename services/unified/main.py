@@ -12,6 +12,7 @@ from monolith_serving.core.cli_flags import add_flag, add_server_flags, main_grp
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.entry.main import add_coalesce_flags, coalesce_config_from_args, request_coalescing_from_args
+from monolith_serving.entry.ps_client import DEFAULT_FETCH_PS_RETRY
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST
 from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
 
@@ -29,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add_flag(parser, "--file_system_poll_wait_seconds", type=float, default=1.0, help="version scan period")
     add_flag(parser, "--fetch_ps_timeout_ms", type=int, default=200, help="PS call deadline without a client deadline")
-    add_flag(parser, "--fetch_ps_retry", type=int, default=2, help="PS retries on another replica")
+    add_flag(parser, "--fetch_ps_retry", type=int, default=DEFAULT_FETCH_PS_RETRY, help="PS retries on another replica")
     add_coalesce_flags(parser)
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
     add_flag(parser, "--num_load_threads", type=int, default=1, help="PS versions loaded at once (memory!)")

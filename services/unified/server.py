@@ -22,6 +22,7 @@ from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.ps_client import DEFAULT_FETCH_PS_RETRY
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc
@@ -47,7 +48,7 @@ class UnifiedConfig:
     model_config_file: Path | None = None  # applied once at start; later configs come by reload
     file_system_poll_wait_s: float = 1.0
     fetch_ps_timeout_ms: int = 200
-    fetch_ps_retry: int = 2
+    fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)
     max_batch_size: int | None = None

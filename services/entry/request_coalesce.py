@@ -81,20 +81,30 @@ class _Request(Generic[V]):
 
 def concat_batches(batches: Sequence[ParsedBatch]) -> ParsedBatch:
     """One batch holding the examples of ``batches`` in order (the sparse rows of batch i shifted by the
-    sizes of the batches before it, so each column's rows stay non-decreasing)."""
-    starts = list(itertools.accumulate((b.batch_size for b in batches[:-1]), initial=0))
-    columns = []
-    for f in range(len(batches[0].sparse)):
-        parts = [(b.sparse[f], start) for b, start in zip(batches, starts, strict=True) if len(b.sparse[f].fids)]
-        if not parts:
-            columns.append(batches[0].sparse[f])
-            continue
-        fids = np.concatenate([column.fids for column, _ in parts])
-        rows = np.concatenate([column.rows + start if start else column.rows for column, start in parts])
-        columns.append(SparseColumn(fids, rows))
+    sizes of the batches before it, so each column's rows stay non-decreasing).
+
+    Every column of every batch goes into one fids and one rows array (feature-major), shifted by one add, and
+    the merged columns are views into them: a constant number of numpy calls per pass rather than a few per
+    (feature, batch), which was most of the merge's cost at the ~6 requests a pass holds.
+    """
+    num_features = len(batches[0].sparse)
+    starts = np.fromiter(
+        itertools.accumulate((b.batch_size for b in batches[:-1]), initial=0), dtype=np.int64, count=len(batches)
+    )
+    columns = [b.sparse[f] for f in range(num_features) for b in batches]
+    lengths = np.fromiter((len(c.rows) for c in columns), dtype=np.int64, count=len(columns))
+    fids = np.concatenate([c.fids for c in columns])
+    rows = np.concatenate([c.rows for c in columns])
+    rows += np.repeat(np.tile(starts, num_features), lengths)
+    ends = np.cumsum(lengths.reshape(num_features, len(batches)).sum(axis=1)).tolist()
+    merged = []
+    begin = 0
+    for end in ends:
+        merged.append(SparseColumn(fids[begin:end], rows[begin:end]))
+        begin = end
     return ParsedBatch(
         batch_size=sum(b.batch_size for b in batches),
-        sparse=tuple(columns),
+        sparse=tuple(merged),
         dense=np.concatenate([b.dense for b in batches]),
     )
 

@@ -113,17 +113,31 @@ async def until(condition: Any) -> None:
 
 
 def test_concat_batches_shifts_each_batchs_rows_and_stacks_the_dense_inputs() -> None:
-    def batch(size: int, fids: list[int], rows: list[int], dense: float) -> ParsedBatch:
-        column = SparseColumn(np.array(fids, dtype=np.int64), np.array(rows, dtype=np.int64))
-        empty = SparseColumn(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
-        return ParsedBatch(size, (column, empty), np.full((size, 2), dense, dtype=np.float32))
+    def column(fids: list[int], rows: list[int]) -> SparseColumn:
+        return SparseColumn(np.array(fids, dtype=np.int64), np.array(rows, dtype=np.int64))
 
-    merged = concat_batches([batch(2, [5, 6, 7], [0, 0, 1], 1.0), batch(1, [], [], 2.0), batch(3, [8, 9], [0, 2], 3.0)])
+    def batch(size: int, first: SparseColumn, second: SparseColumn, third: SparseColumn, dense: float) -> ParsedBatch:
+        return ParsedBatch(size, (first, second, third), np.full((size, 2), dense, dtype=np.float32))
+
+    empty = column([], [])
+    last = batch(3, column([8, 9], [0, 2]), column([40], [1]), empty, 3.0)
+    merged = concat_batches(
+        [
+            batch(2, column([5, 6, 7], [0, 0, 1]), empty, empty, 1.0),
+            batch(1, empty, column([30, 31], [0, 0]), empty, 2.0),
+            last,
+        ]
+    )
     assert merged.batch_size == 6
     assert merged.sparse[0].fids.tolist() == [5, 6, 7, 8, 9]
     assert merged.sparse[0].rows.tolist() == [0, 0, 1, 3, 5]
-    assert len(merged.sparse[1].fids) == 0 and len(merged.sparse[1].rows) == 0
+    assert merged.sparse[1].fids.tolist() == [30, 31, 40]
+    assert merged.sparse[1].rows.tolist() == [2, 2, 4]
+    assert len(merged.sparse[2].fids) == 0 and len(merged.sparse[2].rows) == 0
+    assert all(c.fids.dtype == np.int64 and c.rows.dtype == np.int64 for c in merged.sparse)
     assert merged.dense[:, 0].tolist() == [1.0, 1.0, 2.0, 3.0, 3.0, 3.0]
+    # The requests' own columns are left as they were (each request may still be answered or retried alone).
+    assert last.sparse[0].rows.tolist() == [0, 2] and last.sparse[1].rows.tolist() == [1]
 
 
 def test_predicts_queued_behind_a_running_pass_run_as_one_pass_and_each_gets_its_own_scores(export: Path) -> None:

@@ -88,6 +88,10 @@ def concat_batches(batches: Sequence[ParsedBatch]) -> ParsedBatch:
     (feature, batch), which was most of the merge's cost at the ~6 requests a pass holds.
     """
     num_features = len(batches[0].sparse)
+    batch_size = sum(b.batch_size for b in batches)
+    dense = np.concatenate([b.dense for b in batches])
+    if not num_features:  # a model with dense inputs only
+        return ParsedBatch(batch_size=batch_size, sparse=(), dense=dense)
     starts = np.fromiter(
         itertools.accumulate((b.batch_size for b in batches[:-1]), initial=0), dtype=np.int64, count=len(batches)
     )
@@ -102,11 +106,7 @@ def concat_batches(batches: Sequence[ParsedBatch]) -> ParsedBatch:
     for end in ends:
         merged.append(SparseColumn(fids[begin:end], rows[begin:end]))
         begin = end
-    return ParsedBatch(
-        batch_size=sum(b.batch_size for b in batches),
-        sparse=tuple(merged),
-        dense=np.concatenate([b.dense for b in batches]),
-    )
+    return ParsedBatch(batch_size=batch_size, sparse=tuple(merged), dense=dense)
 
 
 class PredictCoalescer(Generic[V]):

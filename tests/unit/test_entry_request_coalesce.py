@@ -140,6 +140,15 @@ def test_concat_batches_shifts_each_batchs_rows_and_stacks_the_dense_inputs() ->
     assert last.sparse[0].rows.tolist() == [0, 2] and last.sparse[1].rows.tolist() == [1]
 
 
+def test_concat_batches_of_a_model_without_sparse_features_stacks_the_dense_inputs() -> None:
+    def batch(size: int, dense: float) -> ParsedBatch:
+        return ParsedBatch(size, (), np.full((size, 2), dense, dtype=np.float32))
+
+    merged = concat_batches([batch(1, 1.0), batch(2, 2.0)])
+    assert merged.batch_size == 3 and merged.sparse == ()
+    assert merged.dense[:, 0].tolist() == [1.0, 2.0, 2.0]
+
+
 def test_predicts_queued_behind_a_running_pass_run_as_one_pass_and_each_gets_its_own_scores(export: Path) -> None:
     async def scenario() -> None:
         lookup = GatedLookup()

@@ -37,6 +37,8 @@ from monolith_serving.core.conf_syntax import (
 from monolith_serving.core.errors import FailedPreconditionError
 
 __all__ = [
+    "DEFAULT_FETCH_PS_RETRY",
+    "DEFAULT_FETCH_PS_TIMEOUT_MS",
     "AgentConfig",
     "ConfError",
     "DeployType",
@@ -48,6 +50,11 @@ __all__ = [
     "replica_id_from_pod_name",
     "resolve_environment",
 ]
+
+# agent.conf's fetch_ps_retry and fetch_ps_timeout_ms defaults; also the entry's and the unified server's flag
+# defaults (the timeout is the PS and remote dense call deadline when the client sets none).
+DEFAULT_FETCH_PS_RETRY = 2
+DEFAULT_FETCH_PS_TIMEOUT_MS = 200
 
 _log = logging.getLogger(__name__)
 
@@ -123,8 +130,8 @@ class AgentConfig:
     version_policy: VersionPolicy = VersionPolicy.LATEST
     version_data: int = 1
     # --- entry -> PS fetch
-    fetch_ps_timeout_ms: int = 200
-    fetch_ps_retry: int = 2
+    fetch_ps_timeout_ms: int = DEFAULT_FETCH_PS_TIMEOUT_MS
+    fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     fetch_ps_long_conn_num: int = 100
     aio_thread_num: int = 30
     # --- model server (TF Serving flag names)

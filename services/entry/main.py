@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.cli_flags import TFS_GRPC_PORT, add_flag, add_server_flags, main_grpc_port
 from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
@@ -33,8 +34,6 @@ from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig
 from monolith_serving.entry.ps_client import (
-    DEFAULT_FETCH_PS_RETRY,
-    DEFAULT_FETCH_PS_TIMEOUT_MS,
     ChannelPool,
     FanoutConfig,
     PsFanout,
@@ -275,6 +274,24 @@ class EntryServer:
 # -- command line ------------------------------------------------------------------------------------
 
 
+def add_fetch_ps_flags(parser: argparse.ArgumentParser) -> None:
+    """agent.conf's PS fetch settings as flags; the entry and the unified server both take them."""
+    add_flag(
+        parser,
+        "--fetch_ps_timeout_ms",
+        type=int,
+        default=DEFAULT_FETCH_PS_TIMEOUT_MS,
+        help="PS call deadline without a client deadline (default %(default)s)",
+    )
+    add_flag(
+        parser,
+        "--fetch_ps_retry",
+        type=int,
+        default=DEFAULT_FETCH_PS_RETRY,
+        help="PS retries on another replica (default %(default)s)",
+    )
+
+
 def add_coalesce_flags(parser: argparse.ArgumentParser) -> None:
     """Predict coalescing (``request_coalesce``) and PS lookup coalescing (``ps_coalesce``); the entry and the
     unified server both take these flags."""
@@ -345,20 +362,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="AgentService to ask for PS replicas (default localhost:$PORT2) when --ps_targets is not given",
     )
     add_flag(parser, "--num_ps", type=int, default=None, help="number of PS shards (default: from the targets or spec)")
-    add_flag(
-        parser,
-        "--fetch_ps_timeout_ms",
-        type=int,
-        default=DEFAULT_FETCH_PS_TIMEOUT_MS,
-        help="PS call deadline without a client deadline",
-    )
-    add_flag(
-        parser,
-        "--fetch_ps_retry",
-        type=int,
-        default=DEFAULT_FETCH_PS_RETRY,
-        help="retries on another replica (default %(default)s)",
-    )
+    add_fetch_ps_flags(parser)
     add_coalesce_flags(parser)
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
     add_flag(

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -40,7 +41,7 @@ from monolith_serving.core.serving_spec import DenseBackend, ServingSpec, load_s
 from monolith_serving.entry.dense import DenseModel, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.pooling import Pooler
-from monolith_serving.entry.ps_client import DEFAULT_FETCH_PS_TIMEOUT_MS, EmbeddingLookup, LookupResult
+from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
 from monolith_serving.entry.request_coalesce import PassDeadlines, PassOutput, PredictCoalescer, RequestCoalescing
 from monolith_serving.entry.request_parser import ParsedBatch, RequestParser
 

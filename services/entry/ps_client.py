@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.cancellation import cancelled_by_caller
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.grpc_server import channel_options
@@ -272,12 +273,6 @@ class ReplicasExhausted(Exception):
     def __init__(self, last_error: str) -> None:
         super().__init__(last_error)
         self.last_error = last_error
-
-
-# agent.conf's fetch_ps_retry and fetch_ps_timeout_ms defaults (the latter is also the PS and remote dense call
-# deadline when the client sets none).
-DEFAULT_FETCH_PS_RETRY = 2
-DEFAULT_FETCH_PS_TIMEOUT_MS = 200
 
 
 @dataclass(frozen=True)

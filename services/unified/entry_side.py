@@ -13,11 +13,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.errors import FailedPreconditionError, NotFoundError
 from monolith_serving.entry.main import EntryServer, EntryServerConfig, spec_num_ps
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModelConfig
-from monolith_serving.entry.ps_client import DEFAULT_FETCH_PS_RETRY
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
@@ -33,7 +33,7 @@ class EntrySettings:
     """What every entry core of this server shares (flags of ``monolith-serving unified``)."""
 
     agent_address: str
-    fetch_ps_timeout_ms: int = 200
+    fetch_ps_timeout_ms: int = DEFAULT_FETCH_PS_TIMEOUT_MS
     fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)

@@ -11,8 +11,12 @@ from pathlib import Path
 from monolith_serving.core.cli_flags import add_flag, add_server_flags, main_grpc_port
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_command
-from monolith_serving.entry.main import add_coalesce_flags, coalesce_config_from_args, request_coalescing_from_args
-from monolith_serving.entry.ps_client import DEFAULT_FETCH_PS_RETRY
+from monolith_serving.entry.main import (
+    add_coalesce_flags,
+    add_fetch_ps_flags,
+    coalesce_config_from_args,
+    request_coalescing_from_args,
+)
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST
 from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
 
@@ -29,8 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="AgentService the entry asks for PS replicas (default localhost:$PORT2)",
     )
     add_flag(parser, "--file_system_poll_wait_seconds", type=float, default=1.0, help="version scan period")
-    add_flag(parser, "--fetch_ps_timeout_ms", type=int, default=200, help="PS call deadline without a client deadline")
-    add_flag(parser, "--fetch_ps_retry", type=int, default=DEFAULT_FETCH_PS_RETRY, help="PS retries on another replica")
+    add_fetch_ps_flags(parser)
     add_coalesce_flags(parser)
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
     add_flag(parser, "--num_load_threads", type=int, default=1, help="PS versions loaded at once (memory!)")

@@ -18,11 +18,11 @@ from types import TracebackType
 import grpc
 from prometheus_client import CollectorRegistry
 
+from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.ps_client import DEFAULT_FETCH_PS_RETRY
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc
@@ -47,7 +47,7 @@ class UnifiedConfig:
     metrics_port: int = 0
     model_config_file: Path | None = None  # applied once at start; later configs come by reload
     file_system_poll_wait_s: float = 1.0
-    fetch_ps_timeout_ms: int = 200
+    fetch_ps_timeout_ms: int = DEFAULT_FETCH_PS_TIMEOUT_MS
     fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)

@@ -13,6 +13,7 @@ are never versions.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,11 +88,19 @@ class VersionPolicy:
         return [v for v in present if v in wanted]
 
 
+_VERSION_NAME = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
 def parse_version(name: str) -> int | None:
-    """The version number of a folder name, or None when it is not a version folder."""
-    if not name.isdigit():
+    """The version number of a folder name, or None when it is not a version folder.
+
+    Only ASCII decimal digits without leading zeros (``str.isdigit`` also takes ``²``, which ``int`` refuses):
+    versions are found again as ``version_dir(base, version)``, so ``0123`` would name a folder ``123`` that
+    does not exist. At most 19 digits: versions travel as int64."""
+    if not _VERSION_NAME.fullmatch(name):
         return None
-    return int(name)
+    version = int(name)
+    return version if version < 2**63 else None
 
 
 def list_versions(sub_model_dir: Path) -> list[int]:

@@ -23,13 +23,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
-from monolith_serving.core.errors import FailedPreconditionError, MonolithServingError, NotFoundError
+from monolith_serving.core.errors import (
+    FailedPreconditionError,
+    MonolithServingError,
+    NotFoundError,
+    UnavailableError,
+)
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy, list_versions
 from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState, choose_version, served_model
 
@@ -142,6 +147,9 @@ class VersionLifecycle(Generic[C, L, U]):
         self._executor = executor
         self._clock = clock
         self.models: dict[str, HostedModel[C, L, U]] = {}
+        # Config changes and polls run as tasks of their own (see ``_run_to_end``); kept here so that none is
+        # garbage-collected mid-load and ``close`` can wait for them.
+        self._changes: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ queries (synchronous)
 
@@ -179,7 +187,33 @@ class VersionLifecycle(Generic[C, L, U]):
 
         ``fresh`` (an explicit reload) lets latest_once choose again and retries versions that failed; a
         model whose config changed is treated as fresh. Returns once every model's versions are settled.
+        The change runs to its end even when the caller is cancelled (see ``_run_to_end``).
         """
+        await self._run_to_end(self._apply_config(configs, fresh=fresh), "config change")
+
+    async def refresh(self) -> None:
+        """One file-system poll: picks up new versions of every hosted model."""
+        await self._run_to_end(self._refresh(), "file-system poll")
+
+    async def _run_to_end(self, change: Coroutine[Any, Any, None], what: str) -> None:
+        """Runs ``change`` in a task of its own and waits for it.
+
+        A gRPC handler is cancelled when its client's deadline passes, and HandleReloadConfigRequest awaits a
+        whole load. Cancelled half-way, a change would leave a version LOADING for good (polls skip a known
+        version), with parameter-sync batches queueing on it without end. So the caller's cancellation stops
+        only the caller's wait; the change goes on, and a failure nobody waits for any more is logged.
+        """
+        task = asyncio.get_running_loop().create_task(change)
+        self._changes.add(task)
+        task.add_done_callback(self._changes.discard)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():
+                task.add_done_callback(lambda done: _log_unawaited_failure(done, what))
+            raise
+
+    async def _apply_config(self, configs: Sequence[C], *, fresh: bool) -> None:
         wanted = {c.name: c for c in configs}
         for name in sorted(set(self.models) - set(wanted)):
             model = self.models.pop(name)
@@ -196,13 +230,16 @@ class VersionLifecycle(Generic[C, L, U]):
             model.config = config
             await self.update(model, fresh=fresh or changed)
 
-    async def refresh(self) -> None:
-        """One file-system poll: picks up new versions of every hosted model."""
+    async def _refresh(self) -> None:
         for model in list(self.models.values()):
             await self.update(model)
 
     async def update(self, model: HostedModel[C, L, U], *, fresh: bool = False) -> None:
         async with model.lock:
+            if self.models.get(model.name) is not model:
+                # Removed by a config change while this poll waited for the lock: loading it now would
+                # leave versions and metrics behind that nothing ever unloads.
+                return
             try:
                 on_disk = list_versions(model.config.base_path)
             except NotFoundError as error:
@@ -227,6 +264,10 @@ class VersionLifecycle(Generic[C, L, U]):
             self._forget_old_ended(model, desired)
 
     async def close(self) -> None:
+        for change in list(self._changes):
+            change.cancel()
+        if self._changes:
+            await asyncio.gather(*self._changes, return_exceptions=True)
         for model in self.models.values():
             for servable in list(model.versions.values()):
                 self._unload(model, servable)
@@ -244,6 +285,12 @@ class VersionLifecycle(Generic[C, L, U]):
             # Publish in one synchronous step: nothing can run between the replay and AVAILABLE.
             if self._hooks.publish is not None:
                 self._hooks.publish(loaded, servable.pending, model.name)
+        except asyncio.CancelledError:
+            # Only ``close`` cancels a change (see ``_run_to_end``): end the version rather than leave it LOADING.
+            servable.pending = []
+            servable.error = UnavailableError("load cancelled: the server is shutting down")
+            self._set_state(model, servable, ModelState.END)
+            raise
         except Exception as exc:  # any broken export must end as END with its reason, never crash the loop
             error = _load_error(exc)
             servable.pending = []
@@ -285,6 +332,11 @@ class VersionLifecycle(Generic[C, L, U]):
     def _set_state(self, model: HostedModel[C, L, U], servable: Servable[L, U], state: ModelState) -> None:
         servable.state = state
         self._metrics.version_state.labels(model.name, str(servable.version)).set(int(state))
+
+
+def _log_unawaited_failure(change: asyncio.Task[None], what: str) -> None:
+    if not change.cancelled() and change.exception() is not None:
+        logger.error("%s failed after its caller stopped waiting", what, exc_info=change.exception())
 
 
 def _load_error(exc: Exception) -> MonolithServingError:

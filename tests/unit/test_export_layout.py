@@ -10,9 +10,11 @@ from monolith_serving.core.export_layout import (
     VersionPolicy,
     list_sub_models,
     list_versions,
+    parse_version,
     ps_index,
     read_listener_state,
     read_model_server_config,
+    version_dir,
     write_listener_state,
 )
 
@@ -22,6 +24,16 @@ def test_versions_ignore_temp_and_files(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
     (tmp_path / "7").write_text("a file, not a version")
     assert list_versions(tmp_path) == [2, 3, 10]
+
+
+def test_only_plain_decimal_names_are_versions(tmp_path: Path) -> None:
+    # isdigit() takes "1\u00b2" (int() then raises), "0123" would be found again as the missing folder "123",
+    # and a 20-digit name does not fit the int64 a version travels as: none of them is a version.
+    for name in ("5", "0", "1\u00b2", "\u0663", "0123", "99999999999999999999", str(2**63), str(2**63 - 1)):
+        (tmp_path / name).mkdir()
+    assert list_versions(tmp_path) == [0, 5, 2**63 - 1]
+    assert [version_dir(tmp_path, v).is_dir() for v in list_versions(tmp_path)] == [True, True, True]
+    assert parse_version("12 ") is None and parse_version("+1") is None and parse_version("") is None
 
 
 def test_missing_folder_is_not_found(tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +27,17 @@ class Config:
 
 @dataclass
 class Recorder:
-    """Every hook call, in order; ``broken`` versions fail to load with a plain ValueError."""
+    """Every hook call, in order; ``broken`` versions fail to load with a plain ValueError; a version with a
+    gate loads only once its gate is set."""
 
     broken: set[int] = field(default_factory=set)
+    gates: dict[int, threading.Event] = field(default_factory=dict)
     calls: list[tuple[object, ...]] = field(default_factory=list)
 
     def load(self, config: Config, version: int) -> str:
+        gate = self.gates.get(version)
+        if gate is not None and not gate.wait(30):
+            raise TimeoutError(f"version {version}: the test never opened its gate")
         if version in self.broken:
             raise ValueError(f"cannot read version {version}")
         return f"{config.name}@{version}"
@@ -206,5 +212,77 @@ def test_a_failed_version_still_wanted_is_never_forgotten_and_never_reloaded(tmp
         assert [(s.version, s.state) for s in lifecycle.status("m")] == [(9, ModelState.END), (8, ModelState.AVAILABLE)]
         assert recorder.calls.count(("failed", "m")) == 1  # polls neither forget nor retry it
         assert ("forgot", 9) not in recorder.calls
+
+    asyncio.run(scenario())
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def test_a_reload_whose_caller_is_cancelled_still_ends_its_load(tmp_path: Path) -> None:
+    """gRPC cancels HandleReloadConfigRequest when its client's deadline passes, possibly mid-load. The version
+    must still end AVAILABLE (or END), never stay LOADING: polls skip a known version, and sync batches would
+    queue on it without end."""
+
+    async def scenario() -> None:
+        recorder = Recorder(gates={2: threading.Event()})
+        lifecycle = _lifecycle(recorder)
+        config = _versions(tmp_path, 1)
+        await lifecycle.apply_config([config])
+        _versions(tmp_path, 2)
+        reload = asyncio.create_task(lifecycle.apply_config([config], fresh=True))
+        await _until(lambda: 2 in lifecycle.model("m").versions)
+        reload.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reload
+        assert lifecycle.status("m", 2)[0].state is ModelState.LOADING
+        recorder.gates[2].set()
+        await _until(lambda: lifecycle.status("m", 2)[0].state is not ModelState.LOADING)
+        await lifecycle.refresh()
+        assert [(s.version, s.state) for s in lifecycle.status("m")] == [(2, ModelState.AVAILABLE), (1, ModelState.END)]
+        assert lifecycle.resolve("m")[1].require_loaded() == "m@2"
+
+    asyncio.run(scenario())
+
+
+def test_close_ends_a_load_in_flight(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        recorder = Recorder(gates={1: threading.Event()})
+        lifecycle = _lifecycle(recorder)
+        start = asyncio.create_task(lifecycle.apply_config([_versions(tmp_path, 1)]))
+        await _until(lambda: "m" in lifecycle.models and 1 in lifecycle.model("m").versions)
+        await lifecycle.close()
+        assert start.done()
+        loading = lifecycle.status("m", 1)[0]
+        assert loading.state is ModelState.END
+        assert loading.error is not None and "shutting down" in loading.error.message
+        recorder.gates[1].set()  # lets the executor's thread finish
+
+    asyncio.run(scenario())
+
+
+def test_a_poll_does_not_load_a_model_removed_while_it_waited(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        lifecycle = _lifecycle(recorder)
+        a = _versions(tmp_path, 1)
+        b = Config("b", tmp_path / "b")
+        (tmp_path / "b" / "1").mkdir(parents=True)
+        await lifecycle.apply_config([a, b])
+        (tmp_path / "m" / "2").mkdir()
+        (tmp_path / "b" / "2").mkdir()
+        recorder.gates[2] = threading.Event()
+        poll = asyncio.create_task(lifecycle.refresh())  # walks m, then b
+        await _until(lambda: 2 in lifecycle.model("m").versions)
+        remove_b = asyncio.create_task(lifecycle.apply_config([a]))  # waits for m's lock
+        await asyncio.sleep(0.05)
+        recorder.gates[2].set()
+        await asyncio.gather(poll, remove_b)
+        assert sorted(lifecycle.models) == ["m"]
+        loaded = [c[1] for c in recorder.calls if c[0] == "publish"]
+        assert "b@2" not in loaded, loaded
 
     asyncio.run(scenario())

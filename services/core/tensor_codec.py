@@ -120,11 +120,20 @@ def tensor_shape(proto: tensor_pb2.TensorProto, name: str = "tensor") -> tuple[i
     return shape
 
 
-def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = "tensor") -> npt.NDArray[Any]:
+MAX_FILLED_ELEMENTS = 1 << 22
+"""The most elements one typed value may fill. A 45-byte tensor claiming shape [2**40] with one value would
+otherwise make the decoder allocate terabytes (or block the event loop for seconds on a few gigabytes); every
+other encoding carries its elements on the wire, so gRPC's message size limit already bounds it."""
+
+
+def from_tensor_proto(
+    proto: tensor_pb2.TensorProto, name: str = "tensor", *, max_filled_elements: int = MAX_FILLED_ELEMENTS
+) -> npt.NDArray[Any]:
     """Decodes ``proto`` into a numpy array of its shape.
 
     DT_STRING decodes to an object array of bytes. Raises TensorCodecError naming ``name`` when the
-    dtype is unsupported or the element count does not match the shape.
+    dtype is unsupported, the element count does not match the shape, or a single value would fill more
+    than ``max_filled_elements``.
     """
     info = _BY_DATATYPE.get(proto.dtype)
     if info is None:
@@ -158,5 +167,10 @@ def from_tensor_proto(proto: tensor_pb2.TensorProto, name: str = "tensor") -> np
         return flat.reshape(shape)
     if len(flat) == 1 and count > 1:
         # TF Serving semantics: a single typed value fills the whole tensor.
+        if count > max_filled_elements:
+            raise TensorCodecError(
+                f"input {name!r}: one value would fill shape {list(shape)} ({count} elements); "
+                f"at most {max_filled_elements} elements are filled from a single value"
+            )
         return np.full(shape, flat[0], dtype=flat.dtype)
     raise TensorCodecError(f"input {name!r}: {len(flat)} values given but shape {list(shape)} has {count} elements")

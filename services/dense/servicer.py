@@ -20,7 +20,7 @@ from monolith_serving.core.errors import InvalidArgumentError, MonolithServingEr
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.predict_only import PredictOnly
 from monolith_serving.core.status_reply import model_status_reply
-from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
+from monolith_serving.core.tensor_codec import dtype_name, from_tensor_proto, to_tensor_proto
 from monolith_serving.dense.config import dense_models_from_proto
 from monolith_serving.dense.metrics import DenseMetrics
 from monolith_serving.dense.versions import DenseNetwork, DenseVersionManager
@@ -60,7 +60,7 @@ def dense_input(inputs: Any, width: int) -> npt.NDArray[np.float32]:
         raise InvalidArgumentError(f"missing input {DENSE_INPUT!r} (DT_FLOAT [batch, {width}])")
     proto = inputs[DENSE_INPUT]
     if proto.dtype != types_pb2.DT_FLOAT:
-        got = types_pb2.DataType.Name(proto.dtype)
+        got = dtype_name(proto.dtype)  # DataType.Name raises on a number the enum lacks (proto3 keeps it)
         raise InvalidArgumentError(f"input {DENSE_INPUT!r} must be DT_FLOAT [batch, {width}], got {got}")
     array = from_tensor_proto(proto, DENSE_INPUT)
     if array.ndim != 2 or array.shape[1] != width:

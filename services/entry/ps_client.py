@@ -490,6 +490,10 @@ class PsFanout(EmbeddingLookup):
                     array = from_tensor_proto(response_outputs[key], key)
                 except TensorCodecError as error:
                     raise UnavailableError(f"PS shard {shard}: bad output {key!r}: {error.message}") from error
+            if array.shape == (expected[0], 0):
+                # The shard holds no rows of this table yet (its export partition was empty): the PS cannot know
+                # the width, and every fid is missing, which serves as zero rows like any missing fid.
+                array = np.zeros(expected, dtype=np.float32)
             if array.shape != expected:
                 raise UnavailableError(
                     f"PS shard {shard}: output {key!r} has shape {list(array.shape)}, "

@@ -139,7 +139,7 @@ def replay_updates(tables: TableSet, updates: list[TableUpdate], model: str) -> 
     """Applies sync updates queued while ``tables`` loaded; updates that no longer fit are skipped, logged."""
     for update in updates:
         table = tables.tables.get(update.table)
-        if table is None or table.dim != update.values.shape[1]:
+        if table is None or not table.fits(update.fids, update.values):
             logger.warning(
                 "model %s: dropping %d synced rows of table %r: the new version has no such table of that dim",
                 model, update.rows, update.table,

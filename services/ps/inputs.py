@@ -73,16 +73,40 @@ def decode_fids(proto: tensor_pb2.TensorProto, name: str) -> Int64Array:
     return fids
 
 
+MAX_TABLE_DIM = 4096
+"""The widest row a table whose dim comes from its first update may take (see ``decode_values``)."""
+
+
 def decode_values(proto: tensor_pb2.TensorProto, name: str, rows: int, dim: int) -> npt.NDArray[np.float32]:
-    """``[rows, dim]`` float32 from a ``[rows, dim]`` or flat ``[rows * dim]`` tensor."""
+    """``[rows, dim]`` float32 from a ``[rows, dim]`` or flat ``[rows * dim]`` tensor.
+
+    ``dim`` 0: the table holds no rows on this shard yet (an export may leave a partition empty), so its dim is
+    not known; it is read off this tensor (``[rows, d]``, or ``[rows * d]`` with rows > 0), at most
+    ``MAX_TABLE_DIM``. The shape is checked before anything is decoded: a single typed value would otherwise
+    be spread over whatever element count the tensor claims.
+    """
+    shape = tensor_shape(proto, name)
+    if dim == 0:
+        if rows == 0 and math.prod(shape) == 0:
+            return np.empty((0, 0), dtype=np.float32)  # nothing to write, nothing to learn the dim from
+        dim = _dim_of_first_update(shape, rows, name)
+    if len(shape) == 1:
+        if dim == 0 or shape[0] % dim:
+            raise InvalidArgumentError(f"input {name!r}: {shape[0]} values is not a multiple of the table dim {dim}")
+        fits = shape[0] // dim == rows
+    else:
+        fits = shape == (rows, dim)
+    if not fits:
+        raise InvalidArgumentError(f"input {name!r}: shape {list(shape)}, expected [{rows}, {dim}]")
     values: npt.NDArray[np.float32] = decode_typed(proto, name, types_pb2.DT_FLOAT, None)
-    if values.ndim == 2 and values.shape == (rows, dim):
-        return values
-    if values.ndim == 1:
-        if dim == 0 or values.shape[0] % dim:
-            raise InvalidArgumentError(
-                f"input {name!r}: {values.shape[0]} values is not a multiple of the table dim {dim}"
-            )
-        if values.shape[0] // dim == rows:
-            return values.reshape(rows, dim)
-    raise InvalidArgumentError(f"input {name!r}: shape {list(values.shape)}, expected [{rows}, {dim}]")
+    return values.reshape(rows, dim)
+
+
+def _dim_of_first_update(shape: tuple[int, ...], rows: int, name: str) -> int:
+    dim = shape[1] if len(shape) == 2 else (shape[0] // rows if len(shape) == 1 and rows else 0)
+    if not 1 <= dim <= MAX_TABLE_DIM:
+        raise InvalidArgumentError(
+            f"input {name!r}: shape {list(shape)} gives no row width in 1..{MAX_TABLE_DIM} for {rows} ids (the "
+            "table has no rows on this shard yet, so its dim is taken from its first update)"
+        )
+    return dim

@@ -147,12 +147,13 @@ def _tensor_info(name: str, datatype: int, dims: Sequence[int]) -> meta_graph_pb
 
 
 def signature_defs(tables: TableSet) -> get_model_metadata_pb2.SignatureDefMap:
-    """The PS contract (docs/ps.md) as SignatureDefs over the version's tables (-1: any length)."""
+    """The PS contract (docs/ps.md) as SignatureDefs over the version's tables (-1: any length; a dim of -1: the
+    table has no rows on this shard yet, so its width is not known)."""
     sigs = get_model_metadata_pb2.SignatureDefMap()
     lookup = sigs.signature_def[LOOKUP]
     assign = sigs.signature_def[HASHTABLE_ASSIGN]
     for name in tables.order:
-        dim = tables.tables[name].dim
+        dim = tables.tables[name].dim or -1
         ids = _tensor_info(name + ID_SUFFIX, types_pb2.DT_INT64, [-1])
         values = _tensor_info(name + VALUE_SUFFIX, types_pb2.DT_FLOAT, [-1, dim])
         lookup.inputs[name + ID_SUFFIX].CopyFrom(ids)

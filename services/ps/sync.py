@@ -14,7 +14,15 @@ import numpy.typing as npt
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.ps.fid_index import Int64Array
-from monolith_serving.ps.inputs import ShardCheck, TensorMap, decode_fids, decode_typed, decode_values
+from monolith_serving.ps.inputs import (
+    MAX_TABLE_DIM,
+    ShardCheck,
+    TensorMap,
+    decode_fids,
+    decode_typed,
+    decode_values,
+    element_count,
+)
 
 HASHTABLE_ASSIGN = "hashtable_assign"
 RAW_ASSIGN = "table/raw_assign"
@@ -82,23 +90,53 @@ def decode_raw_assign(
             f"input 'id_split': offsets must rise from 0 to len(id) = {len(fids)}, got {split.tolist()[:8]}"
         )
     shard.check(fids, "id")
-    flat: npt.NDArray[np.float32] = decode_typed(inputs["flat_value"], "flat_value", types_pb2.DT_FLOAT, None)
-    flat = flat.reshape(-1)
+    # Counted from the shape before decoding: one typed value would otherwise fill whatever count it claims.
+    flat_count = element_count(inputs["flat_value"], "flat_value")
     counts = np.diff(split)
-    table_dims = np.array([dims[t] for t in order], dtype=np.int64)
+    table_dims = _raw_assign_dims(order, dims, counts, flat_count)
     value_ends = np.cumsum(counts * table_dims)
     expected = int(value_ends[-1]) if len(value_ends) else 0
-    if len(flat) != expected:
+    if flat_count != expected:
         raise InvalidArgumentError(
-            f"input 'flat_value': {len(flat)} values, id_split and the table dims {table_dims.tolist()} need {expected}"
+            f"input 'flat_value': {flat_count} values, "
+            f"id_split and the table dims {table_dims.tolist()} need {expected}"
         )
+    flat: npt.NDArray[np.float32] = decode_typed(inputs["flat_value"], "flat_value", types_pb2.DT_FLOAT, None)
+    flat = flat.reshape(-1)
     updates = []
     value_start = 0
     for k, table in enumerate(order):
         lo, hi = int(split[k]), int(split[k + 1])
         value_end = int(value_ends[k])
         if hi > lo:
-            values = flat[value_start:value_end].reshape(hi - lo, dims[table])
+            values = flat[value_start:value_end].reshape(hi - lo, int(table_dims[k]))
             updates.append(TableUpdate(table, fids[lo:hi], values))
         value_start = value_end
     return updates
+
+
+def _raw_assign_dims(
+    order: tuple[str, ...], dims: Mapping[str, int], counts: Int64Array, flat_count: int
+) -> Int64Array:
+    """The tables' dims for this push. A table with no rows on this shard yet has dim 0 (unknown); it takes the
+    values the other tables leave over, which only works for one such table per push."""
+    table_dims = np.array([dims[t] for t in order], dtype=np.int64)
+    unknown = np.flatnonzero((table_dims == 0) & (counts > 0))
+    if len(unknown) == 0:
+        return table_dims
+    if len(unknown) > 1:
+        names = ", ".join(repr(order[k]) for k in unknown)
+        raise InvalidArgumentError(
+            f"input 'flat_value': tables {names} have no rows on this shard yet, so their dims are unknown and one "
+            "flat_value cannot be split between them; push them with hashtable_assign first"
+        )
+    k = int(unknown[0])
+    rows = int(counts[k])
+    left = flat_count - int(np.sum(counts * table_dims))
+    if left <= 0 or left % rows or left // rows > MAX_TABLE_DIM:
+        raise InvalidArgumentError(
+            f"input 'flat_value': {flat_count} values leave {left} for the {rows} ids of table {order[k]!r}, which "
+            f"has no rows on this shard yet and takes its dim from this push: not a row width in 1..{MAX_TABLE_DIM}"
+        )
+    table_dims[k] = left // rows
+    return table_dims

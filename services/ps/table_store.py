@@ -26,11 +26,18 @@ _MIN_EXTRA_ROWS = 1024
 
 
 class EmbeddingTable:
-    """One table: ``lookup`` (missing fids give zero rows) and ``upsert`` (last write of a fid wins)."""
+    """One table: ``lookup`` (missing fids give zero rows) and ``upsert`` (last write of a fid wins).
+
+    A table loaded with no rows (every dump file of its partition empty, which REFERENCE §2 allows) has dim 0:
+    its width is unknown until the first sync update gives rows, and its lookups answer ``[n, 0]`` (the entry,
+    which knows the width from its serving spec, reads that as all missing).
+    """
 
     def __init__(self, name: str, fids: Int64Array, values: FloatMatrix) -> None:
         if values.ndim != 2 or values.shape[0] != fids.shape[0]:
             raise InvalidArgumentError(f"table {name!r}: values shape {values.shape} does not match {len(fids)} fids")
+        if values.shape[1] == 0 and len(fids):
+            raise InvalidArgumentError(f"table {name!r}: {len(fids)} rows of width 0")
         self.name = name
         self.dim = int(values.shape[1])
         index = FidIndex.of(fids)
@@ -65,9 +72,18 @@ class EmbeddingTable:
         missing = hash_kernels.gather(self._base, self._extra, rows, out)
         return out, int(missing)
 
+    def fits(self, fids: Int64Array, values: FloatMatrix) -> bool:
+        """Whether ``upsert(fids, values)`` is valid: rows of the table's dim, or of any dim while it has none."""
+        if values.ndim != 2 or values.shape[0] != fids.shape[0]:
+            return False
+        width = int(values.shape[1])
+        if self.dim == 0:
+            return width > 0 or not len(fids)
+        return width == self.dim
+
     def check_update(self, fids: Int64Array, values: FloatMatrix) -> None:
         """Raises InvalidArgumentError unless ``upsert(fids, values)`` would be valid (nothing changes)."""
-        if values.shape != (fids.shape[0], self.dim):
+        if not self.fits(fids, values):
             raise InvalidArgumentError(
                 f"table {self.name!r}: update values shape {list(values.shape)} != [{fids.shape[0]}, {self.dim}]"
             )
@@ -78,6 +94,8 @@ class EmbeddingTable:
         self.check_update(fids, values)
         if not len(fids):
             return
+        if self.dim == 0:
+            self._take_dim(int(values.shape[1]))
         keep = last_occurrences(fids)
         if len(keep) != len(fids):
             fids, values = fids[keep], values[keep]
@@ -98,6 +116,11 @@ class EmbeddingTable:
         else:
             self._base[rows[in_base]] = values[in_base]
             self._extra[rows[~in_base] - self._n_base] = values[~in_base]
+
+    def _take_dim(self, dim: int) -> None:
+        self.dim = dim
+        self._base = np.empty((0, dim), dtype=np.float32)
+        self._extra = np.empty((0, dim), dtype=np.float32)
 
     def _reserve_extra(self, count: int) -> None:
         need = self._n_extra + count

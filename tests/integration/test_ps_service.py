@@ -263,6 +263,37 @@ def test_metadata_and_metrics(hand_built: tuple[Ps, dict, Path]) -> None:
     assert {"hashtable_assign", "table/raw_assign"} <= set(sigs.signature_def)
 
 
+def test_a_table_with_no_rows_on_the_shard_takes_its_dim_from_the_first_sync(tmp_path: Path) -> None:
+    """REFERENCE §2: dump files may be empty, so a partition can hold no rows of a table; its width is then
+    unknown to the PS until a trainer pushes rows."""
+    write_version(tmp_path / "ps_0", 1, seed=3)
+    assets = tmp_path / "ps_0" / "1" / "assets"
+    for j in range(2):  # "gamma": partition 0 all empty files, partition 1 with rows
+        write_dump(assets / format_dump_filename("gamma", 0, j, 2), np.empty(0, np.int64), np.empty((0, 8), np.float32))
+    write_dump(assets / format_dump_filename("gamma", 1, 0, 1), np.array([1, 3], np.int64), np.ones((2, 8), np.float32))
+    config = tmp_path / "models.config"
+    config.write_text(model_config_text({"ps_0": tmp_path / "ps_0"}))
+    args = ["--model_config_file", str(config), "--num_ps", str(NUM_PS), "--file_system_poll_wait_seconds", "0"]
+    with start_ps(tmp_path, args) as proc:
+        ps = Ps(proc)
+        _, outputs = ps.lookup("ps_0", {"gamma": np.array([2, 4], np.int64)})
+        assert outputs["gamma_value"].shape == (2, 0)  # the entry reads it as all missing
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        request.model_spec.name = "ps_0"
+        sigs = get_model_metadata_pb2.SignatureDefMap()
+        assert ps.predict_stub.GetModelMetadata(request, timeout=10).metadata["signature_def"].Unpack(sigs)
+        assert [d.size for d in sigs.signature_def["lookup"].outputs["gamma_value"].tensor_shape.dim] == [-1, -1]
+        pushed = np.arange(16, dtype=np.float32).reshape(2, 8)
+        ps.predict("ps_0", "hashtable_assign", {"gamma_id": np.array([2, 6], np.int64), "gamma_value": pushed})
+        _, outputs = ps.lookup("ps_0", {"gamma": np.array([6, 2, 4], np.int64)})
+        np.testing.assert_array_equal(outputs["gamma_value"], np.stack([pushed[1], pushed[0], np.zeros(8)]))
+        with pytest.raises(grpc.RpcError) as refused:
+            ps.predict("ps_0", "hashtable_assign", {"gamma_id": np.array([8], np.int64),
+                                                     "gamma_value": np.ones((1, 9), np.float32)})  # fmt: skip
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "gamma_value" in str(refused.value.details())
+
+
 def test_export_demo_multi_model_metrics_and_reload(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -1,5 +1,6 @@
 """A PS replica that never answers (its host vanished, no RST) must not hold the request until the client's
-deadline: the fan-out splits the deadline over its attempts and the other replica answers in time."""
+deadline: the fan-out splits the deadline over its attempts and the other replica answers in time. And how the
+fan-out reads a shard's answer whose table has no rows there."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from typing import Any
 
 import grpc
 import numpy as np
+import pytest
 
+from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, RetryPolicy
@@ -18,10 +21,11 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
 
 class ScriptedChannels(ChannelPool):
-    """Lookup calls without sockets: ``hung:*`` sleeps until its timeout, others answer zero rows."""
+    """Lookup calls without sockets: ``hung:*`` sleeps until its timeout, others answer zero rows of ``width``."""
 
-    def __init__(self) -> None:
+    def __init__(self, width: int = 2) -> None:
         super().__init__()
+        self.width = width
         self.timeouts: list[tuple[str, float]] = []
 
     def lookup(self, address: str) -> Any:
@@ -36,7 +40,7 @@ class ScriptedChannels(ChannelPool):
             n = int(parsed.inputs["user_id"].tensor_shape.dim[0].size)
             response = predict_pb2.PredictResponse()
             response.model_spec.CopyFrom(parsed.model_spec)
-            response.outputs["user_value"].CopyFrom(to_tensor_proto(np.zeros((n, 2), np.float32)))
+            response.outputs["user_value"].CopyFrom(to_tensor_proto(np.zeros((n, self.width), np.float32)))
             return response
 
         return call
@@ -71,5 +75,19 @@ def test_the_only_replica_gets_the_whole_deadline() -> None:
         channels = ScriptedChannels()
         await _fanout(channels, ["good:1"]).lookup(1, {"user": np.array([3], np.int64)}, {"user": 2}, timeout_s=0.9)
         assert channels.timeouts[0][1] > 0.8
+
+    asyncio.run(scenario())
+
+
+def test_a_table_without_rows_on_the_shard_answers_zero_rows_of_the_spec_dim() -> None:
+    # The PS cannot know the width of a table whose export partition was empty; it answers [n, 0].
+    async def scenario() -> None:
+        fanout = _fanout(ScriptedChannels(width=0), ["good:1"])
+        result = await fanout.lookup(1, {"user": np.array([3, 5], np.int64)}, {"user": 2}, timeout_s=0.9)
+        assert result.values["user"].tolist() == [[0, 0], [0, 0]]
+        with pytest.raises(UnavailableError, match=r"shape \[2, 3\], expected \[2, 2\]"):
+            await _fanout(ScriptedChannels(width=3), ["good:1"]).lookup(
+                1, {"user": np.array([3, 5], np.int64)}, {"user": 2}, timeout_s=0.9
+            )
 
     asyncio.run(scenario())

@@ -121,10 +121,13 @@ def test_dense_server_contract(exports: tuple[Path, Path]) -> None:
                 assert response.model_spec.version.value == 1
                 assert list(response.outputs) == ["scores"]
                 assert [d.size for d in response.outputs["scores"].tensor_shape.dim] == [2, 1]
+                unknown_dtype = request()
+                unknown_dtype.inputs["dense_input"].dtype = 999  # type: ignore[assignment]
                 bad = [
                     (request(value=np.ones((2, WIDTH - 1), dtype=np.float32)), "dense_input"),
                     (request(value=np.ones((2, WIDTH), dtype=np.float64)), "'dense_input' must be DT_FLOAT"),
                     (request(input="x"), "unknown input"),
+                    (unknown_dtype, "got unknown DataType 999"),  # proto3 keeps an enum number it lacks
                 ]
                 for req, message in bad:
                     with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -7,7 +7,7 @@ import pytest
 
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
 from monolith_serving.core.tensor_codec import to_tensor_proto
-from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from monolith_serving.ps.inputs import ShardCheck
 from monolith_serving.ps.sync import decode_hashtable_assign, decode_raw_assign
 
@@ -99,3 +99,40 @@ def test_typed_field_encoding_is_accepted_too() -> None:
     assert ids.dtype == types_pb2.DT_INT64
     (update,) = decode_hashtable_assign({"a_id": ids, "a_value": values}, DIMS, NO_SHARD)
     assert update.fids.tolist() == [3] and update.values.tolist() == [[0.5, 1.5]]
+
+
+def test_a_table_without_rows_on_the_shard_takes_its_dim_from_the_push() -> None:
+    dims = {"a": 2, "b": 0, "c": 0}  # b and c: every dump file of this partition was empty
+    (b,) = decode_hashtable_assign({"b_id": _i64([1, 2]), "b_value": _f32(np.ones((2, 5)))}, dims, NO_SHARD)  # type: ignore[arg-type]
+    assert b.values.shape == (2, 5)
+    (c,) = decode_hashtable_assign({"c_id": _i64([4]), "c_value": _f32([1, 2, 3])}, dims, NO_SHARD)  # type: ignore[arg-type]
+    assert c.values.tolist() == [[1, 2, 3]]
+    nothing = decode_hashtable_assign({"c_id": _i64([]), "c_value": _f32([])}, dims, NO_SHARD)  # type: ignore[arg-type]
+    assert nothing[0].rows == 0
+    # raw_assign: one such table takes what the others leave; two cannot share one flat_value.
+    one = {"id": _i64([10, 20]), "id_split": _i64([0, 1, 2, 2]), "flat_value": _f32(range(2 + 4))}
+    assert [u.values.shape for u in decode_raw_assign(one, dims, ("a", "b", "c"), NO_SHARD)] == [(1, 2), (1, 4)]  # type: ignore[arg-type]
+    two = {"id": _i64([10, 20, 30]), "id_split": _i64([0, 1, 2, 3]), "flat_value": _f32(range(2 + 4 + 4))}
+    with pytest.raises(InvalidArgumentError, match="'b', 'c' have no rows on this shard"):
+        decode_raw_assign(two, dims, ("a", "b", "c"), NO_SHARD)  # type: ignore[arg-type]
+    uneven = {"id": _i64([10, 20, 21]), "id_split": _i64([0, 1, 3, 3]), "flat_value": _f32(range(2 + 5))}
+    with pytest.raises(InvalidArgumentError, match="leave 5 for the 2 ids of table 'b'"):
+        decode_raw_assign(uneven, dims, ("a", "b", "c"), NO_SHARD)  # type: ignore[arg-type]
+    too_wide = {"b_id": _i64([1]), "b_value": _f32(np.ones((1, 5000)))}
+    with pytest.raises(InvalidArgumentError, match=r"b_value.*1\.\.4096"):
+        decode_hashtable_assign(too_wide, dims, NO_SHARD)  # type: ignore[arg-type]
+
+
+def test_a_value_tensor_is_checked_against_its_rows_before_it_is_decoded() -> None:
+    # One typed value claiming 2**40 elements: refused from the shape, nothing is filled.
+    claim = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0])
+    claim.tensor_shape.dim.add(size=2**40)
+    with pytest.raises(InvalidArgumentError, match=r"a_value.*\[1099511627776\], expected \[2, 2\]"):
+        decode_hashtable_assign({"a_id": _i64([1, 2]), "a_value": claim}, DIMS, NO_SHARD)  # type: ignore[arg-type]
+    raw = {"id": _i64([1]), "id_split": _i64([0, 1, 1]), "flat_value": claim}
+    with pytest.raises(InvalidArgumentError, match="flat_value.*1099511627776 values"):
+        decode_raw_assign(raw, DIMS, ORDER, NO_SHARD)  # type: ignore[arg-type]
+    filled = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[0.5])
+    filled.tensor_shape.dim.add(size=4)  # a fill of exactly the rows asked is still fine
+    (update,) = decode_hashtable_assign({"a_id": _i64([1, 2]), "a_value": filled}, DIMS, NO_SHARD)  # type: ignore[arg-type]
+    assert update.values.tolist() == [[0.5, 0.5], [0.5, 0.5]]

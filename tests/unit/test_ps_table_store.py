@@ -157,3 +157,20 @@ print(FidIndex.of(np.array([5, 6], dtype=np.int64)).lookup(np.array([6, 7], dtyp
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[1, -1]"
+
+
+def test_a_table_loaded_without_rows_takes_the_dim_of_its_first_update() -> None:
+    # Every dump file of the partition empty (REFERENCE §2 allows it): the width is unknown until a sync.
+    table = EmbeddingTable("t", np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32))
+    out, missing = table.lookup(np.array([5, 7], dtype=np.int64))
+    assert out.shape == (2, 0) and missing == 2
+    assert table.fits(np.empty(0, dtype=np.int64), np.empty((0, 0), dtype=np.float32))
+    assert not table.fits(np.array([5], dtype=np.int64), np.empty((1, 0), dtype=np.float32))
+    table.upsert(np.array([5], dtype=np.int64), np.full((1, 3), 2, dtype=np.float32))
+    assert table.dim == 3
+    out, missing = table.lookup(np.array([5, 7], dtype=np.int64))
+    assert missing == 1 and out.tolist() == [[2, 2, 2], [0, 0, 0]]
+    with pytest.raises(InvalidArgumentError, match=r"\[1, 3\]"):
+        table.upsert(np.array([9], dtype=np.int64), np.zeros((1, 4), dtype=np.float32))
+    with pytest.raises(InvalidArgumentError, match="width 0"):
+        EmbeddingTable("t", np.array([1], dtype=np.int64), np.empty((1, 0), dtype=np.float32))

@@ -105,6 +105,19 @@ def test_single_typed_value_fills_the_shape() -> None:
     np.testing.assert_array_equal(from_tensor_proto(proto), np.full((2, 3), 2.5, np.float32))
 
 
+def test_a_single_value_fills_no_more_than_the_limit() -> None:
+    # 45 bytes on the wire claiming 2**40 float32s: refused before anything is allocated.
+    huge = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[b"x"])
+    huge.tensor_shape.dim.add(size=2**40)
+    with pytest.raises(TensorCodecError, match=r"'instances'.*\[1099511627776\].*at most 4194304"):
+        from_tensor_proto(huge, "instances")
+    small = tensor_pb2.TensorProto(dtype=types_pb2.DT_INT64, int64_val=[7])
+    small.tensor_shape.dim.add(size=5)
+    with pytest.raises(TensorCodecError, match="at most 4 elements"):
+        from_tensor_proto(small, "ids", max_filled_elements=4)
+    np.testing.assert_array_equal(from_tensor_proto(small, "ids", max_filled_elements=5), np.full(5, 7))
+
+
 def test_scalar_shape() -> None:
     proto = to_tensor_proto(np.float32(4.0))
     assert list(proto.tensor_shape.dim) == []

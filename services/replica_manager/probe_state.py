@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from monolith_serving.core.cancellation import cancelled_by_caller
 from monolith_serving.replica_manager.prober import ProbeResult, ProbeTarget
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,12 @@ class ReplicaProbeStateManager:
         try:
             return await self._probe(target)
         except asyncio.CancelledError:
-            raise
+            if cancelled_by_caller():
+                raise
+            # A gRPC call cut off under the probe (its channel closed) raises CancelledError although nobody
+            # stopped this round: a failed probe, not the end of probing.
+            log.warning("probe of %s (%s) was cut off", target.address, target.model_name)
+            return ProbeResult(healthy=False, error="probe cut off (CancelledError)")
         except Exception as exc:
             # A bug in a probe must not stop the other probes; the replica counts as not answering.
             log.exception("probe of %s failed", target.address)

@@ -1,7 +1,9 @@
 """``ReplicaManagerServer``: the replica-manager's lifecycle (registry, watchers, probe loop, gRPC, metrics).
 
 Health (gRPC, service ""): NOT_SERVING until the registry has connected once and the view is filled; then
-SERVING for good, also while the registry is lost (the last known view keeps being served). Service
+SERVING, also while the registry is lost (the last known view keeps being served), until the probe loop
+ends, which only a bug can do: then NOT_SERVING for good, so that the process gets restarted rather than
+serve a view that no longer evicts anyone. Service
 ``REGISTRY_HEALTH_SERVICE`` tells the registry connection apart: SERVING only while connected (mirrored by
 the gauge ``monolith_replica_manager_registry_connected``).
 """
@@ -17,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from monolith_serving.core.aio_wait import event_set_within
+from monolith_serving.core.cancellation import cancelled_by_caller
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.discovery.agent_servicer import AgentServiceServicer, add_agent_service
@@ -65,6 +68,7 @@ class ReplicaManagerServer:
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._probe_task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._started = False
         self._stopped = False
@@ -147,16 +151,29 @@ class ReplicaManagerServer:
     ) -> None:
         await self.stop()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # Never lose a background failure silently (e.g. the first connect/sync step).
+        # Never lose a background failure silently (e.g. the first connect/sync step): only stop() cancels.
+        if task.cancelled():
+            if not self._stopped:
+                log.error("background task %s was cancelled while the server runs", task.get_name())
+        elif task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+        if task is self._probe_task and not self._stopped:
+            self._on_probe_loop_ended()
+
+    def _on_probe_loop_ended(self) -> None:
+        # Without probing, dead replicas stay in the answers and evicted ones never return. Restarting the
+        # loop here could spin on the same bug; NOT_SERVING lets the orchestrator restart the process.
+        log.critical("the probe loop ended: evictions are frozen; reporting NOT_SERVING")
+        if self._grpc is not None:
+            self._spawn(self._grpc.set_serving(False), "replica-manager-health")
 
     # ---- registry --------------------------------------------------------------------------------------
     async def _become_ready(self) -> None:
@@ -175,7 +192,7 @@ class ReplicaManagerServer:
         await self._grpc.set_serving(True)
         self._ready.set()
         log.info("registry connected; serving %d replicas of %d models", len(self.view.rows()), len(self.view.models()))
-        self._spawn(self._probe_loop(), "replica-manager-probe")
+        self._probe_task = self._spawn(self._probe_loop(), "replica-manager-probe")
 
     def _on_session_state(self, state: SessionState) -> None:
         connected = state is SessionState.CONNECTED
@@ -202,16 +219,23 @@ class ReplicaManagerServer:
             try:
                 await self.probe_once()
             except asyncio.CancelledError:
-                raise
+                if cancelled_by_caller():
+                    raise  # stop()
+                # A gRPC call cut off under the round raises CancelledError too: one failed round.
+                self._count_failed_round()
             except Exception:
                 # One bad round must never end the loop.
-                self.metrics.probe_cycle_errors.inc()
-                log.exception("probe round failed")
+                self._count_failed_round()
             finally:
                 self.metrics.probe_cycle_seconds.observe(time.monotonic() - started)
             # Fixed rate (not fixed delay): slow rounds must not stretch the eviction bound.
             next_at = max(next_at + interval_s, loop.time())
             await asyncio.sleep(next_at - loop.time())
+
+    def _count_failed_round(self) -> None:
+        """Call from an ``except`` block: logs the exception being handled."""
+        self.metrics.probe_cycle_errors.inc()
+        log.exception("probe round failed")
 
     def _on_transition(self, target: ProbeTarget, evicted: bool) -> None:
         models = {row.model for row in self.view.rows() if row.target == target} or {""}

@@ -89,6 +89,42 @@ def test_a_raising_probe_counts_as_a_failure_and_does_not_stop_others() -> None:
     assert manager.is_evicted(bad) and not manager.is_evicted(good)
 
 
+def test_a_probe_cut_off_by_cancelled_error_counts_as_a_failure() -> None:
+    # gRPC raises CancelledError in a call whose channel was closed under it, though nobody cancelled the task.
+    async def probe(target: ProbeTarget) -> ProbeResult:
+        if target.address == "cut:1":
+            raise asyncio.CancelledError
+        return ProbeResult(healthy=True)
+
+    manager = ReplicaProbeStateManager(probe=probe, failures_to_evict=1)
+    cut, good = ProbeTarget("cut:1"), ProbeTarget("good:1")
+    asyncio.run(manager.update([cut, good]))
+    assert manager.is_evicted(cut) and not manager.is_evicted(good)
+    record = manager.record(cut)
+    assert record is not None and record.last_error is not None and "CancelledError" in record.last_error
+
+
+def test_cancelling_a_round_still_propagates() -> None:
+    async def cancel_mid_round() -> ReplicaProbeStateManager:
+        started, never = asyncio.Event(), asyncio.Event()
+
+        async def probe(target: ProbeTarget) -> ProbeResult:
+            started.set()
+            await never.wait()
+            return ProbeResult(healthy=True)
+
+        manager = ReplicaProbeStateManager(probe=probe, failures_to_evict=1)
+        round_task = asyncio.create_task(manager.update([ProbeTarget("slow:1")]))
+        await asyncio.wait_for(started.wait(), timeout=5)
+        round_task.cancel()  # what stop() does
+        with pytest.raises(asyncio.CancelledError):
+            await round_task
+        return manager
+
+    manager = asyncio.run(cancel_mid_round())
+    assert manager.record(ProbeTarget("slow:1")) is None, "a cancelled round applies nothing"
+
+
 def _replica(model: str, kind: ServerType, task: int, replica: int, address: str, stat: int = 30) -> tuple[str, bytes]:
     path = ReplicaPath(bzid=BZID, base_name=model, server_type=kind, task=task, replica_id=replica)
     meta = ReplicaMeta(address=address, stat=stat, model_name=sub_graph_of(kind, task), server_type=kind.value,

@@ -20,12 +20,18 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError, UnavailableError
+from monolith_serving.core.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    MonolithServingError,
+    NotFoundError,
+    UnavailableError,
+)
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2
 from monolith_serving.proxy.admission import Admission
 from monolith_serving.proxy.endpoints import EndpointSource
-from monolith_serving.proxy.metrics import UNKNOWN_MODEL, ProxyMetrics
+from monolith_serving.proxy.metrics import UNKNOWN_MODEL, ModelLabels, ProxyMetrics
 from monolith_serving.proxy.model_status import merge_model_status
 from monolith_serving.proxy.predict_coalesce import PredictCoalescer, PredictCoalescing
 from monolith_serving.proxy.router import ReplicaState, Router
@@ -37,6 +43,9 @@ log = logging.getLogger(__name__)
 # handler instead): the entry's handler was torn down under the call, like a broken connection. Predict is
 # read-only, so it is retried on another replica like UNAVAILABLE.
 _RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+# The transport measures the client's time left a few microseconds before the core notes its start, so the
+# core's deadline trails the client's by that much; a cancellation this close to it is the deadline passing.
+_DEADLINE_SLACK_S = 0.001
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
@@ -113,12 +122,13 @@ class ProxyCore:
         metrics.in_flight.set_function(lambda: self.admission.in_flight)
         self._methods = _MethodNames()
         self._model_names = ModelNames()
+        self._model_labels = ModelLabels(source_lists_models=source.lists_models)
         self._maintenance: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
         self._predicts: PredictCoalescer | None = None
         if config.coalescing.enabled:
             self._predicts = PredictCoalescer(
-                self._forward_predict, config.coalescing, on_merged=metrics.count_coalesced, clock=clock
+                self._forward_predict, config.coalescing, on_merged=self._count_coalesced, clock=clock
             )
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
@@ -138,9 +148,14 @@ class ProxyCore:
 
     # ---- the one entry point of both transports ------------------------------------------------------------
     async def call(self, path: str, request: bytes, ctx: CallContext) -> UpstreamReply:
-        """Serves one client call of ``path`` (``/package.Service/Method``) with serialized ``request``."""
+        """Serves one client call of ``path`` (``/package.Service/Method``) with serialized ``request``.
+
+        Every call is counted and timed once, whatever ends it: an answer, an error, or the transport
+        cancelling it (client gone or deadline passed; counted CANCELLED / DEADLINE_EXCEEDED, then re-raised).
+        """
         method = self._methods[path]
         started = self._clock()
+        deadline = None if ctx.timeout_s is None else started + ctx.timeout_s
         model_label = UNKNOWN_MODEL
         code = grpc.StatusCode.OK
         try:
@@ -157,25 +172,25 @@ class ProxyCore:
             if not model:
                 raise InvalidArgumentError("model_spec.name is required")
             addresses = self._source.endpoints(model)
-            model_label = model
+            model_label = self._model_labels.of(model)
             if not addresses:
                 raise UnavailableError(f"no AVAILABLE replica of model {model!r}")
-            if path == GET_MODEL_STATUS:
-                return await self._model_status(model, addresses, request, ctx)
-            deadline = None if ctx.timeout_s is None else started + ctx.timeout_s
-            if path == PREDICT and self._predicts is not None:
-                return await self._predicts.forward(model, addresses, request, ctx.request_id, deadline)
-            return await self._routed(path, model, addresses, request, ctx.request_id, deadline)
+            reply = await self._serve_model(path, model, addresses, request, ctx, deadline)
+            model_label = self._model_labels.answered(model)
+            return reply
         except RpcStatusError as error:
             code = error.code
-            log.warning("request %s %s model=%s: %s %s", ctx.request_id, method, model_label, code.name, error.message)
+            self._log_failure(ctx, method, model_label, code, error.message)
             raise
         except MonolithServingError as error:
             code = status_code_for(error)
             if not isinstance(error, NotFoundError | InvalidArgumentError):
-                log.warning(
-                    "request %s %s model=%s: %s %s", ctx.request_id, method, model_label, code.name, error.message
-                )
+                self._log_failure(ctx, method, model_label, code, error.message)
+            raise
+        except asyncio.CancelledError:
+            code = self._cancellation_code(deadline)
+            gone = "its deadline passed" if code is grpc.StatusCode.DEADLINE_EXCEEDED else "it cancelled the call"
+            self._log_failure(ctx, method, model_label, code, f"the client stopped waiting: {gone}")
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
@@ -184,6 +199,37 @@ class ProxyCore:
             self.admission.leave()
             self._metrics.count_request(model_label, method, ctx.protocol, code.name)
             self._metrics.observe_latency(method, ctx.protocol, self._clock() - started)
+
+    async def _serve_model(
+        self,
+        path: str,
+        model: str,
+        addresses: tuple[str, ...],
+        request: bytes,
+        ctx: CallContext,
+        deadline: float | None,
+    ) -> UpstreamReply:
+        if ctx.timeout_s is not None and ctx.timeout_s <= 0:
+            # Nothing upstream could answer in time; an attempt would only count against a healthy replica.
+            raise DeadlineExceededError(f"model {model!r}: the deadline passed before the request was forwarded")
+        if path == GET_MODEL_STATUS:
+            return await self._model_status(model, addresses, request, ctx)
+        if path == PREDICT and self._predicts is not None:
+            return await self._predicts.forward(model, addresses, request, ctx.request_id, deadline)
+        return await self._routed(path, model, addresses, request, ctx.request_id, deadline)
+
+    def _cancellation_code(self, deadline: float | None) -> grpc.StatusCode:
+        """What the transport cancelling our handler means: the client's deadline passed, or it went away."""
+        if deadline is not None and self._clock() >= deadline - _DEADLINE_SLACK_S:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+
+    @staticmethod
+    def _log_failure(ctx: CallContext, method: str, model_label: str, code: grpc.StatusCode, message: str) -> None:
+        log.warning("request %s %s model=%s: %s %s", ctx.request_id, method, model_label, code.name, message)
+
+    def _count_coalesced(self, model: str, requests: int) -> None:
+        self._metrics.count_coalesced(self._model_labels.of(model), requests)
 
     # ---- routed methods: one replica, one retry on another ----------------------------------------------------
     async def _forward_predict(
@@ -215,7 +261,7 @@ class ProxyCore:
                 raise
             if cut_short:
                 # A replica that cannot answer within half the deadline counts as failing, like a refused one.
-                self._router.on_failure(first)
+                self._count_transport_failure(first, "no answer within its share of the deadline")
             second = self._router.pick(addresses, exclude=first.address)
             remaining = None if deadline is None else deadline - self._clock()
             if second is None or (remaining is not None and remaining < self._config.min_retry_budget_s):
@@ -230,6 +276,19 @@ class ProxyCore:
             if error.code is grpc.StatusCode.UNAVAILABLE:
                 raise self._unavailable(model, second.address, error) from None
             raise
+
+    def _count_transport_failure(self, state: ReplicaState, last_error: str) -> None:
+        """Tells outlier detection ``state`` failed; the failure that ejects it is counted and logged."""
+        if not self._router.on_failure(state):
+            return
+        self._metrics.ejections.inc()
+        self._metrics.ejected.set(self._router.ejected_count())
+        log.warning(
+            "ejected entry replica %s after %d consecutive failures (last: %s)",
+            state.address,
+            state.consecutive_failures,
+            last_error,
+        )
 
     @staticmethod
     def _unavailable(model: str, address: str, error: RpcStatusError) -> RpcStatusError:
@@ -247,12 +306,8 @@ class ProxyCore:
             reply = await self._pool.call(state.address, path, request, timeout_s=timeout_s, metadata=metadata)
         except RpcStatusError as error:
             self._metrics.upstream_errors.labels(error.code.name).inc()
-            if error.code is grpc.StatusCode.UNAVAILABLE and self._router.on_failure(state):
-                self._metrics.ejections.inc()
-                self._metrics.ejected.set(self._router.ejected_count())
-                log.warning(
-                    "ejected entry replica %s after %d consecutive failures", state.address, state.consecutive_failures
-                )
+            if error.code is grpc.StatusCode.UNAVAILABLE:
+                self._count_transport_failure(state, error.message)
             raise
         finally:
             state.outstanding -= 1

@@ -74,6 +74,10 @@ class DiscoveryEndpointSource:
         await self._watcher.stop()
         await self._discovery.stop()
 
+    @property
+    def lists_models(self) -> bool:
+        return True  # a name is served only when a replica node of it is registered
+
     def endpoints(self, model: str) -> tuple[str, ...]:
         view = self._current()
         if model not in view.known:

@@ -20,6 +20,12 @@ class EndpointSource(Protocol):
 
     async def stop(self) -> None: ...
 
+    @property
+    def lists_models(self) -> bool:
+        """True when ``endpoints()`` refuses names it does not know, so the names it serves come from the
+        registry or the configuration, never from clients alone (they may be metric labels as they are)."""
+        ...
+
     def endpoints(self, model: str) -> tuple[str, ...]:
         """AVAILABLE ``host:port`` addresses serving ``model``; empty when it has replicas but none is
         AVAILABLE. Raises NotFoundError when no replica of ``model`` is known at all."""
@@ -56,6 +62,10 @@ class StaticEndpointSource:
     def __init__(self, targets: Iterable[str], *, models: Iterable[str] | None = None) -> None:
         self._targets = tuple(targets)
         self._models = frozenset(models) if models is not None else None
+
+    @property
+    def lists_models(self) -> bool:
+        return self._models is not None
 
     async def start(self) -> None:
         return None

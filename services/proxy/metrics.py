@@ -1,7 +1,7 @@
 """Every metric of the proxy, on its own registry (served at ``--metrics_port``/metrics).
 
-``model`` labels only carry names the endpoint source knows (else ``unknown``) so a client cannot blow up
-the series count by sending random model names.
+``model`` labels only carry names the proxy can vouch for (else ``unknown``, see :class:`ModelLabels`) so a
+client cannot blow up the series count by sending random model names.
 
 The per-request metrics go through ``count_request``/``observe_latency``/``observe_upstream``, which keep
 the labelled children (``core.metric_children``) instead of calling ``.labels()`` per request.
@@ -9,6 +9,7 @@ the labelled children (``core.metric_children``) instead of calling ``.labels()`
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -17,6 +18,11 @@ from monolith_serving.core.metric_children import LabelledChildren
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 UNKNOWN_MODEL = "unknown"
+# Names a source that takes any name may add as labels (an entry answering every name must not let clients
+# grow the series); far above the models one proxy fronts.
+MAX_ANSWERED_MODELS = 100
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,3 +85,39 @@ class ProxyMetrics:
 
     def count_coalesced(self, model: str, requests: int) -> None:
         self._coalesced[(model,)].inc(requests)
+
+
+class ModelLabels:
+    """The ``model`` label value of a model name; the set of values stays bounded whatever clients send.
+
+    A source that lists its models (discovery, ``--entry_models``) has refused unknown names before the label
+    is asked for, so its names are used as they are. A source that takes any name (``--entry_targets`` alone)
+    cannot tell a model from a typo: there a name becomes a label once an entry answered a request for it
+    with OK, for the first ``max_answered`` names so answered; every other name is ``unknown``.
+    Names are never forgotten (their series would stay exported anyway). Not thread-safe: one loop owns it.
+    """
+
+    def __init__(self, *, source_lists_models: bool, max_answered: int = MAX_ANSWERED_MODELS) -> None:
+        self._source_lists_models = source_lists_models
+        self._max_answered = max_answered
+        self._answered: set[str] = set()
+
+    def of(self, model: str) -> str:
+        if self._source_lists_models or model in self._answered:
+            return model
+        return UNKNOWN_MODEL
+
+    def answered(self, model: str) -> str:
+        """The label of ``model`` after an entry answered OK for it; remembers the name while there is room."""
+        if self._source_lists_models or model in self._answered:
+            return model
+        if len(self._answered) >= self._max_answered:
+            return UNKNOWN_MODEL
+        self._answered.add(model)
+        if len(self._answered) == self._max_answered:
+            log.warning(
+                "%d model names are metric labels now; requests for other names are labelled %r",
+                self._max_answered,
+                UNKNOWN_MODEL,
+            )
+        return model

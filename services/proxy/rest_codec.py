@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,9 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
 
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"
+# TensorFlow's TensorShape::MaxDimensions(). Deeper lists are no tensor, and bounding the depth keeps the
+# recursive walk below far from Python's recursion limit.
+MAX_RANK = 254
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +77,8 @@ def parse_predict_body(body: bytes) -> PredictBody:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgumentError(f"JSON Parse error: {exc}") from None
+    except RecursionError:
+        raise InvalidArgumentError("JSON Parse error: the document is nested too deeply") from None
     if not isinstance(document, dict):
         raise InvalidArgumentError("JSON Value: request body must be an object")
     has_instances, has_inputs = "instances" in document, "inputs" in document
@@ -97,13 +103,15 @@ def _is_named(value: Any) -> bool:
     return isinstance(value, dict) and not _is_b64(value)
 
 
-def _flatten(value: Any, name: str) -> tuple[list[Any], tuple[int, ...]]:
-    """Leaves in row-major order and the shape of a rectangular nested list."""
+def _flatten(value: Any, name: str, depth: int = 0) -> tuple[list[Any], tuple[int, ...]]:
+    """Leaves in row-major order and the shape of a rectangular nested list (``depth``: lists around it)."""
     if not isinstance(value, list):
         return [value], ()
+    if depth == MAX_RANK:
+        raise InvalidArgumentError(f"input {name!r}: lists nested deeper than {MAX_RANK} (the largest tensor rank)")
     if not value:
         return [], (0,)
-    parts = [_flatten(v, name) for v in value]
+    parts = [_flatten(v, name, depth + 1) for v in value]
     inner = parts[0][1]
     if any(shape != inner for _, shape in parts):
         raise InvalidArgumentError(f"input {name!r}: nested lists have different lengths (ragged tensor)")
@@ -135,7 +143,8 @@ def _string_leaf(value: Any, name: str) -> bytes:
             return base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise InvalidArgumentError(f'input {name!r}: "b64" value is not valid base64') from None
-    raise InvalidArgumentError(f'input {name!r}: DT_STRING needs strings or {{"b64": ...}}, got {value!r}')
+    # reprlib: a client's value may be huge or deeply nested (a full repr could even hit the recursion limit).
+    raise InvalidArgumentError(f'input {name!r}: DT_STRING needs strings or {{"b64": ...}}, got {reprlib.repr(value)}')
 
 
 def json_to_tensor(value: Any, name: str, datatype: int | None) -> Any:

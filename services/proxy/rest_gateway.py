@@ -8,7 +8,9 @@ Routes (``{name}`` may contain ``:``, e.g. ``model:entry``):
   POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict   → PredictionService/Predict
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]           → ModelService/GetModelStatus
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  → PredictionService/GetModelMetadata
-Errors are the HTTP status of the gRPC code with ``{"error": "<message>"}``.
+Errors are the HTTP status of the gRPC code with ``{"error": "<message>"}`` (413 for a body over the limit).
+Each request has one deadline, fixed when it arrives; its core calls (GetModelMetadata on a signature-cache
+miss, then Predict) share it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from monolith_serving.proxy.rest_codec import (
     predict_response_json,
     signature_inputs_from_metadata,
 )
-from monolith_serving.proxy.upstream import RpcStatusError
+from monolith_serving.proxy.upstream import RpcStatusError, UpstreamReply
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ _HTTP_STATUS: dict[grpc.StatusCode, int] = {
 _NO_METADATA = frozenset(
     {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 )
+MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
 
 
 def http_status(code: grpc.StatusCode) -> int:
@@ -90,6 +93,24 @@ class _BadPath(MonolithServingError):
     pass
 
 
+@dataclass(frozen=True)
+class _RestCall:
+    """One REST request as its core calls see it."""
+
+    request_id: str
+    deadline: float  # on the gateway's clock, fixed when the request arrived
+
+
+def parse_version(text: str) -> int:
+    """A version path segment: ASCII digits only (``str.isdigit`` also takes '²') and within int64."""
+    if not (text.isascii() and text.isdigit()):
+        raise _BadPath(f"version must be a non-negative integer, got {text!r}")
+    version = int(text)
+    if version > MAX_VERSION:
+        raise _BadPath(f"version {text} is out of range (at most {MAX_VERSION})")
+    return version
+
+
 def parse_model_path(tail: str) -> tuple[ModelRef, str]:
     """``name[/versions/v|/labels/l][/metadata]`` → (ModelRef, trailing word: "" or "metadata")."""
     parts = tail.split("/")
@@ -102,9 +123,7 @@ def parse_model_path(tail: str) -> tuple[ModelRef, str]:
     if not rest:
         return ModelRef(name=name), suffix
     if len(rest) == 2 and rest[0] == "versions":
-        if not rest[1].isdigit():
-            raise _BadPath(f"version must be a non-negative integer, got {rest[1]!r}")
-        return ModelRef(name=name, version=int(rest[1])), suffix
+        return ModelRef(name=name, version=parse_version(rest[1])), suffix
     if len(rest) == 2 and rest[0] == "labels" and rest[1]:
         return ModelRef(name=name, label=rest[1]), suffix
     raise _BadPath(f"malformed request path /v1/models/{tail}")
@@ -136,6 +155,7 @@ class RestGateway:
     def __init__(self, core: ProxyCore, config: RestConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._core = core
         self._config = config
+        self._clock = clock
         self._signatures = _SignatureCache(config.signature_ttl_s, clock)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -171,8 +191,12 @@ class RestGateway:
 
     async def _dispatch(self, request: web.Request) -> web.Response:
         request_id = request.headers.get(REQUEST_ID_KEY) or uuid.uuid4().hex
+        call = _RestCall(request_id, self._clock() + self._config.timeout_s)
         try:
-            response = await self._route(request, request_id)
+            response = await self._route(request, call)
+        except web.HTTPRequestEntityTooLarge:
+            # Raised by aiohttp while reading the body; the client's mistake, not ours.
+            response = _error(413, f"request body larger than {self._config.max_body_bytes} bytes")
         except RpcStatusError as error:
             response = _error(http_status(error.code), error.message)
         except _BadPath as error:
@@ -186,9 +210,8 @@ class RestGateway:
         response.headers[REQUEST_ID_KEY] = request_id
         return response
 
-    async def _route(self, request: web.Request, request_id: str) -> web.Response:
+    async def _route(self, request: web.Request, call: _RestCall) -> web.Response:
         tail = request.match_info["tail"]
-        ctx = CallContext(request_id=request_id, timeout_s=self._config.timeout_s, protocol="rest")
         if request.method == "POST":
             resource, colon, verb = tail.rpartition(":")
             if not colon or "/" in verb:
@@ -200,23 +223,31 @@ class RestGateway:
                 return _error(501, f"{verb} is not supported by Monolith entries; use :predict")
             if verb != "predict":
                 raise _BadPath(f"unknown method {verb!r} (expected predict)")
-            return await self._predict(model, await request.read(), ctx)
+            return await self._predict(model, await request.read(), call)
         if request.method == "GET":
             model, suffix = parse_model_path(tail)
             if suffix == "metadata":
-                return await self._metadata(model, ctx)
-            return await self._status(model, ctx)
+                return await self._metadata(model, call)
+            return await self._status(model, call)
         return _error(405, f"method {request.method} not allowed")
 
-    async def _predict(self, model: ModelRef, body: bytes, ctx: CallContext) -> web.Response:
+    async def _call_core(self, path: str, request: bytes, call: _RestCall) -> UpstreamReply:
+        """One core call given only what is left of the request's deadline (none left: the core answers
+        DEADLINE_EXCEEDED, counted like any other failure)."""
+        timeout_s = max(call.deadline - self._clock(), 0.0)
+        return await self._core.call(
+            path, request, CallContext(request_id=call.request_id, timeout_s=timeout_s, protocol="rest")
+        )
+
+    async def _predict(self, model: ModelRef, body: bytes, call: _RestCall) -> web.Response:
         parsed = parse_predict_body(body)
-        signature_inputs = await self._signature_inputs(model, parsed.signature_name, ctx)
+        signature_inputs = await self._signature_inputs(model, parsed.signature_name, call)
         grpc_request = build_predict_request(model, parsed, signature_inputs)
-        reply = await self._core.call(PREDICT, grpc_request.SerializeToString(), ctx)
+        reply = await self._call_core(PREDICT, grpc_request.SerializeToString(), call)
         response = predict_pb2.PredictResponse.FromString(reply.response)
         return _json(200, predict_response_json(response, parsed.row_format))
 
-    async def _signature_inputs(self, model: ModelRef, signature: str, ctx: CallContext) -> dict[str, int] | None:
+    async def _signature_inputs(self, model: ModelRef, signature: str, call: _RestCall) -> dict[str, int] | None:
         key = (model.name, model.version, model.label, signature)
         cached, value = self._signatures.get(key)
         if cached:
@@ -225,7 +256,7 @@ class RestGateway:
             model_spec=model.to_spec(), metadata_field=[SIGNATURE_DEF_FIELD]
         )
         try:
-            reply = await self._core.call(GET_MODEL_METADATA, request.SerializeToString(), ctx)
+            reply = await self._call_core(GET_MODEL_METADATA, request.SerializeToString(), call)
         except RpcStatusError as error:
             if error.code not in _NO_METADATA:
                 raise
@@ -237,16 +268,16 @@ class RestGateway:
         self._signatures.put(key, value)
         return value
 
-    async def _status(self, model: ModelRef, ctx: CallContext) -> web.Response:
+    async def _status(self, model: ModelRef, call: _RestCall) -> web.Response:
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=model.to_spec())
-        reply = await self._core.call(GET_MODEL_STATUS, request.SerializeToString(), ctx)
+        reply = await self._call_core(GET_MODEL_STATUS, request.SerializeToString(), call)
         return _json(200, model_status_json(get_model_status_pb2.GetModelStatusResponse.FromString(reply.response)))
 
-    async def _metadata(self, model: ModelRef, ctx: CallContext) -> web.Response:
+    async def _metadata(self, model: ModelRef, call: _RestCall) -> web.Response:
         request = get_model_metadata_pb2.GetModelMetadataRequest(
             model_spec=model.to_spec(), metadata_field=[SIGNATURE_DEF_FIELD]
         )
-        reply = await self._core.call(GET_MODEL_METADATA, request.SerializeToString(), ctx)
+        reply = await self._call_core(GET_MODEL_METADATA, request.SerializeToString(), call)
         response = get_model_metadata_pb2.GetModelMetadataResponse.FromString(reply.response)
         return _json(200, model_metadata_json(response))
 

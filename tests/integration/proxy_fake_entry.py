@@ -2,11 +2,13 @@
 
 Predict echoes its inputs as outputs and adds, per example, ``replica`` (this server's ``--name``) and
 ``request_id`` (the ``x-request-id`` it received); it sets trailing metadata ``x-monolith-ps-versions``.
-``--delay_ms`` slows every Predict (to hold requests in flight). Only ``--models`` are served (others
+``--delay_ms`` slows every Predict (to hold requests in flight), ``--metadata_delay_ms`` every
+GetModelMetadata. Only ``--models`` are served (others
 NOT_FOUND). GetModelStatus reports ``--version`` in ``--state``; HandleReloadConfigRequest answers OK and
 counts calls (``reloads`` in trailing metadata).
 
-Run: python proxy_fake_entry.py --port P --name a [--delay_ms 0] [--models entry] [--version 1] [--state 30]
+Run: python proxy_fake_entry.py --port P --name a [--delay_ms 0] [--metadata_delay_ms 0] [--models entry]
+     [--version 1] [--state 30]
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class FakePrediction(prediction_service_pb2_grpc.PredictionServiceServicer):  # 
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> object:
         await self._check(request.model_spec.name, context)
+        if self.args.metadata_delay_ms:
+            await asyncio.sleep(self.args.metadata_delay_ms / 1000)
         signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
         signature.inputs["x"].name = "x:0"
         signature.inputs["x"].dtype = 1  # DT_FLOAT
@@ -108,6 +112,7 @@ async def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--name", required=True)
     parser.add_argument("--delay_ms", type=float, default=0.0)
+    parser.add_argument("--metadata_delay_ms", type=float, default=0.0)
     parser.add_argument("--models", default="entry")
     parser.add_argument("--version", type=int, default=1)
     parser.add_argument("--state", type=int, default=30)

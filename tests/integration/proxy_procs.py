@@ -77,12 +77,20 @@ class Proxy(ServerProcess):
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample of the proxy's /metrics (0 when absent)."""
+        for sample_labels, value in self.samples(name):
+            if all(sample_labels.get(k) == v for k, v in (labels or {}).items()):
+                return value
+        return 0.0
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Every sample called ``name`` on the proxy's /metrics, as (labels, value)."""
         from prometheus_client.parser import text_string_to_metric_families
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
             text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
-                    return float(sample.value)
-        return 0.0
+        return [
+            (dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]

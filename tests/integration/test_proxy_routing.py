@@ -2,7 +2,8 @@
 
 Covers routing and faults that need control over the upstream: request ids and trailing metadata, status
 aggregation, the reload token, the in-flight bound, ejection and readmission, every bad input, SIGTERM
-drain. tests/integration/test_proxy_entry.py runs the proxy in front of real entries.
+drain, calls the client abandons, the REST deadline, bounded model labels.
+tests/integration/test_proxy_entry.py runs the proxy in front of real entries.
 """
 
 from __future__ import annotations
@@ -229,3 +230,58 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(tmp_path: Path) -> Non
         assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
         client.channel.close()
         assert "proxy stopped" in proxy.log_path.read_text()
+
+
+def _wait_for_metric(proxy: Proxy, name: str, labels: dict[str, str], expected: float) -> float:
+    """The metric once it reaches ``expected``, or its value after 10 s."""
+    deadline = time.monotonic() + 10
+    value = proxy.metric(name, labels)
+    while value < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        value = proxy.metric(name, labels)
+    return value
+
+
+def test_calls_the_client_abandons_are_counted_and_logged_as_such(tmp_path: Path) -> None:
+    with (
+        FakeEntry("slow", tmp_path, extra=["--delay_ms", "3000"]) as slow,
+        Proxy(tmp_path, ["--entry_targets", slow.address, "--entry_models", "entry"]) as proxy,
+    ):
+        client = Client(proxy.address)
+        with pytest.raises(grpc.RpcError) as caught:
+            client.predict(_request(), timeout_s=0.3)
+        assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        abandoned = client.predict_stub.Predict.future(_request(), timeout=10)
+        time.sleep(0.3)
+        abandoned.cancel()
+        predicts = {"model": "entry", "method": "Predict", "protocol": "grpc"}
+        for code in ("DEADLINE_EXCEEDED", "CANCELLED"):
+            assert _wait_for_metric(proxy, "proxy_requests_total", {**predicts, "code": code}, 1) == 1, code
+            assert f"Predict model=entry: {code}" in proxy.log_path.read_text(), code
+        assert proxy.metric("proxy_requests_total", {**predicts, "code": "OK"}) == 0
+        client.channel.close()
+
+
+def test_rest_signature_lookup_and_predict_share_the_rest_timeout(tmp_path: Path) -> None:
+    # Each upstream call alone fits in the 1 s REST timeout; the two together do not.
+    slow = ["--metadata_delay_ms", "700", "--delay_ms", "700"]
+    with (
+        FakeEntry("slow", tmp_path, extra=slow) as entry,
+        Proxy(tmp_path, ["--entry_targets", entry.address, "--rest_api_timeout_in_ms", "1000"]) as proxy,
+    ):
+        status, body = proxy.rest("POST", "/v1/models/entry:predict", json.dumps({"instances": [[1, 2]]}).encode())
+        assert status == 504, body
+
+
+def test_model_names_clients_make_up_are_not_metric_labels(tmp_path: Path) -> None:
+    # --entry_targets without --entry_models: the proxy forwards every name; the entry answers NOT_FOUND.
+    with FakeEntry("a", tmp_path) as entry, Proxy(tmp_path, ["--entry_targets", entry.address]) as proxy:
+        client = Client(proxy.address)
+        for i in range(30):
+            with pytest.raises(grpc.RpcError) as caught:
+                client.predict(_request(model=f"made-up-{i}"))
+            assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+        client.predict(_request())
+        counted = {(labels["model"], labels["code"]): value for labels, value in proxy.samples("proxy_requests_total")}
+        assert counted == {("unknown", "NOT_FOUND"): 30, ("entry", "OK"): 1}
+        client.channel.close()

@@ -1,21 +1,28 @@
 """ProxyCore on fakes of our own interfaces (EndpointSource, UpstreamPool): retries, ejection, admission,
-status merging, reload authorization, metrics."""
+status merging, reload authorization, metrics (cancelled calls, bounded model labels)."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
 
 import grpc
 import pytest
 
-from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
+from monolith_serving.core.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2, predict_pb2
 from monolith_serving.proxy.core import GET_MODEL_STATUS, RELOAD_CONFIG, CallContext, CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
-from monolith_serving.proxy.metrics import ProxyMetrics
+from monolith_serving.proxy.metrics import ModelLabels, ProxyMetrics
 from monolith_serving.proxy.router import OutlierPolicy, Router
 from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
 
@@ -45,6 +52,7 @@ class FakePool:
         self.healthy: set[str] = set()
         self.hung: set[str] = set()
         self.cancelling: set[str] = set()
+        self.served: set[str] | None = None  # model names the entries serve (None: any); others NOT_FOUND
 
     async def call(
         self, address: str, method: str, request: bytes, *, timeout_s: float | None, metadata: Metadata
@@ -52,6 +60,10 @@ class FakePool:
         self.calls.append((address, method, timeout_s, metadata))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.served is not None and method == PREDICT:
+            model = predict_pb2.PredictRequest.FromString(request).model_spec.name
+            if model not in self.served:
+                raise RpcStatusError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({model})")
         if address in self.down:
             raise RpcStatusError(grpc.StatusCode.UNAVAILABLE, "connection refused")
         if address in self.cancelling:  # an entry whose handler was torn down under the call
@@ -68,10 +80,12 @@ class FakePool:
         return None
 
 
-def _core(targets: Sequence[str], pool: FakePool, **config: Any) -> tuple[ProxyCore, ProxyMetrics]:
+def _core(
+    targets: Sequence[str], pool: FakePool, *, models: Sequence[str] | None = ("entry",), **config: Any
+) -> tuple[ProxyCore, ProxyMetrics]:
     metrics = ProxyMetrics()
     core = ProxyCore(
-        source=StaticEndpointSource(targets, models=["entry"]),
+        source=StaticEndpointSource(targets, models=models),
         router=Router(OutlierPolicy(consecutive_failures=2, cooldown_s=0.01)),
         pool=cast(UpstreamPool, pool),
         metrics=metrics,
@@ -93,6 +107,17 @@ def _ctx(timeout_s: float | None = 5.0, token: str | None = None) -> CallContext
 def _count(metrics: ProxyMetrics, name: str, labels: dict[str, str] | None = None) -> float:
     value = metrics.registry.get_sample_value(name, labels or {})
     return 0.0 if value is None else value
+
+
+def _requests(metrics: ProxyMetrics) -> dict[tuple[str, str], float]:
+    """proxy_requests_total by (model label, code)."""
+    found: dict[tuple[str, str], float] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == "proxy_requests_total":
+                key = (sample.labels["model"], sample.labels["code"])
+                found[key] = found.get(key, 0.0) + sample.value
+    return found
 
 
 @_sync
@@ -287,3 +312,89 @@ async def test_reload_needs_configured_and_presented_token() -> None:
     pool.down.add("b:1")
     with pytest.raises(RpcStatusError, match="1 of 2 replicas"):
         await core.call(RELOAD_CONFIG, b"", _ctx(token="s3cret"))
+
+
+async def _cancel_after(core: ProxyCore, ctx: CallContext, wait_s: float) -> None:
+    """Starts a Predict, cancels it after ``wait_s`` as the gRPC server does when the client stops waiting."""
+    call = asyncio.create_task(core.call(PREDICT, _predict(), ctx))
+    await asyncio.sleep(wait_s)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert core.admission.in_flight == 0
+
+
+def test_a_call_the_client_cancels_is_counted_cancelled_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    pool = FakePool()
+    pool.delay_s = 10.0
+    core, metrics = _core(["a:1"], pool)
+    with caplog.at_level(logging.WARNING, logger="monolith_serving.proxy.core"):
+        asyncio.run(_cancel_after(core, _ctx(timeout_s=30.0), 0.05))
+    assert _requests(metrics) == {("entry", "CANCELLED"): 1}
+    assert "request rid-1 Predict model=entry: CANCELLED" in caplog.text
+
+
+def test_a_call_cancelled_as_its_deadline_passes_is_counted_deadline_exceeded(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = FakePool()
+    pool.delay_s = 10.0  # ignores its timeout: only the cancellation ends the call
+    core, metrics = _core(["a:1"], pool)
+    with caplog.at_level(logging.WARNING, logger="monolith_serving.proxy.core"):
+        asyncio.run(_cancel_after(core, _ctx(timeout_s=0.05), 0.1))
+    assert _requests(metrics) == {("entry", "DEADLINE_EXCEEDED"): 1}
+    assert "request rid-1 Predict model=entry: DEADLINE_EXCEEDED" in caplog.text
+
+
+@_sync
+async def test_a_call_whose_deadline_already_passed_is_not_forwarded() -> None:
+    pool = FakePool()
+    core, metrics = _core(["a:1", "b:1"], pool)
+    with pytest.raises(DeadlineExceededError):
+        await core.call(PREDICT, _predict(), _ctx(timeout_s=0.0))
+    assert pool.calls == []
+    assert _requests(metrics) == {("entry", "DEADLINE_EXCEEDED"): 1}
+
+
+@_sync
+async def test_a_source_taking_any_name_labels_only_names_an_entry_answered() -> None:
+    pool = FakePool()
+    pool.served = {"entry"}
+    core, metrics = _core(["a:1"], pool, models=None)  # --entry_targets without --entry_models
+    for i in range(50):
+        with pytest.raises(RpcStatusError):
+            await core.call(PREDICT, _predict(f"made-up-{i}"), _ctx())
+    for _ in range(2):
+        await core.call(PREDICT, _predict("entry"), _ctx())
+    assert _requests(metrics) == {("unknown", "NOT_FOUND"): 50, ("entry", "OK"): 2}
+
+
+def test_model_labels_stop_growing_at_their_cap() -> None:
+    labels = ModelLabels(source_lists_models=False, max_answered=2)
+    assert labels.of("a") == "unknown"
+    assert [labels.answered(name) for name in ("a", "b", "c")] == ["a", "b", "unknown"]
+    assert [labels.of(name) for name in ("a", "b", "c")] == ["a", "b", "unknown"]
+    listed = ModelLabels(source_lists_models=True)
+    assert listed.of("entry") == "entry"
+
+
+def test_a_replica_cut_short_at_its_deadline_share_is_ejected_counted_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pool = FakePool()
+    pool.hung.add("a:1")
+    core, metrics = _core(["a:1", "b:1"], pool)
+    core._router = Router(OutlierPolicy(consecutive_failures=1, cooldown_s=60.0))
+
+    async def until_a_was_tried() -> None:
+        for _ in range(40):  # p2c picks a:1 first about every other time
+            assert (await core.call(PREDICT, _predict(), _ctx(timeout_s=0.2))).response == b"b:1"
+            if any(c[0] == "a:1" for c in pool.calls):
+                return
+
+    with caplog.at_level(logging.WARNING, logger="monolith_serving.proxy.core"):
+        asyncio.run(until_a_was_tried())
+    assert any(c[0] == "a:1" for c in pool.calls), "p2c never picked the hung replica; the test proved nothing"
+    assert _count(metrics, "proxy_ejections_total") == 1
+    assert _count(metrics, "proxy_ejected_replicas") == 1
+    assert "ejected entry replica a:1" in caplog.text

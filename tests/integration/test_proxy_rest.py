@@ -1,0 +1,188 @@
+"""The REST gateway on a real aiohttp server over loopback, in front of ProxyCore on a fake of our own
+UpstreamPool: bad input is a 4xx (never a 500), and one deadline covers every core call of a request.
+
+Faults needing real entries (slow metadata and Predict together) are in test_proxy_routing.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import aiohttp
+import grpc
+import pytest
+
+from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
+from monolith_serving.proxy.core import CoreConfig, ProxyCore
+from monolith_serving.proxy.endpoints import StaticEndpointSource
+from monolith_serving.proxy.metrics import ProxyMetrics
+from monolith_serving.proxy.rest_gateway import MAX_VERSION, RestConfig, RestGateway
+from monolith_serving.proxy.router import OutlierPolicy, Router
+from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
+
+pytestmark = pytest.mark.integration
+
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
+TIMEOUT_S = 10.0
+
+
+def _sync(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    @functools.wraps(test)
+    def run() -> None:
+        asyncio.run(test())
+
+    return run
+
+
+class FakeClock:
+    """The gateway's clock; the fake upstream moves it to stand for time spent upstream."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def _metadata_reply() -> bytes:
+    """A signature with one DT_FLOAT input ``x``."""
+    signature = meta_graph_pb2.SignatureDef()
+    signature.inputs["x"].dtype = types_pb2.DT_FLOAT
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    signatures.signature_def["serving_default"].CopyFrom(signature)
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.metadata["signature_def"].Pack(signatures)
+    return response.SerializeToString()
+
+
+def _predict_reply() -> bytes:
+    response = predict_pb2.PredictResponse()
+    output = response.outputs["y"]
+    output.dtype = types_pb2.DT_FLOAT
+    output.tensor_shape.dim.add().size = 1
+    output.float_val.append(0.5)
+    return response.SerializeToString()
+
+
+@dataclass
+class FakeUpstream:
+    """Implements the UpstreamPool methods the core uses; records (method, timeout_s) of every call."""
+
+    clock: FakeClock
+    metadata_takes_s: float = 0.0  # gateway-clock time a GetModelMetadata takes
+    calls: list[tuple[str, float | None]] = field(default_factory=list)
+
+    async def call(
+        self, address: str, method: str, request: bytes, *, timeout_s: float | None, metadata: Metadata
+    ) -> UpstreamReply:
+        self.calls.append((method, timeout_s))
+        if method == GET_MODEL_METADATA:
+            self.clock.now_s += self.metadata_takes_s
+            return UpstreamReply(_metadata_reply(), ())
+        if method == PREDICT:
+            return UpstreamReply(_predict_reply(), ())
+        raise RpcStatusError(grpc.StatusCode.UNIMPLEMENTED, method)
+
+    async def probe(self, address: str, timeout_s: float) -> bool:
+        return True
+
+    async def close_addresses(self, addresses: Sequence[str]) -> None:
+        return None
+
+
+@dataclass
+class Served:
+    base_url: str
+    upstream: FakeUpstream
+    metrics: ProxyMetrics
+    session: aiohttp.ClientSession
+
+    async def post(self, path: str, body: bytes) -> tuple[int, Any]:
+        async with self.session.post(self.base_url + path, data=body) as response:
+            return response.status, json.loads(await response.read())
+
+
+@asynccontextmanager
+async def _gateway(*, max_body_bytes: int = 1 << 20) -> AsyncIterator[Served]:
+    clock = FakeClock()
+    upstream = FakeUpstream(clock)
+    metrics = ProxyMetrics()
+    core = ProxyCore(
+        source=StaticEndpointSource(["a:1"], models=["entry"]),
+        router=Router(OutlierPolicy()),
+        pool=cast(UpstreamPool, upstream),
+        metrics=metrics,
+        config=CoreConfig(),
+    )
+    config = RestConfig(host="127.0.0.1", port=0, timeout_s=TIMEOUT_S, max_body_bytes=max_body_bytes)
+    gateway = RestGateway(core, config, clock=clock)
+    port = await gateway.start()
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            yield Served(f"http://127.0.0.1:{port}/v1/models", upstream, metrics, session)
+    finally:
+        await gateway.stop()
+        await core.stop()
+
+
+BODY = json.dumps({"inputs": {"x": [1.0]}}).encode()
+
+
+@_sync
+async def test_a_version_must_be_ascii_digits_within_int64() -> None:
+    async with _gateway() as served:
+        for version in ("\u00b2", "\u0663", str(MAX_VERSION + 1), "9" * 30):
+            status, body = await served.post(f"/entry/versions/{version}:predict", BODY)
+            assert status == 400 and version in body["error"], (version, body)
+        status, body = await served.post(f"/entry/versions/{MAX_VERSION}:predict", BODY)
+        assert status == 200 and body == {"outputs": [0.5]}
+
+
+@_sync
+async def test_json_nested_too_deeply_is_a_400_naming_the_problem() -> None:
+    async with _gateway() as served:
+        # Deeper than the JSON parser goes, and deeper than any tensor's rank (but parseable).
+        for depth, problem in ((100_000, "nested too deeply"), (900, "nested deeper than 254")):
+            body = b'{"inputs": {"x": ' + b"[" * depth + b"1.0" + b"]" * depth + b"}}"
+            status, answer = await served.post("/entry:predict", body)
+            assert status == 400 and problem in answer["error"], (depth, answer)
+        assert (await served.post("/entry:predict", BODY))[0] == 200
+
+
+@_sync
+async def test_a_body_over_the_limit_is_a_413() -> None:
+    async with _gateway(max_body_bytes=1000) as served:
+        too_large = json.dumps({"inputs": {"x": [1.0] * 400}}).encode()
+        assert len(too_large) > 1000
+        status, body = await served.post("/entry:predict", too_large)
+        assert status == 413 and "1000 bytes" in body["error"]
+        assert (await served.post("/entry:predict", BODY))[0] == 200
+
+
+@_sync
+async def test_metadata_and_predict_share_one_deadline() -> None:
+    async with _gateway() as served:
+        # The signature lookup uses 40% of the REST timeout: the Predict gets the 60% left, not a fresh timeout.
+        served.upstream.metadata_takes_s = 0.4 * TIMEOUT_S
+        status, _ = await served.post("/entry:predict", json.dumps({"instances": [1.0]}).encode())
+        assert status == 200
+        (_, metadata_timeout_s), (_, predict_timeout_s) = served.upstream.calls
+        assert metadata_timeout_s is not None and predict_timeout_s is not None
+        assert 0.5 * TIMEOUT_S < predict_timeout_s <= 0.6 * TIMEOUT_S + 1e-6
+    async with _gateway() as served:
+        # The signature lookup uses it all: a 504 without a Predict upstream, counted as DEADLINE_EXCEEDED.
+        served.upstream.metadata_takes_s = 1.5 * TIMEOUT_S
+        status, body = await served.post("/entry:predict", json.dumps({"instances": [1.0]}).encode())
+        assert status == 504 and "deadline" in body["error"]
+        assert [method for method, _ in served.upstream.calls] == [GET_MODEL_METADATA]
+        labels = {"model": "entry", "method": "Predict", "protocol": "rest", "code": "DEADLINE_EXCEEDED"}
+        assert served.metrics.registry.get_sample_value("proxy_requests_total", labels) == 1

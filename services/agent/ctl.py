@@ -6,7 +6,8 @@ Actions:
   ``--overwrite`` nothing is written if any declaration already exists.
 - ``pub --layout L --model 'M:glob'``: add the declared sub_graphs of M matching the glob to layout L.
 - ``unpub --layout L --model 'M:glob'``: remove matching items of M from layout L.
-- ``bzid-info``: JSON of models (declarations), containers, layouts and bindings.
+- ``bzid_info`` (REFERENCE spelling; ``bzid-info`` is kept as an alias): JSON of models (declarations),
+  containers, layouts and bindings.
 
 :class:`Controller` holds the logic over the Discovery interface (testable on the static backend);
 ``run`` only parses flags and prints. Exit codes: 0 done, 1 refused (nothing matched, would overwrite,
@@ -151,6 +152,10 @@ class Controller:
         return {"models": models, "containers": containers, "layouts": layouts, "bindings": bindings}
 
 
+BZID_INFO = "bzid_info"
+BZID_INFO_ALIAS = "bzid-info"
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--zk", required=True, help="ZooKeeper hosts (host:port[,host:port...])")
     add_flag(parser, "--bzid", required=True, help="business id: the root of the tree")
@@ -164,7 +169,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         sub = actions.add_parser(name, help=summary)
         add_flag(sub, "--layout", required=True, help="layout name")
         add_flag(sub, "--model", required=True, help="'<model>:<sub_graph glob>', e.g. 'm:ps_*'")
-    actions.add_parser("bzid-info", help="JSON of models, containers, layouts and bindings")
+    # REFERENCE section 7 names it bzid_info; bzid-info, this CLI's first spelling, stays accepted.
+    actions.add_parser(BZID_INFO, aliases=[BZID_INFO_ALIAS], help="JSON of models, containers, layouts and bindings")
 
 
 async def _act(controller: Controller, args: argparse.Namespace) -> Any:
@@ -174,7 +180,9 @@ async def _act(controller: Controller, args: argparse.Namespace) -> Any:
         model, pattern = parse_model_glob(args.model)
         method = controller.pub if args.action == "pub" else controller.unpub
         return await method(args.layout, model, pattern)
-    return await controller.bzid_info()
+    if args.action in (BZID_INFO, BZID_INFO_ALIAS):
+        return await controller.bzid_info()
+    raise InvalidArgumentError(f"unknown action {args.action!r}")
 
 
 async def _main(args: argparse.Namespace) -> int:

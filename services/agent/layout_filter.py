@@ -10,7 +10,8 @@ A filter is ``"<match>; <condition>"``, e.g. ``ps_{i}; i % 2 == 1``:
   this container's values before parsing.
 
 Conditions are parsed with :mod:`ast` and checked against a whitelist when the filter is built, so a
-filter that does not parse (or names anything but its own captures) is rejected at start-up; they are
+filter that does not parse (or names anything but its own captures, or nests deeper than
+``MAX_CONDITION_DEPTH``) is rejected at start-up; they are
 evaluated by walking the tree -- never with ``eval()``. An item is accepted when any filter accepts it;
 no filters accept everything. Pure and thread-safe.
 """
@@ -50,6 +51,11 @@ _COMPARE_OPS: Mapping[type[ast.cmpop], Callable[[int, int], bool]] = {
 }
 
 
+# Checking and evaluating a condition recurse once per nesting level; far deeper than any real filter needs,
+# and far within Python's recursion limit (which a deeper one would hit: an uncaught RecursionError).
+MAX_CONDITION_DEPTH = 200
+
+
 class LayoutFilterError(InvalidArgumentError):
     """A layout filter does not parse; the message quotes the filter."""
 
@@ -81,6 +87,29 @@ def _compile_match(match: str, source: str) -> tuple[re.Pattern[str], tuple[str,
 
 def _literal(text: str) -> str:
     return ".*".join(re.escape(piece) for piece in text.split("*"))
+
+
+def _depth(tree: ast.AST) -> int:
+    """Nesting depth of ``tree``, measured without recursion (the tree may be too deep to recurse into)."""
+    deepest = 0
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+    return deepest
+
+
+def _parse_condition(text: str, source: str) -> ast.Expression:
+    try:
+        condition = ast.parse(text, mode="eval")
+    except SyntaxError as exc:
+        raise LayoutFilterError(f"layout filter {source!r}: condition does not parse: {exc.msg}") from None
+    except RecursionError:  # the parser itself gave up on the nesting
+        raise LayoutFilterError(f"layout filter {source!r}: condition nests too deeply to parse") from None
+    if _depth(condition) > MAX_CONDITION_DEPTH:
+        raise LayoutFilterError(f"layout filter {source!r}: condition nests deeper than {MAX_CONDITION_DEPTH} levels")
+    return condition
 
 
 def _check_node(node: ast.AST, names: frozenset[str], source: str) -> None:
@@ -163,10 +192,7 @@ class LayoutFilter:
         pattern, names = _compile_match(match, source)
         condition: ast.Expression | None = None
         if condition_text:
-            try:
-                condition = ast.parse(condition_text, mode="eval")
-            except SyntaxError as exc:
-                raise LayoutFilterError(f"layout filter {source!r}: condition does not parse: {exc.msg}") from None
+            condition = _parse_condition(condition_text, source)
             _check_node(condition, frozenset(names), source)
         return cls(source, pattern, names, condition, ":" in match)
 

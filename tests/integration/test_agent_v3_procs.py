@@ -59,14 +59,14 @@ def test_ctl_decl_pub_unpub_bzid_info_round_trip(zk_server: ZooKeeperServer, tmp
     published = ctl(zk_server, "ctl1", "pub", "--layout", "L", "--model", "mdl:ps_*")
     assert published.returncode == 0 and json.loads(published.stdout) == ["mdl:ps_0", "mdl:ps_1"]
     assert ctl(zk_server, "ctl1", "pub", "--layout", "L", "--model", "mdl:dense*").returncode == 1
-    info = json.loads(ctl(zk_server, "ctl1", "bzid-info").stdout)
+    info = json.loads(ctl(zk_server, "ctl1", "bzid_info").stdout)  # REFERENCE section 7's spelling
     assert info["models"]["mdl"]["entry"] == {"model_base_path": str(export / "entry"), "version_policy": "latest"}
     assert info["models"]["mdl"]["ps_1"]["version_policy"] == "latest_once"
     assert info["layouts"] == {"L": ["mdl:ps_0", "mdl:ps_1"]}
     assert info["containers"] == {} and info["bindings"] == {}
     removed = ctl(zk_server, "ctl1", "unpub", "--layout", "L", "--model", "mdl:ps_1")
     assert removed.returncode == 0 and json.loads(removed.stdout) == ["mdl:ps_1"]
-    assert json.loads(ctl(zk_server, "ctl1", "bzid-info").stdout)["layouts"] == {"L": ["mdl:ps_0"]}
+    assert json.loads(ctl(zk_server, "ctl1", "bzid-info").stdout)["layouts"] == {"L": ["mdl:ps_0"]}  # the alias
 
 
 def heartbeat(agent_port: int) -> dict[str, list[str]]:

@@ -1,7 +1,8 @@
-"""Controller actions (decl/pub/unpub/bzid-info) over the in-memory static Discovery backend."""
+"""Controller actions (decl/pub/unpub/bzid_info) over the in-memory static Discovery backend."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
@@ -10,7 +11,7 @@ from typing import TypeVar
 
 import pytest
 
-from monolith_serving.agent.ctl import Controller, parse_model_glob
+from monolith_serving.agent.ctl import Controller, _act, configure, parse_model_glob
 from monolith_serving.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from monolith_serving.discovery.static import StaticDiscovery
 
@@ -121,3 +122,12 @@ def test_parse_model_glob() -> None:
     for bad in (":ps_0", "m:"):
         with pytest.raises(InvalidArgumentError):
             parse_model_glob(bad)
+
+
+@pytest.mark.parametrize("action", ["bzid_info", "bzid-info"])  # REFERENCE section 7's spelling, and the alias
+def test_the_cli_accepts_bzid_info_in_both_spellings(action: str) -> None:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    args = parser.parse_args(["--zk", "zk:2181", "--bzid", "b", action])
+    info = run_with(lambda ctl: _act(ctl, args))
+    assert set(info) == {"models", "containers", "layouts", "bindings"}

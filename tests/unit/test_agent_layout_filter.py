@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from monolith_serving.agent import main as agent_main
 from monolith_serving.agent.layout_filter import LayoutFilter, LayoutFilterError, LayoutFilterSet, substitute_shard
 
 
@@ -90,3 +95,40 @@ def test_modulo_filter_agrees_with_python(index: int, shards: int) -> None:
     for shard in {0, shards - 1}:
         flt = parse("ps_{i}; i % ${shard_num} == ${shard_id}", shard_id=shard, shard_num=shards)
         assert flt.accepts("m", f"ps_{index}") == (index % shards == shard)
+
+
+DEEP_CONDITIONS = [
+    "not " * 1000 + "i",
+    "-" * 1000 + "i",
+    " + ".join(["i"] * 1000) + " == 1",
+    "not " * 5000 + "i",  # too deep for Python's own parser
+]
+
+
+@pytest.mark.parametrize("condition", DEEP_CONDITIONS, ids=["not", "minus", "plus", "parser"])
+def test_a_too_deeply_nested_condition_is_refused_naming_the_filter(condition: str) -> None:
+    text = f"ps_{{i}}; {condition}"
+    with pytest.raises(LayoutFilterError) as info:
+        parse(text)
+    assert "nests" in info.value.message and repr(text) in info.value.message
+
+
+def test_a_condition_nested_as_deep_as_the_limit_still_works() -> None:
+    flt = parse("ps_{i}; " + "not " * 100 + "i == 1")
+    assert flt.accepts("m", "ps_1") and not flt.accepts("m", "ps_2")
+
+
+def test_the_agent_refuses_to_start_on_a_too_deeply_nested_filter(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    conf = tmp_path / "agent.conf"
+    conf.write_text(
+        "deploy_type unified\nzk_servers 127.0.0.1:1\nbzid b\nlayout_pattern l\n"
+        f"layout_filters ps_{{i}}; {DEEP_CONDITIONS[0]}\n"
+    )
+    parser = argparse.ArgumentParser()
+    agent_main.configure(parser)
+    args = parser.parse_args(["--conf", str(conf), "--work_dir", str(tmp_path / "work")])
+    with caplog.at_level(logging.ERROR):
+        assert agent_main.run(args) == 2
+    assert "refusing to start" in caplog.text and "nests deeper than" in caplog.text and "ps_{i}; not" in caplog.text

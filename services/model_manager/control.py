@@ -80,3 +80,7 @@ class ReplicaControl(abc.ABC):
         finishes). A reload config is the address's entire model set (TF Serving semantics): a unified
         container hosting several sub-models unloads every one left out, so ``configs`` must name all of
         them; ``drop`` ones are left out, and no config left is an empty model list."""
+
+    async def retain(self, addresses: set[str]) -> None:  # noqa: B027 -- optional: most controls hold nothing
+        """Releases what is held for replicas at any address not in ``addresses`` (e.g. cached connections);
+        a later call to such an address opens it again. Holds nothing by default."""

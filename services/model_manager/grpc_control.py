@@ -2,7 +2,9 @@
 
 A reload sends a whole ``ModelServerConfig`` holding every sub-model the caller wants at one address: one for
 a replica the agent launched, several for a unified container (it unloads whatever the config leaves out).
-Every replica's gRPC channel is cached by address and closed by ``close()``.
+Every replica's gRPC channel is cached by address; ``retain()`` closes those of addresses no longer listed
+(the coordinator's ``observe`` calls it every loop step, so rescheduled pods leave no channel behind) and
+``close()`` the rest.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ class GrpcReplicaControl(ReplicaControl):
             raise _status_error(address, "HandleReloadConfigRequest", error) from error
 
     async def retain(self, addresses: set[str]) -> None:
-        """Closes channels of replicas no longer listed."""
+        """Closes the channels of addresses not in ``addresses``."""
         for address in [a for a in self._channels if a not in addresses]:
             await self._channels.pop(address).close()
 

@@ -1,9 +1,12 @@
 """The manager's HTTP port: ``GET /metrics`` (Prometheus), ``GET /status`` (JSON), ``POST /rollback``.
 
 ``POST /rollback?model=M&version=V`` queues a rollback on the manager's loop and answers with the rollout
-record once it finished (200 when it succeeded, 409 when it was aborted, 404 for an unknown model or a
-version not on disk). Requests are served on daemon threads; they only read the manager's published
-snapshot or hand work to its loop.
+record once it finished (200 when it succeeded, 409 when it was aborted). A rollback that could not start
+answers ``{"error": message}`` with the status of its error (``http_status_for``): 404 for an unknown model
+or a version not on disk, 503 while discovery is unreachable (its state could not be written), 409 when the
+version cannot be rolled out (e.g. no readable serving spec), 400 for a bad argument; 504 when the outcome
+is not known within the timeout. Requests are served on daemon threads; they only read the manager's
+published snapshot or hand work to its loop.
 """
 
 from __future__ import annotations
@@ -18,13 +21,38 @@ from urllib.parse import parse_qs, urlparse
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from monolith_serving.core.errors import NotFoundError
+from monolith_serving.core.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    MonolithServingError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from monolith_serving.model_manager.manager import ModelManager
 from monolith_serving.model_manager.metrics import ModelManagerMetrics
 from monolith_serving.model_manager.rollout import Outcome
 from monolith_serving.model_manager.status import record_json
 
 logger = logging.getLogger(__name__)
+
+_HTTP_STATUS: tuple[tuple[type[MonolithServingError], int], ...] = (
+    (NotFoundError, 404),
+    (InvalidArgumentError, 400),
+    (FailedPreconditionError, 409),
+    (UnavailableError, 503),  # retrying later may help
+    (ResourceExhaustedError, 503),
+    (DeadlineExceededError, 504),
+)
+
+
+def http_status_for(error: MonolithServingError) -> int:
+    """The HTTP status answering a request that failed with ``error`` (500 for any other package error)."""
+    for kind, status in _HTTP_STATUS:
+        if isinstance(error, kind):
+            return status
+    return 500
 
 
 class StatusEndpoint:
@@ -84,10 +112,14 @@ class StatusEndpoint:
         future = asyncio.run_coroutine_threadsafe(self._manager.request_rollback(model, version), loop)
         try:
             record = future.result(self._rollback_timeout_s)
-        except NotFoundError as error:
-            return 404, {"error": error.message}
         except TimeoutError:
             return 504, {"error": f"rollback still running after {self._rollback_timeout_s} s; see /status"}
+        except MonolithServingError as error:
+            logger.warning("rollback of %s to version %d refused: %s", model, version, error.message)
+            return http_status_for(error), {"error": error.message}
+        except Exception as error:  # a bug: the client still gets an answer, the log the traceback
+            logger.exception("rollback of %s to version %d failed", model, version)
+            return 500, {"error": f"internal error: {error!r}"}
         body = record_json(record) or {}
         return (200 if record.outcome is Outcome.SUCCEEDED else 409), body
 

@@ -68,6 +68,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--poll_interval_s", type=float, default=0.5, help="status poll period during a rollout")
     add_flag(parser, "--drain_s", type=float, default=1.0, help="wait between entry switch and PS cleanup")
     add_flag(parser, "--resend_interval_s", type=float, default=10.0, help="re-send a drifted replica's config")
+    add_flag(parser, "--retry_after_timeout_s", type=float, default=30.0,
+             help="retry a timed-out rollout after this long, doubling per timeout (default 30)")  # fmt: skip
+    add_flag(parser, "--retry_after_timeout_max_s", type=float, default=600.0,
+             help="cap of the retry delay after timeouts (default 600)")  # fmt: skip
     add_flag(parser, "--copy_rate_limit_bytes_per_s", type=int, default=0, help="copy bandwidth cap (0: none)")
     add_flag(parser, "--host", default="0.0.0.0", help="address of the HTTP port")
     add_flag(parser, "--metrics_port", type=int, default=0, help="HTTP port: /metrics, /status, /rollback (0: off)")
@@ -129,7 +133,12 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         bzid=args.bzid,
         ps_targets=ps_targets,
         entry_targets=entry_targets,
-        manager=ManagerConfig(scan_interval_s=args.scan_interval_s, keep_versions=args.keep_versions),
+        manager=ManagerConfig(
+            scan_interval_s=args.scan_interval_s,
+            keep_versions=args.keep_versions,
+            retry_after_timeout_s=args.retry_after_timeout_s,
+            retry_after_timeout_max_s=args.retry_after_timeout_max_s,
+        ),
         rollout=RolloutConfig(
             timeout_s=args.rollout_timeout_s,
             poll_interval_s=args.poll_interval_s,

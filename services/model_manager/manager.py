@@ -4,19 +4,24 @@ One ``step()`` per model and per ``scan_interval_s``, each part isolated (an exc
 traceback, counted and timed into ``monolith_model_manager_control_step_seconds``; it never stops the loop):
 
 ``scan`` the source → ``receive`` the newest complete version (p2p / remote sources) → ``observe`` every
-replica → ``rollout`` (or a requested rollback) → ``reconcile`` drifted replicas → ``retention`` → gauges →
+replica (and close connections to addresses no longer listed; adopt what serves after a restart) →
+``rollout`` (or a requested rollback) → ``reconcile`` drifted replicas → ``retention`` → gauges →
 ``persist`` the rollout state when it changed.
 
-With discovery (``recorder``), the failed versions and the rollback pin survive a restart: they are read
+With discovery (``recorder``), the failed versions, the rollback pin and the serving version (preferred when
+adopting, see ``RolloutCoordinator.adopt``) survive a restart: they are read
 back from the rollout-state node (``registry_state.py``) before the model's first rollout — no automatic
 rollout happens until that read succeeded — and every rollout first declares the model (v3) and writes
 its target and phase; a rollout whose declaration or state cannot be written does not start.
 
 Automatic rollouts only move forward, to the newest complete version that has not failed with its current
-fingerprint. A rollback pins the model: it is not rolled forward again until a version newer than every
-version present at rollback time appears. Everything runs on one asyncio task except the HTTP status
-thread, which reads the immutable ``snapshot()`` and hands rollback requests over with
-``asyncio.run_coroutine_threadsafe``.
+fingerprint. Only a load error fails a version; a rollout that timed out (e.g. a replica unreachable for a
+while) is retried after ``retry_after_timeout_s``, doubling with each consecutive timeout of that version up
+to ``retry_after_timeout_max_s`` (retries never stop while the version is the newest; they are not persisted:
+a restarted manager tries at once). A rollback pins the model: it is not rolled forward again until a
+version newer than every version present at rollback time appears. Everything runs on one asyncio task
+except the HTTP status thread, which reads the immutable ``snapshot()`` and hands rollback requests over
+with ``asyncio.run_coroutine_threadsafe``.
 """
 
 from __future__ import annotations
@@ -34,18 +39,25 @@ from typing import Any
 from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import (
     FailedPreconditionError,
+    InvalidArgumentError,
     MonolithServingError,
     NotFoundError,
     ResourceExhaustedError,
 )
 from monolith_serving.core.export_layout import list_versions
-from monolith_serving.model_manager.control import ServerKind
 from monolith_serving.model_manager.fs import LocalFileSystem
 from monolith_serving.model_manager.metrics import ModelManagerMetrics
 from monolith_serving.model_manager.p2p_copy import VersionCopier, received_versions
 from monolith_serving.model_manager.registry_state import RegistryRecorder, RollbackPin, RolloutState
 from monolith_serving.model_manager.retention import prune
-from monolith_serving.model_manager.rollout import ModelState, Outcome, Phase, RolloutCoordinator, RolloutRecord
+from monolith_serving.model_manager.rollout import (
+    AbortCause,
+    ModelState,
+    Outcome,
+    Phase,
+    RolloutCoordinator,
+    RolloutRecord,
+)
 from monolith_serving.model_manager.sources import VersionCandidate, VersionSource, spec_num_ps
 from monolith_serving.model_manager.status import model_status, record_json
 
@@ -57,6 +69,20 @@ class ManagerConfig:
     scan_interval_s: float = 2.0
     keep_versions: int = 5
     copy_retry_s: float = 60.0  # after a failed copy (disk full ...), wait this long before retrying it
+    retry_after_timeout_s: float = 30.0  # after a rollout timed out, wait this long before trying it again...
+    retry_after_timeout_max_s: float = 600.0  # ...doubling per consecutive timeout up to this
+
+    def __post_init__(self) -> None:
+        if not 0 < self.retry_after_timeout_s <= self.retry_after_timeout_max_s:
+            raise InvalidArgumentError("need 0 < --retry_after_timeout_s <= --retry_after_timeout_max_s")
+
+
+@dataclass(frozen=True)
+class TimeoutRetry:
+    """A version whose rollout timed out ``attempts`` times in a row; tried again from ``at_s`` (monotonic)."""
+
+    attempts: int
+    at_s: float
 
 
 @dataclass
@@ -70,11 +96,13 @@ class ManagedModel:
     first_seen_s: dict[int, float] = field(default_factory=dict)  # version -> wall clock
     failed: dict[int, str] = field(default_factory=dict)  # version -> fingerprint it failed with
     copy_failed_at: dict[int, float] = field(default_factory=dict)  # version -> monotonic
+    timeout_retries: dict[int, TimeoutRetry] = field(default_factory=dict)  # version -> when to roll out again
     hold_floor: int | None = None  # after a rollback: only versions above this roll out automatically
     pinned: int | None = None  # the version the last rollback went to (while hold_floor applies)
     restored: bool = False  # the persisted state was read (or there is no recorder)
     saved: dict[str, Any] | None = None  # content last written to the registry
     previous_rollout: dict[str, Any] | None = None  # the last rollout of a previous run (from the registry)
+    previous_serving: int | None = None  # the version a previous run committed as serving (from the registry)
     local_versions: tuple[int, ...] = ()  # complete versions replicas can load
     all_answered: bool = False
 
@@ -173,7 +201,9 @@ class ModelManager:
         if model.source.needs_copy:
             assert self._copier is not None
             model_dir = self._copier.model_dir(model.name)
-            model.local_versions = tuple(await loop.run_in_executor(None, received_versions, model_dir))
+            num_ps = model.state.target.num_ps if model.num_ps_fixed else None  # else each version's own spec
+            received = await loop.run_in_executor(None, received_versions, model_dir, num_ps)
+            model.local_versions = tuple(received)
         else:
             model.local_versions = tuple(sorted(model.candidates))
         if candidates:
@@ -215,7 +245,8 @@ class ModelManager:
 
     async def _observe(self, model: ManagedModel) -> None:
         model.all_answered = await self._coordinator.observe(model.state)
-        await self._coordinator.adopt(model.state)
+        if model.restored:  # the previous run's serving version, when there is one, is known by now
+            await self._coordinator.adopt(model.state, persisted_serving=model.previous_serving)
 
     def _version_dir(self, model: ManagedModel) -> Path:
         return Path(model.state.target.base_dir)
@@ -239,24 +270,41 @@ class ModelManager:
         record = await self._coordinator.rollout(
             model.state, version, rollback=rollback, on_phase=lambda: self._persist(model)
         )
-        if record.outcome is Outcome.FAILED:
+        if record.outcome is Outcome.FAILED and record.cause is AbortCause.TIMED_OUT:
+            self._schedule_retry(model, version)
+        elif record.outcome is Outcome.FAILED:
             candidate = model.candidates.get(version)
             model.failed[version] = candidate.fingerprint if candidate is not None else ""
         else:
             model.failed.pop(version, None)
+            model.timeout_retries.pop(version, None)
             if not rollback:  # rolled forward past the pin (only versions above it roll out): it is spent
                 model.pinned = model.hold_floor = None
         await self._publish()
         await self._persist(model)
         return record
 
+    def _schedule_retry(self, model: ManagedModel, version: int) -> None:
+        """A timeout says nothing about the version (a replica may have been unreachable for a while): try it
+        again later, backing off exponentially (bounded) while it keeps timing out."""
+        previous = model.timeout_retries.get(version)
+        attempts = 1 if previous is None else previous.attempts + 1
+        delay_s = min(self._config.retry_after_timeout_s * 2 ** (attempts - 1), self._config.retry_after_timeout_max_s)
+        model.timeout_retries[version] = TimeoutRetry(attempts, self._clock() + delay_s)
+        logger.warning(
+            "%s version %d timed out (%d time(s) in a row); retried in %.0f s", model.name, version, attempts, delay_s
+        )
+
+    def _waiting_for_retry(self, model: ManagedModel, version: int) -> bool:
+        retry = model.timeout_retries.get(version)
+        return retry is not None and self._clock() < retry.at_s
+
     async def _auto_rollout(self, model: ManagedModel) -> None:
         if not model.restored:
             return  # the failed versions and the pin of a previous run are not known yet
-        if not model.state.adopted and any(
-            v.replica.kind is ServerKind.ENTRY and v.error and v.hosting for v in model.state.views.values()
-        ):
-            return  # an entry did not answer: we cannot tell what serves; do not guess
+        if not model.state.adopted and any(v.error and v.hosting for v in model.state.views.values()):
+            # A replica did not answer and might hold a version: a first rollout's abort would serve nothing.
+            return
         eligible = [v for v in model.local_versions if self._eligible(model, v)]
         if not eligible:
             return
@@ -264,6 +312,8 @@ class ModelManager:
         serving = model.state.serving
         if serving is not None and target <= serving:
             return
+        if self._waiting_for_retry(model, target):
+            return  # its last rollout timed out; an older version is not rolled out meanwhile
         await self._rollout(model, target, rollback=False)
 
     async def _retention(self, model: ManagedModel) -> None:
@@ -360,6 +410,7 @@ class ModelManager:
             return
         model.saved = saved.content()
         model.previous_rollout = saved.last_rollout
+        model.previous_serving = saved.serving
         for version, fingerprint in saved.failed.items():
             model.failed.setdefault(version, fingerprint)
         if saved.rollback_pin is not None and model.hold_floor is None:
@@ -371,9 +422,9 @@ class ModelManager:
         )  # fmt: skip
         if saved.phase != Phase.IDLE.value:
             logger.warning(
-                "%s: the previous run stopped during a rollout to %s (phase %s); the serving version is "
-                "learned from the entries and the rollout is decided again",
-                model.name, saved.target, saved.phase,
+                "%s: the previous run stopped during a rollout to %s (phase %s); it is decided again from "
+                "version %s if replicas still serve it",
+                model.name, saved.target, saved.phase, saved.serving,
             )  # fmt: skip
 
     # ------------------------------------------------------------------ status

@@ -11,9 +11,13 @@ Target layout: ``{receive}/{model}/{sub_model}/{version}``. Protocol, chosen so 
 5. release the read lock.
 
 ``recover()`` (run at start) rolls a committed copy forward (finishes step 4) and deletes every other
-``-temp`` folder. A version counts as received only when every sub-model has it and no ``.staged`` marker
-is left (``received_versions``). Disk full (ENOSPC) aborts the copy cleanly: temp folders are removed and
-ResourceExhaustedError is raised. Blocking code: run it on an executor thread.
+``-temp`` folder. A version counts as received only when every sub-model *that version has* (``entry`` and
+``ps_0 … ps_{N-1}``, N from ``--num_ps`` or the version's own serving spec: the number of PS shards may
+change between versions, leaving other versions' ``ps_i`` folders behind) has its folder and no
+``.staged`` marker is left (``received_versions``). A sub-model folder already received with the source's
+files (names and sizes) is kept as is, never replaced: a replica may be loading from it. Disk full
+(ENOSPC) aborts the copy cleanly: temp folders are removed and ResourceExhaustedError is raised. Blocking
+code: run it on an executor thread.
 """
 
 from __future__ import annotations
@@ -30,8 +34,14 @@ from pathlib import Path
 
 from monolith_serving.core.errors import ResourceExhaustedError, UnavailableError
 from monolith_serving.core.export_layout import list_sub_models, list_versions
-from monolith_serving.model_manager.fs import FileSystem
-from monolith_serving.model_manager.sources import READ_LOCK_SUFFIX, VersionCandidate
+from monolith_serving.model_manager.fs import FileSystem, LocalFileSystem
+from monolith_serving.model_manager.sources import (
+    ENTRY,
+    READ_LOCK_SUFFIX,
+    VersionCandidate,
+    expected_sub_models,
+    spec_num_ps,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,20 +60,43 @@ def _lock_owner() -> str:
     return f"{socket.gethostname()} {os.getpid()}"
 
 
-def received_versions(model_dir: Path) -> list[int]:
-    """Versions present in every sub-model folder of ``{receive}/{model}`` and fully committed."""
+def received_versions(model_dir: Path, num_ps: int | None = None) -> list[int]:
+    """Versions of ``{receive}/{model}`` whose every sub-model is there and fully committed.
+
+    A version's sub-models are ``entry`` and ``ps_0 … ps_{N-1}`` with N = ``num_ps`` (``--num_ps``) or else
+    the version's own serving spec; a version without a readable spec must be in every sub-model folder."""
     try:
         sub_models = list_sub_models(model_dir)
+        entry_versions = list_versions(model_dir / ENTRY)
     except Exception:  # a missing folder: nothing received yet
         return []
-    if not sub_models:
-        return []
-    common: set[int] | None = None
-    for sub_model in sub_models:
-        versions = set(list_versions(model_dir / sub_model))
-        common = versions if common is None else common & versions
     pending = {int(p.name[: -len(STAGED_SUFFIX)]) for p in model_dir.glob(f"*{STAGED_SUFFIX}")}
-    return sorted((common or set()) - pending)
+    return [
+        version
+        for version in entry_versions
+        if version not in pending
+        and _has_sub_models(model_dir, version, _version_sub_models(model_dir, version, num_ps, sub_models))
+    ]
+
+
+def _version_sub_models(model_dir: Path, version: int, num_ps: int | None, present: list[str]) -> tuple[str, ...]:
+    """The sub-models ``version`` must have: from ``num_ps``, else its serving spec, else every folder present."""
+    if num_ps is None:
+        num_ps = spec_num_ps(LocalFileSystem(), str(model_dir / ENTRY / str(version)))
+    return expected_sub_models(num_ps) if num_ps is not None else tuple(present)
+
+
+def _has_sub_models(model_dir: Path, version: int, sub_models: tuple[str, ...]) -> bool:
+    return all((model_dir / sub_model / str(version)).is_dir() for sub_model in sub_models)
+
+
+def _same_files(fs: FileSystem, source: str, local: Path) -> bool:
+    """``local`` holds exactly the files of ``source`` (relative names and sizes): a complete copy of it."""
+    if not local.is_dir():
+        return False
+    wanted = {info.name: info.size for info in fs.walk_files(source)}
+    held = {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*") if p.is_file()}
+    return wanted == held
 
 
 class VersionCopier:
@@ -84,9 +117,11 @@ class VersionCopier:
         return self._config.receive_dir / model
 
     def copy(self, fs: FileSystem, candidate: VersionCandidate) -> int | None:
-        """Copies ``candidate`` unless it is already received (None); returns the bytes copied."""
+        """Copies ``candidate`` unless it is already received (None); returns the bytes copied. Sub-models
+        already received complete (a crash removed another) are kept, not copied again."""
         model_dir = self.model_dir(candidate.model)
-        if candidate.version in received_versions(model_dir):
+        staged = model_dir / f"{candidate.version}{STAGED_SUFFIX}"
+        if not staged.exists() and _has_sub_models(model_dir, candidate.version, candidate.sub_models):
             return None
         if candidate.lock_path is not None:
             fs.write_text(candidate.lock_path, _lock_owner() + "\n")
@@ -96,13 +131,14 @@ class VersionCopier:
             copied = 0
             for sub_model, source_path in sorted(candidate.sub_model_paths.items()):
                 final = model_dir / sub_model / str(candidate.version)
+                if _same_files(fs, source_path, final):
+                    continue  # complete already, and a replica may be loading from it: never replaced
                 temp = model_dir / sub_model / f"{candidate.version}{TEMP_SUFFIX}"
                 temps.append((temp, final))
                 if temp.exists():
                     shutil.rmtree(temp)
                 temp.mkdir(parents=True)
                 copied = self._copy_tree(fs, source_path, temp, started, copied)
-            staged = model_dir / f"{candidate.version}{STAGED_SUFFIX}"
             staged.write_text("")  # the commit point: recover() finishes the renames from here
             _finish(model_dir, candidate.version)
         except OSError as error:

@@ -5,16 +5,21 @@ For a new version V of a model serving ``old`` (transport-free: replicas are dri
 
 1. **PS phase** — every PS replica gets ``specific {old, V}`` and loads V beside old. Wait (bounded by
    ``timeout_s``) until every PS task has at least one replica and V is AVAILABLE on all its replicas.
+   (``old`` stands for every version the PS keeps for the entries: after a restarted manager adopted
+   entries split mid-rollout, that can be more than one; see ``adopt``.)
 2. **Entry phase** — every entry gets ``specific {V}``; wait until each reports V AVAILABLE and old gone.
    An entry serves V only with PS rows of V (it pins its PS calls to its own version), and every PS
    replica holds both versions meanwhile, so no response mixes versions.
 3. **Drain** ``drain_s`` (requests that started on old finish), then **PS cleanup** — ``specific {V}``.
 
-A load failure (a replica reports V END with an error) or the deadline aborts: entries (only if the entry
-phase had begun) go back to ``specific {old}``, then PS to ``specific {old}``; old keeps serving throughout.
+A load failure (a replica reports V END with an error) or the deadline aborts (the record's ``cause`` says
+which): entries (only if the entry phase had begun) go back to ``specific {old}``, then PS to
+``specific {old}``; old keeps serving throughout.
 When nothing served before (a failed *first* rollout), the abort restores exactly that: PS replicas get
 ``specific {}`` (the PS unloads every version) and touched entries an empty model list (``LoadConfig.drop``),
-so V serves nowhere and the model serves nothing until a later version succeeds.
+so V serves nowhere and the model serves nothing until a later version succeeds. A rollout is a first one
+only when no replica held a version: a restarted manager ``adopt``s what the replicas serve before any
+rollout.
 
 The coordinator keeps the *desired* config of every model (``ModelState``) and ``reconcile`` re-sends it to
 replicas that drifted (a restarted replica comes back with its own start-up config). Not thread-safe:
@@ -101,6 +106,13 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
 
 
+class AbortCause(enum.StrEnum):
+    """Why a rollout failed: only a load error says the version itself is bad."""
+
+    LOAD_FAILED = "load_failed"  # a replica reported the version END with an error
+    TIMED_OUT = "timed_out"  # the deadline passed (a slow load, or a replica unreachable for a while)
+
+
 @dataclass(frozen=True)
 class RolloutRecord:
     version: int
@@ -110,6 +122,7 @@ class RolloutRecord:
     started_s: float  # wall clock
     finished_s: float
     rollback: bool = False
+    cause: AbortCause | None = None  # set when the outcome is FAILED
 
 
 @dataclass(frozen=True)
@@ -158,7 +171,11 @@ class ModelState:
 
 
 class RolloutError(MonolithServingError):
-    """A phase could not finish: a load failed or the deadline passed."""
+    """A phase could not finish: a load failed or the deadline passed (``cause`` says which)."""
+
+    def __init__(self, message: str, cause: AbortCause) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 def _versions(*versions: int | None) -> tuple[int, ...]:
@@ -216,6 +233,9 @@ class RolloutCoordinator:
         notify = _listener(on_phase)
         model = state.target.name
         old = state.serving
+        # What the PS keeps while V loads: the serving version and any other an entry may still serve (after
+        # adopting entries split mid-rollout); every entry must be rid of them before the PS drops them.
+        kept = set(state.ps_versions) | set(_versions(old))
         started_s, started = self._wall(), self._clock()
         what = "rollback" if rollback else "rollout"
         logger.info("%s %s: %s from version %s to %d", model, what, what, old, version)
@@ -225,14 +245,14 @@ class RolloutCoordinator:
         entries_touched = False
         try:
             state.phase = Phase.PS_LOADING
-            state.ps_versions = _versions(old, version)
+            state.ps_versions = _versions(*kept, version)
             await notify()
             await self._converge(state, ServerKind.PS, deadline, want={version}, gone=set(), fail_on=version)
             state.phase = Phase.ENTRY_SWITCHING
             entries_touched = True
             state.entry_versions = (version,)
             await notify()
-            gone = {old} - {version} if old is not None else set()
+            gone = kept - {version}
             await self._converge(state, ServerKind.ENTRY, deadline, want={version}, gone=gone, fail_on=version)
             state.serving = version
             state.serving_since_s = self._wall()
@@ -252,8 +272,10 @@ class RolloutCoordinator:
         except RolloutError as error:
             state.phase = Phase.ABORTING
             await notify()
-            await self._abort(state, old, version, entries_touched)
-            record = RolloutRecord(version, old, Outcome.FAILED, error.message, started_s, self._wall(), rollback)
+            await self._abort(state, old, version, entries_touched, kept)
+            record = RolloutRecord(
+                version, old, Outcome.FAILED, error.message, started_s, self._wall(), rollback, error.cause
+            )
             self._metrics.rollout_failures.labels(model).inc()
             logger.error(
                 "%s %s to version %d ABORTED, %s: %s",
@@ -270,8 +292,11 @@ class RolloutCoordinator:
         self._metrics.rollout_seconds.labels(model).observe(self._clock() - started)
         return record
 
-    async def _abort(self, state: ModelState, old: int | None, version: int, entries_touched: bool) -> None:
-        """Back to what served before: ``specific {old}``, or serve nothing when ``old`` is None."""
+    async def _abort(
+        self, state: ModelState, old: int | None, version: int, entries_touched: bool, kept: set[int]
+    ) -> None:
+        """Back to what served before: entries ``specific {old}``, or serve nothing when ``old`` is None; the
+        PS keeps what it kept for the entries before (``reconcile`` releases it once they settle)."""
         deadline = self._clock() + self._config.timeout_s
         if entries_touched:
             state.entry_versions = _versions(old)
@@ -281,7 +306,7 @@ class RolloutCoordinator:
                 )
             except RolloutError as error:
                 logger.error("%s: entries did not all return to version %s: %s", state.target.name, old, error.message)
-        state.ps_versions = _versions(old)
+        state.ps_versions = _versions(*(kept - {version}))
         try:
             await self._converge(state, ServerKind.PS, deadline, want=set(_versions(old)), gone={version}, fail_on=None)
         except RolloutError as error:
@@ -309,7 +334,8 @@ class RolloutCoordinator:
                     if status.version == fail_on and status.failed:
                         raise RolloutError(
                             f"{view.replica.sub_graph} replica {view.replica.address}: version {fail_on} failed "
-                            f"to load: {status.error}"
+                            f"to load: {status.error}",
+                            AbortCause.LOAD_FAILED,
                         )
             pending = [
                 f"{v.replica.sub_graph}@{v.replica.address}"
@@ -323,7 +349,9 @@ class RolloutCoordinator:
             if not pending:
                 return
             if self._clock() >= deadline:
-                raise RolloutError(f"timed out waiting for {kind.value} replicas: {', '.join(pending)}")
+                raise RolloutError(
+                    f"timed out waiting for {kind.value} replicas: {', '.join(pending)}", AbortCause.TIMED_OUT
+                )
             await self._sleep(self._config.poll_interval_s)
 
     async def _push(self, state: ModelState, replicas: Sequence[Replica], deadline: float) -> None:
@@ -435,7 +463,9 @@ class RolloutCoordinator:
     # ------------------------------------------------------------------ steady state
 
     async def observe(self, state: ModelState) -> bool:
-        """Refreshes every replica's view (and forgets vanished replicas); True when all answered."""
+        """Refreshes every replica's view (and forgets vanished replicas); True when all answered. Then lets
+        the control release what it holds for addresses no tracked model lists any more: pods come and go
+        with new addresses, and each would otherwise keep a connection for good."""
         self.track(state)
         replicas = self._control.replicas(state.target.name)
         known = set(replicas)
@@ -443,25 +473,36 @@ class RolloutCoordinator:
             del state.views[gone]
             state.sent.pop(gone, None)
         views = await self._observe_replicas(state, replicas)
+        listed = {r.address for name in self._states for r in self._control.replicas(name)}
+        await self._control.retain(listed)
         return all(not v.error for v in views)
 
-    async def adopt(self, state: ModelState) -> None:
-        """Learns the serving version from the entries (at start, before the first rollout): the newest
-        version AVAILABLE on every entry that answers. Leaves ``state`` alone when entries serve nothing."""
+    async def adopt(self, state: ModelState, *, persisted_serving: int | None = None) -> None:
+        """Learns what serves (at start, after ``observe``, before the first rollout), so that a rollout never
+        starts as a *first* one -- whose abort serves nothing -- while some replica still holds a version.
+
+        The serving version is, in order: ``persisted_serving`` (the previous run's, from the state node)
+        while some entry has it AVAILABLE and every PS shard holds it; else the newest such version; failing
+        both (entries restarting, shards split), the persisted version if some replica holds it, else the
+        newest one an entry holds, else the newest one a PS holds (see ``adoptable_version``). The PS is told
+        to keep every version an entry serves now (entries may be split mid-rollout) until the entries settle
+        (see ``reconcile``). Leaves ``state`` alone when no replica that answered holds anything (a fresh
+        cluster)."""
         if state.adopted:
             return
-        entries = [v for v in state.views.values() if v.replica.kind is ServerKind.ENTRY and not v.error]
-        common: set[int] | None = None
-        for view in entries:
-            common = view.available() if common is None else common & view.available()
-        if not common:
+        views = list(state.views.values())
+        version = adoptable_version(views, persisted_serving)
+        if version is None:
             return
-        version = max(common)
         state.serving = version
-        state.ps_versions = state.entry_versions = (version,)
+        state.entry_versions = (version,)
+        state.ps_versions = _versions(version, *_served_by_entries(views))
         state.serving_since_s = self._wall()
         state.adopted = True
-        logger.info("%s: adopted version %d, served by the entries now", state.target.name, version)
+        logger.info(
+            "%s: adopted version %d (PS keeps %s while entries serve them)",
+            state.target.name, version, list(state.ps_versions),
+        )  # fmt: skip
 
     async def reconcile(self, state: ModelState) -> None:
         """Re-sends the desired config to replicas whose status drifted from it (call when idle, after
@@ -470,6 +511,7 @@ class RolloutCoordinator:
         self.track(state)
         if state.phase is not Phase.IDLE or not state.adopted:
             return
+        _release_ps_versions(state)
         now = self._clock()
         todo = []
         for replica, view in state.views.items():
@@ -492,6 +534,66 @@ class RolloutCoordinator:
                     )  # fmt: skip
                 todo.append((replica, config))
         await self._send_all(state, todo, now + self._config.timeout_s)
+
+
+def _served_by_entries(views: Iterable[ReplicaView]) -> set[int]:
+    """Versions AVAILABLE on some entry that answered."""
+    return {v for view in views if view.replica.kind is ServerKind.ENTRY and not view.error for v in view.available()}
+
+
+def _held_by_every_ps_shard(views: Iterable[ReplicaView]) -> set[int]:
+    """Versions AVAILABLE on some replica of every PS shard seen (a shard none of whose replicas answered
+    holds nothing we know of)."""
+    by_task: dict[int, set[int]] = {}
+    for view in views:
+        if view.replica.kind is ServerKind.PS:
+            by_task.setdefault(view.replica.task, set()).update(() if view.error else view.available())
+    shards = iter(by_task.values())
+    common = set(next(shards, set()))
+    for held in shards:
+        common &= held
+    return common
+
+
+def _held(views: Iterable[ReplicaView], kind: ServerKind) -> set[int]:
+    """Versions some answering replica of ``kind`` holds (START, LOADING or AVAILABLE)."""
+    return {
+        s.version
+        for view in views
+        if view.replica.kind is kind and not view.error
+        for s in view.versions
+        if s.state in _HELD
+    }
+
+
+def adoptable_version(views: Sequence[ReplicaView], persisted_serving: int | None) -> int | None:
+    """The version a (re)started manager takes as serving (see ``RolloutCoordinator.adopt``); None only when
+    no replica that answered holds any version."""
+    complete = _served_by_entries(views) & _held_by_every_ps_shard(views)
+    if persisted_serving in complete:
+        return persisted_serving
+    if complete:
+        return max(complete)
+    held_by_entries, held_by_ps = _held(views, ServerKind.ENTRY), _held(views, ServerKind.PS)
+    if persisted_serving is not None and persisted_serving in held_by_entries | held_by_ps:
+        return persisted_serving
+    for held in (held_by_entries, held_by_ps):
+        if held:
+            return max(held)
+    return None
+
+
+def _release_ps_versions(state: ModelState) -> None:
+    """Drops the versions adoption kept on the PS for entries that served them, once every entry serves only
+    its desired versions (an unreachable entry might still serve one: then nothing is dropped)."""
+    wanted = set(state.entry_versions)
+    if not wanted or set(state.ps_versions) <= wanted:
+        return
+    entries = [v for v in state.views.values() if v.replica.kind is ServerKind.ENTRY]
+    if all((not v.error or not v.hosting) and v.available() <= wanted for v in entries):
+        logger.info("%s: entries settled on %s; PS released %s", state.target.name, sorted(wanted),
+                    sorted(set(state.ps_versions) - wanted))  # fmt: skip
+        state.ps_versions = state.entry_versions
 
 
 def _listener(on_phase: PhaseListener | None) -> PhaseListener:

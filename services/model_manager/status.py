@@ -23,6 +23,7 @@ def record_json(record: RolloutRecord | None) -> dict[str, Any] | None:
         "outcome": record.outcome.value,
         "reason": record.reason,
         "rollback": record.rollback,
+        "cause": None if record.cause is None else record.cause.value,
         "started": record.started_s,
         "finished": record.finished_s,
     }

@@ -16,7 +16,7 @@ from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.discovery.static import StaticDiscovery
 from monolith_serving.entry.servicer import entry_config_from_proto
-from monolith_serving.model_manager.control import LoadConfig, ServerKind, VersionState
+from monolith_serving.model_manager.control import LoadConfig, ServerKind, VersionState, VersionStatus
 from monolith_serving.model_manager.fs import LocalFileSystem
 from monolith_serving.model_manager.grpc_control import reload_request
 from monolith_serving.model_manager.manager import ManagedModel, ManagerConfig, ModelManager
@@ -271,3 +271,36 @@ def test_a_drop_config_is_an_empty_model_list_the_entry_reads_as_no_model() -> N
     empty = reload_request([LoadConfig("ps_0", "/m/ps_0", ())])
     policy = empty.config.model_config_list.config[0].model_version_policy
     assert policy.WhichOneof("policy_choice") == "specific" and list(policy.specific.versions) == []
+
+
+def test_a_manager_restarted_mid_rollout_decides_it_again_from_the_persisted_serving_version(tmp_path: Path) -> None:
+    # The previous run died in the entry phase of 1 -> 2: entry-0 still serves 1 (it cannot load 2), entry-1
+    # switched to 2, every PS holds both. The new run rolls 1 -> 2 again; its abort goes back to 1 everywhere
+    # (not to "serve nothing", which a first rollout's abort would do).
+    src = tmp_path / "src"
+    discovery = FlakyDiscovery()
+    cluster = FakeCluster(base_dir=str(tmp_path / "receive" / MODEL))
+    for node in cluster.nodes.values():
+        if node.replica.kind is ServerKind.PS:
+            node.versions = {v: VersionStatus(v, VersionState.AVAILABLE) for v in (1, 2)}
+    cluster.nodes["entry-0:1"].versions = {1: VersionStatus(1, VersionState.AVAILABLE)}
+    cluster.nodes["entry-1:1"].versions = {2: VersionStatus(2, VersionState.AVAILABLE)}
+    cluster.broken_entries["entry-0:1"] = {2}
+
+    async def scenario() -> None:
+        await discovery.start()
+        previous = RolloutState(MODEL, serving=1, target=2, phase="entry_switching")
+        await discovery.set_persistent(STATE_PATH, previous.to_json())
+        manager, model = make_manager(tmp_path, discovery, cluster)
+        publish(src, 1)
+        publish(src, 2)
+        await manager.step()
+        record = model.state.last_rollout
+        assert record is not None and (record.previous, record.version, record.outcome.value) == (1, 2, "failed")
+        assert model.state.serving == 1 and 2 in model.failed
+        assert cluster.serving(ServerKind.ENTRY) == {1} and cluster.serving(ServerKind.PS) == {1}
+        ps_sent = [c.versions for c in cluster.nodes["ps0-0:1"].configs]
+        assert ps_sent == [(1, 2), (1,)], ps_sent  # kept what the entries served, never specific {}
+        assert saved(discovery).serving == 1 and cluster.violations == []
+
+    asyncio.run(scenario())

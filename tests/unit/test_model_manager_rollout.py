@@ -18,12 +18,15 @@ from monolith_serving.model_manager.control import LoadConfig, Replica, ServerKi
 from monolith_serving.model_manager.grpc_control import reload_request
 from monolith_serving.model_manager.metrics import ModelManagerMetrics
 from monolith_serving.model_manager.rollout import (
+    AbortCause,
     ModelState,
     ModelTarget,
     Outcome,
     Phase,
+    ReplicaView,
     RolloutConfig,
     RolloutCoordinator,
+    adoptable_version,
 )
 
 
@@ -71,7 +74,7 @@ def test_a_failed_ps_load_aborts_and_leaves_entries_untouched() -> None:
     cluster.broken.add(2)
     record = asyncio.run(coordinator.rollout(state, 2))
     assert record.outcome is Outcome.FAILED
-    assert "corrupt dump" in record.reason
+    assert "corrupt dump" in record.reason and record.cause is AbortCause.LOAD_FAILED
     assert state.serving == 1 and state.ps_versions == (1,) and state.entry_versions == (1,)
     assert [c.versions for c in cluster.nodes["entry-0:1"].configs] == [(1,)]  # never touched
     assert [c.versions for c in cluster.nodes["ps1-1:1"].configs][-1] == (1,)
@@ -87,7 +90,7 @@ def test_a_rollout_times_out_when_a_shard_never_loads() -> None:
     cluster.slow_ps.add(2)
     record = asyncio.run(coordinator.rollout(state, 2))
     assert record.outcome is Outcome.FAILED
-    assert "timed out" in record.reason and "ps_0" in record.reason
+    assert "timed out" in record.reason and "ps_0" in record.reason and record.cause is AbortCause.TIMED_OUT
     assert state.serving == 1 and cluster.serving(ServerKind.ENTRY) == {1}
     assert failures(metrics) == 1
 
@@ -155,6 +158,44 @@ def test_adopt_learns_the_version_entries_serve() -> None:
     assert state.serving == 7 and state.ps_versions == (7,) and state.in_use() == {7}
     record = asyncio.run(coordinator.rollout(state, 8))
     assert record.outcome is Outcome.SUCCEEDED and cluster.violations == []
+
+
+def test_adopting_split_entries_keeps_their_versions_on_the_ps_until_the_entries_settle() -> None:
+    cluster = FakeCluster()
+    for node in cluster.nodes.values():
+        node.versions = {v: VersionStatus(v, VersionState.AVAILABLE) for v in (1, 2)}
+    cluster.nodes["entry-0:1"].versions = {1: VersionStatus(1, VersionState.AVAILABLE)}
+    cluster.nodes["entry-1:1"].versions = {2: VersionStatus(2, VersionState.AVAILABLE)}
+    coordinator, state, _ = make(cluster)
+    asyncio.run(coordinator.observe(state))
+    asyncio.run(coordinator.adopt(state))
+    assert state.serving == 2 and state.entry_versions == (2,) and state.ps_versions == (1, 2)
+    asyncio.run(coordinator.reconcile(state))  # entry-0 moves to 2; the PS still keeps 1 meanwhile
+    assert cluster.serving(ServerKind.ENTRY) == {2} and cluster.serving(ServerKind.PS) == {1, 2}
+    asyncio.run(coordinator.observe(state))
+    asyncio.run(coordinator.reconcile(state))  # every entry settled: 1 is released
+    assert state.ps_versions == (2,) and cluster.serving(ServerKind.PS) == {2}
+    assert cluster.violations == []
+
+
+@pytest.mark.parametrize(
+    ("entries", "ps", "persisted", "adopted"),
+    [
+        ({1}, {1}, None, 1),
+        ({1, 2}, {1, 2}, 1, 1),  # the previous run's serving version wins while entries and PS still have it
+        ({1, 2}, {1, 2}, None, 2),
+        ({2}, {1}, None, 2),  # no version complete anywhere: the newest an entry holds
+        (set(), {1}, 3, 1),  # the persisted version is held by no replica: not taken
+        (set(), set(), 3, None),  # nothing held: a fresh cluster, the next rollout is a first one
+    ],
+)
+def test_adoptable_version(entries: set[int], ps: set[int], persisted: int | None, adopted: int | None) -> None:
+    def view(kind: ServerKind, versions: set[int]) -> ReplicaView:
+        statuses = tuple(VersionStatus(v, VersionState.AVAILABLE) for v in versions)
+        return ReplicaView(Replica(kind, 0, f"{kind.value}:1"), statuses)
+
+    views = [view(ServerKind.ENTRY, entries), view(ServerKind.PS, ps)]
+    assert adoptable_version(views, persisted) == adopted
 
 
 @pytest.mark.parametrize("entries", [0, 1])

@@ -161,6 +161,45 @@ def test_recover_rolls_committed_copies_forward_and_drops_the_rest(tmp_path: Pat
     assert sorted(p.name for p in model_dir.rglob("*")) == ["1", "1", "entry", "ps_0"]
 
 
+def test_a_version_with_fewer_ps_shards_is_received_once_and_its_folders_never_replaced(tmp_path: Path) -> None:
+    # Version 1 has two PS shards, version 2 (resharded) one: the ps_1 folder of version 1 stays behind.
+    p2p_version(tmp_path / "src", 1, num_ps=2)
+    p2p_version(tmp_path / "src", 2, num_ps=1)
+    fs = LocalFileSystem()
+    candidates = {c.version: c for c in P2pSource(fs, str(tmp_path / "src"), MODEL).scan()}
+    copier = VersionCopier(CopyConfig(tmp_path / "receive"))
+    model_dir = tmp_path / "receive" / MODEL
+    assert copier.copy(fs, candidates[1]) and copier.copy(fs, candidates[2])
+    assert received_versions(model_dir) == [1, 2]
+    assert received_versions(model_dir, num_ps=2) == [1]  # --num_ps 2: version 2 misses ps_1
+    live = {sub_model: (model_dir / sub_model / "2").stat().st_ino for sub_model in ("entry", "ps_0")}
+    assert copier.copy(fs, candidates[2]) is None  # received: not copied again
+    assert {sub_model: (model_dir / sub_model / "2").stat().st_ino for sub_model in live} == live
+
+
+def test_a_copy_keeps_sub_model_folders_already_received_complete(tmp_path: Path) -> None:
+    p2p_version(tmp_path / "src", 1)
+    fs = LocalFileSystem()
+    [candidate] = P2pSource(fs, str(tmp_path / "src"), MODEL).scan()
+    copier = VersionCopier(CopyConfig(tmp_path / "receive"))
+    model_dir = tmp_path / "receive" / MODEL
+    everything = copier.copy(fs, candidate)
+    ps_0 = model_dir / "ps_0" / "1"
+    shutil.rmtree(model_dir / "entry" / "1")  # e.g. a retention interrupted after the entry folder
+    for path in (model_dir / "ps_1" / "1").rglob("*"):
+        if path.is_file():
+            path.write_bytes(b"")  # ...and a PS folder left half-deleted: copied again
+    kept = ps_0.stat().st_ino
+    copied = copier.copy(fs, candidate)
+    assert copied is not None and 0 < copied < (everything or 0)
+    assert ps_0.stat().st_ino == kept  # complete: a replica may load from it, so it is never replaced
+    assert received_versions(model_dir) == [1]
+    source = tmp_path / "src" / f"{MODEL}@1" / MODEL / "ps_1" / "1"
+    assert sorted(p.read_bytes() for p in (model_dir / "ps_1" / "1").rglob("*") if p.is_file()) == sorted(
+        p.read_bytes() for p in source.rglob("*") if p.is_file()
+    )
+
+
 def test_rate_limit_sleeps_to_stay_under_the_rate(tmp_path: Path) -> None:
     p2p_version(tmp_path / "src", 1)
     [candidate] = P2pSource(LocalFileSystem(), str(tmp_path / "src"), MODEL).scan()

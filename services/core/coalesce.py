@@ -10,6 +10,10 @@ fixed few microseconds, so under load a server saves most by doing fewer, larger
   group that would grow past ``max_size`` is sent at once and a new one started, so a merged call never
   holds more than ``max_size`` (unless one caller alone does);
 - every caller gets back exactly its own answer;
+- a pending group waits for the call in flight at most ``PATIENCE`` of its most urgent caller's time left
+  (counted from when that caller joined); then it runs beside it. Calls take milliseconds, so normally the
+  group goes when the call returns; but a call stuck on a hung backend must not hold every later caller until
+  their deadlines pass, when a call of their own could still be retried elsewhere in time;
 - the merged call runs until the latest deadline of its participants, but each caller stops waiting at its
   own deadline (the ``expired`` error) and never hangs;
 - an error of the merged call reaches every participant still waiting; cancelling one caller cancels only
@@ -44,10 +48,16 @@ class _Waiter(Generic[Q, A]):
     timer: asyncio.TimerHandle | None = None
 
 
+PATIENCE = 0.25
+"""The share of its most urgent caller's time left that a pending group waits for the call in flight."""
+
+
 @dataclass(eq=False)
 class _Group(Generic[Q, A]):
     waiters: list[_Waiter[Q, A]] = field(default_factory=list)
     size: int = 0
+    start_by: float | None = None  # on the coalescer's clock: when it runs even if the call in flight has not returned
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(eq=False)
@@ -118,7 +128,26 @@ class Coalescer(Generic[K, Q, A]):
         if group.size >= self._max_size:
             state.pending = None
             self._send(key, state, group)
+        else:
+            self._bound_wait(key, state, group, waiter)
         return await waiter.future
+
+    def _bound_wait(self, key: K, state: _KeyState[Q, A], group: _Group[Q, A], waiter: _Waiter[Q, A]) -> None:
+        """Makes ``group`` run by ``PATIENCE`` of ``waiter``'s time left, if that is sooner than planned."""
+        now = self._clock()
+        start_by = now + PATIENCE * max(waiter.deadline - now, 0.0)
+        if group.start_by is not None and group.start_by <= start_by:
+            return
+        if group.timer is not None:
+            group.timer.cancel()
+        group.start_by = start_by
+        group.timer = asyncio.get_running_loop().call_later(start_by - now, self._impatient, key, state, group)
+
+    def _impatient(self, key: K, state: _KeyState[Q, A], group: _Group[Q, A]) -> None:
+        """The call in flight is taking too long for ``group``: it runs now, beside that call."""
+        if state.pending is group:
+            state.pending = None
+            self._send(key, state, group)
 
     def _finished(self, key: K, state: _KeyState[Q, A]) -> None:
         """A call for ``key`` returned (or failed): the pending group, if any, goes next."""
@@ -148,6 +177,8 @@ class Coalescer(Generic[K, Q, A]):
             self._start(key, state, group)
 
     def _start(self, key: K, state: _KeyState[Q, A], group: _Group[Q, A]) -> None:
+        if group.timer is not None:
+            group.timer.cancel()
         task = asyncio.get_running_loop().create_task(self._run(key, state, group))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

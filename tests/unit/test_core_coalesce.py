@@ -122,3 +122,51 @@ def test_a_group_never_grows_past_max_size(max_size: int) -> None:
         assert len(calls.one_calls) + len(calls.many_calls) == 1 + -(-5 // max_size)
 
     asyncio.run(scenario())
+
+
+class StuckFirst(Calls):
+    """The first call hangs (a backend that accepts and never answers); every later call answers at once."""
+
+    async def one(self, key: str, item: int, deadline: float) -> int:
+        self.one_calls.append(item)
+        if len(self.one_calls) == 1:
+            await self.gate.wait()
+        return item * 10
+
+
+def test_a_group_does_not_wait_for_a_stuck_call_past_its_patience() -> None:
+    """A pending group waits for the call in flight at most PATIENCE of its most urgent caller's time left, then
+    runs beside it, so one stuck call cannot make every later caller miss its deadline."""
+
+    async def scenario() -> None:
+        calls = StuckFirst()
+        merged = coalescer(calls)
+        stuck = asyncio.create_task(merged.submit("k", 0, time.monotonic() + 30))
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        late = [asyncio.create_task(merged.submit("k", i, started + 2.0)) for i in (1, 2)]
+        answers = await asyncio.wait_for(asyncio.gather(*late), 1.9)
+        assert answers == [10, 20] and calls.many_calls == [[1, 2]]
+        # Not before its patience (a quarter of 2 s): a call that returns in time still takes the group.
+        assert time.monotonic() - started >= 0.45
+        assert not stuck.done()
+        calls.gate.set()
+        assert await asyncio.wait_for(stuck, 5) == 0
+
+    asyncio.run(scenario())
+
+
+def test_the_most_urgent_caller_sets_the_patience_of_its_group() -> None:
+    async def scenario() -> None:
+        calls = StuckFirst()
+        merged = coalescer(calls)
+        stuck = asyncio.create_task(merged.submit("k", 0, time.monotonic() + 30))
+        await asyncio.sleep(0)
+        relaxed = asyncio.create_task(merged.submit("k", 1, time.monotonic() + 20))
+        await asyncio.sleep(0)
+        urgent = asyncio.create_task(merged.submit("k", 2, time.monotonic() + 0.8))
+        assert await asyncio.wait_for(asyncio.gather(relaxed, urgent), 0.7) == [10, 20]
+        calls.gate.set()
+        await asyncio.wait_for(stuck, 5)
+
+    asyncio.run(scenario())

@@ -138,8 +138,10 @@ def test_a_queued_caller_stops_at_its_own_deadline_while_the_others_get_their_ro
         outputs, _ = await patient
         np.testing.assert_array_equal(outputs["user"], rows_of(arr(3), 2))
         await first
-        # The expired caller's fids are not asked for any more.
-        assert shards.calls[1][2] == {"user": [3]}
+        # The group did not wait for the stuck first call past a quarter of the hurried caller's time
+        # (core.coalesce.PATIENCE): it ran beside it, the hurried caller in it unless the loop stalled past its
+        # deadline first.
+        assert shards.calls[1][2] in ({"user": [2, 3]}, {"user": [3]})
 
     asyncio.run(scenario())
 

@@ -110,14 +110,38 @@ def to_tensor_proto(array: Any, *, datatype: int | None = None) -> tensor_pb2.Te
     return proto
 
 
-def tensor_shape(proto: tensor_pb2.TensorProto, name: str = "tensor") -> tuple[int, ...]:
-    """The fully known shape of ``proto``; unknown rank or dimensions are an error."""
+MAX_RANK = 64
+"""numpy's most dimensions (TF allows 254, but numpy cannot build such an array)."""
+
+_MAX_ARRAY_BYTES = int(np.iinfo(np.intp).max)
+
+
+def tensor_shape(proto: tensor_pb2.TensorProto, name: str = "tensor", *, itemsize: int = 1) -> tuple[int, ...]:
+    """The fully known shape of ``proto``; unknown rank or dimensions are an error, and so is a shape numpy
+    cannot build for elements of ``itemsize`` bytes (more than ``MAX_RANK`` dimensions, or too many bytes)."""
     if proto.tensor_shape.unknown_rank:
         raise TensorCodecError(f"input {name!r}: shape has unknown rank")
-    shape = tuple(int(d.size) for d in proto.tensor_shape.dim)
+    dims = proto.tensor_shape.dim
+    if len(dims) > MAX_RANK:
+        raise TensorCodecError(f"input {name!r}: shape has {len(dims)} dimensions, at most {MAX_RANK} are supported")
+    shape = tuple(int(d.size) for d in dims)
     if any(size < 0 for size in shape):
         raise TensorCodecError(f"input {name!r}: shape {list(shape)} has a negative dimension")
+    _check_addressable(shape, itemsize, name)
     return shape
+
+
+def _check_addressable(shape: tuple[int, ...], itemsize: int, name: str) -> None:
+    """numpy refuses a shape whose non-zero dimensions times the item size overflow its index type, even when a
+    zero dimension makes the array empty: [0, 2**62] of float32 cannot be built."""
+    span = itemsize
+    for size in shape:
+        span *= size or 1
+    if span > _MAX_ARRAY_BYTES:
+        raise TensorCodecError(
+            f"input {name!r}: shape {list(shape)} is too large for numpy ({span} bytes counting its non-zero "
+            f"dimensions, more than {_MAX_ARRAY_BYTES})"
+        )
 
 
 MAX_FILLED_ELEMENTS = 1 << 22
@@ -132,13 +156,23 @@ def from_tensor_proto(
     """Decodes ``proto`` into a numpy array of its shape.
 
     DT_STRING decodes to an object array of bytes. Raises TensorCodecError naming ``name`` when the
-    dtype is unsupported, the element count does not match the shape, or a single value would fill more
-    than ``max_filled_elements``.
+    dtype is unsupported, the shape is one numpy cannot build, the element count does not match the shape,
+    a single value would fill more than ``max_filled_elements``, or numpy refuses the data in any other way.
     """
     info = _BY_DATATYPE.get(proto.dtype)
     if info is None:
         raise TensorCodecError(f"input {name!r}: unsupported dtype {dtype_name(proto.dtype)}")
-    shape = tensor_shape(proto, name)
+    shape = tensor_shape(proto, name, itemsize=info.numpy_dtype.itemsize)
+    try:
+        return _decode(proto, info, shape, name, max_filled_elements)
+    except (ValueError, OverflowError) as error:
+        # A numpy limit the checks above do not foresee is still the client's tensor, never an internal error.
+        raise TensorCodecError(f"input {name!r}: cannot decode a {dtype_name(proto.dtype)} tensor: {error}") from error
+
+
+def _decode(
+    proto: tensor_pb2.TensorProto, info: _DtypeInfo, shape: tuple[int, ...], name: str, max_filled_elements: int
+) -> npt.NDArray[Any]:
     count = 1
     for size in shape:  # not np.prod: a numpy call costs more than this loop on the few dims a tensor has
         count *= size

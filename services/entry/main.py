@@ -51,6 +51,7 @@ from monolith_serving.entry.replica_source import (
     v3_model_of,
 )
 from monolith_serving.entry.request_coalesce import RequestCoalescing
+from monolith_serving.entry.request_parser import DEFAULT_MAX_FIDS_PER_REQUEST
 from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
@@ -70,6 +71,7 @@ class EntryServerConfig:
     fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)
+    max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST
     poll_interval_s: float = 1.0
     ps_status_timeout_s: float = 1.0
     grace_s: float = 2.0
@@ -142,6 +144,7 @@ class EntryServer:
             remote_dense=dense.bind if dense is not None else None,
             dense_ready=self.dense_status.ready if self.dense_status is not None else None,
             coalescing=config.coalesce_requests,
+            max_fids_per_request=config.max_fids_per_request,
         )
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
@@ -367,6 +370,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
     add_flag(
         parser,
+        "--max_fids_per_request",
+        type=int,
+        default=DEFAULT_MAX_FIDS_PER_REQUEST,
+        help="fids one Predict may carry, all features together, a SHARED list counted once per example; "
+        "more is INVALID_ARGUMENT (default %(default)s)",
+    )
+    add_flag(
+        parser,
         "--file_system_poll_wait_seconds",
         type=float,
         default=1.0,
@@ -405,6 +416,12 @@ def spec_num_ps(model: EntryModelConfig | None) -> int | None:
     return load_serving_spec(model.base_path / str(versions[-1])).num_ps
 
 
+def max_fids_from_args(args: argparse.Namespace) -> int:
+    if args.max_fids_per_request < 1:
+        raise InvalidArgumentError(f"--max_fids_per_request must be at least 1, got {args.max_fids_per_request}")
+    return int(args.max_fids_per_request)
+
+
 def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> EntryServerConfig:
     model = _model_config(args)
     targets = parse_ps_targets(args.ps_targets)
@@ -437,6 +454,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         fetch_ps_retry=args.fetch_ps_retry,
         coalesce=coalesce_config_from_args(args),
         coalesce_requests=request_coalescing_from_args(args),
+        max_fids_per_request=max_fids_from_args(args),
         poll_interval_s=args.file_system_poll_wait_seconds,
         grace_s=args.grace_s,
     )

@@ -43,7 +43,7 @@ from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.pooling import Pooler
 from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
 from monolith_serving.entry.request_coalesce import PassDeadlines, PassOutput, PredictCoalescer, RequestCoalescing
-from monolith_serving.entry.request_parser import ParsedBatch, RequestParser
+from monolith_serving.entry.request_parser import DEFAULT_MAX_FIDS_PER_REQUEST, ParsedBatch, RequestParser
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,12 @@ RemoteDenseFactory = Callable[[ServingSpec], DenseModel]
 
 
 def load_version(
-    path: Path, version: int, num_ps: int, max_batch_size: int | None, remote_dense: RemoteDenseFactory | None = None
+    path: Path,
+    version: int,
+    num_ps: int,
+    max_batch_size: int | None,
+    remote_dense: RemoteDenseFactory | None = None,
+    max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST,
 ) -> LoadedVersion:
     """Reads and validates one entry version folder (blocking: run it on an executor)."""
     spec = load_serving_spec(path)
@@ -119,7 +124,7 @@ def load_version(
         version,
         path,
         spec,
-        RequestParser(spec, max_batch_size),
+        RequestParser(spec, max_batch_size, max_fids_per_request),
         dense,
         Pooler(spec),
         {t.name: t.dim for t in spec.tables},
@@ -138,8 +143,11 @@ class EntryModel:
         remote_dense: RemoteDenseFactory | None = None,
         dense_ready: Callable[[int], bool] | None = None,
         coalescing: RequestCoalescing | None = None,
+        max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST,
     ) -> None:
+        """``max_fids_per_request`` is a server setting, not a model's: it outlives reconfigure and reloads."""
         self._config = config
+        self._max_fids_per_request = max_fids_per_request
         self._num_ps = num_ps
         self._lookup = lookup
         self._ps_ready = ps_ready
@@ -225,7 +233,14 @@ class EntryModel:
             path = version_dir(config.base_path, version)
             try:
                 loaded = await loop.run_in_executor(
-                    None, load_version, path, version, self._num_ps, config.max_batch_size, self._remote_dense
+                    None,
+                    load_version,
+                    path,
+                    version,
+                    self._num_ps,
+                    config.max_batch_size,
+                    self._remote_dense,
+                    self._max_fids_per_request,
                 )
             except MonolithServingError as error:
                 logger.error("cannot load entry version %d (attempt %d): %s", version, attempts + 1, error.message)

@@ -16,7 +16,9 @@ Three input kinds, one result (``ParsedBatch``):
 
 A sparse feature missing from an example pools to zeros; a missing dense input is zeros. A name the
 serving spec does not know is INVALID_ARGUMENT unless the spec sets ``ignore_unknown_features``.
-Every error message names the input, the example index and the feature.
+A request whose fids, all features together and SHARED lists counted once per example, exceed
+``max_fids_per_request`` is INVALID_ARGUMENT too. Every error message names the input, the example index
+and the feature.
 """
 
 from __future__ import annotations
@@ -41,6 +43,13 @@ FID_V2_SLOT_SHIFT = 48
 FID_V2_HASH_MASK = (1 << FID_V2_SLOT_SHIFT) - 1
 # ExampleBatch lists with this prefix carry labels, line ids and the like, never model features.
 RESERVED_PREFIX = "__"
+
+DEFAULT_MAX_FIDS_PER_REQUEST = 1 << 21
+"""The most fids one request may carry, counting a SHARED list once per example (that is what is deduped,
+looked up and pooled). 2**21 = the default max batch size (1024) x 2048 fids per example, and the PS's own
+default ``--max_fids_per_request``, so one request never grows a lookup past what a PS shard accepts. The
+message size does not bound this count: a 400 KB ExampleBatch with 50k SHARED fids and batch_size 1024
+expands to 51M fids (gigabytes, seconds of the event loop)."""
 
 Int64Array = npt.NDArray[np.int64]
 Float32Array = npt.NDArray[np.float32]
@@ -87,14 +96,33 @@ class ParsedBatch:
 _EMPTY = np.zeros(0, dtype=np.int64)
 
 
-class _Collector:
-    """Accumulates fid chunks per feature; builds sorted columns once at the end."""
+def too_many_fids(where: str, count: int, total: int, limit: int, detail: str = "") -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"{where}: {count} fids{detail} bring the request to {total} fids, more than the limit of {limit} "
+        "per request (--max_fids_per_request)"
+    )
 
-    def __init__(self, num_features: int, batch_size: int, dense_width: int) -> None:
+
+class _Collector:
+    """Accumulates fid chunks per feature; builds sorted columns once at the end.
+
+    Callers ``reserve`` a chunk's fid count before building it, so an oversized request is refused before
+    its fids are allocated."""
+
+    def __init__(self, num_features: int, batch_size: int, dense_width: int, max_fids: int) -> None:
         self.fids: list[list[Int64Array]] = [[] for _ in range(num_features)]
         self.rows: list[list[Int64Array]] = [[] for _ in range(num_features)]
         self.dense = np.zeros((batch_size, dense_width), dtype=np.float32)
         self.batch_size = batch_size
+        self.max_fids = max_fids
+        self.total_fids = 0
+
+    def reserve(self, count: int, where: str, detail: str = "") -> None:
+        """Counts ``count`` more fids towards the request's limit; InvalidArgumentError naming ``where`` above it."""
+        total = self.total_fids + count
+        if total > self.max_fids:
+            raise too_many_fids(where, count, total, self.max_fids, detail)
+        self.total_fids = total
 
     def add(self, feature: int, fids: Int64Array, rows: Int64Array) -> None:
         if len(fids):
@@ -158,9 +186,15 @@ class _NameTable:
 class RequestParser:
     """Parses the three input kinds for one serving spec. Stateless after construction; thread-safe."""
 
-    def __init__(self, spec: ServingSpec, max_batch_size: int | None = None) -> None:
+    def __init__(
+        self,
+        spec: ServingSpec,
+        max_batch_size: int | None = None,
+        max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST,
+    ) -> None:
         self.spec = spec
         self.max_batch_size = max_batch_size if max_batch_size is not None else spec.max_batch_size
+        self.max_fids_per_request = max_fids_per_request
         self._sparse_by_name = {f.name: i for i, f in enumerate(spec.features)}
         self._sparse_by_slot: dict[int, int] = {}
         for i, feature in enumerate(spec.features):
@@ -186,6 +220,9 @@ class RequestParser:
             raise InvalidArgumentError(f"{what}: batch is empty")
         if size > self.max_batch_size:
             raise InvalidArgumentError(f"{what}: batch size {size} exceeds the maximum of {self.max_batch_size}")
+
+    def _collector(self, batch_size: int) -> _Collector:
+        return _Collector(len(self.spec.features), batch_size, self.dense_width, self.max_fids_per_request)
 
     def _unknown(self, name: str, where: str) -> None:
         if not self.spec.ignore_unknown_features:
@@ -230,11 +267,23 @@ class RequestParser:
         if code != instance_wire.OK:
             raise self._instance_error(code, err, buf)
         bounds = offsets.tolist()
+        self._check_instance_fids(bounds)
         columns = tuple(
             SparseColumn(fids[a:b], rows[a:b]) if b > a else SparseColumn(_EMPTY, _EMPTY)
             for a, b in itertools.pairwise(bounds)
         )
         return ParsedBatch(batch, columns, dense)
+
+    def _check_instance_fids(self, bounds: list[int]) -> None:
+        """The limit on the parsed columns (``bounds``: each feature's start, then the end): the compiled pass
+        cannot stop early, but its output is bounded by the message size, so checking afterwards is enough."""
+        total = bounds[-1] - bounds[0]
+        if total <= self.max_fids_per_request:
+            return
+        counts = [b - a for a, b in itertools.pairwise(bounds)]
+        largest = max(range(len(counts)), key=counts.__getitem__)
+        name = self.spec.features[largest].name
+        raise too_many_fids(f"input 'instances' feature {name!r}", counts[largest], total, self.max_fids_per_request)
 
     def _instance_error(self, code: int, err: Int64Array, buf: npt.NDArray[np.uint8]) -> InvalidArgumentError:
         example, detail, extra = int(err[1]), int(err[2]), int(err[3])
@@ -268,7 +317,7 @@ class RequestParser:
             individual = [len(nfl.feature) for nfl in lists if nfl.type == monolith_example_pb2.INDIVIDUAL]
             batch = individual[0] if individual else 0
         self._check_batch(batch, "input 'example_batch'")
-        out = _Collector(len(self.spec.features), batch, self.dense_width)
+        out = self._collector(batch)
         for nfl in lists:
             where = f"input 'example_batch' list {nfl.name!r}"
             shared = nfl.type == monolith_example_pb2.SHARED
@@ -308,6 +357,8 @@ class RequestParser:
     ) -> None:
         if shared:
             fids = self._fids_of(nfl.feature[0], where)
+            # Counted as expanded, before np.tile allocates len(fids) * batch_size of them.
+            out.reserve(len(fids) * out.batch_size, where, f" ({len(fids)} shared by {out.batch_size} examples)")
             out.add(
                 feature_index,
                 np.tile(fids, out.batch_size),
@@ -316,6 +367,7 @@ class RequestParser:
             return
         chunks = [self._fids_of(feature, f"{where} example {j}") for j, feature in enumerate(nfl.feature)]
         lengths = [len(c) for c in chunks]
+        out.reserve(sum(lengths), where)
         if sum(lengths):
             out.add(
                 feature_index,
@@ -352,7 +404,7 @@ class RequestParser:
 
     def parse_examples(self, blobs: Sequence[bytes]) -> ParsedBatch:
         self._check_batch(len(blobs), "input 'examples'")
-        out = _Collector(len(self.spec.features), len(blobs), self.dense_width)
+        out = self._collector(len(blobs))
         for i, blob in enumerate(blobs):
             try:
                 example = tf_example_pb2.Example.FromString(blob)
@@ -369,6 +421,7 @@ class RequestParser:
                     if kind != "int64_list":
                         raise InvalidArgumentError(f"{where}: a sparse feature needs int64_list fids, got {kind}")
                     values = feature.int64_list.value
+                    out.reserve(len(values), where)
                     out.add_row(self._sparse_by_name[name], np.fromiter(values, dtype=np.int64, count=len(values)), i)
                 elif name in self._dense_by_name:
                     if kind is None:

@@ -20,6 +20,7 @@ from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModelConfig
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
+from monolith_serving.entry.request_parser import DEFAULT_MAX_FIDS_PER_REQUEST
 from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
@@ -39,6 +40,7 @@ class EntrySettings:
     coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)
     max_batch_size: int | None = None
     poll_interval_s: float = 1.0
+    max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST  # the PS side's limit too (one flag for both)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class EntrySide:
                 coalesce=self._settings.coalesce,
                 coalesce_requests=self._settings.coalesce_requests,
                 poll_interval_s=self._settings.poll_interval_s,
+                max_fids_per_request=self._settings.max_fids_per_request,
             ),
             metrics=self._metrics,
         )

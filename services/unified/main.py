@@ -37,7 +37,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_coalesce_flags(parser)
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
     add_flag(parser, "--num_load_threads", type=int, default=1, help="PS versions loaded at once (memory!)")
-    add_flag(parser, "--max_fids_per_request", type=int, default=DEFAULT_MAX_FIDS_PER_REQUEST, help="PS request limit")
+    add_flag(
+        parser,
+        "--max_fids_per_request",
+        type=int,
+        default=DEFAULT_MAX_FIDS_PER_REQUEST,
+        help="fids per request (PS and entry)",
+    )
     add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown")
 
 

@@ -84,6 +84,7 @@ class UnifiedServer:
                 coalesce_requests=config.coalesce_requests,
                 max_batch_size=config.max_batch_size,
                 poll_interval_s=max(config.file_system_poll_wait_s, 0.2),
+                max_fids_per_request=config.max_fids_per_request,
             ),
             metrics=EntryMetrics(self.registry),
         )

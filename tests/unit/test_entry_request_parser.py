@@ -178,3 +178,62 @@ def test_wrong_kinds_and_sizes_name_the_feature() -> None:
     e.features.feature["uid"].float_list.value.append(1.0)
     with pytest.raises(InvalidArgumentError, match="'uid'.*needs int64_list fids"):
         parser.parse_examples([e.SerializeToString()])
+
+
+# -- the fid limit -----------------------------------------------------------------------------------
+
+
+def shared_uid_batch(batch_size: int, num_fids: int) -> bytes:
+    """An ExampleBatch whose only sparse list is a SHARED ``uid`` of ``num_fids`` fids."""
+    eb = mex.ExampleBatch(batch_size=batch_size)
+    eb.named_feature_list.add(name="uid", type=mex.SHARED).feature.add().fid_v2_list.value.extend(
+        v2(5, h) for h in range(num_fids)
+    )
+    return eb.SerializeToString()
+
+
+def test_the_default_limit_counts_a_shared_list_once_per_example() -> None:
+    # 2049 shared fids x 1024 examples is a 16 KB request that would expand to 2,098,176 fids.
+    parser = RequestParser(dataclasses.replace(SPEC, max_batch_size=1024))
+    at_limit = parser.parse_example_batch(shared_uid_batch(1024, 2048))
+    assert len(at_limit.sparse[0].fids) == 1 << 21
+    message = "list 'uid': 2098176 fids (2049 shared by 1024 examples) bring the request to 2098176 fids, "
+    with pytest.raises(InvalidArgumentError, match=re.escape(message) + ".*limit of 2097152"):
+        parser.parse_example_batch(shared_uid_batch(1024, 2049))
+
+
+def test_the_example_batch_limit_covers_every_feature_together() -> None:
+    parser = RequestParser(SPEC, max_fids_per_request=10)
+    eb = mex.ExampleBatch(batch_size=3)
+    hist = eb.named_feature_list.add(name="hist")
+    for h in (1, 2, 3):
+        hist.feature.add().fid_v2_list.value.extend([v2(7, h), v2(7, h + 10)])  # 6 fids
+    eb.named_feature_list.add(name="uid", type=mex.SHARED).feature.add().fid_v2_list.value.extend([v2(5, 1)])
+    assert parser.parse_example_batch(eb.SerializeToString()).batch_size == 3  # 6 + 1 x 3 = 9
+    eb.named_feature_list[1].feature[0].fid_v2_list.value.append(v2(5, 2))  # 6 + 2 x 3 = 12
+    with pytest.raises(InvalidArgumentError, match=r"list 'uid': 6 fids \(2 shared by 3 examples\).* 12 fids.* 10 "):
+        parser.parse_example_batch(eb.SerializeToString())
+    eb.named_feature_list[0].feature[0].fid_v2_list.value.extend(range(5))  # the INDIVIDUAL list alone is 11
+    with pytest.raises(InvalidArgumentError, match=r"list 'hist': 11 fids bring the request to 11 fids"):
+        parser.parse_example_batch(eb.SerializeToString())
+
+
+def test_the_instances_limit_names_the_feature_with_the_most_fids() -> None:
+    parser = RequestParser(SPEC, max_fids_per_request=4)
+    a = proto_parser_pb2.Instance(fid=[v1(5, 1), v1(7, 2)])
+    b = proto_parser_pb2.Instance()
+    b.feature.add(name="hist", fid=[v2(7, 3), v2(7, 4)])
+    assert parser.parse_instances([a.SerializeToString(), b.SerializeToString()]).batch_size == 2
+    b.feature[0].fid.append(v2(7, 5))
+    with pytest.raises(InvalidArgumentError, match=r"'instances' feature 'hist': 4 fids bring the request to 5 fids"):
+        parser.parse_instances([a.SerializeToString(), b.SerializeToString()])
+
+
+def test_the_examples_limit_names_the_example_and_feature() -> None:
+    parser = RequestParser(SPEC, max_fids_per_request=3)
+    e = tfex.Example()
+    e.features.feature["uid"].int64_list.value.extend([v2(5, 3), v2(5, 4)])
+    blob = e.SerializeToString()
+    assert parser.parse_examples([blob]).batch_size == 1
+    with pytest.raises(InvalidArgumentError, match=r"'examples'\[1\] feature 'uid': 2 fids .* 4 fids.* limit of 3"):
+        parser.parse_examples([blob, blob])

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from monolith_serving.core.tensor_codec import (
+    MAX_RANK,
     TensorCodecError,
     datatype_for,
     from_tensor_proto,
@@ -156,3 +157,66 @@ def test_unknown_dimension_is_rejected() -> None:
 def test_str_arrays_are_strings() -> None:
     assert datatype_for(np.array(["a", "b"])) == types_pb2.DT_STRING
     assert from_tensor_proto(to_tensor_proto(np.array(["a", "é"]))).tolist() == [b"a", "é".encode()]
+
+
+def _shaped(dtype: int, shape: list[int], **fields: Any) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=cast(types_pb2.DataType, dtype), **fields)
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    return proto
+
+
+def test_more_dimensions_than_numpy_supports_is_a_codec_error() -> None:
+    assert from_tensor_proto(_shaped(types_pb2.DT_STRING, [1] * MAX_RANK, string_val=[b"x"])).ndim == MAX_RANK
+    with pytest.raises(TensorCodecError, match="'instances': shape has 65 dimensions, at most 64"):
+        from_tensor_proto(_shaped(types_pb2.DT_STRING, [1] * 65, string_val=[b"x"]), "instances")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape"),
+    [
+        (types_pb2.DT_STRING, [0, 2**62]),
+        (types_pb2.DT_STRING, [0, 2**63 - 1]),
+        (types_pb2.DT_FLOAT, [2**62, 0]),
+        (types_pb2.DT_UINT8, [0, 2**40, 2**40]),
+    ],
+)
+def test_an_empty_shape_numpy_cannot_address_is_a_codec_error(dtype: int, shape: list[int]) -> None:
+    with pytest.raises(TensorCodecError, match=r"'instances': shape \[.*\] is too large for numpy"):
+        from_tensor_proto(_shaped(dtype, shape), "instances")
+
+
+def test_an_empty_shape_numpy_can_address_still_decodes() -> None:
+    # One-byte elements: 2**62 bytes fit numpy's index type, so this is a valid (empty) array.
+    assert from_tensor_proto(_shaped(types_pb2.DT_UINT8, [0, 2**62])).shape == (0, 2**62)
+
+
+_SIZES = st.sampled_from([0, 1, 2, 3, 2**31, 2**40, 2**61, 2**62, 2**63 - 1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dtype=st.sampled_from([types_pb2.DT_STRING, types_pb2.DT_FLOAT, types_pb2.DT_UINT8, types_pb2.DT_COMPLEX128]),
+    shape=st.lists(_SIZES, max_size=70),
+    values=st.integers(min_value=0, max_value=3),
+    content=st.booleans(),
+)
+def test_any_shape_decodes_or_raises_a_codec_error(dtype: int, shape: list[int], values: int, content: bool) -> None:
+    # Nothing a client puts in a shape may surface as another exception (the entry answered INTERNAL).
+    proto = _shaped(dtype, shape)
+    if dtype == types_pb2.DT_STRING:
+        proto.string_val.extend([b"x"] * values)
+    elif content:
+        proto.tensor_content = b"\x00" * values * numpy_dtype_for(dtype).itemsize
+    elif dtype == types_pb2.DT_FLOAT:
+        proto.float_val.extend([1.0] * values)
+    elif dtype == types_pb2.DT_UINT8:
+        proto.int_val.extend([7] * values)
+    else:
+        proto.dcomplex_val.extend([1.0, 2.0] * values)
+    try:
+        decoded = from_tensor_proto(proto, "x")
+    except TensorCodecError as error:
+        assert "'x'" in error.message
+    else:
+        assert decoded.shape == tuple(shape)

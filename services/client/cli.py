@@ -6,7 +6,11 @@
   text-format ModelServerConfig file.
 - ``profile``: ``--workers`` concurrent Predicts for ``--duration_s``; progress on stderr; count, mean,
   p50, p99 and QPS on stdout (``--json`` for one JSON object).
-Exit status: 0 on success, 1 when the server answered with an error (its code and message on stderr).
+
+Exit status: 0 on success; 1 when the server answered with an error or could not be reached (``error: CODE:
+message`` on stderr); 2 for a usage error: a flag out of range (argparse) or a file named by a flag that cannot
+be read or parsed (``error: message`` naming the file); 130 on Ctrl-C. Files are read before any connection is
+made, so a usage error never waits for the server.
 """
 
 from __future__ import annotations
@@ -15,19 +19,24 @@ import argparse
 import asyncio
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import numpy.typing as npt
 from google.protobuf import json_format, text_format
+from google.protobuf.message import DecodeError
 
-from monolith_serving.client.inputs import INPUT_KINDS, encode, predict_request, random_examples
+from monolith_serving.client.flag_types import INT64_MAX, int_in_range, positive_seconds
+from monolith_serving.client.inputs import INPUT_KINDS, MAX_ROWS, encode, predict_request, random_examples
 from monolith_serving.client.profile import ProfileResult, run_profile
 from monolith_serving.core.cli_flags import add_flag
 from monolith_serving.core.demo_export import DemoOptions, demo_spec
-from monolith_serving.core.errors import MonolithServingError
+from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.export_layout import list_versions, read_model_server_config
+from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.grpc_server import channel_options
 from monolith_serving.core.serving_spec import (
     SPEC_FILE,
@@ -45,24 +54,30 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
 ACTIONS = ("predict", "status", "meta", "load", "profile")
 PS_VERSIONS_KEY = "x-monolith-ps-versions"
+EXIT_OK = 0
+EXIT_SERVER_ERROR = 1
+EXIT_USAGE = 2  # what argparse exits with, so a bad file and a bad flag look the same to a script
+EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     add_flag(common, "--target", default="localhost:8500", help="entry (or proxy) host:port (default %(default)s)")
     add_flag(common, "--model", default="entry", help="model_spec.name (default %(default)s)")
-    add_flag(common, "--version", type=int, default=None, help="pin model_spec.version")
-    add_flag(common, "--timeout_s", type=float, default=5.0, help="per-call deadline (default %(default)s)")
+    add_flag(common, "--version", type=int_in_range(0, INT64_MAX), default=None, help="pin model_spec.version")
+    add_flag(common, "--timeout_s", type=positive_seconds, default=5.0, help="per-call deadline (default %(default)s)")
     add_flag(common, "--json", action="store_true", help="print one JSON object")
     inputs = argparse.ArgumentParser(add_help=False)
     add_flag(inputs, "--input_kind", choices=INPUT_KINDS, default="instances", help="request input kind")
-    add_flag(inputs, "--batch_size", type=int, default=4, help="examples per request (default %(default)s)")
+    add_flag(inputs, "--batch_size", type=int_in_range(1), default=4, help="examples per request (default %(default)s)")
     add_flag(inputs, "--spec", type=Path, default=None, help="serving_spec.json, an entry version dir or an export")
-    add_flag(inputs, "--rows", type=int, default=1000, help="random fids use k < rows (export-demo's --rows)")
-    add_flag(inputs, "--seed", type=int, default=0, help="random seed")
+    rows_help = "random fids use k < rows (export-demo's --rows)"
+    add_flag(inputs, "--rows", type=int_in_range(1, MAX_ROWS), default=1000, help=rows_help)
+    add_flag(inputs, "--seed", type=int_in_range(0), default=0, help="random seed")
     add_flag(inputs, "--request_file", type=Path, default=None, help="send this PredictRequest (text or binary)")
     sub = parser.add_subparsers(dest="action", required=True, metavar="|".join(ACTIONS))
     sub.add_parser("predict", parents=[common, inputs], help="one Predict; prints the outputs")
@@ -72,15 +87,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     load = sub.add_parser("load", parents=[common], help="HandleReloadConfigRequest")
     add_flag(load, "--config_file", type=Path, required=True, help="text-format ModelServerConfig")
     profile = sub.add_parser("profile", parents=[common, inputs], help="load test")
-    add_flag(profile, "--workers", type=int, default=16, help="concurrent requests (default %(default)s)")
-    add_flag(profile, "--duration_s", type=float, default=10.0, help="measured time (default %(default)s)")
-    add_flag(profile, "--num_requests", type=int, default=32, help="distinct random requests to cycle through")
+    add_flag(profile, "--workers", type=int_in_range(1), default=16, help="concurrent requests (default %(default)s)")
+    add_flag(profile, "--duration_s", type=positive_seconds, default=10.0, help="measured time (default %(default)s)")
+    requests_help = "distinct random requests to cycle through (default %(default)s)"
+    add_flag(profile, "--num_requests", type=int_in_range(1), default=32, help=requests_help)
 
 
 def resolve_spec(path: Path | None) -> ServingSpec:
-    """A serving spec from a file, an entry version folder, an entry folder or an export base."""
+    """A serving spec from a file, an entry version folder, an entry folder or an export base.
+
+    Every failure (missing, unreadable, not a spec) is a MonolithServingError naming the path."""
     if path is None:
         return demo_spec(DemoOptions(out=Path(".")))
+    try:
+        return _spec_at(path)
+    except UnicodeDecodeError as error:
+        raise InvalidArgumentError(f"{path}: not a serving spec (not UTF-8 text)") from error
+    except OSError as error:
+        raise NotFoundError(f"cannot read the serving spec at {str(path)!r}: {error}") from error
+
+
+def _spec_at(path: Path) -> ServingSpec:
     if path.is_file():
         return load_serving_spec(path.parent) if path.name == SPEC_FILE else _spec_file(path)
     if (path / SPEC_FILE).is_file():
@@ -96,12 +123,48 @@ def _spec_file(path: Path) -> ServingSpec:
     return parse_serving_spec(read_spec_object(path, f"no serving spec file {str(path)!r}"), str(path))
 
 
-def read_request_file(path: Path) -> predict_pb2.PredictRequest:
-    data = path.read_bytes()
+# Whitespace is the only control character a text-format file holds, while a binary PredictRequest always has
+# others (a TensorProto starts with its dtype tag, 0x08; short lengths are bytes below 0x20).
+_TEXT_CONTROLS = frozenset("\t\n\r\f\v")
+
+
+def _as_text(data: bytes) -> str | None:
+    """``data`` decoded when it looks like a text-format file, else None."""
     try:
-        return text_format.Parse(data.decode(), predict_pb2.PredictRequest())
-    except (UnicodeDecodeError, text_format.ParseError):
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if any((char < " " and char not in _TEXT_CONTROLS) or char == "\x7f" for char in text):
+        return None
+    return text
+
+
+def read_request_file(path: Path) -> predict_pb2.PredictRequest:
+    """A PredictRequest in text format, or binary when the file is not text; errors name the file.
+
+    Text that fails to parse is reported as text, never retried as binary: the binary decoder keeps unknown
+    fields, so it accepts some text (two spaces are a valid request) and a typo would hide behind a wire error
+    or, worse, send another request."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise NotFoundError(f"request file {str(path)!r}: {error.strerror}") from error
+    text = _as_text(data)
+    if text is None:
+        return _binary_request(data, path)
+    try:
+        return text_format.Parse(text, predict_pb2.PredictRequest())
+    except text_format.ParseError as error:
+        raise InvalidArgumentError(f"request file {str(path)!r}: not a text-format PredictRequest: {error}") from error
+
+
+def _binary_request(data: bytes, path: Path) -> predict_pb2.PredictRequest:
+    try:
         return predict_pb2.PredictRequest.FromString(data)
+    except DecodeError as error:
+        raise InvalidArgumentError(
+            f"request file {str(path)!r}: neither text format nor a binary PredictRequest ({error})"
+        ) from error
 
 
 def build_requests(args: argparse.Namespace, count: int) -> list[predict_pb2.PredictRequest]:
@@ -125,26 +188,66 @@ def _spec(args: argparse.Namespace, message: Any) -> None:
         message.model_spec.version.value = args.version
 
 
+@dataclass(frozen=True)
+class CallInputs:
+    """What the flags' files describe, read before connecting: a failure here is the user's, not the server's."""
+
+    requests: list[predict_pb2.PredictRequest] = field(default_factory=list)
+    model_config: model_server_config_pb2.ModelServerConfig | None = None
+
+
+def read_inputs(args: argparse.Namespace) -> CallInputs:
+    """The requests (predict, profile) or the model config (load) of ``args.action``."""
+    if args.action == "predict":
+        return CallInputs(requests=build_requests(args, 1))
+    if args.action == "profile":
+        return CallInputs(requests=build_requests(args, args.num_requests))
+    if args.action == "load":
+        return CallInputs(model_config=_model_config(args.config_file))
+    return CallInputs()
+
+
+def _model_config(path: Path) -> model_server_config_pb2.ModelServerConfig:
+    try:
+        return read_model_server_config(path)
+    except UnicodeDecodeError as error:
+        raise InvalidArgumentError(f"model config file {str(path)!r}: not a text-format file") from error
+
+
+def _bytes_as_text(value: Any) -> str:
+    """``json.dumps`` fallback for DT_STRING outputs (bytes); anything else is a bug and stays a TypeError."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _print(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None:
-    print(json.dumps(payload, indent=2) if args.json else text)
+    print(json.dumps(payload, indent=2, default=_bytes_as_text) if args.json else text)
 
 
-async def _predict(args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
+def _rounded(values: npt.NDArray[Any]) -> Any:
+    """Floats to 6 decimals for reading; other dtypes (ints, bools, DT_STRING bytes) as they are."""
+    shown = values.round(6) if np.issubdtype(values.dtype, np.inexact) else values
+    return shown.tolist()  # nested lists, or one value for a scalar output
+
+
+async def _predict(args: argparse.Namespace, channel: grpc.aio.Channel, inputs: CallInputs) -> None:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
-    (request,) = build_requests(args, 1)
+    (request,) = inputs.requests
     call = stub.Predict(request, timeout=args.timeout_s)
     response = await call
     trailing = await call.trailing_metadata()
     ps_versions = dict(trailing or ()).get(PS_VERSIONS_KEY, "")
-    outputs = {name: from_tensor_proto(t, name).tolist() for name, t in response.outputs.items()}
+    arrays = {name: from_tensor_proto(t, name) for name, t in response.outputs.items()}
     version = response.model_spec.version.value
     lines = [f"model {response.model_spec.name} version {version}" + (f" (PS {ps_versions})" if ps_versions else "")]
-    for name, values in outputs.items():
-        lines.append(f"{name}: {np.asarray(values).round(6).tolist()}")
+    for name, values in arrays.items():
+        lines.append(f"{name}: {_rounded(values)}")
+    outputs = {name: values.tolist() for name, values in arrays.items()}
     _print(args, {"version": version, "ps_versions": ps_versions, "outputs": outputs}, "\n".join(lines))
 
 
-async def _status(args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
+async def _status(args: argparse.Namespace, channel: grpc.aio.Channel, inputs: CallInputs) -> None:
     stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
     request = get_model_status_pb2.GetModelStatusRequest()
     _spec(args, request)
@@ -158,7 +261,7 @@ async def _status(args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
     _print(args, json_format.MessageToDict(response), "\n".join(lines) or "no versions")
 
 
-async def _meta(args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
+async def _meta(args: argparse.Namespace, channel: grpc.aio.Channel, inputs: CallInputs) -> None:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
     request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=args.metadata_field or ["signature_def"])
     _spec(args, request)
@@ -175,9 +278,9 @@ async def _meta(args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
     print(json.dumps(payload, indent=2))
 
 
-async def _load(args: argparse.Namespace, channel: grpc.aio.Channel) -> None:
+async def _load(args: argparse.Namespace, channel: grpc.aio.Channel, inputs: CallInputs) -> None:
     stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
-    request = model_management_pb2.ReloadConfigRequest(config=read_model_server_config(args.config_file))
+    request = model_management_pb2.ReloadConfigRequest(config=inputs.model_config)
     response = await stub.HandleReloadConfigRequest(request, timeout=args.timeout_s)
     _print(args, json_format.MessageToDict(response), f"reloaded: status code {response.status.error_code}")
 
@@ -190,9 +293,7 @@ def _profile_text(result: ProfileResult) -> str:
     )
 
 
-async def _profile(args: argparse.Namespace) -> None:
-    requests = build_requests(args, args.num_requests)
-
+async def _profile(args: argparse.Namespace, inputs: CallInputs) -> None:
     def progress(elapsed_s: float, count: int, errors: int) -> None:
         print(
             f"\r{elapsed_s:5.1f}s  {count} ok  {errors} errors  {count / max(elapsed_s, 1e-9):.0f} QPS",
@@ -202,7 +303,7 @@ async def _profile(args: argparse.Namespace) -> None:
 
     result = await run_profile(
         target=args.target,
-        requests=requests,
+        requests=inputs.requests,
         workers=args.workers,
         duration_s=args.duration_s,
         timeout_s=args.timeout_s,
@@ -212,22 +313,37 @@ async def _profile(args: argparse.Namespace) -> None:
     _print(args, result.as_dict(), _profile_text(result))
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace, inputs: CallInputs) -> None:
     if args.action == "profile":
-        await _profile(args)
+        await _profile(args, inputs)
         return
     async with grpc.aio.insecure_channel(args.target, options=channel_options()) as channel:
         handlers = {"predict": _predict, "status": _status, "meta": _meta, "load": _load}
-        await handlers[args.action](args, channel)
+        await handlers[args.action](args, channel, inputs)
+
+
+def _fail(message: str, exit_status: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return exit_status
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        asyncio.run(_main(args))
-    except grpc.aio.AioRpcError as error:
-        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
-        return 1
+        return _read_then_call(args)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _read_then_call(args: argparse.Namespace) -> int:
+    try:
+        inputs = read_inputs(args)
     except MonolithServingError as error:
-        print(f"error: {error.message}", file=sys.stderr)
-        return 1
-    return 0
+        return _fail(error.message, EXIT_USAGE)
+    try:
+        asyncio.run(_main(args, inputs))
+    except grpc.aio.AioRpcError as error:
+        return _fail(f"{error.code().name}: {error.details()}", EXIT_SERVER_ERROR)
+    except MonolithServingError as error:
+        # Raised while talking to the server (unreachable target, an output the codec cannot decode).
+        return _fail(f"{status_code_for(error).name}: {error.message}", EXIT_SERVER_ERROR)
+    return EXIT_OK

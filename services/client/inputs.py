@@ -22,6 +22,8 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 FID_V1_SLOT_SHIFT = 54
 FID_V2_SLOT_SHIFT = 48
 HASH48 = (1 << FID_V2_SLOT_SHIFT) - 1
+# Random fids are ``slot << 48 | k``: a k of 2**48 or more would spill into the slot bits.
+MAX_ROWS = HASH48 + 1
 INPUT_KINDS = ("instances", "example_batch", "examples")
 
 
@@ -39,7 +41,11 @@ def v2_to_v1(fid: int) -> int:
 def random_examples(
     spec: ServingSpec, batch: int, rng: np.random.Generator, *, rows: int = 1000, max_fids: int = 4
 ) -> list[LogicalExample]:
-    """``batch`` examples; each sparse feature gets 0..max_fids fids (0 now and then to test empties)."""
+    """``batch`` examples; each sparse feature gets 0..max_fids fids (0 now and then to test empties).
+
+    Raises ValueError unless ``1 <= rows <= MAX_ROWS``."""
+    if not 1 <= rows <= MAX_ROWS:
+        raise ValueError(f"rows must be from 1 to {MAX_ROWS}, got {rows}")
     examples = []
     for _ in range(batch):
         sparse = {}

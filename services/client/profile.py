@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 import numpy as np
 
+from monolith_serving.core.aio_wait import within
+from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.grpc_server import channel_options
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
@@ -56,6 +58,17 @@ def summarize(
     )
 
 
+async def wait_connected(channel: grpc.aio.Channel, target: str, timeout_s: float) -> None:
+    """Returns once ``channel`` is READY; UnavailableError naming ``target`` after ``timeout_s``.
+
+    ``channel_ready()`` alone never gives up: against a port nothing listens on it retries forever."""
+    try:
+        await within(channel.channel_ready(), timeout_s)
+    except TimeoutError:
+        state = channel.get_state().name
+        raise UnavailableError(f"cannot reach {target} within {timeout_s:g} s (channel {state})") from None
+
+
 async def run_profile(
     *,
     target: str,
@@ -66,12 +79,17 @@ async def run_profile(
     warmup_s: float = 0.0,
     progress: Callable[[float, int, int], None] | None = None,
 ) -> ProfileResult:
-    """Runs the load; ``progress(elapsed_s, count, errors)`` is called about once a second."""
+    """Runs the load; ``progress(elapsed_s, count, errors)`` is called about once a second.
+
+    Waits up to ``timeout_s`` for the connection first and raises UnavailableError when the target cannot be
+    reached by then. Raises ValueError for no requests or no workers."""
+    if not requests or workers < 1:
+        raise ValueError(f"need at least one request and one worker, got {len(requests)} and {workers}")
     payloads = [r.SerializeToString() for r in requests]
     async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
         # Send pre-serialized bytes so the client's own protobuf work stays out of the measurement.
         call = channel.unary_unary(PREDICT_METHOD, request_serializer=None, response_deserializer=None)
-        await channel.channel_ready()
+        await wait_connected(channel, target, timeout_s)
         latencies: list[float] = []
         errors = 0
         first_error = ""

@@ -1,0 +1,104 @@
+"""``monolith-serving client`` against real sockets: an unreachable target fails fast with UNAVAILABLE (profile as
+well as predict), outputs of any dtype print, and Ctrl-C stops a load test cleanly. Never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from proxy_procs import FakeEntry
+
+pytestmark = pytest.mark.integration
+
+EXIT_SERVER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def client_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "monolith_serving", "client", *args]
+
+
+def run_client(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(client_command(*args), capture_output=True, text=True, check=False, timeout=timeout_s)
+
+
+@pytest.fixture()
+def refused_target() -> Iterator[str]:
+    """host:port of a socket that is bound but never listens: connections are refused, and no other test can
+    start a server there while this one runs."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture()
+def fake_entry(tmp_path: Path) -> Iterator[FakeEntry]:
+    """A real gRPC server whose Predict echoes the request's inputs and adds its name, all DT_STRING outputs."""
+    with FakeEntry("a", tmp_path) as entry:
+        assert isinstance(entry, FakeEntry)
+        yield entry
+
+
+@pytest.mark.parametrize("action", ["predict", "profile"])
+def test_an_unreachable_target_fails_fast_with_unavailable(refused_target: str, action: str) -> None:
+    started = time.monotonic()
+    duration = ["--duration_s", "1"] if action == "profile" else []
+    done = run_client(action, "--target", refused_target, "--timeout_s", "1", *duration, timeout_s=30)
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == EXIT_SERVER_ERROR, done.stderr
+    assert done.stderr.startswith("error: UNAVAILABLE: "), done.stderr
+    if action == "profile":
+        assert f"cannot reach {refused_target} within 1 s" in done.stderr
+    assert time.monotonic() - started < 20
+
+
+def test_string_outputs_print_as_text_and_as_json(fake_entry: FakeEntry) -> None:
+    done = run_client("predict", "--target", fake_entry.address, "--batch_size", "2")
+    assert done.returncode == 0, done.stderr
+    assert "replica: [b'a', b'a']" in done.stdout
+    done = run_client("predict", "--target", fake_entry.address, "--batch_size", "2", "--json")
+    assert done.returncode == 0, done.stderr
+    outputs = json.loads(done.stdout)["outputs"]
+    assert outputs["replica"] == ["a", "a"]
+    assert len(outputs["instances"]) == 2
+
+
+def _read_stderr_until(process: subprocess.Popen[bytes], marker: bytes, timeout_s: float) -> bytes:
+    """stderr up to ``marker``, read without waiting for a newline (progress lines end in ``\\r``)."""
+    assert process.stderr is not None
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    while marker not in seen:
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0 or process.poll() is not None:
+            raise AssertionError(f"no {marker!r} on stderr (exit {process.poll()}): {seen!r}")
+        readable, _, _ = select.select([process.stderr], [], [], remaining_s)
+        if readable:
+            seen += os.read(process.stderr.fileno(), 4096)
+    return seen
+
+
+def test_ctrl_c_stops_a_load_test_without_a_traceback(fake_entry: FakeEntry) -> None:
+    command = client_command("profile", "--target", fake_entry.address, "--workers", "2", "--duration_s", "600")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        before = _read_stderr_until(process, b" ok ", timeout_s=60)
+        process.send_signal(signal.SIGINT)
+        _, after = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = (before + after).decode(errors="replace")
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode == EXIT_INTERRUPTED, stderr
+    assert "error: interrupted" in stderr

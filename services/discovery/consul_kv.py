@@ -8,7 +8,10 @@ implicit, as in Consul KV.
 
 Session states: CONNECTED while the session renews; SUSPENDED when Consul cannot be reached (the
 session may still be alive); LOST when Consul reports the session gone (expired or destroyed) - then a
-new session is created and every registration is re-acquired, as with a ZooKeeper session loss.
+new session is created and every registration is re-acquired, as with a ZooKeeper session loss. A session that
+outlives an outage gets what the outage kept from Consul: every registration is re-written on SUSPENDED ->
+CONNECTED, and writes or deletes that failed are retried after each successful renew (an outage shorter than
+the renew interval never shows as SUSPENDED).
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ class ConsulDiscovery(SessionBackend):
         # Blocking queries park a thread for up to `consul_watch_wait_s`; keep them off the main pool.
         self._watch_executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="consul-watch")
         self._session_id: str | None = None
+        # Registrations whose last write failed while the session lived; touched only on the loop.
+        self._unwritten: set[str] = set()
         self._watches: list[_ConsulSubtreeWatch] = []
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -111,6 +116,8 @@ class ConsulDiscovery(SessionBackend):
             except _TRANSIENT as exc:
                 log.warning("could not destroy consul session %s: %r", session_id, exc)
         self._ephemerals.clear()
+        self._pending_deletes.clear()
+        self._unwritten.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._watch_executor.shutdown(wait=False, cancel_futures=True)
 
@@ -126,20 +133,9 @@ class ConsulDiscovery(SessionBackend):
         while True:
             try:
                 if self._session_id is None:
-                    self._session_id = await self._run(
-                        self._client.session.create,
-                        name="monolith-serving",
-                        ttl=max(10, int(self._ttl_s)),
-                        behavior="delete",
-                        lock_delay=0,  # re-acquiring our keys right after a loss must not be refused
-                    )
-                    self._set_state(SessionState.CONNECTED)
-                    await self._reconcile_all_ephemerals()
-                    for watch in self._watches:
-                        watch.wake()
+                    await self._create_session()
                 else:
-                    await self._run(self._client.session.renew, self._session_id)
-                    self._set_state(SessionState.CONNECTED)
+                    await self._renew_session(self._session_id)
                 disconnected_since = None
                 await asyncio.sleep(self._ttl_s / 3)
             except consul.NotFound:
@@ -158,28 +154,79 @@ class ConsulDiscovery(SessionBackend):
                 log.warning("consul unreachable (%r); retrying", exc)
                 await asyncio.sleep(self._retry_delay_s)
 
+    async def _create_session(self) -> None:
+        self._session_id = await self._run(
+            self._client.session.create,
+            name="monolith-serving",
+            ttl=max(10, int(self._ttl_s)),
+            behavior="delete",
+            lock_delay=0,  # re-acquiring our keys right after a loss must not be refused
+        )
+        self._unwritten.clear()  # the full reconcile below writes everything
+        self._set_state(SessionState.CONNECTED)
+        await self._reconcile_all_ephemerals()
+        self._wake_watches()
+
+    async def _renew_session(self, session_id: str) -> None:
+        await self._run(self._client.session.renew, session_id)
+        resumed = self._state is not SessionState.CONNECTED
+        self._set_state(SessionState.CONNECTED)
+        if resumed:
+            # The session outlived the outage, and so did whatever it held; bring it to the desired state.
+            self._unwritten.clear()
+            await self._reconcile_all_ephemerals()
+            self._wake_watches()
+        else:
+            await self._retry_failed_changes()
+
+    async def _retry_failed_changes(self) -> None:
+        """Deletes and writes that failed while the session stayed CONNECTED (an outage between two renews)."""
+        for path in list(self._pending_deletes):
+            await self._delete_ephemeral(path)
+        for path in list(self._unwritten):
+            await self._write_ephemeral(path)
+
+    def _wake_watches(self) -> None:
+        for watch in self._watches:
+            watch.wake()
+
     # ---- ephemerals ------------------------------------------------------------------------------------
-    async def unregister(self, path: str) -> None:
-        path = normalize_path(path)
-        self._ephemerals.pop(path, None)
+    async def _delete_ephemeral(self, path: str) -> None:
         async with self._ephemeral_lock:
-            if self._session_id is None:
+            session_id = self._session_id
+            if path not in self._pending_deletes or path in self._ephemerals or session_id is None:
+                self._pending_deletes.discard(path)  # registered again, or no session: its keys are gone
                 return
             try:
-                await self._run(self._client.kv.delete, path_to_key(path))
+                deleted = await self._run(self._release_blocking, path_to_key(path), session_id)
             except _TRANSIENT as exc:
-                log.warning("could not delete %s: %r (the session TTL will)", path, exc)
+                log.warning("ephemeral %s not deleted (%r); will retry after the next renew", path, exc)
+                return
+            if deleted:
+                self._pending_deletes.discard(path)
+
+    def _release_blocking(self, key: str, session_id: str) -> bool:
+        """Delete ``key`` if ``session_id`` holds it; True when it is gone or not ours (nothing left to do)."""
+        _index, entry = self._client.kv.get(key)
+        if entry is None or entry.get("Session") != session_id:
+            return True  # a key another session holds (e.g. a newer process of the same replica) is not ours
+        # cas: a concurrent change leaves it for the next retry instead of deleting someone else's write.
+        return bool(self._client.kv.delete(key, cas=entry["ModifyIndex"]))
 
     async def _write_ephemeral(self, path: str) -> None:
         async with self._ephemeral_lock:
             data = self._ephemerals.get(path)
             session_id = self._session_id
             if data is None or session_id is None:
-                return  # acquired when the next session is created
+                self._unwritten.discard(path)
+                return  # unregistered, or acquired when the next session is created
             try:
                 await self._run(self._acquire_blocking, path_to_key(path), data, session_id)
             except _TRANSIENT as exc:
-                log.warning("ephemeral %s not written (%r); will retry with the next session", path, exc)
+                self._unwritten.add(path)
+                log.warning("ephemeral %s not written (%r); will retry after the next renew", path, exc)
+                return
+            self._unwritten.discard(path)
 
     def _acquire_blocking(self, key: str, data: bytes, session_id: str) -> None:
         if self._client.kv.put(key, data, acquire=session_id):

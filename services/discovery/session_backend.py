@@ -1,8 +1,11 @@
 """What the session-based backends (ZooKeeper, Consul) share: the session state and its listeners, the desired
 ephemeral registrations, background tasks and the blocking-call executor.
 
-A backend supplies how an ephemeral is written (``_write_ephemeral``) and deleted (``unregister``), how its
-session is kept, and the reads and watches; this class keeps what a caller sees the same on both.
+A backend supplies how an ephemeral is written (``_write_ephemeral``) and deleted (``_delete_ephemeral``), how
+its session is kept, and the reads and watches; this class keeps what a caller sees the same on both.
+
+An unregister the server did not see (disconnected, or the delete failed) stays pending until a delete succeeds
+or the session is LOST: a session that survives an outage keeps its ephemerals, and nothing else removes them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class SessionBackend(Discovery, abc.ABC):
         self._state_listeners: list[StateListener] = []
         # Desired state, touched only on the loop: written on connect, re-written after a session loss.
         self._ephemerals: dict[str, bytes] = {}
+        # Unregistered paths this session may still hold; touched only on the loop.
+        self._pending_deletes: set[str] = set()
         self._ephemeral_lock = asyncio.Lock()
         self._tasks: set[asyncio.Future[None]] = set()
         self._started = False
@@ -57,6 +62,8 @@ class SessionBackend(Discovery, abc.ABC):
         if state is self._state:
             return
         previous, self._state = self._state, state
+        if state is SessionState.LOST:
+            self._pending_deletes.clear()  # the lost session's ephemerals died with it
         if state is SessionState.CONNECTED:
             self._connected.set()
         else:
@@ -69,6 +76,7 @@ class SessionBackend(Discovery, abc.ABC):
     async def register_ephemeral(self, path: str, data: bytes) -> None:
         path = normalize_path(path)
         self._ephemerals[path] = data
+        self._pending_deletes.discard(path)
         await self._write_ephemeral(path)
 
     async def update_ephemeral(self, path: str, data: bytes) -> None:
@@ -78,13 +86,28 @@ class SessionBackend(Discovery, abc.ABC):
         self._ephemerals[path] = data
         await self._write_ephemeral(path)
 
+    async def unregister(self, path: str) -> None:
+        path = normalize_path(path)
+        self._ephemerals.pop(path, None)
+        self._pending_deletes.add(path)
+        await self._delete_ephemeral(path)
+
     @abc.abstractmethod
     async def _write_ephemeral(self, path: str) -> None:
         """Writes the registered data of ``path`` as this session's ephemeral, if there is a session now;
         otherwise leaves it to ``_reconcile_all_ephemerals`` after the next connect. Never raises for an
         unreachable server."""
 
+    @abc.abstractmethod
+    async def _delete_ephemeral(self, path: str) -> None:
+        """Deletes ``path`` if it is still pending (not registered again) and held by this session, then drops it
+        from ``_pending_deletes``; leaves it pending when the server cannot be reached now (the next reconnect
+        retries). Never raises for an unreachable server."""
+
     async def _reconcile_all_ephemerals(self) -> None:
+        """Brings the server to the desired state: pending deletes first, then every registration."""
+        for path in list(self._pending_deletes):
+            await self._delete_ephemeral(path)
         for path in list(self._ephemerals):
             await self._write_ephemeral(path)
 

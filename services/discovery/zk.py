@@ -47,6 +47,11 @@ T = TypeVar("T")
 # Errors meaning "the server cannot be reached right now" (retry later), as opposed to bugs.
 _TRANSIENT = (ConnectionLoss, SessionExpiredError, KazooTimeoutError)
 
+# Back-off between failed resync reads of one subtree watch: short, so a blip costs little, and growing, so a
+# read that keeps failing (a bug, a server refusing) does not spin.
+_RESYNC_RETRY_MIN_S = 0.1
+_RESYNC_RETRY_MAX_S = 5.0
+
 _STATE_MAP = {
     KazooState.CONNECTED: SessionState.CONNECTED,
     KazooState.SUSPENDED: SessionState.SUSPENDED,
@@ -95,8 +100,10 @@ class ZkDiscovery(SessionBackend):
             watch.cancel()
         for task in list(self._tasks):
             task.cancel()
-        paths = list(self._ephemerals)
+        # Closing the session would delete these too; deleting first makes them vanish before the close.
+        paths = [*self._ephemerals, *self._pending_deletes]
         self._ephemerals.clear()
+        self._pending_deletes.clear()
         if self._client.connected:
             for path in paths:
                 try:
@@ -129,20 +136,36 @@ class ZkDiscovery(SessionBackend):
     def _set_state(self, state: SessionState) -> None:
         super()._set_state(state)
         if state is SessionState.CONNECTED and not self._stopped:
-            # After any reconnect (same session or a new one after LOST) bring ephemerals and watches back.
+            # After any reconnect (same session or a new one after LOST) bring ephemerals and watches back; a
+            # surviving session also gets the deletes it missed.
             self.spawn(self._reconcile_all_ephemerals())
             for watch in self._watches:
                 watch.request_resync()
 
     # ---- ephemerals ------------------------------------------------------------------------------------
-    async def unregister(self, path: str) -> None:
-        path = normalize_path(path)
-        self._ephemerals.pop(path, None)
+    async def _delete_ephemeral(self, path: str) -> None:
         async with self._ephemeral_lock:
+            if path not in self._pending_deletes or path in self._ephemerals or self._state is SessionState.LOST:
+                self._pending_deletes.discard(path)  # registered again, or died with the lost session
+                return
             if not self._client.connected:
-                return  # a node of ours cannot outlive the session; if the session survives, stop() cleans
-            with contextlib.suppress(NoNodeError):
-                await self._run(self._client.delete, path)
+                return  # the session may survive the outage: deleted by the reconcile after the next CONNECTED
+            try:
+                await self._run(self._delete_if_ours_blocking, path)
+            except _TRANSIENT as exc:
+                log.warning("ephemeral %s not deleted (%r); will retry on reconnect", path, exc)
+                return
+            self._pending_deletes.discard(path)
+
+    def _delete_if_ours_blocking(self, path: str) -> None:
+        """Delete ``path`` if it is an ephemeral of this session (runs on the executor); a node another session
+        created there (e.g. a newer process of the same replica) is not ours to remove."""
+        stat = self._client.exists(path)
+        client_id = self._client.client_id
+        if stat is None or client_id is None or stat.ephemeralOwner != client_id[0]:
+            return
+        with contextlib.suppress(NoNodeError):
+            self._client.delete(path)
 
     async def _write_ephemeral(self, path: str) -> None:
         async with self._ephemeral_lock:
@@ -216,7 +239,7 @@ class ZkDiscovery(SessionBackend):
             data, _stat = await self._read(self._client.get, normalize_path(path))
         except NoNodeError:
             return None
-        return bytes(data)
+        return _node_bytes(data)
 
     async def get_leaves(self, path: str) -> dict[str, bytes]:
         self._require_connected()
@@ -243,7 +266,7 @@ class ZkDiscovery(SessionBackend):
                     data, _stat = result.get(timeout=self._read_timeout_s)
                 except NoNodeError:
                     continue  # deleted meanwhile; its parent's child watch fires
-                nodes[p] = bytes(data)
+                nodes[p] = _node_bytes(data)
             for p, result in child_calls:
                 try:
                     children = result.get(timeout=self._read_timeout_s)
@@ -276,6 +299,11 @@ class ZkDiscovery(SessionBackend):
             return await within(self._run(fn, *args), self._read_timeout_s)
         except (TimeoutError, *_TRANSIENT) as exc:
             raise UnavailableError(f"zookeeper read failed: {exc!r}") from exc
+
+
+def _node_bytes(data: bytes | None) -> bytes:
+    """A node's data; null data (``zkCli.sh create <path>`` without data, kazoo gives None) reads as empty."""
+    return b"" if data is None else bytes(data)
 
 
 class _ZkSubtreeWatch(WatchHandle):
@@ -315,18 +343,39 @@ class _ZkSubtreeWatch(WatchHandle):
             self._owner.spawn(self._resync_loop())
 
     async def _resync_loop(self) -> None:
+        """Re-reads until a read succeeds with no new request pending, or the client is disconnected.
+
+        A failed read leaves the watch dirty and is retried after a back-off, never given up while connected:
+        the failure may be the old session's read, with the new session's CONNECTED (whose request this loop
+        absorbed) already past, and then nothing else would ever re-arm the watches.
+        """
+        retry_s = _RESYNC_RETRY_MIN_S
         try:
             while self._dirty and not self._cancelled:
                 self._dirty = False
                 if not self._owner._client.connected:
                     return  # the next CONNECTED requests a resync
-                started = time.monotonic()
-                try:
-                    nodes = await self._owner._run(self._owner.snapshot_blocking, self._root, self._on_zk_watch)
-                except (*_TRANSIENT, KazooException) as exc:
-                    log.warning("resync of %s failed (%r); waiting for reconnect", self._root, exc)
-                    return
-                self._differ.apply(leaves_of(nodes, self._root))
-                log.debug("resynced %s (%d nodes) in %.3fs", self._root, len(nodes), time.monotonic() - started)
+                if await self._resync_once():
+                    retry_s = _RESYNC_RETRY_MIN_S
+                    continue
+                self._dirty = True
+                await asyncio.sleep(retry_s)
+                retry_s = min(2 * retry_s, _RESYNC_RETRY_MAX_S)
         finally:
             self._running = False
+
+    async def _resync_once(self) -> bool:
+        """One full read of the subtree (re-arming its watches) diffed into events; False if the read failed."""
+        started = time.monotonic()
+        try:
+            nodes = await self._owner._run(self._owner.snapshot_blocking, self._root, self._on_zk_watch)
+        except (*_TRANSIENT, KazooException) as exc:
+            log.warning("resync of %s failed (%r); retrying", self._root, exc)
+            return False
+        except Exception:
+            # A bug must not end the watch for good: log it with its traceback and keep retrying.
+            log.exception("resync of %s failed unexpectedly; retrying", self._root)
+            return False
+        self._differ.apply(leaves_of(nodes, self._root))
+        log.debug("resynced %s (%d nodes) in %.3fs", self._root, len(nodes), time.monotonic() - started)
+        return True

@@ -7,11 +7,13 @@ so the double is held to Consul's behaviour.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import consul
 import pytest
@@ -31,9 +33,86 @@ def client_for(target: ConsulTarget) -> consul.Consul:
     return consul.Consul(host=cfg.consul_host, port=cfg.consul_port, scheme=cfg.consul_scheme)
 
 
-def discovery_for(target: ConsulTarget) -> ConsulDiscovery:
-    cfg = DiscoveryConfig.consul_from_address(target.address, session_timeout_s=10.0, consul_watch_wait_s=2.0)
+def discovery_for(target: ConsulTarget, address: str | None = None) -> ConsulDiscovery:
+    cfg = DiscoveryConfig.consul_from_address(
+        address or target.address, session_timeout_s=10.0, consul_watch_wait_s=2.0
+    )
     return ConsulDiscovery(cfg, retry_delay_s=0.1)
+
+
+class CuttableLink:
+    """A loopback TCP relay to Consul that the test can cut (refuse and drop every connection) and restore
+    on the same port: a network outage that works the same against the double and a real agent."""
+
+    def __init__(self, target_address: str) -> None:
+        host, port = target_address.rsplit(":", 1)
+        self._target = (host, int(port))
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self.port = 0
+        self.restore()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            _close(listener)
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _close(sock)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(self._target, timeout=5)
+            except OSError:
+                return  # cut: the listener is closed
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(src)
+            _close(dst)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+@pytest.fixture()
+def consul_link(consul_target: ConsulTarget) -> Iterator[CuttableLink]:
+    link = CuttableLink(consul_target.address)
+    try:
+        yield link
+    finally:
+        link.cut()
 
 
 def prefix() -> str:
@@ -275,5 +354,80 @@ def test_replica_roles_over_consul(consul_target: ConsulTarget) -> None:
                 assert watcher.get_all_replicas() == {"entry:0": ["10.2.0.1:9100"], "ps:0": ["10.2.0.1:9000"]}
             assert await reader.get_children(f"/{bzid}/service/iptv/ps:0") == ["99"]
             raw.kv.delete(bzid, recurse=True)
+
+    run(body)
+
+
+# ------------------------------------------------------------------------------- short Consul outages
+# The outage is shorter than the session TTL: the session survives it, so whatever the backend could not
+# write or delete during it has to be done once Consul answers again; the TTL never cleans it up.
+
+
+async def _outage(
+    disc: ConsulDiscovery, link: CuttableLink, during: Callable[[], Awaitable[None]], *, noticed: bool
+) -> None:
+    """Cut the link, run ``during``, restore. ``noticed``: wait until the backend reported SUSPENDED first
+    (else the outage may end before a session renew sees it, and the session stays CONNECTED throughout)."""
+    session = disc.session_id
+    link.cut()
+    if noticed:
+        await eventually(lambda: disc.state is SessionState.SUSPENDED, what="SUSPENDED")
+    await during()
+    link.restore()
+    await eventually(lambda: disc.state is SessionState.CONNECTED, what="CONNECTED")
+    assert disc.session_id == session
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["suspended", "blip"])
+def test_update_during_an_outage_is_written_after_it(
+    consul_target: ConsulTarget, consul_link: CuttableLink, noticed: bool
+) -> None:
+    raw = client_for(consul_target)
+    p = prefix()
+    path = f"/{p}/service/m/ps:0/1"
+
+    async def body() -> None:
+        async with discovery_for(consul_target, consul_link.address) as disc:
+            assert await disc.wait_connected(15)
+            await disc.register_ephemeral(path, b"loading")
+
+            async def became_available() -> None:
+                await disc.update_ephemeral(path, b"available")
+
+            await _outage(disc, consul_link, became_available, noticed=noticed)
+
+            def written() -> bool:
+                _, entry = raw.kv.get(path.lstrip("/"))
+                return entry is not None and entry["Value"] == b"available" and entry["Session"] == disc.session_id
+
+            await eventually(written, what="the update written once Consul answers")
+        raw.kv.delete(p, recurse=True)
+
+    run(body)
+
+
+@pytest.mark.parametrize("noticed", [True, False], ids=["suspended", "blip"])
+def test_unregister_during_an_outage_deletes_after_it(
+    consul_target: ConsulTarget, consul_link: CuttableLink, noticed: bool
+) -> None:
+    raw = client_for(consul_target)
+    p = prefix()
+    path = f"/{p}/binding/m/ps_0:default:pod-a"
+    kept = f"/{p}/binding/m/ps_1:default:pod-a"
+
+    async def body() -> None:
+        async with discovery_for(consul_target, consul_link.address) as disc:
+            assert await disc.wait_connected(15)
+            await disc.register_ephemeral(path, b"")
+            await disc.register_ephemeral(kept, b"")
+
+            async def unbind() -> None:
+                await disc.unregister(path)
+
+            await _outage(disc, consul_link, unbind, noticed=noticed)
+            await eventually(lambda: raw.kv.get(path.lstrip("/"))[1] is None, what="the key deleted")
+            _, entry = raw.kv.get(kept.lstrip("/"))
+            assert entry is not None and entry["Session"] == disc.session_id
+        raw.kv.delete(p, recurse=True)
 
     run(body)

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss
 from zk_harness import ZooKeeperServer
 
 from monolith_serving.core.zk_paths import (
@@ -61,6 +65,14 @@ def plain_kazoo(server: ZooKeeperServer) -> KazooClient:
 
 def run(coro_fn: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def expire_session(server: ZooKeeperServer, session: tuple[int, bytes]) -> None:
+    """ZooKeeper's own expiry technique: a second client joins the session and closes it."""
+    thief = KazooClient(hosts=server.hosts, client_id=session, timeout=10)
+    thief.start(timeout=15)
+    thief.stop()
+    thief.close()
 
 
 class StatusScript:
@@ -177,11 +189,7 @@ def test_session_expiry_recreates_ephemerals_and_rearms_watches(zk_server: ZooKe
             old_session = disc.session_id()
             assert old_session is not None
 
-            # ZooKeeper's own expiry technique: a second client joins the session and closes it.
-            thief = KazooClient(hosts=zk_server.hosts, client_id=old_session, timeout=10)
-            thief.start(timeout=15)
-            thief.stop()
-            thief.close()
+            expire_session(zk_server, old_session)
 
             await eventually(lambda: SessionState.LOST in states, what="LOST")
             await eventually(lambda: disc.state is SessionState.CONNECTED, what="reconnect")
@@ -220,6 +228,149 @@ def test_zookeeper_down_at_start_connects_and_registers_later(zk_private_server:
             await asyncio.get_running_loop().run_in_executor(None, zk_private_server.start)
             assert await disc.wait_connected(30)
             await eventually(lambda: _exists(zk_private_server, path), what="late registration")
+
+    run(body)
+
+
+class FailNextSnapshot:
+    """Stands in for ``ZkDiscovery.snapshot_blocking``: the read after ``arm()`` runs ``before_failing`` (on the
+    executor thread, as the real read does) and then raises ``error``; every other read is the real one."""
+
+    def __init__(
+        self, real: Callable[[str, Any], dict[str, bytes]], error: Exception, before_failing: Callable[[], None]
+    ) -> None:
+        self._real = real
+        self._error = error
+        self._before_failing = before_failing
+        self._armed = threading.Event()
+        self.failed = threading.Event()
+
+    def arm(self) -> None:
+        self._armed.set()
+
+    def __call__(self, root: str, watcher: Any) -> dict[str, bytes]:
+        if not self._armed.is_set():
+            return self._real(root, watcher)
+        self._armed.clear()
+        self._before_failing()
+        self.failed.set()
+        raise self._error
+
+
+def _wait_in_thread(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("failure", ["session_replaced_during_read", "unexpected_error"])
+def test_subtree_watch_survives_a_failed_resync(
+    zk_server: ZooKeeperServer, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resync read that fails must not end the watch: neither a read cut by a session loss whose
+    reconnect (new session, no watches yet) lands while the read is still failing, nor a bug in the read."""
+    root = f"/{new_bzid()}/service"
+
+    async def body() -> None:
+        disc = ZkDiscovery(zk_config(zk_server))
+        states: list[SessionState] = []
+        disc.add_state_listener(states.append)
+        async with disc:
+            assert await disc.wait_connected(15)
+            session = disc.session_id()
+            assert session is not None
+
+            def replace_session() -> None:
+                expire_session(zk_server, session)
+                # The new session's CONNECTED has reached the loop (and asked the watch to resync) before
+                # this read reports its failure: the order that lost the watch.
+                _wait_in_thread(
+                    lambda: SessionState.LOST in states and disc.state is SessionState.CONNECTED, 30, "new session"
+                )
+
+            if failure == "session_replaced_during_read":
+                fake = FailNextSnapshot(disc.snapshot_blocking, ConnectionLoss(), replace_session)
+            else:
+                fake = FailNextSnapshot(disc.snapshot_blocking, RuntimeError("injected bug"), lambda: None)
+            monkeypatch.setattr(disc, "snapshot_blocking", fake)
+            writer = plain_kazoo(zk_server)
+            try:
+                writer.create(f"{root}/ps:0/1", b"a", makepath=True)
+                events: list[WatchEvent] = []
+                await disc.watch_subtree(root, events.append)
+                await eventually(lambda: len(events) == 1, what="initial ADDED")
+                fake.arm()
+                writer.create(f"{root}/ps:0/2", b"b")  # its resync is the read that fails
+                await eventually(fake.failed.is_set, timeout_s=45, what="the failing read")
+                writer.create(f"{root}/ps:0/3", b"c")
+                await eventually(
+                    lambda: {e.path for e in events} >= {f"{root}/ps:0/2", f"{root}/ps:0/3"},
+                    what="events after the failed read",
+                )
+            finally:
+                writer.stop()
+                writer.close()
+
+    run(body)
+
+
+def test_nodes_with_null_data_read_as_empty(zk_server: ZooKeeperServer) -> None:
+    """`zkCli.sh create <path>` without data leaves null data (kazoo returns None): read as b"", and the
+    replica view skips such a node instead of failing whole."""
+    bzid = new_bzid()
+    root = service_root(bzid, "iptv")
+    good = ReplicaMeta(address="10.0.0.1:1", stat=ModelState.AVAILABLE, server_type="ps", task=0, replica=1)
+
+    async def body() -> None:
+        async with create_discovery(zk_config(zk_server)) as disc:
+            assert await disc.wait_connected(15)
+            writer = plain_kazoo(zk_server)
+            try:
+                writer.create(f"{root}/ps:1", None, makepath=True)
+                writer.create(f"{root}/ps:0/2", None, makepath=True)
+                assert writer.get(f"{root}/ps:1")[0] is None  # what the server really stores
+                assert await disc.get_data(f"{root}/ps:1") == b""
+                assert await disc.get_leaves(root) == {f"{root}/ps:1": b"", f"{root}/ps:0/2": b""}
+                events: list[WatchEvent] = []
+                await disc.watch_subtree(root, events.append)
+                await eventually(lambda: len(events) == 2, what="ADDED for the null nodes")
+                assert {e.data for e in events} == {b""}
+                async with ReplicaWatcher(discovery=disc, bzid=bzid, base_name="iptv") as watcher:
+                    assert await watcher.wait_synced(10)
+                    writer.create(f"{root}/ps:0/1", good.to_json())
+                    await eventually(lambda: watcher.get_all_replicas() == {"ps:0": ["10.0.0.1:1"]}, what="view")
+                await eventually(lambda: any(e.path == f"{root}/ps:0/1" for e in events), what="ADDED after")
+            finally:
+                writer.stop()
+                writer.close()
+
+    run(body)
+
+
+def test_unregister_while_disconnected_deletes_once_the_session_resumes(
+    zk_private_server: ZooKeeperServer,
+) -> None:
+    path = "/bz/binding/m/ps_0:default:pod-a"
+    kept = "/bz/binding/m/ps_1:default:pod-a"
+
+    async def body() -> None:
+        # A session far longer than the outage: it survives, and so would a forgotten ephemeral.
+        async with ZkDiscovery(zk_config(zk_private_server, session_timeout_s=20)) as disc:
+            assert await disc.wait_connected(15)
+            await disc.register_ephemeral(path, b"")
+            await disc.register_ephemeral(kept, b"")
+            session = disc.session_id()
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, zk_private_server.stop)
+            await eventually(lambda: disc.state is SessionState.SUSPENDED, what="SUSPENDED")
+            await disc.unregister(path)
+            await loop.run_in_executor(None, zk_private_server.start)
+            await eventually(lambda: disc.state is SessionState.CONNECTED, timeout_s=30, what="reconnect")
+            assert disc.session_id() == session  # same session: its ephemerals did not die with it
+            await eventually(lambda: not _exists(zk_private_server, path), what="unregistered node deleted")
+            assert _exists(zk_private_server, kept)
 
     run(body)
 

@@ -7,7 +7,7 @@ BUILD := build
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
 
-.PHONY: help venv system-deps protos lint typecheck unit test run clean
+.PHONY: help venv system-deps protos lint typecheck unit test run clean chart-rules
 
 help:
 	@echo "make run   - install, export the demo model, start a standalone cluster, send one Predict"
@@ -15,7 +15,13 @@ help:
 
 venv: $(VENV)/.installed
 
+# Debian and Ubuntu ship venv's ensurepip in a separate package (python3.X-venv, pulled in by python3-venv).
 $(VENV)/.installed: pyproject.toml setup.py
+	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || { \
+	  pkg="python$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv"; \
+	  echo "installing from Debian packages: $$pkg (for $(PYTHON) -m venv)"; \
+	  $(SUDO) apt-get update -q && $(APT_INSTALL) "$$pkg"; \
+	}
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,onnx,remote]'
@@ -82,6 +88,11 @@ run: venv
 .PHONY: images
 images: venv
 	PYTHON=$(abspath $(PY)) deploy/images/build-images.sh all
+
+# The Helm chart's PrometheusRule reads copies of the rule files (Helm reads files inside the chart only);
+# tests/deploy/test_helm.py fails while they differ from deploy/.
+chart-rules:
+	cp deploy/recording_rules.yml deploy/alerts.yml helm/monolith-serving/rules/
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,7 @@ recording rules. Grafana itself is not installable here (no Debian package), so 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import urllib.error
 import urllib.parse
@@ -131,6 +132,62 @@ def test_queries_read_only_recorded_series(dashboard: dict[str, Any]) -> None:
     } <= used
 
 
+# Which name a recorded series' `model` label carries, from the raw metrics its rule reads: the proxy labels
+# requests with the model name clients send (e.g. `entry`); the replica and model managers use the agent.conf
+# base_name (e.g. `demo`). A dashboard variable filled from one kind matches nothing of the other.
+_MODEL_LABEL_KINDS = {"proxy_": "request", "monolith_replica_manager_": "base", "monolith_model_manager_": "base"}
+_SELECTOR = re.compile(r"(monolith:[A-Za-z0-9_:]+)\{([^}]*)\}")
+_MODEL_VARIABLE = re.compile(r'model=~"\$(\w+)"')
+
+
+def _model_label_kinds() -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for rule in rule_file_rules(DEPLOY / "recording_rules.yml"):
+        found = {
+            kind for metric in raw_metrics(rule["expr"]) for prefix, kind in _MODEL_LABEL_KINDS.items()
+            if metric.startswith(prefix)
+        }  # fmt: skip
+        assert len(found) <= 1, f"{rule['record']} mixes model label kinds {found}"
+        if found:
+            kinds[rule["record"]] = found.pop()
+    return kinds
+
+
+def _variable_filters(exprs: list[str]) -> list[tuple[str, str, str]]:
+    """(expression, recorded series, variable) for every `model=~"$variable"` matcher."""
+    return [
+        (expr, series, variable)
+        for expr in exprs
+        for series, matchers in _SELECTOR.findall(expr)
+        for variable in _MODEL_VARIABLE.findall(matchers)
+    ]
+
+
+def test_model_variables_match_the_series_they_filter(dashboard: dict[str, Any]) -> None:
+    """A variable filled from proxy series filters only proxy series, one from the managers only theirs."""
+    kinds = _model_label_kinds()
+    assert kinds["monolith:requests:rate1m"] == "request" and kinds["monolith:available_replicas"] == "base"
+    variable_kind: dict[str, str] = {}
+    for variable in dashboard["templating"]["list"]:
+        sources = recorded_series(variable["query"]["query"])
+        assert len(sources) == 1, variable["name"]
+        variable_kind[variable["name"]] = kinds[sources.pop()]
+    assert set(variable_kind.values()) == {"request", "base"}
+    filters = _variable_filters(_exprs(dashboard))
+    for expr, series, variable in filters:
+        assert series in kinds, f"{expr}: ${variable} filters {series}, whose model label is neither kind"
+        assert variable_kind[variable] == kinds[series], f"{expr}: ${variable} cannot match {series}'s model label"
+    filtered = {series for _, series, _ in filters}
+    base_panels = {"monolith:available_replicas", "monolith:serving_version", "monolith:serving_version_age_seconds"}
+    assert base_panels <= filtered
+
+
+def test_variable_filters_are_found() -> None:
+    assert _variable_filters(['monolith:serving_version{model=~"$model"}']) == [
+        ('monolith:serving_version{model=~"$model"}', "monolith:serving_version", "model")
+    ]
+
+
 @pytest.fixture(scope="module")
 def prometheus_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Debian's Prometheus on loopback with our rule files (no targets: the queries only need to evaluate)."""
@@ -184,7 +241,7 @@ def _query(url: str, expr: str) -> dict[str, Any]:
 
 
 def test_every_query_evaluates(dashboard: dict[str, Any], prometheus_url: str) -> None:
-    variables = {"$model": ".*"}
+    variables = {"$model": ".*", "$base_name": ".*"}
     queries = [*_exprs(dashboard), *(v["query"]["query"] for v in dashboard["templating"]["list"])]
     for expr in queries:
         for name, value in variables.items():

@@ -5,6 +5,7 @@ the real parser, gRPC probes, PDB and ServiceMonitor selectors, NOTES). No clust
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -13,13 +14,15 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_tools import REPO, ensure_python_tool, helm_binary, helm_env, run
+from deploy_tools import DEPLOY, REPO, ensure_command, ensure_python_tool, helm_binary, helm_env, run
 
-from monolith_serving.core.agent_conf import DeployType, load_agent_config, resolve_environment
+from monolith_serving.agent.config import model_version_policy
+from monolith_serving.core.agent_conf import DeployType, VersionPolicy, load_agent_config, resolve_environment
 
 CHART = REPO / "helm" / "monolith-serving"
 VALUE_SETS = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
 IMAGE_REPOSITORIES = ("monolith-serving", "registry.example/monolith-serving")
+RULE_FILES = ("recording_rules.yml", "alerts.yml")  # deploy/<name> is copied to helm/monolith-serving/rules/<name>
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +72,18 @@ def _values(name: str) -> dict[str, Any]:
     return merge(defaults, overrides)
 
 
+def _start_script_output(sts: dict[str, Any], ordinal: int, tmp_path: Path) -> list[str]:
+    """`$SHARD_ID $REPLICA_ID <args>` as the PS StatefulSet's start script sets them for pod `ordinal`, run with
+    a stand-in `monolith-serving` on PATH."""
+    stand_in = tmp_path / "monolith-serving"
+    if not stand_in.exists():
+        stand_in.write_text('#!/bin/sh\necho "$SHARD_ID $REPLICA_ID $*"\n')
+        stand_in.chmod(0o755)
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "MY_POD_NAME": f"{sts['metadata']['name']}-{ordinal}"}
+    return run(["/bin/sh", "-c", container["args"][0]], env=env).stdout.split()
+
+
 def test_value_sets_exist() -> None:
     assert {"default-values.yaml", "external-zk-values.yaml", "consul-values.yaml"} <= set(VALUE_SETS)
 
@@ -91,11 +106,11 @@ def test_manifests_pass_kubernetes_schema(
     rendered.write_text(done.stdout)
     checked = run([kubernetes_validate, "--strict", "-k", "1.29", rendered], check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    # Only CRDs (ServiceMonitor) may lack a schema; every built-in kind must have been checked.
+    # Only CRDs (ServiceMonitor, PrometheusRule) may lack a schema; every built-in kind must have been checked.
     for line in (checked.stdout + checked.stderr).splitlines():
         assert not line.startswith("ERROR"), line
         if line.startswith("WARN"):
-            assert "ServiceMonitor" in line, line
+            assert "kind ServiceMonitor " in line or "kind PrometheusRule " in line, line
 
 
 def test_schema_validation_catches_an_unknown_field(
@@ -116,16 +131,12 @@ def test_ps_ordinals_cover_every_shard_and_replica(
     sts = _one(docs, "StatefulSet", "-ps")
     container = sts["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["/bin/sh", "-c"]
-    stand_in = tmp_path / "monolith-serving"
-    stand_in.write_text('#!/bin/sh\necho "$SHARD_ID $REPLICA_ID $*"\n')
-    stand_in.chmod(0o755)
     v = _values(values)
     shards = v["ps"]["shards"] or v["model"]["numPs"]
     assert sts["spec"]["replicas"] == shards * v["ps"]["replicasPerShard"]
     seen = set()
     for ordinal in range(sts["spec"]["replicas"]):
-        env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "MY_POD_NAME": f"{sts['metadata']['name']}-{ordinal}"}
-        out = run(["/bin/sh", "-c", container["args"][0]], env=env).stdout.split()
+        out = _start_script_output(sts, ordinal, tmp_path)
         shard, replica = int(out[0]), int(out[1])
         assert out[2:5] == ["agent", "--conf", "/etc/monolith/ps.conf"]
         assert out[5:7] == ["--metrics_port", str(v["ports"]["metrics"])]
@@ -233,6 +244,10 @@ def test_discovery_backends(helm: tuple[Path, dict[str, str]]) -> None:
         (["--set", "discovery.backend=etcd"], "discovery.backend must be one of"),
         (["--set", "ps.replicasPerShard=0"], "ps.replicasPerShard"),
         (["--set", "unknownKey=1"], "unknownKey"),
+        (["--set", "model.versionPolicy=specific"], "model.versionData is required when model.versionPolicy is"),
+        (["--set", "model.versionData=3"], "model.versionData applies only to model.versionPolicy specific"),
+        (["--set", "model.versionPolicy=specific", "--set", "model.versionData=-1"], "model.versionData"),
+        (["--set", "monitoring.prometheusRule.enabled=yes"], "monitoring.prometheusRule.enabled"),
     ],
 )
 def test_bad_values_are_refused(helm: tuple[Path, dict[str, str]], flags: list[str], message: str) -> None:
@@ -261,3 +276,111 @@ def test_notes_show_the_client_command(helm: tuple[Path, dict[str, str]], tmp_pa
     assert "client predict --target rel-monolith-serving-proxy:8500 --model entry" in text
     assert "port-forward service/rel-monolith-serving-proxy 8500:8500" in text
     assert "4 pods (2 shards x 2 replicas)" in text
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_version_data_renders_only_with_specific(
+    helm: tuple[Path, dict[str, str]], values: str, tmp_path: Path
+) -> None:
+    """`specific` serves model.versionData (agent.conf version_data); the other policies leave it unset."""
+    plain = _one(_render(helm, values), "ConfigMap", "-config")["data"]
+    assert all("version_data" not in conf for conf in plain.values())
+    done = _template(helm, "-f", str(CHART / "ci" / values), "--set", "model.versionPolicy=specific",
+                     "--set", "model.versionData=1700000000")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    data = _one([d for d in yaml.safe_load_all(done.stdout) if d], "ConfigMap", "-config")["data"]
+    for name in ("ps.conf", "entry.conf", "cluster.conf"):
+        (tmp_path / name).write_text(data[name])
+        conf = load_agent_config(tmp_path / name)
+        assert conf.version_policy is VersionPolicy.SPECIFIC and conf.version_data == 1700000000, name
+        assert model_version_policy(conf).versions == (1700000000,), name
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_ps_service_monitor_labels_each_pod_with_its_shard(
+    helm: tuple[Path, dict[str, str]], values: str, tmp_path: Path
+) -> None:
+    """The recording rules group PS series by `shard`: the PS ServiceMonitor's relabelings, applied to each pod
+    name the way Prometheus does (anchored regex, first-to-last), give the SHARD_ID its start script computes."""
+    done = _template(helm, "-f", str(CHART / "ci" / values), "--set", "monitoring.serviceMonitor.enabled=true")
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    sts = _one(docs, "StatefulSet", "-ps")
+    monitor = _one(docs, "ServiceMonitor", "-ps")
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics", "agent-metrics"}
+    for endpoint in monitor["spec"]["endpoints"]:
+        for ordinal in range(sts["spec"]["replicas"]):
+            labels = {"__meta_kubernetes_pod_name": f"{sts['metadata']['name']}-{ordinal}"}
+            for rule in endpoint["relabelings"]:
+                assert rule["action"] == "replace" and rule["sourceLabels"] == ["__meta_kubernetes_pod_name"]
+                if re.fullmatch(rule["regex"], labels["__meta_kubernetes_pod_name"]):
+                    assert rule["targetLabel"] not in labels, f"pod {ordinal}: two shard rules match"
+                    labels[rule["targetLabel"]] = rule["replacement"]
+            assert labels.get("shard") == _start_script_output(sts, ordinal, tmp_path)[0], f"pod {ordinal}"
+        # A pod of another StatefulSet whose name extends this one's gets no shard.
+        other = f"{sts['metadata']['name']}-x-0"
+        assert not any(re.fullmatch(rule["regex"], other) for rule in endpoint["relabelings"])
+    others = [d for d in docs if d["kind"] == "ServiceMonitor" and d is not monitor]
+    assert others and all("relabelings" not in e for d in others for e in d["spec"]["endpoints"])
+
+
+@pytest.mark.parametrize("name", RULE_FILES)
+def test_chart_rule_files_are_copies_of_deploy(name: str) -> None:
+    """Helm reads files inside the chart only, so the PrometheusRule loads copies of deploy/'s rule files."""
+    copy = CHART / "rules" / name
+    assert copy.read_bytes() == (DEPLOY / name).read_bytes(), f"{copy} differs from deploy/{name}: make chart-rules"
+
+
+def test_prometheus_rule_carries_the_deploy_rules(helm: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    assert not [d for d in _render(helm, "default-values.yaml") if d["kind"] == "PrometheusRule"]
+    docs = _render(helm, "external-zk-values.yaml")
+    assert _values("external-zk-values.yaml")["monitoring"]["prometheusRule"]["enabled"]
+    rules = _one(docs, "PrometheusRule", "-rules")
+    assert rules["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    groups = rules["spec"]["groups"]
+    expected = [g for name in RULE_FILES for g in yaml.safe_load((DEPLOY / name).read_text())["groups"]]
+    services = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "Service")
+    services = [name for name in services if not name.endswith("-zookeeper")]
+    target_down = [r for g in groups for r in g["rules"] if r.get("alert") == "MonolithTargetDown"]
+    assert len(target_down) == 1
+    # Narrowed to this release's Services (a shared Prometheus scrapes other applications too); the rest as in deploy/.
+    scoped = re.fullmatch(r'up\{namespace="serving", service=~"([^"]+)"\} == 0', target_down[0]["expr"])
+    assert scoped, target_down[0]["expr"]
+    assert set(services) <= set(scoped.group(1).split("|"))
+    for group in expected:
+        for rule in group["rules"]:
+            if rule.get("alert") == "MonolithTargetDown":
+                rule["expr"] = target_down[0]["expr"]
+    assert groups == expected
+    promtool = ensure_command("promtool", debian_package="prometheus")
+    rendered = tmp_path / "rules.yml"
+    rendered.write_text(yaml.safe_dump({"groups": groups}))
+    run([promtool, "check", "rules", rendered])
+    # The narrowed MonolithTargetDown alerts on this release's targets only.
+    (tmp_path / "test.yml").write_text(yaml.safe_dump({
+        "rule_files": [rendered.name],
+        "evaluation_interval": "15s",
+        "tests": [{
+            "interval": "30s",
+            "input_series": [
+                {"series": f'up{{job="ps",namespace="serving",service="{services[0]}",instance="a:8080"}}',
+                 "values": "0x10"},
+                {"series": 'up{job="db",namespace="serving",service="someone-else",instance="b:8080"}',
+                 "values": "0x10"},
+                {"series": f'up{{job="ps",namespace="other",service="{services[0]}",instance="c:8080"}}',
+                 "values": "0x10"},
+            ],
+            "alert_rule_test": [{
+                "eval_time": "4m",
+                "alertname": "MonolithTargetDown",
+                "exp_alerts": [{
+                    "exp_labels": {"severity": "warning", "job": "ps", "namespace": "serving",
+                                   "service": services[0], "instance": "a:8080"},
+                    "exp_annotations": {"summary": "ps target a:8080 is down",
+                                        "description": "Prometheus cannot scrape this monolith-serving process."},
+                }],
+            }],
+        }],
+    }))  # fmt: skip
+    done = run([promtool, "test", "rules", tmp_path / "test.yml"], check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -71,6 +71,9 @@ num_ps {{ int .Values.model.numPs }}
 num_shard {{ include "monolith.psShards" . }}
 agent_version 1
 version_policy {{ .Values.model.versionPolicy }}
+{{- if eq .Values.model.versionPolicy "specific" }}
+version_data {{ int64 .Values.model.versionData }}
+{{- end }}
 update_model_status_interval 1
 {{- if eq .Values.discovery.backend "consul" }}
 discovery consul

@@ -37,7 +37,7 @@ from monolith_serving.agent.supervisor import ChildSupervisor, RestartPolicy
 from monolith_serving.agent.v1_agent import V1Agent
 from monolith_serving.agent.v3_agent import V3Agent
 from monolith_serving.core.agent_conf import AgentConfig, ConfError, load_agent_config, resolve_environment
-from monolith_serving.core.cli_flags import add_flag
+from monolith_serving.core.cli_flags import add_flag, flag_type, parse_port
 from monolith_serving.core.grpc_server import run_async_main
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.discovery.agent_view import ResourceSampler, WatcherReplicaView
@@ -72,7 +72,9 @@ class Prepared:
 def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--conf", required=True, help="agent.conf (Monolith syntax; see docs/agent_conf.md)")
     add_flag(parser, "--tfs_log", default=None, help="append children's stdout/stderr to this file (default: stdout)")
-    add_flag(parser, "--metrics_port", type=int, default=0, help="Prometheus /metrics port (0: not served)")
+    add_flag(
+        parser, "--metrics_port", type=flag_type(parse_port), default=0, help="Prometheus /metrics port (0: not served)"
+    )
     add_flag(parser, "--work_dir", default=None, help="folder for children's model config files (default: a temp dir)")
     add_flag(parser, "--drain_s", type=float, default=2.0, help="wait after deregistering before stopping children")
     add_flag(parser, "--max_restarts", type=int, default=5, help="child restarts allowed per --restart_window_s")

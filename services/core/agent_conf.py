@@ -335,6 +335,8 @@ def config_from_entries(entries: Iterable[ConfEntry], *, conf_path: str | None =
             continue
         entry = _single(key, group)
         if is_none(entry.value):
+            if not entry.value:  # a key written without a value (a template left unfilled?): unset, but say so
+                _log.warning("%s: key %r has no value: left at its default", entry.where, entry.key)
             continue
         if key in _TFS_PASS_THROUGH:
             tfs_flags[key] = entry.value

@@ -7,13 +7,17 @@ spelling (``--model-config-file``) is accepted as an alias so both habits work.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
+from monolith_serving.core.logging_setup import parse_log_level
+
+T = TypeVar("T")
+MAX_PORT = 65535
 
 
 def add_flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
@@ -29,10 +33,54 @@ def add_flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) ->
     parser.add_argument(*spellings, **kwargs)
 
 
+def flag_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` as an argparse ``type``: its ValueError message becomes the usage error (exit 2) naming the flag;
+    argparse would otherwise replace the message with ``invalid <function name> value``."""
+
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    return convert
+
+
+def parse_port(text: str) -> int:
+    """A port number, 0..65535 (0: any free port, or "not served"); ValueError otherwise.
+
+    gRPC and the kernel would silently take a larger or negative number modulo 65536."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= MAX_PORT:
+        raise ValueError(f"not a port number (0..{MAX_PORT}): {port}")
+    return port
+
+
+def env_port(environ: Mapping[str, str], name: str) -> int | None:
+    """The port in ``$name`` (``PORT3``, ``PORT2``, ...); None when unset or empty, as agent.conf's environment
+    reading counts it (orchestrators template absent values as ""). InvalidArgumentError naming the variable."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return parse_port(raw)
+    except ValueError as error:
+        raise InvalidArgumentError(f"environment variable {name}: {error}") from None
+
+
 def add_common_flags(parser: argparse.ArgumentParser) -> None:
     """Logging flags every command takes."""
     add_flag(parser, "--log_format", choices=("text", "json"), default="text", help="stderr log format")
-    add_flag(parser, "--log_level", default="INFO", help="logging level (DEBUG, INFO, WARNING, ...)")
+    add_flag(
+        parser,
+        "--log_level",
+        type=flag_type(parse_log_level),
+        default="INFO",
+        help="logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)",
+    )
 
 
 # tensorflow_model_server's gRPC port: the default of every server that answers TF Serving's API (ps, dense, entry,
@@ -48,11 +96,11 @@ def add_server_flags(
 
     ``--port`` defaults to None, resolved by ``main_grpc_port`` (or the server's own rule, named in
     ``port_help``), unless ``default_port`` is given."""
-    add_flag(parser, "--port", type=int, default=default_port, help=port_help)
+    add_flag(parser, "--port", type=flag_type(parse_port), default=default_port, help=port_help)
     add_flag(
         parser,
         "--metrics_port",
-        type=int,
+        type=flag_type(parse_port),
         default=0,
         help="port of the Prometheus /metrics HTTP endpoint (0: not served)",
     )
@@ -65,11 +113,23 @@ def add_server_flags(
     )
 
 
+def add_unserved_rest_api_port(parser: argparse.ArgumentParser) -> None:
+    """tensorflow_model_server's ``--rest_api_port``, taken (and checked) so its command lines work unchanged on
+    servers that answer gRPC only."""
+    add_flag(
+        parser,
+        "--rest_api_port",
+        type=flag_type(parse_port),
+        default=0,
+        help="accepted for compatibility; REST is not served",
+    )
+
+
 def add_model_source_flags(parser: argparse.ArgumentParser, *, sub_model: str) -> None:
     """tensorflow_model_server's flags for what a sub-model server hosts: a ModelServerConfig file, or one
     model by name and base path. ``sub_model`` names the kind in the help text (``ps_<i>``, ``dense_0``)."""
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
-    add_flag(parser, "--rest_api_port", type=int, default=0, help="accepted for compatibility; REST is not served")
+    add_unserved_rest_api_port(parser)
     add_flag(
         parser, "--model_config_file", default=None, help=f"text-format ModelServerConfig of the hosted {sub_model}"
     )
@@ -99,8 +159,11 @@ class SingleModel:
 
 
 def main_grpc_port(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    """``--port``, else ``$PORT3`` (agent.conf's main gRPC port), else 8500."""
-    return int(args.port) if args.port is not None else int(environ.get("PORT3", TFS_GRPC_PORT))
+    """``--port``, else ``$PORT3`` (agent.conf's main gRPC port; empty counts as unset), else 8500."""
+    if args.port is not None:
+        return int(args.port)
+    from_environment = env_port(environ, "PORT3")
+    return TFS_GRPC_PORT if from_environment is None else from_environment
 
 
 def single_model_from_args(args: argparse.Namespace) -> SingleModel | None:

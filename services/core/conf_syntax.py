@@ -8,6 +8,8 @@ Syntax:
 - one ``key value`` per line; key and value are separated by whitespace and/or ``=``
   (Monolith's reader accepted both);
 - ``#`` starts a comment anywhere on a line; blank lines are skipped;
+- a key without a value is unset, like ``none`` (Monolith confs carry such lines, e.g. ``rough_sort_model_name``);
+- a UTF-8 byte order mark at the start of a file is skipped;
 - ``include <path>`` splices another file in place; a relative path is relative to the
   directory of the including file; include cycles are an error.
 
@@ -16,6 +18,7 @@ All functions are pure apart from reading the named files; nothing is cached.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +40,7 @@ __all__ = [
 _LINE = re.compile(r"(?P<key>[^\s=]+)(?:[\s=]+(?P<value>.*))?")
 _INT_FACTOR = re.compile(r"[+-]?[0-9]+")
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_log = logging.getLogger(__name__)
 _TRUE = frozenset({"true", "yes", "1", "t", "y"})
 _FALSE = frozenset({"false", "no", "0", "f", "n"})
 
@@ -67,7 +71,7 @@ class ConfEntry:
 def parse_conf_file(path: str | Path) -> tuple[ConfEntry, ...]:
     """Read ``path`` and every file it includes, in order.
 
-    Raises ConfError when a file is missing or unreadable, on a line without a value and on an
+    Raises ConfError when a file is missing or unreadable, on an ``include`` without a path and on an
     include cycle.
     """
     return tuple(_read(Path(path), stack=()))
@@ -91,7 +95,8 @@ def _read(path: Path, stack: tuple[Path, ...], including: ConfEntry | None = Non
         problem = f"include cycle: {chain}"
         raise including.error(problem) if including else ConfError(f"{path}: {problem}")
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: editors on Windows start files with a BOM, which would otherwise become part of the first key.
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         problem = f"cannot read conf file {str(path)!r}: {exc}"
         raise including.error(problem) if including else ConfError(problem) from exc
@@ -108,21 +113,23 @@ def _lex(text: str, path: Path, stack: tuple[Path, ...]) -> list[ConfEntry]:
         if match is None:  # pragma: no cover - the pattern matches any non-blank line
             raise ConfError(f"{path}:{number}: cannot parse line {line!r}")
         entry = ConfEntry(match["key"], (match["value"] or "").strip(), str(path), number)
-        if not entry.value:
-            raise entry.error("missing value")
         if entry.key == "include":
+            if not entry.value:
+                raise entry.error("include needs a path")
             target = Path(entry.value)
             if not target.is_absolute():
                 target = path.parent / target
             entries.extend(_read(target, stack, including=entry))
         else:
+            if not entry.value:
+                _log.debug("%s: key %r has no value: unset", entry.where, entry.key)
             entries.append(entry)
     return entries
 
 
 def is_none(value: str) -> bool:
-    """True for the literal ``none`` (any case), which means "unset" in a conf file."""
-    return value.lower() == "none"
+    """True for the literal ``none`` (any case) and for no value at all: both mean "unset" in a conf file."""
+    return not value or value.lower() == "none"
 
 
 def parse_bool(value: str) -> bool:

@@ -12,6 +12,9 @@ import gc
 import logging
 import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -21,7 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from monolith_serving.core.errors import InvalidArgumentError, UnavailableError
+from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from monolith_serving.core.grpc_errors import ErrorMappingInterceptor
 
 logger = logging.getLogger(__name__)
@@ -122,23 +125,87 @@ class Lifecycle(Protocol):
 def serve_until_signal(make_server: Callable[[], Lifecycle], name: str) -> int:
     """Runs a server from start to SIGTERM/SIGINT on uvloop; the process exit code.
 
-    A server that fails to start is stopped again (releasing what it took) and the code is 1.
+    A server that fails to start is stopped again (releasing what it took) and the code is 1. A signal during
+    ``start()`` (which waits for the first model load) cancels the start and stops the server; the code is 0.
+    When a thread (a load stuck in a stalled file system) outlives the stop, the process exits with the code
+    without returning (see ``_exit_now_if_threads_stuck``).
     """
 
     async def serve(stop: asyncio.Event) -> int:
         server = make_server()
         try:
-            await server.start()
+            started = await _start_unless_stopped(server, stop)
         except Exception:
             logger.exception("%s failed to start", name)
             await server.stop()
             return 1
-        await stop.wait()
-        logger.info("%s stopping", name)
+        if started:
+            await stop.wait()
+        logger.info("%s stopping%s", name, "" if started else " before it finished starting")
         await server.stop()
         return 0
 
-    return run_async_main(serve)
+    code = run_async_main(serve)
+    _exit_now_if_threads_stuck(code)
+    return code
+
+
+# How long a cancelled ``start()`` may take to unwind before the server is stopped anyway.
+_START_CANCEL_WAIT_S = 2.0
+# How long threads still running after the event loop ended get to finish before the process exits without them.
+_THREAD_EXIT_WAIT_S = 2.0
+
+
+async def _start_unless_stopped(server: Lifecycle, stop: asyncio.Event) -> bool:
+    """Runs ``server.start()`` until it ends or ``stop`` is set, whichever comes first.
+
+    True once started; False when ``stop`` came first, after the start has been cancelled. Raises what
+    ``start()`` raised.
+    """
+    starting = asyncio.ensure_future(server.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()
+            return True
+    finally:
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+    # A start that ignores its cancellation must not hold up the stop that follows.
+    await asyncio.wait({starting}, timeout=_START_CANCEL_WAIT_S)
+    if not starting.done():
+        logger.warning("start did not end within %g s of its cancellation; stopping anyway", _START_CANCEL_WAIT_S)
+    elif not starting.cancelled() and starting.exception() is not None:
+        logger.warning("start failed while being cancelled", exc_info=starting.exception())
+    return False
+
+
+def _exit_now_if_threads_stuck(code: int) -> None:
+    """Exits the process with ``code`` at once when a thread is still running after ``_THREAD_EXIT_WAIT_S``.
+
+    A load runs on an executor thread that cannot be interrupted (a stalled file system, a FIFO); ``stop()`` gives
+    up waiting for it, but the interpreter joins every non-daemon thread on exit and would hang until the
+    orchestrator's SIGKILL. ``os._exit`` skips that join (and the ``atexit`` hooks, so logging is flushed here).
+    """
+    deadline = time.monotonic() + _THREAD_EXIT_WAIT_S
+    for thread in _running_non_daemon_threads():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = _running_non_daemon_threads()
+    if not stuck:
+        return
+    names = ", ".join(thread.name for thread in stuck)
+    logger.warning("exiting without waiting for %d stuck thread(s): %s", len(stuck), names)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _running_non_daemon_threads() -> list[threading.Thread]:
+    current = threading.current_thread()
+    return [t for t in threading.enumerate() if t is not current and not t.daemon and t.is_alive()]
 
 
 def serve_command(
@@ -148,10 +215,11 @@ def serve_command(
     name: str,
 ) -> int:
     """The ``run`` of a server command: parse the flags and environment once into the server's config (exit
-    code 2 and one log line naming the problem when they are bad), then ``serve_until_signal``."""
+    code 2 and one log line naming the problem when they are bad or name a missing file), then
+    ``serve_until_signal``."""
     try:
         config = config_from_args(args, dict(os.environ))
-    except InvalidArgumentError as error:
+    except (InvalidArgumentError, NotFoundError) as error:
         logger.error("%s", error.message)
         return 2
     rest_api_port = getattr(args, "rest_api_port", 0)

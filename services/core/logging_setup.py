@@ -32,7 +32,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, ensure_ascii=False)
 
 
+def parse_log_level(text: str) -> str:
+    """A level name in any case (``debug``, ``INFO``), upper-cased; ValueError naming the valid ones otherwise."""
+    name = text.strip().upper()
+    if name not in logging.getLevelNamesMapping():
+        valid = ", ".join(sorted(logging.getLevelNamesMapping()))
+        raise ValueError(f"unknown logging level {text!r} (one of {valid})")
+    return name
+
+
 def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
+    level_name = parse_log_level(level)
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -40,7 +50,7 @@ def configure_logging(log_format: str = "text", level: str = "INFO") -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level_name)
     # kazoo logs every connection attempt at INFO; keep it to warnings unless debugging.
     if root.level > logging.DEBUG:
         logging.getLogger("kazoo").setLevel(logging.WARNING)

@@ -12,8 +12,9 @@ from monolith_serving.core.cli_flags import (
     main_grpc_port,
     single_model_from_args,
 )
+from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import serve_command
-from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig
+from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig, dense_models_from_proto
 from monolith_serving.dense.server import DenseServer
 
 
@@ -24,9 +25,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> DenseServerConfig:
+    """The server's config; NotFoundError/InvalidArgumentError for bad flags, a missing or bad config file."""
     port = main_grpc_port(args, environ)
     single = single_model_from_args(args)
     models = () if single is None else (DenseModelConfig(single.name, single.base_path, single.policy),)
+    if single is None:
+        # Checked here as well as read by DenseServer.start: a missing file or a non-dense model name is a bad
+        # flag (exit 2) found before any port is bound, as the same mistake through --model_name is.
+        dense_models_from_proto(read_model_server_config(Path(args.model_config_file)))
     return DenseServerConfig(
         port=port,
         host=args.host,

@@ -24,7 +24,14 @@ from pathlib import Path
 from types import TracebackType
 
 from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
-from monolith_serving.core.cli_flags import TFS_GRPC_PORT, add_flag, add_server_flags, main_grpc_port
+from monolith_serving.core.cli_flags import (
+    TFS_GRPC_PORT,
+    add_flag,
+    add_server_flags,
+    add_unserved_rest_api_port,
+    env_port,
+    main_grpc_port,
+)
 from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, read_model_server_config
@@ -341,7 +348,7 @@ def request_coalescing_from_args(args: argparse.Namespace) -> RequestCoalescing:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser, default_port=None)
-    add_flag(parser, "--rest_api_port", type=int, default=0, help="accepted for compatibility; REST is not served")
+    add_unserved_rest_api_port(parser)
     add_flag(parser, "--model_config_file", type=Path, default=None, help="text-format ModelServerConfig (one model)")
     add_flag(parser, "--model_name", default="entry", help="model name when no config file (default %(default)s)")
     add_flag(parser, "--model_base_path", type=Path, default=None, help="the entry sub-model folder (export/entry)")
@@ -430,9 +437,10 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         raise InvalidArgumentError("--dense_targets lists the replicas of dense_0 only (comma-separated, no ';')")
     agent_address = args.agent_address
     if not targets and agent_address is None:
-        if "PORT2" not in environ:
+        agent_port = env_port(environ, "PORT2")
+        if agent_port is None:
             raise InvalidArgumentError("give --ps_targets (static) or --agent_address (or set $PORT2)")
-        agent_address = f"localhost:{environ['PORT2']}"
+        agent_address = f"localhost:{agent_port}"
     num_ps = args.num_ps
     if targets:
         if num_ps is not None and num_ps != len(targets):

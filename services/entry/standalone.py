@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 
 from monolith_serving.core.aio_wait import within
-from monolith_serving.core.cli_flags import add_flag
+from monolith_serving.core.cli_flags import add_flag, flag_type, parse_port
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import MonolithServingError, UnavailableError
 from monolith_serving.core.export_layout import list_versions
@@ -186,7 +186,7 @@ class StandaloneCluster:
 def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--model", type=Path, default=None, help="export base (default: a fresh export-demo)")
     add_flag(parser, "--num-ps", type=int, default=2, help="PS shards when exporting the demo (default %(default)s)")
-    add_flag(parser, "--port", type=int, default=8500, help="entry gRPC port (default %(default)s)")
+    add_flag(parser, "--port", type=flag_type(parse_port), default=8500, help="entry gRPC port (default %(default)s)")
     add_flag(parser, "--child_log_level", default="WARNING", help="log level of the PS and entry processes")
     add_flag(parser, "--ready_timeout_s", type=float, default=60.0, help="give up if not AVAILABLE by then")
 

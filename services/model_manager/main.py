@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monolith_serving.core.cli_flags import add_flag
+from monolith_serving.core.cli_flags import add_flag, flag_type, parse_port
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.grpc_server import run_async_main
 from monolith_serving.discovery.config import Backend, DiscoveryConfig
@@ -74,7 +74,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
              help="cap of the retry delay after timeouts (default 600)")  # fmt: skip
     add_flag(parser, "--copy_rate_limit_bytes_per_s", type=int, default=0, help="copy bandwidth cap (0: none)")
     add_flag(parser, "--host", default="0.0.0.0", help="address of the HTTP port")
-    add_flag(parser, "--metrics_port", type=int, default=0, help="HTTP port: /metrics, /status, /rollback (0: off)")
+    add_flag(
+        parser,
+        "--metrics_port",
+        type=flag_type(parse_port),
+        default=0,
+        help="HTTP port: /metrics, /status, /rollback (0: off)",
+    )
     add_flag(parser, "--manager", default="127.0.0.1:8080", help="status/rollback: the manager's HTTP host:port")
     add_flag(parser, "--json", action="store_true", help="status: print JSON")
     add_flag(parser, "--to", type=int, default=None, help="rollback: the version to go back to")

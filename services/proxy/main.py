@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 
-from monolith_serving.core.cli_flags import TFS_GRPC_PORT, add_flag, add_server_flags
+from monolith_serving.core.cli_flags import TFS_GRPC_PORT, add_flag, add_server_flags, flag_type, parse_port
 from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import run_async_main
@@ -26,7 +26,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser, default_port=TFS_GRPC_PORT, port_help="gRPC port (default %(default)s)")
     add_flag(parser, "--conf", help="agent.conf (bzid, base_name, zk_servers, discovery, dc_aware, agent_version)")
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (default %(default)s)")
-    add_flag(parser, "--rest_api_port", type=int, default=0, help="TF Serving REST API port (0: no REST API)")
+    add_flag(
+        parser,
+        "--rest_api_port",
+        type=flag_type(parse_port),
+        default=0,
+        help="TF Serving REST API port (0: no REST API)",
+    )
     add_flag(parser, "--rest_api_timeout_in_ms", type=int, default=30000, help="deadline of REST requests")
     add_flag(parser, "--discovery", choices=("zk", "consul", "static"), help="backend (default: from agent.conf)")
     add_flag(parser, "--zk_servers", help="ZooKeeper hosts host:port[,host:port...]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from monolith_serving.core.cli_flags import add_flag, add_server_flags
+from monolith_serving.core.cli_flags import add_flag, add_server_flags, env_port
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.replica_manager.config import DEFAULT_PORT, ReplicaManagerConfig
@@ -36,7 +36,8 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Repli
     if port is None and settings.conf is not None and settings.conf.agent_port is not None:
         port = settings.conf.agent_port
     if port is None:
-        port = int(environ.get("PORT2", DEFAULT_PORT))
+        from_environment = env_port(environ, "PORT2")
+        port = DEFAULT_PORT if from_environment is None else from_environment
     timeout_s = args.probe_timeout_s if args.probe_timeout_s is not None else min(1.0, args.probe_interval_s)
     try:
         return ReplicaManagerConfig(

@@ -8,7 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from monolith_serving.core.cli_flags import add_flag, add_server_flags, main_grpc_port
+from monolith_serving.core.cli_flags import (
+    add_flag,
+    add_server_flags,
+    add_unserved_rest_api_port,
+    env_port,
+    main_grpc_port,
+)
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.entry.main import (
@@ -24,7 +30,7 @@ from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser)
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
-    add_flag(parser, "--rest_api_port", type=int, default=0, help="accepted for compatibility; REST is not served")
+    add_unserved_rest_api_port(parser)
     add_flag(parser, "--model_config_file", type=Path, default=None, help="text ModelServerConfig applied at start")
     add_flag(
         parser,
@@ -50,9 +56,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> UnifiedConfig:
     agent_address = args.agent_address
     if agent_address is None:
-        if "PORT2" not in environ:
+        agent_port = env_port(environ, "PORT2")
+        if agent_port is None:
             raise InvalidArgumentError("give --agent_address (or set $PORT2): the entry finds PS replicas there")
-        agent_address = f"localhost:{environ['PORT2']}"
+        agent_address = f"localhost:{agent_port}"
     return UnifiedConfig(
         port=main_grpc_port(args, environ),
         agent_address=agent_address,

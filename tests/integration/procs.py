@@ -61,6 +61,13 @@ class ServerProcess:
             return "(no log)"
 
     def start(self) -> ServerProcess:
+        """Launches the process and waits until it is SERVING."""
+        self.launch()
+        self.wait_serving()
+        return self
+
+    def launch(self) -> ServerProcess:
+        """Launches the process without waiting for anything (a test of its start-up itself)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -69,7 +76,6 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 env=self.env,
             )
-        self.wait_serving()
         return self
 
     def wait_serving(self) -> None:

@@ -263,11 +263,20 @@ def test_bad_enum_names_key_and_line(tmp_path: Path) -> None:
     assert_conf_error(exc, "server_type", path, 2)
 
 
-def test_key_without_value(tmp_path: Path) -> None:
-    path = write_conf(tmp_path, MINIMAL_ENTRY + "bzid   # nothing\n")
+def test_key_without_value_is_unset(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="monolith_serving.core.agent_conf"):
+        empty_keys = "bzid   # nothing\nnum_ps\nlayout_filters\nrough_sort_model_name\n"
+        config = load_text(tmp_path, MINIMAL_ENTRY + empty_keys)
+    assert (config.bzid, config.num_ps, config.layout_filters) == (None, 1, ())
+    warned = {r.getMessage().split("key ")[1].split(" ")[0] for r in caplog.records if r.levelno == logging.WARNING}
+    assert warned == {"'bzid'", "'num_ps'"}  # known keys only; an unknown one without a value is not worth a warning
+
+
+def test_include_without_path(tmp_path: Path) -> None:
+    path = write_conf(tmp_path, MINIMAL_ENTRY + "include   # nothing\n")
     with pytest.raises(ConfError) as exc:
         load_agent_config(path)
-    assert_conf_error(exc, "bzid", path, 3)
+    assert_conf_error(exc, "include", path, 3)
 
 
 def test_include_missing_file_names_include_line() -> None:

@@ -151,3 +151,15 @@ def test_requests_the_entry_cannot_take_are_invalid_argument_over_grpc(export: P
         }
 
     assert asyncio.run(scenario()) == {"INVALID_ARGUMENT": 2.0, "OK": 1.0}
+
+
+def test_the_agent_port_comes_from_port2_checked(export: Path) -> None:
+    without_targets = _parse(export, shards=())
+    assert server_config_from_args(without_targets, {"PORT2": "9123"}).agent_address == "localhost:9123"
+    for bad in ("abc", "70000"):
+        with pytest.raises(InvalidArgumentError, match="PORT2"):
+            server_config_from_args(without_targets, {"PORT2": bad})
+    with pytest.raises(InvalidArgumentError, match=r"set \$PORT2"):  # empty counts as unset
+        server_config_from_args(without_targets, {"PORT2": ""})
+    with pytest.raises(SystemExit):
+        _parse(export, "--rest_api_port", "70000")

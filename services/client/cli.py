@@ -227,7 +227,8 @@ def _print(args: argparse.Namespace, payload: dict[str, Any], text: str) -> None
 
 def _rounded(values: npt.NDArray[Any]) -> Any:
     """Floats to 6 decimals for reading; other dtypes (ints, bools, DT_STRING bytes) as they are."""
-    shown = values.round(6) if np.issubdtype(values.dtype, np.inexact) else values
+    # Rounded as float64: a float32 rounded to 6 decimals prints as 0.5168889760971069 once it is a Python float.
+    shown = values.astype(np.float64).round(6) if np.issubdtype(values.dtype, np.floating) else values
     return shown.tolist()  # nested lists, or one value for a scalar output
 
 

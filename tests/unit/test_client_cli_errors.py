@@ -130,3 +130,11 @@ def test_random_examples_refuse_rows_that_do_not_fit_the_fid_hash() -> None:
         with pytest.raises(ValueError, match="rows must be from 1"):
             random_examples(spec, 1, rng, rows=rows)
     assert len(random_examples(spec, 2, rng, rows=MAX_ROWS)) == 2
+
+
+def test_float_outputs_print_rounded_to_six_decimals() -> None:
+    from monolith_serving.client.cli import _rounded
+
+    scores = np.array([[0.516889], [0.549268]], dtype=np.float32)  # float32 cannot hold either exactly
+    assert str(_rounded(scores)) == "[[0.516889], [0.549268]]"
+    assert _rounded(np.array([3, 4], dtype=np.int64)) == [3, 4]

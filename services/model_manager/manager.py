@@ -246,7 +246,7 @@ class ModelManager:
     async def _observe(self, model: ManagedModel) -> None:
         model.all_answered = await self._coordinator.observe(model.state)
         if model.restored:  # the previous run's serving version, when there is one, is known by now
-            await self._coordinator.adopt(model.state, persisted_serving=model.previous_serving)
+            await self._coordinator.adopt(model.state, persisted_serving=model.previous_serving, failed=model.failed)
 
     def _version_dir(self, model: ManagedModel) -> Path:
         return Path(model.state.target.base_dir)
@@ -289,7 +289,9 @@ class ModelManager:
         again later, backing off exponentially (bounded) while it keeps timing out."""
         previous = model.timeout_retries.get(version)
         attempts = 1 if previous is None else previous.attempts + 1
-        delay_s = min(self._config.retry_after_timeout_s * 2 ** (attempts - 1), self._config.retry_after_timeout_max_s)
+        # The exponent is capped: 2.0 ** 1024 overflows, and a version may time out for weeks (a replica gone).
+        doubling = 2.0 ** min(attempts - 1, 32)
+        delay_s = min(self._config.retry_after_timeout_s * doubling, self._config.retry_after_timeout_max_s)
         model.timeout_retries[version] = TimeoutRetry(attempts, self._clock() + delay_s)
         logger.warning(
             "%s version %d timed out (%d time(s) in a row); retried in %.0f s", model.name, version, attempts, delay_s

@@ -38,7 +38,7 @@ import enum
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from monolith_serving.core.errors import MonolithServingError, NotFoundError, UnavailableError
@@ -306,9 +306,13 @@ class RolloutCoordinator:
                 )
             except RolloutError as error:
                 logger.error("%s: entries did not all return to version %s: %s", state.target.name, old, error.message)
-        state.ps_versions = _versions(*(kept - {version}))
+        # What an entry may still serve stays on the PS (V too, when adopted entries served it before this
+        # rollout); ``reconcile`` releases it once the entries have settled on ``old``.
+        state.ps_versions = _versions(*kept)
         try:
-            await self._converge(state, ServerKind.PS, deadline, want=set(_versions(old)), gone={version}, fail_on=None)
+            await self._converge(
+                state, ServerKind.PS, deadline, want=set(_versions(old)), gone={version} - kept, fail_on=None
+            )
         except RolloutError as error:
             logger.error("%s: PS did not all return to version %s: %s", state.target.name, old, error.message)
 
@@ -477,21 +481,23 @@ class RolloutCoordinator:
         await self._control.retain(listed)
         return all(not v.error for v in views)
 
-    async def adopt(self, state: ModelState, *, persisted_serving: int | None = None) -> None:
+    async def adopt(
+        self, state: ModelState, *, persisted_serving: int | None = None, failed: Collection[int] = ()
+    ) -> None:
         """Learns what serves (at start, after ``observe``, before the first rollout), so that a rollout never
         starts as a *first* one -- whose abort serves nothing -- while some replica still holds a version.
 
         The serving version is, in order: ``persisted_serving`` (the previous run's, from the state node)
         while some entry has it AVAILABLE and every PS shard holds it; else the newest such version; failing
-        both (entries restarting, shards split), the persisted version if some replica holds it, else the
-        newest one an entry holds, else the newest one a PS holds (see ``adoptable_version``). The PS is told
-        to keep every version an entry serves now (entries may be split mid-rollout) until the entries settle
-        (see ``reconcile``). Leaves ``state`` alone when no replica that answered holds anything (a fresh
-        cluster)."""
-        if state.adopted:
+        both (entries restarting, shards split), the persisted version if some replica has it AVAILABLE, else
+        the newest one AVAILABLE on an entry, else on a PS; never a ``failed`` one (see ``adoptable_version``).
+        The PS is told to keep every version an entry serves now (entries may be split mid-rollout) until the
+        entries settle (see ``reconcile``). Leaves ``state`` alone when nothing adoptable is AVAILABLE (a fresh
+        cluster), and once this manager has rolled out itself (it then knows what it left serving)."""
+        if state.adopted or state.last_rollout is not None:
             return
         views = list(state.views.values())
-        version = adoptable_version(views, persisted_serving)
+        version = adoptable_version(views, persisted_serving, failed)
         if version is None:
             return
         state.serving = version
@@ -555,31 +561,29 @@ def _held_by_every_ps_shard(views: Iterable[ReplicaView]) -> set[int]:
     return common
 
 
-def _held(views: Iterable[ReplicaView], kind: ServerKind) -> set[int]:
-    """Versions some answering replica of ``kind`` holds (START, LOADING or AVAILABLE)."""
-    return {
-        s.version
-        for view in views
-        if view.replica.kind is kind and not view.error
-        for s in view.versions
-        if s.state in _HELD
-    }
+def _available_on(views: Iterable[ReplicaView], kind: ServerKind) -> set[int]:
+    """Versions AVAILABLE on some answering replica of ``kind``."""
+    return {v for view in views if view.replica.kind is kind and not view.error for v in view.available()}
 
 
-def adoptable_version(views: Sequence[ReplicaView], persisted_serving: int | None) -> int | None:
-    """The version a (re)started manager takes as serving (see ``RolloutCoordinator.adopt``); None only when
-    no replica that answered holds any version."""
-    complete = _served_by_entries(views) & _held_by_every_ps_shard(views)
+def adoptable_version(
+    views: Sequence[ReplicaView], persisted_serving: int | None, failed: Collection[int] = ()
+) -> int | None:
+    """The version a (re)started manager takes as serving (see ``RolloutCoordinator.adopt``); None when no
+    replica that answered has a version AVAILABLE that has not ``failed`` (a version still loading, or one whose
+    rollout failed, is not what serves: adopting it would push it to every replica outside the PS-first order)."""
+    complete = (_served_by_entries(views) & _held_by_every_ps_shard(views)) - set(failed)
     if persisted_serving in complete:
         return persisted_serving
     if complete:
         return max(complete)
-    held_by_entries, held_by_ps = _held(views, ServerKind.ENTRY), _held(views, ServerKind.PS)
-    if persisted_serving is not None and persisted_serving in held_by_entries | held_by_ps:
+    on_entries = _available_on(views, ServerKind.ENTRY) - set(failed)
+    on_ps = _available_on(views, ServerKind.PS) - set(failed)
+    if persisted_serving is not None and persisted_serving in on_entries | on_ps:
         return persisted_serving
-    for held in (held_by_entries, held_by_ps):
-        if held:
-            return max(held)
+    for available in (on_entries, on_ps):
+        if available:
+            return max(available)
     return None
 
 

@@ -12,7 +12,7 @@ from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.model_manager.control import Replica, ServerKind, VersionState, VersionStatus
 from monolith_serving.model_manager.fs import LocalFileSystem
 from monolith_serving.model_manager.grpc_control import GrpcReplicaControl, ReplicaList
-from monolith_serving.model_manager.manager import ManagedModel, ManagerConfig, ModelManager
+from monolith_serving.model_manager.manager import ManagedModel, ManagerConfig, ModelManager, TimeoutRetry
 from monolith_serving.model_manager.metrics import ModelManagerMetrics
 from monolith_serving.model_manager.p2p_copy import CopyConfig, VersionCopier, received_versions
 from monolith_serving.model_manager.rollout import (
@@ -290,3 +290,14 @@ def test_the_loop_closes_channels_of_replicas_no_longer_listed(tmp_path: Path) -
             await control.close()
 
     asyncio.run(scenario())
+
+
+def test_the_timeout_backoff_stays_capped_after_very_many_timeouts(tmp_path: Path) -> None:
+    # 2.0 ** 1024 overflows: a replica gone for weeks must not turn the backoff into a retry every step.
+    config = ManagerConfig(retry_after_timeout_s=30, retry_after_timeout_max_s=600)
+    manager, model, _ = make_manager(tmp_path, config=config)
+    model.timeout_retries[2] = TimeoutRetry(1024, 0.0)
+    manager._schedule_retry(model, 2)
+    assert model.timeout_retries[2].attempts == 1025
+    assert model.timeout_retries[2].at_s == manager._clock() + 600
+    assert manager._waiting_for_retry(model, 2)

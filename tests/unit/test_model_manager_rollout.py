@@ -303,3 +303,59 @@ def test_a_reload_request_names_every_sub_model_but_a_dropped_one() -> None:
         ("demo:ps_0", []),
         ("demo:ps_2", [1, 2]),
     ]
+
+
+def test_adoptable_version_never_takes_a_failed_or_loading_version() -> None:
+    def view(kind: ServerKind, task: int, *statuses: VersionStatus) -> ReplicaView:
+        return ReplicaView(Replica(kind, task, f"{kind.value}{task}:1"), statuses)
+
+    loading = VersionStatus(3, VersionState.LOADING)
+    views = [
+        view(ServerKind.ENTRY, 0, VersionStatus(1, VersionState.AVAILABLE), loading),
+        view(ServerKind.PS, 0, VersionStatus(1, VersionState.AVAILABLE), VersionStatus(2, VersionState.AVAILABLE)),
+    ]
+    assert adoptable_version(views, None) == 1  # 3 is only loading
+    assert adoptable_version(views, 2) == 1  # complete (entries and every shard) beats persisted on a PS alone
+    assert adoptable_version(views, 2, failed={1}) == 2  # failing that, the persisted version AVAILABLE somewhere
+    assert adoptable_version(views, None, failed={1}) == 2
+    assert adoptable_version(views, None, failed={1, 2}) is None
+
+
+def test_an_aborted_rollout_keeps_on_the_ps_what_adopted_entries_still_serve() -> None:
+    """The previous manager stopped mid entry phase (1 -> 2): the entries are split. The restarted one adopts 1
+    and tries 2 again; a PS pod is unreachable, so it times out. Entry-1 serves 2 until it is back on 1, so the
+    PS must keep 2 (else that entry serves 2 with a shard lacking it)."""
+    cluster = FakeCluster()
+    for node in cluster.nodes.values():
+        if node.replica.kind is ServerKind.PS:
+            node.versions = {v: VersionStatus(v, VersionState.AVAILABLE) for v in (1, 2)}
+    cluster.nodes["entry-0:1"].versions = {1: VersionStatus(1, VersionState.AVAILABLE)}
+    cluster.nodes["entry-1:1"].versions = {2: VersionStatus(2, VersionState.AVAILABLE)}
+    coordinator, state, _ = make(cluster, timeout_s=10)
+    asyncio.run(coordinator.observe(state))
+    asyncio.run(coordinator.adopt(state, persisted_serving=1))
+    assert state.serving == 1 and state.ps_versions == (1, 2)
+    cluster.nodes["ps1-0:1"].up = False
+    record = asyncio.run(coordinator.rollout(state, 2))
+    assert record.outcome is Outcome.FAILED and record.cause is AbortCause.TIMED_OUT
+    assert state.ps_versions == (1, 2) and state.entry_versions == (1,)
+    assert cluster.violations == []
+    cluster.nodes["ps1-0:1"].up = True
+    for _ in range(3):  # entries settle on 1, then the PS lets 2 go
+        asyncio.run(coordinator.observe(state))
+        asyncio.run(coordinator.reconcile(state))
+    assert cluster.serving(ServerKind.ENTRY) == {1} and state.ps_versions == (1,)
+    assert cluster.violations == []
+
+
+def test_a_manager_that_rolled_out_itself_adopts_nothing_afterwards() -> None:
+    cluster = FakeCluster()
+    coordinator, state, _ = make(cluster)
+    asyncio.run(coordinator.observe(state))
+    record = asyncio.run(coordinator.rollout(state, 1))
+    assert record.outcome is Outcome.SUCCEEDED
+    state.adopted = False  # as after a failed first rollout, which never sets it
+    state.serving = None
+    asyncio.run(coordinator.observe(state))
+    asyncio.run(coordinator.adopt(state))
+    assert state.serving is None and not state.adopted  # what it did itself is known, not guessed

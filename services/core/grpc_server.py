@@ -128,7 +128,7 @@ def serve_until_signal(make_server: Callable[[], Lifecycle], name: str) -> int:
     A server that fails to start is stopped again (releasing what it took) and the code is 1. A signal during
     ``start()`` (which waits for the first model load) cancels the start and stops the server; the code is 0.
     When a thread (a load stuck in a stalled file system) outlives the stop, the process exits with the code
-    without returning (see ``_exit_now_if_threads_stuck``).
+    without returning (see ``_exit_unless_gone_within``).
     """
 
     async def serve(stop: asyncio.Event) -> int:
@@ -138,21 +138,21 @@ def serve_until_signal(make_server: Callable[[], Lifecycle], name: str) -> int:
         except Exception:
             logger.exception("%s failed to start", name)
             await server.stop()
+            _exit_unless_gone_within(_THREAD_EXIT_WAIT_S, 1)
             return 1
         if started:
             await stop.wait()
         logger.info("%s stopping%s", name, "" if started else " before it finished starting")
         await server.stop()
+        _exit_unless_gone_within(_THREAD_EXIT_WAIT_S, 0)
         return 0
 
-    code = run_async_main(serve)
-    _exit_now_if_threads_stuck(code)
-    return code
+    return run_async_main(serve)
 
 
 # How long a cancelled ``start()`` may take to unwind before the server is stopped anyway.
 _START_CANCEL_WAIT_S = 2.0
-# How long threads still running after the event loop ended get to finish before the process exits without them.
+# How long the process may take to end once its server has stopped, before it exits without waiting for stuck threads.
 _THREAD_EXIT_WAIT_S = 2.0
 
 
@@ -182,25 +182,26 @@ async def _start_unless_stopped(server: Lifecycle, stop: asyncio.Event) -> bool:
     return False
 
 
-def _exit_now_if_threads_stuck(code: int) -> None:
-    """Exits the process with ``code`` at once when a thread is still running after ``_THREAD_EXIT_WAIT_S``.
+def _exit_unless_gone_within(wait_s: float, code: int) -> None:
+    """Arms a daemon thread that ends the process with ``code`` if it still runs ``wait_s`` from now.
 
-    A load runs on an executor thread that cannot be interrupted (a stalled file system, a FIFO); ``stop()`` gives
-    up waiting for it, but the interpreter joins every non-daemon thread on exit and would hang until the
-    orchestrator's SIGKILL. ``os._exit`` skips that join (and the ``atexit`` hooks, so logging is flushed here).
+    Call once the server has stopped. What is left then (the loop's own shutdown, the interpreter's exit) takes
+    milliseconds, unless a thread cannot finish: a load blocked in a stalled file system (or a FIFO) on an
+    executor thread. asyncio's shutdown of the default executor and the interpreter's exit both join such a thread
+    without a timeout, so the process would hang until the orchestrator's SIGKILL. ``os._exit`` skips those joins
+    (and the ``atexit`` hooks, so logging is flushed here). A daemon thread never holds up a normal exit.
     """
-    deadline = time.monotonic() + _THREAD_EXIT_WAIT_S
-    for thread in _running_non_daemon_threads():
-        thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = _running_non_daemon_threads()
-    if not stuck:
-        return
-    names = ", ".join(thread.name for thread in stuck)
-    logger.warning("exiting without waiting for %d stuck thread(s): %s", len(stuck), names)
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+
+    def exit_if_still_running() -> None:
+        time.sleep(wait_s)
+        names = ", ".join(thread.name for thread in _running_non_daemon_threads())
+        logger.warning("still running %g s after stopping (threads: %s): exiting without waiting more", wait_s, names)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    threading.Thread(target=exit_if_still_running, name="exit-watchdog", daemon=True).start()
 
 
 def _running_non_daemon_threads() -> list[threading.Thread]:

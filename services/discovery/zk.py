@@ -107,9 +107,8 @@ class ZkDiscovery(SessionBackend):
         if self._client.connected:
             for path in paths:
                 try:
-                    await self._run(self._client.delete, path)
-                except NoNodeError:
-                    pass
+                    # Only our own: a newer process of this replica may have taken the node over meanwhile.
+                    await self._run(self._delete_if_ours_blocking, path)
                 except (*_TRANSIENT, KazooException) as exc:
                     log.warning("could not delete ephemeral %s on stop: %r", path, exc)
         await self._run(self._close_client)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
@@ -90,3 +92,31 @@ def test_a_start_that_ignores_its_cancellation_does_not_hold_up_the_stop(monkeyp
     started, server = asyncio.run(scenario())
     assert not started
     assert server.start_cancelled
+
+
+_STUCK_LOAD = """
+import asyncio, os, signal, sys, threading
+from concurrent.futures import ThreadPoolExecutor
+from monolith_serving.core.grpc_server import serve_until_signal
+own = ThreadPoolExecutor(1)
+never = threading.Event()
+class Stuck:
+    async def start(self):
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.3, os.kill, os.getpid(), signal.SIGTERM)
+        executor = None if sys.argv[1] == "default" else own
+        await loop.run_in_executor(executor, never.wait)  # a load blocked in a stalled file system
+    async def stop(self):
+        own.shutdown(wait=False, cancel_futures=True)
+sys.exit(serve_until_signal(Stuck, "stuck"))
+"""
+
+
+@pytest.mark.parametrize("executor", ["default", "own"])
+def test_a_load_stuck_in_an_executor_thread_does_not_keep_the_process_alive(executor: str) -> None:
+    # asyncio's shutdown of the default executor and the interpreter's exit both join such a thread forever.
+    done = subprocess.run(
+        [sys.executable, "-c", _STUCK_LOAD, executor], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "exiting without waiting more" in done.stderr

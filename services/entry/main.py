@@ -35,7 +35,7 @@ from monolith_serving.core.cli_flags import (
 from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, read_model_server_config
-from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server, run_async_main
+from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server, serve_until_signal
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.entry.metrics import EntryMetrics
@@ -247,11 +247,13 @@ class EntryServer:
                 await self._grpc.set_serving(bool(self.model.served_versions))
 
     async def stop(self) -> None:
-        if self._stopped or self._grpc is None:
+        """Stops what ``start`` got to: also a start cut short by SIGTERM during the first load. Idempotent."""
+        if self._stopped:
             return
         self._stopped = True
         await self._cancel_loop()
-        await self._grpc.stop(self.config.grace_s)
+        if self._grpc is not None:
+            await self._grpc.stop(self.config.grace_s)
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.stop()
         await self.close()
@@ -477,9 +479,4 @@ def run(args: argparse.Namespace) -> int:
     if args.rest_api_port:
         logger.warning("--rest_api_port %d ignored: the entry serves gRPC only", args.rest_api_port)
 
-    async def main(stop: asyncio.Event) -> int:
-        async with EntryServer(config):
-            await stop.wait()
-        return 0
-
-    return run_async_main(main)
+    return serve_until_signal(lambda: EntryServer(config), "entry")

@@ -231,6 +231,7 @@ class EntryModel:
             if attempts >= config.max_load_attempts:
                 continue
             path = version_dir(config.base_path, version)
+            logger.info("loading entry version %d from %s", version, path)
             try:
                 loaded = await loop.run_in_executor(
                     None,

@@ -50,3 +50,22 @@ def test_dense_server_exits_on_sigterm_during_a_blocked_first_load(tmp_path: Pat
             server.process.kill()
             server.process.wait()
     assert "dense server stopping before it finished starting" in server.log_tail()
+
+
+def test_entry_exits_on_sigterm_during_a_blocked_first_load(tmp_path: Path) -> None:
+    write_demo(DemoOptions(out=tmp_path / "export", num_ps=2, rows=10))
+    spec = tmp_path / "export" / "entry" / "1" / "serving_spec.json"
+    spec.unlink()
+    os.mkfifo(spec)  # the load thread blocks in open() for good, as on a hung network file system
+    port = free_port()
+    args = ["--port", str(port), "--model_base_path", str(tmp_path / "export" / "entry"),
+            "--ps_targets", f"127.0.0.1:{free_port()}", "--ps_targets", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    server = ServerProcess("entry", args, port=port, log_path=tmp_path / "entry.log").launch()
+    try:
+        wait_for_log_line(server, "loading entry version 1")
+        assert server.stop() == 0
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+    assert "entry stopping before it finished starting" in server.log_tail()

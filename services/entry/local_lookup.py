@@ -55,7 +55,12 @@ class LocalLookup(EmbeddingLookup):
         return cls(tables, version)
 
     async def lookup(
-        self, version: int, fids: Mapping[str, Int64Array], dims: Mapping[str, int], timeout_s: float
+        self,
+        version: int,
+        fids: Mapping[str, Int64Array],
+        dims: Mapping[str, int],
+        timeout_s: float,
+        urgent_s: float | None = None,
     ) -> LookupResult:
         out: dict[str, Float32Array] = {}
         for name, table_fids in fids.items():

@@ -392,8 +392,10 @@ class EntryModel:
         """Looks up, pools and scores one batch (one request's, or several merged by the coalescer)."""
         plan = loaded.pooler.plan(batch)
         if plan.unique_fids:
+            now = time.monotonic()
+            urgent_s = None if deadlines.ps_urgent is None else deadlines.ps_urgent - now
             result = await self._lookup.lookup(
-                loaded.version, plan.unique_fids, loaded.dims, deadlines.ps - time.monotonic()
+                loaded.version, plan.unique_fids, loaded.dims, deadlines.ps - now, urgent_s=urgent_s
             )
         else:
             result = LookupResult({}, {})

@@ -125,8 +125,16 @@ class EmbeddingLookup(abc.ABC):
 
     @abc.abstractmethod
     async def lookup(
-        self, version: int, fids: Mapping[str, Int64Array], dims: Mapping[str, int], timeout_s: float
-    ) -> LookupResult: ...
+        self,
+        version: int,
+        fids: Mapping[str, Int64Array],
+        dims: Mapping[str, int],
+        timeout_s: float,
+        urgent_s: float | None = None,
+    ) -> LookupResult:
+        """``timeout_s``: how long the lookup may take. ``urgent_s`` (shorter, or None): when the most urgent of
+        the requests it serves stops waiting; a merged pass serves several, and retries are sized for that one
+        while it still waits (see ``call_with_retries``)."""
 
 
 # grpc ships no type stubs; a unary-unary callable: (request, timeout=...) -> awaitable response.
@@ -292,10 +300,15 @@ async def call_with_retries(
     policy: RetryPolicy,
     health: ReplicaHealth,
     metrics: AttemptMetrics,
+    urgent: float | None = None,
 ) -> T:
     """``send(address, timeout)`` on ``addresses`` in order (wrapping around), at most ``policy.retry + 1``
     attempts, each with its share of the deadline (``split_deadline``); RETRYABLE codes move on to the next
-    replica, anything else stops. Shared by the PS fan-out and the remote dense call. Raises ReplicasExhausted."""
+    replica, anything else stops. Shared by the PS fan-out and the remote dense call. Raises ReplicasExhausted.
+
+    ``urgent`` (before ``deadline``): while it has not passed, the attempts but the last are shares of the time
+    to it instead. A merged pass serves requests with different deadlines; sized for the latest, a first attempt
+    on a hung replica would outlast the others, which a retry on another replica could still have answered."""
     retry, min_attempt_s = policy.retry, policy.min_attempt_s
     last_error = "no attempt"
     for attempt in range(retry + 1):
@@ -306,8 +319,13 @@ async def call_with_retries(
         address = addresses[attempt % len(addresses)]
         if attempt:
             metrics.retries.inc()
+        budget = remaining
+        if urgent is not None and attempt < retry and len(addresses) > 1:
+            urgent_left = urgent - time.monotonic()
+            if 0 < urgent_left < remaining:
+                budget = urgent_left
         timeout = split_deadline(
-            remaining, attempt=attempt, retry=retry, replicas=len(addresses), min_attempt_s=min_attempt_s
+            budget, attempt=attempt, retry=retry, replicas=len(addresses), min_attempt_s=min_attempt_s
         )
         started = time.monotonic()
         try:
@@ -392,9 +410,16 @@ class PsFanout(EmbeddingLookup):
         return self._order.order(self._replicas.replicas(shard), version)
 
     async def lookup(
-        self, version: int, fids: Mapping[str, Int64Array], dims: Mapping[str, int], timeout_s: float
+        self,
+        version: int,
+        fids: Mapping[str, Int64Array],
+        dims: Mapping[str, int],
+        timeout_s: float,
+        urgent_s: float | None = None,
     ) -> LookupResult:
-        deadline = time.monotonic() + timeout_s
+        now = time.monotonic()
+        deadline = now + timeout_s
+        urgent = None if urgent_s is None else now + urgent_s
         num_ps = self.num_ps
         # Per shard: (table, positions of its fids among the table's, those fids); positions None = all.
         plan: dict[int, list[tuple[str, Int64Array | None, Int64Array]]] = {}
@@ -414,7 +439,10 @@ class PsFanout(EmbeddingLookup):
         shards_sorted = sorted(plan)
         call = self._shard_call
         results = await gather_first_inline(
-            [call(shard, version, [(t, f) for t, _, f in plan[shard]], dims, deadline) for shard in shards_sorted]
+            [
+                call(shard, version, [(t, f) for t, _, f in plan[shard]], dims, deadline, urgent)
+                for shard in shards_sorted
+            ]
         )
         values: dict[str, Float32Array] = {}
         ps_versions: dict[int, int] = {}
@@ -449,6 +477,7 @@ class PsFanout(EmbeddingLookup):
         parts: TableFids,
         dims: Mapping[str, int],
         deadline: float,
+        urgent: float | None = None,
     ) -> ShardAnswer:
         request = self._request(shard, version, parts)
         addresses = self._ordered(shard, version)
@@ -462,6 +491,7 @@ class PsFanout(EmbeddingLookup):
                 policy=self._config.retry,
                 health=self._health,
                 metrics=self._attempt_metrics[shard],
+                urgent=urgent,
             )
         except ReplicasExhausted as error:
             message = f"PS shard {shard} ({self._models[shard]}) lookup failed: {error.last_error}"

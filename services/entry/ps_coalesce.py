@@ -29,9 +29,9 @@ TableFids = Sequence[tuple[str, Int64Array]]
 """One lookup's fids for one shard: (table, unique fids of that table on the shard), tables distinct."""
 ShardAnswer = tuple[dict[str, Float32Array], int]
 """table -> rows [len(fids), dim] in the order of the fids asked, and the version the PS reported."""
-ShardCall = Callable[[int, int, TableFids, Mapping[str, int], float], Awaitable[ShardAnswer]]
-"""``(shard, version, fids, dims, deadline) -> answer``: one shard lookup with its retries, deadline on
-``time.monotonic``."""
+ShardCall = Callable[[int, int, TableFids, Mapping[str, int], float, float | None], Awaitable[ShardAnswer]]
+"""``(shard, version, fids, dims, deadline, urgent) -> answer``: one shard lookup with its retries, deadlines on
+``time.monotonic`` (``urgent``: see ``ps_client.call_with_retries``)."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class CoalesceConfig:
 class _Lookup:
     fids: TableFids
     dims: Mapping[str, int]
+    urgent: float  # when the most urgent request behind this lookup stops waiting (its own deadline, or sooner)
 
 
 class ShardCoalescer:
@@ -78,17 +79,25 @@ class ShardCoalescer:
         )
 
     async def lookup(
-        self, shard: int, version: int, fids: TableFids, dims: Mapping[str, int], deadline: float
+        self,
+        shard: int,
+        version: int,
+        fids: TableFids,
+        dims: Mapping[str, int],
+        deadline: float,
+        urgent: float | None = None,
     ) -> ShardAnswer:
-        return await self._coalescer.submit((shard, version), _Lookup(fids, dims), deadline)
+        mine = _Lookup(fids, dims, deadline if urgent is None else min(urgent, deadline))
+        return await self._coalescer.submit((shard, version), mine, deadline)
 
     async def _one(self, key: tuple[int, int], lookup: _Lookup, deadline: float) -> ShardAnswer:
-        return await self._call(key[0], key[1], lookup.fids, lookup.dims, deadline)
+        return await self._call(key[0], key[1], lookup.fids, lookup.dims, deadline, lookup.urgent)
 
     async def _many(self, key: tuple[int, int], lookups: Sequence[_Lookup], deadline: float) -> list[ShardAnswer]:
         """One call for the whole group; each lookup gets its own rows."""
         merged, slices = merge([lookup.fids for lookup in lookups])
-        outputs, reported = await self._call(key[0], key[1], merged, lookups[0].dims, deadline)
+        urgent = min(lookup.urgent for lookup in lookups)  # lookups merged here may have different deadlines
+        outputs, reported = await self._call(key[0], key[1], merged, lookups[0].dims, deadline, urgent)
         return [
             ({t: outputs[t] if where is None else outputs[t][where] for t, where in mine.items()}, reported)
             for mine in slices

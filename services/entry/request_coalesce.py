@@ -43,6 +43,9 @@ class PassDeadlines:
     ps: float
     client: float | None
     dense_default_s: float
+    # A merged pass: the earliest PS deadline of its requests, when sooner than ``ps`` (the PS attempts are sized
+    # for it while it still waits; ``ps_client.call_with_retries``). None for one request.
+    ps_urgent: float | None = None
 
     def dense_timeout_s(self, now: float) -> float:
         return self.client - now if self.client is not None else self.dense_default_s
@@ -56,8 +59,10 @@ class PassDeadlines:
     @staticmethod
     def merged(all_deadlines: Sequence[PassDeadlines]) -> PassDeadlines:
         clients = [d.client for d in all_deadlines]
+        latest, earliest = max(d.ps for d in all_deadlines), min(d.ps for d in all_deadlines)
         return PassDeadlines(
-            ps=max(d.ps for d in all_deadlines),
+            ps=latest,
+            ps_urgent=earliest if earliest < latest else None,
             client=None if any(c is None for c in clients) else max(c for c in clients if c is not None),
             dense_default_s=max(d.dense_default_s for d in all_deadlines),
         )

@@ -87,7 +87,12 @@ class ConstantLookup(EmbeddingLookup):
     """Every fid's embedding is ones; both shards answer the version asked for."""
 
     async def lookup(
-        self, version: int, fids: Mapping[str, npt.NDArray[np.int64]], dims: Mapping[str, int], timeout_s: float
+        self,
+        version: int,
+        fids: Mapping[str, npt.NDArray[np.int64]],
+        dims: Mapping[str, int],
+        timeout_s: float,
+        urgent_s: float | None = None,
     ) -> LookupResult:
         values = {table: np.ones((len(f), dims[table]), dtype=np.float32) for table, f in fids.items()}
         return LookupResult(values, dict.fromkeys(range(2), version))

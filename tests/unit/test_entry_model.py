@@ -30,7 +30,12 @@ class RecordingLookup(EmbeddingLookup):
         self.calls: list[tuple[int, dict[str, list[int]], float]] = []
 
     async def lookup(
-        self, version: int, fids: Mapping[str, npt.NDArray[np.int64]], dims: Mapping[str, int], timeout_s: float
+        self,
+        version: int,
+        fids: Mapping[str, npt.NDArray[np.int64]],
+        dims: Mapping[str, int],
+        timeout_s: float,
+        urgent_s: float | None = None,
     ) -> LookupResult:
         self.calls.append((version, {t: f.tolist() for t, f in fids.items()}, timeout_s))
         values = {t: np.repeat((f % 7).astype(np.float32)[:, None] / 7, dims[t], axis=1) for t, f in fids.items()}

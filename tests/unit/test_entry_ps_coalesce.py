@@ -37,11 +37,19 @@ class FakeShards:
         self.error: Exception | None = None
         self.started = asyncio.Event()
         self.answer_without_tables = False
+        self.urgents: list[float | None] = []
 
     async def __call__(
-        self, shard: int, version: int, fids: TableFids, dims: Mapping[str, int], deadline: float
+        self,
+        shard: int,
+        version: int,
+        fids: TableFids,
+        dims: Mapping[str, int],
+        deadline: float,
+        urgent: float | None = None,
     ) -> ShardAnswer:
         self.calls.append((shard, version, {t: f.tolist() for t, f in fids}, deadline))
+        self.urgents.append(urgent)
         self.started.set()
         await self.gate.wait()
         if self.error is not None:
@@ -318,5 +326,22 @@ def test_gather_first_inline_keeps_order_and_cancels_the_others_on_an_error() ->
         assert time.monotonic() - began < 1.0
         await asyncio.sleep(0)
         assert started == ["slow"] and slow_call.cr_frame is None, "the other call was cancelled"
+
+    asyncio.run(scenario())
+
+
+def test_a_merged_lookup_is_as_urgent_as_its_most_urgent_caller() -> None:
+    async def scenario() -> None:
+        shards = FakeShards()
+        coalescer = ShardCoalescer(shards)
+        now = time.monotonic()
+        first = asyncio.create_task(coalescer.lookup(0, 1, [("user", arr(1))], DIMS, now + 10))
+        await _wait_calls(shards, 1)
+        relaxed = asyncio.create_task(coalescer.lookup(0, 1, [("user", arr(2))], DIMS, now + 10))
+        urgent = asyncio.create_task(coalescer.lookup(0, 1, [("user", arr(3))], DIMS, now + 10, urgent=now + 4))
+        shards.gate.set()
+        await asyncio.gather(first, relaxed, urgent)
+        assert shards.urgents[0] == now + 10  # alone: its own deadline, nothing more urgent
+        assert shards.calls[1][3] == now + 10 and shards.urgents[1] == now + 4
 
     asyncio.run(scenario())

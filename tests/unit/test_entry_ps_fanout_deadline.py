@@ -91,3 +91,32 @@ def test_a_table_without_rows_on_the_shard_answers_zero_rows_of_the_spec_dim() -
             )
 
     asyncio.run(scenario())
+
+
+def test_attempts_are_sized_for_the_most_urgent_request_of_a_merged_pass() -> None:
+    """A merged pass serves requests with different deadlines. Sized for the latest (3 s), a first attempt on a
+    hung replica would take 1 s and the request that stops waiting at 0.3 s would never see the retry; sized for
+    it, the retry on the other replica answers in time."""
+
+    async def scenario() -> None:
+        channels = ScriptedChannels()
+        fanout = _fanout(channels, ["hung:1", "good:1"])
+        for _ in range(4):  # the rotation puts the hung replica first at least once
+            started = time.monotonic()
+            await fanout.lookup(1, {"user": np.array([3, 5], np.int64)}, {"user": 2}, timeout_s=3.0, urgent_s=0.3)
+            assert time.monotonic() - started < 0.3
+        hung = [t for a, t in channels.timeouts if a == "hung:1"]
+        assert hung, "the hung replica was never tried; the test proved nothing"
+        assert all(t <= 0.3 / 3 + 1e-3 for t in hung)
+
+    asyncio.run(scenario())
+
+
+def test_a_single_replica_still_gets_the_whole_deadline_of_a_merged_pass() -> None:
+    async def scenario() -> None:
+        channels = ScriptedChannels()
+        fanout = _fanout(channels, ["good:1"])
+        await fanout.lookup(1, {"user": np.array([3], np.int64)}, {"user": 2}, timeout_s=3.0, urgent_s=0.3)
+        assert channels.timeouts[0][1] > 2.9  # retrying the same replica early would only double its work
+
+    asyncio.run(scenario())

@@ -154,7 +154,12 @@ def test_dense_server_contract(exports: tuple[Path, Path]) -> None:
 
 class ZeroLookup(EmbeddingLookup):
     async def lookup(
-        self, version: int, fids: Mapping[str, npt.NDArray[np.int64]], dims: Mapping[str, int], timeout_s: float
+        self,
+        version: int,
+        fids: Mapping[str, npt.NDArray[np.int64]],
+        dims: Mapping[str, int],
+        timeout_s: float,
+        urgent_s: float | None = None,
     ) -> LookupResult:
         return LookupResult({t: np.zeros((len(f), dims[t]), dtype=np.float32) for t, f in fids.items()}, {})
 

@@ -23,7 +23,7 @@ from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig, PredictResult
 from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
-from monolith_serving.entry.request_coalesce import RequestCoalescing, concat_batches
+from monolith_serving.entry.request_coalesce import PassDeadlines, RequestCoalescing, concat_batches
 from monolith_serving.entry.request_parser import ParsedBatch, SparseColumn
 
 Inputs = dict[str, npt.NDArray[np.object_]]
@@ -40,7 +40,12 @@ class GatedLookup(EmbeddingLookup):
         self.fail = False
 
     async def lookup(
-        self, version: int, fids: Mapping[str, npt.NDArray[np.int64]], dims: Mapping[str, int], timeout_s: float
+        self,
+        version: int,
+        fids: Mapping[str, npt.NDArray[np.int64]],
+        dims: Mapping[str, int],
+        timeout_s: float,
+        urgent_s: float | None = None,
     ) -> LookupResult:
         self.calls.append((version, {t: f.tolist() for t, f in fids.items()}))
         await self.gate.wait()
@@ -242,3 +247,11 @@ def test_a_merged_pass_never_holds_more_than_max_rows(export: Path) -> None:
         assert [r.outputs["scores"].shape for r in results] == [(3, 1)] * 5
 
     asyncio.run(scenario())
+
+
+def test_a_merged_pass_keeps_the_earliest_ps_deadline_as_its_urgent_one() -> None:
+    short = PassDeadlines(ps=5.0, client=5.0, dense_default_s=0.2)
+    long = PassDeadlines(ps=20.0, client=20.0, dense_default_s=0.2)
+    merged = PassDeadlines.merged([long, short])
+    assert (merged.ps, merged.ps_urgent, merged.client) == (20.0, 5.0, 20.0)
+    assert PassDeadlines.merged([long, long]).ps_urgent is None  # nothing sooner than the pass's own deadline

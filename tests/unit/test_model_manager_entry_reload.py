@@ -16,7 +16,9 @@ from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
 
 
 class NoLookup(EmbeddingLookup):
-    async def lookup(self, version: int, fids: object, dims: object, timeout_s: float) -> LookupResult:  # type: ignore[override]
+    async def lookup(  # type: ignore[override]
+        self, version: int, fids: object, dims: object, timeout_s: float, urgent_s: float | None = None
+    ) -> LookupResult:
         raise AssertionError("not called in these tests")
 
 

@@ -449,12 +449,13 @@ def _env_int(env: Mapping[str, str], name: str, *, minimum: int = 0, maximum: in
     return value
 
 
-def _env_port(env: Mapping[str, str], name: str) -> int | None:
+def env_port(env: Mapping[str, str], name: str) -> int | None:
+    """The port in ``$name``; None when unset or empty. ConfError (INVALID_ARGUMENT) naming the variable."""
     return _env_int(env, name, minimum=0, maximum=65535)
 
 
 def _env_ports(env: Mapping[str, str], grpc: str, http: str, archon: str) -> ServerPorts:
-    return ServerPorts(grpc=_env_port(env, grpc), http=_env_port(env, http), archon=_env_port(env, archon))
+    return ServerPorts(grpc=env_port(env, grpc), http=env_port(env, http), archon=env_port(env, archon))
 
 
 def resolve_environment(config: AgentConfig, env: Mapping[str, str]) -> AgentConfig:
@@ -472,7 +473,7 @@ def resolve_environment(config: AgentConfig, env: Mapping[str, str]) -> AgentCon
     changes: dict[str, Any] = {}
     for key, var in zip(_PORT_FIELDS, ("PORT", "PORT2", "PORT3", "PORT4"), strict=True):
         if getattr(config, key) is None:
-            changes[key] = _env_port(env, var)
+            changes[key] = env_port(env, var)
     if config.deploy_type is DeployType.MIXED:
         changes["tfs_ps_ports"] = _env_ports(env, "PORT5", "PORT6", "PORT7")
         if config.dense_alone:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from monolith_serving.core.agent_conf import env_port
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.logging_setup import parse_log_level
@@ -57,18 +58,6 @@ def parse_port(text: str) -> int:
     if not 0 <= port <= MAX_PORT:
         raise ValueError(f"not a port number (0..{MAX_PORT}): {port}")
     return port
-
-
-def env_port(environ: Mapping[str, str], name: str) -> int | None:
-    """The port in ``$name`` (``PORT3``, ``PORT2``, ...); None when unset or empty, as agent.conf's environment
-    reading counts it (orchestrators template absent values as ""). InvalidArgumentError naming the variable."""
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        return parse_port(raw)
-    except ValueError as error:
-        raise InvalidArgumentError(f"environment variable {name}: {error}") from None
 
 
 def add_common_flags(parser: argparse.ArgumentParser) -> None:

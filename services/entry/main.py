@@ -23,13 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
+from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS, env_port
 from monolith_serving.core.cli_flags import (
     TFS_GRPC_PORT,
     add_flag,
     add_server_flags,
     add_unserved_rest_api_port,
-    env_port,
     main_grpc_port,
 )
 from monolith_serving.core.conf_syntax import parse_bool

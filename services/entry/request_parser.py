@@ -37,6 +37,7 @@ from monolith_serving.core.serving_spec import ServingSpec
 from monolith_serving.entry import instance_wire
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as monolith_example_pb2
 from monolith_serving.proto_gen.tensorflow.core.example import example_pb2 as tf_example_pb2
+from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST as PS_DEFAULT_MAX_FIDS_PER_REQUEST
 
 FID_V1_SLOT_SHIFT = 54
 FID_V2_SLOT_SHIFT = 48
@@ -44,12 +45,11 @@ FID_V2_HASH_MASK = (1 << FID_V2_SLOT_SHIFT) - 1
 # ExampleBatch lists with this prefix carry labels, line ids and the like, never model features.
 RESERVED_PREFIX = "__"
 
-DEFAULT_MAX_FIDS_PER_REQUEST = 1 << 21
-"""The most fids one request may carry, counting a SHARED list once per example (that is what is deduped,
-looked up and pooled). 2**21 = the default max batch size (1024) x 2048 fids per example, and the PS's own
-default ``--max_fids_per_request``, so one request never grows a lookup past what a PS shard accepts. The
-message size does not bound this count: a 400 KB ExampleBatch with 50k SHARED fids and batch_size 1024
-expands to 51M fids (gigabytes, seconds of the event loop)."""
+# The most fids one request may carry by default, counting a SHARED list once per example (that is what is
+# deduped, looked up and pooled): the PS's own default limit (2**21 = the default max batch size 1024 x 2048 fids
+# per example), so one request never grows a lookup past what a PS shard accepts. The message size does not bound
+# this count: a 400 KB ExampleBatch with 50k SHARED fids and batch_size 1024 expands to 51M fids.
+DEFAULT_MAX_FIDS_PER_REQUEST = PS_DEFAULT_MAX_FIDS_PER_REQUEST
 
 Int64Array = npt.NDArray[np.int64]
 Float32Array = npt.NDArray[np.float32]

@@ -19,17 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from monolith_serving.core.errors import (
-    DeadlineExceededError,
-    FailedPreconditionError,
-    InvalidArgumentError,
-    MonolithServingError,
-    NotFoundError,
-    ResourceExhaustedError,
-    UnavailableError,
-)
+from monolith_serving.core.errors import MonolithServingError
+from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.model_manager.manager import ModelManager
 from monolith_serving.model_manager.metrics import ModelManagerMetrics
 from monolith_serving.model_manager.rollout import Outcome
@@ -37,22 +31,20 @@ from monolith_serving.model_manager.status import record_json
 
 logger = logging.getLogger(__name__)
 
-_HTTP_STATUS: tuple[tuple[type[MonolithServingError], int], ...] = (
-    (NotFoundError, 404),
-    (InvalidArgumentError, 400),
-    (FailedPreconditionError, 409),
-    (UnavailableError, 503),  # retrying later may help
-    (ResourceExhaustedError, 503),
-    (DeadlineExceededError, 504),
-)
+# By the error's gRPC code (``core.grpc_errors``, the one place package errors are classified).
+_HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.UNAVAILABLE: 503,  # retrying later may help
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
 
 
 def http_status_for(error: MonolithServingError) -> int:
     """The HTTP status answering a request that failed with ``error`` (500 for any other package error)."""
-    for kind, status in _HTTP_STATUS:
-        if isinstance(error, kind):
-            return status
-    return 500
+    return _HTTP_STATUS.get(status_code_for(error), 500)
 
 
 class StatusEndpoint:

@@ -109,10 +109,9 @@ class ModelLabels:
 
     def answered(self, model: str) -> str:
         """The label of ``model`` after an entry answered OK for it; remembers the name while there is room."""
-        if self._source_lists_models or model in self._answered:
-            return model
-        if len(self._answered) >= self._max_answered:
-            return UNKNOWN_MODEL
+        label = self.of(model)
+        if label == model or len(self._answered) >= self._max_answered:
+            return label  # already a label (or literally "unknown"), or no room left
         self._answered.add(model)
         if len(self._answered) == self._max_answered:
             log.warning(

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from monolith_serving.core.cli_flags import add_flag, add_server_flags, env_port
+from monolith_serving.core.agent_conf import env_port
+from monolith_serving.core.cli_flags import add_flag, add_server_flags
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.replica_manager.config import DEFAULT_PORT, ReplicaManagerConfig

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from monolith_serving.core.agent_conf import env_port
 from monolith_serving.core.cli_flags import (
     add_flag,
     add_server_flags,
     add_unserved_rest_api_port,
-    env_port,
     main_grpc_port,
 )
 from monolith_serving.core.errors import InvalidArgumentError

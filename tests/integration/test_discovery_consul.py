@@ -94,7 +94,7 @@ class CuttableLink:
             while data := src.recv(65536):
                 dst.sendall(data)
         except OSError:
-            pass
+            pass  # the link was cut (``cut`` closes both sockets): that ends this direction
         finally:
             _close(src)
             _close(dst)

@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from monolith_serving.core.cli_flags import add_common_flags, add_server_flags, env_port, main_grpc_port
+from monolith_serving.core.agent_conf import env_port
+from monolith_serving.core.cli_flags import add_common_flags, add_server_flags, main_grpc_port
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.logging_setup import configure_logging
 

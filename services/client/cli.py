@@ -1,15 +1,18 @@
 """``monolith-serving client predict|status|meta|load|profile`` — parity with Monolith's tfs_client.
 
 - ``predict``: random examples that hit the model's tables (from ``--spec``, default the demo's spec), or
-  a PredictRequest read from ``--request_file`` (text format if it parses, else binary); prints outputs.
+  a PredictRequest read from ``--request_file`` (text format if it parses, else binary); prints outputs. The
+  file's ``model_spec.name`` is kept (``--model`` only fills a missing one, and an explicit ``--model`` naming
+  another model is a usage error); ``--version`` replaces the file's version.
 - ``status``: GetModelStatus; ``meta``: GetModelMetadata; ``load``: HandleReloadConfigRequest with a
   text-format ModelServerConfig file.
 - ``profile``: ``--workers`` concurrent Predicts for ``--duration_s``; progress on stderr; count, mean,
-  p50, p99 and QPS on stdout (``--json`` for one JSON object).
+  p50, p99 and QPS on stdout (``--json`` for one JSON object), printed in full even when requests failed.
 
 Exit status: 0 on success; 1 when the server answered with an error or could not be reached (``error: CODE:
-message`` on stderr); 2 for a usage error: a flag out of range (argparse) or a file named by a flag that cannot
-be read or parsed (``error: message`` naming the file); 130 on Ctrl-C. Files are read before any connection is
+message`` on stderr), and for ``profile`` when any request failed; 2 for a usage error: a flag out of range
+(argparse), a file named by a flag that cannot be read or parsed (``error: message`` naming the file) or a
+``--model`` other than the request file's; 130 on Ctrl-C. Files are read before any connection is
 made, so a usage error never waits for the server.
 """
 
@@ -58,17 +61,29 @@ from monolith_serving.proto_gen.tensorflow_serving.config import model_server_co
 
 ACTIONS = ("predict", "status", "meta", "load", "profile")
 PS_VERSIONS_KEY = "x-monolith-ps-versions"
+DEFAULT_MODEL = "entry"
 EXIT_OK = 0
 EXIT_SERVER_ERROR = 1
 EXIT_USAGE = 2  # what argparse exits with, so a bad file and a bad flag look the same to a script
 EXIT_INTERRUPTED = 130  # the shell's 128 + SIGINT
 
 
+def _model_flags(*, request_file: bool) -> argparse.ArgumentParser:
+    """``--model`` and ``--version``; default None so that a request file can tell an explicit ``--model``."""
+    flags = argparse.ArgumentParser(add_help=False)
+    model_help = f"model_spec.name (default {DEFAULT_MODEL})"
+    version_help = "pin model_spec.version"
+    if request_file:
+        model_help = f"model_spec.name (default: --request_file's, else {DEFAULT_MODEL}; must match the file's)"
+        version_help += " (replaces --request_file's)"
+    add_flag(flags, "--model", default=None, help=model_help)
+    add_flag(flags, "--version", type=int_in_range(0, INT64_MAX), default=None, help=version_help)
+    return flags
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     add_flag(common, "--target", default="localhost:8500", help="entry (or proxy) host:port (default %(default)s)")
-    add_flag(common, "--model", default="entry", help="model_spec.name (default %(default)s)")
-    add_flag(common, "--version", type=int_in_range(0, INT64_MAX), default=None, help="pin model_spec.version")
     add_flag(common, "--timeout_s", type=positive_seconds, default=5.0, help="per-call deadline (default %(default)s)")
     add_flag(common, "--json", action="store_true", help="print one JSON object")
     inputs = argparse.ArgumentParser(add_help=False)
@@ -80,13 +95,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(inputs, "--seed", type=int_in_range(0), default=0, help="random seed")
     add_flag(inputs, "--request_file", type=Path, default=None, help="send this PredictRequest (text or binary)")
     sub = parser.add_subparsers(dest="action", required=True, metavar="|".join(ACTIONS))
-    sub.add_parser("predict", parents=[common, inputs], help="one Predict; prints the outputs")
-    sub.add_parser("status", parents=[common], help="GetModelStatus")
-    meta = sub.add_parser("meta", parents=[common], help="GetModelMetadata")
+    model = _model_flags(request_file=False)
+    file_model = _model_flags(request_file=True)
+    sub.add_parser("predict", parents=[common, file_model, inputs], help="one Predict; prints the outputs")
+    sub.add_parser("status", parents=[common, model], help="GetModelStatus")
+    meta = sub.add_parser("meta", parents=[common, model], help="GetModelMetadata")
     add_flag(meta, "--metadata_field", action="append", default=None, help="default: signature_def")
-    load = sub.add_parser("load", parents=[common], help="HandleReloadConfigRequest")
+    load = sub.add_parser("load", parents=[common, model], help="HandleReloadConfigRequest")
     add_flag(load, "--config_file", type=Path, required=True, help="text-format ModelServerConfig")
-    profile = sub.add_parser("profile", parents=[common, inputs], help="load test")
+    profile_help = "load test; exit status 1 when any request failed"
+    profile = sub.add_parser(
+        "profile", parents=[common, file_model, inputs], help=profile_help, description=profile_help
+    )
     add_flag(profile, "--workers", type=int_in_range(1), default=16, help="concurrent requests (default %(default)s)")
     add_flag(profile, "--duration_s", type=positive_seconds, default=10.0, help="measured time (default %(default)s)")
     requests_help = "distinct random requests to cycle through (default %(default)s)"
@@ -167,23 +187,45 @@ def _binary_request(data: bytes, path: Path) -> predict_pb2.PredictRequest:
         ) from error
 
 
+def file_request(path: Path, *, model: str | None, version: int | None) -> predict_pb2.PredictRequest:
+    """The PredictRequest in ``path`` with the model flags applied.
+
+    The file's ``model_spec.name`` is kept; ``model`` (None: not given) only fills a missing one, else
+    DEFAULT_MODEL does. An explicit ``model`` that differs from the file's name is an InvalidArgumentError naming
+    both, never a silent choice. ``version`` (None: not given) replaces the file's version or version_label."""
+    request = read_request_file(path)
+    spec = request.model_spec
+    if not spec.name:
+        spec.name = _model_or_default(model)
+    elif model is not None and model != spec.name:
+        raise InvalidArgumentError(
+            f"request file {str(path)!r} is for model {spec.name!r} but --model is {model!r}; "
+            "drop --model or make them agree"
+        )
+    if version is not None:
+        spec.version.value = version
+    return request
+
+
 def build_requests(args: argparse.Namespace, count: int) -> list[predict_pb2.PredictRequest]:
     if args.request_file is not None:
-        request = read_request_file(args.request_file)
-        if args.model:
-            request.model_spec.name = args.model
-        return [request]
+        return [file_request(args.request_file, model=args.model, version=args.version)]
     spec = resolve_spec(args.spec)
     rng = np.random.default_rng(args.seed)
     requests = []
+    model = _model_or_default(args.model)
     for _ in range(count):
         examples = random_examples(spec, args.batch_size, rng, rows=args.rows)
-        requests.append(predict_request(args.model, encode(spec, args.input_kind, examples), version=args.version))
+        requests.append(predict_request(model, encode(spec, args.input_kind, examples), version=args.version))
     return requests
 
 
+def _model_or_default(model: str | None) -> str:
+    return DEFAULT_MODEL if model is None else model
+
+
 def _spec(args: argparse.Namespace, message: Any) -> None:
-    message.model_spec.name = args.model
+    message.model_spec.name = _model_or_default(args.model)
     if args.version is not None:
         message.model_spec.version.value = args.version
 
@@ -294,7 +336,16 @@ def _profile_text(result: ProfileResult) -> str:
     )
 
 
-async def _profile(args: argparse.Namespace, inputs: CallInputs) -> None:
+def profile_failure(result: ProfileResult) -> str | None:
+    """The ``error:`` line of a load test in which any request failed; None when every request succeeded."""
+    if not result.errors:
+        return None
+    return f"{result.first_error} ({result.errors} of {result.count + result.errors} requests failed)"
+
+
+async def _profile(args: argparse.Namespace, inputs: CallInputs) -> int:
+    """Prints the whole summary, then fails (exit status 1) when any request failed."""
+
     def progress(elapsed_s: float, count: int, errors: int) -> None:
         print(
             f"\r{elapsed_s:5.1f}s  {count} ok  {errors} errors  {count / max(elapsed_s, 1e-9):.0f} QPS",
@@ -312,15 +363,17 @@ async def _profile(args: argparse.Namespace, inputs: CallInputs) -> None:
     )
     print(file=sys.stderr)
     _print(args, result.as_dict(), _profile_text(result))
+    failure = profile_failure(result)
+    return EXIT_OK if failure is None else _fail(failure, EXIT_SERVER_ERROR)
 
 
-async def _main(args: argparse.Namespace, inputs: CallInputs) -> None:
+async def _main(args: argparse.Namespace, inputs: CallInputs) -> int:
     if args.action == "profile":
-        await _profile(args, inputs)
-        return
+        return await _profile(args, inputs)
     async with grpc.aio.insecure_channel(args.target, options=channel_options()) as channel:
         handlers = {"predict": _predict, "status": _status, "meta": _meta, "load": _load}
         await handlers[args.action](args, channel, inputs)
+    return EXIT_OK
 
 
 def _fail(message: str, exit_status: int) -> int:
@@ -341,10 +394,9 @@ def _read_then_call(args: argparse.Namespace) -> int:
     except MonolithServingError as error:
         return _fail(error.message, EXIT_USAGE)
     try:
-        asyncio.run(_main(args, inputs))
+        return asyncio.run(_main(args, inputs))
     except grpc.aio.AioRpcError as error:
         return _fail(f"{error.code().name}: {error.details()}", EXIT_SERVER_ERROR)
     except MonolithServingError as error:
         # Raised while talking to the server (unreachable target, an output the codec cannot decode).
         return _fail(f"{status_code_for(error).name}: {error.message}", EXIT_SERVER_ERROR)
-    return EXIT_OK

@@ -1,5 +1,6 @@
 """``monolith-serving client`` against real sockets: an unreachable target fails fast with UNAVAILABLE (profile as
-well as predict), outputs of any dtype print, and Ctrl-C stops a load test cleanly. Never a traceback."""
+well as predict), outputs of any dtype print, a request file's model is the one served, a load test in which
+requests failed exits 1 after its summary, and Ctrl-C stops a load test cleanly. Never a traceback."""
 
 from __future__ import annotations
 
@@ -70,6 +71,52 @@ def test_string_outputs_print_as_text_and_as_json(fake_entry: FakeEntry) -> None
     outputs = json.loads(done.stdout)["outputs"]
     assert outputs["replica"] == ["a", "a"]
     assert len(outputs["instances"]) == 2
+
+
+@pytest.fixture()
+def other_model_entry(tmp_path: Path) -> Iterator[FakeEntry]:
+    """A fake entry serving only the model ``other``: a Predict for ``entry`` (the default --model) is NOT_FOUND."""
+    with FakeEntry("b", tmp_path, extra=["--models", "other"]) as entry:
+        assert isinstance(entry, FakeEntry)
+        yield entry
+
+
+def test_a_request_file_is_sent_for_its_own_model(other_model_entry: FakeEntry, tmp_path: Path) -> None:
+    request_file = tmp_path / "request.txt"
+    request_file.write_text('model_spec { name: "other" }\n')
+    target = ["--target", other_model_entry.address, "--request_file", str(request_file)]
+    done = run_client("predict", *target)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("model other version 1"), done.stdout
+    done = run_client("profile", *target, "--workers", "2", "--duration_s", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["errors"] == 0 and summary["count"] > 0, summary
+
+
+def test_a_load_test_whose_requests_fail_prints_its_summary_then_exits_1(other_model_entry: FakeEntry) -> None:
+    target = ["--target", other_model_entry.address, "--workers", "2", "--duration_s", "1"]
+    done = run_client("profile", *target, "--json")
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == EXIT_SERVER_ERROR, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["count"] == 0 and summary["errors"] > 0, summary
+    assert summary["first_error"].startswith("NOT_FOUND: "), summary
+    last_line = done.stderr.splitlines()[-1]
+    assert last_line.startswith("error: NOT_FOUND: "), done.stderr
+    assert last_line.endswith(f"({summary['errors']} of {summary['errors']} requests failed)"), done.stderr
+    done = run_client("profile", *target)
+    assert done.returncode == EXIT_SERVER_ERROR, done.stderr
+    assert done.stdout.startswith("count 0  errors "), done.stdout
+    assert "first error: NOT_FOUND: " in done.stdout
+
+
+def test_a_load_test_whose_requests_all_succeed_exits_0(fake_entry: FakeEntry) -> None:
+    done = run_client("profile", "--target", fake_entry.address, "--workers", "2", "--duration_s", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["errors"] == 0 and summary["count"] > 0, summary
+    assert "error:" not in done.stderr
 
 
 def _read_stderr_until(process: subprocess.Popen[bytes], marker: bytes, timeout_s: float) -> bytes:

@@ -80,6 +80,14 @@ def test_a_file_that_is_neither_text_nor_a_request_is_named(tmp_path: Path) -> N
     assert_usage_error(done, "request file 'request.bin'", "neither text format nor a binary PredictRequest")
 
 
+@pytest.mark.parametrize("action", ["predict", "profile"])
+def test_a_model_flag_naming_another_model_than_the_request_file_is_refused(tmp_path: Path, action: str) -> None:
+    (tmp_path / "request.txt").write_text('model_spec { name: "other" }\n')
+    args = ["--target", UNUSED_TARGET, "--request_file", "request.txt", "--model", "entry"]
+    done = run_client(action, *args, cwd=tmp_path)
+    assert_usage_error(done, "error: request file 'request.txt' is for model 'other' but --model is 'entry'")
+
+
 def test_a_binary_spec_or_config_file_is_named(tmp_path: Path) -> None:
     binary = tmp_path / "blob"
     binary.write_bytes(b"\xff\xfe\x00binary")

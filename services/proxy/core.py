@@ -200,6 +200,26 @@ class ProxyCore:
             self._metrics.count_request(model_label, method, ctx.protocol, code.name)
             self._metrics.observe_latency(method, ctx.protocol, self._clock() - started)
 
+    def count_refused(self, *, model: str | None, method: str, protocol: str, code: grpc.StatusCode) -> None:
+        """Counts a client request its transport answered without a :meth:`call` of its own (a malformed REST
+        path or body, a body over the limit), so ``proxy_requests_total`` sees every request.
+
+        ``model`` is the name the request carried, if any: it becomes a label only when the source knows it
+        and :class:`ModelLabels` would label it so; else ``unknown``. ``method`` must come from a fixed set.
+        """
+        self._metrics.count_request(self._unchecked_model_label(model), method, protocol, code.name)
+
+    def _unchecked_model_label(self, model: str | None) -> str:
+        """The label of a name no core call has looked up: :meth:`ModelLabels.of` takes a listing source's
+        names as they are, trusting the lookup to have refused the others, so look it up here."""
+        if not model:
+            return UNKNOWN_MODEL
+        try:
+            self._source.endpoints(model)
+        except MonolithServingError:  # NotFoundError, or the discovery view not loaded yet
+            return UNKNOWN_MODEL
+        return self._model_labels.of(model)
+
     async def _serve_model(
         self,
         path: str,

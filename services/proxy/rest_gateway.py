@@ -11,6 +11,9 @@ Routes (``{name}`` may contain ``:``, e.g. ``model:entry``):
 Errors are the HTTP status of the gRPC code with ``{"error": "<message>"}`` (413 for a body over the limit).
 Each request has one deadline, fixed when it arrives; its core calls (GetModelMetadata on a signature-cache
 miss, then Predict) share it.
+Every request is counted once in ``proxy_requests_total`` under the method it asks for: by the core when it
+reaches a core call of that method, else here (``ProxyCore.count_refused``) with the code its answer means.
+A signature lookup is a core call of its own, counted as GetModelMetadata.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from monolith_serving.core.errors import MonolithServingError, NotFoundError
+from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.grpc_server import MAX_MESSAGE_BYTES
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
@@ -34,7 +37,15 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_status_pb2,
     predict_pb2,
 )
-from monolith_serving.proxy.core import GET_MODEL_STATUS, PREDICTION_SERVICE, REQUEST_ID_KEY, CallContext, ProxyCore
+from monolith_serving.proxy.core import (
+    GET_MODEL_STATUS,
+    PREDICTION_SERVICE,
+    REQUEST_ID_KEY,
+    CallContext,
+    ProxyCore,
+    method_name,
+)
+from monolith_serving.proxy.metrics import UNKNOWN_METHOD
 from monolith_serving.proxy.rest_codec import (
     SIGNATURE_DEF_FIELD,
     ModelRef,
@@ -73,6 +84,9 @@ _NO_METADATA = frozenset(
     {grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION}
 )
 MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
+PROTOCOL = "rest"  # the ``protocol`` label of REST requests
+# POST verbs → the gRPC method they name (classify and regress are answered UNIMPLEMENTED here).
+_VERB_METHODS = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
 
 
 def http_status(code: grpc.StatusCode) -> int:
@@ -89,16 +103,24 @@ class RestConfig:
     drain_timeout_s: float = 30.0  # how long stop() waits for requests in flight
 
 
-class _BadPath(MonolithServingError):
-    pass
+class _BadPath(InvalidArgumentError):
+    """A malformed request path: 400, counted INVALID_ARGUMENT."""
 
 
-@dataclass(frozen=True)
+class _MethodNotAllowed(InvalidArgumentError):
+    """An HTTP method the path does not take: 405, counted INVALID_ARGUMENT (the caller's mistake)."""
+
+
+@dataclass
 class _RestCall:
-    """One REST request as its core calls see it."""
+    """One REST request as its core calls see it, and what the gateway needs to count it when no core call
+    of its own method does. Owned by one handler."""
 
     request_id: str
     deadline: float  # on the gateway's clock, fixed when the request arrived
+    method: str = UNKNOWN_METHOD  # the gRPC method the path asks for, once read from it
+    model: str | None = None  # the model name in the path, once read (not yet vouched for: not a label)
+    counted: bool = False  # a core call of ``method`` ran: the core counted the request
 
 
 def parse_version(text: str) -> int:
@@ -187,56 +209,79 @@ class RestGateway:
 
     # ---- handlers ------------------------------------------------------------------------------------------
     async def _not_found(self, request: web.Request) -> web.Response:
+        self._core.count_refused(model=None, method=UNKNOWN_METHOD, protocol=PROTOCOL, code=grpc.StatusCode.NOT_FOUND)
         return _error(404, f"no such endpoint: {request.method} {request.path}")
 
     async def _dispatch(self, request: web.Request) -> web.Response:
         request_id = request.headers.get(REQUEST_ID_KEY) or uuid.uuid4().hex
         call = _RestCall(request_id, self._clock() + self._config.timeout_s)
+        code = grpc.StatusCode.CANCELLED  # what the count says if the handler is cancelled (client gone)
         try:
             response = await self._route(request, call)
+            code = grpc.StatusCode.OK
         except web.HTTPRequestEntityTooLarge:
             # Raised by aiohttp while reading the body; the client's mistake, not ours.
+            code = grpc.StatusCode.INVALID_ARGUMENT
             response = _error(413, f"request body larger than {self._config.max_body_bytes} bytes")
+        except _MethodNotAllowed as error:
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            response = _error(405, error.message)
         except RpcStatusError as error:
-            response = _error(http_status(error.code), error.message)
-        except _BadPath as error:
-            response = _error(400, error.message)
+            code = error.code
+            response = _error(http_status(code), error.message)
         except MonolithServingError as error:
-            response = _error(http_status(status_code_for(error)), error.message)
+            code = status_code_for(error)
+            response = _error(http_status(code), error.message)
         except Exception as error:
             # A bug, not bad input: keep serving, report it with its traceback.
+            code = grpc.StatusCode.INTERNAL
             log.exception("request %s: unhandled error in REST %s %s", request_id, request.method, request.path)
             response = _error(500, f"internal error: {type(error).__name__}: {error}")
+        finally:
+            if not call.counted:
+                # Answered before a core call of its own (bad path or body, body too large): the core never saw it.
+                self._core.count_refused(model=call.model, method=call.method, protocol=PROTOCOL, code=code)
         response.headers[REQUEST_ID_KEY] = request_id
         return response
 
     async def _route(self, request: web.Request, call: _RestCall) -> web.Response:
+        """Sets ``call.method`` and ``call.model`` as soon as the path tells them, before anything can refuse
+        the request, so a refusal is counted under them."""
         tail = request.match_info["tail"]
         if request.method == "POST":
             resource, colon, verb = tail.rpartition(":")
+            call.model = resource.split("/", 1)[0] or None
+            call.method = _VERB_METHODS.get(verb, UNKNOWN_METHOD)
             if not colon or "/" in verb:
                 raise _BadPath(f"malformed request: POST /v1/models/{tail} (expected ...:predict)")
             model, suffix = parse_model_path(resource)
             if suffix:
                 raise _BadPath(f"malformed request: POST /v1/models/{tail}")
             if verb in ("classify", "regress"):
-                return _error(501, f"{verb} is not supported by Monolith entries; use :predict")
+                raise RpcStatusError(
+                    grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not supported by Monolith entries; use :predict"
+                )
             if verb != "predict":
                 raise _BadPath(f"unknown method {verb!r} (expected predict)")
             return await self._predict(model, await request.read(), call)
         if request.method == "GET":
+            call.model = tail.split("/", 1)[0] or None
+            call.method = "GetModelMetadata" if tail.endswith("/metadata") else "GetModelStatus"
             model, suffix = parse_model_path(tail)
             if suffix == "metadata":
                 return await self._metadata(model, call)
             return await self._status(model, call)
-        return _error(405, f"method {request.method} not allowed")
+        raise _MethodNotAllowed(f"method {request.method} not allowed")
 
     async def _call_core(self, path: str, request: bytes, call: _RestCall) -> UpstreamReply:
         """One core call given only what is left of the request's deadline (none left: the core answers
-        DEADLINE_EXCEEDED, counted like any other failure)."""
+        DEADLINE_EXCEEDED, counted like any other failure). The core counts the call, so a call of the
+        request's own method marks the request counted."""
+        if method_name(path) == call.method:
+            call.counted = True
         timeout_s = max(call.deadline - self._clock(), 0.0)
         return await self._core.call(
-            path, request, CallContext(request_id=call.request_id, timeout_s=timeout_s, protocol="rest")
+            path, request, CallContext(request_id=call.request_id, timeout_s=timeout_s, protocol=PROTOCOL)
         )
 
     async def _predict(self, model: ModelRef, body: bytes, call: _RestCall) -> web.Response:

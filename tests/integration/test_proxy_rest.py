@@ -1,5 +1,6 @@
 """The REST gateway on a real aiohttp server over loopback, in front of ProxyCore on a fake of our own
-UpstreamPool: bad input is a 4xx (never a 500), and one deadline covers every core call of a request.
+UpstreamPool: bad input is a 4xx (never a 500), one deadline covers every core call of a request, and every
+request is counted once, refused ones too, without a label per made-up name.
 
 Faults needing real entries (slow metadata and Predict together) are in test_proxy_routing.py.
 """
@@ -107,17 +108,32 @@ class Served:
     session: aiohttp.ClientSession
 
     async def post(self, path: str, body: bytes) -> tuple[int, Any]:
-        async with self.session.post(self.base_url + path, data=body) as response:
+        return await self.send("POST", path, body)
+
+    async def send(self, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
+        async with self.session.request(method, self.base_url + path, data=body) as response:
             return response.status, json.loads(await response.read())
+
+    def requests(self) -> dict[tuple[str, str, str, str], float]:
+        """proxy_requests_total by (model, method, protocol, code)."""
+        (family,) = (m for m in self.metrics.registry.collect() if m.name == "proxy_requests")
+        return {
+            (s.labels["model"], s.labels["method"], s.labels["protocol"], s.labels["code"]): s.value
+            for s in family.samples
+            if s.name == "proxy_requests_total"
+        }
 
 
 @asynccontextmanager
-async def _gateway(*, max_body_bytes: int = 1 << 20) -> AsyncIterator[Served]:
+async def _gateway(
+    *, max_body_bytes: int = 1 << 20, models: Sequence[str] | None = ("entry",)
+) -> AsyncIterator[Served]:
+    """``models`` None: the source forwards any name (``--entry_targets`` alone)."""
     clock = FakeClock()
     upstream = FakeUpstream(clock)
     metrics = ProxyMetrics()
     core = ProxyCore(
-        source=StaticEndpointSource(["a:1"], models=["entry"]),
+        source=StaticEndpointSource(["a:1"], models=models),
         router=Router(OutlierPolicy()),
         pool=cast(UpstreamPool, upstream),
         metrics=metrics,
@@ -186,3 +202,52 @@ async def test_metadata_and_predict_share_one_deadline() -> None:
         assert [method for method, _ in served.upstream.calls] == [GET_MODEL_METADATA]
         labels = {"model": "entry", "method": "Predict", "protocol": "rest", "code": "DEADLINE_EXCEEDED"}
         assert served.metrics.registry.get_sample_value("proxy_requests_total", labels) == 1
+
+
+@_sync
+async def test_requests_refused_before_a_core_call_are_counted_once() -> None:
+    async with _gateway(max_body_bytes=1000) as served:
+        too_large = json.dumps({"inputs": {"x": [1.0] * 400}}).encode()
+        refusals = [
+            ("POST", "/entry/versions/x:predict", BODY, 400, ("entry", "Predict", "INVALID_ARGUMENT")),
+            ("POST", "/entry:predict", b"{not json", 400, ("entry", "Predict", "INVALID_ARGUMENT")),
+            ("POST", "/entry:predict", too_large, 413, ("entry", "Predict", "INVALID_ARGUMENT")),
+            ("POST", "/entry:frobnicate", BODY, 400, ("entry", "unknown", "INVALID_ARGUMENT")),
+            ("POST", "/entry:classify", BODY, 501, ("entry", "Classify", "UNIMPLEMENTED")),
+            ("GET", "/entry/other/1", b"", 400, ("entry", "GetModelStatus", "INVALID_ARGUMENT")),
+            ("GET", "/entry/versions/x/metadata", b"", 400, ("entry", "GetModelMetadata", "INVALID_ARGUMENT")),
+            ("PUT", "/entry", b"", 405, ("unknown", "unknown", "INVALID_ARGUMENT")),
+            ("GET", "/../../nothing", b"", 404, ("unknown", "unknown", "NOT_FOUND")),  # GET /nothing
+        ]
+        for method, path, body, status, (model, rpc, code) in refusals:
+            before = served.requests().get((model, rpc, "rest", code), 0.0)
+            assert (await served.send(method, path, body))[0] == status, (method, path)
+            assert served.requests().get((model, rpc, "rest", code), 0.0) == before + 1, (method, path)
+        assert sum(served.requests().values()) == len(refusals)
+        assert served.upstream.calls == []
+
+        # Refused after its signature lookup (counted as the GetModelMetadata it is): the Predict still counts.
+        status, _ = await served.post("/entry:predict", json.dumps({"instances": [1.0, {"x": 1.0}]}).encode())
+        assert status == 400
+        assert served.requests()[("entry", "Predict", "rest", "INVALID_ARGUMENT")] == 4
+        assert served.requests()[("entry", "GetModelMetadata", "rest", "OK")] == 1
+        # A request the core serves is counted by the core alone.
+        assert (await served.post("/entry:predict", BODY))[0] == 200
+        assert served.requests()[("entry", "Predict", "rest", "OK")] == 1
+        assert sum(served.requests().values()) == len(refusals) + 3
+
+
+@_sync
+async def test_refused_requests_label_made_up_model_names_unknown() -> None:
+    for models in (("entry",), None):
+        async with _gateway(models=models) as served:
+            for index in range(20):
+                assert (await served.post(f"/made-up-{index}:predict", b"{not json"))[0] == 400
+                assert (await served.post(f"/made-up-{index}/versions/x:predict", BODY))[0] == 400
+            if models is None:  # a name becomes a label once an entry answered OK for it
+                assert (await served.post("/entry:predict", BODY))[0] == 200
+            assert (await served.post("/entry:predict", b"{not json"))[0] == 400
+            counts = served.requests()
+            assert counts[("unknown", "Predict", "rest", "INVALID_ARGUMENT")] == 40, models
+            assert counts[("entry", "Predict", "rest", "INVALID_ARGUMENT")] == 1, models
+            assert {model for model, *_ in counts} == {"entry", "unknown"}, models

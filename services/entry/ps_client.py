@@ -64,6 +64,7 @@ RETRYABLE = frozenset(
 # A channel whose replica left discovery still carries calls that may end well (or time out by their own
 # deadline); closing it at once would cancel them. It is closed after this long instead.
 _RETIRE_GRACE_S = 30.0
+_CACHED_VERSIONS = 8  # encoded model_specs kept per shard before the cache starts over
 # Reconnect quickly after a PS restarts (gRPC's default backoff grows to 120 s).
 _RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
 
@@ -390,6 +391,8 @@ class PsFanout(EmbeddingLookup):
             for label in self._shard_labels
         ]
         self._spec_bytes: dict[tuple[int, int], bytes] = {}
+        # Each new version adds one entry per shard; a few versions' worth is all a serving entry uses at once.
+        self._max_spec_bytes = _CACHED_VERSIONS * replicas.num_ps
         self._input_keys: dict[str, bytes] = {}
         coalesced = [metrics.ps_coalesced.labels(label) for label in self._shard_labels]
         self._shard_call = (
@@ -460,6 +463,8 @@ class PsFanout(EmbeddingLookup):
     def _request(self, shard: int, version: int, parts: TableFids) -> bytes:
         spec = self._spec_bytes.get((shard, version))
         if spec is None:
+            if len(self._spec_bytes) >= self._max_spec_bytes:
+                self._spec_bytes.clear()  # versions roll over hourly: without this the map grows for ever
             spec = model_spec_field(self._models[shard], version, LOOKUP_SIGNATURE)
             self._spec_bytes[(shard, version)] = spec
         inputs = []

@@ -27,10 +27,12 @@ class ScriptedChannels(ChannelPool):
         super().__init__()
         self.width = width
         self.timeouts: list[tuple[str, float]] = []
+        self.requests: list[bytes] = []
 
     def lookup(self, address: str) -> Any:
         async def call(request: bytes, *, timeout: float) -> predict_pb2.PredictResponse:
             self.timeouts.append((address, timeout))
+            self.requests.append(request)
             if address.startswith("hung"):
                 await asyncio.sleep(timeout)
                 raise grpc.aio.AioRpcError(
@@ -118,5 +120,21 @@ def test_a_single_replica_still_gets_the_whole_deadline_of_a_merged_pass() -> No
         fanout = _fanout(channels, ["good:1"])
         await fanout.lookup(1, {"user": np.array([3], np.int64)}, {"user": 2}, timeout_s=3.0, urgent_s=0.3)
         assert channels.timeouts[0][1] > 2.9  # retrying the same replica early would only double its work
+
+    asyncio.run(scenario())
+
+
+def test_encoded_model_specs_stay_bounded_as_versions_roll_over() -> None:
+    """An entry serves for months while versions roll over hourly; each version's encoded model_spec is cached
+    per shard, and the cache must not keep every version it ever looked up."""
+
+    async def scenario() -> None:
+        channels = ScriptedChannels()
+        fanout = _fanout(channels, ["good:1"])
+        for version in range(1, 201):
+            await fanout.lookup(version, {"user": np.array([3], np.int64)}, {"user": 2}, timeout_s=0.9)
+        sent = {predict_pb2.PredictRequest.FromString(r).model_spec.version.value for r in channels.requests}
+        assert sent == set(range(1, 201)), "every lookup must still name its own version"
+        assert len(fanout._spec_bytes) <= 8 * fanout._replicas.num_ps
 
     asyncio.run(scenario())

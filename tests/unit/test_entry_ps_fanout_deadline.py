@@ -1,6 +1,7 @@
 """A PS replica that never answers (its host vanished, no RST) must not hold the request until the client's
 deadline: the fan-out splits the deadline over its attempts and the other replica answers in time. And how the
-fan-out reads a shard's answer whose table has no rows there."""
+fan-out reads a shard's answer whose table has no rows there, and that its cache of encoded model_specs stays
+bounded."""
 
 from __future__ import annotations
 

@@ -343,10 +343,17 @@ class ProxyCore:
         metadata: Metadata = ((REQUEST_ID_KEY, ctx.request_id),)
 
         async def one(address: str) -> UpstreamReply | RpcStatusError:
+            # Counted in the router's outstanding like a routed attempt, so every channel the pool opens has
+            # router state: maintenance_step closes it once its address leaves discovery (forget_except), yet
+            # never while a fan-out to it is in flight. Outlier detection is left to routed attempts.
+            state = self._router.state(address)
+            state.outstanding += 1
             try:
                 return await self._pool.call(address, path, request, timeout_s=timeout_s, metadata=metadata)
             except RpcStatusError as error:
                 return error
+            finally:
+                state.outstanding -= 1
 
         results: list[UpstreamReply | RpcStatusError] = await asyncio.gather(*(one(a) for a in addresses))
         return list(zip(addresses, results, strict=True))

@@ -5,7 +5,8 @@ version loads on a worker thread beside the serving one, so the event loop keeps
 no longer wants are unloaded only once a wanted version is AVAILABLE, so a broken export leaves the previous version
 serving. A failed version is retried only on an explicit reload (``fresh``).
 Of the ended versions the policy no longer wants, the newest ``ENDED_VERSIONS_KEPT`` stay in the status; older
-ones are forgotten with their state series.
+ones are forgotten with their state series. A model removed from the config leaves no series behind: its versions'
+go as above, its failure count here, the rest through ``hooks.removed``.
 
 What differs between servers comes in as ``LifecycleHooks``: how a version is read (PS: hash-table dumps into a
 TableSet; dense: a network), what is replayed into it before it is published (PS: parameter-sync batches that
@@ -106,6 +107,10 @@ class LifecycleHooks(Generic[C, L, U]):
     log line says of the version."""
     unloaded: Callable[[str, int, L | None], None] = lambda model, version, loaded: None
     """(model, version, what it held) after an unload; to drop the version's metrics."""
+    removed: Callable[[str], None] = lambda model: None
+    """(model) once it has left the config and its versions are unloaded; to drop the rest of its metrics.
+    Not called when a concurrent config change has added the model again meanwhile (the series are the new
+    one's then)."""
     publish: Callable[[L, list[U], str], None] | None = None
     """(loaded, pending, model): replays what arrived while the version loaded, on the loop, just before
     AVAILABLE. An exception fails the load. None: nothing arrives while a version loads."""
@@ -221,6 +226,8 @@ class VersionLifecycle(Generic[C, L, U]):
                 for servable in list(model.versions.values()):
                     self._unload(model, servable)
                     self._forget_state_series(model.name, servable.version)
+                if name not in self.models:  # not added again by a change that ran while this one waited
+                    self._forget_model_series(name)
             logger.info("model %s removed from the config: unloaded", name)
         for name, config in wanted.items():
             existing = self.models.get(name)
@@ -328,6 +335,11 @@ class VersionLifecycle(Generic[C, L, U]):
     def _forget_state_series(self, model: str, version: int) -> None:
         with contextlib.suppress(KeyError):  # a series never set
             self._metrics.version_state.remove(model, str(version))
+
+    def _forget_model_series(self, model: str) -> None:
+        with contextlib.suppress(KeyError):  # never failed a load
+            self._metrics.load_failures.remove(model)
+        self._hooks.removed(model)
 
     def _set_state(self, model: HostedModel[C, L, U], servable: Servable[L, U], state: ModelState) -> None:
         servable.state = state

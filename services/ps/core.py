@@ -15,7 +15,6 @@ import numpy as np
 import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
-from monolith_serving.core.metric_children import LabelledChildren
 from monolith_serving.ps.inputs import ShardCheck, TensorMap, check_request_size, decode_fids, element_count
 from monolith_serving.ps.metrics import PsMetrics
 from monolith_serving.ps.sync import (
@@ -59,10 +58,10 @@ class PsCore:
         self._metrics = metrics
         self._num_ps = num_ps
         self._max_fids = max_fids_per_request
-        # A lookup would otherwise make three or more labels() calls (each a lock and a tuple hash).
-        self._lookup_requests = LabelledChildren(metrics.lookup_requests)
-        self._lookup_fids = LabelledChildren(metrics.lookup_fids)
-        self._lookup_missing_fids = LabelledChildren(metrics.lookup_missing_fids)
+        # Resolved children, owned by the metrics (which forget a removed model's); bound here for the hot path.
+        self._lookup_requests = metrics.lookup_requests_of
+        self._lookup_fids = metrics.lookup_fids_of
+        self._lookup_missing_fids = metrics.lookup_missing_fids_of
 
     def shard_check(self, model: SubModel) -> ShardCheck:
         return ShardCheck(self._num_ps, model.config.partition)
@@ -124,14 +123,14 @@ class PsCore:
             for update in updates:
                 tables.tables[update.table].check_update(update.fids, update.values)
         except MonolithServingError:
-            self._metrics.sync_updates_rejected.labels(ref.name, signature).inc(_count_rows(inputs, id_inputs))
+            self._metrics.sync_updates_rejected_of[(ref.name, signature)].inc(_count_rows(inputs, id_inputs))
             raise
         for update in updates:
             tables.tables[update.table].upsert(update.fids, update.values)
         for loading in model.loading():
             loading.pending.append(updates)
         rows = sum(u.rows for u in updates)
-        self._metrics.sync_updates_applied.labels(ref.name, signature).inc(rows)
+        self._metrics.sync_updates_applied_of[(ref.name, signature)].inc(rows)
         return servable.version, rows
 
 

@@ -6,6 +6,8 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from monolith_serving.core.metric_children import LabelledChildren
+
 _LATENCY_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _LOAD_BUCKETS_S = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
@@ -81,9 +83,35 @@ class PsMetrics:
             ["step"],
             registry=registry,
         )
+        # The per-request series labelled by model, resolved once per label combination (a lookup would otherwise
+        # make three or more labels() calls, each a lock and a tuple hash) and kept here, where ``forget_model``
+        # finds every one of them. Write these series only through these.
+        self.lookup_requests_of = LabelledChildren(self.lookup_requests)
+        self.lookup_fids_of = LabelledChildren(self.lookup_fids)
+        self.lookup_missing_fids_of = LabelledChildren(self.lookup_missing_fids)
+        self.sync_updates_applied_of = LabelledChildren(self.sync_updates_applied)
+        self.sync_updates_rejected_of = LabelledChildren(self.sync_updates_rejected)
 
     def forget_version(self, model: str, version: int, tables: list[str]) -> None:
         for table in tables:
             for gauge in (self.table_rows, self.table_bytes):
                 with contextlib.suppress(KeyError):  # never set: the version had no such table
                     gauge.remove(model, str(version), table)
+
+    def forget_model(self, model: str) -> None:
+        """Removes every series labelled with ``model`` once it has left the config. Its versions' series went
+        as they were unloaded (``forget_version``, the lifecycle's state gauge), its ``load_failures`` with the
+        lifecycle. A model added again later counts from fresh series.
+
+        Runs on the event loop, as every request that writes these series does, and a request for a model not
+        hosted is refused before it counts anything, so no request in flight can write a series back."""
+        for children in (
+            self.lookup_requests_of,
+            self.lookup_fids_of,
+            self.lookup_missing_fids_of,
+            self.sync_updates_applied_of,
+            self.sync_updates_rejected_of,
+        ):
+            children.forget(model)
+        with contextlib.suppress(KeyError):  # never loaded a version
+            self.load_duration.remove(model)

@@ -66,6 +66,7 @@ class VersionStateManager(VersionLifecycle[SubModelConfig, TableSet, SyncBatch])
                 load=loader,
                 published=published,
                 unloaded=unloaded,
+                removed=metrics.forget_model,
                 publish=publish,
             ),
             metrics=metrics,

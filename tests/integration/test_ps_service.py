@@ -333,6 +333,9 @@ def test_export_demo_multi_model_metrics_and_reload(tmp_path: Path) -> None:
             ps.status("demo:ps_0")
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         assert next(iter(ps.status("demo:ps_1").values()))[0] == AVAILABLE
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert 'model="demo:ps_0"' not in text  # a removed sub-model leaves no series behind
+        assert 'monolith_ps_lookup_requests_total{model="demo:ps_1"}' in text  # the one kept keeps its series
 
 
 def test_version_switch_under_load_and_corrupt_dump_recovery(tmp_path: Path) -> None:
@@ -369,7 +372,9 @@ def test_version_switch_under_load_and_corrupt_dump_recovery(tmp_path: Path) -> 
             thread.start()
         try:
             time.sleep(0.5)
-            write_version(base, 2, fill=2.0)  # written in place; a real exporter renames a temp dir
+            # Staged and renamed in, as a real exporter does: written in place, a poll could catch it half-written.
+            write_version(tmp_path / "staging2", 2, fill=2.0)
+            (tmp_path / "staging2" / "2").rename(base / "2")
             ps.wait_state("ps_0", 2, AVAILABLE)
             ps.wait_state("ps_0", 1, END)
             time.sleep(0.5)

@@ -52,6 +52,7 @@ class Recorder:
             load=self.load,
             published=lambda model, version, loaded, elapsed: f"holds {loaded}",
             unloaded=lambda model, version, loaded: self.calls.append(("unloaded", version, loaded)),
+            removed=lambda model: self.calls.append(("removed", model)),
             publish=self.publish,
         )
 
@@ -67,8 +68,8 @@ class Recorder:
     def labels(self, model: str, version: str | None = None) -> _Child:
         return _Child(self.calls, model, version)
 
-    def remove(self, model: str, version: str) -> None:
-        self.calls.append(("forgot", int(version)))
+    def remove(self, model: str, version: str | None = None) -> None:
+        self.calls.append(("forgot", int(version)) if version is not None else ("forgot failures", model))
 
 
 @dataclass
@@ -180,6 +181,7 @@ def test_serve_nothing_unloads_everything(tmp_path: Path) -> None:
         with pytest.raises(NotFoundError, match="not served here"):
             lifecycle.model("m")
         assert ("forgot", 1) in recorder.calls  # a removed model leaves no state series behind
+        assert recorder.calls[-2:] == [("forgot failures", "m"), ("removed", "m")]  # nor any other series
 
     asyncio.run(scenario())
 
@@ -284,5 +286,31 @@ def test_a_poll_does_not_load_a_model_removed_while_it_waited(tmp_path: Path) ->
         assert sorted(lifecycle.models) == ["m"]
         loaded = [c[1] for c in recorder.calls if c[0] == "publish"]
         assert "b@2" not in loaded, loaded
+
+    asyncio.run(scenario())
+
+
+def test_a_model_added_again_while_its_removal_waited_keeps_its_series(tmp_path: Path) -> None:
+    """Series are keyed by name: a removal that waited for the model's lock must not forget the model-wide
+    series of the same name that a concurrent config change has added again meanwhile."""
+
+    async def scenario() -> None:
+        recorder = Recorder()
+        lifecycle = _lifecycle(recorder)
+        config = _versions(tmp_path, 1)
+        await lifecycle.apply_config([config])
+        _versions(tmp_path, 2)
+        recorder.gates[2] = threading.Event()
+        poll = asyncio.create_task(lifecycle.refresh())  # holds m's lock while version 2 loads
+        await _until(lambda: 2 in lifecycle.model("m").versions)
+        remove = asyncio.create_task(lifecycle.apply_config([]))  # waits for the lock
+        await _until(lambda: "m" not in lifecycle.models)
+        add_again = asyncio.create_task(lifecycle.apply_config([config]))
+        await _until(lambda: "m" in lifecycle.models)
+        recorder.gates[2].set()
+        await asyncio.gather(poll, remove, add_again)
+        assert lifecycle.resolve("m")[1].require_loaded() == "m@2"
+        assert ("removed", "m") not in recorder.calls
+        assert ("forgot failures", "m") not in recorder.calls
 
     asyncio.run(scenario())

@@ -22,6 +22,11 @@ a restarted manager tries at once). A rollback pins the model: it is not rolled 
 version newer than every version present at rollback time appears. Everything runs on one asyncio task
 except the HTTP status thread, which reads the immutable ``snapshot()`` and hands rollback requests over
 with ``asyncio.run_coroutine_threadsafe``.
+
+Per-version bookkeeping (first seen, failed, copy failures, timeout retries) is bounded: after each scan the
+entries of versions older than every version in the source and the local folder are dropped (see
+``_forget``), so the dicts and the persisted ``failed`` map follow the retention of the source and of the
+receive folder instead of growing with every version ever seen.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from prometheus_client import Gauge
 
 from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import (
@@ -62,6 +69,8 @@ from monolith_serving.model_manager.sources import VersionCandidate, VersionSour
 from monolith_serving.model_manager.status import model_status, record_json
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,8 @@ class ModelManager:
         self._clock = clock
         self._rollbacks: asyncio.Queue[tuple[str, int, asyncio.Future[RolloutRecord]]] = asyncio.Queue()
         self._snapshot: dict[str, Any] = {"models": {}}
+        # Per model, the sub_graphs that have a serving_version series (removed when they stop having a version).
+        self._serving_series: dict[str, set[str]] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ loop
@@ -208,6 +219,27 @@ class ModelManager:
             model.local_versions = tuple(sorted(model.candidates))
         if candidates:
             self._metrics.newest_version.labels(model.name).set(max(model.candidates))
+        self._forget(model)
+
+    def _forget(self, model: ManagedModel) -> None:
+        """Drops the per-version entries of versions older than every version present (in the source or the
+        local folder); with nothing present, nothing is forgotten (a source that lists nothing for a while).
+
+        No decision changes: only local versions roll out and ``first_seen_s`` is read for the newest present
+        version, so a version present at every scan keeps all its entries. One that left both the source and
+        the local folder and later comes back older than everything present counts as new. A failed version
+        is also kept while the desired config or some replica holds it (``adopt`` must never take it), and no
+        failed version is forgotten while some replica's holdings are unknown (not every replica answered at
+        the last observe, or none was observed yet), like retention."""
+        present = set(model.candidates) | set(model.local_versions)
+        if not present:
+            return
+        oldest = min(present)
+        _drop_older(model.first_seen_s, oldest)
+        _drop_older(model.copy_failed_at, oldest)
+        _drop_older(model.timeout_retries, oldest)
+        if model.all_answered:
+            _drop_older(model.failed, oldest, keep=model.state.in_use())
 
     def _eligible(self, model: ManagedModel, version: int) -> bool:
         candidate = model.candidates.get(version)
@@ -445,8 +477,14 @@ class ModelManager:
                 now_s=now,
             )
             models[model.name] = status
-            for sub_graph, version in status["serving_version"].items():
-                self._metrics.serving_version.labels(model.name, sub_graph).set(version or 0)
+            # A sub_graph without a version (no replica answered, or they share no AVAILABLE version) or no
+            # longer listed has no series: 0 would read as "version 0 serves", a stale value as still serving.
+            serving = {s: v for s, v in status["serving_version"].items() if v is not None}
+            for sub_graph, version in serving.items():
+                self._metrics.serving_version.labels(model.name, sub_graph).set(version)
+            for sub_graph in sorted(self._serving_series.get(model.name, set()) - serving.keys()):
+                _remove_series(self._metrics.serving_version, model.name, sub_graph)
+            self._serving_series[model.name] = set(serving)
             self._metrics.version_delay.labels(model.name).set(status["version_delay_seconds"])
             self._metrics.update_delay.labels(model.name).set(status["update_delay_seconds"])
         self._snapshot = {"time": now, "models": models}
@@ -454,3 +492,13 @@ class ModelManager:
     def snapshot(self) -> dict[str, Any]:
         """The last published status (an immutable-by-convention dict; safe to read from any thread)."""
         return self._snapshot
+
+
+def _drop_older(book: dict[int, _T], oldest: int, keep: set[int] | frozenset[int] = frozenset()) -> None:
+    for version in [v for v in book if v < oldest and v not in keep]:
+        del book[version]
+
+
+def _remove_series(gauge: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # older prometheus-client versions raise for a missing series
+        gauge.remove(*labels)

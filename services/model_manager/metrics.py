@@ -39,7 +39,8 @@ class ModelManagerMetrics:
         )
         self.serving_version = Gauge(
             "monolith_model_manager_serving_version",
-            "Newest version AVAILABLE on every replica of the sub_graph (0: none)",
+            "Newest version AVAILABLE on every replica of the sub_graph that answered (no series: none answered, "
+            "they share no AVAILABLE version, or the sub_graph has no replica)",
             ["model", "sub_graph"],
             registry=r,
         )

@@ -1,4 +1,4 @@
-"""In-memory fakes of the model manager's own interfaces (ReplicaControl) and an injectable clock.
+"""In-memory fakes of the model manager's own interfaces (ReplicaControl, VersionSource) and an injectable clock.
 
 A ``FakeReplica`` is one sub-model served at an address. Usually an address hosts one (an agent's child);
 ``FakeCluster.colocate`` puts several behind one address, like a unified container: a reload there replaces
@@ -20,6 +20,8 @@ from monolith_serving.model_manager.control import (
     VersionState,
     VersionStatus,
 )
+from monolith_serving.model_manager.fs import LocalFileSystem
+from monolith_serving.model_manager.sources import VersionCandidate, VersionSource
 
 MODEL = "demo"
 
@@ -171,3 +173,26 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.now += seconds
         await asyncio.sleep(0)
+
+
+class FakeSource(VersionSource):
+    """A source replicas load from directly (nothing is copied) listing the complete versions in ``versions``;
+    a version's fingerprint is ``fp{version}`` unless ``fingerprints`` says otherwise."""
+
+    needs_copy = False
+
+    def __init__(self, model: str = MODEL, base_dir: str = f"/receive/{MODEL}") -> None:
+        self.model = model
+        self.fs = LocalFileSystem()
+        self.base_dir = base_dir
+        self.versions: set[int] = set()
+        self.fingerprints: dict[int, str] = {}
+
+    def scan(self) -> list[VersionCandidate]:
+        return [
+            VersionCandidate(self.model, v, {"entry": f"{self.base_dir}/entry/{v}"}, self.fingerprints.get(v, f"fp{v}"))
+            for v in sorted(self.versions)
+        ]
+
+    def describe(self) -> str:
+        return f"fake source of {self.model}"

@@ -84,7 +84,8 @@ run: venv
 	  $(PY) -m monolith_serving client predict --target 127.0.0.1:$(DEMO_PORT) --model entry \
 	    --spec $(BUILD)/demo-model --batch_size 4
 
-# Container images of the compose cluster, built from Debian packages (no registry); existing images are reused.
+# Container images of the compose cluster, built from Debian packages (no registry). Existing base, zookeeper and
+# prometheus images are reused (FORCE=1 rebuilds them); the app image is rebuilt every time.
 .PHONY: images
 images: venv
 	PYTHON=$(abspath $(PY)) deploy/images/build-images.sh all

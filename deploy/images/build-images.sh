@@ -9,7 +9,8 @@
 #                                                  docker's layer cache makes an unchanged tree cheap)
 #   all         all of the above
 #
-# Imported images are cached: an image that already exists is not built again (FORCE=1 rebuilds).
+# Imported images (base, zookeeper, prometheus) are cached: one that already exists is not built again (FORCE=1
+# rebuilds it). app is always rebuilt, FORCE or not.
 # Environment: DEBIAN_MIRROR (default: the mirror of this machine's bookworm apt source), SUITE (bookworm),
 # IMAGE_CACHE (build/images: downloaded .debs), and the image names below.
 set -euo pipefail

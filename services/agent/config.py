@@ -35,6 +35,7 @@ from monolith_serving.discovery.replica_meta import ContainerServiceInfo
 from monolith_serving.discovery.replica_updater import LocalReplica
 
 __all__ = [
+    "UNUSED_CONF_KEYS",
     "ContainerIdentity",
     "ModelEntry",
     "RegisteredReplica",
@@ -47,6 +48,7 @@ __all__ = [
     "local_replicas",
     "model_version_policy",
     "pick_free_port",
+    "unused_conf_keys",
     "v1_plan",
     "v3_server_spec",
 ]
@@ -178,6 +180,47 @@ def _metrics_flags(metrics_port: int | None) -> tuple[str, ...]:
     return (f"--metrics_port={metrics_port}",) if metrics_port else ()
 
 
+def _poll_flag(config: AgentConfig) -> str:
+    """``file_system_poll_wait_seconds`` of the entry, dense and unified children, at least 1 s.
+
+    The entry's flag is its control-loop period (version scan and PS status poll): 0 or less would make that loop
+    spin, and TF Serving's "0: scan once" would leave the entry on its first version for good. The unified
+    container's one flag is also its entry side's period. The dense server gets the same period so that ``dense_0``
+    finds the versions the entry moves to (a version with a remote dense network serves only once dense_0 has it).
+    The PS child takes ``file_system_poll_wait_seconds_ps`` as given (0 or less: at start and on reload only).
+    """
+    return f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}"
+
+
+def _load_threads_flag(config: AgentConfig) -> str:
+    """``num_load_threads``: versions a ps/dense/unified child loads at once. TF Serving's 0 loads in its manager
+    thread, one at a time, which is our servers' 1 (their default); the entry has no such flag."""
+    return f"--num_load_threads={max(config.num_load_threads, 1)}"
+
+
+# agent.conf keys parsed (Monolith confs set them, so they must load) that nothing in any deploy type uses: our
+# model servers are not tensorflow_model_server and have no such setting. docs/agent_conf.md says why for each.
+UNUSED_CONF_KEYS = frozenset(
+    {
+        "enable_batching",
+        "max_num_load_retries",
+        "load_retry_interval_micros",
+        "num_unload_threads",
+        "enable_model_warmup",
+        "grpc_max_threads",
+        "fetch_ps_long_conn_num",
+        "aio_thread_num",
+    }
+)
+
+
+def unused_conf_keys(config: AgentConfig) -> tuple[str, ...]:
+    """The keys ``config``'s conf set that have no effect, sorted: those in ``UNUSED_CONF_KEYS`` and every TF
+    Serving pass-through flag (``tfs_flags``). A key some deploy type uses is never named, also on an agent of
+    another type: one conf is often shared by PS and entry agents through ``include``."""
+    return tuple(sorted({*(config.given_keys & UNUSED_CONF_KEYS), *config.tfs_flags}))
+
+
 def _ps_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: int | None) -> ServerLaunchSpec:
     policy = model_version_policy(config)
     tasks = config.ps_tasks()
@@ -193,6 +236,7 @@ def _ps_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: int |
         flags=(
             f"--num_ps={config.num_ps}",
             f"--file_system_poll_wait_seconds={config.file_system_poll_wait_seconds_ps}",
+            _load_threads_flag(config),
             *_metrics_flags(metrics_port),
         ),
     )
@@ -212,7 +256,7 @@ def _entry_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: in
             f"--agent_address=127.0.0.1:{config.agent_port}",
             f"--fetch_ps_timeout_ms={config.fetch_ps_timeout_ms}",
             f"--fetch_ps_retry={config.fetch_ps_retry}",
-            f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}",
+            _poll_flag(config),
             *_metrics_flags(metrics_port),
         ),
     )
@@ -234,7 +278,8 @@ def _dense_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: in
         ),
         replicas=(RegisteredReplica(server_type=ServerType.DENSE, task=0, model_name=DENSE_SUB_MODEL),),
         flags=(
-            f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}",
+            _poll_flag(config),
+            _load_threads_flag(config),
             *_metrics_flags(metrics_port),
         ),
     )
@@ -292,7 +337,8 @@ def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
             f"--agent_address=127.0.0.1:{config.agent_port}",
             f"--fetch_ps_timeout_ms={config.fetch_ps_timeout_ms}",
             f"--fetch_ps_retry={config.fetch_ps_retry}",
-            f"--file_system_poll_wait_seconds={max(config.file_system_poll_wait_seconds, 1)}",
+            _poll_flag(config),
+            _load_threads_flag(config),
             *_metrics_flags(config.tfs_http_port),
         ),
     )

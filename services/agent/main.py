@@ -3,8 +3,9 @@
 Everything is decided once, here: the conf is parsed and resolved against the environment, the layout
 filters are parsed, and one agent class is chosen by ``agent_version`` (1: :class:`V1Agent`, 3:
 :class:`V3Agent`). A bad conf or filter is refused before anything starts, with one log line naming
-the key. Exit codes: 0 after SIGTERM/SIGINT, 1 when a child keeps failing or start-up fails, 2 for a
-bad configuration.
+the key; conf keys accepted but without effect (TF Serving settings our servers lack) are named in one
+warning. Exit codes: 0 after SIGTERM/SIGINT, 1 when a child keeps failing or start-up fails, 2 for a bad
+configuration.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from monolith_serving.agent.config import (
     assign_free_ports,
     container_identity,
     layout_watch_path,
+    unused_conf_keys,
     v1_plan,
     v3_server_spec,
 )
@@ -114,6 +116,13 @@ def prepare(args: argparse.Namespace, environ: dict[str, str]) -> Prepared:
         plan = v1_plan(config, work_dir=work_dir)
     else:
         raise ConfError(f"{config.where('agent_version')}: key 'agent_version': only 1 and 3 are supported")
+    unused = unused_conf_keys(config)
+    if unused:
+        log.warning(
+            "%s: keys with no effect (our model servers are not tensorflow_model_server; see docs/agent_conf.md): %s",
+            config.conf_path,
+            ", ".join(unused),
+        )
     return Prepared(
         config=config,
         options=options,

@@ -134,13 +134,15 @@ class AgentConfig:
     fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     fetch_ps_long_conn_num: int = 100
     aio_thread_num: int = 30
-    # --- model server (TF Serving flag names)
+    # --- model server (TF Serving flag names). Only the poll periods and num_load_threads reach our servers
+    # (monolith_serving.agent.config); the others are parsed so Monolith confs load, and the agent warns about
+    # them at start (agent.config.unused_conf_keys; docs/agent_conf.md says why each has no effect).
     file_system_poll_wait_seconds: int = 1
     file_system_poll_wait_seconds_ps: int = 0
     enable_batching: bool = False
     max_num_load_retries: int = 5
     load_retry_interval_micros: int = 60 * 1000 * 1000
-    num_load_threads: int = 0  # 0: load in the manager thread, as TF Serving
+    num_load_threads: int = 0  # TF Serving's 0 (load in the manager thread, one at a time) is our servers' 1
     num_unload_threads: int = 0
     enable_model_warmup: bool = True
     grpc_max_threads: int = 0  # 0: server default
@@ -162,6 +164,9 @@ class AgentConfig:
     # --- provenance for error messages: key -> "file:line"; not part of equality
     conf_path: str | None = field(default=None, compare=False)
     origins: Mapping[str, str] = field(default_factory=_frozen_map, compare=False, hash=False, repr=False)
+    # Keys the conf gave a value (aliases resolved; `none` and empty values excluded), e.g. to warn about the
+    # ones that have no effect. Empty for a config not built from a conf.
+    given_keys: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def ps_tasks(self) -> tuple[int, ...]:
         """PS task ids this agent serves: ``i`` in ``range(num_ps)`` with ``i % num_shard == shard_id``.
@@ -248,7 +253,8 @@ _SCALAR_KEYS: Mapping[str, Callable[[str], object]] = {
 _LIST_KEYS = frozenset({"layout_filters"})
 _ALIASES: Mapping[str, str] = {"server_type": "deploy_type"}
 
-# TF Serving model-server flags that have no typed field: kept verbatim in tfs_flags for the launcher.
+# TF Serving model-server flags that have no typed field: kept verbatim in tfs_flags so Monolith confs load. No
+# child uses them (our servers are not tensorflow_model_server); the agent names them in its start-up warning.
 _TFS_PASS_THROUGH = frozenset(
     {
         "allow_version_labels_for_unavailable_models",
@@ -284,7 +290,8 @@ _TFS_PASS_THROUGH = frozenset(
 # TF Serving flags the agent itself derives (ports, model list); a conf value would be misleading.
 _AGENT_OWNED_TFS_FLAGS = frozenset({"port", "rest_api_port", "model_config_file", "model_name", "model_base_path"})
 
-# Lower bounds of numeric fields; negative poll/retry intervals are meaningful to TF Serving.
+# Lower bounds of numeric fields. Negative poll/retry intervals are accepted as TF Serving accepts them (what the
+# agent makes of them: docs/agent_conf.md).
 _MINIMUMS: Mapping[str, float] = {
     "num_ps": 1,
     "num_shard": 1,
@@ -346,6 +353,7 @@ def config_from_entries(entries: Iterable[ConfEntry], *, conf_path: str | None =
         except ValueError as exc:
             raise entry.error(f"bad value {entry.value!r}: {exc}") from None
 
+    given_keys = frozenset({*(key for key, value in kwargs.items() if value != ()), *tfs_flags})
     where_file = conf_path or "<agent config>"
     if kwargs.get("stand_alone_serving"):
         if kwargs.get("deploy_type", DeployType.MIXED) is not DeployType.MIXED:
@@ -363,6 +371,7 @@ def config_from_entries(entries: Iterable[ConfEntry], *, conf_path: str | None =
         tfs_flags=_frozen_map(tfs_flags),
         conf_path=conf_path,
         origins=_frozen_map(origins),
+        given_keys=given_keys,
     )
     _check_file_rules(config)
     return config

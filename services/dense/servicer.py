@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.core.model_config_list import check_reload, reload_request_config
 from monolith_serving.core.predict_only import PredictOnly
 from monolith_serving.core.status_reply import model_status_reply
 from monolith_serving.core.tensor_codec import dtype_name, from_tensor_proto, to_tensor_proto
@@ -156,8 +157,10 @@ class DenseModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: 
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        """Replaces the hosted models and returns once their versions are settled (as TF Serving does)."""
-        configs = dense_models_from_proto(request.config)
+        """Replaces the hosted models and returns once their versions are settled (as TF Serving does). A bad
+        config (``core.model_config_list``) is refused before anything changes."""
+        configs = dense_models_from_proto(reload_request_config(request))
+        check_reload(configs, self._versions)
         await self._versions.apply_config(configs, fresh=True)
         logger.info("reloaded model config: %s", [c.name for c in configs])
         return model_management_pb2.ReloadConfigResponse()

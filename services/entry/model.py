@@ -36,6 +36,7 @@ from monolith_serving.core.errors import (
     NotFoundError,
 )
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, version_dir
+from monolith_serving.core.model_config_list import check_base_path, check_version_labels
 from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState
 from monolith_serving.core.serving_spec import DenseBackend, ServingSpec, load_serving_spec
 from monolith_serving.entry.dense import DenseModel, load_dense
@@ -190,6 +191,13 @@ class EntryModel:
         A new policy for the same model (name and base path unchanged) is availability-preserving, as in TF
         Serving: the versions served so far keep serving until a newly wanted version is ready (the model
         manager's rollout relies on this to switch versions without failing requests).
+
+        Refused, with the previous config kept and serving: a base path that is not an existing folder, unless it
+        is the current one (NOT_FOUND), and a version label newly set on a version not served (FAILED_PRECONDITION;
+        see ``core.model_config_list``). Another model (name or base path) replaces the versions served so far, so
+        while some are served its wanted versions are loaded first, and when none loads (a folder with no version,
+        another sub-model's folder, a broken export) the switch is refused with FAILED_PRECONDITION. Serving
+        nothing, the entry takes any existing folder: its versions may come later.
         """
         async with self._refresh_lock:
             previous = self._config
@@ -198,14 +206,69 @@ class EntryModel:
                 and config is not None
                 and (previous.name, previous.base_path) == (config.name, config.base_path)
             )
+            preloaded: dict[int, LoadedVersion] = {}
+            failed: dict[int, MonolithServingError] = {}
+            if config is not None:
+                self._check_switch(config, previous)
+                if not same_model and self._served:
+                    preloaded, failed = await self._preload(config, previous)
             self._config = config
-            self._failures.clear()
+            self._failures = {version: (1, error) for version, error in failed.items()}
             self._chosen = []
             if not same_model:
-                self._loaded.clear()
+                self._loaded = preloaded
                 self._unloaded.clear()
                 self._served = ()
         await self.refresh()
+
+    def _check_switch(self, config: EntryModelConfig, previous: EntryModelConfig | None) -> None:
+        """The base path and version label checks of a reload, against the model served now (same name)."""
+        current = previous if previous is not None and previous.name == config.name else None
+        check_base_path(config.name, config.base_path, hosted_from=current.base_path if current else None)
+        check_version_labels(
+            config.name,
+            dict(config.version_labels),
+            available=self._served if current is not None else (),
+            kept=dict(current.version_labels) if current is not None else {},
+        )
+
+    async def _preload(
+        self, config: EntryModelConfig, previous: EntryModelConfig | None
+    ) -> tuple[dict[int, LoadedVersion], dict[int, MonolithServingError]]:
+        """The versions ``config`` wants, loaded (and those that failed); FAILED_PRECONDITION when none loads."""
+        loaded: dict[int, LoadedVersion] = {}
+        failed: dict[int, MonolithServingError] = {}
+        for version in config.policy.choose(list_versions(config.base_path)):
+            try:
+                loaded[version] = await self._load(config, version)
+            except MonolithServingError as error:
+                logger.error("cannot load entry version %d of the new config: %s", version, error.message)
+                failed[version] = error
+        if loaded:
+            return loaded, failed
+        why = "; ".join(f"version {v}: {e.message}" for v, e in failed.items()) or "no version the policy wants"
+        serving = f"{previous.name!r} from {str(previous.base_path)!r}" if previous is not None else "nothing"
+        raise FailedPreconditionError(
+            f"model {config.name!r}: nothing to serve under base_path {str(config.base_path)!r} ({why}); "
+            f"the entry keeps serving {serving} (versions {list(self._served)})"
+        )
+
+    async def _load(self, config: EntryModelConfig, version: int) -> LoadedVersion:
+        """One version of ``config``, read on an executor thread; raises what ``load_version`` raises."""
+        path = version_dir(config.base_path, version)
+        logger.info("loading entry version %d from %s", version, path)
+        loaded = await asyncio.get_running_loop().run_in_executor(
+            None,
+            load_version,
+            path,
+            version,
+            self._num_ps,
+            config.max_batch_size,
+            self._remote_dense,
+            self._max_fids_per_request,
+        )
+        logger.info("loaded entry version %d from %s", version, path)
+        return loaded
 
     async def refresh(self) -> None:
         """One control step: scan, load, gate, unload. Safe to call concurrently (serialised)."""
@@ -223,26 +286,14 @@ class EntryModel:
             on_disk = []
         wanted = config.policy.choose(on_disk, self._chosen)
         self._chosen = wanted
-        loop = asyncio.get_running_loop()
         for version in wanted:
             if version in self._loaded:
                 continue
             attempts, _ = self._failures.get(version, (0, None))
             if attempts >= config.max_load_attempts:
                 continue
-            path = version_dir(config.base_path, version)
-            logger.info("loading entry version %d from %s", version, path)
             try:
-                loaded = await loop.run_in_executor(
-                    None,
-                    load_version,
-                    path,
-                    version,
-                    self._num_ps,
-                    config.max_batch_size,
-                    self._remote_dense,
-                    self._max_fids_per_request,
-                )
+                loaded = await self._load(config, version)
             except MonolithServingError as error:
                 logger.error("cannot load entry version %d (attempt %d): %s", version, attempts + 1, error.message)
                 self._failures[version] = (attempts + 1, error)
@@ -251,7 +302,6 @@ class EntryModel:
                 return  # reconfigured while loading; the next step starts over
             self._failures.pop(version, None)
             self._loaded[version] = loaded
-            logger.info("loaded entry version %d from %s", version, path)
         served = set(self._served)
         ready = [v for v in wanted if v in self._loaded and (v in served or self._backends_ready(self._loaded[v]))]
         # Nothing wanted ready yet: keep serving what we served (while its files still exist).

@@ -18,6 +18,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.export_layout import VersionPolicy
 from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.core.model_config_list import reload_request_config
 from monolith_serving.core.predict_only import PredictOnly
 from monolith_serving.core.status_reply import model_status_reply
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
@@ -170,7 +171,8 @@ class EntryPredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predictio
 def entry_config_from_proto(
     config: model_server_config_pb2.ModelServerConfig, defaults: EntryModelConfig | None
 ) -> EntryModelConfig | None:
-    """The entry's model from a ModelServerConfig: exactly one model, or none (unload everything)."""
+    """The entry's model from a ModelServerConfig: exactly one model, or none (an empty list, or a config file
+    that sets no config: unload everything)."""
     if config.WhichOneof("config") == "custom_model_config":
         raise InvalidArgumentError("custom_model_config is not supported; use model_config_list")
     models = list(config.model_config_list.config)
@@ -208,7 +210,10 @@ class EntryModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: 
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        new_config = entry_config_from_proto(request.config, self._model.config)
+        """Switches the entry to the config's model (an empty ``model_config_list {}`` unloads it). A request with no
+        config, or one the entry cannot switch to, is refused and the previous model keeps serving
+        (``EntryModel.reconfigure``)."""
+        new_config = entry_config_from_proto(reload_request_config(request), self._model.config)
         await self._model.reconfigure(new_config)
         logger.info("reloaded model config: %s", new_config)
         return model_management_pb2.ReloadConfigResponse()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +38,15 @@ def sub_models_from_proto(config: model_server_config_pb2.ModelServerConfig) -> 
     return hosted_models_from_proto(config, SubModelConfig)
 
 
+def check_partitions(models: Sequence[SubModelConfig], num_ps: int) -> None:
+    """INVALID_ARGUMENT for a sub-model whose partition is not a shard of ``num_ps`` (0: not known, no check); the
+    same check for the command line and for a reload."""
+    if num_ps:
+        for model in models:
+            if model.partition >= num_ps:
+                raise InvalidArgumentError(f"model {model.name!r} is not a shard of --num_ps {num_ps}")
+
+
 @dataclass(frozen=True)
 class PsConfig:
     """Everything the PS process needs; built by ``main`` and passed down explicitly."""
@@ -66,7 +75,4 @@ class PsConfig:
             raise InvalidArgumentError(f"--num_load_threads must be >= 1, got {self.num_load_threads}")
         if self.model_config_file is None and not self.models and not self.models_from_reload:
             raise InvalidArgumentError("give --model_config_file or --model_name with --model_base_path")
-        if self.num_ps:
-            for model in self.models:
-                if model.partition >= self.num_ps:
-                    raise InvalidArgumentError(f"model {model.name!r} is not a shard of --num_ps {self.num_ps}")
+        check_partitions(self.models, self.num_ps)

@@ -63,6 +63,11 @@ class PsCore:
         self._lookup_fids = metrics.lookup_fids_of
         self._lookup_missing_fids = metrics.lookup_missing_fids_of
 
+    @property
+    def num_ps(self) -> int:
+        """--num_ps (0: not given; fids are not checked against a shard)."""
+        return self._num_ps
+
     def shard_check(self, model: SubModel) -> ShardCheck:
         return ShardCheck(self._num_ps, model.config.partition)
 

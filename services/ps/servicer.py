@@ -11,6 +11,7 @@ import grpc
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.metric_children import LabelledChildren
+from monolith_serving.core.model_config_list import check_reload, reload_request_config
 from monolith_serving.core.predict_only import PredictOnly
 from monolith_serving.core.status_reply import model_status_reply
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
@@ -24,7 +25,7 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
-from monolith_serving.ps.config import SubModelConfig, sub_models_from_proto
+from monolith_serving.ps.config import SubModelConfig, check_partitions, sub_models_from_proto
 from monolith_serving.ps.core import ID_SUFFIX, LOOKUP, LOOKUP_ALIASES, VALUE_SUFFIX, ModelRef, PsCore
 from monolith_serving.ps.metrics import PsMetrics
 from monolith_serving.ps.sync import HASHTABLE_ASSIGN, RAW_ASSIGN
@@ -184,6 +185,10 @@ class PsModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ign
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        """Replaces the hosted models and returns once their versions are settled (as TF Serving does)."""
-        await self._apply_config(sub_models_from_proto(request.config))
+        """Replaces the hosted models and returns once their versions are settled (as TF Serving does). A bad
+        config (``core.model_config_list``; a shard outside --num_ps) is refused before anything changes."""
+        configs = sub_models_from_proto(reload_request_config(request))
+        check_partitions(configs, self._core.num_ps)
+        check_reload(configs, self._core.versions)
+        await self._apply_config(configs)
         return model_management_pb2.ReloadConfigResponse()

@@ -235,12 +235,21 @@ def test_status_metadata_and_reload(cluster: Cluster) -> None:
     assert set(signature.inputs) == {"instances", "example_batch", "examples"}
     assert [d.size for d in signature.outputs["scores"].tensor_shape.dim] == [-1, 1]
 
-    # Unload (empty config): NOT_FOUND; then load it again.
-    cluster.model_stub.HandleReloadConfigRequest(
-        model_management_pb2.ReloadConfigRequest(config=model_server_config_pb2.ModelServerConfig()), timeout=10
-    )
+    # No config at all (an empty body) is refused and changes nothing; an explicit empty list unloads: NOT_FOUND;
+    # then load it again.
     spec = load_serving_spec(cluster.export / "entry" / "1")
     good = predict_request("entry", {"instances": encode_instances(spec, make_examples(spec, 2, seed=5))})
+    with pytest.raises(grpc.RpcError) as refused:
+        cluster.model_stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "ReloadConfigRequest.config is not set" in str(refused.value.details())
+    assert cluster.predict(good)[0].model_spec.version.value == 1
+    cluster.model_stub.HandleReloadConfigRequest(
+        model_management_pb2.ReloadConfigRequest(
+            config=text_format.Parse("model_config_list {}", model_server_config_pb2.ModelServerConfig())
+        ),
+        timeout=10,
+    )
     with pytest.raises(grpc.RpcError) as info:
         cluster.predict(good)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
@@ -251,6 +260,47 @@ def test_status_metadata_and_reload(cluster: Cluster) -> None:
     cluster.model_stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), timeout=10)
     response, _ = cluster.predict(good)
     assert response.model_spec.version.value == 1
+
+
+def test_a_reload_the_entry_cannot_serve_from_is_refused_and_it_keeps_serving(cluster: Cluster, tmp_path: Path) -> None:
+    """Each refused reload changes nothing: the entry answers with the same scores from version 1 after it."""
+    (tmp_path / "empty").mkdir()  # an existing folder with no version (like "/")
+    entry = cluster.export / "entry"
+
+    def config(base_path: Path | str, labels: str = "") -> bytes:
+        text = f'model_config_list {{ config {{ name: "entry" base_path: "{base_path}" {labels} }} }}'
+        request = model_management_pb2.ReloadConfigRequest()
+        text_format.Parse(text, request.config)
+        return request.SerializeToString()
+
+    invalid, not_found, failed = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+                                  grpc.StatusCode.FAILED_PRECONDITION)  # fmt: skip
+    cases = [
+        (b"", invalid, "ReloadConfigRequest.config is not set"),  # zero-length body: the config oneof is unset
+        (config(tmp_path / "missing"), not_found, f"'entry': base_path {str(tmp_path / 'missing')!r}"),
+        (config(entry / "1" / "serving_spec.json"), not_found, "does not exist or is not a folder"),
+        (config("/tmp/a\\000b"), not_found, "'entry': base_path '/tmp/a\\x00b'"),
+        (config(tmp_path / "empty"), failed, "nothing to serve under base_path"),
+        (config(cluster.export / "ps_0"), failed, "serving_spec.json"),  # another sub-model's folder
+        (config(entry, 'version_labels { key: "stable" value: 999 }'), failed, "label 'stable' points at version 999"),
+    ]
+    spec = load_serving_spec(entry / "1")
+    good = predict_request("entry", {"instances": encode_instances(spec, make_examples(spec, 3, seed=6))})
+    expected = scores(cluster.predict(good)[0])
+    reload = cluster.channel.unary_unary("/tensorflow.serving.ModelService/HandleReloadConfigRequest")
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "entry"
+    for body, code, message in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            reload(body, timeout=30)
+        assert (info.value.code(), message in str(info.value.details())) == (code, True), info.value.details()
+        reply = cluster.model_stub.GetModelStatus(status, timeout=5)
+        assert [(s.version, s.state) for s in reply.model_version_status] == [
+            (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+        ]
+        response, _ = cluster.predict(good)
+        assert response.model_spec.version.value == 1
+        np.testing.assert_array_equal(scores(response), expected)
 
 
 def test_ps_failover_and_all_replicas_down(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ The embedding lookup is a fake of our own ``EmbeddingLookup`` interface (no netw
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,7 +17,8 @@ import pytest
 
 from monolith_serving.client.inputs import encode, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
-from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
+from monolith_serving.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig
@@ -204,5 +206,69 @@ def test_only_the_newest_ended_versions_stay_in_the_status(export: Path) -> None
         ended = [v for v, state in states(model).items() if state is ModelState.END]
         assert states(model)[last] is ModelState.AVAILABLE
         assert ended == list(range(last - 1, last - 1 - ENDED_VERSIONS_KEPT, -1))
+
+    asyncio.run(scenario())
+
+
+def test_a_reload_the_entry_cannot_serve_from_is_refused_and_the_model_keeps_serving(export: Path) -> None:
+    (export / "empty").mkdir()  # a folder with no version (like "/")
+    served = EntryModelConfig(name="entry", base_path=export / "entry", fetch_ps_timeout_ms=250)
+    cases = [
+        (export / "missing", (), NotFoundError, "does not exist or is not a folder"),
+        (export / "entry" / "1" / "serving_spec.json", (), NotFoundError, "does not exist or is not a folder"),
+        (Path("/tmp/a\x00b"), (), NotFoundError, "does not exist or is not a folder"),
+        (export / "empty", (), FailedPreconditionError, r"nothing to serve .*\(no version the policy wants\)"),
+        (export / "ps_0", (), FailedPreconditionError, r"nothing to serve .*version 1: .*serving_spec\.json"),
+        (export / "entry", (("stable", 999),), FailedPreconditionError, "label 'stable' points at version 999"),
+    ]
+
+    async def scenario() -> None:
+        gate = Gate()
+        gate.ready = {1}
+        model = make_model(export, gate)
+        await model.refresh()
+        for base_path, labels, error, message in cases:
+            bad = dataclasses.replace(served, base_path=base_path, version_labels=labels)
+            with pytest.raises(error, match=message) as info:
+                await model.reconfigure(bad)
+            assert "'entry'" in info.value.message
+            if error is NotFoundError:
+                assert repr(str(base_path)) in info.value.message
+            assert model.config == served  # the previous config is kept ...
+            assert states(model) == {1: ModelState.AVAILABLE}
+            result = await model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export))
+            assert result.version == 1  # ... and still serving
+        # What the checks let through: a label on the served version, then the same label kept once the
+        # version it names is gone; the same folder under another name.
+        labelled = dataclasses.replace(served, version_labels=(("stable", 1),))
+        await model.reconfigure(labelled)
+        write_demo(DemoOptions(out=export, num_ps=2, rows=50, version=2))
+        gate.ready = {1, 2}
+        await model.refresh()
+        assert states(model) == {2: ModelState.AVAILABLE, 1: ModelState.END}
+        await model.reconfigure(dataclasses.replace(labelled, policy=VersionPolicy(PolicyKind.LATEST, 2)))
+        await model.reconfigure(dataclasses.replace(served, name="renamed"))
+        assert model.resolve("renamed", None).version == 2
+
+    asyncio.run(scenario())
+
+
+def test_an_entry_serving_nothing_takes_a_folder_whose_versions_come_later(export: Path) -> None:
+    async def scenario() -> None:
+        model = make_model(export, Gate())  # version 1 loads but never gets served: the PS is not ready
+        await model.refresh()
+        later = EntryModelConfig(name="entry", base_path=export / "later", fetch_ps_timeout_ms=250)
+        with pytest.raises(NotFoundError, match="later"):
+            await model.reconfigure(later)  # not there at all: refused even so
+        (export / "later").mkdir()
+        await model.reconfigure(later)
+        assert model.config == later and states(model) == {}
+        # Started on a folder that is not there yet (allowed at start), a reload may keep it.
+        missing = EntryModelConfig(name="entry", base_path=export / "missing")
+        lookup = RecordingLookup()
+        waiting = EntryModel(config=missing, num_ps=2, lookup=lookup, ps_ready=Gate(), metrics=EntryMetrics())
+        await waiting.refresh()
+        await waiting.reconfigure(dataclasses.replace(missing, policy=VersionPolicy(PolicyKind.ALL)))
+        assert waiting.config is not None and waiting.config.policy.kind is PolicyKind.ALL
 
     asyncio.run(scenario())

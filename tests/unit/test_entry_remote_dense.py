@@ -142,7 +142,9 @@ def test_dense_server_contract(exports: tuple[Path, Path]) -> None:
                 status_request.model_spec.name = "dense_0"
                 status = await models.GetModelStatus(status_request)
                 assert [(s.version, s.state) for s in status.model_version_status] == [(1, ModelState.AVAILABLE)]
-                await models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest())
+                unload = model_management_pb2.ReloadConfigRequest()
+                unload.config.model_config_list.SetInParent()  # an explicit empty list unloads (no config: refused)
+                await models.HandleReloadConfigRequest(unload)
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await models.GetModelStatus(status_request)
                 assert caught.value.code() is grpc.StatusCode.NOT_FOUND

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from google.protobuf import text_format
 
-from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from monolith_serving.core.export_layout import PolicyKind
+from monolith_serving.core.model_config_list import check_base_path, check_version_labels
 from monolith_serving.dense.config import dense_models_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 from monolith_serving.ps.config import sub_models_from_proto
@@ -70,10 +73,43 @@ def test_an_empty_list_hosts_nothing_and_custom_config_is_refused() -> None:
 
 def test_a_ps_sub_model_named_on_the_command_line_is_checked_when_built() -> None:
     # ``ps --model_name`` builds SubModelConfig directly, without a model_config_list.
-    from pathlib import Path
-
     from monolith_serving.ps.config import SubModelConfig
 
     assert SubModelConfig("demo:ps_3", Path("/m")).partition == 3
     with pytest.raises(InvalidArgumentError, match="'entry' is not a PS sub-model"):
         SubModelConfig("entry", Path("/m"))
+
+
+def test_a_reload_request_must_set_a_config_but_an_empty_list_is_one() -> None:
+    from monolith_serving.core.model_config_list import reload_request_config
+    from monolith_serving.proto_gen.tensorflow_serving.apis import model_management_pb2
+
+    for request in (
+        model_management_pb2.ReloadConfigRequest(),
+        model_management_pb2.ReloadConfigRequest.FromString(b""),  # a zero-length body
+        model_management_pb2.ReloadConfigRequest(config=model_server_config_pb2.ModelServerConfig()),
+    ):
+        with pytest.raises(InvalidArgumentError, match=r"ReloadConfigRequest\.config is not set"):
+            reload_request_config(request)
+    # The model manager and the agents send an explicit empty list to host nothing: that stays allowed.
+    empty = model_management_pb2.ReloadConfigRequest(config=_config("model_config_list {}"))
+    assert reload_request_config(empty).WhichOneof("config") == "model_config_list"
+    assert sub_models_from_proto(reload_request_config(empty)) == ()
+
+
+def test_a_base_path_must_be_a_folder_unless_the_model_keeps_it(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    check_base_path("ps_0", tmp_path)  # an existing folder, versions or not
+    for bad in (tmp_path / "missing", tmp_path / "file", Path("/tmp/a\x00b")):
+        with pytest.raises(NotFoundError) as info:
+            check_base_path("ps_0", bad)
+        assert "'ps_0'" in info.value.message and repr(str(bad)) in info.value.message
+    check_base_path("ps_0", tmp_path / "missing", hosted_from=tmp_path / "missing")  # unchanged: not checked
+
+
+def test_a_label_set_by_a_reload_must_point_at_an_available_version() -> None:
+    check_version_labels("ps_0", {"stable": 1}, available={1, 2}, kept={})
+    check_version_labels("ps_0", {"stable": 9}, available={1}, kept={"stable": 9})  # kept as it was: fine
+    for kept in ({}, {"stable": 1}):  # a new label, or one moved to another version
+        with pytest.raises(FailedPreconditionError, match=r"'ps_0': version label 'stable' points at version 9"):
+            check_version_labels("ps_0", {"stable": 9}, available={1}, kept=kept)

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 from pathlib import Path
 
+import pytest
+
 from monolith_serving.core.demo_export import DemoOptions, write_demo
+from monolith_serving.core.errors import NotFoundError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig
@@ -39,7 +43,13 @@ def test_reload_to_a_new_version_keeps_the_old_one_serving_until_the_new_one_is_
         ready.add(2)
         await model.refresh()
         assert model.served_versions == (2,)
-        await model.reconfigure(dataclasses.replace(config, base_path=tmp_path / "elsewhere"))
-        assert model.served_versions == ()  # another model folder: nothing carries over
+        elsewhere = dataclasses.replace(config, base_path=tmp_path / "elsewhere")
+        with pytest.raises(NotFoundError, match="elsewhere"):  # a folder that is not there: refused, 2 serves on
+            await model.reconfigure(elsewhere)
+        assert model.served_versions == (2,)
+        shutil.copytree(tmp_path / "entry" / "1", tmp_path / "elsewhere" / "1")
+        await model.reconfigure(elsewhere)
+        served = model.version(1)  # another model folder: nothing carries over
+        assert model.served_versions == (1,) and served is not None and served.path == tmp_path / "elsewhere" / "1"
 
     asyncio.run(scenario())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.errors import FailedPreconditionError, NotFoundError
+from monolith_serving.core.model_config_list import check_base_path
 from monolith_serving.entry.main import EntryServer, EntryServerConfig, spec_num_ps
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModelConfig
@@ -62,6 +63,16 @@ class EntrySide:
     def model_name(self) -> str | None:
         hosted = self._hosted
         return hosted.server.model.config.name if hosted and hosted.server.model.config else None
+
+    def check(self, wanted: EntryModelConfig | None) -> None:
+        """NOT_FOUND when ``wanted`` moves the entry to a base path that is not a folder (``apply`` would fail
+        only after the PS side changed); a model keeping its path is not checked."""
+        if wanted is None:
+            return
+        hosted = self._hosted
+        current = hosted.server.model.config if hosted is not None else None
+        same = current is not None and current.name == wanted.name
+        check_base_path(wanted.name, wanted.base_path, hosted_from=current.base_path if same and current else None)
 
     def _current(self, name: str) -> _Hosted:
         hosted = self._hosted

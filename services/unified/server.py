@@ -22,12 +22,13 @@ from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FET
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
+from monolith_serving.core.model_config_list import check_reload
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
-from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, PsConfig, sub_models_from_proto
+from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, PsConfig, check_partitions, sub_models_from_proto
 from monolith_serving.ps.server import PsServer
 from monolith_serving.ps.servicer import add_prediction_servicer
 from monolith_serving.unified.entry_side import EntrySettings, EntrySide
@@ -99,6 +100,17 @@ class UnifiedServer:
             raise RuntimeError("UnifiedServer is not started")
         return self._grpc.port
 
+    async def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """A HandleReloadConfigRequest: refused before either core changes when a PS shard is outside --num_ps,
+        a model moves to a base path that is not a folder, or a PS version label names a version not AVAILABLE
+        (``core.model_config_list``; the start-up config is not held to this: its folders may come later)."""
+        split = split_model_server_config(config)
+        ps_models = sub_models_from_proto(split.ps)
+        check_partitions(ps_models, self.ps.core.num_ps)
+        check_reload(ps_models, self.ps.versions)
+        self.entry.check(self.entry.parse(split.entry))
+        await self.apply(config)
+
     async def apply(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """Both parts are validated before either core changes; then PS first (the entry gates on it)."""
         split = split_model_server_config(config)
@@ -114,7 +126,7 @@ class UnifiedServer:
             return
         ps_prediction, ps_model = self.ps.servicers()
         prediction = UnifiedPredictionServicer(ps=ps_prediction, entry=self.entry)
-        models = UnifiedModelServicer(ps=ps_model, entry=self.entry, apply_config=self.apply)
+        models = UnifiedModelServicer(ps=ps_model, entry=self.entry, apply_config=self.reload)
 
         def add_prediction(server: grpc.aio.Server) -> None:
             add_prediction_servicer(prediction, server)

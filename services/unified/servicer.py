@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import grpc
 
 from monolith_serving.core.errors import NotFoundError
+from monolith_serving.core.model_config_list import reload_request_config
 from monolith_serving.core.predict_only import PredictOnly
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -93,5 +94,5 @@ class UnifiedModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
         """Returns once both cores applied their part (TF Serving semantics)."""
-        await self._apply_config(request.config)
+        await self._apply_config(reload_request_config(request))
         return model_management_pb2.ReloadConfigResponse()

@@ -1,5 +1,6 @@
-"""HandleReloadConfigRequest refuses a config it cannot serve from, and changes nothing then: a PS process and an
-in-process dense server, over real gRPC on loopback (the entry's refusals: ``test_entry_cluster``).
+"""HandleReloadConfigRequest refuses a config it cannot serve from, and changes nothing then: a PS process, an
+in-process dense server and an in-process unified server, over real gRPC on loopback (the entry's refusals:
+``test_entry_cluster``).
 
 Refused: no config at all (an empty body) -> INVALID_ARGUMENT; a base_path that is not an existing folder ->
 NOT_FOUND; a PS shard outside --num_ps -> INVALID_ARGUMENT; a version label on a version not AVAILABLE ->
@@ -30,6 +31,7 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     predict_pb2,
     prediction_service_pb2_grpc,
 )
+from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
 
 pytestmark = pytest.mark.integration
 
@@ -132,6 +134,42 @@ def test_a_dense_server_refuses_a_bad_reload_and_keeps_serving_its_config(tmp_pa
                 assert [(s.version, s.state) for s in reply.model_version_status] == [(1, AVAILABLE)]
                 answer = await predictions.Predict(predict, timeout=10)
                 assert answer.model_spec.version.value == 1 and answer.outputs == expected
+            await models.HandleReloadConfigRequest(empty_list(), timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as unloaded:
+                await models.GetModelStatus(status, timeout=10)
+            assert unloaded.value.code() == NOT_FOUND
+
+    asyncio.run(scenario())
+
+
+def test_a_unified_server_refuses_a_bad_reload_and_keeps_serving_its_config(tmp_path: Path) -> None:
+    """The unified container's reload goes through the same checks for its PS side (its start-up config does
+    not: the folders it names may come later)."""
+    base = tmp_path / "demo" / "ps_0"
+    write_version(base, 1, seed=3)
+    start_config = tmp_path / "models.config"
+    start_config.write_text(model_config_text({"demo:ps_0": base}))
+    cases = [
+        *bad_path_cases("demo:ps_0", tmp_path),
+        (reload_body("demo:ps_0", base, {"stable": 999}), FAILED, "version label 'stable' points at version 999"),
+    ]
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "demo:ps_0"
+
+    async def scenario() -> None:
+        config = UnifiedConfig(
+            port=0, host="127.0.0.1", agent_address="127.0.0.1:1", model_config_file=start_config,
+            file_system_poll_wait_s=0,
+        )  # fmt: skip
+        async with UnifiedServer(config) as server, grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            reload = channel.unary_unary(RELOAD)
+            models = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+            for body, code, message in cases:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await reload(body, timeout=10)
+                assert (info.value.code(), message in str(info.value.details())) == (code, True), info.value.details()
+                reply = await models.GetModelStatus(status, timeout=10)
+                assert [(s.version, s.state) for s in reply.model_version_status] == [(1, AVAILABLE)]
             await models.HandleReloadConfigRequest(empty_list(), timeout=10)
             with pytest.raises(grpc.aio.AioRpcError) as unloaded:
                 await models.GetModelStatus(status, timeout=10)

@@ -1,7 +1,12 @@
 """DenseServer: the dense process's lifecycle (gRPC server, /metrics, version loading, polling).
 
-Start: bind gRPC (health NOT_SERVING) -> load the configured models -> health SERVING -> file-system poll.
+Start: bind gRPC (health NOT_SERVING) -> load the configured models -> health follows readiness -> file-system poll.
 Stop (idempotent): health NOT_SERVING -> stop the poll -> drain gRPC -> unload -> stop /metrics and threads.
+
+Health (service "" and the PredictionService and ModelService names) is SERVING exactly while every configured
+dense sub-model has an AVAILABLE version (with none configured, nothing to wait for: SERVING), as the PS's. It is
+recomputed after the first load, each file-system poll step and each HandleReloadConfigRequest; a reload whose
+caller stopped waiting before it settled shows at the next poll step.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
@@ -22,9 +28,34 @@ from monolith_serving.dense.config import DenseServerConfig, dense_models_from_p
 from monolith_serving.dense.metrics import DenseMetrics
 from monolith_serving.dense.servicer import DenseModelServicer, DensePredictionServicer
 from monolith_serving.dense.versions import DenseVersionManager
-from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
 logger = logging.getLogger(__name__)
+
+_PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+_MODEL_SERVICE = "tensorflow.serving.ModelService"
+# The health services that follow readiness: the whole server ("") and each service it hosts by name.
+_HEALTH_SERVICES = ("", _PREDICTION_SERVICE, _MODEL_SERVICE)
+
+
+class _HealthFollowingModelServicer(DenseModelServicer):
+    """The dense ModelService; health follows each reload once it has settled (or failed)."""
+
+    def __init__(self, versions: DenseVersionManager, follow_health: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(versions)
+        self._follow_health = follow_health
+
+    async def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        try:
+            return await super().HandleReloadConfigRequest(request, context)
+        finally:
+            await self._follow_health()
 
 
 class DenseServer:
@@ -37,6 +68,8 @@ class DenseServer:
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._poll: asyncio.Task[None] | None = None
+        self._health_lock = asyncio.Lock()
+        self._serving: bool | None = None  # what health says now; None until first set
         self._stopped = False
 
     @property
@@ -49,7 +82,7 @@ class DenseServer:
         if self._grpc is not None:
             return
         prediction = DensePredictionServicer(self.versions, self.metrics)
-        models = DenseModelServicer(self.versions)
+        models = _HealthFollowingModelServicer(self.versions, self._follow_health)
 
         def add_prediction(server: grpc.aio.Server) -> None:
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)  # type: ignore[no-untyped-call]
@@ -60,7 +93,7 @@ class DenseServer:
         options = GrpcServerOptions(
             port=self.config.port,
             host=self.config.host,
-            reflection_services=("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"),
+            reflection_services=(_PREDICTION_SERVICE, _MODEL_SERVICE),
         )
         self._grpc = build_server(options, [add_prediction, add_models])
         await self._grpc.start()
@@ -71,12 +104,31 @@ class DenseServer:
         if self.config.model_config_file is not None:
             configs = dense_models_from_proto(read_model_server_config(self.config.model_config_file))
         await self.versions.apply_config(configs)
-        await self._grpc.set_serving(True)
+        await self._follow_health()
         if self.config.file_system_poll_wait_s > 0:
             self._poll = asyncio.create_task(self._poll_loop(), name="dense-file-system-poll")
 
+    def ready(self) -> bool:
+        """Every configured dense sub-model has an AVAILABLE version (true with none configured)."""
+        return all(model.serving() is not None for model in self.versions.models.values())
+
+    async def _follow_health(self) -> None:
+        """Sets health to ``ready()``; a no-op before the server is built or once stopping."""
+        async with self._health_lock:  # concurrent changes: the last one to set health reads the latest state
+            if self._grpc is None or self._stopped:
+                return
+            serving = self.ready()
+            for service in _HEALTH_SERVICES:
+                await self._grpc.set_serving(serving, service)
+            if serving and self._serving is not True:
+                logger.info("health SERVING: every dense sub-model has an AVAILABLE version")
+            elif not serving and self._serving is not False:
+                waiting = sorted(name for name, model in self.versions.models.items() if model.serving() is None)
+                logger.warning("health NOT_SERVING: no AVAILABLE version of %s", ", ".join(waiting))
+            self._serving = serving
+
     async def _poll_loop(self) -> None:
-        """Looks for new versions; a failing step is logged and counted, never stops the loop."""
+        """Looks for new versions, then health follows; a failing step is logged and counted, never stops the loop."""
         while True:
             await asyncio.sleep(self.config.file_system_poll_wait_s)
             try:
@@ -84,6 +136,7 @@ class DenseServer:
             except Exception:
                 logger.exception("file-system poll step failed")
                 self.metrics.loop_step_failures.labels("file_system").inc()
+            await self._follow_health()
 
     async def stop(self) -> None:
         if self._stopped:
@@ -94,7 +147,8 @@ class DenseServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll
         if self._grpc is not None:
-            await self._grpc.set_serving(False)
+            for service in _HEALTH_SERVICES:
+                await self._grpc.set_serving(False, service)
             await self._grpc.stop(self.config.shutdown_grace_s)
         await self.versions.close()
         if self._metrics_endpoint is not None:

@@ -1,9 +1,15 @@
 """PsServer: the PS process's lifecycle (gRPC server, /metrics, version loading, polling).
 
-Start: bind gRPC (health NOT_SERVING) -> load the configured models -> poll loops -> health SERVING.
+Start: bind gRPC (health NOT_SERVING) -> load the configured models -> poll loops -> health follows readiness.
 Stop (idempotent): stop polls -> health NOT_SERVING -> drain gRPC -> unload -> stop threads and /metrics.
 ``servicers()`` + ``open()`` / ``close()`` are the core without a gRPC server of its own (the unified
 server hosts the servicers next to an entry's).
+
+Health (service "" and the PredictionService and ModelService names) is SERVING exactly while every configured
+sub-model has an AVAILABLE version: not on an empty export, a missing base path, corrupt dumps, nor under the
+model manager's "serve nothing" (``specific {}``). A PS configured with no sub-model at all is SERVING: it has
+nothing to wait for, and no load could ever make it ready. It is recomputed after every change to the versions
+(the first load, each poll step, each reload), as the entry recomputes its own after each control-loop step.
 """
 
 from __future__ import annotations
@@ -34,6 +40,11 @@ from monolith_serving.ps.version_manager import VersionStateManager
 
 logger = logging.getLogger(__name__)
 
+_PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
+_MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+# The health services that follow readiness: the whole server ("") and each service it hosts by name.
+_HEALTH_SERVICES = ("", _PREDICTION_SERVICE, _MODEL_SERVICE)
+
 
 class PsServer:
     def __init__(self, config: PsConfig, *, registry: CollectorRegistry | None = None) -> None:
@@ -51,6 +62,10 @@ class PsServer:
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # Reloads run as tasks of their own, so that health follows one whose caller stopped waiting (see ``reload``).
+        self._reloads: set[asyncio.Task[None]] = set()
+        self._health_lock = asyncio.Lock()
+        self._serving: bool | None = None  # what health says now; None until first set
         self._file_configs: tuple[SubModelConfig, ...] | None = None
         self._stopped = False
         self._closed = False
@@ -66,8 +81,45 @@ class PsServer:
         return sub_models_from_proto(read_model_server_config(self.config.model_config_file))
 
     async def reload(self, configs: Sequence[SubModelConfig]) -> None:
-        """An explicit reload (HandleReloadConfigRequest): latest_once may choose again, failed versions retry."""
-        await self.versions.apply_config(configs, fresh=True)
+        """An explicit reload (HandleReloadConfigRequest): latest_once may choose again, failed versions retry.
+
+        Returns once the versions are settled and health follows them. A caller that stops waiting (a gRPC
+        deadline) does not stop the change (see ``VersionLifecycle.apply_config``), nor health following it.
+        """
+        reload = asyncio.get_running_loop().create_task(self._reload_then_follow_health(configs))
+        self._reloads.add(reload)
+        reload.add_done_callback(self._reloads.discard)
+        try:
+            await asyncio.shield(reload)
+        except asyncio.CancelledError:
+            if not reload.done():
+                reload.add_done_callback(_log_unawaited_failure)
+            raise
+
+    async def _reload_then_follow_health(self, configs: Sequence[SubModelConfig]) -> None:
+        try:
+            await self.versions.apply_config(configs, fresh=True)
+        finally:
+            await self._follow_health()
+
+    def ready(self) -> bool:
+        """Every configured sub-model has an AVAILABLE version (true with none configured)."""
+        return all(model.serving() is not None for model in self.versions.models.values())
+
+    async def _follow_health(self) -> None:
+        """Sets health to ``ready()``; a no-op without a gRPC server of its own or once stopping."""
+        async with self._health_lock:  # concurrent changes: the last one to set health reads the latest state
+            if self._grpc is None or self._stopped:
+                return
+            serving = self.ready()
+            for service in _HEALTH_SERVICES:
+                await self._grpc.set_serving(serving, service)
+            if serving and self._serving is not True:
+                logger.info("health SERVING: every sub-model has an AVAILABLE version")
+            elif not serving and self._serving is not False:
+                waiting = sorted(name for name, model in self.versions.models.items() if model.serving() is None)
+                logger.warning("health NOT_SERVING: no AVAILABLE version of %s", ", ".join(waiting))
+            self._serving = serving
 
     def servicers(self) -> tuple[PsPredictionServicer, PsModelServicer]:
         """The gRPC faces of this PS core; ``start`` serves them, a unified server hosts them itself."""
@@ -78,10 +130,7 @@ class PsServer:
         options = GrpcServerOptions(
             port=self.config.port,
             host=self.config.host,
-            reflection_services=(
-                prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-                model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-            ),
+            reflection_services=(_PREDICTION_SERVICE, _MODEL_SERVICE),
         )
 
         def add_prediction(server: grpc.aio.Server) -> None:
@@ -96,7 +145,7 @@ class PsServer:
         if self.config.metrics_port:
             self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.registry, host=self.config.host)
         await self.open()
-        await self._grpc.set_serving(True)
+        await self._follow_health()
 
     async def open(self) -> None:
         """The core without a gRPC server: load the configured models, then start the poll loops."""
@@ -126,7 +175,8 @@ class PsServer:
             await self.versions.apply_config(configs)
 
     async def _every(self, interval_s: float, step: str, action: Callable[[], Awaitable[None]]) -> None:
-        """Runs ``action`` every ``interval_s``; a failing step is logged and counted, never stops the loop."""
+        """Runs ``action`` every ``interval_s``, then health follows; a failing step is logged and counted, never
+        stops the loop."""
         while True:
             await asyncio.sleep(interval_s)
             try:
@@ -136,6 +186,7 @@ class PsServer:
             except Exception:
                 logger.exception("poll step %s failed", step)
                 self.metrics.loop_step_failures.labels(step).inc()
+            await self._follow_health()
 
     async def stop(self) -> None:
         if self._stopped:
@@ -143,7 +194,8 @@ class PsServer:
         self._stopped = True
         await self._cancel_tasks()
         if self._grpc is not None:
-            await self._grpc.set_serving(False)
+            for service in _HEALTH_SERVICES:
+                await self._grpc.set_serving(False, service)
             await self._grpc.stop(self.config.shutdown_grace_s)
         await self.close()
         if self._metrics_endpoint is not None:
@@ -158,12 +210,14 @@ class PsServer:
                 await task
 
     async def close(self) -> None:
-        """Stops the core opened by ``open`` (poll loops, versions, load threads). Idempotent."""
+        """Stops the core opened by ``open`` (poll loops, reloads, versions, load threads). Idempotent."""
         await self._cancel_tasks()
         if self._closed:
             return
         self._closed = True
-        await self.versions.close()
+        await self.versions.close()  # cancels the changes that reloads still wait for
+        if self._reloads:
+            await asyncio.gather(*self._reloads, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> PsServer:
@@ -174,3 +228,8 @@ class PsServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def _log_unawaited_failure(reload: asyncio.Task[None]) -> None:
+    if not reload.cancelled() and reload.exception() is not None:
+        logger.error("reload failed after its caller stopped waiting", exc_info=reload.exception())

@@ -186,13 +186,21 @@ def test_probes_and_hardening(helm: tuple[Path, dict[str, str]], values: str) ->
         if not main["image"].startswith(IMAGE_REPOSITORIES) or name.endswith("-model-manager"):
             continue
         ports = {p["containerPort"] for p in main["ports"]}
-        for probe in ("readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert main[probe]["grpc"]["port"] in ports, f"{name} {probe}"
-    ps_pod = _one(docs, "StatefulSet", "-ps")["spec"]["template"]["spec"]["containers"][0]
+        # Liveness runs only once the startup probe has passed: asked of the server that becomes ready (for a
+        # model server: once its model is loaded), the startup budget bounds that load.
+        assert main["startupProbe"]["grpc"]["port"] == main["readinessProbe"]["grpc"]["port"], name
     v = _values(values)
-    # The agent answers liveness; the model server it launches answers readiness once its model is loaded.
-    assert ps_pod["livenessProbe"]["grpc"]["port"] == v["ports"]["agent"]
-    assert ps_pod["readinessProbe"]["grpc"]["port"] == v["ports"]["grpc"]
+    for kind, suffix in (("StatefulSet", "-ps"), ("Deployment", "-entry")):
+        pod = _one(docs, kind, suffix)["spec"]["template"]["spec"]["containers"][0]
+        # The agent answers liveness; the model server it launches answers startup and readiness once its model
+        # is loaded (the agent answers SERVING before it has launched anything).
+        assert pod["livenessProbe"]["grpc"]["port"] == v["ports"]["agent"], suffix
+        assert pod["readinessProbe"]["grpc"]["port"] == v["ports"]["grpc"], suffix
+        assert pod["startupProbe"]["grpc"]["port"] == v["ports"]["grpc"], suffix
+        budget_s = pod["startupProbe"]["periodSeconds"] * pod["startupProbe"]["failureThreshold"]
+        assert budget_s == v["probes"]["startup"]["periodSeconds"] * v["probes"]["startup"]["failureThreshold"]
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)

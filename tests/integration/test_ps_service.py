@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from procs import ServerProcess, free_port
 
+from monolith_serving.client.health import check_health
+from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.hash_table_dump import find_dump_files, format_dump_filename, read_dump, write_dump
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
@@ -24,12 +27,17 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
+from monolith_serving.ps.config import PsConfig, SubModelConfig
+from monolith_serving.ps.server import PsServer
+from monolith_serving.ps.version_manager import State
 
 pytestmark = pytest.mark.integration
 
 DIMS = {"alpha": 33, "beta_tbl": 17}  # an underscore in a table name, dims that are not powers of 2
 NUM_PS = 2
 AVAILABLE, END = 30, 50
+# The PS's health services: the whole server and each gRPC service it hosts.
+HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
 def _fids(slot: int, n: int, partition: int, seed: int) -> np.ndarray:
@@ -396,3 +404,143 @@ def test_version_switch_under_load_and_corrupt_dump_recovery(tmp_path: Path) -> 
         assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and victim.name in message
         assert ps.lookup("ps_0", query)[0] == 2
         assert ps.status("ps_0")[2][0] == AVAILABLE
+
+
+def _health(proc: ServerProcess) -> set[str]:
+    """The statuses the PS's health services report now ({"SERVING"} when all of them serve)."""
+    return {check_health(proc.address, service=service, timeout_s=5.0).status for service in HEALTH_SERVICES}
+
+
+def _wait_health(proc: ServerProcess, status: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (seen := _health(proc)) != {status}:
+        assert time.monotonic() < deadline, f"health {seen}, not {status}\n{proc.log_tail()}"
+        time.sleep(0.1)
+
+
+def _hold_health(proc: ServerProcess, status: str, for_s: float = 1.0) -> None:
+    """Health says ``status`` throughout ``for_s`` (several file-system polls of the tests below)."""
+    deadline = time.monotonic() + for_s
+    while time.monotonic() < deadline:
+        assert _health(proc) == {status}, proc.log_tail()
+        time.sleep(0.1)
+
+
+def _wait_status_answers(ps: Ps, model: str, timeout_s: float = 30.0) -> dict[int, tuple[int, int, str]]:
+    """GetModelStatus once the PS is up and hosts ``model`` (its first load attempt has begun)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ps.status(model)
+        except grpc.RpcError:
+            assert time.monotonic() < deadline, ps.proc.log_tail()
+            time.sleep(0.1)
+
+
+def _corrupt_version(base: Path, version: int) -> None:
+    write_version(base, version)
+    victim = sorted((base / str(version) / "assets").glob("MonolithHashTable_alpha_0-*"))[-1]
+    victim.write_bytes(victim.read_bytes()[:-7])
+
+
+@pytest.mark.parametrize("export", ["empty", "missing", "corrupt"])
+def test_health_is_not_serving_until_a_version_loads(tmp_path: Path, export: str) -> None:
+    """An empty export, a missing base path or corrupt dumps: GetModelStatus shows no AVAILABLE version, and
+    health (every service) says NOT_SERVING; once a good version appears, the file-system poll loads it and
+    health turns SERVING."""
+    base = tmp_path / "models" / "ps_0"
+    if export != "missing":
+        base.mkdir(parents=True)
+    if export == "corrupt":
+        _corrupt_version(base, 1)
+    args = ["--model_name", "ps_0", "--model_base_path", str(base), "--num_ps", str(NUM_PS),
+            "--file_system_poll_wait_seconds", "0.2"]  # fmt: skip
+    proc = start_ps(tmp_path, args).launch()
+    try:
+        ps = Ps(proc)
+        status = _wait_status_answers(ps, "ps_0")
+        if export == "corrupt":
+            ps.wait_state("ps_0", 1, END)
+        else:
+            assert status == {}
+        _hold_health(proc, "NOT_SERVING")
+        # Staged and renamed in, as a real exporter does.
+        write_version(tmp_path / "staging", 2)
+        base.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "staging" / "2").rename(base / "2")
+        ps.wait_state("ps_0", 2, AVAILABLE)
+        _wait_health(proc, "SERVING")
+    finally:
+        proc.stop()
+
+
+def test_health_follows_reloads(tmp_path: Path) -> None:
+    """Without file-system polls (the agent's default for a PS), each HandleReloadConfigRequest moves health:
+    serving nothing (``specific {}``, the model manager's abort of a failed first rollout) -> NOT_SERVING; a
+    sub-model without versions -> NOT_SERVING; no sub-model at all -> SERVING (nothing to wait for)."""
+    base = tmp_path / "ps_0"
+    write_version(base, 1)
+    args = ["--model_name", "ps_0", "--model_base_path", str(base), "--num_ps", str(NUM_PS),
+            "--file_system_poll_wait_seconds", "0"]  # fmt: skip
+    with start_ps(tmp_path, args) as proc:
+        ps = Ps(proc)
+        assert _health(proc) == {"SERVING"}
+
+        def reload(models: dict[str, Path], *, serve_nothing: bool = False) -> None:
+            request = model_management_pb2.ReloadConfigRequest()
+            request.config.model_config_list.SetInParent()
+            for name, path in models.items():
+                entry = request.config.model_config_list.config.add(name=name, base_path=str(path))
+                if serve_nothing:
+                    entry.model_version_policy.specific.SetInParent()
+                else:
+                    entry.model_version_policy.latest.num_versions = 1
+            ps.model_stub.HandleReloadConfigRequest(request, timeout=30)
+
+        reload({"ps_0": base}, serve_nothing=True)
+        assert ps.status("ps_0")[1][0] == END
+        assert _health(proc) == {"NOT_SERVING"}
+        reload({"ps_0": base})
+        assert ps.status("ps_0")[1][0] == AVAILABLE
+        assert _health(proc) == {"SERVING"}
+        (tmp_path / "ps_1").mkdir()  # an export of ps_1 without versions yet
+        reload({"ps_0": base, "ps_1": tmp_path / "ps_1"})
+        assert ps.status("ps_1") == {}
+        assert _health(proc) == {"NOT_SERVING"}
+        reload({})
+        assert _health(proc) == {"SERVING"}
+
+
+def test_health_follows_a_reload_whose_caller_stopped_waiting(tmp_path: Path) -> None:
+    """A reload cut off by its caller's deadline still loads its versions (``VersionLifecycle.apply_config``);
+    health follows once they are settled, with no file-system poll to catch up (the agent's PS default)."""
+    base = tmp_path / "ps_0"
+    base.mkdir()
+    models = (SubModelConfig("ps_0", base, VersionPolicy(PolicyKind.LATEST)),)
+    config = PsConfig(port=0, host="127.0.0.1", models=models, file_system_poll_wait_s=0)
+
+    async def health(address: str) -> str:
+        return (await asyncio.to_thread(check_health, address, timeout_s=5.0)).status
+
+    def loading(server: PsServer) -> bool:
+        version = server.versions.model("ps_0").versions.get(1)
+        return version is not None and version.state is State.LOADING
+
+    async def scenario() -> None:
+        async with PsServer(config) as server:
+            address = f"127.0.0.1:{server.port}"
+            assert await health(address) == "NOT_SERVING"
+            write_version(base, 1)
+            reload = asyncio.create_task(server.reload(models))
+            while not loading(server):
+                await asyncio.sleep(0)
+            reload.cancel()  # the caller gives up while version 1 loads
+            with pytest.raises(asyncio.CancelledError):
+                await reload
+            deadline = time.monotonic() + 30
+            while await health(address) != "SERVING":
+                assert time.monotonic() < deadline, [(v.version, v.state) for v in server.versions.status("ps_0")]
+                await asyncio.sleep(0.05)
+            assert server.versions.model("ps_0").versions[1].state is State.AVAILABLE
+
+    asyncio.run(scenario())

@@ -179,11 +179,13 @@ initContainers:
 {{- end }}
 {{- end -}}
 
-{{/* gRPC health probes: liveness on `liveness` port, readiness on `readiness` port. */}}
+{{/* gRPC health probes: startup and readiness on the `readiness` port (the model server: SERVING once its models are
+loaded), liveness on the `liveness` port (the agent). Kubernetes runs liveness only after the startup probe has passed,
+so the startup budget (periodSeconds * failureThreshold) is what a model load may take. */}}
 {{- define "monolith.grpcProbes" -}}
 startupProbe:
   grpc:
-    port: {{ .liveness }}
+    port: {{ .readiness }}
   periodSeconds: {{ .root.Values.probes.startup.periodSeconds }}
   failureThreshold: {{ .root.Values.probes.startup.failureThreshold }}
 livenessProbe:

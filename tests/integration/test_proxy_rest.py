@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
+from unittest import mock
 
 import aiohttp
 import grpc
@@ -22,9 +24,11 @@ import pytest
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
+from monolith_serving.proxy import rest_gateway
 from monolith_serving.proxy.core import CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
 from monolith_serving.proxy.metrics import ProxyMetrics
+from monolith_serving.proxy.rest_codec import PredictBody, parse_predict_body
 from monolith_serving.proxy.rest_gateway import MAX_VERSION, RestConfig, RestGateway
 from monolith_serving.proxy.router import OutlierPolicy, Router
 from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
@@ -126,7 +130,7 @@ class Served:
 
 @asynccontextmanager
 async def _gateway(
-    *, max_body_bytes: int = 1 << 20, models: Sequence[str] | None = ("entry",)
+    *, max_body_bytes: int = 1 << 20, models: Sequence[str] | None = ("entry",), timeout_s: float = TIMEOUT_S
 ) -> AsyncIterator[Served]:
     """``models`` None: the source forwards any name (``--entry_targets`` alone)."""
     clock = FakeClock()
@@ -139,7 +143,7 @@ async def _gateway(
         metrics=metrics,
         config=CoreConfig(),
     )
-    config = RestConfig(host="127.0.0.1", port=0, timeout_s=TIMEOUT_S, max_body_bytes=max_body_bytes)
+    config = RestConfig(host="127.0.0.1", port=0, timeout_s=timeout_s, max_body_bytes=max_body_bytes)
     gateway = RestGateway(core, config, clock=clock)
     port = await gateway.start()
     try:
@@ -166,12 +170,42 @@ async def test_a_version_must_be_ascii_digits_within_int64() -> None:
 @_sync
 async def test_json_nested_too_deeply_is_a_400_naming_the_problem() -> None:
     async with _gateway() as served:
-        # Deeper than the JSON parser goes, and deeper than any tensor's rank (but parseable).
-        for depth, problem in ((100_000, "nested too deeply"), (900, "nested deeper than 254")):
+        # Deeper than the JSON parser goes, and deeper than any tensor's rank here (numpy's 64; parseable).
+        for depth, problem in ((100_000, "nested too deeply"), (900, "nested deeper than 64"), (65, "deeper than 64")):
             body = b'{"inputs": {"x": ' + b"[" * depth + b"1.0" + b"]" * depth + b"}}"
             status, answer = await served.post("/entry:predict", body)
             assert status == 400 and problem in answer["error"], (depth, answer)
         assert (await served.post("/entry:predict", BODY))[0] == 200
+
+
+@_sync
+async def test_text_no_utf8_can_hold_and_numbers_too_big_are_400s_naming_them() -> None:
+    """Each was a 500 (UnicodeEncodeError, int's 4300-digit limit) or went through as infinity (1e999)."""
+    cases = [
+        (rb'{"inputs": {"s": ["\ud800"]}}', "input 's': string: '\\ud800' is not valid Unicode"),
+        (rb'{"signature_name": "\ud800", "inputs": {"x": [1.0]}}', "\"signature_name\": '\\ud800' is not valid"),
+        (rb'{"inputs": {"\ud800": [1.0]}}', "input name: '\\ud800' is not valid Unicode"),
+        (rb'{"instances": [{"\udfff": 1.0}]}', "input name: '\\udfff' is not valid Unicode"),
+        (b'{"inputs": {"x": [' + b"9" * 5000 + b"]}}", "JSON Parse error: number too big"),
+        (b'{"inputs": {"x": [1e999]}}', "JSON Parse error: Number too big to be stored in double"),
+        (b'{"inputs": {"x": [1e999, Infinity]}}', "JSON Parse error: Number too big to be stored in double"),
+        (b'{"inputs": {"x": [1e39]}}', "1e+39 is out of range for DT_FLOAT"),
+    ]
+    async with _gateway() as served:
+        for body, message in cases:
+            status, answer = await served.post("/entry:predict", body)
+            assert status == 400 and message in answer["error"], (body[:60], answer)
+        # NaN and Infinity are literals TF Serving accepts; a surrogate pair is one character (U+1F600); 1e30 fits
+        # the signature's DT_FLOAT.
+        accepted = [
+            b'{"inputs": {"x": [NaN, Infinity, -Infinity]}}',
+            rb'{"signature_name": "\ud83d\ude00", "inputs": {"x": [1.0]}}',
+            b'{"inputs": {"x": [' + b"9" * 30 + b"]}}",
+        ]
+        for body in accepted:
+            status, answer = await served.post("/entry:predict", body)
+            assert status == 200, (body[:60], answer)
+        assert served.requests()[("entry", "Predict", "rest", "INVALID_ARGUMENT")] == len(cases)
 
 
 @_sync
@@ -251,3 +285,68 @@ async def test_refused_requests_label_made_up_model_names_unknown() -> None:
             assert counts[("unknown", "Predict", "rest", "INVALID_ARGUMENT")] == 40, models
             assert counts[("entry", "Predict", "rest", "INVALID_ARGUMENT")] == 1, models
             assert {model for model, *_ in counts} == {"entry", "unknown"}, models
+
+
+class _GatedDecode:
+    """Stands in for ``parse_predict_body``: a body of ``min_bytes`` or more waits until ``release`` before it is
+    parsed (the real function), so a test controls how long decoding lasts without timing anything. Blocking on
+    the event loop's thread would stall the loop itself, which is what the tests below tell apart."""
+
+    def __init__(self, min_bytes: int = 1 << 20, wait_s: float = 10.0) -> None:
+        self.min_bytes = min_bytes
+        self.wait_s = wait_s
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.released_in_time: list[bool] = []  # one per gated body: False if the wait ran out
+        self.done = threading.Event()  # a gated body was parsed (or failed to be)
+
+    def __call__(self, body: bytes, **options: bool) -> PredictBody:
+        if len(body) < self.min_bytes:
+            return parse_predict_body(body, **options)
+        self.started.set()
+        try:
+            self.released_in_time.append(self.release.wait(self.wait_s))
+            return parse_predict_body(body, **options)
+        finally:
+            self.done.set()
+
+
+# 3M numbers, 6 MB: decoding took ~4 s on the event loop before the decoder ran on threads.
+BIG_BODY = b'{"inputs": {"x": [' + b",".join([b"1"] * 3_000_000) + b"]}}"
+
+
+@_sync
+async def test_a_large_body_is_decoded_while_the_gateway_serves_other_requests() -> None:
+    gate = _GatedDecode()
+    with mock.patch.object(rest_gateway, "parse_predict_body", gate):
+        async with _gateway(max_body_bytes=64 << 20) as served:
+            big = asyncio.create_task(served.post("/entry:predict", BIG_BODY))
+            assert await asyncio.to_thread(gate.started.wait, 30), "the large body was never decoded"
+            # Decoding the large body is held open: a small request must be served meanwhile. Had the decode run
+            # on the event loop, the loop would sit in the gate's wait and nothing would be served until it ran out.
+            status, answer = await served.post("/entry:predict", BODY)
+            assert status == 200 and answer == {"outputs": [0.5]}
+            assert not big.done()
+            gate.release.set()
+            status, answer = await big
+            assert status == 200 and answer == {"outputs": [0.5]}, answer
+    assert gate.released_in_time == [True]
+
+
+@_sync
+async def test_a_deadline_that_passes_while_the_body_is_decoded_is_a_504() -> None:
+    gate = _GatedDecode()
+    with mock.patch.object(rest_gateway, "parse_predict_body", gate):
+        async with _gateway(max_body_bytes=64 << 20, timeout_s=1.0) as served:
+            try:
+                status, answer = await served.post("/entry:predict", BIG_BODY)
+            finally:
+                gate.release.set()  # the decode thread cannot be stopped: let it finish
+            assert status == 504 and "deadline passed while decoding" in answer["error"], answer
+            assert gate.started.is_set()
+            labels = {"model": "entry", "method": "Predict", "protocol": "rest", "code": "DEADLINE_EXCEEDED"}
+            assert served.metrics.registry.get_sample_value("proxy_requests_total", labels) == 1
+            assert served.upstream.calls == []
+    # Answered while the decode was held: on the event loop it would have held the loop, and the answer, too.
+    assert await asyncio.to_thread(gate.done.wait, 30)
+    assert gate.released_in_time == [True]

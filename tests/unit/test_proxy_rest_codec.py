@@ -75,6 +75,23 @@ def test_version_and_label_go_into_the_model_spec() -> None:
         (b'{"inputs": {"a": null}}', "mixes"),
         (b'{"inputs": [1, 2]}', "signature"),
         (b'{"inputs": {"a": 1}, "signature_name": 3}', "signature_name"),
+        (b'{"inputs": {"a": [true, 2]}}', "mixes"),
+        (b'{"inputs": {"a": [[1], 2]}}', "ragged"),
+        (b'{"inputs": {"a": [{"b64": "AA=="}, {"c": "AA=="}]}}', "mixes"),
+        # Text no UTF-8 can hold (an unpaired surrogate escape), named by its field.
+        (rb'{"inputs": {"a": ["ok", "\ud800"]}}', r"input 'a': string: '\\ud800' is not valid Unicode"),
+        (rb'{"inputs": {"a": [{"b64": "AA=="}, "\udc00"]}}', r"input 'a': string: '\\udc00' is not valid Unicode"),
+        (rb'{"signature_name": "\ud800", "inputs": {"a": 1}}', r'"signature_name": \'\\ud800\' is not valid'),
+        (rb'{"inputs": {"\ud800": 1}}', r"input name: '\\ud800' is not valid Unicode"),
+        (rb'{"instances": [{"\ud800": 1}]}', r"input name: '\\ud800' is not valid Unicode"),
+        # Numbers: too big for the parser (as TF Serving's), for a double, for int64, for the tensor's dtype.
+        (b'{"inputs": {"a": [' + b"9" * 5000 + b"]}}", "JSON Parse error: number too big: .*5000 digits"),
+        (b'{"inputs": {"a": [1.5, 1e999]}}', "JSON Parse error: Number too big to be stored in double"),
+        (b'{"inputs": {"a": [-Infinity, -1e999]}}', "JSON Parse error: Number too big to be stored in double"),
+        (b'{"inputs": {"a": [' + b"9" * 30 + b"]}}", "cannot convert to DT_INT64"),
+        (b'{"inputs": {"a": [[1.0], [1e39]]}}', r"1e\+39 is out of range for DT_FLOAT"),
+        # numpy's most dimensions: deeper lists were a 500.
+        (b'{"inputs": {"a": ' + b"[" * 65 + b"1" + b"]" * 65 + b"}}", "nested deeper than 64"),
     ],
 )
 def test_malformed_bodies_are_invalid_argument(body: bytes, message: str) -> None:
@@ -121,3 +138,39 @@ def test_model_paths() -> None:
         parse_model_path("m/other/1")
     with pytest.raises(NotFoundError):
         parse_model_path("/versions/1")
+
+
+def test_numbers_convert_in_bulk_with_the_per_element_semantics() -> None:
+    values = list(range(-50_000, 50_000))
+    request = _request({"inputs": {"i": values, "m": [[v, v + 0.5] for v in values[:1000]], "e": [[], []]}})
+    assert isinstance(request, predict_pb2.PredictRequest)
+    i, m, e = (from_tensor_proto(request.inputs[k]) for k in ("i", "m", "e"))
+    assert request.inputs["i"].dtype == types_pb2.DT_INT64 and i.tolist() == values
+    assert (
+        request.inputs["m"].dtype == types_pb2.DT_FLOAT
+        and m.shape == (1000, 2)
+        and m[1].tolist() == [-49_999, -49_998.5]
+    )
+    assert request.inputs["e"].dtype == types_pb2.DT_FLOAT and e.shape == (2, 0)
+    deep = build_predict_request(
+        ModelRef(name="m"), parse_predict_body(b'{"inputs": {"d": ' + b"[" * 64 + b"1]" + b"]" * 63 + b"}}"), None
+    )
+    assert from_tensor_proto(deep.inputs["d"]).ndim == 64  # numpy's most dimensions
+
+
+def test_signature_dtypes_take_booleans_and_ints_as_numbers() -> None:
+    signature = {"f": types_pb2.DT_FLOAT, "n": types_pb2.DT_INT32, "d": types_pb2.DT_DOUBLE}
+    request = _request({"inputs": {"f": [True, 2, 2.5], "n": [[1, False]], "d": [1e300, 2**64]}}, signature)
+    assert isinstance(request, predict_pb2.PredictRequest)
+    assert from_tensor_proto(request.inputs["f"]).tolist() == [1.0, 2.0, 2.5]
+    assert from_tensor_proto(request.inputs["n"]).tolist() == [[1, 0]]
+    assert from_tensor_proto(request.inputs["d"]).tolist() == [1e300, float(2**64)]
+
+
+def test_non_finite_literals_and_surrogate_pairs_are_accepted() -> None:
+    body = b'{"signature_name": "\\ud83d\\ude00", "inputs": {"x": [NaN, Infinity, -Infinity], "s": ["\\ud83d\\ude00"]}}'
+    request = build_predict_request(ModelRef(name="m"), parse_predict_body(body), None)
+    x = from_tensor_proto(request.inputs["x"])
+    assert np.isnan(x[0]) and x[1:].tolist() == [float("inf"), float("-inf")]
+    assert from_tensor_proto(request.inputs["s"]).tolist() == ["\U0001f600".encode()]
+    assert request.model_spec.signature_name == "\U0001f600"

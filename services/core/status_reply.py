@@ -34,6 +34,8 @@ def model_status_reply(
     response = get_model_status_pb2.GetModelStatusResponse()
     for item in versions:
         status = response.model_version_status.add(version=item.version, state=int(item.state))
+        # Always present, OK included, as TF Serving sends it: REST clients read status.error_code.
+        status.status.SetInParent()
         detail = details.get(item.version, "") if details else ""
         if item.error is not None:
             status.status.error_code = status_code_for(item.error).value[0]

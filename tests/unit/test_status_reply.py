@@ -9,6 +9,7 @@ import grpc
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.model_state import ModelState
 from monolith_serving.core.status_reply import model_status_reply
+from monolith_serving.proxy.rest_codec import model_status_json
 
 
 @dataclass
@@ -44,3 +45,15 @@ def test_without_details_a_reply_shows_states_and_errors_only() -> None:
     assert [(s.version, s.state, s.status.error_message) for s in reply.model_version_status] == [
         (7, ModelState.UNLOADING, "")
     ]
+
+
+def test_every_version_carries_a_status_ok_included_as_tf_serving_sends_it() -> None:
+    """TF Serving always sets ModelVersionStatus.status; its REST API then shows ``"status": {"error_code": "OK",
+    "error_message": ""}``, which clients read. An unset message would vanish from that JSON."""
+    reply = model_status_reply([_Version(2, ModelState.AVAILABLE)])
+    assert reply.model_version_status[0].HasField("status")
+    assert model_status_json(reply) == {
+        "model_version_status": [
+            {"version": "2", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
@@ -24,12 +23,12 @@ from prometheus_client import CollectorRegistry
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
+from monolith_serving.core.model_health import ModelHealth
 from monolith_serving.dense.config import DenseServerConfig, dense_models_from_proto
 from monolith_serving.dense.metrics import DenseMetrics
 from monolith_serving.dense.servicer import DenseModelServicer, DensePredictionServicer
 from monolith_serving.dense.versions import DenseVersionManager
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
-    model_management_pb2,
     model_service_pb2_grpc,
     prediction_service_pb2_grpc,
 )
@@ -42,22 +41,6 @@ _MODEL_SERVICE = "tensorflow.serving.ModelService"
 _HEALTH_SERVICES = ("", _PREDICTION_SERVICE, _MODEL_SERVICE)
 
 
-class _HealthFollowingModelServicer(DenseModelServicer):
-    """The dense ModelService; health follows each reload once it has settled (or failed)."""
-
-    def __init__(self, versions: DenseVersionManager, follow_health: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(versions)
-        self._follow_health = follow_health
-
-    async def HandleReloadConfigRequest(
-        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
-    ) -> model_management_pb2.ReloadConfigResponse:
-        try:
-            return await super().HandleReloadConfigRequest(request, context)
-        finally:
-            await self._follow_health()
-
-
 class DenseServer:
     def __init__(self, config: DenseServerConfig, *, registry: CollectorRegistry | None = None) -> None:
         self.config = config
@@ -68,8 +51,7 @@ class DenseServer:
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._poll: asyncio.Task[None] | None = None
-        self._health_lock = asyncio.Lock()
-        self._serving: bool | None = None  # what health says now; None until first set
+        self._health = ModelHealth(lambda: self.versions.models, _HEALTH_SERVICES, "dense sub-model")
         self._stopped = False
 
     @property
@@ -82,7 +64,7 @@ class DenseServer:
         if self._grpc is not None:
             return
         prediction = DensePredictionServicer(self.versions, self.metrics)
-        models = _HealthFollowingModelServicer(self.versions, self._follow_health)
+        models = DenseModelServicer(self.versions, after_reload=self._follow_health)
 
         def add_prediction(server: grpc.aio.Server) -> None:
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)  # type: ignore[no-untyped-call]
@@ -108,24 +90,9 @@ class DenseServer:
         if self.config.file_system_poll_wait_s > 0:
             self._poll = asyncio.create_task(self._poll_loop(), name="dense-file-system-poll")
 
-    def ready(self) -> bool:
-        """Every configured dense sub-model has an AVAILABLE version (true with none configured)."""
-        return all(model.serving() is not None for model in self.versions.models.values())
-
     async def _follow_health(self) -> None:
-        """Sets health to ``ready()``; a no-op before the server is built or once stopping."""
-        async with self._health_lock:  # concurrent changes: the last one to set health reads the latest state
-            if self._grpc is None or self._stopped:
-                return
-            serving = self.ready()
-            for service in _HEALTH_SERVICES:
-                await self._grpc.set_serving(serving, service)
-            if serving and self._serving is not True:
-                logger.info("health SERVING: every dense sub-model has an AVAILABLE version")
-            elif not serving and self._serving is not False:
-                waiting = sorted(name for name, model in self.versions.models.items() if model.serving() is None)
-                logger.warning("health NOT_SERVING: no AVAILABLE version of %s", ", ".join(waiting))
-            self._serving = serving
+        """Sets health to ``ready()``; a no-op without a gRPC server of its own or once stopping."""
+        await self._health.follow(None if self._stopped else self._grpc)
 
     async def _poll_loop(self) -> None:
         """Looks for new versions, then health follows; a failing step is logged and counted, never stops the loop."""
@@ -147,8 +114,7 @@ class DenseServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poll
         if self._grpc is not None:
-            for service in _HEALTH_SERVICES:
-                await self._grpc.set_serving(False, service)
+            await self._health.stop(self._grpc)
             await self._grpc.stop(self.config.shutdown_grace_s)
         await self.versions.close()
         if self._metrics_endpoint is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -142,8 +143,11 @@ class DensePredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predictio
 
 
 class DenseModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
-    def __init__(self, versions: DenseVersionManager) -> None:
+    def __init__(
+        self, versions: DenseVersionManager, *, after_reload: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._versions = versions
+        self._after_reload = after_reload  # runs once each reload has settled or failed (health follows it)
 
     async def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
@@ -161,6 +165,10 @@ class DenseModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: 
         config (``core.model_config_list``) is refused before anything changes."""
         configs = dense_models_from_proto(reload_request_config(request))
         check_reload(configs, self._versions)
-        await self._versions.apply_config(configs, fresh=True)
+        try:
+            await self._versions.apply_config(configs, fresh=True)
+        finally:
+            if self._after_reload is not None:
+                await self._after_reload()
         logger.info("reloaded model config: %s", [c.name for c in configs])
         return model_management_pb2.ReloadConfigResponse()

@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
+from monolith_serving.core.model_health import ModelHealth
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     model_service_pb2,
     model_service_pb2_grpc,
@@ -64,8 +65,7 @@ class PsServer:
         self._tasks: list[asyncio.Task[None]] = []
         # Reloads run as tasks of their own, so that health follows one whose caller stopped waiting (see ``reload``).
         self._reloads: set[asyncio.Task[None]] = set()
-        self._health_lock = asyncio.Lock()
-        self._serving: bool | None = None  # what health says now; None until first set
+        self._health = ModelHealth(lambda: self.versions.models, _HEALTH_SERVICES, "sub-model")
         self._file_configs: tuple[SubModelConfig, ...] | None = None
         self._stopped = False
         self._closed = False
@@ -102,24 +102,9 @@ class PsServer:
         finally:
             await self._follow_health()
 
-    def ready(self) -> bool:
-        """Every configured sub-model has an AVAILABLE version (true with none configured)."""
-        return all(model.serving() is not None for model in self.versions.models.values())
-
     async def _follow_health(self) -> None:
         """Sets health to ``ready()``; a no-op without a gRPC server of its own or once stopping."""
-        async with self._health_lock:  # concurrent changes: the last one to set health reads the latest state
-            if self._grpc is None or self._stopped:
-                return
-            serving = self.ready()
-            for service in _HEALTH_SERVICES:
-                await self._grpc.set_serving(serving, service)
-            if serving and self._serving is not True:
-                logger.info("health SERVING: every sub-model has an AVAILABLE version")
-            elif not serving and self._serving is not False:
-                waiting = sorted(name for name, model in self.versions.models.items() if model.serving() is None)
-                logger.warning("health NOT_SERVING: no AVAILABLE version of %s", ", ".join(waiting))
-            self._serving = serving
+        await self._health.follow(None if self._stopped else self._grpc)
 
     def servicers(self) -> tuple[PsPredictionServicer, PsModelServicer]:
         """The gRPC faces of this PS core; ``start`` serves them, a unified server hosts them itself."""
@@ -194,8 +179,7 @@ class PsServer:
         self._stopped = True
         await self._cancel_tasks()
         if self._grpc is not None:
-            for service in _HEALTH_SERVICES:
-                await self._grpc.set_serving(False, service)
+            await self._health.stop(self._grpc)
             await self._grpc.stop(self.config.shutdown_grace_s)
         await self.close()
         if self._metrics_endpoint is not None:

@@ -12,13 +12,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 from ports import free_port as free_port  # re-exported: the integration tests take it from here
 
-from monolith_serving.client.health import wait_until_serving
+from monolith_serving.client.health import check_health, wait_until_serving
 
 # Filled by ``ServerProcess.stop``; the integration conftest fails any test that leaves something here. A server
 # that hangs on SIGTERM (its shutdown awaiting a task that never ends) is a bug that operators meet as pods killed
@@ -117,3 +118,21 @@ class ServerProcess:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# A model server's health services: the whole server and each service it hosts by name.
+MODEL_SERVER_HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+
+
+def model_server_health(proc: ServerProcess) -> set[str]:
+    """The statuses a model server's health services report now ({"SERVING"} when all of them serve)."""
+    return {
+        check_health(proc.address, service=service, timeout_s=5.0).status for service in MODEL_SERVER_HEALTH_SERVICES
+    }
+
+
+def wait_model_server_health(proc: ServerProcess, status: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (seen := model_server_health(proc)) != {status}:
+        assert time.monotonic() < deadline, f"health {seen}, not {status}\n{proc.log_tail()}"
+        time.sleep(0.1)

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from procs import ServerProcess, free_port
+from procs import ServerProcess, free_port, model_server_health, wait_model_server_health
 
-from monolith_serving.client.health import check_health
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -19,19 +18,6 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
 )
 
 pytestmark = pytest.mark.integration
-
-HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
-
-
-def _health(proc: ServerProcess) -> set[str]:
-    return {check_health(proc.address, service=service, timeout_s=5.0).status for service in HEALTH_SERVICES}
-
-
-def _wait_health(proc: ServerProcess, status: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (seen := _health(proc)) != {status}:
-        assert time.monotonic() < deadline, f"health {seen}, not {status}\n{proc.log_tail()}"
-        time.sleep(0.1)
 
 
 def _versions(stub: model_service_pb2_grpc.ModelServiceStub, timeout_s: float = 30.0) -> dict[int, int]:
@@ -63,15 +49,15 @@ def test_dense_health_waits_for_a_version_and_follows_reloads(tmp_path: Path) ->
             assert _versions(stub) == {}
             deadline = time.monotonic() + 1.0  # several polls find nothing: still not serving
             while time.monotonic() < deadline:
-                assert _health(proc) == {"NOT_SERVING"}, proc.log_tail()
+                assert model_server_health(proc) == {"NOT_SERVING"}, proc.log_tail()
                 time.sleep(0.1)
             (tmp_path / "staging" / "dense_0" / "1").rename(base / "1")
-            _wait_health(proc, "SERVING")
+            wait_model_server_health(proc, "SERVING")
             # Serving nothing (an empty ``specific {}``): the reload unloads version 1, health follows at once.
             request = model_management_pb2.ReloadConfigRequest()
             entry = request.config.model_config_list.config.add(name="dense_0", base_path=str(base))
             entry.model_version_policy.specific.SetInParent()
             stub.HandleReloadConfigRequest(request, timeout=30)
-            assert _health(proc) == {"NOT_SERVING"}
+            assert model_server_health(proc) == {"NOT_SERVING"}
     finally:
         assert proc.stop() == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from procs import ServerProcess, free_port
+from procs import ServerProcess, free_port, model_server_health, wait_model_server_health
 
 from monolith_serving.client.health import check_health
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
@@ -37,7 +37,6 @@ DIMS = {"alpha": 33, "beta_tbl": 17}  # an underscore in a table name, dims that
 NUM_PS = 2
 AVAILABLE, END = 30, 50
 # The PS's health services: the whole server and each gRPC service it hosts.
-HEALTH_SERVICES = ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 
 
 def _fids(slot: int, n: int, partition: int, seed: int) -> np.ndarray:
@@ -406,23 +405,11 @@ def test_version_switch_under_load_and_corrupt_dump_recovery(tmp_path: Path) -> 
         assert ps.status("ps_0")[2][0] == AVAILABLE
 
 
-def _health(proc: ServerProcess) -> set[str]:
-    """The statuses the PS's health services report now ({"SERVING"} when all of them serve)."""
-    return {check_health(proc.address, service=service, timeout_s=5.0).status for service in HEALTH_SERVICES}
-
-
-def _wait_health(proc: ServerProcess, status: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (seen := _health(proc)) != {status}:
-        assert time.monotonic() < deadline, f"health {seen}, not {status}\n{proc.log_tail()}"
-        time.sleep(0.1)
-
-
 def _hold_health(proc: ServerProcess, status: str, for_s: float = 1.0) -> None:
     """Health says ``status`` throughout ``for_s`` (several file-system polls of the tests below)."""
     deadline = time.monotonic() + for_s
     while time.monotonic() < deadline:
-        assert _health(proc) == {status}, proc.log_tail()
+        assert model_server_health(proc) == {status}, proc.log_tail()
         time.sleep(0.1)
 
 
@@ -469,7 +456,7 @@ def test_health_is_not_serving_until_a_version_loads(tmp_path: Path, export: str
         base.mkdir(parents=True, exist_ok=True)
         (tmp_path / "staging" / "2").rename(base / "2")
         ps.wait_state("ps_0", 2, AVAILABLE)
-        _wait_health(proc, "SERVING")
+        wait_model_server_health(proc, "SERVING")
     finally:
         proc.stop()
 
@@ -484,7 +471,7 @@ def test_health_follows_reloads(tmp_path: Path) -> None:
             "--file_system_poll_wait_seconds", "0"]  # fmt: skip
     with start_ps(tmp_path, args) as proc:
         ps = Ps(proc)
-        assert _health(proc) == {"SERVING"}
+        assert model_server_health(proc) == {"SERVING"}
 
         def reload(models: dict[str, Path], *, serve_nothing: bool = False) -> None:
             request = model_management_pb2.ReloadConfigRequest()
@@ -499,16 +486,16 @@ def test_health_follows_reloads(tmp_path: Path) -> None:
 
         reload({"ps_0": base}, serve_nothing=True)
         assert ps.status("ps_0")[1][0] == END
-        assert _health(proc) == {"NOT_SERVING"}
+        assert model_server_health(proc) == {"NOT_SERVING"}
         reload({"ps_0": base})
         assert ps.status("ps_0")[1][0] == AVAILABLE
-        assert _health(proc) == {"SERVING"}
+        assert model_server_health(proc) == {"SERVING"}
         (tmp_path / "ps_1").mkdir()  # an export of ps_1 without versions yet
         reload({"ps_0": base, "ps_1": tmp_path / "ps_1"})
         assert ps.status("ps_1") == {}
-        assert _health(proc) == {"NOT_SERVING"}
+        assert model_server_health(proc) == {"NOT_SERVING"}
         reload({})
-        assert _health(proc) == {"SERVING"}
+        assert model_server_health(proc) == {"SERVING"}
 
 
 def test_health_follows_a_reload_whose_caller_stopped_waiting(tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ from monolith_serving.model_manager.control import (
     VersionStatus,
 )
 from monolith_serving.model_manager.fs import LocalFileSystem
+from monolith_serving.model_manager.metrics import ModelManagerMetrics
+from monolith_serving.model_manager.rollout import RolloutConfig, RolloutCoordinator
 from monolith_serving.model_manager.sources import VersionCandidate, VersionSource
 
 MODEL = "demo"
@@ -196,3 +198,15 @@ class FakeSource(VersionSource):
 
     def describe(self) -> str:
         return f"fake source of {self.model}"
+
+
+def fake_coordinator(cluster: ReplicaControl, clock: FakeClock, metrics: ModelManagerMetrics) -> RolloutCoordinator:
+    """A coordinator over ``cluster`` on the fake clock: 30 s rollouts, 1 s polls, 0.5 s drains."""
+    return RolloutCoordinator(
+        control=cluster,
+        config=RolloutConfig(timeout_s=30, poll_interval_s=1, drain_s=0.5),
+        metrics=metrics,
+        clock=clock,
+        wall=clock,
+        sleep=clock.sleep,
+    )

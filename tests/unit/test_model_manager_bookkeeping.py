@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from model_manager_fakes import MODEL, FakeClock, FakeCluster, FakeSource
+from model_manager_fakes import MODEL, FakeClock, FakeCluster, FakeSource, fake_coordinator
 
 from monolith_serving.discovery.static import StaticDiscovery
 from monolith_serving.model_manager.control import Replica, ServerKind, VersionState, VersionStatus
@@ -18,8 +18,6 @@ from monolith_serving.model_manager.rollout import (
     ModelState,
     ModelTarget,
     ReplicaView,
-    RolloutConfig,
-    RolloutCoordinator,
 )
 from monolith_serving.model_manager.sources import VersionCandidate
 
@@ -35,14 +33,7 @@ def make_manager(
 ) -> tuple[ModelManager, ManagedModel]:
     clock = FakeClock()
     metrics = ModelManagerMetrics()
-    coordinator = RolloutCoordinator(
-        control=cluster,
-        config=RolloutConfig(timeout_s=30, poll_interval_s=1, drain_s=0.5),
-        metrics=metrics,
-        clock=clock,
-        wall=clock,
-        sleep=clock.sleep,
-    )
+    coordinator = fake_coordinator(cluster, clock, metrics)
     model = ManagedModel(
         source=source,
         state=ModelState(ModelTarget(MODEL, cluster.base_dir, cluster.num_ps)),

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
-from model_manager_fakes import MODEL, FakeClock, FakeCluster, FakeSource
+from model_manager_fakes import MODEL, FakeClock, FakeCluster, FakeSource, fake_coordinator
 
 from monolith_serving.model_manager.control import Replica
 from monolith_serving.model_manager.manager import ManagedModel, ManagerConfig, ModelManager
 from monolith_serving.model_manager.metrics import ModelManagerMetrics
-from monolith_serving.model_manager.rollout import ModelState, ModelTarget, RolloutConfig, RolloutCoordinator
+from monolith_serving.model_manager.rollout import ModelState, ModelTarget
 
 
 class Cluster(FakeCluster):
@@ -24,14 +24,7 @@ class Cluster(FakeCluster):
 def make_manager(cluster: FakeCluster, *sources: FakeSource) -> ModelManager:
     clock = FakeClock()
     metrics = ModelManagerMetrics()
-    coordinator = RolloutCoordinator(
-        control=cluster,
-        config=RolloutConfig(timeout_s=30, poll_interval_s=1, drain_s=0.5),
-        metrics=metrics,
-        clock=clock,
-        wall=clock,
-        sleep=clock.sleep,
-    )
+    coordinator = fake_coordinator(cluster, clock, metrics)
     models = [
         ManagedModel(
             source=source,

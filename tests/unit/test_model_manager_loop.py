@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from model_manager_fakes import MODEL, FakeClock, FakeCluster
+from model_manager_fakes import MODEL, FakeClock, FakeCluster, fake_coordinator
 
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.model_manager.control import Replica, ServerKind, VersionState, VersionStatus
@@ -38,14 +38,7 @@ def make_manager(
     cluster = FakeCluster(base_dir=str(receive / MODEL))
     clock = FakeClock()
     metrics = ModelManagerMetrics()
-    coordinator = RolloutCoordinator(
-        control=cluster,
-        config=RolloutConfig(timeout_s=30, poll_interval_s=1, drain_s=0.5),
-        metrics=metrics,
-        clock=clock,
-        wall=clock,
-        sleep=clock.sleep,
-    )
+    coordinator = fake_coordinator(cluster, clock, metrics)
     model = ManagedModel(
         source=P2pSource(LocalFileSystem(), str(tmp_path / "src"), MODEL),
         state=ModelState(ModelTarget(MODEL, str(receive / MODEL), 0)),

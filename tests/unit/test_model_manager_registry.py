@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from model_manager_fakes import MODEL, FakeClock, FakeCluster
+from model_manager_fakes import MODEL, FakeClock, FakeCluster, fake_coordinator
 
 from monolith_serving.agent.ctl import Controller
 from monolith_serving.core.demo_export import DemoOptions, write_demo
@@ -28,7 +28,7 @@ from monolith_serving.model_manager.registry_state import (
     RolloutState,
     rollout_state_path,
 )
-from monolith_serving.model_manager.rollout import ModelState, ModelTarget, RolloutConfig, RolloutCoordinator
+from monolith_serving.model_manager.rollout import ModelState, ModelTarget
 from monolith_serving.model_manager.sources import P2pSource
 
 BZID = "unit"
@@ -68,14 +68,7 @@ def make_manager(
     receive = tmp_path / "receive"
     clock = FakeClock()
     metrics = ModelManagerMetrics()
-    coordinator = RolloutCoordinator(
-        control=cluster,
-        config=RolloutConfig(timeout_s=30, poll_interval_s=1, drain_s=0.5),
-        metrics=metrics,
-        clock=clock,
-        wall=clock,
-        sleep=clock.sleep,
-    )
+    coordinator = fake_coordinator(cluster, clock, metrics)
     model = ManagedModel(
         source=P2pSource(LocalFileSystem(), str(tmp_path / "src"), MODEL),
         state=ModelState(ModelTarget(MODEL, str(receive / MODEL), 0)),

@@ -30,10 +30,12 @@ import numpy.typing as npt
 
 from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.errors import (
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     MonolithServingError,
     NotFoundError,
+    UnavailableError,
 )
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, version_dir
 from monolith_serving.core.model_config_list import check_base_path, check_version_labels
@@ -432,10 +434,18 @@ class EntryModel:
             client=started + timeout_s if timeout_s is not None else None,
             dense_default_s=default_s,
         )
-        if self._coalescer is None:
-            output = await self._run_pass(loaded, batch, deadlines)
-        else:
-            output = await self._coalescer.run(loaded, batch, deadlines)
+        try:
+            if self._coalescer is None:
+                output = await self._run_pass(loaded, batch, deadlines)
+            else:
+                output = await self._coalescer.run(loaded, batch, deadlines)
+        except DeadlineExceededError as error:
+            # DEADLINE_EXCEEDED only when this caller's own deadline has passed; a PS that used up the entry's
+            # budget (fetch_ps_timeout_ms, or a merged pass's longer deadline) while the caller still had time is
+            # this server failing: UNAVAILABLE, which a proxy may retry elsewhere.
+            if deadlines.client is None or time.monotonic() < deadlines.client:
+                raise UnavailableError(error.message) from None
+            raise
         return PredictResult({spec.output_name: output.scores}, loaded.version, output.ps_versions)
 
     async def _run_pass(self, loaded: LoadedVersion, batch: ParsedBatch, deadlines: PassDeadlines) -> PassOutput:

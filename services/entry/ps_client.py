@@ -32,7 +32,7 @@ import numpy.typing as npt
 
 from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.cancellation import cancelled_by_caller
-from monolith_serving.core.errors import UnavailableError
+from monolith_serving.core.errors import DeadlineExceededError, MonolithServingError, UnavailableError
 from monolith_serving.core.grpc_server import channel_options
 from monolith_serving.core.sharding import shard_of
 from monolith_serving.core.tensor_codec import TensorCodecError, from_tensor_proto
@@ -277,11 +277,19 @@ class AttemptMetrics:
 
 
 class ReplicasExhausted(Exception):
-    """Every allowed attempt failed (or the deadline passed); ``last_error`` tells the last thing that happened."""
+    """Every allowed attempt failed (or the deadline passed); ``last_error`` tells the last thing that happened.
 
-    def __init__(self, last_error: str) -> None:
+    ``as_error`` is what the caller answers: DEADLINE_EXCEEDED once the request's deadline has passed (the
+    caller's time ran out, which a proxy must not hold against this server), else UNAVAILABLE (the replicas
+    refused or failed while there was time left)."""
+
+    def __init__(self, last_error: str, *, deadline_passed: bool) -> None:
         super().__init__(last_error)
         self.last_error = last_error
+        self.deadline_passed = deadline_passed
+
+    def as_error(self, message: str) -> MonolithServingError:
+        return DeadlineExceededError(message) if self.deadline_passed else UnavailableError(message)
 
 
 @dataclass(frozen=True)
@@ -351,7 +359,7 @@ async def call_with_retries(
         metrics.latency.observe(time.monotonic() - started)
         health.succeeded(address)
         return response
-    raise ReplicasExhausted(last_error)
+    raise ReplicasExhausted(last_error, deadline_passed=time.monotonic() >= deadline)
 
 
 @dataclass(frozen=True)
@@ -500,7 +508,7 @@ class PsFanout(EmbeddingLookup):
             )
         except ReplicasExhausted as error:
             message = f"PS shard {shard} ({self._models[shard]}) lookup failed: {error.last_error}"
-            raise UnavailableError(message) from None
+            raise error.as_error(message) from None
         reported = int(response.model_spec.version.value) if response.model_spec.HasField("version") else version
         return self._decode(shard, parts, dims, response, version), reported
 

@@ -119,7 +119,7 @@ class RemoteDense(DenseModel):
                 metrics=shared.attempt_metrics,
             )
         except ReplicasExhausted as error:
-            raise UnavailableError(f"dense sub-model {name} version {version} failed: {error.last_error}") from None
+            raise error.as_error(f"dense sub-model {name} version {version} failed: {error.last_error}") from None
         return self._decode(response, len(x), version)
 
     def _decode(self, response: predict_pb2.PredictResponse, batch: int, version: int) -> Float32Array:

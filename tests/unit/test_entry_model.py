@@ -17,7 +17,13 @@ import pytest
 
 from monolith_serving.client.inputs import encode, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
-from monolith_serving.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from monolith_serving.core.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState
 from monolith_serving.entry.metrics import EntryMetrics
@@ -128,6 +134,41 @@ def test_predict_uses_dedup_and_the_ps_timeout_default(export: Path) -> None:
         assert all(len(set(f)) == len(f) for f in fids.values())
         await model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export), timeout_s=0.04)
         assert 0.03 < lookup.calls[-1][2] <= 0.04
+
+    asyncio.run(scenario())
+
+
+class DeadlineLookup(EmbeddingLookup):
+    """Waits out the budget it is given, then fails as the fan-out does when the deadline runs out."""
+
+    async def lookup(
+        self,
+        version: int,
+        fids: Mapping[str, npt.NDArray[np.int64]],
+        dims: Mapping[str, int],
+        timeout_s: float,
+        urgent_s: float | None = None,
+    ) -> LookupResult:
+        await asyncio.sleep(max(timeout_s, 0.0))
+        raise DeadlineExceededError("PS shard 0 (ps_0) lookup failed: deadline passed after 1 attempt(s)")
+
+
+def test_a_ps_budget_running_out_is_deadline_exceeded_only_when_the_callers_deadline_passed(export: Path) -> None:
+    """A proxy ejects entries that answer UNAVAILABLE, never for DEADLINE_EXCEEDED: a caller's own short deadline
+    must read as DEADLINE_EXCEEDED, while the entry's fetch_ps_timeout_ms running out (the caller set no deadline)
+    is this server failing: UNAVAILABLE."""
+
+    async def scenario() -> None:
+        gate = Gate()
+        gate.ready = {1}
+        model = make_model(export, gate, DeadlineLookup())
+        await model.refresh()
+        with pytest.raises(DeadlineExceededError):
+            await model.predict(
+                name="entry", version=None, signature_name="", inputs=inputs_for(export), timeout_s=0.05
+            )
+        with pytest.raises(UnavailableError, match="deadline passed"):
+            await model.predict(name="entry", version=None, signature_name="", inputs=inputs_for(export))
 
     asyncio.run(scenario())
 

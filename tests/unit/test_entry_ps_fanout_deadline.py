@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from monolith_serving.core.errors import UnavailableError
+from monolith_serving.core.errors import DeadlineExceededError, UnavailableError
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.ps_client import ChannelPool, FanoutConfig, PsFanout, RetryPolicy
@@ -22,7 +22,8 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
 
 class ScriptedChannels(ChannelPool):
-    """Lookup calls without sockets: ``hung:*`` sleeps until its timeout, others answer zero rows of ``width``."""
+    """Lookup calls without sockets: ``hung:*`` sleeps until its timeout, ``down:*`` refuses at once, others answer
+    zero rows of ``width``."""
 
     def __init__(self, width: int = 2) -> None:
         super().__init__()
@@ -34,6 +35,10 @@ class ScriptedChannels(ChannelPool):
         async def call(request: bytes, *, timeout: float) -> predict_pb2.PredictResponse:
             self.timeouts.append((address, timeout))
             self.requests.append(request)
+            if address.startswith("down"):
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "connection refused"
+                )
             if address.startswith("hung"):
                 await asyncio.sleep(timeout)
                 raise grpc.aio.AioRpcError(
@@ -137,5 +142,21 @@ def test_encoded_model_specs_stay_bounded_as_versions_roll_over() -> None:
         sent = {predict_pb2.PredictRequest.FromString(r).model_spec.version.value for r in channels.requests}
         assert sent == set(range(1, 201)), "every lookup must still name its own version"
         assert len(fanout._spec_bytes) <= 8 * fanout._replicas.num_ps
+
+    asyncio.run(scenario())
+
+
+def test_a_lookup_whose_deadline_ran_out_is_deadline_exceeded_not_unavailable() -> None:
+    """A proxy ejects an entry replica after UNAVAILABLE answers; a caller's short deadline must not read as that.
+    Replicas that refuse while time is left are UNAVAILABLE."""
+
+    async def scenario() -> None:
+        fids = {"user": np.array([3], np.int64)}
+        with pytest.raises(DeadlineExceededError, match="deadline passed|DEADLINE_EXCEEDED"):
+            await _fanout(ScriptedChannels(), ["hung:1", "hung:2"]).lookup(1, fids, {"user": 2}, timeout_s=0.2)
+        with pytest.raises(DeadlineExceededError):
+            await _fanout(ScriptedChannels(), ["good:1"]).lookup(1, fids, {"user": 2}, timeout_s=0.0)
+        with pytest.raises(UnavailableError, match="connection refused"):
+            await _fanout(ScriptedChannels(), ["down:1", "down:2"]).lookup(1, fids, {"user": 2}, timeout_s=5.0)
 
     asyncio.run(scenario())

@@ -102,6 +102,11 @@ def add_server_flags(
     )
 
 
+def add_host_flag(parser: argparse.ArgumentParser) -> None:
+    """``--host``: the address a model server binds, for gRPC and /metrics alike (default: every interface)."""
+    add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
+
+
 def add_unserved_rest_api_port(parser: argparse.ArgumentParser) -> None:
     """tensorflow_model_server's ``--rest_api_port``, taken (and checked) so its command lines work unchanged on
     servers that answer gRPC only."""
@@ -117,7 +122,7 @@ def add_unserved_rest_api_port(parser: argparse.ArgumentParser) -> None:
 def add_model_source_flags(parser: argparse.ArgumentParser, *, sub_model: str) -> None:
     """tensorflow_model_server's flags for what a sub-model server hosts: a ModelServerConfig file, or one
     model by name and base path. ``sub_model`` names the kind in the help text (``ps_<i>``, ``dense_0``)."""
-    add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
+    add_host_flag(parser)
     add_unserved_rest_api_port(parser)
     add_flag(
         parser, "--model_config_file", default=None, help=f"text-format ModelServerConfig of the hosted {sub_model}"

@@ -91,11 +91,29 @@ class NumpyMlp(LocalDenseModel):
         return h
 
 
+def export_file(version_dir: Path, name: str, field: str) -> Path:
+    """``version_dir / name`` once ``name`` (the serving spec's ``field``) is known to stay inside the version folder.
+
+    An absolute path, ``..`` or a symlink leading out is refused (InvalidArgumentError naming the field and the
+    path): the export would read files it does not own, which a P2P copy of the version would not carry either."""
+    if Path(name).is_absolute():
+        raise InvalidArgumentError(
+            f"{field} {name!r}: an absolute path; dense files are named relative to the version folder {version_dir}"
+        )
+    path = version_dir / name
+    root = version_dir.resolve()
+    if root not in path.resolve().parents:
+        raise InvalidArgumentError(f"{field} {name!r}: resolves outside the version folder {version_dir}")
+    return path
+
+
 def _load_npy(path: Path) -> Float32Array:
     try:
         array = np.load(path, allow_pickle=False)
     except FileNotFoundError as error:
         raise NotFoundError(f"dense weight file {str(path)!r} does not exist") from error
+    except IsADirectoryError as error:
+        raise InvalidArgumentError(f"dense weight file {str(path)!r} is a directory") from error
     except ValueError as error:
         raise InvalidArgumentError(f"dense weight file {str(path)!r} is not a numpy array: {error}") from error
     if not np.issubdtype(array.dtype, np.floating):
@@ -112,8 +130,8 @@ def load_numpy_layers(specs: tuple[LayerSpec, ...], input_width: int, version_di
     layers = []
     width = input_width
     for k, layer in enumerate(specs):
-        weight = _load_npy(version_dir / layer.weight)
-        bias = _load_npy(version_dir / layer.bias)
+        weight = _load_npy(export_file(version_dir, layer.weight, f"dense.layers[{k}].weight"))
+        bias = _load_npy(export_file(version_dir, layer.bias, f"dense.layers[{k}].bias"))
         if weight.ndim != 2 or weight.shape[0] != width:
             raise InvalidArgumentError(
                 f"dense layer {k} ({layer.weight}): weight shape {list(weight.shape)} does not take "
@@ -171,12 +189,12 @@ def load_dense(spec: ServingSpec, version_dir: Path) -> LocalDenseModel:
 
 
 def load_dense_network(dense: DenseSpec, input_width: int, version_dir: Path) -> LocalDenseModel:
-    """A numpy or ONNX network whose files are relative to ``version_dir``."""
+    """A numpy or ONNX network whose files are relative to ``version_dir`` and must stay inside it."""
     if dense.backend is DenseBackend.NUMPY:
         return load_numpy_layers(dense.layers, input_width, version_dir)
     if dense.backend is DenseBackend.REMOTE:
         raise InvalidArgumentError(f"dense backend 'remote' ({dense.sub_model}) has no network to load here")
-    path = version_dir / dense.file
+    path = export_file(version_dir, dense.file, "dense.file")
     if not path.is_file():
         raise NotFoundError(f"ONNX dense graph {str(path)!r} does not exist")
     return OnnxDense(path, input_width)

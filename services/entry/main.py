@@ -27,6 +27,7 @@ from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FET
 from monolith_serving.core.cli_flags import (
     TFS_GRPC_PORT,
     add_flag,
+    add_host_flag,
     add_server_flags,
     add_unserved_rest_api_port,
     main_grpc_port,
@@ -200,8 +201,10 @@ class EntryServer:
         await self._grpc.start()
         await self._grpc.set_serving(bool(self.model.served_versions))
         if self.config.metrics_port:
-            self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.metrics.registry)
-        logger.info("entry listening on port %d (%d PS shards)", self._grpc.port, self.config.num_ps)
+            self._metrics_endpoint = serve_metrics(
+                self.config.metrics_port, self.metrics.registry, host=self.config.host
+            )
+        logger.info("entry listening on %s:%d (%d PS shards)", self.config.host, self._grpc.port, self.config.num_ps)
 
     async def _step(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         started = time.monotonic()
@@ -349,6 +352,7 @@ def request_coalescing_from_args(args: argparse.Namespace) -> RequestCoalescing:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser, default_port=None)
+    add_host_flag(parser)
     add_unserved_rest_api_port(parser)
     add_flag(parser, "--model_config_file", type=Path, default=None, help="text-format ModelServerConfig (one model)")
     add_flag(parser, "--model_name", default="entry", help="model name when no config file (default %(default)s)")
@@ -459,6 +463,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         dense_targets=dense_shards[0] if dense_shards else (),
         agent_address=agent_address or "",
         port=port,
+        host=args.host,
         metrics_port=args.metrics_port,
         fetch_ps_retry=args.fetch_ps_retry,
         coalesce=coalesce_config_from_args(args),

@@ -127,6 +127,8 @@ class StandaloneCluster:
                 "entry",
                 "--log_level",
                 c.log_level,
+                "--host",
+                c.host,
                 "--port",
                 str(c.entry_port),
                 "--model_name",

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import math
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
+from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
+from monolith_serving.core.model_state import ModelState
 from monolith_serving.core.serving_spec import (
     DenseBackend,
     DenseInputSpec,
@@ -19,6 +26,9 @@ from monolith_serving.core.serving_spec import (
     TableSpec,
 )
 from monolith_serving.entry.dense import load_dense
+from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.model import EntryModel, EntryModelConfig, VersionStatus
+from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
 
 LAYERS = (LayerSpec("w0.npy", "b0.npy", "tanh"), LayerSpec("w1.npy", "b1.npy", "sigmoid"))
 SPEC = ServingSpec(
@@ -115,3 +125,103 @@ def test_onnx_backend_matches_numpy(tmp_path: Path) -> None:
         load_dense(wide, tmp_path)
     with pytest.raises(NotFoundError, match="missing.onnx"):
         load_dense(dataclasses.replace(spec, dense=DenseSpec(DenseBackend.ONNX, file="missing.onnx")), tmp_path)
+
+
+# -- file names from the export stay inside the version folder ----------------------------------------
+
+
+def _version_with_weights(tmp_path: Path) -> Path:
+    """``tmp_path/m/1`` holding good weights; ``tmp_path/m/outside.npy`` and ``tmp_path/elsewhere.npy`` hold a good
+    first-layer weight too, so only the path check can refuse a spec naming them."""
+    version_dir = tmp_path / "m" / "1"
+    version_dir.mkdir(parents=True)
+    weights = write_weights(version_dir, np.random.default_rng(6))
+    np.save(tmp_path / "m" / "outside.npy", weights[0][0])
+    np.save(tmp_path / "elsewhere.npy", weights[0][0])
+    return version_dir
+
+
+def _with_layer0(spec: ServingSpec, **names: str) -> ServingSpec:
+    layers = (dataclasses.replace(LAYERS[0], **names), *LAYERS[1:])
+    return dataclasses.replace(spec, dense=DenseSpec(DenseBackend.NUMPY, layers=layers))
+
+
+@pytest.mark.parametrize(
+    ("field", "name"),
+    [
+        ("weight", "../outside.npy"),
+        ("weight", "dense/../../outside.npy"),
+        ("bias", "../outside.npy"),
+        ("weight", "ABSOLUTE"),
+    ],
+)
+def test_a_dense_weight_outside_the_version_folder_is_refused_naming_the_field(
+    tmp_path: Path, field: str, name: str
+) -> None:
+    version_dir = _version_with_weights(tmp_path)
+    if name == "ABSOLUTE":
+        name = str(tmp_path / "elsewhere.npy")
+    with pytest.raises(InvalidArgumentError, match=rf"dense\.layers\[0\]\.{field} ") as info:
+        load_dense(_with_layer0(SPEC, **{field: name}), version_dir)
+    assert repr(name) in info.value.message
+
+
+def test_a_symlink_leading_out_of_the_version_folder_is_refused(tmp_path: Path) -> None:
+    version_dir = _version_with_weights(tmp_path)
+    (version_dir / "link.npy").symlink_to(tmp_path / "elsewhere.npy")
+    with pytest.raises(InvalidArgumentError, match=r"dense\.layers\[0\]\.weight 'link\.npy': resolves outside"):
+        load_dense(_with_layer0(SPEC, weight="link.npy"), version_dir)
+
+
+def test_names_inside_the_version_folder_still_load_through_a_symlinked_base(tmp_path: Path) -> None:
+    (_version_with_weights(tmp_path) / "sub").mkdir()
+    (tmp_path / "base").symlink_to(tmp_path / "m")  # a base path that is itself a link resolves with its files
+    assert load_dense(_with_layer0(SPEC, weight="./sub/../w0.npy"), tmp_path / "base" / "1").output_width == 2
+
+
+@pytest.mark.parametrize("name", ["../dense.onnx", "/etc/dense.onnx"])
+def test_an_onnx_file_outside_the_version_folder_is_refused_naming_the_field(tmp_path: Path, name: str) -> None:
+    spec = dataclasses.replace(SPEC, dense=DenseSpec(DenseBackend.ONNX, file=name))
+    with pytest.raises(InvalidArgumentError, match=r"dense\.file") as info:
+        load_dense(spec, tmp_path / "1")
+    assert name in info.value.message
+
+
+class NoLookup(EmbeddingLookup):
+    """The version never loads, so nothing is looked up."""
+
+    async def lookup(
+        self,
+        version: int,
+        fids: Mapping[str, npt.NDArray[np.int64]],
+        dims: Mapping[str, int],
+        timeout_s: float,
+        urgent_s: float | None = None,
+    ) -> LookupResult:
+        raise AssertionError("no lookup expected")
+
+
+def test_an_entry_version_naming_a_file_outside_fails_to_load_with_that_error(tmp_path: Path) -> None:
+    write_demo(DemoOptions(out=tmp_path, num_ps=2, rows=10, version=1))
+    version_dir = tmp_path / "entry" / "1"
+    shutil.copy(version_dir / "dense" / "layer0_w.npy", tmp_path / "entry" / "outside.npy")
+    spec_file = version_dir / "serving_spec.json"
+    spec = json.loads(spec_file.read_text())
+    spec["dense"]["layers"][0]["weight"] = "../outside.npy"
+    spec_file.write_text(json.dumps(spec))
+
+    async def statuses() -> list[VersionStatus]:
+        model = EntryModel(
+            config=EntryModelConfig(name="entry", base_path=tmp_path / "entry"),
+            num_ps=2,
+            lookup=NoLookup(),
+            ps_ready=lambda version: True,
+            metrics=EntryMetrics(),
+        )
+        await model.refresh()
+        return model.status("entry")
+
+    (status,) = asyncio.run(statuses())
+    assert status.version == 1 and status.state is ModelState.END
+    assert isinstance(status.error, InvalidArgumentError)
+    assert "dense.layers[0].weight '../outside.npy'" in status.error.message

@@ -1,10 +1,12 @@
-"""``monolith-serving entry`` flags: coalescing (defaults on, both spellings, a bad value refused) and the fid
-limit, from the command line to a Predict refused through a real grpc.aio server."""
+"""``monolith-serving entry`` flags: coalescing (defaults on, both spellings, a bad value refused), the fid
+limit, from the command line to a Predict refused through a real grpc.aio server, and ``--host`` down to the
+sockets the entry listens on."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 import pytest
+from ports import free_port
 
 from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
@@ -168,3 +171,46 @@ def test_the_agent_port_comes_from_port2_checked(export: Path) -> None:
         server_config_from_args(without_targets, {"PORT2": ""})
     with pytest.raises(SystemExit):
         _parse(export, "--rest_api_port", "70000")
+
+
+def test_the_host_defaults_to_every_interface_like_the_other_servers(export: Path) -> None:
+    assert server_config_from_args(_parse(export), {}).host == "0.0.0.0"
+    assert server_config_from_args(_parse(export, "--host", "127.0.0.1"), {}).host == "127.0.0.1"
+
+
+# /proc/net/tcp{,6} spell 127.0.0.1, ::1 and ::ffff:127.0.0.1 so (hex, each 32-bit word little-endian).
+_LOOPBACK_HEX = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+_TCP_LISTEN = "0A"
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses (as /proc/net/tcp spells them) of the sockets listening on ``port``."""
+    found = set()
+    for table in (Path("/proc/net/tcp"), Path("/proc/net/tcp6")):
+        if not table.exists():
+            continue
+        for line in table.read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == _TCP_LISTEN and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads the listening sockets from Linux's /proc")
+def test_host_loopback_binds_grpc_and_metrics_to_loopback_only(export: Path) -> None:
+    metrics_port = free_port()
+    args = _parse(export, "--host", "127.0.0.1", "--port", "0", "--metrics_port", str(metrics_port), shards=TWO_SHARDS)
+    config = server_config_from_args(args, {})
+
+    async def bound() -> tuple[set[str], set[str]]:
+        server = EntryServer(dataclasses.replace(config, ps_status_timeout_s=0.1))
+        try:
+            await server.start()
+            return _listening_addresses(server.port), _listening_addresses(metrics_port)
+        finally:
+            await server.stop()
+
+    grpc_addresses, metrics_addresses = asyncio.run(bound())
+    assert grpc_addresses and grpc_addresses <= _LOOPBACK_HEX, grpc_addresses
+    assert metrics_addresses and metrics_addresses <= _LOOPBACK_HEX, metrics_addresses

@@ -18,6 +18,7 @@ from monolith_serving.core.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from monolith_serving.core.log_limit import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ async def _abort_unless_ended(
         logger.debug("%s: call ended before its status %s could be sent: %s", method, code.name, error)
 
 
-def _wrap(behavior: Behavior, method: str, deserializer: Deserializer | None) -> Behavior:
+def _wrap(
+    behavior: Behavior, method: str, deserializer: Deserializer | None, malformed_log: RateLimitedLog
+) -> Behavior:
     message_name = "" if deserializer is None else _message_name(deserializer, method)
     # grpc calls a handler's deserializer before any of this runs, and takes a decode error there for a servicer bug
     # (an ERROR log, UNKNOWN). So the wrapped handler takes the bytes as they came and the guard calls the same
@@ -83,7 +86,9 @@ def _wrap(behavior: Behavior, method: str, deserializer: Deserializer | None) ->
                 except DecodeError as error:
                     reason = str(error).removeprefix(malformed_prefix)
                     # Bad input, not a bug; but it never reaches the service, so this is the only place it shows.
-                    logger.warning("%s from %s: malformed %s: %s", method, context.peer(), message_name, reason)
+                    malformed_log.log(
+                        method, "%s from %s: malformed %s: %s", method, context.peer(), message_name, reason
+                    )
                     raise InvalidArgumentError(f"malformed {message_name}: {reason}") from None
             return await behavior(request, context)
         except MonolithServingError as error:
@@ -115,6 +120,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self) -> None:
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
+        # A client sending garbage would otherwise log one WARNING per call.
+        self._malformed_log = RateLimitedLog(logger, logging.WARNING)
 
     async def intercept_service(
         self,
@@ -129,7 +136,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.unary_unary is None:
             return handler
         wrapped = grpc.unary_unary_rpc_method_handler(
-            _wrap(handler.unary_unary, method, handler.request_deserializer),
+            _wrap(handler.unary_unary, method, handler.request_deserializer, self._malformed_log),
             request_deserializer=None,
             response_serializer=handler.response_serializer,
         )

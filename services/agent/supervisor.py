@@ -138,6 +138,8 @@ class ChildSupervisor:
             raise FailedPreconditionError(f"child {spec.name!r} already started")
         child = _Child(spec)
         self._children[spec.name] = child
+        # The series exists from the start at 0: an alert on increase() cannot see a counter born at its first 1.
+        self._metrics.child_restarts.labels(spec.name)
         await self._spawn(child)
         child.monitor = asyncio.create_task(self._monitor(child), name=f"supervise-{spec.name}")
 

@@ -50,6 +50,8 @@ def test_ready_restart_after_kill_then_stop(tmp_path: Path) -> None:
         await sup.start(ChildSpec(name="srv", argv=(sys.executable, "-c", LISTENER, str(port)), port=port))
         await sup.wait_ready("srv", 20)
         assert value(metrics, "agent_child_up", "srv") == 1
+        # Present at 0 before the first restart (value() would read a missing series as 0 too).
+        assert metrics.registry.get_sample_value("agent_child_restarts_total", {"server": "srv"}) == 0
         first = sup.pid("srv")
         assert first is not None
         os.kill(first, signal.SIGKILL)

@@ -71,7 +71,7 @@ def _json_or_text(data: bytes | None) -> Any:
         return None
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError):  # a node holding anything
         return data.decode(errors="replace")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
+from monolith_serving.discovery.node_data import load_json_object
 
 __all__ = ["SavedModelDecl", "declaration_for", "default_policy_for"]
 
@@ -34,7 +35,7 @@ class SavedModelDecl:
             raise InvalidArgumentError("saved_model declaration: 'model_base_path' is empty")
         if self.version_policy not in _POLICIES:
             raise InvalidArgumentError(
-                f"saved_model declaration: version_policy {self.version_policy!r} not one of {sorted(_POLICIES)}"
+                f"saved_model declaration: version_policy {self.version_policy[:100]!r} not one of {sorted(_POLICIES)}"
             )
 
     @property
@@ -46,12 +47,8 @@ class SavedModelDecl:
 
     @classmethod
     def from_json(cls, data: bytes) -> SavedModelDecl:
-        try:
-            obj = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidArgumentError(f"saved_model declaration is not JSON: {exc}") from None
-        if not isinstance(obj, dict):
-            raise InvalidArgumentError("saved_model declaration is not a JSON object")
+        """Parse node data; raises InvalidArgumentError (only) when it is malformed."""
+        obj = load_json_object(data, "saved_model declaration")
         base, policy = obj.get("model_base_path"), obj.get("version_policy", PolicyKind.LATEST.value)
         if not isinstance(base, str) or not isinstance(policy, str):
             raise InvalidArgumentError("saved_model declaration needs string 'model_base_path' and 'version_policy'")

@@ -1,7 +1,8 @@
 """Node data formats of Monolith's registry: v1 ``ReplicaMeta`` and v3 container-service JSON.
 
 The JSON keys match Monolith exactly so that Monolith readers and ours can share a ZooKeeper tree.
-Parsing is strict about types (a wrong type means the node is skipped) and lenient about extra keys.
+Parsing (``node_data.load_json_object``) is strict about types (a wrong type means the node is skipped)
+and lenient about extra keys.
 """
 
 from __future__ import annotations
@@ -12,16 +13,7 @@ from typing import Any
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.model_state import ModelState
-
-
-def _load_object(data: bytes | str, what: str) -> dict[str, Any]:
-    try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgumentError(f"{what}: not JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise InvalidArgumentError(f"{what}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+from monolith_serving.discovery.node_data import load_json_object
 
 
 def _optional_str(obj: dict[str, Any], key: str, what: str) -> str | None:
@@ -68,7 +60,7 @@ class ReplicaMeta:
     def from_json(cls, data: bytes | str) -> ReplicaMeta:
         """Parse node data; raises InvalidArgumentError on bad JSON or wrong types (unknown keys ignored)."""
         what = "ReplicaMeta"
-        obj = _load_object(data, what)
+        obj = load_json_object(data, what)
         strings = {
             f.name: _optional_str(obj, f.name, what) for f in fields(cls) if f.name not in ("stat", "task", "replica")
         }
@@ -97,7 +89,7 @@ class ContainerServiceInfo:
     @classmethod
     def from_json(cls, data: bytes | str) -> ContainerServiceInfo:
         what = "container_service"
-        obj = _load_object(data, what)
+        obj = load_json_object(data, what)
         values: dict[str, Any] = {}
         for f in fields(cls):
             value = obj.get(f.name)

@@ -4,8 +4,10 @@ v1: ``(model, server_type, task) → AVAILABLE addresses`` from ``/{bzid}/servic
 v3: ``model:sub_graph → gRPC addresses`` from ``/{bzid}/binding/...`` joined with
 ``/{bzid}/container_service/...``.
 
-Watch events update the view incrementally; a periodic full re-read repairs anything missed. When the
-registry session is not CONNECTED the last known view keeps being served and ``stale`` is True.
+Watch events update the view incrementally, one node at a time; a periodic full re-read builds a new
+view aside and swaps it in whole, repairing anything missed. A node that cannot be parsed is skipped on
+its own (logged and counted once per node and content) and never affects the others. When the registry
+session is not CONNECTED the last known view keeps being served and ``stale`` is True.
 Not thread-safe: all methods and callbacks run on one asyncio loop.
 """
 
@@ -13,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from monolith_serving.core.aio_wait import event_set_within, within
@@ -59,6 +62,15 @@ class V3Binding:
     ctx_id: str
 
 
+@dataclass
+class _View:
+    """The parsed registry: what every query reads. A resync fills a new one and swaps it in."""
+
+    replicas: dict[str, ReplicaInfo] = field(default_factory=dict)  # v1: node path -> replica
+    bindings: dict[str, V3Binding] = field(default_factory=dict)  # v3: node path -> binding
+    containers: dict[tuple[str, str], ContainerServiceInfo] = field(default_factory=dict)  # v3: (cluster, id)
+
+
 class ReplicaWatcher:
     """Watches the registry of one bzid (all models, or only ``base_name``).
 
@@ -85,9 +97,8 @@ class ReplicaWatcher:
         self._resync_interval_s = resync_interval_s
         self._rng = rng or random.Random()
         self._metrics = metrics or DiscoveryMetrics()
-        self._replicas: dict[str, ReplicaInfo] = {}  # v1: node path -> replica
-        self._bindings: dict[str, V3Binding] = {}  # v3: node path -> binding
-        self._containers: dict[tuple[str, str], ContainerServiceInfo] = {}  # v3: (cluster, id) -> info
+        self._view = _View()
+        self._malformed: dict[str, bytes] = {}  # node path -> digest of the malformed data last logged
         self._handles: list[WatchHandle] = []
         self._resync_task: asyncio.Task[None] | None = None
         self._events_seen = 0  # bumped per applied event; a resync started earlier is then discarded
@@ -155,23 +166,39 @@ class ReplicaWatcher:
     # ---- event handling --------------------------------------------------------------------------------
     def _on_event(self, event: WatchEvent) -> None:
         self._events_seen += 1
-        self._apply(event.kind, event.path, event.data)
+        self._apply(self._view, event.kind, event.path, event.data)
         self._synced.set()
         self._notify_changed()
 
-    def _apply(self, kind: EventKind, path: str, data: bytes) -> None:
-        """Update the view for one node; malformed nodes are logged and skipped (and dropped)."""
-        parts = path.split("/")
-        if len(parts) >= 3 and parts[2] == "service":
-            self._apply_v1(kind, path, data)
-        elif len(parts) == 5 and parts[2] == "binding":
-            self._apply_binding(kind, path, parts[3], parts[4])
-        elif len(parts) == 4 and parts[2] == "container_service":
-            self._apply_container(kind, path, parts[3], data)
+    def _apply(self, view: _View, kind: EventKind, path: str, data: bytes) -> None:
+        """Update ``view`` for one node. Never raises: a node that cannot be handled is skipped (and dropped)."""
+        try:
+            parts = path.split("/")
+            if len(parts) >= 3 and parts[2] == "service":
+                self._apply_v1(view, kind, path, data)
+            elif len(parts) == 5 and parts[2] == "binding":
+                self._apply_binding(view, kind, path, data, parts[3], parts[4])
+            elif len(parts) == 4 and parts[2] == "container_service":
+                self._apply_container(view, kind, path, parts[3], data)
+        except Exception as exc:
+            # Parsing raises only InvalidArgumentError; anything else is a bug, and must not cost other nodes.
+            view.replicas.pop(path, None)
+            view.bindings.pop(path, None)
+            self._skip_malformed("unexpected", path, data, f"{type(exc).__name__}: {exc}", exc_info=True)
 
-    def _apply_v1(self, kind: EventKind, path: str, data: bytes) -> None:
+    def _skip_malformed(self, kind: str, path: str, data: bytes, reason: str, *, exc_info: bool = False) -> None:
+        """Count and log a skipped node, once per node and content (a resync re-reads it every time)."""
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        if self._malformed.get(path) == digest:
+            return
+        self._malformed[path] = digest
+        self._metrics.malformed_nodes.labels(kind=kind).inc()
+        log.warning("skipping %s node %s: %s", kind, path, reason[:500], exc_info=exc_info)
+
+    def _apply_v1(self, view: _View, kind: EventKind, path: str, data: bytes) -> None:
         if kind is EventKind.REMOVED:
-            self._replicas.pop(path, None)
+            view.replicas.pop(path, None)
+            self._malformed.pop(path, None)
             return
         try:
             replica_path = ReplicaPath.parse(path)
@@ -182,41 +209,45 @@ class ReplicaWatcher:
         try:
             meta = ReplicaMeta.from_json(data)
         except InvalidArgumentError as exc:
-            self._metrics.malformed_nodes.labels(kind="replica").inc()
-            log.warning("skipping replica node %s with malformed data: %s", path, exc.message)
-            self._replicas.pop(path, None)
+            view.replicas.pop(path, None)
+            self._skip_malformed("replica", path, data, f"malformed data: {exc.message}")
             return
-        self._replicas[path] = ReplicaInfo(replica_path, meta)
+        view.replicas[path] = ReplicaInfo(replica_path, meta)
+        self._malformed.pop(path, None)
 
-    def _apply_binding(self, kind: EventKind, path: str, model: str, name: str) -> None:
+    def _apply_binding(self, view: _View, kind: EventKind, path: str, data: bytes, model: str, name: str) -> None:
         if kind is EventKind.REMOVED:
-            self._bindings.pop(path, None)
+            view.bindings.pop(path, None)
+            self._malformed.pop(path, None)
             return
         try:
             leaf = parse_binding_name(name)
         except InvalidArgumentError as exc:
-            self._metrics.malformed_nodes.labels(kind="binding").inc()
-            log.warning("skipping malformed binding %s: %s", path, exc.message)
+            self._skip_malformed("binding", path, data, exc.message)
             return
-        self._bindings[path] = V3Binding(model, leaf.sub_graph, leaf.ctx_cluster, leaf.ctx_id)
+        view.bindings[path] = V3Binding(model, leaf.sub_graph, leaf.ctx_cluster, leaf.ctx_id)
+        self._malformed.pop(path, None)
 
-    def _apply_container(self, kind: EventKind, path: str, name: str, data: bytes) -> None:
+    def _apply_container(self, view: _View, kind: EventKind, path: str, name: str, data: bytes) -> None:
+        if kind is EventKind.REMOVED:
+            self._malformed.pop(path, None)
         try:
             leaf = parse_container_service_name(name)
         except InvalidArgumentError as exc:
-            self._metrics.malformed_nodes.labels(kind="container_service").inc()
-            log.warning("skipping malformed container_service %s: %s", path, exc.message)
+            if kind is not EventKind.REMOVED:
+                self._skip_malformed("container_service", path, data, exc.message)
             return
         key = (leaf.ctx_cluster, leaf.ctx_id)
         if kind is EventKind.REMOVED:
-            self._containers.pop(key, None)
+            view.containers.pop(key, None)
             return
         try:
-            self._containers[key] = ContainerServiceInfo.from_json(data)
+            view.containers[key] = ContainerServiceInfo.from_json(data)
         except InvalidArgumentError as exc:
-            self._metrics.malformed_nodes.labels(kind="container_service").inc()
-            log.warning("skipping container_service %s with malformed data: %s", path, exc.message)
-            self._containers.pop(key, None)
+            view.containers.pop(key, None)
+            self._skip_malformed("container_service", path, data, f"malformed data: {exc.message}")
+            return
+        self._malformed.pop(path, None)
 
     def _notify_changed(self) -> None:
         # Wake every waiter of the current generation; later waiters wait on a fresh event.
@@ -225,7 +256,10 @@ class ReplicaWatcher:
 
     # ---- periodic full resync --------------------------------------------------------------------------
     async def resync(self) -> None:
-        """Re-read every watched subtree and rebuild the view (skipped while disconnected)."""
+        """Re-read every watched subtree into a new view and swap it in (skipped while disconnected).
+
+        Queries see either the old view or the new one, never a partial one; malformed nodes are left out.
+        """
         if self._discovery.state is not SessionState.CONNECTED:
             return
         started = time.monotonic()
@@ -239,12 +273,13 @@ class ReplicaWatcher:
             return
         if self._events_seen != events_before:
             return  # newer watch events arrived meanwhile; this snapshot may be older than them
-        self._replicas.clear()
-        self._bindings.clear()
-        self._containers.clear()
+        view = _View()
         for snapshot in snapshots:
             for path, data in snapshot.items():
-                self._apply(EventKind.ADDED, path, data)
+                self._apply(view, EventKind.ADDED, path, data)
+        self._view = view
+        present = {path for snapshot in snapshots for path in snapshot}
+        self._malformed = {p: d for p, d in self._malformed.items() if p in present}
         self._synced.set()
         self._notify_changed()
         self._metrics.watcher_resync_seconds.observe(time.monotonic() - started)
@@ -262,10 +297,10 @@ class ReplicaWatcher:
     # ---- v1 queries ------------------------------------------------------------------------------------
     def replicas(self) -> list[ReplicaInfo]:
         """Every v1 replica node currently known (any state), sorted by path."""
-        return [self._replicas[p] for p in sorted(self._replicas)]
+        return [self._view.replicas[p] for p in sorted(self._view.replicas)]
 
     def _select(self, model: str | None, idc: str | None, cluster: str | None) -> Iterable[ReplicaInfo]:
-        for info in self._replicas.values():
+        for info in self._view.replicas.values():
             if not info.meta.available or not info.meta.address:
                 continue
             if model is not None and info.path.base_name != model:
@@ -351,10 +386,10 @@ class ReplicaWatcher:
 
     # ---- v3 queries ------------------------------------------------------------------------------------
     def bindings(self) -> list[V3Binding]:
-        return [self._bindings[p] for p in sorted(self._bindings)]
+        return [self._view.bindings[p] for p in sorted(self._view.bindings)]
 
     def containers(self) -> dict[tuple[str, str], ContainerServiceInfo]:
-        return dict(self._containers)
+        return dict(self._view.containers)
 
     def get_v3_replicas(
         self, model: str, sub_graph: str, *, idc: str | None = None, cluster: str | None = None
@@ -367,12 +402,12 @@ class ReplicaWatcher:
     ) -> dict[str, list[str]]:
         """``"{model}:{sub_graph}" → sorted gRPC addresses`` (the v3 HeartBeat map)."""
         view: dict[str, set[str]] = {}
-        for binding in self._bindings.values():
+        for binding in self._view.bindings.values():
             if model is not None and binding.model != model:
                 continue
             if cluster is not None and binding.ctx_cluster != cluster:
                 continue
-            container = self._containers.get((binding.ctx_cluster, binding.ctx_id))
+            container = self._view.containers.get((binding.ctx_cluster, binding.ctx_id))
             if container is None or not container.grpc:
                 continue  # bound but its address is not (yet) published
             if idc is not None and container.idc != idc:

@@ -23,6 +23,7 @@ from monolith_serving.agent.saved_model_decl import SavedModelDecl, declaration_
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.zk_paths import saved_model_path
 from monolith_serving.discovery.base import Discovery
+from monolith_serving.discovery.node_data import load_json_object
 from monolith_serving.model_manager.rollout import ModelTarget
 
 logger = logging.getLogger(__name__)
@@ -71,9 +72,12 @@ class RolloutState:
 
     @classmethod
     def from_json(cls, data: bytes) -> RolloutState:
+        obj = load_json_object(data, "rollout state")
         try:
-            obj = json.loads(data)
             pin = obj.get("rollback_pin")
+            last_rollout = obj.get("last_rollout")
+            if last_rollout is not None and not isinstance(last_rollout, dict):
+                raise TypeError(f"last_rollout is a {type(last_rollout).__name__}, not an object")
             return cls(
                 model=str(obj["model"]),
                 serving=_opt_int(obj.get("serving")),
@@ -81,11 +85,11 @@ class RolloutState:
                 phase=str(obj.get("phase", "idle")),
                 failed={int(v): str(fp) for v, fp in dict(obj.get("failed") or {}).items()},
                 rollback_pin=None if pin is None else RollbackPin(int(pin["version"]), int(pin["hold_floor"])),
-                last_rollout=obj.get("last_rollout"),
+                last_rollout=last_rollout,
                 updated_at=float(obj.get("updated_at", 0.0)),
             )
-        except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as error:
-            raise InvalidArgumentError(f"rollout state is not valid JSON of the expected shape: {error}") from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:  # Overflow: int(Infinity)
+            raise InvalidArgumentError(f"rollout state is not of the expected shape: {error}") from None
 
 
 def _opt_int(value: object) -> int | None:

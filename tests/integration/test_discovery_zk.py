@@ -32,6 +32,7 @@ from monolith_serving.discovery import (
     WatchEvent,
     create_discovery,
 )
+from monolith_serving.discovery.metrics import DiscoveryMetrics
 from monolith_serving.discovery.replica_meta import ContainerServiceInfo
 from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater
 from monolith_serving.discovery.replica_watcher import ReplicaWatcher
@@ -499,6 +500,61 @@ def test_watcher_skips_malformed_nodes_and_keeps_going(zk_server: ZooKeeperServe
                     await eventually(lambda: watcher.get_replicas("ps", 0) == ["10.0.0.1:1"], what="drop")
                     writer.set(f"{root}/ps:0/2", good.to_json().replace(b"10.0.0.1", b"10.0.0.2"))
                     await eventually(lambda: len(watcher.get_replicas("ps", 0)) == 2, what="repaired node")
+            finally:
+                writer.stop()
+                writer.close()
+
+    run(body)
+
+
+def test_watcher_keeps_good_replicas_through_resyncs_next_to_deeply_nested_nodes(zk_server: ZooKeeperServer) -> None:
+    """Any registry writer can create a node of 100 kB of '[' (json.loads: RecursionError). It once aborted
+    every resync half-way through an emptied view, and nothing repaired that while no node changed."""
+    bzid = new_bzid()
+    root = service_root(bzid, "iptv")
+    poison = b"[" * 100_000
+
+    def meta(kind: str, task: int, port: int) -> bytes:
+        address = f"127.0.0.1:{port}"
+        return ReplicaMeta(address=address, stat=ModelState.AVAILABLE, server_type=kind, task=task).to_json()
+
+    good = {"entry:0/00000000000": meta("entry", 0, 9000), "ps:0/0": meta("ps", 0, 9100), "ps:1/0": meta("ps", 1, 9200)}
+    expected = {"entry:0": ["127.0.0.1:9000"], "ps:0": ["127.0.0.1:9100"], "ps:1": ["127.0.0.1:9200"]}
+    metrics = DiscoveryMetrics()
+
+    def sample(name: str, labels: dict[str, str] | None = None) -> float:
+        return metrics.registry.get_sample_value(name, labels or {}) or 0.0
+
+    async def body() -> None:
+        async with create_discovery(zk_config(zk_server)) as disc:
+            assert await disc.wait_connected(15)
+            writer = plain_kazoo(zk_server)
+            try:
+                for leaf, data in good.items():
+                    writer.create(f"{root}/{leaf}", data, makepath=True)
+                watcher = ReplicaWatcher(
+                    discovery=disc, bzid=bzid, base_name="iptv", resync_interval_s=0.3, metrics=metrics
+                )
+                async with watcher:
+                    await eventually(lambda: watcher.get_all_replicas() == expected, what="good replicas")
+                    # Poison before, between and after the good nodes of every task directory.
+                    for leaf in ("dense:0/0", "entry:0/00000000001", "ps:0/00", "ps:0/1", "ps:1/9"):
+                        writer.create(f"{root}/{leaf}", poison, makepath=True)
+                    malformed = ("discovery_malformed_nodes_total", {"kind": "replica"})
+                    await eventually(lambda: sample(*malformed) == 5, what="malformed nodes reported")
+                    resyncs = sample("discovery_replica_watcher_resync_seconds_count")
+                    await eventually(
+                        lambda: sample("discovery_replica_watcher_resync_seconds_count") >= resyncs + 3,
+                        what="three periodic resyncs",
+                    )
+                    assert watcher.get_all_replicas() == expected
+                    await watcher.resync()
+                    assert watcher.get_all_replicas() == expected
+                    assert sample(*malformed) == 5  # counted once per node, not once per resync
+                    # Later changes of good nodes are still followed.
+                    writer.set(f"{root}/ps:1/0", meta("ps", 1, 9300))
+                    await eventually(lambda: watcher.get_replicas("ps", 1) == ["127.0.0.1:9300"], what="ps:1 moved")
+                    assert watcher.get_replicas("entry", 0) == ["127.0.0.1:9000"]
             finally:
                 writer.stop()
                 writer.close()

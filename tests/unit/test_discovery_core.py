@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from monolith_serving.agent.saved_model_decl import SavedModelDecl
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.zk_paths import ReplicaPath, ServerType
 from monolith_serving.discovery import Backend, DiscoveryConfig, EventKind, ModelState, ReplicaMeta, WatchEvent
 from monolith_serving.discovery.base import SubtreeDiffer, leaves_of, normalize_path
+from monolith_serving.discovery.metrics import DiscoveryMetrics
+from monolith_serving.discovery.node_data import MAX_NODE_DATA_BYTES, MAX_NODE_DATA_DEPTH, load_json_object
 from monolith_serving.discovery.replica_meta import ContainerServiceInfo
 from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater, choose_state
 from monolith_serving.discovery.replica_watcher import ReplicaWatcher
@@ -52,6 +56,62 @@ def test_replica_meta_tolerates_unknown_keys_and_nulls() -> None:
 def test_replica_meta_rejects_malformed_data(data: bytes) -> None:
     with pytest.raises(InvalidArgumentError):
         ReplicaMeta.from_json(data)
+
+
+# Node data any registry writer can create (ZooKeeper allows 1 MB): json.loads raises RecursionError on it.
+DEEP_LIST = b"[" * 100_000
+
+
+def nested(depth: int) -> bytes:
+    """A JSON object whose containers nest ``depth`` levels (the object itself is level 1)."""
+    return b'{"a": ' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        DEEP_LIST,
+        b'{"a": ' * 50_000,
+        b'{"a": ' + b"[" * 5_000 + b"]" * 5_000 + b"}",  # parses, but nests far too deep to pass on
+        nested(MAX_NODE_DATA_DEPTH + 1),
+        b'{"a": "' + b"x" * MAX_NODE_DATA_BYTES + b'"}',
+        b'{"a": ' + b"9" * 5_000 + b"}",  # beyond Python's int-from-text digit limit (ValueError)
+        b"",
+        b"{oops",
+        b"\xff\xfe",
+        b"[1]",
+        b"null",
+        b'"s"',
+        b"30",
+        None,
+        30,
+        ["{}"],
+    ],
+    ids=lambda d: repr(d)[:30],
+)
+def test_node_data_decoding_reports_every_malformed_input_as_invalid_argument(data: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="^thing: "):
+        load_json_object(data, "thing")
+
+
+def test_node_data_decoding_accepts_objects_up_to_the_limits() -> None:
+    assert load_json_object(b'{"a": [1, {"b": null}], "c": "\\u00e9"}', "thing") == {
+        "a": [1, {"b": None}],
+        "c": "\u00e9",
+    }
+    assert load_json_object('{"a": 1}', "thing") == {"a": 1}
+    assert load_json_object(bytearray(b"{}"), "thing") == {}
+    assert load_json_object(b"\xef\xbb\xbf{}", "thing") == {}  # json.loads of bytes skips a UTF-8 BOM
+    assert load_json_object(nested(MAX_NODE_DATA_DEPTH), "thing")
+    padded = b'{"a": "' + b"x" * (MAX_NODE_DATA_BYTES - 9) + b'"}'
+    assert len(padded) == MAX_NODE_DATA_BYTES and load_json_object(padded, "thing")
+
+
+@pytest.mark.parametrize("data", [DEEP_LIST, b'{"a": ' * 50_000, nested(MAX_NODE_DATA_DEPTH + 1)])
+def test_every_node_format_reads_deeply_nested_data_as_malformed(data: bytes) -> None:
+    for parse in (ReplicaMeta.from_json, ContainerServiceInfo.from_json, SavedModelDecl.from_json):
+        with pytest.raises(InvalidArgumentError):
+            parse(data)
 
 
 def test_container_service_info_keys_and_types() -> None:
@@ -180,3 +240,95 @@ def test_discovery_config_from_agent_conf() -> None:
     got = discovery_config_from_agent(cons)
     assert (got.backend, got.consul_host, got.consul_port) == (Backend.CONSUL, "c", 8500)
     assert discovery_config_from_agent(AgentConfig(deploy_type=DeployType.PS)).backend is Backend.STATIC
+
+
+def test_watcher_resync_keeps_good_nodes_next_to_malformed_ones(caplog: pytest.LogCaptureFixture) -> None:
+    def meta(task: int, address: str) -> bytes:
+        return ReplicaMeta(address=address, stat=30, server_type="ps", task=task, replica=1).to_json()
+
+    # Malformed nodes sort before, between and after the good ones (a resync used to stop at the first).
+    nodes = {
+        "/bz/service/m/ps:0/0": DEEP_LIST,
+        "/bz/service/m/ps:0/1": meta(0, "10.0.0.1:9"),
+        "/bz/service/m/ps:0/2": b'{"a": ' * 50_000,
+        "/bz/service/m/ps:1/1": meta(1, "10.0.0.2:9"),
+        "/bz/service/m/ps:1/2": b"{bad",
+        "/bz/service/m/ps:2/1": meta(2, "10.0.0.3:9"),
+        "/bz/service/m/ps:2/9": DEEP_LIST,
+    }
+    good = {"ps:0": ["10.0.0.1:9"], "ps:1": ["10.0.0.2:9"], "ps:2": ["10.0.0.3:9"]}
+    metrics = DiscoveryMetrics()
+
+    def malformed_count() -> float:
+        return metrics.registry.get_sample_value("discovery_malformed_nodes_total", {"kind": "replica"}) or 0.0
+
+    async def body() -> None:
+        async with StaticDiscovery(nodes=nodes) as disc:
+            watcher = ReplicaWatcher(discovery=disc, bzid="bz", base_name="m", resync_interval_s=3600, metrics=metrics)
+            async with watcher:
+                assert await watcher.wait_synced(1)
+                await asyncio.sleep(0.01)
+                assert watcher.get_all_replicas() == good
+                for _ in range(3):
+                    await watcher.resync()
+                    assert watcher.get_all_replicas() == good
+                # Each malformed node is logged and counted once, however often a resync re-reads it.
+                warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "skipping" in r.message]
+                assert len(warnings) == 4 and malformed_count() == 4
+                # New content of a malformed node is reported again; a watch event for it drops only it.
+                await disc.set_persistent("/bz/service/m/ps:1/1", DEEP_LIST)
+                await asyncio.sleep(0.01)
+                assert watcher.get_all_replicas() == {"ps:0": ["10.0.0.1:9"], "ps:2": ["10.0.0.3:9"]}
+                assert malformed_count() == 5
+                await disc.set_persistent("/bz/service/m/ps:1/1", meta(1, "10.0.0.2:9"))
+                await watcher.resync()
+                assert watcher.get_all_replicas() == good
+
+    with caplog.at_level(logging.WARNING, logger="monolith_serving.discovery.replica_watcher"):
+        asyncio.run(body())
+
+
+def test_watcher_resync_keeps_good_v3_containers_next_to_malformed_ones() -> None:
+    nodes = {
+        "/bz/binding/m/entry:c:1": b"",
+        "/bz/binding/m/entry:c:2": b"",
+        "/bz/binding/m/ps_0:c:3": b"",
+        "/bz/container_service/c:1": DEEP_LIST,
+        "/bz/container_service/c:2": ContainerServiceInfo(grpc="10.0.0.2:9").to_json(),
+        "/bz/container_service/c:3": ContainerServiceInfo(grpc="10.0.0.3:9").to_json(),
+        "/bz/container_service/bad-name": DEEP_LIST,
+    }
+
+    async def body() -> None:
+        disc = StaticDiscovery(nodes=nodes)
+        watcher = ReplicaWatcher(discovery=disc, bzid="bz", agent_version=3, resync_interval_s=3600)
+        async with disc, watcher:
+            assert await watcher.wait_synced(1)
+            await watcher.resync()
+            assert watcher.get_all_v3_replicas() == {"m:entry": ["10.0.0.2:9"], "m:ps_0": ["10.0.0.3:9"]}
+
+    asyncio.run(body())
+
+
+def test_a_node_that_breaks_the_watcher_unexpectedly_costs_only_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even a bug (an error that is not InvalidArgumentError) for one node leaves the rest of a resync intact."""
+    parse = ReplicaMeta.from_json
+
+    def buggy(data: bytes | str) -> ReplicaMeta:
+        if b"boom" in (data if isinstance(data, bytes) else data.encode()):
+            raise RuntimeError("parser bug")
+        return parse(data)
+
+    monkeypatch.setattr(ReplicaMeta, "from_json", staticmethod(buggy))
+    ok = ReplicaMeta(address="10.0.0.1:9", stat=30).to_json()
+    nodes = {"/bz/service/m/ps:0/0": b'{"boom": 1}', "/bz/service/m/ps:0/1": ok, "/bz/service/m/ps:1/1": ok}
+
+    async def body() -> None:
+        disc = StaticDiscovery(nodes=nodes)
+        watcher = ReplicaWatcher(discovery=disc, bzid="bz", base_name="m", resync_interval_s=3600)
+        async with disc, watcher:
+            assert await watcher.wait_synced(1)
+            await watcher.resync()
+            assert watcher.get_all_replicas() == {"ps:0": ["10.0.0.1:9"], "ps:1": ["10.0.0.1:9"]}
+
+    asyncio.run(body())

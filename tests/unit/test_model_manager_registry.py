@@ -195,6 +195,57 @@ def test_no_rollout_until_the_previous_state_is_read(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+DEEP_LIST = b"[" * 100_000  # any registry writer can create it; json.loads raises RecursionError
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        DEEP_LIST,
+        b'{"model": ' * 50_000,
+        b"{bad",
+        b"[]",
+        b'{"serving": 1}',  # no model
+        json.dumps({"model": MODEL, "serving": float("inf")}).encode(),  # Infinity: int() overflows
+        json.dumps({"model": MODEL, "failed": {"x": "fp"}}).encode(),
+        json.dumps({"model": MODEL, "rollback_pin": [1, 2]}).encode(),
+        json.dumps({"model": MODEL, "last_rollout": [1]}).encode(),
+    ],
+    ids=lambda d: repr(d)[:40],
+)
+def test_a_malformed_saved_state_reads_as_none(data: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        discovery = StaticDiscovery()
+        await discovery.start()
+        await discovery.set_persistent(STATE_PATH, data)
+        assert await RegistryRecorder(discovery, BZID, declare_saved_models=False).load(MODEL) is None
+
+    asyncio.run(scenario())
+    assert "ignoring the saved rollout state" in caplog.text
+
+
+def test_a_manager_whose_saved_state_and_declarations_are_deeply_nested_restores_and_rolls_out(tmp_path: Path) -> None:
+    """Such a node used to make every restore raise (RecursionError): the model never rolled out."""
+    src = tmp_path / "src"
+    discovery = FlakyDiscovery()
+    cluster = FakeCluster(base_dir=str(tmp_path / "receive" / MODEL))
+    entry_decl = f"/{BZID}/saved_models/{MODEL}/entry"
+
+    async def scenario() -> None:
+        await discovery.start()
+        await StaticDiscovery.set_persistent(discovery, STATE_PATH, DEEP_LIST)  # not into discovery.writes
+        await discovery.set_persistent(entry_decl, DEEP_LIST)
+        manager, model = make_manager(tmp_path, discovery, cluster, v3=True)
+        publish(src, 1)
+        await manager.step()
+        assert model.restored and model.state.serving == 1
+        assert saved(discovery).serving == 1  # the malformed state was replaced by a readable one
+        assert json.loads(discovery._nodes[entry_decl])["version_policy"] == "latest"  # and re-declared
+        assert cluster.violations == []
+
+    asyncio.run(scenario())
+
+
 def test_a_rollout_does_not_start_when_its_state_cannot_be_written(tmp_path: Path) -> None:
     src = tmp_path / "src"
     discovery = FlakyDiscovery()

@@ -1,10 +1,12 @@
 """``monolith-serving model-manager [run|status|rollback|copy]``.
 
 - ``run`` (default): the control loop (``manager.py``) plus the HTTP port (``--metrics_port``: /metrics,
-  /status, POST /rollback).
+  /status, POST /rollback). POST /rollback needs the token of ``--admin_token_file`` when one is given, and
+  is accepted only from loopback otherwise (``http_endpoint.authorize_rollback``).
 - ``status [--json]``: asks a running manager (``--manager host:port``) for its status.
-- ``rollback --model M --to V``: asks a running manager to roll M back to V (the same phases as a rollout)
-  and waits for the outcome; exit 0 when it succeeded.
+- ``rollback --model M --to V [--admin_token_file FILE]``: asks a running manager to roll M back to V (the
+  same phases as a rollout) and waits for the outcome; exit 0 when it succeeded. With ``--admin_token_file``
+  it sends ``Authorization: Bearer <token>``.
 - ``copy``: one-shot receive of the newest complete (or ``--version``) p2p version, then exit.
 """
 
@@ -16,12 +18,14 @@ import json
 import logging
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from monolith_serving.core.admin_token import read_token_file
 from monolith_serving.core.cli_flags import add_flag, flag_type, parse_port
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.grpc_server import run_async_main
@@ -81,6 +85,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="HTTP port: /metrics, /status, /rollback (0: off)",
     )
+    add_flag(parser, "--admin_token_file", default=None,
+             help="run: POST /rollback needs 'Authorization: Bearer <this file's token>' (without it: loopback "
+                  "callers only); rollback: send that token")  # fmt: skip
     add_flag(parser, "--manager", default="127.0.0.1:8080", help="status/rollback: the manager's HTTP host:port")
     add_flag(parser, "--json", action="store_true", help="status: print JSON")
     add_flag(parser, "--to", type=int, default=None, help="rollback: the version to go back to")
@@ -107,6 +114,7 @@ class RunConfig:
     copy: CopyConfig | None
     host: str
     metrics_port: int
+    admin_token: str | None = field(default=None, repr=False)  # None: POST /rollback from loopback only
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -154,6 +162,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         copy=copy,
         host=args.host,
         metrics_port=args.metrics_port,
+        admin_token=read_token_file(args.admin_token_file) if args.admin_token_file else None,
     )
 
 
@@ -224,6 +233,7 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> int:
                 host=config.host,
                 port=config.metrics_port,
                 rollback_timeout_s=3 * config.rollout.timeout_s,
+                admin_token=config.admin_token,
             )
             endpoint.start()
             stack.callback(endpoint.stop)
@@ -232,16 +242,23 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> int:
     return 0
 
 
-def _http(args: argparse.Namespace, method: str, path: str) -> tuple[int, Any]:
+def _http(args: argparse.Namespace, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     url = f"http://{args.manager}{path}"
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=args.timeout_s) as response:
-            return int(response.status), json.loads(response.read())
+            return int(response.status), _json_body(response.read())
     except urllib.error.HTTPError as error:
-        return int(error.code), json.loads(error.read() or b"{}")
+        return int(error.code), _json_body(error.read())
     except (urllib.error.URLError, OSError) as error:
         raise MonolithServingError(f"cannot reach the model manager at {url}: {error}") from error
+
+
+def _json_body(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"{}")
+    except ValueError:
+        return {"error": body.decode(errors="replace")}
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -253,7 +270,11 @@ def _status(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     if args.to is None or len(args.model) != 1:
         raise InvalidArgumentError("rollback needs --model NAME and --to VERSION")
-    code, body = _http(args, "POST", f"/rollback?model={args.model[0]}&version={args.to}")
+    headers = {}
+    if args.admin_token_file:
+        headers["Authorization"] = f"Bearer {read_token_file(args.admin_token_file)}"
+    query = urllib.parse.urlencode({"model": args.model[0], "version": args.to})
+    code, body = _http(args, "POST", f"/rollback?{query}", headers)
     print(json.dumps(body, indent=2, sort_keys=True))
     return 0 if code == 200 else 1
 

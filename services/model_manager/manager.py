@@ -147,7 +147,11 @@ class ModelManager:
         self._metrics = metrics
         self._wall = wall
         self._clock = clock
-        self._rollbacks: asyncio.Queue[tuple[str, int, asyncio.Future[RolloutRecord]]] = asyncio.Queue()
+        # At most one rollback per model is pending (queued or running), so the queue is bounded by the models.
+        self._rollbacks: asyncio.Queue[tuple[str, int, asyncio.Future[RolloutRecord]]] = asyncio.Queue(
+            maxsize=len(self._models)
+        )
+        self._pending_rollbacks: dict[str, int] = {}  # model -> version of its pending rollback
         self._snapshot: dict[str, Any] = {"models": {}}
         # Per model, the sub_graphs that have a serving_version series (removed when they stop having a version).
         self._serving_series: dict[str, set[str]] = {}
@@ -365,31 +369,51 @@ class ModelManager:
     # ------------------------------------------------------------------ rollback requests
 
     async def request_rollback(self, model: str, version: int) -> RolloutRecord:
-        """Queues a rollback to ``version`` and waits for its outcome (runs on the manager's loop)."""
+        """Queues a rollback to ``version`` and waits for its outcome (runs on the manager's loop).
+
+        At most one rollback per model is pending, from this call until its outcome is known: another request
+        for that model fails at once with FailedPreconditionError naming the pending one (HTTP 409)."""
         if model not in self._models:
             raise NotFoundError(f"model {model!r} is not managed here (managed: {sorted(self._models)})")
+        pending = self._pending_rollbacks.get(model)
+        if pending is not None:
+            raise FailedPreconditionError(
+                f"a rollback of {model} to version {pending} is already in progress; wait for its outcome "
+                "(see /status) before requesting another"
+            )
         future: asyncio.Future[RolloutRecord] = asyncio.get_running_loop().create_future()
-        await self._rollbacks.put((model, version, future))
+        self._pending_rollbacks[model] = version
+        self._rollbacks.put_nowait((model, version, future))  # never full: one entry per model at most
         return await future
 
     async def _serve_rollbacks(self) -> None:
         while not self._rollbacks.empty():
             name, version, future = self._rollbacks.get_nowait()
-            model = self._models[name]
             try:
-                local = self._local_versions_now(model)
-                if version not in local:
-                    raise NotFoundError(f"{name} version {version} is not on disk (present: {local})")
-                record = await self._rollout(model, version, rollback=True)
-                if record.outcome is Outcome.SUCCEEDED:
-                    model.hold_floor = max([*local, *model.candidates])
-                    model.pinned = version
-                    logger.info("%s pinned at version %d until a version above %d appears",
-                                name, version, model.hold_floor)  # fmt: skip
-                    await self._persist(model)
-                future.set_result(record)
+                if future.done():  # the requester was cancelled while it waited in the queue
+                    logger.info("rollback of %s to version %d dropped: its requester is gone", name, version)
+                    continue
+                record = await self._rollback(self._models[name], version)
+                if not future.done():
+                    future.set_result(record)
             except Exception as error:  # the requester gets the error; the loop goes on
-                future.set_exception(error)
+                if not future.done():
+                    future.set_exception(error)
+            finally:
+                self._pending_rollbacks.pop(name, None)
+
+    async def _rollback(self, model: ManagedModel, version: int) -> RolloutRecord:
+        local = self._local_versions_now(model)
+        if version not in local:
+            raise NotFoundError(f"{model.name} version {version} is not on disk (present: {local})")
+        record = await self._rollout(model, version, rollback=True)
+        if record.outcome is Outcome.SUCCEEDED:
+            model.hold_floor = max([*local, *model.candidates])
+            model.pinned = version
+            logger.info("%s pinned at version %d until a version above %d appears",
+                        model.name, version, model.hold_floor)  # fmt: skip
+            await self._persist(model)
+        return record
 
     def _local_versions_now(self, model: ManagedModel) -> list[int]:
         if model.source.needs_copy:

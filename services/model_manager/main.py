@@ -31,6 +31,7 @@ from monolith_serving.core.errors import InvalidArgumentError, MonolithServingEr
 from monolith_serving.core.grpc_server import run_async_main
 from monolith_serving.discovery.config import Backend, DiscoveryConfig
 from monolith_serving.discovery.factory import create_discovery
+from monolith_serving.discovery.metrics import DiscoveryMetrics
 from monolith_serving.discovery.replica_watcher import ReplicaWatcher
 from monolith_serving.entry.replica_source import parse_ps_targets
 from monolith_serving.model_manager.fs import LocalFileSystem, open_filesystem
@@ -200,7 +201,12 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> int:
             discovery = create_discovery(config.discovery)
             await discovery.start()
             stack.push_async_callback(discovery.stop)
-            watcher = ReplicaWatcher(discovery=discovery, bzid=config.bzid, agent_version=config.agent_version)
+            watcher = ReplicaWatcher(
+                discovery=discovery,
+                bzid=config.bzid,
+                agent_version=config.agent_version,
+                metrics=DiscoveryMetrics(metrics.registry),  # its staleness beside the manager's own series
+            )
             await watcher.start()
             stack.push_async_callback(watcher.stop)
             if not await watcher.wait_synced(30.0):

@@ -145,6 +145,9 @@ class ModelManager:
         self._copier = copier
         self._config = config
         self._metrics = metrics
+        for model in models:
+            # At 0 from the start: an alert on increase() cannot see a counter born at its first abort.
+            metrics.rollout_failures.labels(model.name)
         self._wall = wall
         self._clock = clock
         # At most one rollback per model is pending (queued or running), so the queue is bounded by the models.

@@ -92,3 +92,12 @@ def test_a_sub_graph_no_longer_listed_has_no_serving_version_series() -> None:
         assert "ps_1" not in manager.snapshot()["models"][MODEL]["serving_version"]
 
     asyncio.run(scenario())
+
+
+def test_the_rollout_failure_counter_exists_at_zero_before_the_first_abort() -> None:
+    """An alert on increase() cannot see a counter whose series is born at its first abort."""
+    manager = make_manager(Cluster(), FakeSource())
+    sample = manager._metrics.registry.get_sample_value(
+        "monolith_model_manager_rollout_failures_total", {"model": MODEL}
+    )
+    assert sample == 0

@@ -84,6 +84,7 @@ class HostedModel(Generic[C, L, U]):
     config: C
     versions: dict[int, Servable[L, U]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # serialises the steps of ``update``
+    base_path_missing: bool = False  # at the last poll; its warning is logged once per absence, not every poll
 
     @property
     def name(self) -> str:
@@ -250,8 +251,14 @@ class VersionLifecycle(Generic[C, L, U]):
             try:
                 on_disk = list_versions(model.config.base_path)
             except NotFoundError as error:
-                logger.warning("model %s: %s", model.name, error.message)
+                if not model.base_path_missing:
+                    logger.warning("model %s: %s (not logged again until it appears)", model.name, error.message)
+                model.base_path_missing = True
                 on_disk = []
+            else:
+                if model.base_path_missing:
+                    logger.info("model %s: base path %s is there again", model.name, model.config.base_path)
+                model.base_path_missing = False
             policy = model.config.policy
             held = [v.version for v in model.versions.values() if v.state in (ModelState.LOADING, ModelState.AVAILABLE)]
             desired = policy.choose(on_disk, () if fresh else held)

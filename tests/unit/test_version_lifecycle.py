@@ -314,3 +314,23 @@ def test_a_model_added_again_while_its_removal_waited_keeps_its_series(tmp_path:
         assert ("forgot failures", "m") not in recorder.calls
 
     asyncio.run(scenario())
+
+
+def test_a_missing_base_path_is_logged_once_per_absence_not_every_poll(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario() -> None:
+        lifecycle = _lifecycle(Recorder())
+        missing = Config("m", tmp_path / "later")
+        with caplog.at_level("INFO", logger="monolith_serving.core.version_lifecycle"):
+            await lifecycle.apply_config([missing])
+            for _ in range(5):
+                await lifecycle.refresh()
+            (tmp_path / "later" / "1").mkdir(parents=True)
+            await lifecycle.refresh()
+            await lifecycle.refresh()
+        lines = [r.getMessage() for r in caplog.records if "later" in r.getMessage()]
+        assert len([line for line in lines if "does not exist" in line]) == 1, lines
+        assert len([line for line in lines if "there again" in line]) == 1, lines
+
+    asyncio.run(scenario())

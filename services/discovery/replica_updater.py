@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+import grpc
+
 from monolith_serving.core.model_state import ModelState
 from monolith_serving.core.zk_paths import ReplicaPath
 from monolith_serving.discovery.base import Discovery, SessionState
@@ -143,9 +145,11 @@ class ReplicaUpdater:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                # A server that does not answer cannot serve: advertise UNKNOWN until it does.
-                log.warning("status of %s unavailable: %r", replica.model_name, exc)
+                # A server that does not answer cannot serve: advertise UNKNOWN until it does. Logged when the
+                # state changes (below), not every poll: a hung server would log once a second.
                 state = ModelState.UNKNOWN
+                if self._states.get(replica.path.path) != state:
+                    log.warning("status of %s unavailable: %s", replica.model_name, _one_line(exc))
             key = replica.path.path
             if self._states.get(key) != state:
                 log.info("replica %s stat %s -> %s", key, self._states.get(key), state)
@@ -175,3 +179,11 @@ class ReplicaUpdater:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+def _one_line(error: BaseException) -> str:
+    """A gRPC error's code and details (its repr spans several lines), else the error's type and text."""
+    if isinstance(error, grpc.RpcError):
+        code, details = error.code(), error.details()
+        return f"{code.name if code else 'UNKNOWN'}: {details}"
+    return f"{type(error).__name__}: {error}"

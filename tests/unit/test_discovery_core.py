@@ -332,3 +332,38 @@ def test_a_node_that_breaks_the_watcher_unexpectedly_costs_only_itself(monkeypat
             assert watcher.get_all_replicas() == {"ps:0": ["10.0.0.1:9"], "ps:1": ["10.0.0.1:9"]}
 
     asyncio.run(body())
+
+
+def test_an_unanswering_replica_is_logged_when_its_state_changes_not_every_poll(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = DiscoveryConfig(backend=Backend.STATIC, static_file=str(tmp_path / "nodes.json"))
+    (tmp_path / "nodes.json").write_text("{}")
+    replica = LocalReplica(
+        path=ReplicaPath(bzid="bz", base_name="m", server_type=ServerType.PS, task=0, replica_id=1),
+        model_name="ps_0",
+        address="10.0.0.3:9",
+    )
+    answers: list[Exception | None] = []
+
+    async def status(_: LocalReplica) -> Sequence[int]:
+        error = answers.pop(0)
+        if error is not None:
+            raise error
+        return [ModelState.AVAILABLE]
+
+    async def body() -> None:
+        async with StaticDiscovery(config) as disc:
+            answers.extend([None, None, *[TimeoutError("status call timed out")] * 5, None, TimeoutError("again")])
+            # A long interval: the loop's first poll (at entry) takes one answer, then only these polls run.
+            async with ReplicaUpdater(discovery=disc, replicas=[replica], status_source=status, interval_s=60) as up:
+                with caplog.at_level(logging.WARNING, logger="monolith_serving.discovery.replica_updater"):
+                    while answers:
+                        await up.poll_once()
+            lines = [r.getMessage() for r in caplog.records]
+            assert lines == [
+                "status of ps_0 unavailable: TimeoutError: status call timed out",
+                "status of ps_0 unavailable: TimeoutError: again",
+            ]
+
+    asyncio.run(body())

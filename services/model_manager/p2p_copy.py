@@ -18,6 +18,12 @@ change between versions, leaving other versions' ``ps_i`` folders behind) has it
 files (names and sizes) is kept as is, never replaced: a replica may be loading from it. Disk full
 (ENOSPC) aborts the copy cleanly: temp folders are removed and ResourceExhaustedError is raised. Blocking
 code: run it on an executor thread.
+
+Nothing a source lists is written outside the version's temp folders: the whole listing is checked before
+the first byte is written (``fs.check_entries``: a name that is empty, absolute or has an empty, ``.`` or
+``..`` segment, a symbolic link or a special file refuses the version with UnsafeEntryError naming the entry,
+an InvalidArgumentError the control loop counts as a failed copy), and every destination is checked again,
+resolved, to lie inside its temp folder.
 """
 
 from __future__ import annotations
@@ -32,9 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from monolith_serving.core.errors import ResourceExhaustedError, UnavailableError
+from monolith_serving.core.errors import InvalidArgumentError, ResourceExhaustedError, UnavailableError
 from monolith_serving.core.export_layout import list_sub_models, list_versions
-from monolith_serving.model_manager.fs import FileSystem, LocalFileSystem
+from monolith_serving.model_manager.fs import FileInfo, FileSystem, LocalFileSystem, UnsafeEntryError, check_entries
 from monolith_serving.model_manager.sources import (
     ENTRY,
     READ_LOCK_SUFFIX,
@@ -71,16 +77,23 @@ def received_versions(model_dir: Path, num_ps: int | None = None) -> list[int]:
     except Exception:  # a missing folder: nothing received yet
         return []
     pending = {int(p.name[: -len(STAGED_SUFFIX)]) for p in model_dir.glob(f"*{STAGED_SUFFIX}")}
-    return [
-        version
-        for version in entry_versions
-        if version not in pending
-        and _has_sub_models(model_dir, version, _version_sub_models(model_dir, version, num_ps, sub_models))
-    ]
+    received = []
+    for version in entry_versions:
+        if version in pending:
+            continue
+        try:
+            wanted = _version_sub_models(model_dir, version, num_ps, sub_models)
+        except InvalidArgumentError as error:  # e.g. a num_ps above MAX_NUM_PS: it cannot be served
+            logger.warning("%s version %d does not count as received: %s", model_dir, version, error.message)
+            continue
+        if _has_sub_models(model_dir, version, wanted):
+            received.append(version)
+    return received
 
 
 def _version_sub_models(model_dir: Path, version: int, num_ps: int | None, present: list[str]) -> tuple[str, ...]:
-    """The sub-models ``version`` must have: from ``num_ps``, else its serving spec, else every folder present."""
+    """The sub-models ``version`` must have: from ``num_ps``, else its serving spec, else every folder present.
+    InvalidArgumentError when that number is above ``MAX_NUM_PS``."""
     if num_ps is None:
         num_ps = spec_num_ps(LocalFileSystem(), str(model_dir / ENTRY / str(version)))
     return expected_sub_models(num_ps) if num_ps is not None else tuple(present)
@@ -90,11 +103,11 @@ def _has_sub_models(model_dir: Path, version: int, sub_models: tuple[str, ...]) 
     return all((model_dir / sub_model / str(version)).is_dir() for sub_model in sub_models)
 
 
-def _same_files(fs: FileSystem, source: str, local: Path) -> bool:
-    """``local`` holds exactly the files of ``source`` (relative names and sizes): a complete copy of it."""
+def _same_files(files: list[FileInfo], local: Path) -> bool:
+    """``local`` holds exactly ``files`` (relative names and sizes): a complete copy of their folder."""
     if not local.is_dir():
         return False
-    wanted = {info.name: info.size for info in fs.walk_files(source)}
+    wanted = {info.name: info.size for info in files}
     held = {p.relative_to(local).as_posix(): p.stat().st_size for p in local.rglob("*") if p.is_file()}
     return wanted == held
 
@@ -118,7 +131,8 @@ class VersionCopier:
 
     def copy(self, fs: FileSystem, candidate: VersionCandidate) -> int | None:
         """Copies ``candidate`` unless it is already received (None); returns the bytes copied. Sub-models
-        already received complete (a crash removed another) are kept, not copied again."""
+        already received complete (a crash removed another) are kept, not copied again. UnsafeEntryError,
+        before anything is written, when the source lists an entry that must not be copied."""
         model_dir = self.model_dir(candidate.model)
         staged = model_dir / f"{candidate.version}{STAGED_SUFFIX}"
         if not staged.exists() and _has_sub_models(model_dir, candidate.version, candidate.sub_models):
@@ -127,18 +141,21 @@ class VersionCopier:
             fs.write_text(candidate.lock_path, _lock_owner() + "\n")
         temps: list[tuple[Path, Path]] = []
         try:
+            listings = {s: fs.walk_files(path) for s, path in sorted(candidate.sub_model_paths.items())}
+            for sub_model, files in listings.items():  # all checked before anything is written
+                check_entries(files, f"{candidate.model} version {candidate.version} {sub_model}")
             started = self._clock()
             copied = 0
-            for sub_model, source_path in sorted(candidate.sub_model_paths.items()):
+            for sub_model, files in listings.items():
                 final = model_dir / sub_model / str(candidate.version)
-                if _same_files(fs, source_path, final):
+                if _same_files(files, final):
                     continue  # complete already, and a replica may be loading from it: never replaced
                 temp = model_dir / sub_model / f"{candidate.version}{TEMP_SUFFIX}"
                 temps.append((temp, final))
                 if temp.exists():
                     shutil.rmtree(temp)
                 temp.mkdir(parents=True)
-                copied = self._copy_tree(fs, source_path, temp, started, copied)
+                copied = self._copy_tree(fs, files, temp, started, copied)
             staged.write_text("")  # the commit point: recover() finishes the renames from here
             _finish(model_dir, candidate.version)
         except OSError as error:
@@ -163,11 +180,15 @@ class VersionCopier:
         )  # fmt: skip
         return copied
 
-    def _copy_tree(self, fs: FileSystem, source: str, target: Path, started: float, copied: int) -> int:
-        for info in fs.walk_files(source):
+    def _copy_tree(self, fs: FileSystem, files: list[FileInfo], target: Path, started: float, copied: int) -> int:
+        root = target.resolve()
+        for info in files:
             destination = target / info.name
+            if root not in destination.resolve().parents:  # checked names never get here: defence in depth
+                raise UnsafeEntryError(f"{info.path}: refused, its copy {destination} would land outside {target}")
             destination.parent.mkdir(parents=True, exist_ok=True)
-            with fs.open_read(info.path) as reader, open(destination, "wb") as writer:
+            # "x": a new file, never written through whatever (a link) might already be there.
+            with fs.open_read(info.path) as reader, open(destination, "xb") as writer:
                 while chunk := reader.read(CHUNK_BYTES):
                     writer.write(chunk)
                     copied += len(chunk)

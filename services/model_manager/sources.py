@@ -13,6 +13,13 @@ for p2p, the done marker exists; for an export base, every listener-state file l
 listing did not change since the previous scan (a trainer may still be writing a version folder that has
 no listener state). Incomplete versions are silently skipped until they complete.
 
+Refused (logged at ERROR once per reason, never listed): a version whose ``num_ps`` is above ``MAX_NUM_PS``
+and, below the configured base path (which may itself be a symbolic link, e.g. a mount), a version whose
+``{model}@{version}``, sub-model or version folder is a link: links are never followed. A version whose
+files cannot be listed or read (an OSError) is skipped with a warning; the others are still listed. What a
+version holds is checked where it leaves the source (``fs.check_entries``): by the copier for copied sources,
+by the scan for an export base replicas load in place.
+
 The fingerprint of a version hashes its file listing (relative path, size, mtime): a failed version is
 retried only once its fingerprint changes. Scanners are used from one task at a time (not thread-safe).
 """
@@ -20,21 +27,27 @@ retried only once its fingerprint changes. Scanners are used from one task at a 
 from __future__ import annotations
 
 import abc
+import errno
 import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import STATE_FILE, parse_version
 from monolith_serving.core.serving_spec import SPEC_FILE
-from monolith_serving.model_manager.fs import FileSystem
+from monolith_serving.model_manager.fs import FileInfo, FileSystem, UnsafeEntryError, check_entries
 
 logger = logging.getLogger(__name__)
 
 ENTRY = "entry"
 DONE_SUFFIX = ".write.done"
 READ_LOCK_SUFFIX = ".read.lock"
+# The most PS shards a version may have. Far above any deployment (Monolith runs tens to a few thousand
+# shards; the entry fans every request out to each), yet small enough that the ``ps_i`` names of such a
+# version cost nothing: a serving spec naming more is refused rather than trusted with the memory.
+MAX_NUM_PS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -53,25 +66,43 @@ class VersionCandidate:
 
 
 def expected_sub_models(num_ps: int) -> tuple[str, ...]:
+    """``entry`` and ``ps_0 … ps_{num_ps-1}``; InvalidArgumentError above ``MAX_NUM_PS`` (nothing allocated)."""
+    if num_ps > MAX_NUM_PS:
+        raise InvalidArgumentError(f"num_ps {num_ps} is above the maximum of {MAX_NUM_PS} PS shards")
     return (ENTRY, *(f"ps_{i}" for i in range(num_ps)))
 
 
 def fingerprint(fs: FileSystem, sub_model_paths: Mapping[str, str]) -> str:
+    return _fingerprint({s: fs.walk_files(p) for s, p in sub_model_paths.items()})
+
+
+def _fingerprint(listings: Mapping[str, list[FileInfo]]) -> str:
     digest = hashlib.sha256()
-    for sub_model in sorted(sub_model_paths):
-        for info in fs.walk_files(sub_model_paths[sub_model]):
+    for sub_model in sorted(listings):
+        for info in listings[sub_model]:
             digest.update(f"{sub_model}/{info.name}\0{info.size}\0{info.mtime:.6f}\n".encode())
     return digest.hexdigest()[:16]
 
 
 def spec_num_ps(fs: FileSystem, entry_version_path: str) -> int | None:
-    """``num_ps`` of an entry version's serving spec, or None when it is missing or unreadable."""
+    """``num_ps`` of an entry version's serving spec, or None when it is missing or unreadable (a trainer
+    may still be writing it). InvalidArgumentError, naming the file, when it is above ``MAX_NUM_PS``, and
+    UnsafeEntryError when it is a symbolic link (never followed)."""
+    path = fs.join(entry_version_path, SPEC_FILE)
     try:
-        data = json.loads(fs.read_text(fs.join(entry_version_path, SPEC_FILE)))
-    except (OSError, ValueError):
+        data = json.loads(fs.read_text(path))
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnsafeEntryError(f"{path} is a symbolic link (links inside a version are never followed)") from error
+        return None
+    except ValueError:
         return None
     num_ps = data.get("num_ps") if isinstance(data, dict) else None
-    return num_ps if isinstance(num_ps, int) and num_ps >= 0 else None
+    if not isinstance(num_ps, int) or isinstance(num_ps, bool) or num_ps < 0:
+        return None
+    if num_ps > MAX_NUM_PS:
+        raise InvalidArgumentError(f"{path}: num_ps {num_ps} is above the maximum of {MAX_NUM_PS} PS shards")
+    return num_ps
 
 
 class VersionSource(abc.ABC):
@@ -98,6 +129,8 @@ class _Layout:
     num_ps: int | None  # None: read it from the entry's serving spec
 
     def complete_paths(self, version: int, found: Mapping[str, str], where: str) -> dict[str, str] | None:
+        """The sub-model folders of a complete version, None while incomplete; InvalidArgumentError when its
+        ``num_ps`` is above ``MAX_NUM_PS`` (refused: it never completes)."""
         entry_path = found.get(ENTRY)
         if entry_path is None:
             return None
@@ -105,10 +138,48 @@ class _Layout:
         if num_ps is None:
             logger.debug("%s version %d: no readable %s yet", where, version, SPEC_FILE)
             return None
+        if num_ps > MAX_NUM_PS:
+            raise InvalidArgumentError(f"num_ps {num_ps} is above the maximum of {MAX_NUM_PS} PS shards")
+        if num_ps > sum(1 for s in found if s.startswith("ps_")):
+            return None  # some ps_i is missing (known before naming them all)
         wanted = expected_sub_models(num_ps)
         if any(s not in found for s in wanted):
             return None
         return {s: found[s] for s in wanted}
+
+
+@dataclass
+class _Problems:
+    """What a scan refused or skipped (versions, or other entries by name), each logged when it first shows
+    up: scans repeat every few seconds. One that disappears and comes back is logged again."""
+
+    _logged: dict[int | str, str] = field(default_factory=dict)
+    _now: dict[int | str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self._now = {}
+
+    def finish(self) -> None:
+        self._logged = self._now
+
+    def report(self, where: str, key: int | str, problem: str, *, level: int = logging.ERROR) -> None:
+        if key not in self._now and self._logged.get(key) != problem:
+            logger.log(level, "%s: %s", where, problem)
+        self._now.setdefault(key, problem)
+
+    def refuse(self, where: str, version: int, error: InvalidArgumentError | OSError) -> None:
+        """A version refused (InvalidArgumentError: logged at ERROR) or unreadable for now (OSError: a warning)."""
+        if isinstance(error, InvalidArgumentError):
+            self.report(where, version, f"version {version} refused: {error.message}")
+        else:
+            self.report(where, version, f"version {version} skipped, cannot be read: {error}", level=logging.WARNING)
+
+    def __contains__(self, key: int | str) -> bool:
+        return key in self._now
+
+
+def _link_error(kind: str, info: FileInfo) -> UnsafeEntryError:
+    return UnsafeEntryError(f"its {kind} {info.path} is a symbolic link (links below the base path are not followed)")
 
 
 @dataclass
@@ -123,6 +194,7 @@ class ExportBaseSource(VersionSource):
     needs_copy: bool = False
     settle_scans: int = 1  # a listing must stay unchanged this many scans before it counts
     _seen: dict[int, tuple[str, int]] = field(default_factory=dict, init=False, repr=False)
+    _problems: _Problems = field(default_factory=_Problems, init=False, repr=False)
 
     def describe(self) -> str:
         return f"export base {self.base_path}"
@@ -142,33 +214,66 @@ class ExportBaseSource(VersionSource):
         return versions
 
     def scan(self) -> list[VersionCandidate]:
-        layout = _Layout(self.fs, self.num_ps)
+        problems, where = self._problems, self.describe()
+        problems.start()
         by_version: dict[int, dict[str, str]] = {}
         listed: dict[str, set[int] | None] = {}
         for sub in self.fs.ls(self.base_path):
+            if sub.is_link:
+                problems.report(where, sub.name, f"{sub.path} is a symbolic link, ignored (links below the base "
+                                "path are not followed)", level=logging.WARNING)  # fmt: skip
             if not sub.is_dir:
                 continue
-            listed[sub.name] = self._listener_versions(sub.path)
+            try:
+                listed[sub.name] = self._listener_versions(sub.path)
+            except OSError as error:  # names nothing until it can be read: no version of it counts
+                problems.report(where, sub.name, f"{STATE_FILE} of {sub.path} cannot be read: {error}")
+                listed[sub.name] = set()
             for child in self.fs.ls(sub.path):
                 version = parse_version(child.name)
-                if version is not None and child.is_dir:
+                if version is not None and child.is_link:
+                    problems.refuse(where, version, _link_error("version folder", child))
+                elif version is not None and child.is_dir:
                     by_version.setdefault(version, {})[sub.name] = child.path
         result = []
         seen: dict[int, tuple[str, int]] = {}
         for version in sorted(by_version):
-            paths = layout.complete_paths(version, by_version[version], self.describe())
-            if paths is None:
+            if version in problems:
                 continue
-            if any(listed.get(s) is not None and version not in (listed[s] or set()) for s in paths):
-                continue  # a listener state exists and does not name this export yet
-            print_ = fingerprint(self.fs, paths)
-            previous, stable = self._seen.get(version, ("", 0))
-            stable = stable + 1 if previous == print_ else 0
-            seen[version] = (print_, stable)
-            if stable >= self.settle_scans:
-                result.append(VersionCandidate(self.model, version, paths, print_))
+            try:
+                candidate = self._candidate(version, by_version[version], listed, seen)
+            except (InvalidArgumentError, OSError) as error:
+                problems.refuse(where, version, error)
+                continue
+            if candidate is not None:
+                result.append(candidate)
         self._seen = seen
+        problems.finish()
         return result
+
+    def _candidate(
+        self,
+        version: int,
+        found: dict[str, str],
+        listed: Mapping[str, set[int] | None],
+        seen: dict[int, tuple[str, int]],
+    ) -> VersionCandidate | None:
+        paths = _Layout(self.fs, self.num_ps).complete_paths(version, found, self.describe())
+        if paths is None:
+            return None
+        if any(listed.get(s) is not None and version not in (listed[s] or set()) for s in paths):
+            return None  # a listener state exists and does not name this export yet
+        listings = {s: self.fs.walk_files(p) for s, p in paths.items()}
+        if not self.needs_copy:  # replicas load these very files: nothing leading out of the version
+            for sub_model, files in listings.items():
+                check_entries(files, f"{self.model} version {version} {sub_model}")
+        print_ = _fingerprint(listings)
+        previous, stable = self._seen.get(version, ("", 0))
+        stable = stable + 1 if previous == print_ else 0
+        seen[version] = (print_, stable)
+        if stable < self.settle_scans:
+            return None
+        return VersionCandidate(self.model, version, paths, print_)
 
 
 @dataclass
@@ -180,41 +285,60 @@ class P2pSource(VersionSource):
     model: str
     num_ps: int | None = None
     needs_copy: bool = True
+    _problems: _Problems = field(default_factory=_Problems, init=False, repr=False)
 
     def describe(self) -> str:
         return f"p2p folder {self.source_dir}"
 
     def scan(self) -> list[VersionCandidate]:
-        layout = _Layout(self.fs, self.num_ps)
+        problems, where = self._problems, self.describe()
+        problems.start()
         entries = self.fs.ls(self.source_dir)
         names = {e.name for e in entries}
         result = []
         prefix = f"{self.model}@"
         for entry in entries:
-            if not entry.is_dir or not entry.name.startswith(prefix):
+            if not (entry.is_dir or entry.is_link) or not entry.name.startswith(prefix):
                 continue
             version = parse_version(entry.name[len(prefix) :])
             if version is None or entry.name + DONE_SUFFIX not in names:
                 continue
-            found: dict[str, str] = {}
-            for sub in self.fs.ls(self.fs.join(entry.path, self.model)):
-                version_path = self.fs.join(sub.path, str(version))
-                if sub.is_dir and self.fs.exists(version_path):
-                    found[sub.name] = version_path
-            paths = layout.complete_paths(version, found, self.describe())
-            if paths is None:
-                logger.debug("%s: %s is marked done but misses a sub-model", self.describe(), entry.name)
+            try:
+                candidate = self._candidate(version, entry)
+            except (InvalidArgumentError, OSError) as error:
+                problems.refuse(where, version, error)
                 continue
-            result.append(
-                VersionCandidate(
-                    self.model,
-                    version,
-                    paths,
-                    fingerprint(self.fs, paths),
-                    lock_path=entry.path + READ_LOCK_SUFFIX,
-                )
-            )
+            if candidate is not None:
+                result.append(candidate)
+        problems.finish()
         return sorted(result, key=lambda c: c.version)
+
+    def _candidate(self, version: int, entry: FileInfo) -> VersionCandidate | None:
+        """The version in ``{model}@{version}`` (``entry``), None while it misses a sub-model;
+        UnsafeEntryError when a folder on the way is a link."""
+        if entry.is_link:
+            raise _link_error("folder", entry)
+        found: dict[str, str] = {}
+        for folder in self.fs.ls(entry.path):
+            if folder.name != self.model:
+                continue
+            if folder.is_link:
+                raise _link_error("model folder", folder)
+            for sub in self.fs.ls(folder.path) if folder.is_dir else []:
+                if sub.is_link:
+                    raise _link_error("sub-model folder", sub)
+                for child in self.fs.ls(sub.path) if sub.is_dir else []:
+                    if child.name == str(version) and child.is_link:
+                        raise _link_error("version folder", child)
+                    if child.name == str(version) and child.is_dir:
+                        found[sub.name] = child.path
+        paths = _Layout(self.fs, self.num_ps).complete_paths(version, found, self.describe())
+        if paths is None:
+            logger.debug("%s: %s is marked done but misses a sub-model", self.describe(), entry.name)
+            return None
+        return VersionCandidate(
+            self.model, version, paths, fingerprint(self.fs, paths), lock_path=entry.path + READ_LOCK_SUFFIX
+        )
 
 
 def newest(candidates: Sequence[VersionCandidate]) -> VersionCandidate | None:

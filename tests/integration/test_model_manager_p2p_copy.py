@@ -63,3 +63,22 @@ def test_a_copy_killed_midway_leaves_no_partial_version(tmp_path: Path) -> None:
 
 def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_copy_refuses_a_version_holding_a_symlink_and_copies_no_secret(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "id_rsa").write_text("PRIVATE KEY\n")
+    src = tmp_path / "p2p"
+    version_dir = src / f"{MODEL}@{VERSION}" / MODEL
+    write_demo(DemoOptions(out=version_dir, num_ps=2, rows=10, version=VERSION))
+    (version_dir / "ps_1" / str(VERSION) / "assets" / "more").symlink_to(secrets)
+    (src / f"{MODEL}@{VERSION}.write.done").write_text("")
+    receive = tmp_path / "receive"
+
+    refused = subprocess.run(copy_command(src, receive), capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "'assets/more'" in refused.stderr and "symbolic link" in refused.stderr
+    assert received_versions(receive / MODEL) == []
+    assert not [p for p in receive.rglob("*") if p.is_file()]
+    assert not (src / f"{MODEL}@{VERSION}.read.lock").exists()

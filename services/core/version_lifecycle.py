@@ -259,13 +259,18 @@ class VersionLifecycle(Generic[C, L, U]):
                 if model.base_path_missing:
                     logger.info("model %s: base path %s is there again", model.name, model.config.base_path)
                 model.base_path_missing = False
-            policy = model.config.policy
+            config = model.config
+            policy = config.policy
             held = [v.version for v in model.versions.values() if v.state in (ModelState.LOADING, ModelState.AVAILABLE)]
             desired = policy.choose(on_disk, () if fresh else held)
             for version in sorted(desired, reverse=True):  # newest first: it is what unpinned requests want
                 known = model.versions.get(version)
                 if known is None or (fresh and known.state is ModelState.END):
                     await self._load(model, version)
+            if model.config is not config:
+                # A config change arrived while this step loaded (a reload racing a poll). What it keeps may be
+                # outside this step's ``desired``; its own step, waiting for the lock, unloads by the new policy.
+                return
             # Old versions go only once a wanted one is AVAILABLE (a failed load keeps the old one serving),
             # except under an explicit empty ``specific {}``: that means "serve nothing" (the model manager
             # uses it to undo a failed first rollout), so everything is unloaded.

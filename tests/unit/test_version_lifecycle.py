@@ -334,3 +334,31 @@ def test_a_missing_base_path_is_logged_once_per_absence_not_every_poll(
         assert len([line for line in lines if "there again" in line]) == 1, lines
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("kept", [(1,), (1, 3)])
+def test_a_reload_racing_a_poll_never_unloads_a_version_it_keeps(tmp_path: Path, kept: tuple[int, ...]) -> None:
+    """A poll under ``latest`` loads version 3 while a reload to ``specific {1}`` (a rollback) or ``{1, 3}`` (a
+    PS-first rollout step) arrives: version 1 must serve throughout. The poll chose ``{3}`` by the old policy;
+    unloading by that choice took version 1 out of service until the reload loaded it again."""
+
+    async def scenario() -> None:
+        recorder = Recorder()
+        lifecycle = _lifecycle(recorder)
+        latest = _versions(tmp_path, 1)
+        await lifecycle.apply_config([latest])
+        recorder.gates[3] = threading.Event()
+        _versions(tmp_path, 3)
+        poll = asyncio.create_task(lifecycle.refresh())
+        await _until(lambda: 3 in lifecycle.model("m").versions)  # the poll loads version 3, holding the lock
+        pinned = Config("m", latest.base_path, VersionPolicy(PolicyKind.SPECIFIC, versions=kept))
+        reload = asyncio.create_task(lifecycle.apply_config([pinned]))
+        await _until(lambda: lifecycle.model("m").config is pinned)  # the reload now waits for the lock
+        recorder.gates[3].set()
+        await asyncio.gather(poll, reload)
+        assert not [c for c in recorder.calls if c[0] == "unloaded" and c[1] == 1], recorder.calls
+        states = {s.version: s.state for s in lifecycle.status("m")}
+        assert states[1] is ModelState.AVAILABLE
+        assert states[3] is (ModelState.AVAILABLE if 3 in kept else ModelState.END)
+
+    asyncio.run(scenario())

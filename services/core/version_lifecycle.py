@@ -38,6 +38,7 @@ from monolith_serving.core.errors import (
 )
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy, list_versions
 from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState, choose_version, served_model
+from monolith_serving.core.run_to_end import run_to_end
 
 logger = logging.getLogger(__name__)
 
@@ -202,22 +203,9 @@ class VersionLifecycle(Generic[C, L, U]):
         await self._run_to_end(self._refresh(), "file-system poll")
 
     async def _run_to_end(self, change: Coroutine[Any, Any, None], what: str) -> None:
-        """Runs ``change`` in a task of its own and waits for it.
-
-        A gRPC handler is cancelled when its client's deadline passes, and HandleReloadConfigRequest awaits a
-        whole load. Cancelled half-way, a change would leave a version LOADING for good (polls skip a known
-        version), with parameter-sync batches queueing on it without end. So the caller's cancellation stops
-        only the caller's wait; the change goes on, and a failure nobody waits for any more is logged.
-        """
-        task = asyncio.get_running_loop().create_task(change)
-        self._changes.add(task)
-        task.add_done_callback(self._changes.discard)
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            if not task.done():
-                task.add_done_callback(lambda done: _log_unawaited_failure(done, what))
-            raise
+        """``change`` run to its end even if the caller stops waiting (``core.run_to_end``: a change cancelled
+        half-way would leave a version LOADING for good, parameter-sync batches queueing on it)."""
+        await run_to_end(change, what, self._changes)
 
     async def _apply_config(self, configs: Sequence[C], *, fresh: bool) -> None:
         wanted = {c.name: c for c in configs}
@@ -356,11 +344,6 @@ class VersionLifecycle(Generic[C, L, U]):
     def _set_state(self, model: HostedModel[C, L, U], servable: Servable[L, U], state: ModelState) -> None:
         servable.state = state
         self._metrics.version_state.labels(model.name, str(servable.version)).set(int(state))
-
-
-def _log_unawaited_failure(change: asyncio.Task[None], what: str) -> None:
-    if not change.cancelled() and change.exception() is not None:
-        logger.error("%s failed after its caller stopped waiting", what, exc_info=change.exception())
 
 
 def _load_error(exc: Exception) -> MonolithServingError:

@@ -28,6 +28,7 @@ from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.model_health import ModelHealth
+from monolith_serving.core.run_to_end import run_to_end
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     model_service_pb2,
     model_service_pb2_grpc,
@@ -86,15 +87,7 @@ class PsServer:
         Returns once the versions are settled and health follows them. A caller that stops waiting (a gRPC
         deadline) does not stop the change (see ``VersionLifecycle.apply_config``), nor health following it.
         """
-        reload = asyncio.get_running_loop().create_task(self._reload_then_follow_health(configs))
-        self._reloads.add(reload)
-        reload.add_done_callback(self._reloads.discard)
-        try:
-            await asyncio.shield(reload)
-        except asyncio.CancelledError:
-            if not reload.done():
-                reload.add_done_callback(_log_unawaited_failure)
-            raise
+        await run_to_end(self._reload_then_follow_health(configs), "reload", self._reloads)
 
     async def _reload_then_follow_health(self, configs: Sequence[SubModelConfig]) -> None:
         try:
@@ -212,8 +205,3 @@ class PsServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-
-def _log_unawaited_failure(reload: asyncio.Task[None]) -> None:
-    if not reload.cancelled() and reload.exception() is not None:
-        logger.error("reload failed after its caller stopped waiting", exc_info=reload.exception())

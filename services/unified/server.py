@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -23,12 +24,20 @@ from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.model_config_list import check_reload
+from monolith_serving.core.run_to_end import run_to_end
 from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.model import EntryModelConfig
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
-from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, PsConfig, check_partitions, sub_models_from_proto
+from monolith_serving.ps.config import (
+    DEFAULT_MAX_FIDS_PER_REQUEST,
+    PsConfig,
+    SubModelConfig,
+    check_partitions,
+    sub_models_from_proto,
+)
 from monolith_serving.ps.server import PsServer
 from monolith_serving.ps.servicer import add_prediction_servicer
 from monolith_serving.unified.entry_side import EntrySettings, EntrySide
@@ -90,6 +99,7 @@ class UnifiedServer:
             metrics=EntryMetrics(self.registry),
         )
         self._reload_lock = asyncio.Lock()
+        self._changes: set[asyncio.Task[None]] = set()  # reloads running to their end (``core.run_to_end``)
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = False
@@ -116,6 +126,11 @@ class UnifiedServer:
         split = split_model_server_config(config)
         ps_models = sub_models_from_proto(split.ps)
         entry_model = self.entry.parse(split.entry)
+        await run_to_end(self._apply_both(ps_models, entry_model), "reload", self._changes)
+
+    async def _apply_both(self, ps_models: Sequence[SubModelConfig], entry_model: EntryModelConfig | None) -> None:
+        # Run to its end as one change: a caller cut off between the parts left the PS part applied and the entry
+        # part not, and released the lock while the PS part still ran.
         async with self._reload_lock:
             await self.ps.reload(ps_models)
             await self.entry.apply(entry_model)
@@ -156,6 +171,10 @@ class UnifiedServer:
         if self._grpc is not None:
             await self._grpc.set_serving(False)
             await self._grpc.stop(self.config.grace_s)
+        for change in list(self._changes):
+            change.cancel()
+        if self._changes:
+            await asyncio.gather(*self._changes, return_exceptions=True)
         await self.entry.close()
         await self.ps.close()
         if self._metrics_endpoint is not None:

@@ -67,6 +67,11 @@ class GrpcServer:
         await self.server.stop(grace_s)
 
 
+# For channels to replicas that restart (a PS, an entry): reconnect within 0.1-2 s of the replica being back.
+# gRPC's default backoff grows to 120 s, so calls kept failing "connection refused" long after it served again.
+FAST_RECONNECT_OPTIONS = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000))
+
+
 def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", max_message_bytes),

@@ -33,7 +33,7 @@ import numpy.typing as npt
 from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.cancellation import cancelled_by_caller
 from monolith_serving.core.errors import DeadlineExceededError, MonolithServingError, UnavailableError
-from monolith_serving.core.grpc_server import channel_options
+from monolith_serving.core.grpc_server import FAST_RECONNECT_OPTIONS, channel_options
 from monolith_serving.core.sharding import shard_of
 from monolith_serving.core.tensor_codec import TensorCodecError, from_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
@@ -65,8 +65,6 @@ RETRYABLE = frozenset(
 # deadline); closing it at once would cancel them. It is closed after this long instead.
 _RETIRE_GRACE_S = 30.0
 _CACHED_VERSIONS = 8  # encoded model_specs kept per shard before the cache starts over
-# Reconnect quickly after a PS restarts (gRPC's default backoff grows to 120 s).
-_RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 2000)]
 
 
 def ps_model_name(entry_model_name: str, shard: int) -> str:
@@ -155,7 +153,7 @@ class ChannelPool:
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(address, options=[*channel_options(), *_RECONNECT_OPTIONS])
+            channel = grpc.aio.insecure_channel(address, options=[*channel_options(), *FAST_RECONNECT_OPTIONS])
             self._channels[address] = channel
         return channel
 

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from monolith_serving.core.cancellation import cancelled_by_caller
 from monolith_serving.core.errors import MonolithServingError
-from monolith_serving.core.grpc_server import channel_options
+from monolith_serving.core.grpc_server import FAST_RECONNECT_OPTIONS, channel_options
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ class UpstreamPool:
         # We retry on another replica ourselves; gRPC's transparent retries would hide failures from the
         # outlier detection and could double the attempts.
         self._options.append(("grpc.enable_retries", 0))
+        # A restarted entry is back in 0.1-2 s, not after gRPC's default backoff of up to 120 s (readmission
+        # probes share the channel and kept failing while it backed off).
+        self._options.extend(FAST_RECONNECT_OPTIONS)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._callables: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable] = {}
 

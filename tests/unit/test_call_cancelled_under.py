@@ -198,3 +198,12 @@ def test_a_status_poll_whose_channel_closes_under_it_counts_as_no_answer_not_the
             await srv.stop(0)
 
     asyncio.run(scenario())
+
+
+def test_proxy_and_entry_channels_reconnect_within_two_seconds_of_a_replica_coming_back() -> None:
+    """gRPC's default reconnect backoff grows to 120 s: a restarted entry kept failing 'connection refused' through
+    the proxy for 8-12 s after it served again, and readmission probes on the same channel failed with it."""
+    pool = UpstreamPool()
+    options = dict(pool._options)
+    assert options["grpc.initial_reconnect_backoff_ms"] <= 100
+    assert options["grpc.max_reconnect_backoff_ms"] <= 2000

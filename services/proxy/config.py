@@ -101,10 +101,16 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyC
     drain_timeout_s = float(args.drain_timeout_s)
     rest = None
     if args.rest_api_port:
+        max_body_bytes = args.rest_api_max_body_bytes
+        budget_bytes = args.rest_api_body_budget_bytes
+        if budget_bytes is None:  # the default, raised only as far as one body of the largest size allowed
+            budget_bytes = max(RestConfig.body_budget_bytes, max_body_bytes)
         rest = RestConfig(
             host=args.host,
             port=args.rest_api_port,
             timeout_s=args.rest_api_timeout_in_ms / 1000.0,
+            max_body_bytes=max_body_bytes,
+            body_budget_bytes=budget_bytes,
             drain_timeout_s=drain_timeout_s,
         )
     token = args.admin_token or None

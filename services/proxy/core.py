@@ -15,7 +15,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -82,6 +82,9 @@ class CallContext:
     timeout_s: float | None
     protocol: str  # "grpc" or "rest", a metrics label
     admin_token: str | None = None  # token the caller presented, if any
+    # The transport holds an admission slot for the whole client request (:meth:`ProxyCore.admitted`, taken by
+    # the REST gateway before it reads the body): this core call is part of it and takes no slot of its own.
+    admitted: bool = False
 
 
 def method_name(path: str) -> str:
@@ -158,13 +161,13 @@ class ProxyCore:
         deadline = None if ctx.timeout_s is None else started + ctx.timeout_s
         model_label = UNKNOWN_MODEL
         code = grpc.StatusCode.OK
-        try:
-            self.admission.enter()
-        except MonolithServingError as error:
-            code = status_code_for(error)
-            self._metrics.rejected.labels(reason="draining" if self.admission.draining else "in_flight").inc()
-            self._metrics.count_request(model_label, method, ctx.protocol, code.name)
-            raise
+        if not ctx.admitted:
+            try:
+                self._enter()
+            except MonolithServingError as error:
+                code = status_code_for(error)
+                self._metrics.count_request(model_label, method, ctx.protocol, code.name)
+                raise
         try:
             if path == RELOAD_CONFIG:
                 return await self._reload_config(request, ctx)
@@ -196,9 +199,39 @@ class ProxyCore:
             code = grpc.StatusCode.INTERNAL
             raise
         finally:
-            self.admission.leave()
+            if not ctx.admitted:
+                self.admission.leave()
             self._metrics.count_request(model_label, method, ctx.protocol, code.name)
             self._metrics.observe_latency(method, ctx.protocol, self._clock() - started)
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Holds one admission slot for a client request its transport serves in several steps, from before
+        any of its work (a REST Predict: reading and decoding the body, the signature lookup, the Predict) until
+        the transport answers it. Core calls made for it meanwhile pass ``CallContext(admitted=True)`` and take
+        no slot of their own, so the request counts once against ``max_in_flight`` and the drain waits for it.
+
+        Refuses as :meth:`call` does (ResourceExhaustedError when full, UnavailableError when draining) and
+        counts the refusal in ``proxy_rejected_requests_total``; the transport counts the request itself
+        (:meth:`count_refused`), as no core call saw it.
+        """
+        self._enter()
+        try:
+            yield
+        finally:
+            self.admission.leave()
+
+    def count_rejected(self, reason: str) -> None:
+        """Counts a request its transport refused for a bound of its own (``reason`` from a fixed set: the REST
+        gateway's ``body_bytes``) in ``proxy_rejected_requests_total``."""
+        self._metrics.rejected.labels(reason=reason).inc()
+
+    def _enter(self) -> None:
+        try:
+            self.admission.enter()
+        except MonolithServingError:
+            self.count_rejected("draining" if self.admission.draining else "in_flight")
+            raise
 
     def count_refused(self, *, model: str | None, method: str, protocol: str, code: grpc.StatusCode) -> None:
         """Counts a client request its transport answered without a :meth:`call` of its own (a malformed REST

@@ -17,6 +17,7 @@ from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import run_async_main
 from monolith_serving.proxy.config import ProxyConfig, config_from_args
 from monolith_serving.proxy.predict_coalesce import PredictCoalescing
+from monolith_serving.proxy.rest_gateway import RestConfig
 from monolith_serving.proxy.server import ProxyServer
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="TF Serving REST API port (0: no REST API)",
     )
     add_flag(parser, "--rest_api_timeout_in_ms", type=int, default=30000, help="deadline of REST requests")
+    add_flag(
+        parser,
+        "--rest_api_max_body_bytes",
+        type=int,
+        default=RestConfig.max_body_bytes,
+        help="REST request bodies larger than this are refused (413) before they are read (default %(default)s)",
+    )
+    add_flag(
+        parser,
+        "--rest_api_body_budget_bytes",
+        type=int,
+        help="bytes of REST Predict bodies read and decoded at once; a body beyond it is refused (429) unread "
+        f"(default {RestConfig.body_budget_bytes}, or --rest_api_max_body_bytes if larger)",
+    )
     add_flag(parser, "--discovery", choices=("zk", "consul", "static"), help="backend (default: from agent.conf)")
     add_flag(parser, "--zk_servers", help="ZooKeeper hosts host:port[,host:port...]")
     add_flag(parser, "--consul_address", help="Consul HTTP address host:port")

@@ -11,8 +11,16 @@ Routes (``{name}`` may contain ``:``, e.g. ``model:entry``):
 Errors are the HTTP status of the gRPC code with ``{"error": "<message>"}`` (413 for a body over the limit).
 Each request has one deadline, fixed when it arrives; its core calls (GetModelMetadata on a signature-cache
 miss, then Predict) share it, and so does decoding its body.
+
+Backpressure, before any work: a request takes one admission slot of the core (``ProxyCore.admitted``, the
+``max_in_flight`` bound the gRPC path counts against) as soon as its path is read, before a byte of its body,
+and holds it until it is answered; its core calls take no second slot. A Predict's body is then read only as far
+as ``RestConfig.body_budget_bytes`` allows: the bytes of the bodies being read, decoded and forwarded at once
+(decoded JSON takes ~10-25x its size in memory). A request that finds either full is refused at once, 429
+(503 while draining), without its body being read.
 A Predict body of ``RestConfig.decode_offload_bytes`` or more is decoded (JSON → PredictRequest bytes) on a small
-thread pool, not on the event loop that serves every gRPC and REST client.
+thread pool, not on the event loop that serves every gRPC and REST client; at most ``decode_threads`` steps are
+handed to it at once, so its queue stays empty and a request waiting for a thread holds no work item there.
 Every request is counted once in ``proxy_requests_total`` under the method it asks for: by the core when it
 reaches a core call of that method, else here (``ProxyCore.count_refused``) with the code its answer means.
 A signature lookup is a core call of its own, counted as GetModelMetadata.
@@ -27,12 +35,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 
 from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import (
@@ -40,14 +48,15 @@ from monolith_serving.core.errors import (
     InvalidArgumentError,
     MonolithServingError,
     NotFoundError,
+    ResourceExhaustedError,
 )
 from monolith_serving.core.grpc_errors import status_code_for
-from monolith_serving.core.grpc_server import MAX_MESSAGE_BYTES
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     predict_pb2,
 )
+from monolith_serving.proxy.admission import ByteBudget
 from monolith_serving.proxy.core import (
     GET_MODEL_STATUS,
     PREDICTION_SERVICE,
@@ -101,6 +110,8 @@ MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
 PROTOCOL = "rest"  # the ``protocol`` label of REST requests
 # POST verbs → the gRPC method they name (classify and regress are answered UNIMPLEMENTED here).
 _VERB_METHODS = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
+BODY_BYTES_REASON = "body_bytes"  # proxy_rejected_requests_total{reason} of a refusal by the body-byte budget
+_READ_CHUNK_BYTES = 1 << 20  # the body stream buffers up to twice this before it stops reading the socket
 
 
 def http_status(code: grpc.StatusCode) -> int:
@@ -112,7 +123,17 @@ class RestConfig:
     host: str = "0.0.0.0"
     port: int = 0
     timeout_s: float = 30.0  # TF Serving's rest_api_timeout_in_ms default
-    max_body_bytes: int = MAX_MESSAGE_BYTES
+    # Larger bodies are 413, refused before they are read. JSON numbers decode at ~0.1-1 us per byte on a thread
+    # (1 us: floats, with their range check), so a 32 MiB body of floats takes about the whole default deadline;
+    # base64 strings (serialized Instances) decode ~30x faster. A body is JSON, 1.3-3x the protobuf it becomes.
+    max_body_bytes: int = 32 << 20
+    # Bytes of the Predict bodies being read, decoded and forwarded at once, taken before a body is read (its
+    # Content-Length, then whatever arrives beyond it); a body that does not fit is 429 at once. Decoded, a body
+    # takes ~10-15x its size (Python objects per JSON value), up to ~25x for a body of empty lists, so this bounds
+    # the memory of decoding at ~1-1.6 GB by default. Twice max_body_bytes: one largest body leaves room for others.
+    # ``config_from_args`` keeps this default when --rest_api_max_body_bytes is raised, up to that size: memory
+    # is this bound's business, not the body limit's.
+    body_budget_bytes: int = 64 << 20
     signature_ttl_s: float = 30.0
     drain_timeout_s: float = 30.0  # how long stop() waits for requests in flight
     # Predict bodies this large or larger are decoded on ``decode_threads`` threads, off the event loop. Numbers
@@ -120,8 +141,19 @@ class RestConfig:
     # ~30 us (3%); base64 strings decode ~15x faster, and the hop stays negligible in absolute terms.
     decode_offload_bytes: int = 16 << 10
     # Decoding holds the GIL, so more threads add no throughput; two keep one huge body from queueing every
-    # other large one behind it. A queued decode still counts against its request's deadline.
+    # other large one behind it. A decode waiting for a thread still counts against its request's deadline.
     decode_threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {self.max_body_bytes}")
+        if self.body_budget_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"body_budget_bytes ({self.body_budget_bytes}) must be at least max_body_bytes "
+                f"({self.max_body_bytes}): a body of the largest size allowed must fit"
+            )
+        if self.decode_threads < 1:
+            raise ValueError(f"decode_threads must be >= 1, got {self.decode_threads}")
 
 
 class _BadPath(InvalidArgumentError):
@@ -132,6 +164,37 @@ class _MethodNotAllowed(InvalidArgumentError):
     """An HTTP method the path does not take: 405, counted INVALID_ARGUMENT (the caller's mistake)."""
 
 
+class _BodyTooLarge(InvalidArgumentError):
+    """A body over ``max_body_bytes``: 413, counted INVALID_ARGUMENT (the caller's mistake)."""
+
+
+class _BodyHold:
+    """The budget bytes one REST request's body holds. They are given back once the request is answered and no
+    decode step of its body still runs: a step its deadline cut short runs on in its thread, holding the memory it
+    decodes into, so its bytes stay taken until it ends. Owned by the gateway's event loop."""
+
+    def __init__(self, budget: ByteBudget) -> None:
+        self._budget = budget
+        self.size_bytes = 0
+        self._holders = 1  # the handler until it answers, plus each decode step handed to a thread
+
+    def take(self, size_bytes: int) -> bool:
+        if not self._budget.try_take(size_bytes):
+            return False
+        self.size_bytes += size_bytes
+        return True
+
+    def hold(self) -> None:
+        self._holders += 1
+
+    def release(self) -> None:
+        """Called once by the handler and once per decode step when it ends."""
+        self._holders -= 1
+        if self._holders == 0:
+            self._budget.give_back(self.size_bytes)
+            self.size_bytes = 0
+
+
 @dataclass
 class _RestCall:
     """One REST request as its core calls see it, and what the gateway needs to count it when no core call
@@ -139,6 +202,7 @@ class _RestCall:
 
     request_id: str
     deadline: float  # on the gateway's clock, fixed when the request arrived
+    body: _BodyHold
     method: str = UNKNOWN_METHOD  # the gRPC method the path asks for, once read from it
     model: str | None = None  # the model name in the path, once read (not yet vouched for: not a label)
     counted: bool = False  # a core call of ``method`` ran: the core counted the request
@@ -202,7 +266,15 @@ class RestGateway:
         self._signatures = _SignatureCache(config.signature_ttl_s, clock)
         self._runner: web.AppRunner | None = None
         self._decoder: ThreadPoolExecutor | None = None
+        self._budget = ByteBudget(config.body_budget_bytes)
+        # Decode steps handed to the decoder's threads and not yet ended: never more than its threads.
+        self._decode_slots = asyncio.Semaphore(config.decode_threads)
         self.port: int | None = None
+
+    @property
+    def body_bytes_held(self) -> int:
+        """Bytes of the byte budget held now (bodies being read, decoded or forwarded)."""
+        return self._budget.in_use_bytes
 
     async def start(self) -> int:
         if self._runner is not None and self.port is not None:
@@ -210,7 +282,9 @@ class RestGateway:
         if self._decoder is None:
             self._decoder = ThreadPoolExecutor(self._config.decode_threads, thread_name_prefix="rest-decode")
         app = web.Application(client_max_size=self._config.max_body_bytes)
-        app.router.add_route("*", "/v1/models/{tail:.+}", self._dispatch)
+        # "Expect: 100-continue" is answered by _read_body once the request is admitted: a refused client never
+        # sends its body.
+        app.router.add_route("*", "/v1/models/{tail:.+}", self._dispatch, expect_handler=_continue_later)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=self._config.drain_timeout_s
@@ -242,15 +316,14 @@ class RestGateway:
 
     async def _dispatch(self, request: web.Request) -> web.Response:
         request_id = request.headers.get(REQUEST_ID_KEY) or uuid.uuid4().hex
-        call = _RestCall(request_id, self._clock() + self._config.timeout_s)
+        call = _RestCall(request_id, self._clock() + self._config.timeout_s, _BodyHold(self._budget))
         code = grpc.StatusCode.CANCELLED  # what the count says if the handler is cancelled (client gone)
         try:
             response = await self._route(request, call)
             code = grpc.StatusCode.OK
-        except web.HTTPRequestEntityTooLarge:
-            # Raised by aiohttp while reading the body; the client's mistake, not ours.
+        except _BodyTooLarge as error:
             code = grpc.StatusCode.INVALID_ARGUMENT
-            response = _error(413, f"request body larger than {self._config.max_body_bytes} bytes")
+            response = _error(413, error.message)
         except _MethodNotAllowed as error:
             code = grpc.StatusCode.INVALID_ARGUMENT
             response = _error(405, error.message)
@@ -266,10 +339,16 @@ class RestGateway:
             log.exception("request %s: unhandled error in REST %s %s", request_id, request.method, request.path)
             response = _error(500, f"internal error: {type(error).__name__}: {error}")
         finally:
+            call.body.release()
             if not call.counted:
-                # Answered before a core call of its own (bad path or body, body too large): the core never saw it.
+                # Answered before a core call of its own (bad path or body, body too large, refused at admission):
+                # the core never saw it.
                 self._core.count_refused(model=call.model, method=call.method, protocol=PROTOCOL, code=code)
         response.headers[REQUEST_ID_KEY] = request_id
+        if not request.content.is_eof():
+            # Answered without reading its body (refused): the connection is not reused. aiohttp still reads and
+            # drops what the client sends for a while (lingering), so the client sees this answer.
+            response.force_close()
         return response
 
     async def _route(self, request: web.Request, call: _RestCall) -> web.Response:
@@ -291,15 +370,54 @@ class RestGateway:
                 )
             if verb != "predict":
                 raise _BadPath(f"unknown method {verb!r} (expected predict)")
-            return await self._predict(model, await request.read(), call)
+            with self._core.admitted():
+                return await self._predict(request, model, call)
         if request.method == "GET":
             call.model = tail.split("/", 1)[0] or None
             call.method = "GetModelMetadata" if tail.endswith("/metadata") else "GetModelStatus"
             model, suffix = parse_model_path(tail)
-            if suffix == "metadata":
-                return await self._metadata(model, call)
-            return await self._status(model, call)
+            with self._core.admitted():
+                if suffix == "metadata":
+                    return await self._metadata(model, call)
+                return await self._status(model, call)
         raise _MethodNotAllowed(f"method {request.method} not allowed")
+
+    async def _read_body(self, request: web.Request, call: _RestCall) -> bytes:
+        """The body of an admitted request, read only as far as the byte budget lets it: a declared
+        Content-Length is taken from the budget before a byte is read, and what arrives beyond it (a chunked
+        body; a compressed one, which aiohttp inflates) as it arrives. Raises _BodyTooLarge beyond
+        ``max_body_bytes`` and ResourceExhaustedError when the budget cannot take the bytes."""
+        limit = self._config.max_body_bytes
+        declared = request.content_length
+        if declared is not None:
+            if declared > limit:
+                raise _BodyTooLarge(f"request body larger than {limit} bytes ({declared} declared)")
+            self._take_body_bytes(call, declared)
+        if request.version == HttpVersion11 and request.headers.get(hdrs.EXPECT, "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0  # as aiohttp's own expect handler: the response has not started
+        stream = request.content
+        stream.set_read_chunk_size(_READ_CHUNK_BYTES)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await stream.readany():
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge(f"request body larger than {limit} bytes")
+            if size > call.body.size_bytes:
+                self._take_body_bytes(call, size - call.body.size_bytes)
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _take_body_bytes(self, call: _RestCall, size_bytes: int) -> None:
+        if call.body.take(size_bytes):
+            return
+        self._core.count_rejected(BODY_BYTES_REASON)
+        budget = self._budget
+        raise ResourceExhaustedError(
+            f"proxy overloaded: REST request bodies being decoded hold {budget.in_use_bytes} of "
+            f"{budget.capacity_bytes} bytes, no room for {call.body.size_bytes + size_bytes} more"
+        )
 
     async def _call_core(self, path: str, request: bytes, call: _RestCall) -> UpstreamReply:
         """One core call given only what is left of the request's deadline (none left: the core answers
@@ -308,45 +426,81 @@ class RestGateway:
         if method_name(path) == call.method:
             call.counted = True
         timeout_s = max(call.deadline - self._clock(), 0.0)
-        return await self._core.call(
-            path, request, CallContext(request_id=call.request_id, timeout_s=timeout_s, protocol=PROTOCOL)
-        )
+        ctx = CallContext(request_id=call.request_id, timeout_s=timeout_s, protocol=PROTOCOL, admitted=True)
+        return await self._core.call(path, request, ctx)
 
     async def _decode(self, call: _RestCall, body_bytes: int, work: Callable[[], T]) -> T:
         """``work()``, a step of decoding a ``body_bytes`` body: on a decode thread if the body is large.
 
         The codec keeps each C-level call short, so the thread lets the event loop run every few ms (the GIL's
-        switch interval). A step is bounded by what is left of the request's deadline: past it the request is
-        answered DEADLINE_EXCEEDED at once.
+        switch interval). A step first waits for one of ``decode_threads`` slots, so the pool's queue never holds
+        a step no thread is free for; waiting and decoding are bounded by what is left of the request's deadline:
+        past it the request is answered DEADLINE_EXCEEDED at once.
         """
         decoder = self._decoder
         if decoder is None or not self._offloads(body_bytes):
             return work()
-        remaining_s = max(call.deadline - self._clock(), 0.0)
         try:
-            return await within(asyncio.get_running_loop().run_in_executor(decoder, work), remaining_s)
+            await within(self._decode_slots.acquire(), self._remaining_s(call))
         except TimeoutError:
-            # A running thread cannot be stopped: it finishes this step and its result is dropped (a step still
-            # queued is cancelled and never runs). Only the thread's time is lost, not the client's.
+            log.warning("request %s: deadline passed while its %d-byte REST body waited", call.request_id, body_bytes)
+            raise DeadlineExceededError(
+                f"the deadline passed while the {body_bytes}-byte request body waited for a decode thread"
+            ) from None
+        # The slot and the body's bytes are given back when the step ends, which may be after the answer.
+        call.body.hold()
+        loop = asyncio.get_running_loop()
+        try:
+            step = decoder.submit(work)
+        except BaseException:  # the decoder was shut down under the request (stop() after its drain timeout)
+            self._decode_ended(call.body)
+            raise
+        step.add_done_callback(functools.partial(self._on_decode_ended, loop, call.body))
+        try:
+            return await within(asyncio.wrap_future(step), self._remaining_s(call))
+        except TimeoutError:
+            # A running thread cannot be stopped: it finishes this step and its result is dropped. Only the
+            # thread's time is lost, not the client's; its slot and its body's bytes stay taken until it ends.
             log.warning("request %s: deadline passed while decoding its %d-byte REST body", call.request_id, body_bytes)
             raise DeadlineExceededError(
                 f"the deadline passed while decoding the {body_bytes}-byte request body"
             ) from None
 
+    def _remaining_s(self, call: _RestCall) -> float:
+        return max(call.deadline - self._clock(), 0.0)
+
+    def _on_decode_ended(self, loop: asyncio.AbstractEventLoop, body: _BodyHold, _step: Future[Any]) -> None:
+        """Runs on the decode thread when a step ends (on the loop if it was cancelled before it started)."""
+        try:
+            loop.call_soon_threadsafe(self._decode_ended, body)
+        except RuntimeError:
+            # The loop is closed: the gateway is gone with its budget and slots, there is nothing to give back to.
+            log.debug("a REST decode step ended after its event loop closed")
+
+    def _decode_ended(self, body: _BodyHold) -> None:
+        self._decode_slots.release()
+        body.release()
+
     def _offloads(self, body_bytes: int) -> bool:
         return body_bytes >= self._config.decode_offload_bytes and self._decoder is not None
 
-    async def _predict(self, model: ModelRef, body: bytes, call: _RestCall) -> web.Response:
+    async def _predict(self, http_request: web.Request, model: ModelRef, call: _RestCall) -> web.Response:
+        body = await self._read_body(http_request, call)
         size = len(body)
         parse = functools.partial(parse_predict_body, body, on_thread=self._offloads(size))
+        del body  # each stage is dropped once the next is built: its memory is free before the Predict is sent
         parsed = await self._decode(call, size, parse)
+        del parse
         signature_inputs = await self._signature_inputs(model, parsed.signature_name, call)
-        request = await self._decode(
-            call, size, functools.partial(_encode_predict_request, model, parsed, signature_inputs)
-        )
+        encode = functools.partial(_encode_predict_request, model, parsed, signature_inputs)
+        row_format = parsed.row_format
+        del parsed
+        request = await self._decode(call, size, encode)
+        del encode
         reply = await self._call_core(PREDICT, request, call)
+        del request
         response = predict_pb2.PredictResponse.FromString(reply.response)
-        return _json(200, predict_response_json(response, parsed.row_format))
+        return _json(200, predict_response_json(response, row_format))
 
     async def _signature_inputs(self, model: ModelRef, signature: str, call: _RestCall) -> dict[str, int] | None:
         key = (model.name, model.version, model.label, signature)
@@ -381,6 +535,14 @@ class RestGateway:
         reply = await self._call_core(GET_MODEL_METADATA, request.SerializeToString(), call)
         response = get_model_metadata_pb2.GetModelMetadataResponse.FromString(reply.response)
         return _json(200, model_metadata_json(response))
+
+
+async def _continue_later(request: web.Request) -> None:
+    """The routes' expect handler: refuses an expectation other than 100-continue (417, as aiohttp's own), and
+    leaves "100 Continue" to ``RestGateway._read_body``, sent once the request is admitted."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version == HttpVersion11 and expect.lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
 
 
 def _encode_predict_request(model: ModelRef, body: PredictBody, signature_inputs: dict[str, int] | None) -> bytes:

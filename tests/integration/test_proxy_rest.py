@@ -1,6 +1,8 @@
 """The REST gateway on a real aiohttp server over loopback, in front of ProxyCore on a fake of our own
 UpstreamPool: bad input is a 4xx (never a 500), one deadline covers every core call of a request, and every
-request is counted once, refused ones too, without a label per made-up name.
+request is counted once, refused ones too, without a label per made-up name. Backpressure comes before the body:
+a request takes one admission slot before its body is read and holds it until answered, a body is read only as
+far as the byte budget lets it, and decode steps never wait in the thread pool's queue.
 
 Faults needing real entries (slow metadata and Predict together) are in test_proxy_routing.py.
 """
@@ -12,6 +14,7 @@ import functools
 import json
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -21,11 +24,13 @@ import aiohttp
 import grpc
 import pytest
 
+from monolith_serving.core.aio_wait import within
+from monolith_serving.core.errors import ResourceExhaustedError
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 from monolith_serving.proxy import rest_gateway
-from monolith_serving.proxy.core import CoreConfig, ProxyCore
+from monolith_serving.proxy.core import CallContext, CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
 from monolith_serving.proxy.metrics import ProxyMetrics
 from monolith_serving.proxy.rest_codec import PredictBody, parse_predict_body
@@ -85,6 +90,8 @@ class FakeUpstream:
     clock: FakeClock
     metadata_takes_s: float = 0.0  # gateway-clock time a GetModelMetadata takes
     calls: list[tuple[str, float | None]] = field(default_factory=list)
+    predict_gate: asyncio.Event | None = None  # set: a Predict waits for it (holds its request in flight)
+    predict_started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def call(
         self, address: str, method: str, request: bytes, *, timeout_s: float | None, metadata: Metadata
@@ -94,6 +101,9 @@ class FakeUpstream:
             self.clock.now_s += self.metadata_takes_s
             return UpstreamReply(_metadata_reply(), ())
         if method == PREDICT:
+            self.predict_started.set()
+            if self.predict_gate is not None:
+                await self.predict_gate.wait()
             return UpstreamReply(_predict_reply(), ())
         raise RpcStatusError(grpc.StatusCode.UNIMPLEMENTED, method)
 
@@ -110,6 +120,9 @@ class Served:
     upstream: FakeUpstream
     metrics: ProxyMetrics
     session: aiohttp.ClientSession
+    core: ProxyCore
+    gateway: RestGateway
+    port: int
 
     async def post(self, path: str, body: bytes) -> tuple[int, Any]:
         return await self.send("POST", path, body)
@@ -117,6 +130,22 @@ class Served:
     async def send(self, method: str, path: str, body: bytes = b"") -> tuple[int, Any]:
         async with self.session.request(method, self.base_url + path, data=body) as response:
             return response.status, json.loads(await response.read())
+
+    async def raw_post(
+        self, path: str, headers: dict[str, str], body: bytes = b"", *, body_after_continue: bytes = b""
+    ) -> tuple[list[int], Any]:
+        """POSTs as written over a new connection: the head, then ``body`` (which may be short of Content-Length,
+        or absent), and ``body_after_continue`` only once "100 Continue" is received. Returns every status line's
+        code in order and the final answer. A gateway that waits for bytes never sent fails this at 10 s."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            head = [f"POST /v1/models{path} HTTP/1.1", "Host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+            writer.write("\r\n".join(head).encode() + b"\r\n\r\n" + body)
+            return await within(_read_answer(reader, writer, body_after_continue), 10.0)
+        finally:
+            writer.close()
+            # Closed before the test stops the gateway: it would wait for a body still unread (aiohttp lingers).
+            await writer.wait_closed()
 
     def requests(self) -> dict[tuple[str, str, str, str], float]:
         """proxy_requests_total by (model, method, protocol, code)."""
@@ -128,9 +157,31 @@ class Served:
         }
 
 
+async def _read_answer(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body_after_continue: bytes
+) -> tuple[list[int], Any]:
+    statuses: list[int] = []
+    while True:
+        status = int((await reader.readline()).split()[1])
+        statuses.append(status)
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if status != 100:
+            return statuses, json.loads(await reader.readexactly(int(headers["content-length"])))
+        writer.write(body_after_continue)
+
+
 @asynccontextmanager
 async def _gateway(
-    *, max_body_bytes: int = 1 << 20, models: Sequence[str] | None = ("entry",), timeout_s: float = TIMEOUT_S
+    *,
+    max_body_bytes: int = 1 << 20,
+    models: Sequence[str] | None = ("entry",),
+    timeout_s: float = TIMEOUT_S,
+    max_in_flight: int = 1024,
+    body_budget_bytes: int = 64 << 20,
+    decode_threads: int = 2,
 ) -> AsyncIterator[Served]:
     """``models`` None: the source forwards any name (``--entry_targets`` alone)."""
     clock = FakeClock()
@@ -141,14 +192,21 @@ async def _gateway(
         router=Router(OutlierPolicy()),
         pool=cast(UpstreamPool, upstream),
         metrics=metrics,
-        config=CoreConfig(),
+        config=CoreConfig(max_in_flight=max_in_flight),
     )
-    config = RestConfig(host="127.0.0.1", port=0, timeout_s=timeout_s, max_body_bytes=max_body_bytes)
+    config = RestConfig(
+        host="127.0.0.1",
+        port=0,
+        timeout_s=timeout_s,
+        max_body_bytes=max_body_bytes,
+        body_budget_bytes=body_budget_bytes,
+        decode_threads=decode_threads,
+    )
     gateway = RestGateway(core, config, clock=clock)
     port = await gateway.start()
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            yield Served(f"http://127.0.0.1:{port}/v1/models", upstream, metrics, session)
+            yield Served(f"http://127.0.0.1:{port}/v1/models", upstream, metrics, session, core, gateway, port)
     finally:
         await gateway.stop()
         await core.stop()
@@ -349,4 +407,172 @@ async def test_a_deadline_that_passes_while_the_body_is_decoded_is_a_504() -> No
             assert served.upstream.calls == []
     # Answered while the decode was held: on the event loop it would have held the loop, and the answer, too.
     assert await asyncio.to_thread(gate.done.wait, 30)
+    assert gate.released_in_time == [True]
+
+
+# ---- backpressure before the body ------------------------------------------------------------------------------
+# ~100 KB of numbers: decoded on a thread (over decode_offload_bytes) and gated there by _GatedDecode(min_bytes=64K).
+MID_BODY = b'{"inputs": {"x": [' + b",".join([b"1"] * 50_000) + b"]}}"
+
+
+def _grpc_predict(served: Served) -> asyncio.Task[Any]:
+    """A gRPC Predict through the same core, as the gRPC servicer makes it (it takes its own admission slot)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "entry"
+    ctx = CallContext(request_id="grpc-1", timeout_s=None, protocol="grpc")
+    return asyncio.create_task(served.core.call(PREDICT, request.SerializeToString(), ctx))
+
+
+def _rejected(served: Served, reason: str) -> float:
+    return served.metrics.registry.get_sample_value("proxy_rejected_requests_total", {"reason": reason}) or 0.0
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Waits (bounded) for ``condition``, set by the gateway's event loop or a decode thread's hand-back to it."""
+    for _ in range(10_000):
+        if condition():
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError("condition never held")
+
+
+@_sync
+async def test_a_full_proxy_refuses_a_rest_predict_before_its_body_is_sent() -> None:
+    """The answer comes though the client sent only the head: the body was never waited for, let alone decoded."""
+    async with _gateway(max_in_flight=1) as served:
+        served.upstream.predict_gate = asyncio.Event()
+        held = _grpc_predict(served)  # holds the one slot, upstream
+        await served.upstream.predict_started.wait()
+        statuses, answer = await served.raw_post("/entry:predict", {"Content-Length": str(len(BODY))})
+        assert statuses == [429] and "1 requests in flight (max 1)" in answer["error"], (statuses, answer)
+        assert served.requests()[("entry", "Predict", "rest", "RESOURCE_EXHAUSTED")] == 1
+        assert _rejected(served, "in_flight") == 1
+        served.upstream.predict_gate.set()
+        await held
+        # One request, one slot: its signature lookup and its Predict take none of their own, so with a single slot
+        # a REST Predict is served.
+        served.upstream.predict_gate = asyncio.Event()
+        served.upstream.predict_started.clear()
+        rest = asyncio.create_task(served.post("/entry:predict", json.dumps({"instances": [1.0]}).encode()))
+        upstream = asyncio.create_task(served.upstream.predict_started.wait())
+        await asyncio.wait((rest, upstream), return_when=asyncio.FIRST_COMPLETED)
+        assert not rest.done(), f"answered before its Predict went upstream: {rest.result()}"
+        assert served.core.admission.in_flight == 1
+        served.upstream.predict_gate.set()
+        assert await rest == (200, {"predictions": [0.5]})
+        assert served.core.admission.in_flight == 0
+        # Draining: 503, again without the body.
+        assert await served.core.admission.drain(0.0)
+        statuses, answer = await served.raw_post("/entry:predict", {"Content-Length": str(len(BODY))})
+        assert statuses == [503] and "shutting down" in answer["error"], (statuses, answer)
+
+
+@_sync
+async def test_a_rest_predict_holds_its_slot_while_its_body_is_decoded() -> None:
+    gate = _GatedDecode(min_bytes=64 << 10)
+    with mock.patch.object(rest_gateway, "parse_predict_body", gate):
+        async with _gateway(max_in_flight=1) as served:
+            rest = asyncio.create_task(served.post("/entry:predict", MID_BODY))
+            assert await asyncio.to_thread(gate.started.wait, 30), "the body was never decoded"
+            assert served.core.admission.in_flight == 1
+            with pytest.raises(ResourceExhaustedError):
+                await _grpc_predict(served)
+            gate.release.set()
+            status, answer = await rest
+            assert status == 200 and answer == {"outputs": [0.5]}, answer
+            assert served.core.admission.in_flight == 0
+
+
+@_sync
+async def test_a_body_over_the_limit_is_refused_from_its_declared_length_unread() -> None:
+    async with _gateway(max_body_bytes=1000) as served:
+        statuses, answer = await served.raw_post("/entry:predict", {"Content-Length": "5000"})
+        assert statuses == [413] and "1000 bytes" in answer["error"], (statuses, answer)
+        assert served.requests()[("entry", "Predict", "rest", "INVALID_ARGUMENT")] == 1
+
+
+@_sync
+async def test_the_byte_budget_refuses_a_body_it_cannot_take_before_reading_it() -> None:
+    gate = _GatedDecode(min_bytes=64 << 10)
+    budget = 160 << 10  # room for MID_BODY (~100 KB) and small bodies, not for a second MID_BODY
+    with mock.patch.object(rest_gateway, "parse_predict_body", gate):
+        async with _gateway(max_body_bytes=budget, body_budget_bytes=budget) as served:
+            first = asyncio.create_task(served.post("/entry:predict", MID_BODY))
+            assert await asyncio.to_thread(gate.started.wait, 30), "the body was never decoded"
+            assert served.gateway.body_bytes_held == len(MID_BODY)
+            # Declared: refused from its Content-Length, before a byte of it is sent.
+            statuses, answer = await served.raw_post("/entry:predict", {"Content-Length": str(len(MID_BODY))})
+            assert statuses == [429] and "no room for" in answer["error"], (statuses, answer)
+            # Chunked (no length declared): taken from the budget as it arrives, refused once it does not fit.
+
+            async def chunks() -> AsyncIterator[bytes]:
+                for start in range(0, len(MID_BODY), 8 << 10):
+                    yield MID_BODY[start : start + (8 << 10)]
+
+            async with served.session.post(served.base_url + "/entry:predict", data=chunks()) as response:
+                assert response.status == 429, await response.text()
+            assert _rejected(served, "body_bytes") == 2
+            assert served.requests()[("entry", "Predict", "rest", "RESOURCE_EXHAUSTED")] == 2
+            # A body that fits is served beside the one held.
+            assert await served.post("/entry:predict", BODY) == (200, {"outputs": [0.5]})
+            gate.release.set()
+            assert await first == (200, {"outputs": [0.5]})
+            assert served.gateway.body_bytes_held == 0
+            assert gate.released_in_time == [True]
+
+
+@_sync
+async def test_expect_continue_is_answered_only_once_the_request_is_admitted() -> None:
+    async with _gateway(max_in_flight=1) as served:
+        head = {"Content-Length": str(len(BODY)), "Expect": "100-continue"}
+        statuses, answer = await served.raw_post("/entry:predict", head, body_after_continue=BODY)
+        assert statuses == [100, 200] and answer == {"outputs": [0.5]}, (statuses, answer)
+        served.upstream.predict_gate = asyncio.Event()
+        held = _grpc_predict(served)
+        await served.upstream.predict_started.wait()
+        # Refused: no "100 Continue", so the client never sends its body.
+        statuses, answer = await served.raw_post("/entry:predict", head, body_after_continue=BODY)
+        assert statuses == [429], (statuses, answer)
+        served.upstream.predict_gate.set()
+        await held
+
+
+class _CountingExecutor(ThreadPoolExecutor):
+    """The gateway's decode pool, counting the steps handed to it and not yet ended (queued or running)."""
+
+    outstanding = 0
+    most_outstanding = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        cls = _CountingExecutor
+        cls.outstanding += 1  # on the event loop's thread; ended on a worker's, under the GIL
+        cls.most_outstanding = max(cls.most_outstanding, cls.outstanding)
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(lambda _: setattr(cls, "outstanding", cls.outstanding - 1))
+        return future
+
+
+@_sync
+async def test_decode_steps_never_queue_and_a_cut_short_decode_keeps_its_bytes_until_it_ends() -> None:
+    gate = _GatedDecode(min_bytes=64 << 10)
+    with (
+        mock.patch.object(rest_gateway, "parse_predict_body", gate),
+        mock.patch.object(rest_gateway, "ThreadPoolExecutor", _CountingExecutor),
+    ):
+        async with _gateway(timeout_s=1.0, decode_threads=1) as served:
+            first = asyncio.create_task(served.post("/entry:predict", MID_BODY))
+            assert await asyncio.to_thread(gate.started.wait, 30), "the body was never decoded"
+            # The one decode thread is busy: these wait for it outside the pool, and their deadlines pass there.
+            waiting = [asyncio.create_task(served.post("/entry:predict", MID_BODY)) for _ in range(3)]
+            answers = await asyncio.gather(*waiting)
+            assert _CountingExecutor.most_outstanding == 1
+            for status, answer in answers:
+                assert status == 504 and "waited for a decode thread" in answer["error"], answer
+            status, answer = await first
+            assert status == 504 and "deadline passed while decoding" in answer["error"], answer
+            # Answered, but its decode runs on: its bytes stay taken until it ends.
+            assert served.gateway.body_bytes_held == len(MID_BODY)
+            gate.release.set()
+            await _until(lambda: served.gateway.body_bytes_held == 0)
+            assert await served.post("/entry:predict", BODY) == (200, {"outputs": [0.5]})
     assert gate.released_in_time == [True]

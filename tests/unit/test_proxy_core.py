@@ -263,6 +263,32 @@ async def test_in_flight_bound_refuses_immediately() -> None:
 
 
 @_sync
+async def test_a_request_admitted_by_its_transport_takes_one_slot_for_all_its_core_calls() -> None:
+    """The REST gateway's way: one slot from before the body is read until the answer, none per core call."""
+    pool = FakePool()
+    core, metrics = _core(["a:1"], pool, max_in_flight=1)
+    admitted = CallContext(request_id="rid-1", timeout_s=5.0, protocol="rest", admitted=True)
+    with core.admitted():
+        assert core.admission.in_flight == 1
+        # Its own core calls go through on the one slot it holds; any other request is refused.
+        assert (await core.call(PREDICT, _predict(), admitted)).response == b"a:1"
+        assert (await core.call(PREDICT, _predict(), admitted)).response == b"a:1"
+        assert core.admission.in_flight == 1
+        with pytest.raises(ResourceExhaustedError):
+            await core.call(PREDICT, _predict(), _ctx())
+        with pytest.raises(ResourceExhaustedError), core.admitted():
+            pass
+    assert core.admission.in_flight == 0
+    assert _count(metrics, "proxy_rejected_requests_total", {"reason": "in_flight"}) == 2
+    # A refusal by admitted() is the transport's to count as a request; call() counted its own refusal.
+    assert _requests(metrics) == {("entry", "OK"): 2, ("unknown", "RESOURCE_EXHAUSTED"): 1}
+    await core.admission.drain(0.0)
+    with pytest.raises(UnavailableError, match="shutting down"), core.admitted():
+        pass
+    assert _count(metrics, "proxy_rejected_requests_total", {"reason": "draining"}) == 1
+
+
+@_sync
 async def test_drain_refuses_new_and_waits_for_in_flight() -> None:
     pool = FakePool()
     pool.delay_s = 0.1

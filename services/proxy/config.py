@@ -9,6 +9,7 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from monolith_serving.core.admin_token import read_token_file
 from monolith_serving.core.agent_conf import AgentConfig, DiscoveryKind, load_agent_config, resolve_environment
 from monolith_serving.core.cli_flags import TFS_GRPC_PORT
 from monolith_serving.core.errors import InvalidArgumentError
@@ -115,8 +116,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyC
         )
     token = args.admin_token or None
     if args.admin_token_file:
-        with open(args.admin_token_file) as handle:
-            token = handle.read().strip() or None
+        token = read_token_file(args.admin_token_file)  # an unreadable or empty file is refused at start-up
     return ProxyConfig(
         host=args.host,
         grpc_port=args.port if args.port is not None else TFS_GRPC_PORT,

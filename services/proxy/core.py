@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -20,14 +19,15 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from monolith_serving.core.admin_token import token_matches
 from monolith_serving.core.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     MonolithServingError,
-    NotFoundError,
     UnavailableError,
 )
 from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.core.log_limit import RateLimitedLog
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2
 from monolith_serving.proxy.admission import Admission
 from monolith_serving.proxy.endpoints import EndpointSource
@@ -46,6 +46,18 @@ _RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELL
 # The transport measures the client's time left a few microseconds before the core notes its start, so the
 # core's deadline trails the client's by that much; a cancellation this close to it is the deadline passing.
 _DEADLINE_SLACK_S = 0.001
+# Answers that are the client's fault: its request, its model name, its token. They are logged at INFO, not
+# WARNING, and are no upstream error (``proxy_upstream_errors_total``) when an entry gives them; the same set
+# ``monolith:errors:ratio_rate5m`` (deploy/recording_rules.yml) leaves out, with the client's own cancellations.
+CLIENT_FAULT_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
 
 PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
@@ -85,6 +97,10 @@ class CallContext:
     # The transport holds an admission slot for the whole client request (:meth:`ProxyCore.admitted`, taken by
     # the REST gateway before it reads the body): this core call is part of it and takes no slot of its own.
     admitted: bool = False
+    # A call the transport makes on behalf of a client request of another method (the REST gateway's signature
+    # lookup for a Predict): not a client request, so neither counted in ``proxy_requests_total`` nor timed into
+    # ``proxy_request_latency_seconds``; the transport counts the request it serves, once. Failures still log.
+    internal: bool = False
 
 
 def method_name(path: str) -> str:
@@ -126,6 +142,8 @@ class ProxyCore:
         self._methods = _MethodNames()
         self._model_names = ModelNames()
         self._model_labels = ModelLabels(source_lists_models=source.lists_models)
+        self._client_failures = RateLimitedLog(log, logging.INFO, clock=clock)
+        self._server_failures = RateLimitedLog(log, logging.WARNING, clock=clock)
         self._maintenance: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
         self._predicts: PredictCoalescer | None = None
@@ -154,7 +172,8 @@ class ProxyCore:
         """Serves one client call of ``path`` (``/package.Service/Method``) with serialized ``request``.
 
         Every call is counted and timed once, whatever ends it: an answer, an error, or the transport
-        cancelling it (client gone or deadline passed; counted CANCELLED / DEADLINE_EXCEEDED, then re-raised).
+        cancelling it (client gone or deadline passed; counted CANCELLED / DEADLINE_EXCEEDED, then re-raised);
+        an ``internal`` call is neither. Failures are logged rate-limited (:meth:`_log_failure`).
         """
         method = self._methods[path]
         started = self._clock()
@@ -166,7 +185,8 @@ class ProxyCore:
                 self._enter()
             except MonolithServingError as error:
                 code = status_code_for(error)
-                self._metrics.count_request(model_label, method, ctx.protocol, code.name)
+                if not ctx.internal:
+                    self._metrics.count_request(model_label, method, ctx.protocol, code.name)
                 raise
         try:
             if path == RELOAD_CONFIG:
@@ -183,17 +203,16 @@ class ProxyCore:
             return reply
         except RpcStatusError as error:
             code = error.code
-            self._log_failure(ctx, method, model_label, code, error.message)
+            self._log_failure(ctx, method, model_label, code, error.message, self._client_caused(code, deadline))
             raise
         except MonolithServingError as error:
             code = status_code_for(error)
-            if not isinstance(error, NotFoundError | InvalidArgumentError):
-                self._log_failure(ctx, method, model_label, code, error.message)
+            self._log_failure(ctx, method, model_label, code, error.message, self._client_caused(code, deadline))
             raise
         except asyncio.CancelledError:
             code = self._cancellation_code(deadline)
             gone = "its deadline passed" if code is grpc.StatusCode.DEADLINE_EXCEEDED else "it cancelled the call"
-            self._log_failure(ctx, method, model_label, code, f"the client stopped waiting: {gone}")
+            self._log_failure(ctx, method, model_label, code, f"the client stopped waiting: {gone}", True)
             raise
         except Exception:
             code = grpc.StatusCode.INTERNAL
@@ -201,8 +220,9 @@ class ProxyCore:
         finally:
             if not ctx.admitted:
                 self.admission.leave()
-            self._metrics.count_request(model_label, method, ctx.protocol, code.name)
-            self._metrics.observe_latency(method, ctx.protocol, self._clock() - started)
+            if not ctx.internal:
+                self._metrics.count_request(model_label, method, ctx.protocol, code.name)
+                self._metrics.observe_latency(method, ctx.protocol, self._clock() - started)
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -277,9 +297,29 @@ class ProxyCore:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
 
-    @staticmethod
-    def _log_failure(ctx: CallContext, method: str, model_label: str, code: grpc.StatusCode, message: str) -> None:
-        log.warning("request %s %s model=%s: %s %s", ctx.request_id, method, model_label, code.name, message)
+    def _client_caused(self, code: grpc.StatusCode, deadline: float | None) -> bool:
+        """Whether a failure with ``code`` is the client's doing: a code of :data:`CLIENT_FAULT_CODES`, or
+        DEADLINE_EXCEEDED once the client's own deadline has passed (a short deadline is the client's choice)."""
+        if code in CLIENT_FAULT_CODES:
+            return True
+        return code is grpc.StatusCode.DEADLINE_EXCEEDED and self._cancellation_code(deadline) is code
+
+    def _log_failure(
+        self, ctx: CallContext, method: str, model_label: str, code: grpc.StatusCode, message: str, client: bool
+    ) -> None:
+        """One line per (method, model label, code) per 10 s, with the request id of the occurrence logged and a
+        count of those left out (``proxy_requests_total`` counts them all): INFO when the ``client`` caused it,
+        WARNING when the proxy or an upstream did."""
+        failures = self._client_failures if client else self._server_failures
+        failures.log(
+            (method, model_label, code),
+            "request %s %s model=%s: %s %s",
+            ctx.request_id,
+            method,
+            model_label,
+            code.name,
+            message,
+        )
 
     def _count_coalesced(self, model: str, requests: int) -> None:
         self._metrics.count_coalesced(self._model_labels.of(model), requests)
@@ -358,7 +398,8 @@ class ProxyCore:
         try:
             reply = await self._pool.call(state.address, path, request, timeout_s=timeout_s, metadata=metadata)
         except RpcStatusError as error:
-            self._metrics.upstream_errors.labels(error.code.name).inc()
+            if error.code not in CLIENT_FAULT_CODES:  # the entry answering the client's mistake is no error of it
+                self._metrics.upstream_errors.labels(error.code.name).inc()
             if error.code is grpc.StatusCode.UNAVAILABLE:
                 self._count_transport_failure(state, error.message)
             raise
@@ -411,7 +452,7 @@ class ProxyCore:
                 grpc.StatusCode.PERMISSION_DENIED,
                 "HandleReloadConfigRequest is disabled on this proxy (start it with --admin_token to allow it)",
             )
-        if ctx.admin_token is None or not hmac.compare_digest(ctx.admin_token.encode(), expected.encode()):
+        if not token_matches(ctx.admin_token, expected):
             raise RpcStatusError(
                 grpc.StatusCode.PERMISSION_DENIED,
                 "HandleReloadConfigRequest needs the admin token (metadata 'authorization: Bearer <token>' "

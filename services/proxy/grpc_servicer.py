@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from monolith_serving.core.admin_token import bearer_token
 from monolith_serving.proxy.core import (
     GET_MODEL_STATUS,
     MODEL_SERVICE,
@@ -35,8 +36,8 @@ def _admin_token(metadata: tuple[tuple[str, str | bytes], ...]) -> str | None:
             continue
         if key == "x-admin-token":
             return value
-        if key == "authorization" and value[:7].lower() == "bearer ":
-            return value[7:].strip()
+        if key == "authorization" and (token := bearer_token(value)) is not None:
+            return token
     return None
 
 

@@ -54,7 +54,13 @@ class ProxyMetrics:
             registry=r,
         )
         self.upstream_errors = Counter(
-            "proxy_upstream_errors", "Failed attempts to entry replicas by gRPC code", ["code"], registry=r
+            "proxy_upstream_errors",
+            "Routed attempts to entry replicas that failed through the entry's or the transport's fault, by gRPC "
+            "code (UNAVAILABLE, DEADLINE_EXCEEDED of the attempt, CANCELLED under the proxy, INTERNAL, ...); an "
+            "entry's answer to the client's mistake (INVALID_ARGUMENT, NOT_FOUND, OUT_OF_RANGE, PERMISSION_DENIED, "
+            "UNAUTHENTICATED) is not one",
+            ["code"],
+            registry=r,
         )
         self.retries = Counter("proxy_retries", "Attempts retried on another replica", ["method"], registry=r)
         self.ejections = Counter("proxy_ejections", "Replicas ejected by outlier detection", registry=r)

@@ -23,7 +23,8 @@ thread pool, not on the event loop that serves every gRPC and REST client; at mo
 handed to it at once, so its queue stays empty and a request waiting for a thread holds no work item there.
 Every request is counted once in ``proxy_requests_total`` under the method it asks for: by the core when it
 reaches a core call of that method, else here (``ProxyCore.count_refused``) with the code its answer means.
-A signature lookup is a core call of its own, counted as GetModelMetadata.
+A signature lookup is an internal core call (``CallContext.internal``) made for the Predict: not a request of
+its own, so not counted; the Predict is, once, whether it fails at its lookup or later.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from monolith_serving.core.errors import (
     ResourceExhaustedError,
 )
 from monolith_serving.core.grpc_errors import status_code_for
+from monolith_serving.core.log_limit import RateLimitedLog
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -269,6 +271,8 @@ class RestGateway:
         self._budget = ByteBudget(config.body_budget_bytes)
         # Decode steps handed to the decoder's threads and not yet ended: never more than its threads.
         self._decode_slots = asyncio.Semaphore(config.decode_threads)
+        # Deadlines passing in the decoder: one line per 10 s per kind, not one per request.
+        self._decode_timeouts = RateLimitedLog(log, logging.WARNING, clock=clock)
         self.port: int | None = None
 
     @property
@@ -421,12 +425,16 @@ class RestGateway:
 
     async def _call_core(self, path: str, request: bytes, call: _RestCall) -> UpstreamReply:
         """One core call given only what is left of the request's deadline (none left: the core answers
-        DEADLINE_EXCEEDED, counted like any other failure). The core counts the call, so a call of the
-        request's own method marks the request counted."""
-        if method_name(path) == call.method:
+        DEADLINE_EXCEEDED, counted like any other failure). The core counts a call of the request's own method,
+        which marks the request counted; a call of another method (a Predict's signature lookup) is internal,
+        counted by nobody: the request is counted by its own core call, or by ``_dispatch`` if it ends first."""
+        internal = method_name(path) != call.method
+        if not internal:
             call.counted = True
         timeout_s = max(call.deadline - self._clock(), 0.0)
-        ctx = CallContext(request_id=call.request_id, timeout_s=timeout_s, protocol=PROTOCOL, admitted=True)
+        ctx = CallContext(
+            request_id=call.request_id, timeout_s=timeout_s, protocol=PROTOCOL, admitted=True, internal=internal
+        )
         return await self._core.call(path, request, ctx)
 
     async def _decode(self, call: _RestCall, body_bytes: int, work: Callable[[], T]) -> T:
@@ -443,7 +451,12 @@ class RestGateway:
         try:
             await within(self._decode_slots.acquire(), self._remaining_s(call))
         except TimeoutError:
-            log.warning("request %s: deadline passed while its %d-byte REST body waited", call.request_id, body_bytes)
+            self._decode_timeouts.log(
+                "waited",
+                "request %s: deadline passed while its %d-byte REST body waited for a decode thread",
+                call.request_id,
+                body_bytes,
+            )
             raise DeadlineExceededError(
                 f"the deadline passed while the {body_bytes}-byte request body waited for a decode thread"
             ) from None
@@ -461,7 +474,12 @@ class RestGateway:
         except TimeoutError:
             # A running thread cannot be stopped: it finishes this step and its result is dropped. Only the
             # thread's time is lost, not the client's; its slot and its body's bytes stay taken until it ends.
-            log.warning("request %s: deadline passed while decoding its %d-byte REST body", call.request_id, body_bytes)
+            self._decode_timeouts.log(
+                "decoding",
+                "request %s: deadline passed while decoding its %d-byte REST body",
+                call.request_id,
+                body_bytes,
+            )
             raise DeadlineExceededError(
                 f"the deadline passed while decoding the {body_bytes}-byte request body"
             ) from None

@@ -318,15 +318,35 @@ async def test_requests_refused_before_a_core_call_are_counted_once() -> None:
         assert sum(served.requests().values()) == len(refusals)
         assert served.upstream.calls == []
 
-        # Refused after its signature lookup (counted as the GetModelMetadata it is): the Predict still counts.
+        # Refused after its signature lookup (an internal call, not counted): the Predict counts, once.
         status, _ = await served.post("/entry:predict", json.dumps({"instances": [1.0, {"x": 1.0}]}).encode())
         assert status == 400
         assert served.requests()[("entry", "Predict", "rest", "INVALID_ARGUMENT")] == 4
-        assert served.requests()[("entry", "GetModelMetadata", "rest", "OK")] == 1
+        assert ("entry", "GetModelMetadata", "rest", "OK") not in served.requests()
         # A request the core serves is counted by the core alone.
         assert (await served.post("/entry:predict", BODY))[0] == 200
         assert served.requests()[("entry", "Predict", "rest", "OK")] == 1
-        assert sum(served.requests().values()) == len(refusals) + 3
+        assert sum(served.requests().values()) == len(refusals) + 2
+
+
+@_sync
+async def test_a_predict_with_a_signature_cache_miss_is_counted_once_as_a_predict() -> None:
+    async with _gateway() as served:
+        # The audit's flood: Predicts for a model nobody serves fail at their signature lookup (NOT_FOUND).
+        for _ in range(20):
+            assert (await served.post("/nobody:predict", BODY))[0] == 404
+        # A Predict whose lookup succeeds (cache miss, then the Predict).
+        assert (await served.post("/entry:predict", BODY))[0] == 200
+        assert [method for method, _ in served.upstream.calls] == [GET_MODEL_METADATA, PREDICT]
+        assert served.requests() == {
+            ("unknown", "Predict", "rest", "NOT_FOUND"): 20,
+            ("entry", "Predict", "rest", "OK"): 1,
+        }
+        registry = served.metrics.registry
+        latency = {"method": "GetModelMetadata", "protocol": "rest"}
+        assert registry.get_sample_value("proxy_request_latency_seconds_count", latency) is None
+        # Still upstream work, seen as such: the lookup's attempt is timed upstream.
+        assert registry.get_sample_value("proxy_upstream_latency_seconds_count", {"method": "GetModelMetadata"}) == 1
 
 
 @_sync

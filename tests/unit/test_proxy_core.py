@@ -354,10 +354,12 @@ def test_a_call_the_client_cancels_is_counted_cancelled_and_logged(caplog: pytes
     pool = FakePool()
     pool.delay_s = 10.0
     core, metrics = _core(["a:1"], pool)
-    with caplog.at_level(logging.WARNING, logger="monolith_serving.proxy.core"):
+    with caplog.at_level(logging.INFO, logger="monolith_serving.proxy.core"):
         asyncio.run(_cancel_after(core, _ctx(timeout_s=30.0), 0.05))
     assert _requests(metrics) == {("entry", "CANCELLED"): 1}
     assert "request rid-1 Predict model=entry: CANCELLED" in caplog.text
+    # The client's own doing: INFO, not WARNING.
+    assert [r.levelno for r in caplog.records if "CANCELLED" in r.getMessage()] == [logging.INFO]
 
 
 def test_a_call_cancelled_as_its_deadline_passes_is_counted_deadline_exceeded(
@@ -366,10 +368,12 @@ def test_a_call_cancelled_as_its_deadline_passes_is_counted_deadline_exceeded(
     pool = FakePool()
     pool.delay_s = 10.0  # ignores its timeout: only the cancellation ends the call
     core, metrics = _core(["a:1"], pool)
-    with caplog.at_level(logging.WARNING, logger="monolith_serving.proxy.core"):
+    with caplog.at_level(logging.INFO, logger="monolith_serving.proxy.core"):
         asyncio.run(_cancel_after(core, _ctx(timeout_s=0.05), 0.1))
     assert _requests(metrics) == {("entry", "DEADLINE_EXCEEDED"): 1}
     assert "request rid-1 Predict model=entry: DEADLINE_EXCEEDED" in caplog.text
+    # The client's own doing: INFO, not WARNING.
+    assert [r.levelno for r in caplog.records if "DEADLINE_EXCEEDED" in r.getMessage()] == [logging.INFO]
 
 
 @_sync

@@ -117,18 +117,25 @@ async def run_profile(
                     latencies.append(time.perf_counter() - now)
 
         tasks = [asyncio.create_task(worker(i)) for i in range(workers)]
-        if warmup_s > 0:
-            await asyncio.sleep(warmup_s)
-        recording = True
-        started = time.perf_counter()
-        stop_at = started + duration_s
-        while True:
-            elapsed = time.perf_counter() - started
-            if elapsed >= duration_s:
-                break
-            await asyncio.sleep(min(1.0, duration_s - elapsed))
-            if progress is not None:
-                progress(time.perf_counter() - started, len(latencies), errors)
-        await asyncio.gather(*tasks)
+        try:
+            if warmup_s > 0:
+                await asyncio.sleep(warmup_s)
+            recording = True
+            started = time.perf_counter()
+            stop_at = started + duration_s
+            while True:
+                elapsed = time.perf_counter() - started
+                if elapsed >= duration_s:
+                    break
+                await asyncio.sleep(min(1.0, duration_s - elapsed))
+                if progress is not None:
+                    progress(time.perf_counter() - started, len(latencies), errors)
+            await asyncio.gather(*tasks)
+        finally:
+            # Ctrl-C cancels this coroutine mid-load: the workers must end before the channel closes, or one
+            # calls on the closed channel and dies with a "Task exception was never retrieved" traceback.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         elapsed = time.perf_counter() - started
     return summarize(latencies, errors, workers, elapsed, first_error)

@@ -144,6 +144,7 @@ class ProxyCore:
         self._model_labels = ModelLabels(source_lists_models=source.lists_models)
         self._client_failures = RateLimitedLog(log, logging.INFO, clock=clock)
         self._server_failures = RateLimitedLog(log, logging.WARNING, clock=clock)
+        self._retries_log = RateLimitedLog(log, logging.INFO, clock=clock)
         self._maintenance: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
         self._predicts: PredictCoalescer | None = None
@@ -360,8 +361,14 @@ class ProxyCore:
             if second is None or (remaining is not None and remaining < self._config.min_retry_budget_s):
                 raise self._unavailable(model, first.address, error) from None
             self._metrics.retries.labels(self._methods[path]).inc()
-            log.info(
-                "request %s: retrying on %s after %s: %s", request_id, second.address, first.address, error.message
+            # Once per failing replica every 10 s: while a replica is down, every request retries.
+            self._retries_log.log(
+                first.address,
+                "request %s: retrying on %s after %s: %s",
+                request_id,
+                second.address,
+                first.address,
+                error.message,
             )
         try:
             return await self._attempt(second, path, request, deadline, metadata)

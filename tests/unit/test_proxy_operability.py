@@ -217,3 +217,21 @@ async def test_deadline_exceeded_is_the_clients_only_once_its_own_deadline_passe
                 await core.call(PREDICT, _predict("other"), CallContext(request_id="r", timeout_s=0.0, protocol="grpc"))
     levels = sorted(r.levelno for r in caplog.records if r.name == CORE_LOGGER)
     assert levels == [logging.INFO, logging.WARNING]
+
+
+@_sync
+async def test_retries_while_a_replica_is_down_log_one_line_per_replica(caplog: pytest.LogCaptureFixture) -> None:
+    """Every request retries while a replica is down; the retry line is held to one per failing replica."""
+    metrics = ProxyMetrics()
+    core = ProxyCore(
+        source=StaticEndpointSource(["a:1", "b:1"], models=None),
+        router=Router(OutlierPolicy(consecutive_failures=10**6)),
+        pool=cast(UpstreamPool, FailingPool(grpc.StatusCode.UNAVAILABLE)),
+        metrics=metrics,
+        config=CoreConfig(coalescing=PredictCoalescing(enabled=False)),
+    )
+    with caplog.at_level(logging.INFO, logger=CORE_LOGGER):
+        await _fail(core, 200)
+    retries = [r.getMessage() for r in caplog.records if "retrying on" in r.getMessage()]
+    assert 1 <= len(retries) <= 2, retries  # one per replica that failed first
+    assert metrics.registry.get_sample_value("proxy_retries_total", {"method": "Predict"}) == 200

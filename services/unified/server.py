@@ -114,19 +114,22 @@ class UnifiedServer:
         """A HandleReloadConfigRequest: refused before either core changes when a PS shard is outside --num_ps,
         a model moves to a base path that is not a folder, or a PS version label names a version not AVAILABLE
         (``core.model_config_list``; the start-up config is not held to this: its folders may come later)."""
-        split = split_model_server_config(config)
-        ps_models = sub_models_from_proto(split.ps)
+        ps_models, entry_model = self._parse(config)
         check_partitions(ps_models, self.ps.core.num_ps)
         check_reload(ps_models, self.ps.versions)
-        self.entry.check(self.entry.parse(split.entry))
-        await self.apply(config)
+        self.entry.check(entry_model)
+        await run_to_end(self._apply_both(ps_models, entry_model), "reload", self._changes)
 
     async def apply(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """Both parts are validated before either core changes; then PS first (the entry gates on it)."""
+        await run_to_end(self._apply_both(*self._parse(config)), "reload", self._changes)
+
+    def _parse(
+        self, config: model_server_config_pb2.ModelServerConfig
+    ) -> tuple[tuple[SubModelConfig, ...], EntryModelConfig | None]:
+        """Both parts of ``config``: the PS sub-models and the entry model (None: unload it)."""
         split = split_model_server_config(config)
-        ps_models = sub_models_from_proto(split.ps)
-        entry_model = self.entry.parse(split.entry)
-        await run_to_end(self._apply_both(ps_models, entry_model), "reload", self._changes)
+        return sub_models_from_proto(split.ps), self.entry.parse(split.entry)
 
     async def _apply_both(self, ps_models: Sequence[SubModelConfig], entry_model: EntryModelConfig | None) -> None:
         # Run to its end as one change: a caller cut off between the parts left the PS part applied and the entry

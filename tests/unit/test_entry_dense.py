@@ -7,12 +7,11 @@ import dataclasses
 import json
 import math
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import pytest
+from entry_fakes import NoLookup
 
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
@@ -28,7 +27,6 @@ from monolith_serving.core.serving_spec import (
 from monolith_serving.entry.dense import load_dense
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig, VersionStatus
-from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
 
 LAYERS = (LayerSpec("w0.npy", "b0.npy", "tanh"), LayerSpec("w1.npy", "b1.npy", "sigmoid"))
 SPEC = ServingSpec(
@@ -185,20 +183,6 @@ def test_an_onnx_file_outside_the_version_folder_is_refused_naming_the_field(tmp
     with pytest.raises(InvalidArgumentError, match=r"dense\.file") as info:
         load_dense(spec, tmp_path / "1")
     assert name in info.value.message
-
-
-class NoLookup(EmbeddingLookup):
-    """The version never loads, so nothing is looked up."""
-
-    async def lookup(
-        self,
-        version: int,
-        fids: Mapping[str, npt.NDArray[np.int64]],
-        dims: Mapping[str, int],
-        timeout_s: float,
-        urgent_s: float | None = None,
-    ) -> LookupResult:
-        raise AssertionError("no lookup expected")
 
 
 def test_an_entry_version_naming_a_file_outside_fails_to_load_with_that_error(tmp_path: Path) -> None:

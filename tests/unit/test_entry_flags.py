@@ -7,13 +7,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
 import numpy as np
-import numpy.typing as npt
 import pytest
+from entry_fakes import FilledLookup
 from ports import free_port
 
 from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
@@ -24,7 +23,6 @@ from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.entry.main import EntryServer, configure, server_config_from_args
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel
-from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.entry.request_parser import DEFAULT_MAX_FIDS_PER_REQUEST
@@ -86,21 +84,6 @@ def test_a_fid_limit_below_one_is_refused_naming_the_flag(export: Path) -> None:
         server_config_from_args(_parse(export, "--max_fids_per_request", "0"), {})
 
 
-class ConstantLookup(EmbeddingLookup):
-    """Every fid's embedding is ones; both shards answer the version asked for."""
-
-    async def lookup(
-        self,
-        version: int,
-        fids: Mapping[str, npt.NDArray[np.int64]],
-        dims: Mapping[str, int],
-        timeout_s: float,
-        urgent_s: float | None = None,
-    ) -> LookupResult:
-        values = {table: np.ones((len(f), dims[table]), dtype=np.float32) for table, f in fids.items()}
-        return LookupResult(values, dict.fromkeys(range(2), version))
-
-
 def test_requests_the_entry_cannot_take_are_invalid_argument_over_grpc(export: Path) -> None:
     """A SHARED list over the fid limit and a rank-65 tensor: INVALID_ARGUMENT (not INTERNAL), counted, and the
     entry keeps serving."""
@@ -125,7 +108,7 @@ def test_requests_the_entry_cannot_take_are_invalid_argument_over_grpc(export: P
         model = EntryModel(
             config=config.model,
             num_ps=2,
-            lookup=ConstantLookup(),
+            lookup=FilledLookup(1.0, shards=2),
             ps_ready=lambda version: True,
             metrics=metrics,
             max_fids_per_request=config.max_fids_per_request,

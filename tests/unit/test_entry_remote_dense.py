@@ -4,13 +4,12 @@ server's contract (bad input, versions, status, reload) and the entry's version 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
 import numpy as np
-import numpy.typing as npt
 import pytest
+from entry_fakes import FilledLookup
 
 from monolith_serving.client.inputs import encode, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
@@ -23,7 +22,7 @@ from monolith_serving.dense.server import DenseServer
 from monolith_serving.entry.dense import DenseModel, Float32Array, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig, ModelState
-from monolith_serving.entry.ps_client import ChannelPool, EmbeddingLookup, LookupResult, RetryPolicy
+from monolith_serving.entry.ps_client import ChannelPool, RetryPolicy
 from monolith_serving.entry.remote_dense import DenseReplicas, RemoteDenseConfig, dense_model_name
 from monolith_serving.entry.replica_source import StaticReplicaSource
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
@@ -154,18 +153,6 @@ def test_dense_server_contract(exports: tuple[Path, Path]) -> None:
     asyncio.run(scenario())
 
 
-class ZeroLookup(EmbeddingLookup):
-    async def lookup(
-        self,
-        version: int,
-        fids: Mapping[str, npt.NDArray[np.int64]],
-        dims: Mapping[str, int],
-        timeout_s: float,
-        urgent_s: float | None = None,
-    ) -> LookupResult:
-        return LookupResult({t: np.zeros((len(f), dims[t]), dtype=np.float32) for t, f in fids.items()}, {})
-
-
 class FakeRemote(DenseModel):
     """Our own DenseModel interface, recording what the entry awaits."""
 
@@ -196,7 +183,7 @@ def test_entry_gates_a_remote_dense_version_on_dense_0(exports: tuple[Path, Path
         model = EntryModel(
             config=config,
             num_ps=2,
-            lookup=ZeroLookup(),
+            lookup=FilledLookup(0.0),
             ps_ready=lambda v: True,
             metrics=EntryMetrics(),
             remote_dense=factory,
@@ -214,7 +201,7 @@ def test_entry_gates_a_remote_dense_version_on_dense_0(exports: tuple[Path, Path
         assert (version, width) == (1, spec.input_width) and 0 < timeout_s <= 0.25  # fetch_ps_timeout_ms budget
         # An entry without any dense replica source cannot load such a version, and says why.
         lonely = EntryModel(
-            config=config, num_ps=2, lookup=ZeroLookup(), ps_ready=lambda v: True, metrics=EntryMetrics()
+            config=config, num_ps=2, lookup=FilledLookup(0.0), ps_ready=lambda v: True, metrics=EntryMetrics()
         )
         await lonely.refresh()
         (failed,) = lonely.status("entry")

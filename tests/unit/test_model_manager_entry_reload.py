@@ -10,20 +10,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from entry_fakes import NoLookup
 
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import NotFoundError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig
-from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
-
-
-class NoLookup(EmbeddingLookup):
-    async def lookup(  # type: ignore[override]
-        self, version: int, fids: object, dims: object, timeout_s: float, urgent_s: float | None = None
-    ) -> LookupResult:
-        raise AssertionError("not called in these tests")
 
 
 def test_reload_to_a_new_version_keeps_the_old_one_serving_until_the_new_one_is_ready(tmp_path: Path) -> None:

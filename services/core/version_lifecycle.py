@@ -110,9 +110,7 @@ class LifecycleHooks(Generic[C, L, U]):
     unloaded: Callable[[str, int, L | None], None] = lambda model, version, loaded: None
     """(model, version, what it held) after an unload; to drop the version's metrics."""
     removed: Callable[[str], None] = lambda model: None
-    """(model) once it has left the config and its versions are unloaded; to drop the rest of its metrics.
-    Not called when a concurrent config change has added the model again meanwhile (the series are the new
-    one's then)."""
+    """(model) once it has left the config and its versions are unloaded; to drop the rest of its metrics."""
     publish: Callable[[L, list[U], str], None] | None = None
     """(loaded, pending, model): replays what arrived while the version loaded, on the loop, just before
     AVAILABLE. An exception fails the load. None: nothing arrives while a version loads."""
@@ -157,6 +155,10 @@ class VersionLifecycle(Generic[C, L, U]):
         # Config changes and polls run as tasks of their own (see ``_run_to_end``); kept here so that none is
         # garbage-collected mid-load and ``close`` can wait for them.
         self._changes: set[asyncio.Task[None]] = set()
+        # Config changes run one at a time, as TF Serving's reloads do. Two interleaved ones could remove a model
+        # and add it again under the same name; the removal, still waiting for the old model's lock, then
+        # forgot the metric series that the re-added model had just set (they are keyed by name and version).
+        self._config_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ queries (synchronous)
 
@@ -208,15 +210,18 @@ class VersionLifecycle(Generic[C, L, U]):
         await run_to_end(change, what, self._changes)
 
     async def _apply_config(self, configs: Sequence[C], *, fresh: bool) -> None:
+        async with self._config_lock:
+            await self._apply_config_alone(configs, fresh=fresh)
+
+    async def _apply_config_alone(self, configs: Sequence[C], *, fresh: bool) -> None:
         wanted = {c.name: c for c in configs}
         for name in sorted(set(self.models) - set(wanted)):
             model = self.models.pop(name)
-            async with model.lock:
+            async with model.lock:  # a poll may be loading one of its versions
                 for servable in list(model.versions.values()):
                     self._unload(model, servable)
                     self._forget_state_series(model.name, servable.version)
-                if name not in self.models:  # not added again by a change that ran while this one waited
-                    self._forget_model_series(name)
+                self._forget_model_series(name)
             logger.info("model %s removed from the config: unloaded", name)
         for name, config in wanted.items():
             existing = self.models.get(name)

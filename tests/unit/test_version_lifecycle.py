@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -291,12 +292,15 @@ def test_a_poll_does_not_load_a_model_removed_while_it_waited(tmp_path: Path) ->
 
 
 def test_a_model_added_again_while_its_removal_waited_keeps_its_series(tmp_path: Path) -> None:
-    """Series are keyed by name: a removal that waited for the model's lock must not forget the model-wide
-    series of the same name that a concurrent config change has added again meanwhile."""
+    """Series are keyed by name and version: a removal that waited for the model's lock (a poll held it) must
+    not forget the series of a model of the same name that a later config change added again. Config changes
+    therefore run one at a time: the re-add starts only once the removal has ended."""
 
     async def scenario() -> None:
         recorder = Recorder()
-        lifecycle = _lifecycle(recorder)
+        load_here = recorder.load  # gated by version; the re-added model's version 2 is not
+        hooks = dataclasses.replace(recorder.hooks(), load=lambda c, v: load_here(c, v) if c is config else f"m@{v}")
+        lifecycle = VersionLifecycle(hooks=hooks, metrics=recorder, executor=ThreadPoolExecutor(2))
         config = _versions(tmp_path, 1)
         await lifecycle.apply_config([config])
         _versions(tmp_path, 2)
@@ -305,13 +309,22 @@ def test_a_model_added_again_while_its_removal_waited_keeps_its_series(tmp_path:
         await _until(lambda: 2 in lifecycle.model("m").versions)
         remove = asyncio.create_task(lifecycle.apply_config([]))  # waits for the lock
         await _until(lambda: "m" not in lifecycle.models)
-        add_again = asyncio.create_task(lifecycle.apply_config([config]))
-        await _until(lambda: "m" in lifecycle.models)
+        elsewhere = Config("m", tmp_path / "elsewhere")
+        (elsewhere.base_path / "2").mkdir(parents=True)
+        add_again = asyncio.create_task(lifecycle.apply_config([elsewhere]))
+        await asyncio.wait({add_again}, timeout=0.5)  # interleaved, it would load version 2 here at once
         recorder.gates[2].set()
         await asyncio.gather(poll, remove, add_again)
         assert lifecycle.resolve("m")[1].require_loaded() == "m@2"
-        assert ("removed", "m") not in recorder.calls
-        assert ("forgot failures", "m") not in recorder.calls
+        live: dict[int, ModelState] = {}
+        for call in recorder.calls:
+            if call[0] == "state":
+                live[call[1]] = call[2]  # type: ignore[index]
+            elif call[0] == "forgot":
+                live.pop(call[1], None)  # type: ignore[arg-type]
+        assert live == {2: ModelState.AVAILABLE}, recorder.calls
+        available = [i for i, call in enumerate(recorder.calls) if call == ("state", 2, ModelState.AVAILABLE)]
+        assert recorder.calls.index(("removed", "m")) < available[-1]
 
     asyncio.run(scenario())
 

@@ -80,6 +80,7 @@ class AgentRuntime:
                 port=self._agent_port, reflection_services=("monolith.serving.agent_service.AgentService",)
             ),
             [add_agent_service(self._servicer)],
+            registry=self.metrics.registry,
         )
         await self._grpc.start()
         await self._grpc.set_serving(True)

@@ -19,6 +19,7 @@ from monolith_serving.core.errors import (
     UnavailableError,
 )
 from monolith_serving.core.log_limit import RateLimitedLog
+from monolith_serving.core.metrics import GrpcServerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +71,18 @@ async def _abort_unless_ended(
 
 
 def _wrap(
-    behavior: Behavior, method: str, deserializer: Deserializer | None, malformed_log: RateLimitedLog
+    behavior: Behavior,
+    method: str,
+    deserializer: Deserializer | None,
+    malformed_log: RateLimitedLog,
+    metrics: GrpcServerMetrics | None,
 ) -> Behavior:
     message_name = "" if deserializer is None else _message_name(deserializer, method)
     # grpc calls a handler's deserializer before any of this runs, and takes a decode error there for a servicer bug
     # (an ERROR log, UNKNOWN). So the wrapped handler takes the bytes as they came and the guard calls the same
     # deserializer: still one parse of the same bytes object, no copy.
     malformed_prefix = f"Error parsing message with type '{message_name}': "  # upb's wording; kept when it differs
+    malformed_count = None if metrics is None else metrics.malformed_requests.labels(method)
 
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
@@ -85,6 +91,8 @@ def _wrap(
                     request = deserializer(request)
                 except DecodeError as error:
                     reason = str(error).removeprefix(malformed_prefix)
+                    if malformed_count is not None:
+                        malformed_count.inc()
                     # Bad input, not a bug; but it never reaches the service, so this is the only place it shows.
                     malformed_log.log(
                         method, "%s from %s: malformed %s: %s", method, context.peer(), message_name, reason
@@ -115,10 +123,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Turns package errors raised by unary handlers into gRPC statuses with their message, and a request body that
     does not parse into INVALID_ARGUMENT naming its message type. Streaming handlers pass through untouched.
 
-    Wrapped handlers are cached per method, so the per-call cost is one dict lookup.
+    Wrapped handlers are cached per method, so the per-call cost is one dict lookup. With ``metrics``, malformed
+    bodies are also counted per method.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: GrpcServerMetrics | None = None) -> None:
+        self._metrics = metrics
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
         # A client sending garbage would otherwise log one WARNING per call.
         self._malformed_log = RateLimitedLog(logger, logging.WARNING)
@@ -136,7 +146,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or handler.unary_unary is None:
             return handler
         wrapped = grpc.unary_unary_rpc_method_handler(
-            _wrap(handler.unary_unary, method, handler.request_deserializer, self._malformed_log),
+            _wrap(handler.unary_unary, method, handler.request_deserializer, self._malformed_log, self._metrics),
             request_deserializer=None,
             response_serializer=handler.response_serializer,
         )

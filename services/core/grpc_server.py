@@ -23,9 +23,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
 
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from monolith_serving.core.grpc_errors import ErrorMappingInterceptor
+from monolith_serving.core.metrics import GrpcServerMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +81,20 @@ def channel_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[st
     ]
 
 
-def build_server(options: GrpcServerOptions, add_servicers: Iterable[Callable[[grpc.aio.Server], None]]) -> GrpcServer:
+def build_server(
+    options: GrpcServerOptions,
+    add_servicers: Iterable[Callable[[grpc.aio.Server], None]],
+    *,
+    registry: CollectorRegistry | None = None,
+) -> GrpcServer:
     """Creates the server, registers servicers, health and reflection, and binds the port.
 
-    Health starts NOT_SERVING; the service flips it once it can answer.
+    Health starts NOT_SERVING; the service flips it once it can answer. ``registry``: where the server's own
+    metrics (``core.metrics``) go; the service's /metrics registry.
     """
+    metrics = None if registry is None else GrpcServerMetrics(registry)
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(), *options.interceptors],
+        interceptors=[ErrorMappingInterceptor(metrics), *options.interceptors],
         options=[*channel_options(options.max_message_bytes), ("grpc.so_reuseport", 0)],
     )
     for add in add_servicers:

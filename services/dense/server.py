@@ -77,7 +77,7 @@ class DenseServer:
             host=self.config.host,
             reflection_services=(_PREDICTION_SERVICE, _MODEL_SERVICE),
         )
-        self._grpc = build_server(options, [add_prediction, add_models])
+        self._grpc = build_server(options, [add_prediction, add_models], registry=self.registry)
         await self._grpc.start()
         logger.info("dense gRPC on port %d", self._grpc.port)
         if self.config.metrics_port:

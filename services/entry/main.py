@@ -197,6 +197,7 @@ class EntryServer:
                 lambda s: prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predict, s),  # type: ignore[no-untyped-call]
                 lambda s: model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, s),  # type: ignore[no-untyped-call]
             ],
+            registry=self.metrics.registry,
         )
         await self._grpc.start()
         await self._grpc.set_serving(bool(self.model.served_versions))

@@ -103,6 +103,7 @@ class ProxyServer:
                 reflection_services=(PREDICTION_SERVICE, MODEL_SERVICE),
             ),
             [servicer.add_to_server],
+            registry=self.metrics.registry,
         )
         await self._grpc.start()
         if self._config.rest is not None:

@@ -117,7 +117,7 @@ class PsServer:
         def add_model(server: grpc.aio.Server) -> None:
             model_service_pb2_grpc.add_ModelServiceServicer_to_server(model_service, server)  # type: ignore[no-untyped-call]
 
-        self._grpc = build_server(options, [add_prediction, add_model])
+        self._grpc = build_server(options, [add_prediction, add_model], registry=self.registry)
         await self._grpc.start()
         logger.info("PS gRPC on port %d", self._grpc.port)
         if self.config.metrics_port:

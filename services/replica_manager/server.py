@@ -105,6 +105,7 @@ class ReplicaManagerServer:
                 reflection_services=(agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,),
             ),
             [add_agent_service(servicer)],
+            registry=self.metrics.registry,
         )
         await self._grpc.set_serving(False)
         await self._grpc.set_serving(False, REGISTRY_HEALTH_SERVICE)

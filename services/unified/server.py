@@ -157,7 +157,7 @@ class UnifiedServer:
             host=self.config.host,
             reflection_services=("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"),
         )
-        self._grpc = build_server(options, [add_prediction, add_model])
+        self._grpc = build_server(options, [add_prediction, add_model], registry=self.registry)
         await self._grpc.start()
         if self.config.metrics_port:
             self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.registry, host=self.config.host)

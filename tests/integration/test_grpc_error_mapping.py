@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager, suppress
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
+from prometheus_client import CollectorRegistry
 
 from monolith_serving.core.errors import DeadlineExceededError
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
@@ -109,10 +110,10 @@ Registration = Callable[[Predictions], Callable[[grpc.aio.Server], None]]
 
 @asynccontextmanager
 async def _serving(
-    predictions: Predictions, register: Registration = _generated
+    predictions: Predictions, register: Registration = _generated, registry: CollectorRegistry | None = None
 ) -> AsyncIterator[tuple[GrpcServer, grpc.aio.Channel]]:
     """A started server and a channel to it."""
-    server = build_server(GrpcServerOptions(port=0, host="127.0.0.1"), [register(predictions)])
+    server = build_server(GrpcServerOptions(port=0, host="127.0.0.1"), [register(predictions)], registry=registry)
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
@@ -154,8 +155,10 @@ def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_a_body_that_does_not_parse_is_invalid_argument_naming_its_message(
     caplog: pytest.LogCaptureFixture, register: Registration, body: bytes, method: str, message: str
 ) -> None:
+    registry = CollectorRegistry()
+
     async def scenario() -> tuple[tuple[str, str], tuple[str, str], bytes]:
-        async with _serving(Predictions(), register) as (_server, channel):
+        async with _serving(Predictions(), register, registry) as (_server, channel):
             malformed = await _call(channel, method, body)
             # The server keeps serving, on the same connection.
             good = await _call(channel, PREDICT, _predict_request("good"))
@@ -169,6 +172,10 @@ def test_a_body_that_does_not_parse_is_invalid_argument_naming_its_message(
     assert good == ("OK", "")
     assert predict_pb2.PredictResponse.FromString(reply).model_spec.name == "again"
     assert _errors(caplog) == []
+    # Counted once, under its method; the good calls after it are not (their series is there, at 0).
+    assert registry.get_sample_value("grpc_server_malformed_requests_total", {"method": method}) == 1
+    if method != PREDICT:
+        assert registry.get_sample_value("grpc_server_malformed_requests_total", {"method": PREDICT}) == 0
 
 
 def test_a_streaming_method_passes_through_the_error_mapping() -> None:

@@ -20,7 +20,10 @@ as ``RestConfig.body_budget_bytes`` allows: the bytes of the bodies being read, 
 (503 while draining), without its body being read.
 A Predict body of ``RestConfig.decode_offload_bytes`` or more is decoded (JSON → PredictRequest bytes) on a small
 thread pool, not on the event loop that serves every gRPC and REST client; at most ``decode_threads`` steps are
-handed to it at once, so its queue stays empty and a request waiting for a thread holds no work item there.
+handed to it at once, so its queue stays empty and a request waiting for a thread holds no work item there. A step
+the request stops waiting for (its deadline passed, or its handler was cancelled) is told to stop
+(``rest_codec.DecodeCancel``), so it gives back its thread and its body's bytes within a few ms instead of
+decoding on for nobody.
 Every request is counted once in ``proxy_requests_total`` under the method it asks for: by the core when it
 reaches a core call of that method, else here (``ProxyCore.count_refused``) with the code its answer means.
 A signature lookup is an internal core call (``CallContext.internal``) made for the Predict: not a request of
@@ -38,7 +41,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from aiohttp import HttpVersion11, hdrs, web
@@ -70,6 +73,7 @@ from monolith_serving.proxy.core import (
 from monolith_serving.proxy.metrics import UNKNOWN_METHOD
 from monolith_serving.proxy.rest_codec import (
     SIGNATURE_DEF_FIELD,
+    DecodeCancel,
     ModelRef,
     PredictBody,
     build_predict_request,
@@ -84,6 +88,7 @@ from monolith_serving.proxy.upstream import RpcStatusError, UpstreamReply
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 PREDICT = f"/{PREDICTION_SERVICE}/Predict"
 GET_MODEL_METADATA = f"/{PREDICTION_SERVICE}/GetModelMetadata"
@@ -170,10 +175,17 @@ class _BodyTooLarge(InvalidArgumentError):
     """A body over ``max_body_bytes``: 413, counted INVALID_ARGUMENT (the caller's mistake)."""
 
 
+class _DecodeStep(Protocol[T_co]):
+    """A step of decoding a body; it stops, raising DecodeCancelled, soon after ``cancel`` is set."""
+
+    def __call__(self, *, cancel: DecodeCancel) -> T_co: ...
+
+
 class _BodyHold:
     """The budget bytes one REST request's body holds. They are given back once the request is answered and no
-    decode step of its body still runs: a step its deadline cut short runs on in its thread, holding the memory it
-    decodes into, so its bytes stay taken until it ends. Owned by the gateway's event loop."""
+    decode step of its body still runs: a step its deadline cut short runs on in its thread until its next cancel
+    check, holding the memory it decodes into, so its bytes stay taken until it ends. Owned by the gateway's event
+    loop."""
 
     def __init__(self, budget: ByteBudget) -> None:
         self._budget = budget
@@ -437,17 +449,19 @@ class RestGateway:
         )
         return await self._core.call(path, request, ctx)
 
-    async def _decode(self, call: _RestCall, body_bytes: int, work: Callable[[], T]) -> T:
-        """``work()``, a step of decoding a ``body_bytes`` body: on a decode thread if the body is large.
+    async def _decode(self, call: _RestCall, body_bytes: int, work: _DecodeStep[T]) -> T:
+        """``work(cancel=...)``, a step of decoding a ``body_bytes`` body: on a decode thread if the body is large.
 
         The codec keeps each C-level call short, so the thread lets the event loop run every few ms (the GIL's
         switch interval). A step first waits for one of ``decode_threads`` slots, so the pool's queue never holds
         a step no thread is free for; waiting and decoding are bounded by what is left of the request's deadline:
-        past it the request is answered DEADLINE_EXCEEDED at once.
+        past it the request is answered DEADLINE_EXCEEDED at once, and the step is cancelled (it stops at its next
+        check, a few ms later at most). So is a step whose handler is cancelled.
         """
         decoder = self._decoder
+        cancel = DecodeCancel()
         if decoder is None or not self._offloads(body_bytes):
-            return work()
+            return work(cancel=cancel)
         try:
             await within(self._decode_slots.acquire(), self._remaining_s(call))
         except TimeoutError:
@@ -464,7 +478,7 @@ class RestGateway:
         call.body.hold()
         loop = asyncio.get_running_loop()
         try:
-            step = decoder.submit(work)
+            step = decoder.submit(work, cancel=cancel)
         except BaseException:  # the decoder was shut down under the request (stop() after its drain timeout)
             self._decode_ended(call.body)
             raise
@@ -472,8 +486,8 @@ class RestGateway:
         try:
             return await within(asyncio.wrap_future(step), self._remaining_s(call))
         except TimeoutError:
-            # A running thread cannot be stopped: it finishes this step and its result is dropped. Only the
-            # thread's time is lost, not the client's; its slot and its body's bytes stay taken until it ends.
+            # A running thread cannot be stopped from outside: the step stops at its next cancel check (finally)
+            # and its slot and its body's bytes stay taken until then.
             self._decode_timeouts.log(
                 "decoding",
                 "request %s: deadline passed while decoding its %d-byte REST body",
@@ -483,6 +497,8 @@ class RestGateway:
             raise DeadlineExceededError(
                 f"the deadline passed while decoding the {body_bytes}-byte request body"
             ) from None
+        finally:
+            cancel.set()  # nobody waits for the step any more (it may have ended: then this does nothing)
 
     def _remaining_s(self, call: _RestCall) -> float:
         return max(call.deadline - self._clock(), 0.0)
@@ -563,8 +579,10 @@ async def _continue_later(request: web.Request) -> None:
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
 
 
-def _encode_predict_request(model: ModelRef, body: PredictBody, signature_inputs: dict[str, int] | None) -> bytes:
-    return build_predict_request(model, body, signature_inputs).SerializeToString()
+def _encode_predict_request(
+    model: ModelRef, body: PredictBody, signature_inputs: dict[str, int] | None, *, cancel: DecodeCancel
+) -> bytes:
+    return build_predict_request(model, body, signature_inputs, cancel).SerializeToString()
 
 
 def _json(status: int, document: Any) -> web.Response:

@@ -29,11 +29,11 @@ from monolith_serving.core.errors import ResourceExhaustedError
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
-from monolith_serving.proxy import rest_gateway
+from monolith_serving.proxy import rest_codec, rest_gateway
 from monolith_serving.proxy.core import CallContext, CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
 from monolith_serving.proxy.metrics import ProxyMetrics
-from monolith_serving.proxy.rest_codec import PredictBody, parse_predict_body
+from monolith_serving.proxy.rest_codec import DecodeCancel, PredictBody, parse_predict_body
 from monolith_serving.proxy.rest_gateway import MAX_VERSION, RestConfig, RestGateway
 from monolith_serving.proxy.router import OutlierPolicy, Router
 from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
@@ -596,3 +596,45 @@ async def test_decode_steps_never_queue_and_a_cut_short_decode_keeps_its_bytes_u
             await _until(lambda: served.gateway.body_bytes_held == 0)
             assert await served.post("/entry:predict", BODY) == (200, {"outputs": [0.5]})
     assert gate.released_in_time == [True]
+
+
+class _GatedConversion:
+    """Stands in for ``rest_codec.json_to_tensor``: counts the inputs converted, and holds the first until
+    ``release`` (bounded), so a request's deadline passes while its body is converted."""
+
+    def __init__(self) -> None:
+        self.converted: list[str] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.convert = rest_codec.json_to_tensor
+
+    def __call__(self, value: Any, name: str, datatype: int | None, *cancel: DecodeCancel | None) -> Any:
+        self.converted.append(name)
+        if len(self.converted) == 1:
+            self.started.set()
+            self.release.wait(30)
+        return self.convert(value, name, datatype, *cancel)
+
+
+# 2000 instances of 10 named inputs: decoded on a thread, converted into 10 tensors one after the other.
+COLUMNS_BODY = json.dumps({"instances": [{f"c{k}": [i, k] for k in range(10)} for i in range(2000)]}).encode()
+
+
+@_sync
+async def test_a_decode_cut_short_by_its_deadline_stops_and_gives_back_its_bytes() -> None:
+    gate = _GatedConversion()
+    with mock.patch.object(rest_codec, "json_to_tensor", gate):
+        async with _gateway(timeout_s=1.0, decode_threads=1) as served:
+            try:
+                status, answer = await served.post("/entry:predict", COLUMNS_BODY)
+                assert status == 504 and "deadline passed while decoding" in answer["error"], answer
+                assert gate.started.is_set()
+            finally:
+                gate.release.set()
+            # The step stops at its next check instead of converting the 9 inputs left for nobody, and gives back
+            # its thread and its bytes: a request that fits is served by the one decode thread.
+            await _until(lambda: served.gateway.body_bytes_held == 0)
+            assert len(gate.converted) == 1, gate.converted
+            assert await served.post("/entry:predict", MID_BODY) == (200, {"outputs": [0.5]})
+            # The cut-short request never went upstream: the one Predict is the second request's.
+            assert [method for method, _ in served.upstream.calls] == [GET_MODEL_METADATA, PREDICT]

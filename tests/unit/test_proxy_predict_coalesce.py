@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, cast
+from unittest import mock
 
 import grpc
 import numpy as np
@@ -18,6 +20,7 @@ from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
+from monolith_serving.proxy import predict_coalesce
 from monolith_serving.proxy.config import config_from_args
 from monolith_serving.proxy.core import PREDICT, CallContext, CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
@@ -405,6 +408,42 @@ async def test_cancelling_one_queued_client_leaves_the_others() -> None:
         2, 3
     )
     assert core.admission.in_flight == 0
+
+
+@_sync
+async def test_a_large_predict_goes_alone_unparsed_while_the_loop_keeps_turning() -> None:
+    """Parsing and merging hold the event loop (and a thread would not help: upb holds the GIL), so a request
+    over max_request_bytes is never parsed. Parsing is stood in for by a wait that only the event loop can end:
+    had the large request been parsed on the loop, the wait would run out with the loop stuck in it."""
+    loop_turned = threading.Event()
+    parsed_sizes: list[int] = []
+    stalled: list[int] = []
+    parse = predict_coalesce.coalescable
+
+    def slow_parse(model: str, request: bytes) -> predict_coalesce.Coalescable | None:
+        parsed_sizes.append(len(request))
+        if len(request) > 1000:
+            asyncio.get_running_loop().call_soon(loop_turned.set)
+            if not loop_turned.wait(2.0):
+                stalled.append(len(request))
+        return parse(model, request)
+
+    pool = ScoringPool()
+    pool.release = asyncio.Event()
+    core, metrics = _core(pool, max_request_bytes=1000)
+    large = _request([str(v).zfill(600).encode() for v in (7, 8)])  # two rows, ~1.2 KB
+    with mock.patch.object(predict_coalesce, "coalescable", slow_parse):
+        first = await _start(core, _request(_rows(9)), "r0")
+        large_task = await _start(core, large, "large")
+        queued = [await _start(core, _request(_rows(i)), f"r{i}") for i in (1, 2)]
+        # Not queued behind the call in flight: it went upstream beside it, as the client's bytes.
+        assert [r for r, _, _ in pool.requests] == [_request(_rows(9)).SerializeToString(), large.SerializeToString()]
+        pool.release.set()
+        assert _scores(await large_task) == [7.0, 8.0]
+        assert [_scores(await t) for t in (first, *queued)] == [[9.0], [1.0], [2.0]]
+    assert stalled == [] and max(parsed_sizes) < 1000, parsed_sizes
+    assert len(pool.requests) == 3  # the small queued ones still merged
+    assert _count(metrics, "proxy_predicts_coalesced_total", {"model": "entry"}) == 2
 
 
 @_sync

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +13,10 @@ from monolith_serving.core.errors import InvalidArgumentError, MonolithServingEr
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
+from monolith_serving.proxy import rest_codec
 from monolith_serving.proxy.rest_codec import (
+    DecodeCancel,
+    DecodeCancelled,
     ModelRef,
     build_predict_request,
     parse_predict_body,
@@ -174,3 +178,28 @@ def test_non_finite_literals_and_surrogate_pairs_are_accepted() -> None:
     assert np.isnan(x[0]) and x[1:].tolist() == [float("inf"), float("-inf")]
     assert from_tensor_proto(request.inputs["s"]).tolist() == ["\U0001f600".encode()]
     assert request.model_spec.signature_name == "\U0001f600"
+
+
+def test_a_cancelled_decode_stops_at_its_next_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decode nobody waits for any more (its deadline passed) stops instead of finishing for nobody."""
+    body = json.dumps({"instances": [{f"c{k}": [i, 0.5] for k in range(5)} for i in range(100)]}).encode()
+    converted: list[str] = []
+    convert = rest_codec.json_to_tensor
+
+    def convert_then_cancel(value: Any, name: str, datatype: int | None, *cancel: DecodeCancel | None) -> Any:
+        tensor = convert(value, name, datatype, *cancel)
+        converted.append(name)
+        stop.set()  # the deadline passes once the first input is converted
+        return tensor
+
+    monkeypatch.setattr(rest_codec, "json_to_tensor", convert_then_cancel)
+    stop = DecodeCancel()
+    with pytest.raises(DecodeCancelled):
+        build_predict_request(ModelRef(name="m"), parse_predict_body(body), None, stop)
+    assert len(converted) == 1, converted  # not the 4 inputs left
+    # Set before: parsing stops at the first number, converting before the first input.
+    with pytest.raises(DecodeCancelled):
+        parse_predict_body(body, on_thread=True, cancel=stop)
+    with pytest.raises(DecodeCancelled):
+        build_predict_request(ModelRef(name="m"), parse_predict_body(body), None, stop)
+    assert len(converted) == 1

@@ -110,7 +110,11 @@ def build_server(
 
 
 def run_async_main(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
-    """Runs ``main(stop_event)`` on uvloop; SIGTERM/SIGINT set the event (installed once, here)."""
+    """Runs ``main(stop_event)`` on uvloop; SIGTERM/SIGINT set the event (installed once, here).
+
+    A second signal while stopping ends the process at once with 128 + its number: a stop can take a drain timeout
+    or a load that will not end, and an operator pressing Ctrl-C again means "now".
+    """
     import uvloop
 
     async def runner() -> int:
@@ -121,8 +125,15 @@ def run_async_main(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
         gc.freeze()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(sig: signal.Signals) -> None:
+            if stop.is_set():
+                logger.warning("%s again while stopping: exiting now", sig.name)
+                _exit_now(128 + sig.value)
+            stop.set()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal, sig)
         return await main(stop)
 
     return uvloop.run(runner())
@@ -210,12 +221,17 @@ def _exit_unless_gone_within(wait_s: float, code: int) -> None:
         time.sleep(wait_s)
         names = ", ".join(thread.name for thread in _running_non_daemon_threads())
         logger.warning("still running %g s after stopping (threads: %s): exiting without waiting more", wait_s, names)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        _exit_now(code)
 
     threading.Thread(target=exit_if_still_running, name="exit-watchdog", daemon=True).start()
+
+
+def _exit_now(code: int) -> None:
+    """Ends the process with ``code`` without joining threads or running ``atexit`` hooks; logs flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _running_non_daemon_threads() -> list[threading.Thread]:

@@ -7,7 +7,8 @@ then shuts down and exits non-zero so the orchestrator restarts the pod.
 
 Children write stdout and stderr to ``log_path`` (``--tfs_log``, appended) or to the agent's stdout.
 On Linux each child gets SIGTERM when the agent dies (PR_SET_PDEATHSIG), so a SIGKILLed agent leaves
-no orphan servers behind. Use from one asyncio loop; ``stop()`` is idempotent.
+no orphan servers behind. Children run in a session (and process group) of their own, so a terminal's Ctrl-C
+reaches the agent alone and the agent's shutdown order holds. Use from one asyncio loop; ``stop()`` is idempotent.
 """
 
 from __future__ import annotations
@@ -203,6 +204,9 @@ class ChildSupervisor:
                 stderr=subprocess.STDOUT,
                 env=env,
                 preexec_fn=preexec,
+                # Out of the agent's process group: a Ctrl-C to a foreground agent must reach the agent alone,
+                # which deregisters and drains before it stops its children.
+                start_new_session=True,
             )
         except OSError as exc:
             # Nothing to run (bad executable, fd limits): counted like an exit by the monitor.

@@ -51,7 +51,10 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            # Its own process group, as a shell gives a foreground command: ``signal_group`` is then a Ctrl-C.
+            self.process = subprocess.Popen(
+                self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
         return self
 
     def log(self) -> str:
@@ -61,6 +64,11 @@ class AgentProcess:
         """pid of the ``nth`` start of child ``child`` (from the agent log), None before it started."""
         pids = re.findall(rf"child {re.escape(child)} started \(pid (\d+)\)", self.log())
         return int(pids[nth]) if len(pids) >= (nth + 1 if nth >= 0 else -nth) else None
+
+    def signal_group(self, sig: int = signal.SIGINT) -> None:
+        """``sig`` to the agent's whole process group, as a terminal sends Ctrl-C to its foreground job."""
+        assert self.process is not None
+        os.killpg(self.process.pid, sig)
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         assert self.process is not None

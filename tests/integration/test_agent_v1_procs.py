@@ -136,6 +136,36 @@ def test_mixed_agent_serves_restarts_and_deregisters_first(
         agent.stop()
 
 
+def test_ctrl_c_reaches_the_agent_alone_so_it_deregisters_before_its_children_stop(
+    zk_server: ZooKeeperServer, zk: KazooClient, export: Path, tmp_path: Path
+) -> None:
+    """A terminal sends Ctrl-C to the whole foreground process group. Children in the agent's group would stop at
+    once, before the agent has removed their nodes: routers would send requests to servers already gone."""
+    ports = {"PORT2": free_port(), "PORT3": free_port(), "PORT5": free_port()}
+    agent = AgentProcess(
+        tmp_path,
+        "foreground",
+        conf(zk_server, "fg", export, "stand_alone_serving true\n"),
+        {k: str(v) for k, v in ports.items()},
+        "--drain_s=3",
+    ).start()
+    root = "/fg/service/demo"
+    try:
+        want = {"ps:0/0": AVAILABLE, "ps:1/0": AVAILABLE, "entry:0/00000000000": AVAILABLE}
+        wait_for("entry + 2 PS AVAILABLE", lambda: replica_stats(zk, root) == want, 90)
+        entry_pid, ps_pid = agent.child_pid("entry"), agent.child_pid("ps")
+        assert entry_pid is not None and ps_pid is not None
+        agent.signal_group(signal.SIGINT)
+        wait_for("nodes removed", lambda: not any(children(zk, f"{root}/{t}") for t in children(zk, root)), 20, 0.02)
+        time.sleep(0.5)  # a child that got the Ctrl-C itself has stopped by now (they stop within ~0.3 s)
+        assert port_answers(ports["PORT3"]) and port_answers(ports["PORT5"]), agent.log()[-3000:]
+        assert pid_alive(entry_pid) and pid_alive(ps_pid)
+        assert agent.wait(30) == 0
+        assert not pid_alive(entry_pid) and not pid_alive(ps_pid)
+    finally:
+        agent.stop()
+
+
 def test_entry_agent_waits_for_ps_agents(
     zk_server: ZooKeeperServer, zk: KazooClient, export: Path, tmp_path: Path
 ) -> None:

@@ -79,7 +79,9 @@ class ReplicaControl(abc.ABC):
         """Replace the whole model config at ``address`` with ``configs`` (may return before loading
         finishes). A reload config is the address's entire model set (TF Serving semantics): a unified
         container hosting several sub-models unloads every one left out, so ``configs`` must name all of
-        them; ``drop`` ones are left out, and no config left is an empty model list."""
+        them; ``drop`` ones are left out, and no config left is an empty model list. DeadlineExceededError
+        after ``timeout_s``: the replica may still be applying it (our servers finish a reload whose caller
+        stopped waiting)."""
 
     async def retain(self, addresses: set[str]) -> None:  # noqa: B027 -- optional: most controls hold nothing
         """Releases what is held for replicas at any address not in ``addresses`` (e.g. cached connections);

@@ -15,7 +15,12 @@ from collections.abc import Sequence
 
 import grpc
 
-from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from monolith_serving.core.errors import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 from monolith_serving.core.export_layout import ps_index
 from monolith_serving.core.grpc_server import channel_options
 from monolith_serving.core.zk_paths import ServerType
@@ -106,6 +111,8 @@ def _status_error(address: str, what: str, error: grpc.aio.AioRpcError) -> Excep
         return NotFoundError(message)
     if error.code() is grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgumentError(message)
+    if error.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceededError(message)  # a reload may still be running there (see ``RolloutCoordinator``)
     return UnavailableError(message)
 
 

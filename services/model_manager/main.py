@@ -71,6 +71,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--scan_interval_s", type=float, default=2.0, help="control-loop period (default 2)")
     add_flag(parser, "--rollout_timeout_s", type=float, default=600.0, help="abort a rollout after this long")
     add_flag(parser, "--poll_interval_s", type=float, default=0.5, help="status poll period during a rollout")
+    add_flag(parser, "--reload_timeout_s", type=float, default=30.0,
+             help="bound of one reload RPC; a longer load is followed by status polls (default 30)")  # fmt: skip
     add_flag(parser, "--drain_s", type=float, default=1.0, help="wait between entry switch and PS cleanup")
     add_flag(parser, "--resend_interval_s", type=float, default=10.0, help="re-send a drifted replica's config")
     add_flag(parser, "--retry_after_timeout_s", type=float, default=30.0,
@@ -157,6 +159,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         rollout=RolloutConfig(
             timeout_s=args.rollout_timeout_s,
             poll_interval_s=args.poll_interval_s,
+            reload_timeout_s=args.reload_timeout_s,
             drain_s=args.drain_s,
             resend_interval_s=args.resend_interval_s,
         ),

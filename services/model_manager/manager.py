@@ -27,6 +27,13 @@ Per-version bookkeeping (first seen, failed, copy failures, timeout retries) is 
 entries of versions older than every version in the source and the local folder are dropped (see
 ``_forget``), so the dicts and the persisted ``failed`` map follow the retention of the source and of the
 receive folder instead of growing with every version ever seen.
+
+``run`` returns within seconds of ``stop`` (SIGTERM/SIGINT), whatever a step is doing: a rollout may wait up to
+``--rollout_timeout_s`` on its replicas, so the running step is cancelled where it awaits. An interrupted
+rollout leaves the replicas as they are (every state a rollout passes through is free of mixed versions) and
+its persisted phase non-idle; the next start decides it again from what the replicas serve (``_restore``,
+``RolloutCoordinator.adopt``). A rollback interrupted once every entry had switched is pinned before the
+process ends, so the next start does not roll forward past it.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +57,7 @@ from monolith_serving.core.errors import (
     MonolithServingError,
     NotFoundError,
     ResourceExhaustedError,
+    UnavailableError,
 )
 from monolith_serving.core.export_layout import list_versions
 from monolith_serving.model_manager.fs import LocalFileSystem
@@ -71,6 +79,12 @@ from monolith_serving.model_manager.status import model_status, record_json
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# Once stopping: how long the cancelled step may take to unwind, and to save a rollback's pin meanwhile. The
+# deployments' grace periods (Helm terminationGracePeriodSeconds 30, compose stop_grace_period 20 s) cover both
+# plus closing the discovery connection.
+_STOP_WAIT_S = 10.0
+_SAVE_ON_STOP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -163,14 +177,62 @@ class ModelManager:
     # ------------------------------------------------------------------ loop
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Steps every ``scan_interval_s`` until ``stop`` is set, then returns within ``_STOP_WAIT_S``: a step
+        still running is cancelled (see the module docstring). Rollback requests still pending then fail with
+        UnavailableError (HTTP 503)."""
         self.loop = asyncio.get_running_loop()
-        if self._copier is not None:
-            for model in self._models.values():
-                await self._timed("recover", lambda m=model: self._recover(m))  # type: ignore[misc]
-        while not stop.is_set():
-            await self.step()
-            with contextlib.suppress(TimeoutError):
-                await within(self._wait_for_work(stop), self._config.scan_interval_s)
+        try:
+            if self._copier is not None:
+                for model in self._models.values():
+                    recover = self._timed("recover", lambda m=model: self._recover(m))  # type: ignore[misc]
+                    if not await self._unless_stopped(recover, stop):
+                        return
+            while not stop.is_set():
+                if not await self._unless_stopped(self.step(), stop):
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await within(self._wait_for_work(stop), self._config.scan_interval_s)
+        finally:
+            self._refuse_pending_rollbacks()
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+        """Runs ``work`` to its end (True), or until ``stop`` is set (False): it is then cancelled and awaited
+        at most ``_STOP_WAIT_S``."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
+        finally:
+            stopping.cancel()
+        if task.done():
+            task.result()  # ``_timed`` keeps step errors in; anything else is a bug that must not be lost
+            return True
+        rolling = [
+            f"{m.name}: {m.state.phase.value} of version {m.state.rolling_to}"
+            for m in self._models.values()
+            if m.state.rolling_to is not None
+        ]
+        logger.warning(
+            "model-manager stopping: interrupting the control step in progress (%s)",
+            "; ".join(rolling) or "no rollout running",
+        )
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=_STOP_WAIT_S)
+        if not done:
+            logger.error("the interrupted control step did not end within %.0f s; stopping anyway", _STOP_WAIT_S)
+        elif not task.cancelled() and task.exception() is not None:
+            logger.error("the interrupted control step failed", exc_info=task.exception())
+        return False
+
+    def _refuse_pending_rollbacks(self) -> None:
+        while not self._rollbacks.empty():
+            name, version, future = self._rollbacks.get_nowait()
+            if not future.done():
+                future.set_exception(_stopped_error(name, version))
+        self._pending_rollbacks.clear()
 
     async def _wait_for_work(self, stop: asyncio.Event) -> None:
         """Returns early when stopping or when a rollback request is queued."""
@@ -399,6 +461,10 @@ class ModelManager:
                 record = await self._rollback(self._models[name], version)
                 if not future.done():
                     future.set_result(record)
+            except asyncio.CancelledError:  # stopping: the requester learns it did not finish
+                if not future.done():
+                    future.set_exception(_stopped_error(name, version))
+                raise
             except Exception as error:  # the requester gets the error; the loop goes on
                 if not future.done():
                     future.set_exception(error)
@@ -409,14 +475,26 @@ class ModelManager:
         local = self._local_versions_now(model)
         if version not in local:
             raise NotFoundError(f"{model.name} version {version} is not on disk (present: {local})")
-        record = await self._rollout(model, version, rollback=True)
+        try:
+            record = await self._rollout(model, version, rollback=True)
+        except asyncio.CancelledError:
+            if model.state.serving == version:
+                # Stopped after every entry switched (in the PS cleanup): the rollback took effect. Pinned now, or
+                # the next start would adopt this version and roll forward again at once.
+                self._pin(model, version, local)
+                with contextlib.suppress(TimeoutError):
+                    await within(self._persist(model), _SAVE_ON_STOP_S)
+            raise
         if record.outcome is Outcome.SUCCEEDED:
-            model.hold_floor = max([*local, *model.candidates])
-            model.pinned = version
-            logger.info("%s pinned at version %d until a version above %d appears",
-                        model.name, version, model.hold_floor)  # fmt: skip
+            self._pin(model, version, local)
             await self._persist(model)
         return record
+
+    def _pin(self, model: ManagedModel, version: int, local: list[int]) -> None:
+        model.hold_floor = max([*local, *model.candidates])
+        model.pinned = version
+        logger.info("%s pinned at version %d until a version above %d appears",
+                    model.name, version, model.hold_floor)  # fmt: skip
 
     def _local_versions_now(self, model: ManagedModel) -> list[int]:
         if model.source.needs_copy:
@@ -482,6 +560,10 @@ class ModelManager:
             model.name, saved.serving, sorted(saved.failed), saved.rollback_pin, saved.phase, saved.target,
         )  # fmt: skip
         if saved.phase != Phase.IDLE.value:
+            # Whatever point it stopped at, the replicas were free of mixed versions; ``adopt`` then takes what
+            # they serve (the persisted version while entries and every PS shard still have it) and the PS keeps
+            # every version an entry serves. A forward rollout is then done again (each phase is idempotent); an
+            # interrupted rollback is not, its entries go back to the adopted version (request it again).
             logger.warning(
                 "%s: the previous run stopped during a rollout to %s (phase %s); it is decided again from "
                 "version %s if replicas still serve it",
@@ -519,6 +601,13 @@ class ModelManager:
     def snapshot(self) -> dict[str, Any]:
         """The last published status (an immutable-by-convention dict; safe to read from any thread)."""
         return self._snapshot
+
+
+def _stopped_error(model: str, version: int) -> UnavailableError:
+    return UnavailableError(
+        f"the model manager stopped before the rollback of {model} to version {version} finished; once it is "
+        "back, request it again unless /status shows that version serving"
+    )
 
 
 def _drop_older(book: dict[int, _T], oldest: int, keep: set[int] | frozenset[int] = frozenset()) -> None:

@@ -16,7 +16,10 @@ class ModelManagerMetrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.rollouts = Counter(
-            "monolith_model_manager_rollouts", "Finished rollouts by outcome", ["model", "outcome"], registry=r
+            "monolith_model_manager_rollouts",
+            "Rollouts by outcome: succeeded, failed, or interrupted (the manager stopped during it)",
+            ["model", "outcome"],
+            registry=r,
         )
         self.rollout_failures = Counter(
             "monolith_model_manager_rollout_failures",

@@ -21,6 +21,15 @@ so V serves nowhere and the model serves nothing until a later version succeeds.
 only when no replica held a version: a restarted manager ``adopt``s what the replicas serve before any
 rollout.
 
+A reload RPC is bounded by ``reload_timeout_s`` (30 s), far below the rollout's deadline: a PS answers it only
+once its versions settled, so a load may outlast it. Our replicas apply a reload to its end even when its caller
+stops waiting, so a reload that timed out counts as sent and its progress is followed by status polls; it is sent
+again (after ``resend_interval_s``) only while the replica does not even hold the wanted versions (loading
+counts), never on top of a load still running: the duplicate would queue behind it and, being an explicit reload,
+retry a failed load at once and hide its error from the status polls. Cancelled (the manager is stopping), a
+rollout leaves the replicas as they are: no state a rollout passes through mixes versions, and a restarted
+manager decides the rollout again from what the replicas serve (see ``adopt``).
+
 The coordinator keeps the *desired* config of every model (``ModelState``) and ``reconcile`` re-sends it to
 replicas that drifted (a restarted replica comes back with its own start-up config). Not thread-safe:
 use it from one asyncio task.
@@ -41,7 +50,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from monolith_serving.core.errors import MonolithServingError, NotFoundError, UnavailableError
+from monolith_serving.core.errors import DeadlineExceededError, MonolithServingError, NotFoundError, UnavailableError
 from monolith_serving.model_manager.control import (
     LoadConfig,
     Replica,
@@ -85,11 +94,15 @@ class RolloutConfig:
     timeout_s: float = 600.0  # per rollout (PS + entry phases); the abort gets as long again
     poll_interval_s: float = 0.5
     rpc_timeout_s: float = 5.0  # GetModelStatus
+    # HandleReloadConfigRequest: a PS answers once its versions settled, but our replicas finish a reload whose
+    # caller stopped waiting, and status polls follow it. Far below ``timeout_s``, so one replica that does not
+    # answer (stopped, partitioned) never holds up the polls of the others.
+    reload_timeout_s: float = 30.0
     drain_s: float = 1.0  # between the entry switch and the PS cleanup
     resend_interval_s: float = 10.0  # re-send a drifted replica's config at most this often
 
     def __post_init__(self) -> None:
-        if self.timeout_s <= 0 or self.poll_interval_s <= 0 or self.rpc_timeout_s <= 0:
+        if min(self.timeout_s, self.poll_interval_s, self.rpc_timeout_s, self.reload_timeout_s) <= 0:
             raise ValueError("rollout timeouts and intervals must be > 0")
 
 
@@ -156,6 +169,8 @@ class ModelState:
     # Last config sent to each replica and when (monotonic); dropped when a replica vanishes or stops
     # answering, so it gets its config again as soon as it is back.
     sent: dict[Replica, tuple[LoadConfig, float]] = field(default_factory=dict)
+    # Replicas whose last reload (in ``sent``) did not answer within ``reload_timeout_s``: it may still be running.
+    unanswered: set[Replica] = field(default_factory=set)
 
     def desired(self, kind: ServerKind) -> tuple[int, ...]:
         return self.ps_versions if kind is ServerKind.PS else self.entry_versions
@@ -244,45 +259,57 @@ class RolloutCoordinator:
         deadline = started + self._config.timeout_s
         entries_touched = False
         try:
-            state.phase = Phase.PS_LOADING
-            state.ps_versions = _versions(*kept, version)
-            await notify()
-            await self._converge(state, ServerKind.PS, deadline, want={version}, gone=set(), fail_on=version)
-            state.phase = Phase.ENTRY_SWITCHING
-            entries_touched = True
-            state.entry_versions = (version,)
-            await notify()
-            gone = kept - {version}
-            await self._converge(state, ServerKind.ENTRY, deadline, want={version}, gone=gone, fail_on=version)
-            state.serving = version
-            state.serving_since_s = self._wall()
-            state.adopted = True
-            await self._sleep(self._config.drain_s)
-            state.phase = Phase.PS_CLEANUP
-            state.ps_versions = (version,)
-            await notify()
             try:
-                cleanup_deadline = self._clock() + self._config.timeout_s
-                await self._converge(state, ServerKind.PS, cleanup_deadline, want={version}, gone=gone, fail_on=None)
+                state.phase = Phase.PS_LOADING
+                state.ps_versions = _versions(*kept, version)
+                await notify()
+                await self._converge(state, ServerKind.PS, deadline, want={version}, gone=set(), fail_on=version)
+                state.phase = Phase.ENTRY_SWITCHING
+                entries_touched = True
+                state.entry_versions = (version,)
+                await notify()
+                gone = kept - {version}
+                await self._converge(state, ServerKind.ENTRY, deadline, want={version}, gone=gone, fail_on=version)
+                state.serving = version
+                state.serving_since_s = self._wall()
+                state.adopted = True
+                await self._sleep(self._config.drain_s)
+                state.phase = Phase.PS_CLEANUP
+                state.ps_versions = (version,)
+                await notify()
+                try:
+                    cleanup_deadline = self._clock() + self._config.timeout_s
+                    await self._converge(
+                        state, ServerKind.PS, cleanup_deadline, want={version}, gone=gone, fail_on=None
+                    )
+                except RolloutError as error:
+                    # V serves everywhere; a PS still holding old only costs memory and reconcile retries it.
+                    logger.warning("%s: PS cleanup of version %s incomplete: %s", model, old, error.message)
+                record = RolloutRecord(version, old, Outcome.SUCCEEDED, "", started_s, self._wall(), rollback)
+                logger.info("%s %s to version %d succeeded in %.1f s", model, what, version, self._clock() - started)
             except RolloutError as error:
-                # V serves everywhere; a PS still holding old only costs memory and reconcile retries it.
-                logger.warning("%s: PS cleanup of version %s incomplete: %s", model, old, error.message)
-            record = RolloutRecord(version, old, Outcome.SUCCEEDED, "", started_s, self._wall(), rollback)
-            logger.info("%s %s to version %d succeeded in %.1f s", model, what, version, self._clock() - started)
-        except RolloutError as error:
-            state.phase = Phase.ABORTING
-            await notify()
-            await self._abort(state, old, version, entries_touched, kept)
-            record = RolloutRecord(
-                version, old, Outcome.FAILED, error.message, started_s, self._wall(), rollback, error.cause
-            )
-            self._metrics.rollout_failures.labels(model).inc()
-            logger.error(
-                "%s %s to version %d ABORTED, %s: %s",
-                model, what, version,
-                "nothing served before and nothing serves now" if old is None else f"version {old} keeps serving",
-                error.message,
+                state.phase = Phase.ABORTING
+                await notify()
+                await self._abort(state, old, version, entries_touched, kept)
+                record = RolloutRecord(
+                    version, old, Outcome.FAILED, error.message, started_s, self._wall(), rollback, error.cause
+                )
+                self._metrics.rollout_failures.labels(model).inc()
+                logger.error(
+                    "%s %s to version %d ABORTED, %s: %s",
+                    model, what, version,
+                    "nothing served before and nothing serves now" if old is None else f"version {old} keeps serving",
+                    error.message,
+                )  # fmt: skip
+        except asyncio.CancelledError:
+            # The manager is stopping. Nothing is undone (an abort waits on replicas too); see the module docstring.
+            logger.warning(
+                "%s %s to version %d INTERRUPTED in phase %s after %.1f s (the manager is stopping): replicas are "
+                "left as they are; the next start decides it again from what they serve",
+                model, what, version, state.phase.value, self._clock() - started,
             )  # fmt: skip
+            self._metrics.rollouts.labels(model, "interrupted").inc()
+            raise
         finally:
             state.phase = Phase.IDLE
             state.rolling_to = None
@@ -359,14 +386,31 @@ class RolloutCoordinator:
             await self._sleep(self._config.poll_interval_s)
 
     async def _push(self, state: ModelState, replicas: Sequence[Replica], deadline: float) -> None:
-        """Sends the desired config to replicas that were not sent exactly this config yet."""
+        """Sends the desired config to replicas that were not sent exactly this config yet, or whose reload did
+        not answer and seems never to have arrived (``_lost``)."""
+        now = self._clock()
         todo = []
         for replica in replicas:
             config = state.target.load_config(replica, state.desired(replica.kind))
             sent = state.sent.get(replica)
-            if sent is None or sent[0] != config:
+            if sent is None or sent[0] != config or self._lost(state, replica, config, sent[1], now):
                 todo.append((replica, config))
         await self._send_all(state, todo, deadline)
+
+    def _lost(self, state: ModelState, replica: Replica, config: LoadConfig, sent_s: float, now: float) -> bool:
+        """True for a reload that did not answer when, ``resend_interval_s`` later, the replica still does not
+        hold (loading or serving) every version it names. Never while it does: the reload is then still running,
+        and a duplicate would retry a failed load at once and hide the error the status polls look for."""
+        if replica not in state.unanswered or now - sent_s < self._config.resend_interval_s:
+            return False
+        view = state.views.get(replica)
+        if view is None:
+            return True
+        if view.error:
+            return False  # unreachable: ``_observe_replicas`` forgets the send, so it is sent again once back
+        if config.drop:
+            return view.hosting
+        return not set(config.versions) <= {s.version for s in view.versions if s.state in _HELD}
 
     async def _send_all(self, state: ModelState, todo: Sequence[tuple[Replica, LoadConfig]], deadline: float) -> None:
         """One reload per address (replicas sharing it get theirs together); addresses in parallel."""
@@ -386,17 +430,31 @@ class RolloutCoordinator:
         self, state: ModelState, address: str, updates: Mapping[Replica, LoadConfig], deadline: float
     ) -> None:
         # Built under the lock: the merged config must include what an earlier reload there just set.
+        # Never the whole rollout deadline: a replica that does not answer would hold up this phase's status
+        # polls (and noticing a load failure elsewhere) that long.
+        timeout_s = min(self._config.reload_timeout_s, max(self._config.rpc_timeout_s, deadline - self._clock()))
         async with self._address_lock(address):
             try:
                 configs = await self._hosted_at(state, address, updates)
-                # A PS answers HandleReloadConfigRequest once its versions settled, so the call may take as
-                # long as a load: give it what is left of the rollout deadline.
-                timeout_s = max(self._config.rpc_timeout_s, deadline - self._clock())
                 await self._control.reload(address, configs, timeout_s)
+            except DeadlineExceededError as error:
+                # A PS answers once its versions settled, so a long load outlasts the call; our replicas finish a
+                # reload whose caller stopped waiting. Counted as sent: status polls follow it (see ``_lost``).
+                now = self._clock()
+                for replica, config in updates.items():
+                    self._metrics.replica_reloads.labels(state.target.name, replica.sub_graph, "timeout").inc()
+                    state.sent[replica] = (config, now)
+                    state.unanswered.add(replica)
+                    logger.warning(
+                        "reload of %s@%s to %s not answered within %.0f s (%s); following it by status",
+                        replica.sub_graph, address, list(config.versions), timeout_s, error.message,
+                    )  # fmt: skip
+                return
             except MonolithServingError as error:
                 for replica, config in updates.items():
                     self._metrics.replica_reloads.labels(state.target.name, replica.sub_graph, "error").inc()
                     state.sent.pop(replica, None)
+                    state.unanswered.discard(replica)
                     logger.warning(
                         "reload of %s@%s to %s failed: %s", replica.sub_graph, address, config.versions, error.message
                     )
@@ -405,6 +463,7 @@ class RolloutCoordinator:
             for replica, config in updates.items():
                 self._metrics.replica_reloads.labels(state.target.name, replica.sub_graph, "ok").inc()
                 state.sent[replica] = (config, now)
+                state.unanswered.discard(replica)
                 logger.info("%s@%s now configured for versions %s", replica.sub_graph, address, list(config.versions))
 
     async def _hosted_at(
@@ -451,6 +510,7 @@ class RolloutCoordinator:
             dropped = sent is not None and sent[0].drop and not view.hosting  # what we asked for
             if view.error and not dropped:
                 state.sent.pop(view.replica, None)  # unreachable: send again when it is back
+                state.unanswered.discard(view.replica)
         return list(views)
 
     async def _view(self, state: ModelState, replica: Replica) -> ReplicaView:
@@ -476,6 +536,7 @@ class RolloutCoordinator:
         for gone in [r for r in state.views if r not in known]:
             del state.views[gone]
             state.sent.pop(gone, None)
+            state.unanswered.discard(gone)
         views = await self._observe_replicas(state, replicas)
         listed = {r.address for name in self._states for r in self._control.replicas(name)}
         await self._control.retain(listed)

@@ -42,6 +42,7 @@ from monolith_serving.core.agent_conf import AgentConfig, ConfError, load_agent_
 from monolith_serving.core.cli_flags import add_flag, flag_type, parse_port
 from monolith_serving.core.grpc_server import run_async_main
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
+from monolith_serving.discovery.addresses import host_address_family
 from monolith_serving.discovery.agent_view import ResourceSampler, WatcherReplicaView
 from monolith_serving.discovery.config import discovery_config_from_agent
 from monolith_serving.discovery.factory import create_discovery
@@ -104,6 +105,7 @@ def prepare(args: argparse.Namespace, environ: dict[str, str]) -> Prepared:
         connect_timeout_s=args.connect_timeout_s,
         child_ready_timeout_s=args.child_ready_timeout_s,
         drain_s=args.drain_s,
+        replica_address_family=host_address_family(environ),
     )
     plan: V1Plan | None = None
     filters: LayoutFilterSet | None = None
@@ -146,6 +148,7 @@ def _build(prepared: Prepared, metrics: AgentMetrics) -> tuple[Agent, ChildSuper
         base_name=None if v3 else config.base_name,
         agent_version=config.agent_version,
         metrics=discovery_metrics,
+        address_family=options.replica_address_family,
     )
     view = WatcherReplicaView(
         watcher,

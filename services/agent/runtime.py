@@ -14,6 +14,7 @@ from pathlib import Path
 from monolith_serving.agent.metrics import AgentMetrics
 from monolith_serving.agent.supervisor import ChildSupervisor
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
+from monolith_serving.discovery.addresses import AddressFamily
 from monolith_serving.discovery.agent_servicer import AgentServiceServicer, add_agent_service
 from monolith_serving.discovery.agent_view import ResourceSampler, WatcherReplicaView
 from monolith_serving.discovery.base import Discovery
@@ -34,6 +35,9 @@ class AgentOptions:
     child_ready_timeout_s: float = 120.0
     drain_s: float = 2.0  # after deregistering, before stopping children
     child_stop_grace_s: float = 10.0
+    # Which registered address of a replica HeartBeat hands out when both are set (Monolith: IPv6 only on a host
+    # without IPv4; ``discovery.addresses.host_address_family``).
+    replica_address_family: AddressFamily = AddressFamily.IPV4
 
 
 class AgentRuntime:

@@ -72,6 +72,9 @@ class ReplicaView(Protocol):
 class WatcherReplicaView:
     """A ReplicaView over one ReplicaWatcher (the agent's): its base_name is the default model.
 
+    v1 ``get_replicas`` with a ``base_name`` ignores ``model_name``, as Monolith's v1 GetReplicas does
+    (whatever model a client names, it gets this agent's model). Otherwise ``model_name`` picks the model
+    and "" means ``base_name`` (HeartBeat's ``model_name`` metadata is our extension; Monolith clients omit it).
     ``idc`` / ``cluster`` restrict answers to one data centre (dc_aware). Call from the watcher's loop.
     """
 
@@ -100,9 +103,10 @@ class WatcherReplicaView:
         return model_name or self._base_name
 
     def get_replicas(self, server_type: ServerType, task: int, model_name: str) -> list[str]:
-        model = self._model(model_name)
         if self._agent_version == 1:
+            model = self._base_name if self._base_name is not None else (model_name or None)
             return self._watcher.get_replicas(server_type, task, model=model, idc=self._idc, cluster=self._cluster)
+        model = self._model(model_name)
         if model is None:
             raise InvalidArgumentError("model_name is required (agent_version 3 serves several models)")
         return self._watcher.get_v3_replicas(

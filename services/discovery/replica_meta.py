@@ -13,6 +13,7 @@ from typing import Any
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.model_state import ModelState
+from monolith_serving.discovery.addresses import AddressFamily, choose_address
 from monolith_serving.discovery.node_data import load_json_object
 
 
@@ -52,6 +53,10 @@ class ReplicaMeta:
     @property
     def available(self) -> bool:
         return self.stat == ModelState.AVAILABLE
+
+    def serving_address(self, prefer: AddressFamily = AddressFamily.IPV4) -> str | None:
+        """The gRPC address to dial (``addresses.choose_address``): ``0.0.0.0:port`` falls back to IPv6."""
+        return choose_address(self.address, self.address_ipv6, prefer)
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self)).encode()

@@ -1,6 +1,8 @@
 """The ReplicaWatcher role: an in-memory view of which replicas are AVAILABLE, kept current by watches.
 
 v1: ``(model, server_type, task) → AVAILABLE addresses`` from ``/{bzid}/service/...`` ReplicaMeta nodes.
+The address handed out is chosen as Monolith's readers choose it (``addresses.choose_address``), and a
+replica node named ``-1`` (a Monolith PS started without a replica id) is read like any other.
 v3: ``model:sub_graph → gRPC addresses`` from ``/{bzid}/binding/...`` joined with
 ``/{bzid}/container_service/...``.
 
@@ -20,7 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import TracebackType
 
 from monolith_serving.core.aio_wait import event_set_within, within
@@ -35,21 +37,66 @@ from monolith_serving.core.zk_paths import (
     service_root,
     task_key,
 )
+from monolith_serving.discovery.addresses import AddressFamily
 from monolith_serving.discovery.base import Discovery, EventKind, SessionState, WatchEvent, WatchHandle
 from monolith_serving.discovery.metrics import DiscoveryMetrics
 from monolith_serving.discovery.replica_meta import ContainerServiceInfo, ReplicaMeta
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ReplicaInfo", "ReplicaWatcher", "V3Binding"]
+__all__ = ["UNSET_REPLICA_ID", "ReplicaInfo", "ReplicaWatcher", "UnsetIdReplicaPath", "V3Binding", "parse_replica_node"]
+
+UNSET_REPLICA_ID = -1
+
+
+@dataclass(frozen=True)
+class UnsetIdReplicaPath(ReplicaPath):
+    """A replica node named ``-1``: Monolith's PS registers ``ps:{task}/-1`` when it has no replica id
+    (neither REPLICA_ID nor MY_POD_NAME set). Read side only; ``ReplicaPath`` itself requires ids >= 0."""
+
+    def __post_init__(self) -> None:
+        if self.replica_id != UNSET_REPLICA_ID:
+            raise InvalidArgumentError(f"bad replica_id {self.replica_id}: this path type is for -1 only")
+        # Validate every other field as ReplicaPath does (and normalise server_type the same way).
+        checked = ReplicaPath(self.bzid, self.base_name, self.server_type, self.task, 0, self.idc, self.cluster)
+        object.__setattr__(self, "server_type", checked.server_type)
+
+    @property
+    def replica_name(self) -> str:
+        return str(UNSET_REPLICA_ID)  # never zero-padded
+
+
+def parse_replica_node(path: str) -> ReplicaPath:
+    """``ReplicaPath.parse`` that also accepts the leaf ``-1`` (as an ``UnsetIdReplicaPath``).
+
+    Monolith's readers take any leaf ``int()`` accepts; ``-1`` is the only non-canonical one its writers
+    produce. InvalidArgumentError naming ``path`` otherwise.
+    """
+    head, sep, leaf = path.rpartition("/")
+    if not sep or leaf != str(UNSET_REPLICA_ID):
+        return ReplicaPath.parse(path)
+    parsed = ReplicaPath.parse(f"{head}/0")
+    values = {f.name: getattr(parsed, f.name) for f in fields(parsed)}
+    values["replica_id"] = UNSET_REPLICA_ID
+    return UnsetIdReplicaPath(**values)
 
 
 @dataclass(frozen=True)
 class ReplicaInfo:
-    """One v1 replica node as read from the registry."""
+    """One v1 replica node as read from the registry.
+
+    ``address`` is the one to dial, chosen from ``meta.address`` / ``meta.address_ipv6`` by the watcher's
+    address family (None when neither is usable); read it rather than ``meta.address``.
+    """
 
     path: ReplicaPath
     meta: ReplicaMeta
+    address: str | None
+
+    @property
+    def routable(self) -> bool:
+        """AVAILABLE and with an address to dial."""
+        return self.meta.available and bool(self.address)
 
 
 @dataclass(frozen=True)
@@ -75,6 +122,8 @@ class ReplicaWatcher:
     """Watches the registry of one bzid (all models, or only ``base_name``).
 
     ``agent_version`` 1 watches the v1 service tree; 3 watches bindings and container services.
+    ``address_family`` is the v1 address preferred when a replica registered both (Monolith prefers IPv6
+    only on an IPv6-only host: pass ``addresses.host_address_family(os.environ)``, decided once at start-up).
     """
 
     def __init__(
@@ -87,6 +136,7 @@ class ReplicaWatcher:
         resync_interval_s: float = 30.0,
         rng: random.Random | None = None,
         metrics: DiscoveryMetrics | None = None,
+        address_family: AddressFamily = AddressFamily.IPV4,
     ) -> None:
         if agent_version not in (1, 3):
             raise ValueError(f"agent_version must be 1 or 3, got {agent_version}")
@@ -97,6 +147,7 @@ class ReplicaWatcher:
         self._resync_interval_s = resync_interval_s
         self._rng = rng or random.Random()
         self._metrics = metrics or DiscoveryMetrics()
+        self._address_family = address_family
         self._view = _View()
         self._malformed: dict[str, bytes] = {}  # node path -> digest of the malformed data last logged
         self._handles: list[WatchHandle] = []
@@ -201,7 +252,7 @@ class ReplicaWatcher:
             self._malformed.pop(path, None)
             return
         try:
-            replica_path = ReplicaPath.parse(path)
+            replica_path = parse_replica_node(path)
         except InvalidArgumentError:
             # Intermediate nodes without children (an emptied `ps:0`) are leaves too; not replicas.
             log.debug("ignoring non-replica node %s", path)
@@ -212,7 +263,7 @@ class ReplicaWatcher:
             view.replicas.pop(path, None)
             self._skip_malformed("replica", path, data, f"malformed data: {exc.message}")
             return
-        view.replicas[path] = ReplicaInfo(replica_path, meta)
+        view.replicas[path] = ReplicaInfo(replica_path, meta, meta.serving_address(self._address_family))
         self._malformed.pop(path, None)
 
     def _apply_binding(self, view: _View, kind: EventKind, path: str, data: bytes, model: str, name: str) -> None:
@@ -300,9 +351,8 @@ class ReplicaWatcher:
         return [self._view.replicas[p] for p in sorted(self._view.replicas)]
 
     def _select(self, model: str | None, idc: str | None, cluster: str | None) -> Iterable[ReplicaInfo]:
+        """Replicas in any state that pass the filters."""
         for info in self._view.replicas.values():
-            if not info.meta.available or not info.meta.address:
-                continue
             if model is not None and info.path.base_name != model:
                 continue
             if idc is not None and info.path.idc != idc:
@@ -324,9 +374,9 @@ class ReplicaWatcher:
         kind = ServerType(server_type)
         return sorted(
             {
-                info.meta.address
+                info.address
                 for info in self._select(model, idc, cluster)
-                if info.path.server_type is kind and info.path.task == task and info.meta.address
+                if info.address and info.routable and info.path.server_type is kind and info.path.task == task
             }
         )
 
@@ -338,14 +388,19 @@ class ReplicaWatcher:
         idc: str | None = None,
         cluster: str | None = None,
     ) -> dict[str, list[str]]:
-        """``"{server_type}:{task}" → sorted AVAILABLE addresses`` (the v1 HeartBeat map)."""
+        """``"{server_type}:{task}" → sorted AVAILABLE addresses`` (the v1 HeartBeat map).
+
+        As in Monolith, a task with replica nodes of which none is routable maps to ``[]`` (the key is
+        there, the list is empty); a task with no replica node at all has no key.
+        """
         kind = ServerType(server_type) if server_type is not None else None
         view: dict[str, set[str]] = {}
         for info in self._select(model, idc, cluster):
             if kind is not None and info.path.server_type is not kind:
                 continue
-            key = task_key(info.path.server_type, info.path.task)
-            view.setdefault(key, set()).add(info.meta.address or "")
+            addresses = view.setdefault(task_key(info.path.server_type, info.path.task), set())
+            if info.address and info.routable:
+                addresses.add(info.address)
         return {k: sorted(v) for k, v in sorted(view.items())}
 
     def get_replica(

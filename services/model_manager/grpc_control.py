@@ -82,12 +82,12 @@ class DiscoveryReplicaList(ReplicaList):
                 found.update(Replica(kind, task or 0, a) for a in addresses)
             return sorted(found)
         for info in self._watcher.replicas():
-            if info.path.base_name != model or not info.meta.address:
+            if info.path.base_name != model or not info.address:
                 continue
             if info.path.server_type is ServerType.PS:
-                found.add(Replica(ServerKind.PS, info.path.task, info.meta.address))
+                found.add(Replica(ServerKind.PS, info.path.task, info.address))
             elif info.path.server_type is ServerType.ENTRY:
-                found.add(Replica(ServerKind.ENTRY, 0, info.meta.address))
+                found.add(Replica(ServerKind.ENTRY, 0, info.address))
         return sorted(found)
 
 

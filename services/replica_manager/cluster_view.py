@@ -68,7 +68,7 @@ class ClusterView:
     def _v1_rows(self) -> Iterator[ReplicaRow]:
         for info in self._v1.replicas():
             path, meta = info.path, info.meta
-            target = ProbeTarget(meta.address, meta.model_name) if meta.address else None
+            target = ProbeTarget(info.address, meta.model_name) if info.address else None
             yield ReplicaRow(
                 model=path.base_name,
                 sub_graph=sub_graph_of(path.server_type, path.task),
@@ -76,9 +76,9 @@ class ClusterView:
                 server_type=path.server_type,
                 key=task_key(path.server_type, path.task),
                 replica=path.replica_name,
-                address=meta.address,
+                address=info.address,
                 state=_state_name(meta.stat),
-                registered_available=meta.available and bool(meta.address),
+                registered_available=info.routable,
                 target=target,
             )
 

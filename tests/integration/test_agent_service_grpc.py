@@ -116,6 +116,46 @@ def test_v1_get_replicas_heartbeat_and_resource(zk_server: ZooKeeperServer) -> N
     asyncio.run(scenario())
 
 
+def test_v1_answers_as_monolith_clients_expect(zk_server: ZooKeeperServer) -> None:
+    """Monolith's v1 agent (agent_service.AgentServiceImpl over replica_manager.ReplicaWatcher): HeartBeat keeps
+    a task whose replicas are all unroutable, with an empty list; GetReplicas ignores model_name; an address
+    registered as 0.0.0.0 is answered with address_ipv6; a replica node named -1 counts."""
+    bzid = f"bz{uuid.uuid4().hex[:10]}"
+
+    def meta(address: str, stat: int = 30, address_ipv6: str | None = None) -> bytes:
+        return ReplicaMeta(address=address, address_ipv6=address_ipv6, stat=stat).to_json()
+
+    async def scenario() -> None:
+        writer = create_discovery(
+            DiscoveryConfig(backend=Backend.ZOOKEEPER, zk_servers=zk_server.hosts, session_timeout_s=6.0)
+        )
+        await writer.start()
+        assert await writer.wait_connected(15)
+        root = f"/{bzid}/service/m"
+        await writer.register_ephemeral(f"{root}/ps:0/1", meta("10.0.0.2:1"))
+        await writer.register_ephemeral(f"{root}/ps:0/-1", meta("0.0.0.0:1", address_ipv6="[fd00::3]:1"))
+        await writer.register_ephemeral(f"{root}/ps:1/1", meta("10.0.0.4:1", stat=20))
+        await writer.register_ephemeral(f"/{bzid}/service/other/ps:0/1", meta("10.0.0.9:1"))
+        try:
+            async with agent_service(zk_server, bzid, 1, "m") as stub:
+                beat = await stub.HeartBeat(agent_service_pb2.HeartBeatRequest(server_type=agent_service_pb2.PS))
+                assert {k: list(v.address) for k, v in beat.addresses.items()} == {
+                    "ps:0": ["10.0.0.2:1", "[fd00::3]:1"],
+                    "ps:1": [],
+                }
+                for model_name in ("", "m", "other", "no_such_model"):
+                    reply = await stub.GetReplicas(
+                        agent_service_pb2.GetReplicasRequest(
+                            server_type=agent_service_pb2.PS, task=0, model_name=model_name
+                        )
+                    )
+                    assert list(reply.address_list.address) == ["10.0.0.2:1", "[fd00::3]:1"], model_name
+        finally:
+            await writer.stop()
+
+    asyncio.run(scenario())
+
+
 def test_v3_heartbeat_keys_are_model_sub_graph(zk_server: ZooKeeperServer) -> None:
     bzid = f"bz{uuid.uuid4().hex[:10]}"
 

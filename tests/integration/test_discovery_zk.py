@@ -706,3 +706,41 @@ def test_monolith_style_reader_finds_every_replica(zk_server: ZooKeeperServer) -
                     reader.close()
 
     run(body)
+
+
+def test_watcher_reads_nodes_as_a_monolith_agent_writes_them(zk_server: ZooKeeperServer) -> None:
+    """Monolith's ReplicaUpdater writes `0.0.0.0:port` when gethostbyname fails and `ps:{task}/-1` when the PS
+    has no replica id; its readers use `address_ipv6` then, and list that replica (data_def.ReplicaMeta.get_address,
+    replica_manager.ReplicaWatcher)."""
+    bzid = new_bzid()
+    root = service_root(bzid, "iptv")
+
+    def monolith_meta(address: str, address_ipv6: str, stat: int = ModelState.AVAILABLE) -> bytes:
+        return ReplicaMeta(address=address, address_ipv6=address_ipv6, stat=stat).to_json()
+
+    async def body() -> None:
+        async with create_discovery(zk_config(zk_server)) as disc:
+            assert await disc.wait_connected(15)
+            writer = plain_kazoo(zk_server)
+            try:
+                writer.create(f"{root}/ps:0/-1", monolith_meta("0.0.0.0:9700", "[::1]:9700"), makepath=True)
+                writer.create(f"{root}/ps:1/-1", monolith_meta("127.0.0.1:9710", "[::]:9710"), makepath=True)
+                writer.create(f"{root}/ps:2/-1", monolith_meta("127.0.0.1:9720", "[::1]:9720", stat=20), makepath=True)
+                async with ReplicaWatcher(discovery=disc, bzid=bzid, base_name="iptv") as watcher:
+                    assert await watcher.wait_synced(10)
+                    expected = {"ps:0": ["[::1]:9700"], "ps:1": ["127.0.0.1:9710"], "ps:2": []}
+                    await eventually(lambda: watcher.get_all_replicas() == expected, what="every task")
+                    await watcher.resync()  # the full re-read agrees with the watch events
+                    assert watcher.get_all_replicas() == expected
+                    assert watcher.get_replicas(ServerType.PS, 0) == ["[::1]:9700"]
+                    assert {info.path.replica_id for info in watcher.replicas()} == {-1}
+                    # The replica comes up: its stat changes in place, like any other node.
+                    writer.set(f"{root}/ps:2/-1", monolith_meta("127.0.0.1:9720", "[::1]:9720"))
+                    await eventually(lambda: watcher.get_replicas(ServerType.PS, 2) == ["127.0.0.1:9720"], what="up")
+                    writer.delete(f"{root}/ps:0/-1")
+                    await eventually(lambda: "ps:0" not in watcher.get_all_replicas(), what="ps:0 gone")
+            finally:
+                writer.stop()
+                writer.close()
+
+    run(body)

@@ -38,8 +38,12 @@ from monolith_serving.core.tfrecord import (
 from monolith_serving.proto_gen.monolith.hash_table import entry_dump_pb2
 
 DUMP_PREFIX = "MonolithHashTable_"
+# Monolith's native multi-hash-table checkpoints (``MonolithMultiHashTable_<k>-<j>-of-<m>``, snappy-compressed
+# TFRecords, plus ``MonolithMultiHashTable_<k>.meta-<j>-of-<m>``): recognised only to say they are not supported.
+NATIVE_MULTI_DUMP_PREFIX = "MonolithMultiHashTable_"
 # Greedy table group + end anchor: table names may contain underscores, the last `_<k>` is the partition.
 _DUMP_NAME = re.compile(r"^MonolithHashTable_(?P<table>.+)_(?P<partition>\d+)-(?P<shard>\d{5,})-of-(?P<num>\d{5,})$")
+_RESOURCE_NAME = re.compile(r"^MonolithHashTable_(?P<table>.+)_(?P<partition>\d+)$")
 
 _ID_TAG = 0x09  # field 1, wire type 1 (fixed64)
 _NUM_TAG = 0x15  # field 2, wire type 5 (fixed32), one tag per float because `num` is not packed
@@ -93,6 +97,28 @@ def parse_dump_filename(name: str) -> DumpFileName | None:
     return DumpFileName(match["table"], int(match["partition"]), shard, num)
 
 
+@dataclass(frozen=True)
+class TableResourceName:
+    """A Monolith trainer's name of one table partition, ``MonolithHashTable_<table>_<k>``: the hash table's
+    ``shared_name``, which its dump files are named after (plus ``-<j>-of-<m>``) and which ``hashtable_assign``
+    pushes prefix their inputs with (``<name>_id``, ``<name>_value``)."""
+
+    table: str
+    partition: int
+
+
+def parse_table_resource_name(name: str) -> TableResourceName | None:
+    """``MonolithHashTable_<table>_<k>`` -> (table as its dump files name it, k); None for any other name.
+
+    The table part is read as in a dump file name (greedy: the last ``_<digits>`` is the partition), with ``:`` and
+    ``/`` turned into ``-`` as Monolith does when it names the files after the table.
+    """
+    match = _RESOURCE_NAME.match(name)
+    if match is None:
+        return None
+    return TableResourceName(match["table"].replace(":", "-").replace("/", "-"), int(match["partition"]))
+
+
 def find_dump_files(assets_dir: PathLike, partition: int) -> dict[str, list[Path]]:
     """All dump files of ``partition`` in ``assets_dir``, per table, sorted by shard index.
 
@@ -128,6 +154,43 @@ def find_dump_files(assets_dir: PathLike, partition: int) -> dict[str, list[Path
             )
         result[table] = [by_shard[j][1] for j in range(num_shards)]
     return result
+
+
+def explain_missing_dumps(assets_dir: PathLike, partition: int) -> str:
+    """Why ``find_dump_files(assets_dir, partition)`` found nothing, for a load error: the folder, the names
+    expected, and what the folder holds instead (native multi-hash-table dumps, other partitions' dumps,
+    dump-named entries that are not regular files)."""
+    directory = Path(assets_dir)
+    expected = format_dump_filename("<table>", partition, 0, 1).replace("00000-of-00001", "<jjjjj>-of-<mmmmm>")
+    message = (
+        f"no hash-table dump of partition {partition} in {str(directory)!r}: expected at least one file named "
+        f"{expected} (an empty file is fine)"
+    )
+    native: list[str] = []
+    other_partitions: set[int] = set()
+    not_files: list[str] = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith(NATIVE_MULTI_DUMP_PREFIX):
+            native.append(entry.name)
+            continue
+        match = _DUMP_NAME.match(entry.name)
+        if match is None:
+            continue
+        if int(match["partition"]) != partition:
+            other_partitions.add(int(match["partition"]))
+        elif not entry.is_file():
+            not_files.append(entry.name)
+    if native:
+        message += (
+            f"; it holds native multi-hash-table dumps ({native[0]}, {len(native)} files): native multi-hash-table "
+            "dumps (MonolithMultiHashTable_*) are not supported; export with use_native_multi_hash_table=False to "
+            "get MonolithHashTable_* files"
+        )
+    if other_partitions:
+        message += f"; it holds dump files of partition(s) {sorted(other_partitions)} only"
+    if not_files:
+        message += f"; {len(not_files)} dump-named entries are not regular files and were skipped ({not_files[0]!r})"
+    return message
 
 
 # ---------------------------------------------------------------------------------------------- writing

@@ -19,10 +19,11 @@ from monolith_serving.ps.inputs import ShardCheck, TensorMap, check_request_size
 from monolith_serving.ps.metrics import PsMetrics
 from monolith_serving.ps.sync import (
     HASHTABLE_ASSIGN,
-    RAW_ASSIGN,
     TableUpdate,
+    check_raw_assign_signature,
     decode_hashtable_assign,
     decode_raw_assign,
+    sync_kind,
 )
 from monolith_serving.ps.table_store import TableSet
 from monolith_serving.ps.version_manager import SubModel, VersionStateManager
@@ -106,12 +107,18 @@ class PsCore:
         return LookupResult(servable.version, outputs)
 
     def sync(self, ref: ModelRef, signature: str, inputs: TensorMap) -> tuple[int, int]:
-        """Applies a ``hashtable_assign`` or ``table/raw_assign`` push; returns (version served, rows applied).
+        """Applies a ``hashtable_assign`` or raw_assign push (``table/raw_assign`` or Monolith's
+        ``MonolithMultiHashTable_<k>/raw_assign``, see ``ps.sync``); returns (version served, rows applied).
 
-        The push goes into the newest AVAILABLE version and is queued for every version still loading, so a
-        version switch does not lose it. Validated whole first: on any error nothing is applied.
+        The push goes into the newest AVAILABLE version (or the pinned one) and is queued for every version
+        loading at that moment, which replays it just before it becomes AVAILABLE. Pushes applied before a load
+        started are not carried into the new version: its export replaces them (docs/ps.md). Validated whole
+        first: on any error nothing is applied. Metrics count under the signature's kind (``sync_kind``).
         """
         model = self.versions.model(ref.name)
+        kind = sync_kind(signature)
+        if kind is None:
+            raise NotFoundError(f"signature {signature!r} not found")
         id_inputs = [n for n in inputs if n == "id" or n.endswith(ID_SUFFIX)]
         try:
             _, servable = self.versions.resolve(ref.name, ref.version, ref.label)
@@ -119,23 +126,22 @@ class PsCore:
             check_request_size({n: inputs[n] for n in id_inputs}, self._max_fids, what="fids")
             dims = {name: table.dim for name, table in tables.tables.items()}
             shard = self.shard_check(model)
-            if signature == HASHTABLE_ASSIGN:
+            if kind == HASHTABLE_ASSIGN:
                 updates = decode_hashtable_assign(inputs, dims, shard)
-            elif signature == RAW_ASSIGN:
-                updates = decode_raw_assign(inputs, dims, tables.order, shard)
             else:
-                raise NotFoundError(f"signature {signature!r} not found")
+                check_raw_assign_signature(signature, model.config.partition)
+                updates = decode_raw_assign(inputs, dims, tables.order, shard)
             for update in updates:
                 tables.tables[update.table].check_update(update.fids, update.values)
         except MonolithServingError:
-            self._metrics.sync_updates_rejected_of[(ref.name, signature)].inc(_count_rows(inputs, id_inputs))
+            self._metrics.sync_updates_rejected_of[(ref.name, kind)].inc(_count_rows(inputs, id_inputs))
             raise
         for update in updates:
             tables.tables[update.table].upsert(update.fids, update.values)
         for loading in model.loading():
             loading.pending.append(updates)
         rows = sum(u.rows for u in updates)
-        self._metrics.sync_updates_applied_of[(ref.name, signature)].inc(rows)
+        self._metrics.sync_updates_applied_of[(ref.name, kind)].inc(rows)
         return servable.version, rows
 
 

@@ -28,7 +28,7 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
 from monolith_serving.ps.config import SubModelConfig, check_partitions, sub_models_from_proto
 from monolith_serving.ps.core import ID_SUFFIX, LOOKUP, LOOKUP_ALIASES, VALUE_SUFFIX, ModelRef, PsCore
 from monolith_serving.ps.metrics import PsMetrics
-from monolith_serving.ps.sync import HASHTABLE_ASSIGN, RAW_ASSIGN
+from monolith_serving.ps.sync import HASHTABLE_ASSIGN, RAW_ASSIGN, monolith_raw_assign, sync_kind
 from monolith_serving.ps.table_store import TableSet
 from monolith_serving.ps.wire import LookupResponseEncoder
 
@@ -66,13 +66,15 @@ class PsPredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionSe
         started = time.perf_counter()
         spec = request.model_spec
         signature = _signature(spec)
+        # Metric label: lookup, hashtable_assign or table/raw_assign (Monolith's <name>/raw_assign counts there).
+        kind = LOOKUP if signature == LOOKUP else (sync_kind(signature) or "unknown")
         ref = model_ref(spec)
         response: predict_pb2.PredictResponse | bytes
         try:
-            if signature == LOOKUP:
+            if kind == LOOKUP:
                 result = self._core.lookup(ref, request.inputs, request.output_filter)
                 response = self._encoder.encode(result.outputs, spec.name, result.version, spec.signature_name)
-            elif signature in (HASHTABLE_ASSIGN, RAW_ASSIGN):
+            elif kind != "unknown":
                 version, _rows = self._core.sync(ref, signature, request.inputs)
                 response = predict_pb2.PredictResponse()
                 response.model_spec.name = spec.name
@@ -80,14 +82,13 @@ class PsPredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionSe
                 response.model_spec.signature_name = spec.signature_name
             else:
                 raise NotFoundError(
-                    f"signature {spec.signature_name!r} not found "
-                    f"(PS signatures: {LOOKUP}, {HASHTABLE_ASSIGN}, {RAW_ASSIGN})"
+                    f"signature {spec.signature_name!r} not found (PS signatures: {LOOKUP}, {HASHTABLE_ASSIGN}, "
+                    f"{RAW_ASSIGN}, MonolithMultiHashTable_<partition>/raw_assign)"
                 )
         except MonolithServingError as error:
-            label = signature if signature in (LOOKUP, HASHTABLE_ASSIGN, RAW_ASSIGN) else "unknown"
-            self._metrics.request_errors.labels(label, status_code_for(error).name).inc()
+            self._metrics.request_errors.labels(kind, status_code_for(error).name).inc()
             raise
-        self._latency[(signature,)].observe(time.perf_counter() - started)
+        self._latency[(kind,)].observe(time.perf_counter() - started)
         return response
 
     async def GetModelMetadata(
@@ -102,7 +103,7 @@ class PsPredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionSe
         response.model_spec.name = ref.name
         response.model_spec.version.value = servable.version
         if servable.loaded is not None:
-            response.metadata["signature_def"].Pack(signature_defs(servable.loaded))
+            response.metadata["signature_def"].Pack(signature_defs(servable.loaded, _model.config.partition))
         return response
 
 
@@ -147,9 +148,12 @@ def _tensor_info(name: str, datatype: int, dims: Sequence[int]) -> meta_graph_pb
     return info
 
 
-def signature_defs(tables: TableSet) -> get_model_metadata_pb2.SignatureDefMap:
+def signature_defs(tables: TableSet, partition: int) -> get_model_metadata_pb2.SignatureDefMap:
     """The PS contract (docs/ps.md) as SignatureDefs over the version's tables (-1: any length; a dim of -1: the
-    table has no rows on this shard yet, so its width is not known)."""
+    table has no rows on this shard yet, so its width is not known). The multi-hash-table push is listed under
+    our name and Monolith's (``MonolithMultiHashTable_<partition>/raw_assign``); ``hashtable_assign`` lists our
+    input names only (Monolith's ``MonolithHashTable_<table>_<partition>_id`` are accepted as aliases, but one
+    push may not name a table twice, so a signature listing both would invite a refused request)."""
     sigs = get_model_metadata_pb2.SignatureDefMap()
     lookup = sigs.signature_def[LOOKUP]
     assign = sigs.signature_def[HASHTABLE_ASSIGN]
@@ -165,6 +169,7 @@ def signature_defs(tables: TableSet) -> get_model_metadata_pb2.SignatureDefMap:
     raw.inputs["id"].CopyFrom(_tensor_info("id", types_pb2.DT_INT64, [-1]))
     raw.inputs["id_split"].CopyFrom(_tensor_info("id_split", types_pb2.DT_INT64, [len(tables.order) + 1]))
     raw.inputs["flat_value"].CopyFrom(_tensor_info("flat_value", types_pb2.DT_FLOAT, [-1]))
+    sigs.signature_def[monolith_raw_assign(partition)].CopyFrom(raw)
     return sigs
 
 

@@ -2,8 +2,9 @@
 
 A version loads its hash-table dumps into a fresh TableSet on a worker thread. Sync batches that arrive
 meanwhile are validated and queued on the loading version (``PsCore.sync``); publishing replays them into
-the new tables right before it goes AVAILABLE, in the same synchronous step, so no update is lost across
-a version switch.
+the new tables right before it goes AVAILABLE, in the same synchronous step, so no update acknowledged after the
+load started is lost across a version switch. Updates applied to the old version before that are not carried
+over: the new export replaces them (docs/ps.md, "Across a version switch").
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -193,6 +194,40 @@ def test_sync_both_signatures_and_atomic_rejection(hand_built: tuple[Ps, dict, P
     after = ps.lookup("ps_0", {"alpha": existing, "beta_tbl": beta_fids})[1]
     for name in before:
         np.testing.assert_array_equal(before[name], after[name])
+
+
+def test_sync_under_the_names_a_monolith_trainer_sends(hand_built: tuple[Ps, dict, Path]) -> None:
+    """Monolith's trainer prefixes hashtable_assign inputs with the table's resource name
+    ``MonolithHashTable_<table>_<k>`` and pushes a multi-hash table under ``MonolithMultiHashTable_<k>/raw_assign``
+    (<k>: the PS index). ps_0 applies both; another shard's names are refused."""
+    ps, rows, _ = hand_built
+    existing = np.array(list(rows["alpha"])[4:6], dtype=np.int64)
+    fresh = np.array([(np.int64(80) << 48) | 2 * k for k in range(1, 4)], dtype=np.int64)
+    alpha_fids = np.concatenate([existing, fresh])
+    alpha_vals = np.arange(5 * 33, dtype=np.float32).reshape(5, 33)
+    reply = ps.predict("ps_0", "hashtable_assign", {"MonolithHashTable_alpha_0_id": alpha_fids,
+                                                    "MonolithHashTable_alpha_0_value": alpha_vals})  # fmt: skip
+    assert not reply.outputs and reply.model_spec.version.value == 1
+    np.testing.assert_array_equal(ps.lookup("ps_0", {"alpha": alpha_fids})[1]["alpha_value"], alpha_vals)
+
+    beta_fids = np.array([(np.int64(81) << 48) | 2 * k for k in range(1, 3)], dtype=np.int64)
+    flat = np.concatenate([np.full(33, 6.5, np.float32), np.full(2 * 17, -1.5, np.float32)])
+    ps.predict("ps_0", "MonolithMultiHashTable_0/raw_assign", {"id": np.concatenate([fresh[:1], beta_fids]),
+               "id_split": np.array([0, 1, 3], np.int64), "flat_value": flat})  # fmt: skip
+    _, out = ps.lookup("ps_0", {"alpha": fresh[:1], "beta_tbl": beta_fids})
+    assert np.all(out["alpha_value"] == 6.5) and np.all(out["beta_tbl_value"] == -1.5)
+
+    for signature, inputs in [
+        ("hashtable_assign", {"MonolithHashTable_alpha_1_id": fresh[:1],
+                              "MonolithHashTable_alpha_1_value": np.zeros((1, 33), np.float32)}),
+        ("MonolithMultiHashTable_1/raw_assign", {"id": fresh[:1], "id_split": np.array([0, 1, 1], np.int64),
+                                                 "flat_value": np.zeros(33, np.float32)}),
+    ]:  # fmt: skip
+        with pytest.raises(grpc.RpcError) as refused:
+            ps.predict("ps_0", signature, inputs)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, signature
+        assert "partition 1" in str(refused.value.details()) and "this is partition 0" in str(refused.value.details())
+    assert np.all(ps.lookup("ps_0", {"alpha": fresh[:1]})[1]["alpha_value"] == 6.5)
 
 
 I64 = np.array([2, 4], np.int64)
@@ -403,6 +438,36 @@ def test_version_switch_under_load_and_corrupt_dump_recovery(tmp_path: Path) -> 
         assert code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and victim.name in message
         assert ps.lookup("ps_0", query)[0] == 2
         assert ps.status("ps_0")[2][0] == AVAILABLE
+
+
+def test_a_version_without_dumps_of_its_partition_fails_and_the_old_one_keeps_serving(tmp_path: Path) -> None:
+    """A version whose assets/ holds no MonolithHashTable file of the partition (here: only FIFOs named like
+    dumps, as the shutdown audit found, and Monolith's native multi-hash-table files) ends with an error naming
+    the folder; it must not replace the serving version with empty tables."""
+    base = tmp_path / "ps_0"
+    rows = write_version(base, 1, seed=4)
+    args = ["--model_name", "ps_0", "--model_base_path", str(base), "--num_ps", str(NUM_PS),
+            "--file_system_poll_wait_seconds", "0.2"]  # fmt: skip
+    with start_ps(tmp_path, args) as proc:
+        ps = Ps(proc)
+        ps.wait_state("ps_0", 1, AVAILABLE)
+        staged = tmp_path / "staging" / "2"
+        (staged / "assets").mkdir(parents=True)
+        for table in DIMS:
+            os.mkfifo(staged / "assets" / format_dump_filename(table, 0, 0, 1))
+        for name in ("MonolithMultiHashTable_0-00000-of-00001", "MonolithMultiHashTable_0.meta-00000-of-00001"):
+            (staged / "assets" / name).write_bytes(b"\x00" * 8)
+        staged.rename(base / "2")
+        _state, code, message = ps.wait_state("ps_0", 2, END)
+        assert code == grpc.StatusCode.NOT_FOUND.value[0], message
+        assert str(base / "2" / "assets") in message and "MonolithHashTable_<table>_0-<jjjjj>-of-<mmmmm>" in message
+        assert "native multi-hash-table dumps (MonolithMultiHashTable_*) are not supported" in message
+        assert ps.status("ps_0")[1][0] == AVAILABLE
+        fids = np.array(list(rows["alpha"])[:5], dtype=np.int64)
+        version, out = ps.lookup("ps_0", {"alpha": fids})
+        assert version == 1
+        np.testing.assert_array_equal(out["alpha_value"], _rows_of(rows["alpha"], fids, DIMS["alpha"]))
+        assert model_server_health(proc) == {"SERVING"}
 
 
 def _hold_health(proc: ServerProcess, status: str, for_s: float = 1.0) -> None:

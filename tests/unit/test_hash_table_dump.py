@@ -14,9 +14,12 @@ from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
 from monolith_serving.core.hash_table_dump import (
     DumpFileName,
     DumpFormatError,
+    TableResourceName,
+    explain_missing_dumps,
     find_dump_files,
     format_dump_filename,
     parse_dump_filename,
+    parse_table_resource_name,
     read_dump,
     write_dump,
 )
@@ -94,6 +97,39 @@ def test_find_dump_files_mixed_counts_and_missing_dir(tmp_path: Path) -> None:
         find_dump_files(tmp_path, 0)
     with pytest.raises(NotFoundError, match="nope"):
         find_dump_files(tmp_path / "nope", 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("MonolithHashTable_user_emb_0", TableResourceName("user_emb", 0)),
+        ("MonolithHashTable_t_1_12", TableResourceName("t_1", 12)),
+        ("MonolithHashTable_" + "0123456789abcdef" * 2 + "_4", TableResourceName("0123456789abcdef" * 2, 4)),
+        ("MonolithHashTable_scope/t:x_2", TableResourceName("scope-t-x", 2)),  # as Monolith names its dump files
+        ("MonolithHashTable_t", None),
+        ("MonolithHashTable__0", None),
+        ("MonolithMultiHashTable_0", None),
+        ("t_0", None),
+    ],
+)  # fmt: skip
+def test_parse_table_resource_name(name: str, expected: TableResourceName | None) -> None:
+    """A trainer's table name is its dump files' name without ``-<j>-of-<m>``: both parse to the same table."""
+    assert parse_table_resource_name(name) == expected
+    if expected is not None and "/" not in name:
+        parsed = parse_dump_filename(name + "-00000-of-00001")
+        assert parsed is not None and (parsed.table, parsed.partition) == (expected.table, expected.partition)
+
+
+def test_explain_missing_dumps(tmp_path: Path) -> None:
+    message = explain_missing_dumps(tmp_path, 3)
+    assert str(tmp_path) in message and "MonolithHashTable_<table>_3-<jjjjj>-of-<mmmmm>" in message
+    assert "not supported" not in message and "only" not in message
+    _touch(tmp_path, "MonolithMultiHashTable_3-00000-of-00002", "MonolithMultiHashTable_3.meta-00000-of-00001",
+           format_dump_filename("t", 1, 0, 1))  # fmt: skip
+    (tmp_path / format_dump_filename("t", 3, 0, 1)).mkdir()
+    message = explain_missing_dumps(tmp_path, 3)
+    assert "native multi-hash-table dumps (MonolithMultiHashTable_*) are not supported" in message
+    assert "partition(s) [1] only" in message and "1 dump-named entries are not regular files" in message
 
 
 # ------------------------------------------------------------------------------------ hand-made protobuf wire

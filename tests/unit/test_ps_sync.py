@@ -1,4 +1,5 @@
-"""Decoding of parameter-sync pushes (hashtable_assign, table/raw_assign) and their validation."""
+"""Decoding of parameter-sync pushes (hashtable_assign, table/raw_assign and the names a Monolith trainer sends)
+and their validation."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from monolith_serving.ps.inputs import ShardCheck
-from monolith_serving.ps.sync import decode_hashtable_assign, decode_raw_assign
+from monolith_serving.ps.sync import (
+    HASHTABLE_ASSIGN,
+    RAW_ASSIGN,
+    check_raw_assign_signature,
+    decode_hashtable_assign,
+    decode_raw_assign,
+    sync_kind,
+)
 
 DIMS = {"a": 2, "b": 3}
 ORDER = ("a", "b")
@@ -136,3 +144,66 @@ def test_a_value_tensor_is_checked_against_its_rows_before_it_is_decoded() -> No
     filled.tensor_shape.dim.add(size=4)  # a fill of exactly the rows asked is still fine
     (update,) = decode_hashtable_assign({"a_id": _i64([1, 2]), "a_value": filled}, DIMS, NO_SHARD)  # type: ignore[arg-type]
     assert update.values.tolist() == [[0.5, 0.5], [0.5, 0.5]]
+
+
+def test_monolith_resource_names_are_aliases_of_this_partitions_tables() -> None:
+    """A Monolith trainer prefixes hashtable_assign inputs with the hash table's resource name
+    ``MonolithHashTable_<table>_<k>`` (hash_table_ops.hash_table_from_config; <k> the PS index), which is also
+    what its dump files are named after."""
+    shard = ShardCheck(num_ps=3, partition=1)
+    dims = {"a": 2, "t_7": 3}  # a table name ending in _<digits>: the last _<digits> is the partition
+    inputs = {
+        "MonolithHashTable_a_1_id": _i64([1, 4]),
+        "MonolithHashTable_a_1_value": _f32([[1, 2], [3, 4]]),
+        "MonolithHashTable_t_7_1_id": _i64([7]),
+        "MonolithHashTable_t_7_1_value": _f32([[5, 6, 7]]),
+    }
+    updates = decode_hashtable_assign(inputs, dims, shard)  # type: ignore[arg-type]
+    assert [(u.table, u.fids.tolist(), u.values.tolist()) for u in updates] == [
+        ("a", [1, 4], [[1, 2], [3, 4]]),
+        ("t_7", [7], [[5, 6, 7]]),
+    ]
+    # Our own names and Monolith's may be mixed in one push, one name per table.
+    mixed = {"a_id": _i64([1]), "a_value": _f32([[0, 0]]), **{k: v for k, v in inputs.items() if "t_7" in k}}
+    assert [u.table for u in decode_hashtable_assign(mixed, dims, shard)] == ["a", "t_7"]  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("prefix", "error", "message"),
+    [
+        ("MonolithHashTable_a_2", InvalidArgumentError, "table 'a' of PS partition 2, this is partition 1"),
+        ("MonolithHashTable_zz_2", InvalidArgumentError, "PS partition 2, this is partition 1"),
+        ("MonolithHashTable_zz_1", NotFoundError, "table 'zz' is not served"),
+        ("MonolithHashTable_a", NotFoundError, "'MonolithHashTable_a' is not served"),
+    ],
+)  # fmt: skip
+def test_monolith_resource_names_of_another_partition_or_table_are_refused(
+    prefix: str, error: type, message: str
+) -> None:
+    inputs = {prefix + "_id": _i64([1]), prefix + "_value": _f32([[1, 2]])}
+    with pytest.raises(error, match=message):
+        decode_hashtable_assign(inputs, DIMS, ShardCheck(num_ps=3, partition=1))  # type: ignore[arg-type]
+
+
+def test_a_table_named_twice_in_one_push_is_refused() -> None:
+    inputs = {"a_id": _i64([1]), "a_value": _f32([[1, 2]]),
+              "MonolithHashTable_a_0_id": _i64([1]), "MonolithHashTable_a_0_value": _f32([[3, 4]])}  # fmt: skip
+    with pytest.raises(InvalidArgumentError, match="table 'a' is also pushed as"):
+        decode_hashtable_assign(inputs, DIMS, NO_SHARD)  # type: ignore[arg-type]
+
+
+def test_raw_assign_signature_names() -> None:
+    """Monolith's trainer pushes a multi-hash table under ``<shared_name>/raw_assign``
+    (parameter_sync_tf_bridge.cc), the shared name being ``MonolithMultiHashTable_<k>`` with <k> the PS index
+    (distributed_ps_factory.MultiHashTableFactory) or ``MonolithMultiHashTable_`` without PS."""
+    assert sync_kind("hashtable_assign") == HASHTABLE_ASSIGN
+    for name in ("table/raw_assign", "MonolithMultiHashTable_1/raw_assign", "x/raw_assign"):
+        assert sync_kind(name) == RAW_ASSIGN
+    assert sync_kind("raw_assign") is None and sync_kind("lookup") is None
+    for ok in ("table/raw_assign", "MonolithMultiHashTable_1/raw_assign", "MonolithMultiHashTable_/raw_assign"):
+        check_raw_assign_signature(ok, 1)
+    with pytest.raises(InvalidArgumentError, match="partition 3's multi-hash table, this is partition 1"):
+        check_raw_assign_signature("MonolithMultiHashTable_3/raw_assign", 1)
+    for unknown in ("other/raw_assign", "/raw_assign", "MonolithMultiHashTable_x/raw_assign"):
+        with pytest.raises(NotFoundError, match="MonolithMultiHashTable_1/raw_assign"):
+            check_raw_assign_signature(unknown, 1)

@@ -115,6 +115,35 @@ def test_sync_during_a_load_reaches_the_new_version(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_push_before_the_load_started_is_not_carried_into_the_new_version(tmp_path: Path) -> None:
+    """docs/ps.md: a version switch keeps every push acknowledged from the start of the new version's load on;
+    rows pushed into the old version before that are replaced by the new export (which holds them if it was
+    exported after them)."""
+
+    async def scenario() -> None:
+        manager, core, loader, config = _setup(tmp_path, [1])
+        await manager.apply_config([config])
+        before = {
+            "t_id": to_tensor_proto(np.array([4], np.int64)),
+            "t_value": to_tensor_proto(np.full((1, 2), 5.0, np.float32)),
+        }
+        core.sync(ModelRef("ps_0"), "hashtable_assign", before)
+        (tmp_path / "ps_0" / "2").mkdir()
+        loader.gate[2] = threading.Event()
+        refresh = asyncio.create_task(manager.refresh())
+        await asyncio.sleep(0.05)
+        during = {
+            "t_id": to_tensor_proto(np.array([6], np.int64)),
+            "t_value": to_tensor_proto(np.full((1, 2), 7.0, np.float32)),
+        }
+        core.sync(ModelRef("ps_0"), "hashtable_assign", during)
+        loader.gate[2].set()
+        await refresh
+        assert _lookup(core, [4, 6]) == (2, [[2, 2], [7, 7]])  # 4: the export's row; 6: replayed
+
+    asyncio.run(scenario())
+
+
 def test_requests_before_any_version_and_unknown_labels(tmp_path: Path) -> None:
     async def scenario() -> None:
         manager, core, loader, config = _setup(tmp_path, [1])

@@ -95,7 +95,14 @@ def build_server(
     metrics = None if registry is None else GrpcServerMetrics(registry)
     server = grpc.aio.server(
         interceptors=[ErrorMappingInterceptor(metrics), *options.interceptors],
-        options=[*channel_options(options.max_message_bytes), ("grpc.so_reuseport", 0)],
+        options=[
+            *channel_options(options.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+            # The proxy pings an entry every 10 s while a call waits (proxy/upstream.py keepalive). By default a
+            # server takes pings more often than every 5 min with no data for abuse, and at the third strike
+            # sends GOAWAY too_many_pings, failing the calls in flight on that connection.
+            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ],
     )
     for add in add_servicers:
         add(server)

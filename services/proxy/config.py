@@ -96,6 +96,13 @@ def _coalescing_config(args: argparse.Namespace) -> PredictCoalescing:
     return PredictCoalescing(enabled=args.coalesce_predicts, max_rows=args.coalesce_max_rows)
 
 
+def _default_timeout_s(args: argparse.Namespace) -> float | None:
+    timeout_ms = args.grpc_default_timeout_in_ms
+    if timeout_ms < 0:
+        raise InvalidArgumentError(f"--grpc_default_timeout_in_ms must be >= 0 (0: none), got {timeout_ms}")
+    return timeout_ms / 1000.0 if timeout_ms else None
+
+
 def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyConfig:
     """Parses everything once; ``env`` (os.environ in main) feeds agent.conf's environment rules."""
     agent = resolve_environment(load_agent_config(args.conf), env) if args.conf else None
@@ -122,7 +129,12 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyC
         grpc_port=args.port if args.port is not None else TFS_GRPC_PORT,
         rest=rest,
         metrics_port=args.metrics_port,
-        core=CoreConfig(max_in_flight=args.max_in_flight, admin_token=token, coalescing=_coalescing_config(args)),
+        core=CoreConfig(
+            max_in_flight=args.max_in_flight,
+            admin_token=token,
+            default_timeout_s=_default_timeout_s(args),
+            coalescing=_coalescing_config(args),
+        ),
         outlier=OutlierPolicy(
             consecutive_failures=args.ejection_failures,
             cooldown_s=args.ejection_cooldown_s,

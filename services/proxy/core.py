@@ -74,6 +74,10 @@ class CoreConfig:
     max_in_flight: int = 1024
     admin_token: str | None = None
     fanout_timeout_s: float = 5.0  # GetModelStatus / reload fan-outs when the client set no deadline
+    # Routed calls (Predict, GetModelMetadata, ...) when the client set no deadline: without one, a call to a
+    # replica that accepts and never answers (SIGSTOPped, wedged) held its client and its admission slot
+    # forever. None: no bound (the client's call may wait forever).
+    default_timeout_s: float | None = 30.0
     min_retry_budget_s: float = 0.002  # no retry when less than this is left of the deadline
     # Share of the client's deadline the first attempt may use when another replica could take a retry. A replica
     # whose host vanished (no RST) would otherwise hold the request until the client's deadline.
@@ -84,6 +88,8 @@ class CoreConfig:
     def __post_init__(self) -> None:
         if self.admin_token is not None and not self.admin_token:
             raise ValueError("admin_token must be non-empty when given")
+        if self.default_timeout_s is not None and self.default_timeout_s <= 0:
+            raise ValueError(f"default_timeout_s must be > 0 (or None), got {self.default_timeout_s}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +153,7 @@ class ProxyCore:
         self._retries_log = RateLimitedLog(log, logging.INFO, clock=clock)
         self._maintenance: asyncio.Task[None] | None = None
         self._probes: set[asyncio.Task[None]] = set()
+        self._drain_cut_off: float | None = None  # when the transports cancel what is still in flight (drain)
         self._predicts: PredictCoalescer | None = None
         if config.coalescing.enabled:
             self._predicts = PredictCoalescer(
@@ -157,6 +164,13 @@ class ProxyCore:
     async def start(self) -> None:
         if self._maintenance is None:
             self._maintenance = asyncio.create_task(self._maintenance_loop(), name="proxy-maintenance")
+
+    def drain_started(self, grace_s: float) -> None:
+        """Tells the core its transports stop accepting now and cancel the calls still in flight ``grace_s``
+        from now (``--drain_timeout_s``). A call cancelled from then on is cut by the proxy's shutdown, not
+        abandoned by its client: it is counted and logged (WARNING) as UNAVAILABLE, what gRPC answers its client
+        (the server cancels its calls with UNAVAILABLE), not as the client's CANCELLED."""
+        self._drain_cut_off = self._clock() + grace_s
 
     async def stop(self) -> None:
         tasks = [t for t in (self._maintenance, *self._probes) if t is not None]
@@ -173,12 +187,14 @@ class ProxyCore:
         """Serves one client call of ``path`` (``/package.Service/Method``) with serialized ``request``.
 
         Every call is counted and timed once, whatever ends it: an answer, an error, or the transport
-        cancelling it (client gone or deadline passed; counted CANCELLED / DEADLINE_EXCEEDED, then re-raised);
-        an ``internal`` call is neither. Failures are logged rate-limited (:meth:`_log_failure`).
+        cancelling it (client gone or deadline passed, counted CANCELLED / DEADLINE_EXCEEDED; the drain's end,
+        counted UNAVAILABLE; then re-raised); an ``internal`` call is neither. Failures are logged rate-limited
+        (:meth:`_log_failure`). A routed call whose client set no deadline goes upstream with
+        ``default_timeout_s``.
         """
         method = self._methods[path]
         started = self._clock()
-        deadline = None if ctx.timeout_s is None else started + ctx.timeout_s
+        deadline = None if ctx.timeout_s is None else started + ctx.timeout_s  # the client's own
         model_label = UNKNOWN_MODEL
         code = grpc.StatusCode.OK
         if not ctx.admitted:
@@ -198,7 +214,7 @@ class ProxyCore:
             addresses = self._source.endpoints(model)
             model_label = self._model_labels.of(model)
             if not addresses:
-                raise UnavailableError(f"no AVAILABLE replica of model {model!r}")
+                raise UnavailableError(f"model {model!r} has no AVAILABLE replica right now")
             reply = await self._serve_model(path, model, addresses, request, ctx, deadline)
             model_label = self._model_labels.answered(model)
             return reply
@@ -212,6 +228,10 @@ class ProxyCore:
             raise
         except asyncio.CancelledError:
             code = self._cancellation_code(deadline)
+            if code is grpc.StatusCode.UNAVAILABLE:
+                message = "cancelled at shutdown: the proxy's drain timeout passed while it was in flight"
+                self._log_failure(ctx, method, model_label, code, message, False)
+                raise
             gone = "its deadline passed" if code is grpc.StatusCode.DEADLINE_EXCEEDED else "it cancelled the call"
             self._log_failure(ctx, method, model_label, code, f"the client stopped waiting: {gone}", True)
             raise
@@ -288,14 +308,36 @@ class ProxyCore:
             raise DeadlineExceededError(f"model {model!r}: the deadline passed before the request was forwarded")
         if path == GET_MODEL_STATUS:
             return await self._model_status(model, addresses, request, ctx)
+        default_s = self._config.default_timeout_s
+        if deadline is not None or default_s is None:
+            return await self._forward(path, model, addresses, request, ctx.request_id, deadline)
+        try:
+            return await self._forward(path, model, addresses, request, ctx.request_id, self._clock() + default_s)
+        except RpcStatusError as error:
+            if error.code is not grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+            raise RpcStatusError(
+                error.code,
+                f"model {model!r}: no answer within {default_s:g} s, the proxy's deadline for calls that set none "
+                f"(--grpc_default_timeout_in_ms): {error.message}",
+                error.trailing,
+            ) from None
+
+    async def _forward(
+        self, path: str, model: str, addresses: tuple[str, ...], request: bytes, request_id: str, deadline: float | None
+    ) -> UpstreamReply:
         if path == PREDICT and self._predicts is not None:
-            return await self._predicts.forward(model, addresses, request, ctx.request_id, deadline)
-        return await self._routed(path, model, addresses, request, ctx.request_id, deadline)
+            return await self._predicts.forward(model, addresses, request, request_id, deadline)
+        return await self._routed(path, model, addresses, request, request_id, deadline)
 
     def _cancellation_code(self, deadline: float | None) -> grpc.StatusCode:
-        """What the transport cancelling our handler means: the client's deadline passed, or it went away."""
-        if deadline is not None and self._clock() >= deadline - _DEADLINE_SLACK_S:
+        """What the transport cancelling our handler means: the client's deadline passed, the drain ended
+        (:meth:`drain_started`), or the client went away."""
+        now = self._clock()
+        if deadline is not None and now >= deadline - _DEADLINE_SLACK_S:
             return grpc.StatusCode.DEADLINE_EXCEEDED
+        if self._drain_cut_off is not None and now >= self._drain_cut_off - _DEADLINE_SLACK_S:
+            return grpc.StatusCode.UNAVAILABLE
         return grpc.StatusCode.CANCELLED
 
     def _client_caused(self, code: grpc.StatusCode, deadline: float | None) -> bool:

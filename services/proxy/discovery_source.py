@@ -5,9 +5,15 @@ Model names, as clients put them in ``model_spec.name``:
   by the ``entry:0`` replicas under ``/{bzid}/service/{base_name}/``;
 - v3: ``{model}:entry``, served by the containers bound to that sub-graph.
 
-A model is *known* when any replica node of it exists (any state); its endpoints are the AVAILABLE ones,
-filtered to this proxy's idc/cluster when dc_aware. The per-model view is rebuilt at most every
-``view_ttl_s`` (a watch event reaches requests within that time; retries cover the gap).
+A model is *known* when any replica node of it exists (any state), or when one did within the last
+``forget_departed_s``; its endpoints are the AVAILABLE ones, filtered to this proxy's idc/cluster when dc_aware.
+A name never seen in the registry is NOT_FOUND (a typo: retrying will not help); a known one with no AVAILABLE
+replica is UNAVAILABLE (retry). The registry alone cannot tell a model whose last replica left from a name
+that never existed: v1 model names live in the replica nodes' data, and v3 bindings are the replicas
+themselves, so nothing of either is left once they are gone. So the source remembers the names it saw leave
+(at most ``max_departed``, each for ``forget_departed_s``); a proxy started after they left answers NOT_FOUND.
+The per-model view is rebuilt at most every ``view_ttl_s`` (a watch event reaches requests within that time;
+retries cover the gap).
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class DiscoveryEndpointSource:
         cluster: str | None = None,
         sync_timeout_s: float = 10.0,
         view_ttl_s: float = 0.25,
+        forget_departed_s: float = 3600.0,
+        max_departed: int = 1000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._discovery = discovery
@@ -59,6 +67,10 @@ class DiscoveryEndpointSource:
         self._clock = clock
         self._view = _View(frozenset())
         self._view_at = float("-inf")
+        self._forget_departed_s = forget_departed_s
+        self._max_departed = max_departed
+        self._registered: frozenset[str] = frozenset()  # names with a replica node at the last rebuild
+        self._departed: dict[str, float] = {}  # name -> when its last replica node was seen gone, oldest first
 
     async def start(self) -> None:
         # Never fail start-up on the registry: the watcher fills its view once the session comes up, and
@@ -79,6 +91,8 @@ class DiscoveryEndpointSource:
         return True  # a name is served only when a replica node of it is registered
 
     def endpoints(self, model: str) -> tuple[str, ...]:
+        """AVAILABLE addresses of ``model``; empty when none is AVAILABLE, or when it has no replica node now but
+        had one within ``forget_departed_s``. NotFoundError for a name the registry has not had meanwhile."""
         view = self._current()
         if model not in view.known:
             if not self._watcher.synced:
@@ -92,9 +106,26 @@ class DiscoveryEndpointSource:
     def _current(self) -> _View:
         now = self._clock()
         if now - self._view_at >= self._view_ttl_s:
-            self._view = self._build_v3() if self._agent_version == 3 else self._build_v1()
+            view = self._build_v3() if self._agent_version == 3 else self._build_v1()
+            self._view = self._remembering_departed(view, now)
             self._view_at = now
         return self._view
+
+    def _remembering_departed(self, view: _View, now: float) -> _View:
+        """``view`` with the names whose last replica node left within ``forget_departed_s`` known too."""
+        departed = self._departed
+        for name in self._registered - view.known:
+            departed[name] = now
+        for name in view.known & departed.keys():
+            del departed[name]
+        self._registered = view.known
+        for name, left_at in list(departed.items()):  # oldest first: stop at the first one still remembered
+            if left_at > now - self._forget_departed_s and len(departed) <= self._max_departed:
+                break
+            del departed[name]
+        if not departed:
+            return view
+        return _View(view.known.union(departed), view.available, view.all_available)
 
     def _build_v1(self) -> _View:
         known: set[str] = set()
@@ -104,13 +135,14 @@ class DiscoveryEndpointSource:
                 continue
             name = info.meta.model_name or ENTRY_SUB_GRAPH
             known.add(name)
-            if not info.meta.available or not info.meta.address:
+            if not info.routable:  # AVAILABLE, with an address to dial (0.0.0.0 falls back to IPv6)
                 continue
             if self._idc is not None and info.path.idc not in (None, self._idc):
                 continue
             if self._cluster is not None and info.path.cluster not in (None, self._cluster):
                 continue
-            available.setdefault(name, set()).add(info.meta.address)
+            if info.address is not None:
+                available.setdefault(name, set()).add(info.address)
         return _finish(known, available)
 
     def _build_v3(self) -> _View:

@@ -27,8 +27,9 @@ class EndpointSource(Protocol):
         ...
 
     def endpoints(self, model: str) -> tuple[str, ...]:
-        """AVAILABLE ``host:port`` addresses serving ``model``; empty when it has replicas but none is
-        AVAILABLE. Raises NotFoundError when no replica of ``model`` is known at all."""
+        """AVAILABLE ``host:port`` addresses serving ``model``; empty when the model is known but has no
+        AVAILABLE replica right now (the core answers UNAVAILABLE: retry). Raises NotFoundError for a name the
+        source does not know (the core answers NOT_FOUND: do not retry)."""
         ...
 
     def all_addresses(self) -> tuple[str, ...]:

@@ -37,6 +37,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--rest_api_timeout_in_ms", type=int, default=30000, help="deadline of REST requests")
     add_flag(
         parser,
+        "--grpc_default_timeout_in_ms",
+        type=int,
+        default=30000,
+        help="deadline of routed gRPC calls (Predict, GetModelMetadata, ...) whose client set none "
+        "(0: none; default %(default)s)",
+    )
+    add_flag(
+        parser,
         "--rest_api_max_body_bytes",
         type=int,
         default=RestConfig.max_body_bytes,

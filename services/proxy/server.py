@@ -128,6 +128,9 @@ class ProxyServer:
         grace_s = self._config.drain_timeout_s
         in_flight = self.core.admission.in_flight
         log.info("proxy draining: %d requests in flight, up to %.1f s", in_flight, grace_s)
+        # What is still in flight when the grace ends is cancelled by the transports: the core counts that as the
+        # drain's doing (UNAVAILABLE, as gRPC answers), not as clients giving up.
+        self.core.drain_started(grace_s)
         stopping = []
         if self._grpc is not None:
             stopping.append(self._grpc.stop(grace_s))  # NOT_SERVING, stop accepting, wait for handlers

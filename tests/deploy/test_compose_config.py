@@ -3,6 +3,8 @@ consistent with the Prometheus config, the agent.conf files it mounts and the pa
 
 from __future__ import annotations
 
+import argparse
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import yaml
 from deploy_tools import DEPLOY, REPO, ensure_command, ensure_python_tool, run
 
 from monolith_serving.core.agent_conf import DeployType, load_agent_config, resolve_environment
+from monolith_serving.proxy.main import configure as configure_proxy
 
 COMPOSE = REPO / "docker-compose.yml"
 IMAGE_VARIABLES = {
@@ -99,6 +102,24 @@ def test_every_long_running_service_has_a_healthcheck_and_start_order(docker_com
         "entry-1": {"condition": "service_healthy"},
     }
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+
+
+def _duration_s(text: str) -> float:
+    """A compose duration (``40s``, ``1m30s``, ``1h``) in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, text
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def test_the_proxy_is_given_longer_to_stop_than_its_drain(docker_compose: str) -> None:
+    # Past stop_grace_period Docker SIGKILLs the proxy: the drain (--drain_timeout_s, as the proxy parses its
+    # command) must end before, with time left to close its channels and registry session.
+    proxy = _config(docker_compose)["services"]["proxy"]
+    parser = argparse.ArgumentParser()
+    configure_proxy(parser)
+    drain_timeout_s = parser.parse_args(proxy["command"][1:]).drain_timeout_s
+    assert _duration_s(proxy["stop_grace_period"]) >= drain_timeout_s + 5
 
 
 def _mounted(service: dict[str, Any]) -> dict[str, Path]:

@@ -230,6 +230,40 @@ def test_selectors_match_pods(helm: tuple[Path, dict[str, str]], values: str) ->
     assert bool(monitors) == v["monitoring"]["serviceMonitor"]["enabled"]
 
 
+def _proxy_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    pod: dict[str, Any] = _one(docs, "Deployment", "-proxy")["spec"]["template"]["spec"]
+    return pod
+
+
+def _drain_timeout_s(container: dict[str, Any]) -> float:
+    values = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--drain_timeout_s=")]
+    assert len(values) == 1, container["args"]
+    return float(values[0])
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_the_proxy_leaves_the_endpoints_before_sigterm_and_drains_within_its_grace(
+    helm: tuple[Path, dict[str, str]], values: str
+) -> None:
+    pod = _proxy_pod(_render(helm, values))
+    proxy = pod["containers"][0]
+    v = _values(values)["proxy"]
+    # Endpoints are updated while preStop sleeps; SIGTERM (closing the listener) comes after.
+    assert proxy["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", str(v["preStopSleepSeconds"])]
+    assert _drain_timeout_s(proxy) == v["drainTimeoutSeconds"]
+    # The kubelet SIGKILLs at the grace period, counted from the start of preStop.
+    assert pod["terminationGracePeriodSeconds"] >= v["preStopSleepSeconds"] + _drain_timeout_s(proxy) + 5
+
+
+def test_the_proxy_grace_period_follows_its_values(helm: tuple[Path, dict[str, str]]) -> None:
+    done = _template(helm, "--set", "proxy.preStopSleepSeconds=0", "--set", "proxy.drainTimeoutSeconds=12")
+    assert done.returncode == 0, done.stderr
+    pod = _proxy_pod([doc for doc in yaml.safe_load_all(done.stdout) if doc])
+    assert pod["terminationGracePeriodSeconds"] == 17
+    assert "lifecycle" not in pod["containers"][0]  # no sleep 0 hook
+    assert _drain_timeout_s(pod["containers"][0]) == 12
+
+
 def test_discovery_backends(helm: tuple[Path, dict[str, str]]) -> None:
     bundled = _render(helm, "default-values.yaml")
     assert any(d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-zookeeper") for d in bundled)
@@ -256,6 +290,8 @@ def test_discovery_backends(helm: tuple[Path, dict[str, str]]) -> None:
         (["--set", "model.versionData=3"], "model.versionData applies only to model.versionPolicy specific"),
         (["--set", "model.versionPolicy=specific", "--set", "model.versionData=-1"], "model.versionData"),
         (["--set", "monitoring.prometheusRule.enabled=yes"], "monitoring.prometheusRule.enabled"),
+        (["--set", "proxy.extraArgs[0]=--drain_timeout_s=60"], "set proxy.drainTimeoutSeconds instead"),
+        (["--set", "proxy.preStopSleepSeconds=-1"], "proxy.preStopSleepSeconds"),
     ],
 )
 def test_bad_values_are_refused(helm: tuple[Path, dict[str, str]], flags: list[str], message: str) -> None:

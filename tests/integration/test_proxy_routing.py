@@ -22,6 +22,7 @@ from proxy_procs import FakeEntry, Proxy
 
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
     model_service_pb2_grpc,
@@ -285,3 +286,51 @@ def test_model_names_clients_make_up_are_not_metric_labels(tmp_path: Path) -> No
         counted = {(labels["model"], labels["code"]): value for labels, value in proxy.samples("proxy_requests_total")}
         assert counted == {("unknown", "NOT_FOUND"): 30, ("entry", "OK"): 1}
         client.channel.close()
+
+
+def test_a_call_without_a_deadline_ends_at_the_proxys_default_deadline(tmp_path: Path) -> None:
+    # An entry that accepts calls and never answers (as one SIGSTOPped): without a deadline of the client's or the
+    # proxy's, such a call held its client and an admission slot for good.
+    never = ["--delay_ms", "600000", "--metadata_delay_ms", "600000"]
+    with (
+        FakeEntry("never", tmp_path, extra=never) as entry,
+        Proxy(tmp_path, ["--entry_targets", entry.address, "--grpc_default_timeout_in_ms", "500"]) as proxy,
+    ):
+        client = Client(proxy.address)
+        metadata_request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        metadata_request.model_spec.name = "entry"
+        for call in (client.predict_stub.Predict, client.predict_stub.GetModelMetadata):
+            request = _request() if call is client.predict_stub.Predict else metadata_request
+            started = time.monotonic()
+            pending = call.future(request)  # no deadline
+            try:
+                with pytest.raises(grpc.RpcError) as caught:
+                    pending.result(timeout=10)
+            finally:
+                pending.cancel()
+            assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, caught.value
+            assert "--grpc_default_timeout_in_ms" in caught.value.details()
+            assert 0.4 < time.monotonic() - started < 10
+        assert proxy.metric("proxy_in_flight_requests") == 0
+        client.channel.close()
+
+
+def test_calls_cut_by_the_end_of_the_drain_are_unavailable_not_cancelled(tmp_path: Path) -> None:
+    with FakeEntry("slow", tmp_path, extra=["--delay_ms", "10000"]) as slow:
+        args = ["--entry_targets", slow.address, "--entry_models", "entry", "--drain_timeout_s", "0.5"]
+        proxy = Proxy(tmp_path, args).start()
+        client = Client(proxy.address)
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(client.predict, _request(), timeout_s=20)
+            time.sleep(0.3)
+            assert proxy.process is not None
+            proxy.process.send_signal(signal.SIGTERM)
+            with pytest.raises(grpc.RpcError) as caught:
+                running.result(timeout=15)
+        assert caught.value.code() is grpc.StatusCode.UNAVAILABLE, caught.value  # what gRPC answers the client
+        assert proxy.process.wait(timeout=15) == 0
+        client.channel.close()
+        log = proxy.log_path.read_text()
+        # Counted and logged as the answer the client got, the proxy's doing; not as the client giving up.
+        assert "Predict model=entry: UNAVAILABLE cancelled at shutdown" in log, log
+        assert "CANCELLED" not in log, log

@@ -68,16 +68,22 @@ def test_routes_to_available_replicas_registered_in_zookeeper(zk_server: ZooKeep
                 assert bytes(from_tensor_proto(response.outputs["replica"])[0]) == b"zk-a"
 
             _eventually(routed)
-            zk.delete(path)  # the replica leaves the registry: the model is unknown again
+            # The last replica leaves the registry: the model is between replicas, not unknown. NOT_FOUND would tell
+            # clients not to retry; UNAVAILABLE is retried. A name never registered stays NOT_FOUND.
+            zk.delete(path)
 
             def gone() -> None:
                 try:
                     _predict(proxy.address)
                 except grpc.RpcError as error:
-                    assert error.code() is grpc.StatusCode.NOT_FOUND
+                    assert error.code() is grpc.StatusCode.UNAVAILABLE, error
+                    assert "'entry' has no AVAILABLE replica right now" in error.details()
                 else:
                     raise AssertionError("still routed after the replica left the registry")
 
             _eventually(gone)
+            with pytest.raises(grpc.RpcError) as caught:
+                _predict(proxy.address, model="ghost")
+            assert caught.value.code() is grpc.StatusCode.NOT_FOUND
     zk.stop()
     zk.close()

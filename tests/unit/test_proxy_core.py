@@ -428,3 +428,67 @@ def test_a_replica_cut_short_at_its_deadline_share_is_ejected_counted_and_logged
     assert _count(metrics, "proxy_ejections_total") == 1
     assert _count(metrics, "proxy_ejected_replicas") == 1
     assert "ejected entry replica a:1" in caplog.text
+
+
+METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
+
+
+@pytest.mark.parametrize("path", [PREDICT, METADATA])
+def test_a_call_without_a_deadline_goes_upstream_with_the_default_one(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without one, a replica that accepts and never answers held the call, and its admission slot, forever.
+    pool = FakePool()
+    pool.hung.add("a:1")
+    core, metrics = _core(["a:1"], pool, default_timeout_s=0.2)
+    with caplog.at_level(logging.INFO, logger="monolith_serving.proxy.core"), pytest.raises(RpcStatusError) as caught:
+        asyncio.run(asyncio.wait_for(core.call(path, _predict(), _ctx(timeout_s=None)), 5.0))
+    assert caught.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "--grpc_default_timeout_in_ms" in caught.value.message and "'entry'" in caught.value.message
+    timeout_s = pool.calls[0][2]
+    assert timeout_s is not None and 0.1 < timeout_s <= 0.2
+    assert _requests(metrics) == {("entry", "DEADLINE_EXCEEDED"): 1}
+    # Not the client's doing (it set no deadline): WARNING.
+    assert [r.levelno for r in caplog.records if "DEADLINE_EXCEEDED" in r.getMessage()] == [logging.WARNING]
+    assert core.admission.in_flight == 0
+
+
+@_sync
+async def test_a_client_deadline_wins_over_the_default_and_none_disables_it() -> None:
+    pool = FakePool()
+    core, _ = _core(["a:1"], pool, default_timeout_s=0.2)
+    await core.call(PREDICT, _predict(), _ctx(timeout_s=3.0))
+    timeout_s = pool.calls[-1][2]
+    assert timeout_s is not None and timeout_s > 2.9
+    unbounded, _ = _core(["a:1"], pool, default_timeout_s=None)
+    await unbounded.call(PREDICT, _predict(), _ctx(timeout_s=None))
+    assert pool.calls[-1][2] is None
+
+
+def test_calls_cut_by_the_end_of_the_drain_are_unavailable_not_the_clients_cancel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # At shutdown the gRPC server cancels what is still running after the grace with UNAVAILABLE; counting that
+    # CANCELLED blamed clients for the proxy's shutdown.
+    pool = FakePool()
+    pool.delay_s = 10.0
+    core, metrics = _core(["a:1"], pool)
+
+    async def scenario() -> None:
+        early = asyncio.create_task(core.call(PREDICT, _predict(), _ctx(timeout_s=30.0)))
+        late = asyncio.create_task(core.call(METADATA, _predict(), _ctx(timeout_s=30.0)))
+        await asyncio.sleep(0.01)
+        core.drain_started(0.05)
+        early.cancel()  # a client that leaves during the drain is still the client
+        await asyncio.sleep(0.1)
+        late.cancel()  # the grace is over: the transport cuts the call
+        for call in (early, late):
+            with pytest.raises(asyncio.CancelledError):
+                await call
+
+    with caplog.at_level(logging.INFO, logger="monolith_serving.proxy.core"):
+        asyncio.run(scenario())
+    assert _requests(metrics) == {("entry", "CANCELLED"): 1, ("entry", "UNAVAILABLE"): 1}
+    (record,) = [r for r in caplog.records if "UNAVAILABLE" in r.getMessage()]
+    assert record.levelno == logging.WARNING and "drain timeout" in record.getMessage()
+    assert core.admission.in_flight == 0

@@ -235,3 +235,12 @@ async def test_retries_while_a_replica_is_down_log_one_line_per_replica(caplog: 
     retries = [r.getMessage() for r in caplog.records if "retrying on" in r.getMessage()]
     assert 1 <= len(retries) <= 2, retries  # one per replica that failed first
     assert metrics.registry.get_sample_value("proxy_retries_total", {"method": "Predict"}) == 200
+
+
+def test_the_default_grpc_deadline_flag_takes_both_spellings_and_zero_means_none() -> None:
+    assert config_from_args(_config_args(), {}).core.default_timeout_s == 30.0
+    assert config_from_args(_config_args("--grpc_default_timeout_in_ms", "500"), {}).core.default_timeout_s == 0.5
+    assert config_from_args(_config_args("--grpc-default-timeout-in-ms=1500"), {}).core.default_timeout_s == 1.5
+    assert config_from_args(_config_args("--grpc_default_timeout_in_ms", "0"), {}).core.default_timeout_s is None
+    with pytest.raises(InvalidArgumentError, match="--grpc_default_timeout_in_ms"):
+        config_from_args(_config_args("--grpc_default_timeout_in_ms", "-1"), {})

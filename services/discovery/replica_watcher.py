@@ -455,12 +455,16 @@ class ReplicaWatcher:
     def get_all_v3_replicas(
         self, *, model: str | None = None, idc: str | None = None, cluster: str | None = None
     ) -> dict[str, list[str]]:
-        """``"{model}:{sub_graph}" → sorted gRPC addresses`` (the v3 HeartBeat map)."""
+        """``"{model}:{sub_graph}" → sorted gRPC addresses`` (the v3 HeartBeat map).
+
+        ``cluster`` matches the cluster part of a binding's ctx_cluster: Monolith names a container's cluster
+        ``{psm};{idc};{cluster}`` (and so do our agents); a bare name, as older agents of ours wrote it, is the
+        cluster itself."""
         view: dict[str, set[str]] = {}
         for binding in self._view.bindings.values():
             if model is not None and binding.model != model:
                 continue
-            if cluster is not None and binding.ctx_cluster != cluster:
+            if cluster is not None and binding.ctx_cluster.rsplit(";", 1)[-1] != cluster:
                 continue
             container = self._view.containers.get((binding.ctx_cluster, binding.ctx_id))
             if container is None or not container.grpc:

@@ -310,6 +310,28 @@ def test_watcher_resync_keeps_good_v3_containers_next_to_malformed_ones() -> Non
     asyncio.run(body())
 
 
+def test_v3_cluster_filter_reads_the_cluster_part_of_monolith_container_names() -> None:
+    """Monolith's containers are ``{psm};{idc};{cluster}:{id}``; a dc_aware reader filters on the cluster part."""
+    nodes = {
+        "/bz/binding/m/ps_0:svc;lf;blue:pod-a": b"",
+        "/bz/binding/m/ps_0:svc;lf;green:pod-b": b"",
+        "/bz/binding/m/ps_0:blue:old-style": b"",
+        "/bz/container_service/svc;lf;blue:pod-a": ContainerServiceInfo(grpc="10.0.0.1:9", idc="lf").to_json(),
+        "/bz/container_service/svc;lf;green:pod-b": ContainerServiceInfo(grpc="10.0.0.2:9", idc="lf").to_json(),
+        "/bz/container_service/blue:old-style": ContainerServiceInfo(grpc="10.0.0.3:9", idc="lf").to_json(),
+    }
+
+    async def body() -> None:
+        disc = StaticDiscovery(nodes=nodes)
+        watcher = ReplicaWatcher(discovery=disc, bzid="bz", agent_version=3, resync_interval_s=3600)
+        async with disc, watcher:
+            assert await watcher.wait_synced(1)
+            assert watcher.get_all_v3_replicas(cluster="blue") == {"m:ps_0": ["10.0.0.1:9", "10.0.0.3:9"]}
+            assert watcher.get_v3_replicas("m", "ps_0", idc="lf", cluster="green") == ["10.0.0.2:9"]
+
+    asyncio.run(body())
+
+
 def test_a_node_that_breaks_the_watcher_unexpectedly_costs_only_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     """Even a bug (an error that is not InvalidArgumentError) for one node leaves the rest of a resync intact."""
     parse = ReplicaMeta.from_json

@@ -30,7 +30,7 @@ from monolith_serving.core.agent_conf import AgentConfig, ConfError, DeployType,
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.serving_spec import DENSE_SUB_MODEL
-from monolith_serving.core.zk_paths import ReplicaPath, ServerType, layout_path
+from monolith_serving.core.zk_paths import ReplicaPath, ServerType, container_service_name, layout_path
 from monolith_serving.discovery.replica_meta import ContainerServiceInfo
 from monolith_serving.discovery.replica_updater import LocalReplica
 
@@ -91,6 +91,9 @@ class ServerLaunchSpec:
     model_config_path: Path
     models: tuple[ModelEntry, ...]
     replicas: tuple[RegisteredReplica, ...] = ()
+    # Port of the replicas' archon_address: Monolith's PORT (PORT7 / PORT10 for the PS / dense of a mixed pod).
+    # No child serves archon; None means "write the gRPC port" (local_replicas).
+    archon_port: int | None = None
     flags: tuple[str, ...] = ()
     python: str = sys.executable
 
@@ -221,7 +224,9 @@ def unused_conf_keys(config: AgentConfig) -> tuple[str, ...]:
     return tuple(sorted({*(config.given_keys & UNUSED_CONF_KEYS), *config.tfs_flags}))
 
 
-def _ps_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: int | None) -> ServerLaunchSpec:
+def _ps_spec(
+    config: AgentConfig, port: int, work_dir: Path, metrics_port: int | None, archon_port: int | None
+) -> ServerLaunchSpec:
     policy = model_version_policy(config)
     tasks = config.ps_tasks()
     return ServerLaunchSpec(
@@ -233,6 +238,7 @@ def _ps_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: int |
             ModelEntry(name=f"ps_{i}", base_path=str(_base(config) / f"ps_{i}"), policy=policy) for i in tasks
         ),
         replicas=tuple(RegisteredReplica(server_type=ServerType.PS, task=i, model_name=f"ps_{i}") for i in tasks),
+        archon_port=archon_port,
         flags=(
             f"--num_ps={config.num_ps}",
             f"--file_system_poll_wait_seconds={config.file_system_poll_wait_seconds_ps}",
@@ -251,6 +257,7 @@ def _entry_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: in
         model_config_path=work_dir / "entry_model_config.pbtxt",
         models=(ModelEntry(name="entry", base_path=str(_base(config) / "entry"), policy=model_version_policy(config)),),
         replicas=(RegisteredReplica(server_type=ServerType.ENTRY, task=0, model_name="entry"),),
+        archon_port=config.archon_port,
         flags=(
             f"--num_ps={config.num_ps}",
             f"--agent_address=127.0.0.1:{config.agent_port}",
@@ -262,7 +269,9 @@ def _entry_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: in
     )
 
 
-def _dense_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: int | None) -> ServerLaunchSpec:
+def _dense_spec(
+    config: AgentConfig, port: int, work_dir: Path, metrics_port: int | None, archon_port: int | None
+) -> ServerLaunchSpec:
     """The dense server of a dense_alone model: sub-model ``dense_0``, registered as ``dense:0``."""
     return ServerLaunchSpec(
         kind=ServerKind.DENSE,
@@ -277,6 +286,7 @@ def _dense_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: in
             ),
         ),
         replicas=(RegisteredReplica(server_type=ServerType.DENSE, task=0, model_name=DENSE_SUB_MODEL),),
+        archon_port=archon_port,
         flags=(
             _poll_flag(config),
             _load_threads_flag(config),
@@ -294,11 +304,11 @@ def v1_plan(config: AgentConfig, *, work_dir: Path) -> V1Plan:
     _require_port(config.agent_port, "agent_port (PORT2)")
     main_port = _require_port(config.tfs_grpc_port, "tfs_grpc_port (PORT3)")
     if config.deploy_type is DeployType.PS:
-        return V1Plan(servers=(_ps_spec(config, main_port, work_dir, config.tfs_http_port),), entry_waits_for_ps=False)
+        ps = _ps_spec(config, main_port, work_dir, config.tfs_http_port, config.archon_port)
+        return V1Plan(servers=(ps,), entry_waits_for_ps=False)
     if config.deploy_type is DeployType.DENSE:
-        return V1Plan(
-            servers=(_dense_spec(config, main_port, work_dir, config.tfs_http_port),), entry_waits_for_ps=False
-        )
+        dense_only = _dense_spec(config, main_port, work_dir, config.tfs_http_port, config.archon_port)
+        return V1Plan(servers=(dense_only,), entry_waits_for_ps=False)
     if config.deploy_type is DeployType.ENTRY:
         return V1Plan(
             servers=(_entry_spec(config, main_port, work_dir, config.tfs_http_port),),
@@ -310,10 +320,10 @@ def v1_plan(config: AgentConfig, *, work_dir: Path) -> V1Plan:
     dense: tuple[ServerLaunchSpec, ...] = ()
     if config.dense_alone:
         dense_port = _require_port(dense_ports.grpc, "dense port (PORT8)")
-        dense = (_dense_spec(config, dense_port, work_dir, dense_ports.http),)
+        dense = (_dense_spec(config, dense_port, work_dir, dense_ports.http, dense_ports.archon),)
     return V1Plan(
         servers=(
-            _ps_spec(config, ps_port, work_dir, ps_ports.http),
+            _ps_spec(config, ps_port, work_dir, ps_ports.http, ps_ports.archon),
             *dense,
             _entry_spec(config, main_port, work_dir, config.tfs_http_port),
         ),
@@ -345,13 +355,19 @@ def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
 
 
 def local_replicas(config: AgentConfig, spec: ServerLaunchSpec, *, host: str) -> tuple[LocalReplica, ...]:
-    """The v1 registry nodes of one child (dc_aware adds idc/cluster to the path)."""
+    """The v1 registry nodes of one child (dc_aware adds idc/cluster to the path).
+
+    ``archon_address`` is always written, as Monolith does (its readers put it into address lists unchecked): on the
+    child's archon port (``spec.archon_port``: PORT, or PORT7 / PORT10 for the PS / dense of a mixed pod, as Monolith
+    registers them), else on its gRPC port. No child serves archon, so the value only keeps those readers working."""
     assert config.bzid is not None and config.base_name is not None  # required with a registry
     idc = config.idc if config.dc_aware else None
     cluster = config.cluster if config.dc_aware else None
     address = f"{host}:{spec.grpc_port}"
     ipv6 = f"[{config.host_ipv6}]:{spec.grpc_port}" if config.host_ipv6 else None
-    archon = f"{host}:{config.archon_port}" if config.archon_port else None
+    archon_port = spec.archon_port if spec.archon_port is not None else spec.grpc_port
+    archon = f"{host}:{archon_port}"
+    archon_ipv6 = f"[{config.host_ipv6}]:{archon_port}" if config.host_ipv6 else None
     return tuple(
         LocalReplica(
             path=ReplicaPath(
@@ -367,6 +383,7 @@ def local_replicas(config: AgentConfig, spec: ServerLaunchSpec, *, host: str) ->
             address=address,
             address_ipv6=ipv6,
             archon_address=archon,
+            archon_address_ipv6=archon_ipv6,
         )
         for r in spec.replicas
     )
@@ -387,18 +404,36 @@ def layout_watch_path(config: AgentConfig) -> str:
 
 
 def container_identity(config: AgentConfig, *, host: str, layout: str) -> ContainerIdentity:
-    """ctx_cluster is the cluster (``default`` when unknown); ctx_id the pod name, else ``host:grpc_port``."""
+    """The container's v3 names, in Monolith's formats (``utils.py``, ``AgentConfig.container_cluster/container_id``).
+
+    ctx_cluster is ``{psm};{idc};{cluster}`` (TCE_PSM, else ``unknown``; an unset idc or cluster is written ``None``,
+    as Monolith writes it). ctx_id is the pod name, else ``{host}_{grpc_port}`` where Monolith uses the bare host IP
+    (two containers on one host would share it). Neither may contain ``:``: Monolith's readers split binding names
+    with ``split(":")[:3]``. ConfError when the environment makes one that is not a valid name.
+    """
     assert config.bzid is not None and config.tfs_grpc_port is not None and config.agent_port is not None
     debug = {"shard_id": config.shard_id, "replica_id": config.replica_id, "pid": os.getpid()}
+    ctx_cluster = f"{config.psm or 'unknown'};{config.idc};{config.cluster}"
+    ctx_id = config.pod_name or f"{host}_{config.tfs_grpc_port}".replace(":", "_")  # an IPv6 host has ':'
+    try:
+        if ":" in ctx_cluster or ":" in ctx_id:
+            raise InvalidArgumentError("must not contain ':'")
+        container_service_name(ctx_cluster, ctx_id)
+    except InvalidArgumentError as exc:
+        raise ConfError(
+            f"v3 container name {ctx_cluster!r}:{ctx_id!r} (from TCE_PSM, TCE_INTERNAL_IDC, the cluster and "
+            f"MY_POD_NAME): {exc.message}"
+        ) from None
     return ContainerIdentity(
         bzid=config.bzid,
         layout_path=layout,
-        ctx_cluster=config.cluster or "default",
-        ctx_id=config.pod_name or f"{host}:{config.tfs_grpc_port}",
+        ctx_cluster=ctx_cluster,
+        ctx_id=ctx_id,
         info=ContainerServiceInfo(
             grpc=f"{host}:{config.tfs_grpc_port}",
             http=f"{host}:{config.tfs_http_port}" if config.tfs_http_port else None,
-            archon=f"{host}:{config.archon_port}" if config.archon_port else None,
+            # Always set, as Monolith does; no archon server: the gRPC port when PORT is unset (see local_replicas).
+            archon=f"{host}:{config.archon_port if config.archon_port is not None else config.tfs_grpc_port}",
             agent=f"{host}:{config.agent_port}",
             idc=config.idc,
             debug_info=json.dumps(debug, sort_keys=True),

@@ -55,7 +55,12 @@ class SavedModelDecl:
         return cls(model_base_path=base, version_policy=policy)
 
 
-def declaration_for(export_base: Path, sub_graph: str) -> SavedModelDecl:
+def declaration_for(export_base: Path | str, sub_graph: str) -> SavedModelDecl:
     """What ``ctl decl`` declares for ``sub_graph`` of ``export_base`` (the model manager declares the
-    models it rolls out with the same function, so both write identical JSON)."""
-    return SavedModelDecl(model_base_path=str(export_base / sub_graph), version_policy=default_policy_for(sub_graph))
+    models it rolls out with the same function, so both write identical JSON). A URI (``hdfs://nn/x``)
+    is joined as text: ``Path`` would fold its ``//``."""
+    if isinstance(export_base, str) and "://" in export_base:
+        base_path = f"{export_base.rstrip('/')}/{sub_graph}"
+    else:
+        base_path = str(Path(export_base) / sub_graph)
+    return SavedModelDecl(model_base_path=base_path, version_policy=default_policy_for(sub_graph))

@@ -7,6 +7,7 @@ Two steps, both pure, both called once from ``main()``:
 2. :func:`resolve_environment` fills what the platform decides (ports, shard and replica ids, host
    addresses, idc/cluster) from an explicit ``env`` mapping -- ``main()`` passes ``os.environ`` -- and
    checks what depends on it (shard id within num_shard, dc_aware needs idc and cluster).
+   The variables and their precedence are Monolith's (``monolith/agent_service/utils.py``, ``AgentConfig``).
 
 Neither step picks free ports: a port left unset stays ``None`` and the launcher binds port 0.
 Every bad value raises :class:`ConfError` naming the key (or environment variable), the file and line.
@@ -32,7 +33,7 @@ from monolith_serving.core.conf_syntax import (
     parse_bool,
     parse_conf_file,
     parse_float,
-    parse_int_product,
+    parse_int,
 )
 from monolith_serving.core.errors import FailedPreconditionError
 
@@ -161,6 +162,7 @@ class AgentConfig:
     pod_name: str | None = None
     idc: str | None = None
     cluster: str | None = None
+    psm: str | None = None  # TCE_PSM: the service name, first part of a v3 container's ctx_cluster
     # --- provenance for error messages: key -> "file:line"; not part of equality
     conf_path: str | None = field(default=None, compare=False)
     origins: Mapping[str, str] = field(default_factory=_frozen_map, compare=False, hash=False, repr=False)
@@ -216,39 +218,39 @@ _SCALAR_KEYS: Mapping[str, Callable[[str], object]] = {
     "bzid": _parse_str,
     "base_name": _parse_str,
     "base_path": _parse_str,
-    "num_ps": parse_int_product,
-    "num_shard": parse_int_product,
+    "num_ps": parse_int,
+    "num_shard": parse_int,
     "deploy_type": _parse_deploy_type,
     "stand_alone_serving": parse_bool,
     "dense_alone": parse_bool,
     "discovery": _parse_discovery,
     "zk_servers": _parse_str,
     "consul_address": _parse_str,
-    "agent_version": parse_int_product,
+    "agent_version": parse_int,
     "dc_aware": parse_bool,
     "layout_pattern": _parse_str,
     "update_model_status_interval": parse_float,
-    "max_waiting_sec": parse_int_product,
+    "max_waiting_sec": parse_int,
     "version_policy": _parse_version_policy,
-    "version_data": parse_int_product,
-    "fetch_ps_timeout_ms": parse_int_product,
-    "fetch_ps_retry": parse_int_product,
-    "fetch_ps_long_conn_num": parse_int_product,
-    "aio_thread_num": parse_int_product,
-    "file_system_poll_wait_seconds": parse_int_product,
-    "file_system_poll_wait_seconds_ps": parse_int_product,
+    "version_data": parse_int,
+    "fetch_ps_timeout_ms": parse_int,
+    "fetch_ps_retry": parse_int,
+    "fetch_ps_long_conn_num": parse_int,
+    "aio_thread_num": parse_int,
+    "file_system_poll_wait_seconds": parse_int,
+    "file_system_poll_wait_seconds_ps": parse_int,
     "enable_batching": parse_bool,
-    "max_num_load_retries": parse_int_product,
-    "load_retry_interval_micros": parse_int_product,
-    "num_load_threads": parse_int_product,
-    "num_unload_threads": parse_int_product,
+    "max_num_load_retries": parse_int,
+    "load_retry_interval_micros": parse_int,
+    "num_load_threads": parse_int,
+    "num_unload_threads": parse_int,
     "enable_model_warmup": parse_bool,
-    "grpc_max_threads": parse_int_product,
+    "grpc_max_threads": parse_int,
     # Ports are normally environment-assigned; a conf value wins (handy for local runs and tests).
-    "archon_port": parse_int_product,
-    "agent_port": parse_int_product,
-    "tfs_grpc_port": parse_int_product,
-    "tfs_http_port": parse_int_product,
+    "archon_port": parse_int,
+    "agent_port": parse_int,
+    "tfs_grpc_port": parse_int,
+    "tfs_http_port": parse_int,
 }
 _LIST_KEYS = frozenset({"layout_filters"})
 _ALIASES: Mapping[str, str] = {"server_type": "deploy_type"}
@@ -290,6 +292,18 @@ _TFS_PASS_THROUGH = frozenset(
 # TF Serving flags the agent itself derives (ports, model list); a conf value would be misleading.
 _AGENT_OWNED_TFS_FLAGS = frozenset({"port", "rest_api_port", "model_config_file", "model_name", "model_base_path"})
 
+# Keys Monolith reads that change which models it loads (an extra "deep rough sort" model next to entry, ps_i or
+# dense_0). We load no such model, so a conf giving them a value gets a warning: the agent does not do what it asks.
+_UNSUPPORTED_MONOLITH_KEYS = frozenset(
+    {
+        "rough_sort_model_name",
+        "rough_sort_model_local_path",
+        "rough_sort_model_loaded_server",
+        "rough_sort_model_p2p_path",
+        "rough_sort_resource_constrained",
+    }
+)
+
 # Lower bounds of numeric fields. Negative poll/retry intervals are accepted as TF Serving accepts them (what the
 # agent makes of them: docs/agent_conf.md).
 _MINIMUMS: Mapping[str, float] = {
@@ -320,8 +334,9 @@ def load_agent_config(path: str | Path) -> AgentConfig:
 def config_from_entries(entries: Iterable[ConfEntry], *, conf_path: str | None = None) -> AgentConfig:
     """Build an AgentConfig from parsed entries and check what the file alone decides.
 
-    Rules: unknown keys are logged at debug and ignored; ``none`` leaves a key at its default;
-    a scalar key repeated with a different value is an error (only layout_filters is a list).
+    Rules: unknown keys are logged at debug and ignored, except Monolith's ``rough_sort_*`` keys, which warn
+    (unsupported); ``none`` leaves a key at its default; a scalar key repeated with a different value is an error
+    (only layout_filters is a list).
     """
     grouped: dict[str, list[ConfEntry]] = {}
     for entry in entries:
@@ -330,6 +345,14 @@ def config_from_entries(entries: Iterable[ConfEntry], *, conf_path: str | None =
             grouped.setdefault(key, []).append(entry)
         elif key in _AGENT_OWNED_TFS_FLAGS:
             _log.warning("%s: ignoring %r: the agent sets this model-server flag itself", entry.where, key)
+        elif key in _UNSUPPORTED_MONOLITH_KEYS:
+            if _asks_for_rough_sort(key, entry.value):
+                _log.warning(
+                    "%s: key %r is not supported and ignored: Monolith loads an extra rough-sort model with it, "
+                    "this agent loads none (docs/agent_conf.md)",
+                    entry.where,
+                    key,
+                )
         else:
             _log.debug("%s: ignoring unknown key %r", entry.where, entry.key)
 
@@ -375,6 +398,18 @@ def config_from_entries(entries: Iterable[ConfEntry], *, conf_path: str | None =
     )
     _check_file_rules(config)
     return config
+
+
+def _asks_for_rough_sort(key: str, value: str) -> bool:
+    """Whether a rough_sort_* line asks for something: a value other than ``none`` (and, for the boolean, not false)."""
+    if is_none(value):
+        return False
+    if key == "rough_sort_resource_constrained":
+        try:
+            return parse_bool(value)
+        except ValueError:
+            return True
+    return True
 
 
 def _single(key: str, group: list[ConfEntry]) -> ConfEntry:
@@ -467,6 +502,11 @@ def _env_ports(env: Mapping[str, str], grpc: str, http: str, archon: str) -> Ser
     return ServerPorts(grpc=env_port(env, grpc), http=env_port(env, http), archon=env_port(env, archon))
 
 
+# Where the cluster name comes from, first set wins: Monolith's order. Registry paths (dc_aware) and v3 container
+# names carry it, so an agent of ours and a Monolith agent in one pod environment must pick the same one.
+_CLUSTER_VARIABLES = ("TCE_LOGICAL_CLUSTER", "TCE_CLUSTER", "TCE_PHYSICAL_CLUSTER")
+
+
 def resolve_environment(config: AgentConfig, env: Mapping[str, str]) -> AgentConfig:
     """Return ``config`` with the platform's environment applied; ``env`` is the only input read.
 
@@ -475,8 +515,9 @@ def resolve_environment(config: AgentConfig, env: Mapping[str, str]) -> AgentCon
       mixed mode also reads PORT5-7 (ps gRPC/HTTP/archon) and, with dense_alone, PORT8-10 (dense).
     - num_shard: conf value, else MONOLITH_HOST_SHARD_N, else 1; conf and env disagreeing is an error.
     - shard_id: SHARD_ID, else 0. replica_id: REPLICA_ID, else crc32(MY_POD_NAME) mod 2**31, else 0.
-    - host_ip/host_ipv6/pod_name: MY_HOST_IP, MY_HOST_IPV6, MY_POD_NAME.
-    - idc/cluster: TCE_INTERNAL_IDC, TCE_CLUSTER, lower-cased; required when dc_aware.
+    - host_ip/host_ipv6/pod_name/psm: MY_HOST_IP, MY_HOST_IPV6, MY_POD_NAME, TCE_PSM.
+    - idc: TCE_INTERNAL_IDC; cluster: TCE_LOGICAL_CLUSTER, else TCE_CLUSTER, else TCE_PHYSICAL_CLUSTER (Monolith's
+      order); both lower-cased; required when dc_aware.
     Meant to be applied once, to the result of load_agent_config.
     """
     changes: dict[str, Any] = {}
@@ -506,7 +547,9 @@ def resolve_environment(config: AgentConfig, env: Mapping[str, str]) -> AgentCon
     changes["pod_name"] = pod_name or config.pod_name
     changes["host_ip"] = _env_str(env, "MY_HOST_IP") or config.host_ip
     changes["host_ipv6"] = _env_str(env, "MY_HOST_IPV6") or config.host_ipv6
-    idc, cluster = _env_str(env, "TCE_INTERNAL_IDC"), _env_str(env, "TCE_CLUSTER")
+    changes["psm"] = _env_str(env, "TCE_PSM") or config.psm
+    idc = _env_str(env, "TCE_INTERNAL_IDC")
+    cluster = next(filter(None, (_env_str(env, name) for name in _CLUSTER_VARIABLES)), None)
     changes["idc"] = idc.lower() if idc else config.idc
     changes["cluster"] = cluster.lower() if cluster else config.cluster
 
@@ -515,8 +558,30 @@ def resolve_environment(config: AgentConfig, env: Mapping[str, str]) -> AgentCon
     return resolved
 
 
+# Environment values that become ZooKeeper names: (field, variables it comes from).
+_NAME_FIELDS = {
+    "idc": "TCE_INTERNAL_IDC",
+    "cluster": "TCE_LOGICAL_CLUSTER/TCE_CLUSTER/TCE_PHYSICAL_CLUSTER",
+    "psm": "TCE_PSM",
+    "pod_name": "MY_POD_NAME",
+}
+
+
+def _check_names(config: AgentConfig) -> None:
+    """idc and cluster name a v1 dc_aware folder ``{idc}:{cluster}``; with psm and the pod name they make a v3
+    container's ``{psm};{idc};{cluster}:{pod}``: none may hold ``:`` (Monolith splits on it) or ``/``."""
+    used = ("idc", "cluster", "psm", "pod_name") if config.agent_version == 3 else ("idc", "cluster")
+    if config.agent_version != 3 and not config.dc_aware:
+        return
+    for key in used:
+        value = getattr(config, key)
+        if value is not None and (":" in value or "/" in value):
+            raise ConfError(f"environment variable {_NAME_FIELDS[key]}: {value!r} must not contain ':' or '/'")
+
+
 def _check_environment_rules(config: AgentConfig) -> None:
     _check_minimums(config)
+    _check_names(config)
     assert config.num_shard is not None  # set by resolve_environment
     if config.shard_id >= config.num_shard:
         raise ConfError(
@@ -524,4 +589,9 @@ def _check_environment_rules(config: AgentConfig) -> None:
             f"({config.where('num_shard')})"
         )
     if config.dc_aware and not (config.idc and config.cluster):
-        raise _fail(config, "dc_aware", "is true but TCE_INTERNAL_IDC and TCE_CLUSTER are not both set")
+        raise _fail(
+            config,
+            "dc_aware",
+            "is true but TCE_INTERNAL_IDC and a cluster (TCE_LOGICAL_CLUSTER, TCE_CLUSTER or TCE_PHYSICAL_CLUSTER) "
+            "are not both set",
+        )

@@ -28,6 +28,7 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_servic
 pytestmark = pytest.mark.integration
 
 ROWS = 150
+CLUSTER = "unknown;None;None"  # Monolith's ctx_cluster "{TCE_PSM};{idc};{cluster}" with none of them set
 
 
 @pytest.fixture()
@@ -60,13 +61,67 @@ def test_ctl_decl_pub_unpub_bzid_info_round_trip(zk_server: ZooKeeperServer, tmp
     assert published.returncode == 0 and json.loads(published.stdout) == ["mdl:ps_0", "mdl:ps_1"]
     assert ctl(zk_server, "ctl1", "pub", "--layout", "L", "--model", "mdl:dense*").returncode == 1
     info = json.loads(ctl(zk_server, "ctl1", "bzid_info").stdout)  # REFERENCE section 7's spelling
-    assert info["models"]["mdl"]["entry"] == {"model_base_path": str(export / "entry"), "version_policy": "latest"}
-    assert info["models"]["mdl"]["ps_1"]["version_policy"] == "latest_once"
-    assert info["layouts"] == {"L": ["mdl:ps_0", "mdl:ps_1"]}
-    assert info["containers"] == {} and info["bindings"] == {}
+    model = info["model_info"]["mdl"]
+    assert json.loads(model["entry"]["deploy_config"]) == {
+        "model_base_path": str(export / "entry"),
+        "version_policy": "latest",
+    }
+    assert json.loads(model["ps_1"]["deploy_config"])["version_policy"] == "latest_once"
+    assert model["sub_graphs_total"] == 3 and "sub_graphs_available" not in model
+    assert info["layout_info"] == {"L": ["mdl:ps_0", "mdl:ps_1"]}
+    assert info["container_info"] == {}
     removed = ctl(zk_server, "ctl1", "unpub", "--layout", "L", "--model", "mdl:ps_1")
     assert removed.returncode == 0 and json.loads(removed.stdout) == ["mdl:ps_1"]
-    assert json.loads(ctl(zk_server, "ctl1", "bzid-info").stdout)["layouts"] == {"L": ["mdl:ps_0"]}  # the alias
+    assert json.loads(ctl(zk_server, "ctl1", "bzid-info").stdout)["layout_info"] == {"L": ["mdl:ps_0"]}  # alias
+
+
+def monolith_ctl(zk_server: ZooKeeperServer, bzid: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Monolith's agent_controller.py command line, with only the program name changed."""
+    argv = [sys.executable, "-m", "monolith_serving", "ctl", f"--zk_servers={zk_server.hosts}", f"--bzid={bzid}", *args]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+
+def test_ctl_takes_monolith_agent_controller_flags(zk_server: ZooKeeperServer, zk: KazooClient, tmp_path: Path) -> None:
+    # Monolith's export layout: the base is called exported_models; the model name comes from the entry.
+    export = tmp_path / "exported_models"
+    write_demo(DemoOptions(out=export, num_ps=2, rows=ROWS))
+    declared = monolith_ctl(zk_server, "mono", "--cmd", "decl", "--export_base", str(export))
+    assert declared.returncode == 0, declared.stderr
+    assert sorted(children(zk, "/mono/saved_models/demo")) == ["entry", "ps_0", "ps_1"]
+    again = monolith_ctl(zk_server, "mono", "--cmd=decl", f"--export_base={export}", "--overwrite=0")
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    overwritten = monolith_ctl(zk_server, "mono", "--cmd=decl", f"--export_base={export}", "--overwrite=1")
+    assert overwritten.returncode == 0, overwritten.stderr
+    for layout, pattern in (("back", "demo:ps_*"), ("front", "demo:entry")):
+        published = monolith_ctl(zk_server, "mono", "--cmd", "pub", "--layout", layout, "--model_name", pattern)
+        assert published.returncode == 0, published.stderr
+    assert children(zk, "/mono/layouts/back") == ["demo:ps_0", "demo:ps_1"]
+    zk.create("/mono/container_service/c1:pod-a", b'{"grpc": "10.0.0.1:8500"}', makepath=True, ephemeral=True)
+    zk.create("/mono/binding/demo/ps_1:c1:pod-a", b"", makepath=True, ephemeral=True)
+    unpublished = monolith_ctl(zk_server, "mono", "--cmd", "unpub", "--layout", "back", "--model_name", "demo:ps_0")
+    assert unpublished.returncode == 0, unpublished.stderr
+
+    listed = monolith_ctl(zk_server, "mono")  # --cmd defaults to bzid_info
+    assert listed.returncode == 0, listed.stderr
+    decl = zk.get("/mono/saved_models/demo/ps_0")[0].decode()
+    assert json.loads(decl)["model_base_path"] == str(export / "ps_0")
+    assert json.loads(listed.stdout) == {
+        "model_info": {
+            "demo": {
+                "sub_graphs_total": 3,
+                "sub_graphs_available": 1,
+                "entry": {"deploy_config": zk.get("/mono/saved_models/demo/entry")[0].decode()},
+                "ps_0": {"deploy_config": decl},
+                "ps_1": {"deploy_config": zk.get("/mono/saved_models/demo/ps_1")[0].decode(), "bindings": ["c1:pod-a"]},
+            }
+        },
+        "container_info": {
+            "c1": {"pod-a": {"service_info": '{"grpc": "10.0.0.1:8500"}', "saved_models": ["demo:ps_1"]}}
+        },
+        "layout_info": {"back": ["demo:ps_1"], "front": ["demo:entry"]},
+    }
+    missing = monolith_ctl(zk_server, "mono", "--cmd", "decl")
+    assert missing.returncode == 2 and "--export_base" in missing.stderr
 
 
 def heartbeat(agent_port: int) -> dict[str, list[str]]:
@@ -100,19 +155,20 @@ def test_two_filtered_containers_split_a_model_and_an_entry_finds_all_shards(
     try:
         for agent in agents:
             agent.start()
-        ctx = [f"127.0.0.1:{port}" for port in grpc_ports]
-        want = {"demo": sorted(f"ps_{i}:default:{ctx[i % 2]}" for i in range(4))}
+        addr = [f"127.0.0.1:{port}" for port in grpc_ports]
+        ctx = [f"127.0.0.1_{port}" for port in grpc_ports]  # no MY_POD_NAME: host_port, never a ':'
+        want = {"demo": sorted(f"ps_{i}:{CLUSTER}:{ctx[i % 2]}" for i in range(4))}
         wait_for("4 bindings", lambda: {"demo": children(zk, "/uni/binding/demo")} == want, 90)
         assert children(zk, "/uni/binding/ghost") == []
-        assert sorted(children(zk, "/uni/container_service")) == sorted(f"default:{c}" for c in ctx)
-        container = json.loads(zk.get(f"/uni/container_service/default:{ctx[0]}")[0])
-        assert container["grpc"] == ctx[0] and container["agent"] == f"127.0.0.1:{agents[0].env['PORT2']}"
+        assert sorted(children(zk, "/uni/container_service")) == sorted(f"{CLUSTER}:{c}" for c in ctx)
+        container = json.loads(zk.get(f"/uni/container_service/{CLUSTER}:{ctx[0]}")[0])
+        assert container["grpc"] == addr[0] and container["agent"] == f"127.0.0.1:{agents[0].env['PORT2']}"
         # Only the even container's filter accepts ps_0, so only it has something to skip.
         assert "ghost:ps_0 skipped: no saved_model declaration" in agents[0].log()
         assert "ghost:ps_0" not in agents[1].log()
 
         agent_port = int(agents[0].env["PORT2"])
-        expected = {f"demo:ps_{i}": [ctx[i % 2]] for i in range(4)}
+        expected = {f"demo:ps_{i}": [addr[i % 2]] for i in range(4)}
         wait_for("HeartBeat lists all shards", lambda: heartbeat(agent_port) == expected, 30)
 
         entry_port = free_port()
@@ -136,14 +192,14 @@ def test_two_filtered_containers_split_a_model_and_an_entry_finds_all_shards(
 
         # Unpublishing a shard removes its binding (the model is unloaded from its container).
         assert ctl(zk_server, "uni", "unpub", "--layout", "lay", "--model", "demo:ps_3").returncode == 0
-        want_after = {"demo": sorted(f"ps_{i}:default:{ctx[i % 2]}" for i in range(3))}
+        want_after = {"demo": sorted(f"ps_{i}:{CLUSTER}:{ctx[i % 2]}" for i in range(3))}
         wait_for("ps_3 unbound", lambda: {"demo": children(zk, "/uni/binding/demo")} == want_after, 30)
 
         # SIGTERM: the container's nodes go away and the agent exits 0.
         agents[1].signal()
         assert agents[1].wait(30) == 0
-        assert children(zk, "/uni/binding/demo") == ["ps_0:default:" + ctx[0], "ps_2:default:" + ctx[0]]
-        assert children(zk, "/uni/container_service") == [f"default:{ctx[0]}"]
+        assert children(zk, "/uni/binding/demo") == [f"ps_0:{CLUSTER}:{ctx[0]}", f"ps_2:{CLUSTER}:{ctx[0]}"]
+        assert children(zk, "/uni/container_service") == [f"{CLUSTER}:{ctx[0]}"]
     finally:
         for agent in agents:
             agent.stop()
@@ -187,14 +243,15 @@ def test_a_unified_container_serves_the_entry_over_the_ps_of_two_others(
     try:
         for agent in agents:
             agent.start()
-        ctx = [f"127.0.0.1:{agent.env['PORT3']}" for agent in agents]
-        want = sorted([*(f"ps_{i}:default:{ctx[i % 2]}" for i in range(4)), f"entry:default:{ctx[2]}"])
+        addr = [f"127.0.0.1:{agent.env['PORT3']}" for agent in agents]
+        ctx = [f"127.0.0.1_{agent.env['PORT3']}" for agent in agents]
+        want = sorted([*(f"ps_{i}:{CLUSTER}:{ctx[i % 2]}" for i in range(4)), f"entry:{CLUSTER}:{ctx[2]}"])
         wait_for("4 PS bindings and the entry's", lambda: children(zk, "/uni3/binding/demo") == want, 120)
 
         spec = load_serving_spec(export / "entry" / "1")
         examples = random_examples(spec, 6, np.random.default_rng(7), rows=ROWS)
         request = predict_request("demo:entry", {"instances": encode_instances(spec, examples)})
-        with grpc.insecure_channel(ctx[2]) as channel:
+        with grpc.insecure_channel(addr[2]) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             response = wait_for("Predict", lambda: _try_predict(stub, request), 30, 0.2)
         np.testing.assert_allclose(
@@ -204,21 +261,26 @@ def test_a_unified_container_serves_the_entry_over_the_ps_of_two_others(
             atol=1e-6,
         )
         # The front container hosts no PS: it names the model it does not serve.
-        with grpc.insecure_channel(ctx[2]) as channel:
+        with grpc.insecure_channel(addr[2]) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             with pytest.raises(grpc.RpcError) as missing:
                 stub.Predict(predict_request("demo:ps_0", {}), timeout=10)
         assert missing.value.code() is grpc.StatusCode.NOT_FOUND
 
         info = json.loads(ctl(zk_server, "uni3", "bzid-info").stdout)
-        assert sorted(info["containers"]) == sorted(f"default:{c}" for c in ctx)
-        assert info["containers"][f"default:{ctx[2]}"]["grpc"] == ctx[2]
-        assert sorted(info["bindings"]["demo"]) == want
+        containers = info["container_info"][CLUSTER]
+        assert sorted(containers) == sorted(ctx)
+        assert json.loads(containers[ctx[2]]["service_info"])["grpc"] == addr[2]
+        assert containers[ctx[2]]["saved_models"] == ["demo:entry"]
+        model = info["model_info"]["demo"]
+        assert model["sub_graphs_available"] == 5
+        bound = [f"{sg}:{where}" for sg in ("entry", *(f"ps_{i}" for i in range(4))) for where in model[sg]["bindings"]]
+        assert sorted(bound) == want
         assert "skipped" not in agents[2].log()
 
         # Unpublishing the entry unloads it from the front container and removes its binding.
         assert ctl(zk_server, "uni3", "unpub", "--layout", "front", "--model", "demo:entry").returncode == 0
-        wait_for("entry unbound", lambda: f"entry:default:{ctx[2]}" not in children(zk, "/uni3/binding/demo"), 30)
+        wait_for("entry unbound", lambda: f"entry:{CLUSTER}:{ctx[2]}" not in children(zk, "/uni3/binding/demo"), 30)
     finally:
         for agent in agents:
             agent.stop()

@@ -124,7 +124,9 @@ def test_rollout_over_unified_containers_keeps_every_sub_graph_loaded(
 
     agents = {layout: unified_agent(tmp_path, zk_server, bzid, layout) for layout in LAYOUTS}
     address = {layout: f"127.0.0.1:{agent.env['PORT3']}" for layout, agent in agents.items()}
-    want = sorted(f"{s}:default:{address[layout]}" for layout, subs in LAYOUTS.items() for s in subs)
+    # Monolith's container names: ctx_cluster "{TCE_PSM};{idc};{cluster}" (none set here), ctx_id host_port.
+    ctx = {layout: f"127.0.0.1_{agent.env['PORT3']}" for layout, agent in agents.items()}
+    want = sorted(f"{s}:unknown;None;None:{ctx[layout]}" for layout, subs in LAYOUTS.items() for s in subs)
     bindings = f"/{bzid}/binding/demo"
     manager: UnifiedManager | None = None
     try:

@@ -30,7 +30,7 @@ from monolith_serving.core.conf_syntax import (
     parse_conf_file,
     parse_conf_text,
     parse_float,
-    parse_int_product,
+    parse_int,
 )
 from monolith_serving.core.errors import FailedPreconditionError, InvalidArgumentError
 
@@ -95,12 +95,32 @@ def test_full_fixture_uses_every_syntax_feature() -> None:
     assert config.origins["num_ps"].endswith(f"more.conf:{line_of(DATA / 'inc' / 'more.conf', 'num_ps')}")
 
 
-def test_unknown_key_is_logged_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+def test_unknown_key_is_logged_at_debug(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="monolith_serving.core.agent_conf"):
+        load_text(tmp_path, MINIMAL_ENTRY + "no_such_key 3\n")
+    unknown = [r for r in caplog.records if "no_such_key" in r.getMessage()]
+    assert [r.levelno for r in unknown] == [logging.DEBUG]
+    assert "agent.conf:3" in unknown[0].getMessage()
+
+
+def test_monolith_rough_sort_keys_warn_as_unsupported(caplog: pytest.LogCaptureFixture) -> None:
+    """Monolith loads an extra model for them; we load none, so a conf asking for one must not pass silently."""
     with caplog.at_level(logging.DEBUG, logger="monolith_serving.core.agent_conf"):
         load_agent_config(FULL)
-    unknown = [r for r in caplog.records if "rough_sort_model_name" in r.getMessage()]
-    assert [r.levelno for r in unknown] == [logging.DEBUG]
-    assert f"full.conf:{line_of(FULL, 'rough_sort_model_name')}" in unknown[0].getMessage()
+    (record,) = [r for r in caplog.records if "rough_sort_model_name" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert f"full.conf:{line_of(FULL, 'rough_sort_model_name')}" in record.getMessage()
+    assert "not supported" in record.getMessage()
+
+
+def test_rough_sort_keys_asking_for_nothing_do_not_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="monolith_serving.core.agent_conf"):
+        load_text(
+            tmp_path,
+            MINIMAL_ENTRY + "rough_sort_model_name\nrough_sort_model_local_path none\n"
+            "rough_sort_resource_constrained false\nrough_sort_model_loaded_server ps\n",
+        )
+    assert [r.getMessage().split("'")[1] for r in caplog.records] == ["rough_sort_model_loaded_server"]
 
 
 def test_entries_keep_file_and_line() -> None:
@@ -178,28 +198,82 @@ def test_parse_bool_rejects(text: str) -> None:
         parse_bool(text)
 
 
-@given(st.lists(st.integers(min_value=-(10**6), max_value=10**6), min_size=1, max_size=5), st.data())
+@given(st.lists(st.integers(min_value=-(10**6), max_value=10**6), min_size=1, max_size=3), st.data())
 def test_int_product_equals_product_of_factors(factors: list[int], data: st.DataObject) -> None:
     text = ""
     for index, factor in enumerate(factors):
         if index:
             text += data.draw(st.sampled_from(["*", " * ", "  *", "*\t"]))
         text += str(factor)
-    assert parse_int_product(text) == math.prod(factors)
+    assert parse_int(text) == math.prod(factors)
+
+
+# What Monolith's int(eval(v)) accepts and its confs use; same meaning (Python's precedence and literals).
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("2**20", 2**20),
+        ("1<<20", 1 << 20),
+        ("1 << 10 + 2", 1 << 12),  # + binds tighter than <<, as in Python
+        ("6e7", 60_000_000),
+        ("1.5e3", 1500),
+        ("0x10", 16),
+        ("0XfF", 255),
+        ("0o17", 15),
+        ("0b101", 5),
+        ("1_000", 1000),
+        ("-2 ** 2", -4),
+        ("(60 - 1) * (1 + 1)", 118),
+        ("2 ** 3 ** 2", 2**9),  # right-associative
+        ("+7 - -3", 10),
+        ("64 * 2**30", 64 * 2**30),
+        ("007", 7),  # leading zeros: decimal, as before (Python itself refuses them)
+        ("-060 * 1000", -60_000),
+        ("0", 0),
+        ("00", 0),
+    ],
+)
+def test_parse_int_accepts_monolith_arithmetic(text: str, value: int) -> None:
+    assert parse_int(text) == value
+    assert type(parse_int(text)) is int
 
 
 @pytest.mark.parametrize(
-    "text", ["", "3 *", "* 3", "2 ** 3", "1e3", "1.5", "0x10", "__import__('os')", "6 / 2", "1_000", "2 3"]
-)
-def test_int_product_rejects_anything_else(text: str) -> None:
+    "text",
+    [
+        "", "3 *", "* 3", "1.5", "2 ** -1", "__import__('os')", "6 / 2", "7 // 2", "7 % 2", "2 3", "True", "1j",
+        "'1'", "x", "inf", "(1, 2)", "[1]", "1 if 1 else 2", "2 ** 65", "9 ** 9 ** 9", "1 << 64", "2**63",
+        "1e30", "1 < 2", "1 >> 1", "~1", "abs(1)", "1" * 201,
+    ],
+)  # fmt: skip
+def test_parse_int_rejects_anything_else(text: str) -> None:
     with pytest.raises(ValueError):
-        parse_int_product(text)
+        parse_int(text)
 
 
-@pytest.mark.parametrize("text", ["nan", "inf", "1/2", "", "1,5"])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1 * 10", 10.0), ("0.5", 0.5), (".25", 0.25), ("1e-1", 0.1), ("2**-1", 0.5), ("3", 3.0), ("00.05", 0.05)],
+)
+def test_parse_float_accepts_arithmetic(text: str, value: float) -> None:
+    assert parse_float(text) == value
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "1/2", "", "1,5", "1e999", "1e300 * 1e300", "(-8) ** 0.5", "1.0 << 2"])
 def test_parse_float_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_float(text)
+
+
+def test_monolith_arithmetic_in_a_conf(tmp_path: Path) -> None:
+    config = load_text(
+        tmp_path,
+        MINIMAL_ENTRY + "update_model_status_interval 1 * 10\nmax_waiting_sec 2**10\n"
+        "load_retry_interval_micros 6e7\nfetch_ps_timeout_ms 0x10\nfetch_ps_long_conn_num 1 << 7\n",
+    )
+    assert config.update_model_status_interval == 10.0
+    assert (config.max_waiting_sec, config.load_retry_interval_micros) == (1024, 60_000_000)
+    assert (config.fetch_ps_timeout_ms, config.fetch_ps_long_conn_num) == (16, 128)
 
 
 @given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
@@ -243,7 +317,7 @@ def test_bad_int_names_key_and_line(tmp_path: Path) -> None:
 
 
 def test_bad_product_names_key_and_line(tmp_path: Path) -> None:
-    path = write_conf(tmp_path, MINIMAL_ENTRY + "load_retry_interval_micros 60 * 1000 ** 2\n")
+    path = write_conf(tmp_path, MINIMAL_ENTRY + "load_retry_interval_micros 60 * 1000 / 2\n")
     with pytest.raises(ConfError) as exc:
         load_agent_config(path)
     assert_conf_error(exc, "load_retry_interval_micros", path, 3)
@@ -442,6 +516,8 @@ def test_environment_ports_and_ids(tmp_path: Path) -> None:
     assert (resolved.shard_id, resolved.replica_id, resolved.pod_name) == (0, 7, "pod-a")
     assert (resolved.host_ip, resolved.host_ipv6) == ("10.0.0.1", "fd00::1")
     assert (resolved.idc, resolved.cluster) == ("lf", "default")
+    assert resolved.psm is None
+    assert resolve_environment(config, {"TCE_PSM": "Data.Serving"}).psm == "Data.Serving"  # verbatim
     assert resolved.num_shard == 1
     assert config.agent_port is None  # the input is left untouched
 
@@ -526,6 +602,40 @@ def test_shard_id_must_be_below_num_shard(tmp_path: Path) -> None:
     assert "SHARD_ID" in str(exc.value)
     assert "num_shard" in str(exc.value)
     assert f"{path}:4" in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "cluster"),
+    [
+        ({"TCE_LOGICAL_CLUSTER": "Logical", "TCE_CLUSTER": "tce", "TCE_PHYSICAL_CLUSTER": "phys"}, "logical"),
+        ({"TCE_CLUSTER": "TCE", "TCE_PHYSICAL_CLUSTER": "phys"}, "tce"),
+        ({"TCE_PHYSICAL_CLUSTER": "Phys"}, "phys"),
+        ({"TCE_LOGICAL_CLUSTER": "", "TCE_CLUSTER": "tce"}, "tce"),  # empty counts as unset
+    ],
+)
+def test_cluster_variables_in_monolith_order(env: dict[str, str], cluster: str) -> None:
+    """Monolith's AgentConfig.cluster: TCE_LOGICAL_CLUSTER, TCE_CLUSTER, TCE_PHYSICAL_CLUSTER, lower-cased. Its
+    agent and ours must name the same dc_aware folder, and its deploy conf (dc_aware true) must start with only
+    TCE_LOGICAL_CLUSTER set."""
+    resolved = resolve_environment(load_agent_config(FULL), {"TCE_INTERNAL_IDC": "LF", "SHARD_ID": "1", **env})
+    assert (resolved.idc, resolved.cluster) == ("lf", cluster)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "variable"),
+    [
+        (MINIMAL_PS + "dc_aware true\n", {"TCE_INTERNAL_IDC": "lf", "TCE_CLUSTER": "a:b"}, "TCE_CLUSTER"),
+        (MINIMAL_PS + "dc_aware true\n", {"TCE_INTERNAL_IDC": "l/f", "TCE_CLUSTER": "c"}, "TCE_INTERNAL_IDC"),
+        ("deploy_type unified\nzk_servers z:1\nbzid b\nlayout_pattern l\n", {"TCE_PSM": "p:s"}, "TCE_PSM"),
+        ("deploy_type unified\nzk_servers z:1\nbzid b\nlayout_pattern l\n", {"MY_POD_NAME": "a:b"}, "MY_POD_NAME"),
+    ],
+)
+def test_names_with_a_colon_are_refused_where_they_become_registry_names(
+    tmp_path: Path, text: str, env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(ConfError, match=variable):
+        resolve_environment(load_text(tmp_path, text), env)
+    resolve_environment(load_text(tmp_path, MINIMAL_PS), env)  # unused: no error
 
 
 def test_dc_aware_needs_idc_and_cluster() -> None:

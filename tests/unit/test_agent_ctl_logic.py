@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import pytest
 
-from monolith_serving.agent.ctl import Controller, _act, configure, parse_model_glob
+from monolith_serving.agent.ctl import Controller, _act, command_from_args, configure, parse_model_glob
 from monolith_serving.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from monolith_serving.discovery.static import StaticDiscovery
 
@@ -44,12 +44,12 @@ def test_decl_declares_every_sub_graph_with_policies(tmp_path: Path) -> None:
         return await ctl.bzid_info()
 
     info = run_with(body)
-    assert info["models"] == {
-        "mdl": {
-            "entry": {"model_base_path": str(base / "entry"), "version_policy": "latest"},
-            "ps_0": {"model_base_path": str(base / "ps_0"), "version_policy": "latest_once"},
-            "ps_1": {"model_base_path": str(base / "ps_1"), "version_policy": "latest_once"},
-        }
+    model = info["model_info"]["mdl"]  # type: ignore[index]
+    assert model["sub_graphs_total"] == 3
+    assert {sg: json.loads(model[sg]["deploy_config"]) for sg in ("entry", "ps_0", "ps_1")} == {
+        "entry": {"model_base_path": str(base / "entry"), "version_policy": "latest"},
+        "ps_0": {"model_base_path": str(base / "ps_0"), "version_policy": "latest_once"},
+        "ps_1": {"model_base_path": str(base / "ps_1"), "version_policy": "latest_once"},
     }
 
 
@@ -62,13 +62,13 @@ def test_decl_refuses_to_overwrite_without_the_flag(tmp_path: Path) -> None:
         with pytest.raises(FailedPreconditionError, match="--overwrite"):
             await ctl.decl(second, model_name="m")
         unchanged = await ctl.bzid_info()
-        assert sorted(unchanged["models"]["m"]) == ["entry", "ps_0"]  # type: ignore[index]
+        assert sorted(unchanged["model_info"]["m"]) == ["entry", "ps_0", "sub_graphs_total"]  # type: ignore[index]
         await ctl.decl(second, model_name="m", overwrite=True)
         return await ctl.bzid_info()
 
-    models = run_with(body)["models"]
-    assert models["m"]["ps_1"]["model_base_path"] == str(second / "ps_1")  # type: ignore[index]
-    assert models["m"]["entry"]["model_base_path"] == str(second / "entry")  # type: ignore[index]
+    model = run_with(body)["model_info"]["m"]  # type: ignore[index]
+    assert json.loads(model["ps_1"]["deploy_config"])["model_base_path"] == str(second / "ps_1")
+    assert json.loads(model["entry"]["deploy_config"])["model_base_path"] == str(second / "entry")
 
 
 def test_decl_of_a_folder_without_sub_graphs_fails(tmp_path: Path) -> None:
@@ -94,11 +94,11 @@ def test_pub_unpub_globs(tmp_path: Path) -> None:
             await ctl.pub("L", "m", "dense*")
         with pytest.raises(NotFoundError):
             await ctl.pub("L", "undeclared", "*")
-        assert (await ctl.bzid_info())["layouts"] == {"L": ["m:entry", "m:ps_1", "m:ps_10"]}
+        assert (await ctl.bzid_info())["layout_info"] == {"L": ["m:entry", "m:ps_1", "m:ps_10"]}
         assert await ctl.unpub("L", "m", "ps_*") == ["m:ps_1", "m:ps_10"]
         with pytest.raises(NotFoundError):
             await ctl.unpub("L", "m", "ps_*")
-        assert (await ctl.bzid_info())["layouts"] == {"L": ["m:entry"]}
+        assert (await ctl.bzid_info())["layout_info"] == {"L": ["m:entry"]}
 
     run_with(body)
 
@@ -112,8 +112,11 @@ def test_bzid_info_lists_containers_and_bindings() -> None:
         return await ctl.bzid_info()
 
     info = run_with(body)
-    assert info["containers"] == {"c:10.0.0.1:9": {"grpc": "x:1"}}
-    assert info["bindings"] == {"m": ["ps_0:c:10.0.0.1:9"]}
+    # Our ctx_id may hold ':' (host:port): it is kept whole, where Monolith's split(":")[:2] would cut it.
+    assert info["container_info"] == {
+        "c": {"10.0.0.1:9": {"service_info": '{"grpc": "x:1"}', "saved_models": ["m:ps_0"]}}
+    }
+    assert info["model_info"] == {"m": {"sub_graphs_available": 1, "ps_0": {"bindings": ["c:10.0.0.1:9"]}}}
 
 
 def test_parse_model_glob() -> None:
@@ -129,5 +132,5 @@ def test_the_cli_accepts_bzid_info_in_both_spellings(action: str) -> None:
     parser = argparse.ArgumentParser()
     configure(parser)
     args = parser.parse_args(["--zk", "zk:2181", "--bzid", "b", action])
-    info = run_with(lambda ctl: _act(ctl, args))
-    assert set(info) == {"models", "containers", "layouts", "bindings"}
+    info = run_with(lambda ctl: _act(ctl, command_from_args(args)))
+    assert info == {"model_info": {}, "container_info": {}, "layout_info": {}}

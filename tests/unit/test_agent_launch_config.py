@@ -21,6 +21,7 @@ from monolith_serving.agent.config import (
 from monolith_serving.agent.model_config_writer import write_model_config
 from monolith_serving.core.agent_conf import AgentConfig, ConfError, load_agent_config, resolve_environment
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy, read_model_server_config
+from monolith_serving.core.zk_paths import binding_name, container_service_name
 
 
 def resolved(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> AgentConfig:
@@ -82,7 +83,34 @@ def test_entry_replica_paths_and_addresses(tmp_path: Path) -> None:
     assert replica.address == "10.0.0.5:8500"
     assert replica.address_ipv6 == "[::1]:8500"
     assert replica.archon_address == "10.0.0.5:9000"
+    assert replica.archon_address_ipv6 == "[::1]:9000"
     assert replica.model_name == "entry"
+
+
+def test_mixed_pod_registers_monolith_archon_ports_per_child(tmp_path: Path) -> None:
+    """Monolith's mixed pod: entry archon PORT, PS archon PORT7, dense archon PORT10 (utils.py AgentConfig)."""
+    env = {"PORT": "9000", "PORT2": "1", "PORT3": "8500", "PORT5": "8501", "PORT7": "9007", "PORT8": "8502"}
+    env["PORT10"] = "9010"
+    config = resolved(tmp_path, ZK + "stand_alone_serving true\ndense_alone true\nnum_ps 2\n", env)
+    archon = {
+        r.path.server_type.value: r.archon_address
+        for spec in v1_plan(config, work_dir=tmp_path).servers
+        for r in local_replicas(config, spec, host="10.0.0.5")
+    }
+    assert archon == {"entry": "10.0.0.5:9000", "ps": "10.0.0.5:9007", "dense": "10.0.0.5:9010"}
+
+
+@pytest.mark.parametrize(
+    "text", [ZK + "deploy_type ps\n", ZK + "deploy_type entry\n", ZK + "stand_alone_serving true\ndense_alone true\n"]
+)
+def test_an_archon_address_is_written_also_without_archon_ports(tmp_path: Path, text: str) -> None:
+    """Monolith always writes one (its readers take a null for an address); ours falls back to the gRPC port."""
+    picks = iter(range(20000, 20100))
+    config = assign_free_ports(resolved(tmp_path, text, {"MY_HOST_IPV6": "fd00::1"}), lambda: next(picks))
+    for spec in v1_plan(config, work_dir=tmp_path).servers:
+        for replica in local_replicas(config, spec, host="h"):
+            assert replica.archon_address == replica.address == f"h:{spec.grpc_port}"
+            assert replica.archon_address_ipv6 == replica.address_ipv6 == f"[fd00::1]:{spec.grpc_port}"
 
 
 def test_dc_aware_replica_paths(tmp_path: Path) -> None:
@@ -137,8 +165,15 @@ def test_container_identity(tmp_path: Path) -> None:
     env = {"PORT2": "7002", "PORT3": "7003", "TCE_CLUSTER": "C1", "SHARD_ID": "0"}
     config = resolved(tmp_path, UNIFIED + "layout_pattern l\n", env)
     ident = container_identity(config, host="10.1.1.1", layout="/b/layouts/l")
-    assert (ident.ctx_cluster, ident.ctx_id) == ("c1", "10.1.1.1:7003")
+    assert (ident.ctx_cluster, ident.ctx_id) == ("unknown;None;c1", "10.1.1.1_7003")
     assert ident.info.grpc == "10.1.1.1:7003" and ident.info.agent == "10.1.1.1:7002"
+    assert ident.info.archon == "10.1.1.1:7003"  # PORT unset: the gRPC port, never null
+    assert (
+        container_identity(
+            resolved(tmp_path, UNIFIED + "layout_pattern l\n", {**env, "PORT": "7000"}), host="h", layout="/b/layouts/l"
+        ).info.archon
+        == "h:7000"
+    )
     assert json.loads(ident.info.debug_info or "{}")["shard_id"] == 0
     named = container_identity(
         resolved(tmp_path, UNIFIED + "layout_pattern l\n", {**env, "MY_POD_NAME": "pod-7"}),
@@ -146,6 +181,26 @@ def test_container_identity(tmp_path: Path) -> None:
         layout="/b/layouts/l",
     )
     assert named.ctx_id == "pod-7"
+
+
+def test_container_names_are_monolith_s(tmp_path: Path) -> None:
+    """Monolith's AgentConfig.container_cluster "{TCE_PSM or 'unknown'};{idc};{cluster}" and container_id
+    MY_POD_NAME: its agents and trainers split binding names with split(":")[:3], so ctx_id holds no ':'."""
+    env = {
+        "PORT2": "7002", "PORT3": "7003", "TCE_PSM": "data.ctr.serving", "TCE_INTERNAL_IDC": "LF",
+        "TCE_LOGICAL_CLUSTER": "Canary", "TCE_CLUSTER": "default", "MY_POD_NAME": "ctr-uni-0",
+    }  # fmt: skip
+    config = resolved(tmp_path, UNIFIED + "layout_pattern l\n", env)
+    ident = container_identity(config, host="10.1.1.1", layout="/b/layouts/l")
+    assert (ident.ctx_cluster, ident.ctx_id) == ("data.ctr.serving;lf;canary", "ctr-uni-0")
+    leaf = binding_name("ps_0", ident.ctx_cluster, ident.ctx_id)
+    sub_graph, ctx_cluster, ctx_id = leaf.split(":")[:3]  # how Monolith's ZKBackend reads it
+    assert (sub_graph, ctx_cluster, ctx_id) == ("ps_0", ident.ctx_cluster, ident.ctx_id)
+    assert container_service_name(ctx_cluster, ctx_id) == "data.ctr.serving;lf;canary:ctr-uni-0"
+    # Without a pod name: host and port, and no ':' even for an IPv6 host.
+    ipv6 = container_identity(dataclasses.replace(config, pod_name=None), host="fd00::5", layout="/b/layouts/l")
+    assert ipv6.ctx_id == "fd00__5_7003"
+    assert len(binding_name("ps_0", ipv6.ctx_cluster, ipv6.ctx_id).split(":")) == 3
     spec = v3_server_spec(config, work_dir=tmp_path)
     assert spec.kind is ServerKind.UNIFIED and spec.models == () and spec.grpc_port == 7003
     assert spec.argv()[3] == "unified" and "--agent_address=127.0.0.1:7002" in spec.argv()

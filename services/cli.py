@@ -36,7 +36,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("dense", "monolith_serving.dense.main", "serve the dense network of dense_0 (dense_alone models)"),
     Command("proxy", "monolith_serving.proxy.main", "TF Serving front door (gRPC + REST) routing to entry replicas"),
     Command("agent", "monolith_serving.agent.main", "per-pod agent: launch, register and supervise model servers"),
-    Command("ctl", "monolith_serving.agent.ctl", "v3 controller: decl|pub|unpub|bzid_info on ZooKeeper (Monolith's --cmd flags)"),
+    Command("ctl", "monolith_serving.agent.ctl", "v3 controller (Monolith's --cmd flags): decl|pub|unpub|bzid_info"),
     Command("replica-manager", "monolith_serving.replica_manager.main", "cluster replica view, AgentService, probes"),
     Command("replicas", "monolith_serving.replica_manager.listing", "table of registered replicas (state, version)"),
     Command("model-manager", "monolith_serving.model_manager.main", "new versions to replicas, PS-first rollout"),

@@ -38,7 +38,13 @@ from monolith_serving.agent.runtime import AgentOptions, AgentRuntime
 from monolith_serving.agent.supervisor import ChildSupervisor, RestartPolicy
 from monolith_serving.agent.v1_agent import V1Agent
 from monolith_serving.agent.v3_agent import V3Agent
-from monolith_serving.core.agent_conf import AgentConfig, ConfError, load_agent_config, resolve_environment
+from monolith_serving.core.agent_conf import (
+    AgentConfig,
+    ConfError,
+    DiscoveryKind,
+    load_agent_config,
+    resolve_environment,
+)
 from monolith_serving.core.cli_flags import add_flag, flag_type, parse_port
 from monolith_serving.core.grpc_server import run_async_main
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
@@ -116,6 +122,7 @@ def prepare(args: argparse.Namespace, environ: dict[str, str]) -> Prepared:
         layout_watch_path(config)  # validates layout_pattern now
     elif config.agent_version == 1:
         plan = v1_plan(config, work_dir=work_dir)
+        _warn_without_replica_id(config, environ)
     else:
         raise ConfError(f"{config.where('agent_version')}: key 'agent_version': only 1 and 3 are supported")
     unused = unused_conf_keys(config)
@@ -133,6 +140,19 @@ def prepare(args: argparse.Namespace, environ: dict[str, str]) -> Prepared:
         metrics_port=args.metrics_port,
         plan=plan,
         filters=filters,
+    )
+
+
+def _warn_without_replica_id(config: AgentConfig, environ: dict[str, str]) -> None:
+    """Two v1 agents registering the same tasks under one replica id replace each other's nodes (the last writer
+    wins), so routers see one of them at a time. Monolith's entry registers a sequential node when it has no id;
+    ours registers id 0, so say so where an operator looks first."""
+    if config.discovery is DiscoveryKind.STATIC or environ.get("REPLICA_ID") or environ.get("MY_POD_NAME"):
+        return
+    log.warning(
+        "neither REPLICA_ID nor MY_POD_NAME is set: this agent registers its replicas as replica 0 of bzid %s; a "
+        "second agent serving the same tasks without an id of its own would replace these nodes (set REPLICA_ID)",
+        config.bzid,
     )
 
 

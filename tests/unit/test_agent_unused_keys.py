@@ -165,13 +165,32 @@ def test_poll_period_of_entry_dense_and_unified_is_at_least_one_second(
     assert parse_child_argv(specs[ServerKind.PS]).file_system_poll_wait_seconds == value
 
 
-def run_prepare(tmp_path: Path, text: str) -> None:
+def run_prepare(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> None:
     conf = tmp_path / "agent.conf"
     conf.write_text(text)
     parser = argparse.ArgumentParser()
     agent_main.configure(parser)
     args = parser.parse_args(["--conf", str(conf), "--work_dir", str(tmp_path / "work")])
-    agent_main.prepare(args, dict(PORTS))
+    agent_main.prepare(args, {**PORTS, **(env or {})})
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "warned"),
+    [
+        (ZK + "deploy_type entry\n", {}, True),
+        (ZK + "deploy_type entry\n", {"REPLICA_ID": "3"}, False),
+        (ZK + "deploy_type entry\n", {"MY_POD_NAME": "entry-7"}, False),
+        ("bzid b\nbase_name m\nbase_path /exp\ndeploy_type entry\n", {}, False),  # static: no registry to share
+    ],
+    ids=["zk-no-id", "replica-id", "pod-name", "static"],
+)
+def test_a_v1_agent_without_a_replica_id_warns_that_another_would_replace_its_nodes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, env: dict[str, str], warned: bool
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        run_prepare(tmp_path, text, env)
+    messages = [r.getMessage() for r in caplog.records if r.name == agent_main.log.name]
+    assert any("neither REPLICA_ID nor MY_POD_NAME" in m for m in messages) is warned, messages
 
 
 def unused_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

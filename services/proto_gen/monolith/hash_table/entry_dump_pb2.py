@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$monolith/hash_table/entry_dump.proto\x12\x13monolith.hash_table\"\x0f\n\rOptimizerDump\"q\n\tEntryDump\x12\n\n\x02id\x18\x01 \x01(\x10\x12\x0b\n\x03num\x18\x02 \x03(\x02\x12/\n\x03opt\x18\x03 \x01(\x0b\x32\".monolith.hash_table.OptimizerDump\x12\x1a\n\x12last_update_ts_sec\x18\x04 \x01(\x03')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$monolith/hash_table/entry_dump.proto\x12\x13monolith.hash_table\"G\n\rOptimizerDump\x12\x36\n\x04\x64ump\x18\x01 \x03(\x0b\x32(.monolith.hash_table.SingleOptimizerDump\"\xe6\x06\n\x13SingleOptimizerDump\x12<\n\x07\x61\x64\x61grad\x18\x01 \x01(\x0b\x32).monolith.hash_table.AdagradOptimizerDumpH\x00\x12\x34\n\x03sgd\x18\x02 \x01(\x0b\x32%.monolith.hash_table.SgdOptimizerDumpH\x00\x12\x36\n\x04\x66trl\x18\x03 \x01(\x0b\x32&.monolith.hash_table.FtrlOptimizerDumpH\x00\x12P\n\x12\x64ynamic_wd_adagrad\x18\x04 \x01(\x0b\x32\x32.monolith.hash_table.DynamicWdAdagradOptimizerDumpH\x00\x12>\n\x08\x61\x64\x61\x64\x65lta\x18\x06 \x01(\x0b\x32*.monolith.hash_table.AdadeltaOptimizerDumpH\x00\x12\x36\n\x04\x61\x64\x61m\x18\x07 \x01(\x0b\x32&.monolith.hash_table.AdamOptimizerDumpH\x00\x12<\n\x07\x61msgrad\x18\x08 \x01(\x0b\x32).monolith.hash_table.AmsgradOptimizerDumpH\x00\x12>\n\x08momentum\x18\t \x01(\x0b\x32*.monolith.hash_table.MomentumOptimizerDumpH\x00\x12<\n\x07rmsprop\x18\x0b \x01(\x0b\x32).monolith.hash_table.RmspropOptimizerDumpH\x00\x12@\n\trmspropv2\x18\x0c \x01(\x0b\x32+.monolith.hash_table.RmspropV2OptimizerDumpH\x00\x12\x41\n\ngroup_ftrl\x18\r \x01(\x0b\x32+.monolith.hash_table.GroupFtrlOptimizerDumpH\x00\x12G\n\rbatch_softmax\x18\x0e \x01(\x0b\x32..monolith.hash_table.BatchSoftmaxOptimizerDumpH\x00\x12G\n\rgroup_adagrad\x18\x0f \x01(\x0b\x32..monolith.hash_table.GroupAdaGradOptimizerDumpH\x00\x42\x06\n\x04type\"$\n\x14\x41\x64\x61gradOptimizerDump\x12\x0c\n\x04norm\x18\x01 \x03(\x02\"\x12\n\x10SgdOptimizerDump\"/\n\x11\x46trlOptimizerDump\x12\x0c\n\x04zero\x18\x01 \x03(\x02\x12\x0c\n\x04norm\x18\x02 \x03(\x02\"G\n\x1d\x44ynamicWdAdagradOptimizerDump\x12\x0c\n\x04norm\x18\x01 \x03(\x02\x12\x18\n\x10last_update_step\x18\x02 \x01(\x03\"<\n\x15\x41\x64\x61\x64\x65ltaOptimizerDump\x12\r\n\x05\x61\x63\x63um\x18\x01 \x03(\x02\x12\x14\n\x0c\x61\x63\x63um_update\x18\x02 \x03(\x02\"S\n\x11\x41\x64\x61mOptimizerDump\x12\t\n\x01m\x18\x01 \x03(\x02\x12\t\n\x01v\x18\x02 \x03(\x02\x12\x13\n\x0b\x62\x65ta1_power\x18\x03 \x01(\x02\x12\x13\n\x0b\x62\x65ta2_power\x18\x04 \x01(\x02\"d\n\x14\x41msgradOptimizerDump\x12\t\n\x01m\x18\x01 \x03(\x02\x12\t\n\x01v\x18\x02 \x03(\x02\x12\x0c\n\x04vhat\x18\x03 \x03(\x02\x12\x13\n\x0b\x62\x65ta1_power\x18\x04 \x01(\x02\x12\x13\n\x0b\x62\x65ta2_power\x18\x05 \x01(\x02\"\"\n\x15MomentumOptimizerDump\x12\t\n\x01n\x18\x01 \x03(\x02\"!\n\x14RmspropOptimizerDump\x12\t\n\x01n\x18\x01 \x03(\x02\"#\n\x16RmspropV2OptimizerDump\x12\t\n\x01n\x18\x01 \x03(\x02\"4\n\x16GroupFtrlOptimizerDump\x12\x0c\n\x04zero\x18\x01 \x03(\x02\x12\x0c\n\x04norm\x18\x02 \x03(\x02\"0\n\x19\x42\x61tchSoftmaxOptimizerDump\x12\x13\n\x0bglobal_step\x18\x01 \x01(\x03\"4\n\x19GroupAdaGradOptimizerDump\x12\x17\n\x0fgrad_square_sum\x18\x01 \x01(\x02\"q\n\tEntryDump\x12\n\n\x02id\x18\x01 \x01(\x10\x12\x0b\n\x03num\x18\x02 \x03(\x02\x12/\n\x03opt\x18\x03 \x01(\x0b\x32\".monolith.hash_table.OptimizerDump\x12\x1a\n\x12last_update_ts_sec\x18\x04 \x01(\x03')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,35 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'monolith.hash_table.entry_d
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_OPTIMIZERDUMP']._serialized_start=61
-  _globals['_OPTIMIZERDUMP']._serialized_end=76
-  _globals['_ENTRYDUMP']._serialized_start=78
-  _globals['_ENTRYDUMP']._serialized_end=191
+  _globals['_OPTIMIZERDUMP']._serialized_end=132
+  _globals['_SINGLEOPTIMIZERDUMP']._serialized_start=135
+  _globals['_SINGLEOPTIMIZERDUMP']._serialized_end=1005
+  _globals['_ADAGRADOPTIMIZERDUMP']._serialized_start=1007
+  _globals['_ADAGRADOPTIMIZERDUMP']._serialized_end=1043
+  _globals['_SGDOPTIMIZERDUMP']._serialized_start=1045
+  _globals['_SGDOPTIMIZERDUMP']._serialized_end=1063
+  _globals['_FTRLOPTIMIZERDUMP']._serialized_start=1065
+  _globals['_FTRLOPTIMIZERDUMP']._serialized_end=1112
+  _globals['_DYNAMICWDADAGRADOPTIMIZERDUMP']._serialized_start=1114
+  _globals['_DYNAMICWDADAGRADOPTIMIZERDUMP']._serialized_end=1185
+  _globals['_ADADELTAOPTIMIZERDUMP']._serialized_start=1187
+  _globals['_ADADELTAOPTIMIZERDUMP']._serialized_end=1247
+  _globals['_ADAMOPTIMIZERDUMP']._serialized_start=1249
+  _globals['_ADAMOPTIMIZERDUMP']._serialized_end=1332
+  _globals['_AMSGRADOPTIMIZERDUMP']._serialized_start=1334
+  _globals['_AMSGRADOPTIMIZERDUMP']._serialized_end=1434
+  _globals['_MOMENTUMOPTIMIZERDUMP']._serialized_start=1436
+  _globals['_MOMENTUMOPTIMIZERDUMP']._serialized_end=1470
+  _globals['_RMSPROPOPTIMIZERDUMP']._serialized_start=1472
+  _globals['_RMSPROPOPTIMIZERDUMP']._serialized_end=1505
+  _globals['_RMSPROPV2OPTIMIZERDUMP']._serialized_start=1507
+  _globals['_RMSPROPV2OPTIMIZERDUMP']._serialized_end=1542
+  _globals['_GROUPFTRLOPTIMIZERDUMP']._serialized_start=1544
+  _globals['_GROUPFTRLOPTIMIZERDUMP']._serialized_end=1596
+  _globals['_BATCHSOFTMAXOPTIMIZERDUMP']._serialized_start=1598
+  _globals['_BATCHSOFTMAXOPTIMIZERDUMP']._serialized_end=1646
+  _globals['_GROUPADAGRADOPTIMIZERDUMP']._serialized_start=1648
+  _globals['_GROUPADAGRADOPTIMIZERDUMP']._serialized_end=1700
+  _globals['_ENTRYDUMP']._serialized_start=1702
+  _globals['_ENTRYDUMP']._serialized_end=1815
 # @@protoc_insertion_point(module_scope)

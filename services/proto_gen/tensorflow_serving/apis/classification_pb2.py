@@ -22,26 +22,41 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from monolith_serving.proto_gen.tensorflow_serving.apis import input_pb2 as tensorflow__serving_dot_apis_dot_input__pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_pb2 as tensorflow__serving_dot_apis_dot_model__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,tensorflow_serving/apis/classification.proto\x12\x12tensorflow.serving\x1a#tensorflow_serving/apis/model.proto\"J\n\x15\x43lassificationRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\"K\n\x16\x43lassificationResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\"F\n\x11RegressionRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\"G\n\x12RegressionResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\"\x17\n\x15MultiInferenceRequest\"\x18\n\x16MultiInferenceResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,tensorflow_serving/apis/classification.proto\x12\x12tensorflow.serving\x1a#tensorflow_serving/apis/input.proto\x1a#tensorflow_serving/apis/model.proto\"%\n\x05\x43lass\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"=\n\x0f\x43lassifications\x12*\n\x07\x63lasses\x18\x01 \x03(\x0b\x32\x19.tensorflow.serving.Class\"T\n\x14\x43lassificationResult\x12<\n\x0f\x63lassifications\x18\x01 \x03(\x0b\x32#.tensorflow.serving.Classifications\"t\n\x15\x43lassificationRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12(\n\x05input\x18\x02 \x01(\x0b\x32\x19.tensorflow.serving.Input\"\x85\x01\n\x16\x43lassificationResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x38\n\x06result\x18\x01 \x01(\x0b\x32(.tensorflow.serving.ClassificationResult\"\x1b\n\nRegression\x12\r\n\x05value\x18\x01 \x01(\x02\"G\n\x10RegressionResult\x12\x33\n\x0bregressions\x18\x01 \x03(\x0b\x32\x1e.tensorflow.serving.Regression\"p\n\x11RegressionRequest\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12(\n\x05input\x18\x02 \x01(\x0b\x32\x19.tensorflow.serving.Input\"}\n\x12RegressionResponse\x12\x31\n\nmodel_spec\x18\x02 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x34\n\x06result\x18\x01 \x01(\x0b\x32$.tensorflow.serving.RegressionResult\"W\n\rInferenceTask\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12\x13\n\x0bmethod_name\x18\x02 \x01(\t\"\xdc\x01\n\x0fInferenceResult\x12\x31\n\nmodel_spec\x18\x01 \x01(\x0b\x32\x1d.tensorflow.serving.ModelSpec\x12I\n\x15\x63lassification_result\x18\x02 \x01(\x0b\x32(.tensorflow.serving.ClassificationResultH\x00\x12\x41\n\x11regression_result\x18\x03 \x01(\x0b\x32$.tensorflow.serving.RegressionResultH\x00\x42\x08\n\x06result\"s\n\x15MultiInferenceRequest\x12\x30\n\x05tasks\x18\x01 \x03(\x0b\x32!.tensorflow.serving.InferenceTask\x12(\n\x05input\x18\x02 \x01(\x0b\x32\x19.tensorflow.serving.Input\"N\n\x16MultiInferenceResponse\x12\x34\n\x07results\x18\x01 \x03(\x0b\x32#.tensorflow.serving.InferenceResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensorflow_serving.apis.classification_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFICATIONREQUEST']._serialized_start=105
-  _globals['_CLASSIFICATIONREQUEST']._serialized_end=179
-  _globals['_CLASSIFICATIONRESPONSE']._serialized_start=181
-  _globals['_CLASSIFICATIONRESPONSE']._serialized_end=256
-  _globals['_REGRESSIONREQUEST']._serialized_start=258
-  _globals['_REGRESSIONREQUEST']._serialized_end=328
-  _globals['_REGRESSIONRESPONSE']._serialized_start=330
-  _globals['_REGRESSIONRESPONSE']._serialized_end=401
-  _globals['_MULTIINFERENCEREQUEST']._serialized_start=403
-  _globals['_MULTIINFERENCEREQUEST']._serialized_end=426
-  _globals['_MULTIINFERENCERESPONSE']._serialized_start=428
-  _globals['_MULTIINFERENCERESPONSE']._serialized_end=452
+  _globals['_CLASS']._serialized_start=142
+  _globals['_CLASS']._serialized_end=179
+  _globals['_CLASSIFICATIONS']._serialized_start=181
+  _globals['_CLASSIFICATIONS']._serialized_end=242
+  _globals['_CLASSIFICATIONRESULT']._serialized_start=244
+  _globals['_CLASSIFICATIONRESULT']._serialized_end=328
+  _globals['_CLASSIFICATIONREQUEST']._serialized_start=330
+  _globals['_CLASSIFICATIONREQUEST']._serialized_end=446
+  _globals['_CLASSIFICATIONRESPONSE']._serialized_start=449
+  _globals['_CLASSIFICATIONRESPONSE']._serialized_end=582
+  _globals['_REGRESSION']._serialized_start=584
+  _globals['_REGRESSION']._serialized_end=611
+  _globals['_REGRESSIONRESULT']._serialized_start=613
+  _globals['_REGRESSIONRESULT']._serialized_end=684
+  _globals['_REGRESSIONREQUEST']._serialized_start=686
+  _globals['_REGRESSIONREQUEST']._serialized_end=798
+  _globals['_REGRESSIONRESPONSE']._serialized_start=800
+  _globals['_REGRESSIONRESPONSE']._serialized_end=925
+  _globals['_INFERENCETASK']._serialized_start=927
+  _globals['_INFERENCETASK']._serialized_end=1014
+  _globals['_INFERENCERESULT']._serialized_start=1017
+  _globals['_INFERENCERESULT']._serialized_end=1237
+  _globals['_MULTIINFERENCEREQUEST']._serialized_start=1239
+  _globals['_MULTIINFERENCEREQUEST']._serialized_end=1354
+  _globals['_MULTIINFERENCERESPONSE']._serialized_start=1356
+  _globals['_MULTIINFERENCERESPONSE']._serialized_end=1434
 # @@protoc_insertion_point(module_scope)

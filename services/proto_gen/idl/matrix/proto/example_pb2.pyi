@@ -153,19 +153,31 @@ class NamedFeature(_message.Message):
     sorted_id: int
     def __init__(self, name: _Optional[str] = ..., feature: _Optional[_Union[Feature, _Mapping]] = ..., id: _Optional[int] = ..., sorted_id: _Optional[int] = ...) -> None: ...
 
+class NamedRawFeature(_message.Message):
+    __slots__ = ("name", "raw_feature", "id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    RAW_FEATURE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    raw_feature: RawFeature
+    id: int
+    def __init__(self, name: _Optional[str] = ..., raw_feature: _Optional[_Union[RawFeature, _Mapping]] = ..., id: _Optional[int] = ...) -> None: ...
+
 class Example(_message.Message):
-    __slots__ = ("named_feature", "line_id", "label", "instance_weight", "data_source_key")
+    __slots__ = ("named_feature", "named_raw_feature", "line_id", "label", "instance_weight", "data_source_key")
     NAMED_FEATURE_FIELD_NUMBER: _ClassVar[int]
+    NAMED_RAW_FEATURE_FIELD_NUMBER: _ClassVar[int]
     LINE_ID_FIELD_NUMBER: _ClassVar[int]
     LABEL_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     DATA_SOURCE_KEY_FIELD_NUMBER: _ClassVar[int]
     named_feature: _containers.RepeatedCompositeFieldContainer[NamedFeature]
+    named_raw_feature: _containers.RepeatedCompositeFieldContainer[NamedRawFeature]
     line_id: _line_id_pb2.LineId
     label: _containers.RepeatedScalarFieldContainer[float]
     instance_weight: float
     data_source_key: int
-    def __init__(self, named_feature: _Optional[_Iterable[_Union[NamedFeature, _Mapping]]] = ..., line_id: _Optional[_Union[_line_id_pb2.LineId, _Mapping]] = ..., label: _Optional[_Iterable[float]] = ..., instance_weight: _Optional[float] = ..., data_source_key: _Optional[int] = ...) -> None: ...
+    def __init__(self, named_feature: _Optional[_Iterable[_Union[NamedFeature, _Mapping]]] = ..., named_raw_feature: _Optional[_Iterable[_Union[NamedRawFeature, _Mapping]]] = ..., line_id: _Optional[_Union[_line_id_pb2.LineId, _Mapping]] = ..., label: _Optional[_Iterable[float]] = ..., instance_weight: _Optional[float] = ..., data_source_key: _Optional[int] = ...) -> None: ...
 
 class ExampleBatch(_message.Message):
     __slots__ = ("named_feature_list", "named_raw_feature_list", "batch_size", "data_source_key")

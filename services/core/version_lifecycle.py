@@ -73,6 +73,7 @@ class Servable(Generic[L, U]):
     error: MonolithServingError | None = None  # set only for END after a failed load
     loaded: L | None = None
     pending: list[U] = field(default_factory=list)  # handed to ``hooks.publish``, then emptied
+    pending_bytes: int = 0  # the size of ``pending`` as its owner counts it (to bound it); emptied with it
 
     def require_loaded(self) -> L:
         if self.loaded is None:  # cannot happen for an AVAILABLE version; guards the type
@@ -299,19 +300,19 @@ class VersionLifecycle(Generic[C, L, U]):
                 self._hooks.publish(loaded, servable.pending, model.name)
         except asyncio.CancelledError:
             # Only ``close`` cancels a change (see ``_run_to_end``): end the version rather than leave it LOADING.
-            servable.pending = []
+            servable.pending, servable.pending_bytes = [], 0
             servable.error = UnavailableError("load cancelled: the server is shutting down")
             self._set_state(model, servable, ModelState.END)
             raise
         except Exception as exc:  # any broken export must end as END with its reason, never crash the loop
             error = _load_error(exc)
-            servable.pending = []
+            servable.pending, servable.pending_bytes = [], 0
             servable.error = error
             self._set_state(model, servable, ModelState.END)
             self._metrics.load_failures.labels(model.name).inc()
             logger.error("model %s version %d: load failed: %s", model.name, version, error.message)
             return
-        servable.pending = []
+        servable.pending, servable.pending_bytes = [], 0
         servable.loaded = loaded
         self._set_state(model, servable, ModelState.AVAILABLE)
         elapsed = self._clock() - started

@@ -13,6 +13,9 @@ from monolith_serving.core.model_config_list import hosted_models_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
 DEFAULT_MAX_FIDS_PER_REQUEST = 1 << 21
+# Parameter-sync rows queued for a version while it loads (replayed just before it serves). A load that never ends
+# (a stalled file system) would otherwise queue a busy trainer's pushes until the process runs out of memory.
+DEFAULT_MAX_PENDING_SYNC_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class PsConfig:
     models: tuple[SubModelConfig, ...] = ()
     num_ps: int = 0  # 0: do not check that fids belong to this shard
     max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST
+    max_pending_sync_bytes: int = DEFAULT_MAX_PENDING_SYNC_BYTES
     num_load_threads: int = 1
     shutdown_grace_s: float = 2.0
     # The unified server starts a PS core with no models; they arrive by HandleReloadConfigRequest.
@@ -71,6 +75,8 @@ class PsConfig:
             raise InvalidArgumentError(f"--num_ps must be >= 0, got {self.num_ps}")
         if self.max_fids_per_request < 1:
             raise InvalidArgumentError(f"--max_fids_per_request must be >= 1, got {self.max_fids_per_request}")
+        if self.max_pending_sync_bytes < 0:
+            raise InvalidArgumentError(f"--max_pending_sync_bytes must be >= 0, got {self.max_pending_sync_bytes}")
         if self.num_load_threads < 1:
             raise InvalidArgumentError(f"--num_load_threads must be >= 1, got {self.num_load_threads}")
         if self.model_config_file is None and not self.models and not self.models_from_reload:

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
+from monolith_serving.core.errors import (
+    InvalidArgumentError,
+    MonolithServingError,
+    NotFoundError,
+    ResourceExhaustedError,
+)
+from monolith_serving.ps.config import DEFAULT_MAX_PENDING_SYNC_BYTES
 from monolith_serving.ps.inputs import ShardCheck, TensorMap, check_request_size, decode_fids, element_count
 from monolith_serving.ps.metrics import PsMetrics
 from monolith_serving.ps.sync import (
@@ -26,7 +32,7 @@ from monolith_serving.ps.sync import (
     sync_kind,
 )
 from monolith_serving.ps.table_store import TableSet
-from monolith_serving.ps.version_manager import SubModel, VersionStateManager
+from monolith_serving.ps.version_manager import ServableVersion, SubModel, VersionStateManager
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +59,19 @@ class LookupResult:
 
 class PsCore:
     def __init__(
-        self, *, versions: VersionStateManager, metrics: PsMetrics, num_ps: int, max_fids_per_request: int
+        self,
+        *,
+        versions: VersionStateManager,
+        metrics: PsMetrics,
+        num_ps: int,
+        max_fids_per_request: int,
+        max_pending_sync_bytes: int = DEFAULT_MAX_PENDING_SYNC_BYTES,
     ) -> None:
         self.versions = versions
         self._metrics = metrics
         self._num_ps = num_ps
         self._max_fids = max_fids_per_request
+        self._max_pending_bytes = max_pending_sync_bytes
         # Resolved children, owned by the metrics (which forget a removed model's); bound here for the hot path.
         self._lookup_requests = metrics.lookup_requests_of
         self._lookup_fids = metrics.lookup_fids_of
@@ -133,16 +146,32 @@ class PsCore:
                 updates = decode_raw_assign(inputs, dims, tables.order, shard)
             for update in updates:
                 tables.tables[update.table].check_update(update.fids, update.values)
+            size = sum(u.fids.nbytes + u.values.nbytes for u in updates)
+            loading = model.loading()
+            self._check_pending_room(ref.name, loading, size)
         except MonolithServingError:
             self._metrics.sync_updates_rejected_of[(ref.name, kind)].inc(_count_rows(inputs, id_inputs))
             raise
         for update in updates:
             tables.tables[update.table].upsert(update.fids, update.values)
-        for loading in model.loading():
-            loading.pending.append(updates)
+        for servable_loading in loading:
+            servable_loading.pending.append(updates)
+            servable_loading.pending_bytes += size
         rows = sum(u.rows for u in updates)
         self._metrics.sync_updates_applied_of[(ref.name, kind)].inc(rows)
         return servable.version, rows
+
+    def _check_pending_room(self, model: str, loading: list[ServableVersion], size: int) -> None:
+        """Refuses a push that would take a loading version's queue past ``max_pending_sync_bytes``: accepted, it
+        must reach the new version too, and a load that never ends would queue every push until memory runs
+        out. Refused, nothing is applied and the trainer can send it again."""
+        for servable in loading:
+            if servable.pending_bytes + size > self._max_pending_bytes:
+                raise ResourceExhaustedError(
+                    f"model {model} version {servable.version} is loading and already holds "
+                    f"{servable.pending_bytes} bytes of pushes to replay (--max_pending_sync_bytes "
+                    f"{self._max_pending_bytes}); send again once it serves"
+                )
 
 
 def replay_updates(tables: TableSet, updates: list[TableUpdate], model: str) -> None:

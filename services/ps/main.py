@@ -14,7 +14,13 @@ from monolith_serving.core.cli_flags import (
 )
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import serve_command
-from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST, PsConfig, SubModelConfig, sub_models_from_proto
+from monolith_serving.ps.config import (
+    DEFAULT_MAX_FIDS_PER_REQUEST,
+    DEFAULT_MAX_PENDING_SYNC_BYTES,
+    PsConfig,
+    SubModelConfig,
+    sub_models_from_proto,
+)
 from monolith_serving.ps.server import PsServer
 
 
@@ -35,6 +41,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_MAX_FIDS_PER_REQUEST,
         help="larger requests get RESOURCE_EXHAUSTED",
+    )
+    add_flag(
+        parser,
+        "--max_pending_sync_bytes",
+        type=int,
+        default=DEFAULT_MAX_PENDING_SYNC_BYTES,
+        help="parameter-sync bytes queued for a loading version; pushes beyond get RESOURCE_EXHAUSTED (default 1 GiB)",
     )
     add_flag(parser, "--num_load_threads", type=int, default=1, help="versions loaded at once (memory!)")
 
@@ -58,6 +71,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> PsCon
         models=models,
         num_ps=args.num_ps,
         max_fids_per_request=args.max_fids_per_request,
+        max_pending_sync_bytes=args.max_pending_sync_bytes,
         num_load_threads=args.num_load_threads,
     )
 

@@ -60,6 +60,7 @@ class PsServer:
             metrics=self.metrics,
             num_ps=config.num_ps,
             max_fids_per_request=config.max_fids_per_request,
+            max_pending_sync_bytes=config.max_pending_sync_bytes,
         )
         self._grpc: GrpcServer | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None

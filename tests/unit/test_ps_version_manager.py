@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
+from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.tensor_codec import to_tensor_proto
+from monolith_serving.proto_gen.tensorflow.core.framework.tensor_pb2 import TensorProto
 from monolith_serving.ps.config import SubModelConfig
 from monolith_serving.ps.core import ModelRef, PsCore, replay_updates
 from monolith_serving.ps.metrics import PsMetrics
@@ -111,6 +112,41 @@ def test_sync_during_a_load_reaches_the_new_version(tmp_path: Path) -> None:
         loader.gate[2].set()
         await refresh
         assert _lookup(core, [4, 100, 6]) == (2, [[7, 7], [8, 8], [2, 2]])
+
+    asyncio.run(scenario())
+
+
+def test_pushes_queued_for_a_loading_version_are_bounded_and_a_refused_one_is_applied_nowhere(tmp_path: Path) -> None:
+    """A load that never ends must not queue pushes until memory runs out; a push beyond the bound is refused
+    whole (the trainer sends it again), never applied to the serving version only."""
+
+    async def scenario() -> None:
+        manager, _, loader, config = _setup(tmp_path, [1])
+        metrics = PsMetrics(CollectorRegistry())
+        one_push = 2 * 8 + 2 * 2 * 4  # 2 fids (int64) + 2 rows of dim 2 (float32)
+        core = PsCore(
+            versions=manager, metrics=metrics, num_ps=2, max_fids_per_request=100, max_pending_sync_bytes=2 * one_push
+        )
+        await manager.apply_config([config])
+        (tmp_path / "ps_0" / "2").mkdir()
+        loader.gate[2] = threading.Event()
+        refresh = asyncio.create_task(manager.refresh())
+        await asyncio.sleep(0.05)
+
+        def push(fid: int, value: float) -> dict[str, TensorProto]:
+            return {"t_id": to_tensor_proto(np.array([fid, fid + 100], np.int64)),
+                    "t_value": to_tensor_proto(np.full((2, 2), value, np.float32))}  # fmt: skip
+
+        assert core.sync(ModelRef("ps_0"), "hashtable_assign", push(4, 7)) == (1, 2)
+        assert core.sync(ModelRef("ps_0"), "hashtable_assign", push(6, 8)) == (1, 2)
+        with pytest.raises(ResourceExhaustedError, match="version 2 is loading"):
+            core.sync(ModelRef("ps_0"), "hashtable_assign", push(8, 9))
+        assert _lookup(core, [8])[1] == [[1, 1]]  # the refused push reached no version
+        loader.gate[2].set()
+        await refresh
+        assert _lookup(core, [4, 6, 8]) == (2, [[7, 7], [8, 8], [2, 2]])
+        # Served, the new version has nothing queued: pushes are taken again.
+        assert core.sync(ModelRef("ps_0"), "hashtable_assign", push(8, 9)) == (2, 2)
 
     asyncio.run(scenario())
 

@@ -119,6 +119,7 @@ class ChildSupervisor:
         self._children: dict[str, _Child] = {}
         self._log_file: IO[bytes] | None = None
         self._stopping = False
+        self._restarts_held = False
         self.failed = asyncio.Event()
         self.failure_reason = ""
 
@@ -159,6 +160,11 @@ class ChildSupervisor:
             if self._clock() > deadline:
                 raise UnavailableError(f"child {name}: port {child.spec.port} not answering after {timeout_s:g} s")
             await asyncio.sleep(0.1)
+
+    def hold_restarts(self) -> None:
+        """From now on a child that exits stays down (STOPPED): the agent is shutting down. Its nodes are gone
+        and it drains before ``stop``; a child restarted then would only be stopped again moments later."""
+        self._restarts_held = True
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """SIGTERM every child (last started first), SIGKILL after ``grace_s``; no more restarts."""
@@ -225,6 +231,11 @@ class ChildSupervisor:
                 probe.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await probe
+                if self._restarts_held:
+                    log.warning("child %s (pid %d) exited with code %s while the agent stops; not restarted",
+                                name, process.pid, code)  # fmt: skip
+                    self._set_state(child, ChildState.STOPPED)
+                    return
                 log.error("child %s (pid %d) exited with code %s", name, process.pid, code)
                 reason = f"exit code {code}"
             else:

@@ -116,6 +116,7 @@ class V1Agent:
         if self._stopped:
             return
         self._stopped = True
+        self._runtime.supervisor.hold_restarts()
         # Deregister before anything stops serving: routers drop us while our servers still answer.
         for updater in self._updaters:
             try:

@@ -105,6 +105,7 @@ class V3Agent:
         if self._stopped:
             return
         self._stopped = True
+        self._runtime.supervisor.hold_restarts()
         for handle in self._handles:
             handle.cancel()
         for task in self._tasks:

@@ -73,6 +73,33 @@ def test_ready_restart_after_kill_then_stop(tmp_path: Path) -> None:
     assert log_path.read_text().count("child pid") == 2  # both runs wrote to --tfs_log
 
 
+def test_a_child_that_exits_once_restarts_are_held_stays_down(tmp_path: Path) -> None:
+    """The agent holds restarts when it starts shutting down: a child exiting during its drain is not restarted
+    only to be stopped again moments later."""
+    port = free_port()
+    metrics = AgentMetrics()
+
+    async def main() -> None:
+        sup = ChildSupervisor(policy=FAST, log_path=tmp_path / "tfs.log", metrics=metrics)
+        await sup.start(ChildSpec(name="srv", argv=(sys.executable, "-c", LISTENER, str(port)), port=port))
+        await sup.wait_ready("srv", 20)
+        first = sup.pid("srv")
+        assert first is not None
+        sup.hold_restarts()
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while sup.state("srv") is not ChildState.STOPPED:
+            assert time.monotonic() < deadline, f"still {sup.state('srv')}"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.5)  # FAST's back-off is at most 0.2 s: a restart would have happened by now
+        assert sup.state("srv") is ChildState.STOPPED
+        assert value(metrics, "agent_child_restarts_total", "srv") == 0
+        assert not sup.failed.is_set()
+        await sup.stop(grace_s=2)
+
+    asyncio.run(main())
+
+
 def test_child_that_keeps_exiting_fails_with_reason(tmp_path: Path) -> None:
     async def main() -> str:
         sup = ChildSupervisor(policy=FAST, log_path=tmp_path / "log")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +55,15 @@ def _top_level_parser() -> argparse.ArgumentParser:
     )
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # As PID 1 of a container, a process ignores SIGTERM it has no handler for; the imports below take seconds,
+    # and a pod stopped meanwhile would wait out its whole grace period. Servers replace this handler once
+    # their event loop runs (core.grpc_server.run_async_main).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args_in = list(sys.argv[1:] if argv is None else argv)
     by_name = {c.name: c for c in COMMANDS}
     if not args_in or args_in[0] not in by_name:

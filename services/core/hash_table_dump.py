@@ -38,9 +38,14 @@ from monolith_serving.core.tfrecord import (
 from monolith_serving.proto_gen.monolith.hash_table import entry_dump_pb2
 
 DUMP_PREFIX = "MonolithHashTable_"
-# Monolith's native multi-hash-table checkpoints (``MonolithMultiHashTable_<k>-<j>-of-<m>``, snappy-compressed
-# TFRecords, plus ``MonolithMultiHashTable_<k>.meta-<j>-of-<m>``): recognised only to say they are not supported.
+# Monolith's native multi-hash-table dumps (``use_native_multi_hash_table``): per PS partition ``<k>`` a data file
+# ``MonolithMultiHashTable_<k>-<j>-of-<m>`` (snappy-compressed TFRecords of every table's EntryDump rows) and a
+# metadata file ``MonolithMultiHashTable_<k>.meta-<j>-of-<m>``; decoded by core/native_multi_dump.py. A trainer
+# without PS names its table ``MonolithMultiHashTable_`` (empty partition): no ps_<i> sub-model holds those.
 NATIVE_MULTI_DUMP_PREFIX = "MonolithMultiHashTable_"
+_NATIVE_NAME = re.compile(
+    r"^MonolithMultiHashTable_(?P<partition>\d*)(?P<meta>\.meta)?-(?P<shard>\d{5,})-of-(?P<num>\d{5,})$"
+)
 # Greedy table group + end anchor: table names may contain underscores, the last `_<k>` is the partition.
 _DUMP_NAME = re.compile(r"^MonolithHashTable_(?P<table>.+)_(?P<partition>\d+)-(?P<shard>\d{5,})-of-(?P<num>\d{5,})$")
 _RESOURCE_NAME = re.compile(r"^MonolithHashTable_(?P<table>.+)_(?P<partition>\d+)$")
@@ -156,6 +161,54 @@ def find_dump_files(assets_dir: PathLike, partition: int) -> dict[str, list[Path
     return result
 
 
+@dataclass(frozen=True)
+class NativeDumpPart:
+    """One ``-<j>-of-<m>`` part of a native multi-hash-table dump: its data file and its metadata file."""
+
+    data: Path
+    meta: Path
+
+
+def find_native_dump_files(assets_dir: PathLike, partition: int) -> list[NativeDumpPart]:
+    """The native multi-hash-table dump parts of ``partition`` in ``assets_dir``, by part index; [] if none.
+
+    Only regular files count. Raises InvalidArgumentError, naming the folder and files, when the set is broken:
+    a part without its metadata file (or the reverse), a missing part, parts disagreeing on ``m``, or ``j >= m``.
+    """
+    directory = Path(assets_dir)
+    found: dict[tuple[bool, int], tuple[int, Path]] = {}
+    for entry in directory.iterdir():
+        match = _NATIVE_NAME.match(entry.name)
+        if match is None or match["partition"] != str(partition) or not entry.is_file():
+            continue
+        shard, num = int(match["shard"]), int(match["num"])
+        if num < 1 or shard >= num:
+            raise InvalidArgumentError(
+                f"native multi-hash-table dump file name {entry.name!r} has part {shard} of {num}"
+            )
+        found[(match["meta"] is not None, shard)] = (num, entry)
+    if not found:
+        return []
+    where = f"native multi-hash-table dump of partition {partition} in {str(directory)!r}"
+    counts = {num for num, _ in found.values()}
+    if len(counts) != 1:
+        raise InvalidArgumentError(f"{where}: its files disagree on the part count: {sorted(counts)}")
+    (num_parts,) = counts
+    base = f"{NATIVE_MULTI_DUMP_PREFIX}{partition}"
+    missing = [
+        f"{base}{'.meta' if meta else ''}-{j:05d}-of-{num_parts:05d}"
+        for j in range(num_parts)
+        for meta in (False, True)
+        if (meta, j) not in found
+    ]
+    if missing:
+        raise InvalidArgumentError(
+            f"incomplete {where}: {len(missing)} file(s) missing ({', '.join(missing[:5])}); every part needs its "
+            "data file and its .meta file"
+        )
+    return [NativeDumpPart(found[(False, j)][1], found[(True, j)][1]) for j in range(num_parts)]
+
+
 def explain_missing_dumps(assets_dir: PathLike, partition: int) -> str:
     """Why ``find_dump_files(assets_dir, partition)`` found nothing, for a load error: the folder, the names
     expected, and what the folder holds instead (native multi-hash-table dumps, other partitions' dumps,
@@ -166,12 +219,17 @@ def explain_missing_dumps(assets_dir: PathLike, partition: int) -> str:
         f"no hash-table dump of partition {partition} in {str(directory)!r}: expected at least one file named "
         f"{expected} (an empty file is fine)"
     )
-    native: list[str] = []
+    native_partitions: set[int] = set()
+    native_without_ps: list[str] = []
     other_partitions: set[int] = set()
     not_files: list[str] = []
     for entry in sorted(directory.iterdir()):
-        if entry.name.startswith(NATIVE_MULTI_DUMP_PREFIX):
-            native.append(entry.name)
+        native = _NATIVE_NAME.match(entry.name)
+        if native is not None:
+            if not native["partition"]:
+                native_without_ps.append(entry.name)
+            elif int(native["partition"]) != partition:
+                native_partitions.add(int(native["partition"]))
             continue
         match = _DUMP_NAME.match(entry.name)
         if match is None:
@@ -180,11 +238,16 @@ def explain_missing_dumps(assets_dir: PathLike, partition: int) -> str:
             other_partitions.add(int(match["partition"]))
         elif not entry.is_file():
             not_files.append(entry.name)
-    if native:
+    message += (
+        f" or a native multi-hash-table dump {NATIVE_MULTI_DUMP_PREFIX}{partition}-<jjjjj>-of-<mmmmm> with its "
+        f"{NATIVE_MULTI_DUMP_PREFIX}{partition}.meta-<jjjjj>-of-<mmmmm>"
+    )
+    if native_partitions:
+        message += f"; it holds native multi-hash-table dumps of partition(s) {sorted(native_partitions)} only"
+    if native_without_ps:
         message += (
-            f"; it holds native multi-hash-table dumps ({native[0]}, {len(native)} files): native multi-hash-table "
-            "dumps (MonolithMultiHashTable_*) are not supported; export with use_native_multi_hash_table=False to "
-            "get MonolithHashTable_* files"
+            f"; it holds the native multi-hash-table dump of a trainer without PS ({native_without_ps[0]}), "
+            "which belongs in no ps_<i> sub-model"
         )
     if other_partitions:
         message += f"; it holds dump files of partition(s) {sorted(other_partitions)} only"
@@ -449,12 +512,24 @@ class _Rows:
 
 
 class _DumpReader:
-    def __init__(self, paths: list[Path], verify_crc: bool, expected_dim: int | None, window_size: int) -> None:
+    """Decodes the rows of one table. ``read()`` reads whole plain dump files; ``read_records(window, limit)`` reads
+    a given number of records from any record window (a table's share of a native multi-hash-table file).
+    ``expected_rows``, when known, sizes the output exactly (else it is estimated from the bytes left)."""
+
+    def __init__(
+        self,
+        paths: list[Path],
+        verify_crc: bool,
+        expected_dim: int | None,
+        window_size: int,
+        expected_rows: int | None = None,
+    ) -> None:
         self.paths = paths
         self.verify_crc = verify_crc
         self.rows = _Rows()
         self.expected_dim = expected_dim
         self.window_size = window_size
+        self.expected_rows = expected_rows
         self.bytes_left = sum(p.stat().st_size for p in paths)
 
     def _check_dim(self, dim: int, path: str, offset: int, record_size: int) -> None:
@@ -463,7 +538,8 @@ class _DumpReader:
         if self.rows.dim is None:
             if self.expected_dim is not None and dim != self.expected_dim:
                 raise DumpFormatError(path, offset, f"row dim {dim} != expected dim {self.expected_dim}")
-            self.rows.set_dim(dim, max(self.bytes_left // record_size, 1))
+            estimate = self.bytes_left // record_size if self.expected_rows is None else self.expected_rows
+            self.rows.set_dim(dim, max(estimate, 1))
         elif dim != self.rows.dim:
             raise DumpFormatError(path, offset, f"row dim {dim} differs from the table's dim {self.rows.dim}")
 
@@ -471,14 +547,16 @@ class _DumpReader:
         for path in self.paths:
             size = path.stat().st_size
             with open(path, "rb") as f:
-                self._read_file(RecordWindow(f, str(path), self.window_size))
+                self.read_records(RecordWindow(f, str(path), self.window_size))
             self.bytes_left -= size
         return self.rows.result()
 
-    def _read_file(self, window: RecordWindow) -> None:
+    def read_records(self, window: RecordWindow, limit: int | None = None) -> int:
+        """Decode records from ``window`` until it ends or ``limit`` records are read; returns how many were."""
         batch = _MIN_BATCH
         path = window.path
-        while not window.at_end():
+        done = 0
+        while (limit is None or done < limit) and not window.at_end():
             length = window.read_header(self.verify_crc)
             framed = window.require_record(length)
             offset = window.offset
@@ -498,15 +576,20 @@ class _DumpReader:
                 self.rows.values[self.rows.n] = nums
                 self.rows.n += 1
                 window.consume(record_size)
+                done += 1
                 batch = _MIN_BATCH
                 continue
             del data, framed
             self._check_dim(layout.dim, path, offset, record_size)
             avail = window.ensure(min(record_size * batch, max(window.capacity, record_size)))
             count = min(avail // record_size, batch)
+            if limit is not None:
+                count = min(count, limit - done)
             matched = self._decode_batch(window.view(), count, layout, path, window.offset)
             window.consume(matched * record_size)
+            done += matched
             batch = min(batch * 2, max(window.capacity // record_size, 1)) if matched == count else _MIN_BATCH
+        return done
 
     def _decode_batch(self, buf: memoryview, count: int, layout: _Layout, path: str, base: int) -> int:
         """Decode the longest prefix of ``count`` records that share ``layout``; returns its length (>= 1,

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol
 
+import cramjam
 import crc32c as _crc32c
 import numpy as np
 import numpy.typing as npt
@@ -100,7 +101,9 @@ class RecordWindow:
     ``view()`` are invalidated by the next ``ensure`` call, so callers copy out what they keep.
     """
 
-    def __init__(self, source: Readable, path: str, window_size: int = _DEFAULT_WINDOW) -> None:
+    def __init__(
+        self, source: Readable, path: str, window_size: int = _DEFAULT_WINDOW, *, size_bytes: int | None = None
+    ) -> None:
         self._src = source
         self.path = path
         self._buf = bytearray(max(window_size, HEADER_SIZE + FOOTER_SIZE))
@@ -108,7 +111,8 @@ class RecordWindow:
         self._end = 0
         self._base = 0  # file offset of self._buf[0]
         self._eof = False
-        self._size = self._file_size(source)
+        # Bytes the source holds from here on: known for a real file, or given (a decompressed stream).
+        self._size = self._file_size(source) if size_bytes is None else size_bytes
 
     @staticmethod
     def _file_size(source: Readable) -> int | None:
@@ -201,6 +205,103 @@ class RecordWindow:
                 self.path, self.offset, f"truncated record (needs {need} bytes, {avail} left in file)"
             )
         return self.view()[0:need]
+
+
+class SnappyBlockStream:
+    """The records of a TFRecord file written with TF's SNAPPY compression, as one readable byte stream.
+
+    TF's record writer (``SnappyOutputBuffer``) does not use the snappy framing format: the file is a sequence
+    of blocks, each ``uint32 compressed length (big-endian) | raw snappy block``, whose decompressed bytes
+    concatenated are the ordinary TFRecord stream (a record may span blocks; a file without records is empty).
+    Raw snappy has no checksum: the TFRecord CRCs over the decompressed bytes are what detects corruption.
+
+    Construction scans the block headers (a seek per block), so truncation is found before any row is decoded
+    and ``size_bytes`` (the decompressed total) is known: pass it to :class:`RecordWindow`, which then never
+    allocates for more than the stream holds. ``readinto`` decompresses a block straight into the caller's
+    buffer when it fits, else through a block buffer. Errors are TFRecordCorruptError with the compressed file
+    offset of the bad block. Not thread-safe.
+    """
+
+    _LENGTH = struct.Struct(">I")
+    # Snappy's densest element (a 64-byte copy in 3 bytes) bounds the expansion; a block claiming more is corrupt.
+    _MAX_EXPANSION = 32
+
+    def __init__(self, file: BinaryIO, path: str) -> None:
+        self._file = file
+        self.path = path
+        self._blocks: list[tuple[int, int, int]] = []  # (file offset of the length, compressed, decompressed)
+        self._scan()
+        self.size_bytes = sum(ulen for _, _, ulen in self._blocks)
+        self._next = 0  # index of the next block to decompress
+        self._pending = memoryview(b"")  # decompressed bytes of the current block not yet handed out
+
+    @property
+    def block_count(self) -> int:
+        return len(self._blocks)
+
+    def _scan(self) -> None:
+        f = self._file
+        size = os.fstat(f.fileno()).st_size
+        offset = f.seek(0)
+        while offset < size:
+            if size - offset < 4:
+                raise TFRecordCorruptError(self.path, offset, "truncated snappy block length")
+            (clen,) = self._LENGTH.unpack(f.read(4))
+            if clen > size - offset - 4:
+                raise TFRecordCorruptError(
+                    self.path, offset, f"truncated snappy block ({clen} bytes, {size - offset - 4} left in file)"
+                )
+            head = f.read(min(clen, 5))
+            try:
+                ulen = int(cramjam.snappy.decompress_raw_len(head))
+            except cramjam.DecompressionError as exc:
+                raise TFRecordCorruptError(self.path, offset, f"bad snappy block header: {exc}") from exc
+            if ulen > self._MAX_EXPANSION * clen + 64:
+                raise TFRecordCorruptError(
+                    self.path, offset, f"snappy block of {clen} bytes claims {ulen} decompressed bytes"
+                )
+            self._blocks.append((offset, clen, ulen))
+            offset = f.seek(offset + 4 + clen)
+
+    def _read_block(self, index: int) -> bytes:
+        offset, clen, _ = self._blocks[index]
+        self._file.seek(offset + 4)
+        data = self._file.read(clen)
+        if len(data) != clen:
+            raise TFRecordCorruptError(self.path, offset, "snappy block shrank while reading (file changed?)")
+        return data
+
+    def _decompress(self, index: int, out: memoryview) -> None:
+        offset, _, ulen = self._blocks[index]
+        try:
+            got = int(cramjam.snappy.decompress_raw_into(self._read_block(index), out))
+        except cramjam.DecompressionError as exc:
+            raise TFRecordCorruptError(self.path, offset, f"corrupt snappy block: {exc}") from exc
+        if got != ulen:
+            raise TFRecordCorruptError(self.path, offset, f"snappy block gave {got} bytes, its header says {ulen}")
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        total = 0
+        want = len(buffer)
+        while total < want:
+            if len(self._pending):
+                n = min(want - total, len(self._pending))
+                buffer[total : total + n] = self._pending[:n]
+                self._pending = self._pending[n:]
+                total += n
+                continue
+            if self._next == len(self._blocks):
+                break
+            ulen = self._blocks[self._next][2]
+            if ulen <= want - total:
+                self._decompress(self._next, buffer[total : total + ulen])
+                total += ulen
+            else:
+                block = bytearray(ulen)
+                self._decompress(self._next, memoryview(block))
+                self._pending = memoryview(block)
+            self._next += 1
+        return total
 
 
 def _open_for_read(source: PathLike | Readable) -> tuple[contextlib.AbstractContextManager[Readable], str]:

@@ -441,9 +441,9 @@ def test_version_switch_under_load_and_corrupt_dump_recovery(tmp_path: Path) -> 
 
 
 def test_a_version_without_dumps_of_its_partition_fails_and_the_old_one_keeps_serving(tmp_path: Path) -> None:
-    """A version whose assets/ holds no MonolithHashTable file of the partition (here: only FIFOs named like
-    dumps, as the shutdown audit found, and Monolith's native multi-hash-table files) ends with an error naming
-    the folder; it must not replace the serving version with empty tables."""
+    """A version whose assets/ holds no dump file of the partition (here: only FIFOs named like dumps, as the
+    shutdown audit found) ends with an error naming the folder; it must not replace the serving version with
+    empty tables."""
     base = tmp_path / "ps_0"
     rows = write_version(base, 1, seed=4)
     args = ["--model_name", "ps_0", "--model_base_path", str(base), "--num_ps", str(NUM_PS),
@@ -455,13 +455,10 @@ def test_a_version_without_dumps_of_its_partition_fails_and_the_old_one_keeps_se
         (staged / "assets").mkdir(parents=True)
         for table in DIMS:
             os.mkfifo(staged / "assets" / format_dump_filename(table, 0, 0, 1))
-        for name in ("MonolithMultiHashTable_0-00000-of-00001", "MonolithMultiHashTable_0.meta-00000-of-00001"):
-            (staged / "assets" / name).write_bytes(b"\x00" * 8)
         staged.rename(base / "2")
         _state, code, message = ps.wait_state("ps_0", 2, END)
         assert code == grpc.StatusCode.NOT_FOUND.value[0], message
         assert str(base / "2" / "assets") in message and "MonolithHashTable_<table>_0-<jjjjj>-of-<mmmmm>" in message
-        assert "native multi-hash-table dumps (MonolithMultiHashTable_*) are not supported" in message
         assert ps.status("ps_0")[1][0] == AVAILABLE
         fids = np.array(list(rows["alpha"])[:5], dtype=np.int64)
         version, out = ps.lookup("ps_0", {"alpha": fids})

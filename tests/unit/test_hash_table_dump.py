@@ -127,8 +127,13 @@ def test_explain_missing_dumps(tmp_path: Path) -> None:
     _touch(tmp_path, "MonolithMultiHashTable_3-00000-of-00002", "MonolithMultiHashTable_3.meta-00000-of-00001",
            format_dump_filename("t", 1, 0, 1))  # fmt: skip
     (tmp_path / format_dump_filename("t", 3, 0, 1)).mkdir()
+    (tmp_path / "MonolithMultiHashTable_3-00000-of-00002").unlink()
+    (tmp_path / "MonolithMultiHashTable_3.meta-00000-of-00001").unlink()
+    _touch(tmp_path, "MonolithMultiHashTable_2-00000-of-00001", "MonolithMultiHashTable_-00000-of-00001")
     message = explain_missing_dumps(tmp_path, 3)
-    assert "native multi-hash-table dumps (MonolithMultiHashTable_*) are not supported" in message
+    assert "MonolithMultiHashTable_3.meta-<jjjjj>-of-<mmmmm>" in message  # the native names expected too
+    assert "native multi-hash-table dumps of partition(s) [2] only" in message
+    assert "trainer without PS (MonolithMultiHashTable_-00000-of-00001)" in message
     assert "partition(s) [1] only" in message and "1 dump-named entries are not regular files" in message
 
 

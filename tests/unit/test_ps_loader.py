@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monolith_serving.core.errors import NotFoundError
+from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.hash_table_dump import format_dump_filename, write_dump
@@ -35,13 +35,6 @@ def _assets(tmp_path: Path, version: int = 1) -> Path:
 def _write(assets: Path, table: str, partition: int, fids: list[int], dim: int, fill: float) -> None:
     values = np.full((len(fids), dim), fill, np.float32)
     write_dump(assets / format_dump_filename(table, partition, 0, 1), np.array(fids, np.int64), values)
-
-
-def _native_multi_hash_table_files(assets: Path) -> None:
-    """What Monolith's default trainer exports (use_native_multi_hash_table): snappy-compressed TFRecords of
-    the whole multi-hash table and their metadata files; their contents do not matter here."""
-    for name in ("MonolithMultiHashTable_1-00000-of-00001", "MonolithMultiHashTable_1.meta-00000-of-00001"):
-        (assets / name).write_bytes(b"\x00" * 16)
 
 
 def test_a_version_without_dumps_of_its_partition_fails_naming_the_folder_and_the_names_expected(
@@ -69,16 +62,16 @@ def test_dump_named_fifos_are_no_dumps(tmp_path: Path) -> None:
         load_version(assets.parent, 1)
 
 
-def test_native_multi_hash_table_dumps_are_named_as_not_supported(tmp_path: Path) -> None:
+def test_broken_native_multi_hash_table_dumps_fail_naming_the_file(tmp_path: Path) -> None:
+    """Native dumps are read (tests/unit/test_native_multi_dump.py); ones that are not snappy TFRecords fail to load
+    with INVALID_ARGUMENT naming the file, as a corrupt per-table dump does."""
     assets = _assets(tmp_path)
-    _native_multi_hash_table_files(assets)
-    with pytest.raises(NotFoundError) as error:
+    for name in ("MonolithMultiHashTable_1-00000-of-00001", "MonolithMultiHashTable_1.meta-00000-of-00001"):
+        (assets / name).write_bytes(b"\x00" * 16)
+    with pytest.raises(InvalidArgumentError) as error:
         load_version(assets.parent, 1)
-    assert "native multi-hash-table dumps (MonolithMultiHashTable_*) are not supported" in error.value.message
-    assert EXPECTED in error.value.message and str(assets) in error.value.message
-    # Beside MonolithHashTable files they are ignored: those load.
-    _write(assets, "t", 1, [1, 3], 2, 1.0)
-    assert set(load_version(assets.parent, 1).tables) == {"t"}
+    assert "MonolithMultiHashTable_1" in error.value.message and str(assets) in error.value.message
+    assert status_code_for(error.value).name == "INVALID_ARGUMENT"
 
 
 def test_empty_dump_files_still_load(tmp_path: Path) -> None:
@@ -99,11 +92,12 @@ def test_a_version_without_dumps_does_not_replace_the_serving_one(tmp_path: Path
         config = SubModelConfig("ps_1", tmp_path / "ps_1", VersionPolicy(PolicyKind.LATEST, 1))
         await manager.apply_config([config])
         assets2 = _assets(tmp_path, 2)
-        _native_multi_hash_table_files(assets2)
+        for name in ("MonolithMultiHashTable_0-00000-of-00001", "MonolithMultiHashTable_0.meta-00000-of-00001"):
+            (assets2 / name).write_bytes(b"")  # another partition's native dump: nothing of ps_1's own
         await manager.refresh()
         status = {s.version: s for s in manager.status("ps_1")}
         assert status[2].state is State.END and status[2].error is not None
-        assert str(assets2) in status[2].error.message and "not supported" in status[2].error.message
+        assert str(assets2) in status[2].error.message and "partition(s) [0] only" in status[2].error.message
         assert status[1].state is State.AVAILABLE
         result = core.lookup(ModelRef("ps_1"), {"t_id": to_tensor_proto(np.array([3, 5], np.int64))})
         assert result.version == 1 and result.outputs["t_value"].tolist() == [[1, 1], [0, 0]]

@@ -56,7 +56,7 @@ _TS_TAG = 0x20  # field 4, wire type 0 (varint)
 
 # Read buffer per dump file. Its bytes, and the batch decoded from it, are resident on top of two table versions
 # while a new version loads; 2 MiB reads as fast as 8 MiB (0.35 s per 1M dim-32 rows either way).
-_DUMP_WINDOW = 2 << 20
+DUMP_WINDOW = 2 << 20
 _MIN_BATCH = 64  # first batch after a layout change; doubles while records keep matching
 _WRITE_CHUNK = 1 << 16  # rows framed at once by write_dump (bounds its temporary memory)
 
@@ -511,7 +511,7 @@ class _Rows:
         return self.ids[: self.n].copy(), values
 
 
-class _DumpReader:
+class DumpReader:
     """Decodes the rows of one table. ``read()`` reads whole plain dump files; ``read_records(window, limit)`` reads
     a given number of records from any record window (a table's share of a native multi-hash-table file).
     ``expected_rows``, when known, sizes the output exactly (else it is estimated from the bytes left)."""
@@ -653,7 +653,7 @@ def read_dump(
     *,
     verify_crc: bool = True,
     expected_dim: int | None = None,
-    window_size: int = _DUMP_WINDOW,
+    window_size: int = DUMP_WINDOW,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """Read the rows of one table's dump files: ``(ids int64[n], values float32[n, dim])`` in file order.
 
@@ -661,7 +661,7 @@ def read_dump(
     all the values array is ``(0, expected_dim or 0)``. Duplicate ids are returned as they are.
     """
     path_list = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
-    reader = _DumpReader(path_list, verify_crc, expected_dim, window_size)
+    reader = DumpReader(path_list, verify_crc, expected_dim, window_size)
     ids, values = reader.read()
     if reader.rows.dim is None:
         return np.empty(0, dtype=np.int64), np.empty((0, expected_dim or 0), dtype=np.float32)

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.hash_table_dump import _DUMP_WINDOW, DumpFormatError, NativeDumpPart, _DumpReader
+from monolith_serving.core.hash_table_dump import DUMP_WINDOW, DumpFormatError, DumpReader, NativeDumpPart
 from monolith_serving.core.tfrecord import FRAME_OVERHEAD, RecordWindow, SnappyBlockStream, iter_records
 from monolith_serving.proto_gen.monolith.hash_table import multi_hash_table_metadata_pb2
 
@@ -66,7 +66,7 @@ def read_native_metadata(path: str) -> list[TableCount]:
 
 
 def read_native_dump(
-    parts: list[NativeDumpPart], *, verify_crc: bool = True, window_size: int = _DUMP_WINDOW
+    parts: list[NativeDumpPart], *, verify_crc: bool = True, window_size: int = DUMP_WINDOW
 ) -> dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
     """Every table of a native dump: ``{table: (ids int64[n], values float32[n, dim])}``, rows in file order.
 
@@ -93,9 +93,7 @@ def read_native_dump(
                     f"{stream.size_bytes} decompressed bytes can hold",
                 )
             streams.append(stream)
-        readers = {
-            table: _DumpReader([], verify_crc, None, window_size, expected_rows=n) for table, n in totals.items()
-        }
+        readers = {table: DumpReader([], verify_crc, None, window_size, expected_rows=n) for table, n in totals.items()}
         for part, meta, stream in zip(parts, metas, streams, strict=True):
             _read_part(part, meta, stream, readers, window_size)
     tables: dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = {}
@@ -111,7 +109,7 @@ def _read_part(
     part: NativeDumpPart,
     meta: list[TableCount],
     stream: SnappyBlockStream,
-    readers: dict[str, _DumpReader],
+    readers: dict[str, DumpReader],
     window_size: int,
 ) -> None:
     path = str(part.data)

@@ -78,6 +78,23 @@ TFS_GRPC_PORT = 8500
 _MAIN_PORT_HELP = f"gRPC port (default: $PORT3 when set, else {TFS_GRPC_PORT})"
 
 
+def parse_grpc_channel_arguments(text: str) -> tuple[tuple[str, int | str], ...]:
+    """tensorflow_model_server's ``--grpc_channel_arguments``: ``key=value`` pairs separated by commas; a value of
+    digits (optionally signed) is an integer, anything else a string, as TF Serving passes them to gRPC."""
+    pairs: list[tuple[str, int | str]] = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise ValueError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        digits = value[1:] if value[:1] in "+-" else value
+        pairs.append((key, int(value) if digits.isdigit() else value))
+    return tuple(pairs)
+
+
 def add_server_flags(
     parser: argparse.ArgumentParser, *, default_port: int | None = None, port_help: str = _MAIN_PORT_HELP
 ) -> None:
@@ -99,6 +116,13 @@ def add_server_flags(
         type=int,
         default=1,
         help="threads numpy's BLAS may use (0: the library's default, one per core; see core/blas_threads.py)",
+    )
+    add_flag(
+        parser,
+        "--grpc_channel_arguments",
+        type=flag_type(parse_grpc_channel_arguments),
+        default=(),
+        help="gRPC server arguments, key=value[,key=value...] (e.g. grpc.max_receive_message_length=67108864)",
     )
 
 

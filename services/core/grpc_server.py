@@ -35,6 +35,8 @@ C = TypeVar("C")
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
+ChannelArguments = tuple[tuple[str, int | str], ...]
+
 
 @dataclass(frozen=True)
 class GrpcServerOptions:
@@ -44,6 +46,8 @@ class GrpcServerOptions:
     # Extra interceptors run after the error mapping one.
     interceptors: Sequence[grpc.aio.ServerInterceptor] = field(default_factory=tuple)
     reflection_services: Sequence[str] = field(default_factory=tuple)
+    # tensorflow_model_server's --grpc_channel_arguments: gRPC core server arguments, over our own defaults.
+    channel_arguments: ChannelArguments = ()
 
 
 @dataclass
@@ -93,16 +97,18 @@ def build_server(
     metrics (``core.metrics``) go; the service's /metrics registry.
     """
     metrics = None if registry is None else GrpcServerMetrics(registry)
+    arguments: dict[str, int | str] = {
+        **dict(channel_options(options.max_message_bytes)),
+        "grpc.so_reuseport": 0,
+        # The proxy pings an entry every 10 s while a call waits (proxy/upstream.py keepalive). By default a
+        # server takes pings more often than every 5 min with no data for abuse, and at the third strike
+        # sends GOAWAY too_many_pings, failing the calls in flight on that connection.
+        "grpc.http2.min_ping_interval_without_data_ms": 5000,
+    }
+    arguments.update(options.channel_arguments)  # the operator's win
     server = grpc.aio.server(
         interceptors=[ErrorMappingInterceptor(metrics), *options.interceptors],
-        options=[
-            *channel_options(options.max_message_bytes),
-            ("grpc.so_reuseport", 0),
-            # The proxy pings an entry every 10 s while a call waits (proxy/upstream.py keepalive). By default a
-            # server takes pings more often than every 5 min with no data for abuse, and at the third strike
-            # sends GOAWAY too_many_pings, failing the calls in flight on that connection.
-            ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ],
+        options=list(arguments.items()),
     )
     for add in add_servicers:
         add(server)

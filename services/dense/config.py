@@ -9,6 +9,7 @@ from pathlib import Path
 from monolith_serving.core.cli_flags import TFS_GRPC_PORT
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import VersionPolicy
+from monolith_serving.core.grpc_server import ChannelArguments
 from monolith_serving.core.model_config_list import hosted_models_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
@@ -45,6 +46,7 @@ class DenseServerConfig:
     port: int = TFS_GRPC_PORT
     host: str = "0.0.0.0"
     metrics_port: int = 0
+    grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
     model_config_file: Path | None = None
     file_system_poll_wait_s: float = 1.0
     # Used when no config file is given: the single model of --model_name/--model_base_path.

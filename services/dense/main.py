@@ -37,6 +37,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Dense
         port=port,
         host=args.host,
         metrics_port=args.metrics_port,
+        grpc_channel_arguments=args.grpc_channel_arguments,
         model_config_file=Path(args.model_config_file) if args.model_config_file else None,
         file_system_poll_wait_s=args.file_system_poll_wait_seconds,
         models=models,

@@ -76,6 +76,7 @@ class DenseServer:
             port=self.config.port,
             host=self.config.host,
             reflection_services=(_PREDICTION_SERVICE, _MODEL_SERVICE),
+            channel_arguments=self.config.grpc_channel_arguments,
         )
         self._grpc = build_server(options, [add_prediction, add_models], registry=self.registry)
         await self._grpc.start()

@@ -35,7 +35,13 @@ from monolith_serving.core.cli_flags import (
 from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, read_model_server_config
-from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server, serve_until_signal
+from monolith_serving.core.grpc_server import (
+    ChannelArguments,
+    GrpcServer,
+    GrpcServerOptions,
+    build_server,
+    serve_until_signal,
+)
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.entry.metrics import EntryMetrics
@@ -75,6 +81,7 @@ class EntryServerConfig:
     port: int = TFS_GRPC_PORT
     host: str = "0.0.0.0"
     metrics_port: int = 0
+    grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
     fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)
@@ -192,6 +199,7 @@ class EntryServer:
                     "tensorflow.serving.PredictionService",
                     "tensorflow.serving.ModelService",
                 ),
+                channel_arguments=self.config.grpc_channel_arguments,
             ),
             [
                 lambda s: prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predict, s),  # type: ignore[no-untyped-call]
@@ -466,6 +474,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         port=port,
         host=args.host,
         metrics_port=args.metrics_port,
+        grpc_channel_arguments=args.grpc_channel_arguments,
         fetch_ps_retry=args.fetch_ps_retry,
         coalesce=coalesce_config_from_args(args),
         coalesce_requests=request_coalescing_from_args(args),

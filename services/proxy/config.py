@@ -13,6 +13,7 @@ from monolith_serving.core.admin_token import read_token_file
 from monolith_serving.core.agent_conf import AgentConfig, DiscoveryKind, load_agent_config, resolve_environment
 from monolith_serving.core.cli_flags import TFS_GRPC_PORT
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.grpc_server import ChannelArguments
 from monolith_serving.discovery.config import Backend, DiscoveryConfig
 from monolith_serving.proxy.core import CoreConfig
 from monolith_serving.proxy.endpoints import parse_targets
@@ -44,6 +45,7 @@ class ProxyConfig:
     grpc_port: int = TFS_GRPC_PORT
     rest: RestConfig | None = None  # None: no REST API (TF Serving's --rest_api_port 0)
     metrics_port: int = 0  # 0: not served
+    grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
     core: CoreConfig = field(default_factory=CoreConfig)
     outlier: OutlierPolicy = field(default_factory=OutlierPolicy)
     source: StaticSourceConfig | DiscoverySourceConfig
@@ -129,6 +131,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyC
         grpc_port=args.port if args.port is not None else TFS_GRPC_PORT,
         rest=rest,
         metrics_port=args.metrics_port,
+        grpc_channel_arguments=args.grpc_channel_arguments,
         core=CoreConfig(
             max_in_flight=args.max_in_flight,
             admin_token=token,

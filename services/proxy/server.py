@@ -101,6 +101,7 @@ class ProxyServer:
                 port=self._config.grpc_port,
                 host=self._config.host,
                 reflection_services=(PREDICTION_SERVICE, MODEL_SERVICE),
+                channel_arguments=self._config.grpc_channel_arguments,
             ),
             [servicer.add_to_server],
             registry=self.metrics.registry,

@@ -9,6 +9,7 @@ from pathlib import Path
 from monolith_serving.core.cli_flags import TFS_GRPC_PORT
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import VersionPolicy, ps_index
+from monolith_serving.core.grpc_server import ChannelArguments
 from monolith_serving.core.model_config_list import hosted_models_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
@@ -65,6 +66,7 @@ class PsConfig:
     num_ps: int = 0  # 0: do not check that fids belong to this shard
     max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST
     max_pending_sync_bytes: int = DEFAULT_MAX_PENDING_SYNC_BYTES
+    grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
     num_load_threads: int = 1
     shutdown_grace_s: float = 2.0
     # The unified server starts a PS core with no models; they arrive by HandleReloadConfigRequest.

@@ -72,6 +72,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> PsCon
         num_ps=args.num_ps,
         max_fids_per_request=args.max_fids_per_request,
         max_pending_sync_bytes=args.max_pending_sync_bytes,
+        grpc_channel_arguments=args.grpc_channel_arguments,
         num_load_threads=args.num_load_threads,
     )
 

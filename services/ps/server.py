@@ -110,6 +110,7 @@ class PsServer:
             port=self.config.port,
             host=self.config.host,
             reflection_services=(_PREDICTION_SERVICE, _MODEL_SERVICE),
+            channel_arguments=self.config.grpc_channel_arguments,
         )
 
         def add_prediction(server: grpc.aio.Server) -> None:

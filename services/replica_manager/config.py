@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from monolith_serving.core.grpc_server import ChannelArguments
 from monolith_serving.discovery.config import DiscoveryConfig
 
 DEFAULT_PORT = 8890
@@ -19,6 +20,7 @@ class ReplicaManagerConfig:
     port: int = DEFAULT_PORT
     host: str = "0.0.0.0"
     metrics_port: int = 0  # 0: /metrics not served
+    grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
     probe_interval_s: float = 2.0
     probe_timeout_s: float = 1.0
     failures_to_evict: int = 2

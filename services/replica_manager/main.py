@@ -47,6 +47,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Repli
             port=port,
             host=args.host,
             metrics_port=args.metrics_port,
+            grpc_channel_arguments=args.grpc_channel_arguments,
             probe_interval_s=args.probe_interval_s,
             probe_timeout_s=timeout_s,
             failures_to_evict=args.failures_to_evict,

@@ -103,6 +103,7 @@ class ReplicaManagerServer:
                 port=config.port,
                 host=config.host,
                 reflection_services=(agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,),
+                channel_arguments=config.grpc_channel_arguments,
             ),
             [add_agent_service(servicer)],
             registry=self.metrics.registry,

@@ -65,6 +65,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Unifi
         agent_address=agent_address,
         host=args.host,
         metrics_port=args.metrics_port,
+        grpc_channel_arguments=args.grpc_channel_arguments,
         model_config_file=args.model_config_file,
         file_system_poll_wait_s=args.file_system_poll_wait_seconds,
         fetch_ps_timeout_ms=args.fetch_ps_timeout_ms,

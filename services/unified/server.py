@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.export_layout import read_model_server_config
-from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
+from monolith_serving.core.grpc_server import ChannelArguments, GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.model_config_list import check_reload
 from monolith_serving.core.run_to_end import run_to_end
@@ -55,6 +55,7 @@ class UnifiedConfig:
     agent_address: str  # the entry core finds PS replicas through this agent's HeartBeat
     host: str = "0.0.0.0"
     metrics_port: int = 0
+    grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
     model_config_file: Path | None = None  # applied once at start; later configs come by reload
     file_system_poll_wait_s: float = 1.0
     fetch_ps_timeout_ms: int = DEFAULT_FETCH_PS_TIMEOUT_MS
@@ -156,6 +157,7 @@ class UnifiedServer:
             port=self.config.port,
             host=self.config.host,
             reflection_services=("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"),
+            channel_arguments=self.config.grpc_channel_arguments,
         )
         self._grpc = build_server(options, [add_prediction, add_model], registry=self.registry)
         await self._grpc.start()

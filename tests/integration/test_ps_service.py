@@ -593,3 +593,20 @@ def test_health_follows_a_reload_whose_caller_stopped_waiting(tmp_path: Path) ->
             assert server.versions.model("ps_0").versions[1].state is State.AVAILABLE
 
     asyncio.run(scenario())
+
+
+def test_grpc_channel_arguments_reach_the_server(tmp_path: Path) -> None:
+    """tensorflow_model_server's --grpc_channel_arguments: here a receive limit far below our default 256 MiB."""
+    base = tmp_path / "ps_0"
+    rows = write_version(base, 1, seed=5)
+    args = ["--model_name", "ps_0", "--model_base_path", str(base), "--num_ps", str(NUM_PS),
+            "--grpc_channel_arguments", "grpc.max_receive_message_length=4096"]  # fmt: skip
+    with start_ps(tmp_path, args) as proc:
+        ps = Ps(proc)
+        ps.wait_state("ps_0", 1, AVAILABLE)
+        fids = np.array(list(rows["alpha"])[:5], dtype=np.int64)
+        assert ps.lookup("ps_0", {"alpha": fids})[0] == 1  # a small request passes
+        with pytest.raises(grpc.RpcError) as refused:
+            ps.lookup("ps_0", {"alpha": np.zeros(2048, np.int64)})  # 16 KiB of fids
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+        assert ps.lookup("ps_0", {"alpha": fids})[0] == 1  # and the server keeps serving

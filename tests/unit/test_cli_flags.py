@@ -9,7 +9,12 @@ import logging
 import pytest
 
 from monolith_serving.core.agent_conf import env_port
-from monolith_serving.core.cli_flags import add_common_flags, add_server_flags, main_grpc_port
+from monolith_serving.core.cli_flags import (
+    add_common_flags,
+    add_server_flags,
+    main_grpc_port,
+    parse_grpc_channel_arguments,
+)
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.logging_setup import configure_logging
 
@@ -87,3 +92,22 @@ def test_configure_logging_rejects_an_unknown_level_by_name() -> None:
     finally:
         root.setLevel(saved[0])
         root.handlers[:] = saved[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("grpc.max_receive_message_length=1024", (("grpc.max_receive_message_length", 1024),)),
+        (" a=1 , b=text,c=-5,", (("a", 1), ("b", "text"), ("c", -5))),
+        ("grpc.primary_user_agent=x=y", (("grpc.primary_user_agent", "x=y"),)),
+        ("", ()),
+    ],
+)
+def test_grpc_channel_arguments_are_tf_servings_key_value_list(text: str, expected: tuple[object, ...]) -> None:
+    assert parse_grpc_channel_arguments(text) == expected
+
+
+@pytest.mark.parametrize("text", ["novalue", "=5", "a=1,oops"])
+def test_a_grpc_channel_argument_without_key_and_value_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="--grpc_channel_arguments"):
+        parse_grpc_channel_arguments(text)

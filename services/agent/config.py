@@ -27,6 +27,7 @@ from pathlib import Path
 
 from monolith_serving.agent.layout_filter import substitute_shard
 from monolith_serving.core.agent_conf import AgentConfig, ConfError, DeployType, ServerPorts
+from monolith_serving.core.cli_flags import parse_grpc_channel_arguments
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.serving_spec import DENSE_SUB_MODEL
@@ -201,6 +202,26 @@ def _load_threads_flag(config: AgentConfig) -> str:
     return f"--num_load_threads={max(config.num_load_threads, 1)}"
 
 
+# TF Serving flags of agent.conf that our model servers take too: passed on to every child as given.
+_PASSED_TFS_FLAGS = ("grpc_channel_arguments",)
+
+
+def _tfs_flags(config: AgentConfig) -> tuple[str, ...]:
+    """``--grpc_channel_arguments=...`` when the conf sets it (checked here: a bad value would make every child
+    exit 2 in turn, a restart loop, instead of one ConfError at start)."""
+    flags = []
+    for key in _PASSED_TFS_FLAGS:
+        value = config.tfs_flags.get(key)
+        if value is None:
+            continue
+        try:
+            parse_grpc_channel_arguments(value)
+        except ValueError as error:
+            raise ConfError(f"{config.where(key)}: key {key!r}: {error}") from None
+        flags.append(f"--{key}={value}")
+    return tuple(flags)
+
+
 # agent.conf keys parsed (Monolith confs set them, so they must load) that nothing in any deploy type uses: our
 # model servers are not tensorflow_model_server and have no such setting. docs/agent_conf.md says why for each.
 UNUSED_CONF_KEYS = frozenset(
@@ -221,7 +242,7 @@ def unused_conf_keys(config: AgentConfig) -> tuple[str, ...]:
     """The keys ``config``'s conf set that have no effect, sorted: those in ``UNUSED_CONF_KEYS`` and every TF
     Serving pass-through flag (``tfs_flags``). A key some deploy type uses is never named, also on an agent of
     another type: one conf is often shared by PS and entry agents through ``include``."""
-    return tuple(sorted({*(config.given_keys & UNUSED_CONF_KEYS), *config.tfs_flags}))
+    return tuple(sorted({*(config.given_keys & UNUSED_CONF_KEYS), *(set(config.tfs_flags) - set(_PASSED_TFS_FLAGS))}))
 
 
 def _ps_spec(
@@ -244,6 +265,7 @@ def _ps_spec(
             f"--file_system_poll_wait_seconds={config.file_system_poll_wait_seconds_ps}",
             _load_threads_flag(config),
             *_metrics_flags(metrics_port),
+            *_tfs_flags(config),
         ),
     )
 
@@ -265,6 +287,7 @@ def _entry_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: in
             f"--fetch_ps_retry={config.fetch_ps_retry}",
             _poll_flag(config),
             *_metrics_flags(metrics_port),
+            *_tfs_flags(config),
         ),
     )
 
@@ -291,6 +314,7 @@ def _dense_spec(
             _poll_flag(config),
             _load_threads_flag(config),
             *_metrics_flags(metrics_port),
+            *_tfs_flags(config),
         ),
     )
 
@@ -350,6 +374,7 @@ def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
             _poll_flag(config),
             _load_threads_flag(config),
             *_metrics_flags(config.tfs_http_port),
+            *_tfs_flags(config),
         ),
     )
 

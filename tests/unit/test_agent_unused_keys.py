@@ -19,7 +19,7 @@ from monolith_serving.agent.config import (
     v1_plan,
     v3_server_spec,
 )
-from monolith_serving.core.agent_conf import AgentConfig, load_agent_config, resolve_environment
+from monolith_serving.core.agent_conf import AgentConfig, ConfError, load_agent_config, resolve_environment
 from monolith_serving.core.cli_flags import add_common_flags
 
 ZK = "zk_servers 127.0.0.1:2181\nbzid b\nbase_name m\nbase_path /exp\n"
@@ -219,3 +219,26 @@ def test_no_warning_when_every_key_set_is_used(tmp_path: Path, caplog: pytest.Lo
     with caplog.at_level(logging.WARNING):
         run_prepare(tmp_path, ZK + "deploy_type entry\nnum_load_threads 2\nfile_system_poll_wait_seconds 0\n")
     assert unused_warnings(caplog) == []
+
+
+def test_grpc_channel_arguments_reach_every_child_and_are_no_longer_called_unused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    value = "grpc.max_receive_message_length=67108864,grpc.primary_user_agent=x"
+    line = f"grpc_channel_arguments {value}\n"
+    mixed = resolved(tmp_path, ZK + "stand_alone_serving true\ndense_alone true\n" + line)
+    unified = resolved(tmp_path, UNIFIED + line)
+    specs = [*children(mixed, tmp_path), *children(unified, tmp_path)]
+    assert {spec.kind for spec in specs} == set(CHILD_MODULES)
+    for spec in specs:
+        assert parse_child_argv(spec).grpc_channel_arguments == (
+            ("grpc.max_receive_message_length", 67108864),
+            ("grpc.primary_user_agent", "x"),
+        ), spec.kind
+    assert "grpc_channel_arguments" not in unused_conf_keys(mixed)
+
+
+def test_a_bad_grpc_channel_arguments_value_is_refused_at_start_naming_the_key(tmp_path: Path) -> None:
+    config = resolved(tmp_path, ZK + "deploy_type ps\ngrpc_channel_arguments novalue\n")
+    with pytest.raises(ConfError, match="grpc_channel_arguments.*not key=value"):
+        children(config, tmp_path)

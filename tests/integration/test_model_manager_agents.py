@@ -12,13 +12,9 @@ fails rather than mixing).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,71 +24,13 @@ import pytest
 from agent_procs import AgentProcess, replica_stats, wait_for
 from kazoo.client import KazooClient
 from model_manager_load import SteadyLoad, export_version
+from model_manager_procs import ManagerProcess, agent_conf
 from procs import free_port
 from zk_harness import ZooKeeperServer
 
 pytestmark = pytest.mark.integration
 
 AVAILABLE = 30
-
-
-def agent_conf(zk_server: ZooKeeperServer, bzid: str, export: Path, deploy_type: str) -> str:
-    return (
-        f"bzid {bzid}\nbase_name demo\nbase_path {export}\nnum_ps 2\nnum_shard 2\nzk_servers {zk_server.hosts}\n"
-        f"deploy_type {deploy_type}\nversion_policy specific\nversion_data 1\nupdate_model_status_interval 0.3\n"
-        "fetch_ps_timeout_ms 2000\n"
-    )
-
-
-class Manager:
-    def __init__(self, logs: Path, export: Path, zk_server: ZooKeeperServer, bzid: str) -> None:
-        self.http_port = free_port()
-        self.log_path = logs / "manager.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "monolith_serving", "model-manager", "run", "--model=demo",
-                    f"--export_base={export}", f"--zk_servers={zk_server.hosts}", f"--bzid={bzid}",
-                    "--host=127.0.0.1", f"--metrics_port={self.http_port}", "--scan_interval_s=0.5",
-                    "--poll_interval_s=0.2", "--drain_s=0.5", "--rollout_timeout_s=120", "--resend_interval_s=2",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/status", timeout=10) as response:
-            return dict(json.loads(response.read())["models"].get("demo", {}))
-
-    def wait_status(self, what: str, predicate: Any, timeout_s: float = 120.0) -> dict[str, Any]:
-        last: dict[str, Any] = {}
-
-        def probe() -> bool:
-            nonlocal last
-            assert self.process.poll() is None, self.log()[-4000:]
-            try:
-                last = self.status()
-            except OSError:
-                return False
-            return bool(last) and bool(predicate(last))
-
-        try:
-            wait_for(what, probe, timeout_s, interval_s=0.2)
-        except AssertionError as error:
-            raise AssertionError(f"{error}; last status {json.dumps(last)}\n{self.log()[-4000:]}") from None
-        return last
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def ps_replicas(status: dict[str, Any], sub_graph: str) -> list[dict[str, Any]]:
@@ -128,13 +66,13 @@ def test_rollout_and_reconcile_of_agent_launched_replicas(
         for shard in (0, 1)
     ]
     agents.append(AgentProcess(tmp_path, "entry", agent_conf(zk_server, bzid, export, "entry"), entry_ports))
-    manager: Manager | None = None
+    manager: ManagerProcess | None = None
     try:
         for agent in agents:
             agent.start()
         want = {"ps:0/0": AVAILABLE, "ps:1/0": AVAILABLE, "entry:0/00000000000": AVAILABLE}
         wait_for("agents' replicas AVAILABLE", lambda: replica_stats(zk, root) == want, 180)
-        manager = Manager(tmp_path, export, zk_server, bzid)
+        manager = ManagerProcess(tmp_path / "manager.log", export, zk_server, bzid, rollout_timeout_s=120)
         manager.wait_status("version 1 adopted", lambda s: s["serving"] == 1 and len(s["replicas"]) == 3)
         entry_address = f"127.0.0.1:{entry_ports['PORT3']}"
 

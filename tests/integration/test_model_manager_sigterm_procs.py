@@ -11,13 +11,10 @@ Predict response mixes versions at any point.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ import pytest
 from agent_procs import AgentProcess, replica_stats, wait_for
 from kazoo.client import KazooClient
 from model_manager_load import SteadyLoad, export_version
+from model_manager_procs import ManagerProcess, agent_conf
 from procs import free_port
 from zk_harness import ZooKeeperServer
 
@@ -33,61 +31,6 @@ pytestmark = pytest.mark.integration
 
 AVAILABLE = 30
 STOP_BOUND_S = 10.0
-
-
-def agent_conf(zk_server: ZooKeeperServer, bzid: str, export: Path, deploy_type: str) -> str:
-    return (
-        f"bzid {bzid}\nbase_name demo\nbase_path {export}\nnum_ps 2\nnum_shard 2\nzk_servers {zk_server.hosts}\n"
-        f"deploy_type {deploy_type}\nversion_policy specific\nversion_data 1\nupdate_model_status_interval 0.3\n"
-        "fetch_ps_timeout_ms 2000\n"
-    )
-
-
-class Manager:
-    def __init__(self, log_path: Path, export: Path, zk_server: ZooKeeperServer, bzid: str) -> None:
-        self.http_port = free_port()
-        self.log_path = log_path
-        with open(log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "monolith_serving", "model-manager", "run", "--model=demo",
-                    f"--export_base={export}", f"--zk_servers={zk_server.hosts}", f"--bzid={bzid}",
-                    "--host=127.0.0.1", f"--metrics_port={self.http_port}", "--scan_interval_s=0.5",
-                    "--poll_interval_s=0.2", "--drain_s=0.5", "--rollout_timeout_s=600", "--resend_interval_s=2",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/status", timeout=10) as response:
-            return dict(json.loads(response.read())["models"].get("demo", {}))
-
-    def wait_status(self, what: str, predicate: Any, timeout_s: float = 120.0) -> dict[str, Any]:
-        last: dict[str, Any] = {}
-
-        def probe() -> bool:
-            nonlocal last
-            assert self.process.poll() is None, self.log()[-4000:]
-            try:
-                last = self.status()
-            except OSError:
-                return False
-            return bool(last) and bool(predicate(last))
-
-        try:
-            wait_for(what, probe, timeout_s, interval_s=0.2)
-        except AssertionError as error:
-            raise AssertionError(f"{error}; last status {json.dumps(last)}\n{self.log()[-4000:]}") from None
-        return last
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture()
@@ -118,14 +61,14 @@ def test_sigterm_during_a_stalled_rollout_exits_promptly_and_the_next_manager_fi
         for shard in (0, 1)
     ]
     agents.append(AgentProcess(tmp_path, "entry", agent_conf(zk_server, bzid, export, "entry"), entry_ports))
-    managers: list[Manager] = []
+    managers: list[ManagerProcess] = []
     stalled: int | None = None
     try:
         for agent in agents:
             agent.start()
         want = {"ps:0/0": AVAILABLE, "ps:1/0": AVAILABLE, "entry:0/00000000000": AVAILABLE}
         wait_for("agents' replicas AVAILABLE", lambda: replica_stats(zk, f"/{bzid}/service/demo") == want, 180)
-        first = Manager(tmp_path / "manager1.log", export, zk_server, bzid)
+        first = ManagerProcess(tmp_path / "manager1.log", export, zk_server, bzid, rollout_timeout_s=600)
         managers.append(first)
         first.wait_status("version 1 adopted", lambda s: s["serving"] == 1 and len(s["replicas"]) == 3)
 
@@ -152,7 +95,7 @@ def test_sigterm_during_a_stalled_rollout_exits_promptly_and_the_next_manager_fi
 
             os.kill(stalled, signal.SIGCONT)
             stalled = None
-            second = Manager(tmp_path / "manager2.log", export, zk_server, bzid)
+            second = ManagerProcess(tmp_path / "manager2.log", export, zk_server, bzid, rollout_timeout_s=600)
             managers.append(second)
             status = second.wait_status(
                 "version 2 rolled out by the next manager",

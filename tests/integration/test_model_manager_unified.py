@@ -13,8 +13,6 @@ container serves both its sub_graphs at version 2.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -28,8 +26,8 @@ from agent_procs import AgentProcess, children, wait_for
 from kazoo.client import KazooClient
 from kazoo.recipe.watchers import ChildrenWatch
 from model_manager_load import SteadyLoad, export_version
+from model_manager_procs import ManagerProcess
 from procs import free_port
-from test_model_manager_agents import Manager
 from zk_harness import ZooKeeperServer
 
 from monolith_serving.agent.saved_model_decl import declaration_for
@@ -40,26 +38,6 @@ pytestmark = pytest.mark.integration
 
 AVAILABLE = 30  # tensorflow.serving ModelVersionStatus.State.AVAILABLE
 LAYOUTS = {"a": ("ps_0", "entry"), "b": ("ps_1", "entry")}
-
-
-class UnifiedManager(Manager):
-    """The agents test's manager process (status polling, stop) with ``--agent_version 3``."""
-
-    def __init__(self, logs: Path, export: Path, zk_server: ZooKeeperServer, bzid: str) -> None:
-        self.http_port = free_port()
-        self.log_path = logs / "manager.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "monolith_serving", "model-manager", "run", "--model=demo",
-                    f"--export_base={export}", f"--zk_servers={zk_server.hosts}", f"--bzid={bzid}",
-                    "--agent_version=3", "--host=127.0.0.1", f"--metrics_port={self.http_port}",
-                    "--scan_interval_s=0.5", "--poll_interval_s=0.2", "--drain_s=0.5", "--rollout_timeout_s=60",
-                    "--resend_interval_s=2",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
 
 
 class BindingHistory:
@@ -128,7 +106,7 @@ def test_rollout_over_unified_containers_keeps_every_sub_graph_loaded(
     ctx = {layout: f"127.0.0.1_{agent.env['PORT3']}" for layout, agent in agents.items()}
     want = sorted(f"{s}:unknown;None;None:{ctx[layout]}" for layout, subs in LAYOUTS.items() for s in subs)
     bindings = f"/{bzid}/binding/demo"
-    manager: UnifiedManager | None = None
+    manager: ManagerProcess | None = None
     try:
         for agent in agents.values():
             agent.start()
@@ -142,7 +120,9 @@ def test_rollout_over_unified_containers_keeps_every_sub_graph_loaded(
             done = s["serving"] == 2 and s["rollout"]["phase"] == "idle" and len(replicas) == 4
             return done and all(r["available"] == [2] for r in replicas)
 
-        manager = UnifiedManager(tmp_path, export, zk_server, bzid)
+        manager = ManagerProcess(
+            tmp_path / "manager.log", export, zk_server, bzid, rollout_timeout_s=60, extra_args=("--agent_version=3",)
+        )
         manager.wait_status("version 1 adopted", lambda s: s["serving"] == 1 and len(s["replicas"]) == 4)
 
         # A unified entry answers only the v3 served name.

@@ -146,8 +146,8 @@ class PsCore:
                 updates = decode_raw_assign(inputs, dims, tables.order, shard)
             for update in updates:
                 tables.tables[update.table].check_update(update.fids, update.values)
-            size = sum(u.fids.nbytes + u.values.nbytes for u in updates)
-            loading = model.loading()
+            loading = model.loading()  # almost always none: then nothing is queued or measured
+            size = sum(u.fids.nbytes + u.values.nbytes for u in updates) if loading else 0
             self._check_pending_room(ref.name, loading, size)
         except MonolithServingError:
             self._metrics.sync_updates_rejected_of[(ref.name, kind)].inc(_count_rows(inputs, id_inputs))

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
+from ctl_fakes import run_with
 
 from monolith_serving.agent.ctl import Controller, _act, command_from_args, configure, parse_model_glob
 from monolith_serving.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from monolith_serving.discovery.static import StaticDiscovery
-
-T = TypeVar("T")
 
 
 def export(tmp_path: Path, name: str, sub_graphs: list[str]) -> Path:
@@ -24,15 +19,6 @@ def export(tmp_path: Path, name: str, sub_graphs: list[str]) -> Path:
         (base / sub_graph / "1").mkdir(parents=True)
     (base / "not_a_sub_graph").mkdir()
     return base
-
-
-def run_with(body: Callable[[Controller], Awaitable[T]]) -> T:
-    async def main() -> T:
-        discovery = StaticDiscovery()
-        async with discovery:
-            return await body(Controller(discovery, "b1"))
-
-    return asyncio.run(main())
 
 
 def test_decl_declares_every_sub_graph_with_policies(tmp_path: Path) -> None:

@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import fsspec
 import pytest
+from ctl_fakes import run_with
 
 from monolith_serving.agent.ctl import Controller, CtlCommand, command_from_args, configure
 from monolith_serving.agent.saved_model_decl import declaration_for
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.discovery.static import StaticDiscovery
-
-T = TypeVar("T")
-
-
-def run_with(body: Callable[[Controller], Awaitable[T]]) -> T:
-    async def main() -> T:
-        discovery = StaticDiscovery()
-        async with discovery:
-            return await body(Controller(discovery, "b1"))
-
-    return asyncio.run(main())
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -10,9 +10,10 @@
   {ctx_cluster}:{ctx_id}`` nodes equal to the set of locally AVAILABLE models.
 - Publishes ``/{bzid}/container_service/{ctx_cluster}:{ctx_id}`` (addresses of this container).
 
-The local server is one ``monolith-serving unified`` process hosting the accepted ``entry`` and ``ps_<i>``
-sub_graphs behind one gRPC address (its entry finds PS replicas through this agent's HeartBeat); other
-sub_graphs, and entries beyond the first (an entry core serves one model), are skipped with a warning.
+The local server is one ``monolith-serving unified`` process hosting the accepted ``entry``, ``ps_<i>`` and
+``dense_<i>`` sub_graphs behind one gRPC address, as Monolith's unified container hosts every sub_graph as model
+``{model}:{sub_graph}`` (its entry finds PS and dense replicas through this agent's HeartBeat); other sub_graphs,
+and entries beyond the first (an entry core serves one model), are skipped with a warning.
 Each step runs isolated: a failure is logged with its traceback and retried on the next tick.
 """
 
@@ -39,7 +40,7 @@ from monolith_serving.core.zk_paths import (
     saved_models_root,
 )
 from monolith_serving.discovery.base import EventKind, SessionState, WatchEvent, WatchHandle
-from monolith_serving.unified.routing import Side, side_of
+from monolith_serving.unified.routing import HOSTED_SUB_GRAPHS, Side, side_of
 
 __all__ = ["V3Agent"]
 
@@ -168,7 +169,7 @@ class V3Agent:
                 continue
             side = side_of(name)
             if side is None:
-                self._warn_once(model, sub_graph, "a unified container hosts entry and ps_<i> sub-graphs only")
+                self._warn_once(model, sub_graph, f"a unified container hosts {HOSTED_SUB_GRAPHS} sub_graphs only")
                 continue
             if side is Side.ENTRY and entry_name is not None:
                 self._warn_once(model, sub_graph, f"a unified container hosts one entry and serves {entry_name}")

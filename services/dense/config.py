@@ -53,9 +53,11 @@ class DenseServerConfig:
     models: tuple[DenseModelConfig, ...] = ()
     num_load_threads: int = 1
     shutdown_grace_s: float = 2.0
+    # The unified server starts a dense core with no models; they arrive by HandleReloadConfigRequest.
+    models_from_reload: bool = False
 
     def __post_init__(self) -> None:
         if self.num_load_threads < 1:
             raise InvalidArgumentError(f"--num_load_threads must be >= 1, got {self.num_load_threads}")
-        if self.model_config_file is None and not self.models:
+        if self.model_config_file is None and not self.models and not self.models_from_reload:
             raise InvalidArgumentError("give --model_config_file or --model_name with --model_base_path")

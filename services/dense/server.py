@@ -2,6 +2,8 @@
 
 Start: bind gRPC (health NOT_SERVING) -> load the configured models -> health follows readiness -> file-system poll.
 Stop (idempotent): health NOT_SERVING -> stop the poll -> drain gRPC -> unload -> stop /metrics and threads.
+``servicers()`` + ``open()`` / ``reload()`` / ``close()`` are the core without a gRPC server of its own (the
+unified server hosts the servicers next to a PS's and an entry's, as it does the PS core).
 
 Health (service "" and the PredictionService and ModelService names) is SERVING exactly while every configured
 dense sub-model has an AVAILABLE version (with none configured, nothing to wait for: SERVING), as the PS's. It is
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
@@ -24,7 +27,7 @@ from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.model_health import ModelHealth
-from monolith_serving.dense.config import DenseServerConfig, dense_models_from_proto
+from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig, dense_models_from_proto
 from monolith_serving.dense.metrics import DenseMetrics
 from monolith_serving.dense.servicer import DenseModelServicer, DensePredictionServicer
 from monolith_serving.dense.versions import DenseVersionManager
@@ -53,6 +56,7 @@ class DenseServer:
         self._poll: asyncio.Task[None] | None = None
         self._health = ModelHealth(lambda: self.versions.models, _HEALTH_SERVICES, "dense sub-model")
         self._stopped = False
+        self._closed = False
 
     @property
     def port(self) -> int:
@@ -60,11 +64,16 @@ class DenseServer:
             raise RuntimeError("DenseServer is not started")
         return self._grpc.port
 
+    def servicers(self) -> tuple[DensePredictionServicer, DenseModelServicer]:
+        """The gRPC faces of this dense core; ``start`` serves them, a unified server hosts them itself."""
+        return DensePredictionServicer(self.versions, self.metrics), DenseModelServicer(
+            self.versions, after_reload=self._follow_health
+        )
+
     async def start(self) -> None:
         if self._grpc is not None:
             return
-        prediction = DensePredictionServicer(self.versions, self.metrics)
-        models = DenseModelServicer(self.versions, after_reload=self._follow_health)
+        prediction, models = self.servicers()
 
         def add_prediction(server: grpc.aio.Server) -> None:
             prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(prediction, server)  # type: ignore[no-untyped-call]
@@ -83,13 +92,26 @@ class DenseServer:
         logger.info("dense gRPC on port %d", self._grpc.port)
         if self.config.metrics_port:
             self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.registry, host=self.config.host)
+        await self.open()
+        await self._follow_health()
+
+    async def open(self) -> None:
+        """The core without a gRPC server: load the configured models, then start the file-system poll."""
         configs = self.config.models
         if self.config.model_config_file is not None:
             configs = dense_models_from_proto(read_model_server_config(self.config.model_config_file))
         await self.versions.apply_config(configs)
-        await self._follow_health()
         if self.config.file_system_poll_wait_s > 0:
             self._poll = asyncio.create_task(self._poll_loop(), name="dense-file-system-poll")
+
+    async def reload(self, configs: Sequence[DenseModelConfig]) -> None:
+        """An explicit reload of a hosting server (its HandleReloadConfigRequest, already checked): replaces the
+        hosted models and returns once their versions are settled; latest_once may choose again, failed versions
+        retry."""
+        try:
+            await self.versions.apply_config(configs, fresh=True)
+        finally:
+            await self._follow_health()
 
     async def _follow_health(self) -> None:
         """Sets health to ``ready()``; a no-op without a gRPC server of its own or once stopping."""
@@ -110,16 +132,28 @@ class DenseServer:
         if self._stopped:
             return
         self._stopped = True
-        if self._poll is not None:
-            self._poll.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll
+        await self._cancel_poll()
         if self._grpc is not None:
             await self._health.stop(self._grpc)
             await self._grpc.stop(self.config.shutdown_grace_s)
-        await self.versions.close()
+        await self.close()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.stop()
+
+    async def _cancel_poll(self) -> None:
+        poll, self._poll = self._poll, None
+        if poll is not None:
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+
+    async def close(self) -> None:
+        """Stops the core opened by ``open`` (poll, versions, load threads). Idempotent."""
+        await self._cancel_poll()
+        if self._closed:
+            return
+        self._closed = True
+        await self.versions.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def __aenter__(self) -> DenseServer:

@@ -18,14 +18,14 @@ from monolith_serving.core.errors import FailedPreconditionError, NotFoundError
 from monolith_serving.core.model_config_list import check_base_path
 from monolith_serving.entry.main import EntryServer, EntryServerConfig, spec_num_ps
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.model import EntryModelConfig
+from monolith_serving.entry.model import EntryModel, EntryModelConfig
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.entry.request_parser import DEFAULT_MAX_FIDS_PER_REQUEST
 from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
-__all__ = ["EntrySettings", "EntrySide"]
+__all__ = ["EntryReadiness", "EntrySettings", "EntrySide"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,18 @@ class _Hosted:
     model: EntryModelServicer
 
 
+@dataclass(frozen=True)
+class EntryReadiness:
+    """The entry model as ``core.model_health`` sees a hosted model: it serves once a version is served, i.e.
+    GetModelStatus says AVAILABLE (every PS shard, and a remote dense network, has the version somewhere)."""
+
+    model: EntryModel
+
+    def serving(self) -> int | None:
+        served = self.model.served_versions
+        return max(served) if served else None
+
+
 class EntrySide:
     """Holds the current entry core. ``apply`` runs on the event loop; callers serialise it."""
 
@@ -63,6 +75,12 @@ class EntrySide:
     def model_name(self) -> str | None:
         hosted = self._hosted
         return hosted.server.model.config.name if hosted and hosted.server.model.config else None
+
+    def readiness(self) -> dict[str, EntryReadiness]:
+        """The hosted entry model by name (empty without one), for the server's health."""
+        hosted = self._hosted
+        name = self.model_name
+        return {name: EntryReadiness(hosted.server.model)} if hosted is not None and name is not None else {}
 
     def check(self, wanted: EntryModelConfig | None) -> None:
         """NOT_FOUND when ``wanted`` moves the entry to a base path that is not a folder (``apply`` would fail

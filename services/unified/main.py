@@ -1,4 +1,4 @@
-"""``monolith-serving unified``: a v3 container's model server (entry and PS sub_graphs on one port).
+"""``monolith-serving unified``: a v3 container's model server (entry, PS and dense sub_graphs on one port).
 
 Started by the v3 agent with an empty model list; the agent then reloads it with what its layout assigns.
 """
@@ -42,7 +42,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_fetch_ps_flags(parser)
     add_coalesce_flags(parser)
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
-    add_flag(parser, "--num_load_threads", type=int, default=1, help="PS versions loaded at once (memory!)")
+    add_flag(
+        parser,
+        "--num_load_threads",
+        type=int,
+        default=1,
+        help="versions loaded at once by the PS core, and by the dense core (memory!)",
+    )
     add_flag(
         parser,
         "--max_fids_per_request",

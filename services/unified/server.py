@@ -1,17 +1,22 @@
-"""UnifiedServer: one gRPC address serving a PS core and an entry core side by side (a v3 container).
+"""UnifiedServer: one gRPC address serving a PS core, a dense core and an entry core side by side (a v3 container).
 
-Start: bind gRPC (health NOT_SERVING) -> /metrics -> open the PS core -> apply ``--model_config_file`` if
-given -> health SERVING. Models then come from HandleReloadConfigRequest: the config is split by
-sub_graph (``routing``), the PS part replaces the PS core's models and the entry part the entry core's
-(an empty part unloads that side). Reloads are serialised. Stop (idempotent): health NOT_SERVING ->
-drain gRPC -> close the entry core, then the PS core -> stop /metrics.
+Start: bind gRPC (health NOT_SERVING) -> /metrics -> open the PS and dense cores -> apply ``--model_config_file``
+if given -> health follows the models. Models then come from HandleReloadConfigRequest: the config is split by
+sub_graph (``routing``), the PS part replaces the PS core's models, the dense part the dense core's and the entry
+part the entry core's (an empty part unloads that side). Reloads are serialised. Stop (idempotent): health
+NOT_SERVING -> drain gRPC -> close the entry core, then the dense and PS cores -> stop /metrics.
+
+Health (service "" and the PredictionService and ModelService names), as the PS's and the dense server's: SERVING
+exactly while every hosted model has an AVAILABLE version — each ``ps_<i>`` and ``dense_<i>`` sub-model, and the
+entry once it serves a version (so once its PS shards, and a remote dense network, have it somewhere). Hosting
+nothing is SERVING (nothing to wait for). The cores change their versions in loops of their own, so health is
+recomputed after every reload and every ``poll_interval_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -24,12 +29,19 @@ from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import ChannelArguments, GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.model_config_list import check_reload
+from monolith_serving.core.model_health import HostedModel, ModelHealth
 from monolith_serving.core.run_to_end import run_to_end
+from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig, dense_models_from_proto
+from monolith_serving.dense.server import DenseServer
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModelConfig
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
-from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    model_service_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2,
+)
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 from monolith_serving.ps.config import (
     DEFAULT_MAX_FIDS_PER_REQUEST,
@@ -47,6 +59,20 @@ from monolith_serving.unified.servicer import UnifiedModelServicer, UnifiedPredi
 __all__ = ["UnifiedConfig", "UnifiedServer"]
 
 log = logging.getLogger(__name__)
+
+_PREDICTION_SERVICE = prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
+_MODEL_SERVICE = model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name
+# The health services that follow the models: the whole server ("") and each service it hosts by name.
+_HEALTH_SERVICES = ("", _PREDICTION_SERVICE, _MODEL_SERVICE)
+
+
+@dataclass(frozen=True)
+class _Models:
+    """One config's models, per core (``entry`` None: unload the entry)."""
+
+    ps: tuple[SubModelConfig, ...]
+    dense: tuple[DenseModelConfig, ...]
+    entry: EntryModelConfig | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,11 +95,11 @@ class UnifiedConfig:
 
 
 class UnifiedServer:
-    """``start``/``stop`` are idempotent; ``async with`` works too. ``apply`` is the reload."""
+    """``start``/``stop`` are idempotent; ``async with`` works too. ``reload`` is HandleReloadConfigRequest."""
 
     def __init__(self, config: UnifiedConfig) -> None:
         self.config = config
-        # One registry: PS metrics are monolith_ps_*, entry metrics entry_*, so they never collide.
+        # One registry: PS metrics are monolith_ps_*, dense ones monolith_dense_*, entry ones entry_*: no collision.
         self.registry = CollectorRegistry()
         self.ps = PsServer(
             PsConfig(
@@ -86,6 +112,17 @@ class UnifiedServer:
             ),
             registry=self.registry,
         )
+        self.dense = DenseServer(
+            DenseServerConfig(
+                port=config.port,
+                host=config.host,
+                file_system_poll_wait_s=config.file_system_poll_wait_s,
+                num_load_threads=config.num_load_threads,
+                models_from_reload=True,
+            ),
+            registry=self.registry,
+        )
+        self._poll_interval_s = max(config.file_system_poll_wait_s, 0.2)
         self.entry = EntrySide(
             settings=EntrySettings(
                 agent_address=config.agent_address,
@@ -94,14 +131,16 @@ class UnifiedServer:
                 coalesce=config.coalesce,
                 coalesce_requests=config.coalesce_requests,
                 max_batch_size=config.max_batch_size,
-                poll_interval_s=max(config.file_system_poll_wait_s, 0.2),
+                poll_interval_s=self._poll_interval_s,
                 max_fids_per_request=config.max_fids_per_request,
             ),
             metrics=EntryMetrics(self.registry),
         )
+        self._health = ModelHealth(self._hosted_models, _HEALTH_SERVICES, "sub_graph")
         self._reload_lock = asyncio.Lock()
         self._changes: set[asyncio.Task[None]] = set()  # reloads running to their end (``core.run_to_end``)
         self._grpc: GrpcServer | None = None
+        self._health_task: asyncio.Task[None] | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = False
 
@@ -111,41 +150,70 @@ class UnifiedServer:
             raise RuntimeError("UnifiedServer is not started")
         return self._grpc.port
 
+    def _hosted_models(self) -> dict[str, HostedModel]:
+        """Every hosted model by name, as health judges them (the names of the cores never overlap)."""
+        return {**self.ps.versions.models, **self.dense.versions.models, **self.entry.readiness()}
+
     async def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """A HandleReloadConfigRequest: refused before either core changes when a PS shard is outside --num_ps,
-        a model moves to a base path that is not a folder, or a PS version label names a version not AVAILABLE
-        (``core.model_config_list``; the start-up config is not held to this: its folders may come later)."""
-        ps_models, entry_model = self._parse(config)
-        check_partitions(ps_models, self.ps.core.num_ps)
-        check_reload(ps_models, self.ps.versions)
-        self.entry.check(entry_model)
-        await run_to_end(self._apply_both(ps_models, entry_model), "reload", self._changes)
+        """A HandleReloadConfigRequest: refused before any core changes when a model moves to a base path that is
+        not a folder or a PS or dense version label names a version not AVAILABLE (``core.model_config_list``; the
+        start-up config is not held to this: its folders may come later)."""
+        models = self._parse(config)
+        check_partitions(models.ps, self.ps.core.num_ps)
+        check_reload(models.ps, self.ps.versions)
+        check_reload(models.dense, self.dense.versions)
+        self.entry.check(models.entry)
+        await run_to_end(self._apply_all(models), "reload", self._changes)
 
     async def apply(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """Both parts are validated before either core changes; then PS first (the entry gates on it)."""
-        await run_to_end(self._apply_both(*self._parse(config)), "reload", self._changes)
+        """Every part is validated before any core changes; then PS, dense, entry (the entry gates on the others)."""
+        await run_to_end(self._apply_all(self._parse(config)), "reload", self._changes)
 
-    def _parse(
-        self, config: model_server_config_pb2.ModelServerConfig
-    ) -> tuple[tuple[SubModelConfig, ...], EntryModelConfig | None]:
-        """Both parts of ``config``: the PS sub-models and the entry model (None: unload it)."""
+    def _parse(self, config: model_server_config_pb2.ModelServerConfig) -> _Models:
         split = split_model_server_config(config)
-        return sub_models_from_proto(split.ps), self.entry.parse(split.entry)
+        return _Models(
+            ps=sub_models_from_proto(split.ps),
+            dense=dense_models_from_proto(split.dense),
+            entry=self.entry.parse(split.entry),
+        )
 
-    async def _apply_both(self, ps_models: Sequence[SubModelConfig], entry_model: EntryModelConfig | None) -> None:
+    async def _apply_all(self, models: _Models) -> None:
         # Run to its end as one change: a caller cut off between the parts left the PS part applied and the entry
         # part not, and released the lock while the PS part still ran.
         async with self._reload_lock:
-            await self.ps.reload(ps_models)
-            await self.entry.apply(entry_model)
-        log.info("hosting %d PS models and entry %s", len(ps_models), entry_model.name if entry_model else "(none)")
+            try:
+                await self.ps.reload(models.ps)
+                await self.dense.reload(models.dense)
+                await self.entry.apply(models.entry)
+            finally:
+                await self._follow_health()
+        log.info(
+            "hosting %d PS models, %d dense models and entry %s",
+            len(models.ps),
+            len(models.dense),
+            models.entry.name if models.entry else "(none)",
+        )
+
+    async def _follow_health(self) -> None:
+        await self._health.follow(None if self._stopped else self._grpc)
+
+    async def _health_loop(self) -> None:
+        """The cores' own loops (file-system polls, the entry's PS gate) change what is AVAILABLE: follow them. A
+        failing step is logged and never stops the loop."""
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            try:
+                await self._follow_health()
+            except Exception:
+                log.exception("health step failed")
 
     async def start(self) -> None:
         if self._grpc is not None:
             return
         ps_prediction, ps_model = self.ps.servicers()
-        prediction = UnifiedPredictionServicer(ps=ps_prediction, entry=self.entry)
-        models = UnifiedModelServicer(ps=ps_model, entry=self.entry, apply_config=self.reload)
+        dense_prediction, dense_model = self.dense.servicers()
+        prediction = UnifiedPredictionServicer(ps=ps_prediction, dense=dense_prediction, entry=self.entry)
+        models = UnifiedModelServicer(ps=ps_model, dense=dense_model, entry=self.entry, apply_config=self.reload)
 
         def add_prediction(server: grpc.aio.Server) -> None:
             add_prediction_servicer(prediction, server)
@@ -156,7 +224,7 @@ class UnifiedServer:
         options = GrpcServerOptions(
             port=self.config.port,
             host=self.config.host,
-            reflection_services=("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"),
+            reflection_services=(_PREDICTION_SERVICE, _MODEL_SERVICE),
             channel_arguments=self.config.grpc_channel_arguments,
         )
         self._grpc = build_server(options, [add_prediction, add_model], registry=self.registry)
@@ -164,23 +232,29 @@ class UnifiedServer:
         if self.config.metrics_port:
             self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.registry, host=self.config.host)
         await self.ps.open()
+        await self.dense.open()
         if self.config.model_config_file is not None:
             await self.apply(read_model_server_config(self.config.model_config_file))
-        await self._grpc.set_serving(True)
+        await self._follow_health()
+        self._health_task = asyncio.create_task(self._health_loop(), name="unified-health")
         log.info("unified server on port %d", self._grpc.port)
 
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
+        if self._health_task is not None:
+            self._health_task.cancel()
+            await asyncio.gather(self._health_task, return_exceptions=True)
         if self._grpc is not None:
-            await self._grpc.set_serving(False)
+            await self._health.stop(self._grpc)
             await self._grpc.stop(self.config.grace_s)
         for change in list(self._changes):
             change.cancel()
         if self._changes:
             await asyncio.gather(*self._changes, return_exceptions=True)
         await self.entry.close()
+        await self.dense.close()
         await self.ps.close()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.stop()

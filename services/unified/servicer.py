@@ -1,15 +1,15 @@
 """The unified server's gRPC face: PredictionService and ModelService dispatching by model name.
 
-``<model>:ps_<i>`` goes to the PS servicer, ``<model>:entry`` to the current entry servicer
-(``routing.side_of``); each keeps its own behaviour, including the PS Predict answering with
-pre-serialized bytes (register this servicer with ``ps.servicer.add_prediction_servicer``).
+``<model>:ps_<i>`` goes to the PS servicer, ``<model>:dense_<i>`` to the dense servicer, ``<model>:entry`` to
+the current entry servicer (``routing.side_of``); each keeps its own behaviour, including the PS Predict
+answering with pre-serialized bytes (register this servicer with ``ps.servicer.add_prediction_servicer``).
 HandleReloadConfigRequest is answered here: the whole config goes to ``apply_config``, which splits it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -25,10 +25,11 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
-from monolith_serving.unified.routing import Side, side_of
+from monolith_serving.unified.routing import HOSTED_SUB_GRAPHS, Side, side_of
 
 __all__ = ["EntryServicers", "UnifiedModelServicer", "UnifiedPredictionServicer"]
 
+T = TypeVar("T")
 ApplyConfig = Callable[[model_server_config_pb2.ModelServerConfig], Awaitable[None]]
 
 
@@ -40,22 +41,34 @@ class EntryServicers(Protocol):
     def model_servicer(self, name: str) -> model_service_pb2_grpc.ModelServiceServicer: ...
 
 
-def _side(name: str) -> Side:
+def _route(name: str, *, ps: T, dense: T, entry: Callable[[str], T]) -> T:
+    """The servicer of the core serving ``name`` (the entry's is looked up: it changes with the entry model)."""
     side = side_of(name)
     if side is None:
-        raise NotFoundError(f"model {name!r} is not served here (a unified server hosts <model>:entry and :ps_<i>)")
-    return side
+        raise NotFoundError(f"model {name!r} is not served here (a unified server hosts {HOSTED_SUB_GRAPHS})")
+    if side is Side.PS:
+        return ps
+    if side is Side.DENSE:
+        return dense
+    return entry(name)
 
 
 class UnifiedPredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
     server_name = "a unified server"
 
-    def __init__(self, *, ps: prediction_service_pb2_grpc.PredictionServiceServicer, entry: EntryServicers) -> None:
+    def __init__(
+        self,
+        *,
+        ps: prediction_service_pb2_grpc.PredictionServiceServicer,
+        dense: prediction_service_pb2_grpc.PredictionServiceServicer,
+        entry: EntryServicers,
+    ) -> None:
         self._ps = ps
+        self._dense = dense
         self._entry = entry
 
     def _target(self, name: str) -> Any:
-        return self._ps if _side(name) is Side.PS else self._entry.prediction(name)
+        return _route(name, ps=self._ps, dense=self._dense, entry=self._entry.prediction)
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -76,23 +89,31 @@ class UnifiedPredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predict
 
 class UnifiedModelServicer(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
     def __init__(
-        self, *, ps: model_service_pb2_grpc.ModelServiceServicer, entry: EntryServicers, apply_config: ApplyConfig
+        self,
+        *,
+        ps: model_service_pb2_grpc.ModelServiceServicer,
+        dense: model_service_pb2_grpc.ModelServiceServicer,
+        entry: EntryServicers,
+        apply_config: ApplyConfig,
     ) -> None:
         self._ps = ps
+        self._dense = dense
         self._entry = entry
         self._apply_config = apply_config
+
+    def _target(self, name: str) -> Any:
+        return _route(name, ps=self._ps, dense=self._dense, entry=self._entry.model_servicer)
 
     async def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.aio.ServicerContext
     ) -> get_model_status_pb2.GetModelStatusResponse:
-        name = request.model_spec.name
-        target: Any = self._ps if _side(name) is Side.PS else self._entry.model_servicer(name)
+        target = self._target(request.model_spec.name)
         response: get_model_status_pb2.GetModelStatusResponse = await target.GetModelStatus(request, context)
         return response
 
     async def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.aio.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        """Returns once both cores applied their part (TF Serving semantics)."""
+        """Returns once every core applied its part (TF Serving semantics)."""
         await self._apply_config(reload_request_config(request))
         return model_management_pb2.ReloadConfigResponse()

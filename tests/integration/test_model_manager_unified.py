@@ -141,10 +141,11 @@ def test_rollout_over_unified_containers_keeps_every_sub_graph_loaded(
         assert history.snapshots() and all(names == want for names in history.snapshots()), history.snapshots()
         for layout, agent in agents.items():
             assert "unbound" not in agent.log(), agent.log()[-3000:]
-            hosting = re.findall(r"hosting (\d+) PS models and entry (\S+)", agent.tfs_log_path.read_text())
+            log = agent.tfs_log_path.read_text()
+            hosting = re.findall(r"hosting (\d+) PS models, (\d+) dense models and entry (\S+)", log)
             # The first line is the container's empty start-up config; the agent's and the manager's follow.
-            assert hosting[0] == ("0", "(none)") and len(hosting) >= 3, hosting
-            assert set(hosting[1:]) == {("1", "demo:entry")}, hosting
+            assert hosting[0] == ("0", "0", "(none)") and len(hosting) >= 3, hosting
+            assert set(hosting[1:]) == {("1", "0", "demo:entry")}, hosting
             for sub_graph in LAYOUTS[layout]:
                 assert available_versions(address[layout], f"demo:{sub_graph}") == [2], (layout, sub_graph)
     finally:

@@ -35,7 +35,10 @@ def _config(*names: str) -> model_server_config_pb2.ModelServerConfig:
         ("ps_12", Side.PS),
         ("demo:entry", Side.ENTRY),
         ("entry", Side.ENTRY),
-        ("demo:dense_0", None),
+        ("demo:dense_0", Side.DENSE),
+        ("dense_1", Side.DENSE),
+        ("demo:dense_x", None),
+        ("demo:dense", None),
         ("demo:ps_x", None),
         ("demo:entry2", None),
     ],
@@ -45,24 +48,27 @@ def test_side_of(name: str, side: Side | None) -> None:
 
 
 def test_split_keeps_order_and_fields_per_side() -> None:
-    config = _config("demo:ps_1", "demo:entry", "demo:ps_3")
+    config = _config("demo:ps_1", "demo:dense_0", "demo:entry", "demo:ps_3")
     split = split_model_server_config(config)
     assert [m.name for m in split.ps.model_config_list.config] == ["demo:ps_1", "demo:ps_3"]
+    assert [m.name for m in split.dense.model_config_list.config] == ["demo:dense_0"]
     assert [m.name for m in split.entry.model_config_list.config] == ["demo:entry"]
-    assert split.entry.model_config_list.config[0] == config.model_config_list.config[1]
+    assert split.entry.model_config_list.config[0] == config.model_config_list.config[2]
+    assert split.dense.model_config_list.config[0] == config.model_config_list.config[1]
 
 
 def test_split_of_one_side_leaves_the_other_an_explicit_empty_list() -> None:
     split = split_model_server_config(_config("demo:ps_0"))
-    assert split.entry.WhichOneof("config") == "model_config_list"
-    assert list(split.entry.model_config_list.config) == []
+    for part in (split.entry, split.dense):
+        assert part.WhichOneof("config") == "model_config_list"
+        assert list(part.model_config_list.config) == []
     empty = split_model_server_config(_config())
     assert empty.ps.WhichOneof("config") == "model_config_list" and not empty.ps.model_config_list.config
 
 
 def test_split_refuses_names_neither_core_hosts_and_custom_configs() -> None:
-    with pytest.raises(InvalidArgumentError, match="demo:dense_0"):
-        split_model_server_config(_config("demo:ps_0", "demo:dense_0"))
+    with pytest.raises(InvalidArgumentError, match="demo:entry2"):
+        split_model_server_config(_config("demo:ps_0", "demo:entry2"))
     custom = model_server_config_pb2.ModelServerConfig()
     custom.custom_model_config.Pack(model_server_config_pb2.ModelServerConfig())
     with pytest.raises(InvalidArgumentError, match="custom_model_config"):
@@ -113,42 +119,56 @@ def _predict(name: str) -> predict_pb2.PredictRequest:
 
 
 def test_prediction_dispatch_by_model_name() -> None:
-    ps, entry = _Recorder("ps"), _Recorder("entry")
-    servicer = UnifiedPredictionServicer(ps=ps, entry=_Entry(entry))
+    ps, dense, entry = _Recorder("ps"), _Recorder("dense"), _Recorder("entry")
+    servicer = UnifiedPredictionServicer(ps=ps, dense=dense, entry=_Entry(entry))
+
+    def metadata(name: str) -> get_model_metadata_pb2.GetModelMetadataRequest:
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = name
+        return request
 
     async def scenario() -> list[Any]:
-        metadata = get_model_metadata_pb2.GetModelMetadataRequest()
-        metadata.model_spec.name = "demo:entry"
         return [
             await servicer.Predict(_predict("demo:ps_2"), None),
             await servicer.Predict(_predict("ps_0"), None),
+            await servicer.Predict(_predict("demo:dense_0"), None),
             await servicer.Predict(_predict("demo:entry"), None),
             await servicer.Predict(_predict("entry"), None),
-            await servicer.GetModelMetadata(metadata, None),
+            await servicer.GetModelMetadata(metadata("demo:entry"), None),
+            await servicer.GetModelMetadata(metadata("demo:dense_0"), None),
         ]
 
     answers = asyncio.run(scenario())
-    assert answers == ["ps:Predict", "ps:Predict", "entry:Predict", "entry:Predict", "entry:GetModelMetadata"]
+    assert answers == [
+        "ps:Predict",
+        "ps:Predict",
+        "dense:Predict",
+        "entry:Predict",
+        "entry:Predict",
+        "entry:GetModelMetadata",
+        "dense:GetModelMetadata",
+    ]
     assert ps.calls == [("Predict", "demo:ps_2"), ("Predict", "ps_0")]
+    assert dense.calls == [("Predict", "demo:dense_0"), ("GetModelMetadata", "demo:dense_0")]
     assert entry.calls == [("Predict", "demo:entry"), ("Predict", "entry"), ("GetModelMetadata", "demo:entry")]
 
 
 def test_unknown_names_and_a_missing_entry_are_not_found() -> None:
-    servicer = UnifiedPredictionServicer(ps=_Recorder("ps"), entry=_Entry(None))
-    with pytest.raises(NotFoundError, match="demo:dense_0"):
-        asyncio.run(servicer.Predict(_predict("demo:dense_0"), None))
+    servicer = UnifiedPredictionServicer(ps=_Recorder("ps"), dense=_Recorder("dense"), entry=_Entry(None))
+    with pytest.raises(NotFoundError, match="demo:entry2"):
+        asyncio.run(servicer.Predict(_predict("demo:entry2"), None))
     with pytest.raises(NotFoundError, match="demo:entry"):
         asyncio.run(servicer.Predict(_predict("demo:entry"), None))
 
 
 def test_model_service_dispatches_status_and_hands_reloads_over_whole() -> None:
-    ps, entry = _Recorder("ps"), _Recorder("entry")
+    ps, dense, entry = _Recorder("ps"), _Recorder("dense"), _Recorder("entry")
     applied: list[model_server_config_pb2.ModelServerConfig] = []
 
     async def apply(config: model_server_config_pb2.ModelServerConfig) -> None:
         applied.append(config)
 
-    servicer = UnifiedModelServicer(ps=ps, entry=_Entry(entry), apply_config=apply)
+    servicer = UnifiedModelServicer(ps=ps, dense=dense, entry=_Entry(entry), apply_config=apply)
 
     def status(name: str) -> get_model_status_pb2.GetModelStatusRequest:
         request = get_model_status_pb2.GetModelStatusRequest()
@@ -160,13 +180,14 @@ def test_model_service_dispatches_status_and_hands_reloads_over_whole() -> None:
         reply = await servicer.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config), None)
         return [
             await servicer.GetModelStatus(status("demo:ps_0"), None),
+            await servicer.GetModelStatus(status("demo:dense_0"), None),
             await servicer.GetModelStatus(status("demo:entry"), None),
             reply,
         ]
 
-    first, second, reply = asyncio.run(scenario())
-    assert (first, second) == ("ps:GetModelStatus", "entry:GetModelStatus")
+    *statuses, reply = asyncio.run(scenario())
+    assert statuses == ["ps:GetModelStatus", "dense:GetModelStatus", "entry:GetModelStatus"]
     assert reply == model_management_pb2.ReloadConfigResponse()
     assert [[m.name for m in c.model_config_list.config] for c in applied] == [["demo:entry", "demo:ps_0"]]
     with pytest.raises(NotFoundError):
-        asyncio.run(servicer.GetModelStatus(status("demo:dense_0"), None))
+        asyncio.run(servicer.GetModelStatus(status("demo:entry2"), None))

@@ -45,3 +45,18 @@ def positive_seconds(text: str) -> float:
     if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
         raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 and <= {MAX_SECONDS:g}, got {text!r}")
     return value
+
+
+# absl's spellings of a boolean flag's value (tfs_client's flags are absl flags), any case.
+_ABSL_TRUE = frozenset({"true", "t", "1"})
+_ABSL_FALSE = frozenset({"false", "f", "0"})
+
+
+def absl_bool(text: str) -> bool:
+    """The value of ``--flag=VALUE`` for a boolean flag, as absl reads it: true/t/1 or false/f/0."""
+    lowered = text.strip().lower()
+    if lowered in _ABSL_TRUE:
+        return True
+    if lowered in _ABSL_FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"must be true/t/1 or false/f/0, got {text!r}")

@@ -25,6 +25,7 @@ HASH48 = (1 << FID_V2_SLOT_SHIFT) - 1
 # Random fids are ``slot << 48 | k``: a k of 2**48 or more would spill into the slot bits.
 MAX_ROWS = HASH48 + 1
 INPUT_KINDS = ("instances", "example_batch", "examples")
+DEFAULT_SIGNATURE = "serving_default"
 
 
 @dataclass(frozen=True)
@@ -140,11 +141,15 @@ def encode(spec: ServingSpec, kind: str, examples: Sequence[LogicalExample]) -> 
 
 
 def predict_request(
-    model_name: str, inputs: dict[str, list[bytes]], *, version: int | None = None
+    model_name: str,
+    inputs: dict[str, list[bytes]],
+    *,
+    version: int | None = None,
+    signature_name: str = DEFAULT_SIGNATURE,
 ) -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
-    request.model_spec.signature_name = "serving_default"
+    request.model_spec.signature_name = signature_name
     if version is not None:
         request.model_spec.version.value = version
     for name, blobs in inputs.items():

@@ -1,13 +1,16 @@
 """Load generation: N concurrent workers send Predict for a fixed duration and record latencies.
 
-Workers share one channel (gRPC multiplexes them over one HTTP/2 connection) and cycle through a pool of
-prepared requests, so request building never shows up in the latency. ``ProfileResult`` reports count,
-errors, mean/p50/p99 latency and QPS.
+Workers share one channel per target (gRPC multiplexes them over one HTTP/2 connection) and cycle through a
+pool of prepared requests, so request building never shows up in the latency; with several targets the
+requests take turns among them (Monolith's tfs_client picks one at random per request). ``ProfileResult``
+reports count, errors, mean/p50/p99 latency and QPS. The percentiles are nearest-rank, as tfs_client computes
+its p99: the latency at index ``round((n - 1) * q)`` of the sorted latencies, a latency that was observed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -51,8 +54,8 @@ def summarize(
         count=len(lat_ms),
         errors=errors,
         mean_ms=round(float(lat_ms.mean()), 3) if has else 0.0,
-        p50_ms=round(float(np.percentile(lat_ms, 50)), 3) if has else 0.0,
-        p99_ms=round(float(np.percentile(lat_ms, 99)), 3) if has else 0.0,
+        p50_ms=round(float(np.percentile(lat_ms, 50, method="nearest")), 3) if has else 0.0,
+        p99_ms=round(float(np.percentile(lat_ms, 99, method="nearest")), 3) if has else 0.0,
         qps=round(len(lat_ms) / elapsed_s, 1) if elapsed_s > 0 else 0.0,
         first_error=first_error,
     )
@@ -71,7 +74,8 @@ async def wait_connected(channel: grpc.aio.Channel, target: str, timeout_s: floa
 
 async def run_profile(
     *,
-    target: str,
+    target: str | None = None,
+    targets: Sequence[str] = (),
     requests: Sequence[predict_pb2.PredictRequest],
     workers: int,
     duration_s: float,
@@ -81,15 +85,27 @@ async def run_profile(
 ) -> ProfileResult:
     """Runs the load; ``progress(elapsed_s, count, errors)`` is called about once a second.
 
-    Waits up to ``timeout_s`` for the connection first and raises UnavailableError when the target cannot be
-    reached by then. Raises ValueError for no requests or no workers."""
+    The load goes to ``target``, or to each of ``targets`` in turn (give one of them). Waits up to ``timeout_s``
+    for a connection to every target first and raises UnavailableError naming one that cannot be reached by then.
+    Raises ValueError for no target or both, no requests or no workers."""
+    if (target is None) == (not targets):
+        raise ValueError(f"give target or targets, got {target!r} and {targets!r}")
+    addresses = (target,) if target is not None else tuple(targets)
     if not requests or workers < 1:
         raise ValueError(f"need at least one request and one worker, got {len(requests)} and {workers}")
     payloads = [r.SerializeToString() for r in requests]
-    async with grpc.aio.insecure_channel(target, options=channel_options()) as channel:
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(grpc.aio.insecure_channel(address, options=channel_options()))
+            for address in addresses
+        ]
         # Send pre-serialized bytes so the client's own protobuf work stays out of the measurement.
-        call = channel.unary_unary(PREDICT_METHOD, request_serializer=None, response_deserializer=None)
-        await wait_connected(channel, target, timeout_s)
+        calls = [
+            channel.unary_unary(PREDICT_METHOD, request_serializer=None, response_deserializer=None)
+            for channel in channels
+        ]
+        for channel, address in zip(channels, addresses, strict=True):
+            await wait_connected(channel, address, timeout_s)
         latencies: list[float] = []
         errors = 0
         first_error = ""
@@ -104,6 +120,7 @@ async def run_profile(
                 if recording and now >= stop_at:
                     return
                 payload = payloads[k % len(payloads)]
+                call = calls[k % len(calls)]
                 k += 1
                 try:
                     await call(payload, timeout=timeout_s)

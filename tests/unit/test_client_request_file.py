@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from monolith_serving.client.cli import DEFAULT_MODEL, build_requests, configure
+from monolith_serving.client.cli import DEFAULT_MODEL, build_requests, configure, settings_from_args
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
@@ -37,8 +37,7 @@ def write_request(path: Path, *, name: str = "", version: int | None = None, lab
 
 def sent(*argv: str) -> predict_pb2.PredictRequest:
     """The one request ``argv`` sends (predict and profile build them alike)."""
-    args = parse(*argv)
-    (request,) = build_requests(args, 1 if args.action == "predict" else args.num_requests)
+    (request,) = build_requests(settings_from_args(parse(*argv), {}))
     return request
 
 

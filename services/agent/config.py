@@ -357,8 +357,8 @@ def v1_plan(config: AgentConfig, *, work_dir: Path) -> V1Plan:
 
 
 def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
-    """The unified container's model server; its models (entry and ps_i) come from the layout at run time.
-    Its entry core asks this agent for PS replicas."""
+    """The unified container's model server; its models (entry, ps_i, dense_i) come from the layout at run time.
+    Its entry core asks this agent for PS and dense replicas."""
     port = _require_port(config.tfs_grpc_port, "tfs_grpc_port (PORT3)")
     _require_port(config.agent_port, "agent_port (PORT2)")
     return ServerLaunchSpec(
@@ -379,8 +379,11 @@ def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
     )
 
 
-def local_replicas(config: AgentConfig, spec: ServerLaunchSpec, *, host: str) -> tuple[LocalReplica, ...]:
-    """The v1 registry nodes of one child (dc_aware adds idc/cluster to the path).
+def local_replicas(
+    config: AgentConfig, spec: ServerLaunchSpec, *, host: str, replica_id: int | None = None
+) -> tuple[LocalReplica, ...]:
+    """The v1 registry nodes of one child (dc_aware adds idc/cluster to the path), under ``replica_id`` (default:
+    ``config.replica_id``; the v1 agent passes the id its entry adopted when the environment gave none).
 
     ``archon_address`` is always written, as Monolith does (its readers put it into address lists unchecked): on the
     child's archon port (``spec.archon_port``: PORT, or PORT7 / PORT10 for the PS / dense of a mixed pod, as Monolith
@@ -400,7 +403,7 @@ def local_replicas(config: AgentConfig, spec: ServerLaunchSpec, *, host: str) ->
                 base_name=config.base_name,
                 server_type=r.server_type,
                 task=r.task,
-                replica_id=config.replica_id,
+                replica_id=config.replica_id if replica_id is None else replica_id,
                 idc=idc,
                 cluster=cluster,
             ),

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from monolith_serving.agent.config import (
+    ServerKind,
     V1Plan,
     assign_free_ports,
     container_identity,
@@ -36,7 +37,7 @@ from monolith_serving.agent.metrics import AgentMetrics
 from monolith_serving.agent.registry_writes import WriteTrackingDiscovery
 from monolith_serving.agent.runtime import AgentOptions, AgentRuntime
 from monolith_serving.agent.supervisor import ChildSupervisor, RestartPolicy
-from monolith_serving.agent.v1_agent import V1Agent
+from monolith_serving.agent.v1_agent import ReplicaIdentity, V1Agent
 from monolith_serving.agent.v3_agent import V3Agent
 from monolith_serving.core.agent_conf import (
     AgentConfig,
@@ -48,6 +49,7 @@ from monolith_serving.core.agent_conf import (
 from monolith_serving.core.cli_flags import add_flag, flag_type, parse_port
 from monolith_serving.core.grpc_server import run_async_main
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
+from monolith_serving.core.zk_paths import UNSET_REPLICA_ID
 from monolith_serving.discovery.addresses import host_address_family
 from monolith_serving.discovery.agent_view import ResourceSampler, WatcherReplicaView
 from monolith_serving.discovery.config import discovery_config_from_agent
@@ -122,7 +124,7 @@ def prepare(args: argparse.Namespace, environ: dict[str, str]) -> Prepared:
         layout_watch_path(config)  # validates layout_pattern now
     elif config.agent_version == 1:
         plan = v1_plan(config, work_dir=work_dir)
-        _warn_without_replica_id(config, environ)
+        _warn_without_replica_id(config, plan)
     else:
         raise ConfError(f"{config.where('agent_version')}: key 'agent_version': only 1 and 3 are supported")
     unused = unused_conf_keys(config)
@@ -143,15 +145,18 @@ def prepare(args: argparse.Namespace, environ: dict[str, str]) -> Prepared:
     )
 
 
-def _warn_without_replica_id(config: AgentConfig, environ: dict[str, str]) -> None:
-    """Two v1 agents registering the same tasks under one replica id replace each other's nodes (the last writer
-    wins), so routers see one of them at a time. Monolith's entry registers a sequential node when it has no id;
-    ours registers id 0, so say so where an operator looks first."""
-    if config.discovery is DiscoveryKind.STATIC or environ.get("REPLICA_ID") or environ.get("MY_POD_NAME"):
+def _warn_without_replica_id(config: AgentConfig, plan: V1Plan) -> None:
+    """Without a replica id a v1 agent registers as Monolith's does: one with an entry takes a sequential node and
+    adopts its number (unique), one without registers its PS / dense nodes as ``-1``. Two of the latter serving the
+    same tasks write the same nodes and replace each other (the last writer wins), so routers see one of them at a
+    time: say so where an operator looks first."""
+    has_entry = any(spec.kind is ServerKind.ENTRY for spec in plan.servers)
+    if config.discovery is DiscoveryKind.STATIC or config.replica_id != UNSET_REPLICA_ID or has_entry:
         return
     log.warning(
-        "neither REPLICA_ID nor MY_POD_NAME is set: this agent registers its replicas as replica 0 of bzid %s; a "
-        "second agent serving the same tasks without an id of its own would replace these nodes (set REPLICA_ID)",
+        "neither REPLICA_ID nor MY_POD_NAME is set: this agent registers its replicas as replica -1 of bzid %s (as "
+        "Monolith's agent does); a second agent serving the same tasks without an id of its own would replace these "
+        "nodes (set REPLICA_ID or MY_POD_NAME)",
         config.bzid,
     )
 
@@ -161,6 +166,7 @@ def _build(prepared: Prepared, metrics: AgentMetrics) -> tuple[Agent, ChildSuper
     assert config.bzid is not None and config.agent_port is not None
     discovery_metrics = DiscoveryMetrics(metrics.registry)
     discovery = WriteTrackingDiscovery(create_discovery(discovery_config_from_agent(config)), metrics)
+    identity = ReplicaIdentity(config.replica_id)  # a v1 agent without an id adopts its entry's number
     v3 = config.agent_version == 3
     watcher = ReplicaWatcher(
         discovery=discovery,
@@ -187,7 +193,7 @@ def _build(prepared: Prepared, metrics: AgentMetrics) -> tuple[Agent, ChildSuper
         resource=ResourceSampler(
             address=f"{options.advertise_host}:{config.tfs_grpc_port}",
             shard_id=config.shard_id,
-            replica_id=config.replica_id,
+            replica_id=identity.current,
         ),
         agent_port=config.agent_port,
         supervisor=supervisor,
@@ -206,7 +212,13 @@ def _build(prepared: Prepared, metrics: AgentMetrics) -> tuple[Agent, ChildSuper
         )
     else:
         assert prepared.plan is not None
-        agent = V1Agent(config=config, plan=prepared.plan, runtime=runtime, discovery_metrics=discovery_metrics)
+        agent = V1Agent(
+            config=config,
+            plan=prepared.plan,
+            runtime=runtime,
+            discovery_metrics=discovery_metrics,
+            identity=identity,
+        )
     return agent, supervisor
 
 

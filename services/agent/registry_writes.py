@@ -51,6 +51,11 @@ class WriteTrackingDiscovery(Discovery):
         await self._inner.register_ephemeral(path, data)
         self._wrote()
 
+    async def register_ephemeral_sequential(self, path_prefix: str, data: bytes) -> str:
+        path = await self._inner.register_ephemeral_sequential(path_prefix, data)
+        self._wrote()
+        return path
+
     async def update_ephemeral(self, path: str, data: bytes) -> None:
         await self._inner.update_ephemeral(path, data)
         self._wrote()

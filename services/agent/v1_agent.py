@@ -7,6 +7,12 @@ Start-up, in order:
    an entry first waits until every PS task 0..num_ps-1 (and, with dense_alone, dense:0) has an
    AVAILABLE replica, at most ``max_waiting_sec`` (after that it starts anyway and gates requests itself).
 
+Without a replica id (neither REPLICA_ID nor MY_POD_NAME) the agent does what Monolith's does
+(``replica_manager.ReplicaUpdater.register``): an agent with an entry registers ``entry:0/0`` as a sequential
+node before its first registration and adopts the node's number as its replica id for every node (so in a mixed
+pod the PS nodes follow the entry's number; the node comes back under the same number after a session loss);
+an agent without an entry registers its PS / dense nodes as ``-1``.
+
 Stop (SIGTERM/SIGINT): delete our registry nodes first, wait ``drain_s`` so routers stop sending,
 then stop the children, AgentService and the session. A child restarted by the supervisor keeps its
 nodes; while it is down its ``stat`` turns UNKNOWN (its status poll fails), then AVAILABLE again.
@@ -25,13 +31,37 @@ from monolith_serving.agent.model_config_writer import write_model_config
 from monolith_serving.agent.runtime import AgentRuntime
 from monolith_serving.agent.supervisor import ChildSpec
 from monolith_serving.core.agent_conf import AgentConfig
-from monolith_serving.core.zk_paths import ServerType
+from monolith_serving.core.errors import UnavailableError
+from monolith_serving.core.zk_paths import UNSET_REPLICA_ID, ServerType
 from monolith_serving.discovery.metrics import DiscoveryMetrics
-from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater
+from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater, claim_entry_replica
 
-__all__ = ["V1Agent"]
+__all__ = ["ReplicaIdentity", "V1Agent"]
 
 log = logging.getLogger(__name__)
+
+# Pause before trying again to claim the entry's sequential node after the registry failed the call.
+_CLAIM_RETRY_S = 1.0
+
+
+class ReplicaIdentity:
+    """This agent's replica id, read by whoever reports it (GetResource): the configured one, else ``-1`` until the
+    entry's sequential node gives one (Monolith's ``AgentConfig.replica_id`` after its first registration)."""
+
+    def __init__(self, configured: int) -> None:
+        self._replica_id = configured
+
+    def current(self) -> int:
+        return self._replica_id
+
+    @property
+    def known(self) -> bool:
+        return self._replica_id != UNSET_REPLICA_ID
+
+    def adopt(self, replica_id: int) -> None:
+        if self.known:
+            raise ValueError(f"replica id is {self._replica_id} already; cannot adopt {replica_id}")
+        self._replica_id = replica_id
 
 
 class V1Agent:
@@ -44,11 +74,14 @@ class V1Agent:
         plan: V1Plan,
         runtime: AgentRuntime,
         discovery_metrics: DiscoveryMetrics | None = None,
+        identity: ReplicaIdentity | None = None,
     ) -> None:
         self._config = config
         self._plan = plan
         self._runtime = runtime
         self._discovery_metrics = discovery_metrics or DiscoveryMetrics()
+        self._identity = identity or ReplicaIdentity(config.replica_id)
+        self._claimed_entry: LocalReplica | None = None  # registered by the claim, until the entry's updater has it
         self._clients: dict[int, LocalServerClient] = {}  # by child port
         self._updaters: list[ReplicaUpdater] = []
         self._gauge_task: asyncio.Task[None] | None = None
@@ -92,15 +125,50 @@ class V1Agent:
         await self._runtime.supervisor.wait_ready(spec.name, self._runtime.options.child_ready_timeout_s)
         log.info("child %s answers on port %d; registering %d replicas", spec.name, spec.grpc_port, len(spec.replicas))
         self._clients[spec.grpc_port] = LocalServerClient(f"127.0.0.1:{spec.grpc_port}")
+        if not self._identity.known and self._entry_spec() is not None:
+            await self._claim_entry_node()
         updater = ReplicaUpdater(
             discovery=self._runtime.discovery,
-            replicas=local_replicas(self._config, spec, host=self._runtime.options.advertise_host),
+            replicas=local_replicas(
+                self._config, spec, host=self._runtime.options.advertise_host, replica_id=self._identity.current()
+            ),
             status_source=self._status,
             interval_s=self._config.update_model_status_interval,
             metrics=self._discovery_metrics,
         )
         await updater.start()
         self._updaters.append(updater)
+        if spec.kind is ServerKind.ENTRY:
+            self._claimed_entry = None  # the entry's updater registered the same path and owns it now
+
+    def _entry_spec(self) -> ServerLaunchSpec | None:
+        return next((s for s in self._plan.servers if s.kind is ServerKind.ENTRY), None)
+
+    async def _claim_entry_node(self) -> None:
+        """Take the entry's sequential node and adopt its number; waits for the registry as long as it takes (the
+        nodes to register need the number)."""
+        spec = self._entry_spec()
+        assert spec is not None
+        host = self._runtime.options.advertise_host
+        (template,) = local_replicas(self._config, spec, host=host, replica_id=UNSET_REPLICA_ID)
+        discovery, timeout_s = self._runtime.discovery, self._runtime.options.connect_timeout_s
+        while True:
+            if not await discovery.wait_connected(timeout_s):
+                log.warning("registry not connected after %.0f s; the entry's sequential node waits for it", timeout_s)
+                continue
+            try:
+                claimed = await claim_entry_replica(discovery, template)
+                break
+            except UnavailableError as exc:
+                log.warning("could not create the entry's sequential node (%s); retrying", exc.message)
+                await asyncio.sleep(_CLAIM_RETRY_S)
+        self._claimed_entry = claimed
+        self._identity.adopt(claimed.path.replica_id)
+        log.info(
+            "no REPLICA_ID or MY_POD_NAME: the entry's sequential node %s makes this agent replica %d",
+            claimed.path.path,
+            claimed.path.replica_id,
+        )
 
     async def _status(self, replica: LocalReplica) -> list[int]:
         port = int(replica.address.rsplit(":", 1)[1])
@@ -123,6 +191,11 @@ class V1Agent:
                 await updater.stop()
             except Exception:
                 log.exception("deregistering failed; nodes vanish with the session")
+        if self._claimed_entry is not None:  # stopped before the entry started (e.g. while it waited for the PS)
+            try:
+                await self._runtime.discovery.unregister(self._claimed_entry.path.path)
+            except Exception:
+                log.exception("deregistering the entry's node failed; it vanishes with the session")
         self._runtime.metrics.registration_ready.set(0)
         if self._updaters:
             log.info("deregistered; draining %.1f s before stopping children", self._runtime.options.drain_s)

@@ -17,8 +17,8 @@ See docs/agent_conf.md for the key table and the defaults chosen where Monolith 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,6 +36,7 @@ from monolith_serving.core.conf_syntax import (
     parse_int,
 )
 from monolith_serving.core.errors import FailedPreconditionError
+from monolith_serving.core.zk_paths import UNSET_REPLICA_ID
 
 __all__ = [
     "DEFAULT_FETCH_PS_RETRY",
@@ -156,7 +157,7 @@ class AgentConfig:
     tfs_ps_ports: ServerPorts | None = None
     tfs_dense_ports: ServerPorts | None = None
     shard_id: int = 0
-    replica_id: int = 0
+    replica_id: int = UNSET_REPLICA_ID  # -1: none given (a v1 entry then adopts its sequential node's number)
     host_ip: str | None = None
     host_ipv6: str | None = None
     pod_name: str | None = None
@@ -320,7 +321,7 @@ _MINIMUMS: Mapping[str, float] = {
     "num_unload_threads": 0,
     "grpc_max_threads": 0,
     "shard_id": 0,
-    "replica_id": 0,
+    "replica_id": UNSET_REPLICA_ID,
 }
 _PORT_FIELDS = ("archon_port", "agent_port", "tfs_grpc_port", "tfs_http_port")
 _SERVER_LAUNCHING = frozenset({DeployType.ENTRY, DeployType.PS, DeployType.DENSE, DeployType.MIXED})
@@ -466,11 +467,13 @@ def _check_file_rules(config: AgentConfig) -> None:
 
 
 def replica_id_from_pod_name(pod_name: str) -> int:
-    """Stable replica id for a pod: CRC-32 (zlib/IEEE) of the UTF-8 name, mod 2**31.
+    """The replica id Monolith derives from a pod name (``utils.replica_id_from_pod_name``): hex digits 10..19 of
+    the MD5 of the UTF-8 name, read as an integer.
 
-    Stable across processes and Python versions (unlike ``hash()``); non-negative and fits an int32.
+    Registry paths carry it, so our agent and Monolith's must give one pod the same node. Stable across processes
+    and Python versions (unlike ``hash()``); in ``0 .. 2**40 - 1``, so it need not fit an int32.
     """
-    return zlib.crc32(pod_name.encode("utf-8")) % (2**31)
+    return int(hashlib.md5(pod_name.encode("utf-8")).hexdigest()[10:20], 16)
 
 
 def _env_str(env: Mapping[str, str], name: str) -> str | None:
@@ -514,7 +517,9 @@ def resolve_environment(config: AgentConfig, env: Mapping[str, str]) -> AgentCon
     - ports: conf value wins, else PORT (archon), PORT2 (agent), PORT3 (main gRPC), PORT4 (HTTP);
       mixed mode also reads PORT5-7 (ps gRPC/HTTP/archon) and, with dense_alone, PORT8-10 (dense).
     - num_shard: conf value, else MONOLITH_HOST_SHARD_N, else 1; conf and env disagreeing is an error.
-    - shard_id: SHARD_ID, else 0. replica_id: REPLICA_ID, else crc32(MY_POD_NAME) mod 2**31, else 0.
+    - shard_id: SHARD_ID, else 0. replica_id: REPLICA_ID (``-1`` counts as unset, as in Monolith), else
+      :func:`replica_id_from_pod_name` of MY_POD_NAME, else ``UNSET_REPLICA_ID`` (-1). Monolith's v1 agent reads
+      only MY_POD_NAME; we read REPLICA_ID for every agent_version (a superset).
     - host_ip/host_ipv6/pod_name/psm: MY_HOST_IP, MY_HOST_IPV6, MY_POD_NAME, TCE_PSM.
     - idc: TCE_INTERNAL_IDC; cluster: TCE_LOGICAL_CLUSTER, else TCE_CLUSTER, else TCE_PHYSICAL_CLUSTER (Monolith's
       order); both lower-cased; required when dc_aware.
@@ -537,9 +542,9 @@ def resolve_environment(config: AgentConfig, env: Mapping[str, str]) -> AgentCon
     shard_id = _env_int(env, "SHARD_ID")
     if shard_id is not None:
         changes["shard_id"] = shard_id
-    replica_id = _env_int(env, "REPLICA_ID")
+    replica_id = _env_int(env, "REPLICA_ID", minimum=UNSET_REPLICA_ID)
     pod_name = _env_str(env, "MY_POD_NAME")
-    if replica_id is None and pod_name is not None:
+    if replica_id in (None, UNSET_REPLICA_ID) and pod_name is not None:
         replica_id = replica_id_from_pod_name(pod_name)
     if replica_id is not None:
         changes["replica_id"] = replica_id

@@ -5,7 +5,9 @@ v1 service registry (one ephemeral node per serving replica)::
     /{bzid}/service/{base_name}/{server_type}:{task}/{replica_id}
     /{bzid}/service/{base_name}/{idc}:{cluster}/{server_type}:{task}/{replica_id}   (dc_aware)
 
-Entry replica ids are written zero-padded to 11 digits, ps/dense ones as plain decimal.
+Entry replica ids are written zero-padded to 11 digits, ps/dense ones as plain decimal. The replica id
+``-1`` (:data:`UNSET_REPLICA_ID`) is Monolith's "no id": its PS and dense write the leaf ``-1``; its entry
+never does (it takes a sequential node and adopts that number instead).
 
 v3 (unified containers)::
 
@@ -29,6 +31,7 @@ from typing import NamedTuple
 from monolith_serving.core.errors import InvalidArgumentError
 
 __all__ = [
+    "UNSET_REPLICA_ID",
     "BindingLeaf",
     "ContainerLeaf",
     "LayoutItemLeaf",
@@ -60,6 +63,8 @@ __all__ = [
 ]
 
 ENTRY_REPLICA_ID_WIDTH = 11
+# Monolith's replica id when neither REPLICA_ID nor MY_POD_NAME gives one (utils.replica_id_from_pod_name).
+UNSET_REPLICA_ID = -1
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -90,6 +95,12 @@ def _parse_decimal(text: str, what: str, path: str) -> int:
     if not _DIGITS.fullmatch(text):
         raise InvalidArgumentError(f"bad {what} {text!r} in path {path!r}")
     return int(text)
+
+
+def _parse_replica_id(text: str, path: str) -> int:
+    if text == str(UNSET_REPLICA_ID):
+        return UNSET_REPLICA_ID
+    return _parse_decimal(text, "replica id", path)
 
 
 # --------------------------------------------------------------------------- v1 service registry
@@ -161,7 +172,13 @@ class ReplicaPath:
             raise InvalidArgumentError(f"bad server type {self.server_type!r}") from None
         # service_root/task_key validate names, task and the idc/cluster pairing.
         task_path(self.bzid, self.base_name, self.server_type, self.task, self.idc, self.cluster)
-        _non_negative(self.replica_id, "replica_id")
+        if self.replica_id < 0 and self.replica_id != UNSET_REPLICA_ID:
+            raise InvalidArgumentError(f"bad replica_id {self.replica_id}: must be >= 0, or -1 (no replica id)")
+
+    @property
+    def has_id(self) -> bool:
+        """False for the leaf ``-1`` (a replica started without a replica id)."""
+        return self.replica_id != UNSET_REPLICA_ID
 
     @property
     def dc_aware(self) -> bool:
@@ -174,8 +191,8 @@ class ReplicaPath:
 
     @property
     def replica_name(self) -> str:
-        """The leaf: entry ids zero-padded to 11 digits, others plain decimal."""
-        if self.server_type is ServerType.ENTRY:
+        """The leaf: entry ids zero-padded to 11 digits, others plain decimal; ``-1`` is never padded."""
+        if self.server_type is ServerType.ENTRY and self.has_id:
             return f"{self.replica_id:0{ENTRY_REPLICA_ID_WIDTH}d}"
         return str(self.replica_id)
 
@@ -187,7 +204,9 @@ class ReplicaPath:
     def parse(cls, path: str) -> ReplicaPath:
         """Parse a v1 replica path (either layout); InvalidArgumentError naming ``path`` otherwise.
 
-        Replica ids with non-canonical padding are accepted (``.path`` then re-pads them).
+        Replica ids with non-canonical padding are accepted (``.path`` then re-pads them), and so is the leaf
+        ``-1`` (Monolith's readers take any leaf ``int()`` accepts; ``-1`` is the only non-canonical one its
+        writers produce). Other signed leaves are refused.
         """
         parts = path.split("/")
         if len(parts) not in (6, 7) or parts[0] != "" or parts[2] != "service":
@@ -208,7 +227,7 @@ class ReplicaPath:
                 base_name=parts[3],
                 server_type=key.server_type,
                 task=key.task,
-                replica_id=_parse_decimal(parts[-1], "replica id", path),
+                replica_id=_parse_replica_id(parts[-1], path),
                 idc=idc,
                 cluster=cluster,
             )

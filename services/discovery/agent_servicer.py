@@ -16,7 +16,13 @@ from monolith_serving.core.zk_paths import ServerType
 from monolith_serving.discovery.agent_view import ReplicaView, ResourceSample
 from monolith_serving.proto_gen.monolith.agent_service import agent_service_pb2, agent_service_pb2_grpc
 
-__all__ = ["MODEL_NAME_METADATA", "AgentServiceServicer", "add_agent_service", "server_type_from_proto"]
+__all__ = [
+    "MODEL_NAME_METADATA",
+    "AgentServiceServicer",
+    "add_agent_service",
+    "int32_of",
+    "server_type_from_proto",
+]
 
 MODEL_NAME_METADATA = "model_name"
 
@@ -32,6 +38,13 @@ def server_type_from_proto(value: int) -> ServerType:
         return _SERVER_TYPES[value]
     except KeyError:
         raise InvalidArgumentError(f"unknown server_type {value}") from None
+
+
+def int32_of(value: int) -> int:
+    """``value`` in an int32 field as a reader decodes it when the whole value is sent (protobuf: the low 32 bits,
+    two's complement). GetResource's replica_id is an int32, but a replica id derived from a pod name takes 40 bits
+    (Monolith's own servicer fails the call on such an id); an id that fits is unchanged."""
+    return (value + 2**31) % 2**32 - 2**31
 
 
 def _model_from_metadata(context: grpc.aio.ServicerContext) -> str:
@@ -75,7 +88,7 @@ class AgentServiceServicer(agent_service_pb2_grpc.AgentServiceServicer):  # type
         return agent_service_pb2.GetResourceResponse(
             address=sample.address,
             shard_id=sample.shard_id,
-            replica_id=sample.replica_id,
+            replica_id=int32_of(sample.replica_id),
             memory=sample.memory_bytes,
             cpu=sample.cpu,
             network=sample.network,

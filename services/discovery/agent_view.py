@@ -168,10 +168,12 @@ class ResourceSampler:
         *,
         address: str,
         shard_id: int = 0,
-        replica_id: int = 0,
+        replica_id: int | Callable[[], int] = 0,
         meminfo: Path = Path("/proc/meminfo"),
         load_per_cpu: Callable[[], float] = _load_per_cpu,
     ) -> None:
+        """``replica_id`` may be a callable: a v1 agent without a replica id learns it from the registry after
+        start-up (its entry's sequential node), and GetResource reports it from then on."""
         self._address = address
         self._shard_id = shard_id
         self._replica_id = replica_id
@@ -183,7 +185,7 @@ class ResourceSampler:
         return ResourceSample(
             address=self._address,
             shard_id=self._shard_id,
-            replica_id=self._replica_id,
+            replica_id=self._replica_id() if callable(self._replica_id) else self._replica_id,
             memory_bytes=read_mem_available_bytes(self._meminfo),
             cpu=load,
             network=0.0,

@@ -9,7 +9,8 @@ Guarantees common to all backends:
   handed over with ``loop.call_soon_threadsafe``; they must not block. An exception in a listener is
   logged and does not stop later events.
 - Ephemeral registrations are *desired state*: the backend re-creates them after a session loss and
-  writes them as soon as a connection exists, so callers never re-register by hand.
+  writes them as soon as a connection exists, so callers never re-register by hand. A sequential one
+  (``register_ephemeral_sequential``) gets its number once; after a loss it comes back under that same path.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from dataclasses import dataclass
 from types import TracebackType
 
 log = logging.getLogger(__name__)
+
+# Digits of the counter a sequential node's name ends with (ZooKeeper's ``%010d``).
+SEQUENCE_DIGITS = 10
 
 
 class SessionState(enum.StrEnum):
@@ -90,6 +94,17 @@ class Discovery(abc.ABC):
 
         Written now if connected, else on connect; re-created after every session loss until
         ``unregister``. Replaces a stale node left at ``path`` by an expired session of ours.
+        """
+
+    @abc.abstractmethod
+    async def register_ephemeral_sequential(self, path_prefix: str, data: bytes) -> str:
+        """Create an ephemeral *sequential* node now and return its path: ``path_prefix`` followed by the parent's
+        next counter value in ``SEQUENCE_DIGITS`` digits (ZooKeeper's ``create(sequence=True)``). The counter
+        never repeats while the parent lives, so two clients never get the same path.
+
+        From then on the returned path is a registration like ``register_ephemeral``'s (``update_ephemeral``,
+        ``unregister``), re-created at that *same* path after a session loss: it keeps its number. Needs a live
+        session: UnavailableError when there is none (nothing is queued, as the name is not known yet).
         """
 
     @abc.abstractmethod

@@ -12,6 +12,12 @@ new session is created and every registration is re-acquired, as with a ZooKeepe
 outlives an outage gets what the outage kept from Consul: every registration is re-written on SUSPENDED ->
 CONNECTED, and writes or deletes that failed are retried after each successful renew (an outage shorter than
 the renew interval never shows as SUSPENDED).
+
+Sequential nodes: ZooKeeper numbers them with a counter of the parent node. Here the counter is a key
+``<parent>/.sequence`` (:data:`SEQUENCE_COUNTER_NAME`) holding the next number in decimal, taken with a
+check-and-set (``?cas=<ModifyIndex>``, ``cas=0`` to create it): of two clients reading the same value only one
+write succeeds, the other reads again, so no number is handed out twice. The node is then acquired by the session
+like any ephemeral. Every read of this backend hides the counter keys, as ZooKeeper's counter is not a node.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import consul
 from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.discovery.base import (
+    SEQUENCE_DIGITS,
     SessionState,
     SubtreeDiffer,
     WatchHandle,
@@ -46,6 +53,11 @@ T = TypeVar("T")
 # requests' errors derive from OSError; ConsulException covers 5xx and client errors.
 _TRANSIENT: tuple[type[BaseException], ...] = (OSError, consul.ConsulException)
 
+# Name of the key under a parent that holds the parent's next sequence number (hidden from every read).
+SEQUENCE_COUNTER_NAME = ".sequence"
+# Check-and-set rounds before giving up: each failed round means another client took a number meanwhile.
+_SEQUENCE_ATTEMPTS = 100
+
 
 def path_to_key(path: str) -> str:
     """``/a/b`` → ``a/b`` (Consul keys must not start with a slash); ``/`` → ``""``."""
@@ -56,9 +68,31 @@ def key_to_path(key: str) -> str:
     return "/" + key.rstrip("/")
 
 
+def _is_sequence_counter(key: str) -> bool:
+    return key.rstrip("/").rpartition("/")[2] == SEQUENCE_COUNTER_NAME
+
+
+def _sequence_counter_key(prefix_key: str) -> str:
+    """The counter of the parent of ``prefix_key`` (one per parent, as ZooKeeper's)."""
+    parent, sep, _leaf = prefix_key.rpartition("/")
+    return f"{parent}{sep}{SEQUENCE_COUNTER_NAME}"
+
+
+def _counter_value(key: str, entry: dict[str, Any] | None) -> int:
+    if entry is None:
+        return 0
+    raw = entry.get("Value") or b"0"
+    text = raw.decode("ascii", errors="replace") if isinstance(raw, bytes) else str(raw)
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(f"consul key {key} should hold the next sequence number, holds {raw!r}")
+    return int(text)
+
+
 def _entries_to_nodes(entries: list[dict[str, Any]] | None) -> dict[str, bytes]:
     nodes: dict[str, bytes] = {}
     for entry in entries or []:
+        if _is_sequence_counter(str(entry["Key"])):
+            continue
         value = entry.get("Value")
         if isinstance(value, str):  # raw API responses are base64 text; py-consul decodes to bytes
             value = base64.b64decode(value)
@@ -228,6 +262,36 @@ class ConsulDiscovery(SessionBackend):
                 return
             self._unwritten.discard(path)
 
+    async def _create_sequential(self, path_prefix: str, data: bytes) -> str:
+        session_id = self._session_id
+        if session_id is None or self._state is not SessionState.CONNECTED:
+            raise UnavailableError(f"consul session not connected ({self._state.value}): {path_prefix}* not created")
+        try:
+            key = await self._run(self._claim_sequential_blocking, path_to_key(path_prefix), data, session_id)
+        except _TRANSIENT as exc:
+            raise UnavailableError(f"consul: sequential node {path_prefix}* not created: {exc!r}") from exc
+        return key_to_path(key)
+
+    def _claim_sequential_blocking(self, prefix_key: str, data: bytes, session_id: str) -> str:
+        counter_key = _sequence_counter_key(prefix_key)
+        for _ in range(_SEQUENCE_ATTEMPTS):
+            key = f"{prefix_key}{self._take_sequence_number_blocking(counter_key):0{SEQUENCE_DIGITS}d}"
+            if self._client.kv.put(key, data, acquire=session_id):
+                return key
+            # Held by another session: only after the counter was reset (its parent deleted) under a live node.
+            log.warning("sequential key %s is held by another session; taking the next number", key)
+        raise consul.ConsulException(f"no free sequential key under {prefix_key!r} in {_SEQUENCE_ATTEMPTS} tries")
+
+    def _take_sequence_number_blocking(self, counter_key: str) -> int:
+        """The counter's value, after raising it by one with a check-and-set (the number is ours alone)."""
+        for _ in range(_SEQUENCE_ATTEMPTS):
+            _index, entry = self._client.kv.get(counter_key)
+            number = _counter_value(counter_key, entry)
+            cas = int(entry["ModifyIndex"]) if entry is not None else 0  # 0: create only if still missing
+            if self._client.kv.put(counter_key, str(number + 1), cas=cas):
+                return number
+        raise consul.ConsulException(f"sequence counter {counter_key} kept changing in {_SEQUENCE_ATTEMPTS} tries")
+
     def _acquire_blocking(self, key: str, data: bytes, session_id: str) -> None:
         if self._client.kv.put(key, data, acquire=session_id):
             return
@@ -260,7 +324,7 @@ class ConsulDiscovery(SessionBackend):
         prefix = key + "/" if key else ""
         _index, keys = await self._call(self._client.kv.get, prefix, keys=True, separator="/")
         names = {k[len(prefix) :].rstrip("/") for k in keys or []}
-        return sorted(n for n in names if n)
+        return sorted(n for n in names if n and n != SEQUENCE_COUNTER_NAME)
 
     async def get_data(self, path: str) -> bytes | None:
         key = path_to_key(path)

@@ -4,12 +4,17 @@ Each local replica is an ephemeral v1 node holding ``ReplicaMeta`` JSON. Registr
 ``stat`` UNKNOWN; a poll loop asks the local model server for its version states every
 ``interval_s`` and rewrites the node when the chosen state changes. Session loss is handled by the
 Discovery backend (registrations are re-created on reconnect); this class only tracks readiness.
+
+A replica without a replica id (``-1``) registers as Monolith's does (``replica_manager.ReplicaUpdater``):
+a PS or dense under the leaf ``-1``; an entry never so, it takes a sequential node first
+(:func:`claim_entry_replica`) and is registered under the number that node got.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,8 +23,9 @@ from types import TracebackType
 
 import grpc
 
+from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.model_state import ModelState
-from monolith_serving.core.zk_paths import ReplicaPath
+from monolith_serving.core.zk_paths import ReplicaPath, ServerType
 from monolith_serving.discovery.base import Discovery, SessionState
 from monolith_serving.discovery.metrics import DiscoveryMetrics
 from monolith_serving.discovery.replica_meta import ReplicaMeta
@@ -50,6 +56,38 @@ class LocalReplica:
             archon_address=self.archon_address,
             archon_address_ipv6=self.archon_address_ipv6,
         )
+
+
+# Monolith's entry without a replica id creates ``{task_path}/0`` ephemeral and sequential: ZooKeeper appends its
+# 10-digit counter, so the leaf is an 11-digit entry id, and the entry adopts that number as its replica id.
+ENTRY_SEQUENCE_PREFIX = "0"
+
+
+def _is_unclaimed_entry(path: ReplicaPath) -> bool:
+    return path.server_type is ServerType.ENTRY and not path.has_id
+
+
+async def claim_entry_replica(discovery: Discovery, entry: LocalReplica) -> LocalReplica:
+    """Register ``entry``, an entry replica without a replica id, as Monolith's entry does and return it under the
+    id it adopted: the number of the sequential node ``{task_path}/0<counter>`` (stat UNKNOWN).
+
+    The node is a registration of ``discovery`` from then on, re-created at the same path after a session loss, so
+    the id stays (Monolith keeps the adopted id too). UnavailableError without a live session (nothing registered).
+    """
+    if not _is_unclaimed_entry(entry.path):
+        raise ValueError(f"only an entry without a replica id claims a sequential node, not {entry.path.path}")
+    prefix = f"{entry.path.task_path}/{ENTRY_SEQUENCE_PREFIX}"
+    created = await discovery.register_ephemeral_sequential(prefix, entry.meta(ModelState.UNKNOWN).to_json())
+    try:
+        adopted = dataclasses.replace(entry.path, replica_id=ReplicaPath.parse(created).replica_id)
+        if adopted.path != created:
+            raise InvalidArgumentError(f"sequential node {created} is not an 11-digit entry id")
+    except InvalidArgumentError:
+        await discovery.unregister(created)
+        raise
+    claimed = dataclasses.replace(entry, path=adopted)
+    await discovery.update_ephemeral(created, claimed.meta(ModelState.UNKNOWN).to_json())  # data names the id too
+    return claimed
 
 
 # Returns the ModelVersionStatus.State of every version of the replica's model, oldest version first
@@ -85,6 +123,10 @@ class ReplicaUpdater:
         paths = [r.path.path for r in replicas]
         if len(set(paths)) != len(paths):
             raise ValueError(f"duplicate replica paths: {paths}")
+        unclaimed = [r.path.path for r in replicas if _is_unclaimed_entry(r.path)]
+        if unclaimed:
+            # Monolith's entry never writes `entry:0/-1`; readers would not find two such entries apart.
+            raise ValueError(f"an entry without a replica id registers through claim_entry_replica: {unclaimed}")
         self._discovery = discovery
         self._replicas = tuple(replicas)
         self._status_source = status_source

@@ -2,7 +2,8 @@
 
 v1: ``(model, server_type, task) → AVAILABLE addresses`` from ``/{bzid}/service/...`` ReplicaMeta nodes.
 The address handed out is chosen as Monolith's readers choose it (``addresses.choose_address``), and a
-replica node named ``-1`` (a Monolith PS started without a replica id) is read like any other.
+replica node named ``-1`` (a PS or dense started without a replica id) is read like any other
+(``ReplicaPath.parse`` accepts it).
 v3: ``model:sub_graph → gRPC addresses`` from ``/{bzid}/binding/...`` joined with
 ``/{bzid}/container_service/...``.
 
@@ -22,7 +23,7 @@ import logging
 import random
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from types import TracebackType
 
 from monolith_serving.core.aio_wait import event_set_within, within
@@ -44,41 +45,7 @@ from monolith_serving.discovery.replica_meta import ContainerServiceInfo, Replic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["UNSET_REPLICA_ID", "ReplicaInfo", "ReplicaWatcher", "UnsetIdReplicaPath", "V3Binding", "parse_replica_node"]
-
-UNSET_REPLICA_ID = -1
-
-
-@dataclass(frozen=True)
-class UnsetIdReplicaPath(ReplicaPath):
-    """A replica node named ``-1``: Monolith's PS registers ``ps:{task}/-1`` when it has no replica id
-    (neither REPLICA_ID nor MY_POD_NAME set). Read side only; ``ReplicaPath`` itself requires ids >= 0."""
-
-    def __post_init__(self) -> None:
-        if self.replica_id != UNSET_REPLICA_ID:
-            raise InvalidArgumentError(f"bad replica_id {self.replica_id}: this path type is for -1 only")
-        # Validate every other field as ReplicaPath does (and normalise server_type the same way).
-        checked = ReplicaPath(self.bzid, self.base_name, self.server_type, self.task, 0, self.idc, self.cluster)
-        object.__setattr__(self, "server_type", checked.server_type)
-
-    @property
-    def replica_name(self) -> str:
-        return str(UNSET_REPLICA_ID)  # never zero-padded
-
-
-def parse_replica_node(path: str) -> ReplicaPath:
-    """``ReplicaPath.parse`` that also accepts the leaf ``-1`` (as an ``UnsetIdReplicaPath``).
-
-    Monolith's readers take any leaf ``int()`` accepts; ``-1`` is the only non-canonical one its writers
-    produce. InvalidArgumentError naming ``path`` otherwise.
-    """
-    head, sep, leaf = path.rpartition("/")
-    if not sep or leaf != str(UNSET_REPLICA_ID):
-        return ReplicaPath.parse(path)
-    parsed = ReplicaPath.parse(f"{head}/0")
-    values = {f.name: getattr(parsed, f.name) for f in fields(parsed)}
-    values["replica_id"] = UNSET_REPLICA_ID
-    return UnsetIdReplicaPath(**values)
+__all__ = ["ReplicaInfo", "ReplicaWatcher", "V3Binding"]
 
 
 @dataclass(frozen=True)
@@ -252,7 +219,7 @@ class ReplicaWatcher:
             self._malformed.pop(path, None)
             return
         try:
-            replica_path = parse_replica_node(path)
+            replica_path = ReplicaPath.parse(path)
         except InvalidArgumentError:
             # Intermediate nodes without children (an emptied `ps:0`) are leaves too; not replicas.
             log.debug("ignoring non-replica node %s", path)

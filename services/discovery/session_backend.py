@@ -79,6 +79,15 @@ class SessionBackend(Discovery, abc.ABC):
         self._pending_deletes.discard(path)
         await self._write_ephemeral(path)
 
+    async def register_ephemeral_sequential(self, path_prefix: str, data: bytes) -> str:
+        path = await self._create_sequential(normalize_path(path_prefix), data)
+        self._ephemerals[path] = data
+        self._pending_deletes.discard(path)
+        # A session lost right after the create took the node along, and the reconnect's reconcile may have run
+        # before the line above: writing once more puts it back at the same path (nothing to do when it is there).
+        await self._write_ephemeral(path)
+        return path
+
     async def update_ephemeral(self, path: str, data: bytes) -> None:
         path = normalize_path(path)
         if path not in self._ephemerals:
@@ -91,6 +100,11 @@ class SessionBackend(Discovery, abc.ABC):
         self._ephemerals.pop(path, None)
         self._pending_deletes.add(path)
         await self._delete_ephemeral(path)
+
+    @abc.abstractmethod
+    async def _create_sequential(self, path_prefix: str, data: bytes) -> str:
+        """Creates the next sequential node under ``path_prefix`` as this session's ephemeral and returns its path;
+        UnavailableError when there is no session or the server cannot be reached."""
 
     @abc.abstractmethod
     async def _write_ephemeral(self, path: str) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from monolith_serving.discovery.base import (
+    SEQUENCE_DIGITS,
     Discovery,
     SessionState,
     StateListener,
@@ -47,6 +48,7 @@ class StaticDiscovery(Discovery):
         self._nodes: dict[str, bytes] = load_static_nodes(config) if config else {}
         self._nodes.update({normalize_path(p): d for p, d in (nodes or {}).items()})
         self._ephemerals: set[str] = set()
+        self._sequences: dict[str, int] = {}  # parent path -> its next sequence number
         self._watches: list[_StaticWatch] = []
         self._state = SessionState.SUSPENDED
         self._state_listeners: list[StateListener] = []
@@ -82,6 +84,15 @@ class StaticDiscovery(Discovery):
         path = normalize_path(path)
         self._ephemerals.add(path)
         self._write(path, data)
+
+    async def register_ephemeral_sequential(self, path_prefix: str, data: bytes) -> str:
+        prefix = normalize_path(path_prefix)
+        parent = prefix.rsplit("/", 1)[0] or "/"
+        number = self._sequences.get(parent, 0)
+        self._sequences[parent] = number + 1
+        path = f"{prefix}{number:0{SEQUENCE_DIGITS}d}"
+        await self.register_ephemeral(path, data)
+        return path
 
     async def update_ephemeral(self, path: str, data: bytes) -> None:
         path = normalize_path(path)

@@ -166,6 +166,16 @@ class ZkDiscovery(SessionBackend):
         with contextlib.suppress(NoNodeError):
             self._client.delete(path)
 
+    async def _create_sequential(self, path_prefix: str, data: bytes) -> str:
+        self._require_connected()
+        try:
+            path: str = await self._run(
+                self._client.create, path_prefix, data, ephemeral=True, sequence=True, makepath=True
+            )
+        except _TRANSIENT as exc:
+            raise UnavailableError(f"zookeeper: sequential node {path_prefix}* not created: {exc!r}") from exc
+        return path
+
     async def _write_ephemeral(self, path: str) -> None:
         async with self._ephemeral_lock:
             data = self._ephemerals.get(path)

@@ -19,10 +19,10 @@ import consul
 import pytest
 from consul_double import ConsulTarget
 
-from monolith_serving.core.zk_paths import ReplicaPath, ServerType
+from monolith_serving.core.zk_paths import UNSET_REPLICA_ID, ReplicaPath, ServerType
 from monolith_serving.discovery import DiscoveryConfig, EventKind, ModelState, SessionState, WatchEvent
-from monolith_serving.discovery.consul_kv import ConsulDiscovery
-from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater
+from monolith_serving.discovery.consul_kv import SEQUENCE_COUNTER_NAME, ConsulDiscovery
+from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater, claim_entry_replica
 from monolith_serving.discovery.replica_watcher import ReplicaWatcher
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -355,6 +355,87 @@ def test_replica_roles_over_consul(consul_target: ConsulTarget) -> None:
                 await eventually(lambda: watcher.get_all_replicas() == expected, what="both available")
             assert await reader.get_children(f"/{bzid}/service/iptv/ps:0") == ["99"]
             raw.kv.delete(bzid, recurse=True)
+
+    run(body)
+
+
+# ------------------------------------------------------------------------------- entries without a replica id
+
+
+def _unset_entry(bzid: str, port: int) -> LocalReplica:
+    path = ReplicaPath(bzid=bzid, base_name="iptv", server_type=ServerType.ENTRY, task=0, replica_id=UNSET_REPLICA_ID)
+    return LocalReplica(path=path, model_name="entry", address=f"10.2.0.1:{port}")
+
+
+def test_entries_without_id_racing_for_sequence_numbers_never_share_one(consul_target: ConsulTarget) -> None:
+    """Consul has no sequential nodes: a counter key taken with check-and-set stands in for ZooKeeper's. Agents
+    claiming at the same moment (each its own session and threads) all get different numbers; the counter is a
+    key of the parent that no read of the backend shows."""
+    bzid = prefix()
+    task_dir = f"/{bzid}/service/iptv/entry:0"
+    agents, claims_each = 4, 5
+
+    async def body() -> None:
+        clients = [discovery_for(consul_target) for _ in range(agents)]
+        async with contextlib.AsyncExitStack() as stack:
+            for client in clients:
+                await stack.enter_async_context(client)
+                assert await client.wait_connected(15)
+            claims = [
+                claim_entry_replica(client, _unset_entry(bzid, 9000 + n))
+                for n in range(claims_each)
+                for client in clients
+            ]
+            claimed = await asyncio.gather(*claims)
+            ids = sorted(c.path.replica_id for c in claimed)
+            assert ids == list(range(agents * claims_each))  # each number once, none skipped
+            raw = client_for(consul_target)
+            for c in claimed:
+                _, entry = raw.kv.get(c.path.path.lstrip("/"))
+                assert entry is not None and json.loads(entry["Value"])["replica"] == c.path.replica_id
+                assert len(c.path.replica_name) == 11
+            counter_key = f"{task_dir.lstrip('/')}/{SEQUENCE_COUNTER_NAME}"
+            assert raw.kv.get(counter_key)[1]["Value"] == str(agents * claims_each).encode()
+            # Hidden from every read of the backend, as ZooKeeper's counter is not a node.
+            reader = clients[0]
+            assert await reader.get_children(task_dir) == sorted(c.path.replica_name for c in claimed)
+            assert set(await reader.get_leaves(f"/{bzid}")) == {c.path.path for c in claimed}
+            events: list[WatchEvent] = []
+            await reader.watch_subtree(f"/{bzid}", events.append)
+            await eventually(lambda: len(events) == len(claimed), what="initial ADDED")
+            assert all(SEQUENCE_COUNTER_NAME not in e.path for e in events)
+        client_for(consul_target).kv.delete(bzid, recurse=True)
+
+    run(body)
+
+
+def test_a_session_loss_brings_the_claimed_entry_key_back_under_its_number(consul_target: ConsulTarget) -> None:
+    bzid = prefix()
+
+    async def body() -> None:
+        disc = discovery_for(consul_target)
+        lost = asyncio.Event()
+        disc.add_state_listener(lambda state: lost.set() if state is SessionState.LOST else None)
+        raw = client_for(consul_target)
+        async with disc:
+            assert await disc.wait_connected(15)
+            claimed = await claim_entry_replica(disc, _unset_entry(bzid, 9000))
+            key = claimed.path.path.lstrip("/")
+            old = disc.session_id
+            assert old is not None
+            raw.session.destroy(old)  # Consul deletes the keys of a destroyed delete-behaviour session
+            await asyncio.wait_for(lost.wait(), 20)
+            assert await disc.wait_connected(20)
+
+            def back_under_new_session() -> bool:
+                _, entry = raw.kv.get(key)
+                return entry is not None and entry.get("Session") == disc.session_id != old
+
+            await eventually(back_under_new_session, what="the same key re-acquired")
+            assert await disc.get_children(claimed.path.task_path) == [claimed.path.replica_name]
+            other = await claim_entry_replica(disc, _unset_entry(bzid, 9010))
+            assert other.path.replica_id == claimed.path.replica_id + 1  # the lost one's number is not reused
+        raw.kv.delete(bzid, recurse=True)
 
     run(body)
 

@@ -16,6 +16,7 @@ from kazoo.exceptions import ConnectionLoss
 from zk_harness import ZooKeeperServer
 
 from monolith_serving.core.zk_paths import (
+    UNSET_REPLICA_ID,
     ReplicaPath,
     ServerType,
     binding_path,
@@ -34,7 +35,7 @@ from monolith_serving.discovery import (
 )
 from monolith_serving.discovery.metrics import DiscoveryMetrics
 from monolith_serving.discovery.replica_meta import ContainerServiceInfo
-from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater
+from monolith_serving.discovery.replica_updater import LocalReplica, ReplicaUpdater, claim_entry_replica
 from monolith_serving.discovery.replica_watcher import ReplicaWatcher
 from monolith_serving.discovery.zk import ZkDiscovery
 
@@ -742,5 +743,93 @@ def test_watcher_reads_nodes_as_a_monolith_agent_writes_them(zk_server: ZooKeepe
             finally:
                 writer.stop()
                 writer.close()
+
+    run(body)
+
+
+# --------------------------------------------------------------------------------------------- no replica id
+
+
+def _unset_entry(bzid: str, port: int) -> LocalReplica:
+    return _replica(bzid, ServerType.ENTRY, 0, UNSET_REPLICA_ID, port)
+
+
+def test_entries_without_id_take_zookeepers_sequence_and_never_share_a_node(zk_server: ZooKeeperServer) -> None:
+    """Two agents without a replica id (two sessions) get two entry nodes, numbered by ZooKeeper itself: a
+    Monolith agent creating its sequential node in between takes the number between theirs."""
+    bzid = new_bzid()
+    task_dir = f"/{bzid}/service/iptv/entry:0"
+
+    async def body() -> None:
+        async with (
+            create_discovery(zk_config(zk_server)) as agent_a,
+            create_discovery(zk_config(zk_server)) as agent_b,
+        ):
+            assert await agent_a.wait_connected(15) and await agent_b.wait_connected(15)
+            monolith = plain_kazoo(zk_server)
+            try:
+                first = await claim_entry_replica(agent_a, _unset_entry(bzid, 9000))
+                between = monolith.create(f"{task_dir}/0", b"{}", ephemeral=True, sequence=True)
+                second = await claim_entry_replica(agent_b, _unset_entry(bzid, 9010))
+                ids = [first.path.replica_id, int(between.rsplit("/", 1)[1]), second.path.replica_id]
+                assert ids == sorted(set(ids)), ids  # distinct, in creation order
+                assert len({first.path.path, second.path.path, between}) == 3
+                for claimed, session in ((first, agent_a), (second, agent_b)):
+                    assert isinstance(session, ZkDiscovery)
+                    data, stat = monolith.get(claimed.path.path)
+                    assert len(claimed.path.replica_name) == 11 and claimed.path.path.startswith(f"{task_dir}/0")
+                    own = session.session_id()
+                    assert own is not None and stat.ephemeralOwner == own[0]
+                    assert json.loads(data)["replica"] == claimed.path.replica_id  # the adopted id
+            finally:
+                monolith.stop()
+                monolith.close()
+
+    run(body)
+
+
+def test_a_session_loss_brings_the_claimed_entry_node_back_under_its_number(zk_server: ZooKeeperServer) -> None:
+    bzid = new_bzid()
+    status = StatusScript()
+    status.states = {"entry": [ModelState.AVAILABLE]}
+
+    async def body() -> None:
+        disc = ZkDiscovery(zk_config(zk_server))
+        lost = asyncio.Event()
+        disc.add_state_listener(lambda state: lost.set() if state is SessionState.LOST else None)
+        async with disc:
+            assert await disc.wait_connected(15)
+            claimed = await claim_entry_replica(disc, _unset_entry(bzid, 9000))
+            async with ReplicaUpdater(discovery=disc, replicas=[claimed], status_source=status, interval_s=0.1):
+                reader = plain_kazoo(zk_server)
+                try:
+                    path = claimed.path.path
+
+                    def stat_of_node() -> int | None:
+                        node = reader.exists(path)
+                        return None if node is None else int(json.loads(reader.get(path)[0])["stat"])
+
+                    await eventually(lambda: stat_of_node() == ModelState.AVAILABLE, what="entry AVAILABLE")
+                    old_session = disc.session_id()
+                    assert old_session is not None
+                    expire_session(zk_server, old_session)
+                    await asyncio.wait_for(lost.wait(), 30)
+                    assert await disc.wait_connected(30)
+                    new_session = disc.session_id()
+                    assert new_session is not None and new_session[0] != old_session[0]
+
+                    def back_under_new_session() -> bool:
+                        node = reader.exists(path)
+                        return node is not None and node.ephemeralOwner == new_session[0]
+
+                    await eventually(back_under_new_session, what="the same node re-created")
+                    assert reader.get_children(claimed.path.task_path) == [claimed.path.replica_name]
+                    assert json.loads(reader.get(path)[0])["replica"] == claimed.path.replica_id
+                    # Its number is not handed out again: the next entry gets another one.
+                    other = await claim_entry_replica(disc, _unset_entry(bzid, 9010))
+                    assert other.path.replica_id > claimed.path.replica_id
+                finally:
+                    reader.stop()
+                    reader.close()
 
     run(body)

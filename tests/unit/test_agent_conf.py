@@ -33,6 +33,7 @@ from monolith_serving.core.conf_syntax import (
     parse_int,
 )
 from monolith_serving.core.errors import FailedPreconditionError, InvalidArgumentError
+from monolith_serving.core.zk_paths import UNSET_REPLICA_ID
 
 DATA = Path(__file__).parent / "data" / "agent_conf"
 FULL = DATA / "full.conf"
@@ -526,7 +527,7 @@ def test_environment_is_only_read_from_the_argument(tmp_path: Path, monkeypatch:
     monkeypatch.setitem(os.environ, "SHARD_ID", "3")
     monkeypatch.setitem(os.environ, "PORT2", "1234")
     resolved = resolve_environment(load_text(tmp_path, MINIMAL_PS), {})
-    assert (resolved.shard_id, resolved.agent_port, resolved.replica_id) == (0, None, 0)
+    assert (resolved.shard_id, resolved.agent_port, resolved.replica_id) == (0, None, UNSET_REPLICA_ID)
 
 
 def test_empty_variables_count_as_unset(tmp_path: Path) -> None:
@@ -550,24 +551,50 @@ def test_mixed_mode_ps_and_dense_ports(tmp_path: Path) -> None:
     assert resolve_environment(mixed, {}).tfs_ps_ports == ServerPorts()
 
 
-def test_replica_id_from_pod_name_is_crc32() -> None:
-    # "123456789" is CRC-32's published check input; its CRC is 0xCBF43926.
-    assert replica_id_from_pod_name("123456789") == 0xCBF43926 % 2**31
+@pytest.mark.parametrize(
+    ("pod_name", "digest"),
+    [
+        # RFC 1321's published MD5 test vectors.
+        ("abc", "900150983cd24fb0d6963f7d28e17f72"),
+        ("message digest", "f96b697d7cb7938d525a2f31aaf161d0"),
+        ("", "d41d8cd98f00b204e9800998ecf8427e"),
+    ],
+)
+def test_replica_id_from_pod_name_is_monoliths_md5_slice(pod_name: str, digest: str) -> None:
+    """Monolith (utils.replica_id_from_pod_name): hex digits 10..19 of the name's MD5, as an integer. A pod must get
+    the node Monolith's agent gives it (the crc32 used before gave another)."""
+    assert replica_id_from_pod_name(pod_name) == int(digest[10:20], 16)
 
 
 @given(st.text(min_size=1, max_size=40))
-def test_replica_id_from_pod_name_is_a_non_negative_int32(name: str) -> None:
+def test_replica_id_from_pod_name_is_stable_and_fits_40_bits(name: str) -> None:
     value = replica_id_from_pod_name(name)
-    assert 0 <= value < 2**31
+    assert 0 <= value < 2**40
     assert value == replica_id_from_pod_name(name)
 
 
 def test_replica_id_uses_pod_name_only_without_replica_id(tmp_path: Path) -> None:
     config = load_text(tmp_path, MINIMAL_ENTRY)
-    from_pod = resolve_environment(config, {"MY_POD_NAME": "serving-ps-3"})
-    assert from_pod.replica_id == replica_id_from_pod_name("serving-ps-3")
+    from_pod = resolve_environment(config, {"MY_POD_NAME": "abc"})
+    assert from_pod.replica_id == 0xD24FB0D696  # RFC 1321: md5("abc") = 900150983c d24fb0d696 3f7d28e17f72
     explicit = resolve_environment(config, {"MY_POD_NAME": "serving-ps-3", "REPLICA_ID": "2"})
     assert explicit.replica_id == 2
+
+
+def test_replica_id_is_minus_one_without_replica_id_and_pod_name(tmp_path: Path) -> None:
+    """Monolith's "no id" (-1): its entry then takes a sequential node, its PS and dense register `-1`."""
+    config = load_text(tmp_path, MINIMAL_ENTRY)
+    assert resolve_environment(config, {}).replica_id == UNSET_REPLICA_ID
+    assert AgentConfig(deploy_type=DeployType.ENTRY).replica_id == UNSET_REPLICA_ID
+
+
+def test_replica_id_minus_one_counts_as_unset(tmp_path: Path) -> None:
+    """Monolith reads REPLICA_ID with a default of -1 and falls back to the pod name on -1."""
+    config = load_text(tmp_path, MINIMAL_ENTRY)
+    assert resolve_environment(config, {"REPLICA_ID": "-1", "MY_POD_NAME": "abc"}).replica_id == 0xD24FB0D696
+    assert resolve_environment(config, {"REPLICA_ID": "-1"}).replica_id == UNSET_REPLICA_ID
+    with pytest.raises(ConfError, match="REPLICA_ID"):
+        resolve_environment(config, {"REPLICA_ID": "-2"})
 
 
 def test_num_shard_from_environment_and_conflict(tmp_path: Path) -> None:

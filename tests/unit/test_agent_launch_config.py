@@ -118,7 +118,10 @@ def test_dc_aware_replica_paths(tmp_path: Path) -> None:
     config = resolved(tmp_path, ZK + "deploy_type ps\ndc_aware true\n", env)
     (ps,) = v1_plan(config, work_dir=tmp_path).servers
     (replica,) = local_replicas(config, ps, host="h")
-    assert replica.path.path == "/b/service/m/lf:main/ps:0/0"
+    # No REPLICA_ID or MY_POD_NAME: the leaf is Monolith's "no id", -1 (it was 0 before).
+    assert replica.path.path == "/b/service/m/lf:main/ps:0/-1"
+    (explicit,) = local_replicas(config, ps, host="h", replica_id=12)
+    assert explicit.path.path == "/b/service/m/lf:main/ps:0/12"
 
 
 def test_unset_ports_are_filled_only_when_missing(tmp_path: Path) -> None:

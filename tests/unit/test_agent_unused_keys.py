@@ -177,12 +177,16 @@ def run_prepare(tmp_path: Path, text: str, env: dict[str, str] | None = None) ->
 @pytest.mark.parametrize(
     ("text", "env", "warned"),
     [
-        (ZK + "deploy_type entry\n", {}, True),
-        (ZK + "deploy_type entry\n", {"REPLICA_ID": "3"}, False),
-        (ZK + "deploy_type entry\n", {"MY_POD_NAME": "entry-7"}, False),
-        ("bzid b\nbase_name m\nbase_path /exp\ndeploy_type entry\n", {}, False),  # static: no registry to share
+        (ZK + "deploy_type ps\n", {}, True),
+        (ZK + "deploy_type dense\ndense_alone true\n", {}, True),
+        (ZK + "deploy_type ps\n", {"REPLICA_ID": "3"}, False),
+        (ZK + "deploy_type ps\n", {"MY_POD_NAME": "ps-7"}, False),
+        # An entry takes a sequential node (a number of its own), and a mixed pod's PS nodes carry that number.
+        (ZK + "deploy_type entry\n", {}, False),
+        (ZK + "stand_alone_serving true\n", {}, False),
+        ("bzid b\nbase_name m\nbase_path /exp\ndeploy_type ps\n", {}, False),  # static: no registry to share
     ],
-    ids=["zk-no-id", "replica-id", "pod-name", "static"],
+    ids=["ps-no-id", "dense-no-id", "replica-id", "pod-name", "entry-sequential", "mixed-sequential", "static"],
 )
 def test_a_v1_agent_without_a_replica_id_warns_that_another_would_replace_its_nodes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, text: str, env: dict[str, str], warned: bool

@@ -2,7 +2,8 @@
 
 - The address to dial: Monolith's readers (``ReplicaMeta.get_address``) treat ``0.0.0.0:port`` / ``[::]:port``
   as not set and prefer IPv6 only on an IPv6-only host (``zk_utils.is_ipv6_only``).
-- A Monolith PS without a replica id registers ``ps:{task}/-1``; its readers see that replica.
+- A Monolith PS without a replica id registers ``ps:{task}/-1``; its readers see that replica (``ReplicaPath``
+  parses the leaf ``-1``).
 - v1 HeartBeat lists a task whose replicas are all not routable with an empty address list.
 - v1 GetReplicas ignores ``model_name``.
 """
@@ -15,11 +16,11 @@ from collections.abc import Callable
 import pytest
 
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.zk_paths import ReplicaPath, ServerType
+from monolith_serving.core.zk_paths import UNSET_REPLICA_ID, ReplicaPath, ServerType
 from monolith_serving.discovery import ModelState, ReplicaMeta
 from monolith_serving.discovery.addresses import AddressFamily, choose_address, host_address_family
 from monolith_serving.discovery.agent_view import WatcherReplicaView
-from monolith_serving.discovery.replica_watcher import ReplicaWatcher, UnsetIdReplicaPath, parse_replica_node
+from monolith_serving.discovery.replica_watcher import ReplicaWatcher
 from monolith_serving.discovery.static import StaticDiscovery
 
 V4, V6 = AddressFamily.IPV4, AddressFamily.IPV6
@@ -83,12 +84,11 @@ def test_host_address_family_as_monolith_decides(
 # ------------------------------------------------------------------------------------------ replica id -1
 
 
-def test_parse_replica_node_accepts_monolith_unset_replica_id() -> None:
-    ps = parse_replica_node("/bz/service/m/ps:3/-1")
-    assert isinstance(ps, UnsetIdReplicaPath) and isinstance(ps, ReplicaPath)
-    assert (ps.server_type, ps.task, ps.replica_id, ps.replica_name) == (ServerType.PS, 3, -1, "-1")
-    assert ps.path == "/bz/service/m/ps:3/-1"
-    dc = parse_replica_node("/bz/service/m/lf:c1/dense:0/-1")
+def test_replica_path_reads_monolith_unset_replica_id() -> None:
+    ps = ReplicaPath.parse("/bz/service/m/ps:3/-1")
+    assert (ps.server_type, ps.task, ps.replica_id, ps.replica_name) == (ServerType.PS, 3, UNSET_REPLICA_ID, "-1")
+    assert not ps.has_id and ps.path == "/bz/service/m/ps:3/-1"
+    dc = ReplicaPath.parse("/bz/service/m/lf:c1/dense:0/-1")
     assert (dc.idc, dc.cluster, dc.server_type, dc.replica_id, dc.path) == (
         "lf",
         "c1",
@@ -96,26 +96,26 @@ def test_parse_replica_node_accepts_monolith_unset_replica_id() -> None:
         -1,
         "/bz/service/m/lf:c1/dense:0/-1",
     )
-    assert parse_replica_node("/bz/service/m/entry:0/00000000007") == ReplicaPath.parse(
-        "/bz/service/m/entry:0/00000000007"
-    )
+    # Never zero-padded, not even for an entry (Monolith's entry never writes it; a reader still accepts it).
+    assert ReplicaPath.parse("/bz/service/m/entry:0/-1").path == "/bz/service/m/entry:0/-1"
+    assert ReplicaPath.parse("/bz/service/m/entry:0/00000000007").replica_id == 7
 
 
 @pytest.mark.parametrize(
     "path",
     ["/bz/service/m/ps:0/-2", "/bz/service/m/ps:0/-01", "/bz/service/m/ps:0/+1", "/bz/service/m/nope:0/-1", "/-1"],
 )
-def test_parse_replica_node_rejects_other_leaves(path: str) -> None:
+def test_replica_path_refuses_other_signed_leaves(path: str) -> None:
     with pytest.raises(InvalidArgumentError):
-        parse_replica_node(path)
+        ReplicaPath.parse(path)
 
 
-def test_unset_id_path_validates_like_replica_path() -> None:
+def test_unset_id_path_validates_every_other_field() -> None:
     with pytest.raises(InvalidArgumentError):
-        UnsetIdReplicaPath("bz", "m", ServerType.PS, 0, 5)
+        ReplicaPath("bz", "m", ServerType.PS, -3, -1)
     with pytest.raises(InvalidArgumentError):
-        UnsetIdReplicaPath("bz", "m", ServerType.PS, -3, -1)
-    assert UnsetIdReplicaPath("bz", "m", "ps", 0, -1).server_type is ServerType.PS  # type: ignore[arg-type]
+        ReplicaPath("bz", "m", ServerType.PS, 0, -2)
+    assert ReplicaPath("bz", "m", "ps", 0, -1).server_type is ServerType.PS  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------ watcher views

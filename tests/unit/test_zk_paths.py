@@ -58,6 +58,20 @@ def test_plain_string_server_type_is_normalised() -> None:
     assert path.path.endswith("/00000000001")
 
 
+def test_replica_id_minus_one_is_monolith_no_id_and_never_padded() -> None:
+    """A PS or dense without a replica id registers the leaf ``-1`` (Monolith's and ours); ReplicaPath is that leaf
+    too, for writers and readers. An entry without id never writes it (it claims a sequential node instead), but a
+    reader accepts it, unpadded."""
+    ps = ReplicaPath("bz", "m", ServerType.PS, 2, zk_paths.UNSET_REPLICA_ID)
+    assert (ps.path, ps.has_id) == ("/bz/service/m/ps:2/-1", False)
+    assert ReplicaPath.parse(ps.path) == ps
+    assert (
+        ReplicaPath("bz", "m", ServerType.DENSE, 0, -1, idc="lf", cluster="c").path == "/bz/service/m/lf:c/dense:0/-1"
+    )
+    assert ReplicaPath("bz", "m", ServerType.ENTRY, 0, -1).replica_name == "-1"
+    assert ReplicaPath("bz", "m", ServerType.ENTRY, 0, 0).has_id
+
+
 def test_parse_accepts_unpadded_entry_ids() -> None:
     parsed = ReplicaPath.parse("/bz/service/m/entry:0/42")
     assert parsed.replica_id == 42
@@ -69,7 +83,7 @@ def test_parse_accepts_unpadded_entry_ids() -> None:
     NAME,
     st.sampled_from(ServerType),
     st.integers(min_value=0, max_value=10_000),
-    st.integers(min_value=0, max_value=2**40),
+    st.one_of(st.just(zk_paths.UNSET_REPLICA_ID), st.integers(min_value=0, max_value=2**40)),
     st.one_of(st.none(), st.tuples(NAME, NAME)),
 )
 def test_replica_path_round_trips(
@@ -99,7 +113,8 @@ def test_replica_path_round_trips(
         "/bz/service/m/ps/1",
         "/bz/service/m/ps:x/1",
         "/bz/service/m/ps:-1/1",
-        "/bz/service/m/ps:0/-1",
+        "/bz/service/m/ps:0/-2",
+        "/bz/service/m/ps:0/-01",
         "/bz/service/m/ps:0/1a",
         "/bz/service/m/ps:0/",
         "/bz/service/m/lf/ps:0/1",
@@ -123,7 +138,7 @@ def test_parse_rejects_bad_paths_naming_them(bad: str) -> None:
         {"base_name": "m:1"},
         {"base_name": ".."},
         {"task": -1},
-        {"replica_id": -1},
+        {"replica_id": -2},
         {"idc": "lf"},
         {"idc": "lf", "cluster": "c/1"},
         {"server_type": "proxy"},

@@ -3,9 +3,12 @@
 Request bodies: ``{"signature_name": ..., "instances": [...]}`` (row format: one element per example, either
 a value of the signature's single input or an object of named inputs, stacked on a new batch dimension)
 or ``{"inputs": ...}`` (columnar: one value, or an object of named values, each a whole tensor). A string
-element ``{"b64": "..."}`` is bytes. Input dtypes come from the model's signature when the entry tells
+element ``{"b64": "..."}`` is bytes (padding optional, as absl::Base64Unescape takes it). An empty
+``signature_name`` is the default signature. Input dtypes come from the model's signature when the entry tells
 us (GetModelMetadata); otherwise from the JSON itself: strings/b64 → DT_STRING, booleans → DT_BOOL,
-integers only → DT_INT64, any float → DT_FLOAT.
+integers only → DT_INT64, any float → DT_FLOAT. A value the dtype cannot hold unchanged is refused as TF Serving
+refuses it (a JSON float for an integer dtype, a number for DT_BOOL); booleans are taken as 0/1 for numbers.
+The body is one JSON document; what follows it is not read (RapidJSON's kParseStopWhenDoneFlag).
 
 Numbers are checked as TF Serving's parser (RapidJSON) checks them: a literal too big for a double (``1e999``,
 an integer of more than 4300 digits) is a JSON parse error, and a finite number that becomes infinite in the
@@ -26,8 +29,10 @@ passed) would otherwise run on, holding a decode thread and its body's bytes. So
 number, ~25% of parsing a body of integers, ~4% of floats), and stops with :class:`DecodeCancelled` once it is set.
 
 Responses: row requests get ``{"predictions": ...}`` (a list per example; objects when there are several
-outputs), columnar ones ``{"outputs": ...}``. DT_STRING values are emitted as text when they are valid
-UTF-8 and the output name does not end in ``_bytes``, else as ``{"b64": ...}``.
+outputs), columnar ones ``{"outputs": ...}``, written as text so that numbers are spelled as TF Serving spells
+them (``_float_texts``). DT_STRING values are emitted as text when they are valid UTF-8 and the output name does
+not end in ``_bytes``, else as ``{"b64": ...}``. Model metadata prints every field without presence, as TF
+Serving's JSON printer does.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import base64
 import binascii
 import json
 import math
+import re
 import reprlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -43,6 +49,7 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from google.protobuf import json_format
 
 from monolith_serving.core.errors import InvalidArgumentError
@@ -69,6 +76,9 @@ _NUMBER_TYPES = frozenset({int, float, bool})
 _STRING_TYPES = frozenset({str, dict})  # dict: {"b64": ...}
 # Elements per C-level pass: one holds the GIL (so, on a decode thread, the event loop) ~1-3 ms.
 _STEP_ELEMENTS = 1 << 16
+_SHORT_FLOAT = "{:g}"  # printf's %g: 6 significant digits, what absl::StrCat writes for a float or double
+_BOOL_TEXT = {True: "true", False: "false"}
+_JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace (RFC 8259), what json.loads skips
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,14 +160,32 @@ def _utf8(text: str, what: str) -> bytes:
         ) from None
 
 
+def _json_document(body: bytes, parse_int: Callable[[str], int] | None, parse_float: Callable[[str], float]) -> Any:
+    """The JSON value ``body`` starts with. What follows it is not read: TF Serving's parser stops at the end of the
+    document (RapidJSON's kParseStopWhenDoneFlag), so a client's trailing bytes never failed a request there."""
+    try:
+        # UTF-8 only, as RapidJSON reads it (a BOM skipped); "surrogatepass" as json.loads(bytes) decodes, so an
+        # encoded surrogate reaches _utf8 and is refused naming its field.
+        text = body.decode("utf-8-sig", "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"JSON Parse error: the body is not UTF-8: {exc}") from None
+    leading = _JSON_WHITESPACE.match(text)  # always matches (the empty string, at least)
+    start = leading.end() if leading else 0
+    if start == len(text):
+        raise InvalidArgumentError("JSON Parse error: The document is empty")
+    decoder = json.JSONDecoder(parse_int=parse_int, parse_float=parse_float)
+    document, _end = decoder.raw_decode(text, start)
+    return document
+
+
 def parse_predict_body(body: bytes, *, on_thread: bool = False, cancel: DecodeCancel | None = None) -> PredictBody:
     """``on_thread``: decoding runs beside an event loop; let the GIL pass at every number, not only floats
     (json.loads of a body of small integers takes ~3x longer, but never holds the GIL for long).
     Raises DecodeCancelled once ``cancel`` is set."""
     parse_int, parse_float = _number_hooks(cancel or DecodeCancel())
     try:
-        document = json.loads(body, parse_int=parse_int if on_thread else None, parse_float=parse_float)
-    except (UnicodeDecodeError, json.JSONDecodeError, _NumberTooBig) as exc:
+        document = _json_document(body, parse_int if on_thread else None, parse_float)
+    except (json.JSONDecodeError, _NumberTooBig) as exc:
         raise InvalidArgumentError(f"JSON Parse error: {exc}") from None
     except RecursionError:
         raise InvalidArgumentError("JSON Parse error: the document is nested too deeply") from None
@@ -170,10 +198,11 @@ def parse_predict_body(body: bytes, *, on_thread: bool = False, cancel: DecodeCa
     has_instances, has_inputs = "instances" in document, "inputs" in document
     if has_instances == has_inputs:
         raise InvalidArgumentError('JSON object: must have exactly one of "instances" (row format) or "inputs"')
-    signature = document.get("signature_name", DEFAULT_SIGNATURE)
+    signature = document.get("signature_name", "")
     if not isinstance(signature, str):
         raise InvalidArgumentError('"signature_name" must be a string')
     _utf8(signature, '"signature_name"')
+    signature = signature or DEFAULT_SIGNATURE  # TF Serving reads an empty name as the default signature
     if has_instances:
         instances = document["instances"]
         if not isinstance(instances, list) or not instances:
@@ -265,6 +294,9 @@ def _string_leaf(value: Any, name: str) -> bytes:
         encoded = value["b64"]
         if not isinstance(encoded, str):
             raise InvalidArgumentError(f'input {name!r}: "b64" must hold a string')
+        if "=" not in encoded:
+            # TF Serving (absl::Base64Unescape) takes base64 without its padding; padding given must be right.
+            encoded += "=" * (-len(encoded) % 4)
         try:
             return base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
@@ -310,6 +342,18 @@ def _numeric_array(leaves: list[Any], dt: int, name: str, cancel: DecodeCancel) 
     return array
 
 
+def _check_exact(leaves: list[Any], types: set[type], dt: int, name: str) -> None:
+    """Refuses what numpy would convert by changing it, as TF Serving refuses it: a JSON float for an integer
+    dtype (``2.5`` was truncated to 2; RapidJSON reads ``1.0`` as a double, so it is refused too) and a number
+    for DT_BOOL (``2`` became true). Booleans for numbers stay accepted, as 0 and 1: nothing is lost."""
+    if dt == types_pb2.DT_BOOL and types != {bool}:
+        value = next(v for v in leaves if type(v) is not bool)
+        raise InvalidArgumentError(f"input {name!r}: DT_BOOL needs true or false, got {reprlib.repr(value)}")
+    if float in types and numpy_dtype_for(dt).kind in "iu":
+        value = next(v for v in leaves if type(v) is float)
+        raise InvalidArgumentError(f"input {name!r}: {value!r} is not an integer ({dtype_name(dt)})")
+
+
 def json_to_tensor(value: Any, name: str, datatype: int | None, cancel: DecodeCancel | None = None) -> Any:
     """One JSON value (nested lists of leaves) → TensorProto of ``datatype`` (inferred when None).
     Raises DecodeCancelled once ``cancel`` is set."""
@@ -322,6 +366,7 @@ def json_to_tensor(value: Any, name: str, datatype: int | None, cancel: DecodeCa
     else:
         if not types <= _NUMBER_TYPES:
             raise InvalidArgumentError(f"input {name!r}: {dtype_name(dt)} needs numbers or booleans")
+        _check_exact(leaves, types, dt, name)
         try:
             array = _numeric_array(leaves, dt, name, cancel)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -388,48 +433,109 @@ def build_predict_request(
     return request
 
 
-def _string_json(value: bytes, as_b64: bool) -> Any:
+def _string_text(value: bytes, as_b64: bool) -> str:
     if not as_b64:
         try:
-            return value.decode()
+            return json.dumps(value.decode(), ensure_ascii=False)
         except UnicodeDecodeError:
-            pass
-    return {"b64": base64.b64encode(value).decode()}
+            pass  # TF Serving would write the raw bytes, which is not JSON: {"b64"} is
+    return '{"b64": "' + base64.b64encode(value).decode() + '"}'
 
 
-def tensor_to_json(proto: Any, name: str) -> Any:
-    """A TensorProto as nested JSON lists (a scalar for rank 0)."""
+def _float_texts(values: npt.NDArray[Any]) -> list[str]:
+    """Floats as TF Serving writes them (json_tensor.cc, WriteDecimal): printf's ``%g`` (6 significant digits)
+    when that reads back as the same value in the tensor's own precision, else ``%.9g`` (float) or ``%.17g``
+    (double); ``.0`` appended when the text has neither ``.`` nor an exponent; NaN, Infinity and -Infinity bare.
+    So a DT_FLOAT 0.1 is ``0.1``, not the double nearest the float (``0.10000000149011612``)."""
+    narrow = values.dtype != np.float64
+    exact = values.astype(np.float32) if narrow else values  # DT_HALF is exact in float32
+    wide: list[float] = exact.astype(np.float64).tolist()
+    texts = list(map(_SHORT_FLOAT.format, wide))
+    with np.errstate(over="ignore", invalid="ignore"):
+        # Read back through a double, as a client that parses JSON numbers as doubles does; for a float this
+        # differs from TF Serving's strtof only for a decimal within 2^-53 (relative) of a point halfway between
+        # two floats.
+        read_back = np.array(texts, dtype=np.float64)
+        if narrow:
+            read_back = read_back.astype(np.float32)
+    finite = np.isfinite(exact)
+    full = "{:.9g}" if narrow else "{:.17g}"
+    inexact = np.flatnonzero(finite & (read_back != exact)).tolist()
+    for index, text in zip(inexact, map(full.format, map(wide.__getitem__, inexact)), strict=True):
+        texts[index] = text
+    texts = [text if "." in text or "e" in text else text + ".0" for text in texts]
+    for index in np.flatnonzero(~finite).tolist():
+        value = wide[index]
+        texts[index] = "NaN" if math.isnan(value) else ("-Infinity" if value < 0 else "Infinity")
+    return texts
+
+
+def _leaf_texts(array: npt.NDArray[Any], name: str, dtype: int) -> list[str]:
+    """Each value of ``array``, row-major, as TF Serving writes it."""
+    flat = array.reshape(-1)
+    if dtype == types_pb2.DT_STRING:
+        as_b64 = name.endswith("_bytes")  # TF Serving's rule: such outputs hold bytes, not text
+        return [_string_text(value, as_b64) for value in flat.tolist()]
+    kind = flat.dtype.kind
+    if kind == "f":
+        return _float_texts(flat)
+    if kind == "b":
+        return [_BOOL_TEXT[value] for value in flat.tolist()]
+    if kind in "iu":
+        return list(map(str, flat.tolist()))  # int64 and uint64 as exact numbers, as TF Serving
+    raise InvalidArgumentError(f"output {name!r}: {dtype_name(dtype)} tensors have no JSON form")
+
+
+def _nest(texts: list[str], shape: tuple[int, ...], levels: int) -> list[str]:
+    """Row-major leaf texts of a tensor of ``shape`` grouped into JSON arrays over its last ``levels`` dimensions:
+    one text per element of the dimensions before them."""
+    for depth in range(len(shape) - 1, len(shape) - 1 - levels, -1):
+        size = shape[depth]
+        texts = ["[" + ", ".join(texts[i * size : (i + 1) * size]) + "]" for i in range(math.prod(shape[:depth]))]
+    return texts
+
+
+def _tensor_texts(proto: Any, name: str, row_format: bool) -> list[str]:
+    """A TensorProto as JSON: its whole value (one text), or for ``row_format`` one text per row of dimension 0."""
     try:
         array = from_tensor_proto(proto, name)
     except TensorCodecError as exc:
         raise InvalidArgumentError(exc.message) from None
-    if proto.dtype == types_pb2.DT_STRING:
-        as_b64 = name.endswith("_bytes")
-        converted = np.empty(array.shape, dtype=object)
-        flat = converted.reshape(-1)
-        flat[:] = [_string_json(v, as_b64) for v in array.reshape(-1)] if array.size else []
-        return converted.tolist()
-    if array.dtype.kind == "c":
-        raise InvalidArgumentError(f"output {name!r}: complex tensors have no JSON form")
-    return array.tolist()
+    levels = array.ndim - 1 if row_format else array.ndim
+    return _nest(_leaf_texts(array, name, proto.dtype), array.shape, levels)
 
 
-def predict_response_json(response: predict_pb2.PredictResponse, row_format: bool) -> dict[str, Any]:
-    outputs = {name: tensor_to_json(tensor, name) for name, tensor in sorted(response.outputs.items())}
+def predict_response_text(response: predict_pb2.PredictResponse, row_format: bool) -> str:
+    """The JSON answer to a REST Predict, as TF Serving writes it: ``{"predictions": [...]}`` for a row request
+    (a value per row; with several outputs, an object of them per row), ``{"outputs": ...}`` for a columnar one
+    (the value; with several outputs, an object of them). Written as text, not through json.dumps, to spell
+    numbers as TF Serving does (``_float_texts``)."""
+    names = sorted(response.outputs)
+    if not names:
+        raise InvalidArgumentError("Cannot convert empty tensor map to JSON: the model's answer has no outputs")
     if not row_format:
-        return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
-    if len(outputs) == 1:
-        ((name, value),) = outputs.items()
-        if not isinstance(value, list):
+        values = [_tensor_texts(response.outputs[name], name, False)[0] for name in names]
+        if len(values) == 1:
+            return '{"outputs": ' + values[0] + "}"
+        return '{"outputs": {' + ", ".join(f"{json.dumps(n)}: {v}" for n, v in zip(names, values, strict=True)) + "}}"
+    rows: dict[str, list[str]] = {}
+    for name in names:
+        tensor = response.outputs[name]
+        if not tensor.tensor_shape.dim:
             raise InvalidArgumentError(f'output {name!r} is a scalar; use the columnar "inputs" format')
-        return {"predictions": value}
-    sizes = {name: len(v) if isinstance(v, list) else None for name, v in outputs.items()}
-    if None in sizes.values() or len(set(sizes.values())) != 1:
+        rows[name] = _tensor_texts(tensor, name, True)
+    sizes = {name: len(texts) for name, texts in rows.items()}
+    if len(set(sizes.values())) > 1:
         raise InvalidArgumentError(
             f'outputs have different batch sizes {sizes}; row format needs one; use the columnar "inputs" format'
         )
-    batch = next(iter(sizes.values())) or 0
-    return {"predictions": [{name: value[i] for name, value in outputs.items()} for i in range(batch)]}
+    if len(rows) == 1:
+        (only,) = rows.values()
+        return '{"predictions": [' + ", ".join(only) + "]}"
+    keys = {name: json.dumps(name) + ": " for name in names}
+    batch = next(iter(sizes.values()), 0)
+    objects = ("{" + ", ".join(keys[name] + rows[name][i] for name in names) + "}" for i in range(batch))
+    return '{"predictions": [' + ", ".join(objects) + "]}"
 
 
 def signature_inputs_from_metadata(
@@ -447,21 +553,29 @@ def signature_inputs_from_metadata(
 
 
 def model_status_json(response: get_model_status_pb2.GetModelStatusResponse) -> dict[str, Any]:
-    return json_format.MessageToDict(
-        response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    return _message_json(response)
 
 
 def model_metadata_json(response: get_model_metadata_pb2.GetModelMetadataResponse) -> dict[str, Any]:
-    """TF Serving's shape: ``{"model_spec": ..., "metadata": {"signature_def": <SignatureDefMap>}}``."""
+    """TF Serving's shape: ``{"model_spec": ..., "metadata": {"signature_def": <SignatureDefMap>}}``, every field
+    without presence printed, empty ones included (``"signature_name": ""``, a dim's ``"name": ""``,
+    ``"unknown_rank": false``), under its .proto name."""
     metadata: dict[str, Any] = {}
     for key, packed in sorted(response.metadata.items()):
         signatures = get_model_metadata_pb2.SignatureDefMap()
         if packed.Unpack(signatures):
-            metadata[key] = json_format.MessageToDict(signatures, preserving_proto_field_name=True)
+            printed = _message_json(signatures)
+            for signature in printed.get("signature_def", {}).values():
+                # TensorFlow's SignatureDef has a map ``defaults`` (field 4) that our copy of meta_graph.proto
+                # lacks; TF Serving prints it, empty for every signature our entries describe.
+                signature.setdefault("defaults", {})
+            metadata[key] = printed
         else:
-            metadata[key] = json_format.MessageToDict(packed, preserving_proto_field_name=True)
-    return {
-        "model_spec": json_format.MessageToDict(response.model_spec, preserving_proto_field_name=True),
-        "metadata": metadata,
-    }
+            metadata[key] = _message_json(packed)
+    return {"model_spec": _message_json(response.model_spec), "metadata": metadata}
+
+
+def _message_json(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )

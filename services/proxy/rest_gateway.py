@@ -4,11 +4,14 @@ Why aiohttp: it runs on the proxy's event loop (uvloop) next to grpc.aio, and it
 (keep-alive, chunked bodies, size limits, slow clients) where a hand-written parser on asyncio streams
 would be new code to trust in front of every client.
 
-Routes (``{name}`` may contain ``:``, e.g. ``model:entry``):
+Routes, read from the raw path as TF Serving reads them (``parse_rest_target``; ``{name}`` may also contain ``:``,
+e.g. ``model:entry``):
   POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict   → PredictionService/Predict
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]           → ModelService/GetModelStatus
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  → PredictionService/GetModelMetadata
-Errors are the HTTP status of the gRPC code with ``{"error": "<message>"}`` (413 for a body over the limit).
+Any other path under /v1/ is TF Serving's 400 "Malformed request", one outside it a 404. Errors are the HTTP
+status of the gRPC code with ``{"error": "<message>"}`` (413 for a body over the limit, 405 for a method other
+than GET and POST).
 Each request has one deadline, fixed when it arrives; its core calls (GetModelMetadata on a signature-cache
 miss, then Predict) share it, and so does decoding its body.
 
@@ -37,6 +40,7 @@ import functools
 import json
 import logging
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -51,7 +55,6 @@ from monolith_serving.core.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     MonolithServingError,
-    NotFoundError,
     ResourceExhaustedError,
 )
 from monolith_serving.core.grpc_errors import status_code_for
@@ -80,7 +83,7 @@ from monolith_serving.proxy.rest_codec import (
     model_metadata_json,
     model_status_json,
     parse_predict_body,
-    predict_response_json,
+    predict_response_text,
     signature_inputs_from_metadata,
 )
 from monolith_serving.proxy.upstream import RpcStatusError, UpstreamReply
@@ -117,6 +120,12 @@ MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
 PROTOCOL = "rest"  # the ``protocol`` label of REST requests
 # POST verbs → the gRPC method they name (classify and regress are answered UNIMPLEMENTED here).
 _VERB_METHODS = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
+GET_MODEL_STATUS_METHOD = "GetModelStatus"
+GET_MODEL_METADATA_METHOD = "GetModelMetadata"
+_API_PATH = "/v1/"  # TF Serving answers every path under it (400 when malformed), and no other (404)
+_MODELS_PATH = "/v1/models"
+_ALLOWED_METHODS = "GET, POST"
+_JSON_TYPE = "application/json"
 BODY_BYTES_REASON = "body_bytes"  # proxy_rejected_requests_total{reason} of a refusal by the body-byte budget
 _READ_CHUNK_BYTES = 1 << 20  # the body stream buffers up to twice this before it stops reading the socket
 
@@ -232,22 +241,94 @@ def parse_version(text: str) -> int:
     return version
 
 
-def parse_model_path(tail: str) -> tuple[ModelRef, str]:
-    """``name[/versions/v|/labels/l][/metadata]`` → (ModelRef, trailing word: "" or "metadata")."""
-    parts = tail.split("/")
-    name, rest = parts[0], parts[1:]
+@dataclass(frozen=True)
+class RestTarget:
+    """What a REST path asks for: one gRPC method of one model."""
+
+    method: str  # Predict, Classify, Regress, GetModelStatus or GetModelMetadata
+    model: ModelRef
+
+
+def _path_word(segment: str, word: str) -> bool:
+    """TF Serving matches its paths case-insensitively (``(?i)`` in its patterns)."""
+    return segment.lower() == word
+
+
+def _percent_decoded(segment: str) -> str:
+    """A path segment as TF Serving decodes a name or label (curl_easy_unescape): ``%XX`` escapes, ``+`` kept."""
+    try:
+        return urllib.parse.unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        raise _BadPath(f"path segment {segment!r} is not UTF-8 once percent-decoded") from None
+
+
+def _model_ref(segments: list[str]) -> ModelRef | None:
+    """``name[/versions/v|/labels/l]`` split at '/' (still percent-encoded, so an escaped '/' stays in its
+    segment) → ModelRef, or None when that is not their shape."""
+    name, *rest = (_percent_decoded(segment) for segment in segments)
     if not name:
-        raise NotFoundError("missing model name in the path")
-    suffix = ""
-    if rest and rest[-1] == "metadata":
-        suffix, rest = "metadata", rest[:-1]
+        return None
     if not rest:
-        return ModelRef(name=name), suffix
-    if len(rest) == 2 and rest[0] == "versions":
-        return ModelRef(name=name, version=parse_version(rest[1])), suffix
-    if len(rest) == 2 and rest[0] == "labels" and rest[1]:
-        return ModelRef(name=name, label=rest[1]), suffix
-    raise _BadPath(f"malformed request path /v1/models/{tail}")
+        return ModelRef(name=name)
+    if len(rest) != 2:
+        return None
+    kind, value = rest
+    if _path_word(kind, "versions"):
+        return ModelRef(name=name, version=parse_version(value))
+    if _path_word(kind, "labels") and value:
+        return ModelRef(name=name, label=value)
+    return None
+
+
+def parse_rest_target(http_method: str, raw_path: str) -> RestTarget:
+    """TF Serving's URL grammar (model_servers/http_rest_api_util.cc) on the raw, still percent-encoded path:
+
+      POST /v1/models/{name}[/versions/{v}|/labels/{l}]:(predict|classify|regress)
+      GET  /v1/models/{name}[/versions/{v}|/labels/{l}][/metadata]
+
+    As there, the fixed words are case-insensitive (the verbs are not) and the name and label are percent-decoded;
+    unlike there, a name may hold a raw ':' (Monolith v3 names are ``{model}:entry``; the verb is what follows
+    the last ':'). Anything else is TF Serving's 400 ``Malformed request: <method> <path>``."""
+    malformed = _BadPath(f"Malformed request: {http_method} {raw_path}")
+    prefix, tail = raw_path[: len(_MODELS_PATH)], raw_path[len(_MODELS_PATH) :]
+    if not _path_word(prefix, _MODELS_PATH):
+        raise malformed
+    if http_method == "GET" and not tail:
+        raise _BadPath("Missing model name in request.")  # TF Serving's answer to GET /v1/models
+    if not tail.startswith("/"):
+        raise malformed
+    resource = tail[1:]
+    if http_method == "POST":
+        resource, colon, verb = resource.rpartition(":")
+        if not colon or verb not in _VERB_METHODS:
+            raise malformed
+        method = _VERB_METHODS[verb]
+    else:
+        method = GET_MODEL_STATUS_METHOD
+        head, slash, last = resource.rpartition("/")
+        if slash and _path_word(last, "metadata"):
+            resource, method = head, GET_MODEL_METADATA_METHOD
+    model = _model_ref(resource.split("/"))
+    if model is None:
+        raise malformed
+    return RestTarget(method, model)
+
+
+def _path_labels(http_method: str, raw_path: str) -> tuple[str | None, str]:
+    """(model name, gRPC method) a path names, read leniently before it is parsed, so that a refusal of it is
+    counted under them (the core labels a name it cannot vouch for ``unknown``)."""
+    models = _MODELS_PATH + "/"
+    if not _path_word(raw_path[: len(models)], models):
+        return None, UNKNOWN_METHOD
+    tail = raw_path[len(models) :]
+    if http_method == "POST":
+        resource, _colon, verb = tail.rpartition(":")
+        method = _VERB_METHODS.get(verb, UNKNOWN_METHOD)
+    else:
+        resource = tail
+        method = GET_MODEL_METADATA_METHOD if _path_word(tail[-9:], "/metadata") else GET_MODEL_STATUS_METHOD
+    name = urllib.parse.unquote(resource.split("/", 1)[0])
+    return name or None, method
 
 
 class _SignatureCache:
@@ -300,8 +381,9 @@ class RestGateway:
         app = web.Application(client_max_size=self._config.max_body_bytes)
         # "Expect: 100-continue" is answered by _read_body once the request is admitted: a refused client never
         # sends its body.
-        app.router.add_route("*", "/v1/models/{tail:.+}", self._dispatch, expect_handler=_continue_later)
-        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        # One route: the gateway reads the raw path itself, as TF Serving does (case-insensitive words, names
+        # percent-decoded after the path is split, so an escaped '/' stays in a name).
+        app.router.add_route("*", "/{tail:.*}", self._dispatch, expect_handler=_continue_later)
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=self._config.drain_timeout_s
         )
@@ -326,11 +408,13 @@ class RestGateway:
             decoder.shutdown(wait=False, cancel_futures=True)
 
     # ---- handlers ------------------------------------------------------------------------------------------
-    async def _not_found(self, request: web.Request) -> web.Response:
+    def _not_found(self, request: web.Request) -> web.Response:
         self._core.count_refused(model=None, method=UNKNOWN_METHOD, protocol=PROTOCOL, code=grpc.StatusCode.NOT_FOUND)
-        return _error(404, f"no such endpoint: {request.method} {request.path}")
+        return _error(404, f"no such endpoint: {request.method} {request.rel_url.raw_path}")
 
     async def _dispatch(self, request: web.Request) -> web.Response:
+        if not _path_word(request.rel_url.raw_path[: len(_API_PATH)], _API_PATH):
+            return self._not_found(request)
         request_id = request.headers.get(REQUEST_ID_KEY) or uuid.uuid4().hex
         call = _RestCall(request_id, self._clock() + self._config.timeout_s, _BodyHold(self._budget))
         code = grpc.StatusCode.CANCELLED  # what the count says if the handler is cancelled (client gone)
@@ -343,6 +427,7 @@ class RestGateway:
         except _MethodNotAllowed as error:
             code = grpc.StatusCode.INVALID_ARGUMENT
             response = _error(405, error.message)
+            response.headers[hdrs.ALLOW] = _ALLOWED_METHODS
         except RpcStatusError as error:
             code = error.code
             response = _error(http_status(code), error.message)
@@ -370,33 +455,23 @@ class RestGateway:
     async def _route(self, request: web.Request, call: _RestCall) -> web.Response:
         """Sets ``call.method`` and ``call.model`` as soon as the path tells them, before anything can refuse
         the request, so a refusal is counted under them."""
-        tail = request.match_info["tail"]
-        if request.method == "POST":
-            resource, colon, verb = tail.rpartition(":")
-            call.model = resource.split("/", 1)[0] or None
-            call.method = _VERB_METHODS.get(verb, UNKNOWN_METHOD)
-            if not colon or "/" in verb:
-                raise _BadPath(f"malformed request: POST /v1/models/{tail} (expected ...:predict)")
-            model, suffix = parse_model_path(resource)
-            if suffix:
-                raise _BadPath(f"malformed request: POST /v1/models/{tail}")
-            if verb in ("classify", "regress"):
-                raise RpcStatusError(
-                    grpc.StatusCode.UNIMPLEMENTED, f"{verb} is not supported by Monolith entries; use :predict"
-                )
-            if verb != "predict":
-                raise _BadPath(f"unknown method {verb!r} (expected predict)")
-            with self._core.admitted():
-                return await self._predict(request, model, call)
-        if request.method == "GET":
-            call.model = tail.split("/", 1)[0] or None
-            call.method = "GetModelMetadata" if tail.endswith("/metadata") else "GetModelStatus"
-            model, suffix = parse_model_path(tail)
-            with self._core.admitted():
-                if suffix == "metadata":
-                    return await self._metadata(model, call)
-                return await self._status(model, call)
-        raise _MethodNotAllowed(f"method {request.method} not allowed")
+        if request.method not in ("GET", "POST"):
+            # TF Serving answers 400 "Malformed request"; 405 is HTTP's answer, and names the methods that work.
+            raise _MethodNotAllowed(f"method {request.method} not allowed (the REST API takes {_ALLOWED_METHODS})")
+        raw_path = request.rel_url.raw_path
+        call.model, call.method = _path_labels(request.method, raw_path)
+        target = parse_rest_target(request.method, raw_path)
+        if target.method in ("Classify", "Regress"):
+            raise RpcStatusError(
+                grpc.StatusCode.UNIMPLEMENTED,
+                f"{target.method.lower()} is not supported by Monolith entries; use :predict",
+            )
+        with self._core.admitted():
+            if target.method == "Predict":
+                return await self._predict(request, target.model, call)
+            if target.method == GET_MODEL_METADATA_METHOD:
+                return await self._metadata(target.model, call)
+            return await self._status(target.model, call)
 
     async def _read_body(self, request: web.Request, call: _RestCall) -> bytes:
         """The body of an admitted request, read only as far as the byte budget lets it: a declared
@@ -534,7 +609,7 @@ class RestGateway:
         reply = await self._call_core(PREDICT, request, call)
         del request
         response = predict_pb2.PredictResponse.FromString(reply.response)
-        return _json(200, predict_response_json(response, row_format))
+        return web.Response(status=200, text=predict_response_text(response, row_format), content_type=_JSON_TYPE)
 
     async def _signature_inputs(self, model: ModelRef, signature: str, call: _RestCall) -> dict[str, int] | None:
         key = (model.name, model.version, model.label, signature)
@@ -586,7 +661,7 @@ def _encode_predict_request(
 
 
 def _json(status: int, document: Any) -> web.Response:
-    return web.Response(status=status, text=json.dumps(document), content_type="application/json")
+    return web.Response(status=status, text=json.dumps(document), content_type=_JSON_TYPE)
 
 
 def _error(status: int, message: str) -> web.Response:

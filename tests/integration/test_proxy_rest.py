@@ -22,13 +22,20 @@ from unittest import mock
 
 import aiohttp
 import grpc
+import numpy as np
 import pytest
+import yarl
 
 from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import ResourceExhaustedError
+from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
-from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+)
 from monolith_serving.proxy import rest_codec, rest_gateway
 from monolith_serving.proxy.core import CallContext, CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
@@ -42,6 +49,7 @@ pytestmark = pytest.mark.integration
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
+GET_MODEL_STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
 TIMEOUT_S = 10.0
 
 
@@ -63,13 +71,23 @@ class FakeClock:
         return self.now_s
 
 
-def _metadata_reply() -> bytes:
-    """A signature with one DT_FLOAT input ``x``."""
-    signature = meta_graph_pb2.SignatureDef()
-    signature.inputs["x"].dtype = types_pb2.DT_FLOAT
+def _metadata_reply(request: bytes, inputs: dict[str, int]) -> bytes:
+    """A ``serving_default`` signature with ``inputs`` (name -> DataType) and one DT_FLOAT output ``y`` of shape
+    [-1, 1], for the version the request names (else 1)."""
+    spec = get_model_metadata_pb2.GetModelMetadataRequest.FromString(request).model_spec
+    signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    for name, dtype in inputs.items():
+        signature.inputs[name].dtype = dtype
+    output = signature.outputs["y"]
+    output.name = "y:0"
+    output.dtype = types_pb2.DT_FLOAT
+    output.tensor_shape.dim.add(size=-1)
+    output.tensor_shape.dim.add(size=1)
     signatures = get_model_metadata_pb2.SignatureDefMap()
     signatures.signature_def["serving_default"].CopyFrom(signature)
     response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = spec.name
+    response.model_spec.version.value = spec.version.value if spec.HasField("version") else 1
     response.metadata["signature_def"].Pack(signatures)
     return response.SerializeToString()
 
@@ -92,6 +110,9 @@ class FakeUpstream:
     calls: list[tuple[str, float | None]] = field(default_factory=list)
     predict_gate: asyncio.Event | None = None  # set: a Predict waits for it (holds its request in flight)
     predict_started: asyncio.Event = field(default_factory=asyncio.Event)
+    signature: dict[str, int] = field(default_factory=lambda: {"x": types_pb2.DT_FLOAT})  # input name -> DataType
+    predict_reply: bytes = field(default_factory=_predict_reply)
+    predicts: list[predict_pb2.PredictRequest] = field(default_factory=list)  # every Predict, as received
 
     async def call(
         self, address: str, method: str, request: bytes, *, timeout_s: float | None, metadata: Metadata
@@ -99,12 +120,17 @@ class FakeUpstream:
         self.calls.append((method, timeout_s))
         if method == GET_MODEL_METADATA:
             self.clock.now_s += self.metadata_takes_s
-            return UpstreamReply(_metadata_reply(), ())
+            return UpstreamReply(_metadata_reply(request, self.signature), ())
         if method == PREDICT:
+            self.predicts.append(predict_pb2.PredictRequest.FromString(request))
             self.predict_started.set()
             if self.predict_gate is not None:
                 await self.predict_gate.wait()
-            return UpstreamReply(_predict_reply(), ())
+            return UpstreamReply(self.predict_reply, ())
+        if method == GET_MODEL_STATUS:
+            response = get_model_status_pb2.GetModelStatusResponse()
+            response.model_version_status.add(version=1, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+            return UpstreamReply(response.SerializeToString(), ())
         raise RpcStatusError(grpc.StatusCode.UNIMPLEMENTED, method)
 
     async def probe(self, address: str, timeout_s: float) -> bool:
@@ -638,3 +664,148 @@ async def test_a_decode_cut_short_by_its_deadline_stops_and_gives_back_its_bytes
             assert await served.post("/entry:predict", MID_BODY) == (200, {"outputs": [0.5]})
             # The cut-short request never went upstream: the one Predict is the second request's.
             assert [method for method, _ in served.upstream.calls] == [GET_MODEL_METADATA, PREDICT]
+
+
+# ---- TF Serving's REST API as its clients use it (tensorflow_serving/model_servers/http_rest_api_handler.cc,
+# http_rest_api_util.cc and util/json_tensor.cc) ---------------------------------------------------------------------
+
+
+async def _exchange(served: Served, method: str, path: str, body: bytes = b"") -> tuple[int, dict[str, str], str]:
+    """One request with ``path`` sent exactly as written (no normalizing, no re-escaping): status, headers, text."""
+    url = yarl.URL(f"http://127.0.0.1:{served.port}{path}", encoded=True)
+    async with served.session.request(method, url, data=body) as response:
+        return response.status, dict(response.headers), await response.text()
+
+
+def _tokens(text: str) -> Any:
+    """A JSON answer with every float and NaN/Infinity literal kept as the text the server wrote."""
+    return json.loads(text, parse_float=str, parse_constant=str)
+
+
+@_sync
+async def test_paths_are_read_as_tf_serving_reads_them() -> None:
+    async with _gateway(models=None) as served:
+        # Under /v1/, a path that is no API call is a 400 naming it, as TF Serving answers; elsewhere a 404.
+        for method, path, message in [
+            ("GET", "/v1/models", "Missing model name"),
+            ("GET", "/v1/models/", "Malformed request: GET /v1/models/"),
+            ("GET", "/v1/foo", "Malformed request: GET /v1/foo"),
+            ("POST", "/v1/foo", "Malformed request: POST /v1/foo"),
+            ("POST", "/v1/models", "Malformed request: POST /v1/models"),
+            ("GET", "/v1/models//versions/1", "Malformed request: GET /v1/models//versions/1"),
+        ]:
+            status, _, text = await _exchange(served, method, path)
+            assert status == 400 and message in json.loads(text)["error"], (method, path, text)
+        assert (await _exchange(served, "GET", "/v2/models/entry"))[0] == 404
+        # Its fixed words are case-insensitive; a name or label is percent-decoded (what a client escapes).
+        status, _, text = await _exchange(served, "POST", "/V1/Models/entry/VERSIONS/3:predict", BODY)
+        assert status == 200, text
+        status, _, text = await _exchange(served, "POST", "/v1/models/a%2Fb%3Ac/Labels/can%20ary:predict", BODY)
+        assert status == 200, text
+        first, second = served.upstream.predicts
+        assert first.model_spec.name == "entry" and first.model_spec.version.value == 3
+        assert second.model_spec.name == "a/b:c" and second.model_spec.version_label == "can ary"
+        status, _, text = await _exchange(served, "GET", "/V1/MODELS/entry/Versions/2")
+        assert status == 200 and json.loads(text)["model_version_status"][0]["state"] == "AVAILABLE", text
+        # Neither GET nor POST: a 405 that names the methods the path takes (TF Serving: a 400).
+        status, headers, _ = await _exchange(served, "PUT", "/v1/models/entry")
+        assert status == 405 and headers.get("Allow") == "GET, POST", (status, headers)
+
+
+@_sync
+async def test_predict_bodies_are_read_as_tf_serving_reads_them() -> None:
+    async with _gateway() as served:
+        # An empty signature_name is the default signature: unnamed instances take its one input.
+        status, _, text = await _exchange(
+            served, "POST", "/v1/models/entry:predict", b'{"signature_name": "", "instances": [1.0, 2.5]}'
+        )
+        assert status == 200, text
+        (request,) = served.upstream.predicts
+        assert from_tensor_proto(request.inputs["x"]).tolist() == [1.0, 2.5]
+        # Content after the document is not read (RapidJSON's kParseStopWhenDoneFlag).
+        status, _, text = await _exchange(served, "POST", "/v1/models/entry:predict", BODY + b'\n{"x": trailing')
+        assert status == 200, text
+
+        served.upstream.signature = {"s": types_pb2.DT_STRING, "n": types_pb2.DT_INT64, "b": types_pb2.DT_BOOL}
+        path = "/v1/models/entry/versions/2:predict"  # another signature-cache key: the new signature is read
+        status, _, text = await _exchange(served, "POST", path, b'{"inputs": {"s": [{"b64": "YQ"}, {"b64": "YWI"}]}}')
+        assert status == 200, text  # base64 without its padding, as absl::Base64Unescape takes it
+        assert from_tensor_proto(served.upstream.predicts[-1].inputs["s"]).tolist() == [b"a", b"ab"]
+        refused = [
+            (b'{"inputs": {"n": [1, 2.5]}}', "input 'n': 2.5 is not an integer (DT_INT64)"),
+            (b'{"inputs": {"n": [1.0]}}', "input 'n': 1.0 is not an integer (DT_INT64)"),
+            (b'{"inputs": {"b": [true, 1]}}', "input 'b': DT_BOOL needs true or false, got 1"),
+            (b'{"inputs": {"s": [{"b64": "YQ="}]}}', "input 's': \"b64\" value is not valid base64"),
+            (b"", "JSON Parse error: The document is empty"),
+        ]
+        for body, message in refused:
+            status, _, text = await _exchange(served, "POST", path, body)
+            assert status == 400 and message in json.loads(text)["error"], (body, text)
+        assert len(served.upstream.predicts) == 3  # none of them went upstream
+        assert (await served.post("/entry:predict", BODY))[0] == 200  # and the proxy serves on
+
+
+@_sync
+async def test_predict_answers_are_written_as_tf_serving_writes_them() -> None:
+    response = predict_pb2.PredictResponse()
+    floats = [0.1, 1 / 3, 1.0, 1e6, 1e-5, 100000.0, 3.4e38, float("nan"), float("inf"), float("-inf")]
+    outputs = {
+        "f": np.array(floats, np.float32),
+        "d": np.array([0.1, 1 / 3, 2.0]),
+        "i": np.array([2**53 + 1, -5], np.int64),
+        "raw_bytes": np.array([b"\xff", b"ab"], dtype=object),
+        "t": np.array([b"ok", b"\xff"], dtype=object),
+        "ok": np.array([True, False]),
+    }
+    for name, array in outputs.items():
+        response.outputs[name].CopyFrom(to_tensor_proto(array))
+    async with _gateway() as served:
+        served.upstream.predict_reply = response.SerializeToString()
+        status, _, text = await _exchange(served, "POST", "/v1/models/entry:predict", BODY)
+        assert status == 200, text
+        # Floats with 6 significant digits when that reads back as the same value, else 9 (float) or 17 (double);
+        # ".0" on whole numbers without an exponent; NaN and Infinity bare; int64 as exact numbers.
+        assert _tokens(text) == {
+            "outputs": {
+                "f": [
+                    "0.1",
+                    "0.333333343",
+                    "1.0",
+                    "1e+06",
+                    "1e-05",
+                    "100000.0",
+                    "3.4e+38",
+                    "NaN",
+                    "Infinity",
+                    "-Infinity",
+                ],
+                "d": ["0.1", "0.33333333333333331", "2.0"],
+                "i": [2**53 + 1, -5],
+                "raw_bytes": [{"b64": "/w=="}, {"b64": "YWI="}],
+                "t": ["ok", {"b64": "/w=="}],
+                "ok": [True, False],
+            }
+        }
+        one = predict_pb2.PredictResponse()
+        one.outputs["scores"].CopyFrom(to_tensor_proto(np.array([[0.25], [0.7310586]], np.float32)))
+        served.upstream.predict_reply = one.SerializeToString()
+        status, _, text = await _exchange(served, "POST", "/v1/models/entry:predict", b'{"instances": [1.0, 2.0]}')
+        assert status == 200 and _tokens(text) == {"predictions": [["0.25"], ["0.731058598"]]}, text
+
+
+@_sync
+async def test_metadata_is_printed_as_tf_serving_prints_it() -> None:
+    async with _gateway() as served:
+        status, headers, text = await _exchange(served, "GET", "/v1/models/entry/versions/4/metadata")
+        assert status == 200 and headers["Content-Type"].startswith("application/json"), (status, headers)
+        document = json.loads(text)
+        # Every field without presence is printed, empty ones included (JsonPrintOptions
+        # always_print_fields_with_no_presence), names as in the .proto.
+        assert document["model_spec"] == {"name": "entry", "signature_name": "", "version": "4"}
+        signature = document["metadata"]["signature_def"]["signature_def"]["serving_default"]
+        assert signature["outputs"]["y"] == {
+            "name": "y:0",
+            "dtype": "DT_FLOAT",
+            "tensor_shape": {"dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}], "unknown_rank": False},
+        }
+        assert signature["method_name"] == "tensorflow/serving/predict" and signature["defaults"] == {}

@@ -9,20 +9,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
+from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
-from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 from monolith_serving.proxy import rest_codec
 from monolith_serving.proxy.rest_codec import (
     DecodeCancel,
     DecodeCancelled,
     ModelRef,
     build_predict_request,
+    model_metadata_json,
     parse_predict_body,
-    predict_response_json,
+    predict_response_text,
 )
-from monolith_serving.proxy.rest_gateway import parse_model_path
+from monolith_serving.proxy.rest_gateway import RestTarget, parse_rest_target
 
 
 def _request(body: object, signature: dict[str, int] | None = None, model: ModelRef | None = None) -> object:
@@ -94,6 +95,11 @@ def test_version_and_label_go_into_the_model_spec() -> None:
         (b'{"inputs": {"a": [-Infinity, -1e999]}}', "JSON Parse error: Number too big to be stored in double"),
         (b'{"inputs": {"a": [' + b"9" * 30 + b"]}}", "cannot convert to DT_INT64"),
         (b'{"inputs": {"a": [[1.0], [1e39]]}}', r"1e\+39 is out of range for DT_FLOAT"),
+        (b"", "JSON Parse error: The document is empty"),
+        (b" \n\t", "JSON Parse error: The document is empty"),
+        (b'{"inputs": {"a": "\xff"}}', "JSON Parse error: the body is not UTF-8"),
+        (b'{"inputs": {"a": {"b64": "YWJjZ"}}}', "not valid base64"),  # no padding makes 5 characters whole
+        (b'{"inputs": {"a": {"b64": "YW="}}}', "not valid base64"),  # padding given must be right
         # numpy's most dimensions: deeper lists were a 500.
         (b'{"inputs": {"a": ' + b"[" * 65 + b"1" + b"]" * 65 + b"}}", "nested deeper than 64"),
     ],
@@ -106,6 +112,49 @@ def test_malformed_bodies_are_invalid_argument(body: bytes, message: str) -> Non
 def test_signature_dtype_mismatch_is_invalid_argument() -> None:
     with pytest.raises(InvalidArgumentError, match="DT_FLOAT"):
         _request({"inputs": {"x": ["text"]}}, {"x": types_pb2.DT_FLOAT})
+    # What numpy would convert by changing it (2.5 -> 2, 2 -> true), TF Serving refuses.
+    for dtype in (types_pb2.DT_INT64, types_pb2.DT_INT32, types_pb2.DT_UINT8):
+        with pytest.raises(InvalidArgumentError, match=r"input 'x': 2.5 is not an integer"):
+            _request({"inputs": {"x": [1, 2.5]}}, {"x": dtype})
+    with pytest.raises(InvalidArgumentError, match=r"input 'x': DT_BOOL needs true or false, got 2"):
+        _request({"instances": [True, 2]}, {"x": types_pb2.DT_BOOL})
+
+
+def test_bodies_tf_serving_takes() -> None:
+    # An empty signature_name is the default signature; what follows the document is not read; base64 may come
+    # without its padding.
+    body = b'\xef\xbb\xbf {"signature_name": "", "instances": [{"b64": "YQ"}, {"b64": "YWI"}]} trailing'
+    request = build_predict_request(ModelRef(name="m"), parse_predict_body(body), {"s": types_pb2.DT_STRING})
+    assert request.model_spec.signature_name == "serving_default"
+    assert from_tensor_proto(request.inputs["s"]).tolist() == [b"a", b"ab"]
+
+
+def test_metadata_prints_every_field() -> None:
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = "m"
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    signatures.signature_def["serving_default"].inputs["x"].tensor_shape.dim.add(size=2)
+    response.metadata["signature_def"].Pack(signatures)
+    assert model_metadata_json(response) == {
+        "model_spec": {"name": "m", "signature_name": ""},
+        "metadata": {
+            "signature_def": {
+                "signature_def": {
+                    "serving_default": {
+                        "inputs": {
+                            "x": {
+                                "dtype": "DT_INVALID",
+                                "tensor_shape": {"dim": [{"size": "2", "name": ""}], "unknown_rank": False},
+                            }
+                        },
+                        "outputs": {},
+                        "method_name": "",
+                        "defaults": {},
+                    }
+                }
+            }
+        },
+    }
 
 
 def _response(**outputs: np.ndarray) -> predict_pb2.PredictResponse:
@@ -113,6 +162,10 @@ def _response(**outputs: np.ndarray) -> predict_pb2.PredictResponse:
     for name, array in outputs.items():
         response.outputs[name].CopyFrom(to_tensor_proto(array))
     return response
+
+
+def predict_response_json(response: predict_pb2.PredictResponse, row_format: bool) -> Any:
+    return json.loads(predict_response_text(response, row_format))
 
 
 def test_row_and_columnar_responses() -> None:
@@ -126,22 +179,92 @@ def test_row_and_columnar_responses() -> None:
     assert predict_response_json(raw, row_format=False) == {"outputs": [{"b64": "YWI="}]}
 
 
+def test_responses_nest_every_shape() -> None:
+    cube = np.arange(8, dtype=np.int32).reshape(2, 2, 2)
+    assert predict_response_json(_response(c=cube), row_format=True) == {"predictions": cube.tolist()}
+    assert predict_response_json(_response(c=cube), row_format=False) == {"outputs": cube.tolist()}
+    empty = _response(e=np.zeros((2, 0, 3), np.float32))
+    assert predict_response_json(empty, row_format=False) == {"outputs": [[], []]}
+    assert predict_response_json(empty, row_format=True) == {"predictions": [[], []]}
+    none = _response(e=np.zeros((0, 2), np.float32), n=np.zeros(0, np.int64))
+    assert predict_response_json(none, row_format=True) == {"predictions": []}
+    assert predict_response_text(_response(s=np.array(2.5, np.float64)), row_format=False) == '{"outputs": 2.5}'
+    with pytest.raises(InvalidArgumentError, match="no outputs"):
+        predict_response_text(predict_pb2.PredictResponse(), row_format=False)
+
+
+def test_floats_are_spelled_as_tf_serving_spells_them() -> None:
+    """6 significant digits when they read back as the value, else 9 (float) or 17 (double); '.0' on whole
+    numbers; NaN/Infinity bare (json_tensor.cc, WriteDecimal)."""
+    values = [0.0, -0.0, 0.1, 0.7310586, 123456.0, 1234567.0, 1e-45, -2.5e-7, float("nan"), float("-inf")]
+    spelled = json.loads(
+        predict_response_text(_response(f=np.array(values, np.float32)), row_format=False),
+        parse_float=str,
+        parse_constant=str,
+    )
+    assert spelled == {
+        "outputs": [
+            "0.0",
+            "-0.0",
+            "0.1",
+            "0.731058598",
+            "123456.0",
+            "1234567.0",
+            "1.4013e-45",
+            "-2.5e-07",
+            "NaN",
+            "-Infinity",
+        ]
+    }
+    half = json.loads(
+        predict_response_text(_response(h=np.array([0.1, 2.0], np.float16)), row_format=False), parse_float=str
+    )
+    assert half == {"outputs": ["0.0999755859", "2.0"]}  # the half's value, written as a float's
+    double = json.loads(
+        predict_response_text(_response(d=np.array([1e300, 2 / 3, 1e22])), row_format=False), parse_float=str
+    )
+    assert double == {"outputs": ["1e+300", "0.66666666666666663", "1e+22"]}
+
+
 def test_row_response_needs_one_batch_size() -> None:
     mixed = _response(a=np.zeros(2, np.float32), b=np.zeros(3, np.float32))
     with pytest.raises(InvalidArgumentError, match="batch sizes"):
         predict_response_json(mixed, row_format=True)
+    with pytest.raises(InvalidArgumentError, match="scalar"):
+        predict_response_json(_response(a=np.array(1.0, np.float32)), row_format=True)
 
 
-def test_model_paths() -> None:
-    assert parse_model_path("m:entry") == (ModelRef(name="m:entry"), "")
-    assert parse_model_path("m/versions/3/metadata") == (ModelRef(name="m", version=3), "metadata")
-    assert parse_model_path("m/labels/stable") == (ModelRef(name="m", label="stable"), "")
-    with pytest.raises(MonolithServingError):  # answered 400 by the gateway
-        parse_model_path("m/versions/x")
-    with pytest.raises(MonolithServingError):
-        parse_model_path("m/other/1")
-    with pytest.raises(NotFoundError):
-        parse_model_path("/versions/1")
+def test_rest_paths() -> None:
+    def target(method: str, path: str) -> RestTarget:
+        return parse_rest_target(method, path)
+
+    assert target("GET", "/v1/models/m:entry") == RestTarget("GetModelStatus", ModelRef(name="m:entry"))
+    assert target("POST", "/v1/models/m:entry:predict") == RestTarget("Predict", ModelRef(name="m:entry"))
+    assert target("GET", "/v1/models/m/versions/3/metadata") == RestTarget(
+        "GetModelMetadata", ModelRef(name="m", version=3)
+    )
+    assert target("GET", "/v1/models/metadata") == RestTarget("GetModelStatus", ModelRef(name="metadata"))
+    assert target("POST", "/V1/MODELS/m/LABELS/stable:regress") == RestTarget(
+        "Regress", ModelRef(name="m", label="stable")
+    )
+    assert target("POST", "/v1/models/a%2Fb%3A%20c/labels/%E2%9C%93:predict") == RestTarget(
+        "Predict", ModelRef(name="a/b: c", label="\u2713")
+    )
+    for method, path in [
+        ("GET", "/v1/models/m/versions/x"),
+        ("GET", "/v1/models/m/other/1"),
+        ("GET", "/v1/models//versions/1"),
+        ("GET", "/v1/models/m/"),
+        ("GET", "/v1/modelsx"),
+        ("GET", "/v1/models/m/versions/metadata"),
+        ("POST", "/v1/models/m"),
+        ("POST", "/v1/models/m:PREDICT"),  # TF Serving's verbs are lower case only
+        ("POST", "/v1/models/m/metadata:predict"),
+        ("POST", "/v1/models/m:predict/"),
+        ("GET", "/v1/models/%FF"),
+    ]:
+        with pytest.raises(MonolithServingError):  # answered 400 by the gateway
+            target(method, path)
 
 
 def test_numbers_convert_in_bulk_with_the_per_element_semantics() -> None:

@@ -564,12 +564,7 @@ def model_metadata_json(response: get_model_metadata_pb2.GetModelMetadataRespons
     for key, packed in sorted(response.metadata.items()):
         signatures = get_model_metadata_pb2.SignatureDefMap()
         if packed.Unpack(signatures):
-            printed = _message_json(signatures)
-            for signature in printed.get("signature_def", {}).values():
-                # TensorFlow's SignatureDef has a map ``defaults`` (field 4) that our copy of meta_graph.proto
-                # lacks; TF Serving prints it, empty for every signature our entries describe.
-                signature.setdefault("defaults", {})
-            metadata[key] = printed
+            metadata[key] = _message_json(signatures)
         else:
             metadata[key] = _message_json(packed)
     return {"model_spec": _message_json(response.model_spec), "metadata": metadata}

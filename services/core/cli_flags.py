@@ -2,17 +2,24 @@
 
 Server flags use tensorflow_model_server's underscore spelling (``--model_config_file``); the dashed
 spelling (``--model-config-file``) is accepted as an alias so both habits work.
+
+The model servers (entry, ps, dense, unified) also take the rest of the command line Monolith's agent gives
+tensorflow_model_server (``TFS_COMPAT_FLAGS``): a flag a server has no use for is accepted, its value checked
+(a bad one is a usage error, exit 2, naming the flag) and named in one warning at start (``warn_unused_tfs_flags``).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Mapping
+import logging
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
 from monolith_serving.core.agent_conf import env_port
+from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.logging_setup import parse_log_level
@@ -21,8 +28,8 @@ T = TypeVar("T")
 MAX_PORT = 65535
 
 
-def add_flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) -> None:
-    """Adds ``--name`` plus its dashed/underscored twin as one option (dest keeps underscores)."""
+def _spellings(name: str) -> list[str]:
+    """``--name`` underscored, then its dashed twin when that differs."""
     if not name.startswith("--"):
         raise ValueError(f"flag {name!r} must start with --")
     bare = name[2:]
@@ -30,7 +37,14 @@ def add_flag(parser: argparse.ArgumentParser | Any, name: str, **kwargs: Any) ->
     dashed = f"--{bare.replace('_', '-')}"
     if dashed not in spellings:
         spellings.append(dashed)
-    kwargs.setdefault("dest", bare.replace("-", "_"))
+    return spellings
+
+
+def add_flag(parser: argparse.ArgumentParser | Any, name: str, *, aliases: Collection[str] = (), **kwargs: Any) -> None:
+    """Adds ``--name`` plus its dashed/underscored twin as one option (dest keeps underscores); each of
+    ``aliases`` (another flag's name for the same setting) is taken in both spellings too."""
+    spellings = [spelling for flag in (name, *aliases) for spelling in _spellings(flag)]
+    kwargs.setdefault("dest", name[2:].replace("-", "_"))
     parser.add_argument(*spellings, **kwargs)
 
 
@@ -131,23 +145,10 @@ def add_host_flag(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
 
 
-def add_unserved_rest_api_port(parser: argparse.ArgumentParser) -> None:
-    """tensorflow_model_server's ``--rest_api_port``, taken (and checked) so its command lines work unchanged on
-    servers that answer gRPC only."""
-    add_flag(
-        parser,
-        "--rest_api_port",
-        type=flag_type(parse_port),
-        default=0,
-        help="accepted for compatibility; REST is not served",
-    )
-
-
 def add_model_source_flags(parser: argparse.ArgumentParser, *, sub_model: str) -> None:
     """tensorflow_model_server's flags for what a sub-model server hosts: a ModelServerConfig file, or one
     model by name and base path. ``sub_model`` names the kind in the help text (``ps_<i>``, ``dense_0``)."""
     add_host_flag(parser)
-    add_unserved_rest_api_port(parser)
     add_flag(
         parser, "--model_config_file", default=None, help=f"text-format ModelServerConfig of the hosted {sub_model}"
     )
@@ -195,3 +196,165 @@ def single_model_from_args(args: argparse.Namespace) -> SingleModel | None:
     if args.model_name or args.model_base_path:
         raise InvalidArgumentError("--model_name/--model_base_path and --model_config_file are exclusive")
     return None
+
+
+def load_threads_from_flag(value: int) -> int:
+    """``--num_load_threads`` as a server takes it: TF Serving's 0 loads in its manager thread, one version at a
+    time, which is our 1; anything else is kept (a negative count is refused by the server's config)."""
+    return 1 if value == 0 else value
+
+
+# -- the rest of tensorflow_model_server's command line ----------------------------------------------------------
+
+
+class TfsValue(Enum):
+    """What the value of a tensorflow_model_server flag must look like (its tensorflow::Flag type)."""
+
+    BOOL = "bool"
+    INT = "int"
+    FLOAT = "float"
+    TEXT = "text"
+    PORT = "port"
+    TLS_CONFIG = "tls_config"
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"not an integer: {text!r}") from None
+
+
+def _parse_float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"not a number: {text!r}") from None
+
+
+def _refuse_tls_config(text: str) -> str:
+    """Empty (no TLS, what Monolith's agent passes unless told otherwise) is fine. A file is refused: our servers
+    speak plaintext gRPC only, and starting anyway would silently serve plaintext where TLS was asked for."""
+    if text.strip():
+        raise ValueError(f"TLS is not supported by this server; refusing to serve plaintext instead of {text!r}")
+    return text
+
+
+_VALUE_CHECKS: Mapping[TfsValue, Callable[[str], object]] = {
+    TfsValue.BOOL: parse_bool,
+    TfsValue.INT: _parse_int,
+    TfsValue.FLOAT: _parse_float,
+    TfsValue.TEXT: str,
+    TfsValue.PORT: parse_port,
+    TfsValue.TLS_CONFIG: _refuse_tls_config,
+}
+
+# The command lines Monolith's agent builds for tensorflow_model_server carry, besides the ports, the model config
+# file and the poll periods, every TfServingConfig setting that differs from its default, --platform_config_file
+# always, and flags of the TF Serving build it launches (archon_*, metrics_namespace_prefix, log_conf, conf_file,
+# allow_growth); tensorflow_model_server itself has a few more. A model server takes all of these; the ones it
+# honours it declares itself (``honoured`` below), the others are checked and named in one warning.
+# Deliberately absent, so still usage errors: --version (TF Serving prints its version and exits), --grpc_socket_path
+# and --use_alts_credentials (ignoring them would leave clients unable to connect, or unauthenticated), --model_name
+# and --model_base_path (a server either hosts that model or must refuse).
+TFS_COMPAT_FLAGS: Mapping[str, TfsValue] = {
+    # Passed by Monolith's agent.
+    "rest_api_port": TfsValue.PORT,
+    "model_config_file_poll_wait_seconds": TfsValue.FLOAT,
+    "platform_config_file": TfsValue.TEXT,
+    "enable_batching": TfsValue.BOOL,
+    "allow_version_labels_for_unavailable_models": TfsValue.BOOL,
+    "batching_parameters_file": TfsValue.TEXT,
+    "num_load_threads": TfsValue.INT,
+    "num_unload_threads": TfsValue.INT,
+    "max_num_load_retries": TfsValue.INT,
+    "load_retry_interval_micros": TfsValue.INT,
+    "flush_filesystem_caches": TfsValue.BOOL,
+    "tensorflow_session_parallelism": TfsValue.INT,
+    "tensorflow_intra_op_parallelism": TfsValue.INT,
+    "tensorflow_inter_op_parallelism": TfsValue.INT,
+    "ssl_config_file": TfsValue.TLS_CONFIG,
+    "per_process_gpu_memory_fraction": TfsValue.FLOAT,
+    "allow_growth": TfsValue.BOOL,
+    "saved_model_tags": TfsValue.TEXT,
+    "grpc_max_threads": TfsValue.INT,
+    "enable_model_warmup": TfsValue.BOOL,
+    "remove_unused_fields_from_bundle_metagraph": TfsValue.BOOL,
+    "enable_signature_method_name_check": TfsValue.BOOL,
+    "xla_cpu_compilation_enabled": TfsValue.BOOL,
+    "enable_profiler": TfsValue.BOOL,
+    "archon_port": TfsValue.PORT,
+    "archon_rpc_psm": TfsValue.TEXT,
+    "archon_rpc_cluster": TfsValue.TEXT,
+    "archon_entry_to_ps_rpc_timeout": TfsValue.INT,
+    "archon_entry_to_ps_rpc_retry": TfsValue.INT,
+    "archon_entry_to_ps_long_conn_num": TfsValue.INT,
+    "archon_entry_to_ps_long_conn_enable": TfsValue.BOOL,
+    "archon_async_dispatcher_threads": TfsValue.INT,
+    "metrics_namespace_prefix": TfsValue.TEXT,
+    "log_conf": TfsValue.TEXT,
+    "conf_file": TfsValue.TEXT,
+    # tensorflow_model_server's own, not passed by Monolith.
+    "rest_api_num_threads": TfsValue.INT,
+    "rest_api_timeout_in_ms": TfsValue.INT,
+    "rest_api_enable_cors_support": TfsValue.BOOL,
+    "enable_per_model_batching_parameters": TfsValue.BOOL,
+    "tensorflow_session_config_file": TfsValue.TEXT,
+    "num_request_iterations_for_warmup": TfsValue.INT,
+    "monitoring_config_file": TfsValue.TEXT,
+    "prefer_tflite_model": TfsValue.BOOL,
+    "num_tflite_pools": TfsValue.INT,
+    "num_tflite_interpreters_per_pool": TfsValue.INT,
+    "xla_gpu_compilation_enabled": TfsValue.BOOL,
+    "thread_pool_factory_config_file": TfsValue.TEXT,
+    "mixed_precision": TfsValue.TEXT,
+    "skip_initialize_tpu": TfsValue.BOOL,
+    "enable_grpc_healthcheck_service": TfsValue.BOOL,
+    "enable_serialization_as_tensor_content": TfsValue.BOOL,
+}
+
+
+def _unused_dest(name: str) -> str:
+    # A namespace of their own: nothing reads them by the plain name a server would use for a flag it honours.
+    return f"unused_tfs__{name}"
+
+
+def add_tfs_compat_flags(parser: argparse.ArgumentParser, *, honoured: Collection[str] = ()) -> None:
+    """Takes every ``TFS_COMPAT_FLAGS`` flag but the ``honoured`` ones (the server declares those itself): both
+    spellings, ``--flag=value`` or ``--flag value``, a bool flag also bare (``--enable_batching`` is true, as in
+    TF Serving). A value is checked (a bad one is a usage error naming the flag), then unused; a flag not given
+    leaves no attribute (``unused_tfs_flags``). Hidden from ``--help`` but for one paragraph naming them."""
+    unknown = set(honoured) - set(TFS_COMPAT_FLAGS)
+    if unknown:
+        raise ValueError(f"not in TFS_COMPAT_FLAGS: {sorted(unknown)}")
+    unused = [name for name in TFS_COMPAT_FLAGS if name not in honoured]
+    group = parser.add_argument_group(
+        "tensorflow_model_server flags without effect here",
+        "Accepted so tensorflow_model_server command lines (Monolith's agent's) work unchanged; values are "
+        "checked (--ssl_config_file must be empty: no TLS here), and the flags given are named in one warning at "
+        "start: " + " ".join(f"--{name}" for name in unused),
+    )
+    for name in unused:
+        kind = TFS_COMPAT_FLAGS[name]
+        bare_means_true: dict[str, Any] = {"nargs": "?", "const": "true"} if kind is TfsValue.BOOL else {}
+        add_flag(
+            group,
+            f"--{name}",
+            type=flag_type(_VALUE_CHECKS[kind]),
+            dest=_unused_dest(name),
+            default=argparse.SUPPRESS,
+            help=argparse.SUPPRESS,
+            **bare_means_true,
+        )
+
+
+def unused_tfs_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The flags ``add_tfs_compat_flags`` took that the command line gave, in ``TFS_COMPAT_FLAGS`` order."""
+    return tuple(f"--{name}" for name in TFS_COMPAT_FLAGS if hasattr(args, _unused_dest(name)))
+
+
+def warn_unused_tfs_flags(args: argparse.Namespace, server: str, log: logging.Logger) -> None:
+    """One warning naming every tensorflow_model_server flag given that this server does not use (none given: none)."""
+    given = unused_tfs_flags(args)
+    if given:
+        log.warning("the %s takes but does not use these tensorflow_model_server flags: %s", server, " ".join(given))

@@ -266,7 +266,4 @@ def serve_command(
     except (InvalidArgumentError, NotFoundError) as error:
         logger.error("%s", error.message)
         return 2
-    rest_api_port = getattr(args, "rest_api_port", 0)
-    if rest_api_port:
-        logger.warning("--rest_api_port %d ignored: the %s serves gRPC only", rest_api_port, name)
     return serve_until_signal(lambda: make_server(config), name)

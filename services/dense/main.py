@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from monolith_serving.core.cli_flags import (
     add_flag,
     add_model_source_flags,
     add_server_flags,
+    add_tfs_compat_flags,
+    load_threads_from_flag,
     main_grpc_port,
     single_model_from_args,
+    warn_unused_tfs_flags,
 )
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig, dense_models_from_proto
 from monolith_serving.dense.server import DenseServer
 
+logger = logging.getLogger(__name__)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser)
     add_model_source_flags(parser, sub_model="dense_0")
-    add_flag(parser, "--num_load_threads", type=int, default=1, help="versions loaded at once")
+    add_flag(parser, "--num_load_threads", type=int, default=1, help="versions loaded at once (0 counts as 1)")
+    add_tfs_compat_flags(parser, honoured=("num_load_threads",))
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> DenseServerConfig:
@@ -41,9 +48,10 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Dense
         model_config_file=Path(args.model_config_file) if args.model_config_file else None,
         file_system_poll_wait_s=args.file_system_poll_wait_seconds,
         models=models,
-        num_load_threads=args.num_load_threads,
+        num_load_threads=load_threads_from_flag(args.num_load_threads),
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    warn_unused_tfs_flags(args, "dense server", logger)
     return serve_command(args, config_from_args, DenseServer, "dense server")

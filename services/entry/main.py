@@ -29,8 +29,9 @@ from monolith_serving.core.cli_flags import (
     add_flag,
     add_host_flag,
     add_server_flags,
-    add_unserved_rest_api_port,
+    add_tfs_compat_flags,
     main_grpc_port,
+    warn_unused_tfs_flags,
 )
 from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
@@ -296,12 +297,19 @@ class EntryServer:
 
 # -- command line ------------------------------------------------------------------------------------
 
+# Monolith's agent hands agent.conf's fetch_ps_timeout_ms and fetch_ps_retry to tensorflow_model_server under
+# these names; the entry and the unified server take them as aliases of their own flags.
+FETCH_PS_TFS_FLAGS = ("archon_entry_to_ps_rpc_timeout", "archon_entry_to_ps_rpc_retry")
+DEFAULT_CONTROL_PERIOD_S = 1.0
+
 
 def add_fetch_ps_flags(parser: argparse.ArgumentParser) -> None:
     """agent.conf's PS fetch settings as flags; the entry and the unified server both take them."""
+    timeout_alias, retry_alias = FETCH_PS_TFS_FLAGS
     add_flag(
         parser,
         "--fetch_ps_timeout_ms",
+        aliases=(f"--{timeout_alias}",),
         type=int,
         default=DEFAULT_FETCH_PS_TIMEOUT_MS,
         help="PS call deadline without a client deadline (default %(default)s)",
@@ -309,6 +317,7 @@ def add_fetch_ps_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(
         parser,
         "--fetch_ps_retry",
+        aliases=(f"--{retry_alias}",),
         type=int,
         default=DEFAULT_FETCH_PS_RETRY,
         help="PS retries on another replica (default %(default)s)",
@@ -362,7 +371,6 @@ def request_coalescing_from_args(args: argparse.Namespace) -> RequestCoalescing:
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser, default_port=None)
     add_host_flag(parser)
-    add_unserved_rest_api_port(parser)
     add_flag(parser, "--model_config_file", type=Path, default=None, help="text-format ModelServerConfig (one model)")
     add_flag(parser, "--model_name", default="entry", help="model name when no config file (default %(default)s)")
     add_flag(parser, "--model_base_path", type=Path, default=None, help="the entry sub-model folder (export/entry)")
@@ -401,10 +409,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
         parser,
         "--file_system_poll_wait_seconds",
         type=float,
-        default=1.0,
-        help="control-loop period: version scan and PS status poll (default %(default)s)",
+        default=DEFAULT_CONTROL_PERIOD_S,
+        help="control-loop period: version scan and PS status poll (default %(default)s; 0 or less: the default)",
     )
     add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown (default %(default)s)")
+    add_tfs_compat_flags(parser, honoured=FETCH_PS_TFS_FLAGS)
+
+
+def control_period_from_flag(seconds: float) -> float:
+    """The control loop's period from ``--file_system_poll_wait_seconds``. TF Serving reads 0 as "scan once" and
+    less as "never scan", but this loop also polls PS status and promotes versions once their PS are ready, so it
+    must keep running, and at 0 it would spin: 0 or less (NaN too) runs it at the default period."""
+    return seconds if seconds > 0 else DEFAULT_CONTROL_PERIOD_S
 
 
 def _model_config(args: argparse.Namespace) -> EntryModelConfig | None:
@@ -479,7 +495,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         coalesce=coalesce_config_from_args(args),
         coalesce_requests=request_coalescing_from_args(args),
         max_fids_per_request=max_fids_from_args(args),
-        poll_interval_s=args.file_system_poll_wait_seconds,
+        poll_interval_s=control_period_from_flag(args.file_system_poll_wait_seconds),
         grace_s=args.grace_s,
     )
 
@@ -490,7 +506,13 @@ def run(args: argparse.Namespace) -> int:
     except MonolithServingError as error:
         logger.error("%s", error.message)
         return 2
-    if args.rest_api_port:
-        logger.warning("--rest_api_port %d ignored: the entry serves gRPC only", args.rest_api_port)
+    warn_unused_tfs_flags(args, "entry", logger)
+    if config.poll_interval_s != args.file_system_poll_wait_seconds:
+        logger.warning(
+            "--file_system_poll_wait_seconds %s: the entry's control loop (PS status, version scan) must keep "
+            "running; it runs every %s s",
+            args.file_system_poll_wait_seconds,
+            config.poll_interval_s,
+        )
 
     return serve_until_signal(lambda: EntryServer(config), "entry")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from monolith_serving.core.cli_flags import (
     add_flag,
     add_model_source_flags,
     add_server_flags,
+    add_tfs_compat_flags,
+    load_threads_from_flag,
     main_grpc_port,
     single_model_from_args,
+    warn_unused_tfs_flags,
 )
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import serve_command
@@ -22,6 +26,8 @@ from monolith_serving.ps.config import (
     sub_models_from_proto,
 )
 from monolith_serving.ps.server import PsServer
+
+logger = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +55,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_PENDING_SYNC_BYTES,
         help="parameter-sync bytes queued for a loading version; pushes beyond get RESOURCE_EXHAUSTED (default 1 GiB)",
     )
-    add_flag(parser, "--num_load_threads", type=int, default=1, help="versions loaded at once (memory!)")
+    add_flag(parser, "--num_load_threads", type=int, default=1, help="versions loaded at once (memory!; 0 counts as 1)")
+    add_tfs_compat_flags(parser, honoured=("model_config_file_poll_wait_seconds", "num_load_threads"))
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> PsConfig:
@@ -73,9 +80,10 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> PsCon
         max_fids_per_request=args.max_fids_per_request,
         max_pending_sync_bytes=args.max_pending_sync_bytes,
         grpc_channel_arguments=args.grpc_channel_arguments,
-        num_load_threads=args.num_load_threads,
+        num_load_threads=load_threads_from_flag(args.num_load_threads),
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    warn_unused_tfs_flags(args, "PS", logger)
     return serve_command(args, config_from_args, PsServer, "PS")

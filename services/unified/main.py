@@ -6,18 +6,22 @@ Started by the v3 agent with an empty model list; the agent then reloads it with
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from monolith_serving.core.agent_conf import env_port
 from monolith_serving.core.cli_flags import (
     add_flag,
     add_server_flags,
-    add_unserved_rest_api_port,
+    add_tfs_compat_flags,
+    load_threads_from_flag,
     main_grpc_port,
+    warn_unused_tfs_flags,
 )
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_command
 from monolith_serving.entry.main import (
+    FETCH_PS_TFS_FLAGS,
     add_coalesce_flags,
     add_fetch_ps_flags,
     coalesce_config_from_args,
@@ -26,11 +30,12 @@ from monolith_serving.entry.main import (
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST
 from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
 
+logger = logging.getLogger(__name__)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser)
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
-    add_unserved_rest_api_port(parser)
     add_flag(parser, "--model_config_file", type=Path, default=None, help="text ModelServerConfig applied at start")
     add_flag(
         parser,
@@ -47,7 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--num_load_threads",
         type=int,
         default=1,
-        help="versions loaded at once by the PS core, and by the dense core (memory!)",
+        help="versions loaded at once by the PS core, and by the dense core (memory!; 0 counts as 1)",
     )
     add_flag(
         parser,
@@ -57,6 +62,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="fids per request (PS and entry)",
     )
     add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown")
+    add_tfs_compat_flags(parser, honoured=("num_load_threads", *FETCH_PS_TFS_FLAGS))
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> UnifiedConfig:
@@ -79,11 +85,12 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Unifi
         coalesce=coalesce_config_from_args(args),
         coalesce_requests=request_coalescing_from_args(args),
         max_batch_size=args.max_batch_size,
-        num_load_threads=args.num_load_threads,
+        num_load_threads=load_threads_from_flag(args.num_load_threads),
         max_fids_per_request=args.max_fids_per_request,
         grace_s=args.grace_s,
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    warn_unused_tfs_flags(args, "unified server", logger)
     return serve_command(args, config_from_args, UnifiedServer, "unified server")

@@ -44,6 +44,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="AgentService the entry asks for PS replicas (default localhost:$PORT2)",
     )
     add_flag(parser, "--file_system_poll_wait_seconds", type=float, default=1.0, help="version scan period")
+    add_flag(
+        parser,
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model_config_file this often and apply it when it changed (0: never; Monolith's v3 agent "
+        "passes 60 and changes models by rewriting the file)",
+    )
     add_fetch_ps_flags(parser)
     add_coalesce_flags(parser)
     add_flag(parser, "--max_batch_size", type=int, default=None, help="override the serving spec's max batch size")
@@ -62,7 +70,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="fids per request (PS and entry)",
     )
     add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown")
-    add_tfs_compat_flags(parser, honoured=("num_load_threads", *FETCH_PS_TFS_FLAGS))
+    add_tfs_compat_flags(
+        parser, honoured=("num_load_threads", "model_config_file_poll_wait_seconds", *FETCH_PS_TFS_FLAGS)
+    )
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> UnifiedConfig:
@@ -79,6 +89,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Unifi
         metrics_port=args.metrics_port,
         grpc_channel_arguments=args.grpc_channel_arguments,
         model_config_file=args.model_config_file,
+        model_config_file_poll_wait_s=args.model_config_file_poll_wait_seconds,
         file_system_poll_wait_s=args.file_system_poll_wait_seconds,
         fetch_ps_timeout_ms=args.fetch_ps_timeout_ms,
         fetch_ps_retry=args.fetch_ps_retry,

@@ -1,9 +1,11 @@
 """UnifiedServer: one gRPC address serving a PS core, a dense core and an entry core side by side (a v3 container).
 
 Start: bind gRPC (health NOT_SERVING) -> /metrics -> open the PS and dense cores -> apply ``--model_config_file``
-if given -> health follows the models. Models then come from HandleReloadConfigRequest: the config is split by
-sub_graph (``routing``), the PS part replaces the PS core's models, the dense part the dense core's and the entry
-part the entry core's (an empty part unloads that side). Reloads are serialised. Stop (idempotent): health
+if given -> health follows the models. Models then come from HandleReloadConfigRequest, or, with
+``--model_config_file_poll_wait_seconds`` > 0, from the config file re-read that often (how Monolith's v3 agent
+changes its tensorflow_model_server's models: it rewrites the file and relies on the poll). Either way the config
+is split by sub_graph (``routing``), the PS part replaces the PS core's models, the dense part the dense core's
+and the entry part the entry core's (an empty part unloads that side). Reloads are serialised. Stop (idempotent): health
 NOT_SERVING -> drain gRPC -> close the entry core, then the dense and PS cores -> stop /metrics.
 
 Health (service "" and the PredictionService and ModelService names), as the PS's and the dense server's: SERVING
@@ -25,6 +27,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
+from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import ChannelArguments, GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
@@ -82,7 +85,8 @@ class UnifiedConfig:
     host: str = "0.0.0.0"
     metrics_port: int = 0
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
-    model_config_file: Path | None = None  # applied once at start; later configs come by reload
+    model_config_file: Path | None = None  # applied at start; later configs come by reload or the file poll
+    model_config_file_poll_wait_s: float = 0.0  # re-read model_config_file this often (0: never)
     file_system_poll_wait_s: float = 1.0
     fetch_ps_timeout_ms: int = DEFAULT_FETCH_PS_TIMEOUT_MS
     fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
@@ -92,6 +96,10 @@ class UnifiedConfig:
     num_load_threads: int = 1
     max_fids_per_request: int = DEFAULT_MAX_FIDS_PER_REQUEST
     grace_s: float = 2.0
+
+
+def _config_bytes(config: model_server_config_pb2.ModelServerConfig) -> bytes:
+    return config.SerializeToString(deterministic=True)
 
 
 class UnifiedServer:
@@ -141,6 +149,10 @@ class UnifiedServer:
         self._changes: set[asyncio.Task[None]] = set()  # reloads running to their end (``core.run_to_end``)
         self._grpc: GrpcServer | None = None
         self._health_task: asyncio.Task[None] | None = None
+        self._config_poll_task: asyncio.Task[None] | None = None
+        # The last config applied (deterministic bytes), whichever way it came: the file poll applies the file only
+        # when it differs, as TF Serving's ReloadConfig of the current config changes nothing.
+        self._applied_config: bytes | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._stopped = False
 
@@ -164,10 +176,28 @@ class UnifiedServer:
         check_reload(models.dense, self.dense.versions)
         self.entry.check(models.entry)
         await run_to_end(self._apply_all(models), "reload", self._changes)
+        self._applied_config = _config_bytes(config)
 
     async def apply(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """Every part is validated before any core changes; then PS, dense, entry (the entry gates on the others)."""
         await run_to_end(self._apply_all(self._parse(config)), "reload", self._changes)
+        self._applied_config = _config_bytes(config)
+
+    async def _poll_config_file(self, path: Path, interval_s: float) -> None:
+        """Every ``interval_s``: a file whose config differs from the one applied is applied as a reload (refused
+        changes nothing, as HandleReloadConfigRequest; tried again next time, since the folders it names may come
+        later). An unreadable or unparsable file (being rewritten) is logged and read again next time."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                config = read_model_server_config(path)
+                if _config_bytes(config) != self._applied_config:
+                    log.info("model config file %s changed: applying it", path)
+                    await self.reload(config)
+            except MonolithServingError as error:
+                log.warning("model config file %s not applied: %s", path, error.message)
+            except Exception:
+                log.exception("model config file %s: poll step failed", path)
 
     def _parse(self, config: model_server_config_pb2.ModelServerConfig) -> _Models:
         split = split_model_server_config(config)
@@ -237,15 +267,19 @@ class UnifiedServer:
             await self.apply(read_model_server_config(self.config.model_config_file))
         await self._follow_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="unified-health")
+        path, poll_s = self.config.model_config_file, self.config.model_config_file_poll_wait_s
+        if path is not None and poll_s > 0:
+            self._config_poll_task = asyncio.create_task(self._poll_config_file(path, poll_s), name="config-poll")
         log.info("unified server on port %d", self._grpc.port)
 
     async def stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
-        if self._health_task is not None:
-            self._health_task.cancel()
-            await asyncio.gather(self._health_task, return_exceptions=True)
+        for task in (self._config_poll_task, self._health_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._grpc is not None:
             await self._health.stop(self._grpc)
             await self._grpc.stop(self.config.grace_s)

@@ -154,9 +154,9 @@ def test_the_unified_server_takes_monoliths_v3_command_line(tmp_path: Path, all_
     assert (unified.port, unified.model_config_file, unified.agent_address) == (8500, config, "localhost:9123")
     assert unified.fetch_ps_timeout_ms == monolith.FETCH_PS_TIMEOUT_MS
     assert unified.num_load_threads == (4 if all_settings else 1)
+    assert unified.model_config_file_poll_wait_s == 60.0  # how Monolith's v3 agent changes the models
     assert unused_tfs_flags(args) == (
         "--rest_api_port",
-        "--model_config_file_poll_wait_seconds",
         "--platform_config_file",
         *(monolith.ALL_SETTINGS_UNUSED if all_settings else ()),
         "--archon_port",

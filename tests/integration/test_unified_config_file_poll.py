@@ -1,0 +1,101 @@
+"""The unified server re-reads ``--model_config_file`` every ``--model_config_file_poll_wait_seconds`` and applies a
+changed config as a reload: Monolith's v3 agent changes its tensorflow_model_server's models only by rewriting that
+file. A file that does not parse or that a reload would refuse changes nothing, and is tried again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from monolith_serving.core.demo_export import DemoOptions, write_demo
+from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
+
+pytestmark = pytest.mark.integration
+
+AVAILABLE = 30
+NO_AGENT = "127.0.0.1:1"  # no entry is hosted here: nothing asks the agent
+
+
+def config_text(models: dict[str, Path]) -> str:
+    entries = "".join(
+        f'  config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" }}\n'
+        for name, path in models.items()
+    )
+    return f"model_config_list {{\n{entries}}}\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    staged = path.with_suffix(".tmp")
+    staged.write_text(text)
+    staged.replace(path)
+
+
+async def states(stub: model_service_pb2_grpc.ModelServiceStub, name: str) -> list[int] | grpc.StatusCode:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = name
+    try:
+        reply = await stub.GetModelStatus(request, timeout=10)
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return [s.state for s in reply.model_version_status]
+
+
+async def wait_states(
+    stub: model_service_pb2_grpc.ModelServiceStub, name: str, wanted: list[int] | grpc.StatusCode
+) -> None:
+    deadline = time.monotonic() + 20
+    while (seen := await states(stub, name)) != wanted:
+        assert time.monotonic() < deadline, f"{name}: {seen}, not {wanted}"
+        await asyncio.sleep(0.05)
+
+
+def test_a_rewritten_model_config_file_is_applied(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    export = tmp_path / "demo"
+    write_demo(DemoOptions(out=export, num_ps=2, rows=50, dense_alone=True))
+    config_file = tmp_path / "models.config"
+    config_file.write_text(config_text({}))
+    config = UnifiedConfig(
+        port=0,
+        host="127.0.0.1",
+        agent_address=NO_AGENT,
+        model_config_file=config_file,
+        model_config_file_poll_wait_s=0.1,
+        file_system_poll_wait_s=0.2,
+    )
+
+    async def scenario() -> None:
+        async with (
+            UnifiedServer(config) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+            assert await states(stub, "demo:ps_0") == grpc.StatusCode.NOT_FOUND
+            write_atomically(config_file, config_text({"demo:ps_0": export / "ps_0"}))
+            await wait_states(stub, "demo:ps_0", [AVAILABLE])
+
+            # Neither a file being written (not parsable yet) nor a config a reload refuses changes anything.
+            config_file.write_text("model_config_list { config { name: ")
+            await asyncio.sleep(0.5)
+            refused = {"demo:ps_0": export / "ps_0", "demo:dense_0": tmp_path / "missing"}
+            write_atomically(config_file, config_text(refused))
+            await asyncio.sleep(0.5)
+            assert await states(stub, "demo:ps_0") == [AVAILABLE]
+            assert await states(stub, "demo:dense_0") == grpc.StatusCode.NOT_FOUND
+
+            # Once the file is right it is applied: models come and go with it.
+            write_atomically(
+                config_file, config_text({"demo:ps_1": export / "ps_1", "demo:dense_0": export / "dense_0"})
+            )
+            await wait_states(stub, "demo:dense_0", [AVAILABLE])
+            await wait_states(stub, "demo:ps_1", [AVAILABLE])
+            await wait_states(stub, "demo:ps_0", grpc.StatusCode.NOT_FOUND)
+
+    with caplog.at_level("WARNING", logger="monolith_serving.unified.server"):
+        asyncio.run(scenario())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("not applied" in w and "missing" in w for w in warnings), warnings

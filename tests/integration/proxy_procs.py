@@ -1,4 +1,5 @@
-"""Process helpers of the proxy integration tests: fake entries and proxies on loopback ports."""
+"""Process helpers of the proxy integration tests: fake entries, real PS shards and entries, and proxies on loopback
+ports."""
 
 from __future__ import annotations
 
@@ -40,6 +41,30 @@ class FakeEntry(ServerProcess):
         assert self.process is not None
         self.process.kill()
         self.process.wait()
+
+
+def start_ps_shards(export: Path, logs: Path, num_ps: int = 2) -> list[ServerProcess]:
+    """A ``ps`` server for each ``ps_<i>`` sub_graph of ``export``, one after the other, each SERVING when returned."""
+    servers: list[ServerProcess] = []
+    for shard in range(num_ps):
+        port = free_port()
+        args = [
+            "--host=127.0.0.1",
+            f"--port={port}",
+            f"--model_name=ps_{shard}",
+            f"--model_base_path={export / f'ps_{shard}'}",
+            f"--num_ps={num_ps}",
+        ]
+        servers.append(ServerProcess("ps", args, port=port, log_path=logs / f"ps_{shard}.log").start())
+    return servers
+
+
+def start_entry(export: Path, ps: Sequence[ServerProcess], log_path: Path) -> ServerProcess:
+    """An ``entry`` server of ``export``'s entry sub_graph over the ``ps`` servers (static --ps_targets), SERVING."""
+    port = free_port()
+    targets = ";".join(server.address for server in ps)
+    args = [f"--port={port}", f"--model_base_path={export / 'entry'}", f"--ps_targets={targets}"]
+    return ServerProcess("entry", args, port=port, log_path=log_path).start()
 
 
 class Proxy(ServerProcess):

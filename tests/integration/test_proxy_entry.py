@@ -18,8 +18,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from procs import ServerProcess, free_port
-from proxy_procs import Proxy
+from proxy_procs import Proxy, start_entry, start_ps_shards
 
 from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
@@ -37,26 +36,12 @@ TFS_CLIENT = Path(__file__).with_name("proxy_tfs_client.py")
 class EntryCluster:
     def __init__(self, root: Path) -> None:
         export = root / "export"
+        self.export = export
         write_demo(DemoOptions(out=export, num_ps=2, rows=ROWS, version=1, seed=11))
         self.spec = load_serving_spec(export / "entry" / "1")
         logs = root / "logs"
-        self.ps = []
-        for shard in range(2):
-            port = free_port()
-            args = [
-                "--host=127.0.0.1",
-                f"--port={port}",
-                f"--model_name=ps_{shard}",
-                f"--model_base_path={export / f'ps_{shard}'}",
-                "--num_ps=2",
-            ]
-            self.ps.append(ServerProcess("ps", args, port=port, log_path=logs / f"ps_{shard}.log").start())
-        targets = ";".join(p.address for p in self.ps)
-        self.entries = []
-        for index in range(2):
-            port = free_port()
-            args = [f"--port={port}", f"--model_base_path={export / 'entry'}", f"--ps_targets={targets}"]
-            self.entries.append(ServerProcess("entry", args, port=port, log_path=logs / f"entry_{index}.log").start())
+        self.ps = start_ps_shards(export, logs)
+        self.entries = [start_entry(export, self.ps, logs / f"entry_{index}.log") for index in range(2)]
         self.proxy = Proxy(
             logs, ["--entry_targets", ",".join(e.address for e in self.entries), "--entry_models", "entry"]
         ).start()
@@ -141,15 +126,7 @@ def test_client_built_from_tensorflow_protobuf_stubs_succeeds(cluster: EntryClus
 
 def test_killing_one_of_two_entries_under_load_fails_no_request(tmp_path: Path, cluster: EntryCluster) -> None:
     # A third entry of our own to kill, so the module's cluster keeps both of its entries.
-    targets = ";".join(p.address for p in cluster.ps)
-    port = free_port()
-    export = cluster.entries[0].args[1].split("=", 1)[1]
-    victim = ServerProcess(
-        "entry",
-        [f"--port={port}", f"--model_base_path={export}", f"--ps_targets={targets}"],
-        port=port,
-        log_path=tmp_path / "victim.log",
-    ).start()
+    victim = start_entry(cluster.export, cluster.ps, tmp_path / "victim.log")
     survivor = cluster.entries[0]
     proxy = Proxy(tmp_path, ["--entry_targets", f"{survivor.address},{victim.address}"]).start()
     request = predict_request("entry", {"instances": _instances(cluster, 16, seed=5)})

@@ -17,8 +17,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from procs import ServerProcess, free_port
-from proxy_procs import Proxy
+from procs import ServerProcess
+from proxy_procs import Proxy, start_entry, start_ps_shards
 
 from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
@@ -37,21 +37,8 @@ class Cluster:
         write_demo(DemoOptions(out=export, num_ps=2, rows=ROWS, version=1, seed=7))
         self.spec: ServingSpec = load_serving_spec(export / "entry" / "1")
         logs = root / "logs"
-        self.servers: list[ServerProcess] = []
-        for shard in range(2):
-            port = free_port()
-            args = [
-                "--host=127.0.0.1",
-                f"--port={port}",
-                f"--model_name=ps_{shard}",
-                f"--model_base_path={export / f'ps_{shard}'}",
-                "--num_ps=2",
-            ]
-            self.servers.append(ServerProcess("ps", args, port=port, log_path=logs / f"ps_{shard}.log").start())
-        targets = ";".join(p.address for p in self.servers)
-        port = free_port()
-        args = [f"--port={port}", f"--model_base_path={export / 'entry'}", f"--ps_targets={targets}"]
-        self.entry = ServerProcess("entry", args, port=port, log_path=logs / "entry.log").start()
+        self.servers: list[ServerProcess] = start_ps_shards(export, logs)
+        self.entry = start_entry(export, self.servers, logs / "entry.log")
         self.servers.append(self.entry)
         self.proxy = Proxy(logs, ["--entry_targets", self.entry.address, "--entry_models", "entry"]).start()
         self.servers.append(self.proxy)
@@ -131,7 +118,7 @@ def test_metadata_and_status_are_printed_as_tf_serving_prints_them(cluster: Clus
     document = json.loads(text)
     assert document["model_spec"] == {"name": "entry", "signature_name": "", "version": "1"}
     signature = document["metadata"]["signature_def"]["signature_def"]["serving_default"]
-    assert signature["method_name"] == "tensorflow/serving/predict" and signature["defaults"] == {}
+    assert signature["method_name"] == "tensorflow/serving/predict" and "defaults" not in signature
     assert signature["inputs"]["instances"] == {
         "name": "instances",
         "dtype": "DT_STRING",

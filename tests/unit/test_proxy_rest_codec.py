@@ -149,7 +149,6 @@ def test_metadata_prints_every_field() -> None:
                         },
                         "outputs": {},
                         "method_name": "",
-                        "defaults": {},
                     }
                 }
             }
@@ -164,30 +163,31 @@ def _response(**outputs: np.ndarray) -> predict_pb2.PredictResponse:
     return response
 
 
-def predict_response_json(response: predict_pb2.PredictResponse, row_format: bool) -> Any:
+def response_document(response: predict_pb2.PredictResponse, row_format: bool) -> Any:
+    """The REST answer's JSON body for ``response``, parsed (``predict_response_text`` writes it)."""
     return json.loads(predict_response_text(response, row_format))
 
 
 def test_row_and_columnar_responses() -> None:
     single = _response(scores=np.array([[0.5], [0.25]], np.float32))
-    assert predict_response_json(single, row_format=True) == {"predictions": [[0.5], [0.25]]}
-    assert predict_response_json(single, row_format=False) == {"outputs": [[0.5], [0.25]]}
+    assert response_document(single, row_format=True) == {"predictions": [[0.5], [0.25]]}
+    assert response_document(single, row_format=False) == {"outputs": [[0.5], [0.25]]}
     two = _response(p=np.array([1.0, 2.0], np.float32), label=np.array([b"x", b"\xff"], dtype=object))
-    rows = predict_response_json(two, row_format=True)["predictions"]
+    rows = response_document(two, row_format=True)["predictions"]
     assert rows == [{"label": "x", "p": 1.0}, {"label": {"b64": base64.b64encode(b"\xff").decode()}, "p": 2.0}]
     raw = _response(id_bytes=np.array([b"ab"], dtype=object))
-    assert predict_response_json(raw, row_format=False) == {"outputs": [{"b64": "YWI="}]}
+    assert response_document(raw, row_format=False) == {"outputs": [{"b64": "YWI="}]}
 
 
 def test_responses_nest_every_shape() -> None:
     cube = np.arange(8, dtype=np.int32).reshape(2, 2, 2)
-    assert predict_response_json(_response(c=cube), row_format=True) == {"predictions": cube.tolist()}
-    assert predict_response_json(_response(c=cube), row_format=False) == {"outputs": cube.tolist()}
+    assert response_document(_response(c=cube), row_format=True) == {"predictions": cube.tolist()}
+    assert response_document(_response(c=cube), row_format=False) == {"outputs": cube.tolist()}
     empty = _response(e=np.zeros((2, 0, 3), np.float32))
-    assert predict_response_json(empty, row_format=False) == {"outputs": [[], []]}
-    assert predict_response_json(empty, row_format=True) == {"predictions": [[], []]}
+    assert response_document(empty, row_format=False) == {"outputs": [[], []]}
+    assert response_document(empty, row_format=True) == {"predictions": [[], []]}
     none = _response(e=np.zeros((0, 2), np.float32), n=np.zeros(0, np.int64))
-    assert predict_response_json(none, row_format=True) == {"predictions": []}
+    assert response_document(none, row_format=True) == {"predictions": []}
     assert predict_response_text(_response(s=np.array(2.5, np.float64)), row_format=False) == '{"outputs": 2.5}'
     with pytest.raises(InvalidArgumentError, match="no outputs"):
         predict_response_text(predict_pb2.PredictResponse(), row_format=False)
@@ -229,9 +229,9 @@ def test_floats_are_spelled_as_tf_serving_spells_them() -> None:
 def test_row_response_needs_one_batch_size() -> None:
     mixed = _response(a=np.zeros(2, np.float32), b=np.zeros(3, np.float32))
     with pytest.raises(InvalidArgumentError, match="batch sizes"):
-        predict_response_json(mixed, row_format=True)
+        response_document(mixed, row_format=True)
     with pytest.raises(InvalidArgumentError, match="scalar"):
-        predict_response_json(_response(a=np.array(1.0, np.float32)), row_format=True)
+        response_document(_response(a=np.array(1.0, np.float32)), row_format=True)
 
 
 def test_rest_paths() -> None:

@@ -1,4 +1,3 @@
-from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2 as _tensor_pb2
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_shape_pb2 as _tensor_shape_pb2
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2 as _types_pb2
 from google.protobuf.internal import containers as _containers
@@ -31,7 +30,7 @@ class TensorInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., coo_sparse: _Optional[_Union[TensorInfo.CooSparse, _Mapping]] = ..., dtype: _Optional[_Union[_types_pb2.DataType, str]] = ..., tensor_shape: _Optional[_Union[_tensor_shape_pb2.TensorShapeProto, _Mapping]] = ...) -> None: ...
 
 class SignatureDef(_message.Message):
-    __slots__ = ("inputs", "outputs", "method_name", "defaults")
+    __slots__ = ("inputs", "outputs", "method_name")
     class InputsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,19 +45,10 @@ class SignatureDef(_message.Message):
         key: str
         value: TensorInfo
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TensorInfo, _Mapping]] = ...) -> None: ...
-    class DefaultsEntry(_message.Message):
-        __slots__ = ("key", "value")
-        KEY_FIELD_NUMBER: _ClassVar[int]
-        VALUE_FIELD_NUMBER: _ClassVar[int]
-        key: str
-        value: _tensor_pb2.TensorProto
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.TensorProto, _Mapping]] = ...) -> None: ...
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     METHOD_NAME_FIELD_NUMBER: _ClassVar[int]
-    DEFAULTS_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.MessageMap[str, TensorInfo]
     outputs: _containers.MessageMap[str, TensorInfo]
     method_name: str
-    defaults: _containers.MessageMap[str, _tensor_pb2.TensorProto]
-    def __init__(self, inputs: _Optional[_Mapping[str, TensorInfo]] = ..., outputs: _Optional[_Mapping[str, TensorInfo]] = ..., method_name: _Optional[str] = ..., defaults: _Optional[_Mapping[str, _tensor_pb2.TensorProto]] = ...) -> None: ...
+    def __init__(self, inputs: _Optional[_Mapping[str, TensorInfo]] = ..., outputs: _Optional[_Mapping[str, TensorInfo]] = ..., method_name: _Optional[str] = ...) -> None: ...

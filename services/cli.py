@@ -33,7 +33,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("demo", "monolith_serving.entry.standalone", "standalone cluster: PS shards + entry on loopback"),
     Command("client", "monolith_serving.client.cli", "client: predict|status|meta|load|profile"),
     Command("ps", "monolith_serving.ps.main", "serve embedding tables of ps_<i> sub-models (lookup, sync)"),
-    Command("unified", "monolith_serving.unified.main", "v3 container server: entry and ps_<i> sub_graphs on one port"),
+    Command("unified", "monolith_serving.unified.main", "v3 container server: entry, ps_<i>, dense_<i> on one port"),
     Command("dense", "monolith_serving.dense.main", "serve the dense network of dense_0 (dense_alone models)"),
     Command("proxy", "monolith_serving.proxy.main", "TF Serving front door (gRPC + REST) routing to entry replicas"),
     Command("agent", "monolith_serving.agent.main", "per-pod agent: launch, register and supervise model servers"),

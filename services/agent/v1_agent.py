@@ -155,6 +155,7 @@ class V1Agent:
         while True:
             if not await discovery.wait_connected(timeout_s):
                 log.warning("registry not connected after %.0f s; the entry's sequential node waits for it", timeout_s)
+                await asyncio.sleep(_CLAIM_RETRY_S)  # wait_connected may return at once (a zero timeout)
                 continue
             try:
                 claimed = await claim_entry_replica(discovery, template)

@@ -104,12 +104,12 @@ class DenseServer:
         if self.config.file_system_poll_wait_s > 0:
             self._poll = asyncio.create_task(self._poll_loop(), name="dense-file-system-poll")
 
-    async def reload(self, configs: Sequence[DenseModelConfig]) -> None:
+    async def reload(self, configs: Sequence[DenseModelConfig], *, fresh: bool = True) -> None:
         """An explicit reload of a hosting server (its HandleReloadConfigRequest, already checked): replaces the
         hosted models and returns once their versions are settled; latest_once may choose again, failed versions
-        retry."""
+        retry (``fresh``; without it only the models whose config changed start over)."""
         try:
-            await self.versions.apply_config(configs, fresh=True)
+            await self.versions.apply_config(configs, fresh=fresh)
         finally:
             await self._follow_health()
 

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import consul
 
 from monolith_serving.core.aio_wait import within
-from monolith_serving.core.errors import UnavailableError
+from monolith_serving.core.errors import FailedPreconditionError, UnavailableError
 from monolith_serving.discovery.base import (
     SEQUENCE_DIGITS,
     SessionState,
@@ -84,7 +84,8 @@ def _counter_value(key: str, entry: dict[str, Any] | None) -> int:
     raw = entry.get("Value") or b"0"
     text = raw.decode("ascii", errors="replace") if isinstance(raw, bytes) else str(raw)
     if not (text.isascii() and text.isdigit()):
-        raise ValueError(f"consul key {key} should hold the next sequence number, holds {raw!r}")
+        # Not transient (retrying reads the same value): an operator must fix or delete the key.
+        raise FailedPreconditionError(f"consul key {key} should hold the next sequence number, holds {raw!r}")
     return int(text)
 
 

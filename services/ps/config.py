@@ -80,7 +80,7 @@ class PsConfig:
         if self.max_pending_sync_bytes < 0:
             raise InvalidArgumentError(f"--max_pending_sync_bytes must be >= 0, got {self.max_pending_sync_bytes}")
         if self.num_load_threads < 1:
-            raise InvalidArgumentError(f"--num_load_threads must be >= 1, got {self.num_load_threads}")
+            raise InvalidArgumentError(f"--num_load_threads must be >= 0 (0 counts as 1), got {self.num_load_threads}")
         if self.model_config_file is None and not self.models and not self.models_from_reload:
             raise InvalidArgumentError("give --model_config_file or --model_name with --model_base_path")
         check_partitions(self.models, self.num_ps)

@@ -82,17 +82,18 @@ class PsServer:
         assert self.config.model_config_file is not None
         return sub_models_from_proto(read_model_server_config(self.config.model_config_file))
 
-    async def reload(self, configs: Sequence[SubModelConfig]) -> None:
-        """An explicit reload (HandleReloadConfigRequest): latest_once may choose again, failed versions retry.
+    async def reload(self, configs: Sequence[SubModelConfig], *, fresh: bool = True) -> None:
+        """An explicit reload (HandleReloadConfigRequest): latest_once may choose again, failed versions retry
+        (``fresh``; without it only the models whose config changed start over, as a file poll applies a file).
 
         Returns once the versions are settled and health follows them. A caller that stops waiting (a gRPC
         deadline) does not stop the change (see ``VersionLifecycle.apply_config``), nor health following it.
         """
-        await run_to_end(self._reload_then_follow_health(configs), "reload", self._reloads)
+        await run_to_end(self._reload_then_follow_health(configs, fresh), "reload", self._reloads)
 
-    async def _reload_then_follow_health(self, configs: Sequence[SubModelConfig]) -> None:
+    async def _reload_then_follow_health(self, configs: Sequence[SubModelConfig], fresh: bool) -> None:
         try:
-            await self.versions.apply_config(configs, fresh=True)
+            await self.versions.apply_config(configs, fresh=fresh)
         finally:
             await self._follow_health()
 

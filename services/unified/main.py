@@ -1,6 +1,8 @@
 """``monolith-serving unified``: a v3 container's model server (entry, PS and dense sub_graphs on one port).
 
-Started by the v3 agent with an empty model list; the agent then reloads it with what its layout assigns.
+Started by the v3 agent with an empty model list; the agent then reloads it with what its layout assigns
+(HandleReloadConfigRequest). Started by Monolith's v3 agent, it re-reads ``--model_config_file`` every
+``--model_config_file_poll_wait_seconds`` instead, since that agent rewrites the file.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="AgentService the entry asks for PS replicas (default localhost:$PORT2)",
     )
-    add_flag(parser, "--file_system_poll_wait_seconds", type=float, default=1.0, help="version scan period")
+    add_flag(
+        parser,
+        "--file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="period of the version scans, the entry core's control loop and health (at least 0.2; 0 or less: 1)",
+    )
     add_flag(
         parser,
         "--model_config_file_poll_wait_seconds",

@@ -36,6 +36,7 @@ from monolith_serving.core.model_health import HostedModel, ModelHealth
 from monolith_serving.core.run_to_end import run_to_end
 from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig, dense_models_from_proto
 from monolith_serving.dense.server import DenseServer
+from monolith_serving.entry.main import control_period_from_flag
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModelConfig
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
@@ -130,7 +131,8 @@ class UnifiedServer:
             ),
             registry=self.registry,
         )
-        self._poll_interval_s = max(config.file_system_poll_wait_s, 0.2)
+        # Health and the entry core's control loop must keep running whatever the flag says (0, negative, NaN).
+        self._poll_interval_s = max(control_period_from_flag(config.file_system_poll_wait_s), 0.2)
         self.entry = EntrySide(
             settings=EntrySettings(
                 agent_address=config.agent_address,
@@ -166,34 +168,34 @@ class UnifiedServer:
         """Every hosted model by name, as health judges them (the names of the cores never overlap)."""
         return {**self.ps.versions.models, **self.dense.versions.models, **self.entry.readiness()}
 
-    async def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+    async def reload(self, config: model_server_config_pb2.ModelServerConfig, *, fresh: bool = True) -> None:
         """A HandleReloadConfigRequest: refused before any core changes when a model moves to a base path that is
         not a folder or a PS or dense version label names a version not AVAILABLE (``core.model_config_list``; the
-        start-up config is not held to this: its folders may come later)."""
+        start-up config is not held to this: its folders may come later). ``fresh`` as ``PsServer.reload``."""
         models = self._parse(config)
         check_partitions(models.ps, self.ps.core.num_ps)
         check_reload(models.ps, self.ps.versions)
         check_reload(models.dense, self.dense.versions)
         self.entry.check(models.entry)
-        await run_to_end(self._apply_all(models), "reload", self._changes)
-        self._applied_config = _config_bytes(config)
+        await run_to_end(self._apply_all(models, _config_bytes(config), fresh=fresh), "reload", self._changes)
 
     async def apply(self, config: model_server_config_pb2.ModelServerConfig) -> None:
         """Every part is validated before any core changes; then PS, dense, entry (the entry gates on the others)."""
-        await run_to_end(self._apply_all(self._parse(config)), "reload", self._changes)
-        self._applied_config = _config_bytes(config)
+        await run_to_end(self._apply_all(self._parse(config), _config_bytes(config)), "reload", self._changes)
 
     async def _poll_config_file(self, path: Path, interval_s: float) -> None:
         """Every ``interval_s``: a file whose config differs from the one applied is applied as a reload (refused
         changes nothing, as HandleReloadConfigRequest; tried again next time, since the folders it names may come
-        later). An unreadable or unparsable file (being rewritten) is logged and read again next time."""
+        later). Not ``fresh``: a retry after a part failed (an entry with no version yet) leaves the models whose
+        config did not change as they are. An unreadable or unparsable file (being rewritten) is logged and read
+        again next time; the read runs off the event loop (a stalled file system must not stall serving)."""
         while True:
             await asyncio.sleep(interval_s)
             try:
-                config = read_model_server_config(path)
+                config = await asyncio.to_thread(read_model_server_config, path)
                 if _config_bytes(config) != self._applied_config:
                     log.info("model config file %s changed: applying it", path)
-                    await self.reload(config)
+                    await self.reload(config, fresh=False)
             except MonolithServingError as error:
                 log.warning("model config file %s not applied: %s", path, error.message)
             except Exception:
@@ -207,14 +209,16 @@ class UnifiedServer:
             entry=self.entry.parse(split.entry),
         )
 
-    async def _apply_all(self, models: _Models) -> None:
+    async def _apply_all(self, models: _Models, config: bytes, *, fresh: bool = True) -> None:
         # Run to its end as one change: a caller cut off between the parts left the PS part applied and the entry
-        # part not, and released the lock while the PS part still ran.
+        # part not, and released the lock while the PS part still ran. ``config`` is recorded here, not by the
+        # caller, so that a change whose caller stopped waiting still counts as applied (the file poll compares).
         async with self._reload_lock:
             try:
-                await self.ps.reload(models.ps)
-                await self.dense.reload(models.dense)
+                await self.ps.reload(models.ps, fresh=fresh)
+                await self.dense.reload(models.dense, fresh=fresh)
                 await self.entry.apply(models.entry)
+                self._applied_config = config
             finally:
                 await self._follow_health()
         log.info(

@@ -19,6 +19,7 @@ import consul
 import pytest
 from consul_double import ConsulTarget
 
+from monolith_serving.core.errors import FailedPreconditionError
 from monolith_serving.core.zk_paths import UNSET_REPLICA_ID, ReplicaPath, ServerType
 from monolith_serving.discovery import DiscoveryConfig, EventKind, ModelState, SessionState, WatchEvent
 from monolith_serving.discovery.consul_kv import SEQUENCE_COUNTER_NAME, ConsulDiscovery
@@ -405,6 +406,24 @@ def test_entries_without_id_racing_for_sequence_numbers_never_share_one(consul_t
             await eventually(lambda: len(events) == len(claimed), what="initial ADDED")
             assert all(SEQUENCE_COUNTER_NAME not in e.path for e in events)
         client_for(consul_target).kv.delete(bzid, recurse=True)
+
+    run(body)
+
+
+def test_a_corrupt_sequence_counter_is_a_clear_error(consul_target: ConsulTarget) -> None:
+    """Not a traceback from deep inside the backend: FAILED_PRECONDITION naming the key, which an operator fixes."""
+    bzid = prefix()
+    counter_key = f"{bzid}/service/iptv/entry:0/{SEQUENCE_COUNTER_NAME}"
+
+    async def body() -> None:
+        raw = client_for(consul_target)
+        raw.kv.put(counter_key, b"seven")
+        async with discovery_for(consul_target) as disc:
+            assert await disc.wait_connected(15)
+            with pytest.raises(FailedPreconditionError, match=counter_key):
+                await claim_entry_replica(disc, _unset_entry(bzid, 9000))
+            assert await disc.get_children(f"/{bzid}/service/iptv/entry:0") == []
+        raw.kv.delete(bzid, recurse=True)
 
     run(body)
 

@@ -5,6 +5,7 @@ file. A file that does not parse or that a reload would refuse changes nothing, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+from monolith_serving.proto_gen.tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
 
 pytestmark = pytest.mark.integration
@@ -54,12 +56,16 @@ async def wait_states(
         await asyncio.sleep(0.05)
 
 
-def test_a_rewritten_model_config_file_is_applied(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    export = tmp_path / "demo"
-    write_demo(DemoOptions(out=export, num_ps=2, rows=50, dense_alone=True))
-    config_file = tmp_path / "models.config"
-    config_file.write_text(config_text({}))
-    config = UnifiedConfig(
+async def wait_warning(caplog: pytest.LogCaptureFixture, *fragments: str) -> None:
+    """Until the poll has logged a warning holding every fragment (it read the file and did not apply it)."""
+    deadline = time.monotonic() + 20
+    while not any(r.levelname == "WARNING" and all(f in r.getMessage() for f in fragments) for r in caplog.records):
+        assert time.monotonic() < deadline, f"no warning with {fragments}"
+        await asyncio.sleep(0.05)
+
+
+def polling_config(config_file: Path) -> UnifiedConfig:
+    return UnifiedConfig(
         port=0,
         host="127.0.0.1",
         agent_address=NO_AGENT,
@@ -68,9 +74,16 @@ def test_a_rewritten_model_config_file_is_applied(tmp_path: Path, caplog: pytest
         file_system_poll_wait_s=0.2,
     )
 
+
+def test_a_rewritten_model_config_file_is_applied(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    export = tmp_path / "demo"
+    write_demo(DemoOptions(out=export, num_ps=2, rows=50, dense_alone=True))
+    config_file = tmp_path / "models.config"
+    config_file.write_text(config_text({}))
+
     async def scenario() -> None:
         async with (
-            UnifiedServer(config) as server,
+            UnifiedServer(polling_config(config_file)) as server,
             grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
         ):
             stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
@@ -80,10 +93,10 @@ def test_a_rewritten_model_config_file_is_applied(tmp_path: Path, caplog: pytest
 
             # Neither a file being written (not parsable yet) nor a config a reload refuses changes anything.
             config_file.write_text("model_config_list { config { name: ")
-            await asyncio.sleep(0.5)
+            await wait_warning(caplog, "not applied", str(config_file))
             refused = {"demo:ps_0": export / "ps_0", "demo:dense_0": tmp_path / "missing"}
             write_atomically(config_file, config_text(refused))
-            await asyncio.sleep(0.5)
+            await wait_warning(caplog, "not applied", "missing")
             assert await states(stub, "demo:ps_0") == [AVAILABLE]
             assert await states(stub, "demo:dense_0") == grpc.StatusCode.NOT_FOUND
 
@@ -97,5 +110,39 @@ def test_a_rewritten_model_config_file_is_applied(tmp_path: Path, caplog: pytest
 
     with caplog.at_level("WARNING", logger="monolith_serving.unified.server"):
         asyncio.run(scenario())
-    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
-    assert any("not applied" in w and "missing" in w for w in warnings), warnings
+
+
+def test_the_file_wins_again_after_a_reload_whose_caller_stopped_waiting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A HandleReloadConfigRequest runs to its end even when its caller is gone; the config it applied is then the
+    current one, so the next poll puts the file's config back (it did not: the caller recorded what was applied)."""
+    export = tmp_path / "demo"
+    write_demo(DemoOptions(out=export, num_ps=2, rows=50))
+    config_file = tmp_path / "models.config"
+    config_file.write_text(config_text({"demo:ps_0": export / "ps_0"}))
+    other = ModelServerConfig()
+    other.model_config_list.config.add(name="demo:ps_1", base_path=str(export / "ps_1"))
+
+    async def scenario() -> None:
+        async with (
+            UnifiedServer(polling_config(config_file)) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+            await wait_states(stub, "demo:ps_0", [AVAILABLE])
+            caller = asyncio.create_task(server.reload(other))
+            await asyncio.sleep(0)  # the change has started; its caller now stops waiting
+            caller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await caller
+            # The start-up config came from the file without the poll; only the cut-off reload makes it differ.
+            deadline = time.monotonic() + 20
+            while not any("changed: applying it" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < deadline, "the poll never applied the file again"
+                await asyncio.sleep(0.05)
+            await wait_states(stub, "demo:ps_0", [AVAILABLE])
+            await wait_states(stub, "demo:ps_1", grpc.StatusCode.NOT_FOUND)
+
+    with caplog.at_level("INFO", logger="monolith_serving.unified.server"):
+        asyncio.run(scenario())

@@ -4,8 +4,7 @@ Each check writes the field by its number (hand-encoded wire bytes, as the other
 reads it back by name, or compares a descriptor with the number and type taken from the upstream .proto:
 - TF Serving: tensorflow_serving/config/{model_server_config,logging_config,log_collector_config}.proto,
   tensorflow_serving/apis/{model_management,predict,input,classification,regression,inference}.proto;
-- TensorFlow: tensorflow/core/framework/types.proto (the ``*_REF`` values),
-  tensorflow/core/protobuf/meta_graph.proto (SignatureDef.defaults);
+- TensorFlow: tensorflow/core/framework/types.proto (the ``*_REF`` values);
 - Monolith: idl/matrix/proto/{line_id,example}.proto,
   monolith/native_training/runtime/hash_table/optimizer/optimizer.proto (OptimizerDump).
 """
@@ -29,7 +28,6 @@ from monolith_serving.entry.servicer import entry_config_from_proto
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2, line_id_pb2
 from monolith_serving.proto_gen.monolith.hash_table import entry_dump_pb2
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
-from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     classification_pb2,
     model_management_pb2,
@@ -128,8 +126,6 @@ EXPECTED_FIELDS = [
     (TS + "Input", "example_list_with_context", 2, MSG, OPTIONAL, TS + "ExampleListWithContext", "kind"),
     (TS + "InferenceResult", "classification_result", 2, MSG, OPTIONAL, TS + "ClassificationResult", "result"),
     (TS + "InferenceResult", "regression_result", 3, MSG, OPTIONAL, TS + "RegressionResult", "result"),
-    # TensorFlow tensorflow/core/protobuf/meta_graph.proto: map<string, TensorProto> defaults = 4
-    ("tensorflow.SignatureDef", "defaults", 4, MSG, REPEATED, "tensorflow.SignatureDef.DefaultsEntry", ""),
     # Monolith idl/matrix/proto/line_id.proto (proto2)
     ("idl.matrix.proto.LineId", "pre_actions", 23, I32, REPEATED, "", ""),
     ("idl.matrix.proto.LineId", "special_strategies", 39, I32, REPEATED, "", ""),
@@ -224,14 +220,6 @@ def test_reference_data_types_are_the_base_type_plus_100() -> None:
 
 
 # --- bytes written by number, read back by name -------------------------------------------------------------
-
-
-def test_signature_def_defaults_by_number() -> None:
-    """A SignatureDef from TensorFlow 2.13+ carrying a default input value keeps it through our copy."""
-    default = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[0.5])
-    entry = ld(1, b"ctx") + ld(2, default.SerializeToString())
-    signature = meta_graph_pb2.SignatureDef.FromString(ld(4, entry))
-    assert signature.defaults["ctx"] == default
 
 
 def test_line_id_fields_by_number() -> None:
@@ -404,7 +392,7 @@ def test_unified_server_applies_a_config_with_logging_config(tmp_path: Path) -> 
         applied: list[tuple[tuple[SubModelConfig, ...], EntryModelConfig | None]] = []
         ps_models: list[tuple[SubModelConfig, ...]] = []
 
-        async def ps_reload(models: Sequence[SubModelConfig]) -> None:
+        async def ps_reload(models: Sequence[SubModelConfig], *, fresh: bool = True) -> None:
             ps_models.append(tuple(models))
 
         async def entry_apply(model: EntryModelConfig | None) -> None:

@@ -28,7 +28,7 @@ def test_a_reload_whose_caller_gives_up_during_the_ps_part_still_applies_the_ent
         ps_may_finish = asyncio.Event()
         applied: list[str] = []
 
-        async def slow_ps_reload(models: Sequence[SubModelConfig]) -> None:
+        async def slow_ps_reload(models: Sequence[SubModelConfig], *, fresh: bool = True) -> None:
             ps_loading.set()
             await ps_may_finish.wait()
             applied.append("ps: " + ",".join(m.name for m in models))

@@ -25,6 +25,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
+from monolith_serving.client.text_sniff import decoded_if_text
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as monolith_example_pb2
 from monolith_serving.proto_gen.idl.matrix.proto import proto_parser_pb2
@@ -82,17 +83,9 @@ class _Cursor:
 
 def _header_hint(data: bytes) -> str:
     """Why lengths may not add up: a text file read as binary, or header flags that do not match the file."""
-    if _looks_like_text(data):
+    if decoded_if_text(data) is not None:
         return " (the file looks like text: add --file_type pbtxt)"
     return " (do --lagrangex_header, --kafka_dump_prefix, --has_sort_id and --kafka_dump match how it was written?)"
-
-
-def _looks_like_text(data: bytes) -> bool:
-    try:
-        text = data[:4096].decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return all(char >= " " or char in "\t\n\r" for char in text)
 
 
 def _skip_header(cursor: _Cursor, header: RecordHeader) -> None:

@@ -3,19 +3,23 @@
 ``ServerProcess`` runs ``python -m monolith_serving <command> ...`` with its log captured to a file, waits until
 the gRPC health check says SERVING (failing fast, with the log tail, if the process exits first), and stops the
 process with SIGTERM at teardown; a server that then needs SIGKILL, or exits non-zero, fails the test. Reused by
-the PS, entry and agent tests.
+the PS, entry and agent tests. ``OutputLines`` waits for a line of a child's stdout while draining it, for
+commands that report readiness by printing (``demo``).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from ports import free_port as free_port  # re-exported: the integration tests take it from here
 
@@ -136,3 +140,53 @@ def wait_model_server_health(proc: ServerProcess, status: str, timeout_s: float 
     while (seen := model_server_health(proc)) != {status}:
         assert time.monotonic() < deadline, f"health {seen}, not {status}\n{proc.log_tail()}"
         time.sleep(0.1)
+
+
+class OutputLines:
+    """A child's text stdout (``stdout=PIPE, text=True``), drained line by line on a daemon thread.
+
+    The child never blocks on a full pipe (64 KiB) however much it prints after the line a test waited for, and
+    ``wait_for`` keeps its deadline when the child stalls in the middle of a line, where ``readline()`` would block.
+    """
+
+    def __init__(self, process: subprocess.Popen[str], tail_lines: int = 40) -> None:
+        assert process.stdout is not None, "start the process with stdout=subprocess.PIPE, text=True"
+        self._process = process
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()  # None: the output ended
+        self._seen: list[str] = []
+        self._tail_lines = tail_lines
+        threading.Thread(target=self._drain, args=(process.stdout,), daemon=True).start()
+
+    def _drain(self, stream: IO[str]) -> None:
+        with stream:
+            for line in stream:
+                self._lines.put(line)
+        self._lines.put(None)
+
+    def _exit_status(self) -> int | None:
+        """The process's exit status once its output has ended; None if it lives on without it."""
+        try:
+            return self._process.wait(5.0)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def tail(self) -> str:
+        return "".join(self._seen[-self._tail_lines :])
+
+    def wait_for(self, text: str, timeout_s: float) -> str:
+        """The next line holding ``text``; AssertionError, with the output's tail, when the output ends (the process
+        exited) or ``timeout_s`` passes first."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                line = self._lines.get(timeout=max(deadline - time.monotonic(), 0.0))
+            except queue.Empty:
+                raise AssertionError(f"no line with {text!r} within {timeout_s:g} s; output:\n{self.tail()}") from None
+            if line is None:
+                self._lines.put(None)  # still ended for the next wait
+                raise AssertionError(
+                    f"output ended (exit status {self._exit_status()}) before a line with {text!r}:\n{self.tail()}"
+                )
+            self._seen.append(line)
+            if text in line:
+                return line

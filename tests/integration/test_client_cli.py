@@ -10,26 +10,18 @@ import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from client_cli import client_command, run_client
 from proxy_procs import FakeEntry
 
 pytestmark = pytest.mark.integration
 
 EXIT_SERVER_ERROR = 1
 EXIT_INTERRUPTED = 130
-
-
-def client_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "monolith_serving", "client", *args]
-
-
-def run_client(*args: str, timeout_s: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(client_command(*args), capture_output=True, text=True, check=False, timeout=timeout_s)
 
 
 @pytest.fixture()

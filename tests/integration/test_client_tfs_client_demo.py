@@ -6,7 +6,6 @@ the entry from $PORT3 and $MY_HOST_IP; profile sends the files of --profile_data
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import struct
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from client_cli import run_client
 from entry_reference import ReferenceScorer
 from google.protobuf import text_format
-from procs import free_port
+from procs import OutputLines, free_port
 from proxy_procs import FakeEntry
 
 from monolith_serving.client.inputs import LogicalExample, encode_example_batch, encode_instances, random_examples
@@ -51,18 +51,6 @@ class Demo:
         return load_serving_spec(self.export / "entry" / "1")
 
 
-def _wait_serving(process: subprocess.Popen[str], timeout_s: float) -> None:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if "entry serving model" in line:
-            return
-        if not line and process.poll() is not None:
-            raise AssertionError(f"demo exited with {process.returncode} before serving")
-    raise AssertionError("demo did not report serving in time")
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     export = tmp_path_factory.mktemp("tfs_client") / "export"
@@ -71,7 +59,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     command = [sys.executable, "-m", "monolith_serving", "demo", "--model", str(export), "--port", str(port)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
-        _wait_serving(process, timeout_s=90)
+        OutputLines(process).wait_for("entry serving model", timeout_s=90)
         yield Demo(export, port)
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
@@ -81,11 +69,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
             process.wait()
 
 
-def run_client(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """tfs_client's spelling: no action word."""
-    command = [sys.executable, "-m", "monolith_serving", "client", *args]
-    environ = {**os.environ, **(env or {})}
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120, env=environ)
+def run_tfs_client(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """tfs_client's spelling: no action word; whatever it exits with, never a traceback."""
+    done = run_client(*args, env=env, timeout_s=120)
     assert "Traceback" not in done.stderr, done.stderr
     return done
 
@@ -139,7 +125,7 @@ def test_every_tfs_client_input_file_scores_like_the_reference(
         path.write_text(text_format.MessageToString(batch))
     else:
         path.write_bytes(framed([batch.SerializeToString()], LAGRANGEX))
-    done = run_client(f"--target={demo.address}", "--cmd_type=get", f"--input_file={path}", *flags)
+    done = run_tfs_client(f"--target={demo.address}", "--cmd_type=get", f"--input_file={path}", *flags)
     expected = ReferenceScorer(demo.export, 1).scores(examples)
     np.testing.assert_allclose(scores_printed(done), expected, rtol=1e-5, atol=1e-6)
 
@@ -148,11 +134,11 @@ def test_conf_finds_the_entry_and_status_and_meta_print_their_responses(demo: De
     conf = tmp_path / "agent.conf"
     conf.write_text(f"bzid b\nbase_name m\nbase_path {demo.export}\ndeploy_type entry\n")
     env = {"PORT3": str(demo.port), "MY_HOST_IP": "127.0.0.1"}
-    done = run_client(f"--conf={conf}", "--cmd_type=status", env=env)
+    done = run_tfs_client(f"--conf={conf}", "--cmd_type=status", env=env)
     assert done.returncode == 0, done.stderr
     status = text_format.Parse(done.stdout, get_model_status_pb2.GetModelStatusResponse())
     assert [(s.version, s.state) for s in status.model_version_status] == [(1, 30)]  # AVAILABLE
-    done = run_client(f"--conf={conf}", "--cmd_type=meta", env=env)
+    done = run_tfs_client(f"--conf={conf}", "--cmd_type=meta", env=env)
     assert done.returncode == 0, done.stderr
     keys = re.findall(r'key: "(\w+)"', done.stdout)
     assert sorted(keys) == ["base_path", "num_versions", "signature_name"], done.stdout
@@ -162,7 +148,7 @@ def test_conf_finds_the_entry_and_status_and_meta_print_their_responses(demo: De
 def test_load_reads_the_config_from_input_file(demo: Demo, tmp_path: Path) -> None:
     config = tmp_path / "models.config"
     config.write_text(f'model_config_list {{ config {{ name: "entry" base_path: "{demo.export / "entry"}" }} }}\n')
-    done = run_client(f"--target={demo.address}", "--cmd_type=load", f"--input_file={config}")
+    done = run_tfs_client(f"--target={demo.address}", "--cmd_type=load", f"--input_file={config}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.rstrip().endswith("load done!"), done.stdout
 
@@ -176,7 +162,7 @@ def test_profile_sends_the_data_folders_files_to_every_target(demo: Demo, tmp_pa
         (data / f"{seed}.pb").write_bytes(framed([monolith_example_batch(spec, examples).SerializeToString()], SORT_ID))
     targets = f"--target={demo.address},{demo.address}"
     common = [targets, "--cmd_type=profile", "--parallel_num=2", "--profile_duration=1", "--has_sort_id"]
-    done = run_client(*common, f"--profile_data_dir={data}")
+    done = run_tfs_client(*common, f"--profile_data_dir={data}")
     assert done.returncode == 0, done.stderr
     match = re.fullmatch(
         r"\[Profile\] Count: (\d+), Avg Latency: [\d.]+, P99 Latency: [\d.]+, QPS: [\d.]+\n", done.stdout
@@ -187,7 +173,7 @@ def test_profile_sends_the_data_folders_files_to_every_target(demo: Demo, tmp_pa
     refused.named_feature_list.add(name="not_in_the_spec").feature.add().fid_v2_list.value.append(1)
     for path in data.iterdir():
         path.write_bytes(framed([refused.SerializeToString()], SORT_ID))
-    done = run_client(*common, f"--profile_data_dir={data}")
+    done = run_tfs_client(*common, f"--profile_data_dir={data}")
     assert done.returncode == 1, done.stderr
     assert done.stdout.startswith("[Profile] Count: 0,"), done.stdout
     assert "not_in_the_spec" in done.stderr.splitlines()[-1], done.stderr
@@ -199,7 +185,9 @@ def test_profile_spreads_its_requests_over_every_target(tmp_path: Path) -> None:
     with FakeEntry("a", tmp_path) as serving, FakeEntry("b", tmp_path, extra=["--models", "other"]) as other:
         assert isinstance(serving, FakeEntry) and isinstance(other, FakeEntry)
         targets = f"--target={serving.address},{other.address}"
-        done = run_client(targets, "--cmd_type=profile", "--parallel_num=2", "--profile_duration=1", "--output=json")
+        done = run_tfs_client(
+            targets, "--cmd_type=profile", "--parallel_num=2", "--profile_duration=1", "--output=json"
+        )
     summary = json.loads(done.stdout)
     assert summary["count"] > 0 and summary["errors"] > 0, summary
     assert summary["first_error"].startswith("NOT_FOUND: "), summary
@@ -208,7 +196,7 @@ def test_profile_spreads_its_requests_over_every_target(tmp_path: Path) -> None:
 
 def test_a_deadline_too_short_is_one_error_line(demo: Demo) -> None:
     started = time.monotonic()
-    done = run_client(f"--target={demo.address}", "--cmd_type=get", "--timeout_s=0.0001")
+    done = run_tfs_client(f"--target={demo.address}", "--cmd_type=get", "--timeout_s=0.0001")
     assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [done.stderr.strip()] and done.stderr.startswith("error: DEADLINE_EXCEEDED: ")
     assert time.monotonic() - started < 30

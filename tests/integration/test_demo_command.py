@@ -7,14 +7,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from entry_reference import ReferenceScorer
-from procs import free_port
+from procs import OutputLines, free_port
 
 from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
@@ -27,19 +26,6 @@ pytestmark = pytest.mark.integration
 ROWS = 200
 
 
-def _ready_line(process: subprocess.Popen[str], timeout_s: float) -> str:
-    """The line the demo prints once the entry serves; fails if the process exits first."""
-    deadline = time.monotonic() + timeout_s
-    assert process.stdout is not None
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if "entry serving model" in line:
-            return line
-        if not line and process.poll() is not None:
-            raise AssertionError(f"demo exited with {process.returncode} before serving")
-    raise AssertionError("demo did not report serving in time")
-
-
 @pytest.mark.parametrize("dense_alone", [False, True], ids=["plain", "dense_alone"])
 def test_demo_serves_the_reference_scores_and_stops_its_children(tmp_path: Path, dense_alone: bool) -> None:
     export = tmp_path / "export"
@@ -48,7 +34,7 @@ def test_demo_serves_the_reference_scores_and_stops_its_children(tmp_path: Path,
     cmd = [sys.executable, "-m", "monolith_serving", "demo", "--model", str(export), "--port", str(port)]
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
-        line = _ready_line(process, timeout_s=90)
+        line = OutputLines(process).wait_for("entry serving model", timeout_s=90)
         assert ("dense server on port" in line) is dense_alone, line
         spec = load_serving_spec(export / "entry" / "1")
         examples = random_examples(spec, 8, np.random.default_rng(5), rows=ROWS)

@@ -4,13 +4,13 @@ never a traceback, and never a connection attempt (every check here runs before 
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from client_cli import run_client
 
-from monolith_serving.client.cli import read_request_file
+from monolith_serving.client.call_inputs import read_request_file
 from monolith_serving.client.inputs import MAX_ROWS, random_examples
 from monolith_serving.core.demo_export import DemoOptions, demo_spec
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
@@ -19,18 +19,6 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 # Nothing is ever sent here: a usage error must be reported before the client connects.
 UNUSED_TARGET = "127.0.0.1:1"
 EXIT_USAGE = 2
-
-
-def run_client(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The real CLI as users run it; the timeout turns a hang into a failure instead of a stuck test run."""
-    return subprocess.run(
-        [sys.executable, "-m", "monolith_serving", "client", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        cwd=cwd,
-    )
 
 
 def assert_usage_error(done: subprocess.CompletedProcess[str], *expected: str) -> None:
@@ -141,7 +129,7 @@ def test_random_examples_refuse_rows_that_do_not_fit_the_fid_hash() -> None:
 
 
 def test_float_outputs_print_rounded_to_six_decimals() -> None:
-    from monolith_serving.client.cli import _rounded
+    from monolith_serving.client.calls import _rounded
 
     scores = np.array([[0.516889], [0.549268]], dtype=np.float32)  # float32 cannot hold either exactly
     assert str(_rounded(scores)) == "[[0.516889], [0.549268]]"

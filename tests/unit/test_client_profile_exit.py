@@ -4,7 +4,7 @@ The end-to-end exit statuses are in tests/integration/test_client_cli.py; this i
 
 from __future__ import annotations
 
-from monolith_serving.client.cli import profile_failure
+from monolith_serving.client.calls import profile_failure
 from monolith_serving.client.profile import summarize
 
 

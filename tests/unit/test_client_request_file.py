@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from monolith_serving.client.cli import DEFAULT_MODEL, build_requests, configure, settings_from_args
+from monolith_serving.client.call_inputs import build_requests
+from monolith_serving.client.cli import configure
+from monolith_serving.client.settings import DEFAULT_MODEL, settings_from_args
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from monolith_serving.client.cli import resolve_spec
+from monolith_serving.client.call_inputs import resolve_spec
 from monolith_serving.core.demo_export import DemoOptions, demo_spec, write_demo
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.serving_spec import SPEC_FILE, write_spec_object

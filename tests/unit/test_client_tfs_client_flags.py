@@ -5,24 +5,17 @@ defaults when no action word is given. Bad flags are one-line usage errors (exit
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
+from client_cli import run_client
 
-from monolith_serving.client.cli import (
-    OUR_DEFAULTS,
-    TFS_CLIENT_DEFAULTS,
-    Settings,
-    build_requests,
-    configure,
-    run,
-    settings_from_args,
-)
+from monolith_serving.client.call_inputs import build_requests
+from monolith_serving.client.cli import configure, run
 from monolith_serving.client.profile import summarize
+from monolith_serving.client.settings import OUR_DEFAULTS, TFS_CLIENT_DEFAULTS, Settings, settings_from_args
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
@@ -53,7 +46,7 @@ def test_a_tfs_client_profile_command_line_parses_unchanged() -> None:
         "--profile_data_dir=/tmp/profile_data",
         "--has_sort_id",
     )
-    assert got.action == "profile" and got.tfs_client_spelling
+    assert got.action == "profile"
     assert got.targets == ("10.0.0.1:9469", "10.0.0.2:9433")
     assert (got.workers, got.duration_s, got.inputs.batch_size) == (11, 300.0, 128)
     assert got.inputs.kind == "example_batch" and got.inputs.header.has_sort_id
@@ -70,12 +63,11 @@ def test_cmd_type_names_the_action_and_anything_else_is_a_predict(cmd_type: str,
 
 def test_without_an_action_word_tfs_clients_defaults_apply() -> None:
     for got in (settings(), settings("--cmd_type=get")):
-        assert got.action == "predict" and got.tfs_client_spelling
+        assert got.action == "predict"
         assert (got.inputs.batch_size, got.workers, got.duration_s, got.timeout_s) == (8, 1, 600.0, 30.0)
         assert got.output == "tfs_client"
         assert got.metadata_fields == ("base_path", "num_versions", "signature_name")
     ours = settings("predict")
-    assert not ours.tfs_client_spelling
     defaults = (ours.inputs.batch_size, ours.workers, ours.duration_s, ours.timeout_s, ours.output)
     assert defaults == (4, 16, 10.0, 5.0, "text")
     assert ours.metadata_fields == ("signature_def",) == OUR_DEFAULTS.metadata_fields
@@ -155,17 +147,6 @@ def test_percentiles_are_nearest_rank_as_tfs_client_computes_its_p99() -> None:
     # tfs_client: sorted latencies[round((n - 1) * 0.99)], a latency that was observed (no interpolation).
     result = summarize([ms / 1000 for ms in range(1, 101)], 0, workers=1, elapsed_s=1.0, first_error="")
     assert (result.p50_ms, result.p99_ms) == (51.0, 99.0)
-
-
-def run_client(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "monolith_serving", "client", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-        cwd=cwd,
-    )
 
 
 @pytest.mark.parametrize(

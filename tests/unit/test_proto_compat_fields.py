@@ -20,7 +20,7 @@ from textwrap import dedent
 import pytest
 from google.protobuf import descriptor_pb2, symbol_database, unknown_fields
 
-from monolith_serving.client import cli
+from monolith_serving.client.call_inputs import read_model_config
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.dense.config import dense_models_from_proto
 from monolith_serving.entry.model import EntryModelConfig
@@ -358,7 +358,7 @@ def test_model_config_file_with_logging_config_parses(tmp_path: Path) -> None:
     assert model.logging_config.log_collector_config.filename_prefix == "/logs/requests"
     assert model.logging_config.sampling_config.per_task_sampling_configs[0].task_index == 2
     # `tfs_client load --config_file` reads the file the same way.
-    assert cli._model_config(path) == read_model_server_config(path)
+    assert read_model_config(path) == read_model_server_config(path)
 
 
 def test_servers_ignore_logging_config(tmp_path: Path) -> None:

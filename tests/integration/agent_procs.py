@@ -16,6 +16,7 @@ from typing import TypeVar
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from procs import STOP_PROBLEMS
+from zk_harness import ZooKeeperServer
 
 T = TypeVar("T")
 
@@ -30,6 +31,14 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 60.0, 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def v1_agent_conf(zk_server: ZooKeeperServer, bzid: str, export: Path, body: str) -> str:
+    """A v1 agent's conf for model ``demo`` of ``export`` (two PS shards), ``body`` appended: its deploy_type etc."""
+    return (
+        f"bzid {bzid}\nbase_name demo\nbase_path {export}\nnum_ps 2\nzk_servers {zk_server.hosts}\n"
+        f"update_model_status_interval 0.3\n{body}"
+    )
 
 
 class AgentProcess:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kazoo.client import KazooClient
 from zk_harness import ZooKeeperServer, ZooKeeperUnavailable
 
 # In-repo doubles of external services (tests/consul_double, ...) import as top-level modules.
@@ -42,6 +43,18 @@ def zk_server() -> Iterator[ZooKeeperServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture()
+def zk(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
+    """A kazoo session on the session's ZooKeeper, for this test alone (its ephemeral nodes go with it)."""
+    client = KazooClient(hosts=zk_server.hosts)
+    client.start(timeout=30)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()
 
 
 @pytest.fixture()

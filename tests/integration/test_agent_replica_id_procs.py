@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from agent_procs import AgentProcess, replica_stats, wait_for
+from agent_procs import AgentProcess, replica_stats, v1_agent_conf, wait_for
 from kazoo.client import KazooClient
 from procs import free_port
 from zk_harness import ZooKeeperServer
@@ -34,24 +33,6 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-@pytest.fixture()
-def zk(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zk_server.hosts)
-    client.start(timeout=30)
-    try:
-        yield client
-    finally:
-        client.stop()
-        client.close()
-
-
-def conf(zk_server: ZooKeeperServer, bzid: str, export: Path, body: str) -> str:
-    return (
-        f"bzid {bzid}\nbase_name demo\nbase_path {export}\nnum_ps 2\nzk_servers {zk_server.hosts}\n"
-        f"update_model_status_interval 0.3\n{body}"
-    )
-
-
 def resource_replica_id(agent_port: int) -> int:
     with grpc.insecure_channel(f"127.0.0.1:{agent_port}") as channel:
         stub = agent_service_pb2_grpc.AgentServiceStub(channel)
@@ -70,7 +51,9 @@ def test_mixed_agent_adopts_its_entrys_sequence_number_for_every_node(
     assert [path.rsplit("/", 1)[1] for path in taken] == ["00000000000", "00000000001", "00000000002"]
     ports = {"PORT2": free_port(), "PORT3": free_port(), "PORT5": free_port()}
     env = {**NO_IDS, **{k: str(v) for k, v in ports.items()}}
-    agent = AgentProcess(tmp_path, "mixed", conf(zk_server, bzid, export, "stand_alone_serving true\n"), env).start()
+    agent = AgentProcess(
+        tmp_path, "mixed", v1_agent_conf(zk_server, bzid, export, "stand_alone_serving true\n"), env
+    ).start()
     try:
         # The next number is 3: the entry's node, and the PS nodes under the same id (plain decimal).
         want = {
@@ -94,10 +77,14 @@ def test_entries_without_id_get_distinct_nodes_and_a_ps_without_id_registers_min
     bzid = f"rid{uuid.uuid4().hex[:8]}"
     root = f"/{bzid}/service/demo"
     ps_ports = {"PORT2": str(free_port()), "PORT3": str(free_port())}
-    ps = AgentProcess(tmp_path, "ps", conf(zk_server, bzid, export, "deploy_type ps\n"), {**NO_IDS, **ps_ports})
+    ps = AgentProcess(
+        tmp_path, "ps", v1_agent_conf(zk_server, bzid, export, "deploy_type ps\n"), {**NO_IDS, **ps_ports}
+    )
     entry_ports = [{"PORT2": str(free_port()), "PORT3": str(free_port())} for _ in range(2)]
     entries = [
-        AgentProcess(tmp_path, f"entry{n}", conf(zk_server, bzid, export, "deploy_type entry\n"), {**NO_IDS, **ports})
+        AgentProcess(
+            tmp_path, f"entry{n}", v1_agent_conf(zk_server, bzid, export, "deploy_type entry\n"), {**NO_IDS, **ports}
+        )
         for n, ports in enumerate(entry_ports)
     ]
     try:

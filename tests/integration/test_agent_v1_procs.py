@@ -7,13 +7,12 @@ import signal
 import socket
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from agent_procs import AgentProcess, children, pid_alive, port_answers, replica_stats, wait_for
+from agent_procs import AgentProcess, children, pid_alive, port_answers, replica_stats, v1_agent_conf, wait_for
 from entry_reference import ReferenceScorer
 from kazoo.client import KazooClient
 from procs import free_port
@@ -36,24 +35,6 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("agent-export")
     write_demo(DemoOptions(out=folder, num_ps=2, rows=ROWS))
     return folder
-
-
-@pytest.fixture()
-def zk(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zk_server.hosts)
-    client.start(timeout=30)
-    try:
-        yield client
-    finally:
-        client.stop()
-        client.close()
-
-
-def conf(zk_server: ZooKeeperServer, bzid: str, export: Path, body: str) -> str:
-    return (
-        f"bzid {bzid}\nbase_name demo\nbase_path {export}\nnum_ps 2\nzk_servers {zk_server.hosts}\n"
-        f"update_model_status_interval 0.3\n{body}"
-    )
 
 
 def assert_predicts(export: Path, port: int, model_name: str = "entry", retry_s: float = 10.0) -> None:
@@ -88,7 +69,7 @@ def test_mixed_agent_serves_restarts_and_deregisters_first(
     agent = AgentProcess(
         tmp_path,
         "mixed",
-        conf(zk_server, "mix", export, "stand_alone_serving true\n"),
+        v1_agent_conf(zk_server, "mix", export, "stand_alone_serving true\n"),
         {k: str(v) for k, v in ports.items()},
         "--drain_s=1.5",
         f"--metrics_port={metrics_port}",
@@ -145,7 +126,7 @@ def test_ctrl_c_reaches_the_agent_alone_so_it_deregisters_before_its_children_st
     agent = AgentProcess(
         tmp_path,
         "foreground",
-        conf(zk_server, "fg", export, "stand_alone_serving true\n"),
+        v1_agent_conf(zk_server, "fg", export, "stand_alone_serving true\n"),
         {k: str(v) for k, v in ports.items()},
         "--drain_s=3",
     ).start()
@@ -171,12 +152,14 @@ def test_entry_agent_waits_for_ps_agents(
 ) -> None:
     root = "/order/service/demo"
     entry_ports = {"PORT2": str(free_port()), "PORT3": str(free_port())}
-    entry = AgentProcess(tmp_path, "entry", conf(zk_server, "order", export, "deploy_type entry\n"), entry_ports)
+    entry = AgentProcess(
+        tmp_path, "entry", v1_agent_conf(zk_server, "order", export, "deploy_type entry\n"), entry_ports
+    )
     ps_agents = [
         AgentProcess(
             tmp_path,
             f"ps{shard}",
-            conf(zk_server, "order", export, "deploy_type ps\nnum_shard 2\n"),
+            v1_agent_conf(zk_server, "order", export, "deploy_type ps\nnum_shard 2\n"),
             {"PORT2": str(free_port()), "PORT3": str(free_port()), "SHARD_ID": str(shard), "REPLICA_ID": "7"},
         )
         for shard in (0, 1)
@@ -225,7 +208,7 @@ def test_child_that_cannot_start_makes_the_agent_exit_nonzero(
         agent = AgentProcess(
             tmp_path,
             "taken",
-            conf(zk_server, "taken", export, "deploy_type ps\n"),
+            v1_agent_conf(zk_server, "taken", export, "deploy_type ps\n"),
             {"PORT2": str(free_port()), "PORT3": str(port)},
             "--max_restarts=1",
             "--child_ready_timeout_s=60",

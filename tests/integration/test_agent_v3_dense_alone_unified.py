@@ -6,7 +6,6 @@ processes."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -37,17 +36,6 @@ pytestmark = pytest.mark.integration
 ROWS = 150
 BZID = "unidense"
 DENSE = agent_service_pb2.DENSE
-
-
-@pytest.fixture()
-def zk(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zk_server.hosts)
-    client.start(timeout=30)
-    try:
-        yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 def heartbeat(agent_port: int, server_type: int) -> dict[str, list[str]]:

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -29,17 +28,6 @@ pytestmark = pytest.mark.integration
 
 ROWS = 150
 CLUSTER = "unknown;None;None"  # Monolith's ctx_cluster "{TCE_PSM};{idc};{cluster}" with none of them set
-
-
-@pytest.fixture()
-def zk(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zk_server.hosts)
-    client.start(timeout=30)
-    try:
-        yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 def ctl(zk_server: ZooKeeperServer, bzid: str, *args: str) -> subprocess.CompletedProcess[str]:

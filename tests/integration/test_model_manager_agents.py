@@ -16,7 +16,6 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +34,6 @@ AVAILABLE = 30
 
 def ps_replicas(status: dict[str, Any], sub_graph: str) -> list[dict[str, Any]]:
     return [r for r in status["replicas"] if r["sub_graph"] == sub_graph]
-
-
-@pytest.fixture()
-def zk(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zk_server.hosts)
-    client.start(timeout=30)
-    try:
-        yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 def test_rollout_and_reconcile_of_agent_launched_replicas(

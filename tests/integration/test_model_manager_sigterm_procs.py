@@ -17,7 +17,6 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from agent_procs import AgentProcess, replica_stats, wait_for
@@ -31,17 +30,6 @@ pytestmark = pytest.mark.integration
 
 AVAILABLE = 30
 STOP_BOUND_S = 10.0
-
-
-@pytest.fixture()
-def zk(zk_server: ZooKeeperServer) -> Any:
-    client = KazooClient(hosts=zk_server.hosts)
-    client.start(timeout=30)
-    try:
-        yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 def test_sigterm_during_a_stalled_rollout_exits_promptly_and_the_next_manager_finishes_it(

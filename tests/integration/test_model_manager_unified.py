@@ -16,7 +16,6 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +54,6 @@ class BindingHistory:
     def snapshots(self) -> list[list[str]]:
         with self._lock:
             return list(self._seen)
-
-
-@pytest.fixture()
-def zk(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=zk_server.hosts)
-    client.start(timeout=30)
-    try:
-        yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 def unified_agent(tmp_path: Path, zk_server: ZooKeeperServer, bzid: str, layout: str) -> AgentProcess:

@@ -5,20 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import cast
 
 import pytest
+from v3_agent_fakes import BZID, LAYOUT, watch_fed_v3_agent
 
-from monolith_serving.agent.config import ContainerIdentity, ServerKind, ServerLaunchSpec
-from monolith_serving.agent.layout_filter import LayoutFilterSet
-from monolith_serving.agent.runtime import AgentRuntime
 from monolith_serving.agent.saved_model_decl import declaration_for
-from monolith_serving.agent.v3_agent import V3Agent
-from monolith_serving.core.zk_paths import layout_path, saved_model_path
-from monolith_serving.discovery import ContainerServiceInfo, EventKind, WatchEvent
+from monolith_serving.core.zk_paths import saved_model_path
+from monolith_serving.discovery import EventKind, WatchEvent
 
-BZID = "bz"
-LAYOUT = layout_path(BZID, "default")
 DEEP_LIST = b"[" * 100_000  # any registry writer can create it; json.loads raises RecursionError
 
 
@@ -27,22 +21,7 @@ def test_a_malformed_declaration_skips_only_its_item(
     tmp_path: Path, bad: bytes, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        agent = V3Agent(
-            identity=ContainerIdentity(
-                bzid=BZID, layout_path=LAYOUT, ctx_cluster="c", ctx_id="1", info=ContainerServiceInfo()
-            ),
-            spec=ServerLaunchSpec(
-                kind=ServerKind.UNIFIED,
-                name="unified",
-                grpc_port=1,
-                model_config_path=tmp_path / "models.config",
-                models=(),
-            ),
-            filters=LayoutFilterSet(()),
-            runtime=cast(AgentRuntime, None),  # desired_models reads only the watched nodes
-            status_interval_s=1.0,
-        )
-        try:
+        async with watch_fed_v3_agent(tmp_path / "models.config") as agent:
             good = declaration_for(Path("/export/m"), "ps_1").to_json()
             for sub_graph, data in (("entry", bad), ("ps_0", bad), ("ps_1", good)):
                 agent._on_decl_event(WatchEvent(EventKind.ADDED, saved_model_path(BZID, "m", sub_graph), data))
@@ -55,8 +34,6 @@ def test_a_malformed_declaration_skips_only_its_item(
             fixed = declaration_for(Path("/export/m"), "entry").to_json()
             agent._on_decl_event(WatchEvent(EventKind.CHANGED, saved_model_path(BZID, "m", "entry"), fixed))
             assert [m.name for m in agent.desired_models()] == ["m:entry", "m:ps_1"]
-        finally:
-            await agent._client.close()
 
     with caplog.at_level(logging.WARNING, logger="monolith_serving.agent.v3_agent"):
         asyncio.run(scenario())

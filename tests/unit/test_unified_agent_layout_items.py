@@ -7,43 +7,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import cast
 
 import pytest
+from v3_agent_fakes import BZID, LAYOUT, watch_fed_v3_agent
 
-from monolith_serving.agent.config import ContainerIdentity, ServerKind, ServerLaunchSpec
-from monolith_serving.agent.layout_filter import LayoutFilterSet
-from monolith_serving.agent.runtime import AgentRuntime
 from monolith_serving.agent.saved_model_decl import declaration_for
-from monolith_serving.agent.v3_agent import V3Agent
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
-from monolith_serving.core.zk_paths import layout_path, saved_model_path
-from monolith_serving.discovery import ContainerServiceInfo, EventKind, WatchEvent
-
-BZID = "bz"
-LAYOUT = layout_path(BZID, "default")
+from monolith_serving.core.zk_paths import saved_model_path
+from monolith_serving.discovery import EventKind, WatchEvent
 
 
 def test_dense_sub_graphs_are_hosted_and_only_unknown_ones_are_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def scenario() -> None:
-        agent = V3Agent(
-            identity=ContainerIdentity(
-                bzid=BZID, layout_path=LAYOUT, ctx_cluster="c", ctx_id="1", info=ContainerServiceInfo()
-            ),
-            spec=ServerLaunchSpec(
-                kind=ServerKind.UNIFIED,
-                name="unified",
-                grpc_port=1,
-                model_config_path=tmp_path / "models.config",
-                models=(),
-            ),
-            filters=LayoutFilterSet(()),
-            runtime=cast(AgentRuntime, None),  # desired_models reads only the watched nodes
-            status_interval_s=1.0,
-        )
-        try:
+        async with watch_fed_v3_agent(tmp_path / "models.config") as agent:
             sub_graphs = ("entry", "ps_0", "dense_0", "other")
             for sub_graph in sub_graphs:
                 data = declaration_for(Path("/export/m"), sub_graph).to_json()
@@ -55,8 +33,6 @@ def test_dense_sub_graphs_are_hosted_and_only_unknown_ones_are_skipped(
             assert (desired[0].base_path, desired[0].policy) == ("/export/m/dense_0", latest_once)
             warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
             assert len(warnings) == 1 and "m:other skipped" in warnings[0], warnings
-        finally:
-            await agent._client.close()
 
     with caplog.at_level(logging.WARNING, logger="monolith_serving.agent.v3_agent"):
         asyncio.run(scenario())

@@ -11,16 +11,21 @@ Guarantees common to all backends:
 - Ephemeral registrations are *desired state*: the backend re-creates them after a session loss and
   writes them as soon as a connection exists, so callers never re-register by hand. A sequential one
   (``register_ephemeral_sequential``) gets its number once; after a loss it comes back under that same path.
+- A sequential create whose reply was lost leaves no unknown node: the next create under that prefix adopts the
+  node the lost one made, if this session holds it (:class:`SequentialCreates`).
 """
 
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
+
+from monolith_serving.core.errors import UnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +110,10 @@ class Discovery(abc.ABC):
         From then on the returned path is a registration like ``register_ephemeral``'s (``update_ephemeral``,
         ``unregister``), re-created at that *same* path after a session loss: it keeps its number. Needs a live
         session: UnavailableError when there is none (nothing is queued, as the name is not known yet).
+
+        UnavailableError also when the reply was lost (the server may have made the node anyway): calling again
+        with the same prefix then returns the node that call made, if this session holds it, instead of making a
+        second one.
         """
 
     @abc.abstractmethod
@@ -155,6 +164,77 @@ class Discovery(abc.ABC):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
+
+
+class SequentialCreates:
+    """Makes a session backend's sequential creates safe to retry after a lost reply.
+
+    A create whose reply never came (the connection dropped mid-call) may have made its node anyway: an ephemeral
+    of this session under a number nobody knows, which stays as long as the session, while a plain retry makes a
+    second one. So the data of each failed create is kept per prefix, and the next create under that prefix first
+    asks the backend for the nodes of this session under it holding such data (``find_own``) and adopts one.
+    ZooKeeper's recipe marks the node's *name* with a GUID for this; Monolith's readers parse the name as a
+    number, so here the owning session and the data pick the node out instead.
+
+    Creates run one at a time, so a lookup never takes a node that another create of this client made and is
+    about to return; nodes already handed out are never adopted. Use from one asyncio loop.
+    """
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._handed_out: set[str] = set()
+        self._unanswered: dict[str, set[bytes]] = {}  # prefix -> data of its failed creates
+
+    async def create(
+        self,
+        path_prefix: str,
+        data: bytes,
+        *,
+        create: Callable[[], Awaitable[str]],
+        find_own: Callable[[frozenset[bytes]], Awaitable[list[str]]],
+        release: Callable[[str], Awaitable[None]],
+    ) -> str:
+        """The path of the node ``create`` makes, or of the node a failed earlier create under ``path_prefix``
+        made (``find_own`` lists this session's nodes under the prefix holding any of the given data; ``release``
+        drops a surplus one). UnavailableError from any of them is the caller's to retry."""
+        async with self._lock:
+            path = await self._adopt_unanswered(path_prefix, find_own, release)
+            if path is None:
+                try:
+                    path = await create()
+                except UnavailableError:
+                    # Failed before or after the server acted: we cannot tell, so the next create looks first.
+                    self._unanswered.setdefault(path_prefix, set()).add(data)
+                    raise
+            self._unanswered.pop(path_prefix, None)
+            self._handed_out.add(path)
+            return path
+
+    async def _adopt_unanswered(
+        self,
+        path_prefix: str,
+        find_own: Callable[[frozenset[bytes]], Awaitable[list[str]]],
+        release: Callable[[str], Awaitable[None]],
+    ) -> str | None:
+        sent = self._unanswered.get(path_prefix)
+        if not sent:
+            return None
+        own = sorted(p for p in await find_own(frozenset(sent)) if p not in self._handed_out)
+        if not own:
+            return None  # the failed creates never reached the server (or their session is gone)
+        adopted, *surplus = own
+        log.warning("adopting %s: made by a create whose reply was lost", adopted)
+        for path in surplus:
+            # Only possible if several failed creates all reached the server; none of them may stay behind.
+            log.warning("deleting %s: another node made by a create whose reply was lost", path)
+            await release(path)
+        return adopted
+
+
+def is_sequential_name(name: str, leaf_prefix: str) -> bool:
+    """Whether ``name`` is ``leaf_prefix`` followed by a sequence number of ``SEQUENCE_DIGITS`` digits."""
+    number = name[len(leaf_prefix) :]
+    return name.startswith(leaf_prefix) and len(number) == SEQUENCE_DIGITS and number.isascii() and number.isdigit()
 
 
 def normalize_path(path: str) -> str:

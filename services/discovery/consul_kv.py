@@ -18,6 +18,8 @@ Sequential nodes: ZooKeeper numbers them with a counter of the parent node. Here
 check-and-set (``?cas=<ModifyIndex>``, ``cas=0`` to create it): of two clients reading the same value only one
 write succeeds, the other reads again, so no number is handed out twice. The node is then acquired by the session
 like any ephemeral. Every read of this backend hides the counter keys, as ZooKeeper's counter is not a node.
+An acquire whose reply was lost is adopted by the next create under its prefix, not repeated
+(:class:`~monolith_serving.discovery.base.SequentialCreates`).
 """
 
 from __future__ import annotations
@@ -37,10 +39,12 @@ from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import FailedPreconditionError, UnavailableError
 from monolith_serving.discovery.base import (
     SEQUENCE_DIGITS,
+    SequentialCreates,
     SessionState,
     SubtreeDiffer,
     WatchHandle,
     WatchListener,
+    is_sequential_name,
     leaves_of,
     normalize_path,
 )
@@ -89,16 +93,19 @@ def _counter_value(key: str, entry: dict[str, Any] | None) -> int:
     return int(text)
 
 
+def _entry_bytes(entry: dict[str, Any]) -> bytes:
+    value = entry.get("Value")
+    if isinstance(value, str):  # raw API responses are base64 text; py-consul decodes to bytes
+        value = base64.b64decode(value)
+    return bytes(value or b"")
+
+
 def _entries_to_nodes(entries: list[dict[str, Any]] | None) -> dict[str, bytes]:
-    nodes: dict[str, bytes] = {}
-    for entry in entries or []:
-        if _is_sequence_counter(str(entry["Key"])):
-            continue
-        value = entry.get("Value")
-        if isinstance(value, str):  # raw API responses are base64 text; py-consul decodes to bytes
-            value = base64.b64decode(value)
-        nodes[key_to_path(str(entry["Key"]))] = bytes(value or b"")
-    return nodes
+    return {
+        key_to_path(str(entry["Key"])): _entry_bytes(entry)
+        for entry in entries or []
+        if not _is_sequence_counter(str(entry["Key"]))
+    }
 
 
 class ConsulDiscovery(SessionBackend):
@@ -124,6 +131,7 @@ class ConsulDiscovery(SessionBackend):
         # Registrations whose last write failed while the session lived; touched only on the loop.
         self._unwritten: set[str] = set()
         self._watches: list[_ConsulSubtreeWatch] = []
+        self._sequential = SequentialCreates()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -264,14 +272,52 @@ class ConsulDiscovery(SessionBackend):
             self._unwritten.discard(path)
 
     async def _create_sequential(self, path_prefix: str, data: bytes) -> str:
-        session_id = self._session_id
-        if session_id is None or self._state is not SessionState.CONNECTED:
-            raise UnavailableError(f"consul session not connected ({self._state.value}): {path_prefix}* not created")
+        return await self._sequential.create(
+            path_prefix,
+            data,
+            create=lambda: self._create_sequential_now(path_prefix, data),
+            find_own=lambda sent: self._own_sequential_keys(path_prefix, sent),
+            release=self.unregister,
+        )
+
+    async def _create_sequential_now(self, path_prefix: str, data: bytes) -> str:
+        session_id = self._connected_session(f"{path_prefix}* not created")
         try:
             key = await self._run(self._claim_sequential_blocking, path_to_key(path_prefix), data, session_id)
         except _TRANSIENT as exc:
             raise UnavailableError(f"consul: sequential node {path_prefix}* not created: {exc!r}") from exc
         return key_to_path(key)
+
+    async def _own_sequential_keys(self, path_prefix: str, sent: frozenset[bytes]) -> list[str]:
+        """Sequential keys under ``path_prefix`` that this session holds, holding one of ``sent``, and that are no
+        registration of ours: what acquires whose reply was lost took."""
+        session_id = self._connected_session(f"keys under {path_prefix}* not read")
+        try:
+            keys = await self._run(self._own_sequential_keys_blocking, path_to_key(path_prefix), sent, session_id)
+        except _TRANSIENT as exc:
+            raise UnavailableError(f"consul: keys under {path_prefix}* not read: {exc!r}") from exc
+        paths = [key_to_path(k) for k in keys]
+        return [p for p in paths if p not in self._ephemerals and p not in self._pending_deletes]
+
+    def _own_sequential_keys_blocking(self, prefix_key: str, sent: frozenset[bytes], session_id: str) -> list[str]:
+        parent, _, leaf = prefix_key.rpartition("/")
+        # consistent: the leader confirms it still leads before answering, so the lost acquire, if done, is seen.
+        _index, entries = self._client.kv.get(prefix_key, recurse=True, consistency="consistent")
+        own: list[str] = []
+        for entry in entries or []:
+            key = str(entry["Key"])
+            key_parent, _, name = key.rpartition("/")
+            if key_parent != parent or not is_sequential_name(name, leaf):
+                continue  # `recurse` is a plain prefix match: also deeper keys and longer names
+            if entry.get("Session") == session_id and _entry_bytes(entry) in sent:
+                own.append(key)
+        return own
+
+    def _connected_session(self, what: str) -> str:
+        session_id = self._session_id
+        if session_id is None or self._state is not SessionState.CONNECTED:
+            raise UnavailableError(f"consul session not connected ({self._state.value}): {what}")
+        return session_id
 
     def _claim_sequential_blocking(self, prefix_key: str, data: bytes, session_id: str) -> str:
         counter_key = _sequence_counter_key(prefix_key)

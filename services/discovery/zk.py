@@ -30,10 +30,12 @@ from kazoo.retry import KazooRetry
 from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.discovery.base import (
+    SequentialCreates,
     SessionState,
     SubtreeDiffer,
     WatchHandle,
     WatchListener,
+    is_sequential_name,
     join_path,
     leaves_of,
     normalize_path,
@@ -81,6 +83,7 @@ class ZkDiscovery(SessionBackend):
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watches: list[_ZkSubtreeWatch] = []
+        self._sequential = SequentialCreates()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -167,6 +170,15 @@ class ZkDiscovery(SessionBackend):
             self._client.delete(path)
 
     async def _create_sequential(self, path_prefix: str, data: bytes) -> str:
+        return await self._sequential.create(
+            path_prefix,
+            data,
+            create=lambda: self._create_sequential_now(path_prefix, data),
+            find_own=lambda sent: self._own_sequential_nodes(path_prefix, sent),
+            release=self.unregister,
+        )
+
+    async def _create_sequential_now(self, path_prefix: str, data: bytes) -> str:
         self._require_connected()
         try:
             path: str = await self._run(
@@ -175,6 +187,42 @@ class ZkDiscovery(SessionBackend):
         except _TRANSIENT as exc:
             raise UnavailableError(f"zookeeper: sequential node {path_prefix}* not created: {exc!r}") from exc
         return path
+
+    async def _own_sequential_nodes(self, path_prefix: str, sent: frozenset[bytes]) -> list[str]:
+        """Sequential nodes under ``path_prefix`` that this session owns, holding one of ``sent``, and that are
+        no registration of ours: what creates whose reply was lost made."""
+        self._require_connected()
+        try:
+            found = await self._run(self._own_sequential_nodes_blocking, path_prefix, sent)
+        except _TRANSIENT as exc:
+            raise UnavailableError(f"zookeeper: nodes under {path_prefix}* not read: {exc!r}") from exc
+        return [p for p in found if p not in self._ephemerals and p not in self._pending_deletes]
+
+    def _own_sequential_nodes_blocking(self, path_prefix: str, sent: frozenset[bytes]) -> list[str]:
+        client_id = self._client.client_id
+        if client_id is None:
+            raise ConnectionLoss("no session")
+        parent, _, leaf = path_prefix.rpartition("/")
+        parent = parent or "/"
+        # The server we reconnected to may lag behind the one that made the node: catch it up with the leader.
+        self._client.sync(parent)
+        try:
+            children = self._client.get_children(parent)
+        except NoNodeError:
+            return []
+        reads = [
+            (path, self._client.get_async(path))
+            for path in (join_path(parent, c) for c in children if is_sequential_name(c, leaf))
+        ]
+        own: list[str] = []
+        for path, result in reads:
+            try:
+                node_data, stat = result.get(timeout=self._read_timeout_s)
+            except NoNodeError:
+                continue
+            if stat.ephemeralOwner == client_id[0] and _node_bytes(node_data) in sent:
+                own.append(path)
+        return own
 
     async def _write_ephemeral(self, path: str) -> None:
         async with self._ephemeral_lock:

@@ -14,12 +14,14 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
 
 import consul
 import pytest
+import requests
 from consul_double import ConsulTarget
 
-from monolith_serving.core.errors import FailedPreconditionError
+from monolith_serving.core.errors import FailedPreconditionError, UnavailableError
 from monolith_serving.core.zk_paths import UNSET_REPLICA_ID, ReplicaPath, ServerType
 from monolith_serving.discovery import DiscoveryConfig, EventKind, ModelState, SessionState, WatchEvent
 from monolith_serving.discovery.consul_kv import SEQUENCE_COUNTER_NAME, ConsulDiscovery
@@ -455,6 +457,87 @@ def test_a_session_loss_brings_the_claimed_entry_key_back_under_its_number(consu
             other = await claim_entry_replica(disc, _unset_entry(bzid, 9010))
             assert other.path.replica_id == claimed.path.replica_id + 1  # the lost one's number is not reused
         raw.kv.delete(bzid, recurse=True)
+
+    run(body)
+
+
+class LoseNextAcquireReply:
+    """Stands in for the Consul client's ``kv.put``: the next acquiring put is sent, and done on the server if
+    ``made``, but its reply is lost (a connection error), as when the link drops right after the request; every
+    other put is the real one."""
+
+    def __init__(self, real: Callable[..., bool], *, made: bool) -> None:
+        self._real = real
+        self._made = made
+        self._armed = True
+        self.acquired: list[str] = []  # the key the lost put acquired on the server
+
+    def __call__(self, key: str, value: bytes, *args: Any, **kwargs: Any) -> bool:
+        if not (self._armed and kwargs.get("acquire")):
+            return self._real(key, value, *args, **kwargs)
+        self._armed = False
+        if self._made and self._real(key, value, *args, **kwargs):
+            self.acquired.append(key)
+        raise requests.exceptions.ConnectionError("reply lost")
+
+
+def test_a_lost_acquire_reply_leaves_no_orphan_entry_key(
+    consul_target: ConsulTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consul took the entry's sequential key for our session but the reply was lost: the claim's retry adopts
+    that key instead of taking a second number whose key would stay, an UNKNOWN entry, for the session's life."""
+    bzid = prefix()
+
+    async def body() -> None:
+        raw = client_for(consul_target)
+        disc = discovery_for(consul_target)
+        async with disc:
+            assert await disc.wait_connected(15)
+            lose = LoseNextAcquireReply(disc._client.kv.put, made=True)
+            monkeypatch.setattr(disc._client.kv, "put", lose)
+            entry = _unset_entry(bzid, 9000)
+            with pytest.raises(UnavailableError):
+                await claim_entry_replica(disc, entry)
+            assert len(lose.acquired) == 1
+            claimed = await claim_entry_replica(disc, entry)  # the agent's retry
+            assert await disc.get_children(claimed.path.task_path) == [claimed.path.replica_name]
+            key = claimed.path.path.lstrip("/")
+            assert key == lose.acquired[0]
+            assert claimed.path.replica_id == int(key.rsplit("/", 1)[1])
+            _, held = raw.kv.get(key)
+            assert held is not None and held["Session"] == disc.session_id
+            assert json.loads(held["Value"])["replica"] == claimed.path.replica_id
+        raw.kv.delete(bzid, recurse=True)
+
+    run(body)
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["made", "not_made"])
+def test_a_lost_acquire_reply_adopts_only_the_key_it_took(
+    consul_target: ConsulTarget, monkeypatch: pytest.MonkeyPatch, made: bool
+) -> None:
+    """The retry after a lost reply takes the key that put acquired, if any, and nothing else under the prefix:
+    not a registered key of the same session holding the same data, nor another session's."""
+    bzid = prefix()
+    path_prefix = f"/{bzid}/service/iptv/entry:0/0"
+    data = b'{"stat": 0}'
+
+    async def body() -> None:
+        disc, other = discovery_for(consul_target), discovery_for(consul_target)
+        async with disc, other:
+            assert await disc.wait_connected(15) and await other.wait_connected(15)
+            registered = await disc.register_ephemeral_sequential(path_prefix, data)
+            lose = LoseNextAcquireReply(disc._client.kv.put, made=made)
+            monkeypatch.setattr(disc._client.kv, "put", lose)
+            with pytest.raises(UnavailableError):
+                await disc.register_ephemeral_sequential(path_prefix, data)
+            foreign = await other.register_ephemeral_sequential(path_prefix, data)
+            retried = await disc.register_ephemeral_sequential(path_prefix, data)
+            assert retried not in (registered, foreign)
+            assert [f"/{k}" for k in lose.acquired] == ([retried] if made else [])
+            leaves = sorted(p.rsplit("/", 1)[1] for p in (registered, foreign, retried))
+            assert await disc.get_children(path_prefix.rsplit("/", 1)[0]) == leaves
+        client_for(consul_target).kv.delete(bzid, recurse=True)
 
     run(body)
 

@@ -15,6 +15,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionLoss
 from zk_harness import ZooKeeperServer
 
+from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.zk_paths import (
     UNSET_REPLICA_ID,
     ReplicaPath,
@@ -831,5 +832,94 @@ def test_a_session_loss_brings_the_claimed_entry_node_back_under_its_number(zk_s
                 finally:
                     reader.stop()
                     reader.close()
+
+    run(body)
+
+
+class LoseNextSequentialReply:
+    """Stands in for the kazoo client's ``create``: the next sequential create is sent, and made on the server if
+    ``made``, but its reply is lost (ConnectionLoss), as when the connection drops right after the request; every
+    other create is the real one."""
+
+    def __init__(self, real: Callable[..., str], *, made: bool) -> None:
+        self._real = real
+        self._made = made
+        self._armed = True
+        self.created: list[str] = []  # what the lost create made on the server
+
+    def __call__(self, path: str, value: bytes = b"", *args: Any, **kwargs: Any) -> str:
+        if not (self._armed and kwargs.get("sequence")):
+            return self._real(path, value, *args, **kwargs)
+        self._armed = False
+        if self._made:
+            self.created.append(self._real(path, value, *args, **kwargs))
+        raise ConnectionLoss()
+
+
+def test_a_lost_create_reply_leaves_no_orphan_entry_node(
+    zk_server: ZooKeeperServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server made the entry's sequential node but its reply was lost: the claim's retry adopts that node
+    (this session's, holding what was sent) instead of making a second one that would stay, an UNKNOWN entry, for
+    the session's life."""
+    bzid = new_bzid()
+
+    async def body() -> None:
+        disc = ZkDiscovery(zk_config(zk_server))
+        async with disc:
+            assert await disc.wait_connected(15)
+            lose = LoseNextSequentialReply(disc._client.create, made=True)
+            monkeypatch.setattr(disc._client, "create", lose)
+            entry = _unset_entry(bzid, 9000)
+            with pytest.raises(UnavailableError):
+                await claim_entry_replica(disc, entry)
+            assert len(lose.created) == 1
+            claimed = await claim_entry_replica(disc, entry)  # the agent's retry
+            reader = plain_kazoo(zk_server)
+            try:
+                assert reader.get_children(claimed.path.task_path) == [claimed.path.replica_name]
+                assert claimed.path.path == lose.created[0]
+                assert claimed.path.replica_id == int(lose.created[0].rsplit("/", 1)[1])
+                data, stat = reader.get(claimed.path.path)
+                own = disc.session_id()
+                assert own is not None and stat.ephemeralOwner == own[0]
+                assert json.loads(data)["replica"] == claimed.path.replica_id
+            finally:
+                reader.stop()
+                reader.close()
+
+    run(body)
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["made", "not_made"])
+def test_a_lost_sequential_reply_adopts_only_the_node_it_made(
+    zk_server: ZooKeeperServer, monkeypatch: pytest.MonkeyPatch, made: bool
+) -> None:
+    """The retry after a lost reply takes the node that create made, if any, and nothing else under the prefix:
+    not a registered node of the same session holding the same data, nor another session's (a Monolith agent's)."""
+    prefix = f"/{new_bzid()}/service/iptv/entry:0/0"
+    data = b'{"stat": 0}'
+
+    async def body() -> None:
+        disc = ZkDiscovery(zk_config(zk_server))
+        async with disc:
+            assert await disc.wait_connected(15)
+            registered = await disc.register_ephemeral_sequential(prefix, data)
+            lose = LoseNextSequentialReply(disc._client.create, made=made)
+            monkeypatch.setattr(disc._client, "create", lose)
+            with pytest.raises(UnavailableError):
+                await disc.register_ephemeral_sequential(prefix, data)
+            monolith = plain_kazoo(zk_server)
+            try:
+                foreign = monolith.create(prefix, data, ephemeral=True, sequence=True)
+                retried = await disc.register_ephemeral_sequential(prefix, data)
+                assert retried not in (registered, foreign)
+                assert lose.created == ([retried] if made else [])
+                parent = prefix.rsplit("/", 1)[0]
+                leaves = sorted(p.rsplit("/", 1)[1] for p in (registered, foreign, retried))
+                assert sorted(monolith.get_children(parent)) == leaves
+            finally:
+                monolith.stop()
+                monolith.close()
 
     run(body)

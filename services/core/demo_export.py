@@ -5,7 +5,7 @@ What it writes under ``--out``::
     ps_<i>/<version>/assets/MonolithHashTable_<table>_<i>-<j>-of-<m>   rows with fid mod num_ps == i
     entry/<version>/serving_spec.json                                  features -> tables, pooling, MLP
     entry/<version>/dense/layer<k>_{w,b}.npy                           MLP weights
-    dense_0/<version>/dense_spec.json, dense/layer<k>_{w,b}.npy        with --dense-alone: the MLP moves here
+    dense_0/<version>/dense_spec.json, dense/layer<k>_{w,b}.npy        with --dense_alone: the MLP moves here
                                                                        (the entry's spec says "remote")
 
 Table rows are keyed by v2 fids ``slot << 48 | k`` for k in [0, rows) of every slot that uses the
@@ -111,7 +111,7 @@ def _table_values(seed: int, table_index: int, n: int, dim: int) -> npt.NDArray[
 def write_demo(options: DemoOptions) -> ServingSpec:
     """Writes the demo export and returns its serving spec."""
     if options.num_ps < 1:
-        raise InvalidArgumentError("--num-ps must be at least 1")
+        raise InvalidArgumentError("--num_ps must be at least 1")
     if options.rows < 1:
         raise InvalidArgumentError("--rows must be at least 1")
     spec = demo_spec(options)
@@ -162,7 +162,7 @@ def _parse_tables(text: str) -> tuple[tuple[str, int], ...]:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--out", type=Path, required=True, help="export base folder to write")
-    add_flag(parser, "--num-ps", type=int, default=2, help="number of PS shards (default %(default)s)")
+    add_flag(parser, "--num_ps", type=int, default=2, help="number of PS shards (default %(default)s)")
     add_flag(parser, "--rows", type=int, default=1000, help="rows per slot and table (default %(default)s)")
     add_flag(parser, "--dim", type=int, default=None, help="use this dim for every table")
     add_flag(
@@ -176,7 +176,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--seed", type=int, default=7, help="random seed (default %(default)s)")
     add_flag(
         parser,
-        "--dense-alone",
+        "--dense_alone",
         action="store_true",
         help="also write dense_0/<version>/ (the MLP, for a separate dense server); the entry's spec says remote",
     )

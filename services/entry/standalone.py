@@ -33,6 +33,7 @@ from monolith_serving.core.cli_flags import add_flag, flag_type, parse_port
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import MonolithServingError, UnavailableError
 from monolith_serving.core.export_layout import list_versions
+from monolith_serving.core.logging_setup import parse_log_level
 from monolith_serving.core.serving_spec import DenseBackend, load_serving_spec
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2
 
@@ -187,9 +188,15 @@ class StandaloneCluster:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--model", type=Path, default=None, help="export base (default: a fresh export-demo)")
-    add_flag(parser, "--num-ps", type=int, default=2, help="PS shards when exporting the demo (default %(default)s)")
+    add_flag(parser, "--num_ps", type=int, default=2, help="PS shards when exporting the demo (default %(default)s)")
     add_flag(parser, "--port", type=flag_type(parse_port), default=8500, help="entry gRPC port (default %(default)s)")
-    add_flag(parser, "--child_log_level", default="WARNING", help="log level of the PS and entry processes")
+    add_flag(
+        parser,
+        "--child_log_level",
+        type=flag_type(parse_log_level),
+        default="WARNING",
+        help="log level of every cluster process (PS, dense, entry): DEBUG, INFO, WARNING, ERROR or CRITICAL",
+    )
     add_flag(parser, "--ready_timeout_s", type=float, default=60.0, help="give up if not AVAILABLE by then")
 
 

@@ -42,7 +42,7 @@ def registry_settings(args: argparse.Namespace) -> RegistrySettings:
     try:
         if kind == "consul":
             address = args.consul_address or (conf.consul_address if conf is not None else "127.0.0.1:8500")
-            discovery = DiscoveryConfig.consul_from_address(address, session_timeout_s=max(10.0, timeout_s))
+            discovery = DiscoveryConfig.consul_from_address(address, session_timeout_s=timeout_s)
         else:
             servers = args.zk_servers or (conf.zk_servers if conf is not None else None)
             if not servers:

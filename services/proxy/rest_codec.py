@@ -32,7 +32,9 @@ Responses: row requests get ``{"predictions": ...}`` (a list per example; object
 outputs), columnar ones ``{"outputs": ...}``, written as text so that numbers are spelled as TF Serving spells
 them (``_float_texts``). DT_STRING values are emitted as text when they are valid UTF-8 and the output name does
 not end in ``_bytes``, else as ``{"b64": ...}``. Model metadata prints every field without presence, as TF
-Serving's JSON printer does.
+Serving's JSON printer does. The gateway writes a large answer on a thread too (``answer_size`` tells how large,
+without decoding it): every pass over its values goes in steps of ``_WRITE_STEP_ELEMENTS`` (formatting a float
+and reading it back costs ~1 us, so a pass holds the GIL ~1-2 ms), checking a :class:`DecodeCancel` before each.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from google.protobuf import json_format
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.tensor_codec import (
+    MAX_FILLED_ELEMENTS,
     MAX_RANK,
     TensorCodecError,
     dtype_name,
@@ -76,6 +79,10 @@ _NUMBER_TYPES = frozenset({int, float, bool})
 _STRING_TYPES = frozenset({str, dict})  # dict: {"b64": ...}
 # Elements per C-level pass: one holds the GIL (so, on a decode thread, the event loop) ~1-3 ms.
 _STEP_ELEMENTS = 1 << 16
+# Elements per pass of writing an answer: formatting and reading back 4096 floats holds the GIL ~1-2 ms.
+_WRITE_STEP_ELEMENTS = 1 << 12
+# An answer's share of the byte budget per element beyond its wire bytes (``AnswerSize.budget_bytes``).
+_BUDGET_BYTES_PER_ELEMENT = 8
 _SHORT_FLOAT = "{:g}"  # printf's %g: 6 significant digits, what absl::StrCat writes for a float or double
 _BOOL_TEXT = {True: "true", False: "false"}
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace (RFC 8259), what json.loads skips
@@ -433,16 +440,62 @@ def build_predict_request(
     return request
 
 
-def _string_text(value: bytes, as_b64: bool) -> str:
-    if not as_b64:
-        try:
-            return json.dumps(value.decode(), ensure_ascii=False)
-        except UnicodeDecodeError:
-            pass  # TF Serving would write the raw bytes, which is not JSON: {"b64"} is
+def _string_text(value: bytes) -> str:
+    try:
+        return json.dumps(value.decode(), ensure_ascii=False)
+    except UnicodeDecodeError:
+        return _b64_text(value)  # TF Serving would write the raw bytes, which is not JSON: {"b64"} is
+
+
+def _b64_text(value: bytes) -> str:
     return '{"b64": "' + base64.b64encode(value).decode() + '"}'
 
 
-def _float_texts(values: npt.NDArray[Any]) -> list[str]:
+@dataclass(frozen=True)
+class AnswerSize:
+    """What writing a PredictResponse as JSON takes. Time: ~1-1.4 us per float or string element (formatted and
+    read back, or escaped), ~0.2 us per integer, ~0.05 us per boolean, ~6 ns per byte of long strings. Memory:
+    ~100-175 bytes per element (a Python str per value, float64 copies) and ~5x a long string's bytes."""
+
+    elements: int  # leaf values written (bounded as ``answer_size`` says)
+    wire_bytes: int  # the serialized response
+
+    @property
+    def budget_bytes(self) -> int:
+        """Its share of the REST byte budget, whose bytes stand for ~10-25x as much memory while a body is decoded:
+        the wire bytes plus ``_BUDGET_BYTES_PER_ELEMENT`` per element keeps that ratio (float32 scores: ~13x;
+        an output filled from one value, a few wire bytes for millions of elements, is not let through as free)."""
+        return self.wire_bytes + _BUDGET_BYTES_PER_ELEMENT * self.elements
+
+
+def answer_size(response: predict_pb2.PredictResponse, wire_bytes: int) -> AnswerSize:
+    """Read from the outputs' shapes, without decoding them. A zero dimension counts as 1 (its empty rows are still
+    written); a tensor counts at most what decoding it can yield (its values are on the wire, or one value fills
+    at most ``MAX_FILLED_ELEMENTS``): a shape claiming more fails there, and is not refused here for its size."""
+    most = max(MAX_FILLED_ELEMENTS, wire_bytes)
+    elements = 0
+    for tensor in response.outputs.values():
+        count = 1
+        for dim in tensor.tensor_shape.dim:
+            count = min(count * max(dim.size, 1), most + 1)
+        elements += min(count, most)
+    return AnswerSize(elements=elements, wire_bytes=wire_bytes)
+
+
+def _writing_steps(count: int, cancel: DecodeCancel) -> Iterator[slice]:
+    """``range(count)`` in slices of ``_WRITE_STEP_ELEMENTS``, checking ``cancel`` before each."""
+    for start in _steps(count, _WRITE_STEP_ELEMENTS, cancel):
+        yield slice(start, start + _WRITE_STEP_ELEMENTS)
+
+
+def _float_texts(values: npt.NDArray[Any], cancel: DecodeCancel) -> list[str]:
+    texts: list[str] = []
+    for part in _writing_steps(len(values), cancel):
+        texts.extend(_float_step_texts(values[part]))
+    return texts
+
+
+def _float_step_texts(values: npt.NDArray[Any]) -> list[str]:
     """Floats as TF Serving writes them (json_tensor.cc, WriteDecimal): printf's ``%g`` (6 significant digits)
     when that reads back as the same value in the tensor's own precision, else ``%.9g`` (float) or ``%.17g``
     (double); ``.0`` appended when the text has neither ``.`` nor an exponent; NaN, Infinity and -Infinity bare.
@@ -470,51 +523,76 @@ def _float_texts(values: npt.NDArray[Any]) -> list[str]:
     return texts
 
 
-def _leaf_texts(array: npt.NDArray[Any], name: str, dtype: int) -> list[str]:
+def _mapped_texts(flat: npt.NDArray[Any], spell: Callable[[Any], str], cancel: DecodeCancel) -> list[str]:
+    """``list(map(spell, flat.tolist()))`` in passes of ``_WRITE_STEP_ELEMENTS``."""
+    texts: list[str] = []
+    for part in _writing_steps(len(flat), cancel):
+        texts.extend(map(spell, flat[part].tolist()))
+    return texts
+
+
+def _leaf_texts(array: npt.NDArray[Any], name: str, dtype: int, cancel: DecodeCancel) -> list[str]:
     """Each value of ``array``, row-major, as TF Serving writes it."""
     flat = array.reshape(-1)
     if dtype == types_pb2.DT_STRING:
         as_b64 = name.endswith("_bytes")  # TF Serving's rule: such outputs hold bytes, not text
-        return [_string_text(value, as_b64) for value in flat.tolist()]
+        return _mapped_texts(flat, _b64_text if as_b64 else _string_text, cancel)
     kind = flat.dtype.kind
     if kind == "f":
-        return _float_texts(flat)
+        return _float_texts(flat, cancel)
     if kind == "b":
-        return [_BOOL_TEXT[value] for value in flat.tolist()]
+        return _mapped_texts(flat, _BOOL_TEXT.__getitem__, cancel)
     if kind in "iu":
-        return list(map(str, flat.tolist()))  # int64 and uint64 as exact numbers, as TF Serving
+        return _mapped_texts(flat, str, cancel)  # int64 and uint64 as exact numbers, as TF Serving
     raise InvalidArgumentError(f"output {name!r}: {dtype_name(dtype)} tensors have no JSON form")
 
 
-def _nest(texts: list[str], shape: tuple[int, ...], levels: int) -> list[str]:
+def _joined(texts: list[str], cancel: DecodeCancel) -> str:
+    """``", ".join(texts)``, a long list in passes of ``_WRITE_STEP_ELEMENTS`` (one join is one C call)."""
+    if len(texts) <= _WRITE_STEP_ELEMENTS:
+        return ", ".join(texts)
+    return ", ".join([", ".join(texts[part]) for part in _writing_steps(len(texts), cancel)])
+
+
+def _nest(texts: list[str], shape: tuple[int, ...], levels: int, cancel: DecodeCancel) -> list[str]:
     """Row-major leaf texts of a tensor of ``shape`` grouped into JSON arrays over its last ``levels`` dimensions:
     one text per element of the dimensions before them."""
     for depth in range(len(shape) - 1, len(shape) - 1 - levels, -1):
         size = shape[depth]
-        texts = ["[" + ", ".join(texts[i * size : (i + 1) * size]) + "]" for i in range(math.prod(shape[:depth]))]
+        rows = range(math.prod(shape[:depth]))
+        per_step = max(1, _WRITE_STEP_ELEMENTS // max(size, 1))  # rows of ~_WRITE_STEP_ELEMENTS texts per pass
+        nested: list[str] = []
+        for first in _steps(len(rows), per_step, cancel):
+            nested.extend(
+                "[" + _joined(texts[i * size : (i + 1) * size], cancel) + "]" for i in rows[first : first + per_step]
+            )
+        texts = nested
     return texts
 
 
-def _tensor_texts(proto: Any, name: str, row_format: bool) -> list[str]:
+def _tensor_texts(proto: Any, name: str, row_format: bool, cancel: DecodeCancel) -> list[str]:
     """A TensorProto as JSON: its whole value (one text), or for ``row_format`` one text per row of dimension 0."""
     try:
         array = from_tensor_proto(proto, name)
     except TensorCodecError as exc:
         raise InvalidArgumentError(exc.message) from None
     levels = array.ndim - 1 if row_format else array.ndim
-    return _nest(_leaf_texts(array, name, proto.dtype), array.shape, levels)
+    return _nest(_leaf_texts(array, name, proto.dtype, cancel), array.shape, levels, cancel)
 
 
-def predict_response_text(response: predict_pb2.PredictResponse, row_format: bool) -> str:
+def predict_response_text(
+    response: predict_pb2.PredictResponse, row_format: bool, cancel: DecodeCancel | None = None
+) -> str:
     """The JSON answer to a REST Predict, as TF Serving writes it: ``{"predictions": [...]}`` for a row request
     (a value per row; with several outputs, an object of them per row), ``{"outputs": ...}`` for a columnar one
     (the value; with several outputs, an object of them). Written as text, not through json.dumps, to spell
-    numbers as TF Serving does (``_float_texts``)."""
+    numbers as TF Serving does (``_float_texts``). Raises DecodeCancelled once ``cancel`` is set."""
+    cancel = cancel or DecodeCancel()
     names = sorted(response.outputs)
     if not names:
         raise InvalidArgumentError("Cannot convert empty tensor map to JSON: the model's answer has no outputs")
     if not row_format:
-        values = [_tensor_texts(response.outputs[name], name, False)[0] for name in names]
+        values = [_tensor_texts(response.outputs[name], name, False, cancel)[0] for name in names]
         if len(values) == 1:
             return '{"outputs": ' + values[0] + "}"
         return '{"outputs": {' + ", ".join(f"{json.dumps(n)}: {v}" for n, v in zip(names, values, strict=True)) + "}}"
@@ -523,7 +601,7 @@ def predict_response_text(response: predict_pb2.PredictResponse, row_format: boo
         tensor = response.outputs[name]
         if not tensor.tensor_shape.dim:
             raise InvalidArgumentError(f'output {name!r} is a scalar; use the columnar "inputs" format')
-        rows[name] = _tensor_texts(tensor, name, True)
+        rows[name] = _tensor_texts(tensor, name, True, cancel)
     sizes = {name: len(texts) for name, texts in rows.items()}
     if len(set(sizes.values())) > 1:
         raise InvalidArgumentError(
@@ -531,11 +609,13 @@ def predict_response_text(response: predict_pb2.PredictResponse, row_format: boo
         )
     if len(rows) == 1:
         (only,) = rows.values()
-        return '{"predictions": [' + ", ".join(only) + "]}"
+        return '{"predictions": [' + _joined(only, cancel) + "]}"
     keys = {name: json.dumps(name) + ": " for name in names}
-    batch = next(iter(sizes.values()), 0)
-    objects = ("{" + ", ".join(keys[name] + rows[name][i] for name in names) + "}" for i in range(batch))
-    return '{"predictions": [' + ", ".join(objects) + "]}"
+    batch = range(next(iter(sizes.values()), 0))
+    objects: list[str] = []
+    for part in _writing_steps(len(batch), cancel):
+        objects.extend("{" + ", ".join(keys[name] + rows[name][i] for name in names) + "}" for i in batch[part])
+    return '{"predictions": [' + _joined(objects, cancel) + "]}"
 
 
 def signature_inputs_from_metadata(

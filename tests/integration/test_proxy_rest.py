@@ -2,7 +2,8 @@
 UpstreamPool: bad input is a 4xx (never a 500), one deadline covers every core call of a request, and every
 request is counted once, refused ones too, without a label per made-up name. Backpressure comes before the body:
 a request takes one admission slot before its body is read and holds it until answered, a body is read only as
-far as the byte budget lets it, and decode steps never wait in the thread pool's queue.
+far as the byte budget lets it, and decode steps never wait in the thread pool's queue. Large answers are written
+on the same threads, within the request's deadline and the byte budget, while the gateway serves other requests.
 
 Faults needing real entries (slow metadata and Predict together) are in test_proxy_routing.py.
 """
@@ -40,7 +41,13 @@ from monolith_serving.proxy import rest_codec, rest_gateway
 from monolith_serving.proxy.core import CallContext, CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
 from monolith_serving.proxy.metrics import ProxyMetrics
-from monolith_serving.proxy.rest_codec import DecodeCancel, PredictBody, parse_predict_body
+from monolith_serving.proxy.rest_codec import (
+    DecodeCancel,
+    DecodeCancelled,
+    PredictBody,
+    parse_predict_body,
+    predict_response_text,
+)
 from monolith_serving.proxy.rest_gateway import MAX_VERSION, RestConfig, RestGateway
 from monolith_serving.proxy.router import OutlierPolicy, Router
 from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
@@ -112,6 +119,7 @@ class FakeUpstream:
     predict_started: asyncio.Event = field(default_factory=asyncio.Event)
     signature: dict[str, int] = field(default_factory=lambda: {"x": types_pb2.DT_FLOAT})  # input name -> DataType
     predict_reply: bytes = field(default_factory=_predict_reply)
+    replies: dict[str, bytes] = field(default_factory=dict)  # model name -> its Predict reply, else predict_reply
     predicts: list[predict_pb2.PredictRequest] = field(default_factory=list)  # every Predict, as received
 
     async def call(
@@ -122,11 +130,12 @@ class FakeUpstream:
             self.clock.now_s += self.metadata_takes_s
             return UpstreamReply(_metadata_reply(request, self.signature), ())
         if method == PREDICT:
-            self.predicts.append(predict_pb2.PredictRequest.FromString(request))
+            predict = predict_pb2.PredictRequest.FromString(request)
+            self.predicts.append(predict)
             self.predict_started.set()
             if self.predict_gate is not None:
                 await self.predict_gate.wait()
-            return UpstreamReply(self.predict_reply, ())
+            return UpstreamReply(self.replies.get(predict.model_spec.name, self.predict_reply), ())
         if method == GET_MODEL_STATUS:
             response = get_model_status_pb2.GetModelStatusResponse()
             response.model_version_status.add(version=1, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
@@ -613,7 +622,7 @@ async def test_decode_steps_never_queue_and_a_cut_short_decode_keeps_its_bytes_u
             answers = await asyncio.gather(*waiting)
             assert _CountingExecutor.most_outstanding == 1
             for status, answer in answers:
-                assert status == 504 and "waited for a decode thread" in answer["error"], answer
+                assert status == 504 and "waited for a codec thread" in answer["error"], answer
             status, answer = await first
             assert status == 504 and "deadline passed while decoding" in answer["error"], answer
             # Answered, but its decode runs on: its bytes stay taken until it ends.
@@ -664,6 +673,136 @@ async def test_a_decode_cut_short_by_its_deadline_stops_and_gives_back_its_bytes
             assert await served.post("/entry:predict", MID_BODY) == (200, {"outputs": [0.5]})
             # The cut-short request never went upstream: the one Predict is the second request's.
             assert [method for method, _ in served.upstream.calls] == [GET_MODEL_METADATA, PREDICT]
+
+
+# ---- large answers are written off the event loop ---------------------------------------------------------------
+
+
+def _scores_reply(count: int) -> bytes:
+    """A Predict reply of ``count`` DT_FLOAT scores, shape [count, 1]."""
+    response = predict_pb2.PredictResponse()
+    response.outputs["y"].CopyFrom(to_tensor_proto(np.full((count, 1), 0.25, np.float32)))
+    return response.SerializeToString()
+
+
+LARGE_ANSWER = 5000  # elements: over RestConfig.encode_offload_elements (1024)
+
+
+class _GatedWrite:
+    """Stands in for ``rest_gateway.predict_response_text``: records the thread every answer is written on, and
+    holds an answer of ``min_elements`` or more until ``release`` (bounded) before writing it (the real function),
+    so a test holds a write open without timing anything. Holding it on the event loop's thread would stall the
+    loop, which is what the tests below tell apart."""
+
+    def __init__(self, min_elements: int = LARGE_ANSWER, wait_s: float = 10.0) -> None:
+        self.min_elements = min_elements
+        self.wait_s = wait_s
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.released_in_time: list[bool] = []  # one per gated answer: False if the wait ran out
+        self.on_loop: list[tuple[int, bool]] = []  # (elements, written on the event loop's thread) per answer
+        self.outcomes: list[str] = []  # per gated answer: "written" or "cancelled"
+        self.done = threading.Event()  # a gated answer was written (or stopped)
+
+    def __call__(self, response: predict_pb2.PredictResponse, row_format: bool, *cancel: DecodeCancel) -> str:
+        elements = sum(from_tensor_proto(tensor).size for tensor in response.outputs.values())
+        self.on_loop.append((elements, threading.current_thread() is threading.main_thread()))
+        if elements < self.min_elements:
+            return predict_response_text(response, row_format, *cancel)
+        self.started.set()
+        try:
+            self.released_in_time.append(self.release.wait(self.wait_s))
+            text = predict_response_text(response, row_format, *cancel)
+            self.outcomes.append("written")
+            return text
+        except DecodeCancelled:
+            self.outcomes.append("cancelled")
+            raise
+        finally:
+            self.done.set()
+
+
+@_sync
+async def test_a_large_answer_is_written_while_the_gateway_serves_other_requests() -> None:
+    gate = _GatedWrite()
+    with mock.patch.object(rest_gateway, "predict_response_text", gate):
+        async with _gateway(models=None) as served:
+            served.upstream.replies["big"] = _scores_reply(LARGE_ANSWER)
+            big = asyncio.create_task(served.post("/big:predict", BODY))
+            assert await asyncio.to_thread(gate.started.wait, 30), "the large answer was never written"
+            # Its answer is held being written: a small REST Predict, a gRPC call through the proxy and a status
+            # are served meanwhile. Written on the event loop, the loop would sit in the gate's wait, and nothing
+            # would be served until it ran out.
+            assert await served.post("/entry:predict", BODY) == (200, {"outputs": [0.5]})
+            reply = await _grpc_predict(served)
+            assert predict_pb2.PredictResponse.FromString(reply.response).outputs["y"].float_val == [0.5]
+            status, answer = await served.send("GET", "/entry")
+            assert status == 200 and answer["model_version_status"][0]["state"] == "AVAILABLE", answer
+            assert not big.done()
+            gate.release.set()
+            status, answer = await big
+            assert status == 200 and answer == {"outputs": [[0.25]] * LARGE_ANSWER}, status
+            # The small answer was written on the loop (a thread hop costs more than writing it), the large one not.
+            assert gate.on_loop == [(LARGE_ANSWER, False), (1, True)], gate.on_loop
+            assert served.gateway.body_bytes_held == 0
+    assert gate.released_in_time == [True]
+
+
+@_sync
+async def test_a_deadline_that_passes_while_the_answer_is_written_is_a_504() -> None:
+    gate = _GatedWrite()
+    with mock.patch.object(rest_gateway, "predict_response_text", gate):
+        async with _gateway(timeout_s=1.0) as served:
+            served.upstream.predict_reply = _scores_reply(LARGE_ANSWER)
+            try:
+                status, answer = await served.post("/entry:predict", BODY)
+                assert status == 504 and "deadline passed while writing the 5000-element answer" in answer["error"]
+                assert gate.started.is_set()
+                # Answered, but its write runs on until its next cancel check: its bytes stay taken until then.
+                assert served.gateway.body_bytes_held > 0
+            finally:
+                gate.release.set()
+            # Told to stop, the write stops at its first check instead of writing for nobody; its bytes come back.
+            assert await asyncio.to_thread(gate.done.wait, 30)
+            await _until(lambda: served.gateway.body_bytes_held == 0)
+            assert gate.outcomes == ["cancelled"]
+            assert [method for method, _ in served.upstream.calls] == [GET_MODEL_METADATA, PREDICT]
+            # The codec thread is free again: the next large answer is written.
+            gate.release.set()
+            status, answer = await served.post("/entry:predict", BODY)
+            assert status == 200 and len(answer["outputs"]) == LARGE_ANSWER
+    assert gate.released_in_time == [True, True]
+
+
+@_sync
+async def test_a_large_answer_takes_its_share_of_the_byte_budget() -> None:
+    gate = _GatedWrite()
+    share = len(_scores_reply(LARGE_ANSWER)) + 8 * LARGE_ANSWER  # rest_codec.AnswerSize.budget_bytes
+    with mock.patch.object(rest_gateway, "predict_response_text", gate):
+        # Room for one large answer, not two.
+        async with _gateway(models=None, max_body_bytes=share, body_budget_bytes=share + 1000) as served:
+            served.upstream.replies["big"] = _scores_reply(LARGE_ANSWER)
+            first = asyncio.create_task(served.post("/big:predict", BODY))
+            assert await asyncio.to_thread(gate.started.wait, 30), "the large answer was never written"
+            # The request's body bytes grew to its answer's share, held while it is written.
+            assert served.gateway.body_bytes_held == share
+            status, answer = await served.post("/big:predict", BODY)
+            assert status == 429 and f"no room for {share - len(BODY)} more" in answer["error"], answer
+            assert _rejected(served, "body_bytes") == 1
+            # A small answer takes no share (written on the loop, one at a time): served beside the large one.
+            assert await served.post("/entry:predict", BODY) == (200, {"outputs": [0.5]})
+            gate.release.set()
+            status, _ = await first
+            assert status == 200
+            assert served.gateway.body_bytes_held == 0
+    assert gate.released_in_time == [True]
+    # An answer whose share exceeds the whole budget can never be written: 429 naming the budget.
+    async with _gateway(max_body_bytes=1000, body_budget_bytes=1000) as served:
+        served.upstream.predict_reply = _scores_reply(LARGE_ANSWER)
+        status, answer = await served.post("/entry:predict", BODY)
+        assert status == 429 and "too large to write as JSON" in answer["error"], answer
+        assert "--rest_api_body_budget_bytes" in answer["error"]
+        assert served.gateway.body_bytes_held == 0
 
 
 # ---- TF Serving's REST API as its clients use it (tensorflow_serving/model_servers/http_rest_api_handler.cc,

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
-from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
+from monolith_serving.core.tensor_codec import MAX_FILLED_ELEMENTS, from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 from monolith_serving.proxy import rest_codec
 from monolith_serving.proxy.rest_codec import (
+    AnswerSize,
     DecodeCancel,
     DecodeCancelled,
     ModelRef,
+    answer_size,
     build_predict_request,
     model_metadata_json,
     parse_predict_body,
@@ -326,3 +328,66 @@ def test_a_cancelled_decode_stops_at_its_next_check(monkeypatch: pytest.MonkeyPa
     with pytest.raises(DecodeCancelled):
         build_predict_request(ModelRef(name="m"), parse_predict_body(body), None, stop)
     assert len(converted) == 1
+
+
+def _answers() -> list[tuple[predict_pb2.PredictResponse, bool]]:
+    """Responses of every kind of leaf and nesting, each with the request format it answers."""
+    cube = np.arange(3 * 5 * 7, dtype=np.float32).reshape(3, 5, 7) / 7
+    wide = np.arange(2 * 11, dtype=np.int64).reshape(2, 11)
+    strings = np.array([b"a", b"\xff", b"", b"text"] * 3, dtype=object)
+    return [
+        (_response(c=cube), True),
+        (_response(c=cube), False),
+        (_response(w=wide, d=np.linspace(0, 1, 2)), True),
+        (_response(s=strings, s_bytes=strings, ok=np.arange(12) % 3 == 0), True),
+        (_response(e=np.zeros((4, 0, 2), np.float32)), True),
+        (_response(h=np.array([0.1, 2.0, 1e4, 65504.0, np.inf], np.float16)), False),
+    ]
+
+
+@pytest.mark.parametrize("step", [1, 3, 8])
+def test_answers_written_in_passes_are_the_answers_written_at_once(step: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large answer is written in passes of ``_WRITE_STEP_ELEMENTS`` (each C-level pass holds the GIL, so
+    the event loop, only that long): passes of any size write the same text."""
+    at_once = [predict_response_text(response, row_format) for response, row_format in _answers()]
+    monkeypatch.setattr(rest_codec, "_WRITE_STEP_ELEMENTS", step)
+    assert [predict_response_text(response, row_format) for response, row_format in _answers()] == at_once
+
+
+def test_a_cancelled_write_stops_at_its_next_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer nobody waits for any more (its deadline passed) stops being written instead of finishing."""
+    monkeypatch.setattr(rest_codec, "_WRITE_STEP_ELEMENTS", 4)
+    written: list[int] = []
+    write_step = rest_codec._float_step_texts
+
+    def write_then_cancel(values: np.ndarray) -> list[str]:
+        written.append(len(values))
+        stop.set()  # the deadline passes once the first pass is written
+        return write_step(values)
+
+    monkeypatch.setattr(rest_codec, "_float_step_texts", write_then_cancel)
+    stop = DecodeCancel()
+    response = _response(y=np.zeros((20, 1), np.float32))
+    with pytest.raises(DecodeCancelled):
+        predict_response_text(response, row_format=True, cancel=stop)
+    assert written == [4], written  # not the 4 passes left
+    with pytest.raises(DecodeCancelled):  # set before: not a pass is written
+        predict_response_text(response, row_format=True, cancel=stop)
+    assert written == [4]
+
+
+def test_an_answer_size_counts_what_writing_it_takes() -> None:
+    two = _response(p=np.zeros((3, 4), np.float32), label=np.array([b"x"] * 3, dtype=object))
+    assert answer_size(two, 100) == AnswerSize(elements=15, wire_bytes=100)
+    assert AnswerSize(elements=15, wire_bytes=100).budget_bytes == 100 + 8 * 15
+    # A zero dimension counts as 1: its empty rows are written all the same.
+    assert answer_size(_response(e=np.zeros((5, 0, 3), np.float32)), 10).elements == 15
+    # An output filled from one value counts its elements, at most what decoding it can fill.
+    filled = predict_pb2.PredictResponse()
+    tensor = filled.outputs["f"]
+    tensor.dtype = types_pb2.DT_FLOAT
+    tensor.tensor_shape.dim.add().size = 1000
+    tensor.float_val.append(0.5)
+    assert answer_size(filled, filled.ByteSize()).elements == 1000
+    tensor.tensor_shape.dim.add().size = 1 << 40
+    assert answer_size(filled, filled.ByteSize()).elements == MAX_FILLED_ELEMENTS

@@ -183,6 +183,21 @@ class UnifiedServer:
         """Every part is validated before any core changes; then PS, dense, entry (the entry gates on the others)."""
         await run_to_end(self._apply_all(self._parse(config), _config_bytes(config)), "reload", self._changes)
 
+    async def _apply_start_config(self, path: Path) -> None:
+        """Applies ``--model_config_file`` at start. Without a config poll a config that cannot be applied stops the
+        start (exit 2 names it). With one, it is what Monolith's v3 agent keeps rewriting, and a restarted container
+        finds it naming models whose folders are not all there yet (an entry with no version, so no serving spec):
+        as TF Serving waits for such models, the server starts with what could be applied, and the poll retries the
+        rest."""
+        config = read_model_server_config(path)
+        if self.config.model_config_file_poll_wait_s <= 0:
+            await self.apply(config)
+            return
+        try:
+            await self.apply(config)
+        except MonolithServingError as error:
+            log.warning("model config file %s not applied at start, the poll retries it: %s", path, error.message)
+
     async def _poll_config_file(self, path: Path, interval_s: float) -> None:
         """Every ``interval_s``: a file whose config differs from the one applied is applied as a reload (refused
         changes nothing, as HandleReloadConfigRequest; tried again next time, since the folders it names may come
@@ -268,7 +283,7 @@ class UnifiedServer:
         await self.ps.open()
         await self.dense.open()
         if self.config.model_config_file is not None:
-            await self.apply(read_model_server_config(self.config.model_config_file))
+            await self._apply_start_config(self.config.model_config_file)
         await self._follow_health()
         self._health_task = asyncio.create_task(self._health_loop(), name="unified-health")
         path, poll_s = self.config.model_config_file, self.config.model_config_file_poll_wait_s

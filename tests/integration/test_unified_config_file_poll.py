@@ -146,3 +146,31 @@ def test_the_file_wins_again_after_a_reload_whose_caller_stopped_waiting(
 
     with caplog.at_level("INFO", logger="monolith_serving.unified.server"):
         asyncio.run(scenario())
+
+
+def test_a_start_config_naming_an_entry_without_a_version_starts_and_the_poll_loads_it_later(tmp_path: Path) -> None:
+    """Monolith's v3 agent keeps rewriting the file; a restarted container can find it naming an entry whose version
+    has not arrived (no serving spec yet). The server starts with what it could apply, as TF Serving waits for
+    such models, instead of failing its start and crash-looping."""
+    staging, export = tmp_path / "staging", tmp_path / "demo"
+    write_demo(DemoOptions(out=staging, num_ps=1, rows=50))
+    (export / "entry").mkdir(parents=True)
+    (staging / "ps_0").rename(export / "ps_0")
+    config_file = tmp_path / "models.config"
+    config_file.write_text(config_text({"demo:ps_0": export / "ps_0", "demo:entry": export / "entry"}))
+
+    async def scenario() -> None:
+        async with (
+            UnifiedServer(polling_config(config_file)) as server,
+            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+        ):
+            stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+            await wait_states(stub, "demo:ps_0", [AVAILABLE])
+            assert await states(stub, "demo:entry") == grpc.StatusCode.NOT_FOUND
+            (staging / "entry" / "1").rename(export / "entry" / "1")
+            deadline = time.monotonic() + 20
+            while not isinstance(hosted := await states(stub, "demo:entry"), list):
+                assert time.monotonic() < deadline, f"the entry was never hosted: {hosted}"
+                await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())

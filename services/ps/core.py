@@ -15,13 +15,21 @@ import numpy as np
 import numpy.typing as npt
 
 from monolith_serving.core.errors import (
+    FailedPreconditionError,
     InvalidArgumentError,
     MonolithServingError,
     NotFoundError,
     ResourceExhaustedError,
 )
 from monolith_serving.ps.config import DEFAULT_MAX_PENDING_SYNC_BYTES
-from monolith_serving.ps.inputs import ShardCheck, TensorMap, check_request_size, decode_fids, element_count
+from monolith_serving.ps.inputs import (
+    ShardCheck,
+    TensorMap,
+    check_request_size,
+    decode_fids,
+    decode_ragged_ids,
+    element_count,
+)
 from monolith_serving.ps.metrics import PsMetrics
 from monolith_serving.ps.sync import (
     HASHTABLE_ASSIGN,
@@ -40,6 +48,38 @@ LOOKUP = "lookup"
 LOOKUP_ALIASES = frozenset({LOOKUP, "", "serving_default"})
 ID_SUFFIX = "_id"
 VALUE_SUFFIX = "_value"
+RAW_LOOKUP = "raw_lookup"
+"""Monolith's lookup of a multi-hash table (its default, ``use_native_multi_hash_table``), see ``raw_lookup``."""
+RAW_LOOKUP_INPUTS = ("id", "id_split")
+RAW_LOOKUP_OUTPUT = "flat_emb"
+
+
+def lookup_names(input_name: str, tables: TableSet, model: str) -> tuple[str, str]:
+    """``(table, output)`` of a ``lookup`` input: ours ``<table>_id`` -> ``<table>_value``, else Monolith's
+    ``<table>`` -> ``<table>`` (its PS signature is keyed by the table names, input and output alike). Ours is
+    tried first: an input ``a_id`` is table ``a`` when the version has both ``a`` and ``a_id``."""
+    if input_name.endswith(ID_SUFFIX):
+        table_name = input_name[: -len(ID_SUFFIX)]
+        if table_name in tables.tables:
+            return table_name, table_name + VALUE_SUFFIX
+    if input_name in tables.tables:
+        return input_name, input_name
+    if input_name.endswith(ID_SUFFIX):
+        table_name = input_name[: -len(ID_SUFFIX)]
+        raise NotFoundError(f"input {input_name!r}: table {table_name!r} not found in model {model!r}")
+    raise InvalidArgumentError(
+        f"input {input_name!r}: not a table of model {model!r}; lookup inputs are named <table>_id (or <table>)"
+    )
+
+
+def _require_dim(tables: TableSet, table_name: str, fids: int, input_name: str) -> None:
+    """Monolith's entry cuts the reply by the dims of its own config, so a table whose width this shard does not
+    know (no rows here yet, docs/ps.md) cannot be answered to it; our entry reads a ``[n, 0]`` answer itself."""
+    if fids and not tables.tables[table_name].dim:
+        raise FailedPreconditionError(
+            f"input {input_name!r}: table {table_name!r} has no rows on this shard yet (its export partition was "
+            f"empty), so its dim is unknown and its {fids} fid(s) cannot be answered in rows of that dim"
+        )
 
 
 @dataclass(frozen=True)
@@ -86,38 +126,80 @@ class PsCore:
         return ShardCheck(self._num_ps, model.config.partition)
 
     def lookup(self, ref: ModelRef, inputs: TensorMap, output_filter: Sequence[str] = ()) -> LookupResult:
-        """``<table>_id`` int64[n] -> ``<table>_value`` float32[n, dim]; unknown fids give zero rows."""
+        """``<table>_id`` int64[n] -> ``<table>_value`` float32[n, dim]; unknown fids give zero rows.
+
+        Monolith's entry names the input and the output after the table itself (``<table>`` -> ``<table>``,
+        see ``lookup_names``); both spellings may be mixed in one request."""
         model, servable = self.versions.resolve(ref.name, ref.version, ref.label)
         tables = servable.require_loaded()
         check_request_size(inputs, self._max_fids, what="fids")
         shard = self.shard_check(model)
         decoded = []
+        named: dict[str, str] = {}  # output -> the input asking for it
         for name, proto in inputs.items():
-            if not name.endswith(ID_SUFFIX):
-                raise InvalidArgumentError(f"input {name!r}: lookup inputs are named <table>_id")
-            table_name = name[: -len(ID_SUFFIX)]
-            table = tables.tables.get(table_name)
-            if table is None:
-                raise NotFoundError(f"input {name!r}: table {table_name!r} not found in model {ref.name!r}")
+            table_name, out_name = lookup_names(name, tables, ref.name)
+            if out_name in named:
+                raise InvalidArgumentError(
+                    f"input {name!r}: its output {out_name!r} is also the output of input {named[out_name]!r}"
+                )
+            named[out_name] = name
             fids = decode_fids(proto, name)
             shard.check(fids, name)
-            decoded.append((table_name, fids))
+            if out_name == table_name:
+                _require_dim(tables, table_name, len(fids), name)
+            decoded.append((table_name, out_name, fids))
         wanted = set(output_filter)
         if wanted:  # the entry never sends one: no per-request set work then
-            unknown = sorted(wanted - {t + VALUE_SUFFIX for t, _ in decoded})
+            unknown = sorted(wanted - set(named))
             if unknown:
                 raise InvalidArgumentError(f"output_filter {unknown[0]!r} is not an output of this request")
         outputs = {}
-        for table_name, fids in decoded:
-            out_name = table_name + VALUE_SUFFIX
+        for table_name, out_name, fids in decoded:
             if wanted and out_name not in wanted:
                 continue
             outputs[out_name], missing = tables.tables[table_name].lookup(fids)
-            self._lookup_fids[(ref.name, table_name)].inc(len(fids))
-            if missing:
-                self._lookup_missing_fids[(ref.name, table_name)].inc(missing)
+            self._count_lookup(ref.name, table_name, len(fids), missing)
         self._lookup_requests[(ref.name,)].inc()
         return LookupResult(servable.version, outputs)
+
+    def raw_lookup(self, ref: ModelRef, inputs: TensorMap, output_filter: Sequence[str] = ()) -> LookupResult:
+        """Monolith's multi-hash-table lookup: ``id`` int64[total] + ``id_split`` int64[tables + 1] (each table's
+        ids, tables in the model's order) -> ``flat_emb`` float32[sum n_t * dim_t], every table's rows flattened
+        one table after the other; unknown fids give zero rows."""
+        model, servable = self.versions.resolve(ref.name, ref.version, ref.label)
+        tables = servable.require_loaded()
+        for required in RAW_LOOKUP_INPUTS:
+            if required not in inputs:
+                raise InvalidArgumentError(f"input {required!r} is missing ({RAW_LOOKUP} needs id and id_split)")
+        extra = sorted(set(inputs) - set(RAW_LOOKUP_INPUTS))
+        if extra:
+            raise InvalidArgumentError(f"input {extra[0]!r}: {RAW_LOOKUP} takes only id and id_split")
+        unknown = sorted(set(output_filter) - {RAW_LOOKUP_OUTPUT})
+        if unknown:
+            raise InvalidArgumentError(f"output_filter {unknown[0]!r} is not an output of {RAW_LOOKUP}")
+        check_request_size({"id": inputs["id"]}, self._max_fids, what="fids")
+        order = tables.order
+        fids, split = decode_ragged_ids(inputs, len(order), self.shard_check(model))
+        counts = np.diff(split).tolist()
+        for table_name, count in zip(order, counts, strict=True):
+            _require_dim(tables, table_name, count, "id_split")
+        ends = np.cumsum([count * tables.tables[t].dim for t, count in zip(order, counts, strict=True)]).tolist()
+        flat: npt.NDArray[np.float32] = np.empty(ends[-1] if ends else 0, dtype=np.float32)
+        start = 0
+        for k, table_name in enumerate(order):
+            lo, hi, end = int(split[k]), int(split[k + 1]), ends[k]
+            if hi > lo:
+                table = tables.tables[table_name]
+                missing = table.lookup_into(fids[lo:hi], flat[start:end].reshape(hi - lo, table.dim))
+                self._count_lookup(ref.name, table_name, hi - lo, missing)
+            start = end
+        self._lookup_requests[(ref.name,)].inc()
+        return LookupResult(servable.version, {RAW_LOOKUP_OUTPUT: flat})
+
+    def _count_lookup(self, model: str, table: str, fids: int, missing: int) -> None:
+        self._lookup_fids[(model, table)].inc(fids)
+        if missing:
+            self._lookup_missing_fids[(model, table)].inc(missing)
 
     def sync(self, ref: ModelRef, signature: str, inputs: TensorMap) -> tuple[int, int]:
         """Applies a ``hashtable_assign`` or raw_assign push (``table/raw_assign`` or Monolith's

@@ -73,6 +73,23 @@ def decode_fids(proto: tensor_pb2.TensorProto, name: str) -> Int64Array:
     return fids
 
 
+def decode_ragged_ids(inputs: TensorMap, num_tables: int, shard: ShardCheck) -> tuple[Int64Array, Int64Array]:
+    """``id`` int64[total] and ``id_split`` int64[tables + 1], the prefix offsets of each table's ids in ``id``
+    (Monolith's ragged id of a multi-hash table: ``raw_assign`` and ``raw_lookup``); the fids are shard-checked."""
+    fids = decode_fids(inputs["id"], "id")
+    split: Int64Array = decode_typed(inputs["id_split"], "id_split", types_pb2.DT_INT64, 1)
+    if len(split) != num_tables + 1:
+        raise InvalidArgumentError(
+            f"input 'id_split': {len(split)} offsets, the model has {num_tables} tables so {num_tables + 1} are needed"
+        )
+    if split[0] != 0 or split[-1] != len(fids) or np.any(np.diff(split) < 0):
+        raise InvalidArgumentError(
+            f"input 'id_split': offsets must rise from 0 to len(id) = {len(fids)}, got {split.tolist()[:8]}"
+        )
+    shard.check(fids, "id")
+    return fids, split
+
+
 MAX_TABLE_DIM = 4096
 """The widest row a table whose dim comes from its first update may take (see ``decode_values``)."""
 

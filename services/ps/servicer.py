@@ -26,7 +26,17 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from monolith_serving.ps.config import SubModelConfig, check_partitions, sub_models_from_proto
-from monolith_serving.ps.core import ID_SUFFIX, LOOKUP, LOOKUP_ALIASES, VALUE_SUFFIX, ModelRef, PsCore
+from monolith_serving.ps.core import (
+    ID_SUFFIX,
+    LOOKUP,
+    LOOKUP_ALIASES,
+    RAW_LOOKUP,
+    RAW_LOOKUP_INPUTS,
+    RAW_LOOKUP_OUTPUT,
+    VALUE_SUFFIX,
+    ModelRef,
+    PsCore,
+)
 from monolith_serving.ps.metrics import PsMetrics
 from monolith_serving.ps.sync import HASHTABLE_ASSIGN, RAW_ASSIGN, monolith_raw_assign, sync_kind
 from monolith_serving.ps.table_store import TableSet
@@ -66,13 +76,15 @@ class PsPredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionSe
         started = time.perf_counter()
         spec = request.model_spec
         signature = _signature(spec)
-        # Metric label: lookup, hashtable_assign or table/raw_assign (Monolith's <name>/raw_assign counts there).
-        kind = LOOKUP if signature == LOOKUP else (sync_kind(signature) or "unknown")
+        # Metric label: lookup, raw_lookup, hashtable_assign or table/raw_assign (Monolith's <name>/raw_assign
+        # counts there).
+        kind = signature if signature in (LOOKUP, RAW_LOOKUP) else (sync_kind(signature) or "unknown")
         ref = model_ref(spec)
         response: predict_pb2.PredictResponse | bytes
         try:
-            if kind == LOOKUP:
-                result = self._core.lookup(ref, request.inputs, request.output_filter)
+            if kind in (LOOKUP, RAW_LOOKUP):
+                lookup = self._core.lookup if kind == LOOKUP else self._core.raw_lookup
+                result = lookup(ref, request.inputs, request.output_filter)
                 response = self._encoder.encode(result.outputs, spec.name, result.version, spec.signature_name)
             elif kind != "unknown":
                 version, _rows = self._core.sync(ref, signature, request.inputs)
@@ -82,8 +94,8 @@ class PsPredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionSe
                 response.model_spec.signature_name = spec.signature_name
             else:
                 raise NotFoundError(
-                    f"signature {spec.signature_name!r} not found (PS signatures: {LOOKUP}, {HASHTABLE_ASSIGN}, "
-                    f"{RAW_ASSIGN}, MonolithMultiHashTable_<partition>/raw_assign)"
+                    f"signature {spec.signature_name!r} not found (PS signatures: {LOOKUP}, {RAW_LOOKUP}, "
+                    f"{HASHTABLE_ASSIGN}, {RAW_ASSIGN}, MonolithMultiHashTable_<partition>/raw_assign)"
                 )
         except MonolithServingError as error:
             self._metrics.request_errors.labels(kind, status_code_for(error).name).inc()
@@ -150,7 +162,9 @@ def _tensor_info(name: str, datatype: int, dims: Sequence[int]) -> meta_graph_pb
 
 def signature_defs(tables: TableSet, partition: int) -> get_model_metadata_pb2.SignatureDefMap:
     """The PS contract (docs/ps.md) as SignatureDefs over the version's tables (-1: any length; a dim of -1: the
-    table has no rows on this shard yet, so its width is not known). The multi-hash-table push is listed under
+    table has no rows on this shard yet, so its width is not known). ``lookup`` lists our input names only
+    (Monolith's bare ``<table>`` names are accepted too); ``raw_lookup`` is Monolith's multi-hash-table lookup,
+    its ``id_split`` one offset per table plus one. The multi-hash-table push is listed under
     our name and Monolith's (``MonolithMultiHashTable_<partition>/raw_assign``); ``hashtable_assign`` lists our
     input names only (Monolith's ``MonolithHashTable_<table>_<partition>_id`` are accepted as aliases, but one
     push may not name a table twice, so a signature listing both would invite a refused request)."""
@@ -165,9 +179,17 @@ def signature_defs(tables: TableSet, partition: int) -> get_model_metadata_pb2.S
         lookup.outputs[name + VALUE_SUFFIX].CopyFrom(values)
         assign.inputs[name + ID_SUFFIX].CopyFrom(ids)
         assign.inputs[name + VALUE_SUFFIX].CopyFrom(values)
+    ragged_ids = {
+        "id": _tensor_info("id", types_pb2.DT_INT64, [-1]),
+        "id_split": _tensor_info("id_split", types_pb2.DT_INT64, [len(tables.order) + 1]),
+    }
+    raw_lookup = sigs.signature_def[RAW_LOOKUP]
+    for name in RAW_LOOKUP_INPUTS:
+        raw_lookup.inputs[name].CopyFrom(ragged_ids[name])
+    raw_lookup.outputs[RAW_LOOKUP_OUTPUT].CopyFrom(_tensor_info(RAW_LOOKUP_OUTPUT, types_pb2.DT_FLOAT, [-1]))
     raw = sigs.signature_def[RAW_ASSIGN]
-    raw.inputs["id"].CopyFrom(_tensor_info("id", types_pb2.DT_INT64, [-1]))
-    raw.inputs["id_split"].CopyFrom(_tensor_info("id_split", types_pb2.DT_INT64, [len(tables.order) + 1]))
+    for name, info in ragged_ids.items():
+        raw.inputs[name].CopyFrom(info)
     raw.inputs["flat_value"].CopyFrom(_tensor_info("flat_value", types_pb2.DT_FLOAT, [-1]))
     sigs.signature_def[monolith_raw_assign(partition)].CopyFrom(raw)
     return sigs

@@ -26,6 +26,7 @@ from monolith_serving.ps.inputs import (
     ShardCheck,
     TensorMap,
     decode_fids,
+    decode_ragged_ids,
     decode_typed,
     decode_values,
     element_count,
@@ -152,17 +153,7 @@ def decode_raw_assign(
     extra = sorted(set(inputs) - {"id", "id_split", "flat_value"})
     if extra:
         raise InvalidArgumentError(f"input {extra[0]!r}: raw_assign takes only id, id_split, flat_value")
-    fids = decode_fids(inputs["id"], "id")
-    split: Int64Array = decode_typed(inputs["id_split"], "id_split", types_pb2.DT_INT64, 1)
-    if len(split) != len(order) + 1:
-        raise InvalidArgumentError(
-            f"input 'id_split': {len(split)} offsets, the model has {len(order)} tables so {len(order) + 1} are needed"
-        )
-    if split[0] != 0 or split[-1] != len(fids) or np.any(np.diff(split) < 0):
-        raise InvalidArgumentError(
-            f"input 'id_split': offsets must rise from 0 to len(id) = {len(fids)}, got {split.tolist()[:8]}"
-        )
-    shard.check(fids, "id")
+    fids, split = decode_ragged_ids(inputs, len(order), shard)
     # Counted from the shape before decoding: one typed value would otherwise fill whatever count it claims.
     flat_count = element_count(inputs["flat_value"], "flat_value")
     counts = np.diff(split)

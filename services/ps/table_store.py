@@ -67,10 +67,14 @@ class EmbeddingTable:
 
     def lookup(self, fids: Int64Array) -> tuple[FloatMatrix, int]:
         """``(float32[len(fids), dim], missing)``: zero rows for the ``missing`` fids the table does not hold."""
+        out: FloatMatrix = np.empty((fids.shape[0], self.dim), dtype=np.float32)
+        return out, self.lookup_into(fids, out)
+
+    def lookup_into(self, fids: Int64Array, out: FloatMatrix) -> int:
+        """Writes the rows of ``fids`` into ``out`` (C-contiguous float32 ``[len(fids), dim]``, e.g. a slice of a
+        larger reply buffer); returns how many fids the table does not hold (their rows are zeros)."""
         rows = self._index.lookup(fids)
-        out: FloatMatrix = np.empty((rows.shape[0], self.dim), dtype=np.float32)
-        missing = hash_kernels.gather(self._base, self._extra, rows, out)
-        return out, int(missing)
+        return int(hash_kernels.gather(self._base, self._extra, rows, out))
 
     def fits(self, fids: Int64Array, values: FloatMatrix) -> bool:
         """Whether ``upsert(fids, values)`` is valid: rows of the table's dim, or of any dim while it has none."""

@@ -230,6 +230,51 @@ def test_sync_under_the_names_a_monolith_trainer_sends(hand_built: tuple[Ps, dic
     assert np.all(ps.lookup("ps_0", {"alpha": fresh[:1]})[1]["alpha_value"] == 6.5)
 
 
+def _typed_int64(values: np.ndarray) -> object:
+    """A 1-d int64 tensor as TensorFlow's ``Tensor::AsProtoField`` encodes it (typed int64_val, no tensor_content)."""
+    proto = to_tensor_proto(np.empty(0, np.int64))
+    proto.tensor_shape.dim[0].size = len(values)
+    proto.int64_val.extend(values.tolist())
+    return proto
+
+
+def test_lookups_as_a_monolith_entry_sends_them(hand_built: tuple[Ps, dict, Path]) -> None:
+    """Monolith's TfServingRemotePredict op (remote_predict_op.h) sends no version, typed inputs and the output
+    aliases as output_filter; distributed_ps.py calls ``lookup`` keyed by the table names (per-table hash tables)
+    or ``raw_lookup`` with ``id``/``id_split`` -> ``flat_emb`` (the multi-hash table, Monolith's default)."""
+    ps, rows, _ = hand_built
+    alpha = np.array([*list(rows["alpha"])[20:23], (np.int64(90) << 48) | 2], np.int64)  # rows no test pushes to
+    beta = np.array(list(rows["beta_tbl"])[20:22], np.int64)
+    expected = {"alpha": _rows_of(rows["alpha"], alpha, 33), "beta_tbl": _rows_of(rows["beta_tbl"], beta, 17)}
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ps_0"
+    request.model_spec.signature_name = "lookup"
+    for table, fids in (("alpha", alpha), ("beta_tbl", beta)):
+        request.inputs[table].CopyFrom(_typed_int64(fids))
+    request.output_filter.extend(["alpha", "beta_tbl"])
+    reply = ps.predict_stub.Predict(request, timeout=10)
+    assert set(reply.outputs) == {"alpha", "beta_tbl"} and reply.model_spec.version.value == 1
+    for table, want in expected.items():
+        np.testing.assert_array_equal(from_tensor_proto(reply.outputs[table]), want)
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "ps_0"
+    request.model_spec.signature_name = "raw_lookup"
+    request.inputs["id"].CopyFrom(_typed_int64(np.concatenate([alpha, beta])))
+    request.inputs["id_split"].CopyFrom(_typed_int64(np.array([0, len(alpha), len(alpha) + len(beta)])))
+    request.output_filter.append("flat_emb")
+    reply = ps.predict_stub.Predict(request, timeout=10)
+    assert set(reply.outputs) == {"flat_emb"} and reply.model_spec.signature_name == "raw_lookup"
+    flat = np.concatenate([expected["alpha"].ravel(), expected["beta_tbl"].ravel()])
+    np.testing.assert_array_equal(from_tensor_proto(reply.outputs["flat_emb"]), flat)
+
+    request.inputs["id_split"].CopyFrom(_typed_int64(np.array([0, len(alpha)])))
+    with pytest.raises(grpc.RpcError) as info:
+        ps.predict_stub.Predict(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "id_split" in str(info.value.details())
+
+
 I64 = np.array([2, 4], np.int64)
 
 
@@ -302,7 +347,7 @@ def test_metadata_and_metrics(hand_built: tuple[Ps, dict, Path]) -> None:
     lookup = sigs.signature_def["lookup"]
     assert set(lookup.inputs) == {"alpha_id", "beta_tbl_id"}
     assert [d.size for d in lookup.outputs["beta_tbl_value"].tensor_shape.dim] == [-1, 17]
-    assert {"hashtable_assign", "table/raw_assign"} <= set(sigs.signature_def)
+    assert {"hashtable_assign", "table/raw_assign", "raw_lookup"} <= set(sigs.signature_def)
 
 
 def test_a_table_with_no_rows_on_the_shard_takes_its_dim_from_the_first_sync(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def test_metadata_lists_the_monolith_raw_assign_signature(tmp_path: Path) -> Non
         assert reply.metadata["signature_def"].Unpack(sigs)
         monolith = sigs.signature_def[f"MonolithMultiHashTable_{PARTITION}/raw_assign"]
         assert monolith == sigs.signature_def["table/raw_assign"]
-        assert set(sigs.signature_def) == {"lookup", "hashtable_assign", "table/raw_assign",
+        assert set(sigs.signature_def) == {"lookup", "raw_lookup", "hashtable_assign", "table/raw_assign",
                                            f"MonolithMultiHashTable_{PARTITION}/raw_assign"}  # fmt: skip
 
     asyncio.run(scenario())

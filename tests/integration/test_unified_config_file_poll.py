@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -75,6 +76,16 @@ def polling_config(config_file: Path) -> UnifiedConfig:
     )
 
 
+@contextlib.asynccontextmanager
+async def serving(config_file: Path) -> AsyncIterator[tuple[UnifiedServer, model_service_pb2_grpc.ModelServiceStub]]:
+    """A unified server polling ``config_file`` every 0.1 s, and a ModelService stub on it."""
+    async with (
+        UnifiedServer(polling_config(config_file)) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        yield server, model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+
+
 def test_a_rewritten_model_config_file_is_applied(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     export = tmp_path / "demo"
     write_demo(DemoOptions(out=export, num_ps=2, rows=50, dense_alone=True))
@@ -82,11 +93,7 @@ def test_a_rewritten_model_config_file_is_applied(tmp_path: Path, caplog: pytest
     config_file.write_text(config_text({}))
 
     async def scenario() -> None:
-        async with (
-            UnifiedServer(polling_config(config_file)) as server,
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-        ):
-            stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+        async with serving(config_file) as (_server, stub):
             assert await states(stub, "demo:ps_0") == grpc.StatusCode.NOT_FOUND
             write_atomically(config_file, config_text({"demo:ps_0": export / "ps_0"}))
             await wait_states(stub, "demo:ps_0", [AVAILABLE])
@@ -125,11 +132,7 @@ def test_the_file_wins_again_after_a_reload_whose_caller_stopped_waiting(
     other.model_config_list.config.add(name="demo:ps_1", base_path=str(export / "ps_1"))
 
     async def scenario() -> None:
-        async with (
-            UnifiedServer(polling_config(config_file)) as server,
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-        ):
-            stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+        async with serving(config_file) as (server, stub):
             await wait_states(stub, "demo:ps_0", [AVAILABLE])
             caller = asyncio.create_task(server.reload(other))
             await asyncio.sleep(0)  # the change has started; its caller now stops waiting
@@ -160,11 +163,7 @@ def test_a_start_config_naming_an_entry_without_a_version_starts_and_the_poll_lo
     config_file.write_text(config_text({"demo:ps_0": export / "ps_0", "demo:entry": export / "entry"}))
 
     async def scenario() -> None:
-        async with (
-            UnifiedServer(polling_config(config_file)) as server,
-            grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
-        ):
-            stub = model_service_pb2_grpc.ModelServiceStub(channel)  # type: ignore[no-untyped-call]
+        async with serving(config_file) as (_server, stub):
             await wait_states(stub, "demo:ps_0", [AVAILABLE])
             assert await states(stub, "demo:entry") == grpc.StatusCode.NOT_FOUND
             (staging / "entry" / "1").rename(export / "entry" / "1")

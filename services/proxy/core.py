@@ -109,6 +109,22 @@ class CallContext:
     internal: bool = False
 
 
+@dataclass(frozen=True)
+class DeferredCount:
+    """The ``proxy_requests_total`` count of a client request whose core call answered OK while its transport
+    still has to turn that answer into its client's (the REST gateway writing a Predict's JSON), which can fail:
+    :meth:`settle` counts it once, with the code the client got, under the labels the core call chose."""
+
+    metrics: ProxyMetrics
+    model_label: str  # as the core call labelled its model, after the entry answered OK for it
+    method: str
+    protocol: str
+
+    def settle(self, code: grpc.StatusCode) -> None:
+        """Counts the request; call it exactly once, when its client's answer is decided."""
+        self.metrics.count_request(self.model_label, self.method, self.protocol, code.name)
+
+
 def method_name(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
@@ -192,11 +208,32 @@ class ProxyCore:
         (:meth:`_log_failure`). A routed call whose client set no deadline goes upstream with
         ``default_timeout_s``.
         """
+        reply, _model_label = await self._call(path, request, ctx, count_answer=True)
+        return reply
+
+    async def call_deferring_count(
+        self, path: str, request: bytes, ctx: CallContext
+    ) -> tuple[UpstreamReply, DeferredCount]:
+        """:meth:`call` for a transport that still has work that can fail between an OK answer and its client
+        (the REST gateway writing JSON): a failure is counted here as by :meth:`call`, but an OK answer is not;
+        the transport settles the returned :class:`DeferredCount` with the code its client gets. Timed as by
+        :meth:`call`, up to the answer. Not for an ``internal`` call, which nobody counts."""
+        if ctx.internal:
+            raise ValueError("an internal core call is not counted: there is no count to defer")
+        reply, model_label = await self._call(path, request, ctx, count_answer=False)
+        return reply, DeferredCount(self._metrics, model_label, self._methods[path], ctx.protocol)
+
+    async def _call(
+        self, path: str, request: bytes, ctx: CallContext, *, count_answer: bool
+    ) -> tuple[UpstreamReply, str]:
+        """:meth:`call`, returning the reply with the model label its count has; an OK answer is counted only
+        when ``count_answer``."""
         method = self._methods[path]
         started = self._clock()
         deadline = None if ctx.timeout_s is None else started + ctx.timeout_s  # the client's own
         model_label = UNKNOWN_MODEL
         code = grpc.StatusCode.OK
+        count_here = True  # False only for an OK answer whose count the transport settles (``count_answer``)
         if not ctx.admitted:
             try:
                 self._enter()
@@ -207,7 +244,9 @@ class ProxyCore:
                 raise
         try:
             if path == RELOAD_CONFIG:
-                return await self._reload_config(request, ctx)
+                reply = await self._reload_config(request, ctx)
+                count_here = count_answer
+                return reply, model_label
             model = self._model_names(request, multi_inference=method == "MultiInference")
             if not model:
                 raise InvalidArgumentError("model_spec.name is required")
@@ -217,7 +256,8 @@ class ProxyCore:
                 raise UnavailableError(f"model {model!r} has no AVAILABLE replica right now")
             reply = await self._serve_model(path, model, addresses, request, ctx, deadline)
             model_label = self._model_labels.answered(model)
-            return reply
+            count_here = count_answer
+            return reply, model_label
         except RpcStatusError as error:
             code = error.code
             self._log_failure(ctx, method, model_label, code, error.message, self._client_caused(code, deadline))
@@ -242,7 +282,8 @@ class ProxyCore:
             if not ctx.admitted:
                 self.admission.leave()
             if not ctx.internal:
-                self._metrics.count_request(model_label, method, ctx.protocol, code.name)
+                if count_here:
+                    self._metrics.count_request(model_label, method, ctx.protocol, code.name)
                 self._metrics.observe_latency(method, ctx.protocol, self._clock() - started)
 
     @contextlib.contextmanager

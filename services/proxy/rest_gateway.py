@@ -34,8 +34,10 @@ takes its share of the byte budget (``rest_codec.AnswerSize.budget_bytes``): the
 work in flight, and writing takes ~100-175 bytes per element, as much as decoding per byte of body; refused, it is
 429. A small answer is written on the loop: ~0.35 ms for 256 scores, against ~40 us for the hop to a thread, and
 only one such write runs at a time, so its memory needs no bound of its own.
-Every request is counted once in ``proxy_requests_total`` under the method it asks for: by the core when it
-reaches a core call of that method, else here (``ProxyCore.count_refused``) with the code its answer means.
+Every request is counted once in ``proxy_requests_total`` under the method it asks for, with the code its client
+gets: by the core when a core call of that method fails; here when that call answers OK
+(``ProxyCore.call_deferring_count``: writing the answer can still fail, a 504, 429 or 400, and the request is
+counted with that code) or when the request is answered before any such call (``ProxyCore.count_refused``).
 A signature lookup is an internal core call (``CallContext.internal``) made for the Predict: not a request of
 its own, so not counted; the Predict is, once, whether it fails at its lookup or later.
 """
@@ -77,6 +79,7 @@ from monolith_serving.proxy.core import (
     PREDICTION_SERVICE,
     REQUEST_ID_KEY,
     CallContext,
+    DeferredCount,
     ProxyCore,
     method_name,
 )
@@ -251,7 +254,8 @@ class _RestCall:
     held: _BudgetHold
     method: str = UNKNOWN_METHOD  # the gRPC method the path asks for, once read from it
     model: str | None = None  # the model name in the path, once read (not yet vouched for: not a label)
-    counted: bool = False  # a core call of ``method`` ran: the core counted the request
+    counted: bool = False  # a core call of ``method`` ran: the core counted a failure of it, or left ``answered``
+    answered: DeferredCount | None = None  # that call answered OK: settled with the code the client gets
 
 
 @dataclass(frozen=True)
@@ -477,7 +481,10 @@ class RestGateway:
             response = _error(500, f"internal error: {type(error).__name__}: {error}")
         finally:
             call.held.release()
-            if not call.counted:
+            if call.answered is not None:
+                # The entry answered OK; writing its answer may not have (deadline, byte budget, no JSON form).
+                call.answered.settle(code)
+            elif not call.counted:
                 # Answered before a core call of its own (bad path or body, body too large, refused at admission):
                 # the core never saw it.
                 self._core.count_refused(model=call.model, method=call.method, protocol=PROTOCOL, code=code)
@@ -548,17 +555,21 @@ class RestGateway:
 
     async def _call_core(self, path: str, request: bytes, call: _RestCall) -> UpstreamReply:
         """One core call given only what is left of the request's deadline (none left: the core answers
-        DEADLINE_EXCEEDED, counted like any other failure). The core counts a call of the request's own method,
-        which marks the request counted; a call of another method (a Predict's signature lookup) is internal,
-        counted by nobody: the request is counted by its own core call, or by ``_dispatch`` if it ends first."""
+        DEADLINE_EXCEEDED, counted like any other failure). A call of the request's own method marks the request
+        counted: the core counts its failure; its OK answer's count is deferred to ``_dispatch``, which settles it
+        with the code the client gets once the answer is written (or fails to be). A call of another method (a
+        Predict's signature lookup) is internal, counted by nobody: the request is counted by its own core call,
+        or by ``_dispatch`` if it ends first."""
         internal = method_name(path) != call.method
-        if not internal:
-            call.counted = True
         timeout_s = max(call.deadline - self._clock(), 0.0)
         ctx = CallContext(
             request_id=call.request_id, timeout_s=timeout_s, protocol=PROTOCOL, admitted=True, internal=internal
         )
-        return await self._core.call(path, request, ctx)
+        if internal:
+            return await self._core.call(path, request, ctx)
+        call.counted = True
+        reply, call.answered = await self._core.call_deferring_count(path, request, ctx)
+        return reply
 
     async def _decode(self, call: _RestCall, body_bytes: int, work: _CodecStep[T]) -> T:
         """``work(cancel=...)``, a step of decoding a ``body_bytes`` body: on a codec thread if the body is large."""

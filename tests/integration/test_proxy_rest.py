@@ -482,6 +482,12 @@ def _rejected(served: Served, reason: str) -> float:
     return served.metrics.registry.get_sample_value("proxy_rejected_requests_total", {"reason": reason}) or 0.0
 
 
+def _timed(served: Served, method: str) -> float:
+    """proxy_request_latency_seconds observations of REST requests of ``method``."""
+    labels = {"method": method, "protocol": "rest"}
+    return served.metrics.registry.get_sample_value("proxy_request_latency_seconds_count", labels) or 0.0
+
+
 async def _until(condition: Callable[[], bool]) -> None:
     """Waits (bounded) for ``condition``, set by the gateway's event loop or a decode thread's hand-back to it."""
     for _ in range(10_000):
@@ -758,6 +764,9 @@ async def test_a_deadline_that_passes_while_the_answer_is_written_is_a_504() -> 
                 status, answer = await served.post("/entry:predict", BODY)
                 assert status == 504 and "deadline passed while writing the 5000-element answer" in answer["error"]
                 assert gate.started.is_set()
+                # The entry answered OK, the client got a 504: counted as that, once, and timed once.
+                assert served.requests() == {("entry", "Predict", "rest", "DEADLINE_EXCEEDED"): 1}
+                assert _timed(served, "Predict") == 1
                 # Answered, but its write runs on until its next cancel check: its bytes stay taken until then.
                 assert served.gateway.body_bytes_held > 0
             finally:
@@ -771,6 +780,11 @@ async def test_a_deadline_that_passes_while_the_answer_is_written_is_a_504() -> 
             gate.release.set()
             status, answer = await served.post("/entry:predict", BODY)
             assert status == 200 and len(answer["outputs"]) == LARGE_ANSWER
+            assert served.requests() == {
+                ("entry", "Predict", "rest", "DEADLINE_EXCEEDED"): 1,
+                ("entry", "Predict", "rest", "OK"): 1,
+            }
+            assert _timed(served, "Predict") == 2
     assert gate.released_in_time == [True, True]
 
 
@@ -789,12 +803,20 @@ async def test_a_large_answer_takes_its_share_of_the_byte_budget() -> None:
             status, answer = await served.post("/big:predict", BODY)
             assert status == 429 and f"no room for {share - len(BODY)} more" in answer["error"], answer
             assert _rejected(served, "body_bytes") == 1
+            # The entry answered it OK, the client got a 429: counted as that, once (the first is still in flight).
+            assert served.requests() == {("big", "Predict", "rest", "RESOURCE_EXHAUSTED"): 1}
             # A small answer takes no share (written on the loop, one at a time): served beside the large one.
             assert await served.post("/entry:predict", BODY) == (200, {"outputs": [0.5]})
             gate.release.set()
             status, _ = await first
             assert status == 200
             assert served.gateway.body_bytes_held == 0
+            assert served.requests() == {
+                ("big", "Predict", "rest", "RESOURCE_EXHAUSTED"): 1,
+                ("entry", "Predict", "rest", "OK"): 1,
+                ("big", "Predict", "rest", "OK"): 1,
+            }
+            assert _timed(served, "Predict") == 3
     assert gate.released_in_time == [True]
     # An answer whose share exceeds the whole budget can never be written: 429 naming the budget.
     async with _gateway(max_body_bytes=1000, body_budget_bytes=1000) as served:
@@ -803,6 +825,44 @@ async def test_a_large_answer_takes_its_share_of_the_byte_budget() -> None:
         assert status == 429 and "too large to write as JSON" in answer["error"], answer
         assert "--rest_api_body_budget_bytes" in answer["error"]
         assert served.gateway.body_bytes_held == 0
+        assert served.requests() == {("entry", "Predict", "rest", "RESOURCE_EXHAUSTED"): 1}
+        assert _timed(served, "Predict") == 1
+
+
+def _complex_reply() -> bytes:
+    """A Predict reply whose one output is DT_COMPLEX64, which has no JSON form (TF Serving refuses it too)."""
+    response = predict_pb2.PredictResponse()
+    response.outputs["y"].CopyFrom(to_tensor_proto(np.array([1 + 2j], np.complex64)))
+    return response.SerializeToString()
+
+
+@_sync
+async def test_a_request_is_counted_once_with_the_code_its_client_got() -> None:
+    """The core counts a core call when it returns; the gateway still writes the answer after that. An answer the
+    entry gave OK that the gateway cannot write (400 here; 504 and 429 in the tests above) is counted as the error
+    the client got, not OK, and every request, gRPC's and the signature lookup's too, is counted as before."""
+    async with _gateway() as served:
+        served.upstream.predict_reply = _complex_reply()
+        status, answer = await served.post("/entry:predict", BODY)
+        assert status == 400 and "DT_COMPLEX64 tensors have no JSON form" in answer["error"], answer
+        assert served.requests() == {("entry", "Predict", "rest", "INVALID_ARGUMENT"): 1}
+        assert _timed(served, "Predict") == 1
+        served.upstream.predict_reply = _predict_reply()
+        assert await served.post("/entry:predict", BODY) == (200, {"outputs": [0.5]})
+        assert (await served.send("GET", "/entry"))[0] == 200
+        assert (await served.send("GET", "/entry/metadata"))[0] == 200
+        await _grpc_predict(served)
+        assert served.requests() == {
+            ("entry", "Predict", "rest", "INVALID_ARGUMENT"): 1,
+            ("entry", "Predict", "rest", "OK"): 1,
+            ("entry", "GetModelStatus", "rest", "OK"): 1,
+            ("entry", "GetModelMetadata", "rest", "OK"): 1,
+            ("entry", "Predict", "grpc", "OK"): 1,
+        }
+        assert [_timed(served, method) for method in ("Predict", "GetModelStatus", "GetModelMetadata")] == [2, 1, 1]
+        # The signature lookup (one, cached for the second Predict) was upstream work, not a request.
+        calls = [method for method, _ in served.upstream.calls]
+        assert calls.count(GET_MODEL_METADATA) == 2  # the lookup, then the client's own GET .../metadata
 
 
 # ---- TF Serving's REST API as its clients use it (tensorflow_serving/model_servers/http_rest_api_handler.cc,

@@ -399,6 +399,33 @@ async def test_a_source_taking_any_name_labels_only_names_an_entry_answered() ->
     assert _requests(metrics) == {("unknown", "NOT_FOUND"): 50, ("entry", "OK"): 2}
 
 
+@_sync
+async def test_a_deferred_count_is_counted_once_when_its_transport_settles_it() -> None:
+    """An OK answer is counted with the code its transport settles (what its client got), under the label the
+    call chose; a failure is counted by the call itself; both are timed by the call, once."""
+    pool = FakePool()
+    pool.served = {"entry"}
+    core, metrics = _core(["a:1"], pool, models=None)  # the label "entry" is earned by the OK answer
+    reply, deferred = await core.call_deferring_count(PREDICT, _predict("entry"), _ctx())
+    assert reply.response == b"a:1"
+    assert _requests(metrics) == {}
+    deferred.settle(grpc.StatusCode.DEADLINE_EXCEEDED)
+    assert _requests(metrics) == {("entry", "DEADLINE_EXCEEDED"): 1}
+    _reply, deferred = await core.call_deferring_count(PREDICT, _predict("entry"), _ctx())
+    deferred.settle(grpc.StatusCode.OK)
+    with pytest.raises(RpcStatusError):
+        await core.call_deferring_count(PREDICT, _predict("made-up"), _ctx())
+    assert _requests(metrics) == {("entry", "DEADLINE_EXCEEDED"): 1, ("entry", "OK"): 1, ("unknown", "NOT_FOUND"): 1}
+    latency = {"method": "Predict", "protocol": "grpc"}
+    assert _count(metrics, "proxy_request_latency_seconds_count", latency) == 3
+    assert core.admission.in_flight == 0
+    # An internal call is counted by nobody: there is nothing to defer.
+    internal = CallContext(request_id="rid-2", timeout_s=5.0, protocol="rest", internal=True)
+    with pytest.raises(ValueError, match="internal"):
+        await core.call_deferring_count(PREDICT, _predict("entry"), internal)
+    assert len(pool.calls) == 3
+
+
 def test_model_labels_stop_growing_at_their_cap() -> None:
     labels = ModelLabels(source_lists_models=False, max_answered=2)
     assert labels.of("a") == "unknown"

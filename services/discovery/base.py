@@ -202,8 +202,9 @@ class SequentialCreates:
             if path is None:
                 try:
                     path = await create()
-                except UnavailableError:
-                    # Failed before or after the server acted: we cannot tell, so the next create looks first.
+                except (UnavailableError, asyncio.CancelledError):
+                    # Failed before or after the server acted: we cannot tell, so the next create looks first. A
+                    # caller cancelled mid-call is the same case: the backend's call may still reach the server.
                     self._unanswered.setdefault(path_prefix, set()).add(data)
                     raise
             self._unanswered.pop(path_prefix, None)

@@ -27,7 +27,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 
 from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
-from monolith_serving.core.errors import MonolithServingError
+from monolith_serving.core.errors import FailedPreconditionError, MonolithServingError
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import ChannelArguments, GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
@@ -184,19 +184,20 @@ class UnifiedServer:
         await run_to_end(self._apply_all(self._parse(config), _config_bytes(config)), "reload", self._changes)
 
     async def _apply_start_config(self, path: Path) -> None:
-        """Applies ``--model_config_file`` at start. Without a config poll a config that cannot be applied stops the
-        start (exit 2 names it). With one, it is what Monolith's v3 agent keeps rewriting, and a restarted container
-        finds it naming models whose folders are not all there yet (an entry with no version, so no serving spec):
-        as TF Serving waits for such models, the server starts with what could be applied, and the poll retries the
-        rest."""
+        """Applies ``--model_config_file`` at start; a config that is wrong (does not parse, names what no core
+        hosts) stops the start (exit 2 names it). With a config poll, the file is what Monolith's v3 agent keeps
+        rewriting, and a restarted container finds it naming an entry whose version is not there yet (no serving
+        spec, FAILED_PRECONDITION; it is applied last, after the PS and dense parts): as TF Serving waits for such a
+        model, the server starts with the PS and dense parts and the poll retries the entry. Without a poll nothing
+        would retry, so that too stops the start."""
         config = read_model_server_config(path)
-        if self.config.model_config_file_poll_wait_s <= 0:
-            await self.apply(config)
-            return
+        models = self._parse(config)
         try:
-            await self.apply(config)
-        except MonolithServingError as error:
-            log.warning("model config file %s not applied at start, the poll retries it: %s", path, error.message)
+            await run_to_end(self._apply_all(models, _config_bytes(config)), "reload", self._changes)
+        except FailedPreconditionError as error:
+            if self.config.model_config_file_poll_wait_s <= 0:
+                raise
+            log.warning("model config file %s not all applied at start, the poll retries it: %s", path, error.message)
 
     async def _poll_config_file(self, path: Path, interval_s: float) -> None:
         """Every ``interval_s``: a file whose config differs from the one applied is applied as a reload (refused

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from monolith_serving.core.demo_export import DemoOptions, write_demo
+from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 from monolith_serving.proto_gen.tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 from monolith_serving.unified.server import UnifiedConfig, UnifiedServer
@@ -171,5 +172,24 @@ def test_a_start_config_naming_an_entry_without_a_version_starts_and_the_poll_lo
             while not isinstance(hosted := await states(stub, "demo:entry"), list):
                 assert time.monotonic() < deadline, f"the entry was never hosted: {hosted}"
                 await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+
+
+def test_a_wrong_start_config_still_stops_the_start_with_the_poll_on(tmp_path: Path) -> None:
+    """Only what may come later (an entry's first version) is left to the poll: a config no reload could ever apply
+    (two entries; a unified server hosts one) stays a start-up error."""
+    export = tmp_path / "demo"
+    write_demo(DemoOptions(out=export, num_ps=1, rows=50))
+    config_file = tmp_path / "models.config"
+    config_file.write_text(config_text({"a:entry": export / "entry", "b:entry": export / "entry"}))
+
+    async def scenario() -> None:
+        server = UnifiedServer(polling_config(config_file))
+        try:
+            with pytest.raises(InvalidArgumentError, match="entry"):
+                await server.start()
+        finally:
+            await server.stop()
 
     asyncio.run(scenario())

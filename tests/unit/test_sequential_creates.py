@@ -133,3 +133,29 @@ def test_an_error_that_is_not_unavailability_marks_nothing() -> None:
 )
 def test_is_sequential_name(name: str, expected: bool) -> None:
     assert is_sequential_name(name, "0") is expected
+
+
+def test_a_create_whose_caller_was_cancelled_is_looked_for_next_time() -> None:
+    """The caller's task cancelled while the backend's create runs: the node may be made all the same."""
+
+    async def body() -> None:
+        creates, server = SequentialCreates(), Server()
+        started, never = asyncio.Event(), asyncio.Event()
+
+        async def slow_create() -> str:
+            started.set()
+            await never.wait()
+            return f"{PREFIX}0000000000"
+
+        caller = asyncio.create_task(
+            creates.create(PREFIX, b"d", create=slow_create, find_own=server.find_own, release=server.release)
+        )
+        await started.wait()
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        server.own = [f"{PREFIX}0000000000"]  # the server made it after all
+        assert await create(creates, server) == f"{PREFIX}0000000000"
+        assert server.asked == [frozenset({b"d"})] and server.creates == 0
+
+    asyncio.run(body())

@@ -469,17 +469,44 @@ class AnswerSize:
 
 
 def answer_size(response: predict_pb2.PredictResponse, wire_bytes: int) -> AnswerSize:
-    """Read from the outputs' shapes, without decoding them. A zero dimension counts as 1 (its empty rows are still
-    written); a tensor counts at most what decoding it can yield (its values are on the wire, or one value fills
-    at most ``MAX_FILLED_ELEMENTS``): a shape claiming more fails there, and is not refused here for its size."""
+    """Read from the outputs' shapes, without decoding them. A tensor counts its elements, at most what decoding it
+    can yield (its values are on the wire, or one value fills at most ``MAX_FILLED_ELEMENTS``): a shape claiming
+    more fails there, and is not refused here for its size. A tensor with a zero dimension decodes to no values
+    whatever its other dimensions (22 wire bytes can claim ``[2**40, 0]``), yet is written as nested empty lists,
+    one text per row: it counts those rows (``_empty_tensor_rows``), and one with more than that same bound is
+    refused here, INVALID_ARGUMENT naming it, before a row is written."""
     most = max(MAX_FILLED_ELEMENTS, wire_bytes)
     elements = 0
-    for tensor in response.outputs.values():
+    for name, tensor in sorted(response.outputs.items()):
+        sizes = [dim.size for dim in tensor.tensor_shape.dim]
+        if 0 in sizes:
+            rows = _empty_tensor_rows(sizes, most)
+            if rows > most:
+                raise InvalidArgumentError(
+                    f"output {name!r}: shape {sizes} holds no values but would be written as more than {most} "
+                    "empty lists; the model's answer is refused"
+                )
+            elements += rows
+            continue
         count = 1
-        for dim in tensor.tensor_shape.dim:
-            count = min(count * max(dim.size, 1), most + 1)
+        for size in sizes:
+            count = min(count * max(size, 1), most + 1)
         elements += min(count, most)
     return AnswerSize(elements=elements, wire_bytes=wire_bytes)
+
+
+def _empty_tensor_rows(sizes: list[int], most: int) -> int:
+    """The texts ``_nest`` writes for a tensor whose dimension ``sizes`` include a 0: at each depth up to the first
+    zero dimension, one per element of the dimensions before it (``[3, 0]``: ``[]`` three times, then the list of
+    them). Counted up to ``most + 1``."""
+    rows = 0
+    per_depth = 1
+    for size in sizes:
+        rows = min(rows + per_depth, most + 1)
+        if size == 0:
+            break
+        per_depth = min(per_depth * max(size, 1), most + 1)
+    return rows
 
 
 def _writing_steps(count: int, cancel: DecodeCancel) -> Iterator[slice]:

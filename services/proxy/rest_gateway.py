@@ -30,10 +30,11 @@ decoding on for nobody.
 A Predict's answer is written (PredictResponse → JSON) on the same threads, within what is left of the same
 deadline, when it has ``RestConfig.encode_offload_elements`` output elements or ``encode_offload_bytes`` bytes
 or more (writing costs ~1-1.4 us per float or string: a 200k-float answer held the loop ~0.2-0.3 s). It first
-takes its share of the byte budget (``rest_codec.AnswerSize.budget_bytes``): the budget bounds the memory of REST
-work in flight, and writing takes ~100-175 bytes per element, as much as decoding per byte of body; refused, it is
-429. A small answer is written on the loop: ~0.35 ms for 256 scores, against ~40 us for the hop to a thread, and
-only one such write runs at a time, so its memory needs no bound of its own.
+takes its share of the byte budget (``rest_codec.AnswerSize.budget_bytes``, at most the whole budget: a larger
+answer is written alone): the budget bounds the memory of REST work in flight, and writing takes ~100-175 bytes per
+element, as much as decoding per byte of body; refused, it is 429. A small answer is written on the loop: ~0.35 ms
+for 256 scores, against ~40 us for the hop to a thread, and only one such write runs at a time, so its memory needs
+no bound of its own.
 Every request is counted once in ``proxy_requests_total`` under the method it asks for, with the code its client
 gets: by the core when a core call of that method fails; here when that call answers OK
 (``ProxyCore.call_deferring_count``: writing the answer can still fail, a 504, 429 or 400, and the request is
@@ -65,6 +66,7 @@ from monolith_serving.core.errors import (
     InvalidArgumentError,
     MonolithServingError,
     ResourceExhaustedError,
+    UnavailableError,
 )
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.log_limit import RateLimitedLog
@@ -260,7 +262,7 @@ class _RestCall:
 
 @dataclass(frozen=True)
 class _CodecJob:
-    """What a step on the codec threads works on, as its 504 and log line name it."""
+    """What a step on the codec threads works on, as its 504 (or 503) and log line name it."""
 
     kind: str  # "decoding" or "writing"
     subject: str  # "the 1234-byte request body"
@@ -586,9 +588,8 @@ class RestGateway:
         past it the request is answered DEADLINE_EXCEEDED at once, and the step is cancelled (it stops at its next
         check, a few ms later at most). So is a step whose handler is cancelled.
         """
-        pool = self._codec_pool
         cancel = DecodeCancel()
-        if pool is None:
+        if self._codec_pool is None:
             return work(cancel=cancel)
         try:
             await within(self._codec_slots.acquire(), self._remaining_s(call))
@@ -600,13 +601,20 @@ class RestGateway:
                 job.subject,
             )
             raise DeadlineExceededError(f"the deadline passed while {job.subject} waited for a codec thread") from None
+        # Read only now: stop() (after its drain timeout) may have shut the pool down while the step waited.
+        pool = self._codec_pool
+        if pool is None:
+            self._codec_slots.release()
+            raise _proxy_stopping(job)
         # The slot and the request's budget bytes are given back when the step ends, which may be after the answer.
         call.held.hold()
         loop = asyncio.get_running_loop()
         try:
             step = pool.submit(work, cancel=cancel)
-        except BaseException:  # the pool was shut down under the request (stop() after its drain timeout)
+        except BaseException as error:
             self._step_ended(call.held)
+            if isinstance(error, RuntimeError):  # shut down by stop(), not yet dropped: submit refuses new work
+                raise _proxy_stopping(job) from None
             raise
         step.add_done_callback(functools.partial(self._on_step_ended, loop, call.held))
         try:
@@ -675,18 +683,15 @@ class RestGateway:
 
     def _take_answer_bytes(self, call: _RestCall, size: AnswerSize) -> None:
         """The request's budget bytes grow to its answer's share (its body, decoded and forwarded, is gone by
-        now: the bytes it held are the answer's). Refused (429) as a body is, when they do not fit."""
-        needed = size.budget_bytes
+        now: the bytes it held are the answer's), at most the whole budget: the upstream Predict already ran, and
+        a refusal a retry can never pass would only invite clients to run it again. So an answer whose share
+        exceeds the budget is written alone, once the budget is free. Refused (429) as a body is, when the bytes
+        do not fit now."""
+        budget = self._budget
+        needed = min(size.budget_bytes, budget.capacity_bytes)
         if call.held.grow_to(needed):
             return
         self._core.count_rejected(BODY_BYTES_REASON)
-        budget = self._budget
-        if needed > budget.capacity_bytes:
-            raise ResourceExhaustedError(
-                f"the model's answer ({size.elements} elements, {size.wire_bytes} bytes) is too large to write as "
-                f"JSON: it needs {needed} bytes of the REST byte budget, which holds {budget.capacity_bytes} "
-                "(--rest_api_body_budget_bytes)"
-            )
         raise ResourceExhaustedError(
             f"proxy overloaded: REST requests being decoded or answered hold {budget.in_use_bytes} of "
             f"{budget.capacity_bytes} bytes, no room for {needed - call.held.size_bytes} more to write a "
@@ -734,6 +739,10 @@ async def _continue_later(request: web.Request) -> None:
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version == HttpVersion11 and expect.lower() != "100-continue":
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+
+
+def _proxy_stopping(job: _CodecJob) -> UnavailableError:
+    return UnavailableError(f"proxy stopping: no codec thread is left for {job.doing}")
 
 
 def _encode_predict_request(

@@ -818,15 +818,99 @@ async def test_a_large_answer_takes_its_share_of_the_byte_budget() -> None:
             }
             assert _timed(served, "Predict") == 3
     assert gate.released_in_time == [True]
-    # An answer whose share exceeds the whole budget can never be written: 429 naming the budget.
-    async with _gateway(max_body_bytes=1000, body_budget_bytes=1000) as served:
-        served.upstream.predict_reply = _scores_reply(LARGE_ANSWER)
-        status, answer = await served.post("/entry:predict", BODY)
-        assert status == 429 and "too large to write as JSON" in answer["error"], answer
-        assert "--rest_api_body_budget_bytes" in answer["error"]
+
+
+@_sync
+async def test_an_answer_whose_share_exceeds_the_whole_budget_is_written_alone() -> None:
+    """The upstream Predict already ran: a 429 no retry could ever pass would only have it run again. The answer
+    takes the whole budget instead, and is refused only while other work holds some of it."""
+    gate = _GatedWrite()
+    budget = 1000  # far less than the answer's share: ~5000 elements' worth
+    with mock.patch.object(rest_gateway, "predict_response_text", gate):
+        async with _gateway(max_body_bytes=budget, body_budget_bytes=budget) as served:
+            served.upstream.predict_reply = _scores_reply(LARGE_ANSWER)
+            first = asyncio.create_task(served.post("/entry:predict", BODY))
+            assert await asyncio.to_thread(gate.started.wait, 30), "the large answer was never written"
+            assert served.gateway.body_bytes_held == budget
+            # No room right now: 429, which a retry once the answer is written passes.
+            status, answer = await served.post("/entry:predict", BODY)
+            assert status == 429 and "no room for" in answer["error"], answer
+            gate.release.set()
+            status, answer = await first
+            assert status == 200 and answer == {"outputs": [[0.25]] * LARGE_ANSWER}, status
+            assert served.gateway.body_bytes_held == 0
+            status, answer = await served.post("/entry:predict", BODY)
+            assert status == 200 and len(answer["outputs"]) == LARGE_ANSWER, status
+            assert served.gateway.body_bytes_held == 0
+            assert served.requests() == {
+                ("entry", "Predict", "rest", "OK"): 2,
+                ("entry", "Predict", "rest", "RESOURCE_EXHAUSTED"): 1,
+            }
+    assert gate.released_in_time == [True, True]
+
+
+def _empty_reply(*sizes: int) -> bytes:
+    """A Predict reply whose one DT_FLOAT output "y" has shape ``sizes`` and no values."""
+    response = predict_pb2.PredictResponse()
+    tensor = response.outputs["y"]
+    tensor.dtype = types_pb2.DT_FLOAT
+    for size in sizes:
+        tensor.tensor_shape.dim.add().size = size
+    return response.SerializeToString()
+
+
+@_sync
+async def test_an_output_with_a_zero_dimension_is_written_as_its_empty_lists_or_refused_when_absurd() -> None:
+    """A 22-byte output of shape [2**40, 0] decodes to no values, yet would be written as 2**40 "[]": it is refused
+    before a row is written (it was written on a codec thread, ~2 us and ~70 bytes per row, until its deadline)."""
+    async with _gateway(models=None, timeout_s=1.0) as served:
+        served.upstream.replies["empty"] = _empty_reply(3, 0)
+        served.upstream.replies["absurd"] = _empty_reply(1 << 40, 0)
+        assert await served.post("/empty:predict", BODY) == (200, {"outputs": [[], [], []]})
+        assert await served.post("/empty:predict", b'{"instances": [1.0]}') == (200, {"predictions": [[], [], []]})
+        status, answer = await served.post("/absurd:predict", BODY)
+        assert status == 400 and "output 'y': shape [1099511627776, 0] holds no values" in answer["error"], answer
         assert served.gateway.body_bytes_held == 0
-        assert served.requests() == {("entry", "Predict", "rest", "RESOURCE_EXHAUSTED"): 1}
-        assert _timed(served, "Predict") == 1
+        assert served.requests() == {
+            ("empty", "Predict", "rest", "OK"): 2,
+            ("absurd", "Predict", "rest", "INVALID_ARGUMENT"): 1,
+        }
+
+
+@pytest.mark.parametrize("pool_dropped", [True, False])
+def test_a_write_still_waiting_for_a_codec_thread_when_the_proxy_stops_is_a_503(pool_dropped: bool) -> None:
+    asyncio.run(_stop_under_a_waiting_write(pool_dropped))
+
+
+async def _stop_under_a_waiting_write(pool_dropped: bool) -> None:
+    gate = _GatedWrite()
+    share = len(_scores_reply(LARGE_ANSWER)) + 8 * LARGE_ANSWER  # rest_codec.AnswerSize.budget_bytes
+    with mock.patch.object(rest_gateway, "predict_response_text", gate):
+        async with _gateway(decode_threads=1) as served:
+            served.upstream.predict_reply = _scores_reply(LARGE_ANSWER)
+            first = asyncio.create_task(served.post("/entry:predict", BODY))
+            assert await asyncio.to_thread(gate.started.wait, 30), "the large answer was never written"
+            second = asyncio.create_task(served.post("/entry:predict", BODY))
+            # Holding its answer's share, the second waits for the one codec thread, which the first holds.
+            await _until(lambda: served.gateway.body_bytes_held == 2 * share)
+            # What stop() does to the pool once its drain timeout has passed (its aiohttp cleanup would wait for
+            # these handlers that long first): shuts it down, and drops it (or not yet).
+            gateway = served.gateway
+            pool = gateway._codec_pool
+            assert pool is not None
+            if pool_dropped:
+                gateway._codec_pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            gate.release.set()
+            assert await first == (200, {"outputs": [[0.25]] * LARGE_ANSWER})
+            status, answer = await second
+            assert status == 503 and "proxy stopping" in answer["error"], answer
+            await _until(lambda: gateway.body_bytes_held == 0)
+            assert served.requests() == {
+                ("entry", "Predict", "rest", "OK"): 1,
+                ("entry", "Predict", "rest", "UNAVAILABLE"): 1,
+            }
+    assert gate.released_in_time == [True]
 
 
 def _complex_reply() -> bytes:

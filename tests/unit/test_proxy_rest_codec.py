@@ -380,8 +380,8 @@ def test_an_answer_size_counts_what_writing_it_takes() -> None:
     two = _response(p=np.zeros((3, 4), np.float32), label=np.array([b"x"] * 3, dtype=object))
     assert answer_size(two, 100) == AnswerSize(elements=15, wire_bytes=100)
     assert AnswerSize(elements=15, wire_bytes=100).budget_bytes == 100 + 8 * 15
-    # A zero dimension counts as 1: its empty rows are written all the same.
-    assert answer_size(_response(e=np.zeros((5, 0, 3), np.float32)), 10).elements == 15
+    # An output with a zero dimension holds no values, but its empty lists are written: 5 "[]" and the list of them.
+    assert answer_size(_response(e=np.zeros((5, 0, 3), np.float32)), 10).elements == 6
     # An output filled from one value counts its elements, at most what decoding it can fill.
     filled = predict_pb2.PredictResponse()
     tensor = filled.outputs["f"]
@@ -391,3 +391,34 @@ def test_an_answer_size_counts_what_writing_it_takes() -> None:
     assert answer_size(filled, filled.ByteSize()).elements == 1000
     tensor.tensor_shape.dim.add().size = 1 << 40
     assert answer_size(filled, filled.ByteSize()).elements == MAX_FILLED_ELEMENTS
+
+
+def _empty_output(*sizes: int) -> predict_pb2.PredictResponse:
+    """A reply whose one DT_FLOAT output "e" has shape ``sizes`` and no values (a few bytes on the wire)."""
+    response = predict_pb2.PredictResponse()
+    tensor = response.outputs["e"]
+    tensor.dtype = types_pb2.DT_FLOAT
+    for size in sizes:
+        tensor.tensor_shape.dim.add().size = size
+    return response
+
+
+def test_an_output_with_a_zero_dimension_counts_the_empty_lists_written_for_it() -> None:
+    """It decodes to no values whatever its other dimensions, yet writing it makes a text per row: a shape of a few
+    wire bytes claiming 2**40 rows is refused before a row is written (it took ~70 bytes and 2 us per row)."""
+    small = _empty_output(3, 0)
+    assert answer_size(small, small.ByteSize()).elements == 4  # "[]" three times, then the list of them
+    assert response_document(small, row_format=False) == {"outputs": [[], [], []]}
+    assert response_document(small, row_format=True) == {"predictions": [[], [], []]}
+    # Texts of every depth up to the zero dimension: 1 + 2 + 2*1 lists of lists, and 2*1*3 "[]".
+    assert answer_size(_empty_output(2, 1, 3, 0, 5), 10).elements == 11
+    huge = _empty_output(1 << 40, 0)
+    with pytest.raises(InvalidArgumentError, match=r"output 'e': shape \[1099511627776, 0\] holds no values"):
+        answer_size(huge, huge.ByteSize())
+    # At the bound (one value's worth of filling, or the answer's wire bytes if more) it is still written.
+    assert answer_size(_empty_output(MAX_FILLED_ELEMENTS - 1, 0), 10).elements == MAX_FILLED_ELEMENTS
+    with pytest.raises(InvalidArgumentError, match="output 'e'"):
+        answer_size(_empty_output(MAX_FILLED_ELEMENTS, 0), 10)
+    assert answer_size(_empty_output(MAX_FILLED_ELEMENTS, 0), MAX_FILLED_ELEMENTS + 1).elements == (
+        MAX_FILLED_ELEMENTS + 1
+    )

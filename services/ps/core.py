@@ -62,14 +62,13 @@ def lookup_names(input_name: str, tables: TableSet, model: str) -> tuple[str, st
         table_name = input_name[: -len(ID_SUFFIX)]
         if table_name in tables.tables:
             return table_name, table_name + VALUE_SUFFIX
-    if input_name in tables.tables:
-        return input_name, input_name
-    if input_name.endswith(ID_SUFFIX):
-        table_name = input_name[: -len(ID_SUFFIX)]
-        raise NotFoundError(f"input {input_name!r}: table {table_name!r} not found in model {model!r}")
-    raise InvalidArgumentError(
-        f"input {input_name!r}: not a table of model {model!r}; lookup inputs are named <table>_id (or <table>)"
-    )
+        if input_name not in tables.tables:
+            raise NotFoundError(f"input {input_name!r}: table {table_name!r} not found in model {model!r}")
+    elif input_name not in tables.tables:
+        raise InvalidArgumentError(
+            f"input {input_name!r}: not a table of model {model!r}; lookup inputs are named <table>_id (or <table>)"
+        )
+    return input_name, input_name
 
 
 def _require_dim(tables: TableSet, table_name: str, fids: int, input_name: str) -> None:

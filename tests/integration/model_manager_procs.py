@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent_procs import wait_for
+from agent_procs import AgentProcess, wait_for
 from procs import free_port
 from zk_harness import ZooKeeperServer
 
@@ -21,6 +21,25 @@ def agent_conf(zk_server: ZooKeeperServer, bzid: str, export: Path, deploy_type:
         f"deploy_type {deploy_type}\nversion_policy specific\nversion_data 1\nupdate_model_status_interval 0.3\n"
         "fetch_ps_timeout_ms 2000\n"
     )
+
+
+def v1_cluster_agents(
+    tmp_path: Path, zk_server: ZooKeeperServer, bzid: str, export: Path
+) -> tuple[list[AgentProcess], dict[str, str]]:
+    """Two PS agents (shards 0 and 1, replica 0) and one entry agent of model ``demo``, not started; with the entry
+    agent's ports (PORT2 its agent, PORT3 its entry's gRPC)."""
+    entry_ports = {"PORT2": str(free_port()), "PORT3": str(free_port())}
+    agents = [
+        AgentProcess(
+            tmp_path,
+            f"ps{shard}",
+            agent_conf(zk_server, bzid, export, "ps"),
+            {"PORT2": str(free_port()), "PORT3": str(free_port()), "SHARD_ID": str(shard), "REPLICA_ID": "0"},
+        )
+        for shard in (0, 1)
+    ]
+    agents.append(AgentProcess(tmp_path, "entry", agent_conf(zk_server, bzid, export, "entry"), entry_ports))
+    return agents, entry_ports
 
 
 class ManagerProcess:

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agent_procs import AgentProcess, replica_stats, wait_for
+from agent_procs import replica_stats, wait_for
 from kazoo.client import KazooClient
 from model_manager_load import SteadyLoad, export_version
-from model_manager_procs import ManagerProcess, agent_conf
-from procs import free_port
+from model_manager_procs import ManagerProcess, v1_cluster_agents
 from zk_harness import ZooKeeperServer
 
 pytestmark = pytest.mark.integration
@@ -43,17 +42,7 @@ def test_rollout_and_reconcile_of_agent_launched_replicas(
     export_version(export, 1)
     bzid = f"mma{uuid.uuid4().hex[:8]}"
     root = f"/{bzid}/service/demo"
-    entry_ports = {"PORT2": str(free_port()), "PORT3": str(free_port())}
-    agents = [
-        AgentProcess(
-            tmp_path,
-            f"ps{shard}",
-            agent_conf(zk_server, bzid, export, "ps"),
-            {"PORT2": str(free_port()), "PORT3": str(free_port()), "SHARD_ID": str(shard), "REPLICA_ID": "0"},
-        )
-        for shard in (0, 1)
-    ]
-    agents.append(AgentProcess(tmp_path, "entry", agent_conf(zk_server, bzid, export, "entry"), entry_ports))
+    agents, entry_ports = v1_cluster_agents(tmp_path, zk_server, bzid, export)
     manager: ManagerProcess | None = None
     try:
         for agent in agents:

@@ -39,7 +39,6 @@ from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import FailedPreconditionError, UnavailableError
 from monolith_serving.discovery.base import (
     SEQUENCE_DIGITS,
-    SequentialCreates,
     SessionState,
     SubtreeDiffer,
     WatchHandle,
@@ -131,7 +130,6 @@ class ConsulDiscovery(SessionBackend):
         # Registrations whose last write failed while the session lived; touched only on the loop.
         self._unwritten: set[str] = set()
         self._watches: list[_ConsulSubtreeWatch] = []
-        self._sequential = SequentialCreates()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -272,15 +270,6 @@ class ConsulDiscovery(SessionBackend):
             self._unwritten.discard(path)
 
     async def _create_sequential(self, path_prefix: str, data: bytes) -> str:
-        return await self._sequential.create(
-            path_prefix,
-            data,
-            create=lambda: self._create_sequential_now(path_prefix, data),
-            find_own=lambda sent: self._own_sequential_keys(path_prefix, sent),
-            release=self.unregister,
-        )
-
-    async def _create_sequential_now(self, path_prefix: str, data: bytes) -> str:
         session_id = self._connected_session(f"{path_prefix}* not created")
         try:
             key = await self._run(self._claim_sequential_blocking, path_to_key(path_prefix), data, session_id)
@@ -288,16 +277,14 @@ class ConsulDiscovery(SessionBackend):
             raise UnavailableError(f"consul: sequential node {path_prefix}* not created: {exc!r}") from exc
         return key_to_path(key)
 
-    async def _own_sequential_keys(self, path_prefix: str, sent: frozenset[bytes]) -> list[str]:
-        """Sequential keys under ``path_prefix`` that this session holds, holding one of ``sent``, and that are no
-        registration of ours: what acquires whose reply was lost took."""
+    async def _own_sequential_nodes(self, path_prefix: str, sent: frozenset[bytes]) -> list[str]:
+        """Keys whose Session is this session."""
         session_id = self._connected_session(f"keys under {path_prefix}* not read")
         try:
             keys = await self._run(self._own_sequential_keys_blocking, path_to_key(path_prefix), sent, session_id)
         except _TRANSIENT as exc:
             raise UnavailableError(f"consul: keys under {path_prefix}* not read: {exc!r}") from exc
-        paths = [key_to_path(k) for k in keys]
-        return [p for p in paths if p not in self._ephemerals and p not in self._pending_deletes]
+        return [key_to_path(k) for k in keys]
 
     def _own_sequential_keys_blocking(self, prefix_key: str, sent: frozenset[bytes], session_id: str) -> list[str]:
         parent, _, leaf = prefix_key.rpartition("/")

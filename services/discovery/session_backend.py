@@ -18,7 +18,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from monolith_serving.core.aio_wait import event_set_within
-from monolith_serving.discovery.base import Discovery, SessionState, StateListener, normalize_path, safe_call
+from monolith_serving.discovery.base import (
+    Discovery,
+    SequentialCreates,
+    SessionState,
+    StateListener,
+    normalize_path,
+    safe_call,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -38,6 +45,7 @@ class SessionBackend(Discovery, abc.ABC):
         # Unregistered paths this session may still hold; touched only on the loop.
         self._pending_deletes: set[str] = set()
         self._ephemeral_lock = asyncio.Lock()
+        self._sequential = SequentialCreates()
         self._tasks: set[asyncio.Future[None]] = set()
         self._started = False
         self._stopped = False
@@ -80,7 +88,14 @@ class SessionBackend(Discovery, abc.ABC):
         await self._write_ephemeral(path)
 
     async def register_ephemeral_sequential(self, path_prefix: str, data: bytes) -> str:
-        path = await self._create_sequential(normalize_path(path_prefix), data)
+        prefix = normalize_path(path_prefix)
+        path = await self._sequential.create(
+            prefix,
+            data,
+            create=lambda: self._create_sequential(prefix, data),
+            find_own=lambda sent: self._unregistered_own_nodes(prefix, sent),
+            release=self.unregister,
+        )
         self._ephemerals[path] = data
         self._pending_deletes.discard(path)
         # A session lost right after the create took the node along, and the reconnect's reconcile may have run
@@ -101,10 +116,21 @@ class SessionBackend(Discovery, abc.ABC):
         self._pending_deletes.add(path)
         await self._delete_ephemeral(path)
 
+    async def _unregistered_own_nodes(self, path_prefix: str, sent: frozenset[bytes]) -> list[str]:
+        """This session's sequential nodes under ``path_prefix`` holding one of ``sent`` that are no registration
+        of ours: what creates whose reply was lost made."""
+        found = await self._own_sequential_nodes(path_prefix, sent)
+        return [p for p in found if p not in self._ephemerals and p not in self._pending_deletes]
+
     @abc.abstractmethod
     async def _create_sequential(self, path_prefix: str, data: bytes) -> str:
         """Creates the next sequential node under ``path_prefix`` as this session's ephemeral and returns its path;
         UnavailableError when there is no session or the server cannot be reached."""
+
+    @abc.abstractmethod
+    async def _own_sequential_nodes(self, path_prefix: str, sent: frozenset[bytes]) -> list[str]:
+        """The sequential nodes under ``path_prefix`` this session holds whose data is one of ``sent``;
+        UnavailableError when they cannot be read."""
 
     @abc.abstractmethod
     async def _write_ephemeral(self, path: str) -> None:

@@ -30,7 +30,6 @@ from kazoo.retry import KazooRetry
 from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.discovery.base import (
-    SequentialCreates,
     SessionState,
     SubtreeDiffer,
     WatchHandle,
@@ -83,7 +82,6 @@ class ZkDiscovery(SessionBackend):
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watches: list[_ZkSubtreeWatch] = []
-        self._sequential = SequentialCreates()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -170,15 +168,6 @@ class ZkDiscovery(SessionBackend):
             self._client.delete(path)
 
     async def _create_sequential(self, path_prefix: str, data: bytes) -> str:
-        return await self._sequential.create(
-            path_prefix,
-            data,
-            create=lambda: self._create_sequential_now(path_prefix, data),
-            find_own=lambda sent: self._own_sequential_nodes(path_prefix, sent),
-            release=self.unregister,
-        )
-
-    async def _create_sequential_now(self, path_prefix: str, data: bytes) -> str:
         self._require_connected()
         try:
             path: str = await self._run(
@@ -189,14 +178,13 @@ class ZkDiscovery(SessionBackend):
         return path
 
     async def _own_sequential_nodes(self, path_prefix: str, sent: frozenset[bytes]) -> list[str]:
-        """Sequential nodes under ``path_prefix`` that this session owns, holding one of ``sent``, and that are
-        no registration of ours: what creates whose reply was lost made."""
+        """Nodes whose ephemeralOwner is this session."""
         self._require_connected()
         try:
-            found = await self._run(self._own_sequential_nodes_blocking, path_prefix, sent)
+            found: list[str] = await self._run(self._own_sequential_nodes_blocking, path_prefix, sent)
         except _TRANSIENT as exc:
             raise UnavailableError(f"zookeeper: nodes under {path_prefix}* not read: {exc!r}") from exc
-        return [p for p in found if p not in self._ephemerals and p not in self._pending_deletes]
+        return found
 
     def _own_sequential_nodes_blocking(self, path_prefix: str, sent: frozenset[bytes]) -> list[str]:
         client_id = self._client.client_id

@@ -3,6 +3,9 @@
 Each command lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``. Modules are
 imported only for the command being run, so ``monolith-serving client ...`` does not pay for kazoo, and
 a command's flags are defined next to its code.
+
+The servers that stand in for tensorflow_model_server (``Command.tfs_command_line``) also take absl's
+command-line syntax (``--flagfile``, ``-flag``, ``--noflag``; ``core.absl_argv``) and ``--version``.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from monolith_serving.core.absl_argv import parse_absl_args
 from monolith_serving.core.blas_threads import limit_blas_threads
-from monolith_serving.core.cli_flags import add_common_flags
+from monolith_serving.core.cli_flags import add_common_flags, add_version_flag
 from monolith_serving.core.logging_setup import configure_logging
 
 
@@ -24,23 +28,56 @@ class Command:
     name: str
     module: str
     summary: str
+    # Takes command lines written for tensorflow_model_server: absl's syntax and --version.
+    tfs_command_line: bool = False
 
 
 COMMANDS: tuple[Command, ...] = (
     Command("export-demo", "monolith_serving.core.demo_export", "write a deterministic demo model export"),
     Command("health", "monolith_serving.client.health", "gRPC health check of a server; exit 0 when SERVING"),
-    Command("entry", "monolith_serving.entry.main", "entry model server: parse, PS fan-out, pool, dense"),
+    Command(
+        "entry",
+        "monolith_serving.entry.main",
+        "entry model server: parse, PS fan-out, pool, dense",
+        tfs_command_line=True,
+    ),
     Command("demo", "monolith_serving.entry.standalone", "standalone cluster: PS shards + entry on loopback"),
     Command("client", "monolith_serving.client.cli", "client: predict|status|meta|load|profile"),
-    Command("ps", "monolith_serving.ps.main", "serve embedding tables of ps_<i> sub-models (lookup, sync)"),
-    Command("unified", "monolith_serving.unified.main", "v3 container server: entry, ps_<i>, dense_<i> on one port"),
-    Command("dense", "monolith_serving.dense.main", "serve the dense network of dense_0 (dense_alone models)"),
-    Command("proxy", "monolith_serving.proxy.main", "TF Serving front door (gRPC + REST) routing to entry replicas"),
+    Command(
+        "ps",
+        "monolith_serving.ps.main",
+        "serve embedding tables of ps_<i> sub-models (lookup, sync)",
+        tfs_command_line=True,
+    ),
+    Command(
+        "unified",
+        "monolith_serving.unified.main",
+        "v3 container server: entry, ps_<i>, dense_<i> on one port",
+        tfs_command_line=True,
+    ),
+    Command(
+        "dense",
+        "monolith_serving.dense.main",
+        "serve the dense network of dense_0 (dense_alone models)",
+        tfs_command_line=True,
+    ),
+    Command(
+        "proxy",
+        "monolith_serving.proxy.main",
+        "TF Serving front door (gRPC + REST) routing to entry replicas",
+        tfs_command_line=True,
+    ),
     Command("agent", "monolith_serving.agent.main", "per-pod agent: launch, register and supervise model servers"),
     Command("ctl", "monolith_serving.agent.ctl", "v3 controller (Monolith's --cmd flags): decl|pub|unpub|bzid_info"),
     Command("replica-manager", "monolith_serving.replica_manager.main", "cluster replica view, AgentService, probes"),
     Command("replicas", "monolith_serving.replica_manager.listing", "table of registered replicas (state, version)"),
     Command("model-manager", "monolith_serving.model_manager.main", "new versions to replicas, PS-first rollout"),
+)
+
+
+_ABSL_SYNTAX = (
+    "Also takes absl's syntax: -flag for --flag; a boolean bare (--flag, true) or as --noflag (false); "
+    "--flagfile=FILE[,FILE...] for the flags in FILE, one --flag=value per line."
 )
 
 
@@ -53,6 +90,18 @@ def _top_level_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="monolith-serving <command> [flags]",
     )
+
+
+def command_parser(command: Command) -> argparse.ArgumentParser:
+    """The parser of ``monolith-serving <command>``: the logging flags, then the command's own (its ``configure``),
+    then for a tensorflow_model_server stand-in ``--version`` and a note on absl's syntax."""
+    parser = argparse.ArgumentParser(prog=f"monolith-serving {command.name}", description=command.summary)
+    add_common_flags(parser)
+    importlib.import_module(command.module).configure(parser)
+    if command.tfs_command_line:
+        add_version_flag(parser)
+        parser.epilog = "\n\n".join(text for text in (parser.epilog, _ABSL_SYNTAX) if text)
+    return parser
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
@@ -73,18 +122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if args_in else 2
     command = by_name[args_in[0]]
-    module = importlib.import_module(command.module)
-    parser = argparse.ArgumentParser(prog=f"monolith-serving {command.name}", description=command.summary)
-    add_common_flags(parser)
-    module.configure(parser)
-    args = parser.parse_args(args_in[1:])
+    parser = command_parser(command)
+    args = parse_absl_args(parser, args_in[1:]) if command.tfs_command_line else parser.parse_args(args_in[1:])
     configure_logging(args.log_format, args.log_level)
     if "blas_threads" in vars(args):  # a server (core.cli_flags.add_server_flags)
         try:
             limit_blas_threads(args.blas_threads)
         except ValueError as error:
             parser.error(str(error))
-    return int(module.run(args))
+    return int(importlib.import_module(command.module).run(args))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ argument; an unset TCE_PSM / TCE_CLUSTER leaves an empty value (``--archon_rpc_p
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # (model config file, platform config file, gRPC port, REST port, archon port) -> argv
@@ -144,3 +144,13 @@ def model_config(name: str, base_path: Path) -> str:
         f'model_config_list {{ config {{ name: "{name}" base_path: "{base_path}" model_platform: "tensorflow" '
         "model_version_policy { latest { num_versions: 1 } } } }\n"
     )
+
+
+def flagfile(argv: Sequence[str], *, title: str) -> str:
+    """``argv`` as an absl flagfile (``--flagfile=FILE``): a comment line naming it, then one flag per line."""
+    return "".join(f"{line}\n" for line in (f"# {title}", *argv))
+
+
+def single_dash(argv: Sequence[str]) -> list[str]:
+    """``argv`` with absl's one-dash spelling of every flag (``-port=8500``)."""
+    return [arg[1:] if arg.startswith("--") else arg for arg in argv]

@@ -6,15 +6,19 @@ spelling (``--model-config-file``) is accepted as an alias so both habits work.
 The model servers (entry, ps, dense, unified) also take the rest of the command line Monolith's agent gives
 tensorflow_model_server (``TFS_COMPAT_FLAGS``): a flag a server has no use for is accepted, its value checked
 (a bad one is a usage error, exit 2, naming the flag) and named in one warning at start (``warn_unused_tfs_flags``).
+
+Boolean flags (``add_bool_flag``) take absl's forms: bare ``--flag`` is true, ``--flag=VALUE`` takes absl's
+spellings (``parse_bool``), and ``--noflag``, rewritten by ``core.absl_argv``, is false.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,6 +63,70 @@ def flag_type(parse: Callable[[str], T]) -> Callable[[str], T]:
             raise argparse.ArgumentTypeError(str(error)) from None
 
     return convert
+
+
+def _absl_bool(text: str) -> bool:
+    # absl strips blanks around a boolean's value.
+    return parse_bool(text.strip())
+
+
+class BoolFlagAction(argparse.Action):
+    """A boolean flag as absl takes it: ``--flag`` alone is true; ``--flag=VALUE`` (or ``--flag VALUE``) takes
+    true/t/yes/y/1 and false/f/no/n/0 in any case, absl's spellings; ``core.absl_argv`` turns ``--noflag`` into
+    ``--flag=false``. A bad value is a usage error naming the flag."""
+
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        default: Any = None,
+        required: bool = False,
+        help: str | None = None,
+    ) -> None:
+        super().__init__(
+            option_strings,
+            dest,
+            nargs="?",
+            const=True,
+            default=default,
+            type=flag_type(_absl_bool),
+            required=required,
+            help=help,
+            metavar="BOOL",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+
+
+def add_bool_flag(parser: argparse.ArgumentParser | Any, name: str, *, default: bool | None, help: str) -> None:
+    """``add_flag`` of a boolean flag (``BoolFlagAction``)."""
+    add_flag(parser, name, action=BoolFlagAction, default=default, help=help)
+
+
+def distribution_version() -> str:
+    """This distribution's version, from its installed metadata."""
+    try:
+        return metadata.version("monolith-serving")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def add_version_flag(parser: argparse.ArgumentParser) -> None:
+    """``--version``: print ``<prog> <version>`` (``monolith-serving entry 0.1.0``) and exit 0, as
+    tensorflow_model_server's ``--version`` does with its own name; ours never claims to be TF Serving."""
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{parser.prog} {distribution_version()}",
+        help="print the version of monolith-serving and exit",
+    )
 
 
 def parse_port(text: str) -> int:
@@ -240,8 +308,8 @@ def _refuse_tls_config(text: str) -> str:
     return text
 
 
+# A bool is a BoolFlagAction.
 _VALUE_CHECKS: Mapping[TfsValue, Callable[[str], object]] = {
-    TfsValue.BOOL: parse_bool,
     TfsValue.INT: _parse_int,
     TfsValue.FLOAT: _parse_float,
     TfsValue.TEXT: str,
@@ -254,9 +322,9 @@ _VALUE_CHECKS: Mapping[TfsValue, Callable[[str], object]] = {
 # always, and flags of the TF Serving build it launches (archon_*, metrics_namespace_prefix, log_conf, conf_file,
 # allow_growth); tensorflow_model_server itself has a few more. A model server takes all of these; the ones it
 # honours it declares itself (``honoured`` below), the others are checked and named in one warning.
-# Deliberately absent, so still usage errors: --version (TF Serving prints its version and exits), --grpc_socket_path
-# and --use_alts_credentials (ignoring them would leave clients unable to connect, or unauthenticated), --model_name
-# and --model_base_path (a server either hosts that model or must refuse).
+# Deliberately absent, so still usage errors: --grpc_socket_path and --use_alts_credentials (ignoring them would
+# leave clients unable to connect, or unauthenticated), --model_name and --model_base_path (a server either hosts
+# that model or must refuse). --version is a flag of its own (add_version_flag).
 TFS_COMPAT_FLAGS: Mapping[str, TfsValue] = {
     # Passed by Monolith's agent.
     "rest_api_port": TfsValue.PORT,
@@ -321,9 +389,10 @@ def _unused_dest(name: str) -> str:
 
 def add_tfs_compat_flags(parser: argparse.ArgumentParser, *, honoured: Collection[str] = ()) -> None:
     """Takes every ``TFS_COMPAT_FLAGS`` flag but the ``honoured`` ones (the server declares those itself): both
-    spellings, ``--flag=value`` or ``--flag value``, a bool flag also bare (``--enable_batching`` is true, as in
-    TF Serving). A value is checked (a bad one is a usage error naming the flag), then unused; a flag not given
-    leaves no attribute (``unused_tfs_flags``). Hidden from ``--help`` but for one paragraph naming them."""
+    spellings, ``--flag=value`` or ``--flag value``, a bool flag as ``BoolFlagAction`` takes it
+    (``--enable_batching`` is true, as in TF Serving). A value is checked (a bad one is a usage error naming the
+    flag), then unused; a flag not given leaves no attribute (``unused_tfs_flags``). Hidden from ``--help`` but for
+    one paragraph naming them."""
     unknown = set(honoured) - set(TFS_COMPAT_FLAGS)
     if unknown:
         raise ValueError(f"not in TFS_COMPAT_FLAGS: {sorted(unknown)}")
@@ -336,15 +405,11 @@ def add_tfs_compat_flags(parser: argparse.ArgumentParser, *, honoured: Collectio
     )
     for name in unused:
         kind = TFS_COMPAT_FLAGS[name]
-        bare_means_true: dict[str, Any] = {"nargs": "?", "const": "true"} if kind is TfsValue.BOOL else {}
+        value: dict[str, Any] = (
+            {"action": BoolFlagAction} if kind is TfsValue.BOOL else {"type": flag_type(_VALUE_CHECKS[kind])}
+        )
         add_flag(
-            group,
-            f"--{name}",
-            type=flag_type(_VALUE_CHECKS[kind]),
-            dest=_unused_dest(name),
-            default=argparse.SUPPRESS,
-            help=argparse.SUPPRESS,
-            **bare_means_true,
+            group, f"--{name}", dest=_unused_dest(name), default=argparse.SUPPRESS, help=argparse.SUPPRESS, **value
         )
 
 

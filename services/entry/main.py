@@ -26,6 +26,7 @@ from types import TracebackType
 from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS, env_port
 from monolith_serving.core.cli_flags import (
     TFS_GRPC_PORT,
+    add_bool_flag,
     add_flag,
     add_host_flag,
     add_server_flags,
@@ -33,7 +34,6 @@ from monolith_serving.core.cli_flags import (
     main_grpc_port,
     warn_unused_tfs_flags,
 )
-from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, read_model_server_config
 from monolith_serving.core.grpc_server import (
@@ -327,10 +327,9 @@ def add_fetch_ps_flags(parser: argparse.ArgumentParser) -> None:
 def add_coalesce_flags(parser: argparse.ArgumentParser) -> None:
     """Predict coalescing (``request_coalesce``) and PS lookup coalescing (``ps_coalesce``); the entry and the
     unified server both take these flags."""
-    add_flag(
+    add_bool_flag(
         parser,
         "--coalesce_requests",
-        type=parse_bool,
         default=True,
         help="run concurrent Predicts of one version as one lookup-pool-score pass while another pass is running "
         "(default true)",
@@ -342,10 +341,9 @@ def add_coalesce_flags(parser: argparse.ArgumentParser) -> None:
         default=RequestCoalescing.max_rows,
         help="examples in one coalesced Predict pass at most (default %(default)s)",
     )
-    add_flag(
+    add_bool_flag(
         parser,
         "--coalesce_ps_lookups",
-        type=parse_bool,
         default=True,
         help="send concurrent lookups to one PS shard as one call while another is in flight (default true)",
     )

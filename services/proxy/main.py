@@ -11,8 +11,14 @@ import asyncio
 import logging
 import os
 
-from monolith_serving.core.cli_flags import TFS_GRPC_PORT, add_flag, add_server_flags, flag_type, parse_port
-from monolith_serving.core.conf_syntax import parse_bool
+from monolith_serving.core.cli_flags import (
+    TFS_GRPC_PORT,
+    add_bool_flag,
+    add_flag,
+    add_server_flags,
+    flag_type,
+    parse_port,
+)
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import run_async_main
 from monolith_serving.proxy.config import ProxyConfig, config_from_args
@@ -72,10 +78,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--ejection_failures", type=int, default=3, help="consecutive failures that eject a replica")
     add_flag(parser, "--ejection_cooldown_s", type=float, default=5.0, help="first ejection cool-down")
     add_flag(parser, "--max_ejection_cooldown_s", type=float, default=60.0, help="cap of the doubling cool-down")
-    add_flag(
+    add_bool_flag(
         parser,
         "--coalesce_predicts",
-        type=parse_bool,
         default=True,
         help="send concurrent Predicts for one model as one upstream Predict while another is in flight (default true)",
     )

@@ -22,6 +22,9 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 FID_V1_SLOT_SHIFT = 54
 FID_V2_SLOT_SHIFT = 48
 HASH48 = (1 << FID_V2_SLOT_SHIFT) - 1
+# A v1 fid has 10 slot bits (the 64-bit Instance.fid holds slot << 54): a feature on a higher slot (v2 slots have
+# 15 bits) has no v1 spelling.
+V1_SLOT_LIMIT = 1 << (64 - FID_V1_SLOT_SHIFT)
 # Random fids are ``slot << 48 | k``: a k of 2**48 or more would spill into the slot bits.
 MAX_ROWS = HASH48 + 1
 INPUT_KINDS = ("instances", "example_batch", "examples")
@@ -62,13 +65,14 @@ def random_examples(
 def encode_instances(
     spec: ServingSpec, examples: Sequence[LogicalExample], *, named: Collection[str] = ()
 ) -> list[bytes]:
-    """Instances: features in ``named`` go to ``feature`` lists (v2 fids), the others to ``fid`` (v1)."""
+    """Instances: features in ``named``, and those on a slot no v1 fid can name (``V1_SLOT_LIMIT``), go to
+    ``feature`` lists (v2 fids); the others to ``fid`` (v1)."""
     blobs = []
     slots = {f.name: f.slot for f in spec.features}
     for example in examples:
         instance = proto_parser_pb2.Instance()
         for name, fids in example.sparse.items():
-            if name in named:
+            if name in named or slots[name] >= V1_SLOT_LIMIT:
                 instance.feature.add(name=name, fid=fids)
             else:
                 assert all(fid >> FID_V2_SLOT_SHIFT == slots[name] for fid in fids)

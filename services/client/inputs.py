@@ -1,8 +1,10 @@
 """Building entry requests: random examples that hit a serving spec's tables, in all three input kinds.
 
-An example is first drawn as plain data (``LogicalExample``: v2 fids per sparse feature, floats per dense
-input) and then encoded, so the same examples can be sent as Instances, an ExampleBatch or tf.Examples.
-Random fids are ``slot << 48 | k`` with k < ``rows`` — the rows ``export-demo`` writes.
+An example is first drawn as plain data (``LogicalExample``: the fids the tables are keyed by per sparse feature,
+floats per dense input) and then encoded, so the same examples can be sent as Instances, an ExampleBatch or
+tf.Examples. Random fids are ``slot << 48 | k`` with k < ``rows`` — the rows ``export-demo`` writes. For a spec
+that keeps an Instance's v1 fids (``instance_fid_v1`` keep: tables keyed by v1 fids) they are ``slot << 54 | k``,
+sent as they are in ``Instance.fid`` or a tf.Example; such a model takes no ExampleBatch (below).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from monolith_serving.core.serving_spec import ServingSpec
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.serving_spec import InstanceFidV1, ServingSpec
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as monolith_example_pb2
 from monolith_serving.proto_gen.idl.matrix.proto import proto_parser_pb2
@@ -33,8 +36,15 @@ DEFAULT_SIGNATURE = "serving_default"
 
 @dataclass(frozen=True)
 class LogicalExample:
-    sparse: dict[str, list[int]]  # feature name -> v2 fids (unsigned 64-bit values)
+    # feature name -> fids as the tables key them (unsigned 64-bit values): v2 fids, or v1 fids for a spec with
+    # ``instance_fid_v1`` keep
+    sparse: dict[str, list[int]]
     dense: dict[str, list[float]]  # dense input name -> values
+
+
+def keeps_v1(spec: ServingSpec) -> bool:
+    """Whether the spec's tables are keyed by v1 fids (an Instance's v1 fids are looked up unconverted)."""
+    return spec.instance_fid_v1 is InstanceFidV1.KEEP
 
 
 def v2_to_v1(fid: int) -> int:
@@ -50,13 +60,14 @@ def random_examples(
     Raises ValueError unless ``1 <= rows <= MAX_ROWS``."""
     if not 1 <= rows <= MAX_ROWS:
         raise ValueError(f"rows must be from 1 to {MAX_ROWS}, got {rows}")
+    shift = FID_V1_SLOT_SHIFT if keeps_v1(spec) else FID_V2_SLOT_SHIFT
     examples = []
     for _ in range(batch):
         sparse = {}
         for feature in spec.features:
             count = int(rng.integers(0, max_fids + 1))
             ks = rng.integers(0, rows, size=count)
-            sparse[feature.name] = [(feature.slot << FID_V2_SLOT_SHIFT) | int(k) for k in ks]
+            sparse[feature.name] = [(feature.slot << shift) | int(k) for k in ks]
         dense = {d.name: [float(v) for v in rng.standard_normal(d.dim).astype(np.float32)] for d in spec.dense_inputs}
         examples.append(LogicalExample(sparse, dense))
     return examples
@@ -66,14 +77,19 @@ def encode_instances(
     spec: ServingSpec, examples: Sequence[LogicalExample], *, named: Collection[str] = ()
 ) -> list[bytes]:
     """Instances: features in ``named``, and those on a slot no v1 fid can name (``V1_SLOT_LIMIT``), go to
-    ``feature`` lists (v2 fids); the others to ``fid`` (v1)."""
+    ``feature`` lists (the fids as they are); the others to ``fid`` (v1: the v2 fids' v1 spelling, or the fids
+    themselves when the spec keeps v1 fids)."""
     blobs = []
     slots = {f.name: f.slot for f in spec.features}
+    keep = keeps_v1(spec)
     for example in examples:
         instance = proto_parser_pb2.Instance()
         for name, fids in example.sparse.items():
             if name in named or slots[name] >= V1_SLOT_LIMIT:
                 instance.feature.add(name=name, fid=fids)
+            elif keep:
+                assert all(fid >> FID_V1_SLOT_SHIFT == slots[name] for fid in fids)
+                instance.fid.extend(fids)
             else:
                 assert all(fid >> FID_V2_SLOT_SHIFT == slots[name] for fid in fids)
                 instance.fid.extend(v2_to_v1(fid) for fid in fids)
@@ -91,7 +107,15 @@ def encode_example_batch(
     v1: Collection[str] = (),
 ) -> bytes:
     """One ExampleBatch. Names in ``shared`` become SHARED lists holding the *first* example's value (the
-    caller makes every example agree); names in ``v1`` use fid_v1_list."""
+    caller makes every example agree); names in ``v1`` use fid_v1_list.
+
+    InvalidArgumentError for a spec that keeps v1 fids: its tables hold v1 keys, and an ExampleBatch's v1 fids
+    are always converted to v2 (by Monolith and by the entry), so no ExampleBatch reaches its rows."""
+    if keeps_v1(spec):
+        raise InvalidArgumentError(
+            "input type example_batch: the serving spec keys its tables by v1 fids ('instance_fid_v1': 'keep'), "
+            "which an ExampleBatch cannot address (its fid_v1_list is converted to v2 fids); send instances or examples"
+        )
     batch = monolith_example_pb2.ExampleBatch(batch_size=len(examples))
     for feature in spec.features:
         nfl = batch.named_feature_list.add(name=feature.name)
@@ -120,7 +144,7 @@ def encode_example_batch(
 
 
 def encode_tf_examples(examples: Sequence[LogicalExample]) -> list[bytes]:
-    """tf.Examples: int64_list of v2 fids (as signed int64) per sparse feature, float_list per dense input."""
+    """tf.Examples: int64_list of the fids (as signed int64) per sparse feature, float_list per dense input."""
     blobs = []
     for example in examples:
         proto = tf_example_pb2.Example()

@@ -9,8 +9,11 @@ What it writes under ``--out``::
                                                                        (the entry's spec says "remote")
 
 Table rows are keyed by v2 fids ``slot << 48 | k`` for k in [0, rows) of every slot that uses the
-table, so clients can make matching requests without reading the dumps. Everything derives from
-``--seed``: the same flags give byte-identical files.
+table, so clients can make matching requests without reading the dumps. With ``--instance_fid_v1 keep`` they
+are keyed by v1 fids ``slot << 54 | k`` instead (a Monolith model without fid-v2 features, whose Instance
+parser keeps v1 fids), every second table's features sit on slots from 512 up (so their fids have bit 63 set:
+negative int64) and the spec says ``"instance_fid_v1": "keep"``. Everything derives from ``--seed``: the same
+flags give byte-identical files.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.hash_table_dump import write_dump
 from monolith_serving.core.serving_spec import (
     DENSE_SUB_MODEL,
+    FID_V1_SLOT_SHIFT,
+    FID_V1_SLOTS,
     DenseBackend,
     DenseInputSpec,
     DenseSpec,
     FeatureSpec,
+    InstanceFidV1,
     LayerSpec,
     Pooling,
     ServingSpec,
@@ -47,6 +53,9 @@ logger = logging.getLogger(__name__)
 FID_V2_SHIFT = 48
 DEFAULT_VERSION = 1
 DEFAULT_TABLES = (("user", 8), ("item", 12))
+# With v1 keys, every second table's slots move up by this much: v1 slots from 512 set bit 63 of the fid.
+V1_HIGH_SLOTS = FID_V1_SLOTS // 2
+FEATURES_PER_TABLE = 3
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class DemoOptions:
     files_per_partition: int = 2
     hidden: tuple[int, ...] = (16, 8)
     dense_alone: bool = False  # the MLP goes to dense_0/<version>/ and the entry calls a dense server
+    instance_fid_v1: InstanceFidV1 = InstanceFidV1.TO_V2  # KEEP: tables keyed by v1 fids
 
 
 def _demo_layers(options: DemoOptions) -> tuple[LayerSpec, ...]:
@@ -70,16 +80,22 @@ def _demo_layers(options: DemoOptions) -> tuple[LayerSpec, ...]:
     )
 
 
+def _first_slot(options: DemoOptions, table_index: int) -> int:
+    slot = 1 + FEATURES_PER_TABLE * table_index
+    if options.instance_fid_v1 is InstanceFidV1.KEEP and table_index % 2 == 1:
+        slot += V1_HIGH_SLOTS
+    return slot
+
+
 def demo_spec(options: DemoOptions) -> ServingSpec:
     """The demo's features: one sum-, one mean- and one firstn-pooled feature per table, plus 2 floats."""
     tables = tuple(TableSpec(name, dim) for name, dim in options.tables)
     features = []
-    slot = 1
-    for table in tables:
+    for table_index, table in enumerate(tables):
+        slot = _first_slot(options, table_index)
         features.append(FeatureSpec(f"{table.name}_id", slot, table.name, Pooling.SUM))
         features.append(FeatureSpec(f"{table.name}_hist", slot + 1, table.name, Pooling.MEAN))
         features.append(FeatureSpec(f"{table.name}_recent", slot + 2, table.name, Pooling.FIRSTN, first_n=2))
-        slot += 3
     dense_inputs = (DenseInputSpec("ctx", 2),)
     dense = (
         DenseSpec(DenseBackend.REMOTE, sub_model=DENSE_SUB_MODEL)
@@ -93,14 +109,17 @@ def demo_spec(options: DemoOptions) -> ServingSpec:
         features=tuple(features),
         dense_inputs=dense_inputs,
         dense=dense,
+        instance_fid_v1=options.instance_fid_v1,
     )
 
 
 def table_fids(spec: ServingSpec, table: str, rows: int) -> npt.NDArray[np.int64]:
-    """Every fid the demo stores for ``table``: ``slot << 48 | k`` for each slot mapped to it."""
+    """Every fid the demo stores for ``table``: ``slot << 48 | k`` for each slot mapped to it (``slot << 54 | k``,
+    as int64, when the spec keeps v1 fids)."""
     slots = sorted({f.slot for f in spec.features if f.table == table})
-    ks = np.arange(rows, dtype=np.int64)
-    return np.concatenate([(np.int64(s) << FID_V2_SHIFT) | ks for s in slots])
+    shift = np.uint64(FID_V1_SLOT_SHIFT if spec.instance_fid_v1 is InstanceFidV1.KEEP else FID_V2_SHIFT)
+    ks = np.arange(rows, dtype=np.uint64)
+    return np.concatenate([(np.uint64(s) << shift) | ks for s in slots]).view(np.int64)
 
 
 def _table_values(seed: int, table_index: int, n: int, dim: int) -> npt.NDArray[np.float32]:
@@ -115,6 +134,12 @@ def write_demo(options: DemoOptions) -> ServingSpec:
     if options.rows < 1:
         raise InvalidArgumentError("--rows must be at least 1")
     spec = demo_spec(options)
+    top_slot = max(f.slot for f in spec.features)
+    if options.instance_fid_v1 is InstanceFidV1.KEEP and top_slot >= FID_V1_SLOTS:
+        raise InvalidArgumentError(
+            f"--tables: {len(spec.tables)} tables need slot {top_slot}, past the last v1 slot {FID_V1_SLOTS - 1} "
+            "(--instance_fid_v1 keep)"
+        )
     version = str(options.version)
     m = options.files_per_partition
     for table_index, table in enumerate(spec.tables):
@@ -180,6 +205,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also write dense_0/<version>/ (the MLP, for a separate dense server); the entry's spec says remote",
     )
+    add_flag(
+        parser,
+        "--instance_fid_v1",
+        choices=[c.value for c in InstanceFidV1],
+        default=InstanceFidV1.TO_V2.value,
+        help="keep: key the tables by v1 fids (slot << 54 | k) and say so in the spec, every second table's "
+        "features on slots from 512 (default %(default)s: v2 fids)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -194,8 +227,13 @@ def run(args: argparse.Namespace) -> int:
         version=args.version,
         seed=args.seed,
         dense_alone=args.dense_alone,
+        instance_fid_v1=InstanceFidV1(args.instance_fid_v1),
     )
-    spec = write_demo(options)
+    try:
+        spec = write_demo(options)
+    except InvalidArgumentError as error:  # flags that cannot make a demo: a usage error, as argparse's
+        logger.error("%s", error.message)
+        return 2
     print(
         f"wrote demo model {spec.model_name!r} version {options.version} with {options.num_ps} PS shards "
         f"to {options.out}"

@@ -19,13 +19,19 @@ version folder (written by ``export-demo`` or by a user's export step). Format (
                 | {"backend": "remote", "sub_model": "dense_0"},   (dense_alone: a dense server scores)
       "output_name": "scores",
       "max_batch_size": 1024,
-      "ignore_unknown_features": false
+      "ignore_unknown_features": false,
+      "instance_fid_v1": "keep"                      (optional: "to_v2", the default, or "keep")
     }
 
 The dense network's input row is the pooled features in ``features`` order (``sum``/``mean``: width dim;
 ``firstn``: the first N embeddings concatenated, zero-padded, width N*dim) followed by ``dense_inputs``.
 Sparse features are matched by name (feature lists, ExampleBatch, tf.Example) or by slot (v1 fids of an
 Instance: slot = fid >> 54).
+
+``instance_fid_v1`` says what the tables are keyed by, for an Instance's ``fid`` (v1 fids): ``to_v2`` (the
+default) converts each to its v2 fid before the lookup; ``keep`` looks the raw v1 fid up. Monolith's Instance
+parser does the latter for a model that declares no fid-v2 feature, so such a model's tables hold v1 keys. With
+``keep`` every feature's slot must be a v1 slot (below 1024).
 """
 
 from __future__ import annotations
@@ -60,6 +66,17 @@ DENSE_SUB_MODEL = "dense_0"
 
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
+
+# A v1 fid is ``slot << 54 | hash54``: 10 slot bits.
+FID_V1_SLOT_SHIFT = 54
+FID_V1_SLOTS = 1 << (64 - FID_V1_SLOT_SHIFT)
+
+
+class InstanceFidV1(str, enum.Enum):
+    """What the entry does with an Instance's v1 fids before the lookup (the spec key ``instance_fid_v1``)."""
+
+    TO_V2 = "to_v2"  # ``slot << 48 | (fid & (2**48 - 1))``: tables keyed by v2 fids
+    KEEP = "keep"  # the raw v1 fid: tables keyed by v1 fids (a Monolith model without fid-v2 features)
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,7 @@ class ServingSpec:
     output_name: str = "scores"
     max_batch_size: int = 1024
     ignore_unknown_features: bool = False
+    instance_fid_v1: InstanceFidV1 = InstanceFidV1.TO_V2
 
     def table(self, name: str) -> TableSpec:
         for table in self.tables:
@@ -137,7 +155,7 @@ class ServingSpec:
         return sparse + sum(d.dim for d in self.dense_inputs)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "format_version": FORMAT_VERSION,
             "model_name": self.model_name,
             "num_ps": self.num_ps,
@@ -153,6 +171,10 @@ class ServingSpec:
             "max_batch_size": self.max_batch_size,
             "ignore_unknown_features": self.ignore_unknown_features,
         }
+        if self.instance_fid_v1 is not InstanceFidV1.TO_V2:
+            # Only when not the default: specs written before the key existed stay byte-identical.
+            data["instance_fid_v1"] = self.instance_fid_v1.value
+        return data
 
 
 def _field(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
@@ -202,6 +224,14 @@ def parse_serving_spec(data: Mapping[str, Any], where: str = SPEC_FILE) -> Servi
     names = [f.name for f in features] + [d.name for d in dense_inputs]
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"{where}: feature names must be unique")
+    instance_fid_v1 = _instance_fid_v1(data, where)
+    if instance_fid_v1 is InstanceFidV1.KEEP:
+        for i, feature in enumerate(features):
+            if not 0 <= feature.slot < FID_V1_SLOTS:
+                raise InvalidArgumentError(
+                    f"{where} features[{i}]: slot {feature.slot} is not a v1 slot (0 to {FID_V1_SLOTS - 1}), "
+                    "which 'instance_fid_v1': 'keep' needs"
+                )
     return ServingSpec(
         model_name=_field(data, "model_name", str, where),
         num_ps=_field(data, "num_ps", int, where),
@@ -212,7 +242,16 @@ def parse_serving_spec(data: Mapping[str, Any], where: str = SPEC_FILE) -> Servi
         output_name=str(data.get("output_name", "scores")),
         max_batch_size=int(data.get("max_batch_size", 1024)),
         ignore_unknown_features=bool(data.get("ignore_unknown_features", False)),
+        instance_fid_v1=instance_fid_v1,
     )
+
+
+def _instance_fid_v1(data: Mapping[str, Any], where: str) -> InstanceFidV1:
+    value = data.get("instance_fid_v1", InstanceFidV1.TO_V2.value)
+    choices = [c.value for c in InstanceFidV1]
+    if not isinstance(value, str) or value not in choices:
+        raise InvalidArgumentError(f"{where}: 'instance_fid_v1' must be one of {', '.join(choices)}, got {value!r}")
+    return InstanceFidV1(value)
 
 
 def parse_dense_spec(raw: Mapping[str, Any], where: str, *, allow_remote: bool) -> DenseSpec:

@@ -6,7 +6,8 @@ example's fid container, each Feature's name, fids and floats — then grouping 
 all of it, and only slices of its output arrays reach Python.
 
 What is read (REFERENCE §4; field numbers from ``idl/matrix/proto``): ``Instance.fid`` (1, fixed64, packed or
-not) — v1 fids, mapped to a feature by slot (``fid >> 54``) and converted to v2; ``Instance.feature`` (9) —
+not) — v1 fids, mapped to a feature by slot (``fid >> 54``) and converted to v2 unless the serving spec keeps
+them (``instance_fid_v1``); ``Instance.feature`` (9) —
 ``Feature.name`` (1), ``Feature.fid`` (2, fixed64: v2 fids) for a sparse feature, ``Feature.float_value`` (3,
 float) for a dense input. Every other field, and a known field with a wire type it cannot have, is skipped as
 protobuf skips unknown fields (groups included). The bytes are rejected where protobuf rejects them: a truncated
@@ -332,13 +333,13 @@ _I64 = numba.types.Array(numba.int64, 1, "C")
 _F32_2D = numba.types.Array(numba.float32, 2, "C")
 
 
-@kernel(
-    [
-        numba.int64(
-            _U8, _I64, _U8_RW, _I64, _I64, _I64, _I64, _I64, numba.boolean, numba.int64, _I64, _I64, _I64, _F32_2D, _I64
-        )
-    ]
-)
+_PARSE_BATCH = numba.int64(
+    _U8, _I64, _U8_RW, _I64, _I64, _I64, _I64, _I64, numba.boolean, numba.boolean, numba.int64,
+    _I64, _I64, _I64, _F32_2D, _I64,
+)  # fmt: skip
+
+
+@kernel([_PARSE_BATCH])
 def parse_batch(
     buf: Any,
     starts: Any,
@@ -349,6 +350,7 @@ def parse_batch(
     name_dims: Any,
     feature_of_v1_slot: Any,
     ignore_unknown: bool,
+    convert_v1: bool,
     num_features: int,
     out_fids: Any,
     out_rows: Any,
@@ -360,9 +362,10 @@ def parse_batch(
 
     Name table: entry k is ``names[name_starts[k]:name_starts[k+1]]``, a sparse feature (``name_kinds[k] == 0``,
     ``name_targets[k]`` its feature index) or a dense input (1; ``name_targets[k]`` its first column in ``dense``,
-    ``name_dims[k]`` its width). ``feature_of_v1_slot[slot]`` is the feature of a v1 slot, or -1.
+    ``name_dims[k]`` its width). ``feature_of_v1_slot[slot]`` is the feature of a v1 slot, or -1. ``convert_v1``:
+    v1 fids become v2 fids (``slot << 48 | low 48 bits``); false keeps them as they are.
 
-    Outputs: feature f's v2 fids and examples are ``out_fids/out_rows[offsets[f]:offsets[f+1]]`` (both sized at
+    Outputs: feature f's fids and examples are ``out_fids/out_rows[offsets[f]:offsets[f+1]]`` (both sized at
     least ``len(buf) // 8`` by the caller: every fid takes 8 bytes of it); dense values go into ``dense`` (zeroed
     by the caller). Returns 0, or an error code with ``err`` = [code, example, detail, detail]."""
     capacity = out_fids.shape[0]
@@ -400,9 +403,9 @@ def parse_batch(
                             continue
                         err[0], err[1], err[2] = UNKNOWN_SLOT, example, slot
                         return UNKNOWN_SLOT
-                    v1_fids[v1_count] = np.int64(
-                        (np.uint64(slot) << np.uint64(_V2_SLOT_SHIFT)) | (v1 & np.uint64(_V2_HASH_MASK))
-                    )
+                    if convert_v1:
+                        v1 = (np.uint64(slot) << np.uint64(_V2_SLOT_SHIFT)) | (v1 & np.uint64(_V2_HASH_MASK))
+                    v1_fids[v1_count] = np.int64(v1)
                     v1_features[v1_count] = feature
                     v1_rows[v1_count] = example
                     v1_count += 1

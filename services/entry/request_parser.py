@@ -4,15 +4,18 @@ Three input kinds, one result (``ParsedBatch``):
 
 - ``instances``: serialized ``parser.proto.Instance``. ``fid`` holds v1 fids (slot = fid >> 54); they are
   converted to v2 fids (``slot << 48 | (fid & (2**48 - 1))``) before lookup, because tables are keyed by v2
-  fids. ``feature`` lists are matched by name: ``fid`` (v2 fids) for sparse features, ``float_value`` for
-  dense inputs.
+  fids — unless the spec's ``instance_fid_v1`` is ``keep`` (tables keyed by v1 fids, as Monolith's Instance
+  parser leaves them for a model without fid-v2 features): then they are looked up as they are. ``feature``
+  lists are matched by name: ``fid`` (looked up as given) for sparse features, ``float_value`` for dense
+  inputs.
 - ``example_batch``: one serialized ``monolith.io.proto.ExampleBatch``. Lists are matched by name; an
   INDIVIDUAL list has one Feature per example, a SHARED list one Feature every example uses. Sparse
-  features take ``fid_v1_list`` (converted) or ``fid_v2_list``; dense inputs take float/double/int64
-  lists or single values. Lists whose name starts with ``__`` (``__LABEL__``, ``__LINE_ID__`` …) carry
-  training metadata and are skipped.
-- ``examples``: serialized ``tf.Example``. ``int64_list`` holds v2 fids of a sparse feature; a dense
-  input takes a ``float_list`` (or ``int64_list``).
+  features take ``fid_v1_list`` (always converted, as Monolith's ExampleBatch parser does) or
+  ``fid_v2_list``; dense inputs take float/double/int64 lists or single values. Lists whose name starts
+  with ``__`` (``__LABEL__``, ``__LINE_ID__`` …) carry training metadata and are skipped.
+- ``examples``: serialized ``tf.Example``. ``int64_list`` holds the fids of a sparse feature (looked up as
+  given: v2 fids, or v1 fids for a spec that keeps them); a dense input takes a ``float_list`` (or
+  ``int64_list``).
 
 A sparse feature missing from an example pools to zeros; a missing dense input is zeros. A name the
 serving spec does not know is INVALID_ARGUMENT unless the spec sets ``ignore_unknown_features``.
@@ -33,7 +36,7 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.serving_spec import ServingSpec
+from monolith_serving.core.serving_spec import InstanceFidV1, ServingSpec
 from monolith_serving.entry import instance_wire
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as monolith_example_pb2
 from monolith_serving.proto_gen.tensorflow.core.example import example_pb2 as tf_example_pb2
@@ -77,7 +80,8 @@ def _uint64s(values: Iterable[int]) -> npt.NDArray[np.uint64]:
 
 
 class SparseColumn(NamedTuple):
-    """The v2 fids of one feature for the whole batch, grouped by example in request order.
+    """The fids (table keys: v2, or v1 kept by the spec) of one feature for the whole batch, grouped by example in
+    request order.
 
     ``rows[k]`` is the example index of ``fids[k]``; ``rows`` is non-decreasing.
     """
@@ -261,7 +265,8 @@ class RequestParser:
         names = self._instance_names
         code = instance_wire.parse_batch(
             buf, starts, names.names, names.starts, names.kinds, names.targets, names.dims,
-            self._feature_of_v1_slot, self.spec.ignore_unknown_features, len(self.spec.features),
+            self._feature_of_v1_slot, self.spec.ignore_unknown_features,
+            self.spec.instance_fid_v1 is InstanceFidV1.TO_V2, len(self.spec.features),
             fids, rows, offsets, dense, err,
         )  # fmt: skip
         if code != instance_wire.OK:

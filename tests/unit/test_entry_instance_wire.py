@@ -26,6 +26,7 @@ from monolith_serving.core.serving_spec import (
     DenseInputSpec,
     DenseSpec,
     FeatureSpec,
+    InstanceFidV1,
     Pooling,
     ServingSpec,
     TableSpec,
@@ -47,6 +48,7 @@ SPEC = ServingSpec(
     max_batch_size=64,
 )
 LENIENT = dataclasses.replace(SPEC, ignore_unknown_features=True)
+KEEP_V1 = dataclasses.replace(SPEC, instance_fid_v1=InstanceFidV1.KEEP)  # slot 1000: v1 fids with bit 63 set
 SLOTS = (5, 7, 1000)
 SPARSE = ("uid", "hist", "geo")
 DENSE = {"ctx": 2, "age": 1}
@@ -166,7 +168,8 @@ def reference(spec: ServingSpec, blobs: list[bytes]) -> tuple[list[list[tuple[in
         for fid in instance.fid:
             slot = fid >> 54
             if slot in slot_index:
-                per_feature[slot_index[slot]].append((slot << 48) | (fid & ((1 << 48) - 1)))
+                keep = spec.instance_fid_v1 is InstanceFidV1.KEEP
+                per_feature[slot_index[slot]].append(fid if keep else (slot << 48) | (fid & ((1 << 48) - 1)))
             elif not spec.ignore_unknown_features:
                 raise InvalidArgumentError(f"unknown slot(s) {slot}")
         for i, fids in enumerate(per_feature):
@@ -181,12 +184,13 @@ def columns_of(batch: ParsedBatch) -> list[list[tuple[int, int]]]:
 # -- tests ----------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("spec", [SPEC, KEEP_V1], ids=["v1_to_v2", "keep_v1"])
 @pytest.mark.parametrize("seed", range(40))
-def test_random_instances_read_exactly_as_protobuf_reads_them(seed: int) -> None:
+def test_random_instances_read_exactly_as_protobuf_reads_them(seed: int, spec: ServingSpec) -> None:
     rng = random.Random(seed)
     blobs = [random_instance(rng) for _ in range(rng.randrange(1, 20))]
-    batch = RequestParser(SPEC).parse_instances(blobs)
-    expected_columns, expected_dense = reference(SPEC, blobs)
+    batch = RequestParser(spec).parse_instances(blobs)
+    expected_columns, expected_dense = reference(spec, blobs)
     assert batch.batch_size == len(blobs)
     assert columns_of(batch) == expected_columns
     np.testing.assert_array_equal(batch.dense, expected_dense)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.fid_bits import FID_V1_SLOT_SHIFT, FID_V1_SLOTS, FID_V2_HASH_MASK, FID_V2_SLOT_SHIFT
 from monolith_serving.core.serving_spec import InstanceFidV1, ServingSpec
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as monolith_example_pb2
@@ -22,12 +23,10 @@ from monolith_serving.proto_gen.idl.matrix.proto import proto_parser_pb2
 from monolith_serving.proto_gen.tensorflow.core.example import example_pb2 as tf_example_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
-FID_V1_SLOT_SHIFT = 54
-FID_V2_SLOT_SHIFT = 48
-HASH48 = (1 << FID_V2_SLOT_SHIFT) - 1
+HASH48 = FID_V2_HASH_MASK
 # A v1 fid has 10 slot bits (the 64-bit Instance.fid holds slot << 54): a feature on a higher slot (v2 slots have
 # 15 bits) has no v1 spelling.
-V1_SLOT_LIMIT = 1 << (64 - FID_V1_SLOT_SHIFT)
+V1_SLOT_LIMIT = FID_V1_SLOTS
 # Random fids are ``slot << 48 | k``: a k of 2**48 or more would spill into the slot bits.
 MAX_ROWS = HASH48 + 1
 INPUT_KINDS = ("instances", "example_batch", "examples")

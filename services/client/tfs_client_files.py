@@ -27,6 +27,7 @@ from google.protobuf.message import DecodeError
 
 from monolith_serving.client.text_sniff import decoded_if_text
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
+from monolith_serving.core.fid_bits import FID_V1_SLOT_SHIFT, FID_V2_HASH_MASK, FID_V2_SLOT_SHIFT
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as monolith_example_pb2
 from monolith_serving.proto_gen.idl.matrix.proto import proto_parser_pb2
 
@@ -37,9 +38,6 @@ LABEL_LIST = "__LABEL__"
 LINE_ID_LIST = "__LINE_ID__"
 _U64 = struct.Struct("<Q")
 _FIXED_HEADER_BYTES = 8  # the lagrangex header and the kafka dump field
-_FID_V1_SLOT_SHIFT = 54
-_FID_V2_SLOT_SHIFT = 48
-_FID_V2_HASH_MASK = (1 << _FID_V2_SLOT_SHIFT) - 1
 
 
 @dataclass(frozen=True)
@@ -198,8 +196,8 @@ def _feature_of(named: monolith_example_pb2.NamedFeatureList, row: int, path: Pa
 
 def _v1_as_v2(fids: Sequence[int]) -> list[int]:
     # As tfs_client converts: the slot of the list's first fid, each fid's low 48 bits.
-    slot = fids[0] >> _FID_V1_SLOT_SHIFT
-    return [(slot << _FID_V2_SLOT_SHIFT) | (fid & _FID_V2_HASH_MASK) for fid in fids]
+    slot = fids[0] >> FID_V1_SLOT_SHIFT
+    return [(slot << FID_V2_SLOT_SHIFT) | (fid & FID_V2_HASH_MASK) for fid in fids]
 
 
 def _add_feature(instance: proto_parser_pb2.Instance, name: str, feature: monolith_example_pb2.Feature) -> None:

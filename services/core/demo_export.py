@@ -30,11 +30,10 @@ import numpy.typing as npt
 from monolith_serving.core.cli_flags import add_flag
 from monolith_serving.core.dense_spec import DenseModelSpec, write_dense_model_spec
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.fid_bits import FID_V1_SLOT_SHIFT, FID_V1_SLOTS, FID_V2_SLOT_SHIFT
 from monolith_serving.core.hash_table_dump import write_dump
 from monolith_serving.core.serving_spec import (
     DENSE_SUB_MODEL,
-    FID_V1_SLOT_SHIFT,
-    FID_V1_SLOTS,
     DenseBackend,
     DenseInputSpec,
     DenseSpec,
@@ -50,7 +49,6 @@ from monolith_serving.core.sharding import shard_of
 
 logger = logging.getLogger(__name__)
 
-FID_V2_SHIFT = 48
 DEFAULT_VERSION = 1
 DEFAULT_TABLES = (("user", 8), ("item", 12))
 # With v1 keys, every second table's slots move up by this much: v1 slots from 512 set bit 63 of the fid.
@@ -117,7 +115,7 @@ def table_fids(spec: ServingSpec, table: str, rows: int) -> npt.NDArray[np.int64
     """Every fid the demo stores for ``table``: ``slot << 48 | k`` for each slot mapped to it (``slot << 54 | k``,
     as int64, when the spec keeps v1 fids)."""
     slots = sorted({f.slot for f in spec.features if f.table == table})
-    shift = np.uint64(FID_V1_SLOT_SHIFT if spec.instance_fid_v1 is InstanceFidV1.KEEP else FID_V2_SHIFT)
+    shift = np.uint64(FID_V1_SLOT_SHIFT if spec.instance_fid_v1 is InstanceFidV1.KEEP else FID_V2_SLOT_SHIFT)
     ks = np.arange(rows, dtype=np.uint64)
     return np.concatenate([(np.uint64(s) << shift) | ks for s in slots]).view(np.int64)
 

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
+from monolith_serving.core.fid_bits import FID_V1_SLOTS
 
 SPEC_FILE = "serving_spec.json"
 FORMAT_VERSION = 1
@@ -66,10 +67,6 @@ DENSE_SUB_MODEL = "dense_0"
 
 
 ACTIVATIONS = ("linear", "relu", "sigmoid", "tanh")
-
-# A v1 fid is ``slot << 54 | hash54``: 10 slot bits.
-FID_V1_SLOT_SHIFT = 54
-FID_V1_SLOTS = 1 << (64 - FID_V1_SLOT_SHIFT)
 
 
 class InstanceFidV1(str, enum.Enum):

@@ -30,6 +30,7 @@ import numba  # type: ignore[import-untyped,unused-ignore]
 import numpy as np
 
 from monolith_serving.core.compiled import kernel
+from monolith_serving.core.fid_bits import FID_V1_SLOT_SHIFT, FID_V2_HASH_MASK, FID_V2_SLOT_SHIFT
 
 # Error codes in ``err[0]``; ``err[1]`` is the example, ``err[2:4]`` code-specific (see ``parse_batch``).
 OK = 0
@@ -51,9 +52,9 @@ MALFORMED_REASONS = (
 )
 _TRUNCATED_VARINT, _LONG_VARINT, _LENGTH, _FIELD_ZERO, _WIRE_TYPE, _END_GROUP, _PACKED, _DEPTH, _FIXED = range(9)
 
-_V1_SLOT_SHIFT = 54
-_V2_SLOT_SHIFT = 48
-_V2_HASH_MASK = (1 << 48) - 1
+_V1_SLOT_SHIFT = FID_V1_SLOT_SHIFT  # module globals: numba reads them as compile-time constants
+_V2_SLOT_SHIFT = FID_V2_SLOT_SHIFT
+_V2_HASH_MASK = FID_V2_HASH_MASK
 _MAX_GROUP_DEPTH = 64
 
 

@@ -36,7 +36,7 @@ class TableGroup:
 class LookupPlan:
     """What to fetch: the unique fids of every table, and where each feature's fids sit among them."""
 
-    unique_fids: dict[str, Int64Array]  # table -> its distinct v2 fids, first occurrence first (tables with fids)
+    unique_fids: dict[str, Int64Array]  # table -> its distinct fids, first occurrence first (tables with fids)
     groups: dict[str, TableGroup]  # same keys as unique_fids
 
 

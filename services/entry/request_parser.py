@@ -36,15 +36,13 @@ import numpy.typing as npt
 from google.protobuf.message import DecodeError
 
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.fid_bits import FID_V1_SLOT_SHIFT, FID_V1_SLOTS, FID_V2_HASH_MASK, FID_V2_SLOT_SHIFT
 from monolith_serving.core.serving_spec import InstanceFidV1, ServingSpec
 from monolith_serving.entry import instance_wire
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as monolith_example_pb2
 from monolith_serving.proto_gen.tensorflow.core.example import example_pb2 as tf_example_pb2
 from monolith_serving.ps.config import DEFAULT_MAX_FIDS_PER_REQUEST as PS_DEFAULT_MAX_FIDS_PER_REQUEST
 
-FID_V1_SLOT_SHIFT = 54
-FID_V2_SLOT_SHIFT = 48
-FID_V2_HASH_MASK = (1 << FID_V2_SLOT_SHIFT) - 1
 # ExampleBatch lists with this prefix carry labels, line ids and the like, never model features.
 RESERVED_PREFIX = "__"
 
@@ -205,7 +203,7 @@ class RequestParser:
             # The first feature of a slot wins; a spec mapping one slot twice is ambiguous for v1 fids.
             self._sparse_by_slot.setdefault(feature.slot, i)
         # v1 slot (10 bits) -> feature index, -1 when the spec has no such slot: one gather per batch.
-        self._feature_of_v1_slot = np.full(1 << (64 - FID_V1_SLOT_SHIFT), -1, dtype=np.int64)
+        self._feature_of_v1_slot = np.full(FID_V1_SLOTS, -1, dtype=np.int64)
         for slot, i in self._sparse_by_slot.items():
             if 0 <= slot < len(self._feature_of_v1_slot):
                 self._feature_of_v1_slot[slot] = i

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from monolith_serving.client.inputs import FID_V1_SLOT_SHIFT, encode_instances, random_examples
+from monolith_serving.client.inputs import encode_instances, random_examples
+from monolith_serving.core.fid_bits import FID_V1_SLOT_SHIFT
 from monolith_serving.core.serving_spec import (
     DenseSpec,
     FeatureSpec,

@@ -6,7 +6,13 @@ tests run as root there, else through sudo) and Python tools into the running in
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import importlib
+import io
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -95,6 +101,37 @@ def wait_until(condition: Callable[[], bool], *, timeout_s: float, interval_s: f
             return
         time.sleep(interval_s)
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+# --------------------------------------------------------------------------------------------- command lines
+
+_IN_SHELL = re.compile(r"\bmonolith-serving\s+([^;&|\n]+)")
+
+
+def monolith_commands_in_shell(script: str) -> list[list[str]]:
+    """The arguments of every `monolith-serving ...` a shell script or healthcheck string runs."""
+    return [shlex.split(found) for found in _IN_SHELL.findall(script)]
+
+
+def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
+    """`monolith-serving <argv>` parsed by that command's own parser, as the CLI builds it (``cli.COMMANDS``):
+    a deployment file naming a flag the command no longer has, or giving a value it refuses, raises
+    CommandFailed with argparse's message."""
+    from monolith_serving.cli import COMMANDS
+    from monolith_serving.core.cli_flags import add_common_flags
+
+    commands = {command.name: command for command in COMMANDS}
+    if not argv or argv[0] not in commands:
+        raise CommandFailed(f"monolith-serving {shlex.join(argv)}: no such command")
+    parser = argparse.ArgumentParser(prog=f"monolith-serving {argv[0]}")
+    add_common_flags(parser)
+    importlib.import_module(commands[argv[0]].module).configure(parser)
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+            return parser.parse_args(list(argv[1:]))
+    except SystemExit:
+        raise CommandFailed(f"monolith-serving {shlex.join(argv)}:\n{errors.getvalue()}") from None
 
 
 # --------------------------------------------------------------------------------------------- Docker

@@ -11,7 +11,15 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_tools import DEPLOY, REPO, ensure_command, ensure_python_tool, run
+from deploy_tools import (
+    DEPLOY,
+    REPO,
+    ensure_command,
+    ensure_python_tool,
+    monolith_commands_in_shell,
+    parse_command_line,
+    run,
+)
 
 from monolith_serving.core.agent_conf import DeployType, load_agent_config, resolve_environment
 from monolith_serving.proxy.main import configure as configure_proxy
@@ -102,6 +110,47 @@ def test_every_long_running_service_has_a_healthcheck_and_start_order(docker_com
         "entry-1": {"condition": "service_healthy"},
     }
     assert services["grafana"]["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+
+
+def _monolith_command_lines(service: dict[str, Any]) -> list[list[str]]:
+    """What a service of the monolith image runs through `monolith-serving`: its command (the image's entrypoint
+    is `monolith-serving`) or the `monolith-serving ...` of a shell entrypoint, and its healthcheck's."""
+    lines: list[list[str]] = []
+    if "entrypoint" in service:
+        for part in [*service["entrypoint"], *service.get("command", [])]:
+            lines += monolith_commands_in_shell(part)
+    elif "command" in service:
+        lines.append(list(service["command"]))
+    health = service.get("healthcheck", {}).get("test", [])
+    if health[:1] == ["CMD-SHELL"]:
+        lines += monolith_commands_in_shell(health[1])
+    elif health[:2] == ["CMD", "monolith-serving"]:
+        lines.append(health[2:])
+    return lines
+
+
+def test_every_command_line_parses_with_its_command(docker_compose: str) -> None:
+    """Each `monolith-serving` command line of the file, parsed by that command's current parser: a renamed or
+    removed flag would otherwise show only when the container exits 2 at start."""
+    services = _config(docker_compose, IMAGE_VARIABLES, "monitoring", "consul")["services"]
+    parsed = set()
+    for name, service in services.items():
+        if service["image"] != IMAGE_VARIABLES["MONOLITH_IMAGE"]:
+            continue
+        lines = _monolith_command_lines(service)
+        assert lines, f"{name}: no monolith-serving command found"
+        for argv in lines:
+            parse_command_line(argv)
+            parsed.add(argv[0])
+    assert parsed == {"export-demo", "model-manager", "agent", "replica-manager", "proxy", "health"}
+
+
+def test_the_image_healthcheck_parses_with_its_command() -> None:
+    instructions = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    healthcheck = [line for line in instructions.splitlines() if line.startswith("HEALTHCHECK ")]
+    assert len(healthcheck) == 1
+    (argv,) = monolith_commands_in_shell(healthcheck[0].split(" CMD ", 1)[1])
+    assert parse_command_line(argv).timeout_s > 0
 
 
 def _duration_s(text: str) -> float:

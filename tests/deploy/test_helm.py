@@ -4,6 +4,7 @@ the real parser, gRPC probes, PDB and ServiceMonitor selectors, NOTES). No clust
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import shutil
@@ -14,15 +15,27 @@ from typing import Any
 
 import pytest
 import yaml
-from deploy_tools import DEPLOY, REPO, ensure_command, ensure_python_tool, helm_binary, helm_env, run
+from deploy_tools import (
+    DEPLOY,
+    REPO,
+    ensure_command,
+    ensure_python_tool,
+    helm_binary,
+    helm_env,
+    parse_command_line,
+    run,
+)
 
 from monolith_serving.agent.config import model_version_policy
 from monolith_serving.core.agent_conf import DeployType, VersionPolicy, load_agent_config, resolve_environment
 
 CHART = REPO / "helm" / "monolith-serving"
+DEPLOY_DOC = REPO / "docs" / "deploy.md"
 VALUE_SETS = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
 IMAGE_REPOSITORIES = ("monolith-serving", "registry.example/monolith-serving")
 RULE_FILES = ("recording_rules.yml", "alerts.yml")  # deploy/<name> is copied to helm/monolith-serving/rules/<name>
+# As long as Helm allows a release name to be (53 characters): object names derive from it.
+LONGEST_RELEASE = "ranking-ctr-serving-production-europe-west4-blue-0012"
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +50,11 @@ def kubernetes_validate() -> str:
     return ensure_python_tool("kubernetes-validate", "kubernetes-validate>=1.29")
 
 
-def _template(helm: tuple[Path, dict[str, str]], *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
+def _template(
+    helm: tuple[Path, dict[str, str]], *args: str, chart: Path = CHART, release: str = "rel"
+) -> subprocess.CompletedProcess[str]:
     binary, env = helm
-    return run([binary, "template", "rel", chart, "--namespace", "serving", "--kube-version", "1.29.0", *args],
+    return run([binary, "template", release, chart, "--namespace", "serving", "--kube-version", "1.29.0", *args],
                env=env, check=False)  # fmt: skip
 
 
@@ -143,6 +158,57 @@ def test_ps_ordinals_cover_every_shard_and_replica(
         assert [arg.strip("'") for arg in out[7:]] == v["ps"]["extraArgs"]
         seen.add((shard, replica))
     assert seen == {(s, r) for s in range(shards) for r in range(v["ps"]["replicasPerShard"])}
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_names_fit_kubernetes_limits_under_the_longest_release_name(
+    helm: tuple[Path, dict[str, str]], values: str
+) -> None:
+    """Every object name stays a DNS label (63 characters). A StatefulSet's stays within 52: its controller labels
+    each pod `controller-revision-hash: <name>-<hash of up to 10 characters>`, a label value limited to 63
+    characters, and a StatefulSet whose pods cannot be labelled gets none."""
+    assert len(LONGEST_RELEASE) == 53
+    done = _template(
+        helm, "-f", str(CHART / "ci" / values), "--set", "monitoring.serviceMonitor.enabled=true",
+        release=LONGEST_RELEASE,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    docs = [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+    for doc in docs:
+        assert len(doc["metadata"]["name"]) <= 63, doc["metadata"]["name"]
+    stateful_sets = [d for d in docs if d["kind"] == "StatefulSet"]
+    assert stateful_sets
+    for sts in stateful_sets:
+        name = sts["metadata"]["name"]
+        assert len(f"{name}-{'h' * 10}") <= 63, f"{name}: {len(name)} characters, more than 52"
+        assert sts["spec"]["serviceName"] in {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}, name
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_every_command_line_parses_with_its_command(
+    helm: tuple[Path, dict[str, str]], values: str, tmp_path: Path
+) -> None:
+    """The args of every container of the monolith image (init containers too; the PS's as its start script
+    execs them), parsed by the command's current parser: a renamed flag would otherwise show only as pods
+    exiting 2."""
+    docs = _render(helm, values)
+    parsed = []
+    for workload in _workloads(docs):
+        pod = workload["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            if not container["image"].startswith(IMAGE_REPOSITORIES):
+                continue
+            if container.get("command") == ["/bin/sh", "-c"]:
+                argv = _start_script_output(workload, 0, tmp_path)[2:]
+            else:
+                assert "command" not in container, container["name"]  # the image's entrypoint: monolith-serving
+                argv = container["args"]
+            parse_command_line(argv)
+            parsed.append(argv[0])
+    expected = {"agent", "proxy", "replica-manager"}
+    expected |= {"export-demo"} if _values(values)["model"]["source"]["type"] == "demo" else set()
+    expected |= {"model-manager"} if _values(values)["modelManager"]["enabled"] else set()
+    assert set(parsed) == expected
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
@@ -292,6 +358,8 @@ def test_discovery_backends(helm: tuple[Path, dict[str, str]]) -> None:
         (["--set", "monitoring.prometheusRule.enabled=yes"], "monitoring.prometheusRule.enabled"),
         (["--set", "proxy.extraArgs[0]=--drain_timeout_s=60"], "set proxy.drainTimeoutSeconds instead"),
         (["--set", "proxy.preStopSleepSeconds=-1"], "proxy.preStopSleepSeconds"),
+        (["--set", "ports.metrics=8501"], "ports.http and ports.metrics are both 8501"),
+        (["--set", "ports.agent=8500"], "ports.agent and ports.grpc are both 8500"),
     ],
 )
 def test_bad_values_are_refused(helm: tuple[Path, dict[str, str]], flags: list[str], message: str) -> None:
@@ -340,13 +408,17 @@ def test_version_data_renders_only_with_specific(
         assert model_version_policy(conf).versions == (1700000000,), name
 
 
+@pytest.mark.parametrize("release", ["rel", LONGEST_RELEASE])
 @pytest.mark.parametrize("values", VALUE_SETS)
 def test_ps_service_monitor_labels_each_pod_with_its_shard(
-    helm: tuple[Path, dict[str, str]], values: str, tmp_path: Path
+    helm: tuple[Path, dict[str, str]], values: str, release: str, tmp_path: Path
 ) -> None:
     """The recording rules group PS series by `shard`: the PS ServiceMonitor's relabelings, applied to each pod
-    name the way Prometheus does (anchored regex, first-to-last), give the SHARD_ID its start script computes."""
-    done = _template(helm, "-f", str(CHART / "ci" / values), "--set", "monitoring.serviceMonitor.enabled=true")
+    name the way Prometheus does (anchored regex, first-to-last), give the SHARD_ID its start script computes
+    (also when the names are shortened to fit a long release name)."""
+    done = _template(
+        helm, "-f", str(CHART / "ci" / values), "--set", "monitoring.serviceMonitor.enabled=true", release=release
+    )
     assert done.returncode == 0, done.stderr
     docs = [d for d in yaml.safe_load_all(done.stdout) if d]
     sts = _one(docs, "StatefulSet", "-ps")
@@ -428,3 +500,44 @@ def test_prometheus_rule_carries_the_deploy_rules(helm: tuple[Path, dict[str, st
     }))  # fmt: skip
     done = run([promtool, "test", "rules", tmp_path / "test.yml"], check=False)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _value_paths(values: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every leaf of values.yaml as its path (an empty map or list is a leaf)."""
+    if isinstance(values, dict) and values:
+        return [path for key, value in values.items() for path in _value_paths(value, (*prefix, key))]
+    return [prefix]
+
+
+def _documented_values() -> list[str]:
+    """The names in the first column of docs/deploy.md's table of chart values (`a.b`, `a.*`, `*.b`)."""
+    text = DEPLOY_DOC.read_text()
+    lines = text[text.index("## Kubernetes") :].splitlines()
+    start = lines.index("| value | meaning |")
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    rows = lines[start + 2 : end]  # after the header and its separator
+    assert rows, "no table of values under '## Kubernetes' in docs/deploy.md"
+    return [name for row in rows for name in re.findall(r"`([^`]+)`", row.split("|")[1])]
+
+
+def _covers(name: str, path: tuple[str, ...]) -> bool:
+    """`name` documents `path` when it names the path or a map above it; `*` stands for one key."""
+    parts = name.split(".")
+    above = path[: len(parts)]
+    return len(parts) == len(above) and all(fnmatch.fnmatchcase(k, p) for p, k in zip(parts, above, strict=True))
+
+
+def test_every_value_is_documented_and_every_documented_value_exists() -> None:
+    paths = _value_paths(yaml.safe_load((CHART / "values.yaml").read_text()))
+    names = _documented_values()
+    undocumented = [".".join(path) for path in paths if not any(_covers(name, path) for name in names)]
+    assert not undocumented, f"values.yaml keys missing from docs/deploy.md's table: {undocumented}"
+    unknown = [name for name in names if not any(_covers(name, path) for path in paths)]
+    assert not unknown, f"docs/deploy.md documents values the chart does not have: {unknown}"
+
+
+def test_value_coverage_rules() -> None:
+    assert _covers("ps.pdb", ("ps", "pdb", "enabled")) and _covers("*.pdb", ("entry", "pdb", "maxUnavailable"))
+    assert _covers("probes.*", ("probes", "startup", "periodSeconds")) and _covers("bzid", ("bzid",))
+    assert not _covers("ps.pdb.enabled", ("ps", "pdb")) and not _covers("*.pdb", ("ps", "resources", "limits"))
+    assert not _covers("model.name", ("model", "numPs"))

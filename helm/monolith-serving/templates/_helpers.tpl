@@ -17,9 +17,12 @@
 {{- end -}}
 {{- end -}}
 
-{{/* "<fullname>-<component>", kept within the 63 characters of a DNS label. */}}
+{{/* "<fullname>-<component>", kept within the 63 characters of a DNS label. The StatefulSets' (ps, zookeeper) within
+52: their controller labels every pod with "<name>-<revision hash of up to 10 characters>", a label value that must
+fit in 63 characters too, and a longer name leaves the StatefulSet without pods. Their Services share the name. */}}
 {{- define "monolith.componentName" -}}
-{{- printf "%s-%s" (include "monolith.fullname" .root | trunc (int (sub 62 (len .component))) | trimSuffix "-") .component -}}
+{{- $max := ternary 52 63 (has .component (list "ps" "zookeeper")) -}}
+{{- printf "%s-%s" (include "monolith.fullname" .root | trunc (int (sub (sub $max 1) (len .component))) | trimSuffix "-") .component -}}
 {{- end -}}
 
 {{- define "monolith.labels" -}}

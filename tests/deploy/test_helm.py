@@ -541,3 +541,21 @@ def test_value_coverage_rules() -> None:
     assert _covers("probes.*", ("probes", "startup", "periodSeconds")) and _covers("bzid", ("bzid",))
     assert not _covers("ps.pdb.enabled", ("ps", "pdb")) and not _covers("*.pdb", ("ps", "resources", "limits"))
     assert not _covers("model.name", ("model", "numPs"))
+
+
+def test_ps_extra_args_reach_the_agent_whole(helm: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """`ps.extraArgs` go through the StatefulSet's shell script: each must arrive as one argument, unchanged, even
+    with quotes, blanks or shell syntax in it."""
+    extra = ["--log_level=INFO", "--tag=it's", 'a "b" c', "$(touch /tmp/x);`id`", "*"]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"ps": {"extraArgs": extra}}))
+    done = _template(helm, "-f", str(values))
+    assert done.returncode == 0, done.stderr
+    sts = _one([doc for doc in yaml.safe_load_all(done.stdout) if doc], "StatefulSet", "-ps")
+    stand_in = tmp_path / "monolith-serving"
+    stand_in.write_text("#!/bin/sh\nprintf '%s\\n' \"$@\"\n")
+    stand_in.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "MY_POD_NAME": f"{sts['metadata']['name']}-0"}
+    script = sts["spec"]["template"]["spec"]["containers"][0]["args"][0]
+    out = run(["/bin/sh", "-c", script], env=env, cwd=tmp_path).stdout.splitlines()
+    assert out[-len(extra) :] == extra

@@ -559,3 +559,16 @@ def test_ps_extra_args_reach_the_agent_whole(helm: tuple[Path, dict[str, str]], 
     script = sts["spec"]["template"]["spec"]["containers"][0]["args"][0]
     out = run(["/bin/sh", "-c", script], env=env, cwd=tmp_path).stdout.splitlines()
     assert out[-len(extra) :] == extra
+
+
+def test_bundled_zookeeper_keeps_the_image_configuration(helm: tuple[Path, dict[str, str]]) -> None:
+    """The zookeeper image holds its logback.xml in /conf, where the pod mounts a writable emptyDir: an init container
+    of the same image copies the image's /conf into that volume first, or ZooKeeper logs at logback's DEBUG default."""
+    sts = _one(_render(helm, "default-values.yaml"), "StatefulSet", "-zookeeper")
+    spec = sts["spec"]["template"]["spec"]
+    server = spec["containers"][0]
+    conf_volume = next(m["name"] for m in server["volumeMounts"] if m["mountPath"] == "/conf")
+    [seed] = spec["initContainers"]
+    assert seed["image"] == server["image"]
+    seed_path = next(m["mountPath"] for m in seed["volumeMounts"] if m["name"] == conf_volume)
+    assert seed["command"][-1] == f"cp -a /conf/. {seed_path}/"

@@ -368,7 +368,7 @@ def test_bad_values_are_refused(helm: tuple[Path, dict[str, str]], flags: list[s
     assert message in done.stderr
 
 
-def test_notes_show_the_client_command(helm: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def _notes(helm: tuple[Path, dict[str, str]], tmp_path: Path, *flags: str) -> str:
     """NOTES.txt rendered through a copy of the chart that wraps it in a ConfigMap (`helm install --dry-run`
     needs a reachable cluster even in client mode)."""
     chart = tmp_path / "chart"
@@ -382,12 +382,27 @@ def test_notes_show_the_client_command(helm: tuple[Path, dict[str, str]], tmp_pa
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
         '{{ include "test.notes" . | indent 4 }}\n'
     )
-    done = _template(helm, "--show-only", "templates/test-notes.yaml", chart=chart)
+    done = _template(helm, "--show-only", "templates/test-notes.yaml", *flags, chart=chart)
     assert done.returncode == 0, done.stderr
-    text = yaml.safe_load(done.stdout)["data"]["notes"]
+    notes_text: str = yaml.safe_load(done.stdout)["data"]["notes"]
+    return notes_text
+
+
+def test_notes_show_the_client_command(helm: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    text = _notes(helm, tmp_path)
     assert "client predict --target rel-monolith-serving-proxy:8500 --model entry" in text
     assert "port-forward service/rel-monolith-serving-proxy 8500:8500" in text
     assert "4 pods (2 shards x 2 replicas)" in text
+    assert "builds requests for it by default" in text
+    assert "--spec PATH" not in text
+
+
+def test_notes_tell_how_to_predict_for_a_model_of_ones_own(helm: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """`client predict` draws requests from the demo's spec unless given another: the notes of a chart serving a
+    model from a path say how, and do not call the model the demo."""
+    text = _notes(helm, tmp_path, "--set", "model.source.type=path", "--set", "model.source.path=/models/ctr")
+    assert "--spec PATH" in text and "--request_file FILE" in text
+    assert "demo model is exported" not in text
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)

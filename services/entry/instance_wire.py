@@ -7,15 +7,16 @@ all of it, and only slices of its output arrays reach Python.
 
 What is read (REFERENCE §4; field numbers from ``idl/matrix/proto``): ``Instance.fid`` (1, fixed64, packed or
 not) — v1 fids, mapped to a feature by slot (``fid >> 54``) and converted to v2 unless the serving spec keeps
-them (``instance_fid_v1``); ``Instance.feature`` (9) —
-``Feature.name`` (1), ``Feature.fid`` (2, fixed64: v2 fids) for a sparse feature, ``Feature.float_value`` (3,
-float) for a dense input. Every other field, and a known field with a wire type it cannot have, is skipped as
-protobuf skips unknown fields (groups included). The bytes are rejected where protobuf rejects them: a truncated
-or over-long varint, a length past the end, field number 0, wire types 6 and 7, an end-group without its start,
-a packed fixed-width run whose length is not a multiple of the width. One difference: a field this reader never
-uses (``line_id``, ``label_tag``, ``Feature.int64_value`` …) is skipped by its length without looking inside, so
-damage inside it goes unnoticed where protobuf would refuse the whole message (on mutated input the tests see
-this in about 1 of 1000 refused messages).
+them (``instance_fid_v1``); ``Instance.feature`` (9) — ``Feature.name`` (1); for a sparse feature
+``Feature.fid`` (2, fixed64: v2 fids) and then the fids of each ``Feature.fid_list`` entry (6, a sequence feature:
+``Fixed64List.value`` = 1, fixed64), the order in which Monolith's Instance parsers take them; for a dense input
+``Feature.float_value`` (3, float). Every other field, and a known field with a wire type it cannot have, is
+skipped as protobuf skips unknown fields (groups included). The bytes are rejected where protobuf rejects them:
+a truncated or over-long varint, a length past the end, field number 0, wire types 6 and 7, an end-group without
+its start, a packed fixed-width run whose length is not a multiple of the width. One difference: a field this
+reader never uses (``line_id``, ``label_tag``, ``Feature.int64_value`` …) is skipped by its length without
+looking inside, so damage inside it goes unnoticed where protobuf would refuse the whole message (on mutated input
+the tests see this in about 1 of 1000 refused messages).
 
 Semantics match the protobuf-walking parser this replaced (tests compare the two on random and mutated input):
 per feature, fids are grouped by example in example order; within one example the named ``Feature`` fids come
@@ -221,7 +222,8 @@ def _feature_values(
     example: int,
 ) -> tuple[int, int]:
     """Reads a Feature's fids (sparse: appended to the outputs from ``count``) or float values (dense: written to
-    ``dense_row[target:target+dim]``). (new count, values given); sets ``err`` on malformed bytes (count -1).
+    ``dense_row[target:target+dim]``). (new count, values given — for fids: how many ``fid_list`` entries (6) the
+    Feature holds, for ``_fid_list_values`` to read); sets ``err`` on malformed bytes (count -1).
     ``scratch`` (uint32[1]) and ``as_float`` (its float32 view) turn 4 little-endian bytes into a float; they
     are the caller's, allocated once per batch rather than once per Feature."""
     values = 0
@@ -257,11 +259,71 @@ def _feature_values(
                         values += 1
                 pos += width
         else:
+            if want_fids and field == 6 and wire_type == 2:
+                values += 1
             pos, error = _skip(buf, pos, end, wire_type, field)
             if error >= 0:
                 err[0], err[1], err[2] = MALFORMED, example, error
                 return -1, 0
     return count, values
+
+
+@numba.njit  # type: ignore[misc,unused-ignore]
+def _fid_list_values(
+    buf: Any,
+    start: int,
+    end: int,
+    row: int,
+    target: int,
+    out_fids: Any,
+    out_features: Any,
+    out_rows: Any,
+    count: int,
+    err: Any,
+    example: int,
+) -> int:
+    """Appends the fids of the Feature's ``fid_list`` entries (6, ``Fixed64List``: ``value`` = 1, fixed64) from
+    ``count``, entry by entry; the new count, or -1 with ``err`` set on malformed bytes. A second walk over the
+    Feature after ``_feature_values``: its ``fid`` values come first whatever the wire order, as Monolith reads
+    them (``fid()`` then ``fid_list()``)."""
+    pos = start
+    while pos < end:
+        field, wire_type, pos, error = _tag(buf, pos, end)
+        if error >= 0:
+            err[0], err[1], err[2] = MALFORMED, example, error
+            return -1
+        if field != 6 or wire_type != 2:
+            pos, error = _skip(buf, pos, end, wire_type, field)
+            if error >= 0:
+                err[0], err[1], err[2] = MALFORMED, example, error
+                return -1
+            continue
+        pos, list_end, error = _length(buf, pos, end)
+        if error >= 0:
+            err[0], err[1], err[2] = MALFORMED, example, error
+            return -1
+        while pos < list_end:
+            inner_field, inner_type, pos, error = _tag(buf, pos, list_end)
+            if error >= 0:
+                err[0], err[1], err[2] = MALFORMED, example, error
+                return -1
+            if inner_field == 1 and (inner_type == 1 or inner_type == 2):
+                pos, stop, error = _run(buf, pos, list_end, inner_type, 8)
+                if error >= 0:
+                    err[0], err[1], err[2] = MALFORMED, example, error
+                    return -1
+                while pos < stop:
+                    out_fids[count] = _fixed64(buf, pos)
+                    out_features[count] = target
+                    out_rows[count] = row
+                    count += 1
+                    pos += 8
+            else:
+                pos, error = _skip(buf, pos, list_end, inner_type, inner_field)
+                if error >= 0:
+                    err[0], err[1], err[2] = MALFORMED, example, error
+                    return -1
+    return count
 
 
 @numba.njit  # type: ignore[misc,unused-ignore]
@@ -431,12 +493,19 @@ def parse_batch(
                     if count < 0:
                         return MALFORMED
                 elif name_kinds[k] == 0:
-                    named_count, _ = _feature_values(
+                    named_count, fid_lists = _feature_values(
                         buf, pos, sub_end, True, example, name_targets[k], named_fids, named_features, named_rows,
                         named_count, dense[example], 0, scratch, as_float, err, example,
                     )  # fmt: skip
                     if named_count < 0:
                         return MALFORMED
+                    if fid_lists > 0:  # a second walk only for a sequence feature
+                        named_count = _fid_list_values(
+                            buf, pos, sub_end, example, name_targets[k], named_fids, named_features, named_rows,
+                            named_count, err, example,
+                        )  # fmt: skip
+                        if named_count < 0:
+                            return MALFORMED
                 else:
                     dim = name_dims[k]
                     count, given = _feature_values(

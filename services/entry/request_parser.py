@@ -6,8 +6,8 @@ Three input kinds, one result (``ParsedBatch``):
   converted to v2 fids (``slot << 48 | (fid & (2**48 - 1))``) before lookup, because tables are keyed by v2
   fids — unless the spec's ``instance_fid_v1`` is ``keep`` (tables keyed by v1 fids, as Monolith's Instance
   parser leaves them for a model without fid-v2 features): then they are looked up as they are. ``feature``
-  lists are matched by name: ``fid`` (looked up as given) for sparse features, ``float_value`` for dense
-  inputs.
+  lists are matched by name: ``fid`` and then the ``fid_list`` entries' fids (looked up as given) for sparse
+  features, ``float_value`` for dense inputs.
 - ``example_batch``: one serialized ``monolith.io.proto.ExampleBatch``. Lists are matched by name; an
   INDIVIDUAL list has one Feature per example, a SHARED list one Feature every example uses. Sparse
   features take ``fid_v1_list`` (always converted, as Monolith's ExampleBatch parser does) or

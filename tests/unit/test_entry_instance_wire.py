@@ -96,7 +96,21 @@ def random_v2(rng: random.Random, slot: int) -> int:
     return ((slot if rng.random() < 0.8 else slot | 0x8000) << 48) | rng.getrandbits(48)
 
 
-def feature(name: bytes | None, fids: list[int], values: list[float], rng: random.Random) -> bytes:
+def fid_list(fids: list[int], rng: random.Random) -> bytes:
+    """One ``Feature.fid_list`` entry (6): a ``Fixed64List`` whose ``value`` (1) may come in several runs."""
+    parts = []
+    while fids:
+        k = rng.randrange(1, len(fids) + 1)
+        parts.append(fixed64s(1, fids[:k], packed=rng.random() < 0.6))
+        fids = fids[k:]
+    if rng.random() < 0.2:
+        parts.append(unknown_field(rng, fields=(2, 9, 777)))
+    return length_delimited(6, b"".join(parts))
+
+
+def feature(
+    name: bytes | None, fids: list[int], values: list[float], rng: random.Random, lists: list[list[int]] | None = None
+) -> bytes:
     parts = []
     if name is not None:
         parts.append(length_delimited(1, name))
@@ -106,7 +120,13 @@ def feature(name: bytes | None, fids: list[int], values: list[float], rng: rando
         parts.append(floats(3, values, packed=rng.random() < 0.7))
     if rng.random() < 0.3:
         parts.append(unknown_field(rng, fields=(11, 50, 12345)))  # Feature has fields 1-9
-    rng.shuffle(parts)  # protobuf accepts fields in any order; the name may come last
+    rng.shuffle(parts)  # protobuf accepts fields in any order; the name may come last, ``fid`` after ``fid_list``
+    at = 0
+    for fids_of_list in lists or []:
+        # Anywhere after the previous entry: the entries of a repeated message field keep their order.
+        at = rng.randrange(at, len(parts) + 1)
+        parts.insert(at, fid_list(fids_of_list, rng))
+        at += 1
     return b"".join(parts)
 
 
@@ -123,7 +143,9 @@ def random_instance(rng: random.Random, unknown_names: bool = False) -> bytes:
         kind = rng.random()
         if kind < 0.5:
             name = rng.choice(SPARSE)
-            parts.append(length_delimited(9, feature(name.encode(), [random_v2(rng, 3) for _ in range(3)], [], rng)))
+            lists = [[random_v2(rng, 3) for _ in range(rng.randrange(4))] for _ in range(rng.randrange(3))]
+            fids = [random_v2(rng, 3) for _ in range(rng.randrange(4))]
+            parts.append(length_delimited(9, feature(name.encode(), fids, [], rng, lists)))
         elif kind < 0.85:
             name = rng.choice(list(DENSE))
             values = [rng.uniform(-2, 2) for _ in range(DENSE[name])]
@@ -158,6 +180,8 @@ def reference(spec: ServingSpec, blobs: list[bytes]) -> tuple[list[list[tuple[in
             name = item.name
             if name in sparse_index:
                 per_feature[sparse_index[name]].extend(item.fid)
+                for entry in item.fid_list:  # a sequence feature: its fids after ``fid``, as Monolith reads them
+                    per_feature[sparse_index[name]].extend(entry.value)
             elif name in dense_at:
                 at, dim = dense_at[name]
                 if len(item.float_value) != dim:
@@ -276,3 +300,15 @@ def test_mutated_bytes_never_refused_when_protobuf_accepts_them_and_read_alike(s
         batch = parser.parse_instances([data])
         assert columns_of(batch) == expected_columns
         np.testing.assert_array_equal(batch.dense, expected_dense)
+
+
+def test_a_sequence_feature_fid_list_is_read_after_the_fid_values_whatever_the_wire_order() -> None:
+    # Monolith's Instance parser takes a sparse Feature's ``fid`` and then every ``fid_list`` entry's values
+    # (parse_instance_lib.cc IterateFidFeatures); a dense or unknown Feature's fid_list is not read.
+    a, b, c, d = ((3 << 48) | k for k in (11, 12, 13, 14))
+    lists = length_delimited(6, fixed64s(1, [b, c], packed=True)) + length_delimited(6, fixed64s(1, [d], packed=False))
+    hist = length_delimited(9, length_delimited(1, b"hist") + lists + fixed64s(2, [a], packed=True))
+    age = length_delimited(9, length_delimited(1, b"age") + floats(3, [0.5], packed=True) + lists)
+    batch = RequestParser(SPEC).parse_instances([hist + age, age])
+    assert columns_of(batch)[1] == [(0, a), (0, b), (0, c), (0, d)]
+    assert batch.dense.tolist() == [[0.0, 0.0, 0.5], [0.0, 0.0, 0.5]]

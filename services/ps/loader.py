@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import numpy as np
 
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
 from monolith_serving.core.hash_table_dump import (
+    DUMP_PREFIX,
     NATIVE_MULTI_DUMP_PREFIX,
     explain_missing_dumps,
     find_dump_files,
@@ -13,7 +17,12 @@ from monolith_serving.core.hash_table_dump import (
     read_dump,
 )
 from monolith_serving.core.native_multi_dump import read_native_dump
-from monolith_serving.ps.table_store import EmbeddingTable, TableSet
+from monolith_serving.ps.fid_index import Int64Array
+from monolith_serving.ps.serving_codec import ServingLayout
+from monolith_serving.ps.serving_graph import SAVED_MODEL_FILE, read_table_layouts
+from monolith_serving.ps.table_store import EmbeddingTable, FloatMatrix, TableSet
+
+logger = logging.getLogger(__name__)
 
 
 def load_version(version_path: Path, partition: int) -> TableSet:
@@ -29,7 +38,15 @@ def load_version(version_path: Path, partition: int) -> TableSet:
     with no tables. Empty dump files and tables without rows are fine (a partition with no rows of a table). Raises
     the readers' errors (NotFoundError, InvalidArgumentError incl. TFRecordCorruptError) unchanged; the caller turns
     them into the version's END status. Nothing is returned partially.
+
+    A Monolith export's ``<version>/saved_model.pb`` names each table's segments and serving codecs
+    (``serving_graph``); the tables then hold their rows as Monolith's serving PS does (``_served_table``).
     """
+    layouts = read_table_layouts(version_path, partition)
+    if layouts:
+        described = {name: "+".join(f"{s.codec}:{s.dim}" for s in layout.segments) if layout else "as dumped"
+                     for name, layout in sorted(layouts.items())}  # fmt: skip
+        logger.info("%s: serving codecs from %s: %s", version_path, SAVED_MODEL_FILE, described)
     assets = version_path / "assets"
     files = find_dump_files(assets, partition)
     native = find_native_dump_files(assets, partition)
@@ -42,13 +59,58 @@ def load_version(version_path: Path, partition: int) -> TableSet:
     tables: dict[str, EmbeddingTable] = {}
     if native:
         for name, (fids, values) in read_native_dump(native).items():
-            tables[name] = EmbeddingTable(name, fids, values)
+            tables[name] = _served_table(name, fids, values, layouts, version_path)
             del fids, values
+        # Monolith's multi-hash table holds every table of its config; one its dump does not list has no rows.
+        for name, layout in (layouts or {}).items():
+            if name not in tables and layout is not None:
+                no_rows = np.empty((0, layout.dim), dtype=np.float32)
+                tables[name] = EmbeddingTable(name, np.empty(0, dtype=np.int64), no_rows, layout)
         return TableSet(tables)
     if not files:
         raise NotFoundError(explain_missing_dumps(assets, partition))
+    missing = sorted(set(layouts or {}) - set(files))
+    if missing:
+        # Monolith restores each per-table hash table of the graph from its own files and fails without them.
+        raise NotFoundError(
+            f"{str(assets)!r}: no dump files of table {missing[0]!r} (partition {partition}), which "
+            f"{SAVED_MODEL_FILE} creates; expected {DUMP_PREFIX}{missing[0]}_{partition}-<j>-of-<m>"
+        )
     for name, paths in files.items():
         fids, values = read_dump(paths)
-        tables[name] = EmbeddingTable(name, fids, values)
+        tables[name] = _served_table(name, fids, values, layouts, version_path)
         del fids, values
     return TableSet(tables)
+
+
+def _served_table(
+    name: str,
+    fids: Int64Array,
+    values: FloatMatrix,
+    layouts: dict[str, ServingLayout | None] | None,
+    version_path: Path,
+) -> EmbeddingTable:
+    """Table ``name`` of the dumps, held as the export's SavedModel says (``layouts``, None: the version has none).
+
+    The config's dim is the table's: dumped rows of another dim are InvalidArgumentError (Monolith copies them into
+    rows of its dim unchecked, cutting or overrunning them). A table the graph does not create is served as dumped,
+    with a warning (Monolith's PS would not serve it at all)."""
+    if layouts is None:
+        return EmbeddingTable(name, fids, values)
+    if name not in layouts:
+        logger.warning(
+            "%s: table %r has dumps but %s creates no such table; serving its rows as dumped",
+            version_path, name, SAVED_MODEL_FILE,
+        )  # fmt: skip
+        return EmbeddingTable(name, fids, values)
+    layout = layouts[name]
+    if layout is None:
+        return EmbeddingTable(name, fids, values)
+    if len(fids) and values.shape[1] != layout.dim:
+        raise InvalidArgumentError(
+            f"{str(version_path)!r}: table {name!r}: the dumps' rows have dim {values.shape[1]}, its config in "
+            f"{SAVED_MODEL_FILE} has dim {layout.dim} ({'+'.join(str(s.dim) for s in layout.segments)})"
+        )
+    if not len(fids):
+        values = np.empty((0, layout.dim), dtype=np.float32)
+    return EmbeddingTable(name, fids, values, layout)

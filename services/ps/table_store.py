@@ -20,6 +20,7 @@ import numpy.typing as npt
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.ps import hash_kernels
 from monolith_serving.ps.fid_index import FidIndex, Int64Array, last_occurrences
+from monolith_serving.ps.serving_codec import ServingLayout
 
 FloatMatrix = npt.NDArray[np.float32]
 _MIN_EXTRA_ROWS = 1024
@@ -31,9 +32,13 @@ class EmbeddingTable:
     A table loaded with no rows (every dump file of its partition empty, which REFERENCE §2 allows) has dim 0:
     its width is unknown until the first sync update gives rows, and its lookups answer ``[n, 0]`` (the entry,
     which knows the width from its serving spec, reads that as all missing).
+
+    ``layout``: how Monolith's serving PS stores this table's rows (from the export's SavedModel, ``serving_graph``).
+    Every row, loaded or upserted, is kept as Monolith would answer it (e.g. rounded to fp16), and the table has the
+    layout's dim even with no rows. Pass rows of that dim (the loader checks); writable rows are coded in place.
     """
 
-    def __init__(self, name: str, fids: Int64Array, values: FloatMatrix) -> None:
+    def __init__(self, name: str, fids: Int64Array, values: FloatMatrix, layout: ServingLayout | None = None) -> None:
         if values.ndim != 2 or values.shape[0] != fids.shape[0]:
             raise InvalidArgumentError(f"table {name!r}: values shape {values.shape} does not match {len(fids)} fids")
         if values.shape[1] == 0 and len(fids):
@@ -47,7 +52,12 @@ class EmbeddingTable:
             fids, values = fids[keep], values[keep]
             index = FidIndex.of(fids)
         self._index = index
+        self.layout = layout
         self._base: FloatMatrix = np.ascontiguousarray(values, dtype=np.float32)
+        if layout is not None and not layout.lossless and len(self._base):
+            if not self._base.flags.writeable:
+                self._base = self._base.copy()
+            layout.apply(self._base)
         self._n_base = int(self._base.shape[0])
         self._extra: FloatMatrix = np.empty((0, self.dim), dtype=np.float32)
         self._n_extra = 0
@@ -100,6 +110,8 @@ class EmbeddingTable:
             return
         if self.dim == 0:
             self._take_dim(int(values.shape[1]))
+        if self.layout is not None:
+            values = self.layout.applied(values)
         keep = last_occurrences(fids)
         if len(keep) != len(fids):
             fids, values = fids[keep], values[keep]

@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from monolith_saved_model import BIAS_AND_VEC, saved_model, table_config
 from procs import ServerProcess, free_port, model_server_health, wait_model_server_health
 
 from monolith_serving.client.health import check_health
@@ -379,6 +380,40 @@ def test_a_table_with_no_rows_on_the_shard_takes_its_dim_from_the_first_sync(tmp
                                                      "gamma_value": np.ones((1, 9), np.float32)})  # fmt: skip
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "gamma_value" in str(refused.value.details())
+
+
+def test_a_monolith_export_is_served_as_its_saved_model_codes_it(tmp_path: Path) -> None:
+    """Monolith's serving PS keeps rows in the serving codec of its table config (``saved_model.pb``; fp16 for
+    embedding slices by default) and answers the decoded floats, for dumped and synced rows alike; a table with no
+    rows on the shard has the config's dim (a Monolith entry can read its zeros)."""
+    rows = write_version(tmp_path / "ps_0", 1, seed=4)
+    assets = tmp_path / "ps_0" / "1" / "assets"
+    write_dump(assets / format_dump_filename("gamma", 0, 0, 1), np.empty(0, np.int64), np.empty((0, 5), np.float32))
+    configs = {"alpha": table_config([(1, "fp32", {}), (32, "fp16", {})]), "beta_tbl": table_config([(17, "fp32", {})]),
+               "gamma": table_config(BIAS_AND_VEC)}  # fmt: skip
+    (tmp_path / "ps_0" / "1" / "saved_model.pb").write_bytes(saved_model(per_table=configs, partition=0))
+    config = tmp_path / "models.config"
+    config.write_text(model_config_text({"ps_0": tmp_path / "ps_0"}))
+    args = ["--model_config_file", str(config), "--num_ps", str(NUM_PS), "--file_system_poll_wait_seconds", "0"]
+    with start_ps(tmp_path, args) as proc:
+        ps = Ps(proc)
+        alpha = np.array(list(rows["alpha"])[:50], np.int64)
+        beta = np.array(list(rows["beta_tbl"])[:50], np.int64)
+        _, out = ps.lookup("ps_0", {"alpha": alpha, "beta_tbl": beta, "gamma": np.array([2, 4], np.int64)})
+        dumped = _rows_of(rows["alpha"], alpha, 33)
+        np.testing.assert_array_equal(out["alpha_value"][:, :1], dumped[:, :1])
+        np.testing.assert_array_equal(out["alpha_value"][:, 1:], dumped[:, 1:].astype(np.float16).astype(np.float32))
+        assert not np.array_equal(out["alpha_value"], dumped)
+        np.testing.assert_array_equal(out["beta_tbl_value"], _rows_of(rows["beta_tbl"], beta, 17))
+        assert out["gamma_value"].shape == (2, 5) and not out["gamma_value"].any()
+
+        pushed = np.full((2, 33), 0.1, np.float32)
+        ps.predict(
+            "ps_0", "hashtable_assign", {"alpha_id": np.array([alpha[0], 2 << 20], np.int64), "alpha_value": pushed}
+        )
+        _, out = ps.lookup("ps_0", {"alpha": np.array([alpha[0], 2 << 20], np.int64)})
+        assert out["alpha_value"][:, 0].tolist() == [np.float32(0.1)] * 2
+        assert np.all(out["alpha_value"][:, 1:] == np.float32(0.0999755859375))
 
 
 def test_export_demo_multi_model_metrics_and_reload(tmp_path: Path) -> None:

@@ -141,7 +141,9 @@ def test_killing_one_of_two_entries_under_load_fails_no_request(tmp_path: Path, 
             while not stop.is_set():
                 try:
                     response = stub.Predict(request, timeout=10)
-                    np.testing.assert_array_equal(from_tensor_proto(response.outputs["scores"]), expected)
+                    # Concurrent Predicts are merged (by the proxy and the entry) into larger batches, and BLAS
+                    # need not round a row alike at every batch size: on some CPUs a score differs in its last bit.
+                    np.testing.assert_allclose(from_tensor_proto(response.outputs["scores"]), expected, rtol=1e-6)
                     successes[0] += 1
                 except (grpc.RpcError, AssertionError) as error:
                     failures.append(repr(error))

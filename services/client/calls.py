@@ -79,7 +79,7 @@ async def _predict(settings: Settings, channel: grpc.aio.Channel, inputs: CallIn
     response = await call
     trailing = await call.trailing_metadata()
     ps_versions = dict(trailing or ()).get(PS_VERSIONS_KEY, "")
-    arrays = {name: from_tensor_proto(t, name) for name, t in response.outputs.items()}
+    arrays = {name: from_tensor_proto(t, name) for name, t in sorted(response.outputs.items())}  # a stable order
     version = response.model_spec.version.value
     lines = [f"model {response.model_spec.name} version {version}" + (f" (PS {ps_versions})" if ps_versions else "")]
     for name, values in arrays.items():

@@ -12,8 +12,9 @@ Table rows are keyed by v2 fids ``slot << 48 | k`` for k in [0, rows) of every s
 table, so clients can make matching requests without reading the dumps. With ``--instance_fid_v1 keep`` they
 are keyed by v1 fids ``slot << 54 | k`` instead (a Monolith model without fid-v2 features, whose Instance
 parser keeps v1 fids), every second table's features sit on slots from 512 up (so their fids have bit 63 set:
-negative int64) and the spec says ``"instance_fid_v1": "keep"``. Everything derives from ``--seed``: the same
-flags give byte-identical files.
+negative int64) and the spec says ``"instance_fid_v1": "keep"``. With ``--heads ctr,cvr`` the last layer has one
+sigmoid column per head and the spec's ``outputs`` name them (a multi-task model). Everything derives from
+``--seed``: the same flags give byte-identical files.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from monolith_serving.core.serving_spec import (
     FeatureSpec,
     InstanceFidV1,
     LayerSpec,
+    OutputSpec,
     Pooling,
     ServingSpec,
     TableSpec,
@@ -68,10 +70,15 @@ class DemoOptions:
     hidden: tuple[int, ...] = (16, 8)
     dense_alone: bool = False  # the MLP goes to dense_0/<version>/ and the entry calls a dense server
     instance_fid_v1: InstanceFidV1 = InstanceFidV1.TO_V2  # KEEP: tables keyed by v1 fids
+    heads: tuple[str, ...] = ()  # one output per head, one column each; empty: the single output "scores"
+
+
+def _last_width(options: DemoOptions) -> int:
+    return len(options.heads) if options.heads else 1
 
 
 def _demo_layers(options: DemoOptions) -> tuple[LayerSpec, ...]:
-    widths = [*options.hidden, 1]
+    widths = [*options.hidden, _last_width(options)]
     return tuple(
         LayerSpec(f"dense/layer{k}_w.npy", f"dense/layer{k}_b.npy", "sigmoid" if k == len(widths) - 1 else "relu")
         for k in range(len(widths))
@@ -108,6 +115,7 @@ def demo_spec(options: DemoOptions) -> ServingSpec:
         dense_inputs=dense_inputs,
         dense=dense,
         instance_fid_v1=options.instance_fid_v1,
+        outputs=tuple(OutputSpec(head, 1) for head in options.heads),
     )
 
 
@@ -160,7 +168,7 @@ def write_demo(options: DemoOptions) -> ServingSpec:
     (mlp_dir / "dense").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([options.seed, 1_000_003])
     width = spec.input_width
-    for layer, out_width in zip(layers, [*options.hidden, 1], strict=True):
+    for layer, out_width in zip(layers, [*options.hidden, _last_width(options)], strict=True):
         weight = (rng.standard_normal((width, out_width)) / np.sqrt(width)).astype(np.float32)
         bias = (rng.standard_normal(out_width) * 0.1).astype(np.float32)
         np.save(mlp_dir / layer.weight, weight, allow_pickle=False)
@@ -181,6 +189,13 @@ def _parse_tables(text: str) -> tuple[tuple[str, int], ...]:
             raise argparse.ArgumentTypeError(f"--tables item {item!r} is not NAME:DIM")
         tables.append((name, int(dim)))
     return tuple(tables)
+
+
+def _parse_heads(text: str) -> tuple[str, ...]:
+    heads = tuple(text.split(","))
+    if any(not head for head in heads) or len(set(heads)) != len(heads):
+        raise argparse.ArgumentTypeError(f"--heads {text!r} is not a comma-separated list of distinct names")
+    return heads
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -211,6 +226,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="keep: key the tables by v1 fids (slot << 54 | k) and say so in the spec, every second table's "
         "features on slots from 512 (default %(default)s: v2 fids)",
     )
+    add_flag(
+        parser,
+        "--heads",
+        type=_parse_heads,
+        default=(),
+        help="comma-separated output names, e.g. ctr,cvr: a multi-task model whose last layer has one sigmoid "
+        "column per head, each its own output (default: one output, scores)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -226,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         dense_alone=args.dense_alone,
         instance_fid_v1=InstanceFidV1(args.instance_fid_v1),
+        heads=args.heads,
     )
     try:
         spec = write_demo(options)

@@ -17,7 +17,8 @@ version folder (written by ``export-demo`` or by a user's export step). Format (
                 "layers": [{"weight": "dense/layer0_w.npy", "bias": "dense/layer0_b.npy", "activation": "relu"}, ...]}
                 | {"backend": "onnx", "file": "dense.onnx"}
                 | {"backend": "remote", "sub_model": "dense_0"},   (dense_alone: a dense server scores)
-      "output_name": "scores",
+      "output_name": "scores",                       (or "outputs", below; not both)
+      "outputs": [{"name": "ctr", "width": 1}, {"name": "cvr", "width": 1}],
       "max_batch_size": 1024,
       "ignore_unknown_features": false,
       "instance_fid_v1": "keep"                      (optional: "to_v2", the default, or "keep")
@@ -27,6 +28,14 @@ The dense network's input row is the pooled features in ``features`` order (``su
 ``firstn``: the first N embeddings concatenated, zero-padded, width N*dim) followed by ``dense_inputs``.
 Sparse features are matched by name (feature lists, ExampleBatch, tf.Example) or by slot (v1 fids of an
 Instance: slot = fid >> 54).
+
+What the entry answers: without ``outputs``, one output named ``output_name`` (default ``scores``) holding every
+column of the dense network's [batch, k] answer. With ``outputs`` (multi-task heads, as a Monolith entry signature
+has one output per head), the network's columns are split, in order, into the named outputs: ``width`` columns each,
+the widths summing to k (checked when the version loads). Giving both keys is an error: ``output_name`` names the
+only output, and with ``outputs`` there is none. The network's whole matrix is then called ``scores`` where it still
+needs a name: a ``dense_0`` server (``"backend": "remote"``) answers it under its ``dense_spec.json``
+``output_name``, which must stay ``scores``.
 
 ``instance_fid_v1`` says what the tables are keyed by, for an Instance's ``fid`` (v1 fids): ``to_v2`` (the
 default) converts each to its v2 fid before the lookup; ``keep`` looks the raw v1 fid up. Monolith's Instance
@@ -128,6 +137,17 @@ class DenseSpec:
 
 
 @dataclass(frozen=True)
+class OutputSpec:
+    """One named output: ``width`` consecutive columns of the dense network's answer."""
+
+    name: str
+    width: int
+
+
+DEFAULT_OUTPUT_NAME = "scores"
+
+
+@dataclass(frozen=True)
 class ServingSpec:
     model_name: str
     num_ps: int
@@ -135,10 +155,15 @@ class ServingSpec:
     features: tuple[FeatureSpec, ...]
     dense_inputs: tuple[DenseInputSpec, ...]
     dense: DenseSpec
-    output_name: str = "scores"
+    output_name: str = DEFAULT_OUTPUT_NAME  # the only output when ``outputs`` is empty
     max_batch_size: int = 1024
     ignore_unknown_features: bool = False
     instance_fid_v1: InstanceFidV1 = InstanceFidV1.TO_V2
+    outputs: tuple[OutputSpec, ...] = ()  # named column groups of the network's answer; empty: one output
+
+    def __post_init__(self) -> None:
+        if self.outputs and self.output_name != DEFAULT_OUTPUT_NAME:
+            raise InvalidArgumentError("a serving spec gives either 'output_name' or 'outputs', not both")
 
     def table(self, name: str) -> TableSpec:
         for table in self.tables:
@@ -164,10 +189,13 @@ class ServingSpec:
             ],
             "dense_inputs": [{"name": d.name, "dim": d.dim} for d in self.dense_inputs],
             "dense": self.dense.to_json(),
-            "output_name": self.output_name,
             "max_batch_size": self.max_batch_size,
             "ignore_unknown_features": self.ignore_unknown_features,
         }
+        if self.outputs:
+            data["outputs"] = [{"name": o.name, "width": o.width} for o in self.outputs]
+        else:
+            data["output_name"] = self.output_name
         if self.instance_fid_v1 is not InstanceFidV1.TO_V2:
             # Only when not the default: specs written before the key existed stay byte-identical.
             data["instance_fid_v1"] = self.instance_fid_v1.value
@@ -222,6 +250,7 @@ def parse_serving_spec(data: Mapping[str, Any], where: str = SPEC_FILE) -> Servi
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"{where}: feature names must be unique")
     instance_fid_v1 = _instance_fid_v1(data, where)
+    outputs = _outputs(data, where)
     if instance_fid_v1 is InstanceFidV1.KEEP:
         for i, feature in enumerate(features):
             if not 0 <= feature.slot < FID_V1_SLOTS:
@@ -236,11 +265,39 @@ def parse_serving_spec(data: Mapping[str, Any], where: str = SPEC_FILE) -> Servi
         features=tuple(features),
         dense_inputs=dense_inputs,
         dense=dense,
-        output_name=str(data.get("output_name", "scores")),
+        output_name=str(data.get("output_name", DEFAULT_OUTPUT_NAME)),
         max_batch_size=int(data.get("max_batch_size", 1024)),
         ignore_unknown_features=bool(data.get("ignore_unknown_features", False)),
         instance_fid_v1=instance_fid_v1,
+        outputs=outputs,
     )
+
+
+def _outputs(data: Mapping[str, Any], where: str) -> tuple[OutputSpec, ...]:
+    if "outputs" not in data:
+        return ()
+    if "output_name" in data:
+        raise InvalidArgumentError(
+            f"{where}: give either 'output_name' (one output) or 'outputs' (named heads), not both"
+        )
+    raw = _field(data, "outputs", list, where)
+    if not raw:
+        raise InvalidArgumentError(f"{where}: 'outputs' must list at least one output (or leave the key out)")
+    outputs: list[OutputSpec] = []
+    for i, item in enumerate(raw):
+        at = f"{where} outputs[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidArgumentError(f"{at}: must be an object with 'name' and 'width', got {item!r}")
+        name = _field(item, "name", str, at)
+        width = _field(item, "width", int, at)
+        if not name:
+            raise InvalidArgumentError(f"{at}: 'name' must not be empty")
+        if width <= 0:
+            raise InvalidArgumentError(f"{at}: 'width' must be positive, got {width}")
+        if any(o.name == name for o in outputs):
+            raise InvalidArgumentError(f"{at}: output name {name!r} is given twice")
+        outputs.append(OutputSpec(name, width))
+    return tuple(outputs)
 
 
 def _instance_fid_v1(data: Mapping[str, Any], where: str) -> InstanceFidV1:

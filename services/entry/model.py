@@ -43,6 +43,7 @@ from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState
 from monolith_serving.core.serving_spec import DenseBackend, ServingSpec, load_serving_spec
 from monolith_serving.entry.dense import DenseModel, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
+from monolith_serving.entry.outputs import EntryOutputs
 from monolith_serving.entry.pooling import Pooler
 from monolith_serving.entry.ps_client import EmbeddingLookup, LookupResult
 from monolith_serving.entry.request_coalesce import PassDeadlines, PassOutput, PredictCoalescer, RequestCoalescing
@@ -82,6 +83,7 @@ class LoadedVersion:
     dense: DenseModel
     pooler: Pooler
     dims: Mapping[str, int]  # table -> embedding dim
+    outputs: EntryOutputs
 
     @property
     def remote_dense(self) -> bool:
@@ -123,6 +125,8 @@ def load_version(
         dense = remote_dense(spec)
     else:
         dense = load_dense(spec, path)
+    outputs = EntryOutputs.of(spec)
+    outputs.check_network(dense.output_width, str(path))
     return LoadedVersion(
         version,
         path,
@@ -131,6 +135,7 @@ def load_version(
         dense,
         Pooler(spec),
         {t.name: t.dim for t in spec.tables},
+        outputs,
     )
 
 
@@ -422,10 +427,7 @@ class EntryModel:
         assert config is not None  # resolve() checked it
         if signature_name not in ("", DEFAULT_SIGNATURE):
             raise InvalidArgumentError(f"model {name!r} has no signature {signature_name!r}; use {DEFAULT_SIGNATURE!r}")
-        spec = loaded.spec
-        unknown_outputs = [o for o in output_filter if o != spec.output_name]
-        if unknown_outputs:
-            raise InvalidArgumentError(f"output_filter names unknown output(s) {unknown_outputs}")
+        chosen = loaded.outputs.select(output_filter)
         batch = self.parse(loaded, inputs)
         self._metrics.batch_size.observe(batch.batch_size)
         default_s = config.fetch_ps_timeout_ms / 1000.0
@@ -446,7 +448,7 @@ class EntryModel:
             if deadlines.client is None or time.monotonic() < deadlines.client:
                 raise UnavailableError(error.message) from None
             raise
-        return PredictResult({spec.output_name: output.scores}, loaded.version, output.ps_versions)
+        return PredictResult(loaded.outputs.answer(output.scores, chosen), loaded.version, output.ps_versions)
 
     async def _run_pass(self, loaded: LoadedVersion, batch: ParsedBatch, deadlines: PassDeadlines) -> PassOutput:
         """Looks up, pools and scores one batch (one request's, or several merged by the coalescer)."""

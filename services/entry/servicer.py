@@ -23,7 +23,7 @@ from monolith_serving.core.predict_only import PredictOnly
 from monolith_serving.core.status_reply import model_status_reply
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.model import DEFAULT_SIGNATURE, INPUT_KINDS, EntryModel, EntryModelConfig
+from monolith_serving.entry.model import DEFAULT_SIGNATURE, INPUT_KINDS, EntryModel, EntryModelConfig, LoadedVersion
 from monolith_serving.entry.ps_client import ps_model_name
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
@@ -134,7 +134,7 @@ class EntryPredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predictio
         for name in fields:
             packed = any_pb2.Any()
             if name == "signature_def":
-                packed.Pack(self._signature_map(loaded.spec.output_name, loaded.dense.output_width))
+                packed.Pack(self._signature_map(self._output_shapes(loaded)))
             elif name == "base_path":
                 packed.Pack(wrappers_pb2.StringValue(value=str(config.base_path)))
             elif name == "num_versions":
@@ -150,7 +150,15 @@ class EntryPredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predictio
         return response
 
     @staticmethod
-    def _signature_map(output_name: str, output_width: int) -> get_model_metadata_pb2.SignatureDefMap:
+    def _output_shapes(loaded: LoadedVersion) -> list[tuple[str, int]]:
+        """(name, width) of every output; one output's width is the network's (-1 until a remote one answered)."""
+        outputs = loaded.outputs
+        if not outputs.split:
+            return [(outputs.columns[0].name, loaded.dense.output_width)]
+        return [(c.name, c.width) for c in outputs.columns]
+
+    @staticmethod
+    def _signature_map(outputs: list[tuple[str, int]]) -> get_model_metadata_pb2.SignatureDefMap:
         signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
         for name in INPUT_KINDS:
             info = signature.inputs[name]
@@ -158,11 +166,12 @@ class EntryPredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predictio
             info.dtype = types_pb2.DT_STRING
             for size in _INPUT_SHAPES[name]:
                 info.tensor_shape.dim.add(size=size)
-        out = signature.outputs[output_name]
-        out.name = output_name
-        out.dtype = types_pb2.DT_FLOAT
-        out.tensor_shape.dim.add(size=-1)
-        out.tensor_shape.dim.add(size=output_width)
+        for output_name, output_width in outputs:
+            out = signature.outputs[output_name]
+            out.name = output_name
+            out.dtype = types_pb2.DT_FLOAT
+            out.tensor_shape.dim.add(size=-1)
+            out.tensor_shape.dim.add(size=output_width)
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         signature_map.signature_def[DEFAULT_SIGNATURE].CopyFrom(signature)
         return signature_map

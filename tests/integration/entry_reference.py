@@ -97,3 +97,17 @@ class ReferenceScorer:
         for weight, bias, activation in self.layers:
             h = _activation(activation, h @ weight + bias)
         return h
+
+    def outputs(self, examples: list[LogicalExample]) -> dict[str, np.ndarray]:
+        """Output name -> [batch, width]: the network's columns cut as the spec's ``outputs`` say (in order),
+        or all of them under ``output_name`` when it has none."""
+        scores = self.scores(examples)
+        heads = self.spec.get("outputs")
+        if heads is None:
+            return {self.spec.get("output_name", "scores"): scores}
+        assert sum(head["width"] for head in heads) == scores.shape[1], "the spec's widths do not fit the network"
+        answer, start = {}, 0
+        for head in heads:
+            answer[head["name"]] = scores[:, start : start + head["width"]]
+            start += head["width"]
+        return answer

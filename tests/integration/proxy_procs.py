@@ -59,11 +59,12 @@ def start_ps_shards(export: Path, logs: Path, num_ps: int = 2) -> list[ServerPro
     return servers
 
 
-def start_entry(export: Path, ps: Sequence[ServerProcess], log_path: Path) -> ServerProcess:
-    """An ``entry`` server of ``export``'s entry sub_graph over the ``ps`` servers (static --ps_targets), SERVING."""
+def start_entry(export: Path, ps: Sequence[ServerProcess], log_path: Path, extra: Sequence[str] = ()) -> ServerProcess:
+    """An ``entry`` server of ``export``'s entry sub_graph over the ``ps`` servers (static --ps_targets), SERVING;
+    ``extra`` flags are added (``--dense_targets``, ...)."""
     port = free_port()
     targets = ";".join(server.address for server in ps)
-    args = [f"--port={port}", f"--model_base_path={export / 'entry'}", f"--ps_targets={targets}"]
+    args = [f"--port={port}", f"--model_base_path={export / 'entry'}", f"--ps_targets={targets}", *extra]
     return ServerProcess("entry", args, port=port, log_path=log_path).start()
 
 

@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from monolith_serving.core.demo_export import DemoOptions, table_fids, write_demo
+from monolith_serving.core.dense_spec import load_dense_model_spec
 from monolith_serving.core.export_layout import list_sub_models, list_versions
 from monolith_serving.core.hash_table_dump import find_dump_files, read_dump
 from monolith_serving.core.serving_spec import load_serving_spec
+
+DEMO = (sys.executable, "-m", "monolith_serving", "export-demo")
 
 
 def _digest_tree(root: Path) -> dict[str, str]:
@@ -80,3 +83,32 @@ def test_layout_and_sharding(tmp_path: Path) -> None:
         "layer2_w.npy",
     ]
     assert np.load(tmp_path / "entry" / "9" / "dense" / "layer0_w.npy").shape == (spec.input_width, 16)
+
+
+def test_heads_give_one_sigmoid_column_per_named_output(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*DEMO, "--out", str(tmp_path), "--rows", "20", "--heads", "ctr,cvr", "--dense_alone"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    spec = load_serving_spec(tmp_path / "entry" / "1")
+    assert [(o.name, o.width) for o in spec.outputs] == [("ctr", 1), ("cvr", 1)]
+    dense = load_dense_model_spec(tmp_path / "dense_0" / "1")
+    assert dense.output_name == "scores"  # the dense server answers the whole matrix; the entry splits it
+    last = dense.dense.layers[-1]
+    assert last.activation == "sigmoid"
+    assert np.load(tmp_path / "dense_0" / "1" / last.weight).shape == (8, 2)
+
+
+def test_heads_must_be_distinct_names(tmp_path: Path) -> None:
+    for heads in ("ctr,ctr", "ctr,", ""):
+        done = subprocess.run(
+            [*DEMO, "--out", str(tmp_path), "--heads", heads],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 2 and "--heads" in done.stderr, (heads, done.stderr)
+        assert not tmp_path.joinpath("entry").exists()

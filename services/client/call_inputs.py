@@ -101,7 +101,8 @@ def file_request(path: Path, settings: Settings) -> predict_pb2.PredictRequest:
 
     The file's ``model_spec.name`` is kept; the settings' model only fills a missing one. An explicit
     ``--model`` that differs from the file's name is an InvalidArgumentError naming both, never a silent choice.
-    ``--version`` replaces the file's version or version_label, ``--signature_name`` its signature."""
+    ``--version`` replaces the file's version or version_label, ``--signature_name`` its signature,
+    ``--output_filter`` its output_filter."""
     request = read_request_file(path)
     spec = request.model_spec
     if not spec.name:
@@ -115,12 +116,17 @@ def file_request(path: Path, settings: Settings) -> predict_pb2.PredictRequest:
         spec.version.value = settings.version
     if settings.signature_name is not None:
         spec.signature_name = settings.signature_name
+    if settings.output_filter is not None:
+        del request.output_filter[:]
+        request.output_filter.extend(settings.output_filter)
     return request
 
 
 def _request(settings: Settings, inputs: dict[str, list[bytes]]) -> predict_pb2.PredictRequest:
     signature = settings.signature_name if settings.signature_name is not None else DEFAULT_SIGNATURE
-    return predict_request(settings.model, inputs, version=settings.version, signature_name=signature)
+    request = predict_request(settings.model, inputs, version=settings.version, signature_name=signature)
+    request.output_filter.extend(settings.output_filter or ())
+    return request
 
 
 def _data_file_inputs(path: Path, flags: InputSettings) -> dict[str, list[bytes]]:

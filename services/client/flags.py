@@ -101,6 +101,8 @@ def _add_input_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--rows", type=int_in_range(1, MAX_ROWS), default=1000, help=rows_help)
     add_flag(parser, "--seed", type=int_in_range(0), default=0, help="random seed")
     add_flag(parser, "--request_file", type=Path, default=None, help="send this PredictRequest (text or binary)")
+    filter_help = "predict, profile: an output to ask for (repeatable; default all; replaces a --request_file's)"
+    add_flag(parser, "--output_filter", action="append", default=None, metavar="NAME", help=filter_help)
 
 
 def _add_other_action_flags(parser: argparse.ArgumentParser) -> None:

@@ -112,6 +112,7 @@ class Settings:
     model: str  # the model to call: --model, else --conf's, else entry
     model_given: bool  # --model was given: a request file's own model must then agree
     signature_name: str | None  # --signature_name; None: a request file keeps its own, others send the default
+    output_filter: tuple[str, ...] | None  # --output_filter; None: a request file keeps its own, others ask for all
     version: int | None
     timeout_s: float  # Predict's deadline (predict, each profile request, profile's wait for a connection)
     non_predict_timeout_s: float | None  # status, meta and load's deadline; None: none
@@ -227,6 +228,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
         model=model,
         model_given=args.model is not None,
         signature_name=args.signature_name,
+        output_filter=tuple(args.output_filter) if args.output_filter else None,
         version=args.version,
         timeout_s=given_timeout_s if given_timeout_s is not None else defaults.timeout_s,
         non_predict_timeout_s=given_timeout_s if given_timeout_s is not None else defaults.non_predict_timeout_s,

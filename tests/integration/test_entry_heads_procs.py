@@ -190,6 +190,10 @@ def test_the_client_prints_every_head(cluster: HeadsCluster) -> None:
     assert done.returncode == 0, done.stderr
     outputs = json.loads(done.stdout)["outputs"]
     assert sorted(outputs) == ["ctr", "cvr"] and all(len(outputs[name]) == 3 for name in HEADS), outputs
+    only_cvr = ("--output_filter", "cvr")
+    done = run_client("predict", "--target", cluster.proxy.address, "--spec", spec, "--batch_size", "3", *only_cvr)
+    assert done.returncode == 0, done.stderr
+    assert [line.split(":")[0] for line in done.stdout.splitlines()[1:]] == ["cvr"], done.stdout
 
 
 def test_a_dense_server_answers_the_whole_matrix_and_the_entry_splits_it(tmp_path: Path) -> None:

@@ -96,3 +96,17 @@ def test_random_requests_use_model_else_the_default(tmp_path: Path) -> None:
     assert sent("predict").model_spec.name == DEFAULT_MODEL
     spec = sent("predict", "--model", "mine", "--version", "5").model_spec
     assert (spec.name, spec.version.value) == ("mine", 5)
+
+
+def test_output_filter_is_sent_and_replaces_the_files(tmp_path: Path) -> None:
+    assert list(sent("predict").output_filter) == []
+    assert list(sent("predict", "--output_filter", "ctr", "--output_filter", "cvr").output_filter) == ["ctr", "cvr"]
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "entry"
+    request.output_filter.append("scores")
+    request.inputs["instances"].dtype = 7  # DT_STRING
+    request.inputs["instances"].string_val.append(b"\x00\x01")
+    path = tmp_path / "r.txt"
+    path.write_text(str(request))
+    assert list(sent("profile", "--request_file", str(path)).output_filter) == ["scores"]
+    assert list(sent("profile", "--request_file", str(path), "--output_filter", "cvr").output_filter) == ["cvr"]

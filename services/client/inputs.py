@@ -23,12 +23,8 @@ from monolith_serving.proto_gen.idl.matrix.proto import proto_parser_pb2
 from monolith_serving.proto_gen.tensorflow.core.example import example_pb2 as tf_example_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
-HASH48 = FID_V2_HASH_MASK
-# A v1 fid has 10 slot bits (the 64-bit Instance.fid holds slot << 54): a feature on a higher slot (v2 slots have
-# 15 bits) has no v1 spelling.
-V1_SLOT_LIMIT = FID_V1_SLOTS
 # Random fids are ``slot << 48 | k``: a k of 2**48 or more would spill into the slot bits.
-MAX_ROWS = HASH48 + 1
+MAX_ROWS = FID_V2_HASH_MASK + 1
 INPUT_KINDS = ("instances", "example_batch", "examples")
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -48,7 +44,7 @@ def keeps_v1(spec: ServingSpec) -> bool:
 
 def v2_to_v1(fid: int) -> int:
     """The v1 spelling of a v2 fid whose hash fits 48 bits: slot << 54 | hash."""
-    return ((fid >> FID_V2_SLOT_SHIFT) << FID_V1_SLOT_SHIFT) | (fid & HASH48)
+    return ((fid >> FID_V2_SLOT_SHIFT) << FID_V1_SLOT_SHIFT) | (fid & FID_V2_HASH_MASK)
 
 
 def random_examples(
@@ -75,7 +71,7 @@ def random_examples(
 def encode_instances(
     spec: ServingSpec, examples: Sequence[LogicalExample], *, named: Collection[str] = ()
 ) -> list[bytes]:
-    """Instances: features in ``named``, and those on a slot no v1 fid can name (``V1_SLOT_LIMIT``), go to
+    """Instances: features in ``named``, and those on a slot no v1 fid can name (10 slot bits: ``FID_V1_SLOTS``), go to
     ``feature`` lists (the fids as they are); the others to ``fid`` (v1: the v2 fids' v1 spelling, or the fids
     themselves when the spec keeps v1 fids)."""
     blobs = []
@@ -84,7 +80,7 @@ def encode_instances(
     for example in examples:
         instance = proto_parser_pb2.Instance()
         for name, fids in example.sparse.items():
-            if name in named or slots[name] >= V1_SLOT_LIMIT:
+            if name in named or slots[name] >= FID_V1_SLOTS:
                 instance.feature.add(name=name, fid=fids)
             elif keep:
                 assert all(fid >> FID_V1_SLOT_SHIFT == slots[name] for fid in fids)

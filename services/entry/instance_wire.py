@@ -53,9 +53,6 @@ MALFORMED_REASONS = (
 )
 _TRUNCATED_VARINT, _LONG_VARINT, _LENGTH, _FIELD_ZERO, _WIRE_TYPE, _END_GROUP, _PACKED, _DEPTH, _FIXED = range(9)
 
-_V1_SLOT_SHIFT = FID_V1_SLOT_SHIFT  # module globals: numba reads them as compile-time constants
-_V2_SLOT_SHIFT = FID_V2_SLOT_SHIFT
-_V2_HASH_MASK = FID_V2_HASH_MASK
 _MAX_GROUP_DEPTH = 64
 
 
@@ -459,7 +456,7 @@ def parse_batch(
                 while pos < stop:
                     v1 = np.uint64(_fixed64(buf, pos))
                     pos += 8
-                    slot = int(v1 >> np.uint64(_V1_SLOT_SHIFT))
+                    slot = int(v1 >> np.uint64(FID_V1_SLOT_SHIFT))
                     feature = feature_of_v1_slot[slot] if slot < slots else -1
                     if feature < 0:
                         if ignore_unknown:
@@ -467,7 +464,7 @@ def parse_batch(
                         err[0], err[1], err[2] = UNKNOWN_SLOT, example, slot
                         return UNKNOWN_SLOT
                     if convert_v1:
-                        v1 = (np.uint64(slot) << np.uint64(_V2_SLOT_SHIFT)) | (v1 & np.uint64(_V2_HASH_MASK))
+                        v1 = (np.uint64(slot) << np.uint64(FID_V2_SLOT_SHIFT)) | (v1 & np.uint64(FID_V2_HASH_MASK))
                     v1_fids[v1_count] = np.int64(v1)
                     v1_features[v1_count] = feature
                     v1_rows[v1_count] = example

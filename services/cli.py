@@ -104,6 +104,12 @@ def command_parser(command: Command) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_command_args(command: Command, parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """``argv`` parsed by ``parser`` (``command_parser(command)``) as ``main`` parses it: for a tensorflow_model_server
+    stand-in, absl's syntax too."""
+    return parse_absl_args(parser, argv) if command.tfs_command_line else parser.parse_args(list(argv))
+
+
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -123,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if args_in else 2
     command = by_name[args_in[0]]
     parser = command_parser(command)
-    args = parse_absl_args(parser, args_in[1:]) if command.tfs_command_line else parser.parse_args(args_in[1:])
+    args = parse_command_args(command, parser, args_in[1:])
     configure_logging(args.log_format, args.log_level)
     if "blas_threads" in vars(args):  # a server (core.cli_flags.add_server_flags)
         try:

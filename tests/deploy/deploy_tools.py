@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import io
 import os
 import re
@@ -114,22 +113,19 @@ def monolith_commands_in_shell(script: str) -> list[list[str]]:
 
 
 def parse_command_line(argv: Sequence[str]) -> argparse.Namespace:
-    """`monolith-serving <argv>` parsed by that command's own parser, as the CLI builds it (``cli.COMMANDS``):
-    a deployment file naming a flag the command no longer has, or giving a value it refuses, raises
-    CommandFailed with argparse's message."""
-    from monolith_serving.cli import COMMANDS
-    from monolith_serving.core.cli_flags import add_common_flags
+    """`monolith-serving <argv>` parsed as the CLI parses it at start (``cli.command_parser``,
+    ``cli.parse_command_args``: absl's syntax too for a tensorflow_model_server stand-in): a deployment file naming
+    a flag the command no longer has, or giving a value it refuses, raises CommandFailed with argparse's message."""
+    from monolith_serving.cli import COMMANDS, command_parser, parse_command_args
 
     commands = {command.name: command for command in COMMANDS}
     if not argv or argv[0] not in commands:
         raise CommandFailed(f"monolith-serving {shlex.join(argv)}: no such command")
-    parser = argparse.ArgumentParser(prog=f"monolith-serving {argv[0]}")
-    add_common_flags(parser)
-    importlib.import_module(commands[argv[0]].module).configure(parser)
+    command = commands[argv[0]]
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
-            return parser.parse_args(list(argv[1:]))
+            return parse_command_args(command, command_parser(command), argv[1:])
     except SystemExit:
         raise CommandFailed(f"monolith-serving {shlex.join(argv)}:\n{errors.getvalue()}") from None
 

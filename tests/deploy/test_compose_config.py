@@ -14,6 +14,7 @@ import yaml
 from deploy_tools import (
     DEPLOY,
     REPO,
+    CommandFailed,
     ensure_command,
     ensure_python_tool,
     monolith_commands_in_shell,
@@ -143,6 +144,15 @@ def test_every_command_line_parses_with_its_command(docker_compose: str) -> None
             parse_command_line(argv)
             parsed.add(argv[0])
     assert parsed == {"export-demo", "model-manager", "agent", "replica-manager", "proxy", "health"}
+
+
+def test_command_lines_are_parsed_as_the_command_parses_them_at_start() -> None:
+    """A model server or the proxy takes absl's syntax (`-flag`, `--noflag`, `--version`) as `monolith-serving`
+    does at start; the other commands keep plain argparse, so there such a spelling stays an error."""
+    args = parse_command_line(["proxy", "-port=8500", "--nocoalesce_predicts"])
+    assert (args.port, args.coalesce_predicts) == (8500, False)
+    with pytest.raises(CommandFailed, match="unrecognized arguments: -timeout_s=1"):
+        parse_command_line(["health", "--addr=localhost:1", "-timeout_s=1"])
 
 
 def test_the_image_healthcheck_parses_with_its_command() -> None:

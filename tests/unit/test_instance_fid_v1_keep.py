@@ -198,7 +198,13 @@ def test_random_inputs_carry_v1_fids_for_a_keep_spec(keep_spec: ServingSpec) -> 
         instance = proto_parser_pb2.Instance.FromString(blob)
         assert sorted(instance.fid) == sorted(fid for fids in example.sparse.values() for fid in fids)
     assert len(encode(keep_spec, "examples", examples)["examples"]) == 6
-    assert encode_tf_examples(examples)  # looked up as given: the v1 keys
+    # tf.Examples carry the v1 keys themselves (as int64), and the entry looks them up as given.
+    parsed = RequestParser(keep_spec).parse_examples(encode_tf_examples(examples))
+    names = [f.name for f in keep_spec.features]
+    for i, column in enumerate(parsed.sparse):
+        sent = [as_int64(fid) for e in examples for fid in e.sparse[names[i]]]
+        assert column.fids.tolist() == sent, names[i]
+    assert any(fid < 0 for column in parsed.sparse for fid in column.fids.tolist())  # slots from 512: bit 63
     with pytest.raises(InvalidArgumentError, match="'instance_fid_v1': 'keep'.*send instances or examples"):
         encode(keep_spec, "example_batch", examples)
 

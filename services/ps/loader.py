@@ -44,7 +44,7 @@ def load_version(version_path: Path, partition: int) -> TableSet:
     """
     layouts = read_table_layouts(version_path, partition)
     if layouts:
-        described = {name: "+".join(f"{s.codec}:{s.dim}" for s in layout.segments) if layout else "as dumped"
+        described = {name: "+".join(f"{s.codec.value}:{s.dim}" for s in layout.segments) if layout else "as dumped"
                      for name, layout in sorted(layouts.items())}  # fmt: skip
         logger.info("%s: serving codecs from %s: %s", version_path, SAVED_MODEL_FILE, described)
     assets = version_path / "assets"

@@ -20,6 +20,7 @@ All arithmetic is float32, as in Monolith's kernels. The one difference: a value
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,12 +28,18 @@ import numpy.typing as npt
 
 FloatMatrix = npt.NDArray[np.float32]
 
-FP32 = "fp32"
-FP16 = "fp16"
-FIXED_R8 = "fixed_r8"
-ONE_BIT = "one_bit"
-CODECS = (FP32, FP16, FIXED_R8, ONE_BIT)
-"""The FloatCompressorConfig oneof members, in field-number order (1..4)."""
+
+class Codec(str, enum.Enum):
+    """A FloatCompressorConfig oneof member; declared in field-number order (1..4)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    FIXED_R8 = "fixed_r8"
+    ONE_BIT = "one_bit"
+
+
+FP32, FP16, FIXED_R8, ONE_BIT = Codec.FP32, Codec.FP16, Codec.FIXED_R8, Codec.ONE_BIT
+CODECS = tuple(Codec)
 
 _R8_NEGATIVE_STEPS = 128
 _R8_POSITIVE_STEPS = 127
@@ -40,10 +47,10 @@ _R8_POSITIVE_STEPS = 127
 
 @dataclass(frozen=True)
 class Segment:
-    """One segment of a table's row: ``dim`` columns stored with ``codec`` (one of CODECS) and its parameters."""
+    """One segment of a table's row: ``dim`` columns stored with ``codec`` and its parameters."""
 
     dim: int
-    codec: str = FP32
+    codec: Codec = FP32
     r: float = 1.0
     amplitude: float = 0.1
     init_scale: float = 1.0

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.hash_table_dump import NATIVE_MULTI_DUMP_PREFIX, parse_table_resource_name
-from monolith_serving.ps.serving_codec import CODECS, FIXED_R8, ONE_BIT, Segment, ServingLayout
+from monolith_serving.ps.serving_codec import CODECS, FIXED_R8, ONE_BIT, Codec, Segment, ServingLayout
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _segment(data: bytes) -> Segment | None:
     comp = _first_bytes(data, 3)
     if comp is None:
         return None
-    codec = None
+    codec: Codec | None = None
     params = b""
     for field, wire, value in _fields(comp):
         if 1 <= field <= len(CODECS) and wire == 2:

@@ -7,6 +7,7 @@ import numpy as np
 from monolith_serving.client.inputs import encode_instances, random_examples
 from monolith_serving.core.fid_bits import FID_V1_SLOT_SHIFT
 from monolith_serving.core.serving_spec import (
+    DenseBackend,
     DenseSpec,
     FeatureSpec,
     LayerSpec,
@@ -24,7 +25,7 @@ def _spec(slots: tuple[int, ...]) -> ServingSpec:
         tables=(TableSpec("t", 4),),
         features=tuple(FeatureSpec(f"f{slot}", slot, "t", Pooling.SUM) for slot in slots),
         dense_inputs=(),
-        dense=DenseSpec(backend="numpy", layers=(LayerSpec("w.npy", "b.npy", "linear"),)),
+        dense=DenseSpec(backend=DenseBackend.NUMPY, layers=(LayerSpec("w.npy", "b.npy", "linear"),)),
     )
 
 

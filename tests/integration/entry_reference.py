@@ -1,7 +1,8 @@
 """A pure-numpy scorer that reads an export's files directly — the oracle of the entry tests.
 
-Deliberately independent of the server code: it parses TFRecord framing and EntryDump records itself,
-reads serving_spec.json as plain JSON and runs the MLP with its own loop.
+The scorer is deliberately independent of the server code: it parses TFRecord framing and EntryDump records
+itself, reads serving_spec.json as plain JSON and runs the MLP with its own loop. ``assert_entry_predicts_reference``
+puts a running entry to it over gRPC.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
-from monolith_serving.client.inputs import LogicalExample
+from monolith_serving.client.inputs import LogicalExample, encode_instances, predict_request, random_examples
+from monolith_serving.core.serving_spec import load_serving_spec
+from monolith_serving.core.tensor_codec import from_tensor_proto
 from monolith_serving.proto_gen.monolith.hash_table import entry_dump_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_service_pb2_grpc
 
 _DUMP = re.compile(r"^MonolithHashTable_(?P<table>.+)_(?P<k>\d+)-\d{5}-of-\d{5}$")
 U64 = (1 << 64) - 1
@@ -111,3 +116,16 @@ class ReferenceScorer:
             answer[head["name"]] = scores[:, start : start + head["width"]]
             start += head["width"]
         return answer
+
+
+def assert_entry_predicts_reference(address: str, export: Path, *, rows: int, seed: int, version: int = 1) -> None:
+    """One Predict on the entry at ``address`` of four random examples (drawn with ``seed``, fids among the ``rows``
+    that ``export`` holds): its "scores" equal the reference's scores of ``export``'s ``version``."""
+    spec = load_serving_spec(export / "entry" / str(version))
+    examples = random_examples(spec, 4, np.random.default_rng(seed), rows=rows)
+    request = predict_request("entry", {"instances": encode_instances(spec, examples)})
+    with grpc.insecure_channel(address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
+        response = stub.Predict(request, timeout=20)
+    scores = from_tensor_proto(response.outputs["scores"], "scores")
+    np.testing.assert_allclose(scores, ReferenceScorer(export, version).scores(examples), rtol=1e-5, atol=1e-6)

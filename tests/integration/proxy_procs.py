@@ -1,5 +1,5 @@
 """Process helpers of the proxy integration tests: fake entries, real PS shards and entries, and proxies on loopback
-ports."""
+ports; ``EntryBehindProxy`` puts them together over a demo export."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from procs import ServerProcess, free_port
+
+from monolith_serving.core.demo_export import DemoOptions, write_demo
+from monolith_serving.core.serving_spec import ServingSpec, load_serving_spec
 
 FAKE_ENTRY = Path(__file__).with_name("proxy_fake_entry.py")
 
@@ -120,3 +123,38 @@ class Proxy(ServerProcess):
             for sample in family.samples
             if sample.name == name
         ]
+
+
+class EntryBehindProxy:
+    """A demo model served whole: ``options``' export written, a ``ps`` per shard, a ``dense`` server of ``dense_0``
+    when ``options.dense_alone``, the entry over them and a proxy in front, each SERVING (logs under ``logs``).
+    ``stop()`` stops them in reverse order; a failed start stops those already started."""
+
+    def __init__(self, options: DemoOptions, logs: Path) -> None:
+        self.export = options.out
+        write_demo(options)
+        self.spec: ServingSpec = load_serving_spec(self.export / "entry" / str(options.version))
+        self.servers: list[ServerProcess] = []
+        try:
+            self.servers.extend(start_ps_shards(self.export, logs, options.num_ps))
+            ps = list(self.servers)
+            extra = []
+            if options.dense_alone:
+                port = free_port()
+                args = [f"--port={port}", "--model_name=dense_0", f"--model_base_path={self.export / 'dense_0'}"]
+                dense = ServerProcess("dense", args, port=port, log_path=logs / "dense.log")
+                self.servers.append(dense)  # before start(): one that never serves is stopped too
+                dense.start()
+                extra.append(f"--dense_targets={dense.address}")
+            self.entry = start_entry(self.export, ps, logs / "entry.log", extra)
+            self.servers.append(self.entry)
+            self.proxy = Proxy(logs, ["--entry_targets", self.entry.address, "--entry_models", "entry"])
+            self.servers.append(self.proxy)
+            self.proxy.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for server in reversed(self.servers):
+            server.stop()

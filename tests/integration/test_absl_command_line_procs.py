@@ -7,21 +7,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
 
-import grpc
-import numpy as np
 import pytest
 import tfs_command_lines as monolith
-from entry_reference import ReferenceScorer
+from entry_reference import assert_entry_predicts_reference
 from procs import ServerProcess, free_port
 
-from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
-from monolith_serving.core.serving_spec import load_serving_spec
-from monolith_serving.core.tensor_codec import from_tensor_proto
-from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_service_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -71,21 +66,10 @@ def test_servers_take_flagfiles_and_single_dash_flags(tmp_path: Path) -> None:
         log_path=tmp_path / "entry.log",
         env={"PORT2": str(free_port())},  # Monolith's agent port: unused with static PS targets
     )
-    started: list[ServerProcess] = []
-    try:
+    with ExitStack() as running:  # stops them in reverse order
         for proc in (*ps, entry):
-            started.append(proc.start())
-        spec = load_serving_spec(export / "entry" / "1")
-        examples = random_examples(spec, 4, np.random.default_rng(7), rows=ROWS)
-        request = predict_request("entry", {"instances": encode_instances(spec, examples)})
-        with grpc.insecure_channel(entry.address) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
-            response = stub.Predict(request, timeout=20)
-        scores = from_tensor_proto(response.outputs["scores"], "scores")
-        np.testing.assert_allclose(scores, ReferenceScorer(export, 1).scores(examples), rtol=1e-5, atol=1e-6)
-    finally:
-        for proc in reversed(started):
-            proc.stop()
+            running.enter_context(proc)
+        assert_entry_predicts_reference(entry.address, export, rows=ROWS, seed=7)
     for proc in (*ps, entry):
         # The files' tensorflow_model_server flags reached the parser: named in the one warning of unused ones.
         assert "tensorflow_model_server flags: --rest_api_port --platform_config_file" in proc.log_path.read_text()

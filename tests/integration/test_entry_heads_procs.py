@@ -18,12 +18,10 @@ import numpy as np
 import pytest
 from client_cli import run_client
 from entry_reference import ReferenceScorer
-from procs import ServerProcess, free_port
-from proxy_procs import Proxy, start_entry, start_ps_shards
+from proxy_procs import EntryBehindProxy
 
 from monolith_serving.client.inputs import LogicalExample, encode_instances, predict_request, random_examples
-from monolith_serving.core.demo_export import DemoOptions, write_demo
-from monolith_serving.core.serving_spec import load_serving_spec
+from monolith_serving.core.demo_export import DemoOptions
 from monolith_serving.core.tensor_codec import from_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
@@ -40,28 +38,11 @@ MAX_ROUNDS = 20  # until the proxy has merged something; one round nearly always
 FILTERS: tuple[tuple[str, ...], ...] = ((), ("ctr",), ("cvr",), ("cvr", "ctr"))
 
 
-class HeadsCluster:
+class HeadsCluster(EntryBehindProxy):
     def __init__(self, root: Path, *, dense_alone: bool = False) -> None:
-        self.export = root / "export"
-        write_demo(DemoOptions(out=self.export, num_ps=2, rows=ROWS, version=1, heads=HEADS, dense_alone=dense_alone))
-        self.spec = load_serving_spec(self.export / "entry" / "1")
+        options = DemoOptions(out=root / "export", num_ps=2, rows=ROWS, version=1, heads=HEADS, dense_alone=dense_alone)
+        super().__init__(options, root / "logs")
         self.reference = ReferenceScorer(self.export, 1)
-        logs = root / "logs"
-        self.servers: list[ServerProcess] = start_ps_shards(self.export, logs)
-        if dense_alone:
-            port = free_port()
-            args = [f"--port={port}", "--model_name=dense_0", f"--model_base_path={self.export / 'dense_0'}"]
-            self.servers.append(ServerProcess("dense", args, port=port, log_path=logs / "dense.log").start())
-        ps = self.servers[:2]
-        extra = [f"--dense_targets={self.servers[2].address}"] if dense_alone else []
-        self.entry = start_entry(self.export, ps, logs / "entry.log", extra)
-        self.servers.append(self.entry)
-        self.proxy = Proxy(logs, ["--entry_targets", self.entry.address, "--entry_models", "entry"]).start()
-        self.servers.append(self.proxy)
-
-    def stop(self) -> None:
-        for server in reversed(self.servers):
-            server.stop()
 
     def examples(self, batch: int, seed: int) -> list[LogicalExample]:
         return random_examples(self.spec, batch, np.random.default_rng(seed), rows=ROWS)

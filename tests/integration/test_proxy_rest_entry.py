@@ -17,12 +17,10 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from procs import ServerProcess
-from proxy_procs import Proxy, start_entry, start_ps_shards
+from proxy_procs import EntryBehindProxy
 
 from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
-from monolith_serving.core.demo_export import DemoOptions, write_demo
-from monolith_serving.core.serving_spec import ServingSpec, load_serving_spec
+from monolith_serving.core.demo_export import DemoOptions
 from monolith_serving.core.tensor_codec import from_tensor_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_service_pb2_grpc
 
@@ -31,21 +29,9 @@ pytestmark = pytest.mark.integration
 ROWS = 200
 
 
-class Cluster:
+class Cluster(EntryBehindProxy):
     def __init__(self, root: Path) -> None:
-        export = root / "export"
-        write_demo(DemoOptions(out=export, num_ps=2, rows=ROWS, version=1, seed=7))
-        self.spec: ServingSpec = load_serving_spec(export / "entry" / "1")
-        logs = root / "logs"
-        self.servers: list[ServerProcess] = start_ps_shards(export, logs)
-        self.entry = start_entry(export, self.servers, logs / "entry.log")
-        self.servers.append(self.entry)
-        self.proxy = Proxy(logs, ["--entry_targets", self.entry.address, "--entry_models", "entry"]).start()
-        self.servers.append(self.proxy)
-
-    def stop(self) -> None:
-        for server in reversed(self.servers):
-            server.stop()
+        super().__init__(DemoOptions(out=root / "export", num_ps=2, rows=ROWS, version=1, seed=7), root / "logs")
 
     def instances(self, batch: int, seed: int) -> list[bytes]:
         examples = random_examples(self.spec, batch, np.random.default_rng(seed), rows=ROWS)

@@ -4,20 +4,15 @@ logs one warning naming the flags it does not use, and the entry's Predict equal
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
-import grpc
-import numpy as np
 import pytest
 import tfs_command_lines as monolith
-from entry_reference import ReferenceScorer
+from entry_reference import assert_entry_predicts_reference
 from procs import ServerProcess, free_port
 
-from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
-from monolith_serving.core.serving_spec import load_serving_spec
-from monolith_serving.core.tensor_codec import from_tensor_proto
-from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_service_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -60,22 +55,10 @@ def test_servers_started_with_monoliths_command_lines_serve(tmp_path: Path) -> N
     targets = [arg for proc in ps for arg in ("--ps_targets", proc.address)]
     entry = _server("entry", tmp_path, "entry", monolith.v1_entry, [*targets, "--dense_targets", dense.address])
     unified = _server("unified", tmp_path, "unified", monolith.v3_unified, [])
-    started: list[ServerProcess] = []
-    try:
+    with ExitStack() as running:  # stops them in reverse order
         for proc in (*ps, dense, entry, unified):
-            started.append(proc.start())
-
-        spec = load_serving_spec(export / "entry" / "1")
-        examples = random_examples(spec, 4, np.random.default_rng(5), rows=ROWS)
-        request = predict_request("entry", {"instances": encode_instances(spec, examples)})
-        with grpc.insecure_channel(entry.address) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
-            response = stub.Predict(request, timeout=20)
-        scores = from_tensor_proto(response.outputs["scores"], "scores")
-        np.testing.assert_allclose(scores, ReferenceScorer(export, 1).scores(examples), rtol=1e-5, atol=1e-6)
-    finally:
-        for proc in reversed(started):
-            proc.stop()
+            running.enter_context(proc)
+        assert_entry_predicts_reference(entry.address, export, rows=ROWS, seed=5)
 
     for proc in (*ps, dense, entry, unified):
         assert "--platform_config_file" in _one_warning(proc)

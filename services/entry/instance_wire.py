@@ -200,6 +200,20 @@ def _find_name(buf: Any, start: int, length: int, names: Any, name_starts: Any) 
 
 
 @numba.njit  # type: ignore[misc,unused-ignore]
+def _append_fids(
+    buf: Any, pos: int, stop: int, row: int, target: int, out_fids: Any, out_features: Any, out_rows: Any, count: int
+) -> int:
+    """Appends the fixed64 fids of ``buf[pos:stop]`` (a checked run) to the outputs from ``count``; the new count."""
+    while pos < stop:
+        out_fids[count] = _fixed64(buf, pos)
+        out_features[count] = target
+        out_rows[count] = row
+        count += 1
+        pos += 8
+    return count
+
+
+@numba.njit  # type: ignore[misc,unused-ignore]
 def _feature_values(
     buf: Any,
     start: int,
@@ -236,25 +250,21 @@ def _feature_values(
             if error >= 0:
                 err[0], err[1], err[2] = MALFORMED, example, error
                 return -1, 0
-            wanted = (field == 2) == want_fids
-            while pos < stop:
-                if wanted:
-                    if want_fids:
-                        out_fids[count] = _fixed64(buf, pos)
-                        out_features[count] = target
-                        out_rows[count] = row
-                        count += 1
-                    else:
-                        if values < dim:
-                            scratch[0] = (
-                                np.uint32(buf[pos])
-                                | (np.uint32(buf[pos + 1]) << np.uint32(8))
-                                | (np.uint32(buf[pos + 2]) << np.uint32(16))
-                                | (np.uint32(buf[pos + 3]) << np.uint32(24))
-                            )
-                            dense_row[target + values] = as_float[0]
-                        values += 1
-                pos += width
+            if field == 2 and want_fids:
+                count = _append_fids(buf, pos, stop, row, target, out_fids, out_features, out_rows, count)
+            elif field == 3 and not want_fids:
+                while pos < stop:
+                    if values < dim:
+                        scratch[0] = (
+                            np.uint32(buf[pos])
+                            | (np.uint32(buf[pos + 1]) << np.uint32(8))
+                            | (np.uint32(buf[pos + 2]) << np.uint32(16))
+                            | (np.uint32(buf[pos + 3]) << np.uint32(24))
+                        )
+                        dense_row[target + values] = as_float[0]
+                    values += 1
+                    pos += 4
+            pos = stop  # a run's length is a multiple of its width (_run checks)
         else:
             if want_fids and field == 6 and wire_type == 2:
                 values += 1
@@ -309,12 +319,8 @@ def _fid_list_values(
                 if error >= 0:
                     err[0], err[1], err[2] = MALFORMED, example, error
                     return -1
-                while pos < stop:
-                    out_fids[count] = _fixed64(buf, pos)
-                    out_features[count] = target
-                    out_rows[count] = row
-                    count += 1
-                    pos += 8
+                count = _append_fids(buf, pos, stop, row, target, out_fids, out_features, out_rows, count)
+                pos = stop
             else:
                 pos, error = _skip(buf, pos, list_end, inner_type, inner_field)
                 if error >= 0:

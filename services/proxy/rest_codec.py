@@ -30,8 +30,8 @@ number, ~25% of parsing a body of integers, ~4% of floats), and stops with :clas
 
 Responses: row requests get ``{"predictions": ...}`` (a list per example; objects when there are several
 outputs), columnar ones ``{"outputs": ...}``, written as text so that numbers are spelled as TF Serving spells
-them (``_float_texts``). DT_STRING values are emitted as text when they are valid UTF-8 and the output name does
-not end in ``_bytes``, else as ``{"b64": ...}``. Model metadata prints every field without presence, as TF
+them (``_float_step_texts``). DT_STRING values are emitted as text when they are valid UTF-8 and the output name
+does not end in ``_bytes``, else as ``{"b64": ...}``. Model metadata prints every field without presence, as TF
 Serving's JSON printer does. The gateway writes a large answer on a thread too (``answer_size`` tells how large,
 without decoding it): every pass over its values goes in steps of ``_WRITE_STEP_ELEMENTS`` (formatting a float
 and reading it back costs ~1 us, so a pass holds the GIL ~1-2 ms), checking a :class:`DecodeCancel` before each.
@@ -45,7 +45,7 @@ import json
 import math
 import re
 import reprlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -515,10 +515,13 @@ def _writing_steps(count: int, cancel: DecodeCancel) -> Iterator[slice]:
         yield slice(start, start + _WRITE_STEP_ELEMENTS)
 
 
-def _float_texts(values: npt.NDArray[Any], cancel: DecodeCancel) -> list[str]:
+def _stepped_texts(
+    flat: npt.NDArray[Any], spell_step: Callable[[npt.NDArray[Any]], Iterable[str]], cancel: DecodeCancel
+) -> list[str]:
+    """The texts ``spell_step`` writes for ``flat``, given it in passes of ``_WRITE_STEP_ELEMENTS``."""
     texts: list[str] = []
-    for part in _writing_steps(len(values), cancel):
-        texts.extend(_float_step_texts(values[part]))
+    for part in _writing_steps(len(flat), cancel):
+        texts.extend(spell_step(flat[part]))
     return texts
 
 
@@ -529,7 +532,7 @@ def _float_step_texts(values: npt.NDArray[Any]) -> list[str]:
     So a DT_FLOAT 0.1 is ``0.1``, not the double nearest the float (``0.10000000149011612``)."""
     narrow = values.dtype != np.float64
     exact = values.astype(np.float32) if narrow else values  # DT_HALF is exact in float32
-    wide: list[float] = exact.astype(np.float64).tolist()
+    wide: list[float] = exact.tolist()  # Python floats: a float32 widens to the double of the same value
     texts = list(map(_SHORT_FLOAT.format, wide))
     with np.errstate(over="ignore", invalid="ignore"):
         # Read back through a double, as a client that parses JSON numbers as doubles does; for a float this
@@ -552,10 +555,7 @@ def _float_step_texts(values: npt.NDArray[Any]) -> list[str]:
 
 def _mapped_texts(flat: npt.NDArray[Any], spell: Callable[[Any], str], cancel: DecodeCancel) -> list[str]:
     """``list(map(spell, flat.tolist()))`` in passes of ``_WRITE_STEP_ELEMENTS``."""
-    texts: list[str] = []
-    for part in _writing_steps(len(flat), cancel):
-        texts.extend(map(spell, flat[part].tolist()))
-    return texts
+    return _stepped_texts(flat, lambda part: map(spell, part.tolist()), cancel)
 
 
 def _leaf_texts(array: npt.NDArray[Any], name: str, dtype: int, cancel: DecodeCancel) -> list[str]:
@@ -566,7 +566,7 @@ def _leaf_texts(array: npt.NDArray[Any], name: str, dtype: int, cancel: DecodeCa
         return _mapped_texts(flat, _b64_text if as_b64 else _string_text, cancel)
     kind = flat.dtype.kind
     if kind == "f":
-        return _float_texts(flat, cancel)
+        return _stepped_texts(flat, _float_step_texts, cancel)
     if kind == "b":
         return _mapped_texts(flat, _BOOL_TEXT.__getitem__, cancel)
     if kind in "iu":
@@ -613,7 +613,7 @@ def predict_response_text(
     """The JSON answer to a REST Predict, as TF Serving writes it: ``{"predictions": [...]}`` for a row request
     (a value per row; with several outputs, an object of them per row), ``{"outputs": ...}`` for a columnar one
     (the value; with several outputs, an object of them). Written as text, not through json.dumps, to spell
-    numbers as TF Serving does (``_float_texts``). Raises DecodeCancelled once ``cancel`` is set."""
+    numbers as TF Serving does (``_float_step_texts``). Raises DecodeCancelled once ``cancel`` is set."""
     cancel = cancel or DecodeCancel()
     names = sorted(response.outputs)
     if not names:

@@ -546,13 +546,16 @@ class RestGateway:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _take_body_bytes(self, call: _RestCall, size_bytes: int) -> None:
-        if call.held.take(size_bytes):
-            return
+        if not call.held.take(size_bytes):
+            raise self._budget_refusal(call.held.size_bytes + size_bytes)
+
+    def _budget_refusal(self, more_bytes: int, purpose: str = "") -> ResourceExhaustedError:
+        """The 429 of a request whose body or answer does not fit the byte budget now, counted as rejected."""
         self._core.count_rejected(BODY_BYTES_REASON)
         budget = self._budget
-        raise ResourceExhaustedError(
+        return ResourceExhaustedError(
             f"proxy overloaded: REST requests being decoded or answered hold {budget.in_use_bytes} of "
-            f"{budget.capacity_bytes} bytes, no room for {call.held.size_bytes + size_bytes} more"
+            f"{budget.capacity_bytes} bytes, no room for {more_bytes} more{purpose}"
         )
 
     async def _call_core(self, path: str, request: bytes, call: _RestCall) -> UpstreamReply:
@@ -563,9 +566,12 @@ class RestGateway:
         Predict's signature lookup) is internal, counted by nobody: the request is counted by its own core call,
         or by ``_dispatch`` if it ends first."""
         internal = method_name(path) != call.method
-        timeout_s = max(call.deadline - self._clock(), 0.0)
         ctx = CallContext(
-            request_id=call.request_id, timeout_s=timeout_s, protocol=PROTOCOL, admitted=True, internal=internal
+            request_id=call.request_id,
+            timeout_s=self._remaining_s(call),
+            protocol=PROTOCOL,
+            admitted=True,
+            internal=internal,
         )
         if internal:
             return await self._core.call(path, request, ctx)
@@ -580,7 +586,8 @@ class RestGateway:
         return await self._on_codec_thread(call, _CodecJob("decoding", f"the {body_bytes}-byte request body"), work)
 
     async def _on_codec_thread(self, call: _RestCall, job: _CodecJob, work: _CodecStep[T]) -> T:
-        """``work(cancel=...)`` on a codec thread (on the loop if the gateway has no pool: it is not started).
+        """``work(cancel=...)`` on a codec thread; the caller has seen the pool (``_offloads``,
+        ``_writes_off_loop``), and a pool dropped by stop() while the step waits for a slot is a 503.
 
         The codec keeps each C-level call short, so the thread lets the event loop run every few ms (the GIL's
         switch interval). A step first waits for one of ``decode_threads`` slots, so the pool's queue never holds
@@ -589,8 +596,6 @@ class RestGateway:
         check, a few ms later at most). So is a step whose handler is cancelled.
         """
         cancel = DecodeCancel()
-        if self._codec_pool is None:
-            return work(cancel=cancel)
         try:
             await within(self._codec_slots.acquire(), self._remaining_s(call))
         except TimeoutError:
@@ -687,16 +692,10 @@ class RestGateway:
         a refusal a retry can never pass would only invite clients to run it again. So an answer whose share
         exceeds the budget is written alone, once the budget is free. Refused (429) as a body is, when the bytes
         do not fit now."""
-        budget = self._budget
-        needed = min(size.budget_bytes, budget.capacity_bytes)
-        if call.held.grow_to(needed):
-            return
-        self._core.count_rejected(BODY_BYTES_REASON)
-        raise ResourceExhaustedError(
-            f"proxy overloaded: REST requests being decoded or answered hold {budget.in_use_bytes} of "
-            f"{budget.capacity_bytes} bytes, no room for {needed - call.held.size_bytes} more to write a "
-            f"{size.elements}-element answer"
-        )
+        needed = min(size.budget_bytes, self._budget.capacity_bytes)
+        if not call.held.grow_to(needed):
+            more = needed - call.held.size_bytes
+            raise self._budget_refusal(more, f" to write a {size.elements}-element answer")
 
     async def _signature_inputs(self, model: ModelRef, signature: str, call: _RestCall) -> dict[str, int] | None:
         key = (model.name, model.version, model.label, signature)

@@ -140,7 +140,7 @@ async def run_load(
     else:
         client_cpu_before = time.process_time()
         result = await run_profile(
-            target=target,
+            targets=[target],
             requests=requests,
             workers=in_flight,
             duration_s=duration_s,

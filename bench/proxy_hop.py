@@ -63,7 +63,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         )  # fmt: skip
                     before = cpu_seconds(list(pids.values()))
                     result = await run_profile(
-                        target=f"127.0.0.1:{proxy_port}",
+                        targets=[f"127.0.0.1:{proxy_port}"],
                         requests=requests,
                         workers=workers,
                         duration_s=args.duration_s,

@@ -74,8 +74,7 @@ async def wait_connected(channel: grpc.aio.Channel, target: str, timeout_s: floa
 
 async def run_profile(
     *,
-    target: str | None = None,
-    targets: Sequence[str] = (),
+    targets: Sequence[str],
     requests: Sequence[predict_pb2.PredictRequest],
     workers: int,
     duration_s: float,
@@ -85,12 +84,12 @@ async def run_profile(
 ) -> ProfileResult:
     """Runs the load; ``progress(elapsed_s, count, errors)`` is called about once a second.
 
-    The load goes to ``target``, or to each of ``targets`` in turn (give one of them). Waits up to ``timeout_s``
-    for a connection to every target first and raises UnavailableError naming one that cannot be reached by then.
-    Raises ValueError for no target or both, no requests or no workers."""
-    if (target is None) == (not targets):
-        raise ValueError(f"give target or targets, got {target!r} and {targets!r}")
-    addresses = (target,) if target is not None else tuple(targets)
+    The load goes to each of ``targets`` in turn. Waits up to ``timeout_s`` for a connection to every target first
+    and raises UnavailableError naming one that cannot be reached by then. Raises ValueError for no target, no
+    requests or no workers."""
+    if not targets:
+        raise ValueError("need at least one target")
+    addresses = tuple(targets)
     if not requests or workers < 1:
         raise ValueError(f"need at least one request and one worker, got {len(requests)} and {workers}")
     payloads = [r.SerializeToString() for r in requests]

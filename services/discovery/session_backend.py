@@ -96,11 +96,10 @@ class SessionBackend(Discovery, abc.ABC):
             find_own=lambda sent: self._unregistered_own_nodes(prefix, sent),
             release=self.unregister,
         )
-        self._ephemerals[path] = data
-        self._pending_deletes.discard(path)
         # A session lost right after the create took the node along, and the reconnect's reconcile may have run
-        # before the line above: writing once more puts it back at the same path (nothing to do when it is there).
-        await self._write_ephemeral(path)
+        # before it was registered: registering writes it once more, back at the same path (nothing to do when it
+        # is there).
+        await self.register_ephemeral(path, data)
         return path
 
     async def update_ephemeral(self, path: str, data: bytes) -> None:

@@ -191,9 +191,8 @@ class UnifiedServer:
         model, the server starts with the PS and dense parts and the poll retries the entry. Without a poll nothing
         would retry, so that too stops the start."""
         config = read_model_server_config(path)
-        models = self._parse(config)
         try:
-            await run_to_end(self._apply_all(models, _config_bytes(config)), "reload", self._changes)
+            await self.apply(config)
         except FailedPreconditionError as error:
             if self.config.model_config_file_poll_wait_s <= 0:
                 raise

@@ -110,11 +110,11 @@ class EmbeddingTable:
             return
         if self.dim == 0:
             self._take_dim(int(values.shape[1]))
-        if self.layout is not None:
-            values = self.layout.applied(values)
         keep = last_occurrences(fids)
         if len(keep) != len(fids):
             fids, values = fids[keep], values[keep]
+        if self.layout is not None:  # after dropping repeated fids: their rows need no coding
+            values = self.layout.applied(values)
         rows = self._index.lookup(fids)
         new = rows < 0
         if new.any():

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
+from monolith_serving.core.proto_read import WireFormatError, read_varint
 from monolith_serving.core.tfrecord import (
     FRAME_OVERHEAD,
     HEADER_SIZE,
@@ -384,25 +385,16 @@ def _arith_runs(positions: list[int]) -> list[_Run]:
     return runs
 
 
-def _varint_end(data: memoryview, pos: int) -> int | None:
-    """Index after the varint at ``pos``, or None if it is truncated or longer than 10 bytes."""
-    limit = min(len(data), pos + 10)
-    while pos < limit:
-        if not data[pos] & 0x80:
-            return pos + 1
-        pos += 1
-    return None
-
-
-def _varint_value(data: memoryview, start: int, end: int) -> int:
-    value = 0
-    for shift, byte in enumerate(data[start:end]):
-        value |= (byte & 0x7F) << (7 * shift)
-    return value
-
-
 def _scan_layout(data: memoryview) -> _Layout | None:
     """Describe the record's wire layout, or None if it needs the protobuf parser."""
+    try:
+        return _scan_wire(data)
+    except WireFormatError:
+        return None  # a truncated or over-long varint: the protobuf parser names the fault
+
+
+def _scan_wire(data: memoryview) -> _Layout | None:
+    """``_scan_layout``, raising WireFormatError on a truncated or over-long varint."""
     size = len(data)
     fixed: list[int] = []  # tag bytes and length prefixes: identical in every record of the layout
     varint_bytes: list[int] = []  # varint value bytes: only their continuation bits are structural
@@ -410,10 +402,7 @@ def _scan_layout(data: memoryview) -> _Layout | None:
     id_pos: int | None = None
     pos = 0
     while pos < size:
-        tag_end = _varint_end(data, pos)
-        if tag_end is None:
-            return None
-        tag = _varint_value(data, pos, tag_end)
+        tag, tag_end = read_varint(data, pos)
         fixed.extend(range(pos, tag_end))
         field, wire_type = tag >> 3, tag & 7
         pos = tag_end
@@ -422,9 +411,7 @@ def _scan_layout(data: memoryview) -> _Layout | None:
         if wire_type == 0:
             if field in (1, 2):
                 return None
-            end = _varint_end(data, pos)
-            if end is None:
-                return None
+            _, end = read_varint(data, pos)
             varint_bytes.extend(range(pos, end))
             pos = end
         elif wire_type == 1:
@@ -440,11 +427,8 @@ def _scan_layout(data: memoryview) -> _Layout | None:
                 floats.append(pos)
             pos += 4
         elif wire_type == 2:
-            end = _varint_end(data, pos)
-            if end is None:
-                return None
+            length, end = read_varint(data, pos)
             fixed.extend(range(pos, end))
-            length = _varint_value(data, pos, end)
             pos = end
             if field == 1 or pos + length > size or (field == 2 and length % 4):
                 return None

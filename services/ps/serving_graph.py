@@ -16,18 +16,26 @@ entry_type = 2 [default TRAINING]; }`` (SERVING = 2 in an export), ``Segment { c
 
 The TF containers: ``SavedModel.meta_graphs = 2``, ``MetaGraphDef.graph_def = 2``, ``GraphDef.node = 1``, ``NodeDef
 { name = 1; op = 2; input = 3; attr = 5 (map<string, AttrValue>) }``, ``AttrValue { s = 2; tensor = 8; }``,
-``TensorProto.string_val = 8``. Read with a minimal wire walker: only these fields are looked at.
+``TensorProto.string_val = 8``. Read with ``core.proto_read``: only these fields are looked at.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
 from collections.abc import Iterator
 from pathlib import Path
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.hash_table_dump import NATIVE_MULTI_DUMP_PREFIX, parse_table_resource_name
+from monolith_serving.core.proto_read import (
+    WireFormatError,
+    fields,
+    first_bytes,
+    last_float,
+    last_varint,
+    repeated_bytes,
+)
+from monolith_serving.core.proto_wire import LENGTH_DELIMITED
 from monolith_serving.ps.serving_codec import CODECS, FIXED_R8, ONE_BIT, Codec, Segment, ServingLayout
 
 logger = logging.getLogger(__name__)
@@ -37,110 +45,42 @@ _SERVING_ENTRY = 2  # EntryConfig.EntryType.SERVING
 _PER_TABLE_OP = "MonolithHashTable"
 _MULTI_TABLE_OP = "CreateMonolithMultiHashTable"
 
-_Field = tuple[int, int, int | bytes]
-
 
 class GraphFormatError(InvalidArgumentError):
-    """A saved_model.pb (or a config in it) that is not valid protobuf wire data."""
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise GraphFormatError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 70:
-            raise GraphFormatError("varint longer than 10 bytes")
-
-
-def _fields(data: bytes) -> Iterator[_Field]:
-    """``(field number, wire type, value)`` of each field of one message: an int for varints, bytes otherwise."""
-    pos, end = 0, len(data)
-    while pos < end:
-        key, pos = _varint(data, pos)
-        number, wire = key >> 3, key & 7
-        value: int | bytes
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 2:
-            size, pos = _varint(data, pos)
-            value, pos = data[pos : pos + size], pos + size
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, pos = data[pos : pos + size], pos + size
-        else:
-            raise GraphFormatError(f"wire type {wire} (groups are not used by these messages)")
-        if pos > end:
-            raise GraphFormatError("field runs past the end of its message")
-        yield number, wire, value
-
-
-def _bytes_of(data: bytes, number: int) -> Iterator[bytes]:
-    for field, wire, value in _fields(data):
-        if field == number and wire == 2:
-            assert isinstance(value, bytes)
-            yield value
-
-
-def _first_bytes(data: bytes, number: int) -> bytes | None:
-    return next(_bytes_of(data, number), None)
-
-
-def _float(data: bytes, number: int, default: float) -> float:
-    result = default
-    for field, wire, value in _fields(data):
-        if field == number and wire == 5:
-            assert isinstance(value, bytes)
-            result = struct.unpack("<f", value)[0]
-    return result
-
-
-def _int(data: bytes, number: int, default: int) -> int:
-    result = default
-    for field, wire, value in _fields(data):
-        if field == number and wire == 0:
-            assert isinstance(value, int)
-            result = value
-    return result
+    """A saved_model.pb whose configs are valid wire data but not a table config this reader can use."""
 
 
 def _segment(data: bytes) -> Segment | None:
     """A ``Segment`` with its serving codec, or None when it names none (Monolith then has no serving form)."""
-    dim = _int(data, 7, 0)
+    dim = last_varint(data, 7, 0)
     if dim >= 1 << 63:
         dim -= 1 << 64  # a negative int32 travels sign-extended; refused by the caller like any dim outside int32
-    comp = _first_bytes(data, 3)
+    comp = first_bytes(data, 3)
     if comp is None:
         return None
     codec: Codec | None = None
     params = b""
-    for field, wire, value in _fields(comp):
-        if 1 <= field <= len(CODECS) and wire == 2:
+    for field, wire, value in fields(comp):
+        if 1 <= field <= len(CODECS) and wire == LENGTH_DELIMITED:
             assert isinstance(value, bytes)
             codec, params = CODECS[field - 1], value  # a oneof: the last one set wins
     if codec is None:
         return None
     if codec == FIXED_R8:
-        return Segment(dim, codec, r=_float(params, 2, 1.0))
+        return Segment(dim, codec, r=last_float(params, 2, 1.0))
     if codec == ONE_BIT:
-        return Segment(dim, codec, init_scale=_float(params, 3, 1.0), amplitude=_float(params, 5, 0.1))
+        return Segment(dim, codec, init_scale=last_float(params, 3, 1.0), amplitude=last_float(params, 5, 0.1))
     return Segment(dim, codec)
 
 
 def table_layout(config: bytes) -> ServingLayout | None:
     """The serving layout an ``EmbeddingHashTableConfig`` describes; None unless it is a SERVING entry whose every
     segment names a codec (a training entry, which an export never holds, keeps rows as they are)."""
-    entry = _first_bytes(config, 1)
-    if entry is None or _int(entry, 2, 1) != _SERVING_ENTRY:
+    entry = first_bytes(config, 1)
+    if entry is None or last_varint(entry, 2, 1) != _SERVING_ENTRY:
         return None
     segments = []
-    for data in _bytes_of(entry, 1):
+    for data in repeated_bytes(entry, 1):
         segment = _segment(data)
         if segment is None:
             return None
@@ -155,8 +95,8 @@ class _Node:
         self.name = self.op = ""
         self.inputs: list[str] = []
         self.attrs: dict[str, bytes] = {}
-        for field, wire, value in _fields(data):
-            if wire != 2:
+        for field, wire, value in fields(data):
+            if wire != LENGTH_DELIMITED:
                 continue
             assert isinstance(value, bytes)
             if field == 1:
@@ -166,30 +106,30 @@ class _Node:
             elif field == 3:
                 self.inputs.append(value.decode("utf-8", "replace"))
             elif field == 5:
-                key, attr = _first_bytes(value, 1), _first_bytes(value, 2)
+                key, attr = first_bytes(value, 1), first_bytes(value, 2)
                 if key is not None:
                     self.attrs[key.decode("utf-8", "replace")] = attr or b""
 
     def attr_string(self, name: str) -> bytes | None:
         attr = self.attrs.get(name)
-        return None if attr is None else _first_bytes(attr, 2)
+        return None if attr is None else first_bytes(attr, 2)
 
 
 def _nodes(saved_model: bytes) -> Iterator[_Node]:
-    for meta_graph in _bytes_of(saved_model, 2):
-        for graph in _bytes_of(meta_graph, 2):
-            for node in _bytes_of(graph, 1):
+    for meta_graph in repeated_bytes(saved_model, 2):
+        for graph in repeated_bytes(meta_graph, 2):
+            for node in repeated_bytes(graph, 1):
                 yield _Node(node)
 
 
 def _const_string(node: _Node) -> bytes | None:
-    tensor = _first_bytes(node.attrs.get("value", b""), 8)
-    return None if tensor is None else _first_bytes(tensor, 8)
+    tensor = first_bytes(node.attrs.get("value", b""), 8)
+    return None if tensor is None else first_bytes(tensor, 8)
 
 
 def _multi_table_layouts(config: bytes) -> dict[str, ServingLayout | None]:
-    names = [n.decode("utf-8", "replace") for n in _bytes_of(config, 1)]
-    configs = list(_bytes_of(config, 2))
+    names = [n.decode("utf-8", "replace") for n in repeated_bytes(config, 1)]
+    configs = list(repeated_bytes(config, 2))
     if len(names) != len(configs):
         raise GraphFormatError(f"multi-hash-table config: {len(names)} names but {len(configs)} configs")
     return {name: table_layout(c) for name, c in zip(names, configs, strict=True)}
@@ -197,7 +137,8 @@ def _multi_table_layouts(config: bytes) -> dict[str, ServingLayout | None]:
 
 def graph_table_layouts(saved_model: bytes, partition: int) -> dict[str, ServingLayout | None]:
     """``{table: layout}`` for every hash table of PS ``partition`` the SavedModel creates (tables named as in the
-    dump files; None: the graph names no serving codec for it). Raises GraphFormatError on malformed wire data."""
+    dump files; None: the graph names no serving codec for it). Raises WireFormatError on malformed wire data,
+    GraphFormatError on a config it cannot use."""
     nodes = list(_nodes(saved_model))
     by_name = {node.name: node for node in nodes}
     layouts: dict[str, ServingLayout | None] = {}
@@ -227,7 +168,7 @@ def read_table_layouts(version_path: Path, partition: int) -> dict[str, ServingL
         return None
     try:
         layouts = graph_table_layouts(path.read_bytes(), partition)
-    except GraphFormatError as error:
+    except (WireFormatError, GraphFormatError) as error:
         raise InvalidArgumentError(f"{str(path)!r}: not a readable SavedModel: {error}") from None
     if not layouts:
         logger.warning("%s creates no hash table of partition %d: serving the dumps' rows as they are", path, partition)

@@ -24,6 +24,7 @@ from monolith_serving.client.settings import Settings
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import channel_options
 from monolith_serving.core.tensor_codec import from_tensor_proto
+from monolith_serving.core.tls_channel import aio_channel
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -176,6 +177,7 @@ async def _profile(settings: Settings, inputs: CallInputs) -> None:
 
     result = await run_profile(
         targets=settings.targets,
+        tls=settings.tls,
         requests=inputs.requests,
         workers=settings.workers,
         duration_s=settings.duration_s,
@@ -198,6 +200,6 @@ async def call(settings: Settings, inputs: CallInputs) -> None:
         await _profile(settings, inputs)
         return
     # As tfs_client: one call goes to the first of several targets.
-    async with grpc.aio.insecure_channel(settings.targets[0], options=channel_options()) as channel:
+    async with aio_channel(settings.targets[0], settings.tls, channel_options()) as channel:
         handlers = {"predict": _predict, "status": _status, "meta": _meta, "load": _load}
         await handlers[settings.action](settings, channel, inputs)

@@ -14,6 +14,7 @@ from monolith_serving.client.inputs import DEFAULT_SIGNATURE, MAX_ROWS
 from monolith_serving.client.settings import DEFAULT_MODEL, DEFAULT_TARGET, INPUT_KIND_OF_TYPE
 from monolith_serving.client.tfs_client_files import FILE_TYPES
 from monolith_serving.core.cli_flags import add_flag
+from monolith_serving.core.tls_channel import add_tls_dial_flags
 
 ACTIONS = ("predict", "status", "meta", "load", "profile")
 # tfs_client's --cmd_type values (its flag is shared with Monolith's agent client); every one but status, meta,
@@ -75,6 +76,7 @@ def _add_call_flags(parser: argparse.ArgumentParser) -> None:
     output_help = "text, json or tfs_client (protobuf text format) (default: text; tfs_client's spelling tfs_client)"
     add_flag(parser, "--output", choices=OUTPUTS, default=None, help=output_help)
     add_flag(parser, "--json", dest="output", action="store_const", const="json", help="same as --output json")
+    add_tls_dial_flags(parser, "ssl", server="the target")
 
 
 def _add_input_flags(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import UnavailableError
 from monolith_serving.core.grpc_server import channel_options
+from monolith_serving.core.tls_channel import ChannelTls, aio_channel
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
@@ -76,13 +77,15 @@ async def run_profile(
     *,
     targets: Sequence[str],
     requests: Sequence[predict_pb2.PredictRequest],
+    tls: ChannelTls | None = None,
     workers: int,
     duration_s: float,
     timeout_s: float = 5.0,
     warmup_s: float = 0.0,
     progress: Callable[[float, int, int], None] | None = None,
 ) -> ProfileResult:
-    """Runs the load; ``progress(elapsed_s, count, errors)`` is called about once a second.
+    """Runs the load; ``progress(elapsed_s, count, errors)`` is called about once a second. ``tls``: dial the targets
+    over TLS (None: plaintext).
 
     The load goes to each of ``targets`` in turn. Waits up to ``timeout_s`` for a connection to every target first
     and raises UnavailableError naming one that cannot be reached by then. Raises ValueError for no target, no
@@ -95,8 +98,7 @@ async def run_profile(
     payloads = [r.SerializeToString() for r in requests]
     async with contextlib.AsyncExitStack() as stack:
         channels = [
-            await stack.enter_async_context(grpc.aio.insecure_channel(address, options=channel_options()))
-            for address in addresses
+            await stack.enter_async_context(aio_channel(address, tls, channel_options())) for address in addresses
         ]
         # Send pre-serialized bytes so the client's own protobuf work stays out of the measurement.
         calls = [

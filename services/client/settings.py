@@ -18,6 +18,7 @@ from monolith_serving.client.tfs_client_files import RecordHeader
 from monolith_serving.core.agent_conf import DeployType, load_agent_config, resolve_environment
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.serving_spec import DENSE_SUB_MODEL
+from monolith_serving.core.tls_channel import ChannelTls, tls_dial_from_args
 
 DEFAULT_MODEL = "entry"
 DEFAULT_TARGET = "localhost:8500"
@@ -109,6 +110,7 @@ class Settings:
 
     action: str  # predict, status, meta, load or profile
     targets: tuple[str, ...]
+    tls: ChannelTls | None  # --ssl_*: dial the targets over TLS; None: plaintext
     model: str  # the model to call: --model, else --conf's, else entry
     model_given: bool  # --model was given: a request file's own model must then agree
     signature_name: str | None  # --signature_name; None: a request file keeps its own, others send the default
@@ -225,6 +227,7 @@ def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> 
     return Settings(
         action=action,
         targets=targets,
+        tls=tls_dial_from_args(args, "ssl"),
         model=model,
         model_given=args.model is not None,
         signature_name=args.signature_name,

@@ -301,10 +301,15 @@ def _parse_float(text: str) -> float:
 
 
 def _refuse_tls_config(text: str) -> str:
-    """Empty (no TLS, what Monolith's agent passes unless told otherwise) is fine. A file is refused: our servers
-    speak plaintext gRPC only, and starting anyway would silently serve plaintext where TLS was asked for."""
+    """Empty (no TLS, what Monolith's agent passes unless told otherwise) is fine. A file is refused by the servers
+    that do not declare the flag themselves (ps, dense): entries dial them in plaintext, so they serve plaintext
+    only, and starting anyway would silently serve plaintext where TLS was asked for."""
     if text.strip():
-        raise ValueError(f"TLS is not supported by this server; refusing to serve plaintext instead of {text!r}")
+        raise ValueError(
+            f"TLS is not supported by this server: entries dial PS and dense servers in plaintext, so they serve "
+            f"plaintext gRPC only (TLS is for the servers clients reach: entry, unified, proxy); refusing to serve "
+            f"plaintext where TLS was asked for ({text!r})"
+        )
     return text
 
 
@@ -397,11 +402,16 @@ def add_tfs_compat_flags(parser: argparse.ArgumentParser, *, honoured: Collectio
     if unknown:
         raise ValueError(f"not in TFS_COMPAT_FLAGS: {sorted(unknown)}")
     unused = [name for name in TFS_COMPAT_FLAGS if name not in honoured]
+    tls_note = (
+        " (--ssl_config_file must be empty: entries dial this server in plaintext)"
+        if "ssl_config_file" in unused
+        else ""
+    )
     group = parser.add_argument_group(
         "tensorflow_model_server flags without effect here",
-        "Accepted so tensorflow_model_server command lines (Monolith's agent's) work unchanged; values are "
-        "checked (--ssl_config_file must be empty: no TLS here), and the flags given are named in one warning at "
-        "start: " + " ".join(f"--{name}" for name in unused),
+        f"Accepted so tensorflow_model_server command lines (Monolith's agent's) work unchanged; values are "
+        f"checked{tls_note}, and the flags given are named in one warning at start: "
+        + " ".join(f"--{name}" for name in unused),
     )
     for name in unused:
         kind = TFS_COMPAT_FLAGS[name]

@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from monolith_serving.core.grpc_errors import ErrorMappingInterceptor
 from monolith_serving.core.metrics import GrpcServerMetrics
+from monolith_serving.core.tls_config import ServerTls
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class GrpcServerOptions:
     reflection_services: Sequence[str] = field(default_factory=tuple)
     # tensorflow_model_server's --grpc_channel_arguments: gRPC core server arguments, over our own defaults.
     channel_arguments: ChannelArguments = ()
+    # --ssl_config_file: the port serves TLS only (None: plaintext only).
+    tls: ServerTls | None = None
 
 
 @dataclass
@@ -91,7 +94,8 @@ def build_server(
     *,
     registry: CollectorRegistry | None = None,
 ) -> GrpcServer:
-    """Creates the server, registers servicers, health and reflection, and binds the port.
+    """Creates the server, registers servicers, health and reflection, and binds the port (TLS when
+    ``options.tls``, logged in one line).
 
     Health starts NOT_SERVING; the service flips it once it can answer. ``registry``: where the server's own
     metrics (``core.metrics``) go; the service's /metrics registry.
@@ -116,9 +120,15 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = [*options.reflection_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(f"{options.host}:{options.port}")
+    address = f"{options.host}:{options.port}"
+    if options.tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, options.tls.server_credentials())
     if port == 0:
-        raise UnavailableError(f"cannot bind gRPC port {options.host}:{options.port}")
+        raise UnavailableError(f"cannot bind gRPC port {address}")
+    if options.tls is not None:
+        logger.info("gRPC port %s:%d serves %s", options.host, port, options.tls.describe())
     return GrpcServer(server=server, port=port, health=health)
 
 

@@ -45,6 +45,7 @@ from monolith_serving.core.grpc_server import (
 )
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.serving_spec import load_serving_spec
+from monolith_serving.core.tls_config import ServerTls, add_ssl_config_flag, server_tls_from_flag
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.model import EntryModel, EntryModelConfig
 from monolith_serving.entry.ps_client import (
@@ -83,6 +84,7 @@ class EntryServerConfig:
     host: str = "0.0.0.0"
     metrics_port: int = 0
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
+    tls: ServerTls | None = None  # --ssl_config_file; PS and dense replicas are dialed in plaintext all the same
     fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     coalesce: CoalesceConfig = field(default_factory=CoalesceConfig)
     coalesce_requests: RequestCoalescing = field(default_factory=RequestCoalescing)
@@ -201,6 +203,7 @@ class EntryServer:
                     "tensorflow.serving.ModelService",
                 ),
                 channel_arguments=self.config.grpc_channel_arguments,
+                tls=self.config.tls,
             ),
             [
                 lambda s: prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predict, s),  # type: ignore[no-untyped-call]
@@ -411,7 +414,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="control-loop period: version scan and PS status poll (default %(default)s; 0 or less: the default)",
     )
     add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown (default %(default)s)")
-    add_tfs_compat_flags(parser, honoured=FETCH_PS_TFS_FLAGS)
+    add_ssl_config_flag(parser)
+    add_tfs_compat_flags(parser, honoured=(*FETCH_PS_TFS_FLAGS, "ssl_config_file"))
 
 
 def control_period_from_flag(seconds: float) -> float:
@@ -489,6 +493,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         host=args.host,
         metrics_port=args.metrics_port,
         grpc_channel_arguments=args.grpc_channel_arguments,
+        tls=server_tls_from_flag(args.ssl_config_file),
         fetch_ps_retry=args.fetch_ps_retry,
         coalesce=coalesce_config_from_args(args),
         coalesce_requests=request_coalescing_from_args(args),

@@ -14,6 +14,8 @@ from monolith_serving.core.agent_conf import AgentConfig, DiscoveryKind, load_ag
 from monolith_serving.core.cli_flags import TFS_GRPC_PORT
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import ChannelArguments
+from monolith_serving.core.tls_channel import ChannelTls, tls_dial_from_args
+from monolith_serving.core.tls_config import ServerTls, server_tls_from_flag
 from monolith_serving.discovery.config import Backend, DiscoveryConfig
 from monolith_serving.proxy.core import CoreConfig
 from monolith_serving.proxy.endpoints import parse_targets
@@ -46,6 +48,8 @@ class ProxyConfig:
     rest: RestConfig | None = None  # None: no REST API (TF Serving's --rest_api_port 0)
     metrics_port: int = 0  # 0: not served
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
+    tls: ServerTls | None = None  # --ssl_config_file: the gRPC port serves TLS (REST stays plain HTTP)
+    entry_tls: ChannelTls | None = None  # --entry_ssl_*: calls and probes to entries over TLS
     core: CoreConfig = field(default_factory=CoreConfig)
     outlier: OutlierPolicy = field(default_factory=OutlierPolicy)
     source: StaticSourceConfig | DiscoverySourceConfig
@@ -132,6 +136,8 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyC
         rest=rest,
         metrics_port=args.metrics_port,
         grpc_channel_arguments=args.grpc_channel_arguments,
+        tls=server_tls_from_flag(args.ssl_config_file),
+        entry_tls=tls_dial_from_args(args, "entry_ssl"),
         core=CoreConfig(
             max_in_flight=args.max_in_flight,
             admin_token=token,

@@ -21,6 +21,8 @@ from monolith_serving.core.cli_flags import (
 )
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import run_async_main
+from monolith_serving.core.tls_channel import add_tls_dial_flags
+from monolith_serving.core.tls_config import add_ssl_config_flag
 from monolith_serving.proxy.config import ProxyConfig, config_from_args
 from monolith_serving.proxy.predict_coalesce import PredictCoalescing
 from monolith_serving.proxy.rest_gateway import RestConfig
@@ -72,6 +74,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--agent_version", type=int, choices=(1, 3), help="registry layout (default: agent.conf or 1)")
     add_flag(parser, "--entry_targets", help="static entry replicas host:port[,host:port...] (implies static)")
     add_flag(parser, "--entry_models", help="static: model names the targets serve (default: any name)")
+    add_ssl_config_flag(parser)
+    add_tls_dial_flags(parser, "entry_ssl", server="the entry replicas")
     add_flag(parser, "--max_in_flight", type=int, default=1024, help="beyond this, RESOURCE_EXHAUSTED at once")
     add_flag(parser, "--admin_token", help="allow HandleReloadConfigRequest to callers presenting this token")
     add_flag(parser, "--admin_token_file", help="read the admin token from this file (keeps it out of ps)")

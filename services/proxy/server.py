@@ -61,7 +61,7 @@ class ProxyServer:
         self._config = config
         self.metrics = ProxyMetrics()
         self._source = source or build_source(config.source, self.metrics)
-        self._pool = UpstreamPool()
+        self._pool = UpstreamPool(tls=config.entry_tls)
         self.core = ProxyCore(
             source=self._source,
             router=Router(config.outlier),
@@ -102,6 +102,7 @@ class ProxyServer:
                 host=self._config.host,
                 reflection_services=(PREDICTION_SERVICE, MODEL_SERVICE),
                 channel_arguments=self._config.grpc_channel_arguments,
+                tls=self._config.tls,
             ),
             [servicer.add_to_server],
             registry=self.metrics.registry,
@@ -116,10 +117,11 @@ class ProxyServer:
         for service in (PREDICTION_SERVICE, MODEL_SERVICE):
             await self._grpc.set_serving(True, service)
         log.info(
-            "proxy serving gRPC on %s:%d%s",
+            "proxy serving gRPC on %s:%d%s; entries dialed in %s",
             self._config.host,
             self._grpc.port,
             f", REST on {self._rest.port}" if self._rest else "",
+            "plaintext" if self._config.entry_tls is None else "TLS",
         )
 
     async def stop(self) -> None:

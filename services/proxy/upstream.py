@@ -1,4 +1,5 @@
-"""Channels to entry replicas: one grpc.aio channel per address, reused, carrying raw bytes.
+"""Channels to entry replicas: one grpc.aio channel per address, reused, carrying raw bytes; TLS when the proxy
+is given ``--entry_ssl_*`` flags (calls and readmission probes share the channel, so both use it).
 
 Requests and responses are never decoded here: the multicallables have no serializers, so the bytes the
 client sent go out unchanged and the entry's response bytes come back unchanged.
@@ -19,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from monolith_serving.core.cancellation import cancelled_by_caller
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import FAST_RECONNECT_OPTIONS, channel_options
+from monolith_serving.core.tls_channel import ChannelTls, aio_channel
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,9 @@ class UpstreamPool:
         max_message_bytes: int | None = None,
         keepalive_time_ms: int = KEEPALIVE_TIME_MS,
         keepalive_timeout_ms: int = KEEPALIVE_TIMEOUT_MS,
+        tls: ChannelTls | None = None,
     ) -> None:
+        self._tls = tls
         self._options = channel_options() if max_message_bytes is None else channel_options(max_message_bytes)
         self._options.extend(
             [
@@ -95,7 +99,7 @@ class UpstreamPool:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=self._options)
+            channel = self._channels[address] = aio_channel(address, self._tls, self._options)
         return channel
 
     def _callable(self, address: str, method: str) -> grpc.aio.UnaryUnaryMultiCallable:

@@ -22,6 +22,7 @@ from monolith_serving.core.cli_flags import (
 )
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_command
+from monolith_serving.core.tls_config import add_ssl_config_flag, server_tls_from_flag
 from monolith_serving.entry.main import (
     FETCH_PS_TFS_FLAGS,
     add_coalesce_flags,
@@ -78,8 +79,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="fids per request (PS and entry)",
     )
     add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown")
+    add_ssl_config_flag(parser)
     add_tfs_compat_flags(
-        parser, honoured=("num_load_threads", "model_config_file_poll_wait_seconds", *FETCH_PS_TFS_FLAGS)
+        parser,
+        honoured=("num_load_threads", "model_config_file_poll_wait_seconds", "ssl_config_file", *FETCH_PS_TFS_FLAGS),
     )
 
 
@@ -96,6 +99,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Unifi
         host=args.host,
         metrics_port=args.metrics_port,
         grpc_channel_arguments=args.grpc_channel_arguments,
+        tls=server_tls_from_flag(args.ssl_config_file),
         model_config_file=args.model_config_file,
         model_config_file_poll_wait_s=args.model_config_file_poll_wait_seconds,
         file_system_poll_wait_s=args.file_system_poll_wait_seconds,

@@ -34,6 +34,7 @@ from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.model_config_list import check_reload
 from monolith_serving.core.model_health import HostedModel, ModelHealth
 from monolith_serving.core.run_to_end import run_to_end
+from monolith_serving.core.tls_config import ServerTls
 from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig, dense_models_from_proto
 from monolith_serving.dense.server import DenseServer
 from monolith_serving.entry.main import control_period_from_flag
@@ -86,6 +87,9 @@ class UnifiedConfig:
     host: str = "0.0.0.0"
     metrics_port: int = 0
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
+    # --ssl_config_file. Entries dial PS and dense sub_graphs in plaintext, and the agent its container: with TLS
+    # this container serves clients only (its entry core's own PS calls are plaintext too).
+    tls: ServerTls | None = None
     model_config_file: Path | None = None  # applied at start; later configs come by reload or the file poll
     model_config_file_poll_wait_s: float = 0.0  # re-read model_config_file this often (0: never)
     file_system_poll_wait_s: float = 1.0
@@ -275,8 +279,15 @@ class UnifiedServer:
             host=self.config.host,
             reflection_services=(_PREDICTION_SERVICE, _MODEL_SERVICE),
             channel_arguments=self.config.grpc_channel_arguments,
+            tls=self.config.tls,
         )
         self._grpc = build_server(options, [add_prediction, add_model], registry=self.registry)
+        if self.config.tls is not None:
+            log.warning(
+                "TLS on the gRPC port: entries (this container's own too) dial PS and dense sub_graphs in "
+                "plaintext, and an agent dials its container in plaintext, so host entry sub_graphs only here and "
+                "take models from --model_config_file"
+            )
         await self._grpc.start()
         if self.config.metrics_port:
             self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.registry, host=self.config.host)

@@ -182,7 +182,6 @@ SERVERS = [ps_main, dense_main, entry_main, unified_main]
         (["--archon_rpc_psm="], "--archon_rpc_psm"),
         (["--load_retry_interval_micros=-1"], "--load_retry_interval_micros"),
         (["--platform-config-file", "/x/platform.cfg"], "--platform_config_file"),
-        (["--ssl_config_file="], "--ssl_config_file"),  # no TLS asked for
         (["--monitoring_config_file=/x/monitoring.cfg"], "--monitoring_config_file"),
         (["--rest_api_num_threads=8", "--rest_api_timeout_in_ms=30000"], "--rest_api_num_threads"),
     ],
@@ -200,7 +199,6 @@ def test_value_forms_of_unused_flags(module: ModuleType, argv: list[str], flag: 
         ("--per_process_gpu_memory_fraction=half", "--per_process_gpu_memory_fraction", "not a number"),
         ("--archon_port=70000", "--archon_port", "not a port number"),
         ("--rest_api_port=-1", "--rest_api_port", "not a port number"),
-        ("--ssl_config_file=/etc/tls.cfg", "--ssl_config_file", "TLS is not supported"),
     ],
 )
 def test_a_bad_value_is_a_usage_error_naming_the_flag(
@@ -211,6 +209,30 @@ def test_a_bad_value_is_a_usage_error_naming_the_flag(
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert f"argument {flag}" in error and message in error
+
+
+@pytest.mark.parametrize("module", [ps_main, dense_main], ids=["ps", "dense"])
+def test_ps_and_dense_refuse_an_ssl_config_file_saying_why(
+    module: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Entries dial them in plaintext: serving TLS would cut them off, serving plaintext would ignore the flag."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse(module, ["--ssl_config_file=/etc/tls.cfg"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --ssl_config_file/--ssl-config-file: TLS is not supported by this server" in error
+    assert "entries dial PS and dense servers in plaintext" in error and "'/etc/tls.cfg'" in error
+    assert "--ssl_config_file must be empty" in parser_of(module).format_help()
+    assert "--ssl_config_file" in unused_tfs_flags(parse(module, ["--ssl_config_file="]))  # no TLS asked for
+
+
+@pytest.mark.parametrize("module", [entry_main, unified_main], ids=["entry", "unified"])
+def test_entry_and_unified_take_an_ssl_config_file_themselves(module: ModuleType) -> None:
+    """Declared by the server (read when its config is made), so neither refused nor named as unused."""
+    args = parse(module, ["--ssl-config-file=/etc/tls.cfg"])
+    assert args.ssl_config_file == "/etc/tls.cfg" and "--ssl_config_file" not in unused_tfs_flags(args)
+    assert parse(module, ["--ssl_config_file="]).ssl_config_file == ""  # no TLS asked for, as Monolith passes it
+    assert "--ssl_config_file must be empty" not in parser_of(module).format_help()
 
 
 @pytest.mark.parametrize("module", [entry_main, unified_main], ids=["entry", "unified"])

@@ -1,0 +1,93 @@
+"""Checks of PEM texts (keys and certificates) before gRPC is handed them.
+
+gRPC takes PEM as opaque bytes and reports a bad key, or a key that is not the certificate's, only as "Failed to
+bind" on the server's port, or as handshakes that fail later; these checks name what is wrong at start instead. They
+parse with Python's ``ssl`` (OpenSSL), never prompting: an encrypted key is refused (gRPC cannot decrypt one).
+Every check raises ValueError with a reason the caller prefixes with the flag and field it came from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import ssl
+from collections.abc import Iterator
+
+# A block's label is repeated in its END line; text around blocks (openssl's "Bag Attributes", comments) is allowed.
+_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
+CERTIFICATE = "CERTIFICATE"
+
+
+def pem_labels(text: str) -> list[str]:
+    """The labels of the PEM blocks in ``text`` (``CERTIFICATE``, ``PRIVATE KEY``, ...), in order."""
+    return [match.group(1) for match in _BLOCK.finditer(text)]
+
+
+def _no_block_reason(text: str) -> str:
+    stripped = text.strip()
+    if "\n" not in stripped and (stripped.startswith(("/", "./", "~")) or stripped.endswith((".pem", ".crt", ".key"))):
+        return f"holds no PEM block but {stripped!r}, which looks like a file name: it takes the PEM text itself"
+    return "holds no PEM block (-----BEGIN ...----- to -----END ...-----)"
+
+
+def check_private_key_pem(text: str) -> None:
+    """One unencrypted private key block (PKCS#8 ``PRIVATE KEY``, ``RSA PRIVATE KEY``, ``EC PRIVATE KEY``)."""
+    labels = pem_labels(text)
+    if not labels:
+        raise ValueError(_no_block_reason(text))
+    if len(labels) != 1:
+        raise ValueError(f"holds {len(labels)} PEM blocks ({', '.join(labels)}); one private key expected")
+    (label,) = labels
+    if label == "ENCRYPTED PRIVATE KEY" or "Proc-Type: 4,ENCRYPTED" in text:
+        raise ValueError("holds an encrypted private key, which gRPC cannot use: decrypt it first")
+    if not label.endswith("PRIVATE KEY"):
+        raise ValueError(f"holds a {label} block, not a private key")
+
+
+def check_certificates_pem(text: str) -> None:
+    """One or more ``CERTIFICATE`` blocks, each an X.509 certificate OpenSSL can read."""
+    labels = pem_labels(text)
+    if not labels:
+        raise ValueError(_no_block_reason(text))
+    others = sorted({label for label in labels if label != CERTIFICATE})
+    if others:
+        raise ValueError(f"holds {', '.join(others)} blocks; only CERTIFICATE blocks belong here")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except ssl.SSLError as error:
+        raise ValueError(f"holds a certificate that cannot be read ({error.reason or error})") from None
+
+
+@contextlib.contextmanager
+def _memory_file(name: str, data: bytes) -> Iterator[str]:
+    """A path to ``data`` that never touches a disk: ``ssl`` reads keys from paths only, and this is a private key."""
+    descriptor = os.memfd_create(name)
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(descriptor, data[written:])
+        yield f"/proc/self/fd/{descriptor}"
+    finally:
+        os.close(descriptor)
+
+
+def _no_password() -> bytes:
+    # A key that wants a password is refused by check_private_key_pem; this only keeps OpenSSL from prompting.
+    return b""
+
+
+def check_key_pair(private_key: str, certificate_chain: str) -> None:
+    """``private_key`` is readable and is the key of the first certificate of ``certificate_chain`` (both checked by
+    the functions above first)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with (
+        _memory_file("certificate", certificate_chain.encode()) as cert_path,
+        _memory_file("key", private_key.encode()) as key_path,
+    ):
+        try:
+            context.load_cert_chain(cert_path, key_path, password=_no_password)
+        except ssl.SSLError as error:
+            if error.reason == "KEY_VALUES_MISMATCH":
+                raise ValueError("is not the private key of the certificate") from None
+            raise ValueError(f"holds a private key that cannot be read ({error.reason or error})") from None

@@ -1,8 +1,8 @@
 """A pure-numpy scorer that reads an export's files directly — the oracle of the entry tests.
 
 The scorer is deliberately independent of the server code: it parses TFRecord framing and EntryDump records
-itself, reads serving_spec.json as plain JSON and runs the MLP with its own loop. ``assert_entry_predicts_reference``
-puts a running entry to it over gRPC.
+itself, reads serving_spec.json as plain JSON and runs the MLP with its own loop. ``assert_predict_matches_reference``
+puts a running entry to it over gRPC; ``assert_entry_predicts_reference`` does so with random examples.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import struct
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,8 @@ from monolith_serving.client.inputs import LogicalExample, encode_instances, pre
 from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.core.tensor_codec import from_tensor_proto
 from monolith_serving.proto_gen.monolith.hash_table import entry_dump_pb2
-from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_service_pb2_grpc
+from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 _DUMP = re.compile(r"^MonolithHashTable_(?P<table>.+)_(?P<k>\d+)-\d{5}-of-\d{5}$")
 U64 = (1 << 64) - 1
@@ -118,14 +121,84 @@ class ReferenceScorer:
         return answer
 
 
-def assert_entry_predicts_reference(address: str, export: Path, *, rows: int, seed: int, version: int = 1) -> None:
-    """One Predict on the entry at ``address`` of four random examples (drawn with ``seed``, fids among the ``rows``
-    that ``export`` holds): its "scores" equal the reference's scores of ``export``'s ``version``."""
-    spec = load_serving_spec(export / "entry" / str(version))
-    examples = random_examples(spec, 4, np.random.default_rng(seed), rows=rows)
-    request = predict_request("entry", {"instances": encode_instances(spec, examples)})
+def assert_outputs_match(
+    response: predict_pb2.PredictResponse,
+    expected: Mapping[str, np.ndarray],
+    output_filter: Sequence[str] = (),
+    label: str = "",
+) -> None:
+    """``response`` has exactly the outputs of ``expected`` (a ``ReferenceScorer.outputs``), or those
+    ``output_filter`` names when it names any, each DT_FLOAT and equal to it within rtol 1e-5, atol 1e-6.
+    ``label`` names the case in a failure."""
+    names = list(output_filter) or list(expected)
+    assert sorted(response.outputs) == sorted(names), label
+    for name in names:
+        tensor = response.outputs[name]
+        assert tensor.dtype == types_pb2.DT_FLOAT, f"{label} {name}"
+        np.testing.assert_allclose(
+            from_tensor_proto(tensor, name), expected[name], rtol=1e-5, atol=1e-6, err_msg=f"{label} {name}"
+        )
+
+
+def assert_predict_matches_reference(
+    address: str,
+    export: Path,
+    examples: list[LogicalExample],
+    *,
+    version: int = 1,
+    model_name: str = "entry",
+    inputs: Mapping[str, list[bytes]] | None = None,
+    output_filter: Sequence[str] = (),
+    retry_unavailable_s: float = 0.0,
+    label: str = "",
+) -> tuple[predict_pb2.PredictResponse, dict[str, str]]:
+    """One Predict of ``examples`` on the model ``model_name`` at ``address``, sent as ``inputs`` (their Instances
+    when None) with ``output_filter``: it answers from ``version`` and its outputs match the reference's of
+    ``export``'s ``version`` as ``assert_outputs_match`` checks. UNAVAILABLE is retried for ``retry_unavailable_s``
+    (while a cluster's views settle). ``label`` names the case in a failure. Returns the response and its trailing
+    metadata."""
+    if inputs is None:
+        inputs = {"instances": encode_instances(load_serving_spec(export / "entry" / str(version)), examples)}
+    request = predict_request(model_name, dict(inputs))
+    request.output_filter.extend(output_filter)
+    deadline = time.monotonic() + retry_unavailable_s
     with grpc.insecure_channel(address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
-        response = stub.Predict(request, timeout=20)
-    scores = from_tensor_proto(response.outputs["scores"], "scores")
-    np.testing.assert_allclose(scores, ReferenceScorer(export, version).scores(examples), rtol=1e-5, atol=1e-6)
+        while True:
+            try:
+                response, call = stub.Predict.with_call(request, timeout=20)
+                break
+            except grpc.RpcError as error:
+                if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    assert response.model_spec.version.value == version, label
+    assert_outputs_match(response, ReferenceScorer(export, version).outputs(examples), output_filter, label)
+    return response, dict(call.trailing_metadata() or ())
+
+
+def assert_entry_predicts_reference(
+    address: str,
+    export: Path,
+    *,
+    rows: int,
+    seed: int,
+    version: int = 1,
+    batch: int = 4,
+    model_name: str = "entry",
+    output_filter: Sequence[str] = (),
+    retry_unavailable_s: float = 0.0,
+) -> tuple[predict_pb2.PredictResponse, dict[str, str]]:
+    """``assert_predict_matches_reference`` of ``batch`` random examples, drawn with ``seed``, their fids among the
+    ``rows`` that ``export`` holds."""
+    spec = load_serving_spec(export / "entry" / str(version))
+    examples = random_examples(spec, batch, np.random.default_rng(seed), rows=rows)
+    return assert_predict_matches_reference(
+        address,
+        export,
+        examples,
+        version=version,
+        model_name=model_name,
+        output_filter=output_filter,
+        retry_unavailable_s=retry_unavailable_s,
+    )

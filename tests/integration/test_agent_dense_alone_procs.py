@@ -4,23 +4,19 @@ entry pools and calls the dense server, and the scores equal the pure-numpy refe
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from agent_procs import AgentProcess, children, replica_stats, wait_for
-from entry_reference import ReferenceScorer
+from entry_reference import ReferenceScorer, assert_predict_matches_reference
 from kazoo.client import KazooClient
 from procs import free_port
 from zk_harness import ZooKeeperServer
 
-from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
+from monolith_serving.client.inputs import random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import load_serving_spec
-from monolith_serving.core.tensor_codec import from_tensor_proto
-from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_service_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -54,24 +50,11 @@ def test_mixed_agent_with_dense_alone_serves_through_the_dense_server(
 
         spec = load_serving_spec(alone / "entry" / "1")
         examples = random_examples(spec, 8, np.random.default_rng(3), rows=ROWS)
-        request = predict_request("entry", {"instances": encode_instances(spec, examples)})
-        deadline = time.monotonic() + 15
-        with grpc.insecure_channel(f"127.0.0.1:{ports['PORT3']}") as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            while True:
-                try:
-                    response = stub.Predict(request, timeout=20)
-                    break
-                except grpc.RpcError as error:
-                    if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-        scores = from_tensor_proto(response.outputs["scores"], "scores")
-        reference = ReferenceScorer(alone, 1).scores(examples)
         # Moving the MLP to dense_0 changes no number: the reference of the plain export is identical.
-        np.testing.assert_array_equal(reference, ReferenceScorer(plain, 1).scores(examples))
-        np.testing.assert_allclose(scores, reference, rtol=1e-5, atol=1e-6)
-        assert response.model_spec.version.value == 1
+        np.testing.assert_array_equal(
+            ReferenceScorer(alone, 1).scores(examples), ReferenceScorer(plain, 1).scores(examples)
+        )
+        assert_predict_matches_reference(f"127.0.0.1:{ports['PORT3']}", alone, examples, retry_unavailable_s=15)
 
         agent.signal(signal.SIGTERM)
         wait_for("nodes removed", lambda: not any(children(zk, f"{root}/{t}") for t in children(zk, root)), 20, 0.05)

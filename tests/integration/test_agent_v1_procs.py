@@ -9,20 +9,14 @@ import time
 import urllib.request
 from pathlib import Path
 
-import grpc
-import numpy as np
 import pytest
 from agent_procs import AgentProcess, children, pid_alive, port_answers, replica_stats, v1_agent_conf, wait_for
-from entry_reference import ReferenceScorer
+from entry_reference import assert_entry_predicts_reference
 from kazoo.client import KazooClient
 from procs import free_port
 from zk_harness import ZooKeeperServer
 
-from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
-from monolith_serving.core.serving_spec import load_serving_spec
-from monolith_serving.core.tensor_codec import from_tensor_proto
-from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_service_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -37,28 +31,9 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def assert_predicts(export: Path, port: int, model_name: str = "entry", retry_s: float = 10.0) -> None:
-    """Predict matches the reference scorer; UNAVAILABLE is retried for ``retry_s`` (views settle)."""
-    spec = load_serving_spec(export / "entry" / "1")
-    examples = random_examples(spec, 8, np.random.default_rng(3), rows=ROWS)
-    request = predict_request(model_name, {"instances": encode_instances(spec, examples)})
-    deadline = time.monotonic() + retry_s
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        while True:
-            try:
-                response = stub.Predict(request, timeout=20)
-                break
-            except grpc.RpcError as error:
-                if error.code() is not grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-    np.testing.assert_allclose(
-        from_tensor_proto(response.outputs["scores"], "scores"),
-        ReferenceScorer(export, 1).scores(examples),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+def assert_predicts(export: Path, port: int) -> None:
+    """Predict matches the reference scorer; UNAVAILABLE is retried for 10 s (views settle)."""
+    assert_entry_predicts_reference(f"127.0.0.1:{port}", export, rows=ROWS, seed=3, batch=8, retry_unavailable_s=10)
 
 
 def test_mixed_agent_serves_restarts_and_deregisters_first(

@@ -12,14 +12,14 @@ import grpc
 import numpy as np
 import pytest
 from agent_procs import AgentProcess, children, wait_for
-from entry_reference import ReferenceScorer
+from entry_reference import assert_predict_matches_reference
 from kazoo.client import KazooClient
 from procs import MODEL_SERVER_HEALTH_SERVICES, ServerProcess, free_port
-from test_agent_v3_procs import CLUSTER, _try_predict, ctl
+from test_agent_v3_procs import CLUSTER, ctl
 from zk_harness import ZooKeeperServer
 
 from monolith_serving.client.health import check_health
-from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
+from monolith_serving.client.inputs import LogicalExample, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.core.tensor_codec import from_tensor_proto
@@ -27,8 +27,6 @@ from monolith_serving.proto_gen.monolith.agent_service import agent_service_pb2,
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_status_pb2,
     model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
 )
 
 pytestmark = pytest.mark.integration
@@ -64,11 +62,11 @@ def health(address: str) -> set[str]:
     return {check_health(address, service=s, timeout_s=5.0).status for s in MODEL_SERVER_HEALTH_SERVICES}
 
 
-def predict_scores(address: str, request: predict_pb2.PredictRequest) -> np.ndarray:
-    with grpc.insecure_channel(address) as channel:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response = wait_for("Predict", lambda: _try_predict(stub, request), 30, 0.2)
-    assert isinstance(response, predict_pb2.PredictResponse)
+def predict_scores(address: str, export: Path, examples: list[LogicalExample], model_name: str) -> np.ndarray:
+    """The scores of ``examples`` from ``model_name`` at ``address``, once they match the reference."""
+    response, _ = assert_predict_matches_reference(
+        address, export, examples, model_name=model_name, retry_unavailable_s=30
+    )
     return from_tensor_proto(response.outputs["scores"], "scores")
 
 
@@ -81,7 +79,7 @@ def unified_agent(tmp_path: Path, zk_server: ZooKeeperServer, name: str, layout:
     return AgentProcess(tmp_path, name, body, ports, "--drain_s=0.5")
 
 
-def separate_processes_scores(export: Path, logs: Path, unified_request: predict_pb2.PredictRequest) -> np.ndarray:
+def separate_processes_scores(export: Path, logs: Path, examples: list[LogicalExample]) -> np.ndarray:
     """The same export served by ``ps`` x2, ``dense`` and ``entry`` processes wired with static targets."""
     ps_ports, dense_port, entry_port = [free_port(), free_port()], free_port(), free_port()
     argv: dict[str, tuple[str, int, list[str]]] = {
@@ -99,10 +97,7 @@ def separate_processes_scores(export: Path, logs: Path, unified_request: predict
     try:
         for process in processes:
             process.start()  # in order: the entry is SERVING once its PS shards and dense_0 serve its version
-        request = predict_pb2.PredictRequest()
-        request.CopyFrom(unified_request)
-        request.model_spec.name = "entry"
-        return predict_scores(processes[-1].address, request)
+        return predict_scores(processes[-1].address, export, examples, "entry")
     finally:
         for process in reversed(processes):
             process.stop()
@@ -145,11 +140,8 @@ def test_a_dense_alone_model_served_unified_scores_as_separate_entry_ps_and_dens
         info = json.loads(ctl(zk_server, BZID, "bzid-info").stdout)
         assert info["container_info"][CLUSTER][ctx[0]]["saved_models"] == ["demo:dense_0", "demo:ps_0", "demo:ps_1"]
 
-        spec = load_serving_spec(export / "entry" / "1")
-        examples = random_examples(spec, 8, np.random.default_rng(13), rows=ROWS)
-        request = predict_request("demo:entry", {"instances": encode_instances(spec, examples)})
-        unified_scores = predict_scores(front, request)
-        np.testing.assert_allclose(unified_scores, ReferenceScorer(export, 1).scores(examples), rtol=1e-5, atol=1e-6)
+        examples = random_examples(load_serving_spec(export / "entry" / "1"), 8, np.random.default_rng(13), rows=ROWS)
+        unified_scores = predict_scores(front, export, examples, "demo:entry")
         # Health follows the models within a poll interval.
         wait_for("the back container SERVING", lambda: health(back) == {"SERVING"}, 10)
         wait_for("the front container SERVING", lambda: health(front) == {"SERVING"}, 10)
@@ -162,5 +154,5 @@ def test_a_dense_alone_model_served_unified_scores_as_separate_entry_ps_and_dens
         for agent in agents:
             agent.stop()
 
-    separate = separate_processes_scores(export, tmp_path / "separate", request)
+    separate = separate_processes_scores(export, tmp_path / "separate", examples)
     np.testing.assert_array_equal(unified_scores, separate)

@@ -5,22 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 from agent_procs import AgentProcess, children, wait_for
-from entry_reference import ReferenceScorer
+from entry_reference import assert_entry_predicts_reference
 from kazoo.client import KazooClient
 from procs import ServerProcess, free_port
 from zk_harness import ZooKeeperServer
 
-from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
+from monolith_serving.client.inputs import predict_request
 from monolith_serving.core.demo_export import DemoOptions, write_demo
-from monolith_serving.core.serving_spec import load_serving_spec
-from monolith_serving.core.tensor_codec import from_tensor_proto
 from monolith_serving.proto_gen.monolith.agent_service import agent_service_pb2, agent_service_pb2_grpc
 from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_service_pb2_grpc
 
@@ -164,18 +160,9 @@ def test_two_filtered_containers_split_a_model_and_an_entry_finds_all_shards(
             f"--port={entry_port}", "--model_name=demo:entry", f"--model_base_path={export / 'entry'}",
             f"--agent_address=127.0.0.1:{agent_port}", "--num_ps=4",
         ]  # fmt: skip
-        with ServerProcess("entry", entry_args, port=entry_port, log_path=tmp_path / "entry.log"):
-            spec = load_serving_spec(export / "entry" / "1")
-            examples = random_examples(spec, 6, np.random.default_rng(5), rows=ROWS)
-            request = predict_request("demo:entry", {"instances": encode_instances(spec, examples)})
-            with grpc.insecure_channel(f"127.0.0.1:{entry_port}") as channel:
-                stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-                response = wait_for("Predict", lambda: _try_predict(stub, request), 30, 0.2)
-            np.testing.assert_allclose(
-                from_tensor_proto(response.outputs["scores"], "scores"),
-                ReferenceScorer(export, 1).scores(examples),
-                rtol=1e-5,
-                atol=1e-6,
+        with ServerProcess("entry", entry_args, port=entry_port, log_path=tmp_path / "entry.log") as entry:
+            assert_entry_predicts_reference(
+                entry.address, export, rows=ROWS, seed=5, batch=6, model_name="demo:entry", retry_unavailable_s=30
             )
 
         # Unpublishing a shard removes its binding (the model is unloaded from its container).
@@ -191,16 +178,6 @@ def test_two_filtered_containers_split_a_model_and_an_entry_finds_all_shards(
     finally:
         for agent in agents:
             agent.stop()
-
-
-def _try_predict(stub: prediction_service_pb2_grpc.PredictionServiceStub, request: object) -> object | None:
-    try:
-        return stub.Predict(request, timeout=20)
-    except grpc.RpcError as error:
-        if error.code() is grpc.StatusCode.UNAVAILABLE:
-            time.sleep(0.1)
-            return None
-        raise
 
 
 def _unified_agent(
@@ -236,17 +213,8 @@ def test_a_unified_container_serves_the_entry_over_the_ps_of_two_others(
         want = sorted([*(f"ps_{i}:{CLUSTER}:{ctx[i % 2]}" for i in range(4)), f"entry:{CLUSTER}:{ctx[2]}"])
         wait_for("4 PS bindings and the entry's", lambda: children(zk, "/uni3/binding/demo") == want, 120)
 
-        spec = load_serving_spec(export / "entry" / "1")
-        examples = random_examples(spec, 6, np.random.default_rng(7), rows=ROWS)
-        request = predict_request("demo:entry", {"instances": encode_instances(spec, examples)})
-        with grpc.insecure_channel(addr[2]) as channel:
-            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-            response = wait_for("Predict", lambda: _try_predict(stub, request), 30, 0.2)
-        np.testing.assert_allclose(
-            from_tensor_proto(response.outputs["scores"], "scores"),
-            ReferenceScorer(export, 1).scores(examples),
-            rtol=1e-5,
-            atol=1e-6,
+        assert_entry_predicts_reference(
+            addr[2], export, rows=ROWS, seed=7, batch=6, model_name="demo:entry", retry_unavailable_s=30
         )
         # The front container hosts no PS: it names the model it does not serve.
         with grpc.insecure_channel(addr[2]) as channel:

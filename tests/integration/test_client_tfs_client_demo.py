@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from client_cli import run_client
-from entry_reference import ReferenceScorer
+from entry_reference import ReferenceScorer, assert_outputs_match
 from google.protobuf import text_format
 from procs import OutputLines, free_port
 from proxy_procs import FakeEntry
@@ -27,7 +27,6 @@ from proxy_procs import FakeEntry
 from monolith_serving.client.inputs import LogicalExample, encode_example_batch, encode_instances, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import ServingSpec, load_serving_spec
-from monolith_serving.core.tensor_codec import from_tensor_proto
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2, line_id_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2, predict_pb2
 
@@ -90,11 +89,10 @@ def monolith_example_batch(spec: ServingSpec, examples: list[LogicalExample]) ->
     return batch
 
 
-def scores_printed(done: subprocess.CompletedProcess[str]) -> np.ndarray:
-    """The scores of a PredictResponse printed as tfs_client prints it (protobuf text format)."""
+def response_printed(done: subprocess.CompletedProcess[str]) -> predict_pb2.PredictResponse:
+    """A PredictResponse printed as tfs_client prints it (protobuf text format)."""
     assert done.returncode == 0, done.stderr
-    response = text_format.Parse(done.stdout, predict_pb2.PredictResponse())
-    return from_tensor_proto(response.outputs["scores"], "scores")
+    return text_format.Parse(done.stdout, predict_pb2.PredictResponse())
 
 
 SORT_ID = struct.pack("<Q", 3) + b"sid"
@@ -126,8 +124,7 @@ def test_every_tfs_client_input_file_scores_like_the_reference(
     else:
         path.write_bytes(framed([batch.SerializeToString()], LAGRANGEX))
     done = run_tfs_client(f"--target={demo.address}", "--cmd_type=get", f"--input_file={path}", *flags)
-    expected = ReferenceScorer(demo.export, 1).scores(examples)
-    np.testing.assert_allclose(scores_printed(done), expected, rtol=1e-5, atol=1e-6)
+    assert_outputs_match(response_printed(done), ReferenceScorer(demo.export, 1).outputs(examples))
 
 
 def test_conf_finds_the_entry_and_status_and_meta_print_their_responses(demo: Demo, tmp_path: Path) -> None:

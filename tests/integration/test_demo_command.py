@@ -10,16 +10,11 @@ import sys
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
-from entry_reference import ReferenceScorer
+from entry_reference import assert_entry_predicts_reference
 from procs import OutputLines, free_port
 
-from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
-from monolith_serving.core.serving_spec import load_serving_spec
-from monolith_serving.core.tensor_codec import from_tensor_proto
-from monolith_serving.proto_gen.tensorflow_serving.apis import prediction_service_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +31,7 @@ def test_demo_serves_the_reference_scores_and_stops_its_children(tmp_path: Path,
     try:
         line = OutputLines(process).wait_for("entry serving model", timeout_s=90)
         assert ("dense server on port" in line) is dense_alone, line
-        spec = load_serving_spec(export / "entry" / "1")
-        examples = random_examples(spec, 8, np.random.default_rng(5), rows=ROWS)
-        request = predict_request("entry", {"instances": encode_instances(spec, examples)})
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=20)
-        scores = from_tensor_proto(response.outputs["scores"], "scores")
-        np.testing.assert_allclose(scores, ReferenceScorer(export, 1).scores(examples), rtol=1e-5, atol=1e-6)
+        assert_entry_predicts_reference(f"127.0.0.1:{port}", export, rows=ROWS, seed=5, batch=8)
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
     finally:

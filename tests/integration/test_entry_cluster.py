@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from entry_reference import ReferenceScorer
+from entry_reference import ReferenceScorer, assert_predict_matches_reference
 from google.protobuf import text_format
 from procs import ServerProcess, free_port
 
@@ -133,9 +133,7 @@ def make_examples(spec: ServingSpec, batch: int, seed: int) -> list[LogicalExamp
 
 def test_scores_match_the_reference_for_every_input_kind(cluster: Cluster) -> None:
     spec = load_serving_spec(cluster.export / "entry" / "1")
-    reference = ReferenceScorer(cluster.export, 1)
     examples = make_examples(spec, 12, seed=1)
-    expected = reference.scores(examples)
     named = {"user_hist", "item_recent"}
     requests = {
         "instances (v1 fids)": {"instances": encode_instances(spec, examples)},
@@ -145,15 +143,14 @@ def test_scores_match_the_reference_for_every_input_kind(cluster: Cluster) -> No
         "examples (tf.Example)": {"examples": encode_tf_examples(examples)},
     }
     for label, inputs in requests.items():
-        response, trailing = cluster.predict(predict_request("entry", inputs))
-        np.testing.assert_allclose(scores(response), expected, rtol=1e-5, atol=1e-6, err_msg=label)
-        assert response.model_spec.version.value == 1
+        _, trailing = assert_predict_matches_reference(
+            cluster.entry.address, cluster.export, examples, inputs=inputs, label=label
+        )
         assert trailing[PS_VERSIONS_KEY] == "ps_0=1,ps_1=1"
 
 
 def test_shared_example_batch_lists(cluster: Cluster) -> None:
     spec = load_serving_spec(cluster.export / "entry" / "1")
-    reference = ReferenceScorer(cluster.export, 1)
     examples = make_examples(spec, 6, seed=2)
     shared = {"user_id", "user_hist", "user_recent", "ctx"}
     # A SHARED list carries one value for the batch: make every example hold the first one's.
@@ -165,9 +162,8 @@ def test_shared_example_batch_lists(cluster: Cluster) -> None:
         )
         for e in examples
     ]
-    blob = encode_example_batch(spec, examples, shared=shared)
-    response, _ = cluster.predict(predict_request("entry", {"example_batch": [blob]}))
-    np.testing.assert_allclose(scores(response), reference.scores(examples), rtol=1e-5, atol=1e-6)
+    inputs = {"example_batch": [encode_example_batch(spec, examples, shared=shared)]}
+    assert_predict_matches_reference(cluster.entry.address, cluster.export, examples, inputs=inputs)
 
 
 def _bad_requests(spec: ServingSpec) -> list[tuple[str, predict_pb2.PredictRequest, grpc.StatusCode, str]]:
@@ -307,14 +303,11 @@ def test_ps_failover_and_all_replicas_down(tmp_path: Path) -> None:
     export, spec = export_demo(tmp_path / "export")
     running = Cluster(export, tmp_path / "logs", replicas=(2, 1))
     try:
-        reference = ReferenceScorer(export, 1)
         examples = make_examples(spec, 8, seed=6)
         request = predict_request("entry", {"instances": encode_instances(spec, examples)})
-        expected = reference.scores(examples)
         running.ps[0][0].stop()  # one of shard 0's two replicas dies
         for _ in range(20):
-            response, _ = running.predict(request)
-            np.testing.assert_allclose(scores(response), expected, rtol=1e-5, atol=1e-6)
+            assert_predict_matches_reference(running.entry.address, export, examples)
 
         # Shard 1's only replica hangs: UNAVAILABLE once fetch_ps_timeout_ms (300 ms) passes, no hang.
         hung = running.ps[1][0].process
@@ -335,8 +328,7 @@ def test_ps_failover_and_all_replicas_down(tmp_path: Path) -> None:
             assert time.monotonic() - started < 2.0
         finally:
             os.kill(hung.pid, signal.SIGCONT)
-        response, _ = running.predict(request)
-        np.testing.assert_allclose(scores(response), expected, rtol=1e-5, atol=1e-6)
+        assert_predict_matches_reference(running.entry.address, export, examples)
 
         running.ps[1][0].stop()  # shard 1 has no replica left: UNAVAILABLE quickly
         started = time.monotonic()
@@ -360,15 +352,12 @@ def test_entry_version_waits_for_every_ps_shard(tmp_path: Path) -> None:
     try:
         examples = make_examples(spec, 5, seed=7)
         request = predict_request("entry", {"instances": encode_instances(spec, examples)})
-        v1_scores = ReferenceScorer(export, 1).scores(examples)
 
         def check_v1(wait_s: float) -> None:
             deadline = time.monotonic() + wait_s
             while time.monotonic() < deadline:
-                response, trailing = running.predict(request)
-                assert response.model_spec.version.value == 1
+                _, trailing = assert_predict_matches_reference(running.entry.address, export, examples, version=1)
                 assert trailing[PS_VERSIONS_KEY] == "ps_0=1,ps_1=1"
-                np.testing.assert_allclose(scores(response), v1_scores, rtol=1e-5, atol=1e-6)
                 time.sleep(0.1)
 
         _move_in(scratch, export, "entry", 2)
@@ -396,8 +385,9 @@ def test_entry_version_waits_for_every_ps_shard(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, "entry never switched to version 2"
             time.sleep(0.1)
-        v2_scores = ReferenceScorer(export, 2).scores(examples)
-        np.testing.assert_allclose(scores(response), v2_scores, rtol=1e-5, atol=1e-6)
-        assert not np.allclose(v1_scores, v2_scores)
+        _, trailing = assert_predict_matches_reference(running.entry.address, export, examples, version=2)
+        assert trailing[PS_VERSIONS_KEY] == "ps_0=2,ps_1=2"
+        # The versions score differently, so the check above tells them apart.
+        assert not np.allclose(ReferenceScorer(export, 1).scores(examples), ReferenceScorer(export, 2).scores(examples))
     finally:
         running.stop()

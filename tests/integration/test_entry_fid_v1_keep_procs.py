@@ -11,14 +11,13 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from entry_reference import ReferenceScorer
-from test_entry_cluster import Cluster, scores
+from entry_reference import ReferenceScorer, assert_predict_matches_reference
+from test_entry_cluster import Cluster
 
 from monolith_serving.client.inputs import (
     LogicalExample,
     encode_instances,
     encode_tf_examples,
-    predict_request,
     random_examples,
 )
 from monolith_serving.core.demo_export import DemoOptions, write_demo
@@ -64,5 +63,4 @@ def test_v1_keyed_tables_score_like_the_reference(cluster: Cluster) -> None:
         "examples (tf.Example)": {"examples": encode_tf_examples(examples)},
     }
     for label, inputs in requests.items():
-        response, _ = cluster.predict(predict_request("entry", inputs))
-        np.testing.assert_allclose(scores(response), expected, rtol=1e-5, atol=1e-6, err_msg=label)
+        assert_predict_matches_reference(cluster.entry.address, cluster.export, examples, inputs=inputs, label=label)

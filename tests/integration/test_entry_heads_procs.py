@@ -17,12 +17,11 @@ import grpc
 import numpy as np
 import pytest
 from client_cli import run_client
-from entry_reference import ReferenceScorer
+from entry_reference import ReferenceScorer, assert_outputs_match, assert_predict_matches_reference
 from proxy_procs import EntryBehindProxy
 
 from monolith_serving.client.inputs import LogicalExample, encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions
-from monolith_serving.core.tensor_codec import from_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -72,25 +71,15 @@ def _predict(address: str, request: predict_pb2.PredictRequest) -> predict_pb2.P
     return response
 
 
-def _check_heads(
-    response: predict_pb2.PredictResponse, expected: dict[str, np.ndarray], names: tuple[str, ...], label: str = ""
-) -> None:
-    assert sorted(response.outputs) == sorted(names), label
-    for name in names:
-        tensor = response.outputs[name]
-        assert tensor.dtype == types_pb2.DT_FLOAT, label
-        np.testing.assert_allclose(
-            from_tensor_proto(tensor, name), expected[name], rtol=1e-5, atol=1e-6, err_msg=f"{label} {name}"
-        )
-
-
 def test_each_head_matches_the_reference_and_output_filter_picks_heads(cluster: HeadsCluster) -> None:
     examples = cluster.examples(12, seed=1)
     expected = cluster.reference.outputs(examples)
     assert {name: array.shape for name, array in expected.items()} == {"ctr": (12, 1), "cvr": (12, 1)}
     for output_filter in FILTERS:
-        response = _predict(cluster.entry.address, cluster.request(examples, output_filter))
-        _check_heads(response, expected, output_filter or HEADS, f"filter {output_filter}")
+        label = f"filter {output_filter}"
+        assert_predict_matches_reference(
+            cluster.entry.address, cluster.export, examples, output_filter=output_filter, label=label
+        )
 
 
 def test_an_unknown_output_filter_name_is_invalid_argument_naming_it(cluster: HeadsCluster) -> None:
@@ -132,7 +121,7 @@ def test_coalesced_predicts_with_different_filters_each_get_their_own_heads(clus
     for _ in range(MAX_ROUNDS):
         responses = asyncio.run(_concurrent(cluster.proxy.address, requests))
         for index, response in enumerate(responses):
-            _check_heads(response, expected[index], filters[index] or HEADS, f"request {index}")
+            assert_outputs_match(response, expected[index], filters[index], f"request {index}")
         if cluster.proxy.metric("proxy_predicts_coalesced_total", {"model": "entry"}) > coalesced_before:
             break
     assert cluster.proxy.metric("proxy_predicts_coalesced_total", {"model": "entry"}) - coalesced_before >= 2
@@ -181,9 +170,10 @@ def test_a_dense_server_answers_the_whole_matrix_and_the_entry_splits_it(tmp_pat
     running = HeadsCluster(tmp_path, dense_alone=True)
     try:
         examples = running.examples(7, seed=4)
-        expected = running.reference.outputs(examples)
         for output_filter in FILTERS[:2]:
-            response = _predict(running.entry.address, running.request(examples, output_filter))
-            _check_heads(response, expected, output_filter or HEADS, f"filter {output_filter}")
+            label = f"filter {output_filter}"
+            assert_predict_matches_reference(
+                running.entry.address, running.export, examples, output_filter=output_filter, label=label
+            )
     finally:
         running.stop()

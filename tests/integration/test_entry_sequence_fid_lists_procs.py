@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import test_entry_cluster
-from entry_reference import ReferenceScorer
-from test_entry_cluster import Cluster, make_examples, scores
+from entry_reference import ReferenceScorer, assert_predict_matches_reference
+from test_entry_cluster import Cluster, make_examples
 
-from monolith_serving.client.inputs import LogicalExample, predict_request
+from monolith_serving.client.inputs import LogicalExample
 from monolith_serving.core.serving_spec import ServingSpec, load_serving_spec
 from monolith_serving.proto_gen.idl.matrix.proto import proto_parser_pb2
 
@@ -48,5 +48,5 @@ def test_sequence_fid_lists_score_like_the_reference(cluster: Cluster) -> None:
     expected = reference.scores(examples)
     first_only = reference.scores([LogicalExample({n: f[:1] for n, f in e.sparse.items()}, e.dense) for e in examples])
     assert not np.allclose(expected, first_only, rtol=1e-5, atol=1e-6)  # what an entry reading only ``fid`` returns
-    response, _ = cluster.predict(predict_request("entry", {"instances": encode_with_fid_lists(spec, examples)}))
-    np.testing.assert_allclose(scores(response), expected, rtol=1e-5, atol=1e-6)
+    inputs = {"instances": encode_with_fid_lists(spec, examples)}
+    assert_predict_matches_reference(cluster.entry.address, cluster.export, examples, inputs=inputs)

@@ -36,6 +36,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("export-demo", "monolith_serving.core.demo_export", "write a deterministic demo model export"),
     Command("health", "monolith_serving.client.health", "gRPC health check of a server; exit 0 when SERVING"),
     Command(
+        "ssl-config",
+        "monolith_serving.core.ssl_config_writer",
+        "write the SSLConfig file of --ssl_config_file from PEM files",
+    ),
+    Command(
         "entry",
         "monolith_serving.entry.main",
         "entry model server: parse, PS fan-out, pool, dense",

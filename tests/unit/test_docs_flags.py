@@ -33,6 +33,7 @@ README = ROOT / "README.md"
 COMMAND_DOCS: Mapping[str, Path] = {
     "export-demo": DOCS / "formats.md",
     "health": DOCS / "deploy.md",
+    "ssl-config": DOCS / "entry.md",
     "entry": DOCS / "entry.md",
     "demo": DOCS / "entry.md",
     "client": DOCS / "client.md",

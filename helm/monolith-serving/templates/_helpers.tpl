@@ -203,6 +203,104 @@ readinessProbe:
   failureThreshold: {{ .root.Values.probes.readiness.failureThreshold }}
 {{- end -}}
 
+{{/* The probes of monolith.grpcProbes as exec probes running `.command` (a list), for a port Kubernetes' gRPC probe
+cannot check (it has no TLS). A Python process per check: the timeout allows for its start on a busy node. */}}
+{{- define "monolith.execProbes" -}}
+{{- range $probe, $values := dict "startupProbe" .root.Values.probes.startup "livenessProbe" .root.Values.probes.liveness "readinessProbe" .root.Values.probes.readiness }}
+{{ $probe }}:
+  exec:
+    command:
+      {{- toYaml $.command | nindent 6 }}
+  timeoutSeconds: 5
+  periodSeconds: {{ $values.periodSeconds }}
+  failureThreshold: {{ $values.failureThreshold }}
+{{- end }}
+{{- end -}}
+
+{{/* The proxy's TLS (proxy.tls): where the Secret is mounted, and the in-memory copy the proxy and its probes use. */}}
+{{- define "monolith.proxyTlsSecretPath" -}}/etc/monolith-tls-secret{{- end -}}
+{{- define "monolith.proxyTlsPath" -}}/etc/monolith-tls{{- end -}}
+
+{{/* Render-time checks of proxy.tls; what only the Secret can tell (ca.crt present) is checked when the pod
+starts, by the init container. */}}
+{{- define "monolith.proxyTlsChecks" -}}
+{{- $tls := .Values.proxy.tls -}}
+{{- if $tls.secretName -}}
+{{- if not $tls.serverName -}}
+{{- fail "proxy.tls.serverName is required when proxy.tls.secretName is set: a DNS name (or IP) of the certificate, which the probes check instead of 127.0.0.1" -}}
+{{- end -}}
+{{- else -}}
+{{- if $tls.clientVerify -}}
+{{- fail "proxy.tls.clientVerify needs proxy.tls.secretName: without a Secret the proxy serves plaintext" -}}
+{{- end -}}
+{{- if $tls.serverName -}}
+{{- fail "proxy.tls.serverName applies only with proxy.tls.secretName (TLS is off without it)" -}}
+{{- end -}}
+{{- end -}}
+{{- range .Values.proxy.extraArgs -}}
+{{- if regexMatch "^--?ssl[-_]config[-_]file" . -}}
+{{- fail "proxy.extraArgs: set proxy.tls instead of --ssl_config_file (the probes must know the port serves TLS)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The init container of a TLS proxy: copies the Secret into the in-memory volume, then writes the SSLConfig from
+that copy (monolith-serving ssl-config). The proxy and its probes read the copy only: the kubelet updates a mounted
+Secret in place when the certificate is renewed, and probes trusting the new certificate would fail every pod still
+serving the one it started with. tls.crt and tls.key read during such an update may not match: ssl-config refuses
+the pair and the kubelet runs the container again, copy included (one container, so a retry copies afresh). A
+rerun finds the last copy when the pod's sandbox was recreated, its files read-only: cp -f replaces them. */}}
+{{- define "monolith.proxyTlsInit" -}}
+{{- $tls := .Values.proxy.tls -}}
+{{- $secret := include "monolith.proxyTlsSecretPath" . -}}
+{{- $copy := include "monolith.proxyTlsPath" . -}}
+- name: ssl-config
+  image: {{ include "monolith.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["/bin/sh", "-c"]
+  args:
+    - |
+      set -eu
+      {{- if $tls.clientVerify }}
+      if [ ! -s {{ $secret }}/ca.crt ]; then
+        echo "proxy.tls.clientVerify is true but Secret {{ $tls.secretName }} has no ca.crt (or an empty one): client certificates must chain to it" >&2
+        exit 2
+      fi
+      cp -f {{ $secret }}/tls.crt {{ $secret }}/tls.key {{ $secret }}/ca.crt {{ $copy }}/
+      exec monolith-serving ssl-config --server_cert_file={{ $copy }}/tls.crt --server_key_file={{ $copy }}/tls.key --custom_ca_file={{ $copy }}/ca.crt --client_verify --out={{ $copy }}/ssl.config
+      {{- else }}
+      cp -f {{ $secret }}/tls.crt {{ $secret }}/tls.key {{ $copy }}/
+      exec monolith-serving ssl-config --server_cert_file={{ $copy }}/tls.crt --server_key_file={{ $copy }}/tls.key --out={{ $copy }}/ssl.config
+      {{- end }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  resources:
+    requests: {cpu: 50m, memory: 64Mi}
+    limits: {memory: 256Mi}
+  volumeMounts:
+    - name: tls-secret
+      mountPath: {{ $secret }}
+      readOnly: true
+    - name: tls
+      mountPath: {{ $copy }}
+{{- end -}}
+
+{{/* `monolith-serving health` of the TLS proxy's own port, as its exec probes run it. */}}
+{{- define "monolith.proxyTlsHealthCommand" -}}
+{{- $tls := .Values.proxy.tls -}}
+{{- $copy := include "monolith.proxyTlsPath" . -}}
+- monolith-serving
+- health
+- --addr=127.0.0.1:{{ .Values.ports.grpc }}
+- --timeout_s=3
+- --ssl_ca_file={{ $copy }}/tls.crt
+- --ssl_target_name_override={{ $tls.serverName }}
+{{- if $tls.clientVerify }}
+- --ssl_cert_file={{ $copy }}/tls.crt
+- --ssl_key_file={{ $copy }}/tls.key
+{{- end }}
+{{- end -}}
+
 {{- define "monolith.podScheduling" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:

@@ -1,10 +1,11 @@
 """``monolith-serving entry``: the model server clients reach (REFERENCE §1, §3, §4).
 
-Start-up order: replica source -> first PS status poll and model scan -> gRPC server -> health SERVING
-once a version is served. A control loop then runs every ``--file_system_poll_wait_seconds``: poll PS
-status, rescan/load/gate versions, drop channels of vanished replicas — each step isolated, logged with
-its traceback on failure and timed into ``entry_control_step_seconds``. Shutdown: health NOT_SERVING,
-stop accepting, drain for ``--grace_s``, then close PS channels and the replica source.
+Start-up order: replica source -> first PS status poll and model scan -> gRPC server, and with ``--rest_api_port``
+the REST API answered by the gRPC handlers (``core.model_server_rest``) -> health SERVING once a version is served.
+A control loop then runs every ``--file_system_poll_wait_seconds``: poll PS status, rescan/load/gate versions, drop
+channels of vanished replicas — each step isolated, logged with its traceback on failure and timed into
+``entry_control_step_seconds``. Shutdown: health NOT_SERVING, gRPC and REST stop accepting and drain for
+``--grace_s``, then PS channels and the replica source close.
 
 dense_alone: dense replicas come from ``--dense_targets`` or, under an agent, from its HeartBeat
 (``dense:0``); they are tracked (status poll, channels) like the PS replicas and used by the versions whose
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS, env_port
 from monolith_serving.core.cli_flags import (
@@ -43,7 +45,11 @@ from monolith_serving.core.grpc_server import (
     build_server,
     serve_until_signal,
 )
+from monolith_serving.core.local_calls import LocalCalls
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
+from monolith_serving.core.model_server_rest import LocalRestBackend, RestApiMetrics
+from monolith_serving.core.rest_flags import TFS_REST_FLAGS, add_rest_api_flags, rest_config_from_args
+from monolith_serving.core.rest_gateway import RestConfig, RestGateway
 from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.core.tls_config import ServerTls, add_ssl_config_flag, server_tls_from_flag
 from monolith_serving.entry.metrics import EntryMetrics
@@ -83,6 +89,7 @@ class EntryServerConfig:
     port: int = TFS_GRPC_PORT
     host: str = "0.0.0.0"
     metrics_port: int = 0
+    rest: RestConfig | None = None  # --rest_api_port and its flags; None: no REST API (TF Serving's 0)
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
     tls: ServerTls | None = None  # --ssl_config_file; PS and dense replicas are dialed in plaintext all the same
     fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
@@ -164,6 +171,7 @@ class EntryServer:
             max_fids_per_request=config.max_fids_per_request,
         )
         self._grpc: GrpcServer | None = None
+        self._rest: RestGateway | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._dense_started = False
@@ -174,6 +182,11 @@ class EntryServer:
         if self._grpc is None:
             raise RuntimeError("server not started")
         return self._grpc.port
+
+    @property
+    def rest_port(self) -> int | None:
+        """The REST API's port once started; None without one."""
+        return self._rest.port if self._rest is not None else None
 
     def servicers(self) -> tuple[EntryPredictionServicer, EntryModelServicer]:
         """The gRPC faces of this entry core; ``start`` serves them, a unified server hosts them itself."""
@@ -194,6 +207,10 @@ class EntryServer:
             return
         await self.open()
         predict, models = self.servicers()
+        add_servicers: list[Callable[[Any], None]] = [
+            lambda s: prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predict, s),  # type: ignore[no-untyped-call]
+            lambda s: model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, s),  # type: ignore[no-untyped-call]
+        ]
         self._grpc = build_server(
             GrpcServerOptions(
                 port=self.config.port,
@@ -205,19 +222,27 @@ class EntryServer:
                 channel_arguments=self.config.grpc_channel_arguments,
                 tls=self.config.tls,
             ),
-            [
-                lambda s: prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(predict, s),  # type: ignore[no-untyped-call]
-                lambda s: model_service_pb2_grpc.add_ModelServiceServicer_to_server(models, s),  # type: ignore[no-untyped-call]
-            ],
+            add_servicers,
             registry=self.metrics.registry,
         )
+        if self.config.rest is not None:
+            backend = LocalRestBackend(LocalCalls(add_servicers), RestApiMetrics(self.metrics.registry, "entry"))
+            self._rest = RestGateway(backend, self.config.rest)
         await self._grpc.start()
         await self._grpc.set_serving(bool(self.model.served_versions))
+        if self._rest is not None:
+            await self._rest.start()
         if self.config.metrics_port:
             self._metrics_endpoint = serve_metrics(
                 self.config.metrics_port, self.metrics.registry, host=self.config.host
             )
-        logger.info("entry listening on %s:%d (%d PS shards)", self.config.host, self._grpc.port, self.config.num_ps)
+        logger.info(
+            "entry listening on %s:%d%s (%d PS shards)",
+            self.config.host,
+            self._grpc.port,
+            f", REST API on port {self.rest_port}" if self.rest_port is not None else "",
+            self.config.num_ps,
+        )
 
     async def _step(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
         started = time.monotonic()
@@ -267,8 +292,12 @@ class EntryServer:
             return
         self._stopped = True
         await self._cancel_loop()
+        draining = []
         if self._grpc is not None:
-            await self._grpc.stop(self.config.grace_s)
+            draining.append(self._grpc.stop(self.config.grace_s))  # NOT_SERVING, stop accepting, drain
+        if self._rest is not None:
+            draining.append(self._rest.stop())  # the same, for --grace_s (RestConfig.drain_timeout_s)
+        await asyncio.gather(*draining)
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.stop()
         await self.close()
@@ -414,8 +443,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="control-loop period: version scan and PS status poll (default %(default)s; 0 or less: the default)",
     )
     add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown (default %(default)s)")
+    add_rest_api_flags(parser)
     add_ssl_config_flag(parser)
-    add_tfs_compat_flags(parser, honoured=(*FETCH_PS_TFS_FLAGS, "ssl_config_file"))
+    add_tfs_compat_flags(parser, honoured=(*FETCH_PS_TFS_FLAGS, *TFS_REST_FLAGS, "ssl_config_file"))
 
 
 def control_period_from_flag(seconds: float) -> float:
@@ -483,6 +513,13 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
     if num_ps is None or num_ps < 1:
         raise InvalidArgumentError("cannot tell the number of PS shards: give --num_ps")
     port = main_grpc_port(args, environ)
+    rest = rest_config_from_args(
+        args,
+        host=args.host,
+        server_name="entry",
+        drain_timeout_s=args.grace_s,
+        other_ports={"--port": port, "--metrics_port": args.metrics_port},
+    )
     return EntryServerConfig(
         model=model,
         num_ps=num_ps,
@@ -492,6 +529,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         port=port,
         host=args.host,
         metrics_port=args.metrics_port,
+        rest=rest,
         grpc_channel_arguments=args.grpc_channel_arguments,
         tls=server_tls_from_flag(args.ssl_config_file),
         fetch_ps_retry=args.fetch_ps_retry,

@@ -2,8 +2,9 @@
 
 Starts one ``ps`` process per shard, a ``dense`` process when the export is dense_alone (its serving spec names a
 remote dense backend), and one ``entry`` process with static discovery (``--ps_targets``, ``--dense_targets``),
-waits until the entry reports a version AVAILABLE (which needs every shard AVAILABLE), prints the address
-and serves until Ctrl-C / SIGTERM, then stops the children (SIGTERM, then SIGKILL after a grace period).
+waits until the entry reports a version AVAILABLE (which needs every shard AVAILABLE), prints the address (and the
+entry's REST API with ``--rest_api_port``) and serves until Ctrl-C / SIGTERM, then stops the children (SIGTERM,
+then SIGKILL after a grace period).
 
 Why subprocesses rather than servers in this process: every Python gRPC server is bound to one core by
 the GIL, so separate processes let the entry and the shards use all cores, exactly like a deployment;
@@ -55,6 +56,7 @@ class ClusterConfig:
     model_dir: Path  # export base: entry/ and ps_<i>/
     num_ps: int
     entry_port: int
+    entry_rest_port: int = 0  # the entry's --rest_api_port (0: no REST API)
     host: str = "127.0.0.1"
     log_level: str = "WARNING"
     ready_timeout_s: float = 60.0
@@ -79,6 +81,12 @@ class StandaloneCluster:
     @property
     def address(self) -> str:
         return f"{self.config.host}:{self.config.entry_port}"
+
+    @property
+    def rest_address(self) -> str | None:
+        """``http://host:port`` of the entry's REST API, None without one."""
+        port = self.config.entry_rest_port
+        return f"http://{self.config.host}:{port}" if port else None
 
     def _spawn(self, args: Sequence[str]) -> None:
         self.processes.append(subprocess.Popen(command(*args)))
@@ -138,6 +146,8 @@ class StandaloneCluster:
                 str(c.model_dir / "entry"),
                 "--ps_targets",
                 targets,
+                "--rest_api_port",
+                str(c.entry_rest_port),
                 *dense_flags,
                 *c.entry_flags,
             ]
@@ -192,6 +202,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--port", type=flag_type(parse_port), default=8500, help="entry gRPC port (default %(default)s)")
     add_flag(
         parser,
+        "--rest_api_port",
+        type=flag_type(parse_port),
+        default=0,
+        help="the entry's TF Serving REST API port (default %(default)s: none)",
+    )
+    add_flag(
+        parser,
         "--child_log_level",
         type=flag_type(parse_log_level),
         default="WARNING",
@@ -213,8 +230,9 @@ async def _serve(config: ClusterConfig, stop: asyncio.Event) -> int:
         stopper.cancel()
         version = waiter.result()
         dense = f", dense server on port {cluster.dense_port}" if cluster.dense_port is not None else ""
+        rest = f", REST API at {cluster.rest_address}/v1/models/entry" if cluster.rest_address is not None else ""
         print(
-            f"monolith-serving demo: entry serving model 'entry' version {version} at {cluster.address} "
+            f"monolith-serving demo: entry serving model 'entry' version {version} at {cluster.address}{rest} "
             f"({config.num_ps} PS shards on ports {', '.join(map(str, cluster.ps_ports))}{dense}); Ctrl-C stops",
             flush=True,
         )
@@ -253,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
             num_ps=spec.num_ps,
             dense_sub_model=spec.dense.sub_model if spec.dense.backend is DenseBackend.REMOTE else "",
             entry_port=args.port,
+            entry_rest_port=args.rest_api_port,
             log_level=args.child_log_level,
             ready_timeout_s=args.ready_timeout_s,
         )

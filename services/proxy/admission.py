@@ -1,4 +1,5 @@
-"""Backpressure: a hard bound on requests in flight, a bound on bytes held, and the drain at shutdown.
+"""Backpressure: a hard bound on requests in flight, and the drain at shutdown (the REST gateway's bound on
+bytes held is ``core.byte_budget``).
 
 Beyond a bound a request is refused at once (RESOURCE_EXHAUSTED) instead of queueing: a queue in front
 of a saturated entry only converts overload into timeouts. Not thread-safe; one asyncio loop owns each.
@@ -51,35 +52,3 @@ class Admission:
         """Refuses new requests from now on and waits for those in flight; False if some remain at timeout."""
         self._draining = True
         return await event_set_within(self._idle, timeout_s)
-
-
-class ByteBudget:
-    """A bound on bytes held at once by the requests that take them (the REST gateway's request bodies).
-
-    ``try_take`` never waits: a caller that cannot take its bytes is refused, as :class:`Admission` refuses.
-    Every byte taken must be given back once.
-    """
-
-    def __init__(self, capacity_bytes: int) -> None:
-        if capacity_bytes < 1:
-            raise ValueError(f"capacity_bytes must be >= 1, got {capacity_bytes}")
-        self._capacity_bytes = capacity_bytes
-        self._in_use_bytes = 0
-
-    @property
-    def capacity_bytes(self) -> int:
-        return self._capacity_bytes
-
-    @property
-    def in_use_bytes(self) -> int:
-        return self._in_use_bytes
-
-    def try_take(self, size_bytes: int) -> bool:
-        """Takes ``size_bytes`` if they fit beside those taken; False (nothing taken) if not."""
-        if self._in_use_bytes + size_bytes > self._capacity_bytes:
-            return False
-        self._in_use_bytes += size_bytes
-        return True
-
-    def give_back(self, size_bytes: int) -> None:
-        self._in_use_bytes -= size_bytes

@@ -14,13 +14,14 @@ from monolith_serving.core.agent_conf import AgentConfig, DiscoveryKind, load_ag
 from monolith_serving.core.cli_flags import TFS_GRPC_PORT
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import ChannelArguments
+from monolith_serving.core.rest_flags import rest_config_from_args
+from monolith_serving.core.rest_gateway import RestConfig
 from monolith_serving.core.tls_channel import ChannelTls, tls_dial_from_args
 from monolith_serving.core.tls_config import ServerTls, server_tls_from_flag
 from monolith_serving.discovery.config import Backend, DiscoveryConfig
 from monolith_serving.proxy.core import CoreConfig
 from monolith_serving.proxy.endpoints import parse_targets
 from monolith_serving.proxy.predict_coalesce import PredictCoalescing
-from monolith_serving.proxy.rest_gateway import RestConfig
 from monolith_serving.proxy.router import OutlierPolicy
 
 
@@ -113,26 +114,20 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyC
     """Parses everything once; ``env`` (os.environ in main) feeds agent.conf's environment rules."""
     agent = resolve_environment(load_agent_config(args.conf), env) if args.conf else None
     drain_timeout_s = float(args.drain_timeout_s)
-    rest = None
-    if args.rest_api_port:
-        max_body_bytes = args.rest_api_max_body_bytes
-        budget_bytes = args.rest_api_body_budget_bytes
-        if budget_bytes is None:  # the default, raised only as far as one body of the largest size allowed
-            budget_bytes = max(RestConfig.body_budget_bytes, max_body_bytes)
-        rest = RestConfig(
-            host=args.host,
-            port=args.rest_api_port,
-            timeout_s=args.rest_api_timeout_in_ms / 1000.0,
-            max_body_bytes=max_body_bytes,
-            body_budget_bytes=budget_bytes,
-            drain_timeout_s=drain_timeout_s,
-        )
+    grpc_port = args.port if args.port is not None else TFS_GRPC_PORT
+    rest = rest_config_from_args(
+        args,
+        host=args.host,
+        server_name="proxy",
+        drain_timeout_s=drain_timeout_s,
+        other_ports={"--port": grpc_port, "--metrics_port": args.metrics_port},
+    )
     token = args.admin_token or None
     if args.admin_token_file:
         token = read_token_file(args.admin_token_file)  # an unreadable or empty file is refused at start-up
     return ProxyConfig(
         host=args.host,
-        grpc_port=args.port if args.port is not None else TFS_GRPC_PORT,
+        grpc_port=grpc_port,
         rest=rest,
         metrics_port=args.metrics_port,
         grpc_channel_arguments=args.grpc_channel_arguments,

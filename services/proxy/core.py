@@ -28,6 +28,17 @@ from monolith_serving.core.errors import (
 )
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.log_limit import RateLimitedLog
+from monolith_serving.core.serving_call import (
+    GET_MODEL_STATUS,
+    MODEL_SERVICE,
+    PREDICT,
+    REQUEST_ID_KEY,
+    CallContext,
+    Metadata,
+    RpcStatusError,
+    UpstreamReply,
+    method_name,
+)
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2
 from monolith_serving.proxy.admission import Admission
 from monolith_serving.proxy.endpoints import EndpointSource
@@ -35,7 +46,7 @@ from monolith_serving.proxy.metrics import UNKNOWN_MODEL, ModelLabels, ProxyMetr
 from monolith_serving.proxy.model_status import merge_model_status
 from monolith_serving.proxy.predict_coalesce import PredictCoalescer, PredictCoalescing
 from monolith_serving.proxy.router import ReplicaState, Router
-from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
+from monolith_serving.proxy.upstream import UpstreamPool
 from monolith_serving.proxy.wire import ModelNames
 
 log = logging.getLogger(__name__)
@@ -59,14 +70,9 @@ CLIENT_FAULT_CODES = frozenset(
     }
 )
 
-PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
-MODEL_SERVICE = "tensorflow.serving.ModelService"
 # Methods sent to one replica chosen by the router (the entry answers UNIMPLEMENTED for what it lacks).
 ROUTED_METHODS = ("Predict", "GetModelMetadata", "Classify", "Regress", "MultiInference")
-PREDICT = f"/{PREDICTION_SERVICE}/Predict"
-GET_MODEL_STATUS = f"/{MODEL_SERVICE}/GetModelStatus"
 RELOAD_CONFIG = f"/{MODEL_SERVICE}/HandleReloadConfigRequest"
-REQUEST_ID_KEY = "x-request-id"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,23 +98,6 @@ class CoreConfig:
             raise ValueError(f"default_timeout_s must be > 0 (or None), got {self.default_timeout_s}")
 
 
-@dataclass(frozen=True, kw_only=True)
-class CallContext:
-    """What a transport knows about one client call."""
-
-    request_id: str
-    timeout_s: float | None
-    protocol: str  # "grpc" or "rest", a metrics label
-    admin_token: str | None = None  # token the caller presented, if any
-    # The transport holds an admission slot for the whole client request (:meth:`ProxyCore.admitted`, taken by
-    # the REST gateway before it reads the body): this core call is part of it and takes no slot of its own.
-    admitted: bool = False
-    # A call the transport makes on behalf of a client request of another method (the REST gateway's signature
-    # lookup for a Predict): not a client request, so neither counted in ``proxy_requests_total`` nor timed into
-    # ``proxy_request_latency_seconds``; the transport counts the request it serves, once. Failures still log.
-    internal: bool = False
-
-
 @dataclass(frozen=True)
 class DeferredCount:
     """The ``proxy_requests_total`` count of a client request whose core call answered OK while its transport
@@ -123,10 +112,6 @@ class DeferredCount:
     def settle(self, code: grpc.StatusCode) -> None:
         """Counts the request; call it exactly once, when its client's answer is decided."""
         self.metrics.count_request(self.model_label, self.method, self.protocol, code.name)
-
-
-def method_name(path: str) -> str:
-    return path.rsplit("/", 1)[-1]
 
 
 class _MethodNames(dict[str, str]):

@@ -14,18 +14,16 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from monolith_serving.core.admin_token import bearer_token
-from monolith_serving.proxy.core import (
+from monolith_serving.core.serving_call import (
     GET_MODEL_STATUS,
     MODEL_SERVICE,
     PREDICTION_SERVICE,
-    RELOAD_CONFIG,
     REQUEST_ID_KEY,
-    ROUTED_METHODS,
     CallContext,
-    ProxyCore,
+    RpcStatusError,
     method_name,
 )
-from monolith_serving.proxy.upstream import RpcStatusError
+from monolith_serving.proxy.core import RELOAD_CONFIG, ROUTED_METHODS, ProxyCore
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
 

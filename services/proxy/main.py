@@ -11,21 +11,14 @@ import asyncio
 import logging
 import os
 
-from monolith_serving.core.cli_flags import (
-    TFS_GRPC_PORT,
-    add_bool_flag,
-    add_flag,
-    add_server_flags,
-    flag_type,
-    parse_port,
-)
+from monolith_serving.core.cli_flags import TFS_GRPC_PORT, add_bool_flag, add_flag, add_server_flags
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import run_async_main
+from monolith_serving.core.rest_flags import add_rest_api_flags
 from monolith_serving.core.tls_channel import add_tls_dial_flags
 from monolith_serving.core.tls_config import add_ssl_config_flag
 from monolith_serving.proxy.config import ProxyConfig, config_from_args
 from monolith_serving.proxy.predict_coalesce import PredictCoalescing
-from monolith_serving.proxy.rest_gateway import RestConfig
 from monolith_serving.proxy.server import ProxyServer
 
 log = logging.getLogger(__name__)
@@ -35,14 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser, default_port=TFS_GRPC_PORT, port_help="gRPC port (default %(default)s)")
     add_flag(parser, "--conf", help="agent.conf (bzid, base_name, zk_servers, discovery, dc_aware, agent_version)")
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (default %(default)s)")
-    add_flag(
-        parser,
-        "--rest_api_port",
-        type=flag_type(parse_port),
-        default=0,
-        help="TF Serving REST API port (0: no REST API)",
-    )
-    add_flag(parser, "--rest_api_timeout_in_ms", type=int, default=30000, help="deadline of REST requests")
+    add_rest_api_flags(parser)
     add_flag(
         parser,
         "--grpc_default_timeout_in_ms",
@@ -50,20 +36,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=30000,
         help="deadline of routed gRPC calls (Predict, GetModelMetadata, ...) whose client set none "
         "(0: none; default %(default)s)",
-    )
-    add_flag(
-        parser,
-        "--rest_api_max_body_bytes",
-        type=int,
-        default=RestConfig.max_body_bytes,
-        help="REST request bodies larger than this are refused (413) before they are read (default %(default)s)",
-    )
-    add_flag(
-        parser,
-        "--rest_api_body_budget_bytes",
-        type=int,
-        help="bytes of REST Predict bodies read and decoded at once; a body beyond it is refused (429) unread "
-        f"(default {RestConfig.body_budget_bytes}, or --rest_api_max_body_bytes if larger)",
     )
     add_flag(parser, "--discovery", choices=("zk", "consul", "static"), help="backend (default: from agent.conf)")
     add_flag(parser, "--zk_servers", help="ZooKeeper hosts host:port[,host:port...]")

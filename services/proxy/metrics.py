@@ -18,8 +18,6 @@ from monolith_serving.core.metric_children import LabelledChildren
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 UNKNOWN_MODEL = "unknown"
-# ``method`` of a REST request refused before its path named a method (no such route, an unknown verb).
-UNKNOWN_METHOD = "unknown"
 # Names a source that takes any name may add as labels (an entry answering every name must not let clients
 # grow the series); far above the models one proxy fronts.
 MAX_ANSWERED_MODELS = 100

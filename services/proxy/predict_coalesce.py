@@ -36,10 +36,10 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from monolith_serving.core.coalesce import Coalescer, CoalescerCalls
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.serving_call import RpcStatusError, UpstreamReply
 from monolith_serving.core.tensor_codec import numpy_dtype_for
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
-from monolith_serving.proxy.upstream import RpcStatusError, UpstreamReply
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,16 @@ from types import TracebackType
 
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
+from monolith_serving.core.rest_gateway import RestGateway
+from monolith_serving.core.serving_call import MODEL_SERVICE, PREDICTION_SERVICE
 
 # Imported for their descriptors: server reflection lists the two TF Serving services.
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2, prediction_service_pb2  # noqa: F401
 from monolith_serving.proxy.config import DiscoverySourceConfig, ProxyConfig, StaticSourceConfig
-from monolith_serving.proxy.core import MODEL_SERVICE, PREDICTION_SERVICE, ProxyCore
+from monolith_serving.proxy.core import ProxyCore
 from monolith_serving.proxy.endpoints import EndpointSource, StaticEndpointSource
 from monolith_serving.proxy.grpc_servicer import ProxyServicer
 from monolith_serving.proxy.metrics import ProxyMetrics
-from monolith_serving.proxy.rest_gateway import RestGateway
 from monolith_serving.proxy.router import Router
 from monolith_serving.proxy.upstream import UpstreamPool
 

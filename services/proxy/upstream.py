@@ -11,20 +11,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from monolith_serving.core.cancellation import cancelled_by_caller
-from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import FAST_RECONNECT_OPTIONS, channel_options
+from monolith_serving.core.serving_call import Metadata, RpcStatusError, UpstreamReply, relayable
 from monolith_serving.core.tls_channel import ChannelTls, aio_channel
 
 log = logging.getLogger(__name__)
-
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 # HTTP/2 keepalive while calls are in flight: a replica whose host vanished or whose process is stopped (no RST,
 # no FIN) is found dead within about KEEPALIVE_TIME_MS + KEEPALIVE_TIMEOUT_MS; its calls then fail UNAVAILABLE
@@ -38,32 +34,6 @@ Metadata = tuple[tuple[str, str | bytes], ...]
 # for 182 s). Entry servers should allow pings every KEEPALIVE_TIME_MS.
 KEEPALIVE_TIME_MS = 10_000
 KEEPALIVE_TIMEOUT_MS = 5_000
-
-
-class RpcStatusError(MonolithServingError):
-    """A failure with an explicit gRPC status, relayed to the client as is (code, message, trailers)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, trailing: Metadata = ()) -> None:
-        super().__init__(message)
-        self.code = code
-        self.trailing = trailing
-
-    def __reduce__(self) -> tuple[type[RpcStatusError], tuple[grpc.StatusCode, str, Metadata]]:
-        # copy.copy (the Coalescer gives each waiter its own copy) would otherwise call us with args=(message,).
-        return (RpcStatusError, (self.code, self.message, self.trailing))
-
-
-@dataclass(frozen=True)
-class UpstreamReply:
-    response: bytes
-    trailing: Metadata
-
-
-def _relayable(metadata: Any) -> Metadata:
-    """Trailing metadata worth passing back: the entry's own keys, not gRPC's reserved ones."""
-    if not metadata:
-        return ()
-    return tuple((str(k), v) for k, v in metadata if not str(k).startswith("grpc-"))
 
 
 class UpstreamPool:
@@ -121,9 +91,7 @@ class UpstreamPool:
             response = await call
             trailing = await call.trailing_metadata()
         except grpc.aio.AioRpcError as error:
-            raise RpcStatusError(
-                error.code(), error.details() or error.code().name, _relayable(error.trailing_metadata())
-            ) from None
+            raise RpcStatusError.of_call(error) from None
         except asyncio.CancelledError:
             if cancelled_by_caller():
                 raise
@@ -132,7 +100,7 @@ class UpstreamPool:
             raise RpcStatusError(
                 grpc.StatusCode.CANCELLED, f"the call to {address} was cancelled: its channel was closed"
             ) from None
-        return UpstreamReply(response=response, trailing=_relayable(trailing))
+        return UpstreamReply(response=response, trailing=relayable(trailing))
 
     async def probe(self, address: str, timeout_s: float) -> bool:
         """True when the replica's gRPC health service answers SERVING within ``timeout_s``."""

@@ -22,6 +22,7 @@ from monolith_serving.core.cli_flags import (
 )
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import serve_command
+from monolith_serving.core.rest_flags import TFS_REST_FLAGS, add_rest_api_flags, rest_config_from_args
 from monolith_serving.core.tls_config import add_ssl_config_flag, server_tls_from_flag
 from monolith_serving.entry.main import (
     FETCH_PS_TFS_FLAGS,
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser)
-    add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
+    add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC, REST and /metrics)")
     add_flag(parser, "--model_config_file", type=Path, default=None, help="text ModelServerConfig applied at start")
     add_flag(
         parser,
@@ -79,10 +80,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="fids per request (PS and entry)",
     )
     add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown")
+    add_rest_api_flags(parser)
     add_ssl_config_flag(parser)
     add_tfs_compat_flags(
         parser,
-        honoured=("num_load_threads", "model_config_file_poll_wait_seconds", "ssl_config_file", *FETCH_PS_TFS_FLAGS),
+        honoured=(
+            "num_load_threads",
+            "model_config_file_poll_wait_seconds",
+            "ssl_config_file",
+            *FETCH_PS_TFS_FLAGS,
+            *TFS_REST_FLAGS,
+        ),
     )
 
 
@@ -93,11 +101,20 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Unifi
         if agent_port is None:
             raise InvalidArgumentError("give --agent_address (or set $PORT2): the entry finds PS replicas there")
         agent_address = f"localhost:{agent_port}"
+    port = main_grpc_port(args, environ)
+    rest = rest_config_from_args(
+        args,
+        host=args.host,
+        server_name="unified server",
+        drain_timeout_s=args.grace_s,
+        other_ports={"--port": port, "--metrics_port": args.metrics_port},
+    )
     return UnifiedConfig(
-        port=main_grpc_port(args, environ),
+        port=port,
         agent_address=agent_address,
         host=args.host,
         metrics_port=args.metrics_port,
+        rest=rest,
         grpc_channel_arguments=args.grpc_channel_arguments,
         tls=server_tls_from_flag(args.ssl_config_file),
         model_config_file=args.model_config_file,

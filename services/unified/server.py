@@ -6,7 +6,8 @@ if given -> health follows the models. Models then come from HandleReloadConfigR
 changes its tensorflow_model_server's models: it rewrites the file and relies on the poll). Either way the config
 is split by sub_graph (``routing``), the PS part replaces the PS core's models, the dense part the dense core's
 and the entry part the entry core's (an empty part unloads that side). Reloads are serialised. Stop (idempotent): health
-NOT_SERVING -> drain gRPC -> close the entry core, then the dense and PS cores -> stop /metrics.
+NOT_SERVING -> drain gRPC and the REST API (``--rest_api_port``: the gRPC handlers answer it in this process,
+``core.model_server_rest``) -> close the entry core, then the dense and PS cores -> stop /metrics.
 
 Health (service "" and the PredictionService and ModelService names), as the PS's and the dense server's: SERVING
 exactly while every hosted model has an AVAILABLE version — each ``ps_<i>`` and ``dense_<i>`` sub-model, and the
@@ -30,9 +31,12 @@ from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FET
 from monolith_serving.core.errors import FailedPreconditionError, MonolithServingError
 from monolith_serving.core.export_layout import read_model_server_config
 from monolith_serving.core.grpc_server import ChannelArguments, GrpcServer, GrpcServerOptions, build_server
+from monolith_serving.core.local_calls import LocalCalls
 from monolith_serving.core.metrics_http import MetricsEndpoint, serve_metrics
 from monolith_serving.core.model_config_list import check_reload
 from monolith_serving.core.model_health import HostedModel, ModelHealth
+from monolith_serving.core.model_server_rest import LocalRestBackend, RestApiMetrics
+from monolith_serving.core.rest_gateway import RestConfig, RestGateway
 from monolith_serving.core.run_to_end import run_to_end
 from monolith_serving.core.tls_config import ServerTls
 from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig, dense_models_from_proto
@@ -86,6 +90,7 @@ class UnifiedConfig:
     agent_address: str  # the entry core finds PS replicas through this agent's HeartBeat
     host: str = "0.0.0.0"
     metrics_port: int = 0
+    rest: RestConfig | None = None  # --rest_api_port and its flags: every hosted sub_graph by name; None: no REST
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
     # --ssl_config_file. Entries dial PS and dense sub_graphs in plaintext, and the agent its container: with TLS
     # this container serves clients only (its entry core's own PS calls are plaintext too).
@@ -154,6 +159,7 @@ class UnifiedServer:
         self._reload_lock = asyncio.Lock()
         self._changes: set[asyncio.Task[None]] = set()  # reloads running to their end (``core.run_to_end``)
         self._grpc: GrpcServer | None = None
+        self._rest: RestGateway | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._config_poll_task: asyncio.Task[None] | None = None
         # The last config applied (deterministic bytes), whichever way it came: the file poll applies the file only
@@ -167,6 +173,11 @@ class UnifiedServer:
         if self._grpc is None:
             raise RuntimeError("UnifiedServer is not started")
         return self._grpc.port
+
+    @property
+    def rest_port(self) -> int | None:
+        """The REST API's port once started; None without one."""
+        return self._rest.port if self._rest is not None else None
 
     def _hosted_models(self) -> dict[str, HostedModel]:
         """Every hosted model by name, as health judges them (the names of the cores never overlap)."""
@@ -281,7 +292,11 @@ class UnifiedServer:
             channel_arguments=self.config.grpc_channel_arguments,
             tls=self.config.tls,
         )
-        self._grpc = build_server(options, [add_prediction, add_model], registry=self.registry)
+        add_servicers = [add_prediction, add_model]
+        self._grpc = build_server(options, add_servicers, registry=self.registry)
+        if self.config.rest is not None:
+            backend = LocalRestBackend(LocalCalls(add_servicers), RestApiMetrics(self.registry, "unified"))
+            self._rest = RestGateway(backend, self.config.rest)
         if self.config.tls is not None:
             log.warning(
                 "TLS on the gRPC port: entries (this container's own too) dial PS and dense sub_graphs in "
@@ -289,6 +304,8 @@ class UnifiedServer:
                 "take models from --model_config_file"
             )
         await self._grpc.start()
+        if self._rest is not None:
+            await self._rest.start()
         if self.config.metrics_port:
             self._metrics_endpoint = serve_metrics(self.config.metrics_port, self.registry, host=self.config.host)
         await self.ps.open()
@@ -300,7 +317,8 @@ class UnifiedServer:
         path, poll_s = self.config.model_config_file, self.config.model_config_file_poll_wait_s
         if path is not None and poll_s > 0:
             self._config_poll_task = asyncio.create_task(self._poll_config_file(path, poll_s), name="config-poll")
-        log.info("unified server on port %d", self._grpc.port)
+        rest = f", REST API on port {self.rest_port}" if self.rest_port is not None else ""
+        log.info("unified server on port %d%s", self._grpc.port, rest)
 
     async def stop(self) -> None:
         if self._stopped:
@@ -310,9 +328,13 @@ class UnifiedServer:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        draining = []
         if self._grpc is not None:
             await self._health.stop(self._grpc)
-            await self._grpc.stop(self.config.grace_s)
+            draining.append(self._grpc.stop(self.config.grace_s))
+        if self._rest is not None:
+            draining.append(self._rest.stop())  # drains for --grace_s too (RestConfig.drain_timeout_s)
+        await asyncio.gather(*draining)
         for change in list(self._changes):
             change.cancel()
         if self._changes:

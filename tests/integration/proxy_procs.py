@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from procs import ServerProcess, free_port
+from rest_calls import metric_samples, metric_value, rest_json
 
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import ServingSpec, load_serving_spec
@@ -95,34 +94,15 @@ class Proxy(ServerProcess):
 
     def rest(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:
         """One HTTP call to the REST API; returns (status, parsed JSON body)."""
-        import json
-
-        request = urllib.request.Request(f"http://127.0.0.1:{self.rest_port}{path}", data=body, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read())
+        return rest_json(self.rest_port, method, path, body)
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
         """A sample of the proxy's /metrics (0 when absent)."""
-        for sample_labels, value in self.samples(name):
-            if all(sample_labels.get(k) == v for k, v in (labels or {}).items()):
-                return value
-        return 0.0
+        return metric_value(self.metrics_port, name, labels)
 
     def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
         """Every sample called ``name`` on the proxy's /metrics, as (labels, value)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        return [
-            (dict(sample.labels), float(sample.value))
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == name
-        ]
+        return metric_samples(self.metrics_port, name)
 
 
 class EntryBehindProxy:

@@ -70,9 +70,11 @@ def test_servers_take_flagfiles_and_single_dash_flags(tmp_path: Path) -> None:
         for proc in (*ps, entry):
             running.enter_context(proc)
         assert_entry_predicts_reference(entry.address, export, rows=ROWS, seed=7)
-    for proc in (*ps, entry):
+    for proc in ps:
         # The files' tensorflow_model_server flags reached the parser: named in the one warning of unused ones.
         assert "tensorflow_model_server flags: --rest_api_port --platform_config_file" in proc.log_path.read_text()
+    # The entry serves TF Serving's REST API on the file's --rest_api_port, as tensorflow_model_server does.
+    assert "tensorflow_model_server flags: --platform_config_file" in entry.log_path.read_text()
 
 
 def test_version_prints_our_distribution_version_and_exits_0() -> None:

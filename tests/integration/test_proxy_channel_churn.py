@@ -15,11 +15,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import grpc
 import pytest
 
+from monolith_serving.core.serving_call import GET_MODEL_STATUS, CallContext
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_status_pb2,
     model_management_pb2,
 )
-from monolith_serving.proxy.core import GET_MODEL_STATUS, RELOAD_CONFIG, CallContext, CoreConfig, ProxyCore
+from monolith_serving.proxy.core import RELOAD_CONFIG, CoreConfig, ProxyCore
 from monolith_serving.proxy.metrics import ProxyMetrics
 from monolith_serving.proxy.router import OutlierPolicy, Router
 from monolith_serving.proxy.upstream import UpstreamPool

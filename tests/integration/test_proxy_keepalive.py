@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from proxy_procs import FakeEntry
 
+from monolith_serving.core.serving_call import PREDICT, RpcStatusError
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
-from monolith_serving.proxy.core import PREDICT
-from monolith_serving.proxy.upstream import RpcStatusError, UpstreamPool
+from monolith_serving.proxy.upstream import UpstreamPool
 
 pytestmark = pytest.mark.integration
 

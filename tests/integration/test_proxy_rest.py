@@ -27,8 +27,18 @@ import numpy as np
 import pytest
 import yarl
 
+from monolith_serving.core import rest_codec, rest_gateway
 from monolith_serving.core.aio_wait import within
 from monolith_serving.core.errors import ResourceExhaustedError
+from monolith_serving.core.rest_codec import (
+    DecodeCancel,
+    DecodeCancelled,
+    PredictBody,
+    parse_predict_body,
+    predict_response_text,
+)
+from monolith_serving.core.rest_gateway import MAX_VERSION, RestConfig, RestGateway
+from monolith_serving.core.serving_call import CallContext, Metadata, RpcStatusError, UpstreamReply
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
@@ -37,20 +47,11 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_status_pb2,
     predict_pb2,
 )
-from monolith_serving.proxy import rest_codec, rest_gateway
-from monolith_serving.proxy.core import CallContext, CoreConfig, ProxyCore
+from monolith_serving.proxy.core import CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
 from monolith_serving.proxy.metrics import ProxyMetrics
-from monolith_serving.proxy.rest_codec import (
-    DecodeCancel,
-    DecodeCancelled,
-    PredictBody,
-    parse_predict_body,
-    predict_response_text,
-)
-from monolith_serving.proxy.rest_gateway import MAX_VERSION, RestConfig, RestGateway
 from monolith_serving.proxy.router import OutlierPolicy, Router
-from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
+from monolith_serving.proxy.upstream import UpstreamPool
 
 pytestmark = pytest.mark.integration
 

@@ -5,11 +5,8 @@ and requests TF Serving takes taken. The gateway's finer points run against a fa
 
 from __future__ import annotations
 
-import base64
 import json
 import re
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 from proxy_procs import EntryBehindProxy
+from rest_calls import instances_rows, rest_text
 
 from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions
@@ -55,19 +53,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def _raw_rest(cluster: Cluster, method: str, path: str, body: bytes | None = None) -> tuple[int, str]:
     """One HTTP call to the proxy's REST port; the body as text, numbers as written."""
-    request = urllib.request.Request(f"http://127.0.0.1:{cluster.proxy.rest_port}{path}", data=body, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def _b64_rows(instances: list[bytes], *, padded: bool) -> bytes:
-    values = [base64.b64encode(blob).decode() for blob in instances]
-    if not padded:
-        values = [value.rstrip("=") for value in values]
-    return json.dumps({"instances": [{"instances": {"b64": value}} for value in values]}).encode()
+    return rest_text(cluster.proxy.rest_port, method, path, body)
 
 
 def _float_tokens(text: str) -> Any:
@@ -77,7 +63,7 @@ def _float_tokens(text: str) -> Any:
 def test_scores_are_written_as_tf_serving_writes_floats(cluster: Cluster) -> None:
     instances = cluster.instances(16, seed=1)
     direct = cluster.direct_scores(instances)
-    status, text = _raw_rest(cluster, "POST", "/v1/models/entry:predict", _b64_rows(instances, padded=True))
+    status, text = _raw_rest(cluster, "POST", "/v1/models/entry:predict", instances_rows(instances, padded=True))
     assert status == 200, text
     rows = _float_tokens(text)["predictions"]
     tokens = [token for row in rows for token in row]
@@ -93,8 +79,8 @@ def test_scores_are_written_as_tf_serving_writes_floats(cluster: Cluster) -> Non
 def test_base64_without_padding_is_taken(cluster: Cluster) -> None:
     instances = [blob for blob in cluster.instances(40, seed=2) if len(blob) % 3][:8]  # base64 with '='
     assert instances
-    padded = _raw_rest(cluster, "POST", "/v1/models/entry:predict", _b64_rows(instances, padded=True))
-    unpadded = _raw_rest(cluster, "POST", "/v1/models/entry:predict", _b64_rows(instances, padded=False))
+    padded = _raw_rest(cluster, "POST", "/v1/models/entry:predict", instances_rows(instances, padded=True))
+    unpadded = _raw_rest(cluster, "POST", "/v1/models/entry:predict", instances_rows(instances, padded=False))
     assert padded[0] == 200 and unpadded == padded, unpadded
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
+from monolith_serving.core.serving_call import RpcStatusError
 from monolith_serving.entry.metrics import EntryMetrics
 from monolith_serving.entry.ps_client import (
     AttemptMetrics,
@@ -27,7 +28,7 @@ from monolith_serving.entry.ps_client import (
 from monolith_serving.entry.ps_status import PsStatusTracker
 from monolith_serving.entry.replica_source import StaticReplicaSource
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2
-from monolith_serving.proxy.upstream import RpcStatusError, UpstreamPool
+from monolith_serving.proxy.upstream import UpstreamPool
 
 METHOD = "/t.Test/Call"
 

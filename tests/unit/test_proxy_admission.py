@@ -6,10 +6,11 @@ import argparse
 
 import pytest
 
-from monolith_serving.proxy.admission import ByteBudget
+from monolith_serving.core.byte_budget import ByteBudget
+from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.rest_gateway import RestConfig
 from monolith_serving.proxy.config import config_from_args
 from monolith_serving.proxy.main import configure
-from monolith_serving.proxy.rest_gateway import RestConfig
 
 
 def test_a_byte_budget_takes_what_fits_and_never_waits() -> None:
@@ -38,5 +39,5 @@ def test_rest_body_flags_default_to_32_mib_bodies_within_a_64_mib_budget() -> No
     assert _rest("--rest_api_max_body_bytes", str(1 << 20)).body_budget_bytes == 64 << 20
     explicit = _rest("--rest-api-max-body-bytes", "1000", "--rest-api-body-budget-bytes", "5000")
     assert (explicit.max_body_bytes, explicit.body_budget_bytes) == (1000, 5000)
-    with pytest.raises(ValueError, match="must be at least max_body_bytes"):
+    with pytest.raises(InvalidArgumentError, match="must be at least --rest_api_max_body_bytes"):
         _rest("--rest_api_max_body_bytes", "1000", "--rest_api_body_budget_bytes", "999")

@@ -19,12 +19,13 @@ from monolith_serving.core.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from monolith_serving.core.serving_call import GET_MODEL_STATUS, CallContext, Metadata, RpcStatusError, UpstreamReply
 from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_status_pb2, predict_pb2
-from monolith_serving.proxy.core import GET_MODEL_STATUS, RELOAD_CONFIG, CallContext, CoreConfig, ProxyCore
+from monolith_serving.proxy.core import RELOAD_CONFIG, CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
 from monolith_serving.proxy.metrics import ModelLabels, ProxyMetrics
 from monolith_serving.proxy.router import OutlierPolicy, Router
-from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
+from monolith_serving.proxy.upstream import UpstreamPool
 
 
 def _sync(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:

@@ -16,16 +16,17 @@ import grpc
 import pytest
 
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.serving_call import CallContext, Metadata, RpcStatusError, UpstreamReply
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 from monolith_serving.proxy import grpc_servicer
 from monolith_serving.proxy.config import config_from_args
-from monolith_serving.proxy.core import CallContext, CoreConfig, ProxyCore
+from monolith_serving.proxy.core import CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
 from monolith_serving.proxy.main import configure
 from monolith_serving.proxy.metrics import ProxyMetrics
 from monolith_serving.proxy.predict_coalesce import PredictCoalescing
 from monolith_serving.proxy.router import OutlierPolicy, Router
-from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
+from monolith_serving.proxy.upstream import UpstreamPool
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"

@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.serving_call import PREDICT, CallContext, Metadata, RpcStatusError, UpstreamReply
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework import tensor_pb2, types_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 from monolith_serving.proxy import predict_coalesce
 from monolith_serving.proxy.config import config_from_args
-from monolith_serving.proxy.core import PREDICT, CallContext, CoreConfig, ProxyCore
+from monolith_serving.proxy.core import CoreConfig, ProxyCore
 from monolith_serving.proxy.endpoints import StaticEndpointSource
 from monolith_serving.proxy.main import configure
 from monolith_serving.proxy.metrics import ProxyMetrics
@@ -33,7 +34,7 @@ from monolith_serving.proxy.predict_coalesce import (
     split_response,
 )
 from monolith_serving.proxy.router import OutlierPolicy, Router
-from monolith_serving.proxy.upstream import Metadata, RpcStatusError, UpstreamPool, UpstreamReply
+from monolith_serving.proxy.upstream import UpstreamPool
 
 
 def _sync(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:

@@ -9,12 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from monolith_serving.core import rest_codec
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
-from monolith_serving.core.tensor_codec import MAX_FILLED_ELEMENTS, from_tensor_proto, to_tensor_proto
-from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
-from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
-from monolith_serving.proxy import rest_codec
-from monolith_serving.proxy.rest_codec import (
+from monolith_serving.core.rest_codec import (
     AnswerSize,
     DecodeCancel,
     DecodeCancelled,
@@ -25,7 +22,10 @@ from monolith_serving.proxy.rest_codec import (
     parse_predict_body,
     predict_response_text,
 )
-from monolith_serving.proxy.rest_gateway import RestTarget, parse_rest_target
+from monolith_serving.core.rest_gateway import RestTarget, parse_rest_target
+from monolith_serving.core.tensor_codec import MAX_FILLED_ELEMENTS, from_tensor_proto, to_tensor_proto
+from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import get_model_metadata_pb2, predict_pb2
 
 
 def _request(body: object, signature: dict[str, int] | None = None, model: ModelRef | None = None) -> object:

@@ -8,8 +8,8 @@ import grpc
 
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.model_state import ModelState
+from monolith_serving.core.rest_codec import model_status_json
 from monolith_serving.core.status_reply import model_status_reply
-from monolith_serving.proxy.rest_codec import model_status_json
 
 
 @dataclass

@@ -105,11 +105,11 @@ def test_the_entry_takes_monoliths_v1_command_line(export: Path, tmp_path: Path,
     assert entry.fetch_ps_retry == monolith.FETCH_PS_RETRY
     assert entry.poll_interval_s == (5.0 if all_settings else 1.0)
     assert entry.grpc_channel_arguments == ((("grpc.max_connection_age_ms", 2000),) if all_settings else ())
+    assert entry.rest is not None and entry.rest.port == 8501  # TF Serving's REST API, as Monolith's agent asks
     all_unused = list(monolith.ALL_SETTINGS_UNUSED) if all_settings else []
     if all_settings:  # the entry has no use for num_load_threads
         all_unused.insert(all_unused.index("--num_unload_threads"), "--num_load_threads")
     assert unused_tfs_flags(args) == (
-        "--rest_api_port",
         "--platform_config_file",
         *all_unused,
         "--archon_port",
@@ -155,8 +155,8 @@ def test_the_unified_server_takes_monoliths_v3_command_line(tmp_path: Path, all_
     assert unified.fetch_ps_timeout_ms == monolith.FETCH_PS_TIMEOUT_MS
     assert unified.num_load_threads == (4 if all_settings else 1)
     assert unified.model_config_file_poll_wait_s == 60.0  # how Monolith's v3 agent changes the models
+    assert unified.rest is not None and unified.rest.port == 8501
     assert unused_tfs_flags(args) == (
-        "--rest_api_port",
         "--platform_config_file",
         *(monolith.ALL_SETTINGS_UNUSED if all_settings else ()),
         "--archon_port",

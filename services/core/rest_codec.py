@@ -1,4 +1,4 @@
-"""TF Serving's REST JSON <-> the gRPC messages the proxy forwards.
+"""TF Serving's REST JSON <-> the gRPC messages the REST gateway (``core.rest_gateway``) serves.
 
 Request bodies: ``{"signature_name": ..., "instances": [...]}`` (row format: one element per example, either
 a value of the signature's single input or an object of named inputs, stacked on a new batch dimension)

@@ -1,6 +1,11 @@
-"""TF Serving's REST API on an HTTP port, translated into the same core calls as gRPC.
+"""TF Serving's REST API on an HTTP port, translated into the same calls as gRPC and served by a backend.
 
-Why aiohttp: it runs on the proxy's event loop (uvloop) next to grpc.aio, and it gets HTTP/1.1 right
+The backend (:class:`RestBackend`) is what stands behind the gateway: the proxy's ``ProxyCore`` (routing to entry
+replicas, its ``max_in_flight`` admission, ``proxy_*`` metrics), or a model server's
+``core.model_server_rest.LocalRestBackend`` (the server's own gRPC handlers, called in its process). The gateway
+itself knows neither.
+
+Why aiohttp: it runs on the server's event loop (uvloop) next to grpc.aio, and it gets HTTP/1.1 right
 (keep-alive, chunked bodies, size limits, slow clients) where a hand-written parser on asyncio streams
 would be new code to trust in front of every client.
 
@@ -15,10 +20,10 @@ than GET and POST).
 Each request has one deadline, fixed when it arrives; its core calls (GetModelMetadata on a signature-cache
 miss, then Predict) share it, and so does decoding its body.
 
-Backpressure, before any work: a request takes one admission slot of the core (``ProxyCore.admitted``, the
-``max_in_flight`` bound the gRPC path counts against) as soon as its path is read, before a byte of its body,
-and holds it until it is answered; its core calls take no second slot. A Predict's body is then read only as far
-as ``RestConfig.body_budget_bytes`` allows: the bytes of the bodies being read, decoded and forwarded at once
+Backpressure, before any work: a request takes one admission slot of the backend (``RestBackend.admitted``; the
+proxy's is the ``max_in_flight`` bound its gRPC path counts against) as soon as its path is read, before a byte of
+its body, and holds it until it is answered; its core calls take no second slot. A Predict's body is then read only
+as far as ``RestConfig.body_budget_bytes`` allows: the bytes of the bodies being read, decoded and forwarded at once
 (decoded JSON takes ~10-25x its size in memory). A request that finds either full is refused at once, 429
 (503 while draining), without its body being read.
 A Predict body of ``RestConfig.decode_offload_bytes`` or more is decoded (JSON → PredictRequest bytes) on a small
@@ -35,10 +40,10 @@ answer is written alone): the budget bounds the memory of REST work in flight, a
 element, as much as decoding per byte of body; refused, it is 429. A small answer is written on the loop: ~0.35 ms
 for 256 scores, against ~40 us for the hop to a thread, and only one such write runs at a time, so its memory needs
 no bound of its own.
-Every request is counted once in ``proxy_requests_total`` under the method it asks for, with the code its client
-gets: by the core when a core call of that method fails; here when that call answers OK
-(``ProxyCore.call_deferring_count``: writing the answer can still fail, a 504, 429 or 400, and the request is
-counted with that code) or when the request is answered before any such call (``ProxyCore.count_refused``).
+Every request is counted once by the backend (the proxy's ``proxy_requests_total``) under the method it asks for,
+with the code its client gets: by the backend when a core call of that method fails; here when that call answers
+OK (``RestBackend.call_deferring_count``: writing the answer can still fail, a 504, 429 or 400, and the request is
+counted with that code) or when the request is answered before any such call (``RestBackend.count_refused``).
 A signature lookup is an internal core call (``CallContext.internal``) made for the Predict: not a request of
 its own, so not counted; the Predict is, once, whether it fails at its lookup or later.
 """
@@ -54,6 +59,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -61,6 +67,7 @@ import grpc
 from aiohttp import HttpVersion11, hdrs, web
 
 from monolith_serving.core.aio_wait import within
+from monolith_serving.core.byte_budget import ByteBudget
 from monolith_serving.core.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
@@ -70,23 +77,7 @@ from monolith_serving.core.errors import (
 )
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.log_limit import RateLimitedLog
-from monolith_serving.proto_gen.tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    predict_pb2,
-)
-from monolith_serving.proxy.admission import ByteBudget
-from monolith_serving.proxy.core import (
-    GET_MODEL_STATUS,
-    PREDICTION_SERVICE,
-    REQUEST_ID_KEY,
-    CallContext,
-    DeferredCount,
-    ProxyCore,
-    method_name,
-)
-from monolith_serving.proxy.metrics import UNKNOWN_METHOD
-from monolith_serving.proxy.rest_codec import (
+from monolith_serving.core.rest_codec import (
     SIGNATURE_DEF_FIELD,
     AnswerSize,
     DecodeCancel,
@@ -100,15 +91,26 @@ from monolith_serving.proxy.rest_codec import (
     predict_response_text,
     signature_inputs_from_metadata,
 )
-from monolith_serving.proxy.upstream import RpcStatusError, UpstreamReply
+from monolith_serving.core.serving_call import (
+    GET_MODEL_METADATA,
+    GET_MODEL_STATUS,
+    PREDICT,
+    REQUEST_ID_KEY,
+    CallContext,
+    RpcStatusError,
+    UpstreamReply,
+    method_name,
+)
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
-
-PREDICT = f"/{PREDICTION_SERVICE}/Predict"
-GET_MODEL_METADATA = f"/{PREDICTION_SERVICE}/GetModelMetadata"
 
 _HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.OK: 200,
@@ -132,6 +134,8 @@ _NO_METADATA = frozenset(
 )
 MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
 PROTOCOL = "rest"  # the ``protocol`` label of REST requests
+# ``method`` of a REST request refused before its path named a method (no such route, an unknown verb).
+UNKNOWN_METHOD = "unknown"
 # POST verbs → the gRPC method they name (classify and regress are answered UNIMPLEMENTED here).
 _VERB_METHODS = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
 GET_MODEL_STATUS_METHOD = "GetModelStatus"
@@ -141,7 +145,7 @@ _MODELS_PATH = "/v1/models"
 _ALLOWED_METHODS = "GET, POST"
 _JSON_TYPE = "application/json"
 _CHARSET = "utf-8"  # what aiohttp names when given text: answers written as bytes say the same
-BODY_BYTES_REASON = "body_bytes"  # proxy_rejected_requests_total{reason} of a refusal by the body-byte budget
+BODY_BYTES_REASON = "body_bytes"  # ``count_rejected`` reason of a refusal by the body-byte budget
 _READ_CHUNK_BYTES = 1 << 20  # the body stream buffers up to twice this before it stops reading the socket
 
 
@@ -149,10 +153,53 @@ def http_status(code: grpc.StatusCode) -> int:
     return _HTTP_STATUS.get(code, 500)
 
 
+class PendingCount(Protocol):
+    """The count of a request whose backend call answered OK while the gateway still writes its client's answer."""
+
+    def settle(self, code: grpc.StatusCode) -> None:
+        """Counts the request once, with the code its client got."""
+        ...
+
+
+class RestBackend(Protocol):
+    """What the gateway needs from the server behind it; called on the gateway's event loop.
+
+    Each REST request is counted exactly once: by ``call`` or ``call_deferring_count`` of the request's own method
+    (a failure there, the client cancelling included, is counted by the backend), by the :class:`PendingCount` the
+    latter returns, or by ``count_refused`` when no call of its method was made. A call with ``ctx.internal`` (the
+    signature lookup of a Predict) is counted by nobody.
+    """
+
+    def admitted(self) -> AbstractContextManager[None]:
+        """Holds one admission slot for a whole REST request; refuses (a package error: ResourceExhaustedError,
+        UnavailableError) when the backend takes no more, counting the refusal itself."""
+        ...
+
+    async def call(self, path: str, request: bytes, ctx: CallContext) -> UpstreamReply:
+        """Serves a serialized TF Serving request of ``path`` within ``ctx.timeout_s``; fails with RpcStatusError
+        (or a package error) carrying the status to answer."""
+        ...
+
+    async def call_deferring_count(
+        self, path: str, request: bytes, ctx: CallContext
+    ) -> tuple[UpstreamReply, PendingCount]:
+        """``call``, leaving the count of an OK answer to the returned :class:`PendingCount`."""
+        ...
+
+    def count_refused(self, *, model: str | None, method: str, protocol: str, code: grpc.StatusCode) -> None:
+        """Counts a request answered without a call of its own method (bad path or body, refused)."""
+        ...
+
+    def count_rejected(self, reason: str) -> None:
+        """Counts a request refused for a bound of the gateway's own (``BODY_BYTES_REASON``)."""
+        ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class RestConfig:
     host: str = "0.0.0.0"
     port: int = 0
+    server_name: str = "proxy"  # names the server in refusals ("proxy overloaded: ...", "entry stopping: ...")
     timeout_s: float = 30.0  # TF Serving's rest_api_timeout_in_ms default
     # Larger bodies are 413, refused before they are read. JSON numbers decode at ~0.1-1 us per byte on a thread
     # (1 us: floats, with their range check), so a 32 MiB body of floats takes about the whole default deadline;
@@ -257,7 +304,7 @@ class _RestCall:
     method: str = UNKNOWN_METHOD  # the gRPC method the path asks for, once read from it
     model: str | None = None  # the model name in the path, once read (not yet vouched for: not a label)
     counted: bool = False  # a core call of ``method`` ran: the core counted a failure of it, or left ``answered``
-    answered: DeferredCount | None = None  # that call answered OK: settled with the code the client gets
+    answered: PendingCount | None = None  # that call answered OK: settled with the code the client gets
 
 
 @dataclass(frozen=True)
@@ -395,8 +442,10 @@ class _SignatureCache:
 class RestGateway:
     """``start()`` binds and serves; ``stop()`` stops accepting and waits for in-flight requests."""
 
-    def __init__(self, core: ProxyCore, config: RestConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
-        self._core = core
+    def __init__(
+        self, backend: RestBackend, config: RestConfig, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._backend = backend
         self._config = config
         self._clock = clock
         self._signatures = _SignatureCache(config.signature_ttl_s, clock)
@@ -451,7 +500,9 @@ class RestGateway:
 
     # ---- handlers ------------------------------------------------------------------------------------------
     def _not_found(self, request: web.Request) -> web.Response:
-        self._core.count_refused(model=None, method=UNKNOWN_METHOD, protocol=PROTOCOL, code=grpc.StatusCode.NOT_FOUND)
+        self._backend.count_refused(
+            model=None, method=UNKNOWN_METHOD, protocol=PROTOCOL, code=grpc.StatusCode.NOT_FOUND
+        )
         return _error(404, f"no such endpoint: {request.method} {request.rel_url.raw_path}")
 
     async def _dispatch(self, request: web.Request) -> web.Response:
@@ -489,7 +540,7 @@ class RestGateway:
             elif not call.counted:
                 # Answered before a core call of its own (bad path or body, body too large, refused at admission):
                 # the core never saw it.
-                self._core.count_refused(model=call.model, method=call.method, protocol=PROTOCOL, code=code)
+                self._backend.count_refused(model=call.model, method=call.method, protocol=PROTOCOL, code=code)
         response.headers[REQUEST_ID_KEY] = request_id
         if not request.content.is_eof():
             # Answered without reading its body (refused): the connection is not reused. aiohttp still reads and
@@ -511,7 +562,7 @@ class RestGateway:
                 grpc.StatusCode.UNIMPLEMENTED,
                 f"{target.method.lower()} is not supported by Monolith entries; use :predict",
             )
-        with self._core.admitted():
+        with self._backend.admitted():
             if target.method == "Predict":
                 return await self._predict(request, target.model, call)
             if target.method == GET_MODEL_METADATA_METHOD:
@@ -551,11 +602,11 @@ class RestGateway:
 
     def _budget_refusal(self, more_bytes: int, purpose: str = "") -> ResourceExhaustedError:
         """The 429 of a request whose body or answer does not fit the byte budget now, counted as rejected."""
-        self._core.count_rejected(BODY_BYTES_REASON)
+        self._backend.count_rejected(BODY_BYTES_REASON)
         budget = self._budget
         return ResourceExhaustedError(
-            f"proxy overloaded: REST requests being decoded or answered hold {budget.in_use_bytes} of "
-            f"{budget.capacity_bytes} bytes, no room for {more_bytes} more{purpose}"
+            f"{self._config.server_name} overloaded: REST requests being decoded or answered hold "
+            f"{budget.in_use_bytes} of {budget.capacity_bytes} bytes, no room for {more_bytes} more{purpose}"
         )
 
     async def _call_core(self, path: str, request: bytes, call: _RestCall) -> UpstreamReply:
@@ -574,9 +625,9 @@ class RestGateway:
             internal=internal,
         )
         if internal:
-            return await self._core.call(path, request, ctx)
+            return await self._backend.call(path, request, ctx)
         call.counted = True
-        reply, call.answered = await self._core.call_deferring_count(path, request, ctx)
+        reply, call.answered = await self._backend.call_deferring_count(path, request, ctx)
         return reply
 
     async def _decode(self, call: _RestCall, body_bytes: int, work: _CodecStep[T]) -> T:
@@ -610,7 +661,7 @@ class RestGateway:
         pool = self._codec_pool
         if pool is None:
             self._codec_slots.release()
-            raise _proxy_stopping(job)
+            raise _stopping(self._config.server_name, job)
         # The slot and the request's budget bytes are given back when the step ends, which may be after the answer.
         call.held.hold()
         loop = asyncio.get_running_loop()
@@ -619,7 +670,7 @@ class RestGateway:
         except BaseException as error:
             self._step_ended(call.held)
             if isinstance(error, RuntimeError):  # shut down by stop(), not yet dropped: submit refuses new work
-                raise _proxy_stopping(job) from None
+                raise _stopping(self._config.server_name, job) from None
             raise
         step.add_done_callback(functools.partial(self._on_step_ended, loop, call.held))
         try:
@@ -740,8 +791,8 @@ async def _continue_later(request: web.Request) -> None:
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
 
 
-def _proxy_stopping(job: _CodecJob) -> UnavailableError:
-    return UnavailableError(f"proxy stopping: no codec thread is left for {job.doing}")
+def _stopping(server_name: str, job: _CodecJob) -> UnavailableError:
+    return UnavailableError(f"{server_name} stopping: no codec thread is left for {job.doing}")
 
 
 def _encode_predict_request(

@@ -1,7 +1,8 @@
 """Certificates made in the test: a CA, a server certificate for localhost/127.0.0.1 and a client certificate, as PEM
 files, plus the SSLConfig file (tensorflow_model_server's ``--ssl_config_file``) that serves them.
 
-Made with the ``cryptography`` package (a dev extra). EC P-256 keys: quick to generate, and what gRPC takes.
+Made with the ``cryptography`` package (a dev extra). EC P-256 keys: quick to generate, and what gRPC takes; a
+leaf may be given another key (RSA) and written in another format (PKCS#1, SEC1) to check what the servers read.
 """
 
 from __future__ import annotations
@@ -13,18 +14,21 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+PKCS8 = serialization.PrivateFormat.PKCS8
+# PKCS#1 (``RSA PRIVATE KEY``) for an RSA key, SEC1 (``EC PRIVATE KEY``) for an EC key.
+TRADITIONAL = serialization.PrivateFormat.TraditionalOpenSSL
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def key_pem(key: ec.EllipticCurvePrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+def key_pem(key: PrivateKey, private_format: serialization.PrivateFormat = PKCS8) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, private_format, serialization.NoEncryption()).decode()
 
 
 def cert_pem(cert: x509.Certificate) -> str:
@@ -35,7 +39,7 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _builder(subject: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
+def _builder(subject: str, issuer: x509.Name, key: PrivateKey) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
@@ -63,15 +67,23 @@ class Authority:
         )
         return cls(key, cert)
 
-    def issue(self, name: str, *, server: bool) -> tuple[str, str]:
-        """(key PEM, certificate PEM) of a leaf: a server's names are localhost and 127.0.0.1."""
-        key = _key()
+    def issue(
+        self,
+        name: str,
+        *,
+        server: bool,
+        key: PrivateKey | None = None,
+        private_format: serialization.PrivateFormat = PKCS8,
+    ) -> tuple[str, str]:
+        """(key PEM, certificate PEM) of a leaf (of ``key``, default a new EC key): a server's names are localhost and
+        127.0.0.1."""
+        key = _key() if key is None else key
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = _builder(name, self.cert.subject, key).add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if server:
             names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
             builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        return key_pem(key), cert_pem(builder.sign(self.key, hashes.SHA256()))
+        return key_pem(key, private_format), cert_pem(builder.sign(self.key, hashes.SHA256()))
 
 
 def text_proto_string(text: str) -> str:

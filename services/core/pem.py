@@ -17,6 +17,7 @@ from collections.abc import Iterator
 # A block's label is repeated in its END line; text around blocks (openssl's "Bag Attributes", comments) is allowed.
 _BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 CERTIFICATE = "CERTIFICATE"
+EC_PARAMETERS = "EC PARAMETERS"
 
 
 def pem_labels(text: str) -> list[str]:
@@ -31,18 +32,39 @@ def _no_block_reason(text: str) -> str:
     return "holds no PEM block (-----BEGIN ...----- to -----END ...-----)"
 
 
+def _blocks(labels: list[str]) -> str:
+    """``a CERTIFICATE block`` / ``2 blocks (CERTIFICATE, X509 CRL)``."""
+    if len(labels) == 1:
+        return f"a {labels[0]} block"
+    return f"{len(labels)} blocks ({', '.join(labels)})"
+
+
 def check_private_key_pem(text: str) -> None:
-    """One unencrypted private key block (PKCS#8 ``PRIVATE KEY``, ``RSA PRIVATE KEY``, ``EC PRIVATE KEY``)."""
+    """One unencrypted private key block (PKCS#8 ``PRIVATE KEY``, ``RSA PRIVATE KEY``, ``EC PRIVATE KEY``), nothing
+    else but ``EC PARAMETERS`` blocks: ``openssl ecparam -genkey`` writes the curve before the key, and OpenSSL (so
+    gRPC and TF Serving) skips it when reading the key."""
     labels = pem_labels(text)
     if not labels:
         raise ValueError(_no_block_reason(text))
-    if len(labels) != 1:
-        raise ValueError(f"holds {len(labels)} PEM blocks ({', '.join(labels)}); one private key expected")
-    (label,) = labels
+    labels = [label for label in labels if label != EC_PARAMETERS]
+    keys = [label for label in labels if label.endswith("PRIVATE KEY")]
+    others = [label for label in labels if not label.endswith("PRIVATE KEY")]
+    if not keys:
+        if not others:
+            raise ValueError(f"holds only {EC_PARAMETERS}, no private key")
+        raise ValueError(f"holds {_blocks(others)}, not a private key")
+    if len(keys) > 1:
+        raise ValueError(f"holds {len(keys)} private keys ({', '.join(keys)}); one expected")
+    if CERTIFICATE in others:
+        raise ValueError(
+            "holds CERTIFICATE blocks as well as the private key: give the key alone (its certificate chain goes in "
+            "a file or field of its own)"
+        )
+    if others:
+        raise ValueError(f"holds {_blocks(others)} besides the private key; only the key belongs here")
+    (label,) = keys
     if label == "ENCRYPTED PRIVATE KEY" or "Proc-Type: 4,ENCRYPTED" in text:
         raise ValueError("holds an encrypted private key, which gRPC cannot use: decrypt it first")
-    if not label.endswith("PRIVATE KEY"):
-        raise ValueError(f"holds a {label} block, not a private key")
 
 
 def check_certificates_pem(text: str) -> None:
@@ -90,4 +112,7 @@ def check_key_pair(private_key: str, certificate_chain: str) -> None:
         except ssl.SSLError as error:
             if error.reason == "KEY_VALUES_MISMATCH":
                 raise ValueError("is not the private key of the certificate") from None
+            if error.reason == "NO_CERTIFICATE_ASSIGNED":
+                # OpenSSL keeps a certificate per key type: a key of another type finds none of its own.
+                raise ValueError("is not the private key of the certificate (the key's type differs)") from None
             raise ValueError(f"holds a private key that cannot be read ({error.reason or error})") from None

@@ -12,6 +12,7 @@ InvalidArgumentError naming its flag: a usage error, before anything is dialed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ class ChannelTls:
 
     root_certificates: str | None = None  # None: gRPC's default roots
     certificate_chain: str | None = None
-    private_key: str | None = None
+    private_key: str | None = dataclasses.field(default=None, repr=False)  # a secret: not in repr()
     target_name_override: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:

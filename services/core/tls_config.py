@@ -15,6 +15,7 @@ proxy's REST API and every server's /metrics stay plain HTTP, as in TF Serving.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class ServerTls:
     """A checked SSLConfig. ``custom_ca`` is None when the file gives none."""
 
     source: Path  # the file it was read from, for log lines
-    server_key: str
+    server_key: str = dataclasses.field(repr=False)  # a secret: not in repr()
     server_cert: str
     custom_ca: str | None
     client_verify: bool
@@ -67,10 +68,42 @@ def add_ssl_config_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def server_tls_from_flag(value: str) -> ServerTls | None:
-    """None for an empty value (plaintext, what Monolith's agent passes by default); else the file, read and checked."""
-    if not value.strip():
+    """None for an empty value (plaintext, what Monolith's agent passes by default); else the file, read and checked.
+    Only the empty string means plaintext, as in TF Serving: a blank one is refused rather than serving plaintext to
+    whoever set it hoping for TLS."""
+    if value == "":
         return None
+    if not value.strip():
+        raise InvalidArgumentError(
+            f"{FLAG} {value!r}: blank; give the SSLConfig file, or an empty value to serve plaintext"
+        )
     return load_server_tls(Path(value))
+
+
+# Parse problems by a phrase of protobuf's message, told in our words. Protobuf's own message quotes the line and the
+# token it stopped at, which may be a line of the private key: it is never shown.
+_PARSE_PROBLEMS = (
+    ("String missing ending quote", "a string without its closing quote"),
+    ("codec can't decode", "a string with an invalid escape"),
+    ("Expected string", "a value that is not a quoted string"),
+    ("has no field named", "a field name SSLConfig does not have (server_key, server_cert, custom_ca, client_verify)"),
+    ("should not have multiple", "a field given twice"),
+    ('Expected "true" or "false"', "client_verify is neither true nor false"),
+    ("Expected identifier", "a field name expected"),
+    ('Expected ":"', "a colon expected after the field name"),
+)
+
+
+def _parse_error_reason(text: str, error: text_format.ParseError) -> str:
+    """Where the parse stopped and what protobuf found wrong there, without quoting the file."""
+    if text.startswith("\ufeff"):
+        return "line 1, column 1: a UTF-8 byte order mark (BOM); save the file without it"
+    message = str(error)
+    problem = next((reason for phrase, reason in _PARSE_PROBLEMS if phrase in message), "invalid syntax")
+    line, column = error.GetLine(), error.GetColumn()
+    if line is None:
+        return problem
+    return f"line {line}, column {column}: {problem}" if column is not None else f"line {line}: {problem}"
 
 
 def _field_error(path: Path, field: str, reason: str) -> InvalidArgumentError:
@@ -87,7 +120,8 @@ def load_server_tls(path: Path) -> ServerTls:
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise InvalidArgumentError(f"{FLAG} {path}: not a text-format tensorflow.serving.SSLConfig: {error}") from None
+        reason = _parse_error_reason(text, error)
+        raise InvalidArgumentError(f"{FLAG} {path}: not a text-format tensorflow.serving.SSLConfig: {reason}") from None
     if not config.server_key.strip():
         raise _field_error(path, "server_key", "is missing: the server's PEM private key is required")
     if not config.server_cert.strip():

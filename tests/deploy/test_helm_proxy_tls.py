@@ -1,15 +1,18 @@
-"""The Helm chart's TLS proxy (`proxy.tls`): what it renders on and off, the values it refuses, its NOTES, and its init
-container and exec probes run for real: the init container's script over a stand-in Secret folder writes the
-SSLConfig a real proxy serves, and the rendered probe command checks that proxy over TLS, also after the Secret is
-renewed under it."""
+"""The Helm chart's TLS proxy (`proxy.tls`): what it renders on and off, the values it refuses, its NOTES, and its
+container's start and exec probes run for real: the rendered start script over a stand-in Secret folder writes the
+SSLConfig and execs a real proxy serving it, the rendered probe command checks that proxy over TLS, also after the
+Secret is renewed under it, and a restart of the container serves the renewed certificate."""
 
 from __future__ import annotations
 
 import datetime
 import os
 import re
+import shlex
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -91,23 +94,24 @@ def _mounts(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 class TlsPod:
     """The parts of a rendered TLS proxy pod the tests look at."""
 
-    init: dict[str, Any]
+    pod: dict[str, Any]
     proxy: dict[str, Any]
     volumes: dict[str, dict[str, Any]]
 
     @classmethod
     def of(cls, docs: list[dict[str, Any]]) -> TlsPod:
         pod = _proxy_pod(docs)
-        [init] = pod["initContainers"]
-        return cls(init, pod["containers"][0], {volume["name"]: volume for volume in pod["volumes"]})
+        return cls(pod, pod["containers"][0], {volume["name"]: volume for volume in pod["volumes"]})
 
-    def init_script(self) -> str:
-        assert self.init["command"] == ["/bin/sh", "-c"]
-        [script] = self.init["args"]
-        return str(script)
+    def start_script(self) -> str:
+        """The script the proxy container starts with: ``sh -c SCRIPT sh ARGS...`` (its args are the script's
+        ``"$@"``)."""
+        command = self.proxy["command"]
+        assert command[:2] == ["/bin/sh", "-c"] and command[3:] == ["sh"], command
+        return str(command[2])
 
     def ssl_config_argv(self) -> list[str]:
-        [argv] = monolith_commands_in_shell(self.init_script())
+        [argv] = [argv for argv in monolith_commands_in_shell(self.start_script()) if argv[0] == "ssl-config"]
         return argv
 
     def probe_command(self) -> list[str]:
@@ -126,6 +130,7 @@ def test_tls_is_off_by_default(helm: Helm) -> None:
     pod = _proxy_pod(_render(helm))
     proxy = pod["containers"][0]
     assert "initContainers" not in pod
+    assert "command" not in proxy  # the image's entrypoint: monolith-serving
     assert {volume["name"] for volume in pod["volumes"]} == {"config", "tmp"}
     assert not [arg for arg in proxy["args"] if "ssl" in arg]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -133,28 +138,29 @@ def test_tls_is_off_by_default(helm: Helm) -> None:
 
 
 @pytest.mark.parametrize("client_verify", [False, True])
-def test_tls_on_renders_the_init_container_volumes_args_and_exec_probes(helm: Helm, client_verify: bool) -> None:
+def test_tls_on_renders_the_start_script_volumes_args_and_exec_probes(helm: Helm, client_verify: bool) -> None:
     docs = _render(helm, *TLS_ON, *(CLIENT_VERIFY if client_verify else ()))
     pod = TlsPod.of(docs)
-    # The init container: same image; the Secret copied into the in-memory volume, the SSLConfig written from the copy.
-    assert pod.init["name"] == "ssl-config" and pod.init["image"] == pod.proxy["image"]
-    secret_path = _mounts(pod.init)["tls-secret"]["mountPath"]
-    copy_path = _mounts(pod.init)["tls"]["mountPath"]
-    assert _mounts(pod.init)["tls-secret"]["readOnly"] is True and not _mounts(pod.init)["tls"].get("readOnly")
+    # No init container: the proxy container's own start copies the Secret into the in-memory volume and writes the
+    # SSLConfig from the copy, at every start of the container; then it execs the proxy with its args.
+    assert "initContainers" not in pod.pod
+    secret_path = _mounts(pod.proxy)["tls-secret"]["mountPath"]
+    copy_path = _mounts(pod.proxy)["tls"]["mountPath"]
+    assert _mounts(pod.proxy)["tls-secret"]["readOnly"] is True and not _mounts(pod.proxy)["tls"].get("readOnly")
+    script = pod.start_script()
     argv = pod.ssl_config_argv()
-    assert argv[0] == "ssl-config"
     args = parse_command_line(argv)
     assert (args.server_cert_file, args.server_key_file) == (Path(f"{copy_path}/tls.crt"), Path(f"{copy_path}/tls.key"))
     assert args.client_verify is client_verify
     assert args.custom_ca_file == (Path(f"{copy_path}/ca.crt") if client_verify else None)
-    assert f"{secret_path}/tls.crt" in pod.init_script() and f"{secret_path}/tls.key" in pod.init_script()
-    assert (f"{secret_path}/ca.crt" in pod.init_script()) is client_verify
-    # Volumes: the Secret (for the init container only) and a memory-backed emptyDir.
+    assert f"{secret_path}/tls.crt" in script and f"{secret_path}/tls.key" in script
+    assert (f"{secret_path}/ca.crt" in script) is client_verify
+    assert script.rstrip().endswith('\nexec monolith-serving "$@"')
+    # Volumes: the Secret and a memory-backed emptyDir.
     assert pod.volumes["tls-secret"]["secret"]["secretName"] == SECRET
     assert pod.volumes["tls"]["emptyDir"]["medium"] == "Memory"
-    assert "tls-secret" not in _mounts(pod.proxy)
-    assert _mounts(pod.proxy)["tls"] == {"name": "tls", "mountPath": copy_path, "readOnly": True}
-    # The proxy serves the SSLConfig the init container wrote.
+    # The proxy serves the SSLConfig the start script wrote.
+    assert pod.proxy["args"][0] == "proxy"
     proxy_args = parse_command_line(pod.proxy["args"])
     assert proxy_args.ssl_config_file == str(args.out)
     assert str(args.out).startswith(f"{copy_path}/")
@@ -175,9 +181,8 @@ def test_tls_on_renders_the_init_container_volumes_args_and_exec_probes(helm: He
         assert pod.proxy[probe]["periodSeconds"] == values[key]["periodSeconds"], probe
         assert pod.proxy[probe]["failureThreshold"] == values[key]["failureThreshold"], probe
     # Hardened like every container of the chart.
-    assert pod.init["securityContext"]["readOnlyRootFilesystem"] is True
-    assert pod.init["securityContext"]["allowPrivilegeEscalation"] is False
-    assert pod.init["resources"]["limits"]["memory"]
+    assert pod.proxy["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod.proxy["securityContext"]["allowPrivilegeEscalation"] is False
     # Entries stay plaintext inside the cluster.
     entry = _deployment(docs, "-entry")["spec"]["template"]["spec"]["containers"][0]
     assert not [arg for arg in entry["args"] if "ssl" in arg]
@@ -273,10 +278,16 @@ def test_notes_without_tls_keep_the_plaintext_commands(helm: Helm, tmp_path: Pat
 # -- the init container and the probes, run for real ---------------------------------------------------------------
 
 
-def _leaf(authority: Authority, *, client_auth: bool) -> tuple[str, str]:
-    """(key PEM, certificate PEM) for SERVER_NAME, allowing server auth and, when asked, client auth."""
+def _leaf(authority: Authority, *, client_auth: bool, expired: bool = False) -> tuple[str, str]:
+    """(key PEM, certificate PEM) for SERVER_NAME, allowing server auth and, when asked, client auth; valid for two
+    days, or expired yesterday."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
+    start, end = (
+        (now - datetime.timedelta(days=3), now - datetime.timedelta(days=1))
+        if expired
+        else (now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2))
+    )
     usages = [ExtendedKeyUsageOID.SERVER_AUTH, *([ExtendedKeyUsageOID.CLIENT_AUTH] if client_auth else [])]
     cert = (
         x509.CertificateBuilder()
@@ -284,8 +295,8 @@ def _leaf(authority: Authority, *, client_auth: bool) -> tuple[str, str]:
         .issuer_name(authority.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=2))
+        .not_valid_before(start)
+        .not_valid_after(end)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
         .sign(authority.key, hashes.SHA256())
@@ -293,19 +304,32 @@ def _leaf(authority: Authority, *, client_auth: bool) -> tuple[str, str]:
     return key_pem(key), cert_pem(cert)
 
 
-def _write_secret(folder: Path, authority: Authority, *, ca: bool, client_auth: bool = True) -> None:
+def _write_secret(
+    folder: Path, authority: Authority, *, ca: bool, client_auth: bool = True, expired: bool = False
+) -> None:
     """A stand-in for the mounted kubernetes.io/tls Secret: tls.crt, tls.key and, when asked, ca.crt."""
     folder.mkdir(parents=True, exist_ok=True)
-    key, cert = _leaf(authority, client_auth=client_auth)
+    key, cert = _leaf(authority, client_auth=client_auth, expired=expired)
     (folder / "tls.crt").write_text(cert)
     (folder / "tls.key").write_text(key)
     if ca:
         (folder / "ca.crt").write_text(cert_pem(authority.cert))
 
 
+def _venv_env(root: Path) -> dict[str, str]:
+    """The environment with a `monolith-serving` on PATH that runs this venv's (the image's console script)."""
+    bin_dir = root / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    command = bin_dir / "monolith-serving"
+    command.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m monolith_serving "$@"\n')
+    command.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
 @dataclass(frozen=True)
 class LocalPod:
-    """A rendered TLS proxy pod whose volumes are folders under ``root`` (a volume named v at ``root/v``)."""
+    """A rendered TLS proxy pod whose volumes are folders under ``root`` (a volume named v at ``root/v``), its
+    containers run as the kubelet runs them, with `monolith-serving` on PATH (_venv_env)."""
 
     pod: TlsPod
     root: Path
@@ -317,17 +341,56 @@ class LocalPod:
         paths = "|".join(re.escape(path) for path in sorted(folders, key=len, reverse=True))
         return re.sub(rf"({paths})(?=/|\s|$)", lambda match: folders[match.group(1)], text)
 
-    def run_init(self) -> subprocess.CompletedProcess[str]:
-        script = self.local(self.pod.init_script(), self.pod.init)
-        script = script.replace("exec monolith-serving ", f"exec {sys.executable} -m monolith_serving ")
+    def argv(self, container: dict[str, Any], args: Sequence[str]) -> list[str]:
+        """The command line of ``container``: its command (the image's ENTRYPOINT, monolith-serving, when it has none),
+        its paths made local, then ``args`` as given."""
+        command = container.get("command", ["monolith-serving"])
+        return [*(self.local(part, container) for part in command), *args]
+
+    def proxy_args(self, port: int) -> list[str]:
+        """The proxy container's args with the rendered --port and --ssl_config_file; its other flags need the cluster:
+        discovery is replaced by a static entry target nothing listens on."""
+        ssl_config = self.local(_flag_value(self.pod.proxy["args"], "--ssl_config_file"), self.pod.proxy)
+        return [
+            "proxy",
+            f"--port={port}",
+            "--host=127.0.0.1",
+            f"--ssl_config_file={ssl_config}",
+            f"--rest_api_port={free_port()}",
+            f"--entry_targets=127.0.0.1:{free_port()}",
+        ]
+
+    def start_pod(self) -> None:
+        """What the pod's start does before its containers run: the emptyDir, then every init container, each to its
+        end."""
         (self.root / "tls").mkdir(exist_ok=True)
-        return subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, check=False, timeout=120)
+        for init in self.pod.pod.get("initContainers", []):
+            done = subprocess.run(
+                self.argv(init, [self.local(arg, init) for arg in init.get("args", [])]),
+                env=_venv_env(self.root),
+                capture_output=True,
+                check=False,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+
+    def start_container(self, args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+        """The proxy container started with ``args``."""
+        with open(log, "ab") as out:
+            return subprocess.Popen(
+                self.argv(self.pod.proxy, args), stdout=out, stderr=subprocess.STDOUT, env=_venv_env(self.root)
+            )
+
+    def run_container(self) -> subprocess.CompletedProcess[str]:
+        """A start of the proxy container that must end before the proxy runs (`--help` if it does not)."""
+        (self.root / "tls").mkdir(exist_ok=True)
+        argv = self.argv(self.pod.proxy, ["proxy", "--help"])
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=120, env=_venv_env(self.root))
 
     def probe(self) -> subprocess.CompletedProcess[str]:
-        command = [self.local(arg, self.pod.proxy) for arg in self.pod.probe_command()]
-        assert command[0] == "monolith-serving"
-        argv = [sys.executable, "-m", "monolith_serving", *command[1:]]
-        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+        argv = [self.local(arg, self.pod.proxy) for arg in self.pod.probe_command()]
+        assert argv[0] == "monolith-serving"
+        return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60, env=_venv_env(self.root))
 
     def ssl_config_file(self) -> str:
         return self.local(_flag_value(self.pod.proxy["args"], "--ssl_config_file"), self.pod.proxy)
@@ -338,7 +401,8 @@ class RunningProxy:
     process: subprocess.Popen[bytes]
     log: Path
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM, as the kubelet stops a container; the exit status."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -346,34 +410,37 @@ class RunningProxy:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        return self.process.returncode
 
 
-def _start_proxy(local: LocalPod, port: int, dial: ChannelTls) -> RunningProxy:
-    """A proxy with the rendered --port and --ssl_config_file (its other flags need the cluster: discovery is replaced
-    by a static entry target nothing listens on), SERVING over TLS when returned."""
-    args = [
-        f"--port={port}",
-        "--host=127.0.0.1",
-        f"--ssl_config_file={local.ssl_config_file()}",
-        f"--rest_api_port={free_port()}",
-        f"--entry_targets=127.0.0.1:{free_port()}",
-    ]
+def _start_proxy(local: LocalPod, port: int, dial: ChannelTls | None) -> RunningProxy:
+    """The proxy container started (LocalPod.proxy_args); returned once it is SERVING over TLS to ``dial``, or, with
+    None, once its port accepts connections."""
     log = local.root / "proxy.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "monolith_serving", "proxy", *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ),
-        )
+    process = local.start_container(local.proxy_args(port), log)
     proxy = RunningProxy(process, log)
     deadline = time.monotonic() + 60
-    while not (result := check_health(f"127.0.0.1:{port}", timeout_s=1.0, tls=dial)).serving:
+    while not _up(port, dial):
         if process.poll() is not None or time.monotonic() > deadline:
             proxy.stop()
-            raise AssertionError(f"proxy not SERVING over TLS ({result.status}):\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"proxy not up over TLS:\n{log.read_text()[-3000:]}")
         time.sleep(0.1)
     return proxy
+
+
+def _up(port: int, dial: ChannelTls | None) -> bool:
+    if dial is not None:
+        return check_health(f"127.0.0.1:{port}", timeout_s=1.0, tls=dial).serving
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1.0).close()
+    except OSError:
+        return False
+    return True
+
+
+def _served_certificate(port: int) -> str:
+    """The certificate the port presents, unverified (it may have expired)."""
+    return ssl.get_server_certificate(("127.0.0.1", port))
 
 
 @pytest.fixture
@@ -396,23 +463,25 @@ def _dial(authority: Authority, secret: Path, *, client_cert: bool) -> ChannelTl
 
 
 @pytest.mark.parametrize("client_verify", [False, True])
-def test_the_rendered_init_container_and_probes_work_with_a_real_proxy_and_survive_a_renewal(
+def test_the_rendered_start_script_and_probes_work_with_a_real_proxy_and_survive_a_renewal(
     helm: Helm, tmp_path: Path, authority: Authority, client_verify: bool
 ) -> None:
     """Without clientVerify the Secret has no ca.crt (a publicly issued certificate's shape): the probe trusts the
     certificate itself. With it, the probe presents that certificate as its client certificate. A renewal of the
-    Secret afterwards changes nothing for the running pod: the probe still trusts the copy the proxy serves, where
-    one trusting the renewed Secret would fail."""
+    Secret afterwards changes nothing for the running container: the probe still trusts the copy the proxy serves,
+    where one trusting the renewed Secret would fail. The start script execs the proxy: the kubelet's SIGTERM reaches
+    it, and it drains and exits 0."""
     port = free_port()
     local = _local_pod(helm, tmp_path, port, client_verify=client_verify)
     secret = tmp_path / "tls-secret"
     _write_secret(secret, authority, ca=client_verify)
-    init = local.run_init()
-    assert init.returncode == 0, init.stderr
-    config = Path(local.ssl_config_file())
-    assert config.stat().st_mode & 0o077 == 0
+    local.start_pod()
     proxy = _start_proxy(local, port, _dial(authority, secret, client_cert=client_verify))
     try:
+        config = Path(local.ssl_config_file())
+        assert config.stat().st_mode & 0o077 == 0
+        cmdline = Path(f"/proc/{proxy.process.pid}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[:4] == [sys.executable.encode(), b"-m", b"monolith_serving", b"proxy"], cmdline
         probe = local.probe()
         assert probe.returncode == 0, probe.stdout + probe.stderr
         assert probe.stdout.strip() == f"127.0.0.1:{port} SERVING"
@@ -426,6 +495,37 @@ def test_the_rendered_init_container_and_probes_work_with_a_real_proxy_and_survi
         ]  # fmt: skip
         assert subprocess.run(trusting_the_secret, capture_output=True, check=False, timeout=60).returncode == 1
     finally:
+        status = proxy.stop()
+    assert status == 0, proxy.log.read_text()[-3000:]
+
+
+def test_a_restart_of_the_proxy_container_serves_the_renewed_certificate(
+    helm: Helm, tmp_path: Path, authority: Authority
+) -> None:
+    """The certificate expires under a running pod: its probes, which trust the copy it serves, fail, and the
+    kubelet restarts the proxy container (the container alone: init containers run only when the pod starts).
+    cert-manager has renewed the Secret meanwhile: the restarted container must serve the renewed certificate, or its
+    probes fail again and it crash-loops until the pod is deleted."""
+    port = free_port()
+    local = _local_pod(helm, tmp_path, port, client_verify=False)
+    secret = tmp_path / "tls-secret"
+    _write_secret(secret, authority, ca=False, expired=True)  # as it is once the running pod's certificate expired
+    local.start_pod()
+    proxy = _start_proxy(local, port, dial=None)
+    try:
+        assert _served_certificate(port) == (secret / "tls.crt").read_text()
+        probe = local.probe()
+        assert probe.returncode == 1 and "UNAVAILABLE" in probe.stderr, probe.stdout + probe.stderr
+    finally:
+        proxy.stop()
+    _write_secret(secret, authority, ca=False)  # renewed by cert-manager
+    proxy = _start_proxy(local, port, dial=None)  # the container restarted
+    try:
+        assert _served_certificate(port) == (secret / "tls.crt").read_text()
+        probe = local.probe()
+        assert probe.returncode == 0, probe.stdout + probe.stderr
+        assert check_health(f"127.0.0.1:{port}", timeout_s=5.0, tls=_dial(authority, secret, client_cert=False)).serving
+    finally:
         proxy.stop()
 
 
@@ -437,8 +537,7 @@ def test_client_verify_probes_need_a_certificate_allowing_client_auth(
     local = _local_pod(helm, tmp_path, port, client_verify=True)
     secret = tmp_path / "tls-secret"
     _write_secret(secret, authority, ca=True, client_auth=False)
-    init = local.run_init()
-    assert init.returncode == 0, init.stderr
+    local.start_pod()
     client_key, client_cert = _leaf(authority, client_auth=True)
     dial = ChannelTls(cert_pem(authority.cert), client_cert, client_key, SERVER_NAME)
     proxy = _start_proxy(local, port, dial)
@@ -450,18 +549,18 @@ def test_client_verify_probes_need_a_certificate_allowing_client_auth(
         proxy.stop()
 
 
-def test_client_verify_with_a_secret_lacking_ca_crt_stops_the_init_container(
+def test_client_verify_with_a_secret_lacking_ca_crt_stops_the_container(
     helm: Helm, tmp_path: Path, authority: Authority
 ) -> None:
     local = _local_pod(helm, tmp_path, free_port(), client_verify=True)
     _write_secret(tmp_path / "tls-secret", authority, ca=False)
-    init = local.run_init()
-    assert init.returncode == 2
-    assert f"proxy.tls.clientVerify is true but Secret {SECRET} has no ca.crt" in init.stderr
+    done = local.run_container()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"proxy.tls.clientVerify is true but Secret {SECRET} has no ca.crt" in done.stderr
     assert not (tmp_path / "tls" / "ssl.config").exists()
 
 
-def test_a_key_that_is_not_the_certificates_stops_the_init_container_naming_the_flag(
+def test_a_key_that_is_not_the_certificates_stops_the_container_naming_the_flag(
     helm: Helm, tmp_path: Path, authority: Authority
 ) -> None:
     local = _local_pod(helm, tmp_path, free_port(), client_verify=False)
@@ -469,9 +568,9 @@ def test_a_key_that_is_not_the_certificates_stops_the_init_container_naming_the_
     _write_secret(secret, authority, ca=False)
     other_key, _ = _leaf(authority, client_auth=True)
     (secret / "tls.key").write_text(other_key)
-    init = local.run_init()
-    assert init.returncode == 2
-    assert "--server_key_file" in init.stderr and "is not the private key of the certificate" in init.stderr
+    done = local.run_container()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--server_key_file" in done.stderr and "is not the private key of the certificate" in done.stderr
     assert not (tmp_path / "tls" / "ssl.config").exists()
 
 
@@ -483,13 +582,13 @@ def test_an_ip_address_is_accepted_as_server_name(helm: Helm) -> None:
     assert parse_command_line(pod.probe_command()[1:]).ssl_target_name_override == address
 
 
-def test_a_rerun_of_the_init_container_as_the_pod_user_copies_over_its_last_copy(
+def test_a_restart_as_the_pod_user_copies_over_the_last_copy(
     helm: Helm, tmp_path_factory: pytest.TempPathFactory, authority: Authority
 ) -> None:
-    """The kubelet runs init containers again when the pod's sandbox is recreated, and a memory-backed emptyDir keeps
-    its files meanwhile: the copy from the last run, mode 0440 like the Secret's files, must not stop the new one.
-    Run as the pod's user would (not root, the Secret readable through its group), with a stand-in
-    `monolith-serving` on PATH (the interpreter of this venv is not readable by that user)."""
+    """Every start of the container copies the Secret again into the memory-backed emptyDir, which keeps the copy of
+    the last start, its files mode 0440 like the Secret's: they must not stop the new copy. Run as the pod's user
+    would (not root, the Secret readable through its group), with a stand-in `monolith-serving` on PATH (the
+    interpreter of this venv is not readable by that user)."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv to run the script as another user")
     user = 65534  # nobody: the pod's runAsUser and fsGroup stand-in
@@ -497,7 +596,7 @@ def test_a_rerun_of_the_init_container_as_the_pod_user_copies_over_its_last_copy
     try:
         root.chmod(0o755)
         local = LocalPod(TlsPod.of(_render(helm, *TLS_ON)), root)
-        bin_dir = root / "bin"
+        bin_dir = root / "stand-in"
         bin_dir.mkdir()
         (bin_dir / "monolith-serving").write_text("#!/bin/sh\nexit 0\n")
         (bin_dir / "monolith-serving").chmod(0o755)
@@ -505,8 +604,8 @@ def test_a_rerun_of_the_init_container_as_the_pod_user_copies_over_its_last_copy
         copy = root / "tls"
         copy.mkdir()
         copy.chmod(0o777)  # an emptyDir
-        script = local.local(local.pod.init_script(), local.pod.init)
-        as_user = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "/bin/sh", "-c", script]
+        as_user = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+        argv = [*as_user, *local.argv(local.pod.proxy, local.pod.proxy["args"])]
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
         for run_number in range(2):
             _write_secret(secret, authority, ca=False)
@@ -514,7 +613,7 @@ def test_a_rerun_of_the_init_container_as_the_pod_user_copies_over_its_last_copy
             for name in ("tls.crt", "tls.key"):
                 os.chown(secret / name, 0, user)
                 (secret / name).chmod(0o440)
-            done = subprocess.run(as_user, capture_output=True, text=True, check=False, timeout=60, env=env)
+            done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60, env=env)
             assert done.returncode == 0, f"run {run_number}: {done.stderr}"
             assert (copy / "tls.crt").read_text() == (secret / "tls.crt").read_text(), f"run {run_number}"
             assert (copy / "tls.crt").stat().st_uid == user

@@ -25,7 +25,7 @@ from entry_reference import ReferenceScorer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from procs import ServerProcess, free_port
 from proxy_procs import Proxy, start_ps_shards
-from tls_certs import TlsFiles, ssl_config_text
+from tls_certs import Authority, TlsFiles, ssl_config_text, text_proto_string
 
 from monolith_serving.client.inputs import LogicalExample, encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
@@ -233,12 +233,20 @@ def test_the_client_dials_tls_with_its_ssl_flags(setup: Setup, tls_entry: TlsSer
     assert result["count"] > 0 and result["errors"] == 0
 
 
-def test_client_verify_requires_a_client_certificate(setup: Setup, mtls_entry: TlsServer) -> None:
+def test_client_verify_requires_a_client_certificate_of_custom_ca(setup: Setup, mtls_entry: TlsServer) -> None:
     [line] = log_lines(mtls_entry, "serves TLS")
     assert "client certificates required" in line
     common = ["--target", mtls_entry.address, "--spec", str(setup.export), "--rows", str(ROWS)]
     without = run_client("predict", *common, "--ssl_ca_file", str(setup.certs.ca))
     assert without.returncode == 1 and "UNAVAILABLE" in without.stderr, without.stderr
+    # A client certificate of another CA, however valid, is refused.
+    foreign_key, foreign_cert = Authority.create("another CA").issue("client", server=False)
+    (setup.base / "foreign-client.pem").write_text(foreign_cert)
+    (setup.base / "foreign-client-key.pem").write_text(foreign_key)
+    foreign_flags = ["--ssl_cert_file", str(setup.base / "foreign-client.pem")]
+    foreign_flags += ["--ssl_key_file", str(setup.base / "foreign-client-key.pem")]
+    foreign = run_client("predict", *common, "--ssl_ca_file", str(setup.certs.ca), *foreign_flags)
+    assert foreign.returncode == 1 and "UNAVAILABLE" in foreign.stderr, foreign.stderr
     client_cert = ["--ssl_cert_file", str(setup.certs.client_cert), "--ssl_key_file", str(setup.certs.client_key)]
     with_cert = run_client("predict", *common, "--ssl_ca_file", str(setup.certs.ca), *client_cert)
     assert with_cert.returncode == 0, with_cert.stderr
@@ -366,6 +374,10 @@ def run_server(command: str, args: Sequence[str]) -> subprocess.CompletedProcess
 BAD_CONFIGS = {
     "missing-file": (None, "cannot read the file"),
     "not-text-format": ("server_key: [1, 2\n", "not a text-format tensorflow.serving.SSLConfig"),
+    "key-without-closing-quote": (
+        "unterminated-key",
+        "not a text-format tensorflow.serving.SSLConfig: line 1, column 13: a string without its closing quote",
+    ),
     "no-key": ("cert", "server_key is missing"),
     "no-cert": ("key", "server_cert is missing"),
     "key-is-a-path": ("key-path", "server_key holds no PEM block"),
@@ -387,6 +399,8 @@ def bad_config(setup: Setup, case: str) -> Path:
         "cert-garbage": ssl_config_text(key=certs.server_key, cert="not a certificate"),
         "mismatch": ssl_config_text(key=other_key, cert=certs.server_cert),
         "verify-no-ca": ssl_config_text(key=certs.server_key, cert=certs.server_cert, client_verify=True),
+        "unterminated-key": f"server_key: {text_proto_string(certs.server_key)[:-1]}\n"
+        f"server_cert: {text_proto_string(certs.server_cert)}\n",
     }
     if kind is not None:
         path.write_text(texts.get(kind, kind))
@@ -407,6 +421,8 @@ def test_a_bad_ssl_config_stops_the_entry_with_exit_2_naming_the_field(setup: Se
     path = bad_config(setup, case)
     done = run_server("entry", [*server_args(setup, "entry"), f"--ssl_config_file={path}"])
     assert done.returncode == 2, done.stderr
+    key_lines = [line for line in setup.certs.server_key.splitlines() if not line.startswith("-----")]
+    assert not [line for line in key_lines if line in done.stdout + done.stderr], "the private key was printed"
     assert f"--ssl_config_file {path}" in done.stderr and BAD_CONFIGS[case][1] in done.stderr, done.stderr
 
 

@@ -93,11 +93,14 @@ def _bad_flags(pem: Pem, case: str, tmp_path: Path) -> list[str | Path]:
     encrypted = tmp_path / "encrypted-key.pem"
     encrypted.write_text(_encrypted_key())
     missing = tmp_path / "missing.pem"
+    key_and_chain = pem.ca.parent / "key-and-chain.pem"  # as a proxy like HAProxy takes it
+    key_and_chain.write_text(pem.key.read_text() + pem.cert.read_text() + pem.ca.read_text())
     cases: dict[str, list[str | Path]] = {
         "missing-cert": ["--server_cert_file", missing, "--server_key_file", pem.key],
         "cert-is-a-key": ["--server_cert_file", pem.key, "--server_key_file", pem.key],
         "key-is-a-cert": ["--server_cert_file", pem.cert, "--server_key_file", pem.cert],
         "encrypted-key": ["--server_cert_file", pem.cert, "--server_key_file", encrypted],
+        "key-with-its-chain": ["--server_cert_file", pem.cert, "--server_key_file", key_and_chain],
         "key-of-another-cert": ["--server_cert_file", pem.cert, "--server_key_file", pem.other_key],
         "ca-is-a-key": [*server_flags(pem), "--custom_ca_file", pem.key],
         "verify-without-ca": [*server_flags(pem), "--client_verify"],
@@ -110,6 +113,8 @@ BAD = {
     "cert-is-a-key": "--server_cert_file {pem}/server-key.pem: holds PRIVATE KEY blocks",
     "key-is-a-cert": "--server_key_file {pem}/server.pem: holds a CERTIFICATE block, not a private key",
     "encrypted-key": "--server_key_file {tmp}/encrypted-key.pem: holds an encrypted private key",
+    "key-with-its-chain": "--server_key_file {pem}/key-and-chain.pem: holds CERTIFICATE blocks as well as the private "
+    "key: give the key alone",
     "key-of-another-cert": "--server_key_file {pem}/other-key.pem: is not the private key of the certificate",
     "ca-is-a-key": "--custom_ca_file {pem}/server-key.pem: holds PRIVATE KEY blocks",
     "verify-without-ca": "--client_verify needs --custom_ca_file",

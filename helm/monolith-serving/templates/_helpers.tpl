@@ -221,8 +221,8 @@ cannot check (it has no TLS). A Python process per check: the timeout allows for
 {{- define "monolith.proxyTlsSecretPath" -}}/etc/monolith-tls-secret{{- end -}}
 {{- define "monolith.proxyTlsPath" -}}/etc/monolith-tls{{- end -}}
 
-{{/* Render-time checks of proxy.tls; what only the Secret can tell (ca.crt present) is checked when the pod
-starts, by the init container. */}}
+{{/* Render-time checks of proxy.tls; what only the Secret can tell (ca.crt present) is checked when the proxy
+container starts, by monolith.proxyTlsStart. */}}
 {{- define "monolith.proxyTlsChecks" -}}
 {{- $tls := .Values.proxy.tls -}}
 {{- if $tls.secretName -}}
@@ -244,45 +244,32 @@ starts, by the init container. */}}
 {{- end -}}
 {{- end -}}
 
-{{/* The init container of a TLS proxy: copies the Secret into the in-memory volume, then writes the SSLConfig from
-that copy (monolith-serving ssl-config). The proxy and its probes read the copy only: the kubelet updates a mounted
-Secret in place when the certificate is renewed, and probes trusting the new certificate would fail every pod still
-serving the one it started with. tls.crt and tls.key read during such an update may not match: ssl-config refuses
-the pair and the kubelet runs the container again, copy included (one container, so a retry copies afresh). A
-rerun finds the last copy when the pod's sandbox was recreated, its files read-only: cp -f replaces them. */}}
-{{- define "monolith.proxyTlsInit" -}}
+{{/* The proxy container's start when it serves TLS: copy the Secret into the in-memory volume, write the SSLConfig
+from that copy (monolith-serving ssl-config), then exec the proxy with the container's args. At every start of the
+container, not once per pod: the kubelet restarts the container when its probes fail (the certificate expired), and it
+must then take the renewed Secret, not the copy it served until then. The proxy and its probes read the copy only: the
+kubelet updates a mounted Secret in place when the certificate is renewed, and probes trusting the new certificate
+would fail every pod still serving the one it started with. tls.crt and tls.key read during such an update may not
+match: ssl-config refuses the pair, the container exits and its next start copies afresh. cp -f replaces the copy of
+the last start, whose files are read-only (the Secret's mode). `exec`: the proxy replaces the shell, so it gets the
+kubelet's SIGTERM. */}}
+{{- define "monolith.proxyTlsStart" -}}
 {{- $tls := .Values.proxy.tls -}}
 {{- $secret := include "monolith.proxyTlsSecretPath" . -}}
 {{- $copy := include "monolith.proxyTlsPath" . -}}
-- name: ssl-config
-  image: {{ include "monolith.image" . }}
-  imagePullPolicy: {{ .Values.image.pullPolicy }}
-  command: ["/bin/sh", "-c"]
-  args:
-    - |
-      set -eu
-      {{- if $tls.clientVerify }}
-      if [ ! -s {{ $secret }}/ca.crt ]; then
-        echo "proxy.tls.clientVerify is true but Secret {{ $tls.secretName }} has no ca.crt (or an empty one): client certificates must chain to it" >&2
-        exit 2
-      fi
-      cp -f {{ $secret }}/tls.crt {{ $secret }}/tls.key {{ $secret }}/ca.crt {{ $copy }}/
-      exec monolith-serving ssl-config --server_cert_file={{ $copy }}/tls.crt --server_key_file={{ $copy }}/tls.key --custom_ca_file={{ $copy }}/ca.crt --client_verify --out={{ $copy }}/ssl.config
-      {{- else }}
-      cp -f {{ $secret }}/tls.crt {{ $secret }}/tls.key {{ $copy }}/
-      exec monolith-serving ssl-config --server_cert_file={{ $copy }}/tls.crt --server_key_file={{ $copy }}/tls.key --out={{ $copy }}/ssl.config
-      {{- end }}
-  securityContext:
-    {{- toYaml .Values.securityContext | nindent 4 }}
-  resources:
-    requests: {cpu: 50m, memory: 64Mi}
-    limits: {memory: 256Mi}
-  volumeMounts:
-    - name: tls-secret
-      mountPath: {{ $secret }}
-      readOnly: true
-    - name: tls
-      mountPath: {{ $copy }}
+set -eu
+{{- if $tls.clientVerify }}
+if [ ! -s {{ $secret }}/ca.crt ]; then
+  echo "proxy.tls.clientVerify is true but Secret {{ $tls.secretName }} has no ca.crt (or an empty one): client certificates must chain to it" >&2
+  exit 2
+fi
+cp -f {{ $secret }}/tls.crt {{ $secret }}/tls.key {{ $secret }}/ca.crt {{ $copy }}/
+monolith-serving ssl-config --server_cert_file={{ $copy }}/tls.crt --server_key_file={{ $copy }}/tls.key --custom_ca_file={{ $copy }}/ca.crt --client_verify --out={{ $copy }}/ssl.config
+{{- else }}
+cp -f {{ $secret }}/tls.crt {{ $secret }}/tls.key {{ $copy }}/
+monolith-serving ssl-config --server_cert_file={{ $copy }}/tls.crt --server_key_file={{ $copy }}/tls.key --out={{ $copy }}/ssl.config
+{{- end }}
+exec monolith-serving "$@"
 {{- end -}}
 
 {{/* `monolith-serving health` of the TLS proxy's own port, as its exec probes run it. */}}

@@ -26,6 +26,7 @@ from monolith_serving.core.agent_conf import env_port
 from monolith_serving.core.conf_syntax import parse_bool
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
+from monolith_serving.core.grpc_socket_path import SOCKET_PATH_FLAG, check_socket_path
 from monolith_serving.core.logging_setup import parse_log_level
 
 T = TypeVar("T")
@@ -208,6 +209,27 @@ def add_server_flags(
     )
 
 
+def add_grpc_socket_path_flag(parser: argparse.ArgumentParser) -> None:
+    """tensorflow_model_server's ``--grpc_socket_path``, taken by the servers that speak TF Serving's API."""
+    add_flag(
+        parser,
+        SOCKET_PATH_FLAG,
+        default="",
+        help="also serve gRPC on this UNIX domain socket, with the port's credentials (empty: the port only)",
+    )
+
+
+def grpc_socket_path_from_args(args: argparse.Namespace) -> Path | None:
+    """``--grpc_socket_path``: None when empty (TF Serving's default); else the path, checked
+    (``core.grpc_socket_path.check_socket_path``: InvalidArgumentError naming the flag)."""
+    text: str = args.grpc_socket_path
+    if not text:
+        return None
+    path = Path(text)
+    check_socket_path(path)
+    return path
+
+
 def add_host_flag(parser: argparse.ArgumentParser) -> None:
     """``--host``: the address a model server binds, for gRPC and /metrics alike (default: every interface)."""
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC and /metrics)")
@@ -327,9 +349,9 @@ _VALUE_CHECKS: Mapping[TfsValue, Callable[[str], object]] = {
 # always, and flags of the TF Serving build it launches (archon_*, metrics_namespace_prefix, log_conf, conf_file,
 # allow_growth); tensorflow_model_server itself has a few more. A model server takes all of these; the ones it
 # honours it declares itself (``honoured`` below), the others are checked and named in one warning.
-# Deliberately absent, so still usage errors: --grpc_socket_path and --use_alts_credentials (ignoring them would
-# leave clients unable to connect, or unauthenticated), --model_name and --model_base_path (a server either hosts
-# that model or must refuse). --version is a flag of its own (add_version_flag).
+# Deliberately absent, so still usage errors: --use_alts_credentials (ignoring it would leave clients unable to
+# connect, or unauthenticated), --model_name and --model_base_path (a server either hosts that model or must
+# refuse). --grpc_socket_path (add_grpc_socket_path_flag) and --version (add_version_flag) are flags of their own.
 TFS_COMPAT_FLAGS: Mapping[str, TfsValue] = {
     # Passed by Monolith's agent.
     "rest_api_port": TfsValue.PORT,

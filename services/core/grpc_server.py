@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -27,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from monolith_serving.core.grpc_errors import ErrorMappingInterceptor
+from monolith_serving.core.grpc_socket_path import BoundSocket, bound_socket, claim_socket_path, remove_bound_socket
 from monolith_serving.core.metrics import GrpcServerMetrics
 from monolith_serving.core.tls_config import ServerTls
 
@@ -51,15 +53,19 @@ class GrpcServerOptions:
     channel_arguments: ChannelArguments = ()
     # --ssl_config_file: the port serves TLS only (None: plaintext only).
     tls: ServerTls | None = None
+    # --grpc_socket_path: also listen on this UNIX domain socket, with the port's credentials (None: the port only).
+    socket_path: Path | None = None
 
 
 @dataclass
 class GrpcServer:
-    """A built server: call ``start()`` then ``wait()``; ``port`` is the bound port."""
+    """A built server: call ``start()`` then ``wait()``; ``port`` is the bound port, ``unix_socket`` the socket file
+    bound besides it (removed by ``stop``)."""
 
     server: grpc.aio.Server
     port: int
     health: HealthServicer
+    unix_socket: BoundSocket | None = None
 
     async def start(self) -> None:
         # grpcio's health servicer reports the whole server ("") SERVING from construction; a client polling
@@ -74,6 +80,8 @@ class GrpcServer:
     async def stop(self, grace_s: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.unix_socket is not None:
+            remove_bound_socket(self.unix_socket)
 
 
 # For channels to replicas that restart (a PS, an entry): reconnect within 0.1-2 s of the replica being back.
@@ -95,7 +103,8 @@ def build_server(
     registry: CollectorRegistry | None = None,
 ) -> GrpcServer:
     """Creates the server, registers servicers, health and reflection, and binds the port (TLS when
-    ``options.tls``, logged in one line).
+    ``options.tls``, logged in one line), and ``options.socket_path`` with the same credentials when given (a
+    socket file left by a dead server is removed first; ``core.grpc_socket_path``).
 
     Health starts NOT_SERVING; the service flips it once it can answer. ``registry``: where the server's own
     metrics (``core.metrics``) go; the service's /metrics registry.
@@ -121,15 +130,37 @@ def build_server(
     names = [*options.reflection_services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
     address = f"{options.host}:{options.port}"
-    if options.tls is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, options.tls.server_credentials())
+    port = _bind(server, address, options.tls)
     if port == 0:
         raise UnavailableError(f"cannot bind gRPC port {address}")
     if options.tls is not None:
         logger.info("gRPC port %s:%d serves %s", options.host, port, options.tls.describe())
-    return GrpcServer(server=server, port=port, health=health)
+    unix_socket = None
+    if options.socket_path is not None:
+        unix_socket = _bind_unix_socket(server, options.socket_path, options.tls)
+    return GrpcServer(server=server, port=port, health=health, unix_socket=unix_socket)
+
+
+def _bind(server: grpc.aio.Server, address: str, tls: ServerTls | None) -> int:
+    """Binds ``address``; its port, 0 when it cannot (grpcio also raises RuntimeError for some addresses)."""
+    if tls is None:
+        return int(server.add_insecure_port(address))
+    return int(server.add_secure_port(address, tls.server_credentials()))
+
+
+def _bind_unix_socket(server: grpc.aio.Server, path: Path, tls: ServerTls | None) -> BoundSocket:
+    # Checked again here although the command line's parsing checked it: a server may have taken or left the
+    # path since, and gRPC's bind would silently take a live server's socket file.
+    claim_socket_path(path)
+    address = f"unix:{path}"
+    try:
+        bound = _bind(server, address, tls)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise UnavailableError(f"cannot listen on {address} (--grpc_socket_path)")
+    logger.info("gRPC also listens on %s%s", address, "" if tls is None else f", serving {tls.describe()}")
+    return bound_socket(path)
 
 
 def run_async_main(main: Callable[[asyncio.Event], Awaitable[int]]) -> int:

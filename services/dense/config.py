@@ -45,6 +45,7 @@ class DenseServerConfig:
 
     port: int = TFS_GRPC_PORT
     host: str = "0.0.0.0"
+    grpc_socket_path: Path | None = None  # --grpc_socket_path: gRPC on this UNIX socket too
     metrics_port: int = 0
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
     model_config_file: Path | None = None

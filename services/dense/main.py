@@ -8,9 +8,11 @@ from pathlib import Path
 
 from monolith_serving.core.cli_flags import (
     add_flag,
+    add_grpc_socket_path_flag,
     add_model_source_flags,
     add_server_flags,
     add_tfs_compat_flags,
+    grpc_socket_path_from_args,
     load_threads_from_flag,
     main_grpc_port,
     single_model_from_args,
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser)
     add_model_source_flags(parser, sub_model="dense_0")
+    add_grpc_socket_path_flag(parser)
     add_flag(parser, "--num_load_threads", type=int, default=1, help="versions loaded at once (0 counts as 1)")
     add_tfs_compat_flags(parser, honoured=("num_load_threads",))
 
@@ -43,6 +46,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Dense
     return DenseServerConfig(
         port=port,
         host=args.host,
+        grpc_socket_path=grpc_socket_path_from_args(args),
         metrics_port=args.metrics_port,
         grpc_channel_arguments=args.grpc_channel_arguments,
         model_config_file=Path(args.model_config_file) if args.model_config_file else None,

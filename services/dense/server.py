@@ -86,6 +86,7 @@ class DenseServer:
             host=self.config.host,
             reflection_services=(_PREDICTION_SERVICE, _MODEL_SERVICE),
             channel_arguments=self.config.grpc_channel_arguments,
+            socket_path=self.config.grpc_socket_path,
         )
         self._grpc = build_server(options, [add_prediction, add_models], registry=self.registry)
         await self._grpc.start()

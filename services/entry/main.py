@@ -30,9 +30,11 @@ from monolith_serving.core.cli_flags import (
     TFS_GRPC_PORT,
     add_bool_flag,
     add_flag,
+    add_grpc_socket_path_flag,
     add_host_flag,
     add_server_flags,
     add_tfs_compat_flags,
+    grpc_socket_path_from_args,
     main_grpc_port,
     warn_unused_tfs_flags,
 )
@@ -88,6 +90,7 @@ class EntryServerConfig:
     agent_address: str = ""
     port: int = TFS_GRPC_PORT
     host: str = "0.0.0.0"
+    grpc_socket_path: Path | None = None  # --grpc_socket_path: gRPC on this UNIX socket too
     metrics_port: int = 0
     rest: RestConfig | None = None  # --rest_api_port and its flags; None: no REST API (TF Serving's 0)
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
@@ -221,6 +224,7 @@ class EntryServer:
                 ),
                 channel_arguments=self.config.grpc_channel_arguments,
                 tls=self.config.tls,
+                socket_path=self.config.grpc_socket_path,
             ),
             add_servicers,
             registry=self.metrics.registry,
@@ -237,9 +241,10 @@ class EntryServer:
                 self.config.metrics_port, self.metrics.registry, host=self.config.host
             )
         logger.info(
-            "entry listening on %s:%d%s (%d PS shards)",
+            "entry listening on %s:%d%s%s (%d PS shards)",
             self.config.host,
             self._grpc.port,
+            f" and unix:{self.config.grpc_socket_path}" if self.config.grpc_socket_path is not None else "",
             f", REST API on port {self.rest_port}" if self.rest_port is not None else "",
             self.config.num_ps,
         )
@@ -401,6 +406,7 @@ def request_coalescing_from_args(args: argparse.Namespace) -> RequestCoalescing:
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser, default_port=None)
     add_host_flag(parser)
+    add_grpc_socket_path_flag(parser)
     add_flag(parser, "--model_config_file", type=Path, default=None, help="text-format ModelServerConfig (one model)")
     add_flag(parser, "--model_name", default="entry", help="model name when no config file (default %(default)s)")
     add_flag(parser, "--model_base_path", type=Path, default=None, help="the entry sub-model folder (export/entry)")
@@ -528,6 +534,7 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         agent_address=agent_address or "",
         port=port,
         host=args.host,
+        grpc_socket_path=grpc_socket_path_from_args(args),
         metrics_port=args.metrics_port,
         rest=rest,
         grpc_channel_arguments=args.grpc_channel_arguments,

@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from monolith_serving.core.admin_token import read_token_file
 from monolith_serving.core.agent_conf import AgentConfig, DiscoveryKind, load_agent_config, resolve_environment
-from monolith_serving.core.cli_flags import TFS_GRPC_PORT
+from monolith_serving.core.cli_flags import TFS_GRPC_PORT, grpc_socket_path_from_args
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.grpc_server import ChannelArguments
 from monolith_serving.core.rest_flags import rest_config_from_args
@@ -46,6 +47,7 @@ class DiscoverySourceConfig:
 class ProxyConfig:
     host: str = "0.0.0.0"
     grpc_port: int = TFS_GRPC_PORT
+    grpc_socket_path: Path | None = None  # --grpc_socket_path: gRPC on this UNIX socket too (REST stays on TCP)
     rest: RestConfig | None = None  # None: no REST API (TF Serving's --rest_api_port 0)
     metrics_port: int = 0  # 0: not served
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
@@ -128,6 +130,7 @@ def config_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> ProxyC
     return ProxyConfig(
         host=args.host,
         grpc_port=grpc_port,
+        grpc_socket_path=grpc_socket_path_from_args(args),
         rest=rest,
         metrics_port=args.metrics_port,
         grpc_channel_arguments=args.grpc_channel_arguments,

@@ -11,7 +11,13 @@ import asyncio
 import logging
 import os
 
-from monolith_serving.core.cli_flags import TFS_GRPC_PORT, add_bool_flag, add_flag, add_server_flags
+from monolith_serving.core.cli_flags import (
+    TFS_GRPC_PORT,
+    add_bool_flag,
+    add_flag,
+    add_grpc_socket_path_flag,
+    add_server_flags,
+)
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import run_async_main
 from monolith_serving.core.rest_flags import add_rest_api_flags
@@ -28,6 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser, default_port=TFS_GRPC_PORT, port_help="gRPC port (default %(default)s)")
     add_flag(parser, "--conf", help="agent.conf (bzid, base_name, zk_servers, discovery, dc_aware, agent_version)")
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (default %(default)s)")
+    add_grpc_socket_path_flag(parser)
     add_rest_api_flags(parser)
     add_flag(
         parser,

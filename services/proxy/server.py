@@ -104,6 +104,7 @@ class ProxyServer:
                 reflection_services=(PREDICTION_SERVICE, MODEL_SERVICE),
                 channel_arguments=self._config.grpc_channel_arguments,
                 tls=self._config.tls,
+                socket_path=self._config.grpc_socket_path,
             ),
             [servicer.add_to_server],
             registry=self.metrics.registry,
@@ -118,9 +119,10 @@ class ProxyServer:
         for service in (PREDICTION_SERVICE, MODEL_SERVICE):
             await self._grpc.set_serving(True, service)
         log.info(
-            "proxy serving gRPC on %s:%d%s; entries dialed in %s",
+            "proxy serving gRPC on %s:%d%s%s; entries dialed in %s",
             self._config.host,
             self._grpc.port,
+            f" and unix:{self._config.grpc_socket_path}" if self._config.grpc_socket_path is not None else "",
             f", REST on {self._rest.port}" if self._rest else "",
             "plaintext" if self._config.entry_tls is None else "TLS",
         )

@@ -57,6 +57,7 @@ class PsConfig:
 
     port: int = TFS_GRPC_PORT
     host: str = "0.0.0.0"
+    grpc_socket_path: Path | None = None  # --grpc_socket_path: gRPC on this UNIX socket too
     metrics_port: int = 0
     model_config_file: Path | None = None
     model_config_file_poll_wait_s: float = 0.0

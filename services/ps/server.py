@@ -112,6 +112,7 @@ class PsServer:
             host=self.config.host,
             reflection_services=(_PREDICTION_SERVICE, _MODEL_SERVICE),
             channel_arguments=self.config.grpc_channel_arguments,
+            socket_path=self.config.grpc_socket_path,
         )
 
         def add_prediction(server: grpc.aio.Server) -> None:

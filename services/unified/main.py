@@ -14,8 +14,10 @@ from pathlib import Path
 from monolith_serving.core.agent_conf import env_port
 from monolith_serving.core.cli_flags import (
     add_flag,
+    add_grpc_socket_path_flag,
     add_server_flags,
     add_tfs_compat_flags,
+    grpc_socket_path_from_args,
     load_threads_from_flag,
     main_grpc_port,
     warn_unused_tfs_flags,
@@ -40,6 +42,7 @@ logger = logging.getLogger(__name__)
 def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser)
     add_flag(parser, "--host", default="0.0.0.0", help="address to bind (gRPC, REST and /metrics)")
+    add_grpc_socket_path_flag(parser)
     add_flag(parser, "--model_config_file", type=Path, default=None, help="text ModelServerConfig applied at start")
     add_flag(
         parser,
@@ -113,6 +116,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Unifi
         port=port,
         agent_address=agent_address,
         host=args.host,
+        grpc_socket_path=grpc_socket_path_from_args(args),
         metrics_port=args.metrics_port,
         rest=rest,
         grpc_channel_arguments=args.grpc_channel_arguments,

@@ -89,6 +89,7 @@ class UnifiedConfig:
     port: int
     agent_address: str  # the entry core finds PS replicas through this agent's HeartBeat
     host: str = "0.0.0.0"
+    grpc_socket_path: Path | None = None  # --grpc_socket_path: gRPC on this UNIX socket too
     metrics_port: int = 0
     rest: RestConfig | None = None  # --rest_api_port and its flags: every hosted sub_graph by name; None: no REST
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
@@ -291,6 +292,7 @@ class UnifiedServer:
             reflection_services=(_PREDICTION_SERVICE, _MODEL_SERVICE),
             channel_arguments=self.config.grpc_channel_arguments,
             tls=self.config.tls,
+            socket_path=self.config.grpc_socket_path,
         )
         add_servicers = [add_prediction, add_model]
         self._grpc = build_server(options, add_servicers, registry=self.registry)
@@ -318,7 +320,8 @@ class UnifiedServer:
         if path is not None and poll_s > 0:
             self._config_poll_task = asyncio.create_task(self._poll_config_file(path, poll_s), name="config-poll")
         rest = f", REST API on port {self.rest_port}" if self.rest_port is not None else ""
-        log.info("unified server on port %d%s", self._grpc.port, rest)
+        unix = f" and unix:{self.config.grpc_socket_path}" if self.config.grpc_socket_path is not None else ""
+        log.info("unified server on port %d%s%s", self._grpc.port, unix, rest)
 
     async def stop(self) -> None:
         if self._stopped:

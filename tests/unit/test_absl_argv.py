@@ -64,7 +64,8 @@ def test_an_unknown_single_dash_flag_is_a_usage_error_naming_it(capsys: pytest.C
 
 
 def test_an_unknown_double_dash_flag_is_still_a_usage_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
-    assert "unrecognized arguments: --grpc_socket_path=/s" in usage_error("entry", ["--grpc_socket_path=/s"], capsys)
+    argv = ["--use_alts_credentials=true"]
+    assert "unrecognized arguments: --use_alts_credentials=true" in usage_error("entry", argv, capsys)
 
 
 @pytest.mark.parametrize(

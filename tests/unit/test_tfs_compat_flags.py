@@ -21,6 +21,7 @@ from monolith_serving.core.cli_flags import (
     warn_unused_tfs_flags,
 )
 from monolith_serving.core.demo_export import DemoOptions, write_demo
+from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.dense import main as dense_main
 from monolith_serving.entry import main as entry_main
 from monolith_serving.ps import main as ps_main
@@ -306,3 +307,28 @@ def test_a_server_may_honour_only_flags_of_the_table() -> None:
     with pytest.raises(ValueError, match="port_of_the_moon"):
         add_tfs_compat_flags(argparse.ArgumentParser(), honoured=("port_of_the_moon",))
     assert "ssl_config_file" in TFS_COMPAT_FLAGS and "version" not in TFS_COMPAT_FLAGS
+
+
+def _socket_path_config(module: ModuleType, export: Path, tmp_path: Path, argv: list[str]) -> Path | None:
+    """The ``grpc_socket_path`` of ``module``'s config made from ``argv`` (plus what it needs to host something)."""
+    sub_model = {ps_main: "ps_0", dense_main: "dense_0", entry_main: "entry", unified_main: "ps_0"}[module]
+    source = ["--model_config_file", str(config_file(tmp_path, sub_model, export / sub_model))]
+    args = parse(module, [*source, *argv])
+    if module is entry_main:
+        path: Path | None = entry_main.server_config_from_args(args, AGENT_ENV).grpc_socket_path
+        return path
+    config = module.config_from_args(args, AGENT_ENV)
+    return config.grpc_socket_path  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("module", SERVERS, ids=lambda m: m.__name__.split(".")[-2])
+def test_every_model_server_takes_a_grpc_socket_path(export: Path, tmp_path: Path, module: ModuleType) -> None:
+    """tensorflow_model_server's --grpc_socket_path: honoured (the server also listens there), empty is unset."""
+    path = tmp_path / "grpc.sock"
+    assert _socket_path_config(module, export, tmp_path, [f"--grpc_socket_path={path}"]) == path
+    assert _socket_path_config(module, export, tmp_path, ["--grpc-socket-path", str(path)]) == path
+    assert _socket_path_config(module, export, tmp_path, ["--grpc_socket_path="]) is None
+    assert _socket_path_config(module, export, tmp_path, []) is None
+    assert "--grpc_socket_path" not in unused_tfs_flags(parse(module, [f"--grpc_socket_path={path}"]))
+    with pytest.raises(InvalidArgumentError, match="--grpc_socket_path .*: the directory .* does not exist"):
+        _socket_path_config(module, export, tmp_path, [f"--grpc_socket_path={tmp_path / 'no' / 'grpc.sock'}"])

@@ -325,8 +325,9 @@ def _parse_float(text: str) -> float:
 def _refuse_tls_config(text: str) -> str:
     """Empty (no TLS, what Monolith's agent passes unless told otherwise) is fine. A file is refused by the servers
     that do not declare the flag themselves (ps, dense): entries dial them in plaintext, so they serve plaintext
-    only, and starting anyway would silently serve plaintext where TLS was asked for."""
-    if text.strip():
+    only, and starting anyway would silently serve plaintext where TLS was asked for. Only the empty string is no
+    TLS, as in TF Serving: a blank value names a file, so it is refused like one."""
+    if text:
         raise ValueError(
             f"TLS is not supported by this server: entries dial PS and dense servers in plaintext, so they serve "
             f"plaintext gRPC only (TLS is for the servers clients reach: entry, unified, proxy); refusing to serve "

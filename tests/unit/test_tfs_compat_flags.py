@@ -225,6 +225,10 @@ def test_ps_and_dense_refuse_an_ssl_config_file_saying_why(
     assert "entries dial PS and dense servers in plaintext" in error and "'/etc/tls.cfg'" in error
     assert "--ssl_config_file must be empty" in parser_of(module).format_help()
     assert "--ssl_config_file" in unused_tfs_flags(parse(module, ["--ssl_config_file="]))  # no TLS asked for
+    # Blank is not empty: TF Serving takes it as a file name (entry, unified and proxy refuse it too).
+    with pytest.raises(SystemExit) as exit_info:
+        parse(module, ["--ssl_config_file= "])
+    assert exit_info.value.code == 2 and "TLS is not supported by this server" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("module", [entry_main, unified_main], ids=["entry", "unified"])

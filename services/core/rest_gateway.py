@@ -17,6 +17,15 @@ e.g. ``model:entry``):
 Any other path under /v1/ is TF Serving's 400 "Malformed request", one outside it a 404. Errors are the HTTP
 status of the gRPC code with ``{"error": "<message>"}`` (413 for a body over the limit, 405 for a method other
 than GET and POST).
+With ``RestConfig.cors`` (``--rest_api_enable_cors_support``), as tensorflow_model_server does: every answer to a
+path under /v1/ carries ``Access-Control-Allow-Origin: *``, ``Access-Control-Allow-Methods: POST, GET`` and
+``Access-Control-Allow-Headers: Content-Type``, and OPTIONS there is a CORS preflight: 200 with an empty body when
+its Origin header holds ``http://`` or ``https://``, else 400 (FAILED_PRECONDITION), counted under the method
+``preflight``. Without it OPTIONS is 405 like any other method: TF Serving answers a preflight 200 even then, but
+without the headers, which a browser refuses anyway.
+With ``RestConfig.prometheus_path`` (``--monitoring_config_file``), GET of exactly that raw path answers the
+server's Prometheus registry as its /metrics endpoint does (same registry, same format negotiation), written off
+the event loop; it is not a REST API request: not counted, no CORS headers (as in TF Serving).
 Each request has one deadline, fixed when it arrives; its core calls (GetModelMetadata on a signature-cache
 miss, then Predict) share it, and so does decoding its body.
 
@@ -54,6 +63,7 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 import urllib.parse
 import uuid
@@ -65,6 +75,8 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 from aiohttp import HttpVersion11, hdrs, web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
 
 from monolith_serving.core.aio_wait import within
 from monolith_serving.core.byte_budget import ByteBudget
@@ -143,6 +155,17 @@ GET_MODEL_METADATA_METHOD = "GetModelMetadata"
 _API_PATH = "/v1/"  # TF Serving answers every path under it (400 when malformed), and no other (404)
 _MODELS_PATH = "/v1/models"
 _ALLOWED_METHODS = "GET, POST"
+_ALLOWED_METHODS_CORS = "GET, POST, OPTIONS"
+# ``method`` of a CORS preflight (OPTIONS under /v1/ with ``RestConfig.cors``): it asks for no gRPC method.
+PREFLIGHT_METHOD = "preflight"
+# tensorflow_model_server's CORS headers, on every answer under /v1/ when CORS is on.
+CORS_HEADERS = {
+    hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: "*",
+    hdrs.ACCESS_CONTROL_ALLOW_METHODS: "POST, GET",
+    hdrs.ACCESS_CONTROL_ALLOW_HEADERS: "Content-Type",
+}
+_WEB_ORIGIN = re.compile(r"https?://")  # searched in a preflight's Origin, as TF Serving does
+_METRICS_METHODS = "GET, HEAD"
 _JSON_TYPE = "application/json"
 _CHARSET = "utf-8"  # what aiohttp names when given text: answers written as bytes say the same
 BODY_BYTES_REASON = "body_bytes"  # ``count_rejected`` reason of a refusal by the body-byte budget
@@ -229,6 +252,10 @@ class RestConfig:
     # A batch of 256 scores (~0.35 ms) stays on the loop.
     encode_offload_elements: int = 1024
     encode_offload_bytes: int = 128 << 10
+    cors: bool = False  # --rest_api_enable_cors_support: CORS headers, OPTIONS preflights answered
+    # --monitoring_config_file: the raw URL path (core.monitoring_config checks it) the server's Prometheus
+    # registry is served at; None: not served.
+    prometheus_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
@@ -440,13 +467,25 @@ class _SignatureCache:
 
 
 class RestGateway:
-    """``start()`` binds and serves; ``stop()`` stops accepting and waits for in-flight requests."""
+    """``start()`` binds and serves; ``stop()`` stops accepting and waits for in-flight requests.
+
+    ``metrics_registry`` is what ``config.prometheus_path`` serves (the registry of the server's /metrics); it is
+    required when that is set."""
 
     def __init__(
-        self, backend: RestBackend, config: RestConfig, *, clock: Callable[[], float] = time.monotonic
+        self,
+        backend: RestBackend,
+        config: RestConfig,
+        *,
+        metrics_registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if config.prometheus_path is not None and metrics_registry is None:
+            raise ValueError(f"serving metrics at {config.prometheus_path} needs the registry to serve")
         self._backend = backend
         self._config = config
+        self._metrics_registry = metrics_registry
+        self._allowed_methods = _ALLOWED_METHODS_CORS if config.cors else _ALLOWED_METHODS
         self._clock = clock
         self._signatures = _SignatureCache(config.signature_ttl_s, clock)
         self._runner: web.AppRunner | None = None
@@ -505,8 +544,23 @@ class RestGateway:
         )
         return _error(404, f"no such endpoint: {request.method} {request.rel_url.raw_path}")
 
+    async def _metrics_page(self, request: web.Request, registry: CollectorRegistry) -> web.Response:
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            response = web.Response(
+                status=405, text=f"method {request.method} not allowed: metrics take {_METRICS_METHODS}"
+            )
+            response.headers[hdrs.ALLOW] = _METRICS_METHODS
+            return response
+        encode, content_type = choose_encoder(request.headers.get(hdrs.ACCEPT, ""))
+        # Off the loop: collecting a large registry takes milliseconds that every gRPC and REST client would wait.
+        page = await asyncio.to_thread(encode, registry)
+        return web.Response(body=page, headers={hdrs.CONTENT_TYPE: content_type})
+
     async def _dispatch(self, request: web.Request) -> web.Response:
-        if not _path_word(request.rel_url.raw_path[: len(_API_PATH)], _API_PATH):
+        raw_path = request.rel_url.raw_path
+        if self._metrics_registry is not None and raw_path == self._config.prometheus_path:
+            return await self._metrics_page(request, self._metrics_registry)
+        if not _path_word(raw_path[: len(_API_PATH)], _API_PATH):
             return self._not_found(request)
         request_id = request.headers.get(REQUEST_ID_KEY) or uuid.uuid4().hex
         call = _RestCall(request_id, self._clock() + self._config.timeout_s, _BudgetHold(self._budget))
@@ -520,7 +574,7 @@ class RestGateway:
         except _MethodNotAllowed as error:
             code = grpc.StatusCode.INVALID_ARGUMENT
             response = _error(405, error.message)
-            response.headers[hdrs.ALLOW] = _ALLOWED_METHODS
+            response.headers[hdrs.ALLOW] = self._allowed_methods
         except RpcStatusError as error:
             code = error.code
             response = _error(http_status(code), error.message)
@@ -542,6 +596,8 @@ class RestGateway:
                 # the core never saw it.
                 self._backend.count_refused(model=call.model, method=call.method, protocol=PROTOCOL, code=code)
         response.headers[REQUEST_ID_KEY] = request_id
+        if self._config.cors:
+            response.headers.update(CORS_HEADERS)
         if not request.content.is_eof():
             # Answered without reading its body (refused): the connection is not reused. aiohttp still reads and
             # drops what the client sends for a while (lingering), so the client sees this answer.
@@ -551,9 +607,12 @@ class RestGateway:
     async def _route(self, request: web.Request, call: _RestCall) -> web.Response:
         """Sets ``call.method`` and ``call.model`` as soon as the path tells them, before anything can refuse
         the request, so a refusal is counted under them."""
+        if request.method == hdrs.METH_OPTIONS and self._config.cors:
+            call.method = PREFLIGHT_METHOD
+            return _preflight(request)
         if request.method not in ("GET", "POST"):
             # TF Serving answers 400 "Malformed request"; 405 is HTTP's answer, and names the methods that work.
-            raise _MethodNotAllowed(f"method {request.method} not allowed (the REST API takes {_ALLOWED_METHODS})")
+            raise _MethodNotAllowed(f"method {request.method} not allowed (the REST API takes {self._allowed_methods})")
         raw_path = request.rel_url.raw_path
         call.model, call.method = _path_labels(request.method, raw_path)
         target = parse_rest_target(request.method, raw_path)
@@ -789,6 +848,17 @@ async def _continue_later(request: web.Request) -> None:
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version == HttpVersion11 and expect.lower() != "100-continue":
         raise web.HTTPExpectationFailed(text=f"Unknown Expect: {expect}")
+
+
+def _preflight(request: web.Request) -> web.Response:
+    """A CORS preflight's answer (its CORS headers are added with every other answer's): any path under /v1/ and
+    any requested method or headers pass, as in TF Serving; only a web page's origin is required."""
+    if not _WEB_ORIGIN.search(request.headers.get(hdrs.ORIGIN, "")):
+        raise RpcStatusError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "CORS preflight without an Origin header naming an http:// or https:// origin",
+        )
+    return web.Response(status=200)
 
 
 def _stopping(server_name: str, job: _CodecJob) -> UnavailableError:

@@ -231,7 +231,7 @@ class EntryServer:
         )
         if self.config.rest is not None:
             backend = LocalRestBackend(LocalCalls(add_servicers), RestApiMetrics(self.metrics.registry, "entry"))
-            self._rest = RestGateway(backend, self.config.rest)
+            self._rest = RestGateway(backend, self.config.rest, metrics_registry=self.metrics.registry)
         await self._grpc.start()
         await self._grpc.set_serving(bool(self.model.served_versions))
         if self._rest is not None:

@@ -111,7 +111,7 @@ class ProxyServer:
         )
         await self._grpc.start()
         if self._config.rest is not None:
-            self._rest = RestGateway(self.core, self._config.rest)
+            self._rest = RestGateway(self.core, self._config.rest, metrics_registry=self.metrics.registry)
             await self._rest.start()
         if self._config.metrics_port:
             self._metrics_endpoint = serve_metrics(self._config.metrics_port, self.metrics.registry, self._config.host)

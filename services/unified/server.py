@@ -298,7 +298,7 @@ class UnifiedServer:
         self._grpc = build_server(options, add_servicers, registry=self.registry)
         if self.config.rest is not None:
             backend = LocalRestBackend(LocalCalls(add_servicers), RestApiMetrics(self.registry, "unified"))
-            self._rest = RestGateway(backend, self.config.rest)
+            self._rest = RestGateway(backend, self.config.rest, metrics_registry=self.registry)
         if self.config.tls is not None:
             log.warning(
                 "TLS on the gRPC port: entries (this container's own too) dial PS and dense sub_graphs in "

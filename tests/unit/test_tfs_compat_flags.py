@@ -183,7 +183,7 @@ SERVERS = [ps_main, dense_main, entry_main, unified_main]
         (["--archon_rpc_psm="], "--archon_rpc_psm"),
         (["--load_retry_interval_micros=-1"], "--load_retry_interval_micros"),
         (["--platform-config-file", "/x/platform.cfg"], "--platform_config_file"),
-        (["--monitoring_config_file=/x/monitoring.cfg"], "--monitoring_config_file"),
+        (["--tensorflow_session_config_file=/x/session.cfg"], "--tensorflow_session_config_file"),
         (["--rest_api_num_threads=8", "--rest_api_timeout_in_ms=30000"], "--rest_api_num_threads"),
     ],
 )
@@ -238,6 +238,21 @@ def test_entry_and_unified_take_an_ssl_config_file_themselves(module: ModuleType
     assert args.ssl_config_file == "/etc/tls.cfg" and "--ssl_config_file" not in unused_tfs_flags(args)
     assert parse(module, ["--ssl_config_file="]).ssl_config_file == ""  # no TLS asked for, as Monolith passes it
     assert "--ssl_config_file must be empty" not in parser_of(module).format_help()
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--monitoring_config_file=/x/monitoring.cfg"], "--monitoring_config_file"),
+        (["--rest_api_enable_cors_support"], "--rest_api_enable_cors_support"),
+    ],
+)
+def test_the_rest_ports_monitoring_and_cors_flags_are_the_rest_apis_business(argv: list[str], flag: str) -> None:
+    """The servers with a REST API declare them (core.rest_flags); PS and dense servers have none to apply them to."""
+    for module in (ps_main, dense_main):
+        assert flag in unused_tfs_flags(parse(module, argv)), module.__name__
+    for module in (entry_main, unified_main):
+        assert unused_tfs_flags(parse(module, argv)) == (), module.__name__
 
 
 @pytest.mark.parametrize("module", [entry_main, unified_main], ids=["entry", "unified"])

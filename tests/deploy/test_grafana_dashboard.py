@@ -118,7 +118,7 @@ def test_queries_read_only_recorded_series(dashboard: dict[str, Any]) -> None:
         assert recorded_series(expr) <= recorded, expr
         used |= recorded_series(expr)
     # The issue's list: QPS, p50/p99 latency, error ratio, PS lookups and sync rate, replicas per shard,
-    # serving version and its age.
+    # serving version and its age; and the entries' own REST API.
     assert {
         "monolith:requests:rate1m",
         "monolith:latency_seconds:p50_5m",
@@ -129,6 +129,9 @@ def test_queries_read_only_recorded_series(dashboard: dict[str, Any]) -> None:
         "monolith:available_replicas",
         "monolith:serving_version",
         "monolith:serving_version_age_seconds",
+        "monolith:entry_rest_requests:rate1m",
+        "monolith:entry_rest_errors:ratio_rate5m",
+        "monolith:entry_rest_rejected:rate1m",
     } <= used
 
 

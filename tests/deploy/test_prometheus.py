@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from deploy_tools import DEPLOY, REPO, ensure_command, run
-from metric_names import declared_metrics, raw_metrics, recorded_series, rule_file_rules
+from metric_names import declared_metrics, raw_metrics, recorded_series, rest_api_server_names, rule_file_rules
 
 RECORDING = DEPLOY / "recording_rules.yml"
 ALERTS = DEPLOY / "alerts.yml"
@@ -67,7 +67,7 @@ def test_recording_rules_read_metrics_the_services_declare() -> None:
     declared = declared_metrics(REPO / "services")
     for rule in rule_file_rules(RECORDING):
         for metric in raw_metrics(rule["expr"]):
-            assert metric in declared, f"{rule['record']} reads {metric}, which no services/*/metrics.py declares"
+            assert metric in declared, f"{rule['record']} reads {metric}, which no service declares"
 
 
 def test_declared_metric_reader_sees_counters_and_histograms(tmp_path: Path) -> None:
@@ -82,3 +82,25 @@ def test_declared_metric_reader_sees_counters_and_histograms(tmp_path: Path) -> 
     declared = declared_metrics(tmp_path)
     assert {"x_requests_total", "x_done_total", "x_latency_seconds_bucket", "x_latency_seconds_count"} <= set(declared)
     assert "x_requests" not in declared
+
+
+def test_declared_metrics_include_each_servers_rest_api() -> None:
+    declared = declared_metrics(REPO / "services")
+    rest = {
+        f"{server}_rest_{name}_total" for server in ("entry", "unified") for name in ("requests", "rejected_requests")
+    }
+    assert rest <= set(declared)
+    assert "proxy_rest_requests_total" not in declared  # the proxy counts REST in proxy_requests_total{protocol}
+
+
+def test_rest_api_server_names_are_read_from_the_call_sites(tmp_path: Path) -> None:
+    service = tmp_path / "svc"
+    service.mkdir()
+    (service / "main.py").write_text(
+        "a = RestApiMetrics(registry, 'svc')\nb = model_server_rest.RestApiMetrics(registry, server='other')\n"
+    )
+    assert rest_api_server_names(tmp_path) == {"svc", "other"}
+    assert "svc_rest_requests_total" in declared_metrics(tmp_path)
+    (service / "later.py").write_text("c = RestApiMetrics(registry, name)\n")
+    with pytest.raises(ValueError, match="later.py:1: RestApiMetrics without a literal server name"):
+        rest_api_server_names(tmp_path)

@@ -38,6 +38,7 @@ from deploy_tools import (
     parse_command_line,
     run,
 )
+from pid_namespace import SKIP_REASON, only_child, pid_namespaces_work
 from tls_certs import Authority, cert_pem, key_pem
 
 from monolith_serving.client.health import check_health
@@ -527,6 +528,54 @@ def test_a_restart_of_the_proxy_container_serves_the_renewed_certificate(
         assert check_health(f"127.0.0.1:{port}", timeout_s=5.0, tls=_dial(authority, secret, client_cert=False)).serving
     finally:
         proxy.stop()
+
+
+@pytest.mark.skipif(not pid_namespaces_work(), reason=SKIP_REASON)
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_start_ends_the_container_before_the_proxy_runs(
+    helm: Helm, tmp_path: Path, authority: Authority, signal_number: signal.Signals
+) -> None:
+    """Until it execs the proxy, the start script is the container's PID 1, which has no default signal actions: the
+    kubelet's SIGTERM must end it (128 + the signal) while ssl-config still runs, here a stand-in that never ends, not
+    be dropped while the pod waits out its grace period for the SIGKILL; and the proxy must not start."""
+    local = _local_pod(helm, tmp_path, free_port(), client_verify=False)
+    _write_secret(tmp_path / "tls-secret", authority, ca=False)
+    (tmp_path / "tls").mkdir()
+    ssl_config_started = tmp_path / "ssl-config-started"
+    proxy_started = tmp_path / "proxy-started"
+    bin_dir = tmp_path / "stand-in"
+    bin_dir.mkdir()
+    (bin_dir / "monolith-serving").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = ssl-config ]; then touch {shlex.quote(str(ssl_config_started))}; exec sleep 3600; fi\n'
+        f"touch {shlex.quote(str(proxy_started))}\n"
+    )
+    (bin_dir / "monolith-serving").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    command = local.argv(local.pod.proxy, local.pod.proxy["args"])
+    launcher = subprocess.Popen(
+        ["unshare", "-fp", "--mount-proc", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env
+    )
+    pid_1 = only_child(launcher.pid)
+    try:
+        deadline = time.monotonic() + 60
+        while not ssl_config_started.exists():
+            assert launcher.poll() is None and time.monotonic() < deadline, "the start script never ran ssl-config"
+            time.sleep(0.05)
+        os.kill(pid_1, signal_number)
+        # A guard against hanging, not a timed assertion: ssl-config never ends, so only the signal ends the script.
+        try:
+            code = launcher.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the start script, as PID 1, ignored {signal_number.name}") from None
+    finally:
+        if launcher.poll() is None:
+            os.kill(pid_1, signal.SIGKILL)  # the namespace ends with its PID 1, and its other processes with it
+            launcher.wait()
+    assert launcher.stdout is not None
+    assert code == 128 + signal_number, launcher.stdout.read().decode(errors="replace")
+    assert not proxy_started.exists()
+    assert not (tmp_path / "tls" / "ssl.config").exists()
 
 
 def test_client_verify_probes_need_a_certificate_allowing_client_auth(

@@ -3,7 +3,6 @@ signal PID 1 has no handler for, so without one the pod waited out its grace per
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,29 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from pid_namespace import SKIP_REASON, only_child, pid_namespaces_work
 
 pytestmark = pytest.mark.integration
 
 
-def _pid_namespaces_work() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-fp", "--mount-proc", "true"], capture_output=True, check=False)
-    return probe.returncode == 0
-
-
-def _only_child(pid: int, timeout_s: float = 10.0) -> int:
-    """The host pid of ``unshare``'s forked child (PID 1 in the new namespace)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        if children:
-            return int(children[0])
-        time.sleep(0.01)
-    raise AssertionError("unshare forked no child")
-
-
-@pytest.mark.skipif(not _pid_namespaces_work(), reason="needs unshare -p (a PID namespace): root or user namespaces")
+@pytest.mark.skipif(not pid_namespaces_work(), reason=SKIP_REASON)
 def test_sigterm_to_pid_1_during_start_up_ends_the_command(tmp_path: Path) -> None:
     conf = tmp_path / "agent.conf"
     conf.write_text("bzid b\nbase_name m\nbase_path /nonexistent\ndeploy_type ps\n")
@@ -42,7 +24,7 @@ def test_sigterm_to_pid_1_during_start_up_ends_the_command(tmp_path: Path) -> No
         ["unshare", "-fp", "--mount-proc", *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        pid_1 = _only_child(launcher.pid)
+        pid_1 = only_child(launcher.pid)
         # Every 20 ms until it ends: the interpreter's own start-up drops them (no handler can exist yet), then
         # one lands during the imports (a few hundred ms), before any event loop handler exists. Without the
         # early handler they are all dropped until the loop's handler stops the agent normally (exit 0).

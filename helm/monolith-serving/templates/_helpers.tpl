@@ -252,22 +252,30 @@ kubelet updates a mounted Secret in place when the certificate is renewed, and p
 would fail every pod still serving the one it started with. tls.crt and tls.key read during such an update may not
 match: ssl-config refuses the pair, the container exits and its next start copies afresh. cp -f replaces the copy of
 the last start, whose files are read-only (the Secret's mode). `exec`: the proxy replaces the shell, so it gets the
-kubelet's SIGTERM. */}}
+kubelet's SIGTERM. Until then the shell is the container's PID 1, which has no default signal actions: without the
+traps the kubelet's SIGTERM would be dropped and the pod would wait out its grace period for the SIGKILL. sh runs a trap
+only once its foreground command ends, so ssl-config runs in the background under `wait`, which a trapped signal
+interrupts; when the shell exits, the container's end takes ssl-config with it. `wait` returns ssl-config's status, so
+a refused pair still stops the start (set -e). */}}
 {{- define "monolith.proxyTlsStart" -}}
 {{- $tls := .Values.proxy.tls -}}
 {{- $secret := include "monolith.proxyTlsSecretPath" . -}}
 {{- $copy := include "monolith.proxyTlsPath" . -}}
 set -eu
+trap 'exit 143' TERM
+trap 'exit 130' INT
 {{- if $tls.clientVerify }}
 if [ ! -s {{ $secret }}/ca.crt ]; then
   echo "proxy.tls.clientVerify is true but Secret {{ $tls.secretName }} has no ca.crt (or an empty one): client certificates must chain to it" >&2
   exit 2
 fi
 cp -f {{ $secret }}/tls.crt {{ $secret }}/tls.key {{ $secret }}/ca.crt {{ $copy }}/
-monolith-serving ssl-config --server_cert_file={{ $copy }}/tls.crt --server_key_file={{ $copy }}/tls.key --custom_ca_file={{ $copy }}/ca.crt --client_verify --out={{ $copy }}/ssl.config
+monolith-serving ssl-config --server_cert_file={{ $copy }}/tls.crt --server_key_file={{ $copy }}/tls.key --custom_ca_file={{ $copy }}/ca.crt --client_verify --out={{ $copy }}/ssl.config &
+wait $!
 {{- else }}
 cp -f {{ $secret }}/tls.crt {{ $secret }}/tls.key {{ $copy }}/
-monolith-serving ssl-config --server_cert_file={{ $copy }}/tls.crt --server_key_file={{ $copy }}/tls.key --out={{ $copy }}/ssl.config
+monolith-serving ssl-config --server_cert_file={{ $copy }}/tls.crt --server_key_file={{ $copy }}/tls.key --out={{ $copy }}/ssl.config &
+wait $!
 {{- end }}
 exec monolith-serving "$@"
 {{- end -}}

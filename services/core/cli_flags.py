@@ -45,6 +45,15 @@ def _spellings(name: str) -> list[str]:
     return spellings
 
 
+def read_flag_file(flag: str, path: Path) -> str:
+    """The UTF-8 text of the file a flag names; InvalidArgumentError naming the flag and the file when it cannot be
+    read (the servers turn that into exit 2)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise InvalidArgumentError(f"{flag} {path}: cannot read the file: {error}") from None
+
+
 def add_flag(parser: argparse.ArgumentParser | Any, name: str, *, aliases: Collection[str] = (), **kwargs: Any) -> None:
     """Adds ``--name`` plus its dashed/underscored twin as one option (dest keeps underscores); each of
     ``aliases`` (another flag's name for the same setting) is taken in both spellings too."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 
+from monolith_serving.core.cli_flags import read_flag_file
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.proto_gen.tensorflow_serving.config import monitoring_config_pb2
 
@@ -30,10 +31,7 @@ _URL_PATH = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/]|%[0-9A-Fa-f]{2})*")
 
 def read_monitoring_config(path: Path) -> monitoring_config_pb2.MonitoringConfig:
     """The parsed file; InvalidArgumentError naming the flag and the file when it cannot be read or parsed."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidArgumentError(f"{FLAG} {path}: cannot read the file: {error}") from None
+    text = read_flag_file(FLAG, path)
     config = monitoring_config_pb2.MonitoringConfig()
     try:
         text_format.Parse(text, config)

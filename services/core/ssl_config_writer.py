@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from google.protobuf import text_format
 from monolith_serving.core.cli_flags import add_bool_flag, add_flag
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.pem import check_certificates_pem, check_key_pair, check_private_key_pem
+from monolith_serving.core.tls_channel import read_pem_file
 from monolith_serving.core.tls_config import load_server_tls
 from monolith_serving.proto_gen.tensorflow_serving.config import ssl_config_pb2
 
@@ -46,19 +46,6 @@ class SslConfigSources:
     client_verify: bool
 
 
-def _read_checked(flag: str, path: Path, check: Callable[[str], None]) -> str:
-    """The text of ``path``, which ``check`` passed; InvalidArgumentError naming ``flag`` otherwise."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidArgumentError(f"{flag} {path}: cannot read the file: {error}") from None
-    try:
-        check(text)
-    except ValueError as error:
-        raise InvalidArgumentError(f"{flag} {path}: {error}") from None
-    return text
-
-
 def build_ssl_config(sources: SslConfigSources) -> ssl_config_pb2.SSLConfig:
     """The SSLConfig of ``sources``, every file read and checked as ``load_server_tls`` checks its field."""
     if sources.client_verify and sources.custom_ca_file is None:
@@ -66,8 +53,8 @@ def build_ssl_config(sources: SslConfigSources) -> ssl_config_pb2.SSLConfig:
             f"{VERIFY_FLAG} needs {CA_FLAG}: the PEM certificates client certificates must chain to "
             "(a server refuses client_verify without custom_ca)"
         )
-    cert = _read_checked(CERT_FLAG, sources.server_cert_file, check_certificates_pem)
-    key = _read_checked(KEY_FLAG, sources.server_key_file, check_private_key_pem)
+    cert = read_pem_file(CERT_FLAG, sources.server_cert_file, check_certificates_pem)
+    key = read_pem_file(KEY_FLAG, sources.server_key_file, check_private_key_pem)
     try:
         check_key_pair(key, cert)
     except ValueError as error:
@@ -75,7 +62,7 @@ def build_ssl_config(sources: SslConfigSources) -> ssl_config_pb2.SSLConfig:
             f"{KEY_FLAG} {sources.server_key_file}: {error} ({CERT_FLAG} {sources.server_cert_file})"
         ) from None
     custom_ca = (
-        "" if sources.custom_ca_file is None else _read_checked(CA_FLAG, sources.custom_ca_file, check_certificates_pem)
+        "" if sources.custom_ca_file is None else read_pem_file(CA_FLAG, sources.custom_ca_file, check_certificates_pem)
     )
     return ssl_config_pb2.SSLConfig(
         server_key=key, server_cert=cert, custom_ca=custom_ca, client_verify=sources.client_verify

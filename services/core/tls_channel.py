@@ -20,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from monolith_serving.core.cli_flags import add_flag
+from monolith_serving.core.cli_flags import add_flag, read_flag_file
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.pem import check_certificates_pem, check_key_pair, check_private_key_pem
 
@@ -89,12 +89,10 @@ def add_tls_dial_flags(parser: argparse.ArgumentParser | Any, prefix: str, *, se
     )
 
 
-def _checked(flag: str, path: Path, check: Callable[[str], None]) -> str:
-    """The text of ``path``, which ``check`` passed."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidArgumentError(f"{flag} {path}: cannot read the file: {error}") from None
+def read_pem_file(flag: str, path: Path, check: Callable[[str], None]) -> str:
+    """The text of the PEM file ``flag`` names, which ``check`` (a ``core.pem`` check) passed; InvalidArgumentError
+    naming the flag otherwise."""
+    text = read_flag_file(flag, path)
     try:
         check(text)
     except ValueError as error:
@@ -117,11 +115,11 @@ def tls_dial_from_args(args: argparse.Namespace, prefix: str) -> ChannelTls | No
         raise InvalidArgumentError(f"{cert_flag} needs {key_flag}: a client certificate goes with its private key")
     if name_override is not None and not name_override.strip():
         raise InvalidArgumentError(f"{_flag(prefix, 'target_name_override')} is empty")
-    roots = None if ca_file is None else _checked(_flag(prefix, "ca_file"), ca_file, check_certificates_pem)
+    roots = None if ca_file is None else read_pem_file(_flag(prefix, "ca_file"), ca_file, check_certificates_pem)
     chain = key = None
     if cert_file is not None and key_file is not None:
-        chain = _checked(cert_flag, cert_file, check_certificates_pem)
-        key = _checked(key_flag, key_file, check_private_key_pem)
+        chain = read_pem_file(cert_flag, cert_file, check_certificates_pem)
+        key = read_pem_file(key_flag, key_file, check_private_key_pem)
         try:
             check_key_pair(key, chain)
         except ValueError as error:

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import text_format
 
-from monolith_serving.core.cli_flags import add_flag
+from monolith_serving.core.cli_flags import add_flag, read_flag_file
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.pem import check_certificates_pem, check_key_pair, check_private_key_pem
 from monolith_serving.proto_gen.tensorflow_serving.config import ssl_config_pb2
@@ -112,10 +112,7 @@ def _field_error(path: Path, field: str, reason: str) -> InvalidArgumentError:
 
 def load_server_tls(path: Path) -> ServerTls:
     """Reads and checks an SSLConfig file; InvalidArgumentError naming the flag and the field when anything is wrong."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise InvalidArgumentError(f"{FLAG} {path}: cannot read the file: {error}") from None
+    text = read_flag_file(FLAG, path)
     config = ssl_config_pb2.SSLConfig()
     try:
         text_format.Parse(text, config)

@@ -57,14 +57,15 @@ def wait_until_serving(
     timeout_s: float,
     still_alive: Callable[[], bool] = lambda: True,
     poll_s: float = 0.1,
+    tls: ChannelTls | None = None,
 ) -> None:
-    """Polls ``check_health`` until SERVING. Raises RuntimeError as soon as ``still_alive()`` is false (the
-    server process died) and TimeoutError after ``timeout_s``, each naming the last status seen."""
+    """Polls ``check_health`` (over TLS when ``tls``) until SERVING. Raises RuntimeError as soon as ``still_alive()``
+    is false (the server process died) and TimeoutError after ``timeout_s``, each naming the last status seen."""
     deadline = time.monotonic() + timeout_s
     while True:
         if not still_alive():
             raise RuntimeError(f"{addr}: server exited before serving")
-        result = check_health(addr, timeout_s=1.0)
+        result = check_health(addr, timeout_s=1.0, tls=tls)
         if result.serving:
             return
         if time.monotonic() > deadline:

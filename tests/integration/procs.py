@@ -24,6 +24,7 @@ from typing import IO
 from ports import free_port as free_port  # re-exported: the integration tests take it from here
 
 from monolith_serving.client.health import check_health, wait_until_serving
+from monolith_serving.core.tls_channel import ChannelTls
 
 # Filled by ``ServerProcess.stop``; the integration conftest fails any test that leaves something here. A server
 # that hangs on SIGTERM (its shutdown awaiting a task that never ends) is a bug that operators meet as pods killed
@@ -46,6 +47,7 @@ class ServerProcess:
         log_path: Path,
         env: dict[str, str] | None = None,
         ready_timeout_s: float = 60.0,
+        tls: ChannelTls | None = None,
     ) -> None:
         self.command = command
         self.args = list(args)
@@ -53,6 +55,7 @@ class ServerProcess:
         self.log_path = log_path
         self.env = {**os.environ, **(env or {})}
         self.ready_timeout_s = ready_timeout_s
+        self.tls = tls  # readiness is checked over TLS with these credentials (a server with --ssl_config_file)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,7 +91,7 @@ class ServerProcess:
             return self.process is None or self.process.poll() is None
 
         try:
-            wait_until_serving(self.address, timeout_s=self.ready_timeout_s, still_alive=alive)
+            wait_until_serving(self.address, timeout_s=self.ready_timeout_s, still_alive=alive, tls=self.tls)
         except RuntimeError:
             assert self.process is not None
             raise RuntimeError(

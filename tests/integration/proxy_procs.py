@@ -14,6 +14,7 @@ from rest_calls import metric_samples, metric_value, rest_json
 
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import ServingSpec, load_serving_spec
+from monolith_serving.core.tls_channel import ChannelTls
 
 FAKE_ENTRY = Path(__file__).with_name("proxy_fake_entry.py")
 
@@ -71,7 +72,10 @@ def start_entry(export: Path, ps: Sequence[ServerProcess], log_path: Path, extra
 
 
 class Proxy(ServerProcess):
-    def __init__(self, tmp_path: Path, args: Sequence[str], *, name: str = "proxy") -> None:
+    def __init__(
+        self, tmp_path: Path, args: Sequence[str], *, name: str = "proxy", tls: ChannelTls | None = None
+    ) -> None:
+        """``tls``: the gRPC port serves TLS (``--ssl_config_file`` in ``args``); readiness is checked with it."""
         port = free_port()
         self.rest_port = free_port()
         self.metrics_port = free_port()
@@ -90,6 +94,7 @@ class Proxy(ServerProcess):
             ],
             port=port,
             log_path=tmp_path / f"{name}-{port}.log",
+            tls=tls,
         )
 
     def rest(self, method: str, path: str, body: bytes | None = None) -> tuple[int, Any]:

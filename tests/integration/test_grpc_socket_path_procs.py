@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,6 @@ import numpy as np
 import pytest
 from client_cli import run_client
 from entry_reference import ReferenceScorer, assert_entry_predicts_reference, assert_outputs_match
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from procs import ServerProcess, free_port
 from proxy_procs import Proxy, start_ps_shards
 from tls_certs import TlsFiles
@@ -26,6 +24,7 @@ from tls_certs import TlsFiles
 from monolith_serving.client.inputs import encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import load_serving_spec
+from monolith_serving.core.tls_channel import ChannelTls
 from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -66,8 +65,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 class SocketServer(ServerProcess):
     """A server whose readiness is checked over its UNIX socket; ``tcp_address`` is its port's."""
 
-    def __init__(self, command: str, args: Sequence[str], *, port: int, socket_path: Path, log_path: Path) -> None:
-        super().__init__(command, args, port=port, log_path=log_path)
+    def __init__(
+        self,
+        command: str,
+        args: Sequence[str],
+        *,
+        port: int,
+        socket_path: Path,
+        log_path: Path,
+        tls: ChannelTls | None = None,
+    ) -> None:
+        super().__init__(command, args, port=port, log_path=log_path, tls=tls)
         self.socket_path = socket_path
 
     @property
@@ -186,54 +194,25 @@ def test_bad_socket_paths_are_exit_2_naming_the_flag(setup: Setup) -> None:
 # -- TLS --------------------------------------------------------------------------------------------------------
 
 
-# gRPC checks the certificate of a unix: target against the target's path; the name the server certificate carries
-# must be given (the client's --ssl_target_name_override).
-NAME_OVERRIDE = (("grpc.ssl_target_name_override", "localhost"),)
-
-
-class TlsSocketServer(SocketServer):
-    """Ready once a Health Check over TLS on its socket, with ``credentials``, answers SERVING."""
-
-    def __init__(
-        self, args: Sequence[str], *, port: int, socket_path: Path, log_path: Path, credentials: grpc.ChannelCredentials
-    ) -> None:
-        super().__init__("entry", args, port=port, socket_path=socket_path, log_path=log_path)
-        self.credentials = credentials
-
-    def wait_serving(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        while True:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"exited with {self.process.returncode}:\n{self.log_tail()}")
-            with grpc.secure_channel(self.address, self.credentials, options=NAME_OVERRIDE) as channel:
-                try:
-                    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-            assert time.monotonic() < deadline, f"not SERVING over TLS:\n{self.log_tail()}"
-            time.sleep(0.1)
-
-
 def test_with_tls_the_socket_serves_tls_only_with_the_ports_credentials(setup: Setup) -> None:
     certs = TlsFiles.create(setup.base / "certs")
     port, path = free_port(), setup.base / "tls.sock"
     ssl_config = certs.ssl_config("entry-socket", client_verify=True)
     args = setup.entry_args(port, path, f"--ssl_config_file={ssl_config}")
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=certs.ca_pem.encode(),
-        private_key=certs.client_key.read_bytes(),
-        certificate_chain=certs.client_cert.read_bytes(),
+    # gRPC checks the certificate of a unix: target against the target's path: name one the certificate carries.
+    tls = ChannelTls(
+        root_certificates=certs.ca_pem,
+        certificate_chain=certs.client_cert.read_text(),
+        private_key=certs.client_key.read_text(),
+        target_name_override="localhost",
     )
     log_path = setup.base / "logs" / "tls.log"
-    server = TlsSocketServer(args, port=port, socket_path=path, log_path=log_path, credentials=credentials).start()
+    server = SocketServer("entry", args, port=port, socket_path=path, log_path=log_path, tls=tls).start()
     try:
         spec = load_serving_spec(setup.export / "entry" / "1")
         examples = random_examples(spec, 4, np.random.default_rng(5), rows=ROWS)
         request = predict_request("entry", {"instances": encode_instances(spec, examples)})
-        with grpc.secure_channel(server.address, credentials, options=NAME_OVERRIDE) as channel:
+        with grpc.secure_channel(server.address, tls.credentials(), options=tls.options()) as channel:
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)  # type: ignore[no-untyped-call]
             response: predict_pb2.PredictResponse = stub.Predict(request, timeout=20)
         assert_outputs_match(response, ReferenceScorer(setup.export, 1).outputs(examples))

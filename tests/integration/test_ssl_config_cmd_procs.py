@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,24 +29,6 @@ def run_command(*args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-class TlsProxy(Proxy):
-    """A proxy whose readiness is checked over TLS with ``dial``."""
-
-    def __init__(self, logs: Path, args: list[str], *, dial: ChannelTls) -> None:
-        super().__init__(logs, args, name="proxy-ssl-config")
-        self.dial = dial
-
-    def wait_serving(self) -> None:
-        deadline = time.monotonic() + self.ready_timeout_s
-        while not (result := check_health(self.address, timeout_s=1.0, tls=self.dial)).serving:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"proxy exited with {self.process.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"proxy not SERVING over TLS (last: {result.status}):\n{self.log_tail()}")
-            time.sleep(0.1)
-
-
 def test_a_proxy_serves_tls_from_the_file_ssl_config_writes(tmp_path: Path) -> None:
     certs = TlsFiles.create(tmp_path / "certs")
     server_cert, server_key = tmp_path / "certs" / "server.pem", tmp_path / "certs" / "server-key.pem"
@@ -68,7 +49,7 @@ def test_a_proxy_serves_tls_from_the_file_ssl_config_writes(tmp_path: Path) -> N
         private_key=certs.client_key.read_text(),
     )
     args = [f"--ssl_config_file={config}", "--entry_targets", f"127.0.0.1:{free_port()}"]
-    with TlsProxy(tmp_path / "logs", args, dial=with_client_cert) as proxy:
+    with Proxy(tmp_path / "logs", args, name="proxy-ssl-config", tls=with_client_cert) as proxy:
         assert not check_health(proxy.address, tls=ChannelTls(root_certificates=certs.ca_pem)).serving
         assert not check_health(proxy.address).serving  # plaintext
         health = ["health", "--addr", f"localhost:{proxy.port}", "--ssl_ca_file", certs.ca]

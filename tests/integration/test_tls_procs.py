@@ -12,7 +12,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from procs import ServerProcess, free_port
 from proxy_procs import Proxy, start_ps_shards
 from tls_certs import Authority, TlsFiles, ssl_config_text, text_proto_string
 
+from monolith_serving.client.health import check_health
 from monolith_serving.client.inputs import LogicalExample, encode_instances, predict_request, random_examples
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import load_serving_spec
@@ -61,51 +61,6 @@ class Setup:
         return ";".join(server.address for server in self.ps)
 
 
-def tls_health(address: str, tls: ChannelTls) -> str:
-    """The whole server's health status over TLS, or the gRPC error code's name."""
-    with grpc.secure_channel(address, tls.credentials(), options=tls.options()) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2.0)
-        except grpc.RpcError as error:
-            return str(error.code().name)  # type: ignore[attr-defined]
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
-
-
-def wait_tls_serving(server: ServerProcess, dial: ChannelTls) -> None:
-    """Until ``server`` answers SERVING over TLS; fails with its log tail when it exits or does not within its
-    ready timeout."""
-    deadline = time.monotonic() + server.ready_timeout_s
-    while (status := tls_health(server.address, dial)) != "SERVING":
-        assert server.process is not None
-        if server.process.poll() is not None:
-            raise RuntimeError(f"{server.command} exited with {server.process.returncode}:\n{server.log_tail()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{server.command} not SERVING over TLS (last: {status}):\n{server.log_tail()}")
-        time.sleep(0.1)
-
-
-class TlsServer(ServerProcess):
-    """A server whose gRPC port serves TLS: readiness is checked over TLS with ``dial``."""
-
-    def __init__(self, command: str, args: Sequence[str], *, port: int, log_path: Path, dial: ChannelTls) -> None:
-        super().__init__(command, args, port=port, log_path=log_path)
-        self.dial = dial
-
-    def wait_serving(self) -> None:
-        wait_tls_serving(self, self.dial)
-
-
-class TlsProxy(Proxy):
-    """A proxy whose gRPC port serves TLS (its REST API stays plain HTTP)."""
-
-    def __init__(self, logs: Path, args: Sequence[str], *, name: str, dial: ChannelTls) -> None:
-        super().__init__(logs, args, name=name)
-        self.dial = dial
-
-    def wait_serving(self) -> None:
-        wait_tls_serving(self, self.dial)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     base = tmp_path_factory.mktemp("tls")
@@ -120,7 +75,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             server.stop()
 
 
-def start_tls_entry(setup: Setup, name: str, *, client_verify: bool) -> TlsServer:
+def start_tls_entry(setup: Setup, name: str, *, client_verify: bool) -> ServerProcess:
     port = free_port()
     args = [
         f"--port={port}",
@@ -128,14 +83,14 @@ def start_tls_entry(setup: Setup, name: str, *, client_verify: bool) -> TlsServe
         f"--ps_targets={setup.ps_targets()}",
         f"--ssl_config_file={setup.certs.ssl_config(name, client_verify=client_verify)}",
     ]
-    server = TlsServer(
-        "entry", args, port=port, log_path=setup.base / "logs" / f"{name}.log", dial=setup.dial(client_cert=True)
+    server = ServerProcess(
+        "entry", args, port=port, log_path=setup.base / "logs" / f"{name}.log", tls=setup.dial(client_cert=True)
     )
     return server.start()
 
 
 @pytest.fixture(scope="module")
-def tls_entry(setup: Setup) -> Iterator[TlsServer]:
+def tls_entry(setup: Setup) -> Iterator[ServerProcess]:
     """An entry serving TLS without asking for client certificates."""
     server = start_tls_entry(setup, "entry-tls", client_verify=False)
     try:
@@ -145,7 +100,7 @@ def tls_entry(setup: Setup) -> Iterator[TlsServer]:
 
 
 @pytest.fixture(scope="module")
-def mtls_entry(setup: Setup) -> Iterator[TlsServer]:
+def mtls_entry(setup: Setup) -> Iterator[ServerProcess]:
     """An entry serving TLS that requires a client certificate of the test CA (``client_verify``)."""
     server = start_tls_entry(setup, "entry-mtls", client_verify=True)
     try:
@@ -193,14 +148,14 @@ def log_lines(server: ServerProcess, text: str) -> list[str]:
 # -- serving TLS ------------------------------------------------------------------------------------------------
 
 
-def test_an_entry_with_tls_answers_tls_clients_and_refuses_plaintext(setup: Setup, tls_entry: TlsServer) -> None:
+def test_an_entry_with_tls_answers_tls_clients_and_refuses_plaintext(setup: Setup, tls_entry: ServerProcess) -> None:
     assert_tls_predict_scores(setup, tls_entry.address, setup.dial(client_cert=False), seed=3)
     assert plaintext_predict_code(setup, tls_entry.address) is grpc.StatusCode.UNAVAILABLE
     [line] = log_lines(tls_entry, "serves TLS")
     assert "no client certificate asked for" in line
 
 
-def test_the_client_dials_tls_with_its_ssl_flags(setup: Setup, tls_entry: TlsServer) -> None:
+def test_the_client_dials_tls_with_its_ssl_flags(setup: Setup, tls_entry: ServerProcess) -> None:
     common = ["--spec", str(setup.export), "--rows", str(ROWS), "--json"]
     # localhost and 127.0.0.1 are both names of the server certificate.
     for host in ("localhost", "127.0.0.1"):
@@ -233,7 +188,7 @@ def test_the_client_dials_tls_with_its_ssl_flags(setup: Setup, tls_entry: TlsSer
     assert result["count"] > 0 and result["errors"] == 0
 
 
-def test_client_verify_requires_a_client_certificate_of_custom_ca(setup: Setup, mtls_entry: TlsServer) -> None:
+def test_client_verify_requires_a_client_certificate_of_custom_ca(setup: Setup, mtls_entry: ServerProcess) -> None:
     [line] = log_lines(mtls_entry, "serves TLS")
     assert "client certificates required" in line
     common = ["--target", mtls_entry.address, "--spec", str(setup.export), "--rows", str(ROWS)]
@@ -264,7 +219,7 @@ def run_health(address: str, *flags: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_health_command_checks_a_tls_server_with_its_ssl_flags(setup: Setup, mtls_entry: TlsServer) -> None:
+def test_the_health_command_checks_a_tls_server_with_its_ssl_flags(setup: Setup, mtls_entry: ServerProcess) -> None:
     """Container healthchecks run ``monolith-serving health``: it must reach a server that serves TLS."""
     plain = run_health(mtls_entry.address)
     assert plain.returncode == 1 and "UNAVAILABLE" in plain.stderr, plain.stderr
@@ -278,7 +233,7 @@ def test_the_health_command_checks_a_tls_server_with_its_ssl_flags(setup: Setup,
 
 
 def test_the_proxys_calls_and_probes_to_entries_present_its_entry_ssl_credentials(
-    setup: Setup, mtls_entry: TlsServer
+    setup: Setup, mtls_entry: ServerProcess
 ) -> None:
     """The readmission probe shares the channel of the calls: its credentials decide whether a TLS entry that
     requires client certificates is seen healthy."""
@@ -296,7 +251,7 @@ def test_the_proxys_calls_and_probes_to_entries_present_its_entry_ssl_credential
     assert asyncio.run(probes()) == [True, False, False]
 
 
-def test_a_tls_proxy_in_front_of_tls_entries(setup: Setup, mtls_entry: TlsServer) -> None:
+def test_a_tls_proxy_in_front_of_tls_entries(setup: Setup, mtls_entry: ServerProcess) -> None:
     upstream = [
         "--entry_targets",
         mtls_entry.address,
@@ -311,7 +266,7 @@ def test_a_tls_proxy_in_front_of_tls_entries(setup: Setup, mtls_entry: TlsServer
     ]
     args = [f"--ssl_config_file={setup.certs.ssl_config('proxy')}", *upstream]
     logs = setup.base / "logs"
-    with TlsProxy(logs, args, name="proxy-tls", dial=setup.dial(client_cert=False)) as proxy:
+    with Proxy(logs, args, name="proxy-tls", tls=setup.dial(client_cert=False)) as proxy:
         assert_tls_predict_scores(setup, proxy.address, setup.dial(client_cert=False), seed=5)
         assert plaintext_predict_code(setup, proxy.address) is grpc.StatusCode.UNAVAILABLE
         [line] = log_lines(proxy, "proxy serving gRPC")
@@ -321,7 +276,7 @@ def test_a_tls_proxy_in_front_of_tls_entries(setup: Setup, mtls_entry: TlsServer
         assert status == 200 and body["model_version_status"][0]["state"] == "AVAILABLE", body
 
 
-def test_a_proxy_without_entry_ssl_flags_cannot_call_a_tls_entry(setup: Setup, tls_entry: TlsServer) -> None:
+def test_a_proxy_without_entry_ssl_flags_cannot_call_a_tls_entry(setup: Setup, tls_entry: ServerProcess) -> None:
     args = ["--entry_targets", tls_entry.address, "--entry_models", "entry"]
     logs = setup.base / "logs"
     with Proxy(logs, args, name="proxy-plain") as proxy:
@@ -347,9 +302,9 @@ def test_a_unified_server_serves_tls(setup: Setup) -> None:
         f"--ssl-config-file={setup.certs.ssl_config('unified', client_verify=True)}",  # the dashed spelling
     ]
     log_path = setup.base / "logs" / "unified.log"
-    with TlsServer("unified", args, port=port, log_path=log_path, dial=setup.dial(client_cert=True)) as unified:
+    with ServerProcess("unified", args, port=port, log_path=log_path, tls=setup.dial(client_cert=True)) as unified:
         # Hosting nothing, it is SERVING; only to a TLS client with a client certificate.
-        assert tls_health(unified.address, setup.dial(client_cert=False)) == "UNAVAILABLE"
+        assert check_health(unified.address, tls=setup.dial(client_cert=False)).status == "UNAVAILABLE"
         with grpc.insecure_channel(unified.address) as channel, pytest.raises(grpc.RpcError) as failure:
             health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert failure.value.code() is grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]

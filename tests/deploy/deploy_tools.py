@@ -24,6 +24,7 @@ from ports import free_port as free_port  # re-exported: the deploy tests take i
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
+CHART = REPO / "helm" / "monolith-serving"
 TOOLS = REPO / "build" / "tools"
 
 
@@ -215,3 +216,38 @@ def helm_env(home: Path) -> dict[str, str]:
         "HELM_CONFIG_HOME": str(home / "config"),
         "HELM_DATA_HOME": str(home / "data"),
     }
+
+
+# The helm binary and the environment it runs in (``helm_binary``, ``helm_env``): the chart tests' ``helm`` fixture.
+Helm = tuple[Path, dict[str, str]]
+
+
+def helm_template(
+    helm: Helm, *args: str, chart: Path = CHART, release: str = "rel"
+) -> subprocess.CompletedProcess[str]:
+    """``helm template`` of ``chart`` for Kubernetes 1.29 in namespace ``serving``; the caller checks the result."""
+    binary, env = helm
+    return run([binary, "template", release, chart, "--namespace", "serving", "--kube-version", "1.29.0", *args],
+               env=env, check=False)  # fmt: skip
+
+
+def render_notes(helm: Helm, scratch: Path, *flags: str) -> str:
+    """NOTES.txt rendered with ``flags``, through a copy of the chart (under ``scratch``) that wraps it in a ConfigMap:
+    ``helm install --dry-run`` needs a reachable cluster even in client mode."""
+    import yaml
+
+    chart = scratch / "chart"
+    shutil.copytree(CHART, chart)
+    notes = chart / "templates" / "NOTES.txt"
+    (chart / "templates" / "_test_notes.tpl").write_text(
+        '{{- define "test.notes" -}}\n' + notes.read_text() + "{{- end -}}\n"
+    )
+    notes.unlink()
+    (chart / "templates" / "test-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
+        '{{ include "test.notes" . | indent 4 }}\n'
+    )
+    done = helm_template(helm, "--show-only", "templates/test-notes.yaml", *flags, chart=chart)
+    assert done.returncode == 0, done.stderr
+    text: str = yaml.safe_load(done.stdout)["data"]["notes"]
+    return text

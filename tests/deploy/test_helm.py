@@ -7,8 +7,6 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,20 +14,23 @@ from typing import Any
 import pytest
 import yaml
 from deploy_tools import (
+    CHART,
     DEPLOY,
     REPO,
+    Helm,
     ensure_command,
     ensure_python_tool,
     helm_binary,
     helm_env,
+    helm_template,
     parse_command_line,
+    render_notes,
     run,
 )
 
 from monolith_serving.agent.config import model_version_policy
 from monolith_serving.core.agent_conf import DeployType, VersionPolicy, load_agent_config, resolve_environment
 
-CHART = REPO / "helm" / "monolith-serving"
 DEPLOY_DOC = REPO / "docs" / "deploy.md"
 VALUE_SETS = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
 IMAGE_REPOSITORIES = ("monolith-serving", "registry.example/monolith-serving")
@@ -41,7 +42,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Helm]:
     yield helm_binary(), helm_env(tmp_path_factory.mktemp("helm-home"))
 
 
@@ -50,16 +51,8 @@ def kubernetes_validate() -> str:
     return ensure_python_tool("kubernetes-validate", "kubernetes-validate>=1.29")
 
 
-def _template(
-    helm: tuple[Path, dict[str, str]], *args: str, chart: Path = CHART, release: str = "rel"
-) -> subprocess.CompletedProcess[str]:
-    binary, env = helm
-    return run([binary, "template", release, chart, "--namespace", "serving", "--kube-version", "1.29.0", *args],
-               env=env, check=False)  # fmt: skip
-
-
-def _render(helm: tuple[Path, dict[str, str]], values: str) -> list[dict[str, Any]]:
-    done = _template(helm, "-f", str(CHART / "ci" / values))
+def _render(helm: Helm, values: str) -> list[dict[str, Any]]:
+    done = helm_template(helm, "-f", str(CHART / "ci" / values))
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
@@ -104,7 +97,7 @@ def test_value_sets_exist() -> None:
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_lint_strict(helm: tuple[Path, dict[str, str]], values: str) -> None:
+def test_lint_strict(helm: Helm, values: str) -> None:
     binary, env = helm
     done = run([binary, "lint", "--strict", CHART, "-f", CHART / "ci" / values], env=env, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -112,10 +105,8 @@ def test_lint_strict(helm: tuple[Path, dict[str, str]], values: str) -> None:
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_manifests_pass_kubernetes_schema(
-    helm: tuple[Path, dict[str, str]], kubernetes_validate: str, values: str, tmp_path: Path
-) -> None:
-    done = _template(helm, "-f", str(CHART / "ci" / values))
+def test_manifests_pass_kubernetes_schema(helm: Helm, kubernetes_validate: str, values: str, tmp_path: Path) -> None:
+    done = helm_template(helm, "-f", str(CHART / "ci" / values))
     assert done.returncode == 0, done.stderr
     rendered = tmp_path / "rendered.yaml"
     rendered.write_text(done.stdout)
@@ -128,19 +119,15 @@ def test_manifests_pass_kubernetes_schema(
             assert "kind ServiceMonitor " in line or "kind PrometheusRule " in line, line
 
 
-def test_schema_validation_catches_an_unknown_field(
-    helm: tuple[Path, dict[str, str]], kubernetes_validate: str, tmp_path: Path
-) -> None:
-    done = _template(helm)
+def test_schema_validation_catches_an_unknown_field(helm: Helm, kubernetes_validate: str, tmp_path: Path) -> None:
+    done = helm_template(helm)
     broken = tmp_path / "broken.yaml"
     broken.write_text(done.stdout.replace("periodSeconds:", "periodSecondz:", 1))
     assert run([kubernetes_validate, "--strict", "-k", "1.29", broken], check=False).returncode != 0
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_ps_ordinals_cover_every_shard_and_replica(
-    helm: tuple[Path, dict[str, str]], values: str, tmp_path: Path
-) -> None:
+def test_ps_ordinals_cover_every_shard_and_replica(helm: Helm, values: str, tmp_path: Path) -> None:
     """Runs the StatefulSet's start script for every ordinal with a stand-in `monolith-serving` on PATH."""
     docs = _render(helm, values)
     sts = _one(docs, "StatefulSet", "-ps")
@@ -161,14 +148,12 @@ def test_ps_ordinals_cover_every_shard_and_replica(
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_names_fit_kubernetes_limits_under_the_longest_release_name(
-    helm: tuple[Path, dict[str, str]], values: str
-) -> None:
+def test_names_fit_kubernetes_limits_under_the_longest_release_name(helm: Helm, values: str) -> None:
     """Every object name stays a DNS label (63 characters). A StatefulSet's stays within 52: its controller labels
     each pod `controller-revision-hash: <name>-<hash of up to 10 characters>`, a label value limited to 63
     characters, and a StatefulSet whose pods cannot be labelled gets none."""
     assert len(LONGEST_RELEASE) == 53
-    done = _template(
+    done = helm_template(
         helm, "-f", str(CHART / "ci" / values), "--set", "monitoring.serviceMonitor.enabled=true",
         release=LONGEST_RELEASE,
     )  # fmt: skip
@@ -185,9 +170,7 @@ def test_names_fit_kubernetes_limits_under_the_longest_release_name(
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_every_command_line_parses_with_its_command(
-    helm: tuple[Path, dict[str, str]], values: str, tmp_path: Path
-) -> None:
+def test_every_command_line_parses_with_its_command(helm: Helm, values: str, tmp_path: Path) -> None:
     """The args of every container of the monolith image (init containers too; the PS's as its start script
     execs them), parsed by the command's current parser: a renamed flag would otherwise show only as pods
     exiting 2."""
@@ -212,7 +195,7 @@ def test_every_command_line_parses_with_its_command(
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_agent_conf_is_read_by_the_real_parser(helm: tuple[Path, dict[str, str]], values: str, tmp_path: Path) -> None:
+def test_agent_conf_is_read_by_the_real_parser(helm: Helm, values: str, tmp_path: Path) -> None:
     docs = _render(helm, values)
     data = _one(docs, "ConfigMap", "-config")["data"]
     sts = _one(docs, "StatefulSet", "-ps")
@@ -237,7 +220,7 @@ def test_agent_conf_is_read_by_the_real_parser(helm: tuple[Path, dict[str, str]]
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_probes_and_hardening(helm: tuple[Path, dict[str, str]], values: str) -> None:
+def test_probes_and_hardening(helm: Helm, values: str) -> None:
     docs = _render(helm, values)
     for workload in _workloads(docs):
         pod = workload["spec"]["template"]["spec"]
@@ -270,7 +253,7 @@ def test_probes_and_hardening(helm: tuple[Path, dict[str, str]], values: str) ->
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_selectors_match_pods(helm: tuple[Path, dict[str, str]], values: str) -> None:
+def test_selectors_match_pods(helm: Helm, values: str) -> None:
     docs = _render(helm, values)
     pod_labels = [w["spec"]["template"]["metadata"]["labels"] for w in _workloads(docs)]
     services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
@@ -308,9 +291,7 @@ def _drain_timeout_s(container: dict[str, Any]) -> float:
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_the_proxy_leaves_the_endpoints_before_sigterm_and_drains_within_its_grace(
-    helm: tuple[Path, dict[str, str]], values: str
-) -> None:
+def test_the_proxy_leaves_the_endpoints_before_sigterm_and_drains_within_its_grace(helm: Helm, values: str) -> None:
     pod = _proxy_pod(_render(helm, values))
     proxy = pod["containers"][0]
     v = _values(values)["proxy"]
@@ -321,8 +302,8 @@ def test_the_proxy_leaves_the_endpoints_before_sigterm_and_drains_within_its_gra
     assert pod["terminationGracePeriodSeconds"] >= v["preStopSleepSeconds"] + _drain_timeout_s(proxy) + 5
 
 
-def test_the_proxy_grace_period_follows_its_values(helm: tuple[Path, dict[str, str]]) -> None:
-    done = _template(helm, "--set", "proxy.preStopSleepSeconds=0", "--set", "proxy.drainTimeoutSeconds=12")
+def test_the_proxy_grace_period_follows_its_values(helm: Helm) -> None:
+    done = helm_template(helm, "--set", "proxy.preStopSleepSeconds=0", "--set", "proxy.drainTimeoutSeconds=12")
     assert done.returncode == 0, done.stderr
     pod = _proxy_pod([doc for doc in yaml.safe_load_all(done.stdout) if doc])
     assert pod["terminationGracePeriodSeconds"] == 17
@@ -330,7 +311,7 @@ def test_the_proxy_grace_period_follows_its_values(helm: tuple[Path, dict[str, s
     assert _drain_timeout_s(pod["containers"][0]) == 12
 
 
-def test_discovery_backends(helm: tuple[Path, dict[str, str]]) -> None:
+def test_discovery_backends(helm: Helm) -> None:
     bundled = _render(helm, "default-values.yaml")
     assert any(d["kind"] == "StatefulSet" and d["metadata"]["name"].endswith("-zookeeper") for d in bundled)
     assert "zk_servers rel-monolith-serving-zookeeper:2181" in _one(bundled, "ConfigMap", "-config")["data"]["ps.conf"]
@@ -362,34 +343,14 @@ def test_discovery_backends(helm: tuple[Path, dict[str, str]]) -> None:
         (["--set", "ports.agent=8500"], "ports.agent and ports.grpc are both 8500"),
     ],
 )
-def test_bad_values_are_refused(helm: tuple[Path, dict[str, str]], flags: list[str], message: str) -> None:
-    done = _template(helm, *flags)
+def test_bad_values_are_refused(helm: Helm, flags: list[str], message: str) -> None:
+    done = helm_template(helm, *flags)
     assert done.returncode != 0
     assert message in done.stderr
 
 
-def _notes(helm: tuple[Path, dict[str, str]], tmp_path: Path, *flags: str) -> str:
-    """NOTES.txt rendered through a copy of the chart that wraps it in a ConfigMap (`helm install --dry-run`
-    needs a reachable cluster even in client mode)."""
-    chart = tmp_path / "chart"
-    shutil.copytree(CHART, chart)
-    notes = chart / "templates" / "NOTES.txt"
-    (chart / "templates" / "_test_notes.tpl").write_text(
-        '{{- define "test.notes" -}}\n' + notes.read_text() + "{{- end -}}\n"
-    )
-    notes.unlink()
-    (chart / "templates" / "test-notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
-        '{{ include "test.notes" . | indent 4 }}\n'
-    )
-    done = _template(helm, "--show-only", "templates/test-notes.yaml", *flags, chart=chart)
-    assert done.returncode == 0, done.stderr
-    notes_text: str = yaml.safe_load(done.stdout)["data"]["notes"]
-    return notes_text
-
-
-def test_notes_show_the_client_command(helm: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
-    text = _notes(helm, tmp_path)
+def test_notes_show_the_client_command(helm: Helm, tmp_path: Path) -> None:
+    text = render_notes(helm, tmp_path)
     assert "client predict --target rel-monolith-serving-proxy:8500 --model entry" in text
     assert "port-forward service/rel-monolith-serving-proxy 8500:8500" in text
     assert "4 pods (2 shards x 2 replicas)" in text
@@ -397,22 +358,20 @@ def test_notes_show_the_client_command(helm: tuple[Path, dict[str, str]], tmp_pa
     assert "--spec PATH" not in text
 
 
-def test_notes_tell_how_to_predict_for_a_model_of_ones_own(helm: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_notes_tell_how_to_predict_for_a_model_of_ones_own(helm: Helm, tmp_path: Path) -> None:
     """`client predict` draws requests from the demo's spec unless given another: the notes of a chart serving a
     model from a path say how, and do not call the model the demo."""
-    text = _notes(helm, tmp_path, "--set", "model.source.type=path", "--set", "model.source.path=/models/ctr")
+    text = render_notes(helm, tmp_path, "--set", "model.source.type=path", "--set", "model.source.path=/models/ctr")
     assert "--spec PATH" in text and "--request_file FILE" in text
     assert "demo model is exported" not in text
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
-def test_version_data_renders_only_with_specific(
-    helm: tuple[Path, dict[str, str]], values: str, tmp_path: Path
-) -> None:
+def test_version_data_renders_only_with_specific(helm: Helm, values: str, tmp_path: Path) -> None:
     """`specific` serves model.versionData (agent.conf version_data); the other policies leave it unset."""
     plain = _one(_render(helm, values), "ConfigMap", "-config")["data"]
     assert all("version_data" not in conf for conf in plain.values())
-    done = _template(helm, "-f", str(CHART / "ci" / values), "--set", "model.versionPolicy=specific",
+    done = helm_template(helm, "-f", str(CHART / "ci" / values), "--set", "model.versionPolicy=specific",
                      "--set", "model.versionData=1700000000")  # fmt: skip
     assert done.returncode == 0, done.stderr
     data = _one([d for d in yaml.safe_load_all(done.stdout) if d], "ConfigMap", "-config")["data"]
@@ -426,12 +385,12 @@ def test_version_data_renders_only_with_specific(
 @pytest.mark.parametrize("release", ["rel", LONGEST_RELEASE])
 @pytest.mark.parametrize("values", VALUE_SETS)
 def test_ps_service_monitor_labels_each_pod_with_its_shard(
-    helm: tuple[Path, dict[str, str]], values: str, release: str, tmp_path: Path
+    helm: Helm, values: str, release: str, tmp_path: Path
 ) -> None:
     """The recording rules group PS series by `shard`: the PS ServiceMonitor's relabelings, applied to each pod
     name the way Prometheus does (anchored regex, first-to-last), give the SHARD_ID its start script computes
     (also when the names are shortened to fit a long release name)."""
-    done = _template(
+    done = helm_template(
         helm, "-f", str(CHART / "ci" / values), "--set", "monitoring.serviceMonitor.enabled=true", release=release
     )
     assert done.returncode == 0, done.stderr
@@ -462,7 +421,7 @@ def test_chart_rule_files_are_copies_of_deploy(name: str) -> None:
     assert copy.read_bytes() == (DEPLOY / name).read_bytes(), f"{copy} differs from deploy/{name}: make chart-rules"
 
 
-def test_prometheus_rule_carries_the_deploy_rules(helm: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_prometheus_rule_carries_the_deploy_rules(helm: Helm, tmp_path: Path) -> None:
     assert not [d for d in _render(helm, "default-values.yaml") if d["kind"] == "PrometheusRule"]
     docs = _render(helm, "external-zk-values.yaml")
     assert _values("external-zk-values.yaml")["monitoring"]["prometheusRule"]["enabled"]
@@ -558,13 +517,13 @@ def test_value_coverage_rules() -> None:
     assert not _covers("model.name", ("model", "numPs"))
 
 
-def test_ps_extra_args_reach_the_agent_whole(helm: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+def test_ps_extra_args_reach_the_agent_whole(helm: Helm, tmp_path: Path) -> None:
     """`ps.extraArgs` go through the StatefulSet's shell script: each must arrive as one argument, unchanged, even
     with quotes, blanks or shell syntax in it."""
     extra = ["--log_level=INFO", "--tag=it's", 'a "b" c', "$(touch /tmp/x);`id`", "*"]
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump({"ps": {"extraArgs": extra}}))
-    done = _template(helm, "-f", str(values))
+    done = helm_template(helm, "-f", str(values))
     assert done.returncode == 0, done.stderr
     sts = _one([doc for doc in yaml.safe_load_all(done.stdout) if doc], "StatefulSet", "-ps")
     stand_in = tmp_path / "monolith-serving"
@@ -576,7 +535,7 @@ def test_ps_extra_args_reach_the_agent_whole(helm: tuple[Path, dict[str, str]], 
     assert out[-len(extra) :] == extra
 
 
-def test_bundled_zookeeper_keeps_the_image_configuration(helm: tuple[Path, dict[str, str]]) -> None:
+def test_bundled_zookeeper_keeps_the_image_configuration(helm: Helm) -> None:
     """The zookeeper image holds its logback.xml in /conf, where the pod mounts a writable emptyDir: an init container
     of the same image copies the image's /conf into that volume first, or ZooKeeper logs at logback's DEBUG default."""
     sts = _one(_render(helm, "default-values.yaml"), "StatefulSet", "-zookeeper")

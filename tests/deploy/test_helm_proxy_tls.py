@@ -29,13 +29,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from deploy_tools import (
-    REPO,
+    CHART,
+    Helm,
     ensure_python_tool,
     free_port,
     helm_binary,
     helm_env,
+    helm_template,
     monolith_commands_in_shell,
     parse_command_line,
+    render_notes,
     run,
 )
 from pid_namespace import SKIP_REASON, only_child, pid_namespaces_work
@@ -44,7 +47,6 @@ from tls_certs import Authority, cert_pem, key_pem
 from monolith_serving.client.health import check_health
 from monolith_serving.core.tls_channel import ChannelTls
 
-CHART = REPO / "helm" / "monolith-serving"
 SERVER_NAME = "proxy.serving.test"
 SECRET = "proxy-tls"
 TLS_ON = ("--set", f"proxy.tls.secretName={SECRET}", "--set", f"proxy.tls.serverName={SERVER_NAME}")
@@ -52,22 +54,14 @@ CLIENT_VERIFY = ("--set", "proxy.tls.clientVerify=true")
 
 pytestmark = pytest.mark.integration
 
-Helm = tuple[Path, dict[str, str]]
-
 
 @pytest.fixture(scope="module")
 def helm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Helm]:
     yield helm_binary(), helm_env(tmp_path_factory.mktemp("helm-home"))
 
 
-def _template(helm: Helm, *args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
-    binary, env = helm
-    return run([binary, "template", "rel", chart, "--namespace", "serving", "--kube-version", "1.29.0", *args],
-               env=env, check=False)  # fmt: skip
-
-
 def _render(helm: Helm, *args: str) -> list[dict[str, Any]]:
-    done = _template(helm, *args)
+    done = helm_template(helm, *args)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
@@ -202,7 +196,7 @@ def test_tls_values_pass_lint_and_kubernetes_schema(helm: Helm, client_verify: b
     done = run([binary, "lint", "--strict", CHART, *flags], env=env, check=False)
     assert done.returncode == 0 and "0 chart(s) failed" in done.stdout, done.stdout + done.stderr
     rendered = tmp_path / "rendered.yaml"
-    rendered.write_text(_template(helm, *flags).stdout)
+    rendered.write_text(helm_template(helm, *flags).stdout)
     validate = ensure_python_tool("kubernetes-validate", "kubernetes-validate>=1.29")
     checked = run([validate, "--strict", "-k", "1.29", rendered], check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -223,28 +217,9 @@ def test_tls_values_pass_lint_and_kubernetes_schema(helm: Helm, client_verify: b
     ],
 )
 def test_bad_tls_values_are_refused(helm: Helm, flags: list[str], message: str) -> None:
-    done = _template(helm, *flags)
+    done = helm_template(helm, *flags)
     assert done.returncode != 0
     assert message in done.stderr, done.stderr
-
-
-def _notes(helm: Helm, tmp_path: Path, *flags: str) -> str:
-    """NOTES.txt rendered through a copy of the chart that wraps it in a ConfigMap (as tests/deploy/test_helm.py)."""
-    chart = tmp_path / "chart"
-    shutil.copytree(CHART, chart)
-    notes = chart / "templates" / "NOTES.txt"
-    (chart / "templates" / "_test_notes.tpl").write_text(
-        '{{- define "test.notes" -}}\n' + notes.read_text() + "{{- end -}}\n"
-    )
-    notes.unlink()
-    (chart / "templates" / "test-notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes\ndata:\n  notes: |\n"
-        '{{ include "test.notes" . | indent 4 }}\n'
-    )
-    done = _template(helm, "--show-only", "templates/test-notes.yaml", *flags, chart=chart)
-    assert done.returncode == 0, done.stderr
-    text: str = yaml.safe_load(done.stdout)["data"]["notes"]
-    return text
 
 
 def _notes_predict_argv(text: str) -> list[str]:
@@ -256,7 +231,7 @@ def _notes_predict_argv(text: str) -> list[str]:
 
 @pytest.mark.parametrize("client_verify", [False, True])
 def test_notes_tell_how_to_predict_over_tls(helm: Helm, tmp_path: Path, client_verify: bool) -> None:
-    text = _notes(helm, tmp_path, *TLS_ON, *(CLIENT_VERIFY if client_verify else ()))
+    text = render_notes(helm, tmp_path, *TLS_ON, *(CLIENT_VERIFY if client_verify else ()))
     assert f"kubectl -n serving get secret {SECRET} -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > ca.crt" in text
     assert "port-forward service/rel-monolith-serving-proxy 8500:8500" in text
     assert "run monolith-client" not in text  # a pod without the CA could not dial TLS
@@ -269,7 +244,7 @@ def test_notes_tell_how_to_predict_over_tls(helm: Helm, tmp_path: Path, client_v
 
 
 def test_notes_without_tls_keep_the_plaintext_commands(helm: Helm, tmp_path: Path) -> None:
-    text = _notes(helm, tmp_path)
+    text = render_notes(helm, tmp_path)
     assert "ssl" not in text
     assert "\n\nSend a Predict through the proxy from inside the cluster:\n" in text
     assert "client predict --target rel-monolith-serving-proxy:8500 --model entry" in text  # in a `kubectl run` pod

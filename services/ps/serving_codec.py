@@ -21,6 +21,7 @@ All arithmetic is float32, as in Monolith's kernels. The one difference: a value
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,11 +88,12 @@ class ServingLayout:
 
     segments: tuple[Segment, ...]
 
-    @property
+    # Cached: read for every upserted batch of rows on the sync path; the segments never change.
+    @functools.cached_property
     def dim(self) -> int:
         return sum(s.dim for s in self.segments)
 
-    @property
+    @functools.cached_property
     def lossless(self) -> bool:
         return all(s.codec == FP32 for s in self.segments)
 

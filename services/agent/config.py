@@ -28,8 +28,10 @@ from pathlib import Path
 from monolith_serving.agent.layout_filter import substitute_shard
 from monolith_serving.core.agent_conf import AgentConfig, ConfError, DeployType, ServerPorts
 from monolith_serving.core.cli_flags import parse_grpc_channel_arguments
+from monolith_serving.core.conf_syntax import parse_int
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
+from monolith_serving.core.monitoring_config import prometheus_path_from_file
 from monolith_serving.core.serving_spec import DENSE_SUB_MODEL
 from monolith_serving.core.zk_paths import ReplicaPath, ServerType, container_service_name, layout_path
 from monolith_serving.discovery.replica_meta import ContainerServiceInfo
@@ -37,6 +39,7 @@ from monolith_serving.discovery.replica_updater import LocalReplica
 
 __all__ = [
     "UNUSED_CONF_KEYS",
+    "ChildFile",
     "ContainerIdentity",
     "ModelEntry",
     "RegisteredReplica",
@@ -82,9 +85,17 @@ class RegisteredReplica:
     model_name: str
 
 
+@dataclass(frozen=True)
+class ChildFile:
+    """A file the agent writes before starting a child, which the child reads at start (not its model config)."""
+
+    path: Path
+    text: str
+
+
 @dataclass(frozen=True, kw_only=True)
 class ServerLaunchSpec:
-    """One child model server. ``argv()`` is the full command line."""
+    """One child model server. ``argv()`` is the full command line; ``files`` are written before it starts."""
 
     kind: ServerKind
     name: str  # child name in logs and metrics ("ps", "entry")
@@ -96,6 +107,7 @@ class ServerLaunchSpec:
     # No child serves archon; None means "write the gRPC port" (local_replicas).
     archon_port: int | None = None
     flags: tuple[str, ...] = ()
+    files: tuple[ChildFile, ...] = ()
     python: str = sys.executable
 
     def argv(self) -> list[str]:
@@ -180,7 +192,8 @@ def _base(config: AgentConfig) -> Path:
 
 
 def _metrics_flags(metrics_port: int | None) -> tuple[str, ...]:
-    """The child's Prometheus endpoint sits on its HTTP port (PORT4; PORT6 for the PS of a mixed pod)."""
+    """A PS or dense child's Prometheus endpoint sits on its HTTP port (PORT4; PORT6 / PORT9 in a mixed pod); they
+    serve no REST API. The entry and unified children serve theirs there too (``_rest_api``)."""
     return (f"--metrics_port={metrics_port}",) if metrics_port else ()
 
 
@@ -204,6 +217,12 @@ def _load_threads_flag(config: AgentConfig) -> str:
 
 # TF Serving flags of agent.conf that our model servers take too: passed on to every child as given.
 _PASSED_TFS_FLAGS = ("grpc_channel_arguments",)
+# ... and those of the REST API, which only the entry and unified children serve (``_rest_api``).
+_REST_TFS_FLAGS = ("rest_api_timeout_in_ms", "monitoring_config_file")
+
+# Where the children's metrics are scraped (Prometheus configs, chart annotations): /metrics on the HTTP port.
+CHILD_METRICS_PATH = "/metrics"
+_CHILD_MONITORING_CONFIG = f'prometheus_config {{\n  enable: true\n  path: "{CHILD_METRICS_PATH}"\n}}\n'
 
 
 def _tfs_flags(config: AgentConfig) -> tuple[str, ...]:
@@ -220,6 +239,47 @@ def _tfs_flags(config: AgentConfig) -> tuple[str, ...]:
             raise ConfError(f"{config.where(key)}: key {key!r}: {error}") from None
         flags.append(f"--{key}={value}")
     return tuple(flags)
+
+
+def _rest_api(
+    config: AgentConfig, http_port: int | None, work_dir: Path, name: str
+) -> tuple[tuple[str, ...], tuple[ChildFile, ...]]:
+    """Flags and files of an entry or unified child's REST API on its HTTP port (PORT4).
+
+    Monolith's agent gives tensorflow_model_server ``--rest_api_port`` = PORT4, so clients of a Monolith pod find the
+    TF Serving REST API there. The same port carries the child's metrics, which Prometheus scrapes at /metrics on
+    every child: through a MonitoringConfig the agent writes beside the model config, or through the conf's own
+    ``monitoring_config_file``, which then decides where they are (or that they are not served). The conf's
+    ``rest_api_timeout_in_ms`` goes along. Values are checked here, so a bad one is one ConfError at start instead
+    of a child exiting 2 in a restart loop. No HTTP port: no REST API and no metrics, as before.
+    """
+    if not http_port:
+        return (), ()
+    flags = [f"--rest_api_port={http_port}"]
+    timeout = config.tfs_flags.get("rest_api_timeout_in_ms")
+    if timeout is not None:
+        try:
+            timeout_ms = parse_int(timeout)
+        except ValueError as error:
+            raise ConfError(
+                f"{config.where('rest_api_timeout_in_ms')}: key 'rest_api_timeout_in_ms': {error}"
+            ) from None
+        if timeout_ms <= 0:
+            raise ConfError(
+                f"{config.where('rest_api_timeout_in_ms')}: key 'rest_api_timeout_in_ms' must be > 0, got {timeout_ms}"
+            )
+        flags.append(f"--rest_api_timeout_in_ms={timeout_ms}")
+    own = config.tfs_flags.get("monitoring_config_file")
+    if own is not None:
+        try:
+            prometheus_path_from_file(own)
+        except InvalidArgumentError as error:
+            raise ConfError(
+                f"{config.where('monitoring_config_file')}: key 'monitoring_config_file': {error.message}"
+            ) from None
+        return (*flags, f"--monitoring_config_file={own}"), ()
+    written = ChildFile(work_dir / f"{name}_monitoring_config.pbtxt", _CHILD_MONITORING_CONFIG)
+    return (*flags, f"--monitoring_config_file={written.path}"), (written,)
 
 
 # agent.conf keys parsed (Monolith confs set them, so they must load) that nothing in any deploy type uses: our
@@ -242,7 +302,8 @@ def unused_conf_keys(config: AgentConfig) -> tuple[str, ...]:
     """The keys ``config``'s conf set that have no effect, sorted: those in ``UNUSED_CONF_KEYS`` and every TF
     Serving pass-through flag (``tfs_flags``). A key some deploy type uses is never named, also on an agent of
     another type: one conf is often shared by PS and entry agents through ``include``."""
-    return tuple(sorted({*(config.given_keys & UNUSED_CONF_KEYS), *(set(config.tfs_flags) - set(_PASSED_TFS_FLAGS))}))
+    used = {*_PASSED_TFS_FLAGS, *_REST_TFS_FLAGS}
+    return tuple(sorted({*(config.given_keys & UNUSED_CONF_KEYS), *(set(config.tfs_flags) - used)}))
 
 
 def _ps_spec(
@@ -270,8 +331,9 @@ def _ps_spec(
     )
 
 
-def _entry_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: int | None) -> ServerLaunchSpec:
+def _entry_spec(config: AgentConfig, port: int, work_dir: Path, http_port: int | None) -> ServerLaunchSpec:
     assert config.agent_port is not None
+    rest_flags, rest_files = _rest_api(config, http_port, work_dir, "entry")
     return ServerLaunchSpec(
         kind=ServerKind.ENTRY,
         name="entry",
@@ -286,9 +348,10 @@ def _entry_spec(config: AgentConfig, port: int, work_dir: Path, metrics_port: in
             f"--fetch_ps_timeout_ms={config.fetch_ps_timeout_ms}",
             f"--fetch_ps_retry={config.fetch_ps_retry}",
             _poll_flag(config),
-            *_metrics_flags(metrics_port),
+            *rest_flags,
             *_tfs_flags(config),
         ),
+        files=rest_files,
     )
 
 
@@ -361,6 +424,7 @@ def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
     Its entry core asks this agent for PS and dense replicas."""
     port = _require_port(config.tfs_grpc_port, "tfs_grpc_port (PORT3)")
     _require_port(config.agent_port, "agent_port (PORT2)")
+    rest_flags, rest_files = _rest_api(config, config.tfs_http_port, work_dir, "unified")
     return ServerLaunchSpec(
         kind=ServerKind.UNIFIED,
         name="unified",
@@ -373,9 +437,10 @@ def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
             f"--fetch_ps_retry={config.fetch_ps_retry}",
             _poll_flag(config),
             _load_threads_flag(config),
-            *_metrics_flags(config.tfs_http_port),
+            *rest_flags,
             *_tfs_flags(config),
         ),
+        files=rest_files,
     )
 
 

@@ -27,7 +27,7 @@ import time
 
 from monolith_serving.agent.config import ServerKind, ServerLaunchSpec, V1Plan, local_replicas
 from monolith_serving.agent.local_server import LocalServerClient
-from monolith_serving.agent.model_config_writer import write_model_config
+from monolith_serving.agent.model_config_writer import write_child_files, write_model_config
 from monolith_serving.agent.runtime import AgentRuntime
 from monolith_serving.agent.supervisor import ChildSpec
 from monolith_serving.core.agent_conf import AgentConfig
@@ -121,6 +121,7 @@ class V1Agent:
 
     async def _launch(self, spec: ServerLaunchSpec) -> None:
         write_model_config(spec.model_config_path, spec.models)
+        write_child_files(spec.files)
         await self._runtime.supervisor.start(ChildSpec(name=spec.name, argv=tuple(spec.argv()), port=spec.grpc_port))
         await self._runtime.supervisor.wait_ready(spec.name, self._runtime.options.child_ready_timeout_s)
         log.info("child %s answers on port %d; registering %d replicas", spec.name, spec.grpc_port, len(spec.replicas))

@@ -27,7 +27,7 @@ import time
 from monolith_serving.agent.config import ContainerIdentity, ModelEntry, ServerLaunchSpec
 from monolith_serving.agent.layout_filter import LayoutFilterSet
 from monolith_serving.agent.local_server import LocalServerClient
-from monolith_serving.agent.model_config_writer import write_model_config
+from monolith_serving.agent.model_config_writer import write_child_files, write_model_config
 from monolith_serving.agent.runtime import AgentRuntime
 from monolith_serving.agent.saved_model_decl import SavedModelDecl
 from monolith_serving.agent.supervisor import ChildSpec
@@ -85,6 +85,7 @@ class V3Agent:
     async def start(self) -> None:
         await self._runtime.start()
         write_model_config(self._spec.model_config_path, ())
+        write_child_files(self._spec.files)
         supervisor = self._runtime.supervisor
         await supervisor.start(
             ChildSpec(name=self._spec.name, argv=tuple(self._spec.argv()), port=self._spec.grpc_port)

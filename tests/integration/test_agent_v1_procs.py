@@ -14,6 +14,7 @@ from agent_procs import AgentProcess, children, pid_alive, port_answers, replica
 from entry_reference import assert_entry_predicts_reference
 from kazoo.client import KazooClient
 from procs import free_port
+from rest_calls import metric_value, rest_json
 from zk_harness import ZooKeeperServer
 
 from monolith_serving.core.demo_export import DemoOptions, write_demo
@@ -39,7 +40,7 @@ def assert_predicts(export: Path, port: int) -> None:
 def test_mixed_agent_serves_restarts_and_deregisters_first(
     zk_server: ZooKeeperServer, zk: KazooClient, export: Path, tmp_path: Path
 ) -> None:
-    ports = {"PORT2": free_port(), "PORT3": free_port(), "PORT5": free_port()}
+    ports = {"PORT2": free_port(), "PORT3": free_port(), "PORT4": free_port(), "PORT5": free_port()}
     metrics_port = free_port()
     agent = AgentProcess(
         tmp_path,
@@ -62,6 +63,14 @@ def test_mixed_agent_serves_restarts_and_deregisters_first(
         wait_for("registration gauge ready", lambda: "agent_registration_ready 1.0" in scrape(), 10)
         metrics = scrape()
         assert 'agent_child_up{server="ps"} 1.0' in metrics
+
+        # The entry serves TF Serving's REST API on PORT4, as Monolith's agent has it, and its metrics there too.
+        status, answer = rest_json(ports["PORT4"], "GET", "/v1/models/entry")
+        assert status == 200, answer
+        assert [v["state"] for v in answer["model_version_status"]] == ["AVAILABLE"]
+        ok = {"method": "GetModelStatus", "code": "OK"}
+        assert metric_value(ports["PORT4"], "entry_rest_requests_total", ok) >= 1
+        assert metric_value(ports["PORT4"], "entry_predict_requests_total", {"code": "OK"}) >= 1
 
         # A killed child is restarted; its replicas leave AVAILABLE while it is down and come back.
         ps_pid = agent.child_pid("ps")

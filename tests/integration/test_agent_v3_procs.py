@@ -13,6 +13,7 @@ from agent_procs import AgentProcess, children, wait_for
 from entry_reference import assert_entry_predicts_reference
 from kazoo.client import KazooClient
 from procs import ServerProcess, free_port
+from rest_calls import metric_value, rest_json
 from zk_harness import ZooKeeperServer
 
 from monolith_serving.client.inputs import predict_request
@@ -127,7 +128,7 @@ def test_two_filtered_containers_split_a_model_and_an_entry_finds_all_shards(
 
     agents, grpc_ports = [], []
     for parity in (0, 1):
-        ports = {"PORT2": free_port(), "PORT3": free_port()}
+        ports = {"PORT2": free_port(), "PORT3": free_port(), "PORT4": free_port()}
         grpc_ports.append(ports["PORT3"])
         body = (
             f"deploy_type unified\nzk_servers {zk_server.hosts}\nbzid uni\nlayout_pattern lay\n"
@@ -147,6 +148,12 @@ def test_two_filtered_containers_split_a_model_and_an_entry_finds_all_shards(
         assert sorted(children(zk, "/uni/container_service")) == sorted(f"{CLUSTER}:{c}" for c in ctx)
         container = json.loads(zk.get(f"/uni/container_service/{CLUSTER}:{ctx[0]}")[0])
         assert container["grpc"] == addr[0] and container["agent"] == f"127.0.0.1:{agents[0].env['PORT2']}"
+        # The registered HTTP address serves TF Serving's REST API, as in Monolith, and the server's metrics.
+        http_port = int(agents[0].env["PORT4"])
+        assert container["http"] == f"127.0.0.1:{http_port}"
+        status, answer = rest_json(http_port, "GET", "/v1/models/nope")
+        assert status == 404 and "nope" in answer["error"], answer
+        assert metric_value(http_port, "unified_rest_requests_total", {"method": "GetModelStatus"}) == 1
         # Only the even container's filter accepts ps_0, so only it has something to skip.
         assert "ghost:ps_0 skipped: no saved_model declaration" in agents[0].log()
         assert "ghost:ps_0" not in agents[1].log()

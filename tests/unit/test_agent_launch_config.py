@@ -64,10 +64,11 @@ def test_mixed_agent_starts_ps_before_entry_and_entry_asks_this_agent(tmp_path: 
 
 
 def test_children_serve_metrics_on_their_http_ports(tmp_path: Path) -> None:
+    """The entry's are on its REST port (test_agent_child_rest_api.py)."""
     env = {"PORT2": "7002", "PORT3": "7003", "PORT4": "7004", "PORT5": "7005", "PORT6": "7006"}
     ps, entry = v1_plan(resolved(tmp_path, ZK + "stand_alone_serving true\nnum_ps 2\n", env), work_dir=tmp_path).servers
     assert "--metrics_port=7006" in ps.argv()
-    assert "--metrics_port=7004" in entry.argv()
+    assert "--rest_api_port=7004" in entry.argv()
     (alone,) = v1_plan(resolved(tmp_path, ZK + "deploy_type ps\n", env), work_dir=tmp_path).servers
     assert "--metrics_port=7004" in alone.argv()
     without = v1_plan(resolved(tmp_path, ZK + "deploy_type ps\n", {"PORT2": "1", "PORT3": "2"}), work_dir=tmp_path)

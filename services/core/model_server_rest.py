@@ -25,9 +25,11 @@ from prometheus_client import CollectorRegistry, Counter
 from monolith_serving.core.local_calls import LocalCalls
 from monolith_serving.core.metric_children import LabelledChildren
 from monolith_serving.core.serving_call import (
+    CLASSIFY,
     GET_MODEL_METADATA,
     GET_MODEL_STATUS,
     PREDICT,
+    REGRESS,
     REQUEST_ID_KEY,
     CallContext,
     RpcStatusError,
@@ -36,7 +38,7 @@ from monolith_serving.core.serving_call import (
 )
 
 # What the gateway calls; it never asks for another method.
-_SERVED_PATHS = frozenset({PREDICT, GET_MODEL_METADATA, GET_MODEL_STATUS})
+_SERVED_PATHS = frozenset({PREDICT, GET_MODEL_METADATA, GET_MODEL_STATUS, CLASSIFY, REGRESS})
 
 
 class RestApiMetrics:

@@ -104,9 +104,11 @@ from monolith_serving.core.rest_codec import (
     signature_inputs_from_metadata,
 )
 from monolith_serving.core.serving_call import (
+    CLASSIFY,
     GET_MODEL_METADATA,
     GET_MODEL_STATUS,
     PREDICT,
+    REGRESS,
     REQUEST_ID_KEY,
     CallContext,
     RpcStatusError,
@@ -114,6 +116,7 @@ from monolith_serving.core.serving_call import (
     method_name,
 )
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     predict_pb2,
@@ -148,8 +151,13 @@ MAX_VERSION = 2**63 - 1  # ModelSpec.version is an Int64Value
 PROTOCOL = "rest"  # the ``protocol`` label of REST requests
 # ``method`` of a REST request refused before its path named a method (no such route, an unknown verb).
 UNKNOWN_METHOD = "unknown"
-# POST verbs → the gRPC method they name (classify and regress are answered UNIMPLEMENTED here).
+# POST verbs → the gRPC method they name.
 _VERB_METHODS = {"predict": "Predict", "classify": "Classify", "regress": "Regress"}
+# The verbs whose gRPC method every server refuses (core.predict_only), with the request message of that method.
+_REFUSED_VERB_REQUESTS: dict[str, tuple[str, Any]] = {
+    "Classify": (CLASSIFY, classification_pb2.ClassificationRequest),
+    "Regress": (REGRESS, classification_pb2.RegressionRequest),
+}
 GET_MODEL_STATUS_METHOD = "GetModelStatus"
 GET_MODEL_METADATA_METHOD = "GetModelMetadata"
 _API_PATH = "/v1/"  # TF Serving answers every path under it (400 when malformed), and no other (404)
@@ -616,14 +624,11 @@ class RestGateway:
         raw_path = request.rel_url.raw_path
         call.model, call.method = _path_labels(request.method, raw_path)
         target = parse_rest_target(request.method, raw_path)
-        if target.method in ("Classify", "Regress"):
-            raise RpcStatusError(
-                grpc.StatusCode.UNIMPLEMENTED,
-                f"{target.method.lower()} is not supported by Monolith entries; use :predict",
-            )
         with self._backend.admitted():
             if target.method == "Predict":
                 return await self._predict(request, target.model, call)
+            if target.method in _REFUSED_VERB_REQUESTS:
+                return await self._refused_inference(target.method, target.model, call)
             if target.method == GET_MODEL_METADATA_METHOD:
                 return await self._metadata(target.model, call)
             return await self._status(target.model, call)
@@ -827,6 +832,15 @@ class RestGateway:
             value = signature_inputs_from_metadata(metadata, signature)
         self._signatures.put(key, value)
         return value
+
+    async def _refused_inference(self, method: str, model: ModelRef, call: _RestCall) -> web.Response:
+        """``:classify`` and ``:regress``: the server answers them as tensorflow_model_server does on a model with
+        predict signatures only (``core.predict_only``): NOT_FOUND for a model or version it does not serve, else
+        INVALID_ARGUMENT. Its answer depends on the model alone, so the body is left unread."""
+        path, message = _REFUSED_VERB_REQUESTS[method]
+        await self._call_core(path, message(model_spec=model.to_spec()).SerializeToString(), call)
+        # Only a server that has such signatures gets here; its answer has no JSON rendering in this gateway.
+        raise RpcStatusError(grpc.StatusCode.UNIMPLEMENTED, f"{method} answers cannot be written as JSON here")
 
     async def _status(self, model: ModelRef, call: _RestCall) -> web.Response:
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=model.to_spec())

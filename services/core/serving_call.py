@@ -19,6 +19,8 @@ PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
 MODEL_SERVICE = "tensorflow.serving.ModelService"
 PREDICT = f"/{PREDICTION_SERVICE}/Predict"
 GET_MODEL_METADATA = f"/{PREDICTION_SERVICE}/GetModelMetadata"
+CLASSIFY = f"/{PREDICTION_SERVICE}/Classify"
+REGRESS = f"/{PREDICTION_SERVICE}/Regress"
 GET_MODEL_STATUS = f"/{MODEL_SERVICE}/GetModelStatus"
 REQUEST_ID_KEY = "x-request-id"
 

@@ -126,6 +126,10 @@ class DensePredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predictio
         response.model_spec.signature_name = spec.signature_name or DENSE_SIGNATURE
         return response
 
+    def resolve_model(self, spec: model_pb2.ModelSpec) -> None:
+        version, label = _pinned(spec)
+        self._versions.resolve(spec.name, version, label)
+
     async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:

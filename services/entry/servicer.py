@@ -31,6 +31,7 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
+    model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -119,6 +120,9 @@ class EntryPredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predictio
         if result.ps_versions:
             context.set_trailing_metadata(((PS_VERSIONS_KEY, self._ps_versions(spec.name, result.ps_versions)),))
         return response
+
+    def resolve_model(self, spec: model_pb2.ModelSpec) -> None:
+        self._model.resolve(spec.name, _requested_version(self._model, spec))
 
     async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext

@@ -103,6 +103,10 @@ class PsPredictionServicer(PredictOnly, prediction_service_pb2_grpc.PredictionSe
         self._latency[(kind,)].observe(time.perf_counter() - started)
         return response
 
+    def resolve_model(self, spec: model_pb2.ModelSpec) -> None:
+        ref = model_ref(spec)
+        self._core.versions.resolve(ref.name, ref.version, ref.label)
+
     async def GetModelMetadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> get_model_metadata_pb2.GetModelMetadataResponse:

@@ -20,6 +20,7 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
     model_management_pb2,
+    model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -69,6 +70,9 @@ class UnifiedPredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predict
 
     def _target(self, name: str) -> Any:
         return _route(name, ps=self._ps, dense=self._dense, entry=self._entry.prediction)
+
+    def resolve_model(self, spec: model_pb2.ModelSpec) -> None:
+        self._target(spec.name).resolve_model(spec)
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext

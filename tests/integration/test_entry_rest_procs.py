@@ -23,6 +23,7 @@ from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.core.tensor_codec import from_tensor_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    classification_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     prediction_service_pb2_grpc,
@@ -129,6 +130,24 @@ def _predict(request: Any) -> Callable[[grpc.Channel], object]:
     return lambda channel: prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
 
 
+def _refused(method: str, name: str, *, version: int | None = None) -> Callable[[grpc.Channel], object]:
+    """A Classify or Regress of model ``name`` (at ``version``), with no inputs: none is looked at."""
+    message = classification_pb2.ClassificationRequest if method == "Classify" else classification_pb2.RegressionRequest
+    request = message()
+    request.model_spec.name = name
+    if version is not None:
+        request.model_spec.version.value = version
+    return lambda channel: getattr(prediction_service_pb2_grpc.PredictionServiceStub(channel), method)(
+        request, timeout=30
+    )
+
+
+def _multi_inference(request: Any) -> Callable[[grpc.Channel], object]:
+    return lambda channel: prediction_service_pb2_grpc.PredictionServiceStub(channel).MultiInference(
+        request, timeout=30
+    )
+
+
 def _status(name: str, *, version: int | None = None, label: str | None = None) -> Callable[[grpc.Channel], object]:
     request = get_model_status_pb2.GetModelStatusRequest()
     request.model_spec.name = name
@@ -155,14 +174,39 @@ def test_an_error_is_the_grpc_status_as_http_with_the_grpc_message(cluster: Entr
         ),
         (("GET", "/v1/models/entry/versions/7", None), _status("entry", version=7), 404),
         (("GET", "/v1/models/entry/labels/canary", None), _status("entry", label="canary"), 404),
+        (("POST", "/v1/models/entry:classify", instances_rows(blobs)), _refused("Classify", "entry"), 400),
+        (("POST", "/v1/models/nope:classify", instances_rows(blobs)), _refused("Classify", "nope"), 404),
+        (("POST", "/v1/models/entry/versions/7:regress", b"{}"), _refused("Regress", "entry", version=7), 404),
+        (("POST", "/v1/models/entry/versions/1:regress", b"{}"), _refused("Regress", "entry", version=1), 400),
     ]
     for (method, path, body), call, http_status in cases:
         code, details = _grpc_failure(call, cluster.entry.address)
         assert cluster.rest(method, path, body) == (http_status, {"error": details}), (path, code)
     status, answer = cluster.rest("POST", "/v1/models/entry:predict", b'{"instances": [')
     assert status == 400 and answer["error"].startswith("JSON Parse error"), answer
-    status, answer = cluster.rest("POST", "/v1/models/entry:classify", instances_rows(blobs))
-    assert status == 501 and "use :predict" in answer["error"], answer
+
+
+def test_classify_regress_and_multi_inference_are_answered_as_tf_serving_does(cluster: EntryWithRest) -> None:
+    """On a model with predict signatures only: NOT_FOUND for a model or version not served, else INVALID_ARGUMENT
+    (as tensorflow_model_server); the entry and the PS alike."""
+    for address, served, server in (
+        (cluster.entry.address, "entry", "the entry"),
+        (cluster.ps[0].address, "ps_0", "a PS"),
+    ):
+        for method, kind in (("Classify", "classification"), ("Regress", "regression")):
+            assert _grpc_failure(_refused(method, served), address) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{method}: model {served!r} has no {kind} signature 'serving_default': {server} serves predict "
+                "signatures only (use Predict)",
+            )
+            assert _grpc_failure(_refused(method, "nope"), address)[0] == grpc.StatusCode.NOT_FOUND
+            assert _grpc_failure(_refused(method, served, version=99), address)[0] == grpc.StatusCode.NOT_FOUND
+        request = classification_pb2.MultiInferenceRequest()
+        request.tasks.add().model_spec.name = served
+        code, details = _grpc_failure(_multi_inference(request), address)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("MultiInference:"), details
+    # The entry kept serving.
+    assert_predict_matches_reference(cluster.entry.address, cluster.export, cluster.examples(4, seed=9))
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(cluster: EntryWithRest) -> None:

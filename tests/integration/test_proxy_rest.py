@@ -43,8 +43,10 @@ from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_prot
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_pb2,
     predict_pb2,
 )
 from monolith_serving.proxy.core import CoreConfig, ProxyCore
@@ -58,6 +60,8 @@ pytestmark = pytest.mark.integration
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 GET_MODEL_STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
+CLASSIFY = "/tensorflow.serving.PredictionService/Classify"
+REGRESS = "/tensorflow.serving.PredictionService/Regress"
 TIMEOUT_S = 10.0
 
 
@@ -122,6 +126,7 @@ class FakeUpstream:
     predict_reply: bytes = field(default_factory=_predict_reply)
     replies: dict[str, bytes] = field(default_factory=dict)  # model name -> its Predict reply, else predict_reply
     predicts: list[predict_pb2.PredictRequest] = field(default_factory=list)  # every Predict, as received
+    refused_specs: list[model_pb2.ModelSpec] = field(default_factory=list)  # of every Classify and Regress
 
     async def call(
         self, address: str, method: str, request: bytes, *, timeout_s: float | None, metadata: Metadata
@@ -141,6 +146,13 @@ class FakeUpstream:
             response = get_model_status_pb2.GetModelStatusResponse()
             response.model_version_status.add(version=1, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
             return UpstreamReply(response.SerializeToString(), ())
+        if method in (CLASSIFY, REGRESS):  # as our entries answer (core.predict_only)
+            message = classification_pb2.ClassificationRequest
+            if method == REGRESS:
+                message = classification_pb2.RegressionRequest
+            spec = message.FromString(request).model_spec
+            self.refused_specs.append(spec)
+            raise RpcStatusError(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: model {spec.name!r} has none")
         raise RpcStatusError(grpc.StatusCode.UNIMPLEMENTED, method)
 
     async def probe(self, address: str, timeout_s: float) -> bool:
@@ -333,6 +345,20 @@ async def test_metadata_and_predict_share_one_deadline() -> None:
 
 
 @_sync
+async def test_classify_and_regress_go_to_an_entry_and_answer_as_it_does() -> None:
+    """The entry answers them as tensorflow_model_server does on a model with predict signatures only; the proxy
+    passes on the model and version the path names (the body is not read) and the entry's code."""
+    async with _gateway() as served:
+        for path, method in (("/entry:classify", CLASSIFY), ("/entry/versions/4:regress", REGRESS)):
+            status, answer = await served.post(path, BODY)
+            assert status == 400 and "has none" in answer["error"], answer
+            assert served.upstream.calls[-1][0] == method
+        assert [(s.name, s.version.value) for s in served.upstream.refused_specs] == [("entry", 0), ("entry", 4)]
+        assert served.requests()[("entry", "Classify", "rest", "INVALID_ARGUMENT")] == 1
+        assert served.requests()[("entry", "Regress", "rest", "INVALID_ARGUMENT")] == 1
+
+
+@_sync
 async def test_requests_refused_before_a_core_call_are_counted_once() -> None:
     async with _gateway(max_body_bytes=1000) as served:
         too_large = json.dumps({"inputs": {"x": [1.0] * 400}}).encode()
@@ -341,7 +367,6 @@ async def test_requests_refused_before_a_core_call_are_counted_once() -> None:
             ("POST", "/entry:predict", b"{not json", 400, ("entry", "Predict", "INVALID_ARGUMENT")),
             ("POST", "/entry:predict", too_large, 413, ("entry", "Predict", "INVALID_ARGUMENT")),
             ("POST", "/entry:frobnicate", BODY, 400, ("entry", "unknown", "INVALID_ARGUMENT")),
-            ("POST", "/entry:classify", BODY, 501, ("entry", "Classify", "UNIMPLEMENTED")),
             ("GET", "/entry/other/1", b"", 400, ("entry", "GetModelStatus", "INVALID_ARGUMENT")),
             ("GET", "/entry/versions/x/metadata", b"", 400, ("entry", "GetModelMetadata", "INVALID_ARGUMENT")),
             ("PUT", "/entry", b"", 405, ("unknown", "unknown", "INVALID_ARGUMENT")),

@@ -323,18 +323,32 @@ def test_bad_requests_get_the_right_status(
     assert named in info.value.details()
 
 
-def test_classify_regress_multi_inference_are_unimplemented(hand_built: tuple[Ps, dict, Path]) -> None:
+def test_classify_regress_multi_inference_are_refused_as_tf_serving_refuses_them(
+    hand_built: tuple[Ps, dict, Path],
+) -> None:
+    """A PS model has predict signatures only: INVALID_ARGUMENT for a served one, NOT_FOUND for another."""
     ps, _, _ = hand_built
+    multi = classification_pb2.MultiInferenceRequest()
+    multi.tasks.add().model_spec.name = "ps_0"
     calls = {
-        "Classify": (ps.predict_stub.Classify, classification_pb2.ClassificationRequest()),
-        "Regress": (ps.predict_stub.Regress, classification_pb2.RegressionRequest()),
-        "MultiInference": (ps.predict_stub.MultiInference, classification_pb2.MultiInferenceRequest()),
+        "Classify": (ps.predict_stub.Classify, classification_pb2.ClassificationRequest(), "classification"),
+        "Regress": (ps.predict_stub.Regress, classification_pb2.RegressionRequest(), "regression"),
+        "MultiInference": (ps.predict_stub.MultiInference, multi, "classification or regression"),
     }
-    for method, (call, request) in calls.items():
+    for method, (call, request, kind) in calls.items():
+        if method != "MultiInference":
+            request.model_spec.name = "ps_9"
+            with pytest.raises(grpc.RpcError) as info:
+                call(request, timeout=10)
+            assert info.value.code() is grpc.StatusCode.NOT_FOUND, info.value.details()
+            request.model_spec.name = "ps_0"
         with pytest.raises(grpc.RpcError) as info:
             call(request, timeout=10)
-        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
-        assert info.value.details() == f"{method}: a PS serves Predict only"
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details() == (
+            f"{method}: model 'ps_0' has no {kind} signature 'serving_default': a PS serves predict signatures only "
+            "(use Predict)"
+        )
     assert ps.status("ps_0")  # still serving
 
 

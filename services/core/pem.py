@@ -6,33 +6,28 @@ parse with Python's ``ssl`` (OpenSSL), never prompting: an encrypted key is refu
 Every check raises ValueError with a reason the caller prefixes with the flag and field it came from.
 
 Python's OpenSSL reads Edwards-curve keys that gRPC's TLS (BoringSSL, as grpcio builds it) cannot use, so those are
-refused here by the key type written in the DER: an Ed25519 key of our own (server or client) passes every other check
-and then fails every handshake that uses it (the peer offers no Ed25519 signature algorithm), and Ed448 is not
-implemented at all (a server fails to bind, a client to create its handshaker, a peer to verify what an Ed448 key
-signed). Certificates signed by an Ed25519 CA verify, so Ed25519 is refused in private keys only.
+refused here by the key type written in the DER (``core.key_algorithms``): an Ed25519 key of our own (server or
+client) passes every other check and then fails every handshake that uses it (the peer offers no Ed25519 signature
+algorithm), and Ed448 is not implemented at all (a server fails to bind, a client to create its handshaker, a peer to
+verify what an Ed448 key signed). Certificates signed by an Ed25519 CA verify, so Ed25519 is refused in private keys
+only.
 """
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import os
 import re
 import ssl
 from collections.abc import Iterator
 
+from monolith_serving.core.key_algorithms import certificate_ed448_use, pkcs8_edwards_key_type
+
 # A block's label is repeated in its END line; text around blocks (openssl's "Bag Attributes", comments) is allowed.
 _BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 CERTIFICATE = "CERTIFICATE"
 EC_PARAMETERS = "EC PARAMETERS"
-
-
-# Key types gRPC's TLS cannot use, by the DER content of their algorithm identifiers (RFC 8410: 1.3.101.112, .113).
-_ED25519_OID = bytes.fromhex("2b6570")
-_ED448_OID = bytes.fromhex("2b6571")
-_EDWARDS_KEY_TYPES = {_ED25519_OID: "Ed25519", _ED448_OID: "Ed448"}
 _SUPPORTED_KEY_TYPES = "RSA or ECDSA"
-_DER_SEQUENCE, _DER_OID, _DER_VERSION = 0x30, 0x06, 0xA0
 
 
 def pem_labels(text: str) -> list[str]:
@@ -52,87 +47,6 @@ def _blocks(labels: list[str]) -> str:
     if len(labels) == 1:
         return f"a {labels[0]} block"
     return f"{len(labels)} blocks ({', '.join(labels)})"
-
-
-def _der_elements(data: bytes) -> list[tuple[int, bytes]]:
-    """The (tag, content) of each DER element ``data`` is a series of; ValueError when it is not DER. Only what keys
-    and certificates use: low tag numbers, definite lengths."""
-    elements = []
-    offset = 0
-    while offset < len(data):
-        if offset + 2 > len(data):
-            raise ValueError("truncated DER")
-        tag, length = data[offset], data[offset + 1]
-        offset += 2
-        if length & 0x80:
-            size = length & 0x7F
-            if not 0 < size <= 4 or offset + size > len(data):
-                raise ValueError("bad DER length")
-            length = int.from_bytes(data[offset : offset + size], "big")
-            offset += size
-        if offset + length > len(data):
-            raise ValueError("truncated DER")
-        elements.append((tag, data[offset : offset + length]))
-        offset += length
-    return elements
-
-
-def _children(element: tuple[int, bytes]) -> list[tuple[int, bytes]]:
-    """The elements of a SEQUENCE element; ValueError for another one."""
-    tag, content = element
-    if tag != _DER_SEQUENCE:
-        raise ValueError("not a DER SEQUENCE")
-    return _der_elements(content)
-
-
-def _algorithm_oid(identifier: tuple[int, bytes]) -> bytes:
-    """The OID of an AlgorithmIdentifier (a SEQUENCE: the OID, then parameters, if any)."""
-    oid_tag, oid = _children(identifier)[0]
-    if oid_tag != _DER_OID:
-        raise ValueError("not an AlgorithmIdentifier")
-    return oid
-
-
-def _block_sequence(body: str) -> list[tuple[int, bytes]]:
-    """The elements of the SEQUENCE a PEM block's base64 ``body`` encodes (a key or a certificate is one)."""
-    (outer,) = _der_elements(binascii.a2b_base64("".join(body.split())))
-    return _children(outer)
-
-
-# Failures of the parsers above on text that is no key or certificate; the OpenSSL checks report such text.
-_NOT_DER = (ValueError, IndexError, binascii.Error)
-
-
-def _pkcs8_edwards_key_type(body: str) -> str | None:
-    """``Ed25519``/``Ed448`` for the body of a PKCS#8 ``PRIVATE KEY`` block of such a key (their only PEM form, what
-    ``openssl genpkey`` writes), else None; None too when it cannot be parsed."""
-    try:
-        # OneAsymmetricKey (RFC 5958): version, privateKeyAlgorithm, privateKey, ...
-        algorithm = _algorithm_oid(_block_sequence(body)[1])
-    except _NOT_DER:
-        return None
-    return _EDWARDS_KEY_TYPES.get(algorithm)
-
-
-def _certificate_ed448_use(body: str) -> str | None:
-    """What in the certificate of a ``CERTIFICATE`` block's body is Ed448 (its key, or the key that signed it), or
-    None; None too when it cannot be parsed."""
-    try:
-        # Certificate (RFC 5280): tbsCertificate, signatureAlgorithm, signatureValue; tbsCertificate: [0] version
-        # (absent for v1), serialNumber, signature, issuer, validity, subject, subjectPublicKeyInfo, ...
-        tbs_certificate, signature_algorithm = _block_sequence(body)[:2]
-        fields = _children(tbs_certificate)
-        if fields[0][0] == _DER_VERSION:
-            fields = fields[1:]
-        key_algorithm = _algorithm_oid(_children(fields[5])[0])
-        signed_with = _algorithm_oid(signature_algorithm)
-    except _NOT_DER:
-        return None
-    if key_algorithm == _ED448_OID:
-        return "an Ed448 key"
-    if signed_with == _ED448_OID:
-        return "a signature by an Ed448 key"
-    return None
 
 
 def check_private_key_pem(text: str) -> None:
@@ -163,7 +77,7 @@ def check_private_key_pem(text: str) -> None:
         raise ValueError("holds an encrypted private key, which gRPC cannot use: decrypt it first")
     if label == "PRIVATE KEY":
         body = next(match.group(2) for match in _BLOCK.finditer(text) if match.group(1) == label)
-        key_type = _pkcs8_edwards_key_type(body)
+        key_type = pkcs8_edwards_key_type(body)
         if key_type is not None:
             raise ValueError(
                 f"holds an {key_type} private key, which gRPC's TLS does not support (its handshakes fail): "
@@ -187,7 +101,7 @@ def check_certificates_pem(text: str) -> None:
         raise ValueError(f"holds a certificate that cannot be read ({error.reason or error})") from None
     bodies = [match.group(2) for match in _BLOCK.finditer(text)]
     for number, body in enumerate(bodies, 1):
-        ed448_use = _certificate_ed448_use(body)
+        ed448_use = certificate_ed448_use(body)
         if ed448_use is not None:
             where = f" (certificate {number} of {len(bodies)})" if len(bodies) > 1 else ""
             raise ValueError(

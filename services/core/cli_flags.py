@@ -284,6 +284,13 @@ def main_grpc_port(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return TFS_GRPC_PORT if from_environment is None else from_environment
 
 
+def agent_address_from_environment(environ: Mapping[str, str]) -> str | None:
+    """``localhost:$PORT2``, the agent of this pod (agent.conf's agent port), as Monolith's entry finds it; None when
+    ``PORT2`` is unset or empty."""
+    agent_port = env_port(environ, "PORT2")
+    return None if agent_port is None else f"localhost:{agent_port}"
+
+
 def single_model_from_args(args: argparse.Namespace) -> SingleModel | None:
     """The ``--model_name``/``--model_base_path`` model, or None when ``--model_config_file`` is given."""
     if args.model_config_file is None:

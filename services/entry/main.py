@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS, env_port
+from monolith_serving.core.agent_conf import DEFAULT_FETCH_PS_RETRY, DEFAULT_FETCH_PS_TIMEOUT_MS
 from monolith_serving.core.cli_flags import (
     TFS_GRPC_PORT,
     add_bool_flag,
@@ -34,6 +34,7 @@ from monolith_serving.core.cli_flags import (
     add_host_flag,
     add_server_flags,
     add_tfs_compat_flags,
+    agent_address_from_environment,
     grpc_socket_path_from_args,
     main_grpc_port,
     warn_unused_tfs_flags,
@@ -505,10 +506,9 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         raise InvalidArgumentError("--dense_targets lists the replicas of dense_0 only (comma-separated, no ';')")
     agent_address = args.agent_address
     if not targets and agent_address is None:
-        agent_port = env_port(environ, "PORT2")
-        if agent_port is None:
+        agent_address = agent_address_from_environment(environ)
+        if agent_address is None:
             raise InvalidArgumentError("give --ps_targets (static) or --agent_address (or set $PORT2)")
-        agent_address = f"localhost:{agent_port}"
     num_ps = args.num_ps
     if targets:
         if num_ps is not None and num_ps != len(targets):

@@ -11,12 +11,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from monolith_serving.core.agent_conf import env_port
 from monolith_serving.core.cli_flags import (
     add_flag,
     add_grpc_socket_path_flag,
     add_server_flags,
     add_tfs_compat_flags,
+    agent_address_from_environment,
     grpc_socket_path_from_args,
     load_threads_from_flag,
     main_grpc_port,
@@ -100,10 +100,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> UnifiedConfig:
     agent_address = args.agent_address
     if agent_address is None:
-        agent_port = env_port(environ, "PORT2")
-        if agent_port is None:
-            raise InvalidArgumentError("give --agent_address (or set $PORT2): the entry finds PS replicas there")
-        agent_address = f"localhost:{agent_port}"
+        agent_address = agent_address_from_environment(environ)
+    if agent_address is None:
+        raise InvalidArgumentError("give --agent_address (or set $PORT2): the entry finds PS replicas there")
     port = main_grpc_port(args, environ)
     rest = rest_config_from_args(
         args,

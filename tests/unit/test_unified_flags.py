@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
+from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.entry.ps_coalesce import CoalesceConfig
 from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.unified.main import config_from_args, configure
@@ -35,3 +38,15 @@ def test_predict_coalescing_flags_reach_the_unified_servers_entry_core() -> None
         parser.parse_args([*base, "--coalesce-requests", "false", "--coalesce_max_rows", "64"]), {}
     )
     assert config.coalesce_requests == RequestCoalescing(enabled=False, max_rows=64)
+
+
+def test_the_agent_is_the_flag_else_localhost_port2() -> None:
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    bare = parser.parse_args([])
+    assert config_from_args(bare, {"PORT2": "9123"}).agent_address == "localhost:9123"
+    given = parser.parse_args(["--agent_address", "10.0.0.1:7"])
+    assert config_from_args(given, {"PORT2": "9123"}).agent_address == "10.0.0.1:7"
+    for environ in ({}, {"PORT2": ""}):  # empty counts as unset
+        with pytest.raises(InvalidArgumentError, match=r"set \$PORT2"):
+            config_from_args(bare, environ)

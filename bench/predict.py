@@ -4,6 +4,8 @@
 In one run, on the demo model (tables user:8, item:12; 6 sparse features + 2 floats; MLP 78-16-8-1):
   entry      client -> real ``entry`` process -> 2 real ``ps`` processes (instances input)
   echo       the same process topology with trivial handlers (bench/echo_topology.py): the RPC floor
+  hop        one such trivial server alone (client -> echo ``ps``): what a single grpc.aio hop costs here, the
+             floor under any server's latency on this machine (``--no_hop`` leaves it out)
   in_process parse + local numpy lookup + pooling + MLP in this process, no RPC (1 in flight)
 for batch 1/16/256 and 1/16 requests in flight: QPS, mean, p50, p99, server CPU ms per request per process.
 Two load generators (``--client``), run back to back for each setting and named in each row's "client":
@@ -81,8 +83,12 @@ def wait_serving(address: str, timeout_s: float = 30.0) -> None:
 
 
 class EchoTopology:
-    def __init__(self) -> None:
-        self.ps_ports = [free_port(), free_port()]
+    """The echo servers of bench/echo_topology.py: an entry over 2 PS (the RPC floor), or with ``hop`` one PS alone
+    (a single hop)."""
+
+    def __init__(self, *, hop: bool = False) -> None:
+        self.hop = hop
+        self.ps_ports = [free_port()] if hop else [free_port(), free_port()]
         self.entry_port = free_port()
         self.processes: list[subprocess.Popen[bytes]] = []
 
@@ -90,6 +96,10 @@ class EchoTopology:
         script = str(HERE / "echo_topology.py")
         for port in self.ps_ports:
             self.processes.append(subprocess.Popen([sys.executable, script, "ps", "--port", str(port)]))
+        if self.hop:
+            address = f"127.0.0.1:{self.ps_ports[0]}"
+            wait_serving(address)
+            return address
         ps = ",".join(f"127.0.0.1:{p}" for p in self.ps_ports)
         self.processes.append(
             subprocess.Popen([sys.executable, script, "entry", "--port", str(self.entry_port), "--ps", ps])
@@ -243,6 +253,18 @@ async def measure_echo(
         echo.stop()
 
 
+async def measure_hop(
+    spec: ServingSpec, batches: list[int], in_flight: list[int], args: argparse.Namespace, round_index: int
+) -> list[dict[str, Any]]:
+    hop = EchoTopology(hop=True)
+    try:
+        address = hop.start()
+        pids = {"hop": hop.processes[0].pid}
+        return await measure("hop", round_index, address, spec, batches, in_flight, args, pids, None)
+    finally:
+        hop.stop()
+
+
 _FIGURES = ("qps", "mean_ms", "p50_ms", "p99_ms", "client_cpu_ms_per_request")
 
 
@@ -343,6 +365,10 @@ def targets(rows: list[dict[str, Any]], client: str) -> dict[str, Any] | None:
     if not (entry and floor):
         return None
     ratio = entry["qps"] / floor["qps"] if floor["qps"] else 0.0
+    hop = pick(rows, "hop", 16, 16, client)
+    hop_figures = (
+        {} if hop is None else {"hop_qps": hop["qps"], "hop_p50_ms": hop["p50_ms"], "hop_p99_ms": hop["p99_ms"]}
+    )
     return {
         "entry_qps": entry["qps"],
         "echo_qps": floor["qps"],
@@ -360,6 +386,7 @@ def targets(rows: list[dict[str, Any]], client: str) -> dict[str, Any] | None:
         "entry_cpu_ms_per_request": entry["server_cpu_ms_per_request"],
         "echo_cpu_ms_per_request": floor["server_cpu_ms_per_request"],
         "client_cpu_ms_per_request": entry["client_cpu_ms_per_request"],
+        **hop_figures,
     }
 
 
@@ -392,6 +419,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for round_index in range(args.rounds):
             rows += await measure_entry(export, spec, batches, in_flight, args, round_index)
             rows += await measure_echo(spec, batches, in_flight, args, round_index)
+            if not args.no_hop:
+                rows += await measure_hop(spec, batches, in_flight, args, round_index)
         rows += await in_process(export, spec, batches, args)
     medians = median_rows(rows)
     report: dict[str, Any] = {
@@ -444,6 +473,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="entry/echo rounds, alternating; targets from medians")
     parser.add_argument("--in_flight", default="1,16")
     parser.add_argument("--client", choices=(*CLIENTS, "both"), default="both", help="load generator(s)")
+    parser.add_argument("--no_hop", action="store_true", help="leave out the single-hop floor")
     parser.add_argument(
         "--entry_flag",
         action="append",

@@ -22,6 +22,7 @@ from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.serving_spec import load_serving_spec
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    classification_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -130,3 +131,20 @@ def test_a_ps_lookup_over_rest_answers_the_embeddings_as_over_grpc(unified: Unif
 
 def _rest_predicts_ok(unified: UnifiedWithRest) -> float:
     return metric_value(unified.metrics_port, "unified_rest_requests_total", {"method": "Predict", "code": "OK"})
+
+
+def test_classify_and_regress_are_answered_as_tf_serving_does(unified: UnifiedWithRest) -> None:
+    """A hosted sub_graph (looked up by the core that hosts it) is INVALID_ARGUMENT; a name no core hosts, or one
+    the unified server routes to a core that does not have it, is NOT_FOUND: gRPC and REST alike."""
+    for sub_graph in ("ps_1", "dense_0"):
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name = f"demo:{sub_graph}"
+        with grpc.insecure_channel(unified.server.address) as channel, pytest.raises(grpc.RpcError) as caught:
+            prediction_service_pb2_grpc.PredictionServiceStub(channel).Classify(request, timeout=30)
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "a unified server serves predict signatures only" in (caught.value.details() or "")
+        status, answer = unified.rest("POST", f"/v1/models/demo:{sub_graph}:regress", {})
+        assert status == 400 and "no regression signature" in answer["error"], answer
+    for name in ("demo:ps_7", "demo:entry", "elsewhere"):
+        status, answer = unified.rest("POST", f"/v1/models/{name}:classify", {})
+        assert status == 404, (name, answer)

@@ -143,10 +143,16 @@ def read_listener_state(sub_model_dir: Path) -> list[export_pb2.ServingEntry]:
     path = sub_model_dir / STATE_FILE
     if not path.exists():
         return []
+    return parse_listener_state(path.read_text(), str(path))
+
+
+def parse_listener_state(text: str, where: str) -> list[export_pb2.ServingEntry]:
+    """The entries of an ``ExportSaverListenerState`` text (newest last), parsed as the text-format
+    ServingModelState it is, on one line or many; InvalidArgumentError naming ``where`` when it is not one."""
     try:
-        state = text_format.Parse(path.read_text(), export_pb2.ServingModelState())
+        state = text_format.Parse(text, export_pb2.ServingModelState())
     except text_format.ParseError as error:
-        raise InvalidArgumentError(f"{path}: not a text-format ServingModelState: {error}") from error
+        raise InvalidArgumentError(f"{where}: not a text-format ServingModelState: {error}") from error
     return list(state.entries)
 
 

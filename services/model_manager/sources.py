@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.export_layout import STATE_FILE, parse_version
+from monolith_serving.core.export_layout import STATE_FILE, parse_listener_state, parse_version
 from monolith_serving.core.serving_spec import SPEC_FILE
 from monolith_serving.model_manager.fs import FileInfo, FileSystem, UnsafeEntryError, check_entries
 
@@ -200,17 +200,16 @@ class ExportBaseSource(VersionSource):
         return f"export base {self.base_path}"
 
     def _listener_versions(self, sub_model_path: str) -> set[int] | None:
+        """The versions the sub-model's listener state names (the basenames of its ``export_dir``s), None without
+        one; InvalidArgumentError when it is no ServingModelState."""
         state_path = self.fs.join(sub_model_path, STATE_FILE)
         if not self.fs.exists(state_path):
             return None
         versions: set[int] = set()
-        # A text-format ServingModelState; only the export_dir basenames matter here.
-        for line in self.fs.read_text(state_path).splitlines():
-            key, _, value = line.strip().partition(":")
-            if key.strip() == "export_dir":
-                version = parse_version(value.strip().strip('"').rstrip("/").rsplit("/", 1)[-1])
-                if version is not None:
-                    versions.add(version)
+        for entry in parse_listener_state(self.fs.read_text(state_path), state_path):
+            version = parse_version(entry.export_dir.rstrip("/").rsplit("/", 1)[-1])
+            if version is not None:
+                versions.add(version)
         return versions
 
     def scan(self) -> list[VersionCandidate]:
@@ -228,6 +227,9 @@ class ExportBaseSource(VersionSource):
                 listed[sub.name] = self._listener_versions(sub.path)
             except OSError as error:  # names nothing until it can be read: no version of it counts
                 problems.report(where, sub.name, f"{STATE_FILE} of {sub.path} cannot be read: {error}")
+                listed[sub.name] = set()
+            except InvalidArgumentError as error:  # names nothing until the listener rewrites it
+                problems.report(where, sub.name, error.message)
                 listed[sub.name] = set()
             for child in self.fs.ls(sub.path):
                 version = parse_version(child.name)

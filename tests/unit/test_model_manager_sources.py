@@ -70,6 +70,26 @@ def test_export_base_honours_the_listener_state(tmp_path: Path) -> None:
     assert [c.version for c in source.scan()] == [1]  # entry and ps_0 do not list 2 yet
 
 
+def test_export_base_reads_the_listener_state_as_the_text_proto_it_is(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line or many, fields in any order (as text_format allows); a file that is no ServingModelState names no
+    version (logged once) until it is rewritten."""
+    export(tmp_path, 1)
+    export(tmp_path, 2)
+    for sub_model in ("entry", "ps_0"):
+        write_listener_state(tmp_path / sub_model, [(str(tmp_path / sub_model / "2"), 20)])
+    state = tmp_path / "ps_1" / "ExportSaverListenerState"
+    state.write_text(f'entries {{ global_step: 20 export_dir: "{tmp_path / "ps_1" / "2"}/" }}')
+    source = ExportBaseSource(LocalFileSystem(), str(tmp_path), MODEL, settle_scans=0)
+    assert [c.version for c in source.scan()] == [2]
+    state.write_text('entries { export_dir: "unterminated }')
+    assert source.scan() == [] and source.scan() == []
+    assert [r.getMessage().count("not a text-format ServingModelState") for r in caplog.records] == [1]
+    state.write_text(f'entries {{ export_dir: "{tmp_path / "ps_1" / "2"}" }}')
+    assert [c.version for c in source.scan()] == [2]
+
+
 def test_fingerprint_changes_with_the_files(tmp_path: Path) -> None:
     export(tmp_path, 1)
     source = ExportBaseSource(LocalFileSystem(), str(tmp_path), MODEL, settle_scans=0)

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from monolith_serving.core.model_state import ModelState
+from monolith_serving.core.serving_spec import DENSE_SUB_MODEL
 
 
 class ServerKind(enum.StrEnum):
     PS = "ps"
+    DENSE = "dense"  # the dense_0 server of a dense_alone model: loads versions beside the PS, before the entries
     ENTRY = "entry"
 
 
@@ -24,7 +26,7 @@ VersionState = ModelState  # the manager names it VersionState
 
 @dataclass(frozen=True, order=True)
 class Replica:
-    """One serving process of a model: an entry, or a replica of PS shard ``task``."""
+    """One serving process of a model: an entry, a replica of PS shard ``task``, or a dense server (task 0)."""
 
     kind: ServerKind
     task: int
@@ -32,7 +34,11 @@ class Replica:
 
     @property
     def sub_graph(self) -> str:
-        return "entry" if self.kind is ServerKind.ENTRY else f"ps_{self.task}"
+        if self.kind is ServerKind.ENTRY:
+            return "entry"
+        if self.kind is ServerKind.DENSE:
+            return DENSE_SUB_MODEL
+        return f"ps_{self.task}"
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class LoadConfig:
     keeps answering GetModelStatus.
     """
 
-    served_name: str  # model_spec.name: "ps_0" / "entry" (agent v1) or "model:ps_0" (v3)
+    served_name: str  # model_spec.name: "ps_0" / "dense_0" / "entry" (agent v1) or "model:ps_0" (v3)
     base_path: str  # the sub-model folder the replica loads versions from
     versions: tuple[int, ...]  # sorted; empty serves nothing
     drop: bool = False  # send an empty model list (the replica stops hosting the model)

@@ -23,6 +23,7 @@ from monolith_serving.core.errors import (
 )
 from monolith_serving.core.export_layout import ps_index
 from monolith_serving.core.grpc_server import channel_options
+from monolith_serving.core.serving_spec import DENSE_SUB_MODEL
 from monolith_serving.core.zk_paths import ServerType
 from monolith_serving.discovery.replica_watcher import ReplicaWatcher
 from monolith_serving.model_manager.control import (
@@ -48,10 +49,14 @@ class ReplicaList(abc.ABC):
 
 
 class StaticReplicaList(ReplicaList):
-    """Standalone deployments: ``ps_targets[i]`` are the replicas of shard i; the same for every model."""
+    """Standalone deployments: ``ps_targets[i]`` are the replicas of shard i, ``dense_targets`` those of
+    ``dense_0`` (dense_alone models); the same for every model."""
 
-    def __init__(self, ps_targets: Sequence[Sequence[str]], entry_targets: Sequence[str]) -> None:
+    def __init__(
+        self, ps_targets: Sequence[Sequence[str]], entry_targets: Sequence[str], dense_targets: Sequence[str] = ()
+    ) -> None:
         found = [Replica(ServerKind.PS, task, a) for task, shard in enumerate(ps_targets) for a in shard]
+        found += [Replica(ServerKind.DENSE, 0, a) for a in dense_targets]
         found += [Replica(ServerKind.ENTRY, 0, a) for a in entry_targets]
         self._replicas = sorted(found)
 
@@ -62,8 +67,9 @@ class StaticReplicaList(ReplicaList):
 class DiscoveryReplicaList(ReplicaList):
     """Replicas registered in discovery, whatever their state (a LOADING replica needs its config too).
 
-    Agent v1: ``/{bzid}/service/{model}/{ps|entry}:{task}/{replica}`` nodes; v3: bindings of ``model:ps_i`` /
-    ``model:entry`` joined with container services.
+    Agent v1: ``/{bzid}/service/{model}/{ps|dense|entry}:{task}/{replica}`` nodes; v3: bindings of
+    ``model:ps_i`` / ``model:dense_0`` / ``model:entry`` joined with container services. A dense server is
+    always task 0 (``dense_0``); other dense tasks or sub-graphs are not ours to roll out and are left out.
     """
 
     def __init__(self, watcher: ReplicaWatcher, *, agent_version: int = 1) -> None:
@@ -74,21 +80,31 @@ class DiscoveryReplicaList(ReplicaList):
         found: set[Replica] = set()
         if self._agent_version == 3:
             for key, addresses in self._watcher.get_all_v3_replicas(model=model).items():
-                sub_graph = key.rsplit(":", 1)[-1]
-                task = ps_index(sub_graph)
-                kind = ServerKind.ENTRY if sub_graph == "entry" else ServerKind.PS if task is not None else None
+                kind, task = _v3_kind(key.rsplit(":", 1)[-1])
                 if kind is None:
                     continue
-                found.update(Replica(kind, task or 0, a) for a in addresses)
+                found.update(Replica(kind, task, a) for a in addresses)
             return sorted(found)
         for info in self._watcher.replicas():
             if info.path.base_name != model or not info.address:
                 continue
             if info.path.server_type is ServerType.PS:
                 found.add(Replica(ServerKind.PS, info.path.task, info.address))
+            elif info.path.server_type is ServerType.DENSE and info.path.task == 0:
+                found.add(Replica(ServerKind.DENSE, 0, info.address))
             elif info.path.server_type is ServerType.ENTRY:
                 found.add(Replica(ServerKind.ENTRY, 0, info.address))
         return sorted(found)
+
+
+def _v3_kind(sub_graph: str) -> tuple[ServerKind | None, int]:
+    """The replica kind and task of a v3 sub_graph; ``(None, 0)`` for one the manager does not roll out."""
+    if sub_graph == "entry":
+        return ServerKind.ENTRY, 0
+    if sub_graph == DENSE_SUB_MODEL:
+        return ServerKind.DENSE, 0
+    task = ps_index(sub_graph)
+    return (ServerKind.PS, task) if task is not None else (None, 0)
 
 
 def reload_request(configs: Sequence[LoadConfig]) -> model_management_pb2.ReloadConfigRequest:

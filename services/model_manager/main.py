@@ -68,6 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--agent_version", type=int, default=1, choices=(1, 3), help="registry layout (default 1)")
     add_flag(parser, "--ps_targets", action="append", default=[], help="static PS replicas, one flag per shard")
     add_flag(parser, "--entry_targets", default="", help="static entry replicas, comma-separated")
+    add_flag(parser, "--dense_targets", default="",
+             help="static dense_0 replicas (dense_alone models), comma-separated host:port")  # fmt: skip
     add_flag(parser, "--scan_interval_s", type=float, default=2.0, help="control-loop period (default 2)")
     add_flag(parser, "--rollout_timeout_s", type=float, default=600.0, help="abort a rollout after this long")
     add_flag(parser, "--poll_interval_s", type=float, default=0.5, help="status poll period during a rollout")
@@ -112,12 +114,24 @@ class RunConfig:
     bzid: str
     ps_targets: tuple[tuple[str, ...], ...]
     entry_targets: tuple[str, ...]
+    dense_targets: tuple[str, ...]  # the dense_0 servers of dense_alone models
     manager: ManagerConfig
     rollout: RolloutConfig
     copy: CopyConfig | None
     host: str
     metrics_port: int
     admin_token: str | None = field(default=None, repr=False)  # None: POST /rollback from loopback only
+
+
+def parse_dense_targets(value: str) -> tuple[str, ...]:
+    """``--dense_targets``: the replicas of ``dense_0``, comma-separated ``host:port`` (the entry's flag of the
+    same name takes the same text). There is one dense sub-model, so no ``;`` separating shards."""
+    if not value.strip():
+        return ()
+    shards = parse_ps_targets([value], "--dense_targets")
+    if len(shards) > 1:
+        raise InvalidArgumentError("--dense_targets lists the replicas of dense_0 only (comma-separated, no ';')")
+    return shards[0]
 
 
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -131,6 +145,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         raise InvalidArgumentError("several --model with one --export_base: put '{model}' in the path")
     ps_targets = parse_ps_targets(args.ps_targets)
     entry_targets = tuple(a.strip() for a in args.entry_targets.split(",") if a.strip())
+    dense_targets = parse_dense_targets(args.dense_targets)
     discovery = None
     if args.zk_servers:
         if not args.bzid:
@@ -150,6 +165,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         bzid=args.bzid,
         ps_targets=ps_targets,
         entry_targets=entry_targets,
+        dense_targets=dense_targets,
         manager=ManagerConfig(
             scan_interval_s=args.scan_interval_s,
             keep_versions=args.keep_versions,
@@ -217,7 +233,7 @@ async def serve(config: RunConfig, stop: asyncio.Event) -> int:
             replica_list = DiscoveryReplicaList(watcher, agent_version=config.agent_version)
             recorder = RegistryRecorder(discovery, config.bzid, declare_saved_models=config.agent_version == 3)
         else:
-            replica_list = StaticReplicaList(config.ps_targets, config.entry_targets)
+            replica_list = StaticReplicaList(config.ps_targets, config.entry_targets, config.dense_targets)
         control = GrpcReplicaControl(replica_list)
         stack.push_async_callback(control.close)
         models = build_models(config)

@@ -73,7 +73,7 @@ from monolith_serving.model_manager.rollout import (
     RolloutCoordinator,
     RolloutRecord,
 )
-from monolith_serving.model_manager.sources import VersionCandidate, VersionSource, spec_num_ps
+from monolith_serving.model_manager.sources import VersionCandidate, VersionSource, read_entry_spec
 from monolith_serving.model_manager.status import model_status, record_json
 
 logger = logging.getLogger(__name__)
@@ -353,14 +353,18 @@ class ModelManager:
         return Path(model.state.target.base_dir)
 
     def _prepare_target(self, model: ManagedModel, version: int) -> None:
-        """Reads the version's num_ps from its serving spec unless --num_ps fixed it."""
-        if model.num_ps_fixed:
-            return
-        num_ps = spec_num_ps(LocalFileSystem(), str(self._version_dir(model) / "entry" / str(version)))
-        if num_ps is None:
-            raise FailedPreconditionError(f"{model.name} version {version}: no readable serving spec")
-        if num_ps != model.state.target.num_ps:
-            model.state.target = dataclasses.replace(model.state.target, num_ps=num_ps)
+        """Reads from the version's serving spec its num_ps (unless --num_ps fixed it) and whether its dense
+        network runs in a dense_0 server (dense_alone), which the rollout then waits for beside the PS."""
+        spec = read_entry_spec(LocalFileSystem(), str(self._version_dir(model) / "entry" / str(version)))
+        target = model.state.target
+        num_ps = target.num_ps
+        if not model.num_ps_fixed:
+            read = spec.num_ps()
+            if read is None:
+                raise FailedPreconditionError(f"{model.name} version {version}: no readable serving spec")
+            num_ps = read
+        if (num_ps, spec.remote_dense) != (target.num_ps, target.dense):
+            model.state.target = dataclasses.replace(target, num_ps=num_ps, dense=spec.remote_dense)
 
     async def _rollout(self, model: ManagedModel, version: int, *, rollback: bool) -> RolloutRecord:
         self._prepare_target(model, version)

@@ -11,10 +11,12 @@ Target layout: ``{receive}/{model}/{sub_model}/{version}``. Protocol, chosen so 
 5. release the read lock.
 
 ``recover()`` (run at start) rolls a committed copy forward (finishes step 4) and deletes every other
-``-temp`` folder. A version counts as received only when every sub-model *that version has* (``entry`` and
+``-temp`` folder. A version counts as received only when every sub-model *that version has* (``entry``,
 ``ps_0 … ps_{N-1}``, N from ``--num_ps`` or the version's own serving spec: the number of PS shards may
-change between versions, leaving other versions' ``ps_i`` folders behind) has its folder and no
-``.staged`` marker is left (``received_versions``). A sub-model folder already received with the source's
+change between versions, leaving other versions' ``ps_i`` folders behind; and ``dense_0`` when that spec's
+dense backend is ``remote``, a ``dense_alone`` model) has its folder and no ``.staged`` marker is left
+(``received_versions``). Every sub-model of the candidate is copied, ``dense_0`` included when the source
+counted it (``sources``: the same rule). A sub-model folder already received with the source's
 files (names and sizes) is kept as is, never replaced: a replica may be loading from it. Disk full
 (ENOSPC) aborts the copy cleanly: temp folders are removed and ResourceExhaustedError is raised. Blocking
 code: run it on an executor thread.
@@ -46,7 +48,7 @@ from monolith_serving.model_manager.sources import (
     READ_LOCK_SUFFIX,
     VersionCandidate,
     expected_sub_models,
-    spec_num_ps,
+    read_entry_spec,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,8 +71,9 @@ def _lock_owner() -> str:
 def received_versions(model_dir: Path, num_ps: int | None = None) -> list[int]:
     """Versions of ``{receive}/{model}`` whose every sub-model is there and fully committed.
 
-    A version's sub-models are ``entry`` and ``ps_0 … ps_{N-1}`` with N = ``num_ps`` (``--num_ps``) or else
-    the version's own serving spec; a version without a readable spec must be in every sub-model folder."""
+    A version's sub-models are ``entry``, ``ps_0 … ps_{N-1}`` with N = ``num_ps`` (``--num_ps``) or else the
+    version's own serving spec, and ``dense_0`` when that spec's dense backend is ``remote`` (whatever
+    ``num_ps``); a version without a readable spec must be in every sub-model folder."""
     try:
         sub_models = list_sub_models(model_dir)
         entry_versions = list_versions(model_dir / ENTRY)
@@ -92,11 +95,13 @@ def received_versions(model_dir: Path, num_ps: int | None = None) -> list[int]:
 
 
 def _version_sub_models(model_dir: Path, version: int, num_ps: int | None, present: list[str]) -> tuple[str, ...]:
-    """The sub-models ``version`` must have: from ``num_ps``, else its serving spec, else every folder present.
-    InvalidArgumentError when that number is above ``MAX_NUM_PS``."""
+    """The sub-models ``version`` must have: from ``num_ps``, else its serving spec, else every folder present;
+    plus ``dense_0`` when the spec says remote dense. InvalidArgumentError when that number is above
+    ``MAX_NUM_PS`` (UnsafeEntryError when the spec is a link)."""
+    spec = read_entry_spec(LocalFileSystem(), str(model_dir / ENTRY / str(version)))
     if num_ps is None:
-        num_ps = spec_num_ps(LocalFileSystem(), str(model_dir / ENTRY / str(version)))
-    return expected_sub_models(num_ps) if num_ps is not None else tuple(present)
+        num_ps = spec.num_ps()
+    return expected_sub_models(num_ps, dense=spec.remote_dense) if num_ps is not None else tuple(present)
 
 
 def _has_sub_models(model_dir: Path, version: int, sub_models: tuple[str, ...]) -> bool:

@@ -1,8 +1,9 @@
 """What the model manager writes into discovery: v3 saved-model declarations and its rollout-state node.
 
 - **Declarations** (agent v3 only): before a rollout's PS phase every sub_graph of the model (``entry``,
-  ``ps_0 … ps_{N-1}``) must be declared under ``/{bzid}/saved_models/{model}/{sub_graph}`` with the JSON
-  ``ctl decl`` writes (``agent.saved_model_decl.declaration_for``). A declaration is written only when it
+  ``ps_0 … ps_{N-1}``, and ``dense_0`` when the target is ``dense``: a dense_alone model) must be declared
+  under ``/{bzid}/saved_models/{model}/{sub_graph}`` with the JSON ``ctl decl`` writes
+  (``agent.saved_model_decl.declaration_for``). A declaration is written only when it
   is missing or says something else: unified agents rewrite their child's config and reload it on every
   change, which would undo the manager's ``specific`` config.
 - **Rollout state** (v1 and v3): the persistent node ``/{bzid}/model_manager/{model}`` holds JSON
@@ -21,6 +22,7 @@ from typing import Any
 
 from monolith_serving.agent.saved_model_decl import SavedModelDecl, declaration_for
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.serving_spec import DENSE_SUB_MODEL
 from monolith_serving.core.zk_paths import saved_model_path
 from monolith_serving.discovery.base import Discovery
 from monolith_serving.discovery.node_data import load_json_object
@@ -106,12 +108,15 @@ class RegistryRecorder:
         self._declare = declare_saved_models
 
     async def declare(self, target: ModelTarget) -> list[str]:
-        """Makes sure every sub_graph of ``target`` is declared (v3); returns the paths written."""
+        """Makes sure every sub_graph of ``target`` is declared (v3): ``entry``, ``ps_i`` and, when
+        ``target.dense``, ``dense_0``; returns the paths written. Declarations of sub_graphs the target
+        no longer has (``dense_0`` of an earlier dense_alone version, ``ps_i`` beyond ``num_ps``) are left alone."""
         if not self._declare:
             return []
         base = Path(target.base_dir)
         written = []
-        for sub_graph in ["entry", *(f"ps_{i}" for i in range(target.num_ps))]:
+        dense = [DENSE_SUB_MODEL] if target.dense else []
+        for sub_graph in ["entry", *(f"ps_{i}" for i in range(target.num_ps)), *dense]:
             path = saved_model_path(self._bzid, target.name, sub_graph)
             wanted = declaration_for(base, sub_graph)
             existing = await self._discovery.get_data(path)

@@ -5,6 +5,10 @@ For a new version V of a model serving ``old`` (transport-free: replicas are dri
 
 1. **PS phase** — every PS replica gets ``specific {old, V}`` and loads V beside old. Wait (bounded by
    ``timeout_s``) until every PS task has at least one replica and V is AVAILABLE on all its replicas.
+   The dense servers of a dense_alone model (``dense_0``) are the PS's peers here and below: the entry pins
+   its dense calls to its own version as it does its PS calls, so they load V beside old in this phase (the
+   phase waits for at least one when ``ModelTarget.dense``), keep old until the entries left it, and are
+   cleaned up with the PS.
    (``old`` stands for every version the PS keeps for the entries: after a restarted manager adopted
    entries split mid-rollout, that can be more than one; see ``adopt``.)
 2. **Entry phase** — every entry gets ``specific {V}``; wait until each reports V AVAILABLE and old gone.
@@ -51,6 +55,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, 
 from dataclasses import dataclass, field
 
 from monolith_serving.core.errors import DeadlineExceededError, MonolithServingError, NotFoundError, UnavailableError
+from monolith_serving.core.serving_spec import DENSE_SUB_MODEL
 from monolith_serving.model_manager.control import (
     LoadConfig,
     Replica,
@@ -64,6 +69,8 @@ from monolith_serving.model_manager.metrics import ModelManagerMetrics
 logger = logging.getLogger(__name__)
 
 _HELD = (VersionState.START, VersionState.LOADING, VersionState.AVAILABLE)
+# What an entry calls, pinned to its own version: these load a version before the entries switch to it.
+BACKEND = frozenset({ServerKind.PS, ServerKind.DENSE})
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,9 @@ class ModelTarget:
     base_dir: str  # replicas load ``{base_dir}/{sub_graph}/{version}``
     num_ps: int
     served_prefix: str = ""  # model_spec.name prefix: "" (agent v1: ps_0, entry) or "<model>:" (v3)
+    # dense_alone: the entry scores through a ``dense_0`` server (its serving spec's dense backend is "remote"),
+    # which must hold a version before an entry may serve it, as every PS shard must.
+    dense: bool = False
 
     def served_name(self, sub_graph: str) -> str:
         return f"{self.served_prefix}{sub_graph}"
@@ -158,7 +168,7 @@ class ModelState:
 
     target: ModelTarget
     serving: int | None = None  # the version entries serve (committed by the last rollout)
-    ps_versions: tuple[int, ...] = ()  # desired PS config
+    ps_versions: tuple[int, ...] = ()  # desired config of the PS, and of the dense servers (``BACKEND``)
     entry_versions: tuple[int, ...] = ()  # desired entry config
     phase: Phase = Phase.IDLE
     rolling_to: int | None = None
@@ -173,7 +183,7 @@ class ModelState:
     unanswered: set[Replica] = field(default_factory=set)
 
     def desired(self, kind: ServerKind) -> tuple[int, ...]:
-        return self.ps_versions if kind is ServerKind.PS else self.entry_versions
+        return self.ps_versions if kind in BACKEND else self.entry_versions
 
     def in_use(self) -> set[int]:
         """Versions the manager wants served or some replica reports holding."""
@@ -206,6 +216,7 @@ def _settled(view: ReplicaView, config: LoadConfig, want: set[int], gone: set[in
 
 
 PhaseListener = Callable[[], Awaitable[None]]
+_ENTRIES = frozenset({ServerKind.ENTRY})
 
 
 class RolloutCoordinator:
@@ -263,13 +274,13 @@ class RolloutCoordinator:
                 state.phase = Phase.PS_LOADING
                 state.ps_versions = _versions(*kept, version)
                 await notify()
-                await self._converge(state, ServerKind.PS, deadline, want={version}, gone=set(), fail_on=version)
+                await self._converge(state, BACKEND, deadline, want={version}, gone=set(), fail_on=version)
                 state.phase = Phase.ENTRY_SWITCHING
                 entries_touched = True
                 state.entry_versions = (version,)
                 await notify()
                 gone = kept - {version}
-                await self._converge(state, ServerKind.ENTRY, deadline, want={version}, gone=gone, fail_on=version)
+                await self._converge(state, _ENTRIES, deadline, want={version}, gone=gone, fail_on=version)
                 state.serving = version
                 state.serving_since_s = self._wall()
                 state.adopted = True
@@ -279,9 +290,7 @@ class RolloutCoordinator:
                 await notify()
                 try:
                     cleanup_deadline = self._clock() + self._config.timeout_s
-                    await self._converge(
-                        state, ServerKind.PS, cleanup_deadline, want={version}, gone=gone, fail_on=None
-                    )
+                    await self._converge(state, BACKEND, cleanup_deadline, want={version}, gone=gone, fail_on=None)
                 except RolloutError as error:
                     # V serves everywhere; a PS still holding old only costs memory and reconcile retries it.
                     logger.warning("%s: PS cleanup of version %s incomplete: %s", model, old, error.message)
@@ -328,9 +337,7 @@ class RolloutCoordinator:
         if entries_touched:
             state.entry_versions = _versions(old)
             try:
-                await self._converge(
-                    state, ServerKind.ENTRY, deadline, want=set(_versions(old)), gone={version}, fail_on=None
-                )
+                await self._converge(state, _ENTRIES, deadline, want=set(_versions(old)), gone={version}, fail_on=None)
             except RolloutError as error:
                 logger.error("%s: entries did not all return to version %s: %s", state.target.name, old, error.message)
         # What an entry may still serve stays on the PS (V too, when adopted entries served it before this
@@ -338,7 +345,7 @@ class RolloutCoordinator:
         state.ps_versions = _versions(*kept)
         try:
             await self._converge(
-                state, ServerKind.PS, deadline, want=set(_versions(old)), gone={version} - kept, fail_on=None
+                state, BACKEND, deadline, want=set(_versions(old)), gone={version} - kept, fail_on=None
             )
         except RolloutError as error:
             logger.error("%s: PS did not all return to version %s: %s", state.target.name, old, error.message)
@@ -346,18 +353,18 @@ class RolloutCoordinator:
     async def _converge(
         self,
         state: ModelState,
-        kind: ServerKind,
+        kinds: frozenset[ServerKind],
         deadline: float,
         *,
         want: set[int],
         gone: set[int],
         fail_on: int | None,
     ) -> None:
-        """Sends the desired config to every replica of ``kind`` and waits until each has ``want`` AVAILABLE
+        """Sends the desired config to every replica of ``kinds`` and waits until each has ``want`` AVAILABLE
         and none of ``gone``. Raises RolloutError on a failed load of ``fail_on`` or at ``deadline``."""
         target = state.target
         while True:
-            replicas = [r for r in self._control.replicas(target.name) if r.kind is kind]
+            replicas = [r for r in self._control.replicas(target.name) if r.kind in kinds]
             await self._push(state, replicas, deadline)
             views = await self._observe_replicas(state, replicas)
             for view in views:
@@ -372,16 +379,19 @@ class RolloutCoordinator:
                 f"{v.replica.sub_graph}@{v.replica.address}"
                 + (f" ({v.error})" if v.error else f" (available {sorted(v.available())})")
                 for v in views
-                if not _settled(v, target.load_config(v.replica, state.desired(kind)), want, gone)
+                if not _settled(v, target.load_config(v.replica, state.desired(v.replica.kind)), want, gone)
             ]
-            if kind is ServerKind.PS:
-                tasks = {r.task for r in replicas}
+            if ServerKind.PS in kinds:
+                tasks = {r.task for r in replicas if r.kind is ServerKind.PS}
                 pending += [f"ps_{t} (no replica)" for t in range(target.num_ps) if t not in tasks]
+            if ServerKind.DENSE in kinds and target.dense and not any(r.kind is ServerKind.DENSE for r in replicas):
+                pending.append(f"{DENSE_SUB_MODEL} (no replica)")
             if not pending:
                 return
             if self._clock() >= deadline:
+                names = " and ".join(k.value for k in sorted(kinds))
                 raise RolloutError(
-                    f"timed out waiting for {kind.value} replicas: {', '.join(pending)}", AbortCause.TIMED_OUT
+                    f"timed out waiting for {names} replicas: {', '.join(pending)}", AbortCause.TIMED_OUT
                 )
             await self._sleep(self._config.poll_interval_s)
 
@@ -609,12 +619,13 @@ def _served_by_entries(views: Iterable[ReplicaView]) -> set[int]:
 
 
 def _held_by_every_ps_shard(views: Iterable[ReplicaView]) -> set[int]:
-    """Versions AVAILABLE on some replica of every PS shard seen (a shard none of whose replicas answered
-    holds nothing we know of)."""
-    by_task: dict[int, set[int]] = {}
+    """Versions AVAILABLE on some replica of every PS shard seen, and of the dense server when one is seen (a
+    shard none of whose replicas answered holds nothing we know of)."""
+    by_task: dict[tuple[ServerKind, int], set[int]] = {}
     for view in views:
-        if view.replica.kind is ServerKind.PS:
-            by_task.setdefault(view.replica.task, set()).update(() if view.error else view.available())
+        if view.replica.kind in BACKEND:
+            key = (view.replica.kind, view.replica.task)
+            by_task.setdefault(key, set()).update(() if view.error else view.available())
     shards = iter(by_task.values())
     common = set(next(shards, set()))
     for held in shards:

@@ -7,11 +7,13 @@ Two layouts (REFERENCE §2 and §10):
 - **p2p folder**: ``{src}/{model}@{version}/{model}/{sub_model}/{version}/…`` plus a marker file
   ``{src}/{model}@{version}.write.done`` written once the copy into ``src`` is complete.
 
-A version is *complete* when every expected sub-model (``entry`` and ``ps_0 … ps_{N-1}``, N from
-``--num_ps`` or the version's own ``entry/{version}/serving_spec.json``) has its version folder, and:
-for p2p, the done marker exists; for an export base, every listener-state file lists it and its file
-listing did not change since the previous scan (a trainer may still be writing a version folder that has
-no listener state). Incomplete versions are silently skipped until they complete.
+A version is *complete* when every expected sub-model (``entry``, ``ps_0 … ps_{N-1}``, N from ``--num_ps``
+or the version's own ``entry/{version}/serving_spec.json``, and ``dense_0`` when that spec's dense backend is
+``remote``: a ``dense_alone`` model) has its version folder, and: for p2p, the done marker exists; for an
+export base, every listener-state file lists it and its file listing did not change since the previous scan
+(a trainer may still be writing a version folder that has no listener state). Incomplete versions are
+silently skipped until they complete. Only the expected sub-models belong to a version: other folders (a
+``ps_i`` beyond N, a ``dense_0`` of a version whose spec does not say ``remote``) are neither copied nor served.
 
 Refused (logged at ERROR once per reason, never listed): a version whose ``num_ps`` is above ``MAX_NUM_PS``
 and, below the configured base path (which may itself be a symbolic link, e.g. a mount), a version whose
@@ -33,10 +35,11 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.export_layout import STATE_FILE, parse_listener_state, parse_version
-from monolith_serving.core.serving_spec import SPEC_FILE
+from monolith_serving.core.serving_spec import DENSE_SUB_MODEL, SPEC_FILE, DenseBackend
 from monolith_serving.model_manager.fs import FileInfo, FileSystem, UnsafeEntryError, check_entries
 
 logger = logging.getLogger(__name__)
@@ -65,11 +68,12 @@ class VersionCandidate:
         return tuple(sorted(self.sub_model_paths))
 
 
-def expected_sub_models(num_ps: int) -> tuple[str, ...]:
-    """``entry`` and ``ps_0 … ps_{num_ps-1}``; InvalidArgumentError above ``MAX_NUM_PS`` (nothing allocated)."""
+def expected_sub_models(num_ps: int, *, dense: bool = False) -> tuple[str, ...]:
+    """``entry``, ``ps_0 … ps_{num_ps-1}`` and, with ``dense`` (a remote dense backend), ``dense_0``;
+    InvalidArgumentError above ``MAX_NUM_PS`` (nothing allocated)."""
     if num_ps > MAX_NUM_PS:
         raise InvalidArgumentError(f"num_ps {num_ps} is above the maximum of {MAX_NUM_PS} PS shards")
-    return (ENTRY, *(f"ps_{i}" for i in range(num_ps)))
+    return (ENTRY, *(f"ps_{i}" for i in range(num_ps)), *((DENSE_SUB_MODEL,) if dense else ()))
 
 
 def fingerprint(fs: FileSystem, sub_model_paths: Mapping[str, str]) -> str:
@@ -84,25 +88,62 @@ def _fingerprint(listings: Mapping[str, list[FileInfo]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def spec_num_ps(fs: FileSystem, entry_version_path: str) -> int | None:
-    """``num_ps`` of an entry version's serving spec, or None when it is missing or unreadable (a trainer
-    may still be writing it). InvalidArgumentError, naming the file, when it is above ``MAX_NUM_PS``, and
-    UnsafeEntryError when it is a symbolic link (never followed)."""
+@dataclass(frozen=True)
+class EntrySpecFile:
+    """What the model manager needs of an entry version's serving spec, read once (``read_entry_spec``).
+    ``data`` is None when the file is missing or unreadable (a trainer may still be writing it): tolerated,
+    never an error. Nothing else of the spec is checked here; the entry validates it when it loads."""
+
+    path: str
+    data: Mapping[str, Any] | None
+
+    def num_ps(self) -> int | None:
+        """Its ``num_ps``, None when unreadable or not a non-negative integer; InvalidArgumentError, naming
+        the file, when it is above ``MAX_NUM_PS``."""
+        num_ps = self.data.get("num_ps") if self.data is not None else None
+        if not isinstance(num_ps, int) or isinstance(num_ps, bool) or num_ps < 0:
+            return None
+        if num_ps > MAX_NUM_PS:
+            raise InvalidArgumentError(f"{self.path}: num_ps {num_ps} is above the maximum of {MAX_NUM_PS} PS shards")
+        return num_ps
+
+    @property
+    def remote_dense(self) -> bool:
+        """True when its dense backend is ``remote`` (a ``dense_alone`` model: the version needs ``dense_0``).
+        Only the backend is looked at, not the whole ``dense`` object through the entry's parser: a malformed
+        numpy or onnx part must not change which sub-models make the version complete, and ``remote`` admits
+        no sub-model but ``dense_0``."""
+        dense = self.data.get("dense") if self.data is not None else None
+        return isinstance(dense, dict) and dense.get("backend") == DenseBackend.REMOTE.value
+
+
+def read_entry_spec(fs: FileSystem, entry_version_path: str) -> EntrySpecFile:
+    """The serving spec of an entry version folder (``data`` None when missing, unreadable or not a JSON
+    object); UnsafeEntryError when it is a symbolic link (never followed)."""
     path = fs.join(entry_version_path, SPEC_FILE)
     try:
         data = json.loads(fs.read_text(path))
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise UnsafeEntryError(f"{path} is a symbolic link (links inside a version are never followed)") from error
-        return None
+        return EntrySpecFile(path, None)
     except ValueError:
-        return None
-    num_ps = data.get("num_ps") if isinstance(data, dict) else None
-    if not isinstance(num_ps, int) or isinstance(num_ps, bool) or num_ps < 0:
-        return None
-    if num_ps > MAX_NUM_PS:
-        raise InvalidArgumentError(f"{path}: num_ps {num_ps} is above the maximum of {MAX_NUM_PS} PS shards")
-    return num_ps
+        return EntrySpecFile(path, None)
+    return EntrySpecFile(path, data if isinstance(data, dict) else None)
+
+
+def spec_num_ps(fs: FileSystem, entry_version_path: str) -> int | None:
+    """``num_ps`` of an entry version's serving spec, or None when it is missing or unreadable (a trainer
+    may still be writing it). InvalidArgumentError, naming the file, when it is above ``MAX_NUM_PS``, and
+    UnsafeEntryError when it is a symbolic link (never followed)."""
+    return read_entry_spec(fs, entry_version_path).num_ps()
+
+
+def spec_remote_dense(fs: FileSystem, entry_version_path: str) -> bool:
+    """True when an entry version's serving spec is readable and its dense backend is ``remote`` (the version
+    then has a ``dense_0`` sub-model); False otherwise, also while it is missing or unreadable. UnsafeEntryError
+    when it is a symbolic link (never followed)."""
+    return read_entry_spec(fs, entry_version_path).remote_dense
 
 
 class VersionSource(abc.ABC):
@@ -129,12 +170,16 @@ class _Layout:
     num_ps: int | None  # None: read it from the entry's serving spec
 
     def complete_paths(self, version: int, found: Mapping[str, str], where: str) -> dict[str, str] | None:
-        """The sub-model folders of a complete version, None while incomplete; InvalidArgumentError when its
-        ``num_ps`` is above ``MAX_NUM_PS`` (refused: it never completes)."""
+        """The folders of a complete version's expected sub-models, None while incomplete; InvalidArgumentError
+        when its ``num_ps`` is above ``MAX_NUM_PS`` (refused: it never completes), UnsafeEntryError when its
+        serving spec is a link. The spec is read even with a fixed ``num_ps``: a remote dense backend makes
+        ``dense_0`` expected. A ``dense_0`` folder of a version whose spec does not say ``remote`` (or cannot
+        be read) is left out, like a ``ps_i`` beyond ``num_ps``: nothing would serve it."""
         entry_path = found.get(ENTRY)
         if entry_path is None:
             return None
-        num_ps = self.num_ps if self.num_ps is not None else spec_num_ps(self.fs, entry_path)
+        spec = read_entry_spec(self.fs, entry_path)
+        num_ps = self.num_ps if self.num_ps is not None else spec.num_ps()
         if num_ps is None:
             logger.debug("%s version %d: no readable %s yet", where, version, SPEC_FILE)
             return None
@@ -142,7 +187,7 @@ class _Layout:
             raise InvalidArgumentError(f"num_ps {num_ps} is above the maximum of {MAX_NUM_PS} PS shards")
         if num_ps > sum(1 for s in found if s.startswith("ps_")):
             return None  # some ps_i is missing (known before naming them all)
-        wanted = expected_sub_models(num_ps)
+        wanted = expected_sub_models(num_ps, dense=spec.remote_dense)
         if any(s not in found for s in wanted):
             return None
         return {s: found[s] for s in wanted}

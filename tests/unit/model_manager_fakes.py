@@ -39,7 +39,12 @@ class FakeReplica:
 
 class FakeCluster(ReplicaControl):
     def __init__(
-        self, num_ps: int = 2, ps_replicas: int = 2, entries: int = 2, base_dir: str = f"/receive/{MODEL}"
+        self,
+        num_ps: int = 2,
+        ps_replicas: int = 2,
+        entries: int = 2,
+        base_dir: str = f"/receive/{MODEL}",
+        dense_replicas: int = 0,
     ) -> None:
         self.num_ps = num_ps
         self.base_dir = base_dir
@@ -48,9 +53,12 @@ class FakeCluster(ReplicaControl):
         for task in range(num_ps):
             for r in range(ps_replicas):
                 self.add(Replica(ServerKind.PS, task, f"ps{task}-{r}:1"))
+        for r in range(dense_replicas):  # a dense_alone model's dense_0 servers
+            self.add(Replica(ServerKind.DENSE, 0, f"dense-{r}:1"))
         for e in range(entries):
             self.add(Replica(ServerKind.ENTRY, 0, f"entry-{e}:1"))
         self.broken: set[int] = set()  # versions whose PS load fails
+        self.broken_dense: set[int] = set()  # versions whose dense load fails
         self.broken_entries: dict[str, set[int]] = {}  # entry address -> versions it fails to load
         self.slow_ps: set[int] = set()  # versions a PS never finishes loading
         self.violations: list[str] = []
@@ -87,11 +95,12 @@ class FakeCluster(ReplicaControl):
         return list(node.versions.values())
 
     def ps_has(self, version: int) -> bool:
-        """Every replica of every PS shard has ``version`` AVAILABLE."""
+        """Every replica of every PS shard, and every dense server, has ``version`` AVAILABLE: what an entry
+        pins its calls to."""
         return all(
             n.versions.get(version, VersionStatus(version, VersionState.END)).state is VersionState.AVAILABLE
             for n in self.nodes.values()
-            if n.replica.kind is ServerKind.PS
+            if n.replica.kind in (ServerKind.PS, ServerKind.DENSE)
         )
 
     def serving(self, kind: ServerKind) -> set[int]:
@@ -106,7 +115,7 @@ class FakeCluster(ReplicaControl):
     def check(self) -> None:
         for version in self.serving(ServerKind.ENTRY):
             if not self.ps_has(version):
-                self.violations.append(f"entry serves {version} but a PS replica lacks it")
+                self.violations.append(f"entry serves {version} but a PS or dense replica lacks it")
 
     async def reload(self, address: str, configs: Sequence[LoadConfig], timeout_s: float) -> None:
         for _ in range(self.reload_yields):  # the RPC's round trip: other tasks run meanwhile
@@ -139,11 +148,12 @@ class FakeCluster(ReplicaControl):
             if len(self.at(replica.address)) == 1:
                 assert replica.kind is ServerKind.ENTRY  # only entries are dropped (a PS gets specific {})
             node.versions = {}
-        elif replica.kind is ServerKind.PS:
+        elif replica.kind in (ServerKind.PS, ServerKind.DENSE):  # our dense server loads as the PS does
+            broken = self.broken if replica.kind is ServerKind.PS else self.broken_dense
             for v in wanted:
                 held = node.versions.get(v)
                 if held is None or held.state is VersionState.END:
-                    if v in self.broken:
+                    if v in broken:
                         node.versions[v] = VersionStatus(v, VersionState.END, "corrupt dump")
                     elif v in self.slow_ps:
                         node.versions[v] = VersionStatus(v, VersionState.LOADING)

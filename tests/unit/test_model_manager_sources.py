@@ -16,7 +16,8 @@ import pytest
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.core.errors import ResourceExhaustedError
 from monolith_serving.core.export_layout import list_versions, write_listener_state
-from monolith_serving.model_manager.fs import FileSystem, LocalFileSystem, open_filesystem
+from monolith_serving.core.serving_spec import SPEC_FILE
+from monolith_serving.model_manager.fs import FileSystem, LocalFileSystem, UnsafeEntryError, open_filesystem
 from monolith_serving.model_manager.p2p_copy import (
     CopyConfig,
     VersionCopier,
@@ -24,18 +25,20 @@ from monolith_serving.model_manager.p2p_copy import (
     remove_stale_locks,
 )
 from monolith_serving.model_manager.retention import prune, versions_to_delete
-from monolith_serving.model_manager.sources import ExportBaseSource, P2pSource
+from monolith_serving.model_manager.sources import ExportBaseSource, P2pSource, spec_remote_dense
 
 MODEL = "demo"
 
 
-def export(out: Path, version: int, num_ps: int = 2) -> None:
-    write_demo(DemoOptions(out=out, num_ps=num_ps, rows=20, version=version, files_per_partition=1))
+def export(out: Path, version: int, num_ps: int = 2, *, dense_alone: bool = False) -> None:
+    write_demo(
+        DemoOptions(out=out, num_ps=num_ps, rows=20, version=version, files_per_partition=1, dense_alone=dense_alone)
+    )
 
 
-def p2p_version(src: Path, version: int, *, done: bool = True, num_ps: int = 2) -> Path:
+def p2p_version(src: Path, version: int, *, done: bool = True, num_ps: int = 2, dense_alone: bool = False) -> Path:
     folder = src / f"{MODEL}@{version}"
-    export(folder / MODEL, version, num_ps)
+    export(folder / MODEL, version, num_ps, dense_alone=dense_alone)
     if done:
         (src / f"{MODEL}@{version}.write.done").write_text("")
     return folder
@@ -88,6 +91,90 @@ def test_export_base_reads_the_listener_state_as_the_text_proto_it_is(
     assert [r.getMessage().count("not a text-format ServingModelState") for r in caplog.records] == [1]
     state.write_text(f'entries {{ export_dir: "{tmp_path / "ps_1" / "2"}" }}')
     assert [c.version for c in source.scan()] == [2]
+
+
+def files_below(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_spec_remote_dense_reads_only_the_dense_backend(tmp_path: Path) -> None:
+    fs = LocalFileSystem()
+    export(tmp_path / "alone", 1, dense_alone=True)
+    export(tmp_path / "plain", 1)
+    assert spec_remote_dense(fs, str(tmp_path / "alone" / "entry" / "1"))
+    assert not spec_remote_dense(fs, str(tmp_path / "plain" / "entry" / "1"))
+    assert not spec_remote_dense(fs, str(tmp_path / "missing" / "entry" / "1"))  # tolerated: not there yet
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for text in ("{not json", "[]", '{"dense": "remote"}', '{"dense": {"backend": "onnx"}}'):
+        (odd / SPEC_FILE).write_text(text)
+        assert not spec_remote_dense(fs, str(odd))
+    (odd / SPEC_FILE).write_text('{"dense": {"backend": "remote", "sub_model": "dense_0"}}')  # no num_ps: still read
+    assert spec_remote_dense(fs, str(odd))
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / SPEC_FILE).symlink_to(tmp_path / "alone" / "entry" / "1" / SPEC_FILE)
+    with pytest.raises(UnsafeEntryError, match="symbolic link"):
+        spec_remote_dense(fs, str(linked))
+
+
+@pytest.mark.parametrize("num_ps", [None, 2])
+def test_export_base_dense_alone_version_needs_its_dense_0(tmp_path: Path, num_ps: int | None) -> None:
+    """A version whose spec says remote dense is complete only with dense_0 too (also with ``--num_ps`` fixed),
+    and its candidate names dense_0; a plain version ignores a stray dense_0 folder, as before."""
+    base = tmp_path / "base"
+    export(tmp_path / "staging", 1, dense_alone=True)
+    for sub_model in ("entry", "ps_0", "ps_1"):  # dense_0 still being written by the trainer
+        (base / sub_model).mkdir(parents=True)
+        (tmp_path / "staging" / sub_model / "1").rename(base / sub_model / "1")
+    export(base, 2)
+    (base / "dense_0" / "2").mkdir(parents=True)  # not in version 2's spec: not part of it
+    (base / "dense_0" / "2" / "stray").write_text("x")
+    source = ExportBaseSource(LocalFileSystem(), str(base), MODEL, num_ps=num_ps, settle_scans=0)
+    [plain] = source.scan()
+    assert plain.version == 2 and plain.sub_models == ("entry", "ps_0", "ps_1")
+    (tmp_path / "staging" / "dense_0" / "1").rename(base / "dense_0" / "1")
+    candidates = {c.version: c for c in source.scan()}
+    assert sorted(candidates) == [1, 2]
+    assert candidates[1].sub_models == ("dense_0", "entry", "ps_0", "ps_1")
+    assert candidates[1].sub_model_paths["dense_0"] == str(base / "dense_0" / "1")
+    assert candidates[2].sub_models == ("entry", "ps_0", "ps_1")
+
+
+@pytest.mark.parametrize("num_ps", [None, 2])
+def test_p2p_dense_alone_version_is_copied_with_its_dense_0(tmp_path: Path, num_ps: int | None) -> None:
+    src, receive = tmp_path / "src", tmp_path / "receive"
+    half = p2p_version(src, 1, dense_alone=True)
+    shutil.rmtree(half / MODEL / "dense_0")  # marked done, but dense_0 is missing: never counts
+    p2p_version(src, 2, dense_alone=True)
+    p2p_version(src, 3)
+    fs = LocalFileSystem()
+    candidates = {c.version: c for c in P2pSource(fs, str(src), MODEL, num_ps=num_ps).scan()}
+    assert sorted(candidates) == [2, 3]
+    assert candidates[2].sub_models == ("dense_0", "entry", "ps_0", "ps_1")
+    assert candidates[3].sub_models == ("entry", "ps_0", "ps_1")
+    copier = VersionCopier(CopyConfig(receive))
+    assert copier.copy(fs, candidates[2]) and copier.copy(fs, candidates[3])
+    model_dir = receive / MODEL
+    dense = files_below(model_dir / "dense_0" / "2")
+    assert "dense_spec.json" in dense
+    assert dense == files_below(src / f"{MODEL}@2" / MODEL / "dense_0" / "2")
+    assert not (model_dir / "dense_0" / "3").exists()
+    assert received_versions(model_dir, num_ps=num_ps) == [2, 3]
+    assert copier.copy(fs, candidates[2]) is None  # received, dense_0 included
+
+
+@pytest.mark.parametrize("num_ps", [None, 2])
+def test_a_received_dense_alone_version_counts_only_with_its_dense_0(tmp_path: Path, num_ps: int | None) -> None:
+    model_dir = tmp_path / "receive" / MODEL
+    export(model_dir, 1, dense_alone=True)
+    export(model_dir, 2)
+    export(model_dir, 3, dense_alone=True)
+    assert received_versions(model_dir, num_ps=num_ps) == [1, 2, 3]
+    shutil.rmtree(model_dir / "dense_0" / "3")  # e.g. a copy made before dense_0 was copied at all
+    assert received_versions(model_dir, num_ps=num_ps) == [1, 2]
+    shutil.rmtree(model_dir / "dense_0")
+    assert received_versions(model_dir, num_ps=num_ps) == [2]  # the plain version needs no dense_0
 
 
 def test_fingerprint_changes_with_the_files(tmp_path: Path) -> None:

@@ -150,6 +150,14 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.zk_servers:
         if not args.bzid:
             raise InvalidArgumentError("--zk_servers needs --bzid")
+        given = {"--ps_targets": ps_targets, "--entry_targets": entry_targets, "--dense_targets": dense_targets}
+        static = [flag for flag, targets in given.items() if targets]
+        if static:
+            # Replicas come from the registry then; static ones would be ignored without a word.
+            raise InvalidArgumentError(
+                f"{', '.join(static)} name static replicas, but with --zk_servers the replicas come from the "
+                "registry: give one or the other"
+            )
         discovery = DiscoveryConfig(backend=Backend.ZOOKEEPER, zk_servers=args.zk_servers)
     elif not ps_targets:
         raise InvalidArgumentError("give --zk_servers (with --bzid) or static --ps_targets/--entry_targets")

@@ -195,3 +195,17 @@ def test_a_dense_server_is_reloaded_and_polled_like_a_ps(tmp_path: Path) -> None
                 await control.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        ((), "--ps_targets"),
+        (("--entry_targets", "e:1", "--dense_targets", "d:1"), "--ps_targets, --entry_targets, --dense_targets"),
+    ],
+)
+def test_static_targets_with_a_registry_are_refused_rather_than_ignored(flags: tuple[str, ...], named: str) -> None:
+    args = _parse("--zk_servers", "127.0.0.1:2181", "--bzid", "b", *flags)
+    with pytest.raises(InvalidArgumentError, match="with --zk_servers the replicas come from the registry") as error:
+        manager_main.run_config_from_args(args)
+    assert error.value.message.startswith(f"{named} name static replicas")

@@ -10,14 +10,13 @@ error ratios, which leave the caller's codes out, do not count a client's wrong 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, NoReturn
 
 import grpc
 
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.rest_codec import DEFAULT_SIGNATURE
 from monolith_serving.proto_gen.tensorflow_serving.apis import classification_pb2, model_pb2
-
-DEFAULT_SIGNATURE = "serving_default"  # TF Serving's signature for an empty signature_name
 
 
 class PredictOnly:
@@ -31,7 +30,7 @@ class PredictOnly:
         version of it, that this server serves, as its Predict would."""
         raise NotImplementedError
 
-    def _refuse(self, method: str, kind: str, specs: Sequence[model_pb2.ModelSpec]) -> None:
+    def _refuse(self, method: str, kind: str, specs: Sequence[model_pb2.ModelSpec]) -> NoReturn:
         for spec in specs:
             self.resolve_model(spec)
         spec = specs[0]
@@ -45,13 +44,11 @@ class PredictOnly:
         self, request: classification_pb2.ClassificationRequest, context: grpc.aio.ServicerContext
     ) -> classification_pb2.ClassificationResponse:
         self._refuse("Classify", "classification", (request.model_spec,))
-        raise AssertionError("unreachable")
 
     async def Regress(
         self, request: classification_pb2.RegressionRequest, context: grpc.aio.ServicerContext
     ) -> classification_pb2.RegressionResponse:
         self._refuse("Regress", "regression", (request.model_spec,))
-        raise AssertionError("unreachable")
 
     async def MultiInference(
         self, request: classification_pb2.MultiInferenceRequest, context: grpc.aio.ServicerContext
@@ -59,4 +56,3 @@ class PredictOnly:
         if not request.tasks:
             raise InvalidArgumentError("MultiInference: tasks is empty (give at least one task)")
         self._refuse("MultiInference", "classification or regression", [task.model_spec for task in request.tasks])
-        raise AssertionError("unreachable")

@@ -618,7 +618,7 @@ def _served_by_entries(views: Iterable[ReplicaView]) -> set[int]:
     return {v for view in views if view.replica.kind is ServerKind.ENTRY and not view.error for v in view.available()}
 
 
-def _held_by_every_ps_shard(views: Iterable[ReplicaView]) -> set[int]:
+def _held_by_every_backend_shard(views: Iterable[ReplicaView]) -> set[int]:
     """Versions AVAILABLE on some replica of every PS shard seen, and of the dense server when one is seen (a
     shard none of whose replicas answered holds nothing we know of)."""
     by_task: dict[tuple[ServerKind, int], set[int]] = {}
@@ -644,7 +644,7 @@ def adoptable_version(
     """The version a (re)started manager takes as serving (see ``RolloutCoordinator.adopt``); None when no
     replica that answered has a version AVAILABLE that has not ``failed`` (a version still loading, or one whose
     rollout failed, is not what serves: adopting it would push it to every replica outside the PS-first order)."""
-    complete = (_served_by_entries(views) & _held_by_every_ps_shard(views)) - set(failed)
+    complete = (_served_by_entries(views) & _held_by_every_backend_shard(views)) - set(failed)
     if persisted_serving in complete:
         return persisted_serving
     if complete:

@@ -132,20 +132,6 @@ def read_entry_spec(fs: FileSystem, entry_version_path: str) -> EntrySpecFile:
     return EntrySpecFile(path, data if isinstance(data, dict) else None)
 
 
-def spec_num_ps(fs: FileSystem, entry_version_path: str) -> int | None:
-    """``num_ps`` of an entry version's serving spec, or None when it is missing or unreadable (a trainer
-    may still be writing it). InvalidArgumentError, naming the file, when it is above ``MAX_NUM_PS``, and
-    UnsafeEntryError when it is a symbolic link (never followed)."""
-    return read_entry_spec(fs, entry_version_path).num_ps()
-
-
-def spec_remote_dense(fs: FileSystem, entry_version_path: str) -> bool:
-    """True when an entry version's serving spec is readable and its dense backend is ``remote`` (the version
-    then has a ``dense_0`` sub-model); False otherwise, also while it is missing or unreadable. UnsafeEntryError
-    when it is a symbolic link (never followed)."""
-    return read_entry_spec(fs, entry_version_path).remote_dense
-
-
 class VersionSource(abc.ABC):
     """Lists the complete versions of one model (blocking: run ``scan`` on an executor)."""
 

@@ -36,7 +36,7 @@ from monolith_serving.model_manager.sources import (
     P2pSource,
     VersionSource,
     expected_sub_models,
-    spec_num_ps,
+    read_entry_spec,
 )
 
 MODEL = "demo"
@@ -355,6 +355,10 @@ def test_a_received_version_with_a_huge_num_ps_does_not_count(tmp_path: Path) ->
     started = time.monotonic()
     assert received_versions(model_dir) == [1]
     assert time.monotonic() - started < 5
+
+
+def spec_num_ps(fs: LocalFileSystem, entry_version_path: str) -> int | None:
+    return read_entry_spec(fs, entry_version_path).num_ps()
 
 
 def test_num_ps_bounds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -25,7 +25,7 @@ from monolith_serving.model_manager.p2p_copy import (
     remove_stale_locks,
 )
 from monolith_serving.model_manager.retention import prune, versions_to_delete
-from monolith_serving.model_manager.sources import ExportBaseSource, P2pSource, spec_remote_dense
+from monolith_serving.model_manager.sources import ExportBaseSource, P2pSource, read_entry_spec
 
 MODEL = "demo"
 
@@ -95,6 +95,10 @@ def test_export_base_reads_the_listener_state_as_the_text_proto_it_is(
 
 def files_below(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def spec_remote_dense(fs: FileSystem, entry_version_path: str) -> bool:
+    return read_entry_spec(fs, entry_version_path).remote_dense
 
 
 def test_spec_remote_dense_reads_only_the_dense_backend(tmp_path: Path) -> None:

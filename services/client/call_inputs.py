@@ -15,7 +15,7 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
 
-from monolith_serving.client.inputs import DEFAULT_SIGNATURE, encode, predict_request, random_examples
+from monolith_serving.client.inputs import encode, predict_request, random_examples
 from monolith_serving.client.settings import InputKind, InputSettings, Settings
 from monolith_serving.client.text_sniff import decoded_if_text
 from monolith_serving.client.tfs_client_files import (
@@ -27,6 +27,7 @@ from monolith_serving.client.tfs_client_files import (
 from monolith_serving.core.demo_export import DemoOptions, demo_spec
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError, NotFoundError
 from monolith_serving.core.export_layout import list_versions, read_model_server_config
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE
 from monolith_serving.core.serving_spec import (
     SPEC_FILE,
     ServingSpec,

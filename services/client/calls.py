@@ -18,11 +18,11 @@ import numpy.typing as npt
 from google.protobuf import json_format, text_format
 
 from monolith_serving.client.call_inputs import CallInputs
-from monolith_serving.client.inputs import DEFAULT_SIGNATURE
 from monolith_serving.client.profile import ProfileResult, run_profile
 from monolith_serving.client.settings import Settings
 from monolith_serving.core.errors import MonolithServingError
 from monolith_serving.core.grpc_server import channel_options
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE
 from monolith_serving.core.tensor_codec import from_tensor_proto
 from monolith_serving.core.tls_channel import aio_channel
 from monolith_serving.proto_gen.tensorflow_serving.apis import (

@@ -10,10 +10,11 @@ import argparse
 from pathlib import Path
 
 from monolith_serving.client.flag_types import INT64_MAX, absl_bool, int_in_range, positive_seconds
-from monolith_serving.client.inputs import DEFAULT_SIGNATURE, MAX_ROWS
+from monolith_serving.client.inputs import MAX_ROWS
 from monolith_serving.client.settings import DEFAULT_MODEL, DEFAULT_TARGET, INPUT_KIND_OF_TYPE
 from monolith_serving.client.tfs_client_files import FILE_TYPES
 from monolith_serving.core.cli_flags import add_flag
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE
 from monolith_serving.core.tls_channel import add_tls_dial_flags
 
 ACTIONS = ("predict", "status", "meta", "load", "profile")

@@ -16,6 +16,7 @@ import numpy as np
 
 from monolith_serving.core.errors import InvalidArgumentError
 from monolith_serving.core.fid_bits import FID_V1_SLOT_SHIFT, FID_V1_SLOTS, FID_V2_HASH_MASK, FID_V2_SLOT_SHIFT
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE, INPUT_KINDS
 from monolith_serving.core.serving_spec import InstanceFidV1, ServingSpec
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.proto_gen.idl.matrix.proto import example_pb2 as monolith_example_pb2
@@ -25,8 +26,6 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import predict_pb2
 
 # Random fids are ``slot << 48 | k``: a k of 2**48 or more would spill into the slot bits.
 MAX_ROWS = FID_V2_HASH_MASK + 1
-INPUT_KINDS = ("instances", "example_batch", "examples")
-DEFAULT_SIGNATURE = "serving_default"
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import ClassVar, NoReturn
 import grpc
 
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.core.rest_codec import DEFAULT_SIGNATURE
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE
 from monolith_serving.proto_gen.tensorflow_serving.apis import classification_pb2, model_pb2
 
 

@@ -55,6 +55,7 @@ import numpy.typing as npt
 from google.protobuf import json_format
 
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE
 from monolith_serving.core.tensor_codec import (
     MAX_FILLED_ELEMENTS,
     MAX_RANK,
@@ -72,7 +73,6 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
     predict_pb2,
 )
 
-DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"
 # Leaf types the numeric dtypes take (booleans too, as 0/1, when the signature asks for numbers).
 _NUMBER_TYPES = frozenset({int, float, bool})

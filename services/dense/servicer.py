@@ -21,6 +21,7 @@ from monolith_serving.core.errors import InvalidArgumentError, MonolithServingEr
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.model_config_list import check_reload, reload_request_config
 from monolith_serving.core.predict_only import PredictOnly
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE
 from monolith_serving.core.status_reply import model_status_reply
 from monolith_serving.core.tensor_codec import dtype_name, from_tensor_proto, to_tensor_proto
 from monolith_serving.dense.config import dense_models_from_proto
@@ -41,7 +42,7 @@ from monolith_serving.proto_gen.tensorflow_serving.apis import (
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_ALIASES = ("", "serving_default", DENSE_SIGNATURE)
+SIGNATURE_ALIASES = ("", DEFAULT_SIGNATURE, DENSE_SIGNATURE)
 
 
 def _pinned(spec: model_pb2.ModelSpec) -> tuple[int | None, str]:

@@ -40,6 +40,7 @@ from monolith_serving.core.errors import (
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, version_dir
 from monolith_serving.core.model_config_list import check_base_path, check_version_labels
 from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE, INPUT_KINDS
 from monolith_serving.core.serving_spec import DenseBackend, ServingSpec, load_serving_spec
 from monolith_serving.entry.dense import DenseModel, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
@@ -50,9 +51,6 @@ from monolith_serving.entry.request_coalesce import PassDeadlines, PassOutput, P
 from monolith_serving.entry.request_parser import DEFAULT_MAX_FIDS_PER_REQUEST, ParsedBatch, RequestParser
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SIGNATURE = "serving_default"
-INPUT_KINDS = ("instances", "example_batch", "examples")
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,11 @@ from monolith_serving.core.export_layout import VersionPolicy
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.model_config_list import reload_request_config
 from monolith_serving.core.predict_only import PredictOnly
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE, INPUT_KINDS
 from monolith_serving.core.status_reply import model_status_reply
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
-from monolith_serving.entry.model import DEFAULT_SIGNATURE, INPUT_KINDS, EntryModel, EntryModelConfig, LoadedVersion
+from monolith_serving.entry.model import EntryModel, EntryModelConfig, LoadedVersion
 from monolith_serving.entry.ps_client import ps_model_name
 from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
 from monolith_serving.proto_gen.tensorflow.core.protobuf import meta_graph_pb2

@@ -21,6 +21,7 @@ from monolith_serving.core.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE
 from monolith_serving.ps.config import DEFAULT_MAX_PENDING_SYNC_BYTES
 from monolith_serving.ps.inputs import (
     ShardCheck,
@@ -45,7 +46,7 @@ from monolith_serving.ps.version_manager import ServableVersion, SubModel, Versi
 logger = logging.getLogger(__name__)
 
 LOOKUP = "lookup"
-LOOKUP_ALIASES = frozenset({LOOKUP, "", "serving_default"})
+LOOKUP_ALIASES = frozenset({LOOKUP, "", DEFAULT_SIGNATURE})
 ID_SUFFIX = "_id"
 VALUE_SUFFIX = "_value"
 RAW_LOOKUP = "raw_lookup"

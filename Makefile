@@ -64,8 +64,9 @@ typecheck: venv
 unit: venv
 	$(PY) -m pytest -q tests/unit
 
+# --durations: every CI log names the slowest tests, so a run that grows slow says where.
 test: venv system-deps lint typecheck
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=20
 
 # The standalone cluster runs in the background until the Predict has printed its scores.
 DEMO_PORT ?= 8500

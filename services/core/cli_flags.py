@@ -258,6 +258,13 @@ def add_model_source_flags(parser: argparse.ArgumentParser, *, sub_model: str) -
         default=1.0,
         help="look for new versions this often (0: only at start and on reload)",
     )
+    add_flag(
+        parser,
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model_config_file this often and apply it when it changed (0: never)",
+    )
     add_flag(parser, "--model_name", default=None, help=f"single-model mode: the sub-model name ({sub_model})")
     add_flag(parser, "--model_base_path", default=None, help="single-model mode: the sub-model folder")
     add_flag(

@@ -49,6 +49,7 @@ class DenseServerConfig:
     metrics_port: int = 0
     grpc_channel_arguments: ChannelArguments = ()  # --grpc_channel_arguments
     model_config_file: Path | None = None
+    model_config_file_poll_wait_s: float = 0.0  # re-read model_config_file this often (0: never)
     file_system_poll_wait_s: float = 1.0
     # Used when no config file is given: the single model of --model_name/--model_base_path.
     models: tuple[DenseModelConfig, ...] = ()

@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_model_source_flags(parser, sub_model="dense_0")
     add_grpc_socket_path_flag(parser)
     add_flag(parser, "--num_load_threads", type=int, default=1, help="versions loaded at once (0 counts as 1)")
-    add_tfs_compat_flags(parser, honoured=("num_load_threads",))
+    add_tfs_compat_flags(parser, honoured=("model_config_file_poll_wait_seconds", "num_load_threads"))
 
 
 def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> DenseServerConfig:
@@ -50,6 +50,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str]) -> Dense
         metrics_port=args.metrics_port,
         grpc_channel_arguments=args.grpc_channel_arguments,
         model_config_file=Path(args.model_config_file) if args.model_config_file else None,
+        model_config_file_poll_wait_s=args.model_config_file_poll_wait_seconds,
         file_system_poll_wait_s=args.file_system_poll_wait_seconds,
         models=models,
         num_load_threads=load_threads_from_flag(args.num_load_threads),

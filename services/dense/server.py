@@ -1,14 +1,15 @@
 """DenseServer: the dense process's lifecycle (gRPC server, /metrics, version loading, polling).
 
 The lifecycle is every model server's (``core.model_server_lifecycle``). Start (idempotent): bind gRPC (health
-NOT_SERVING) -> load the configured models -> file-system poll -> health follows readiness. Stop (idempotent): stop
-the poll -> health NOT_SERVING -> drain gRPC -> unload -> stop threads and /metrics.
+NOT_SERVING) -> load the configured models -> poll loops (the file system's; the model config file's when it is
+polled, ``core.config_file_poll``) -> health follows readiness. Stop (idempotent): stop the polls -> health
+NOT_SERVING -> drain gRPC -> unload -> stop threads and /metrics.
 ``servicers()`` + ``open()`` / ``reload()`` / ``close()`` are the core without a gRPC server of its own (the
 unified server hosts the servicers next to a PS's and an entry's, as it does the PS core).
 
 Health (service "" and the PredictionService and ModelService names) is SERVING exactly while every configured
 dense sub-model has an AVAILABLE version (with none configured, nothing to wait for: SERVING), as the PS's. It is
-recomputed after the first load, each file-system poll step and each HandleReloadConfigRequest; a reload whose
+recomputed after the first load, each poll step and each HandleReloadConfigRequest; a reload whose
 caller stopped waiting before it settled shows at the next poll step.
 """
 
@@ -21,7 +22,7 @@ from types import TracebackType
 
 from prometheus_client import CollectorRegistry
 
-from monolith_serving.core.export_layout import read_model_server_config
+from monolith_serving.core.config_file_poll import ModelConfigFile
 from monolith_serving.core.model_server_lifecycle import ModelServerLifecycle
 from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig, dense_models_from_proto
 from monolith_serving.dense.metrics import DenseMetrics
@@ -50,10 +51,24 @@ class DenseServer:
             logged_as="dense",
             server_name="DenseServer",
         )
+        self._config_file = (
+            None
+            if config.model_config_file is None
+            else ModelConfigFile(
+                config.model_config_file,
+                parse=dense_models_from_proto,
+                apply=self.versions.apply_config,
+                hosted=self._hosted_configs,
+                logger=logger,
+            )
+        )
 
     @property
     def port(self) -> int:
         return self._lifecycle.port
+
+    def _hosted_configs(self) -> dict[str, DenseModelConfig]:
+        return {name: model.config for name, model in self.versions.models.items()}
 
     def servicers(self) -> tuple[DensePredictionServicer, DenseModelServicer]:
         """The gRPC faces of this dense core; ``start`` serves them, a unified server hosts them itself."""
@@ -65,11 +80,12 @@ class DenseServer:
         await self._lifecycle.start(*self.servicers())
 
     async def open(self) -> None:
-        """The core without a gRPC server: load the configured models, then start the file-system poll."""
-        configs = self.config.models
-        if self.config.model_config_file is not None:
-            configs = dense_models_from_proto(read_model_server_config(self.config.model_config_file))
-        await self.versions.apply_config(configs)
+        """The core without a gRPC server: load the configured models, then start the poll loops (the file
+        system's; the model config file's when it is polled)."""
+        if self._config_file is not None:
+            await self._config_file.apply_at_start()
+        else:
+            await self.versions.apply_config(self.config.models)
         if self.config.file_system_poll_wait_s > 0:
             self._lifecycle.poll(
                 self.config.file_system_poll_wait_s,
@@ -77,6 +93,14 @@ class DenseServer:
                 step="file_system",
                 failure_message="file-system poll step failed",
                 task_name="dense-file-system-poll",
+            )
+        if self._config_file is not None and self.config.model_config_file_poll_wait_s > 0:
+            self._lifecycle.poll(
+                self.config.model_config_file_poll_wait_s,
+                self._config_file.poll_step,
+                step="model_config_file",
+                failure_message="model config file poll step failed",
+                task_name="dense-model-config-file-poll",
             )
 
     async def reload(self, configs: Sequence[DenseModelConfig], *, fresh: bool = True) -> None:

@@ -36,13 +36,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_server_flags(parser)
     add_model_source_flags(parser, sub_model="ps_<i>")
     add_grpc_socket_path_flag(parser)
-    add_flag(
-        parser,
-        "--model_config_file_poll_wait_seconds",
-        type=float,
-        default=0.0,
-        help="re-read --model_config_file this often (0: never)",
-    )
     add_flag(parser, "--num_ps", type=int, default=0, help="number of PS shards; fids must satisfy fid mod num_ps == i")
     add_flag(
         parser,

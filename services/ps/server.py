@@ -24,7 +24,7 @@ from types import TracebackType
 
 from prometheus_client import CollectorRegistry
 
-from monolith_serving.core.export_layout import read_model_server_config
+from monolith_serving.core.config_file_poll import ModelConfigFile
 from monolith_serving.core.model_server_lifecycle import ModelServerLifecycle
 from monolith_serving.core.run_to_end import run_to_end
 from monolith_serving.ps.config import PsConfig, SubModelConfig, sub_models_from_proto
@@ -64,15 +64,24 @@ class PsServer:
         )
         # Reloads run as tasks of their own, so that health follows one whose caller stopped waiting (see ``reload``).
         self._reloads: set[asyncio.Task[None]] = set()
-        self._file_configs: tuple[SubModelConfig, ...] | None = None
+        self._config_file = (
+            None
+            if config.model_config_file is None
+            else ModelConfigFile(
+                config.model_config_file,
+                parse=sub_models_from_proto,
+                apply=self.versions.apply_config,
+                hosted=self._hosted_configs,
+                logger=logger,
+            )
+        )
 
     @property
     def port(self) -> int:
         return self._lifecycle.port
 
-    def _read_config_file(self) -> tuple[SubModelConfig, ...]:
-        assert self.config.model_config_file is not None
-        return sub_models_from_proto(read_model_server_config(self.config.model_config_file))
+    def _hosted_configs(self) -> dict[str, SubModelConfig]:
+        return {name: model.config for name, model in self.versions.models.items()}
 
     async def reload(self, configs: Sequence[SubModelConfig], *, fresh: bool = True) -> None:
         """An explicit reload (HandleReloadConfigRequest): latest_once may choose again, failed versions retry
@@ -99,25 +108,17 @@ class PsServer:
 
     async def open(self) -> None:
         """The core without a gRPC server: load the configured models, then start the poll loops."""
-        if self.config.model_config_file is not None:
-            self._file_configs = self._read_config_file()
-            await self.versions.apply_config(self._file_configs)
+        if self._config_file is not None:
+            await self._config_file.apply_at_start()
         else:
             await self.versions.apply_config(self.config.models)
         if self.config.file_system_poll_wait_s > 0:
             self._poll(self.config.file_system_poll_wait_s, "file_system", self.versions.refresh)
-        if self.config.model_config_file is not None and self.config.model_config_file_poll_wait_s > 0:
-            self._poll(self.config.model_config_file_poll_wait_s, "model_config_file", self._poll_config_file)
+        if self._config_file is not None and self.config.model_config_file_poll_wait_s > 0:
+            self._poll(self.config.model_config_file_poll_wait_s, "model_config_file", self._config_file.poll_step)
 
     def _poll(self, interval_s: float, step: str, action: Callable[[], Awaitable[None]]) -> None:
         self._lifecycle.poll(interval_s, action, step=step, failure_message=f"poll step {step} failed")
-
-    async def _poll_config_file(self) -> None:
-        configs = self._read_config_file()
-        if configs != self._file_configs:
-            logger.info("model config file changed: applying it")
-            self._file_configs = configs
-            await self.versions.apply_config(configs)
 
     async def stop(self) -> None:
         await self._lifecycle.stop()

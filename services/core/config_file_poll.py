@@ -1,0 +1,56 @@
+"""``--model_config_file_poll_wait_seconds`` of a PS or dense server: its ``--model_config_file`` read again every
+so often, and applied when the models it names differ from those hosted.
+
+As in tensorflow_model_server, which reloads the file at every poll, the file wins: a HandleReloadConfigRequest that
+made the hosted models differ from it is undone at the next poll. A file that cannot be read or parsed (being
+rewritten) raises for the poll step to log and count; the hosted models keep serving, and the next step reads the
+file again. The read runs off the event loop, so a stalled file system does not stall serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Generic, TypeVar
+
+from monolith_serving.core.export_layout import read_model_server_config
+from monolith_serving.core.version_lifecycle import HostedConfig
+from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
+
+C = TypeVar("C", bound=HostedConfig)
+
+
+class ModelConfigFile(Generic[C]):
+    """The hosted models a ModelServerConfig file names (``parse``: the server's own reading of its entries, which
+    refuses models it cannot host), applied by ``apply`` when they differ from ``hosted()`` (name -> config)."""
+
+    def __init__(
+        self,
+        path: Path,
+        parse: Callable[[model_server_config_pb2.ModelServerConfig], tuple[C, ...]],
+        apply: Callable[[Sequence[C]], Awaitable[None]],
+        hosted: Callable[[], Mapping[str, C]],
+        logger: logging.Logger,
+    ) -> None:
+        self.path = path
+        self._parse = parse
+        self._apply = apply
+        self._hosted = hosted
+        self._log = logger
+
+    def read(self) -> tuple[C, ...]:
+        """The models the file names now; errors (NOT_FOUND, INVALID_ARGUMENT) name the file."""
+        return self._parse(read_model_server_config(self.path))
+
+    async def apply_at_start(self) -> None:
+        await self._apply(self.read())
+
+    async def poll_step(self) -> None:
+        """Reads the file again and applies it when its models differ from the hosted ones."""
+        configs = await asyncio.to_thread(self.read)
+        if {config.name: config for config in configs} == dict(self._hosted()):
+            return
+        self._log.info("model config file %s differs from the hosted models: applying it", self.path)
+        await self._apply(configs)

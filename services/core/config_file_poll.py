@@ -1,5 +1,5 @@
-"""``--model_config_file_poll_wait_seconds`` of a PS or dense server: its ``--model_config_file`` read again every
-so often, and applied when the models it names differ from those hosted.
+"""``--model_config_file_poll_wait_seconds`` of a PS, dense or entry server: its ``--model_config_file`` read again
+every so often, and applied when the models it names differ from those hosted.
 
 As in tensorflow_model_server, which reloads the file at every poll, the file wins: a HandleReloadConfigRequest that
 made the hosted models differ from it is undone at the next poll. A file that cannot be read or parsed (being
@@ -13,13 +13,18 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from monolith_serving.core.export_layout import read_model_server_config
-from monolith_serving.core.version_lifecycle import HostedConfig
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
-C = TypeVar("C", bound=HostedConfig)
+
+class NamedConfig(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+C = TypeVar("C", bound=NamedConfig)
 
 
 class ModelConfigFile(Generic[C]):

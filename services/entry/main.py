@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +39,7 @@ from monolith_serving.core.cli_flags import (
     main_grpc_port,
     warn_unused_tfs_flags,
 )
+from monolith_serving.core.config_file_poll import ModelConfigFile
 from monolith_serving.core.errors import InvalidArgumentError, MonolithServingError
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, read_model_server_config
 from monolith_serving.core.grpc_server import (
@@ -78,6 +79,7 @@ from monolith_serving.entry.request_coalesce import RequestCoalescing
 from monolith_serving.entry.request_parser import DEFAULT_MAX_FIDS_PER_REQUEST
 from monolith_serving.entry.servicer import EntryModelServicer, EntryPredictionServicer, entry_config_from_proto
 from monolith_serving.proto_gen.tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +105,9 @@ class EntryServerConfig:
     poll_interval_s: float = 1.0
     ps_status_timeout_s: float = 1.0
     grace_s: float = 2.0
+    # --model_config_file re-read this often when > 0 (TF Serving's --model_config_file_poll_wait_seconds).
+    model_config_file: Path | None = None
+    model_config_file_poll_wait_s: float = 0.0
 
 
 class EntryServer:
@@ -178,6 +183,18 @@ class EntryServer:
         self._rest: RestGateway | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._loop_task: asyncio.Task[None] | None = None
+        self._config_poll_task: asyncio.Task[None] | None = None
+        self._config_file = (
+            ModelConfigFile(
+                config.model_config_file,
+                parse=self._file_models,
+                apply=self._apply_file_models,
+                hosted=self._hosted_models,
+                logger=logger,
+            )
+            if config.model_config_file is not None and config.model_config_file_poll_wait_s > 0
+            else None
+        )
         self._dense_started = False
         self._stopped = False
 
@@ -192,6 +209,18 @@ class EntryServer:
         """The REST API's port once started; None without one."""
         return self._rest.port if self._rest is not None else None
 
+    def _file_models(self, proto: model_server_config_pb2.ModelServerConfig) -> tuple[EntryModelConfig, ...]:
+        # Read as a HandleReloadConfigRequest is: settings the file cannot carry come from the model served now.
+        model = entry_config_from_proto(proto, self.model.config)
+        return () if model is None else (model,)
+
+    def _hosted_models(self) -> dict[str, EntryModelConfig]:
+        model = self.model.config
+        return {} if model is None else {model.name: model}
+
+    async def _apply_file_models(self, models: Sequence[EntryModelConfig]) -> None:
+        await self.model.reconfigure(models[0] if models else None)
+
     def servicers(self) -> tuple[EntryPredictionServicer, EntryModelServicer]:
         """The gRPC faces of this entry core; ``start`` serves them, a unified server hosts them itself."""
         return EntryPredictionServicer(self.model, self.metrics), EntryModelServicer(self.model)
@@ -205,6 +234,10 @@ class EntryServer:
         await self._poll_status()
         await self._step("model_refresh", self._refresh_model)
         self._loop_task = asyncio.create_task(self._control_loop(), name="entry-control-loop")
+        if self._config_file is not None:
+            self._config_poll_task = asyncio.create_task(
+                self._config_file_loop(self._config_file), name="entry-model-config-file-poll"
+            )
 
     async def start(self) -> None:
         if self._grpc is not None:
@@ -292,6 +325,15 @@ class EntryServer:
             if self._grpc is not None:
                 await self._grpc.set_serving(bool(self.model.served_versions))
 
+    async def _config_file_loop(self, config_file: ModelConfigFile[EntryModelConfig]) -> None:
+        """A changed file switches the model as a HandleReloadConfigRequest would; one the entry refuses (a base
+        path not there yet, a version label on a version not served) is logged and tried again next time."""
+        while True:
+            await asyncio.sleep(self.config.model_config_file_poll_wait_s)
+            await self._step("model_config_file", config_file.poll_step)
+            if self._grpc is not None:
+                await self._grpc.set_serving(bool(self.model.served_versions))
+
     async def stop(self) -> None:
         """Stops what ``start`` got to: also a start cut short by SIGTERM during the first load. Idempotent."""
         if self._stopped:
@@ -309,9 +351,10 @@ class EntryServer:
         await self.close()
 
     async def _cancel_loop(self) -> None:
-        if self._loop_task is not None and not self._loop_task.done():
-            self._loop_task.cancel()
-            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for task in (self._config_poll_task, self._loop_task):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def close(self) -> None:
         """Stops the core opened by ``open`` (control loop, channels, replica sources). Idempotent."""
@@ -449,10 +492,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CONTROL_PERIOD_S,
         help="control-loop period: version scan and PS status poll (default %(default)s; 0 or less: the default)",
     )
+    add_flag(
+        parser,
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model_config_file this often and switch to its model when it differs (0: never)",
+    )
     add_flag(parser, "--grace_s", type=float, default=2.0, help="drain time on shutdown (default %(default)s)")
     add_rest_api_flags(parser)
     add_ssl_config_flag(parser)
-    add_tfs_compat_flags(parser, honoured=(*FETCH_PS_TFS_FLAGS, *TFS_REST_FLAGS, "ssl_config_file"))
+    add_tfs_compat_flags(
+        parser,
+        honoured=(*FETCH_PS_TFS_FLAGS, *TFS_REST_FLAGS, "ssl_config_file", "model_config_file_poll_wait_seconds"),
+    )
 
 
 def control_period_from_flag(seconds: float) -> float:
@@ -545,6 +598,8 @@ def server_config_from_args(args: argparse.Namespace, environ: dict[str, str]) -
         max_fids_per_request=max_fids_from_args(args),
         poll_interval_s=control_period_from_flag(args.file_system_poll_wait_seconds),
         grace_s=args.grace_s,
+        model_config_file=args.model_config_file,
+        model_config_file_poll_wait_s=args.model_config_file_poll_wait_seconds,
     )
 
 

@@ -1,6 +1,7 @@
-"""``--model_config_file_poll_wait_seconds`` on real ``monolith-serving ps`` and ``dense`` processes: a rewritten
-``--model_config_file`` is applied at the next poll; a broken one (being rewritten) leaves the models serving; as in
-tensorflow_model_server, the file wins over a HandleReloadConfigRequest at the next poll."""
+"""``--model_config_file_poll_wait_seconds`` on real ``monolith-serving ps``, ``dense`` and ``entry`` processes: a
+rewritten ``--model_config_file`` is applied at the next poll; a broken one (being rewritten) or one the server
+refuses leaves the models serving; as in tensorflow_model_server, the file wins over a HandleReloadConfigRequest at
+the next poll."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import grpc
 import pytest
 from procs import ServerProcess, free_port, model_server_health
 
+from monolith_serving.client.health import check_health
 from monolith_serving.core.demo_export import DemoOptions, write_demo
 from monolith_serving.proto_gen.tensorflow_serving.apis import (
     get_model_status_pb2,
@@ -96,3 +98,39 @@ def test_a_rewritten_config_file_is_applied_at_the_next_poll(tmp_path: Path, com
             _wait_available(stub, name, {1, 2}, proc)
     finally:
         assert proc.stop() == 0
+
+
+def test_the_entry_switches_to_a_rewritten_config_file(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    write_demo(DemoOptions(out=export, num_ps=1, rows=10))
+    for sub_model in ("entry", "ps_0"):
+        shutil.copytree(export / sub_model / "1", export / sub_model / "2")
+    ps_port, entry_port = free_port(), free_port()
+    ps_args = ["--host=127.0.0.1", f"--port={ps_port}", "--model_name=ps_0", f"--model_base_path={export / 'ps_0'}",
+               "--model_version_policy=all", "--num_ps=1"]  # fmt: skip
+    config_file = tmp_path / "entry.config"
+    _write(config_file, _config_text("entry", export / "entry", 1))
+    entry_args = [f"--port={entry_port}", "--host=127.0.0.1", f"--ps_targets=127.0.0.1:{ps_port}",
+                  f"--model_config_file={config_file}", f"--model_config_file_poll_wait_seconds={POLL_S}"]  # fmt: skip
+    with (
+        ServerProcess("ps", ps_args, port=ps_port, log_path=tmp_path / "ps.log") as ps,
+        ServerProcess("entry", entry_args, port=entry_port, log_path=tmp_path / "entry.log") as entry,
+        grpc.insecure_channel(entry.address) as channel,
+    ):
+        assert ps.port == ps_port
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        _wait_available(stub, "entry", {1}, entry)
+
+        _write(config_file, _config_text("entry", export / "entry", 2))
+        _wait_available(stub, "entry", {2}, entry)
+
+        # Refused as a HandleReloadConfigRequest would be (no such folder): logged, version 2 keeps serving, and
+        # the file is tried again at every poll, so a fixed file is taken.
+        _write(config_file, _config_text("entry", tmp_path / "not-there", 2))
+        time.sleep(POLL_S * 5)
+        assert _available(stub, "entry") == {2}
+        assert check_health(entry.address).serving
+        assert "not-there" in entry.log_tail(200)
+
+        _write(config_file, _config_text("entry", export / "entry", 1))
+        _wait_available(stub, "entry", {1}, entry)

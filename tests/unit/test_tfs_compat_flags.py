@@ -93,6 +93,23 @@ def test_the_ps_honours_the_model_config_file_poll(export: Path, tmp_path: Path)
     assert "--model_config_file_poll_wait_seconds" not in unused_tfs_flags(args)
 
 
+def test_the_dense_server_and_the_entry_honour_the_model_config_file_poll(export: Path, tmp_path: Path) -> None:
+    dense_config = config_file(tmp_path, "dense_0", tmp_path)
+    args = parse(
+        dense_main,
+        [*monolith.v1_dense(dense_config, PLATFORM, 8500, 8501, 8502), "--model_config_file_poll_wait_seconds=30"],
+    )
+    assert dense_main.config_from_args(args, {}).model_config_file_poll_wait_s == 30.0
+    assert "--model_config_file_poll_wait_seconds" not in unused_tfs_flags(args)
+
+    entry_config = config_file(tmp_path, "entry", export / "entry")
+    argv = [*monolith.v1_entry(entry_config, PLATFORM, 8500, 8501, 8502), "--model_config_file_poll_wait_seconds=30"]
+    args = parse(entry_main, argv)
+    server = entry_main.server_config_from_args(args, AGENT_ENV)
+    assert (server.model_config_file, server.model_config_file_poll_wait_s) == (entry_config, 30.0)
+    assert "--model_config_file_poll_wait_seconds" not in unused_tfs_flags(args)
+
+
 @pytest.mark.parametrize("all_settings", [False, True])
 def test_the_entry_takes_monoliths_v1_command_line(export: Path, tmp_path: Path, all_settings: bool) -> None:
     config = config_file(tmp_path, "entry", export / "entry")

@@ -293,7 +293,10 @@ UNUSED_CONF_KEYS = frozenset(
         "enable_model_warmup",
         "grpc_max_threads",
         "fetch_ps_long_conn_num",
+        "fetch_ps_long_conn_enable",
         "aio_thread_num",
+        "use_metrics",
+        "dense_service_num",
     }
 )
 

@@ -3,7 +3,7 @@
 Start-up, in order:
 1. registry session, replica watcher and AgentService (the entry child asks it for PS replicas);
 2. per child of the plan (PS and dense before entry): write its model config, spawn it, wait for its
-   port, then register its replicas (``stat`` follows GetModelStatus every ``update_model_status_interval``);
+   port, then register its replicas (``stat`` follows GetModelStatus every second, see ``stat_poll_interval``);
    an entry first waits until every PS task 0..num_ps-1 (and, with dense_alone, dense:0) has an
    AVAILABLE replica, at most ``max_waiting_sec`` (after that it starts anyway and gates requests itself).
 
@@ -42,6 +42,18 @@ log = logging.getLogger(__name__)
 
 # Pause before trying again to claim the entry's sequential node after the registry failed the call.
 _CLAIM_RETRY_S = 1.0
+
+
+# Monolith's ReplicaUpdater rewrites ``stat`` every second whatever agent.conf says: its update_model_status_interval
+# only paces the entry's wait for PS (2 x interval between checks), which ours follows through the registry watch.
+# So Monolith's sample conf (interval 10) must not make failover and rollouts wait 10 s for a ``stat``.
+MONOLITH_STAT_PERIOD_S = 1.0
+
+
+def stat_poll_interval(config: AgentConfig) -> float:
+    """How often a v1 agent polls its children's GetModelStatus into ``stat``: every second, as Monolith's, or
+    ``update_model_status_interval`` when that is shorter."""
+    return min(config.update_model_status_interval, MONOLITH_STAT_PERIOD_S)
 
 
 class ReplicaIdentity:
@@ -134,7 +146,7 @@ class V1Agent:
                 self._config, spec, host=self._runtime.options.advertise_host, replica_id=self._identity.current()
             ),
             status_source=self._status,
-            interval_s=self._config.update_model_status_interval,
+            interval_s=stat_poll_interval(self._config),
             metrics=self._discovery_metrics,
         )
         await updater.start()

@@ -118,6 +118,7 @@ class AgentConfig:
     deploy_type: DeployType
     stand_alone_serving: bool = False
     dense_alone: bool = False
+    dense_service_num: int = 3  # Monolith's dense pod runs this many dense servers; ours runs one (no effect)
     # --- registry
     discovery: DiscoveryKind = DiscoveryKind.STATIC
     zk_servers: str | None = None
@@ -135,7 +136,9 @@ class AgentConfig:
     fetch_ps_timeout_ms: int = DEFAULT_FETCH_PS_TIMEOUT_MS
     fetch_ps_retry: int = DEFAULT_FETCH_PS_RETRY
     fetch_ps_long_conn_num: int = 100
+    fetch_ps_long_conn_enable: bool = True
     aio_thread_num: int = 30
+    use_metrics: bool = True
     # --- model server (TF Serving flag names). Only the poll periods and num_load_threads reach our servers
     # (monolith_serving.agent.config); the others are parsed so Monolith confs load, and the agent warns about
     # them at start (agent.config.unused_conf_keys; docs/agent_conf.md says why each has no effect).
@@ -237,7 +240,10 @@ _SCALAR_KEYS: Mapping[str, Callable[[str], object]] = {
     "fetch_ps_timeout_ms": parse_int,
     "fetch_ps_retry": parse_int,
     "fetch_ps_long_conn_num": parse_int,
+    "fetch_ps_long_conn_enable": parse_bool,
     "aio_thread_num": parse_int,
+    "use_metrics": parse_bool,
+    "dense_service_num": parse_int,
     "file_system_poll_wait_seconds": parse_int,
     "file_system_poll_wait_seconds_ps": parse_int,
     "enable_batching": parse_bool,
@@ -316,6 +322,7 @@ _MINIMUMS: Mapping[str, float] = {
     "fetch_ps_retry": 0,
     "fetch_ps_long_conn_num": 1,
     "aio_thread_num": 1,
+    "dense_service_num": 1,
     "max_num_load_retries": 0,
     "num_load_threads": 0,
     "num_unload_threads": 0,

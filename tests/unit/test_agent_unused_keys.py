@@ -1,5 +1,6 @@
 """agent.conf keys our model servers have no use for: named in one start-up warning; the ones that map onto a
-child's flag (num_load_threads, the poll periods) reach its command line instead."""
+child's flag (num_load_threads, the poll periods) reach its command line instead. And update_model_status_interval,
+which Monolith's agent does not let slow its ``stat`` updates."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from monolith_serving.agent.config import (
     v1_plan,
     v3_server_spec,
 )
+from monolith_serving.agent.v1_agent import stat_poll_interval
 from monolith_serving.core.agent_conf import AgentConfig, ConfError, load_agent_config, resolve_environment
 from monolith_serving.core.cli_flags import add_common_flags
 
@@ -41,7 +43,10 @@ UNUSED_VALUES = {
     "enable_model_warmup": "false",
     "grpc_max_threads": "64",
     "fetch_ps_long_conn_num": "7",
+    "fetch_ps_long_conn_enable": "false",
     "aio_thread_num": "3",
+    "use_metrics": "false",
+    "dense_service_num": "2",
 }
 
 
@@ -246,3 +251,12 @@ def test_a_bad_grpc_channel_arguments_value_is_refused_at_start_naming_the_key(t
     config = resolved(tmp_path, ZK + "deploy_type ps\ngrpc_channel_arguments novalue\n")
     with pytest.raises(ConfError, match="grpc_channel_arguments.*not key=value"):
         children(config, tmp_path)
+
+
+@pytest.mark.parametrize(("interval", "expected_s"), [("10", 1.0), ("1", 1.0), ("0.3", 0.3)])
+def test_the_v1_stat_poll_is_never_slower_than_monoliths_second(
+    tmp_path: Path, interval: str, expected_s: float
+) -> None:
+    # Monolith's sample agent.conf sets 10: its own agent still rewrites stat every second.
+    config = resolved(tmp_path, ZK + f"deploy_type ps\nupdate_model_status_interval {interval}\n")
+    assert stat_poll_interval(config) == expected_s

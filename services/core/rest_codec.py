@@ -3,16 +3,18 @@
 Request bodies: ``{"signature_name": ..., "instances": [...]}`` (row format: one element per example, either
 a value of the signature's single input or an object of named inputs, stacked on a new batch dimension)
 or ``{"inputs": ...}`` (columnar: one value, or an object of named values, each a whole tensor). A string
-element ``{"b64": "..."}`` is bytes (padding optional, as absl::Base64Unescape takes it). An empty
-``signature_name`` is the default signature. Input dtypes come from the model's signature when the entry tells
-us (GetModelMetadata); otherwise from the JSON itself: strings/b64 → DT_STRING, booleans → DT_BOOL,
+element ``{"b64": "..."}`` is bytes (padding optional and ASCII whitespace skipped, as absl::Base64Unescape takes
+it). An empty ``signature_name`` is the default signature. Input dtypes come from the model's signature when the
+entry tells us (GetModelMetadata); otherwise from the JSON itself: strings/b64 → DT_STRING, booleans → DT_BOOL,
 integers only → DT_INT64, any float → DT_FLOAT. A value the dtype cannot hold unchanged is refused as TF Serving
 refuses it (a JSON float for an integer dtype, a number for DT_BOOL); booleans are taken as 0/1 for numbers.
 The body is one JSON document; what follows it is not read (RapidJSON's kParseStopWhenDoneFlag).
 
 Numbers are checked as TF Serving's parser (RapidJSON) checks them: a literal too big for a double (``1e999``,
-an integer of more than 4300 digits) is a JSON parse error, and a finite number that becomes infinite in the
-input's floating dtype (``1e39`` as DT_FLOAT) is refused; ``NaN``/``Infinity``/``-Infinity`` are accepted.
+an integer of more than 4300 digits) is a JSON parse error; a double too big for the input's floating dtype
+becomes infinite there, as RapidJSON's ``GetFloat`` casts it (``1e39`` as DT_FLOAT is ``inf``);
+``NaN``/``Infinity``/``-Infinity`` are accepted. Of a key given twice in one object, the first counts, as
+RapidJSON's ``FindMember`` finds it.
 Text must be valid Unicode: a string holding an unpaired surrogate escape (``"\\ud800"``), which has no UTF-8
 form, is refused naming its field.
 
@@ -86,6 +88,7 @@ _BUDGET_BYTES_PER_ELEMENT = 8
 _SHORT_FLOAT = "{:g}"  # printf's %g: 6 significant digits, what absl::StrCat writes for a float or double
 _BOOL_TEXT = {True: "true", False: "false"}
 _JSON_WHITESPACE = re.compile(r"[ \t\n\r]*")  # JSON's whitespace (RFC 8259), what json.loads skips
+_NO_ASCII_WHITESPACE = str.maketrans("", "", " \t\n\v\f\r")  # what absl::Base64Unescape skips in base64
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,8 +183,16 @@ def _json_document(body: bytes, parse_int: Callable[[str], int] | None, parse_fl
     start = leading.end() if leading else 0
     if start == len(text):
         raise InvalidArgumentError("JSON Parse error: The document is empty")
-    decoder = json.JSONDecoder(parse_int=parse_int, parse_float=parse_float)
+    decoder = json.JSONDecoder(parse_int=parse_int, parse_float=parse_float, object_pairs_hook=_first_key_wins)
     document, _end = decoder.raw_decode(text, start)
+    return document
+
+
+def _first_key_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as TF Serving reads it: of a key given twice, the first value (json's own dict keeps the last)."""
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        document.setdefault(key, value)
     return document
 
 
@@ -301,6 +312,7 @@ def _string_leaf(value: Any, name: str) -> bytes:
         encoded = value["b64"]
         if not isinstance(encoded, str):
             raise InvalidArgumentError(f'input {name!r}: "b64" must hold a string')
+        encoded = encoded.translate(_NO_ASCII_WHITESPACE)  # line-wrapped (MIME) base64, as absl skips it
         if "=" not in encoded:
             # TF Serving (absl::Base64Unescape) takes base64 without its padding; padding given must be right.
             encoded += "=" * (-len(encoded) % 4)
@@ -332,21 +344,16 @@ def _to_array(leaves: list[Any], dtype: np.dtype[Any], cancel: DecodeCancel) -> 
     return array
 
 
-def _numeric_array(leaves: list[Any], dt: int, name: str, cancel: DecodeCancel) -> Any:
+def _numeric_array(leaves: list[Any], dt: int, cancel: DecodeCancel) -> Any:
     """``leaves`` (numbers and booleans) as a flat array of ``dt``'s numpy dtype."""
     target = numpy_dtype_for(dt)
     if target.kind != "f":
         return _to_array(leaves, target, cancel)
-    # Through float64, as a Python number converts, to tell a value out of the dtype's range (refused, as TF
-    # Serving does) from a NaN or Infinity the JSON spelled (the parser refuses a literal beyond a double).
+    # Through float64, as a Python number converts; a value beyond a narrower dtype's range becomes infinite, as
+    # TF Serving's static_cast<float>(GetDouble()) makes it.
     wide = _to_array(leaves, np.dtype(np.float64), cancel)
     with np.errstate(over="ignore"):
-        array = wide.astype(target, copy=False)
-    overflowed = np.isfinite(wide) & ~np.isfinite(array)
-    if overflowed.any():
-        value = float(wide[overflowed][0])
-        raise InvalidArgumentError(f"input {name!r}: {value!r} is out of range for {dtype_name(dt)}")
-    return array
+        return wide.astype(target, copy=False)
 
 
 def _check_exact(leaves: list[Any], types: set[type], dt: int, name: str) -> None:
@@ -375,7 +382,7 @@ def json_to_tensor(value: Any, name: str, datatype: int | None, cancel: DecodeCa
             raise InvalidArgumentError(f"input {name!r}: {dtype_name(dt)} needs numbers or booleans")
         _check_exact(leaves, types, dt, name)
         try:
-            array = _numeric_array(leaves, dt, name, cancel)
+            array = _numeric_array(leaves, dt, cancel)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidArgumentError(f"input {name!r}: cannot convert to {dtype_name(dt)}: {exc}") from None
     try:

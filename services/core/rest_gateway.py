@@ -174,8 +174,8 @@ CORS_HEADERS = {
 }
 _WEB_ORIGIN = re.compile(r"https?://")  # searched in a preflight's Origin, as TF Serving does
 _METRICS_METHODS = "GET, HEAD"
+# Exactly TF Serving's header (no charset parameter), answers and errors alike; the bytes are UTF-8.
 _JSON_TYPE = "application/json"
-_CHARSET = "utf-8"  # what aiohttp names when given text: answers written as bytes say the same
 BODY_BYTES_REASON = "body_bytes"  # ``count_rejected`` reason of a refusal by the body-byte budget
 _READ_CHUNK_BYTES = 1 << 20  # the body stream buffers up to twice this before it stops reading the socket
 
@@ -786,7 +786,7 @@ class RestGateway:
         reply = await self._call_core(PREDICT, request, call)
         del request
         answer = await self._write_answer(reply.response, row_format, call)
-        return web.Response(status=200, body=answer, content_type=_JSON_TYPE, charset=_CHARSET)
+        return web.Response(status=200, body=answer, content_type=_JSON_TYPE)
 
     async def _write_answer(self, reply: bytes, row_format: bool, call: _RestCall) -> bytes:
         """The JSON answer to a Predict the entry answered ``reply``: written on the loop when it is small, else
@@ -890,7 +890,7 @@ def _predict_answer(response: predict_pb2.PredictResponse, row_format: bool, *, 
 
 
 def _json(status: int, document: Any) -> web.Response:
-    return web.Response(status=status, text=json.dumps(document), content_type=_JSON_TYPE)
+    return web.Response(status=status, body=json.dumps(document).encode(), content_type=_JSON_TYPE)
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -1,5 +1,8 @@
 """v3 saved-model declarations: ``/{bzid}/saved_models/{model}/{sub_graph}`` =
-``{"model_base_path": "...", "version_policy": "latest" | "latest_once" | "all"}``.
+``{"model_base_path": "...", "version_policy": "latest" | "latest_once" | "all" | "specific"}``.
+
+Read as Monolith's v3 agent reads them (``gen_model_config`` with its default version data, 1): the policy in any
+case, ``specific`` meaning version 1.
 
 Written by ``monolith-serving ctl decl``, read by unified agents. Entry sub-graphs are declared
 ``latest`` (follow new exports), PS ones ``latest_once`` (load once; a new version needs an explicit
@@ -18,7 +21,9 @@ from monolith_serving.discovery.node_data import load_json_object
 
 __all__ = ["SavedModelDecl", "declaration_for", "default_policy_for"]
 
-_POLICIES = {PolicyKind.LATEST.value, PolicyKind.LATEST_ONCE.value, PolicyKind.ALL.value}
+_POLICIES = {kind.value for kind in PolicyKind}
+# Monolith's v3 agent builds a declared policy with its default version data: ``specific`` serves version 1.
+_DECLARED_SPECIFIC_VERSIONS = (1,)
 
 
 def default_policy_for(sub_graph: str) -> str:
@@ -40,7 +45,10 @@ class SavedModelDecl:
 
     @property
     def policy(self) -> VersionPolicy:
-        return VersionPolicy(PolicyKind(self.version_policy))
+        kind = PolicyKind(self.version_policy)
+        if kind is PolicyKind.SPECIFIC:
+            return VersionPolicy(kind, versions=_DECLARED_SPECIFIC_VERSIONS)
+        return VersionPolicy(kind)
 
     def to_json(self) -> bytes:
         return json.dumps({"model_base_path": self.model_base_path, "version_policy": self.version_policy}).encode()
@@ -52,7 +60,7 @@ class SavedModelDecl:
         base, policy = obj.get("model_base_path"), obj.get("version_policy", PolicyKind.LATEST.value)
         if not isinstance(base, str) or not isinstance(policy, str):
             raise InvalidArgumentError("saved_model declaration needs string 'model_base_path' and 'version_policy'")
-        return cls(model_base_path=base, version_policy=policy)
+        return cls(model_base_path=base, version_policy=policy.lower())
 
 
 def declaration_for(export_base: Path | str, sub_graph: str) -> SavedModelDecl:

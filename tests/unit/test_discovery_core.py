@@ -12,6 +12,7 @@ import pytest
 
 from monolith_serving.agent.saved_model_decl import SavedModelDecl
 from monolith_serving.core.errors import InvalidArgumentError
+from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.zk_paths import ReplicaPath, ServerType
 from monolith_serving.discovery import Backend, DiscoveryConfig, EventKind, ModelState, ReplicaMeta, WatchEvent
 from monolith_serving.discovery.base import SubtreeDiffer, leaves_of, normalize_path
@@ -112,6 +113,16 @@ def test_every_node_format_reads_deeply_nested_data_as_malformed(data: bytes) ->
     for parse in (ReplicaMeta.from_json, ContainerServiceInfo.from_json, SavedModelDecl.from_json):
         with pytest.raises(InvalidArgumentError):
             parse(data)
+
+
+def test_saved_model_declarations_read_as_monoliths_v3_agent_reads_them() -> None:
+    # Its gen_model_config lower-cases the policy and, with the default version data, makes specific version 1.
+    latest = SavedModelDecl.from_json(b'{"model_base_path": "/e/ps_0", "version_policy": "LATEST"}')
+    assert latest.policy == VersionPolicy(PolicyKind.LATEST)
+    specific = SavedModelDecl.from_json(b'{"model_base_path": "/e/ps_0", "version_policy": "Specific"}')
+    assert specific.policy == VersionPolicy(PolicyKind.SPECIFIC, versions=(1,))
+    with pytest.raises(InvalidArgumentError, match="version_policy 'newest'"):
+        SavedModelDecl.from_json(b'{"model_base_path": "/e/ps_0", "version_policy": "newest"}')
 
 
 def test_container_service_info_keys_and_types() -> None:

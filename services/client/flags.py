@@ -49,6 +49,7 @@ def add_client_flags(parser: argparse.ArgumentParser) -> None:
     _add_call_flags(parser)
     _add_input_flags(parser)
     _add_other_action_flags(parser)
+    _add_ignored_tfs_client_flags(parser)
 
 
 def _add_absl_bool(parser: argparse.ArgumentParser, name: str, help_text: str) -> None:
@@ -127,3 +128,17 @@ def _add_other_action_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--num_requests", type=int_in_range(1), default=32, help=requests_help)
     data_help = "profile: send the ExampleBatch data files in this folder (at most 500) as example_batch"
     add_flag(parser, "--profile_data_dir", type=Path, default=None, help=data_help)
+
+
+def _add_ignored_tfs_client_flags(parser: argparse.ArgumentParser) -> None:
+    """What a tfs_client command line may carry beyond tfs_client's own flags, accepted and unused so the line
+    runs unchanged: the registry flags tfs_client takes from Monolith's agent client (it never dials the registry
+    for a call), and absl's logging flags of any absl program (``--log_level`` sets our logging)."""
+    unused = "accepted for tfs_client; unused"
+    add_flag(parser, "--zk_servers", default=None, help=f"{unused} (tfs_client reads it for its agent commands)")
+    add_flag(parser, "--bzid", default=None, help=unused)
+    for name in ("--logtostderr", "--alsologtostderr", "--showprefixforinfo"):
+        _add_absl_bool(parser, name, f"absl's; {unused}")
+    add_flag(parser, "--verbosity", aliases=("--v",), type=int, default=None, help=f"absl's; {unused}")
+    add_flag(parser, "--log_dir", default=None, help=f"absl's; {unused}")
+    add_flag(parser, "--stderrthreshold", default=None, help=f"absl's; {unused}")

@@ -201,3 +201,15 @@ def test_a_reload_refused_in_the_response_status_fails(tmp_path: Path, capsys: p
             assert capsys.readouterr().err.splitlines()[-1] == "error: INVALID_ARGUMENT: no such base_path"
     finally:
         server.stop(grace=None)
+
+
+def test_registry_and_absl_logging_flags_of_a_tfs_client_line_are_accepted_and_change_nothing() -> None:
+    # tfs_client takes --zk_servers/--bzid from Monolith's agent client, and absl's logging flags as any absl
+    # program does: a line carrying them was a usage error here.
+    plain = settings("--cmd_type=get", f"--target={UNUSED_TARGET}", "--input_type=example_batch")
+    carried = settings(
+        "--cmd_type=get", f"--target={UNUSED_TARGET}", "--input_type=example_batch",
+        "--zk_servers=10.0.0.1:2181,10.0.0.2:2181", "--bzid=monolith", "--logtostderr", "--alsologtostderr=false",
+        "--noshowprefixforinfo", "--v=1", "--verbosity", "2", "--log_dir=/tmp/logs", "--stderrthreshold=info",
+    )  # fmt: skip
+    assert carried == plain

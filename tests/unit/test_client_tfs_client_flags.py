@@ -17,7 +17,13 @@ from monolith_serving.client.cli import configure, run
 from monolith_serving.client.profile import summarize
 from monolith_serving.client.settings import OUR_DEFAULTS, TFS_CLIENT_DEFAULTS, Settings, settings_from_args
 from monolith_serving.core.errors import InvalidArgumentError
-from monolith_serving.proto_gen.tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+from monolith_serving.proto_gen.tensorflow.core.framework import types_pb2
+from monolith_serving.proto_gen.tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 UNUSED_TARGET = "127.0.0.1:1"
 EXIT_SERVER_ERROR = 1
@@ -213,3 +219,34 @@ def test_registry_and_absl_logging_flags_of_a_tfs_client_line_are_accepted_and_c
         "--noshowprefixforinfo", "--v=1", "--verbosity", "2", "--log_dir=/tmp/logs", "--stderrthreshold=info",
     )  # fmt: skip
     assert carried == plain
+
+
+class _Bfloat16Entry(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    """Answers every Predict with a DT_BFLOAT16 output, a dtype our client cannot decode."""
+
+    def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = "entry"
+        score = response.outputs["score"]
+        score.dtype = types_pb2.DT_BFLOAT16
+        score.tensor_shape.dim.add(size=1)
+        score.half_val.append(0x3F00)  # 0.5
+        return response
+
+
+def test_tfs_client_output_prints_the_response_whatever_its_dtypes(capsys: pytest.CaptureFixture[str]) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_Bfloat16Entry(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        # tfs_client's print(response): a line of tfs_client works on any model.
+        assert run(parse("--cmd_type=get", f"--target=127.0.0.1:{port}", "--input_type=instances")) == 0
+        assert "dtype: DT_BFLOAT16" in capsys.readouterr().out
+        # Our own output decodes the outputs; one it cannot decode is an error naming it.
+        assert run(parse("predict", "--target", f"127.0.0.1:{port}")) == EXIT_SERVER_ERROR
+        assert "'score': unsupported dtype DT_BFLOAT16" in capsys.readouterr().err
+    finally:
+        server.stop(grace=None)

@@ -448,7 +448,12 @@ def v3_server_spec(config: AgentConfig, *, work_dir: Path) -> ServerLaunchSpec:
 
 
 def local_replicas(
-    config: AgentConfig, spec: ServerLaunchSpec, *, host: str, replica_id: int | None = None
+    config: AgentConfig,
+    spec: ServerLaunchSpec,
+    *,
+    host: str,
+    host_ipv6: str | None = None,
+    replica_id: int | None = None,
 ) -> tuple[LocalReplica, ...]:
     """The v1 registry nodes of one child (dc_aware adds idc/cluster to the path), under ``replica_id`` (default:
     ``config.replica_id``; the v1 agent passes the id its entry adopted when the environment gave none).
@@ -460,10 +465,10 @@ def local_replicas(
     idc = config.idc if config.dc_aware else None
     cluster = config.cluster if config.dc_aware else None
     address = f"{host}:{spec.grpc_port}"
-    ipv6 = f"[{config.host_ipv6}]:{spec.grpc_port}" if config.host_ipv6 else None
+    ipv6 = f"[{host_ipv6}]:{spec.grpc_port}" if host_ipv6 else None
     archon_port = spec.archon_port if spec.archon_port is not None else spec.grpc_port
     archon = f"{host}:{archon_port}"
-    archon_ipv6 = f"[{config.host_ipv6}]:{archon_port}" if config.host_ipv6 else None
+    archon_ipv6 = f"[{host_ipv6}]:{archon_port}" if host_ipv6 else None
     return tuple(
         LocalReplica(
             path=ReplicaPath(

@@ -15,12 +15,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from monolith_serving.agent.advertised_hosts import resolve_advertised_hosts
 from monolith_serving.agent.config import (
     ServerKind,
     V1Plan,
@@ -94,22 +94,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--connect_timeout_s", type=float, default=30.0, help="start-up wait for the registry")
 
 
-def _advertise_host(config: AgentConfig) -> str:
-    if config.host_ip:
-        return config.host_ip
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
-
-
 def prepare(args: argparse.Namespace, environ: dict[str, str]) -> Prepared:
     """Parse and check everything; raises ConfError / LayoutFilterError naming the key or filter."""
     config = assign_free_ports(resolve_environment(load_agent_config(args.conf), environ))
     work_dir = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="monolith-agent-"))
+    hosts = resolve_advertised_hosts(config.host_ip, config.host_ipv6)
     options = AgentOptions(
         work_dir=work_dir,
-        advertise_host=_advertise_host(config),
+        advertise_host=hosts.ipv4,
+        advertise_host_ipv6=hosts.ipv6,
         connect_timeout_s=args.connect_timeout_s,
         child_ready_timeout_s=args.child_ready_timeout_s,
         drain_s=args.drain_s,
@@ -191,7 +184,7 @@ def _build(prepared: Prepared, metrics: AgentMetrics) -> tuple[Agent, ChildSuper
         watcher=watcher,
         view=view,
         resource=ResourceSampler(
-            address=f"{options.advertise_host}:{config.tfs_grpc_port}",
+            address=f"{options.advertise_host}:{config.agent_port}",  # Monolith's: this agent's own address
             shard_id=config.shard_id,
             replica_id=identity.current,
         ),

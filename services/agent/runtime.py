@@ -30,7 +30,8 @@ class AgentOptions:
     """Run-time knobs of the agent process (flags of ``monolith-serving agent``)."""
 
     work_dir: Path  # model config files of the children
-    advertise_host: str  # host written into registry addresses
+    advertise_host: str  # IPv4 host written into registry addresses (``advertised_hosts``)
+    advertise_host_ipv6: str | None = None  # IPv6 host (no brackets) written beside it; None: none
     connect_timeout_s: float = 30.0  # how long start-up waits for the registry before going on
     child_ready_timeout_s: float = 120.0
     drain_s: float = 2.0  # after deregistering, before stopping children

@@ -143,7 +143,11 @@ class V1Agent:
         updater = ReplicaUpdater(
             discovery=self._runtime.discovery,
             replicas=local_replicas(
-                self._config, spec, host=self._runtime.options.advertise_host, replica_id=self._identity.current()
+                self._config,
+                spec,
+                host=self._runtime.options.advertise_host,
+                host_ipv6=self._runtime.options.advertise_host_ipv6,
+                replica_id=self._identity.current(),
             ),
             status_source=self._status,
             interval_s=stat_poll_interval(self._config),
@@ -162,8 +166,14 @@ class V1Agent:
         nodes to register need the number)."""
         spec = self._entry_spec()
         assert spec is not None
-        host = self._runtime.options.advertise_host
-        (template,) = local_replicas(self._config, spec, host=host, replica_id=UNSET_REPLICA_ID)
+        options = self._runtime.options
+        (template,) = local_replicas(
+            self._config,
+            spec,
+            host=options.advertise_host,
+            host_ipv6=options.advertise_host_ipv6,
+            replica_id=UNSET_REPLICA_ID,
+        )
         discovery, timeout_s = self._runtime.discovery, self._runtime.options.connect_timeout_s
         while True:
             if not await discovery.wait_connected(timeout_s):

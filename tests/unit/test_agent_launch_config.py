@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 from pathlib import Path
 
 import pytest
 
+from monolith_serving.agent.advertised_hosts import IPV4_PLACEHOLDER, AdvertisedHosts, resolve_advertised_hosts
 from monolith_serving.agent.config import (
     ServerKind,
     assign_free_ports,
@@ -22,6 +24,8 @@ from monolith_serving.agent.model_config_writer import write_model_config
 from monolith_serving.core.agent_conf import AgentConfig, ConfError, load_agent_config, resolve_environment
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy, read_model_server_config
 from monolith_serving.core.zk_paths import binding_name, container_service_name
+from monolith_serving.discovery import ReplicaMeta
+from monolith_serving.discovery.addresses import choose_address
 
 
 def resolved(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> AgentConfig:
@@ -79,13 +83,36 @@ def test_entry_replica_paths_and_addresses(tmp_path: Path) -> None:
     env = {"PORT2": "1", "PORT3": "8500", "REPLICA_ID": "42", "MY_HOST_IPV6": "::1", "PORT": "9000"}
     config = resolved(tmp_path, ZK + "deploy_type entry\n", env)
     (entry,) = v1_plan(config, work_dir=tmp_path).servers
-    (replica,) = local_replicas(config, entry, host="10.0.0.5")
+    hosts = resolve_advertised_hosts(config.host_ip, config.host_ipv6, ipv4_of=lambda name: "10.0.0.5")
+    (replica,) = local_replicas(config, entry, host=hosts.ipv4, host_ipv6=hosts.ipv6)
     assert replica.path.path == "/b/service/m/entry:0/00000000042"
     assert replica.address == "10.0.0.5:8500"
     assert replica.address_ipv6 == "[::1]:8500"
     assert replica.archon_address == "10.0.0.5:9000"
     assert replica.archon_address_ipv6 == "[::1]:9000"
     assert replica.model_name == "entry"
+
+
+def _unresolvable(name: str) -> str:
+    raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+
+def test_advertised_hosts_fall_back_as_monoliths_registration_does() -> None:
+    # MY_HOST_IP / MY_HOST_IPV6 win; else the host name's addresses.
+    assert resolve_advertised_hosts("10.1.1.1", "fd00::1", ipv4_of=_unresolvable, ipv6_of=_unresolvable) == (
+        AdvertisedHosts("10.1.1.1", "fd00::1")
+    )
+    assert resolve_advertised_hosts(None, None, ipv4_of=lambda n: "10.0.0.7", ipv6_of=lambda n: "fd00::7") == (
+        AdvertisedHosts("10.0.0.7", "fd00::7")
+    )
+    # An IPv6-only host: the placeholder readers skip (it was 127.0.0.1, which sent every reader to itself), and the
+    # IPv6 address they dial instead.
+    ipv6_only = resolve_advertised_hosts(None, None, ipv4_of=_unresolvable, ipv6_of=lambda n: "fd00::9")
+    assert ipv6_only == AdvertisedHosts(IPV4_PLACEHOLDER, "fd00::9")
+    registered = ReplicaMeta(address=f"{ipv6_only.ipv4}:8500", address_ipv6=f"[{ipv6_only.ipv6}]:8500", stat=30)
+    assert choose_address(registered.address, registered.address_ipv6) == "[fd00::9]:8500"
+    # An IPv4-only host writes no IPv6 address.
+    assert resolve_advertised_hosts(None, None, ipv4_of=lambda n: "10.0.0.7", ipv6_of=_unresolvable).ipv6 is None
 
 
 def test_mixed_pod_registers_monolith_archon_ports_per_child(tmp_path: Path) -> None:
@@ -109,7 +136,7 @@ def test_an_archon_address_is_written_also_without_archon_ports(tmp_path: Path, 
     picks = iter(range(20000, 20100))
     config = assign_free_ports(resolved(tmp_path, text, {"MY_HOST_IPV6": "fd00::1"}), lambda: next(picks))
     for spec in v1_plan(config, work_dir=tmp_path).servers:
-        for replica in local_replicas(config, spec, host="h"):
+        for replica in local_replicas(config, spec, host="h", host_ipv6=config.host_ipv6):
             assert replica.archon_address == replica.address == f"h:{spec.grpc_port}"
             assert replica.archon_address_ipv6 == replica.address_ipv6 == f"[fd00::1]:{spec.grpc_port}"
 

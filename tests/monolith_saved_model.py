@@ -120,10 +120,34 @@ def table_config(segments: list[tuple[int, str, dict[str, float]]], entry_type: 
 BIAS_AND_VEC = [(1, "fp32", {}), (4, "fp16", {})]  # FeatureSlotConfig's defaults: an fp32 bias, fp16 embeddings
 
 
+def _string_const(graph: Any, name: str, value: str) -> str:
+    const = graph.node.add(name=name, op="Const")
+    const.attr["dtype"].type = 7
+    const.attr["value"].tensor.dtype = 7
+    const.attr["value"].tensor.string_val.append(value.encode())
+    return name
+
+
+def _restore(graph: Any, op: str, table_node: str, shared_name: str, asset_base: str) -> None:
+    """The restore op of a table as Monolith's exporter builds it: ``tf.strings.join([asset_base, shared_name])``."""
+    base = _string_const(graph, f"{table_node}/asset_base", asset_base)
+    prefix = _string_const(graph, f"{table_node}/prefix", shared_name)
+    join = graph.node.add(name=f"{table_node}/StringJoin", op="StringJoin")
+    join.input.extend([base, prefix])
+    restore = graph.node.add(name=f"{table_node}/restore", op=op)
+    restore.input.extend([table_node, join.name])
+
+
 def saved_model(
-    *, per_table: dict[str, Any] | None = None, multi: dict[str, Any] | None = None, partition: int
+    *,
+    per_table: dict[str, Any] | None = None,
+    multi: dict[str, Any] | None = None,
+    partition: int,
+    restore_from: str | None = None,
 ) -> bytes:
-    """A SavedModel whose graph creates the given tables as Monolith's export does (plus unrelated nodes)."""
+    """A SavedModel whose graph creates the given tables as Monolith's export does (plus unrelated nodes); with
+    ``restore_from`` (a folder ending in ``/``), also their restore ops reading the dumps there, as an export with
+    Monolith's ``shared_embedding`` reads them from the checkpoint's ``<ckpt>.assets/``."""
     model = CLASSES["SavedModel"](saved_model_schema_version=1)
     graph = model.meta_graphs.add().graph_def
     graph.node.add(name="global_step", op="VariableV2")
@@ -132,6 +156,8 @@ def saved_model(
         node.input.extend(["dummy_filter", "dummy_sync_client"])
         node.attr["config"].s = config.SerializeToString()
         node.attr["shared_name"].s = f"MonolithHashTable_{table}_{partition}".encode()
+        if restore_from is not None:
+            _restore(graph, "MonolithHashTableRestore", node.name, node.name, restore_from)
     if multi is not None:
         mconfig = CLASSES["MultiEmbeddingHashTableConfig"]()
         for name in sorted(multi):
@@ -144,4 +170,7 @@ def saved_model(
         node = graph.node.add(name="MonolithMultiHashTable", op="CreateMonolithMultiHashTable")
         node.input.extend(["Const_7", "filter", "sync"])
         node.attr["shared_name"].s = f"MonolithMultiHashTable_{partition}".encode()
+        if restore_from is not None:
+            _restore(graph, "MonolithMultiHashTableRestore", node.name, f"MonolithMultiHashTable_{partition}",
+                     restore_from)  # fmt: skip
     return model.SerializeToString()

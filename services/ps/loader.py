@@ -19,14 +19,15 @@ from monolith_serving.core.hash_table_dump import (
 from monolith_serving.core.native_multi_dump import read_native_dump
 from monolith_serving.ps.fid_index import Int64Array
 from monolith_serving.ps.serving_codec import ServingLayout
-from monolith_serving.ps.serving_graph import SAVED_MODEL_FILE, read_table_layouts
+from monolith_serving.ps.serving_graph import SAVED_MODEL_FILE, read_restore_basenames, read_table_layouts
 from monolith_serving.ps.table_store import EmbeddingTable, FloatMatrix, TableSet
 
 logger = logging.getLogger(__name__)
 
 
 def load_version(version_path: Path, partition: int) -> TableSet:
-    """The tables of ``partition`` under ``<version>/assets``, from either kind of dump Monolith exports:
+    """The tables of ``partition`` under ``<version>/assets`` (or where the graph restores them from, see
+    ``dump_folder``), from either kind of dump Monolith exports:
 
     - per-table ``MonolithHashTable_<table>_<partition>-*-of-*`` files (``use_native_multi_hash_table=False``);
     - a native multi-hash-table dump ``MonolithMultiHashTable_<partition>-*-of-*`` with its ``.meta-*`` files
@@ -47,7 +48,7 @@ def load_version(version_path: Path, partition: int) -> TableSet:
         described = {name: "+".join(f"{s.codec.value}:{s.dim}" for s in layout.segments) if layout else "as dumped"
                      for name, layout in sorted(layouts.items())}  # fmt: skip
         logger.info("%s: serving codecs from %s: %s", version_path, SAVED_MODEL_FILE, described)
-    assets = version_path / "assets"
+    assets = dump_folder(version_path, partition)
     files = find_dump_files(assets, partition)
     native = find_native_dump_files(assets, partition)
     if files and native:
@@ -81,6 +82,52 @@ def load_version(version_path: Path, partition: int) -> TableSet:
         tables[name] = _served_table(name, fids, values, layouts, version_path)
         del fids, values
     return TableSet(tables)
+
+
+def _holds_dumps(folder: Path, partition: int) -> bool:
+    return folder.is_dir() and bool(find_dump_files(folder, partition) or find_native_dump_files(folder, partition))
+
+
+def dump_folder(version_path: Path, partition: int) -> Path:
+    """Where the dumps of ``partition`` are: ``<version>/assets`` when it holds them; else, for an export made with
+    Monolith's default ``shared_embedding``, the folder its ``saved_model.pb`` restores them from (the training
+    checkpoint's ``<ckpt>.assets/``, not copied into the export), when this machine can read it. A checkpoint
+    folder this machine cannot read is NotFoundError naming it; without either, ``<version>/assets`` (the caller
+    explains what is missing there)."""
+    assets = version_path / "assets"
+    if _holds_dumps(assets, partition):
+        return assets
+    folders: list[str] = []
+    for basename in read_restore_basenames(version_path, partition):
+        folder = basename.rstrip("/").rsplit("/", 1)[0] if "/" in basename.rstrip("/") else "."
+        if folder not in folders:
+            folders.append(folder)
+    if not folders:
+        return assets
+    if len(folders) > 1:
+        raise InvalidArgumentError(
+            f"{str(version_path)!r}: {SAVED_MODEL_FILE} restores partition {partition} from {len(folders)} folders "
+            f"({', '.join(map(repr, folders))}); an export restores from one checkpoint"
+        )
+    (folder,) = folders
+    local = folder.removeprefix("file://")
+    if "://" in local:
+        raise NotFoundError(
+            f"{str(assets)!r} holds no dump of partition {partition}, and {SAVED_MODEL_FILE} restores it from "
+            f"{folder!r}, the training checkpoint's assets (Monolith's shared_embedding export), which this PS cannot "
+            "read: it reads local folders only. Export with shared_embedding off, or copy or mount that folder here "
+            "and write its local path into the graph"
+        )
+    path = Path(local) if Path(local).is_absolute() else version_path / local
+    if not _holds_dumps(path, partition):
+        raise NotFoundError(
+            f"{str(assets)!r} holds no dump of partition {partition}, and {SAVED_MODEL_FILE} restores it from "
+            f"{folder!r} (the training checkpoint's assets, Monolith's shared_embedding export), which "
+            + ("holds none either" if path.is_dir() else "is not a folder on this machine")
+        )
+    logger.info("%s: partition %d restored from the checkpoint's assets %s (shared_embedding)", version_path,
+                partition, path)  # fmt: skip
+    return path
 
 
 def _served_table(

@@ -9,6 +9,11 @@ hash tables from serialized configs (package ``monolith.hash_table``, proto2, em
   ``MonolithMultiHashTable_<k>``, whose first input is a ``Const`` string tensor holding a
   ``MultiEmbeddingHashTableConfig { repeated string names = 1; repeated EmbeddingHashTableConfig configs = 2; }``.
 
+Where the graph restores the tables from (``MonolithHashTableRestore`` / ``MonolithMultiHashTableRestore``, input 1 =
+the dump basename, a ``StringJoin`` of constants): ``<version>/assets/<table>`` when the export copied the dumps in,
+or, with Monolith's default ``shared_embedding``, the training checkpoint's own ``<ckpt>.assets/<table>``
+(``restore_basenames``).
+
 ``EmbeddingHashTableConfig.entry_config = 1`` is an ``EntryConfig { repeated Segment segments = 1; optional EntryType
 entry_type = 2 [default TRAINING]; }`` (SERVING = 2 in an export), ``Segment { comp_config = 3; int32 dim_size = 7;
 }``, ``FloatCompressorConfig { oneof type { Fp32 fp32 = 1; Fp16 fp16 = 2; FixedR8 fixed_r8 = 3 { float r = 2
@@ -44,6 +49,9 @@ SAVED_MODEL_FILE = "saved_model.pb"
 _SERVING_ENTRY = 2  # EntryConfig.EntryType.SERVING
 _PER_TABLE_OP = "MonolithHashTable"
 _MULTI_TABLE_OP = "CreateMonolithMultiHashTable"
+_RESTORE_OPS = frozenset({"MonolithHashTableRestore", "MonolithMultiHashTableRestore"})
+_PASS_THROUGH_OPS = frozenset({"Identity"})
+_MAX_STRING_DEPTH = 16  # StringJoins of StringJoins: Monolith's graphs nest two; a cycle must not recurse forever
 
 
 class GraphFormatError(InvalidArgumentError):
@@ -159,6 +167,54 @@ def graph_table_layouts(saved_model: bytes, partition: int) -> dict[str, Serving
     return layouts
 
 
+def _node_of(by_name: dict[str, _Node], tensor: str) -> _Node | None:
+    return by_name.get(tensor.lstrip("^").split(":")[0])
+
+
+def _string_value(by_name: dict[str, _Node], tensor: str, depth: int = 0) -> str | None:
+    """The string a graph tensor always holds: a ``Const``, or a ``StringJoin`` (attr ``separator``) of such; None
+    for anything computed at run time."""
+    node = _node_of(by_name, tensor)
+    if node is None or depth > _MAX_STRING_DEPTH:
+        return None
+    if node.op == "Const":
+        value = _const_string(node)
+        return None if value is None else value.decode("utf-8", "replace")
+    data_inputs = [name for name in node.inputs if not name.startswith("^")]
+    if node.op in _PASS_THROUGH_OPS and data_inputs:
+        return _string_value(by_name, data_inputs[0], depth + 1)
+    if node.op == "StringJoin":
+        parts = [_string_value(by_name, name, depth + 1) for name in data_inputs]
+        if any(part is None for part in parts):
+            return None
+        separator = (node.attr_string("separator") or b"").decode("utf-8", "replace")
+        return separator.join(part for part in parts if part is not None)
+    return None
+
+
+def _restores_partition(basename: str, partition: int) -> bool:
+    name = basename.rstrip("/").rsplit("/", 1)[-1]
+    resource = parse_table_resource_name(name)
+    if name == f"{NATIVE_MULTI_DUMP_PREFIX}{partition}":
+        return True
+    return resource is not None and resource.partition == partition
+
+
+def restore_basenames(saved_model: bytes, partition: int) -> list[str]:
+    """The dump basenames (``<folder>/<table resource name>``) the graph's restore ops read for ``partition``, in
+    graph order, where they are constants. Raises WireFormatError on malformed wire data."""
+    nodes = list(_nodes(saved_model))
+    by_name = {node.name: node for node in nodes}
+    basenames: list[str] = []
+    for node in nodes:
+        if node.op not in _RESTORE_OPS or len(node.inputs) < 2:
+            continue
+        basename = _string_value(by_name, node.inputs[1])
+        if basename is not None and _restores_partition(basename, partition) and basename not in basenames:
+            basenames.append(basename)
+    return basenames
+
+
 def read_table_layouts(version_path: Path, partition: int) -> dict[str, ServingLayout | None] | None:
     """The table layouts of ``<version>/saved_model.pb`` (see ``graph_table_layouts``); None when the version has no
     saved_model.pb (our own exports) or its graph creates no hash table of ``partition`` that this reader finds (a
@@ -174,3 +230,15 @@ def read_table_layouts(version_path: Path, partition: int) -> dict[str, ServingL
         logger.warning("%s creates no hash table of partition %d: serving the dumps' rows as they are", path, partition)
         return None
     return layouts
+
+
+def read_restore_basenames(version_path: Path, partition: int) -> list[str]:
+    """``restore_basenames`` of ``<version>/saved_model.pb``; [] without one. A malformed file is
+    InvalidArgumentError naming it."""
+    path = version_path / SAVED_MODEL_FILE
+    if not path.is_file():
+        return []
+    try:
+        return restore_basenames(path.read_bytes(), partition)
+    except WireFormatError as error:
+        raise InvalidArgumentError(f"{str(path)!r}: not a readable SavedModel: {error}") from None

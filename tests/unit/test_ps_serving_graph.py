@@ -217,3 +217,51 @@ def test_a_segment_dim_that_is_not_positive_is_refused(tmp_path: Path) -> None:
     version = _per_table_version(tmp_path, {"t": 5}, saved_model(per_table={"t": config}, partition=0))
     with pytest.raises(InvalidArgumentError, match="saved_model.pb.*dim_size -4"):
         load_version(version, 0)
+
+
+# --- Monolith's shared_embedding exports: the dumps stay in the training checkpoint --------------------------------
+
+
+def test_a_shared_embedding_export_loads_the_dumps_its_graph_restores_from_the_checkpoint(tmp_path: Path) -> None:
+    # Monolith's default (serving.shared_embedding): the export's assets hold no dump; its restore ops read
+    # <ckpt>.assets/MonolithHashTable_<t>_<k>, a constant in the graph.
+    checkpoint_assets = tmp_path / "model_dir" / "model.ckpt-61.assets"
+    checkpoint_assets.mkdir(parents=True)
+    write_dump(checkpoint_assets / format_dump_filename("t", 0, 0, 1), FIDS, ROWS)
+    write_dump(checkpoint_assets / format_dump_filename("t", 1, 0, 1), FIDS + 1, ROWS)  # another PS's rows
+    version = tmp_path / "exported_models" / "ps_0" / "1"
+    version.mkdir(parents=True)
+    config = table_config([(5, "fp32", {})])
+    saved = saved_model(per_table={"t": config}, partition=0, restore_from=f"{checkpoint_assets}/")
+    (version / "saved_model.pb").write_bytes(saved)
+    table = load_version(version, 0).tables["t"]
+    np.testing.assert_array_equal(table.lookup(FIDS)[0], ROWS)
+
+    # The native multi-hash table the same way.
+    native = tmp_path / "native_ckpt.assets"
+    shutil.copytree(NATIVE_VERSION / "assets", native)
+    native_version = tmp_path / "exported_models" / "ps_1" / "1"
+    native_version.mkdir(parents=True)
+    multi = {"fc_item": table_config([(3, "fp32", {})]), "fc_user": table_config([(4, "fp32", {})])}
+    (native_version / "saved_model.pb").write_bytes(saved_model(multi=multi, partition=1, restore_from=f"{native}/"))
+    assert {n: t.rows for n, t in load_version(native_version, 1).tables.items()} == {
+        n: t.rows for n, t in load_version(NATIVE_VERSION, 1).tables.items()
+    }
+
+
+def test_a_checkpoint_the_ps_cannot_read_fails_the_load_naming_it(tmp_path: Path) -> None:
+    version = tmp_path / "ps_0" / "1"
+    version.mkdir(parents=True)
+    config = {"t": table_config([(5, "fp32", {})])}
+    remote = "hdfs://nn/user/m/model_dir/model.ckpt-61.assets/"
+    (version / "saved_model.pb").write_bytes(saved_model(per_table=config, partition=0, restore_from=remote))
+    with pytest.raises(NotFoundError, match=r"hdfs://nn/user/m/model_dir/model.ckpt-61.assets.*shared_embedding"):
+        load_version(version, 0)
+    gone = tmp_path / "gone.assets"
+    (version / "saved_model.pb").write_bytes(saved_model(per_table=config, partition=0, restore_from=f"{gone}/"))
+    with pytest.raises(NotFoundError, match="is not a folder on this machine"):
+        load_version(version, 0)
+    # Dumps in the export's own assets win (shared_embedding off, or a table exported with its embedding).
+    (version / "assets").mkdir()
+    write_dump(version / "assets" / format_dump_filename("t", 0, 0, 1), FIDS, ROWS)
+    np.testing.assert_array_equal(load_version(version, 0).tables["t"].lookup(FIDS)[0], ROWS)

@@ -74,6 +74,9 @@ class Servable(Generic[L, U]):
     loaded: L | None = None
     pending: list[U] = field(default_factory=list)  # handed to ``hooks.publish``, then emptied
     pending_bytes: int = 0  # the size of ``pending`` as its owner counts it (to bound it); emptied with it
+    # Set by the owner once ``pending`` outgrew its bound: the queue was dropped and nothing more is queued, so
+    # the version is published without what arrived during its load (logged then).
+    pending_overflowed: bool = False
 
     def require_loaded(self) -> L:
         if self.loaded is None:  # cannot happen for an AVAILABLE version; guards the type
@@ -298,6 +301,12 @@ class VersionLifecycle(Generic[C, L, U]):
             # Publish in one synchronous step: nothing can run between the replay and AVAILABLE.
             if self._hooks.publish is not None:
                 self._hooks.publish(loaded, servable.pending, model.name)
+            if servable.pending_overflowed:
+                logger.warning(
+                    "model %s version %d: published without the updates that arrived during its load (its queue "
+                    "outgrew its bound): their rows keep the export's values until they are updated again",
+                    model.name, version,
+                )  # fmt: skip
         except asyncio.CancelledError:
             # Only ``close`` cancels a change (see ``_run_to_end``): end the version rather than leave it LOADING.
             servable.pending, servable.pending_bytes = [], 0

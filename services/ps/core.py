@@ -19,7 +19,6 @@ from monolith_serving.core.errors import (
     InvalidArgumentError,
     MonolithServingError,
     NotFoundError,
-    ResourceExhaustedError,
 )
 from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE
 from monolith_serving.ps.config import DEFAULT_MAX_PENDING_SYNC_BYTES
@@ -230,30 +229,39 @@ class PsCore:
                 tables.tables[update.table].check_update(update.fids, update.values)
             loading = model.loading()  # almost always none: then nothing is queued or measured
             size = sum(u.fids.nbytes + u.values.nbytes for u in updates) if loading else 0
-            self._check_pending_room(ref.name, loading, size)
         except MonolithServingError:
             self._metrics.sync_updates_rejected_of[(ref.name, kind)].inc(_count_rows(inputs, id_inputs))
             raise
         for update in updates:
             tables.tables[update.table].upsert(update.fids, update.values)
-        for servable_loading in loading:
-            servable_loading.pending.append(updates)
-            servable_loading.pending_bytes += size
         rows = sum(u.rows for u in updates)
+        for servable_loading in loading:
+            self._queue_for_replay(ref.name, servable_loading, updates, size, rows)
         self._metrics.sync_updates_applied_of[(ref.name, kind)].inc(rows)
         return servable.version, rows
 
-    def _check_pending_room(self, model: str, loading: list[ServableVersion], size: int) -> None:
-        """Refuses a push that would take a loading version's queue past ``max_pending_sync_bytes``: accepted, it
-        must reach the new version too, and a load that never ends would queue every push until memory runs
-        out. Refused, nothing is applied and the trainer can send it again."""
-        for servable in loading:
-            if servable.pending_bytes + size > self._max_pending_bytes:
-                raise ResourceExhaustedError(
-                    f"model {model} version {servable.version} is loading and already holds "
-                    f"{servable.pending_bytes} bytes of pushes to replay (--max_pending_sync_bytes "
-                    f"{self._max_pending_bytes}); send again once it serves"
-                )
+    def _queue_for_replay(
+        self, model: str, servable: ServableVersion, updates: list[TableUpdate], size: int, rows: int
+    ) -> None:
+        """Queues a push applied to the serving version for a loading one, up to ``max_pending_sync_bytes``: a load
+        that never ends (a stalled file system) must not queue a busy trainer's pushes until memory runs out. Past
+        it the queue is dropped and nothing more is queued: the new version then serves its export's rows for
+        those fids, as Monolith's PS always does (it replays nothing). Refusing the push instead would lose it for
+        both versions: Monolith's trainer forgets a key once pushed and never sends a refused push again."""
+        if not servable.pending_overflowed and servable.pending_bytes + size <= self._max_pending_bytes:
+            servable.pending.append(updates)
+            servable.pending_bytes += size
+            return
+        if not servable.pending_overflowed:
+            logger.warning(
+                "model %s version %d is loading and its replay queue would pass --max_pending_sync_bytes %d: "
+                "dropping it (%d bytes); pushes still reach the serving version, the new one starts from its export",
+                model, servable.version, self._max_pending_bytes, servable.pending_bytes,
+            )  # fmt: skip
+            dropped = sum(u.rows for queued in servable.pending for u in queued)
+            self._metrics.sync_rows_not_replayed_of[(model,)].inc(dropped)
+            servable.pending, servable.pending_bytes, servable.pending_overflowed = [], 0, True
+        self._metrics.sync_rows_not_replayed_of[(model,)].inc(rows)
 
 
 def replay_updates(tables: TableSet, updates: list[TableUpdate], model: str) -> None:

@@ -49,7 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--max_pending_sync_bytes",
         type=int,
         default=DEFAULT_MAX_PENDING_SYNC_BYTES,
-        help="parameter-sync bytes queued for a loading version; pushes beyond get RESOURCE_EXHAUSTED (default 1 GiB)",
+        help="parameter-sync bytes queued for a loading version; past it the queue is dropped and the new version "
+        "starts from its export (default 1 GiB)",
     )
     add_flag(parser, "--num_load_threads", type=int, default=1, help="versions loaded at once (memory!; 0 counts as 1)")
     add_tfs_compat_flags(parser, honoured=("model_config_file_poll_wait_seconds", "num_load_threads"))

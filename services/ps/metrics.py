@@ -61,6 +61,13 @@ class PsMetrics:
             ["model", "signature"],
             registry=registry,
         )
+        self.sync_rows_not_replayed = Counter(
+            "monolith_ps_sync_rows_not_replayed_total",
+            "Pushed rows applied to the serving version but not replayed into a loading one: its queue outgrew "
+            "--max_pending_sync_bytes",
+            ["model"],
+            registry=registry,
+        )
         self.load_duration = Histogram(
             "monolith_ps_load_duration_seconds",
             "Time to load one sub-model version",
@@ -91,6 +98,7 @@ class PsMetrics:
         self.lookup_missing_fids_of = LabelledChildren(self.lookup_missing_fids)
         self.sync_updates_applied_of = LabelledChildren(self.sync_updates_applied)
         self.sync_updates_rejected_of = LabelledChildren(self.sync_updates_rejected)
+        self.sync_rows_not_replayed_of = LabelledChildren(self.sync_rows_not_replayed)
 
     def forget_version(self, model: str, version: int, tables: list[str]) -> None:
         for table in tables:
@@ -111,6 +119,7 @@ class PsMetrics:
             self.lookup_missing_fids_of,
             self.sync_updates_applied_of,
             self.sync_updates_rejected_of,
+            self.sync_rows_not_replayed_of,
         ):
             children.forget(model)
         with contextlib.suppress(KeyError):  # never loaded a version

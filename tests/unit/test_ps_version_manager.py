@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, ResourceExhaustedError, UnavailableError
+from monolith_serving.core.errors import InvalidArgumentError, NotFoundError, UnavailableError
 from monolith_serving.core.export_layout import PolicyKind, VersionPolicy
 from monolith_serving.core.tensor_codec import to_tensor_proto
 from monolith_serving.proto_gen.tensorflow.core.framework.tensor_pb2 import TensorProto
@@ -116,9 +116,12 @@ def test_sync_during_a_load_reaches_the_new_version(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_pushes_queued_for_a_loading_version_are_bounded_and_a_refused_one_is_applied_nowhere(tmp_path: Path) -> None:
-    """A load that never ends must not queue pushes until memory runs out; a push beyond the bound is refused
-    whole (the trainer sends it again), never applied to the serving version only."""
+def test_past_its_bound_a_loading_versions_queue_is_dropped_and_pushes_still_reach_the_serving_version(
+    tmp_path: Path,
+) -> None:
+    """A load that never ends must not queue pushes until memory runs out. Past the bound a push is still taken (the
+    serving version gets it: Monolith's trainer never sends a refused push again) and the new version starts from
+    its export, as Monolith's PS always does; the rows it missed are counted."""
 
     async def scenario() -> None:
         manager, _, loader, config = _setup(tmp_path, [1])
@@ -137,16 +140,23 @@ def test_pushes_queued_for_a_loading_version_are_bounded_and_a_refused_one_is_ap
             return {"t_id": to_tensor_proto(np.array([fid, fid + 100], np.int64)),
                     "t_value": to_tensor_proto(np.full((2, 2), value, np.float32))}  # fmt: skip
 
+        def not_replayed() -> float:
+            return metrics.sync_rows_not_replayed.labels("ps_0")._value.get()  # type: ignore[no-any-return]
+
         assert core.sync(ModelRef("ps_0"), "hashtable_assign", push(4, 7)) == (1, 2)
         assert core.sync(ModelRef("ps_0"), "hashtable_assign", push(6, 8)) == (1, 2)
-        with pytest.raises(ResourceExhaustedError, match="version 2 is loading"):
-            core.sync(ModelRef("ps_0"), "hashtable_assign", push(8, 9))
-        assert _lookup(core, [8])[1] == [[1, 1]]  # the refused push reached no version
+        assert not_replayed() == 0
+        # Past the bound: taken and served at once, the queue dropped; later pushes are not queued either.
+        assert core.sync(ModelRef("ps_0"), "hashtable_assign", push(8, 9)) == (1, 2)
+        assert core.sync(ModelRef("ps_0"), "hashtable_assign", push(10, 5)) == (1, 2)
+        assert _lookup(core, [4, 8, 110]) == (1, [[7, 7], [9, 9], [5, 5]])
+        assert not_replayed() == 8
         loader.gate[2].set()
         await refresh
-        assert _lookup(core, [4, 6, 8]) == (2, [[7, 7], [8, 8], [2, 2]])
-        # Served, the new version has nothing queued: pushes are taken again.
+        assert _lookup(core, [4, 6, 8, 10, 104]) == (2, [[2, 2], [2, 2], [2, 2], [2, 2], [0, 0]])
+        # Served, the new version takes pushes as any.
         assert core.sync(ModelRef("ps_0"), "hashtable_assign", push(8, 9)) == (2, 2)
+        assert _lookup(core, [8]) == (2, [[9, 9]])
 
     asyncio.run(scenario())
 

@@ -2,9 +2,13 @@
 every so often, and applied when the models it names differ from those hosted.
 
 As in tensorflow_model_server, which reloads the file at every poll, the file wins: a HandleReloadConfigRequest that
-made the hosted models differ from it is undone at the next poll. A file that cannot be read or parsed (being
-rewritten) raises for the poll step to log and count; the hosted models keep serving, and the next step reads the
-file again. The read runs off the event loop, so a stalled file system does not stall serving.
+made the hosted models differ from it is undone at the next poll. The poll applies a file as that RPC is applied:
+one it refuses (``check``: a base path that is not there, a label on a version not served) raises for the poll
+step to log and count, as does a file that cannot be read or parsed (being rewritten); the hosted models keep
+serving, and the next step reads the file again. A file that sets no config at all (empty, or cut short while being
+rewritten) changes nothing, as tensorflow_model_server takes no action for an empty config; an explicit
+``model_config_list {}`` does unload every model. The read runs off the event loop, so a stalled file system does
+not stall serving.
 """
 
 from __future__ import annotations
@@ -38,12 +42,14 @@ class ModelConfigFile(Generic[C]):
         apply: Callable[[Sequence[C]], Awaitable[None]],
         hosted: Callable[[], Mapping[str, C]],
         logger: logging.Logger,
+        check: Callable[[Sequence[C]], None] = lambda configs: None,
     ) -> None:
         self.path = path
         self._parse = parse
         self._apply = apply
         self._hosted = hosted
         self._log = logger
+        self._check = check
 
     def read(self) -> tuple[C, ...]:
         """The models the file names now; errors (NOT_FOUND, INVALID_ARGUMENT) name the file."""
@@ -54,8 +60,13 @@ class ModelConfigFile(Generic[C]):
 
     async def poll_step(self) -> None:
         """Reads the file again and applies it when its models differ from the hosted ones."""
-        configs = await asyncio.to_thread(self.read)
+        proto = await asyncio.to_thread(read_model_server_config, self.path)
+        if proto.WhichOneof("config") is None:
+            self._log.info("model config file %s sets no config (empty, or being rewritten): no action", self.path)
+            return
+        configs = self._parse(proto)
         if {config.name: config for config in configs} == dict(self._hosted()):
             return
+        self._check(configs)
         self._log.info("model config file %s differs from the hosted models: applying it", self.path)
         await self._apply(configs)

@@ -23,6 +23,7 @@ from types import TracebackType
 from prometheus_client import CollectorRegistry
 
 from monolith_serving.core.config_file_poll import ModelConfigFile
+from monolith_serving.core.model_config_list import check_reload
 from monolith_serving.core.model_server_lifecycle import ModelServerLifecycle
 from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig, dense_models_from_proto
 from monolith_serving.dense.metrics import DenseMetrics
@@ -60,6 +61,7 @@ class DenseServer:
                 apply=self.versions.apply_config,
                 hosted=self._hosted_configs,
                 logger=logger,
+                check=lambda configs: check_reload(configs, self.versions),
             )
         )
 

@@ -210,8 +210,9 @@ class EntryServer:
         return self._rest.port if self._rest is not None else None
 
     def _file_models(self, proto: model_server_config_pb2.ModelServerConfig) -> tuple[EntryModelConfig, ...]:
-        # Read as a HandleReloadConfigRequest is: settings the file cannot carry come from the model served now.
-        model = entry_config_from_proto(proto, self.model.config)
+        # Read as a HandleReloadConfigRequest is: settings the file cannot carry (--fetch_ps_timeout_ms,
+        # --max_batch_size) come from the model configured now, or the one the entry started with.
+        model = entry_config_from_proto(proto, self.model.config or self.config.model)
         return () if model is None else (model,)
 
     def _hosted_models(self) -> dict[str, EntryModelConfig]:

@@ -25,6 +25,7 @@ from types import TracebackType
 from prometheus_client import CollectorRegistry
 
 from monolith_serving.core.config_file_poll import ModelConfigFile
+from monolith_serving.core.model_config_list import check_reload
 from monolith_serving.core.model_server_lifecycle import ModelServerLifecycle
 from monolith_serving.core.run_to_end import run_to_end
 from monolith_serving.ps.config import PsConfig, SubModelConfig, sub_models_from_proto
@@ -73,6 +74,7 @@ class PsServer:
                 apply=self.versions.apply_config,
                 hosted=self._hosted_configs,
                 logger=logger,
+                check=lambda configs: check_reload(configs, self.versions),
             )
         )
 

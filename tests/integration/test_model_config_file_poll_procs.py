@@ -83,6 +83,17 @@ def test_a_rewritten_config_file_is_applied_at_the_next_poll(tmp_path: Path, com
             assert _available(stub, name) == {2}
             assert model_server_health(proc) == {"SERVING"}
             assert "model config file" in proc.log_tail()
+            # Empty (cut short while rewritten): no action, as tensorflow_model_server takes none for an empty config.
+            _write(config_file, "")
+            time.sleep(POLL_S * 5)
+            assert _available(stub, name) == {2}
+            assert "sets no config" in proc.log_tail(200)
+            # Refused as the same HandleReloadConfigRequest is (a label on a version not served): nothing changes.
+            labelled = _config_text(name, base, 2).replace("} } }", "} } version_labels { key: 'canary' value: 1 } }")
+            _write(config_file, labelled)
+            time.sleep(POLL_S * 5)
+            assert _available(stub, name) == {2}
+            assert "canary" in proc.log_tail(200)
 
             # As tensorflow_model_server (which reloads the file at every poll), the file wins over a reload by RPC.
             _write(config_file, _config_text(name, base, 2))

@@ -118,7 +118,10 @@ def dump_folder(version_path: Path, partition: int) -> Path:
             "read: it reads local folders only. Export with shared_embedding off, or copy or mount that folder here "
             "and write its local path into the graph"
         )
-    path = Path(local) if Path(local).is_absolute() else version_path / local
+    # A relative basename is the export's own asset tensor (Monolith's is "./"), which TF Serving points at assets/.
+    path = Path(local) if Path(local).is_absolute() else assets / local
+    if path.resolve() == assets.resolve():
+        return assets  # the export's own assets after all: the caller explains what is missing there
     if not _holds_dumps(path, partition):
         raise NotFoundError(
             f"{str(assets)!r} holds no dump of partition {partition}, and {SAVED_MODEL_FILE} restores it from "

@@ -265,3 +265,14 @@ def test_a_checkpoint_the_ps_cannot_read_fails_the_load_naming_it(tmp_path: Path
     (version / "assets").mkdir()
     write_dump(version / "assets" / format_dump_filename("t", 0, 0, 1), FIDS, ROWS)
     np.testing.assert_array_equal(load_version(version, 0).tables["t"].lookup(FIDS)[0], ROWS)
+
+
+def test_a_self_contained_export_without_its_dumps_is_explained_as_such(tmp_path: Path) -> None:
+    # shared_embedding off: the restore basename is the export's own asset tensor ("./"), i.e. <version>/assets.
+    version = tmp_path / "ps_0" / "1"
+    (version / "assets").mkdir(parents=True)
+    write_dump(version / "assets" / format_dump_filename("t", 1, 0, 1), FIDS, ROWS)  # another partition's only
+    saved = saved_model(per_table={"t": table_config([(5, "fp32", {})])}, partition=0, restore_from="./")
+    (version / "saved_model.pb").write_bytes(saved)
+    with pytest.raises(NotFoundError, match=r"partition 0 in .*assets.*partition\(s\) \[1\] only"):
+        load_version(version, 0)

@@ -24,6 +24,13 @@ class AdvertisedHosts:
     ipv4: str  # a dotted address, or IPV4_PLACEHOLDER
     ipv6: str | None  # without brackets; None: no IPv6 address is written
 
+    def dial_host(self) -> str:
+        """The one host to write where a format has a single address (v3 ``container_service``, GetResource): the
+        IPv4 one, else the bracketed IPv6 one, so an IPv6-only pod is not advertised as ``0.0.0.0``."""
+        if self.ipv4 == IPV4_PLACEHOLDER and self.ipv6:
+            return f"[{self.ipv6}]"
+        return self.ipv4
+
 
 def _host_ipv4(host_name: str) -> str:
     return socket.gethostbyname(host_name)

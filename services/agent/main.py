@@ -101,8 +101,7 @@ def prepare(args: argparse.Namespace, environ: dict[str, str]) -> Prepared:
     hosts = resolve_advertised_hosts(config.host_ip, config.host_ipv6)
     options = AgentOptions(
         work_dir=work_dir,
-        advertise_host=hosts.ipv4,
-        advertise_host_ipv6=hosts.ipv6,
+        hosts=hosts,
         connect_timeout_s=args.connect_timeout_s,
         child_ready_timeout_s=args.child_ready_timeout_s,
         drain_s=args.drain_s,
@@ -184,7 +183,7 @@ def _build(prepared: Prepared, metrics: AgentMetrics) -> tuple[Agent, ChildSuper
         watcher=watcher,
         view=view,
         resource=ResourceSampler(
-            address=f"{options.advertise_host}:{config.agent_port}",  # Monolith's: this agent's own address
+            address=f"{options.hosts.dial_host()}:{config.agent_port}",  # Monolith's: this agent's own address
             shard_id=config.shard_id,
             replica_id=identity.current,
         ),
@@ -197,7 +196,7 @@ def _build(prepared: Prepared, metrics: AgentMetrics) -> tuple[Agent, ChildSuper
         assert prepared.filters is not None
         layout = layout_watch_path(config)
         agent: Agent = V3Agent(
-            identity=container_identity(config, host=options.advertise_host, layout=layout),
+            identity=container_identity(config, host=options.hosts.dial_host(), layout=layout),
             spec=v3_server_spec(config, work_dir=options.work_dir),
             filters=prepared.filters,
             runtime=runtime,

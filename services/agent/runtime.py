@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from monolith_serving.agent.advertised_hosts import AdvertisedHosts
 from monolith_serving.agent.metrics import AgentMetrics
 from monolith_serving.agent.supervisor import ChildSupervisor
 from monolith_serving.core.grpc_server import GrpcServer, GrpcServerOptions, build_server
@@ -30,8 +31,7 @@ class AgentOptions:
     """Run-time knobs of the agent process (flags of ``monolith-serving agent``)."""
 
     work_dir: Path  # model config files of the children
-    advertise_host: str  # IPv4 host written into registry addresses (``advertised_hosts``)
-    advertise_host_ipv6: str | None = None  # IPv6 host (no brackets) written beside it; None: none
+    hosts: AdvertisedHosts  # the hosts written into registry addresses
     connect_timeout_s: float = 30.0  # how long start-up waits for the registry before going on
     child_ready_timeout_s: float = 120.0
     drain_s: float = 2.0  # after deregistering, before stopping children

@@ -145,8 +145,8 @@ class V1Agent:
             replicas=local_replicas(
                 self._config,
                 spec,
-                host=self._runtime.options.advertise_host,
-                host_ipv6=self._runtime.options.advertise_host_ipv6,
+                host=self._runtime.options.hosts.ipv4,
+                host_ipv6=self._runtime.options.hosts.ipv6,
                 replica_id=self._identity.current(),
             ),
             status_source=self._status,
@@ -170,8 +170,8 @@ class V1Agent:
         (template,) = local_replicas(
             self._config,
             spec,
-            host=options.advertise_host,
-            host_ipv6=options.advertise_host_ipv6,
+            host=options.hosts.ipv4,
+            host_ipv6=options.hosts.ipv6,
             replica_id=UNSET_REPLICA_ID,
         )
         discovery, timeout_s = self._runtime.discovery, self._runtime.options.connect_timeout_s

@@ -111,6 +111,9 @@ def test_advertised_hosts_fall_back_as_monoliths_registration_does() -> None:
     assert ipv6_only == AdvertisedHosts(IPV4_PLACEHOLDER, "fd00::9")
     registered = ReplicaMeta(address=f"{ipv6_only.ipv4}:8500", address_ipv6=f"[{ipv6_only.ipv6}]:8500", stat=30)
     assert choose_address(registered.address, registered.address_ipv6) == "[fd00::9]:8500"
+    # Where a format has one address (v3 container_service, GetResource): the IPv6 one there, never 0.0.0.0.
+    assert ipv6_only.dial_host() == "[fd00::9]"
+    assert AdvertisedHosts("10.0.0.7", "fd00::7").dial_host() == "10.0.0.7"
     # An IPv4-only host writes no IPv6 address.
     assert resolve_advertised_hosts(None, None, ipv4_of=lambda n: "10.0.0.7", ipv6_of=_unresolvable).ipv6 is None
 

@@ -49,7 +49,8 @@ def _bytes_as_text(value: Any) -> str:
 
 
 def _print(settings: Settings, payload: dict[str, Any], text: str, response: Any) -> None:
-    """``text`` (ours), ``payload`` as JSON, or ``response`` as tfs_client prints it (``print(response)``)."""
+    """``text`` (ours), ``payload`` as JSON, or ``response`` as tfs_client prints it (``print(response)``; a
+    Predict prints its own, before decoding anything)."""
     if settings.output == "json":
         print(json.dumps(payload, indent=2, default=_bytes_as_text))
     elif settings.output == "tfs_client":
@@ -78,11 +79,11 @@ async def _predict(settings: Settings, channel: grpc.aio.Channel, inputs: CallIn
     (request,) = inputs.requests
     call = stub.Predict(request, timeout=settings.timeout_s)
     response = await call
-    trailing = await call.trailing_metadata()
     if settings.output == "tfs_client":
         # As tfs_client prints it, whatever the outputs' dtypes: ours decode them, which a DT_BFLOAT16 one fails.
         print(text_format.MessageToString(response))
         return
+    trailing = await call.trailing_metadata()
     ps_versions = dict(trailing or ()).get(PS_VERSIONS_KEY, "")
     arrays = {name: from_tensor_proto(t, name) for name, t in sorted(response.outputs.items())}  # a stable order
     version = response.model_spec.version.value
@@ -91,7 +92,7 @@ async def _predict(settings: Settings, channel: grpc.aio.Channel, inputs: CallIn
         lines.append(f"{name}: {_rounded(values)}")
     outputs = {name: values.tolist() for name, values in arrays.items()}
     payload = {"version": version, "ps_versions": ps_versions, "outputs": outputs}
-    _print(settings, payload, "\n".join(lines), response)
+    _print(settings, payload, "\n".join(lines), None)
 
 
 async def _status(settings: Settings, channel: grpc.aio.Channel, inputs: CallInputs) -> None:

@@ -14,7 +14,8 @@ Numbers are checked as TF Serving's parser (RapidJSON) checks them: a literal to
 an integer of more than 4300 digits) is a JSON parse error; a double too big for the input's floating dtype
 becomes infinite there, as RapidJSON's ``GetFloat`` casts it (``1e39`` as DT_FLOAT is ``inf``);
 ``NaN``/``Infinity``/``-Infinity`` are accepted. Of a key given twice in one object, the first counts, as
-RapidJSON's ``FindMember`` finds it.
+RapidJSON's ``FindMember`` finds it (TF Serving's row-format reading walks an instance's members instead, reading a
+repeated input twice).
 Text must be valid Unicode: a string holding an unpaired surrogate escape (``"\\ud800"``), which has no UTF-8
 form, is refused naming its field.
 

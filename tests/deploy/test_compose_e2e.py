@@ -129,11 +129,11 @@ def cluster(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def _wait_healthy(cluster: ComposeCluster, services: list[str], *, timeout_s: float) -> None:
-    """Waits until every one of ``services`` is healthy; the timeout names those that are not, with their checks."""
-    pending = list(services)
+    """Waits until every one of ``services`` is healthy in one pass (each is looked at again in every pass, so one
+    that flips back meanwhile is seen); the timeout names those that are not, with their checks."""
     deadline = time.monotonic() + timeout_s
     while True:
-        pending = [service for service in pending if _health(cluster.state(service)) != "healthy"]
+        pending = [service for service in services if _health(cluster.state(service)) != "healthy"]
         if not pending:
             return
         if time.monotonic() > deadline:

@@ -219,12 +219,17 @@ class UnifiedServer:
         changes nothing, as HandleReloadConfigRequest; tried again next time, since the folders it names may come
         later). Not ``fresh``: a retry after a part failed (an entry with no version yet) leaves the models whose
         config did not change as they are. An unreadable or unparsable file (being rewritten) is logged and read
-        again next time; the read runs off the event loop (a stalled file system must not stall serving)."""
+        again next time; the read runs off the event loop (a stalled file system must not stall serving). A file that
+        sets no config changes nothing, as tensorflow_model_server takes no action for an empty config: Monolith's v3
+        agent truncates the file before it writes it, so a poll can read it empty (``model_config_list {}``, which
+        it writes for no models, does unload them)."""
         while True:
             await asyncio.sleep(interval_s)
             try:
                 config = await asyncio.to_thread(read_model_server_config, path)
-                if _config_bytes(config) != self._applied_config:
+                if config.WhichOneof("config") is None:
+                    log.info("model config file %s sets no config (empty, or being rewritten): no action", path)
+                elif _config_bytes(config) != self._applied_config:
                     log.info("model config file %s changed: applying it", path)
                     await self.reload(config, fresh=False)
             except MonolithServingError as error:

@@ -58,12 +58,17 @@ async def wait_states(
         await asyncio.sleep(0.05)
 
 
+async def wait_log(caplog: pytest.LogCaptureFixture, level: str, *fragments: str) -> None:
+    """Until the poll has logged a ``level`` record holding every fragment."""
+    deadline = time.monotonic() + 20
+    while not any(r.levelname == level and all(f in r.getMessage() for f in fragments) for r in caplog.records):
+        assert time.monotonic() < deadline, f"no {level} record with {fragments}"
+        await asyncio.sleep(0.05)
+
+
 async def wait_warning(caplog: pytest.LogCaptureFixture, *fragments: str) -> None:
     """Until the poll has logged a warning holding every fragment (it read the file and did not apply it)."""
-    deadline = time.monotonic() + 20
-    while not any(r.levelname == "WARNING" and all(f in r.getMessage() for f in fragments) for r in caplog.records):
-        assert time.monotonic() < deadline, f"no warning with {fragments}"
-        await asyncio.sleep(0.05)
+    await wait_log(caplog, "WARNING", *fragments)
 
 
 def polling_config(config_file: Path) -> UnifiedConfig:
@@ -99,7 +104,10 @@ def test_a_rewritten_model_config_file_is_applied(tmp_path: Path, caplog: pytest
             write_atomically(config_file, config_text({"demo:ps_0": export / "ps_0"}))
             await wait_states(stub, "demo:ps_0", [AVAILABLE])
 
-            # Neither a file being written (not parsable yet) nor a config a reload refuses changes anything.
+            # Neither a file being written (empty, or not parsable yet) nor a config a reload refuses changes anything.
+            config_file.write_text("")
+            await wait_log(caplog, "INFO", "sets no config", str(config_file))
+            assert await states(stub, "demo:ps_0") == [AVAILABLE]
             config_file.write_text("model_config_list { config { name: ")
             await wait_warning(caplog, "not applied", str(config_file))
             refused = {"demo:ps_0": export / "ps_0", "demo:dense_0": tmp_path / "missing"}
@@ -116,7 +124,7 @@ def test_a_rewritten_model_config_file_is_applied(tmp_path: Path, caplog: pytest
             await wait_states(stub, "demo:ps_1", [AVAILABLE])
             await wait_states(stub, "demo:ps_0", grpc.StatusCode.NOT_FOUND)
 
-    with caplog.at_level("WARNING", logger="monolith_serving.unified.server"):
+    with caplog.at_level("INFO", logger="monolith_serving.unified.server"):
         asyncio.run(scenario())
 
 

@@ -21,7 +21,8 @@ version folder (written by ``export-demo`` or by a user's export step). Format (
       "outputs": [{"name": "ctr", "width": 1}, {"name": "cvr", "width": 1}],
       "max_batch_size": 1024,
       "ignore_unknown_features": false,
-      "instance_fid_v1": "keep"                      (optional: "to_v2", the default, or "keep")
+      "instance_fid_v1": "keep",                     (optional: "to_v2", the default, or "keep")
+      "inputs": ["example_batch"]                    (optional: the input kinds taken; default all three)
     }
 
 The dense network's input row is the pooled features in ``features`` order (``sum``/``mean``: width dim;
@@ -36,6 +37,11 @@ the widths summing to k (checked when the version loads). Giving both keys is an
 only output, and with ``outputs`` there is none. The network's whole matrix is then called ``scores`` where it still
 needs a name: a ``dense_0`` server (``"backend": "remote"``) answers it under its ``dense_spec.json``
 ``output_name``, which must stay ``scores``.
+
+``inputs`` names the Predict inputs the model takes (``instances``, ``example_batch``, ``examples``), as a Monolith
+entry's signature lists the one its serving input receiver defines: GetModelMetadata lists those, and a request
+with another is INVALID_ARGUMENT. Left out, all three are taken and listed (a request gives one of them); a client
+that fills every input the metadata lists (Monolith's generic predictor client) needs the key.
 
 ``instance_fid_v1`` says what the tables are keyed by, for an Instance's ``fid`` (v1 fids): ``to_v2`` (the
 default) converts each to its v2 fid before the lookup; ``keep`` looks the raw v1 fid up. Monolith's Instance
@@ -54,6 +60,7 @@ from typing import Any
 
 from monolith_serving.core.errors import InvalidArgumentError, NotFoundError
 from monolith_serving.core.fid_bits import FID_V1_SLOTS
+from monolith_serving.core.predict_signature import INPUT_KINDS
 
 SPEC_FILE = "serving_spec.json"
 FORMAT_VERSION = 1
@@ -160,6 +167,7 @@ class ServingSpec:
     ignore_unknown_features: bool = False
     instance_fid_v1: InstanceFidV1 = InstanceFidV1.TO_V2
     outputs: tuple[OutputSpec, ...] = ()  # named column groups of the network's answer; empty: one output
+    inputs: tuple[str, ...] = INPUT_KINDS  # the Predict input kinds taken, in INPUT_KINDS order
 
     def __post_init__(self) -> None:
         if self.outputs and self.output_name != DEFAULT_OUTPUT_NAME:
@@ -199,6 +207,8 @@ class ServingSpec:
         if self.instance_fid_v1 is not InstanceFidV1.TO_V2:
             # Only when not the default: specs written before the key existed stay byte-identical.
             data["instance_fid_v1"] = self.instance_fid_v1.value
+        if self.inputs != INPUT_KINDS:
+            data["inputs"] = list(self.inputs)
         return data
 
 
@@ -270,7 +280,20 @@ def parse_serving_spec(data: Mapping[str, Any], where: str = SPEC_FILE) -> Servi
         ignore_unknown_features=bool(data.get("ignore_unknown_features", False)),
         instance_fid_v1=instance_fid_v1,
         outputs=outputs,
+        inputs=_inputs(data, where),
     )
+
+
+def _inputs(data: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    if "inputs" not in data:
+        return INPUT_KINDS
+    raw = _field(data, "inputs", list, where)
+    unknown = [kind for kind in raw if kind not in INPUT_KINDS]
+    if not raw or unknown or len(set(raw)) != len(raw):
+        raise InvalidArgumentError(
+            f"{where}: 'inputs' must list some of {', '.join(INPUT_KINDS)}, each once; got {raw!r}"
+        )
+    return tuple(kind for kind in INPUT_KINDS if kind in raw)
 
 
 def _outputs(data: Mapping[str, Any], where: str) -> tuple[OutputSpec, ...]:

@@ -40,7 +40,7 @@ from monolith_serving.core.errors import (
 from monolith_serving.core.export_layout import VersionPolicy, list_versions, version_dir
 from monolith_serving.core.model_config_list import check_base_path, check_version_labels
 from monolith_serving.core.model_state import ENDED_VERSIONS_KEPT, ModelState
-from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE, INPUT_KINDS
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE
 from monolith_serving.core.serving_spec import DenseBackend, ServingSpec, load_serving_spec
 from monolith_serving.entry.dense import DenseModel, load_dense
 from monolith_serving.entry.metrics import EntryMetrics
@@ -383,14 +383,15 @@ class EntryModel:
 
     @staticmethod
     def parse(loaded: LoadedVersion, inputs: Mapping[str, npt.NDArray[Any]]) -> ParsedBatch:
-        unknown = sorted(set(inputs) - set(INPUT_KINDS))
+        taken = loaded.spec.inputs  # the serving spec's ``inputs``: all three unless it names fewer
+        unknown = sorted(set(inputs) - set(taken))
         if unknown:
-            raise InvalidArgumentError(f"unknown input(s) {unknown}; expected one of {', '.join(INPUT_KINDS)}")
-        kinds = [k for k in INPUT_KINDS if k in inputs]
+            raise InvalidArgumentError(f"unknown input(s) {unknown}; expected one of {', '.join(taken)}")
+        kinds = [k for k in taken if k in inputs]
         if not kinds:
-            raise InvalidArgumentError(f"missing input: the request needs one of {', '.join(INPUT_KINDS)}")
+            raise InvalidArgumentError(f"missing input: the request needs one of {', '.join(taken)}")
         if len(kinds) > 1:
-            raise InvalidArgumentError(f"give exactly one of {', '.join(INPUT_KINDS)}, got {kinds}")
+            raise InvalidArgumentError(f"give exactly one of {', '.join(taken)}, got {kinds}")
         kind = kinds[0]
         array = inputs[kind]
         if array.dtype != np.dtype(object):

@@ -20,7 +20,7 @@ from monolith_serving.core.export_layout import VersionPolicy
 from monolith_serving.core.grpc_errors import status_code_for
 from monolith_serving.core.model_config_list import reload_request_config
 from monolith_serving.core.predict_only import PredictOnly
-from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE, INPUT_KINDS
+from monolith_serving.core.predict_signature import DEFAULT_SIGNATURE
 from monolith_serving.core.status_reply import model_status_reply
 from monolith_serving.core.tensor_codec import from_tensor_proto, to_tensor_proto
 from monolith_serving.entry.metrics import EntryMetrics
@@ -139,7 +139,7 @@ class EntryPredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predictio
         for name in fields:
             packed = any_pb2.Any()
             if name == "signature_def":
-                packed.Pack(self._signature_map(self._output_shapes(loaded)))
+                packed.Pack(self._signature_map(loaded.spec.inputs, self._output_shapes(loaded)))
             elif name == "base_path":
                 packed.Pack(wrappers_pb2.StringValue(value=str(config.base_path)))
             elif name == "num_versions":
@@ -163,9 +163,11 @@ class EntryPredictionServicer(PredictOnly, prediction_service_pb2_grpc.Predictio
         return [(c.name, c.width) for c in outputs.columns]
 
     @staticmethod
-    def _signature_map(outputs: list[tuple[str, int]]) -> get_model_metadata_pb2.SignatureDefMap:
+    def _signature_map(
+        inputs: tuple[str, ...], outputs: list[tuple[str, int]]
+    ) -> get_model_metadata_pb2.SignatureDefMap:
         signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
-        for name in INPUT_KINDS:
+        for name in inputs:
             info = signature.inputs[name]
             info.name = name
             info.dtype = types_pb2.DT_STRING

@@ -106,3 +106,18 @@ def test_a_spec_object_with_both_output_name_and_outputs_is_refused() -> None:
     spec = demo_spec(DemoOptions(out=Path("/unused")))
     with pytest.raises(InvalidArgumentError, match="not both"):
         replace(spec, output_name="logits", outputs=(OutputSpec("ctr", 1),))
+
+
+def test_inputs_name_the_predict_inputs_a_model_takes(tmp_path: Path) -> None:
+    data = _demo_json()
+    assert "inputs" not in data  # the default (all three) is not written: older specs stay byte-identical
+    assert parse_serving_spec(data).inputs == ("instances", "example_batch", "examples")
+    data["inputs"] = ["examples", "example_batch"]
+    spec = parse_serving_spec(data)
+    assert spec.inputs == ("example_batch", "examples")  # in the signature's order
+    write_serving_spec(tmp_path, spec)
+    assert load_serving_spec(tmp_path) == spec
+    for bad in ([], ["instances", "instances"], ["features"], "instances"):
+        data["inputs"] = bad
+        with pytest.raises(InvalidArgumentError, match="'inputs'"):
+            parse_serving_spec(data, "spec.json")

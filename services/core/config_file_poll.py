@@ -17,9 +17,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from monolith_serving.core.export_layout import read_model_server_config
+from monolith_serving.core.model_config_list import check_reload
+from monolith_serving.core.version_lifecycle import HostedConfig, VersionLifecycle
 from monolith_serving.proto_gen.tensorflow_serving.config import model_server_config_pb2
 
 
@@ -70,3 +72,26 @@ class ModelConfigFile(Generic[C]):
         self._check(configs)
         self._log.info("model config file %s differs from the hosted models: applying it", self.path)
         await self._apply(configs)
+
+
+H = TypeVar("H", bound=HostedConfig)
+
+
+def hosted_models_config_file(
+    path: Path | None,
+    parse: Callable[[model_server_config_pb2.ModelServerConfig], tuple[H, ...]],
+    versions: VersionLifecycle[H, Any, Any],
+    logger: logging.Logger,
+) -> ModelConfigFile[H] | None:
+    """The ``--model_config_file`` of a PS or dense server, whose models ``versions`` hosts, applied as their
+    HandleReloadConfigRequest is (``check_reload``, then the change); None without a file."""
+    if path is None:
+        return None
+    return ModelConfigFile(
+        path,
+        parse=parse,
+        apply=versions.apply_config,
+        hosted=lambda: {name: model.config for name, model in versions.models.items()},
+        logger=logger,
+        check=lambda configs: check_reload(configs, versions),
+    )

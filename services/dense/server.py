@@ -22,8 +22,7 @@ from types import TracebackType
 
 from prometheus_client import CollectorRegistry
 
-from monolith_serving.core.config_file_poll import ModelConfigFile
-from monolith_serving.core.model_config_list import check_reload
+from monolith_serving.core.config_file_poll import hosted_models_config_file
 from monolith_serving.core.model_server_lifecycle import ModelServerLifecycle
 from monolith_serving.dense.config import DenseModelConfig, DenseServerConfig, dense_models_from_proto
 from monolith_serving.dense.metrics import DenseMetrics
@@ -52,25 +51,13 @@ class DenseServer:
             logged_as="dense",
             server_name="DenseServer",
         )
-        self._config_file = (
-            None
-            if config.model_config_file is None
-            else ModelConfigFile(
-                config.model_config_file,
-                parse=dense_models_from_proto,
-                apply=self.versions.apply_config,
-                hosted=self._hosted_configs,
-                logger=logger,
-                check=lambda configs: check_reload(configs, self.versions),
-            )
+        self._config_file = hosted_models_config_file(
+            config.model_config_file, dense_models_from_proto, self.versions, logger
         )
 
     @property
     def port(self) -> int:
         return self._lifecycle.port
-
-    def _hosted_configs(self) -> dict[str, DenseModelConfig]:
-        return {name: model.config for name, model in self.versions.models.items()}
 
     def servicers(self) -> tuple[DensePredictionServicer, DenseModelServicer]:
         """The gRPC faces of this dense core; ``start`` serves them, a unified server hosts them itself."""

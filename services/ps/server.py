@@ -24,8 +24,7 @@ from types import TracebackType
 
 from prometheus_client import CollectorRegistry
 
-from monolith_serving.core.config_file_poll import ModelConfigFile
-from monolith_serving.core.model_config_list import check_reload
+from monolith_serving.core.config_file_poll import hosted_models_config_file
 from monolith_serving.core.model_server_lifecycle import ModelServerLifecycle
 from monolith_serving.core.run_to_end import run_to_end
 from monolith_serving.ps.config import PsConfig, SubModelConfig, sub_models_from_proto
@@ -65,25 +64,13 @@ class PsServer:
         )
         # Reloads run as tasks of their own, so that health follows one whose caller stopped waiting (see ``reload``).
         self._reloads: set[asyncio.Task[None]] = set()
-        self._config_file = (
-            None
-            if config.model_config_file is None
-            else ModelConfigFile(
-                config.model_config_file,
-                parse=sub_models_from_proto,
-                apply=self.versions.apply_config,
-                hosted=self._hosted_configs,
-                logger=logger,
-                check=lambda configs: check_reload(configs, self.versions),
-            )
+        self._config_file = hosted_models_config_file(
+            config.model_config_file, sub_models_from_proto, self.versions, logger
         )
 
     @property
     def port(self) -> int:
         return self._lifecycle.port
-
-    def _hosted_configs(self) -> dict[str, SubModelConfig]:
-        return {name: model.config for name, model in self.versions.models.items()}
 
     async def reload(self, configs: Sequence[SubModelConfig], *, fresh: bool = True) -> None:
         """An explicit reload (HandleReloadConfigRequest): latest_once may choose again, failed versions retry

@@ -16,7 +16,7 @@ caller stopped waiting before it settled shows at the next poll step.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
@@ -76,21 +76,18 @@ class DenseServer:
         else:
             await self.versions.apply_config(self.config.models)
         if self.config.file_system_poll_wait_s > 0:
-            self._lifecycle.poll(
-                self.config.file_system_poll_wait_s,
-                self.versions.refresh,
-                step="file_system",
-                failure_message="file-system poll step failed",
-                task_name="dense-file-system-poll",
-            )
+            self._poll(self.config.file_system_poll_wait_s, "file_system", self.versions.refresh)
         if self._config_file is not None and self.config.model_config_file_poll_wait_s > 0:
-            self._lifecycle.poll(
-                self.config.model_config_file_poll_wait_s,
-                self._config_file.poll_step,
-                step="model_config_file",
-                failure_message="model config file poll step failed",
-                task_name="dense-model-config-file-poll",
-            )
+            self._poll(self.config.model_config_file_poll_wait_s, "model_config_file", self._config_file.poll_step)
+
+    def _poll(self, interval_s: float, step: str, action: Callable[[], Awaitable[None]]) -> None:
+        self._lifecycle.poll(
+            interval_s,
+            action,
+            step=step,
+            failure_message=f"{step.replace('_', ' ')} poll step failed",
+            task_name=f"dense-{step.replace('_', '-')}-poll",
+        )
 
     async def reload(self, configs: Sequence[DenseModelConfig], *, fresh: bool = True) -> None:
         """An explicit reload of a hosting server (its HandleReloadConfigRequest, already checked): replaces the

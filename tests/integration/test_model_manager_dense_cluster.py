@@ -8,21 +8,17 @@ new version's scores are the reference's.
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from entry_reference import assert_predict_matches_reference
 from kazoo.client import KazooClient
 from model_manager_load import ROWS, SteadyLoad
+from model_manager_procs import ManagerProcess
 from procs import ServerProcess, free_port
 from zk_harness import ZooKeeperServer
 
@@ -68,7 +64,7 @@ def test_a_dense_alone_model_rolls_out_with_its_dense_server_under_load(
     export_dense_version(export, 1)
     bzid = f"mmd{uuid.uuid4().hex[:8]}"
     servers: list[ServerProcess] = []
-    manager: subprocess.Popen[bytes] | None = None
+    manager: ManagerProcess | None = None
     kazoo = KazooClient(hosts=zk_server.hosts)
     kazoo.start(timeout=15)
 
@@ -100,46 +96,19 @@ def test_a_dense_alone_model_rolls_out_with_its_dense_server_under_load(
             kazoo.create(
                 f"/{bzid}/service/{MODEL}/{server_type}:{task}/{replica}", meta.to_json(), ephemeral=True, makepath=True
             )
-        http_port = free_port()
-        with open(logs / "manager.log", "wb") as log:
-            manager = subprocess.Popen(
-                [
-                    sys.executable, "-m", "monolith_serving", "model-manager", "run", f"--model={MODEL}",
-                    f"--export_base={export}", f"--zk_servers={zk_server.hosts}", f"--bzid={bzid}",
-                    "--host=127.0.0.1", f"--metrics_port={http_port}", "--scan_interval_s=0.5",
-                    "--poll_interval_s=0.2", "--drain_s=0.5", "--rollout_timeout_s=60",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-        def status() -> dict[str, Any]:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/status", timeout=10) as response:
-                return dict(json.loads(response.read())["models"].get(MODEL, {}))
-
-        def wait_status(predicate: Any, timeout_s: float = 90.0) -> dict[str, Any]:
-            deadline, last = time.monotonic() + timeout_s, {}
-            while time.monotonic() < deadline:
-                assert manager is not None and manager.poll() is None, (logs / "manager.log").read_text()[-4000:]
-                try:
-                    last = status()
-                except OSError:
-                    last = {}
-                if last and predicate(last):
-                    return last
-                time.sleep(0.2)
-            raise AssertionError(f"status never matched: {last}\n{(logs / 'manager.log').read_text()[-4000:]}")
-
-        wait_status(lambda s: s["serving"] == 1 and s["rollout"]["phase"] == "idle")
+        manager = ManagerProcess(logs / "manager.log", export, zk_server, bzid, rollout_timeout_s=60)
+        manager.wait_status("version 1 served", lambda s: s["serving"] == 1 and s["rollout"]["phase"] == "idle", 90)
         with SteadyLoad(entry.address, export) as load:
             time.sleep(1.0)
             export_dense_version(export, 2)
-            final = wait_status(
+            final = manager.wait_status(
+                "version 2 rolled out everywhere",
                 lambda s: (
                     s["serving"] == 2
                     and s["rollout"]["phase"] == "idle"
                     and all(r["available"] == [2] for r in s["replicas"])
-                )
+                ),
+                90,
             )
             time.sleep(1.0)
         result = load.result
@@ -152,8 +121,7 @@ def test_a_dense_alone_model_rolls_out_with_its_dense_server_under_load(
         assert_predict_matches_reference(entry.address, export, examples, version=2)
     finally:
         if manager is not None:
-            manager.terminate()
-            manager.wait(15)
+            manager.stop()
         kazoo.stop()
         kazoo.close()
         for server in reversed(servers):
